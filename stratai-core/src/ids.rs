@@ -161,7 +161,10 @@ impl ModelId {
         if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(ValidationError::new(
                 "model",
-                format!("`{}` contains whitespace or control characters", raw.escape_debug()),
+                format!(
+                    "`{}` contains whitespace or control characters",
+                    raw.escape_debug()
+                ),
             ));
         }
         Ok(Self(raw))
@@ -221,7 +224,10 @@ impl TierSlug {
         } else {
             Err(ValidationError::new(
                 "tier",
-                format!("`{}` is not a tier slug (1-32 chars of a-z, 0-9, '-', '_')", raw.escape_debug()),
+                format!(
+                    "`{}` is not a tier slug (1-32 chars of a-z, 0-9, '-', '_')",
+                    raw.escape_debug()
+                ),
             ))
         }
     }

@@ -1,8 +1,16 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+pub mod budget;
+pub mod directory;
 pub mod error;
+pub mod gateway;
 pub mod ids;
+pub mod money;
+pub mod ports;
+pub mod tiers;
+pub mod usage;
 
 pub use error::{StoreError, ValidationError};
 pub use ids::*;
+pub use money::Money;

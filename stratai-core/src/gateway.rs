@@ -1,0 +1,164 @@
+//! OpenAI-compatible chat types and the LLM gateway port's error.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{OrgId, RequestId, UserId};
+
+/// A chat message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// Text content.
+    pub content: String,
+}
+
+/// An OpenAI-compatible chat completion request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// Requested model.
+    pub model: String,
+    /// Conversation so far.
+    pub messages: Vec<ChatMessage>,
+    /// Upper bound of output tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Stream the answer as server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    /// End-user attribution (OpenAI's `user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// Token usage of a completion.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Completion tokens.
+    pub completion_tokens: u32,
+    /// Sum of both.
+    pub total_tokens: u32,
+}
+
+/// One choice of a completion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatChoice {
+    /// Index.
+    pub index: u32,
+    /// The answer.
+    pub message: ChatMessage,
+    /// Why generation stopped.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+/// An OpenAI-compatible chat completion response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    /// Completion id (LiteLLM's request id).
+    pub id: String,
+    /// Object kind, `chat.completion`.
+    #[serde(default = "chat_completion_object")]
+    pub object: String,
+    /// Creation time, unix seconds.
+    #[serde(default)]
+    pub created: i64,
+    /// Model that answered.
+    pub model: String,
+    /// Choices.
+    pub choices: Vec<ChatChoice>,
+    /// Token usage.
+    #[serde(default)]
+    pub usage: TokenUsage,
+}
+
+fn chat_completion_object() -> String {
+    "chat.completion".to_owned()
+}
+
+/// The incremental part of a streamed choice.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatDelta {
+    /// Role, on the first chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Text fragment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// One choice of a streamed chunk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    /// Index.
+    pub index: u32,
+    /// Fragment.
+    pub delta: ChatDelta,
+    /// Why generation stopped, on the last chunk.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+/// One server-sent chunk of a streamed completion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatChunk {
+    /// Completion id.
+    pub id: String,
+    /// Object kind, `chat.completion.chunk`.
+    #[serde(default)]
+    pub object: String,
+    /// Creation time, unix seconds.
+    #[serde(default)]
+    pub created: i64,
+    /// Model.
+    pub model: String,
+    /// Fragments.
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    /// Usage, on the final chunk when the upstream reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TokenUsage>,
+}
+
+/// Who a gateway call is made for: the gateway picks the credentials (e.g. the member's
+/// LiteLLM virtual key) and attribution headers from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallContext {
+    /// StratAI request id.
+    pub request_id: RequestId,
+    /// Organization.
+    pub org_id: OrgId,
+    /// User.
+    pub user_id: UserId,
+}
+
+/// Why an LLM call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The upstream refused the model or credentials.
+    #[error("upstream refused the request: {0}")]
+    Refused(String),
+    /// The upstream's own budget ran out.
+    #[error("upstream budget exceeded: {0}")]
+    BudgetExceeded(String),
+    /// Rate limited upstream.
+    #[error("upstream rate limited; retry after {retry_after_secs:?}s")]
+    RateLimited {
+        /// Seconds to wait, when the upstream said.
+        retry_after_secs: Option<u64>,
+    },
+    /// Malformed request.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The member has no credentials at the upstream yet (e.g. virtual key not synced).
+    #[error("no upstream credentials for this member: {0}")]
+    NotProvisioned(String),
+    /// 5xx, timeout, connection failure or a malformed answer.
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+}

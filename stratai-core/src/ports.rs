@@ -1,0 +1,481 @@
+//! Ports: the async traits other crates implement (stores, ledger, gateway, clock).
+//!
+//! Every method that touches tenant data takes the [`OrgId`] it acts for; an implementation
+//! must never return or change another organization's rows through it. The few platform-wide
+//! operations (listing organizations, finding a user's memberships, the outbox) say so in their
+//! docs: only platform code (super admin handlers, workers) calls them.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::budget::{Budget, BudgetAlert, BudgetRefusal, BudgetState};
+use crate::directory::{
+    Email, Group, GroupMembership, GroupRole, Invitation, Membership, Organization, Slug, User,
+    UserProfile,
+};
+use crate::error::StoreError;
+use crate::gateway::{CallContext, ChatChunk, ChatRequest, ChatResponse, GatewayError};
+use crate::ids::{
+    BudgetId, GroupId, InvitationId, OrgId, ProfileId, RequestId, RuleId, TierId, UserId,
+};
+use crate::money::Money;
+use crate::tiers::{ModelTier, TierSubscription};
+use crate::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord};
+
+/// The source of "now". Deciders take time as input; this port supplies it.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait Clock: Send + Sync {
+    /// The current instant.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// Organizations, users, memberships, groups, profiles and invitations.
+///
+/// Every mutation of an organization, group or membership also writes an outbox event
+/// (see [`OutboxStore`]) in the same transaction.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait DirectoryStore: Send + Sync {
+    /// Creates an organization. Conflict when the slug is taken.
+    async fn create_org(&self, org: &Organization) -> Result<(), StoreError>;
+    /// One organization.
+    async fn get_org(&self, org: OrgId) -> Result<Organization, StoreError>;
+    /// Platform-wide: an organization by slug.
+    async fn find_org_by_slug(&self, slug: &Slug) -> Result<Option<Organization>, StoreError>;
+    /// Replaces an organization's mutable fields (name, settings, billing, active).
+    async fn update_org(&self, org: &Organization) -> Result<(), StoreError>;
+    /// Platform-wide: every organization.
+    async fn list_orgs(&self) -> Result<Vec<Organization>, StoreError>;
+
+    /// Creates a user. Conflict when the email or OIDC subject is taken.
+    async fn create_user(&self, user: &User) -> Result<(), StoreError>;
+    /// One user.
+    async fn get_user(&self, user: UserId) -> Result<User, StoreError>;
+    /// A user by normalized email.
+    async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
+    /// A user by OIDC subject.
+    async fn find_user_by_subject(&self, subject: &str) -> Result<Option<User>, StoreError>;
+    /// Replaces a user's mutable fields.
+    async fn update_user(&self, user: &User) -> Result<(), StoreError>;
+
+    /// Adds a member. Conflict when already a member.
+    async fn add_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError>;
+    /// One membership.
+    async fn get_member(&self, org: OrgId, user: UserId) -> Result<Membership, StoreError>;
+    /// Every member of the organization.
+    async fn list_members(&self, org: OrgId) -> Result<Vec<Membership>, StoreError>;
+    /// Replaces a membership's role, tiers, budget and profile.
+    async fn update_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError>;
+    /// Removes a member and their group memberships in the organization.
+    async fn remove_member(&self, org: OrgId, user: UserId) -> Result<(), StoreError>;
+    /// Platform-wide: the memberships of one user across organizations.
+    async fn memberships_of_user(&self, user: UserId) -> Result<Vec<Membership>, StoreError>;
+
+    /// Creates a group. Conflict when the name is taken in the organization.
+    async fn create_group(&self, org: OrgId, group: &Group) -> Result<(), StoreError>;
+    /// One group.
+    async fn get_group(&self, org: OrgId, group: GroupId) -> Result<Group, StoreError>;
+    /// Platform-wide: which organization a group belongs to, for routes that name only the group.
+    async fn locate_group(&self, group: GroupId) -> Result<Option<OrgId>, StoreError>;
+    /// Every group of the organization.
+    async fn list_groups(&self, org: OrgId) -> Result<Vec<Group>, StoreError>;
+    /// Replaces a group's name, description, tiers and budget.
+    async fn update_group(&self, org: OrgId, group: &Group) -> Result<(), StoreError>;
+    /// Deletes a group and its memberships.
+    async fn delete_group(&self, org: OrgId, group: GroupId) -> Result<(), StoreError>;
+    /// Adds a member of the organization to a group (or changes their group role).
+    async fn put_group_member(
+        &self,
+        org: OrgId,
+        membership: &GroupMembership,
+    ) -> Result<(), StoreError>;
+    /// Removes a user from a group.
+    async fn remove_group_member(
+        &self,
+        org: OrgId,
+        group: GroupId,
+        user: UserId,
+    ) -> Result<(), StoreError>;
+    /// Members of a group.
+    async fn list_group_members(
+        &self,
+        org: OrgId,
+        group: GroupId,
+    ) -> Result<Vec<GroupMembership>, StoreError>;
+    /// The groups a user belongs to in the organization, with their role in each.
+    async fn groups_of_member(
+        &self,
+        org: OrgId,
+        user: UserId,
+    ) -> Result<Vec<(Group, GroupRole)>, StoreError>;
+
+    /// Creates a profile (platform-wide templates).
+    async fn create_profile(&self, profile: &UserProfile) -> Result<(), StoreError>;
+    /// One profile.
+    async fn get_profile(&self, profile: ProfileId) -> Result<UserProfile, StoreError>;
+    /// Every profile.
+    async fn list_profiles(&self) -> Result<Vec<UserProfile>, StoreError>;
+
+    /// Stores a new invitation (only its token hash).
+    async fn create_invitation(
+        &self,
+        org: OrgId,
+        invitation: &Invitation,
+    ) -> Result<(), StoreError>;
+    /// Platform-wide: an invitation by the SHA-256 of its token (the token is the capability).
+    async fn find_invitation_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<Invitation>, StoreError>;
+    /// Invitations of an organization.
+    async fn list_invitations(&self, org: OrgId) -> Result<Vec<Invitation>, StoreError>;
+    /// Revokes a pending invitation.
+    async fn revoke_invitation(
+        &self,
+        org: OrgId,
+        invitation: InvitationId,
+    ) -> Result<(), StoreError>;
+    /// Accepts a pending invitation for `user`, atomically and at most once: checks status,
+    /// expiry and email (see [`Invitation::accept`](crate::directory::Invitation)), creates the
+    /// membership and group memberships and marks the invitation accepted, all or nothing.
+    async fn accept_invitation(
+        &self,
+        token_hash: &str,
+        user: &User,
+        now: DateTime<Utc>,
+    ) -> Result<Membership, StoreError>;
+}
+
+/// The tier catalog and organizations' subscriptions.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait TierStore: Send + Sync {
+    /// Creates or replaces a tier (platform operation). Conflict when a model would be in two tiers.
+    async fn upsert_tier(&self, tier: &ModelTier) -> Result<(), StoreError>;
+    /// Every tier, in sort order.
+    async fn list_tiers(&self) -> Result<Vec<ModelTier>, StoreError>;
+    /// One tier.
+    async fn get_tier(&self, tier: TierId) -> Result<ModelTier, StoreError>;
+    /// Creates or replaces an organization's subscription to a tier.
+    async fn put_subscription(
+        &self,
+        org: OrgId,
+        subscription: &TierSubscription,
+    ) -> Result<(), StoreError>;
+    /// An organization's subscriptions.
+    async fn list_subscriptions(&self, org: OrgId) -> Result<Vec<TierSubscription>, StoreError>;
+}
+
+/// What to reserve: `amount` against every budget in `budgets`, for one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveRequest {
+    /// The request; reserving twice for it returns the first reservation.
+    pub request_id: RequestId,
+    /// Budgets to draw on (all of the same organization).
+    pub budgets: Vec<BudgetId>,
+    /// Worst-case cost.
+    pub amount: Money,
+    /// Now: selects each budget's current period.
+    pub now: DateTime<Utc>,
+    /// When an unsettled reservation is reclaimed.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The outcome of a reservation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReserveOutcome {
+    /// Reserved against every budget; their states after the reservation.
+    Reserved(Vec<BudgetState>),
+    /// A hard budget would be passed; nothing was reserved.
+    Refused(BudgetRefusal),
+}
+
+/// The outcome of a settlement.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleOutcome {
+    /// False when the request was already settled (nothing changed).
+    pub applied: bool,
+    /// Threshold alerts that fired now (each at most once per budget and period).
+    pub alerts: Vec<BudgetAlert>,
+}
+
+/// Budgets and their atomic ledger. Hard limits are never overspent by reservations,
+/// whatever the concurrency and the number of server instances.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait BudgetLedger: Send + Sync {
+    /// Creates a budget.
+    async fn create_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError>;
+    /// One budget.
+    async fn get_budget(&self, org: OrgId, budget: BudgetId) -> Result<Budget, StoreError>;
+    /// Every budget of the organization.
+    async fn list_budgets(&self, org: OrgId) -> Result<Vec<Budget>, StoreError>;
+    /// Replaces a budget's limit, period, hardness and threshold.
+    async fn update_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError>;
+    /// Deletes a budget.
+    async fn delete_budget(&self, org: OrgId, budget: BudgetId) -> Result<(), StoreError>;
+    /// The budgets' states in the period current at `now`.
+    async fn states(
+        &self,
+        org: OrgId,
+        budgets: &[BudgetId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<BudgetState>, StoreError>;
+    /// Reserves all or nothing (see [`ReserveRequest`]). Idempotent by request id.
+    async fn reserve(
+        &self,
+        org: OrgId,
+        request: &ReserveRequest,
+    ) -> Result<ReserveOutcome, StoreError>;
+    /// Settles a request with its actual cost, in the period of its reservation; without a
+    /// reservation the spend is still recorded against `budgets` in the period current at `now`.
+    /// Idempotent: settling twice changes nothing.
+    async fn settle(
+        &self,
+        org: OrgId,
+        request_id: RequestId,
+        budgets: &[BudgetId],
+        actual: Money,
+        now: DateTime<Utc>,
+    ) -> Result<SettleOutcome, StoreError>;
+    /// Releases a request's reservation (the call failed). Idempotent.
+    async fn release(&self, org: OrgId, request_id: RequestId) -> Result<(), StoreError>;
+    /// Platform-wide: releases every reservation expired at `now`; returns how many.
+    async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// Outcome of appending usage records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendOutcome {
+    /// Records written.
+    pub inserted: u64,
+    /// Records skipped because their request id was already recorded.
+    pub duplicates: u64,
+}
+
+/// Usage records: append-only, idempotent by request id.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Appends a batch; records whose request id exists are skipped. Every record must belong
+    /// to `org` (tenant mismatch otherwise, and nothing is written).
+    async fn append(
+        &self,
+        org: OrgId,
+        records: &[UsageRecord],
+    ) -> Result<AppendOutcome, StoreError>;
+    /// One record by request id.
+    async fn get(&self, org: OrgId, request_id: RequestId) -> Result<UsageRecord, StoreError>;
+    /// Records matching the query, oldest first, at most `limit`.
+    async fn query(
+        &self,
+        org: OrgId,
+        query: &UsageQuery,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, StoreError>;
+    /// Totals grouped by the given dimensions (in that order).
+    async fn aggregate(
+        &self,
+        org: OrgId,
+        query: &UsageQuery,
+        group_by: &[Dimension],
+    ) -> Result<Vec<AggregateRow>, StoreError>;
+    /// Every matching record, oldest first, streamed (never materialized whole).
+    fn stream(
+        &self,
+        org: OrgId,
+        query: UsageQuery,
+    ) -> BoxStream<'static, Result<UsageRecord, StoreError>>;
+}
+
+/// The level a guardrail rule is attached at, with the scoped entity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "level", rename_all = "snake_case")]
+pub enum RuleScope {
+    /// Every request on the platform; cannot be overridden.
+    Global,
+    /// Every request of an organization.
+    Org {
+        /// The organization.
+        org_id: OrgId,
+    },
+    /// Requests for a tier's models: platform-wide (`org_id` none) or inside one organization.
+    Tier {
+        /// The organization, or none for the platform.
+        org_id: Option<OrgId>,
+        /// The tier.
+        tier_id: TierId,
+    },
+    /// Requests of a group's members.
+    Group {
+        /// The group's organization.
+        org_id: OrgId,
+        /// The group.
+        group_id: GroupId,
+    },
+    /// Requests of one member of an organization.
+    User {
+        /// The organization.
+        org_id: OrgId,
+        /// The user.
+        user_id: UserId,
+    },
+}
+
+impl RuleScope {
+    /// The organization owning the rule; none for platform rules.
+    #[must_use]
+    pub fn org_id(&self) -> Option<OrgId> {
+        match *self {
+            RuleScope::Global => None,
+            RuleScope::Org { org_id }
+            | RuleScope::Group { org_id, .. }
+            | RuleScope::User { org_id, .. } => Some(org_id),
+            RuleScope::Tier { org_id, .. } => org_id,
+        }
+    }
+}
+
+/// What a rule does when it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    /// Record only.
+    Log,
+    /// Let through with a warning.
+    Warn,
+    /// Let through, changed (clamped, redacted, appended).
+    Modify,
+    /// Refuse.
+    Block,
+}
+
+/// A guardrail rule as stored: type and config are raw here and validated by
+/// stratai-guardrails when a policy is compiled (and when the API accepts a rule).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuleRecord {
+    /// Id.
+    pub id: RuleId,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// One of the eight rule types (`model_allowlist`, ...).
+    pub rule_type: String,
+    /// The type's config.
+    pub config: serde_json::Value,
+    /// Where the rule is attached.
+    pub scope: RuleScope,
+    /// What it does on a match.
+    pub action: RuleAction,
+    /// Orders evaluation and output, never permission. Higher first.
+    pub priority: i32,
+    /// Inactive rules have no effect.
+    pub active: bool,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Guardrail rules.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait GuardrailStore: Send + Sync {
+    /// Platform: creates or replaces a platform rule (global, or tier without organization).
+    async fn put_platform_rule(&self, rule: &RuleRecord) -> Result<(), StoreError>;
+    /// Creates or replaces a rule of an organization (its scope must name `org`).
+    async fn put_rule(&self, org: OrgId, rule: &RuleRecord) -> Result<(), StoreError>;
+    /// One rule of an organization.
+    async fn get_rule(&self, org: OrgId, rule: RuleId) -> Result<RuleRecord, StoreError>;
+    /// Deletes a rule of an organization.
+    async fn delete_rule(&self, org: OrgId, rule: RuleId) -> Result<(), StoreError>;
+    /// Platform: deletes a platform rule.
+    async fn delete_platform_rule(&self, rule: RuleId) -> Result<(), StoreError>;
+    /// Platform rules only.
+    async fn list_platform_rules(&self) -> Result<Vec<RuleRecord>, StoreError>;
+    /// Rules owned by the organization (not the platform's).
+    async fn list_org_rules(&self, org: OrgId) -> Result<Vec<RuleRecord>, StoreError>;
+}
+
+/// The entity an outbox event is about. The sync engine reads the entity's current state,
+/// so an event carries no payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum OutboxEntity {
+    /// An organization (settings, tiers, budget).
+    Org(OrgId),
+    /// A group.
+    Group(GroupId),
+    /// A member of the event's organization.
+    Member(UserId),
+}
+
+/// One change to push to LiteLLM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEvent {
+    /// Position in the outbox (strictly increasing).
+    pub seq: i64,
+    /// Organization of the entity.
+    pub org_id: OrgId,
+    /// The changed entity.
+    pub entity: OutboxEntity,
+    /// Whether the entity was deleted.
+    pub deleted: bool,
+    /// The entity's version after the change (strictly increasing per entity).
+    pub version: i64,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// Last failure.
+    pub last_error: Option<String>,
+    /// Not to be retried before.
+    pub available_at: DateTime<Utc>,
+    /// When written.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The transactional outbox the directory writes and the LiteLLM sync consumes.
+/// Platform-wide by nature: only the sync worker calls it.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Pending events available at `now`, in `seq` order, at most `limit`.
+    async fn pending(&self, now: DateTime<Utc>, limit: u32)
+    -> Result<Vec<OutboxEvent>, StoreError>;
+    /// Marks an event delivered.
+    async fn complete(&self, seq: i64) -> Result<(), StoreError>;
+    /// Records a failed attempt and when to retry.
+    async fn fail(&self, seq: i64, error: &str, retry_at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Gives up on an event, keeping the reason visible.
+    async fn dead_letter(&self, seq: i64, reason: &str) -> Result<(), StoreError>;
+    /// Dead-lettered events, newest first.
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError>;
+}
+
+/// An OpenAI-compatible LLM gateway (LiteLLM in production, a demo provider offline).
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait LlmGateway: Send + Sync {
+    /// A whole completion.
+    async fn chat(
+        &self,
+        ctx: &CallContext,
+        request: &ChatRequest,
+    ) -> Result<ChatResponse, GatewayError>;
+    /// A streamed completion.
+    async fn chat_stream(
+        &self,
+        ctx: &CallContext,
+        request: &ChatRequest,
+    ) -> Result<BoxStream<'static, Result<ChatChunk, GatewayError>>, GatewayError>;
+}
