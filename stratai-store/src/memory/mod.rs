@@ -1,0 +1,1 @@
+//! In-memory backend of every core port (tests, embedding).
