@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: every crate, every backend, against real services.
+#
+# - PostgreSQL: DATABASE_URL if set, else 127.0.0.1:5432; the store's test harness starts a
+#   throwaway cluster (initdb/pg_ctl) when neither answers.
+# - LiteLLM: a real proxy from ../shared/litellm (STRATAI_LITELLM_KIT to point elsewhere) with
+#   the project's mock upstream, started once for the run and stopped at the end. Without the
+#   kit the LiteLLM tests say they were skipped; under CI=true they fail instead.
+#
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p stratai-core`).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+log() { printf '[test] %s\n' "$*" >&2; }
+
+# PostgreSQL: make sure the local server answers when it is installed as a service.
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  if command -v pg_ctlcluster >/dev/null 2>&1 && ls /etc/postgresql >/dev/null 2>&1; then
+    log "starting the local PostgreSQL cluster"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  fi
+fi
+
+# LiteLLM proxy + mock upstream, once for the whole run.
+litellm_started=0
+cleanup() {
+  if [ "$litellm_started" = 1 ]; then
+    log "stopping the LiteLLM proxy and mock upstream"
+    bash "$root/scripts/litellm-down.sh" >&2 || true
+  fi
+}
+trap cleanup EXIT
+if [ -z "${STRATAI_LITELLM_URL:-}" ] && [ -x "$root/scripts/litellm-up.sh" -o -f "$root/scripts/litellm-up.sh" ]; then
+  kit=${STRATAI_LITELLM_KIT:-$root/../shared/litellm}
+  if [ -d "$kit" ]; then
+    log "starting the LiteLLM proxy from $kit"
+    if exports=$(bash "$root/scripts/litellm-up.sh"); then
+      eval "$exports"
+      litellm_started=1
+    elif [ "${CI:-}" = "true" ]; then
+      log "ERROR: the LiteLLM proxy did not start (CI=true: this is a failure)"
+      exit 1
+    else
+      log "the LiteLLM proxy did not start: its tests will report themselves skipped"
+    fi
+  else
+    log "no LiteLLM kit at $kit: its tests will report themselves skipped (fail under CI=true)"
+  fi
+fi
+
+cargo test --workspace --all-features --no-fail-fast "$@"
