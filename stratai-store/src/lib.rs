@@ -1,6 +1,10 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+pub(crate) mod error;
 pub mod memory;
 pub mod postgres;
+pub(crate) mod shared;
 pub mod sqlite;
+
+pub use memory::MemoryStore;

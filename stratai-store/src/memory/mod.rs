@@ -1,1 +1,1420 @@
 //! In-memory backend of every core port (tests, embedding).
+//!
+//! [`MemoryStore`] is the reference implementation: the SQL backends must behave exactly like
+//! it, which the conformance suite checks. All state sits behind one lock, so every operation
+//! is a transaction: it validates everything first and only then changes anything.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use stratai_core::budget::{Budget, BudgetAlert, BudgetState};
+use stratai_core::directory::{
+    Email, Group, GroupMembership, GroupRole, Invitation, InvitationStatus, Membership,
+    Organization, Slug, User, UserProfile,
+};
+use stratai_core::ports::{
+    AppendOutcome, BudgetLedger, DirectoryStore, GuardrailStore, OutboxEntity, OutboxEvent,
+    OutboxStore, ReserveOutcome, ReserveRequest, RuleRecord, RuleScope, SettleOutcome, TierStore,
+    UsageStore,
+};
+use stratai_core::tiers::{ModelTier, TierSubscription};
+use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord};
+use stratai_core::{
+    BudgetId, GroupId, InvitationId, Money, OrgId, ProfileId, RequestId, RuleId, StoreError,
+    TierId, UserId,
+};
+use tokio::sync::RwLock;
+
+use crate::shared::{self, micros};
+
+/// Every port in memory. Cloning shares the state.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    state: Arc<RwLock<State>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    orgs: BTreeMap<OrgId, Organization>,
+    users: BTreeMap<UserId, User>,
+    members: BTreeMap<(OrgId, UserId), Membership>,
+    groups: BTreeMap<GroupId, Group>,
+    group_members: BTreeMap<(GroupId, UserId), GroupMembership>,
+    profiles: BTreeMap<ProfileId, UserProfile>,
+    invitations: BTreeMap<InvitationId, Invitation>,
+    tiers: BTreeMap<TierId, ModelTier>,
+    subscriptions: BTreeMap<(OrgId, TierId), TierSubscription>,
+    rules: BTreeMap<RuleId, RuleRecord>,
+    budgets: BTreeMap<BudgetId, Budget>,
+    periods: BTreeMap<(BudgetId, DateTime<Utc>), Period>,
+    reservations: BTreeMap<(OrgId, RequestId), Reservation>,
+    usage: BTreeMap<OrgId, BTreeMap<(DateTime<Utc>, RequestId), UsageRecord>>,
+    usage_ids: HashMap<(OrgId, RequestId), DateTime<Utc>>,
+    outbox: BTreeMap<i64, OutboxRow>,
+    versions: HashMap<OutboxEntity, i64>,
+    next_seq: i64,
+}
+
+#[derive(Clone)]
+struct Period {
+    end: DateTime<Utc>,
+    spent: Money,
+    reserved: Money,
+    alert_sent: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReservationStatus {
+    Active,
+    Released,
+    Settled,
+}
+
+struct Reservation {
+    amount: Money,
+    /// Each budget with the start of the period the reservation was made in.
+    items: Vec<(BudgetId, DateTime<Utc>)>,
+    expires_at: DateTime<Utc>,
+    status: ReservationStatus,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OutboxStatus {
+    Pending,
+    Done,
+    Dead,
+}
+
+struct OutboxRow {
+    event: OutboxEvent,
+    status: OutboxStatus,
+}
+
+fn tenant(expected: OrgId, actual: OrgId, what: &str) -> Result<(), StoreError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(StoreError::TenantMismatch(format!(
+            "{what} belongs to organization `{actual}`, not `{expected}`"
+        )))
+    }
+}
+
+fn norm_org(org: &Organization) -> Organization {
+    let mut org = org.clone();
+    org.created_at = micros(org.created_at);
+    org.updated_at = micros(org.updated_at);
+    org
+}
+
+fn norm_user(user: &User) -> User {
+    let mut user = user.clone();
+    user.created_at = micros(user.created_at);
+    user.last_login_at = user.last_login_at.map(micros);
+    user
+}
+
+fn norm_member(member: &Membership) -> Membership {
+    let mut member = member.clone();
+    member.joined_at = micros(member.joined_at);
+    member
+}
+
+fn norm_group(group: &Group) -> Group {
+    let mut group = group.clone();
+    group.created_at = micros(group.created_at);
+    group.updated_at = micros(group.updated_at);
+    group
+}
+
+fn norm_invitation(invitation: &Invitation) -> Invitation {
+    let mut invitation = invitation.clone();
+    invitation.created_at = micros(invitation.created_at);
+    invitation.expires_at = micros(invitation.expires_at);
+    invitation.accepted_at = invitation.accepted_at.map(micros);
+    invitation
+}
+
+fn norm_budget(budget: &Budget) -> Budget {
+    let mut budget = budget.clone();
+    budget.created_at = micros(budget.created_at);
+    budget.updated_at = micros(budget.updated_at);
+    budget
+}
+
+fn norm_record(record: &UsageRecord) -> UsageRecord {
+    let mut record = record.clone();
+    record.created_at = micros(record.created_at);
+    record
+}
+
+impl State {
+    /// Writes the outbox event of a directory change (same "transaction": under the same lock).
+    fn emit(&mut self, org_id: OrgId, entity: OutboxEntity, deleted: bool) {
+        let version = self.versions.entry(entity).or_insert(0);
+        *version += 1;
+        let version = *version;
+        self.next_seq += 1;
+        let now = micros(Utc::now());
+        self.outbox.insert(
+            self.next_seq,
+            OutboxRow {
+                event: OutboxEvent {
+                    seq: self.next_seq,
+                    org_id,
+                    entity,
+                    deleted,
+                    version,
+                    attempts: 0,
+                    last_error: None,
+                    available_at: now,
+                    created_at: now,
+                },
+                status: OutboxStatus::Pending,
+            },
+        );
+    }
+
+    fn org(&self, org: OrgId) -> Result<&Organization, StoreError> {
+        self.orgs
+            .get(&org)
+            .ok_or_else(|| StoreError::not_found("organization", org))
+    }
+
+    fn group_in(&self, org: OrgId, group: GroupId) -> Result<&Group, StoreError> {
+        self.groups
+            .get(&group)
+            .filter(|g| g.org_id == org)
+            .ok_or_else(|| StoreError::not_found("group", group))
+    }
+
+    fn member_of(&self, org: OrgId, user: UserId) -> Result<&Membership, StoreError> {
+        self.members
+            .get(&(org, user))
+            .ok_or_else(|| StoreError::not_found("membership", user))
+    }
+
+    fn budget_in(&self, org: OrgId, budget: BudgetId) -> Result<&Budget, StoreError> {
+        self.budgets
+            .get(&budget)
+            .filter(|b| b.org_id == org)
+            .ok_or_else(|| StoreError::not_found("budget", budget))
+    }
+
+    fn check_budget_scope(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
+        use stratai_core::budget::BudgetScope;
+        match budget.scope {
+            BudgetScope::Org => Ok(()),
+            BudgetScope::Group(group) => self.group_in(org, group).map(|_| ()),
+            BudgetScope::User(user) => self.member_of(org, user).map(|_| ()),
+            BudgetScope::Tier(tier) => self
+                .tiers
+                .get(&tier)
+                .map(|_| ())
+                .ok_or_else(|| StoreError::not_found("tier", tier)),
+        }
+    }
+
+    fn check_rule_targets(&self, rule: &RuleRecord) -> Result<(), StoreError> {
+        match rule.scope {
+            RuleScope::Global => Ok(()),
+            RuleScope::Org { org_id } => self.org(org_id).map(|_| ()),
+            RuleScope::Tier { org_id, tier_id } => {
+                if let Some(org) = org_id {
+                    self.org(org)?;
+                }
+                self.tiers
+                    .get(&tier_id)
+                    .map(|_| ())
+                    .ok_or_else(|| StoreError::not_found("tier", tier_id))
+            }
+            RuleScope::Group { org_id, group_id } => self.group_in(org_id, group_id).map(|_| ()),
+            RuleScope::User { org_id, user_id } => self.member_of(org_id, user_id).map(|_| ()),
+        }
+    }
+
+    fn state_of(&self, budget: &Budget, start: DateTime<Utc>) -> BudgetState {
+        let period = self.periods.get(&(budget.id, start));
+        let (_, window_end) = shared::period_window(budget.period, start);
+        BudgetState {
+            budget: budget.clone(),
+            period_start: start,
+            period_end: period.map_or(window_end, |p| p.end),
+            spent: period.map_or(Money::ZERO, |p| p.spent),
+            reserved: period.map_or(Money::ZERO, |p| p.reserved),
+            alert_sent: period.is_some_and(|p| p.alert_sent),
+        }
+    }
+
+    fn period_mut(&mut self, budget: &Budget, start: DateTime<Utc>) -> &mut Period {
+        let (_, end) = shared::period_window(budget.period, start);
+        self.periods.entry((budget.id, start)).or_insert(Period {
+            end,
+            spent: Money::ZERO,
+            reserved: Money::ZERO,
+            alert_sent: false,
+        })
+    }
+
+    /// Adds settled spend to one budget's period; returns the alert if it fires now.
+    fn add_spend(
+        &mut self,
+        budget_id: BudgetId,
+        start: DateTime<Utc>,
+        actual: Money,
+        unreserve: Money,
+    ) -> Option<BudgetAlert> {
+        let budget = self.budgets.get(&budget_id)?.clone();
+        let period = self.period_mut(&budget, start);
+        period.reserved = period.reserved.saturating_sub(unreserve);
+        period.spent = period.spent + actual;
+        if shared::alert_due(&budget, period.spent, period.alert_sent) {
+            period.alert_sent = true;
+            Some(BudgetAlert {
+                budget_id,
+                org_id: budget.org_id,
+                scope: budget.scope,
+                period_start: start,
+                spent: period.spent,
+                limit: budget.limit,
+                threshold: budget.alert_threshold,
+            })
+        } else {
+            None
+        }
+    }
+
+    fn release_reservation(&mut self, key: (OrgId, RequestId)) -> bool {
+        let Some(reservation) = self.reservations.get_mut(&key) else {
+            return false;
+        };
+        if reservation.status != ReservationStatus::Active {
+            return false;
+        }
+        reservation.status = ReservationStatus::Released;
+        let amount = reservation.amount;
+        let items = reservation.items.clone();
+        for (budget_id, start) in items {
+            if let Some(period) = self.periods.get_mut(&(budget_id, start)) {
+                period.reserved = period.reserved.saturating_sub(amount);
+            }
+        }
+        true
+    }
+
+    fn usage_page(
+        &self,
+        org: OrgId,
+        query: &UsageQuery,
+        after: Option<shared::Cursor>,
+        limit: usize,
+    ) -> Vec<UsageRecord> {
+        let Some(records) = self.usage.get(&org) else {
+            return Vec::new();
+        };
+        let lower = match after {
+            Some(cursor) => std::ops::Bound::Excluded(cursor),
+            None => std::ops::Bound::Unbounded,
+        };
+        records
+            .range((lower, std::ops::Bound::Unbounded))
+            .map(|(_, r)| r)
+            .filter(|r| shared::matches(query, r))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+}
+
+#[async_trait]
+impl DirectoryStore for MemoryStore {
+    async fn create_org(&self, org: &Organization) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        if s.orgs.contains_key(&org.id) {
+            return Err(StoreError::Conflict(format!(
+                "organization `{}` exists",
+                org.id
+            )));
+        }
+        if s.orgs.values().any(|o| o.slug == org.slug) {
+            return Err(StoreError::Conflict(format!(
+                "slug `{}` is taken",
+                org.slug
+            )));
+        }
+        if let Some(litellm) = &org.litellm_org_id
+            && s.orgs
+                .values()
+                .any(|o| o.litellm_org_id.as_ref() == Some(litellm))
+        {
+            return Err(StoreError::Conflict(format!(
+                "litellm organization `{litellm}` is linked"
+            )));
+        }
+        s.orgs.insert(org.id, norm_org(org));
+        s.emit(org.id, OutboxEntity::Org(org.id), false);
+        Ok(())
+    }
+
+    async fn get_org(&self, org: OrgId) -> Result<Organization, StoreError> {
+        self.state.read().await.org(org).cloned()
+    }
+
+    async fn find_org_by_slug(&self, slug: &Slug) -> Result<Option<Organization>, StoreError> {
+        let s = self.state.read().await;
+        Ok(s.orgs.values().find(|o| &o.slug == slug).cloned())
+    }
+
+    async fn update_org(&self, org: &Organization) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        let old = s.org(org.id)?.clone();
+        if let Some(litellm) = &org.litellm_org_id
+            && s.orgs
+                .values()
+                .any(|o| o.id != org.id && o.litellm_org_id.as_ref() == Some(litellm))
+        {
+            return Err(StoreError::Conflict(format!(
+                "litellm organization `{litellm}` is linked"
+            )));
+        }
+        let mut new = norm_org(org);
+        new.slug = old.slug.clone();
+        new.created_at = old.created_at;
+        let synced_only = Organization {
+            litellm_org_id: old.litellm_org_id.clone(),
+            updated_at: old.updated_at,
+            ..new.clone()
+        } == old;
+        s.orgs.insert(org.id, new);
+        if !synced_only {
+            s.emit(org.id, OutboxEntity::Org(org.id), false);
+        }
+        Ok(())
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<Organization>, StoreError> {
+        Ok(self.state.read().await.orgs.values().cloned().collect())
+    }
+
+    async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        if s.users.contains_key(&user.id) {
+            return Err(StoreError::Conflict(format!("user `{}` exists", user.id)));
+        }
+        check_user_unique(&s, user)?;
+        s.users.insert(user.id, norm_user(user));
+        Ok(())
+    }
+
+    async fn get_user(&self, user: UserId) -> Result<User, StoreError> {
+        self.state
+            .read()
+            .await
+            .users
+            .get(&user)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("user", user))
+    }
+
+    async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
+        let s = self.state.read().await;
+        Ok(s.users.values().find(|u| &u.email == email).cloned())
+    }
+
+    async fn find_user_by_subject(&self, subject: &str) -> Result<Option<User>, StoreError> {
+        let s = self.state.read().await;
+        Ok(s.users
+            .values()
+            .find(|u| u.oidc_subject.as_deref() == Some(subject))
+            .cloned())
+    }
+
+    async fn update_user(&self, user: &User) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        let old = s
+            .users
+            .get(&user.id)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("user", user.id))?;
+        check_user_unique(&s, user)?;
+        let mut new = norm_user(user);
+        new.created_at = old.created_at;
+        s.users.insert(user.id, new);
+        Ok(())
+    }
+
+    async fn add_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        tenant(org, member.org_id, "membership")?;
+        s.org(org)?;
+        if !s.users.contains_key(&member.user_id) {
+            return Err(StoreError::not_found("user", member.user_id));
+        }
+        check_profile(&s, member.profile_id)?;
+        if s.members.contains_key(&(org, member.user_id)) {
+            return Err(StoreError::Conflict(format!(
+                "user `{}` is already a member",
+                member.user_id
+            )));
+        }
+        s.members.insert((org, member.user_id), norm_member(member));
+        s.emit(org, OutboxEntity::Member(member.user_id), false);
+        Ok(())
+    }
+
+    async fn get_member(&self, org: OrgId, user: UserId) -> Result<Membership, StoreError> {
+        self.state.read().await.member_of(org, user).cloned()
+    }
+
+    async fn list_members(&self, org: OrgId) -> Result<Vec<Membership>, StoreError> {
+        let s = self.state.read().await;
+        Ok(s.members
+            .range(
+                (org, UserId::from_uuid(uuid::Uuid::nil()))
+                    ..=(org, UserId::from_uuid(uuid::Uuid::max())),
+            )
+            .map(|(_, m)| m.clone())
+            .collect())
+    }
+
+    async fn update_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        tenant(org, member.org_id, "membership")?;
+        let old = s.member_of(org, member.user_id)?.clone();
+        check_profile(&s, member.profile_id)?;
+        let mut new = norm_member(member);
+        new.joined_at = old.joined_at;
+        let synced_only = Membership {
+            litellm_key_id: old.litellm_key_id.clone(),
+            ..new.clone()
+        } == old;
+        s.members.insert((org, member.user_id), new);
+        if !synced_only {
+            s.emit(org, OutboxEntity::Member(member.user_id), false);
+        }
+        Ok(())
+    }
+
+    async fn remove_member(&self, org: OrgId, user: UserId) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        s.member_of(org, user)?;
+        s.members.remove(&(org, user));
+        let groups: BTreeSet<GroupId> = s
+            .groups
+            .values()
+            .filter(|g| g.org_id == org)
+            .map(|g| g.id)
+            .collect();
+        s.group_members
+            .retain(|(group, member), _| !(*member == user && groups.contains(group)));
+        s.emit(org, OutboxEntity::Member(user), true);
+        Ok(())
+    }
+
+    async fn memberships_of_user(&self, user: UserId) -> Result<Vec<Membership>, StoreError> {
+        let s = self.state.read().await;
+        Ok(s.members
+            .values()
+            .filter(|m| m.user_id == user)
+            .cloned()
+            .collect())
+    }
+
+    async fn create_group(&self, org: OrgId, group: &Group) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        tenant(org, group.org_id, "group")?;
+        s.org(org)?;
+        if s.groups.contains_key(&group.id) {
+            return Err(StoreError::Conflict(format!("group `{}` exists", group.id)));
+        }
+        check_group_name(&s, group)?;
+        s.groups.insert(group.id, norm_group(group));
+        s.emit(org, OutboxEntity::Group(group.id), false);
+        Ok(())
+    }
+
+    async fn get_group(&self, org: OrgId, group: GroupId) -> Result<Group, StoreError> {
+        self.state.read().await.group_in(org, group).cloned()
+    }
+
+    async fn locate_group(&self, group: GroupId) -> Result<Option<OrgId>, StoreError> {
+        Ok(self.state.read().await.groups.get(&group).map(|g| g.org_id))
+    }
+
+    async fn list_groups(&self, org: OrgId) -> Result<Vec<Group>, StoreError> {
+        let s = self.state.read().await;
+        Ok(s.groups
+            .values()
+            .filter(|g| g.org_id == org)
+            .cloned()
+            .collect())
+    }
+
+    async fn update_group(&self, org: OrgId, group: &Group) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        tenant(org, group.org_id, "group")?;
+        let old = s.group_in(org, group.id)?.clone();
+        check_group_name(&s, group)?;
+        let mut new = norm_group(group);
+        new.created_at = old.created_at;
+        s.groups.insert(group.id, new);
+        s.emit(org, OutboxEntity::Group(group.id), false);
+        Ok(())
+    }
+
+    async fn delete_group(&self, org: OrgId, group: GroupId) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        s.group_in(org, group)?;
+        s.groups.remove(&group);
+        s.group_members.retain(|(g, _), _| *g != group);
+        s.emit(org, OutboxEntity::Group(group), true);
+        Ok(())
+    }
+
+    async fn put_group_member(
+        &self,
+        org: OrgId,
+        membership: &GroupMembership,
+    ) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        tenant(org, membership.org_id, "group membership")?;
+        s.group_in(org, membership.group_id)?;
+        s.member_of(org, membership.user_id)?;
+        let key = (membership.group_id, membership.user_id);
+        let mut new = membership.clone();
+        new.joined_at = match s.group_members.get(&key) {
+            Some(old) => old.joined_at,
+            None => micros(membership.joined_at),
+        };
+        s.group_members.insert(key, new);
+        s.emit(org, OutboxEntity::Group(membership.group_id), false);
+        s.emit(org, OutboxEntity::Member(membership.user_id), false);
+        Ok(())
+    }
+
+    async fn remove_group_member(
+        &self,
+        org: OrgId,
+        group: GroupId,
+        user: UserId,
+    ) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        s.group_in(org, group)?;
+        if s.group_members.remove(&(group, user)).is_none() {
+            return Err(StoreError::not_found("group membership", user));
+        }
+        s.emit(org, OutboxEntity::Group(group), false);
+        s.emit(org, OutboxEntity::Member(user), false);
+        Ok(())
+    }
+
+    async fn list_group_members(
+        &self,
+        org: OrgId,
+        group: GroupId,
+    ) -> Result<Vec<GroupMembership>, StoreError> {
+        let s = self.state.read().await;
+        s.group_in(org, group)?;
+        Ok(s.group_members
+            .values()
+            .filter(|m| m.group_id == group)
+            .cloned()
+            .collect())
+    }
+
+    async fn groups_of_member(
+        &self,
+        org: OrgId,
+        user: UserId,
+    ) -> Result<Vec<(Group, GroupRole)>, StoreError> {
+        let s = self.state.read().await;
+        Ok(s.groups
+            .values()
+            .filter(|g| g.org_id == org)
+            .filter_map(|g| {
+                s.group_members
+                    .get(&(g.id, user))
+                    .map(|m| (g.clone(), m.role))
+            })
+            .collect())
+    }
+
+    async fn create_profile(&self, profile: &UserProfile) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        if s.profiles.contains_key(&profile.id) {
+            return Err(StoreError::Conflict(format!(
+                "profile `{}` exists",
+                profile.id
+            )));
+        }
+        let mut new = profile.clone();
+        new.created_at = micros(new.created_at);
+        s.profiles.insert(profile.id, new);
+        Ok(())
+    }
+
+    async fn get_profile(&self, profile: ProfileId) -> Result<UserProfile, StoreError> {
+        self.state
+            .read()
+            .await
+            .profiles
+            .get(&profile)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("profile", profile))
+    }
+
+    async fn list_profiles(&self) -> Result<Vec<UserProfile>, StoreError> {
+        Ok(self.state.read().await.profiles.values().cloned().collect())
+    }
+
+    async fn create_invitation(
+        &self,
+        org: OrgId,
+        invitation: &Invitation,
+    ) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        tenant(org, invitation.org_id, "invitation")?;
+        s.org(org)?;
+        for group in &invitation.group_ids {
+            s.group_in(org, *group)?;
+        }
+        check_profile(&s, invitation.profile_id)?;
+        if let Some(inviter) = invitation.invited_by
+            && !s.users.contains_key(&inviter)
+        {
+            return Err(StoreError::not_found("user", inviter));
+        }
+        if s.invitations.contains_key(&invitation.id) {
+            return Err(StoreError::Conflict(format!(
+                "invitation `{}` exists",
+                invitation.id
+            )));
+        }
+        if s.invitations
+            .values()
+            .any(|i| i.token_hash == invitation.token_hash)
+        {
+            return Err(StoreError::Conflict(
+                "invitation token is in use".to_owned(),
+            ));
+        }
+        s.invitations
+            .insert(invitation.id, norm_invitation(invitation));
+        Ok(())
+    }
+
+    async fn find_invitation_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<Invitation>, StoreError> {
+        let s = self.state.read().await;
+        Ok(s.invitations
+            .values()
+            .find(|i| i.token_hash == token_hash)
+            .cloned())
+    }
+
+    async fn list_invitations(&self, org: OrgId) -> Result<Vec<Invitation>, StoreError> {
+        let s = self.state.read().await;
+        Ok(s.invitations
+            .values()
+            .filter(|i| i.org_id == org)
+            .cloned()
+            .collect())
+    }
+
+    async fn revoke_invitation(
+        &self,
+        org: OrgId,
+        invitation: InvitationId,
+    ) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        let found = s
+            .invitations
+            .get_mut(&invitation)
+            .filter(|i| i.org_id == org)
+            .ok_or_else(|| StoreError::not_found("invitation", invitation))?;
+        if found.status != InvitationStatus::Pending {
+            return Err(StoreError::Conflict(format!(
+                "invitation `{invitation}` is {}",
+                shared::enum_text(&found.status)?
+            )));
+        }
+        found.status = InvitationStatus::Revoked;
+        Ok(())
+    }
+
+    async fn accept_invitation(
+        &self,
+        token_hash: &str,
+        user: &User,
+        now: DateTime<Utc>,
+    ) -> Result<Membership, StoreError> {
+        let now = micros(now);
+        let mut s = self.state.write().await;
+        let invitation = s
+            .invitations
+            .values()
+            .find(|i| i.token_hash == token_hash)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("invitation", "token"))?;
+        shared::check_acceptance(&invitation, user, now)?;
+        if !s.users.contains_key(&user.id) {
+            return Err(StoreError::not_found("user", user.id));
+        }
+        let org = invitation.org_id;
+        if s.members.contains_key(&(org, user.id)) {
+            return Err(StoreError::Conflict(format!(
+                "user `{}` is already a member",
+                user.id
+            )));
+        }
+        let membership = Membership {
+            org_id: org,
+            user_id: user.id,
+            role: invitation.role,
+            allowed_tiers: None,
+            monthly_budget: None,
+            profile_id: invitation.profile_id,
+            litellm_key_id: None,
+            joined_at: now,
+        };
+        s.members.insert((org, user.id), membership.clone());
+        s.emit(org, OutboxEntity::Member(user.id), false);
+        for group in &invitation.group_ids {
+            // A group deleted since the invitation was sent is skipped.
+            if s.group_in(org, *group).is_ok() {
+                s.group_members.insert(
+                    (*group, user.id),
+                    GroupMembership {
+                        org_id: org,
+                        group_id: *group,
+                        user_id: user.id,
+                        role: GroupRole::Member,
+                        joined_at: now,
+                    },
+                );
+                s.emit(org, OutboxEntity::Group(*group), false);
+            }
+        }
+        if let Some(stored) = s.invitations.get_mut(&invitation.id) {
+            stored.status = InvitationStatus::Accepted;
+            stored.accepted_at = Some(now);
+        }
+        Ok(membership)
+    }
+}
+
+fn check_user_unique(s: &State, user: &User) -> Result<(), StoreError> {
+    if s.users
+        .values()
+        .any(|u| u.id != user.id && u.email == user.email)
+    {
+        return Err(StoreError::Conflict(format!(
+            "email `{}` is taken",
+            user.email
+        )));
+    }
+    if let Some(subject) = &user.oidc_subject
+        && s.users
+            .values()
+            .any(|u| u.id != user.id && u.oidc_subject.as_ref() == Some(subject))
+    {
+        return Err(StoreError::Conflict(format!(
+            "oidc subject `{subject}` is taken"
+        )));
+    }
+    Ok(())
+}
+
+fn check_profile(s: &State, profile: Option<ProfileId>) -> Result<(), StoreError> {
+    match profile {
+        Some(id) if !s.profiles.contains_key(&id) => Err(StoreError::not_found("profile", id)),
+        _ => Ok(()),
+    }
+}
+
+fn check_group_name(s: &State, group: &Group) -> Result<(), StoreError> {
+    if s.groups
+        .values()
+        .any(|g| g.org_id == group.org_id && g.id != group.id && g.name == group.name)
+    {
+        Err(StoreError::Conflict(format!(
+            "group name `{}` is taken",
+            group.name
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TierStore for MemoryStore {
+    async fn upsert_tier(&self, tier: &ModelTier) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        if s.tiers
+            .values()
+            .any(|t| t.id != tier.id && t.slug == tier.slug)
+        {
+            return Err(StoreError::Conflict(format!(
+                "tier slug `{}` is taken",
+                tier.slug
+            )));
+        }
+        let mut seen = BTreeSet::new();
+        for model in &tier.models {
+            if !seen.insert(model) {
+                return Err(StoreError::Conflict(format!(
+                    "model `{model}` is listed twice"
+                )));
+            }
+            if let Some(other) = s
+                .tiers
+                .values()
+                .find(|t| t.id != tier.id && t.models.contains(model))
+            {
+                return Err(StoreError::Conflict(format!(
+                    "model `{model}` is in tier `{}`",
+                    other.slug
+                )));
+            }
+        }
+        s.tiers.insert(tier.id, tier.clone());
+        Ok(())
+    }
+
+    async fn list_tiers(&self) -> Result<Vec<ModelTier>, StoreError> {
+        let mut tiers: Vec<ModelTier> = self.state.read().await.tiers.values().cloned().collect();
+        tiers.sort_by_key(|t| (t.sort_order, t.id));
+        Ok(tiers)
+    }
+
+    async fn get_tier(&self, tier: TierId) -> Result<ModelTier, StoreError> {
+        self.state
+            .read()
+            .await
+            .tiers
+            .get(&tier)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("tier", tier))
+    }
+
+    async fn put_subscription(
+        &self,
+        org: OrgId,
+        subscription: &TierSubscription,
+    ) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        tenant(org, subscription.org_id, "subscription")?;
+        s.org(org)?;
+        if !s.tiers.contains_key(&subscription.tier_id) {
+            return Err(StoreError::not_found("tier", subscription.tier_id));
+        }
+        let mut new = subscription.clone();
+        new.enabled_at = micros(new.enabled_at);
+        s.subscriptions.insert((org, subscription.tier_id), new);
+        s.emit(org, OutboxEntity::Org(org), false);
+        Ok(())
+    }
+
+    async fn list_subscriptions(&self, org: OrgId) -> Result<Vec<TierSubscription>, StoreError> {
+        let s = self.state.read().await;
+        Ok(s.subscriptions
+            .values()
+            .filter(|sub| sub.org_id == org)
+            .cloned()
+            .collect())
+    }
+}
+
+#[async_trait]
+impl GuardrailStore for MemoryStore {
+    async fn put_platform_rule(&self, rule: &RuleRecord) -> Result<(), StoreError> {
+        shared::check_rule(rule)?;
+        if let Some(org) = rule.scope.org_id() {
+            return Err(StoreError::TenantMismatch(format!(
+                "a platform rule can not be scoped to organization `{org}`"
+            )));
+        }
+        let mut s = self.state.write().await;
+        s.check_rule_targets(rule)?;
+        if let Some(old) = s.rules.get(&rule.id)
+            && old.scope.org_id().is_some()
+        {
+            return Err(StoreError::Conflict(format!(
+                "rule `{}` belongs to an organization",
+                rule.id
+            )));
+        }
+        let mut new = rule.clone();
+        new.created_at = micros(new.created_at);
+        s.rules.insert(rule.id, new);
+        Ok(())
+    }
+
+    async fn put_rule(&self, org: OrgId, rule: &RuleRecord) -> Result<(), StoreError> {
+        shared::check_rule(rule)?;
+        match rule.scope.org_id() {
+            Some(owner) => tenant(org, owner, "rule")?,
+            None => {
+                return Err(StoreError::TenantMismatch(format!(
+                    "rule `{}` is a platform rule, not one of organization `{org}`",
+                    rule.id
+                )));
+            }
+        }
+        let mut s = self.state.write().await;
+        s.check_rule_targets(rule)?;
+        if let Some(old) = s.rules.get(&rule.id)
+            && old.scope.org_id() != Some(org)
+        {
+            return Err(StoreError::Conflict(format!(
+                "rule id `{}` is in use",
+                rule.id
+            )));
+        }
+        let mut new = rule.clone();
+        new.created_at = micros(new.created_at);
+        s.rules.insert(rule.id, new);
+        Ok(())
+    }
+
+    async fn get_rule(&self, org: OrgId, rule: RuleId) -> Result<RuleRecord, StoreError> {
+        let s = self.state.read().await;
+        s.rules
+            .get(&rule)
+            .filter(|r| r.scope.org_id() == Some(org))
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("rule", rule))
+    }
+
+    async fn delete_rule(&self, org: OrgId, rule: RuleId) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        if s.rules
+            .get(&rule)
+            .is_some_and(|r| r.scope.org_id() == Some(org))
+        {
+            s.rules.remove(&rule);
+            Ok(())
+        } else {
+            Err(StoreError::not_found("rule", rule))
+        }
+    }
+
+    async fn delete_platform_rule(&self, rule: RuleId) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        if s.rules
+            .get(&rule)
+            .is_some_and(|r| r.scope.org_id().is_none())
+        {
+            s.rules.remove(&rule);
+            Ok(())
+        } else {
+            Err(StoreError::not_found("rule", rule))
+        }
+    }
+
+    async fn list_platform_rules(&self) -> Result<Vec<RuleRecord>, StoreError> {
+        let s = self.state.read().await;
+        Ok(sorted_rules(
+            s.rules.values().filter(|r| r.scope.org_id().is_none()),
+        ))
+    }
+
+    async fn list_org_rules(&self, org: OrgId) -> Result<Vec<RuleRecord>, StoreError> {
+        let s = self.state.read().await;
+        Ok(sorted_rules(
+            s.rules.values().filter(|r| r.scope.org_id() == Some(org)),
+        ))
+    }
+}
+
+/// Rules in evaluation order: priority descending, then id.
+fn sorted_rules<'a>(rules: impl Iterator<Item = &'a RuleRecord>) -> Vec<RuleRecord> {
+    let mut rules: Vec<RuleRecord> = rules.cloned().collect();
+    rules.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.id));
+    rules
+}
+
+#[async_trait]
+impl BudgetLedger for MemoryStore {
+    async fn create_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
+        shared::check_budget(budget)?;
+        let mut s = self.state.write().await;
+        tenant(org, budget.org_id, "budget")?;
+        s.org(org)?;
+        s.check_budget_scope(org, budget)?;
+        if s.budgets.contains_key(&budget.id) {
+            return Err(StoreError::Conflict(format!(
+                "budget `{}` exists",
+                budget.id
+            )));
+        }
+        s.budgets.insert(budget.id, norm_budget(budget));
+        Ok(())
+    }
+
+    async fn get_budget(&self, org: OrgId, budget: BudgetId) -> Result<Budget, StoreError> {
+        self.state.read().await.budget_in(org, budget).cloned()
+    }
+
+    async fn list_budgets(&self, org: OrgId) -> Result<Vec<Budget>, StoreError> {
+        let s = self.state.read().await;
+        Ok(s.budgets
+            .values()
+            .filter(|b| b.org_id == org)
+            .cloned()
+            .collect())
+    }
+
+    async fn update_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
+        shared::check_budget(budget)?;
+        let mut s = self.state.write().await;
+        tenant(org, budget.org_id, "budget")?;
+        let old = s.budget_in(org, budget.id)?.clone();
+        let mut new = norm_budget(budget);
+        // The scope and creation time are fixed; the rest is replaced.
+        new.scope = old.scope;
+        new.created_at = old.created_at;
+        s.budgets.insert(budget.id, new);
+        Ok(())
+    }
+
+    async fn delete_budget(&self, org: OrgId, budget: BudgetId) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        s.budget_in(org, budget)?;
+        s.budgets.remove(&budget);
+        s.periods.retain(|(b, _), _| *b != budget);
+        for reservation in s.reservations.values_mut() {
+            reservation.items.retain(|(b, _)| *b != budget);
+        }
+        Ok(())
+    }
+
+    async fn states(
+        &self,
+        org: OrgId,
+        budgets: &[BudgetId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<BudgetState>, StoreError> {
+        let s = self.state.read().await;
+        budgets
+            .iter()
+            .map(|id| {
+                let budget = s.budget_in(org, *id)?;
+                let (start, _) = shared::period_window(budget.period, now);
+                Ok(s.state_of(budget, start))
+            })
+            .collect()
+    }
+
+    async fn reserve(
+        &self,
+        org: OrgId,
+        request: &ReserveRequest,
+    ) -> Result<ReserveOutcome, StoreError> {
+        let mut s = self.state.write().await;
+        let key = (org, request.request_id);
+        if let Some(existing) = s.reservations.get(&key) {
+            let states = existing
+                .items
+                .iter()
+                .filter_map(|(id, start)| s.budgets.get(id).map(|b| s.state_of(b, *start)))
+                .collect();
+            return Ok(ReserveOutcome::Reserved(states));
+        }
+        // Fixed order (by id) and no duplicates, as the SQL backends lock them.
+        let ids: BTreeSet<BudgetId> = request.budgets.iter().copied().collect();
+        let mut targets = Vec::with_capacity(ids.len());
+        for id in ids {
+            let budget = s.budget_in(org, id)?.clone();
+            let (start, _) = shared::period_window(budget.period, request.now);
+            targets.push((budget, start));
+        }
+        for (budget, start) in &targets {
+            let state = s.state_of(budget, *start);
+            if let Err(refusal) = shared::admit(budget, state.spent, state.reserved, request.amount)
+            {
+                return Ok(ReserveOutcome::Refused(refusal));
+            }
+        }
+        for (budget, start) in &targets {
+            let period = s.period_mut(budget, *start);
+            period.reserved = period.reserved + request.amount;
+        }
+        s.reservations.insert(
+            key,
+            Reservation {
+                amount: request.amount,
+                items: targets.iter().map(|(b, start)| (b.id, *start)).collect(),
+                expires_at: micros(request.expires_at),
+                status: ReservationStatus::Active,
+            },
+        );
+        Ok(ReserveOutcome::Reserved(
+            targets
+                .iter()
+                .map(|(budget, start)| s.state_of(budget, *start))
+                .collect(),
+        ))
+    }
+
+    async fn settle(
+        &self,
+        org: OrgId,
+        request_id: RequestId,
+        budgets: &[BudgetId],
+        actual: Money,
+        now: DateTime<Utc>,
+    ) -> Result<SettleOutcome, StoreError> {
+        let mut s = self.state.write().await;
+        let key = (org, request_id);
+        let (items, unreserve) = match s.reservations.get(&key) {
+            Some(r) if r.status == ReservationStatus::Settled => {
+                return Ok(SettleOutcome::default());
+            }
+            Some(r) => {
+                let unreserve = if r.status == ReservationStatus::Active {
+                    r.amount
+                } else {
+                    Money::ZERO
+                };
+                (r.items.clone(), unreserve)
+            }
+            None => {
+                let ids: BTreeSet<BudgetId> = budgets.iter().copied().collect();
+                let mut items = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let budget = s.budget_in(org, id)?;
+                    items.push((id, shared::period_window(budget.period, now).0));
+                }
+                (items, Money::ZERO)
+            }
+        };
+        let mut alerts = Vec::new();
+        for (budget_id, start) in &items {
+            if let Some(alert) = s.add_spend(*budget_id, *start, actual, unreserve) {
+                alerts.push(alert);
+            }
+        }
+        match s.reservations.get_mut(&key) {
+            Some(r) => r.status = ReservationStatus::Settled,
+            None => {
+                s.reservations.insert(
+                    key,
+                    Reservation {
+                        amount: Money::ZERO,
+                        items,
+                        expires_at: micros(now),
+                        status: ReservationStatus::Settled,
+                    },
+                );
+            }
+        }
+        Ok(SettleOutcome {
+            applied: true,
+            alerts,
+        })
+    }
+
+    async fn release(&self, org: OrgId, request_id: RequestId) -> Result<(), StoreError> {
+        self.state
+            .write()
+            .await
+            .release_reservation((org, request_id));
+        Ok(())
+    }
+
+    async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut s = self.state.write().await;
+        let expired: Vec<(OrgId, RequestId)> = s
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.status == ReservationStatus::Active && r.expires_at <= now)
+            .map(|(key, _)| *key)
+            .collect();
+        let mut reclaimed = 0;
+        for key in expired {
+            if s.release_reservation(key) {
+                reclaimed += 1;
+            }
+        }
+        Ok(reclaimed)
+    }
+}
+
+#[async_trait]
+impl UsageStore for MemoryStore {
+    async fn append(
+        &self,
+        org: OrgId,
+        records: &[UsageRecord],
+    ) -> Result<AppendOutcome, StoreError> {
+        let mut s = self.state.write().await;
+        for record in records {
+            tenant(org, record.org_id, "usage record")?;
+        }
+        if !records.is_empty() {
+            s.org(org)?;
+        }
+        for record in records {
+            if !s.users.contains_key(&record.user_id) {
+                return Err(StoreError::not_found("user", record.user_id));
+            }
+            if let Some(group) = record.group_id {
+                s.group_in(org, group)?;
+            }
+            if let Some(tier) = record.tier_id
+                && !s.tiers.contains_key(&tier)
+            {
+                return Err(StoreError::not_found("tier", tier));
+            }
+        }
+        let mut outcome = AppendOutcome::default();
+        for record in records {
+            let key = (org, record.request_id);
+            if s.usage_ids.contains_key(&key) {
+                outcome.duplicates += 1;
+                continue;
+            }
+            let record = norm_record(record);
+            s.usage_ids.insert(key, record.created_at);
+            s.usage
+                .entry(org)
+                .or_default()
+                .insert((record.created_at, record.request_id), record);
+            outcome.inserted += 1;
+        }
+        Ok(outcome)
+    }
+
+    async fn get(&self, org: OrgId, request_id: RequestId) -> Result<UsageRecord, StoreError> {
+        let s = self.state.read().await;
+        s.usage_ids
+            .get(&(org, request_id))
+            .and_then(|at| s.usage.get(&org)?.get(&(*at, request_id)))
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("usage record", request_id))
+    }
+
+    async fn query(
+        &self,
+        org: OrgId,
+        query: &UsageQuery,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let s = self.state.read().await;
+        Ok(s.usage_page(org, query, None, limit as usize))
+    }
+
+    async fn aggregate(
+        &self,
+        org: OrgId,
+        query: &UsageQuery,
+        group_by: &[Dimension],
+    ) -> Result<Vec<AggregateRow>, StoreError> {
+        let s = self.state.read().await;
+        let mut aggregator = shared::Aggregator::default();
+        if let Some(records) = s.usage.get(&org) {
+            for record in records.values().filter(|r| shared::matches(query, r)) {
+                aggregator.add(group_by, record);
+            }
+        }
+        Ok(aggregator.finish())
+    }
+
+    fn stream(
+        &self,
+        org: OrgId,
+        query: UsageQuery,
+    ) -> BoxStream<'static, Result<UsageRecord, StoreError>> {
+        let state = Arc::clone(&self.state);
+        let query = Arc::new(query);
+        shared::paged_stream(move |after| {
+            let state = Arc::clone(&state);
+            let query = Arc::clone(&query);
+            async move {
+                let s = state.read().await;
+                Ok(s.usage_page(org, &query, after, shared::STREAM_PAGE as usize))
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl OutboxStore for MemoryStore {
+    async fn pending(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let s = self.state.read().await;
+        Ok(s.outbox
+            .values()
+            .filter(|row| row.status == OutboxStatus::Pending && row.event.available_at <= now)
+            .take(limit as usize)
+            .map(|row| row.event.clone())
+            .collect())
+    }
+
+    async fn complete(&self, seq: i64) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        let row = s
+            .outbox
+            .get_mut(&seq)
+            .ok_or_else(|| StoreError::not_found("outbox event", seq))?;
+        row.status = OutboxStatus::Done;
+        Ok(())
+    }
+
+    async fn fail(&self, seq: i64, error: &str, retry_at: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        let row = s
+            .outbox
+            .get_mut(&seq)
+            .ok_or_else(|| StoreError::not_found("outbox event", seq))?;
+        row.event.attempts += 1;
+        row.event.last_error = Some(error.to_owned());
+        row.event.available_at = micros(retry_at);
+        Ok(())
+    }
+
+    async fn dead_letter(&self, seq: i64, reason: &str) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        let row = s
+            .outbox
+            .get_mut(&seq)
+            .ok_or_else(|| StoreError::not_found("outbox event", seq))?;
+        row.status = OutboxStatus::Dead;
+        row.event.last_error = Some(reason.to_owned());
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
+        let s = self.state.read().await;
+        Ok(s.outbox
+            .values()
+            .rev()
+            .filter(|row| row.status == OutboxStatus::Dead)
+            .take(limit as usize)
+            .map(|row| row.event.clone())
+            .collect())
+    }
+}

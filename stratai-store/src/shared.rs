@@ -1,0 +1,309 @@
+//! Pure helpers every backend shares, so the backends agree by construction: timestamp
+//! precision, budget period windows, the ledger's admission and alert rules, usage filters
+//! and aggregation, and paged streams.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
+use futures::stream::{self, BoxStream, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use stratai_core::budget::{Budget, BudgetPeriod, BudgetRefusal};
+use stratai_core::directory::{Invitation, InvitationStatus, User};
+use stratai_core::ports::RuleRecord;
+use stratai_core::usage::{AggregateRow, Dimension, DimensionValue, UsageQuery, UsageRecord};
+use stratai_core::{Money, StoreError, ValidationError};
+
+/// Timestamps are kept to the microsecond, the precision of PostgreSQL's `timestamptz`, so a
+/// value reads back equal from every backend.
+pub(crate) fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    let nanos = at.nanosecond() % 1_000_000_000;
+    at.with_nanosecond(nanos - nanos % 1_000).unwrap_or(at)
+}
+
+/// The calendar window `[start, end)` of `period` containing `at`, in UTC: a new period
+/// starts at zero because its state is a different row.
+pub(crate) fn period_window(
+    period: BudgetPeriod,
+    at: DateTime<Utc>,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    let day = at.date_naive();
+    let start_day = match period {
+        BudgetPeriod::Daily => day,
+        BudgetPeriod::Weekly => {
+            day - Duration::days(i64::from(day.weekday().num_days_from_monday()))
+        }
+        BudgetPeriod::Monthly => day.with_day(1).unwrap_or(day),
+    };
+    let end_day = match period {
+        BudgetPeriod::Daily => start_day + Duration::days(1),
+        BudgetPeriod::Weekly => start_day + Duration::days(7),
+        BudgetPeriod::Monthly => next_month(start_day),
+    };
+    (midnight(start_day), midnight(end_day))
+}
+
+fn next_month(first: NaiveDate) -> NaiveDate {
+    let (year, month) = if first.month() == 12 {
+        (first.year() + 1, 1)
+    } else {
+        (first.year(), first.month() + 1)
+    };
+    NaiveDate::from_ymd_opt(year, month, 1).unwrap_or(first + Duration::days(31))
+}
+
+fn midnight(day: NaiveDate) -> DateTime<Utc> {
+    Utc.from_utc_datetime(&day.and_time(chrono::NaiveTime::MIN))
+}
+
+/// Validates a budget before it is stored.
+pub(crate) fn check_budget(budget: &Budget) -> Result<(), StoreError> {
+    let threshold = budget.alert_threshold;
+    if threshold <= rust_decimal::Decimal::ZERO || threshold > rust_decimal::Decimal::ONE {
+        return Err(ValidationError::new(
+            "alert_threshold",
+            format!("`{threshold}` must be in (0, 1]"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Whether a budget admits `amount` more on top of `spent + reserved`; a hard budget refuses
+/// when the total would pass its limit, a soft one never does.
+pub(crate) fn admit(
+    budget: &Budget,
+    spent: Money,
+    reserved: Money,
+    amount: Money,
+) -> Result<(), BudgetRefusal> {
+    let committed = spent + reserved;
+    if budget.hard_limit && committed + amount > budget.limit {
+        Err(BudgetRefusal {
+            budget_id: budget.id,
+            scope: budget.scope,
+            limit: budget.limit,
+            remaining: budget.limit.saturating_sub(committed),
+            requested: amount,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether the threshold alert fires now: not yet sent this period and settled spend reached
+/// `threshold x limit`.
+pub(crate) fn alert_due(budget: &Budget, spent: Money, alert_sent: bool) -> bool {
+    !alert_sent && spent.amount() >= budget.alert_threshold * budget.limit.amount()
+}
+
+/// Whether a record matches a usage query (the memory backend's filter; the SQL backends
+/// express the same conditions in SQL).
+pub(crate) fn matches(query: &UsageQuery, record: &UsageRecord) -> bool {
+    query.from.is_none_or(|from| record.created_at >= from)
+        && query.to.is_none_or(|to| record.created_at < to)
+        && query.group_id.is_none_or(|g| record.group_id == Some(g))
+        && query.user_id.is_none_or(|u| record.user_id == u)
+        && query.tier_id.is_none_or(|t| record.tier_id == Some(t))
+        && query.model.as_ref().is_none_or(|m| &record.model == m)
+}
+
+/// Folds records into aggregate rows keyed by the requested dimensions. Rows come out sorted
+/// by key, so every backend returns them in the same order.
+#[derive(Default)]
+pub(crate) struct Aggregator {
+    rows: BTreeMap<Vec<DimensionValue>, stratai_core::usage::UsageTotals>,
+}
+
+impl Aggregator {
+    pub(crate) fn add(&mut self, group_by: &[Dimension], record: &UsageRecord) {
+        let key = group_by
+            .iter()
+            .map(|d| match d {
+                Dimension::Org => DimensionValue::Org(record.org_id),
+                Dimension::Group => DimensionValue::Group(record.group_id),
+                Dimension::User => DimensionValue::User(record.user_id),
+                Dimension::Tier => DimensionValue::Tier(record.tier_id),
+                Dimension::Model => DimensionValue::Model(record.model.clone()),
+                Dimension::Endpoint => DimensionValue::Endpoint(record.endpoint.clone()),
+                Dimension::Day => DimensionValue::Day(record.created_at.date_naive()),
+            })
+            .collect();
+        let totals = self.rows.entry(key).or_default();
+        totals.requests += 1;
+        totals.input_tokens += u64::from(record.input_tokens);
+        totals.output_tokens += u64::from(record.output_tokens);
+        totals.provider_cost = totals.provider_cost + record.provider_cost;
+        totals.billed_amount = totals.billed_amount + record.billed_amount;
+    }
+
+    pub(crate) fn finish(self) -> Vec<AggregateRow> {
+        self.rows
+            .into_iter()
+            .map(|(key, totals)| AggregateRow { key, totals })
+            .collect()
+    }
+}
+
+/// Rows per page of a streamed export.
+pub(crate) const STREAM_PAGE: u32 = 500;
+
+/// A `'static` stream over pages fetched one at a time: `fetch(after)` returns up to a page of
+/// records ordered by `(created_at, request_id)` strictly after the cursor. Nothing holds a
+/// connection or lock between pages, and at most one page is in memory.
+pub(crate) fn paged_stream<F, Fut>(fetch: F) -> BoxStream<'static, Result<UsageRecord, StoreError>>
+where
+    F: Fn(Option<Cursor>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<UsageRecord>, StoreError>> + Send + 'static,
+{
+    struct State<F> {
+        fetch: F,
+        cursor: Option<Cursor>,
+        done: bool,
+    }
+    let state = State {
+        fetch,
+        cursor: None,
+        done: false,
+    };
+    stream::unfold(state, |mut state| async move {
+        if state.done {
+            return None;
+        }
+        match (state.fetch)(state.cursor).await {
+            Ok(page) => {
+                if page.len() < STREAM_PAGE as usize {
+                    state.done = true;
+                }
+                if let Some(last) = page.last() {
+                    state.cursor = Some((last.created_at, last.request_id));
+                }
+                let items: Vec<Result<UsageRecord, StoreError>> =
+                    page.into_iter().map(Ok).collect();
+                Some((stream::iter(items), state))
+            }
+            Err(err) => {
+                state.done = true;
+                Some((stream::iter(vec![Err(err)]), state))
+            }
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
+/// Position of a paged export: the last record's `(created_at, request_id)`.
+pub(crate) type Cursor = (DateTime<Utc>, stratai_core::RequestId);
+
+/// The text of a unit-like serde enum (`OrgRole::Admin` -> `admin`), the form stored in
+/// `TEXT` columns.
+pub(crate) fn enum_text<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => Ok(text),
+        Ok(other) => Err(StoreError::Backend(format!(
+            "enum did not serialize to text: {other}"
+        ))),
+        Err(err) => Err(StoreError::Backend(err.to_string())),
+    }
+}
+
+/// Parses the text of a unit-like serde enum read from the database.
+pub(crate) fn enum_from_text<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|err| crate::error::corrupt(what, format!("`{text}`: {err}")))
+}
+
+/// The eight guardrail rule types the schema admits (the seed's `guardrails.type` check).
+pub(crate) const RULE_TYPES: [&str; 8] = [
+    "model_allowlist",
+    "model_denylist",
+    "token_limit",
+    "rate_limit",
+    "content_filter",
+    "output_modifier",
+    "budget_limit",
+    "time_restriction",
+];
+
+/// Validates a rule's type before it is stored (the SQL backends also have the check
+/// constraint; this gives every backend the same error).
+pub(crate) fn check_rule(rule: &RuleRecord) -> Result<(), StoreError> {
+    if RULE_TYPES.contains(&rule.rule_type.as_str()) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "rule_type",
+            format!(
+                "`{}` is not a guardrail rule type",
+                rule.rule_type.escape_debug()
+            ),
+        )
+        .into())
+    }
+}
+
+/// Whether `user` may accept `invitation` at `now`: pending, not expired, sent to the user's
+/// address. Refusals are conflicts (the invitation's state forbids it).
+pub(crate) fn check_acceptance(
+    invitation: &Invitation,
+    user: &User,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if invitation.status != InvitationStatus::Pending {
+        return Err(StoreError::Conflict(format!(
+            "invitation `{}` is {}",
+            invitation.id,
+            enum_text(&invitation.status)?
+        )));
+    }
+    if now >= invitation.expires_at {
+        return Err(StoreError::Conflict(format!(
+            "invitation `{}` expired at {}",
+            invitation.id, invitation.expires_at
+        )));
+    }
+    if invitation.email != user.email {
+        return Err(StoreError::Conflict(format!(
+            "invitation `{}` was sent to another address than `{}`",
+            invitation.id, user.email
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn windows_are_calendar_periods() {
+        let now = at("2026-02-18T13:45:00Z"); // a Wednesday
+        assert_eq!(
+            period_window(BudgetPeriod::Daily, now),
+            (at("2026-02-18T00:00:00Z"), at("2026-02-19T00:00:00Z"))
+        );
+        assert_eq!(
+            period_window(BudgetPeriod::Weekly, now),
+            (at("2026-02-16T00:00:00Z"), at("2026-02-23T00:00:00Z"))
+        );
+        assert_eq!(
+            period_window(BudgetPeriod::Monthly, now),
+            (at("2026-02-01T00:00:00Z"), at("2026-03-01T00:00:00Z"))
+        );
+        assert_eq!(
+            period_window(BudgetPeriod::Monthly, at("2026-12-31T23:59:59Z")).1,
+            at("2027-01-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn micros_truncates_nanoseconds() {
+        let t = at("2026-01-01T00:00:00.123456789Z");
+        assert_eq!(micros(t), at("2026-01-01T00:00:00.123456Z"));
+    }
+}
