@@ -368,3 +368,796 @@ pub struct Invitation {
     /// Creation time.
     pub created_at: DateTime<Utc>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Validated construction
+// ---------------------------------------------------------------------------------------------
+
+/// Longest display name accepted for organizations, groups, users and profiles.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// Trims a display name and checks it is non-empty, at most [`MAX_NAME_LEN`] characters and
+/// free of control characters.
+fn clean_name(field: &str, raw: &str) -> Result<String, ValidationError> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(ValidationError::new(
+            field,
+            format!("`{name}` is longer than {MAX_NAME_LEN} characters"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            field,
+            format!("`{}` contains control characters", name.escape_debug()),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Refuses a tier list that names a tier twice (a sign of a confused client).
+fn check_distinct_tiers(field: &str, tiers: &[TierSlug]) -> Result<(), ValidationError> {
+    for (i, tier) in tiers.iter().enumerate() {
+        if tiers[..i].contains(tier) {
+            return Err(ValidationError::new(
+                field,
+                format!("tier `{tier}` is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses an IANA timezone name such as `Europe/Berlin`.
+pub fn parse_timezone(name: &str) -> Result<chrono_tz::Tz, ValidationError> {
+    name.parse::<chrono_tz::Tz>().map_err(|_| {
+        ValidationError::new(
+            "timezone",
+            format!("`{}` is not an IANA timezone", name.escape_debug()),
+        )
+    })
+}
+
+impl OrgSettings {
+    /// Settings allowing `allowed_tiers`, defaulting to `default_tier`, with the seed's
+    /// defaults otherwise (100 users per group, no MFA, UTC). Validated.
+    pub fn new(
+        allowed_tiers: Vec<TierSlug>,
+        default_tier: TierSlug,
+    ) -> Result<Self, ValidationError> {
+        let settings = Self {
+            allowed_tiers,
+            default_tier,
+            max_users_per_group: 100,
+            require_mfa: false,
+            timezone: None,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the rules: the default tier is allowed, tiers are distinct, groups can hold at
+    /// least one user, the timezone (if any) is an IANA name. Field paths are relative to the
+    /// settings (`default_tier`, `timezone` ...).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        check_distinct_tiers("allowed_tiers", &self.allowed_tiers)?;
+        if !self.allowed_tiers.contains(&self.default_tier) {
+            return Err(ValidationError::new(
+                "default_tier",
+                format!("`{}` is not one of the allowed tiers", self.default_tier),
+            ));
+        }
+        if self.max_users_per_group == 0 {
+            return Err(ValidationError::new(
+                "max_users_per_group",
+                "`0` must be at least 1",
+            ));
+        }
+        if let Some(tz) = &self.timezone {
+            parse_timezone(tz)?;
+        }
+        Ok(())
+    }
+
+    /// The timezone budget periods are computed in (UTC when unset or, for data that skipped
+    /// validation, unparsable).
+    #[must_use]
+    pub fn tz(&self) -> chrono_tz::Tz {
+        self.timezone
+            .as_deref()
+            .and_then(|name| name.parse().ok())
+            .unwrap_or(chrono_tz::UTC)
+    }
+}
+
+impl Organization {
+    /// A new, active organization with a fresh id. Validates the name (non-empty, at most
+    /// [`MAX_NAME_LEN`] characters) and the settings (errors name `settings.<field>`).
+    pub fn new(
+        name: &str,
+        slug: Slug,
+        settings: OrgSettings,
+        billing_plan: BillingPlan,
+        now: DateTime<Utc>,
+    ) -> Result<Self, ValidationError> {
+        let org = Self {
+            id: OrgId::new(),
+            name: clean_name("name", name)?,
+            slug,
+            settings,
+            billing_email: None,
+            billing_plan,
+            active: true,
+            litellm_org_id: None,
+            created_at: now,
+            updated_at: now,
+        };
+        org.validate()?;
+        Ok(org)
+    }
+
+    /// Re-checks an organization built or changed field by field (e.g. by an update request).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        clean_name("name", &self.name)?;
+        self.settings.validate().map_err(|e| e.within("settings"))
+    }
+
+    /// The organization's timezone for budget periods and reports.
+    #[must_use]
+    pub fn tz(&self) -> chrono_tz::Tz {
+        self.settings.tz()
+    }
+
+    /// Checks that a group of this organization that has `current_members` members can take one
+    /// more (`max_users_per_group`).
+    pub fn check_group_capacity(&self, current_members: usize) -> Result<(), ValidationError> {
+        let max = self.settings.max_users_per_group as usize;
+        if current_members >= max {
+            Err(ValidationError::new(
+                "group",
+                format!(
+                    "the group already has `{current_members}` members, the organization allows {max}"
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl User {
+    /// A new, active user with a fresh id. A name, when given, is trimmed and validated; a
+    /// blank name counts as none.
+    pub fn new(
+        email: Email,
+        name: Option<&str>,
+        platform_role: PlatformRole,
+        now: DateTime<Utc>,
+    ) -> Result<Self, ValidationError> {
+        let name = match name {
+            Some(n) if !n.trim().is_empty() => Some(clean_name("name", n)?),
+            _ => None,
+        };
+        Ok(Self {
+            id: UserId::new(),
+            email,
+            name,
+            avatar_url: None,
+            oidc_subject: None,
+            platform_role,
+            active: true,
+            last_login_at: None,
+            created_at: now,
+        })
+    }
+
+    /// Whether the user is an active platform super admin.
+    #[must_use]
+    pub fn is_super_admin(&self) -> bool {
+        self.active && self.platform_role == PlatformRole::SuperAdmin
+    }
+}
+
+impl Membership {
+    /// A membership with no tier restriction, budget or profile (add them with the `with_`
+    /// methods).
+    #[must_use]
+    pub fn new(org_id: OrgId, user_id: UserId, role: OrgRole, now: DateTime<Utc>) -> Self {
+        Self {
+            org_id,
+            user_id,
+            role,
+            allowed_tiers: None,
+            monthly_budget: None,
+            profile_id: None,
+            litellm_key_id: None,
+            joined_at: now,
+        }
+    }
+
+    /// Restricts the member to `tiers` (each at most once).
+    pub fn with_allowed_tiers(mut self, tiers: Vec<TierSlug>) -> Result<Self, ValidationError> {
+        check_distinct_tiers("allowed_tiers", &tiers)?;
+        self.allowed_tiers = Some(tiers);
+        Ok(self)
+    }
+
+    /// Sets the personal monthly budget.
+    #[must_use]
+    pub fn with_monthly_budget(mut self, budget: Money) -> Self {
+        self.monthly_budget = Some(budget);
+        self
+    }
+
+    /// Assigns a profile.
+    #[must_use]
+    pub fn with_profile(mut self, profile: ProfileId) -> Self {
+        self.profile_id = Some(profile);
+        self
+    }
+
+    /// Re-checks a membership built or changed field by field.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(tiers) = &self.allowed_tiers {
+            check_distinct_tiers("allowed_tiers", tiers)?;
+        }
+        Ok(())
+    }
+}
+
+impl Group {
+    /// A new group with a fresh id, no tier restriction and no budget. The name is trimmed
+    /// and validated.
+    pub fn new(org_id: OrgId, name: &str, now: DateTime<Utc>) -> Result<Self, ValidationError> {
+        Ok(Self {
+            id: GroupId::new(),
+            org_id,
+            name: clean_name("name", name)?,
+            description: None,
+            allowed_tiers: None,
+            monthly_budget: None,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    /// Sets the description (blank: none).
+    #[must_use]
+    pub fn with_description(mut self, description: &str) -> Self {
+        let d = description.trim();
+        self.description = (!d.is_empty()).then(|| d.to_owned());
+        self
+    }
+
+    /// Restricts the group to `tiers` (each at most once).
+    pub fn with_allowed_tiers(mut self, tiers: Vec<TierSlug>) -> Result<Self, ValidationError> {
+        check_distinct_tiers("allowed_tiers", &tiers)?;
+        self.allowed_tiers = Some(tiers);
+        Ok(self)
+    }
+
+    /// Sets the group's monthly budget.
+    #[must_use]
+    pub fn with_monthly_budget(mut self, budget: Money) -> Self {
+        self.monthly_budget = Some(budget);
+        self
+    }
+
+    /// Re-checks a group built or changed field by field.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        clean_name("name", &self.name)?;
+        if let Some(tiers) = &self.allowed_tiers {
+            check_distinct_tiers("allowed_tiers", tiers)?;
+        }
+        Ok(())
+    }
+}
+
+impl GroupMembership {
+    /// `user` joins `group` (of `org`) with `role`. The caller has checked that the user is a
+    /// member of the organization and the group has room ([`Organization::check_group_capacity`]).
+    #[must_use]
+    pub fn new(
+        org_id: OrgId,
+        group_id: GroupId,
+        user_id: UserId,
+        role: GroupRole,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            org_id,
+            group_id,
+            user_id,
+            role,
+            joined_at: now,
+        }
+    }
+}
+
+impl UserProfile {
+    /// A new profile with a fresh id and no default guardrails.
+    pub fn new(
+        name: &str,
+        default_tiers: Vec<TierSlug>,
+        available_to: ProfileAvailability,
+        now: DateTime<Utc>,
+    ) -> Result<Self, ValidationError> {
+        check_distinct_tiers("default_tiers", &default_tiers)?;
+        Ok(Self {
+            id: ProfileId::new(),
+            name: clean_name("name", name)?,
+            description: None,
+            default_tiers,
+            default_guardrails: serde_json::Value::Array(Vec::new()),
+            available_to,
+            created_at: now,
+        })
+    }
+
+    /// Whether `org` may use the profile (`internal` profiles only
+    /// in the organization whose slug is `internal`).
+    #[must_use]
+    pub fn available_for(&self, org: &Organization) -> bool {
+        match self.available_to {
+            ProfileAvailability::All => true,
+            ProfileAvailability::Internal => org.slug.as_str() == INTERNAL_ORG_SLUG,
+            ProfileAvailability::Enterprise => org.billing_plan == BillingPlan::Enterprise,
+        }
+    }
+}
+
+/// The slug of the internal pilot organization.
+pub const INTERNAL_ORG_SLUG: &str = "internal";
+
+// ---------------------------------------------------------------------------------------------
+// Invitations
+// ---------------------------------------------------------------------------------------------
+
+/// Random bytes in an invitation token (256 bits; the issue asks for at least 128).
+pub const INVITATION_TOKEN_BYTES: usize = 32;
+
+/// Longest validity of an invitation.
+pub const MAX_INVITATION_TTL_DAYS: i64 = 30;
+
+/// The secret of an invitation: 64 hex characters (32 random bytes from the OS-seeded CSPRNG).
+///
+/// It is shown once (in the create response / the invitation email) and never stored; only
+/// [`hash_token`] of it is. `Debug` does not print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InvitationToken(String);
+
+impl InvitationToken {
+    /// The token text, to hand to the invitee exactly once.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The hash stored in place of the token.
+    #[must_use]
+    pub fn hash(&self) -> String {
+        hash_token(&self.0)
+    }
+}
+
+impl fmt::Debug for InvitationToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InvitationToken(<redacted>)")
+    }
+}
+
+/// Lowercase hex SHA-256 of an invitation token: how it is stored and looked up. The token is
+/// hashed as given (a presented token is not normalized, so it must match exactly).
+#[must_use]
+pub fn hash_token(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// What an invitation grants, for [`Invitation::issue`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvitationRequest {
+    /// Invited address.
+    pub email: Email,
+    /// Organization to join.
+    pub org_id: OrgId,
+    /// Role granted on acceptance.
+    pub role: OrgRole,
+    /// Groups joined on acceptance.
+    pub group_ids: Vec<GroupId>,
+    /// Profile assigned on acceptance.
+    pub profile_id: Option<ProfileId>,
+    /// Who invites.
+    pub invited_by: Option<UserId>,
+    /// How long the invitation stays valid (positive, at most [`MAX_INVITATION_TTL_DAYS`]).
+    pub valid_for: chrono::Duration,
+}
+
+/// An invalid invitation transition.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvitationError {
+    /// The invitation was already accepted, revoked or expired.
+    #[error("the invitation is {status:?}, not pending")]
+    NotPending {
+        /// Its status.
+        status: InvitationStatus,
+    },
+    /// The invitation expired (it is now marked expired).
+    #[error("the invitation expired at {expires_at}")]
+    Expired {
+        /// When it expired.
+        expires_at: DateTime<Utc>,
+    },
+    /// The accepting user is not the invited address.
+    #[error("the invitation is for another email address, not `{presented}`")]
+    EmailMismatch {
+        /// The accepting user's address.
+        presented: Email,
+    },
+}
+
+impl Invitation {
+    /// Issues a pending invitation and its token. Only the token's hash is in the invitation;
+    /// the token is returned once, to be shown to the inviter or mailed to the invitee.
+    pub fn issue(
+        request: InvitationRequest,
+        now: DateTime<Utc>,
+    ) -> Result<(Invitation, InvitationToken), ValidationError> {
+        if request.valid_for <= chrono::Duration::zero()
+            || request.valid_for > chrono::Duration::days(MAX_INVITATION_TTL_DAYS)
+        {
+            return Err(ValidationError::new(
+                "valid_for",
+                format!(
+                    "`{}` must be positive and at most {MAX_INVITATION_TTL_DAYS} days",
+                    request.valid_for
+                ),
+            ));
+        }
+        let mut group_ids = request.group_ids;
+        group_ids.sort();
+        group_ids.dedup();
+        let token = new_token();
+        let invitation = Invitation {
+            id: InvitationId::new(),
+            email: request.email,
+            org_id: request.org_id,
+            role: request.role,
+            group_ids,
+            profile_id: request.profile_id,
+            token_hash: token.hash(),
+            status: InvitationStatus::Pending,
+            expires_at: now + request.valid_for,
+            invited_by: request.invited_by,
+            accepted_at: None,
+            created_at: now,
+        };
+        Ok((invitation, token))
+    }
+
+    /// Whether `token` is this invitation's token.
+    #[must_use]
+    pub fn matches_token(&self, token: &str) -> bool {
+        // Both sides are hashes of secrets, so comparing them leaks nothing useful about the token.
+        hash_token(token) == self.token_hash
+    }
+
+    /// Marks a pending invitation expired when `now` is at or past its expiry. Returns whether
+    /// it changed.
+    pub fn expire_if_due(&mut self, now: DateTime<Utc>) -> bool {
+        if self.status == InvitationStatus::Pending && now >= self.expires_at {
+            self.status = InvitationStatus::Expired;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Accepts the invitation for a user with `user_email`: it must be pending, unexpired (an
+    /// expired one is marked expired and refused) and for that address.
+    pub fn accept(
+        &mut self,
+        user_email: &Email,
+        now: DateTime<Utc>,
+    ) -> Result<(), InvitationError> {
+        if self.status != InvitationStatus::Pending {
+            return Err(InvitationError::NotPending {
+                status: self.status,
+            });
+        }
+        if self.expire_if_due(now) {
+            return Err(InvitationError::Expired {
+                expires_at: self.expires_at,
+            });
+        }
+        if &self.email != user_email {
+            return Err(InvitationError::EmailMismatch {
+                presented: user_email.clone(),
+            });
+        }
+        self.status = InvitationStatus::Accepted;
+        self.accepted_at = Some(now);
+        Ok(())
+    }
+
+    /// Revokes a pending invitation.
+    pub fn revoke(&mut self) -> Result<(), InvitationError> {
+        if self.status != InvitationStatus::Pending {
+            return Err(InvitationError::NotPending {
+                status: self.status,
+            });
+        }
+        self.status = InvitationStatus::Revoked;
+        Ok(())
+    }
+
+    /// The membership an accepted invitation creates for `user`.
+    #[must_use]
+    pub fn membership_for(&self, user: UserId, now: DateTime<Utc>) -> Membership {
+        let mut membership = Membership::new(self.org_id, user, self.role, now);
+        membership.profile_id = self.profile_id;
+        membership
+    }
+}
+
+fn new_token() -> InvitationToken {
+    use rand::RngCore;
+    let mut bytes = [0u8; INVITATION_TOKEN_BYTES];
+    rand::rng().fill_bytes(&mut bytes);
+    InvitationToken(hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 15, 12, 0, 0).unwrap()
+    }
+
+    fn slug(s: &str) -> TierSlug {
+        TierSlug::new(s).unwrap()
+    }
+
+    fn settings() -> OrgSettings {
+        OrgSettings::new(vec![slug("basic"), slug("standard")], slug("standard")).unwrap()
+    }
+
+    #[test]
+    fn organization_new_validates_name_and_settings() {
+        let org = Organization::new(
+            "  Our Company ",
+            Slug::new("internal").unwrap(),
+            settings(),
+            BillingPlan::Enterprise,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(org.name, "Our Company");
+        assert!(org.active);
+
+        let err = Organization::new(
+            "  ",
+            Slug::new("internal").unwrap(),
+            settings(),
+            BillingPlan::Trial,
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "name");
+
+        let mut bad = settings();
+        bad.default_tier = slug("premium");
+        let err = Organization::new(
+            "X",
+            Slug::new("xyz").unwrap(),
+            bad,
+            BillingPlan::Trial,
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "settings.default_tier");
+        assert!(err.to_string().contains("`premium`"), "{err}");
+    }
+
+    #[test]
+    fn settings_rules_are_each_enforced() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut OrgSettings)>)> = vec![
+            (
+                "max_users_per_group",
+                Box::new(|s| s.max_users_per_group = 0),
+            ),
+            (
+                "timezone",
+                Box::new(|s| s.timezone = Some("Mars/Olympus".into())),
+            ),
+            (
+                "allowed_tiers",
+                Box::new(|s| s.allowed_tiers.push(TierSlug::new("basic").unwrap())),
+            ),
+            (
+                "default_tier",
+                Box::new(|s| s.allowed_tiers.retain(|t| t.as_str() != "standard")),
+            ),
+        ];
+        for (field, mutate) in cases {
+            let mut s = settings();
+            mutate(&mut s);
+            assert_eq!(s.validate().unwrap_err().field, field);
+        }
+        let mut s = settings();
+        s.timezone = Some("Europe/Berlin".into());
+        s.validate().unwrap();
+        assert_eq!(s.tz(), chrono_tz::Europe::Berlin);
+        assert_eq!(settings().tz(), chrono_tz::UTC);
+    }
+
+    #[test]
+    fn settings_json_rejects_unknown_fields() {
+        let json = r#"{"allowed_tiers":["basic"],"default_tier":"basic","max_users_per_group":5,"require_mfa":false,"colour":"red"}"#;
+        assert!(serde_json::from_str::<OrgSettings>(json).is_err());
+    }
+
+    #[test]
+    fn group_capacity_is_enforced() {
+        let mut org = Organization::new(
+            "Acme",
+            Slug::new("acme").unwrap(),
+            settings(),
+            BillingPlan::Business,
+            now(),
+        )
+        .unwrap();
+        org.settings.max_users_per_group = 2;
+        org.check_group_capacity(1).unwrap();
+        assert!(org.check_group_capacity(2).is_err());
+    }
+
+    #[test]
+    fn group_user_and_membership_constructors_validate() {
+        let org = OrgId::new();
+        assert_eq!(Group::new(org, "", now()).unwrap_err().field, "name");
+        let g = Group::new(org, " Marketing ", now())
+            .unwrap()
+            .with_description("  ")
+            .with_allowed_tiers(vec![slug("basic")])
+            .unwrap();
+        assert_eq!(g.name, "Marketing");
+        assert_eq!(g.description, None);
+        assert!(
+            Group::new(org, "G", now())
+                .unwrap()
+                .with_allowed_tiers(vec![slug("basic"), slug("basic")])
+                .is_err()
+        );
+        assert!(Group::new(org, &"x".repeat(MAX_NAME_LEN + 1), now()).is_err());
+
+        let u = User::new(
+            Email::new("Ann@Example.com").unwrap(),
+            Some("  "),
+            PlatformRole::User,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(u.email.as_str(), "ann@example.com");
+        assert_eq!(u.name, None);
+        assert!(!u.is_super_admin());
+
+        let m = Membership::new(org, u.id, OrgRole::Member, now())
+            .with_allowed_tiers(vec![slug("basic")])
+            .unwrap();
+        m.validate().unwrap();
+        assert!(
+            Membership::new(org, u.id, OrgRole::Member, now())
+                .with_allowed_tiers(vec![slug("basic"), slug("basic")])
+                .is_err()
+        );
+    }
+
+    fn invite(email: &str) -> (Invitation, InvitationToken) {
+        Invitation::issue(
+            InvitationRequest {
+                email: Email::new(email).unwrap(),
+                org_id: OrgId::new(),
+                role: OrgRole::Member,
+                group_ids: vec![],
+                profile_id: None,
+                invited_by: None,
+                valid_for: chrono::Duration::days(7),
+            },
+            now(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tokens_are_random_long_and_only_hashed() {
+        let (inv, token) = invite("a@example.com");
+        let (_, other) = invite("a@example.com");
+        assert_eq!(token.expose().len(), 2 * INVITATION_TOKEN_BYTES);
+        assert_ne!(token, other);
+        assert_eq!(inv.token_hash, hash_token(token.expose()));
+        assert_ne!(inv.token_hash, token.expose());
+        assert!(inv.matches_token(token.expose()));
+        assert!(!inv.matches_token(other.expose()));
+        assert!(!format!("{token:?}").contains(token.expose()));
+        // Known SHA-256 vector.
+        assert_eq!(
+            hash_token("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn invitation_ttl_is_bounded() {
+        let mut req = InvitationRequest {
+            email: Email::new("a@example.com").unwrap(),
+            org_id: OrgId::new(),
+            role: OrgRole::Member,
+            group_ids: vec![],
+            profile_id: None,
+            invited_by: None,
+            valid_for: chrono::Duration::zero(),
+        };
+        assert!(Invitation::issue(req.clone(), now()).is_err());
+        req.valid_for = chrono::Duration::days(MAX_INVITATION_TTL_DAYS + 1);
+        assert!(Invitation::issue(req, now()).is_err());
+    }
+
+    #[test]
+    fn accept_checks_email_then_succeeds_once() {
+        let (mut inv, _) = invite("bob@example.com");
+        let err = inv
+            .accept(&Email::new("eve@example.com").unwrap(), now())
+            .unwrap_err();
+        assert!(matches!(err, InvitationError::EmailMismatch { .. }));
+        assert_eq!(inv.status, InvitationStatus::Pending);
+
+        inv.accept(&Email::new("BOB@example.com").unwrap(), now())
+            .unwrap();
+        assert_eq!(inv.status, InvitationStatus::Accepted);
+        assert_eq!(inv.accepted_at, Some(now()));
+        let again = inv.accept(&Email::new("bob@example.com").unwrap(), now());
+        assert_eq!(
+            again,
+            Err(InvitationError::NotPending {
+                status: InvitationStatus::Accepted
+            })
+        );
+        assert!(inv.revoke().is_err());
+    }
+
+    #[test]
+    fn accept_after_expiry_marks_expired() {
+        let (mut inv, _) = invite("bob@example.com");
+        let later = inv.expires_at;
+        let err = inv
+            .accept(&Email::new("bob@example.com").unwrap(), later)
+            .unwrap_err();
+        assert!(matches!(err, InvitationError::Expired { .. }));
+        assert_eq!(inv.status, InvitationStatus::Expired);
+        assert!(matches!(
+            inv.accept(&Email::new("bob@example.com").unwrap(), now()),
+            Err(InvitationError::NotPending { .. })
+        ));
+    }
+
+    #[test]
+    fn revoked_invitations_cannot_be_accepted() {
+        let (mut inv, _) = invite("bob@example.com");
+        inv.revoke().unwrap();
+        assert_eq!(inv.status, InvitationStatus::Revoked);
+        assert!(inv.revoke().is_err());
+        assert!(
+            inv.accept(&Email::new("bob@example.com").unwrap(), now())
+                .is_err()
+        );
+        let membership = inv.membership_for(UserId::new(), now());
+        assert_eq!(membership.org_id, inv.org_id);
+        assert_eq!(membership.role, OrgRole::Member);
+    }
+}
