@@ -1,1 +1,6 @@
-//! Not built yet: see the open issue for this crate.
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+pub mod rule;
+
+pub use rule::{KnownScopes, Level, Rule, RuleError, RuleKind, RuleType};
