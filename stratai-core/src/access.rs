@@ -716,10 +716,10 @@ mod tests {
             action in prop::sample::select(Action::ALL.to_vec()),
             resource in { let (o, g, u) = universe(); arb_resource(o, g, u) },
         ) {
-            if let Some(org) = resource.org_id() {
-                if a.org_role(org).is_none() {
-                    prop_assert!(authorize(&a, action, &resource).is_err());
-                }
+            if let Some(org) = resource.org_id()
+                && a.org_role(org).is_none()
+            {
+                prop_assert!(authorize(&a, action, &resource).is_err());
             }
         }
 

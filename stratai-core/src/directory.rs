@@ -966,7 +966,8 @@ mod tests {
 
     #[test]
     fn settings_rules_are_each_enforced() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut OrgSettings)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut OrgSettings)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "max_users_per_group",
                 Box::new(|s| s.max_users_per_group = 0),

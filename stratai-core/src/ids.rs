@@ -175,6 +175,11 @@ impl ModelId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Wraps a constant known to be valid (the built-in catalog); checked by its tests.
+    pub(crate) fn from_static(raw: &'static str) -> Self {
+        Self(raw.to_owned())
+    }
 }
 
 impl fmt::Display for ModelId {
@@ -236,6 +241,11 @@ impl TierSlug {
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Wraps a constant known to be valid (the built-in catalog); checked by its tests.
+    pub(crate) fn from_static(raw: &'static str) -> Self {
+        Self(raw.to_owned())
     }
 }
 
