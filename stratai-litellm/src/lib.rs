@@ -1,1 +1,19 @@
-//! Not built yet: see the open issue for this crate.
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+mod chat;
+mod client;
+pub mod decimal;
+mod error;
+mod secret;
+pub mod time;
+mod types;
+
+pub use chat::{
+    AnswerMessage, Attribution, ChatChunk, ChatCompletion, ChatMessage, ChatRequest, ChatResponse,
+    Choice, ChunkChoice, Delta, RateLimits, ResponseMeta, Usage,
+};
+pub use client::{ChatStream, ClientConfig, LiteLlmClient, RetryPolicy};
+pub use error::{ApiError, LiteLlmError};
+pub use secret::Secret;
+pub use types::*;
