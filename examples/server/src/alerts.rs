@@ -1,0 +1,224 @@
+//! Budget alerts: fired once per budget scope and period, to the log and a webhook.
+//!
+//! The ledger reports a threshold alert at most once per budget and period (its `alert_sent`
+//! flag is set in the same transaction as the spend). This sink keeps that promise on its
+//! side too: an alert already delivered by this process for the same budget and period is not
+//! sent again, so a replayed settlement cannot page anyone twice.
+//!
+//! The webhook receives `POST <url>` with a JSON body (see [`AlertPayload`]); delivery is in
+//! the background with a timeout and a few retries, and never delays a chat response.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use stratai_core::budget::{BudgetAlert, BudgetScope};
+use stratai_core::ids::{BudgetId, OrgId};
+use stratai_core::money::Money;
+use url::Url;
+
+/// The JSON body posted to the webhook.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AlertPayload {
+    /// Always `budget.threshold_reached`.
+    pub event: &'static str,
+    /// Budget.
+    pub budget_id: BudgetId,
+    /// Organization.
+    pub org_id: OrgId,
+    /// Scope of the budget.
+    pub scope: BudgetScope,
+    /// Start of the period.
+    pub period_start: DateTime<Utc>,
+    /// Spend when the threshold was crossed.
+    pub spent: Money,
+    /// Limit.
+    pub limit: Money,
+    /// Threshold fraction.
+    pub threshold: Decimal,
+    /// Human summary.
+    pub message: String,
+}
+
+impl AlertPayload {
+    /// The payload of an alert.
+    #[must_use]
+    pub fn from_alert(alert: &BudgetAlert) -> Self {
+        let pct = (alert.threshold * Decimal::from(100)).normalize();
+        Self {
+            event: "budget.threshold_reached",
+            budget_id: alert.budget_id,
+            org_id: alert.org_id,
+            scope: alert.scope,
+            period_start: alert.period_start,
+            spent: alert.spent,
+            limit: alert.limit,
+            threshold: alert.threshold,
+            message: format!(
+                "{} budget reached {pct}% of its limit: spent {} of {}",
+                crate::metrics::scope_label(&alert.scope),
+                alert.spent,
+                alert.limit
+            ),
+        }
+    }
+}
+
+/// Where alerts go.
+#[derive(Clone, Debug)]
+pub struct AlertSink {
+    webhook: Option<Url>,
+    client: reqwest::Client,
+    sent: Arc<Mutex<HashSet<(BudgetId, DateTime<Utc>)>>>,
+}
+
+impl AlertSink {
+    /// A sink logging alerts and, when `webhook` is set, posting them there.
+    #[must_use]
+    pub fn new(webhook: Option<Url>) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Self {
+            webhook,
+            client,
+            sent: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// The sink configured by `STRATAI_ALERT_WEBHOOK_URL` (log only when unset or invalid).
+    #[must_use]
+    pub fn from_env() -> Self {
+        let webhook = std::env::var("STRATAI_ALERT_WEBHOOK_URL")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .and_then(|v| match Url::parse(v.trim()) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+                _ => {
+                    tracing::error!("STRATAI_ALERT_WEBHOOK_URL is not an http(s) URL; alerts go to the log only");
+                    None
+                }
+            });
+        Self::new(webhook)
+    }
+
+    /// Emits each alert not yet emitted for its budget and period; returns how many were new.
+    pub fn fire(&self, alerts: &[BudgetAlert]) -> usize {
+        let mut fresh = Vec::new();
+        {
+            let Ok(mut sent) = self.sent.lock() else {
+                return 0;
+            };
+            for alert in alerts {
+                if sent.insert((alert.budget_id, alert.period_start)) {
+                    fresh.push(AlertPayload::from_alert(alert));
+                }
+            }
+        }
+        for payload in &fresh {
+            crate::metrics::record_budget_alert(&payload.scope);
+            tracing::warn!(
+                budget = %payload.budget_id,
+                org = %payload.org_id,
+                spent = %payload.spent,
+                limit = %payload.limit,
+                "budget alert: {}",
+                payload.message
+            );
+            if let Some(url) = self.webhook.clone() {
+                let client = self.client.clone();
+                let payload = payload.clone();
+                tokio::spawn(async move { deliver(client, url, payload).await });
+            }
+        }
+        fresh.len()
+    }
+}
+
+async fn deliver(client: reqwest::Client, url: Url, payload: AlertPayload) {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=3u32 {
+        match client.post(url.clone()).json(&payload).send().await {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => {
+                tracing::warn!(status = %r.status(), attempt, "budget alert webhook refused");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.without_url(), attempt, "budget alert webhook unreachable");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+    tracing::error!(budget = %payload.budget_id, "budget alert webhook gave up after 3 attempts");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Json;
+    use axum::routing::post;
+    use stratai_core::ids::UserId;
+
+    fn alert(budget: BudgetId, period_start: DateTime<Utc>) -> BudgetAlert {
+        BudgetAlert {
+            budget_id: budget,
+            org_id: OrgId::new(),
+            scope: BudgetScope::User(UserId::new()),
+            period_start,
+            spent: Money::parse("8.5").unwrap(),
+            limit: Money::dollars(10),
+            threshold: Decimal::new(8, 1),
+        }
+    }
+
+    #[tokio::test]
+    async fn fires_once_per_budget_and_period_to_the_webhook() {
+        let received = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+        let r2 = received.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            post(move |Json(v): Json<serde_json::Value>| {
+                let r = r2.clone();
+                async move {
+                    r.lock().unwrap().push(v);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let sink = AlertSink::new(Some(Url::parse(&format!("http://{addr}/hook")).unwrap()));
+        let b = BudgetId::new();
+        let p1 = Utc::now();
+        let p2 = p1 + chrono::Duration::days(31);
+        assert_eq!(sink.fire(&[alert(b, p1)]), 1);
+        assert_eq!(sink.fire(&[alert(b, p1), alert(b, p1)]), 0);
+        assert_eq!(sink.fire(&[alert(b, p2)]), 1);
+        for _ in 0..100 {
+            if received.lock().unwrap().len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = received.lock().unwrap().clone();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0]["event"], "budget.threshold_reached");
+        assert_eq!(got[0]["budget_id"], b.to_string());
+        assert_eq!(got[0]["limit"], "10");
+        assert!(
+            got[0]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("user budget reached 80% of its limit"),
+            "{got:?}"
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! The application: shared state, the route table and the HTTP middleware stack.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, State};
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::sensitive_headers::{
+    SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
+};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::auth::Auth;
+use crate::error::ApiError;
+
+/// Whether the server's dependencies answer (database, later LiteLLM).
+#[async_trait]
+pub trait Readiness: Send + Sync + 'static {
+    /// `Ok` when ready; `Err` names what is not.
+    async fn check(&self) -> Result<(), String>;
+}
+
+/// Readiness with no dependencies to check.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AlwaysReady;
+
+#[async_trait]
+impl Readiness for AlwaysReady {
+    async fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// State shared by all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Authentication.
+    pub auth: Arc<Auth>,
+    /// Readiness probe.
+    pub readiness: Arc<dyn Readiness>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FromRef<AppState> for Arc<Auth> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+/// Limits applied to every request.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// Largest request body.
+    pub body_limit_bytes: usize,
+    /// Time limit per request.
+    pub request_timeout: Duration,
+}
+
+/// The full router with middleware.
+pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    let routes = Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .merge(crate::auth::routes::router::<AppState>(&state.auth))
+        .fallback(not_found)
+        .with_state(state);
+    with_middleware(routes, limits)
+}
+
+/// Wraps `routes` in the standard stack: sensitive headers marked, request id, tracing,
+/// panic to 500, timeout, body limit, security headers.
+pub fn with_middleware(routes: Router, limits: HttpLimits) -> Router {
+    let sensitive: Arc<[HeaderName]> = Arc::new([
+        header::AUTHORIZATION,
+        header::PROXY_AUTHORIZATION,
+        header::COOKIE,
+    ]);
+    let x_request_id = HeaderName::from_static("x-request-id");
+    let middleware = ServiceBuilder::new()
+        .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
+        .layer(SetSensitiveResponseHeadersLayer::new([header::SET_COOKIE]))
+        .layer(SetRequestIdLayer::new(
+            x_request_id.clone(),
+            MakeRequestUuid,
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(make_span)
+                .on_response(DefaultOnResponse::new().level(Level::INFO))
+                .on_failure(DefaultOnFailure::new().level(Level::ERROR)),
+        )
+        .layer(PropagateRequestIdLayer::new(x_request_id))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits.request_timeout,
+        ))
+        .layer(RequestBodyLimitLayer::new(limits.body_limit_bytes))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
+    routes
+        .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
+        .layer(middleware)
+}
+
+/// The request span: method, the route *template* (never the raw path or query, which can
+/// hold invitation tokens or OAuth codes) and the request id. Headers are not recorded.
+fn make_span<B>(req: &Request<B>) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("<unmatched>", MatchedPath::as_str);
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", method = %req.method(), route = %route, request_id = %request_id)
+}
+
+fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    ApiError::internal("handler panicked").into_response()
+}
+
+async fn live() -> impl IntoResponse {
+    axum::Json(json!({"status": "live"}))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.readiness.check().await {
+        Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
+        Err(what) => {
+            tracing::warn!(reason = %what, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"status": "not_ready"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("route".to_owned())
+}

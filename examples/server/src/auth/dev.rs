@@ -1,0 +1,94 @@
+//! Dev mode: with no OIDC issuer configured, the server signs short-lived tokens itself
+//! with a random per-process key, so demos and black-box tests can act as any existing user.
+//! These tokens go through the same [`super::validator::TokenValidator`] as provider tokens.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, encode, get_current_timestamp};
+use rand::RngCore as _;
+use serde::Serialize;
+
+use super::identity::Principal;
+use super::keys::{KeyMap, VerifyingKey};
+use crate::error::ApiError;
+
+/// `iss` of dev tokens.
+pub const DEV_ISSUER: &str = "urn:stratai:dev";
+/// `aud` of dev tokens.
+pub const DEV_AUDIENCE: &str = "stratai-dev";
+
+/// Issues dev tokens.
+pub struct DevTokens {
+    key: EncodingKey,
+    kid: String,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for DevTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevTokens")
+            .field("kid", &self.kid)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize)]
+struct DevClaims<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    sub: String,
+    email: &'a str,
+    email_verified: bool,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+}
+
+impl DevTokens {
+    /// A fresh random key (never stored, gone at exit) and the key set that verifies it.
+    pub fn generate(ttl: Duration) -> Result<(Self, KeyMap), ApiError> {
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let mut kid_bytes = [0u8; 6];
+        rand::rng().fill_bytes(&mut kid_bytes);
+        let kid = format!("dev-{}", URL_SAFE_NO_PAD.encode(kid_bytes));
+        let key = EncodingKey::from_secret(&secret).map_err(ApiError::internal)?;
+        let verifying = DecodingKey::from_secret(&secret).map_err(ApiError::internal)?;
+        let mut keys = KeyMap::new();
+        keys.insert(
+            kid.clone(),
+            VerifyingKey {
+                key: verifying,
+                algorithms: vec![Algorithm::HS256],
+            },
+        );
+        Ok((Self { key, kid, ttl }, keys))
+    }
+
+    /// Lifetime of issued tokens.
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// A token for `user`.
+    pub fn issue(&self, user: &Principal) -> Result<String, ApiError> {
+        let now = get_current_timestamp();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.kid.clone());
+        let claims = DevClaims {
+            iss: DEV_ISSUER,
+            aud: DEV_AUDIENCE,
+            sub: user.user_id.to_string(),
+            email: &user.email,
+            email_verified: true,
+            iat: now,
+            nbf: now,
+            exp: now + self.ttl.as_secs(),
+        };
+        encode(&header, &claims, &self.key).map_err(ApiError::internal)
+    }
+}

@@ -1,0 +1,429 @@
+//! Authentication: bearer JWTs (OIDC provider or dev mode), OIDC browser login with
+//! sessions, and the resolution of a verified identity to a StratAI user.
+//!
+//! - [`validator::TokenValidator`] checks every token, OIDC or dev, on one path.
+//! - [`keys::JwksCache`] caches the provider's keys with a refetch rate limit.
+//! - [`oidc::OidcLogin`] runs authorization code + PKCE with state and nonce.
+//! - [`identity::IdentityDirectory`] is the port to the user directory (store-backed later).
+//! - [`Auth::authenticate`] turns a request's credentials into a [`identity::Principal`].
+
+pub mod cookies;
+pub mod dev;
+pub mod identity;
+pub mod keys;
+pub mod oidc;
+pub mod routes;
+pub mod session;
+pub mod validator;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
+
+use crate::config::Config;
+use crate::error::ApiError;
+use dev::DevTokens;
+use identity::{DirectoryError, IdentityDirectory, LoginIdentity, Principal};
+use keys::{JwksCache, JwksLocation};
+use oidc::{Discovery, OidcLogin};
+use session::{SessionStore, hash_session_id};
+use validator::{KeySource, TokenValidator, VerifiedClaims};
+
+/// Why a credential was refused. Converted to [`ApiError`] at the HTTP edge; the messages
+/// are deliberately short and carry no token material.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials on a route that needs them.
+    #[error("missing credentials")]
+    Missing,
+    /// Not a JWT, or an unreadable one.
+    #[error("malformed token")]
+    Malformed,
+    /// The token header names no `kid`.
+    #[error("token has no key id")]
+    MissingKid,
+    /// The `kid` has characters no key id has.
+    #[error("invalid key id")]
+    InvalidKid,
+    /// No key with this `kid` (after a refetch, if one was allowed).
+    #[error("unknown signing key")]
+    UnknownKid,
+    /// The header `alg` is not an algorithm of the key.
+    #[error("signing algorithm not allowed")]
+    AlgorithmNotAllowed,
+    /// Signature does not verify.
+    #[error("invalid signature")]
+    BadSignature,
+    /// `exp` is past (beyond the leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iss` is not the configured issuer.
+    #[error("wrong issuer")]
+    WrongIssuer,
+    /// `aud` does not include the expected audience.
+    #[error("wrong audience")]
+    WrongAudience,
+    /// A claim is missing or has the wrong type.
+    #[error("invalid claim: {0}")]
+    InvalidClaim(&'static str),
+    /// The token is valid but names no active StratAI user.
+    #[error("unknown user")]
+    UnknownUser,
+    /// The user exists but is deactivated.
+    #[error("account deactivated")]
+    Deactivated,
+    /// The provider does not vouch for the email, so it cannot link or create a user.
+    #[error("email not verified by the identity provider")]
+    EmailNotVerified,
+    /// Keys or provider metadata cannot be loaded (provider down, bad document).
+    #[error("identity provider unavailable: {0}")]
+    KeysUnavailable(String),
+    /// The login callback failed (state, nonce, code exchange); detail is for the log.
+    #[error("login failed: {0}")]
+    LoginFailed(String),
+    /// A cookie-authenticated unsafe request came from another origin.
+    #[error("cross-site request refused")]
+    CrossSite,
+    /// The user directory failed.
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::KeysUnavailable(detail) => ApiError::Unavailable(detail),
+            AuthError::Directory(DirectoryError::Backend(detail)) => ApiError::Internal(detail),
+            AuthError::Directory(DirectoryError::Conflict(msg)) => ApiError::Conflict(msg),
+            AuthError::Deactivated => ApiError::Forbidden("account deactivated".to_owned()),
+            AuthError::CrossSite => ApiError::Forbidden("cross-site request refused".to_owned()),
+            AuthError::EmailNotVerified => {
+                ApiError::Forbidden("email not verified by the identity provider".to_owned())
+            }
+            AuthError::LoginFailed(detail) => {
+                tracing::warn!(reason = %detail, "login refused");
+                ApiError::Unauthenticated("login failed")
+            }
+            AuthError::Missing => ApiError::Unauthenticated("missing credentials"),
+            AuthError::Expired => ApiError::Unauthenticated("token expired"),
+            AuthError::UnknownUser => ApiError::Unauthenticated("unknown user"),
+            AuthError::Malformed
+            | AuthError::MissingKid
+            | AuthError::InvalidKid
+            | AuthError::UnknownKid
+            | AuthError::AlgorithmNotAllowed
+            | AuthError::BadSignature
+            | AuthError::NotYetValid
+            | AuthError::WrongIssuer
+            | AuthError::WrongAudience
+            | AuthError::InvalidClaim(_) => ApiError::Unauthenticated("invalid token"),
+        }
+    }
+}
+
+/// How tokens are issued in this process.
+#[derive(Debug)]
+pub enum Mode {
+    /// An OIDC provider issues tokens.
+    Oidc {
+        /// Expected `aud` of bearer tokens.
+        audience: String,
+        /// Browser login, if configured.
+        login: Option<Arc<OidcLogin>>,
+        /// The provider's metadata.
+        discovery: Arc<Discovery>,
+    },
+    /// No provider: the server signs short-lived tokens itself.
+    Dev(Arc<DevTokens>),
+}
+
+/// Everything authentication needs, shared by handlers.
+pub struct Auth {
+    mode: Mode,
+    validator: TokenValidator,
+    jwks: Option<Arc<JwksCache>>,
+    directory: Arc<dyn IdentityDirectory>,
+    sessions: Arc<dyn SessionStore>,
+    public_origin: String,
+    session_ttl: Duration,
+    secure_cookies: bool,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("mode", &self.mode)
+            .field("issuer", &self.validator.issuer())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// Builds authentication from the configuration: OIDC when an issuer is configured,
+    /// dev mode otherwise.
+    pub fn from_config(
+        config: &Config,
+        directory: Arc<dyn IdentityDirectory>,
+        sessions: Arc<dyn SessionStore>,
+    ) -> Result<Self, ApiError> {
+        let public_origin = config.public_url.origin().ascii_serialization();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(ApiError::internal)?;
+        match &config.oidc {
+            Some(oidc) => {
+                let discovery = Arc::new(Discovery::new(oidc.issuer.clone(), http.clone()));
+                let location = match &oidc.jwks_url {
+                    Some(u) => JwksLocation::Fixed(u.clone()),
+                    None => JwksLocation::Discovered(discovery.clone()),
+                };
+                let jwks = Arc::new(JwksCache::new(
+                    location,
+                    http.clone(),
+                    oidc.algorithms.clone(),
+                    oidc.jwks_min_refresh,
+                    oidc.jwks_max_age,
+                ));
+                let validator = TokenValidator::new(
+                    oidc.issuer.clone(),
+                    KeySource::Jwks(jwks.clone()),
+                    oidc.leeway,
+                    oidc.email_claim.clone(),
+                );
+                let secure_cookies = oidc.login.as_ref().is_none_or(|l| l.secure_cookies);
+                let login = oidc
+                    .login
+                    .clone()
+                    .map(|l| Arc::new(OidcLogin::new(l, discovery.clone(), http.clone())));
+                Ok(Self {
+                    mode: Mode::Oidc {
+                        audience: oidc.audience.clone(),
+                        login,
+                        discovery,
+                    },
+                    validator,
+                    jwks: Some(jwks),
+                    directory,
+                    sessions,
+                    public_origin,
+                    session_ttl: config.session_ttl,
+                    secure_cookies,
+                })
+            }
+            None => {
+                let (dev, keys) = DevTokens::generate(config.dev_token_ttl)?;
+                let validator = TokenValidator::new(
+                    dev::DEV_ISSUER.to_owned(),
+                    KeySource::Static(Arc::new(keys)),
+                    Duration::from_secs(5),
+                    "email".to_owned(),
+                );
+                Ok(Self {
+                    mode: Mode::Dev(Arc::new(dev)),
+                    validator,
+                    jwks: None,
+                    directory,
+                    sessions,
+                    public_origin,
+                    session_ttl: config.session_ttl,
+                    secure_cookies: false,
+                })
+            }
+        }
+    }
+
+    /// The issuing mode.
+    #[must_use]
+    pub fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
+    /// The JWKS cache (OIDC mode).
+    #[must_use]
+    pub fn jwks(&self) -> Option<&Arc<JwksCache>> {
+        self.jwks.as_ref()
+    }
+
+    /// The user directory.
+    #[must_use]
+    pub fn directory(&self) -> &Arc<dyn IdentityDirectory> {
+        &self.directory
+    }
+
+    /// The token validator.
+    #[must_use]
+    pub fn validator(&self) -> &TokenValidator {
+        &self.validator
+    }
+
+    /// Name of the session cookie (`__Host-` prefixed when cookies are `Secure`).
+    #[must_use]
+    pub fn session_cookie_name(&self) -> &'static str {
+        if self.secure_cookies {
+            "__Host-stratai_session"
+        } else {
+            "stratai_session"
+        }
+    }
+
+    /// Whether cookies carry `Secure`.
+    #[must_use]
+    pub fn secure_cookies(&self) -> bool {
+        self.secure_cookies
+    }
+
+    /// Lifetime of browser sessions.
+    #[must_use]
+    pub fn session_ttl(&self) -> Duration {
+        self.session_ttl
+    }
+
+    /// The session store.
+    #[must_use]
+    pub fn sessions(&self) -> &Arc<dyn SessionStore> {
+        &self.sessions
+    }
+
+    /// The principal behind a request: its bearer token if it has an `Authorization`
+    /// header, else its session cookie.
+    pub async fn authenticate(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<Principal, AuthError> {
+        if let Some(value) = headers.get(header::AUTHORIZATION) {
+            let token = bearer_token(value.as_bytes()).ok_or(AuthError::Malformed)?;
+            return self.authenticate_bearer(token).await;
+        }
+        let cookie_name = self.session_cookie_name();
+        if let Some(session_id) = cookies::find(headers, cookie_name) {
+            if !is_safe_method(method) && !self.same_origin(headers) {
+                return Err(AuthError::CrossSite);
+            }
+            let session = self
+                .sessions
+                .get(&hash_session_id(&session_id))
+                .await?
+                .ok_or(AuthError::Missing)?;
+            let principal = self
+                .directory
+                .find_by_id(session.user_id)
+                .await?
+                .ok_or(AuthError::UnknownUser)?;
+            return active(principal);
+        }
+        Err(AuthError::Missing)
+    }
+
+    /// Validates a bearer token and resolves its user. In OIDC mode a first use with a
+    /// verified email creates or links the user, as a login would.
+    pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, AuthError> {
+        match &self.mode {
+            Mode::Dev(_) => {
+                let claims = self.validator.validate(token, dev::DEV_AUDIENCE).await?;
+                let id = uuid::Uuid::parse_str(&claims.subject)
+                    .map_err(|_| AuthError::InvalidClaim("sub"))?;
+                let principal = self
+                    .directory
+                    .find_by_id(id)
+                    .await?
+                    .ok_or(AuthError::UnknownUser)?;
+                active(principal)
+            }
+            Mode::Oidc { audience, .. } => {
+                let claims = self.validator.validate(token, audience).await?;
+                self.resolve_oidc(&claims).await
+            }
+        }
+    }
+
+    /// Maps verified OIDC claims to a user: by subject, else create-or-link by verified
+    /// email (never by an unverified one: that would let anyone claim any account).
+    pub async fn resolve_oidc(&self, claims: &VerifiedClaims) -> Result<Principal, AuthError> {
+        if let Some(p) = self.directory.find_by_subject(&claims.subject).await? {
+            return active(p);
+        }
+        let Some(email) = claims.email.clone() else {
+            return Err(AuthError::UnknownUser);
+        };
+        if !claims.email_verified {
+            return Err(AuthError::EmailNotVerified);
+        }
+        let principal = self
+            .directory
+            .login(&LoginIdentity {
+                subject: claims.subject.clone(),
+                email,
+                name: claims.name.clone(),
+            })
+            .await?;
+        active(principal)
+    }
+
+    fn same_origin(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|o| o == self.public_origin)
+    }
+}
+
+fn active(p: Principal) -> Result<Principal, AuthError> {
+    if p.active {
+        Ok(p)
+    } else {
+        Err(AuthError::Deactivated)
+    }
+}
+
+fn is_safe_method(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The token of an `Authorization: Bearer <token>` header value (scheme case-insensitive).
+fn bearer_token(value: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (scheme, token) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+impl<S> FromRequestParts<S> for Principal
+where
+    Arc<Auth>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let auth = Arc::<Auth>::from_ref(state);
+        auth.authenticate(&parts.method, &parts.headers)
+            .await
+            .map_err(ApiError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token(b"Bearer abc.def.ghi"), Some("abc.def.ghi"));
+        assert_eq!(bearer_token(b"bearer abc"), Some("abc"));
+        assert_eq!(bearer_token(b"Basic dXNlcjpwYXNz"), None);
+        assert_eq!(bearer_token(b"Bearer "), None);
+        assert_eq!(bearer_token(b"Bearer"), None);
+    }
+}

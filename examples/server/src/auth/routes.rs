@@ -1,0 +1,251 @@
+//! `/auth/*` handlers. Which routes exist depends on the mode: the OIDC login routes only
+//! with a configured client, `POST /auth/dev/token` only in dev mode.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRef, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use super::cookies::{self, CookieSpec};
+use super::identity::Principal;
+use super::oidc::{LOGIN_TTL, OidcLogin};
+use super::session::{Session, expiry, hash_session_id, new_session_id};
+use super::{Auth, AuthError, Mode};
+use crate::config::looks_like_email;
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+
+/// Name of the cookie binding a started login to the browser.
+pub const LOGIN_STATE_COOKIE: &str = "stratai_login_state";
+const CALLBACK_PATH: &str = "/auth/callback";
+
+/// The `/auth` routes for this mode.
+pub fn router<S>(auth: &Auth) -> Router<S>
+where
+    Arc<Auth>: FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
+    let mut router = Router::new().route("/auth/me", get(me));
+    match auth.mode() {
+        Mode::Dev(_) => {
+            router = router.route("/auth/dev/token", post(dev_token));
+        }
+        Mode::Oidc { login: Some(_), .. } => {
+            router = router
+                .route("/auth/login", get(login).post(login))
+                .route(CALLBACK_PATH, get(callback))
+                .route("/auth/logout", post(logout));
+        }
+        Mode::Oidc { login: None, .. } => {}
+    }
+    router
+}
+
+/// Body of `POST /auth/dev/token`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevTokenRequest {
+    /// Email of an existing user.
+    pub email: String,
+}
+
+/// Answer of `POST /auth/dev/token`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DevTokenResponse {
+    /// The bearer token.
+    pub token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+}
+
+async fn dev_token(
+    State(auth): State<Arc<Auth>>,
+    ApiJson(req): ApiJson<DevTokenRequest>,
+) -> Result<ApiJson<DevTokenResponse>, ApiError> {
+    let Mode::Dev(dev) = auth.mode() else {
+        return Err(ApiError::NotFound("route".to_owned()));
+    };
+    let email = req.email.trim().to_ascii_lowercase();
+    if !looks_like_email(&email) {
+        return Err(ApiError::invalid(
+            "email",
+            format!("`{}` is not an email address", req.email),
+        ));
+    }
+    let user = auth
+        .directory()
+        .find_by_email(&email)
+        .await
+        .map_err(AuthError::from)?
+        .ok_or_else(|| ApiError::NotFound(format!("user `{email}`")))?;
+    if !user.active {
+        return Err(AuthError::Deactivated.into());
+    }
+    Ok(ApiJson(DevTokenResponse {
+        token: dev.issue(&user)?,
+        token_type: "Bearer".to_owned(),
+        expires_in: dev.ttl().as_secs(),
+    }))
+}
+
+/// Answer of `GET /auth/me`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Me {
+    /// StratAI user id.
+    pub user_id: uuid::Uuid,
+    /// Email.
+    pub email: String,
+    /// Platform super admin.
+    pub super_admin: bool,
+}
+
+async fn me(principal: Principal) -> ApiJson<Me> {
+    ApiJson(Me {
+        user_id: principal.user_id,
+        email: principal.email,
+        super_admin: principal.super_admin,
+    })
+}
+
+fn login_flow(auth: &Auth) -> Result<&Arc<OidcLogin>, ApiError> {
+    match auth.mode() {
+        Mode::Oidc {
+            login: Some(login), ..
+        } => Ok(login),
+        _ => Err(ApiError::NotFound("route".to_owned())),
+    }
+}
+
+fn redirect(location: &str) -> Result<Response, ApiError> {
+    let value = HeaderValue::from_str(location).map_err(ApiError::internal)?;
+    Ok((StatusCode::SEE_OTHER, [(header::LOCATION, value)]).into_response())
+}
+
+async fn login(State(auth): State<Arc<Auth>>) -> Result<Response, ApiError> {
+    let flow = login_flow(&auth)?;
+    let start = flow.begin().await?;
+    let mut response = redirect(start.redirect.as_str())?;
+    let cookie = cookies::set_cookie(
+        CookieSpec {
+            name: LOGIN_STATE_COOKIE,
+            path: CALLBACK_PATH,
+            max_age_secs: LOGIN_TTL.as_secs(),
+            secure: auth.secure_cookies(),
+        },
+        &start.state,
+    )
+    .ok_or_else(|| ApiError::internal("state cookie could not be built"))?;
+    response.headers_mut().append(header::SET_COOKIE, cookie);
+    no_store(&mut response);
+    Ok(response)
+}
+
+/// Query of `GET /auth/callback` (providers add more parameters; they are ignored).
+#[derive(Debug, Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    iss: Option<String>,
+}
+
+async fn callback(
+    State(auth): State<Arc<Auth>>,
+    headers: HeaderMap,
+    Query(query): Query<CallbackQuery>,
+) -> Result<Response, ApiError> {
+    let flow = login_flow(&auth)?;
+    if let Some(error) = &query.error {
+        return Err(AuthError::LoginFailed(format!("provider returned error `{error}`")).into());
+    }
+    // RFC 9207: when the provider names itself, it must be our issuer.
+    if let Some(iss) = &query.iss
+        && iss != auth.validator().issuer()
+    {
+        return Err(AuthError::LoginFailed("callback from another issuer".to_owned()).into());
+    }
+    let (Some(code), Some(state)) = (query.code.as_deref(), query.state.as_deref()) else {
+        return Err(AuthError::LoginFailed("callback without code or state".to_owned()).into());
+    };
+    let cookie_state = cookies::find(&headers, LOGIN_STATE_COOKIE);
+    let (id_token, nonce) = flow.exchange(state, cookie_state.as_deref(), code).await?;
+
+    let client_id = flow.config().client_id.clone();
+    let claims = auth.validator().validate(&id_token, &client_id).await?;
+    if claims.nonce.as_deref() != Some(nonce.as_str()) {
+        return Err(AuthError::LoginFailed("id token nonce mismatch".to_owned()).into());
+    }
+    if claims
+        .authorized_party
+        .as_deref()
+        .is_some_and(|azp| azp != client_id)
+    {
+        return Err(AuthError::LoginFailed("id token issued to another client".to_owned()).into());
+    }
+    let principal = auth.resolve_oidc(&claims).await?;
+
+    let (session_id, key) = new_session_id();
+    auth.sessions()
+        .insert(
+            key,
+            Session {
+                user_id: principal.user_id,
+                expires_at: expiry(auth.session_ttl()),
+            },
+        )
+        .await
+        .map_err(AuthError::from)?;
+    tracing::info!(user_id = %principal.user_id, "login");
+
+    let mut response = redirect(&flow.config().post_login_url)?;
+    let session_cookie = cookies::set_cookie(
+        CookieSpec {
+            name: auth.session_cookie_name(),
+            path: "/",
+            max_age_secs: auth.session_ttl().as_secs(),
+            secure: auth.secure_cookies(),
+        },
+        &session_id,
+    )
+    .ok_or_else(|| ApiError::internal("session cookie could not be built"))?;
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, session_cookie);
+    if let Some(clear) =
+        cookies::clear_cookie(LOGIN_STATE_COOKIE, CALLBACK_PATH, auth.secure_cookies())
+    {
+        response.headers_mut().append(header::SET_COOKIE, clear);
+    }
+    no_store(&mut response);
+    Ok(response)
+}
+
+async fn logout(State(auth): State<Arc<Auth>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let flow = login_flow(&auth)?;
+    if let Some(id) = cookies::find(&headers, auth.session_cookie_name()) {
+        auth.sessions()
+            .remove(&hash_session_id(&id))
+            .await
+            .map_err(AuthError::from)?;
+    }
+    let mut response = redirect(&flow.logout_redirect().await)?;
+    if let Some(clear) =
+        cookies::clear_cookie(auth.session_cookie_name(), "/", auth.secure_cookies())
+    {
+        response.headers_mut().append(header::SET_COOKIE, clear);
+    }
+    no_store(&mut response);
+    Ok(response)
+}
+
+fn no_store(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}

@@ -1,0 +1,200 @@
+//! The admin API's error type and its HTTP mapping.
+//!
+//! Every error answers `{"error": {"code", "message", "fields"?}}` with a stable,
+//! machine-readable `code`. Internal faults answer a generic 500; their detail goes to the
+//! log only. Another organization's resource is reported as [`ApiError::NotFound`], never as
+//! forbidden, so its existence is not confirmed.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// One invalid field of a request: where (a path such as `settings.default_tier` or
+/// `members[2].email`) and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// Path of the field in the request body or query.
+    pub path: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A field error at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An error answered by the HTTP API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No or invalid credentials (401). The reason is a short, non-secret phrase.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    /// Authenticated, but this action on this (own-org) resource is not allowed (403).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Does not exist, or belongs to another organization (404).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request body or query failed validation (422).
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    /// Malformed request that is not a field problem (400), e.g. broken JSON syntax.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Unsupported `Content-Type` (415).
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    /// The body is larger than allowed (413).
+    #[error("payload too large")]
+    PayloadTooLarge,
+    /// A state conflict, e.g. a slug already taken or an invitation already used (409).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A dependency (database, identity provider) is not reachable (503).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (500). The detail is logged, never sent.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 422 with one field error.
+    pub fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Validation(vec![FieldError::new(path, message)])
+    }
+
+    /// An internal error from any displayable cause.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        Self::Internal(cause.to_string())
+    }
+
+    /// The HTTP status.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::Validation(_) => "validation_failed",
+            Self::BadRequest(_) => "bad_request",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::Conflict(_) => "conflict",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: BodyInner<'a>,
+}
+
+#[derive(Serialize)]
+struct BodyInner<'a> {
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<&'a [FieldError]>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            Self::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                "internal error".to_owned()
+            }
+            Self::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "dependency unavailable");
+                "service temporarily unavailable".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let fields = match &self {
+            Self::Validation(f) => Some(f.as_slice()),
+            _ => None,
+        };
+        let body = Body {
+            error: BodyInner {
+                code: self.code(),
+                message,
+                fields,
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Self::Unauthenticated(_) = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(e: ApiError) -> (StatusCode, serde_json::Value) {
+        let r = e.into_response();
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn internal_detail_never_reaches_the_body() {
+        let (status, body) = body_of(ApiError::internal("db password=hunter2 refused")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"]["code"], "internal");
+        assert!(!body.to_string().contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn validation_lists_field_paths() {
+        let (status, body) = body_of(ApiError::Validation(vec![
+            FieldError::new("members[1].email", "`x` is not an email address"),
+            FieldError::new("role", "unknown role `boss`"),
+        ]))
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["error"]["code"], "validation_failed");
+        assert_eq!(body["error"]["fields"][0]["path"], "members[1].email");
+        assert_eq!(body["error"]["fields"][1]["path"], "role");
+    }
+
+    #[tokio::test]
+    async fn unauthenticated_carries_www_authenticate() {
+        let r = ApiError::Unauthenticated("token expired").into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+}

@@ -1,0 +1,226 @@
+//! Prometheus metrics, served at `GET /metrics`.
+//!
+//! Recorded through the `metrics` facade; rendered by `metrics-exporter-prometheus`. The
+//! recorder is process-wide (one per process, installed on first use), so several servers in
+//! one test process share it; each series is labelled, never keyed by user or org (bounded
+//! cardinality).
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `stratai_http_requests_total` | counter | `route` (template), `method`, `status` |
+//! | `stratai_gateway_decisions_total` | counter | `outcome` (`allow`/`warn`/`deny`), `reason` (kind) |
+//! | `stratai_budget_refusals_total` | counter | `scope` (`org`/`group`/`user`/`tier`) |
+//! | `stratai_upstream_latency_seconds` | histogram | `provider`, `outcome` |
+//! | `stratai_usage_write_lag_seconds` | histogram | `path` (`direct`/`spool`) |
+//! | `stratai_usage_spooled_total` | counter | — |
+//! | `stratai_usage_spool_pending` | gauge | — |
+//! | `stratai_budget_alerts_total` | counter | `scope` |
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use stratai_core::budget::BudgetScope;
+
+/// Latency buckets (seconds): fine below a millisecond, where the gateway's overhead lives.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder on first call; later calls return the same handle.
+/// `None` when another recorder was installed first (metrics are then not served).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &LATENCY_BUCKETS);
+            match builder.and_then(PrometheusBuilder::install_recorder) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "prometheus recorder not installed; /metrics disabled");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+pub async fn serve_metrics() -> Response {
+    match handle() {
+        Some(h) => {
+            h.run_upkeep();
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                h.render(),
+            )
+                .into_response()
+        }
+        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable").into_response(),
+    }
+}
+
+/// Middleware counting every request by route template, method and status.
+pub async fn track_requests(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "<unmatched>".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let response = next.run(req).await;
+    metrics::counter!(
+        "stratai_http_requests_total",
+        "route" => route,
+        "method" => method,
+        "status" => response.status().as_u16().to_string(),
+    )
+    .increment(1);
+    response
+}
+
+/// The kind of reason behind a gateway decision (a bounded label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReasonKind {
+    /// Nothing stood in the way.
+    None,
+    /// Tier / model access.
+    ModelAccess,
+    /// A guardrail rule (pre or post).
+    Guardrail,
+    /// A rate limit.
+    RateLimit,
+    /// A budget (hard refusal, or soft warning).
+    Budget,
+    /// The upstream failed.
+    Upstream,
+}
+
+impl ReasonKind {
+    /// The label value.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::ModelAccess => "model_access",
+            Self::Guardrail => "guardrail",
+            Self::RateLimit => "rate_limit",
+            Self::Budget => "budget",
+            Self::Upstream => "upstream",
+        }
+    }
+}
+
+/// Counts one gateway decision.
+pub fn record_decision(outcome: &'static str, reason: ReasonKind) {
+    metrics::counter!(
+        "stratai_gateway_decisions_total",
+        "outcome" => outcome,
+        "reason" => reason.as_str(),
+    )
+    .increment(1);
+}
+
+/// The label of a budget scope type.
+#[must_use]
+pub fn scope_label(scope: &BudgetScope) -> &'static str {
+    match scope {
+        BudgetScope::Org => "org",
+        BudgetScope::Group(_) => "group",
+        BudgetScope::User(_) => "user",
+        BudgetScope::Tier(_) => "tier",
+    }
+}
+
+/// Counts a hard budget refusal by the refusing scope's type.
+pub fn record_budget_refusal(scope: &BudgetScope) {
+    metrics::counter!("stratai_budget_refusals_total", "scope" => scope_label(scope)).increment(1);
+}
+
+/// Counts a budget alert by scope type.
+pub fn record_budget_alert(scope: &BudgetScope) {
+    metrics::counter!("stratai_budget_alerts_total", "scope" => scope_label(scope)).increment(1);
+}
+
+/// Records the latency of one upstream call (until the answer, or the end of a stream).
+pub fn record_upstream_latency(provider: &'static str, outcome: &'static str, elapsed: Duration) {
+    metrics::histogram!(
+        "stratai_upstream_latency_seconds",
+        "provider" => provider,
+        "outcome" => outcome,
+    )
+    .record(elapsed.as_secs_f64());
+}
+
+/// Records how long after the response a usage record became durable.
+pub fn record_usage_write_lag(path: &'static str, since: Instant) {
+    metrics::histogram!("stratai_usage_write_lag_seconds", "path" => path)
+        .record(since.elapsed().as_secs_f64());
+}
+
+/// Records the lag of a spooled record, from when it was spooled until it reached the store.
+pub fn record_usage_write_lag_since(spooled_at: chrono::DateTime<chrono::Utc>) {
+    let lag = (chrono::Utc::now() - spooled_at)
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    metrics::histogram!("stratai_usage_write_lag_seconds", "path" => "spool")
+        .record(lag.as_secs_f64());
+}
+
+/// Counts a usage record written to the spool instead of the store.
+pub fn record_spooled() {
+    metrics::counter!("stratai_usage_spooled_total").increment(1);
+}
+
+/// Sets the number of records waiting in the spool.
+pub fn set_spool_pending(pending: usize) {
+    #[allow(clippy::cast_precision_loss)] // a count far below 2^52
+    metrics::gauge!("stratai_usage_spool_pending").set(pending as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn exposes_recorded_series() {
+        assert!(handle().is_some());
+        let app = Router::new()
+            .route("/metrics", get(serve_metrics))
+            .route("/probe/{id}", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn(track_requests));
+        let probe = Request::builder()
+            .uri("/probe/123")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(app.clone().oneshot(probe).await.unwrap().status(), 200);
+        record_decision("deny", ReasonKind::Budget);
+        record_budget_refusal(&BudgetScope::Org);
+        record_upstream_latency("demo", "ok", Duration::from_micros(300));
+        record_usage_write_lag("direct", Instant::now());
+        let res = app
+            .oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            text.contains(r#"stratai_http_requests_total{route="/probe/{id}",method="GET",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"stratai_gateway_decisions_total{outcome="deny",reason="budget"}"#));
+        assert!(text.contains(r#"stratai_budget_refusals_total{scope="org"}"#));
+        assert!(text.contains("stratai_upstream_latency_seconds_bucket"));
+        assert!(text.contains("stratai_usage_write_lag_seconds_count"));
+    }
+}

@@ -1,0 +1,203 @@
+//! Starting and stopping the server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::app::{AlwaysReady, AppState, HttpLimits, Readiness, router};
+use crate::auth::identity::{IdentityDirectory, MemoryDirectory};
+use crate::auth::session::{MemorySessionStore, SessionStore};
+use crate::auth::{Auth, Mode};
+use crate::config::Config;
+use crate::error::ApiError;
+
+/// What the server runs on besides its configuration.
+pub struct Backends {
+    /// The user directory.
+    pub directory: Arc<dyn IdentityDirectory>,
+    /// Browser sessions.
+    pub sessions: Arc<dyn SessionStore>,
+    /// Readiness probe.
+    pub readiness: Arc<dyn Readiness>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends").finish_non_exhaustive()
+    }
+}
+
+impl Backends {
+    /// In-memory backends with the configured super admin as the only user.
+    #[must_use]
+    pub fn in_memory(config: &Config) -> Self {
+        let directory = MemoryDirectory::new();
+        directory.add_user(&config.super_admin_email, true);
+        Self {
+            directory: Arc::new(directory),
+            sessions: Arc::new(MemorySessionStore::default()),
+            readiness: Arc::new(AlwaysReady),
+        }
+    }
+}
+
+/// Builds the application state and router for `config`.
+pub fn build(config: &Config, backends: Backends) -> Result<axum::Router, ApiError> {
+    let auth = Arc::new(Auth::from_config(
+        config,
+        backends.directory,
+        backends.sessions,
+    )?);
+    let state = AppState {
+        auth,
+        readiness: backends.readiness,
+    };
+    Ok(router(
+        state,
+        HttpLimits {
+            body_limit_bytes: config.body_limit_bytes,
+            request_timeout: config.request_timeout,
+        },
+    ))
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Dev mode on a non-loopback address without the explicit opt-in.
+    #[error(
+        "dev mode refuses to listen on non-loopback `{0}`; configure OIDC or set STRATAI_DEV_ALLOW_REMOTE=true"
+    )]
+    DevModeExposed(SocketAddr),
+    /// Binding failed.
+    #[error("cannot listen on `{addr}`: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Building the application failed.
+    #[error("startup failed: {0}")]
+    Startup(String),
+    /// The server stopped with an I/O error.
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Logs the mode loudly so nobody runs dev mode by accident.
+pub fn announce(config: &Config, auth_mode: &Mode) {
+    match auth_mode {
+        Mode::Dev(dev) => {
+            let bar = "=".repeat(72);
+            tracing::warn!("{bar}");
+            tracing::warn!(
+                "DEV MODE: no OIDC issuer configured (OIDC_ISSUER / AUTH0_DOMAIN unset)"
+            );
+            tracing::warn!(
+                "POST /auth/dev/token hands out {}s tokens for ANY existing user, no password",
+                dev.ttl().as_secs()
+            );
+            tracing::warn!("never expose this server; configure OIDC for real use");
+            tracing::warn!(
+                "try: curl -s -X POST http://{}/auth/dev/token -H 'content-type: application/json' -d '{{\"email\":\"{}\"}}'",
+                config.bind,
+                config.super_admin_email
+            );
+            tracing::warn!("{bar}");
+        }
+        Mode::Oidc { login, .. } => {
+            tracing::info!(
+                issuer = config.oidc.as_ref().map_or("", |o| o.issuer.as_str()),
+                browser_login = login.is_some(),
+                "OIDC authentication"
+            );
+        }
+    }
+}
+
+/// Runs the server until SIGINT/SIGTERM, then drains in-flight requests.
+pub async fn serve(
+    config: Config,
+    backends: Backends,
+    allow_remote_dev: bool,
+) -> Result<(), ServeError> {
+    if config.dev_mode() && !config.bind.ip().is_loopback() && !allow_remote_dev {
+        return Err(ServeError::DevModeExposed(config.bind));
+    }
+    let auth = Arc::new(
+        Auth::from_config(&config, backends.directory, backends.sessions)
+            .map_err(|e| ServeError::Startup(e.to_string()))?,
+    );
+    announce(&config, auth.mode());
+    let state = AppState {
+        auth,
+        readiness: backends.readiness,
+    };
+    let app = router(
+        state,
+        HttpLimits {
+            body_limit_bytes: config.body_limit_bytes,
+            request_timeout: config.request_timeout,
+        },
+    );
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    tracing::info!(addr = %config.bind, "listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}
+
+/// Installs the log subscriber: `RUST_LOG` filter (default `info`), JSON lines when
+/// `STRATAI_LOG_FORMAT=json`.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("STRATAI_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let result = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    if let Err(e) = result {
+        eprintln!("tracing already initialised: {e}");
+    }
+}
