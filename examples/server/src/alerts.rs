@@ -67,12 +67,15 @@ impl AlertPayload {
     }
 }
 
+/// An alert's identity: the budget and the start of its period.
+type AlertKey = (BudgetId, DateTime<Utc>);
+
 /// Where alerts go.
 #[derive(Clone, Debug)]
 pub struct AlertSink {
     webhook: Option<Url>,
     client: reqwest::Client,
-    sent: Arc<Mutex<HashSet<(BudgetId, DateTime<Utc>)>>>,
+    sent: Arc<Mutex<HashSet<AlertKey>>>,
 }
 
 impl AlertSink {
@@ -99,7 +102,9 @@ impl AlertSink {
             .and_then(|v| match Url::parse(v.trim()) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
                 _ => {
-                    tracing::error!("STRATAI_ALERT_WEBHOOK_URL is not an http(s) URL; alerts go to the log only");
+                    tracing::error!(
+                        "STRATAI_ALERT_WEBHOOK_URL is not an http(s) URL; alerts go to the log only"
+                    );
                     None
                 }
             });

@@ -148,7 +148,13 @@ fn fragments(text: &str, chunk_chars: usize) -> Vec<String> {
     if chunk_chars == 0 {
         text.split_whitespace()
             .enumerate()
-            .map(|(i, w)| if i == 0 { w.to_owned() } else { format!(" {w}") })
+            .map(|(i, w)| {
+                if i == 0 {
+                    w.to_owned()
+                } else {
+                    format!(" {w}")
+                }
+            })
             .collect()
     } else {
         let chars: Vec<char> = text.chars().collect();
@@ -295,7 +301,10 @@ mod tests {
     #[tokio::test]
     async fn max_tokens_truncates_and_says_length() {
         let p = DemoProvider::default();
-        let a = p.chat(&ctx(), &request("hello there", Some(3))).await.unwrap();
+        let a = p
+            .chat(&ctx(), &request("hello there", Some(3)))
+            .await
+            .unwrap();
         assert_eq!(a.usage.completion_tokens, 3);
         assert_eq!(a.choices[0].finish_reason.as_deref(), Some("length"));
     }
@@ -309,7 +318,10 @@ mod tests {
             .unwrap();
         assert_eq!(a.choices[0].message.content, "the secret word");
         assert_eq!(a.usage.completion_tokens, 3);
-        let err = p.chat(&ctx(), &request("fail: boom", None)).await.unwrap_err();
+        let err = p
+            .chat(&ctx(), &request("fail: boom", None))
+            .await
+            .unwrap_err();
         assert!(matches!(err, GatewayError::Unavailable(_)), "{err}");
         let err = p
             .chat_stream(&ctx(), &request("fail: boom", None))
@@ -340,7 +352,10 @@ mod tests {
                 .filter_map(|c| c.choices[0].delta.content.clone())
                 .collect();
             assert_eq!(text, whole.choices[0].message.content);
-            assert_eq!(chunks[0].choices[0].delta.role.as_deref(), Some("assistant"));
+            assert_eq!(
+                chunks[0].choices[0].delta.role.as_deref(),
+                Some("assistant")
+            );
             let last = chunks.last().unwrap();
             assert_eq!(last.usage, Some(whole.usage));
             assert_eq!(last.choices[0].finish_reason.as_deref(), Some("stop"));

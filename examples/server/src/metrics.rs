@@ -28,8 +28,8 @@ use stratai_core::budget::BudgetScope;
 
 /// Latency buckets (seconds): fine below a millisecond, where the gateway's overhead lives.
 const LATENCY_BUCKETS: [f64; 16] = [
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -63,7 +63,11 @@ pub async fn serve_metrics() -> Response {
             )
                 .into_response()
         }
-        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable").into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable",
+        )
+            .into_response(),
     }
 }
 
@@ -209,16 +213,27 @@ mod tests {
         record_upstream_latency("demo", "ok", Duration::from_micros(300));
         record_usage_write_lag("direct", Instant::now());
         let res = app
-            .oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap())
+            .oneshot(
+                Request::builder()
+                    .uri("/metrics")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
-        let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
         let text = String::from_utf8(body.to_vec()).unwrap();
         assert!(
-            text.contains(r#"stratai_http_requests_total{route="/probe/{id}",method="GET",status="200"} 1"#),
+            text.contains(
+                r#"stratai_http_requests_total{route="/probe/{id}",method="GET",status="200"} 1"#
+            ),
             "{text}"
         );
-        assert!(text.contains(r#"stratai_gateway_decisions_total{outcome="deny",reason="budget"}"#));
+        assert!(
+            text.contains(r#"stratai_gateway_decisions_total{outcome="deny",reason="budget"}"#)
+        );
         assert!(text.contains(r#"stratai_budget_refusals_total{scope="org"}"#));
         assert!(text.contains("stratai_upstream_latency_seconds_bucket"));
         assert!(text.contains("stratai_usage_write_lag_seconds_count"));

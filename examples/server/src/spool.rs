@@ -234,10 +234,7 @@ impl Spool {
                 .write_all(buf.as_bytes())
                 .await
                 .map_err(io_err(&rejected_path))?;
-            rejected
-                .sync_data()
-                .await
-                .map_err(io_err(&rejected_path))?;
+            rejected.sync_data().await.map_err(io_err(&rejected_path))?;
         }
         report.rejected = rejected_lines.len();
         report.remaining = keep.len();
