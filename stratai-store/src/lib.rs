@@ -8,3 +8,4 @@ pub(crate) mod shared;
 pub mod sqlite;
 
 pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;

@@ -10,7 +10,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use stratai_core::budget::{Budget, BudgetPeriod, BudgetRefusal};
-use stratai_core::directory::{Invitation, InvitationStatus, User};
+use stratai_core::directory::{Invitation, InvitationStatus, Membership, Organization, User};
 use stratai_core::ports::RuleRecord;
 use stratai_core::usage::{AggregateRow, Dimension, DimensionValue, UsageQuery, UsageRecord};
 use stratai_core::{Money, StoreError, ValidationError};
@@ -270,6 +270,30 @@ pub(crate) fn check_acceptance(
         )));
     }
     Ok(())
+}
+
+/// Whether an organization update changes nothing but what the LiteLLM sync writes back
+/// (its LiteLLM id) and the timestamps: such an update emits no outbox event, so the sync
+/// does not feed itself.
+pub(crate) fn org_change_is_sync_only(old: &Organization, new: &Organization) -> bool {
+    let comparable = Organization {
+        slug: old.slug.clone(),
+        litellm_org_id: old.litellm_org_id.clone(),
+        created_at: old.created_at,
+        updated_at: old.updated_at,
+        ..new.clone()
+    };
+    comparable == *old
+}
+
+/// Whether a membership update changes nothing but the LiteLLM key id the sync writes back.
+pub(crate) fn member_change_is_sync_only(old: &Membership, new: &Membership) -> bool {
+    let comparable = Membership {
+        litellm_key_id: old.litellm_key_id.clone(),
+        joined_at: old.joined_at,
+        ..new.clone()
+    };
+    comparable == *old
 }
 
 #[cfg(test)]

@@ -397,11 +397,7 @@ impl DirectoryStore for MemoryStore {
         let mut new = norm_org(org);
         new.slug = old.slug.clone();
         new.created_at = old.created_at;
-        let synced_only = Organization {
-            litellm_org_id: old.litellm_org_id.clone(),
-            updated_at: old.updated_at,
-            ..new.clone()
-        } == old;
+        let synced_only = shared::org_change_is_sync_only(&old, &new);
         s.orgs.insert(org.id, new);
         if !synced_only {
             s.emit(org.id, OutboxEntity::Org(org.id), false);
@@ -501,10 +497,7 @@ impl DirectoryStore for MemoryStore {
         check_profile(&s, member.profile_id)?;
         let mut new = norm_member(member);
         new.joined_at = old.joined_at;
-        let synced_only = Membership {
-            litellm_key_id: old.litellm_key_id.clone(),
-            ..new.clone()
-        } == old;
+        let synced_only = shared::member_change_is_sync_only(&old, &new);
         s.members.insert((org, member.user_id), new);
         if !synced_only {
             s.emit(org, OutboxEntity::Member(member.user_id), false);
@@ -1184,6 +1177,7 @@ impl BudgetLedger for MemoryStore {
         actual: Money,
         now: DateTime<Utc>,
     ) -> Result<SettleOutcome, StoreError> {
+        let now = micros(now);
         let mut s = self.state.write().await;
         let key = (org, request_id);
         let (items, unreserve) = match s.reservations.get(&key) {
@@ -1243,6 +1237,7 @@ impl BudgetLedger for MemoryStore {
     }
 
     async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let now = micros(now);
         let mut s = self.state.write().await;
         let expired: Vec<(OrgId, RequestId)> = s
             .reservations
@@ -1365,6 +1360,7 @@ impl OutboxStore for MemoryStore {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let now = micros(now);
         let s = self.state.read().await;
         Ok(s.outbox
             .values()

@@ -1,0 +1,864 @@
+//! The directory over SQLite: organizations, users, memberships, groups, profiles, invitations.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::SqliteConnection;
+use sqlx::sqlite::SqliteRow;
+use stratai_core::directory::{
+    Email, Group, GroupMembership, GroupRole, Invitation, InvitationStatus, Membership,
+    Organization, Slug, User, UserProfile,
+};
+use stratai_core::ports::{DirectoryStore, OutboxEntity};
+use stratai_core::{GroupId, InvitationId, OrgId, ProfileId, StoreError, UserId};
+
+use super::{
+    Col, PROFILE_EXISTS, SqliteStore, USER_EXISTS, emit, money, require_group, require_member,
+    require_org, require_row, tenant, to_json, ts,
+};
+use crate::error::db;
+use crate::shared::{self, enum_text, micros};
+
+const ORG_COLUMNS: &str = "SELECT id, name, slug, litellm_org_id, settings, billing_email, \
+     billing_plan, is_active, created_at, updated_at FROM organizations";
+
+fn org_from_row(row: &SqliteRow) -> Result<Organization, StoreError> {
+    Ok(Organization {
+        id: OrgId::from_uuid(row.uuid("id")?),
+        name: row.text("name")?,
+        slug: Slug::new(row.text("slug")?).map_err(|e| crate::error::corrupt("slug", e))?,
+        settings: row.json("settings")?,
+        billing_email: row
+            .opt_text("billing_email")?
+            .map(|e| Email::new(e).map_err(|e| crate::error::corrupt("billing_email", e)))
+            .transpose()?,
+        billing_plan: row.variant("billing_plan")?,
+        active: row.flag("is_active")?,
+        litellm_org_id: row.opt_text("litellm_org_id")?,
+        created_at: row.at("created_at")?,
+        updated_at: row.at("updated_at")?,
+    })
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
+    Ok(User {
+        id: UserId::from_uuid(row.uuid("id")?),
+        email: Email::new(row.text("email")?).map_err(|e| crate::error::corrupt("email", e))?,
+        name: row.opt_text("name")?,
+        avatar_url: row.opt_text("avatar_url")?,
+        oidc_subject: row.opt_text("auth0_id")?,
+        platform_role: row.variant("platform_role")?,
+        active: row.flag("is_active")?,
+        last_login_at: row.opt_at("last_login_at")?,
+        created_at: row.at("created_at")?,
+    })
+}
+
+const MEMBER_COLUMNS: &str = "SELECT organization_id, user_id, role, virtual_key_id, profile_id, \
+     allowed_tiers, monthly_budget, joined_at FROM org_memberships";
+
+fn member_from_row(row: &SqliteRow) -> Result<Membership, StoreError> {
+    Ok(Membership {
+        org_id: OrgId::from_uuid(row.uuid("organization_id")?),
+        user_id: UserId::from_uuid(row.uuid("user_id")?),
+        role: row.variant("role")?,
+        allowed_tiers: row.opt_json("allowed_tiers")?,
+        monthly_budget: row.opt_money("monthly_budget")?,
+        profile_id: row.opt_uuid("profile_id")?.map(ProfileId::from_uuid),
+        litellm_key_id: row.opt_text("virtual_key_id")?,
+        joined_at: row.at("joined_at")?,
+    })
+}
+
+const GROUP_COLUMNS: &str = "SELECT g.id, g.organization_id, g.name, g.description, \
+     g.allowed_tiers, g.monthly_budget, g.created_at, g.updated_at FROM groups g";
+
+fn group_from_row(row: &SqliteRow) -> Result<Group, StoreError> {
+    Ok(Group {
+        id: GroupId::from_uuid(row.uuid("id")?),
+        org_id: OrgId::from_uuid(row.uuid("organization_id")?),
+        name: row.text("name")?,
+        description: row.opt_text("description")?,
+        allowed_tiers: row.opt_json("allowed_tiers")?,
+        monthly_budget: row.opt_money("monthly_budget")?,
+        created_at: row.at("created_at")?,
+        updated_at: row.at("updated_at")?,
+    })
+}
+
+fn group_member_from_row(row: &SqliteRow) -> Result<GroupMembership, StoreError> {
+    Ok(GroupMembership {
+        org_id: OrgId::from_uuid(row.uuid("organization_id")?),
+        group_id: GroupId::from_uuid(row.uuid("group_id")?),
+        user_id: UserId::from_uuid(row.uuid("user_id")?),
+        role: row.variant("role")?,
+        joined_at: row.at("joined_at")?,
+    })
+}
+
+fn profile_from_row(row: &SqliteRow) -> Result<UserProfile, StoreError> {
+    Ok(UserProfile {
+        id: ProfileId::from_uuid(row.uuid("id")?),
+        name: row.text("name")?,
+        description: row.opt_text("description")?,
+        default_tiers: row.json("default_tiers")?,
+        default_guardrails: row.json("default_guardrails")?,
+        available_to: row.variant("available_to")?,
+        created_at: row.at("created_at")?,
+    })
+}
+
+const INVITATION_COLUMNS: &str = "SELECT id, email, organization_id, role, group_ids, profile_id, \
+     token_hash, status, expires_at, invited_by, accepted_at, created_at FROM invitations";
+
+fn invitation_from_row(row: &SqliteRow) -> Result<Invitation, StoreError> {
+    Ok(Invitation {
+        id: InvitationId::from_uuid(row.uuid("id")?),
+        email: Email::new(row.text("email")?).map_err(|e| crate::error::corrupt("email", e))?,
+        org_id: OrgId::from_uuid(row.uuid("organization_id")?),
+        role: row.variant("role")?,
+        group_ids: row.json("group_ids")?,
+        profile_id: row.opt_uuid("profile_id")?.map(ProfileId::from_uuid),
+        token_hash: row.text("token_hash")?,
+        status: row.variant("status")?,
+        expires_at: row.at("expires_at")?,
+        invited_by: row.opt_uuid("invited_by")?.map(UserId::from_uuid),
+        accepted_at: row.opt_at("accepted_at")?,
+        created_at: row.at("created_at")?,
+    })
+}
+
+async fn fetch_org(conn: &mut SqliteConnection, org: OrgId) -> Result<Organization, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{ORG_COLUMNS} WHERE id = ?")))
+        .bind(org.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| StoreError::not_found("organization", org))?;
+    org_from_row(&row)
+}
+
+async fn fetch_member(
+    conn: &mut SqliteConnection,
+    org: OrgId,
+    user: UserId,
+) -> Result<Membership, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{MEMBER_COLUMNS} WHERE organization_id = ? AND user_id = ?"
+    )))
+    .bind(org.as_uuid())
+    .bind(user.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?
+    .ok_or_else(|| StoreError::not_found("membership", user))?;
+    member_from_row(&row)
+}
+
+async fn fetch_group(
+    conn: &mut SqliteConnection,
+    org: OrgId,
+    group: GroupId,
+) -> Result<Group, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{GROUP_COLUMNS} WHERE g.id = ? AND g.organization_id = ?"
+    )))
+    .bind(group.as_uuid())
+    .bind(org.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?
+    .ok_or_else(|| StoreError::not_found("group", group))?;
+    group_from_row(&row)
+}
+
+async fn require_profile(
+    conn: &mut SqliteConnection,
+    profile: Option<ProfileId>,
+) -> Result<(), StoreError> {
+    match profile {
+        Some(id) => require_row(conn, PROFILE_EXISTS, "profile", id.as_uuid()).await,
+        None => Ok(()),
+    }
+}
+
+fn opt_json<T: serde::Serialize>(value: Option<&T>) -> Result<Option<String>, StoreError> {
+    value.map(to_json).transpose()
+}
+
+#[async_trait]
+impl DirectoryStore for SqliteStore {
+    async fn create_org(&self, org: &Organization) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO organizations (id, name, slug, litellm_org_id, settings, billing_email,
+                 billing_plan, is_active, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(org.id.as_uuid())
+        .bind(&org.name)
+        .bind(org.slug.as_str())
+        .bind(org.litellm_org_id.as_deref())
+        .bind(to_json(&org.settings)?)
+        .bind(org.billing_email.as_ref().map(Email::as_str))
+        .bind(enum_text(&org.billing_plan)?)
+        .bind(org.active)
+        .bind(ts(micros(org.created_at)))
+        .bind(ts(micros(org.updated_at)))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        emit(&mut tx, org.id, OutboxEntity::Org(org.id), false).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn get_org(&self, org: OrgId) -> Result<Organization, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        fetch_org(&mut conn, org).await
+    }
+
+    async fn find_org_by_slug(&self, slug: &Slug) -> Result<Option<Organization>, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!("{ORG_COLUMNS} WHERE slug = ?")))
+            .bind(slug.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(org_from_row)
+            .transpose()
+    }
+
+    async fn update_org(&self, org: &Organization) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        let old = fetch_org(&mut tx, org.id).await?;
+        let mut new = org.clone();
+        new.slug = old.slug.clone();
+        new.created_at = old.created_at;
+        new.updated_at = micros(new.updated_at);
+        sqlx::query(
+            "UPDATE organizations SET name = ?, litellm_org_id = ?, settings = ?,
+                 billing_email = ?, billing_plan = ?, is_active = ?, updated_at = ?
+             WHERE id = ?",
+        )
+        .bind(&new.name)
+        .bind(new.litellm_org_id.as_deref())
+        .bind(to_json(&new.settings)?)
+        .bind(new.billing_email.as_ref().map(Email::as_str))
+        .bind(enum_text(&new.billing_plan)?)
+        .bind(new.active)
+        .bind(ts(new.updated_at))
+        .bind(org.id.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if !shared::org_change_is_sync_only(&old, &new) {
+            emit(&mut tx, org.id, OutboxEntity::Org(org.id), false).await?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<Organization>, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!("{ORG_COLUMNS} ORDER BY id")))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(org_from_row)
+            .collect()
+    }
+
+    async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let created = ts(micros(user.created_at));
+        sqlx::query(
+            "INSERT INTO users (id, email, name, avatar_url, auth0_id, platform_role, is_active,
+                 last_login_at, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(user.id.as_uuid())
+        .bind(user.email.as_str())
+        .bind(user.name.as_deref())
+        .bind(user.avatar_url.as_deref())
+        .bind(user.oidc_subject.as_deref())
+        .bind(enum_text(&user.platform_role)?)
+        .bind(user.active)
+        .bind(user.last_login_at.map(|at| ts(micros(at))))
+        .bind(&created)
+        .bind(&created)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn get_user(&self, user: UserId) -> Result<User, StoreError> {
+        let row = sqlx::query("SELECT * FROM users WHERE id = ?")
+            .bind(user.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::not_found("user", user))?;
+        user_from_row(&row)
+    }
+
+    async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
+        sqlx::query("SELECT * FROM users WHERE email = ?")
+            .bind(email.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
+    }
+
+    async fn find_user_by_subject(&self, subject: &str) -> Result<Option<User>, StoreError> {
+        sqlx::query("SELECT * FROM users WHERE auth0_id = ?")
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
+    }
+
+    async fn update_user(&self, user: &User) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE users SET email = ?, name = ?, avatar_url = ?, auth0_id = ?,
+                 platform_role = ?, is_active = ?, last_login_at = ?, updated_at = ?
+             WHERE id = ?",
+        )
+        .bind(user.email.as_str())
+        .bind(user.name.as_deref())
+        .bind(user.avatar_url.as_deref())
+        .bind(user.oidc_subject.as_deref())
+        .bind(enum_text(&user.platform_role)?)
+        .bind(user.active)
+        .bind(user.last_login_at.map(|at| ts(micros(at))))
+        .bind(ts(micros(Utc::now())))
+        .bind(user.id.as_uuid())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("user", user.id));
+        }
+        Ok(())
+    }
+
+    async fn add_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError> {
+        tenant(org, member.org_id, "membership")?;
+        let mut tx = self.write().await?;
+        require_org(&mut tx, org).await?;
+        require_row(&mut tx, USER_EXISTS, "user", member.user_id.as_uuid()).await?;
+        require_profile(&mut tx, member.profile_id).await?;
+        sqlx::query(
+            "INSERT INTO org_memberships (organization_id, user_id, role, virtual_key_id,
+                 profile_id, allowed_tiers, monthly_budget, joined_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(org.as_uuid())
+        .bind(member.user_id.as_uuid())
+        .bind(enum_text(&member.role)?)
+        .bind(member.litellm_key_id.as_deref())
+        .bind(member.profile_id.map(|p| p.as_uuid()))
+        .bind(opt_json(member.allowed_tiers.as_ref())?)
+        .bind(member.monthly_budget.map(money))
+        .bind(ts(micros(member.joined_at)))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        emit(&mut tx, org, OutboxEntity::Member(member.user_id), false).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn get_member(&self, org: OrgId, user: UserId) -> Result<Membership, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        fetch_member(&mut conn, org, user).await
+    }
+
+    async fn list_members(&self, org: OrgId) -> Result<Vec<Membership>, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{MEMBER_COLUMNS} WHERE organization_id = ? ORDER BY user_id"
+        )))
+        .bind(org.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(member_from_row)
+        .collect()
+    }
+
+    async fn update_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError> {
+        tenant(org, member.org_id, "membership")?;
+        let mut tx = self.write().await?;
+        let old = fetch_member(&mut tx, org, member.user_id).await?;
+        require_profile(&mut tx, member.profile_id).await?;
+        let mut new = member.clone();
+        new.joined_at = old.joined_at;
+        sqlx::query(
+            "UPDATE org_memberships SET role = ?, virtual_key_id = ?, profile_id = ?,
+                 allowed_tiers = ?, monthly_budget = ?
+             WHERE organization_id = ? AND user_id = ?",
+        )
+        .bind(enum_text(&new.role)?)
+        .bind(new.litellm_key_id.as_deref())
+        .bind(new.profile_id.map(|p| p.as_uuid()))
+        .bind(opt_json(new.allowed_tiers.as_ref())?)
+        .bind(new.monthly_budget.map(money))
+        .bind(org.as_uuid())
+        .bind(member.user_id.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if !shared::member_change_is_sync_only(&old, &new) {
+            emit(&mut tx, org, OutboxEntity::Member(member.user_id), false).await?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn remove_member(&self, org: OrgId, user: UserId) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        // Group memberships go with it (composite foreign key, on delete cascade).
+        let done =
+            sqlx::query("DELETE FROM org_memberships WHERE organization_id = ? AND user_id = ?")
+                .bind(org.as_uuid())
+                .bind(user.as_uuid())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("membership", user));
+        }
+        emit(&mut tx, org, OutboxEntity::Member(user), true).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn memberships_of_user(&self, user: UserId) -> Result<Vec<Membership>, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{MEMBER_COLUMNS} WHERE user_id = ? ORDER BY organization_id"
+        )))
+        .bind(user.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(member_from_row)
+        .collect()
+    }
+
+    async fn create_group(&self, org: OrgId, group: &Group) -> Result<(), StoreError> {
+        tenant(org, group.org_id, "group")?;
+        let mut tx = self.write().await?;
+        require_org(&mut tx, org).await?;
+        sqlx::query(
+            "INSERT INTO groups (id, organization_id, name, description, allowed_tiers,
+                 monthly_budget, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(group.id.as_uuid())
+        .bind(org.as_uuid())
+        .bind(&group.name)
+        .bind(group.description.as_deref())
+        .bind(opt_json(group.allowed_tiers.as_ref())?)
+        .bind(group.monthly_budget.map(money))
+        .bind(ts(micros(group.created_at)))
+        .bind(ts(micros(group.updated_at)))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        emit(&mut tx, org, OutboxEntity::Group(group.id), false).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn get_group(&self, org: OrgId, group: GroupId) -> Result<Group, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        fetch_group(&mut conn, org, group).await
+    }
+
+    async fn locate_group(&self, group: GroupId) -> Result<Option<OrgId>, StoreError> {
+        let org: Option<uuid::Uuid> =
+            sqlx::query_scalar("SELECT organization_id FROM groups WHERE id = ?")
+                .bind(group.as_uuid())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(org.map(OrgId::from_uuid))
+    }
+
+    async fn list_groups(&self, org: OrgId) -> Result<Vec<Group>, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{GROUP_COLUMNS} WHERE g.organization_id = ? ORDER BY g.id"
+        )))
+        .bind(org.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(group_from_row)
+        .collect()
+    }
+
+    async fn update_group(&self, org: OrgId, group: &Group) -> Result<(), StoreError> {
+        tenant(org, group.org_id, "group")?;
+        let mut tx = self.write().await?;
+        let done = sqlx::query(
+            "UPDATE groups SET name = ?, description = ?, allowed_tiers = ?, monthly_budget = ?,
+                 updated_at = ?
+             WHERE id = ? AND organization_id = ?",
+        )
+        .bind(&group.name)
+        .bind(group.description.as_deref())
+        .bind(opt_json(group.allowed_tiers.as_ref())?)
+        .bind(group.monthly_budget.map(money))
+        .bind(ts(micros(group.updated_at)))
+        .bind(group.id.as_uuid())
+        .bind(org.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("group", group.id));
+        }
+        emit(&mut tx, org, OutboxEntity::Group(group.id), false).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn delete_group(&self, org: OrgId, group: GroupId) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query("DELETE FROM groups WHERE id = ? AND organization_id = ?")
+            .bind(group.as_uuid())
+            .bind(org.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(crate::error::db_on_delete)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("group", group));
+        }
+        emit(&mut tx, org, OutboxEntity::Group(group), true).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn put_group_member(
+        &self,
+        org: OrgId,
+        membership: &GroupMembership,
+    ) -> Result<(), StoreError> {
+        tenant(org, membership.org_id, "group membership")?;
+        let mut tx = self.write().await?;
+        require_group(&mut tx, org, membership.group_id).await?;
+        require_member(&mut tx, org, membership.user_id).await?;
+        sqlx::query(
+            "INSERT INTO group_memberships (group_id, organization_id, user_id, role, joined_at)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (group_id, user_id) DO UPDATE SET role = excluded.role",
+        )
+        .bind(membership.group_id.as_uuid())
+        .bind(org.as_uuid())
+        .bind(membership.user_id.as_uuid())
+        .bind(enum_text(&membership.role)?)
+        .bind(ts(micros(membership.joined_at)))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        emit(
+            &mut tx,
+            org,
+            OutboxEntity::Group(membership.group_id),
+            false,
+        )
+        .await?;
+        emit(
+            &mut tx,
+            org,
+            OutboxEntity::Member(membership.user_id),
+            false,
+        )
+        .await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn remove_group_member(
+        &self,
+        org: OrgId,
+        group: GroupId,
+        user: UserId,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        require_group(&mut tx, org, group).await?;
+        let done = sqlx::query(
+            "DELETE FROM group_memberships
+             WHERE group_id = ? AND user_id = ? AND organization_id = ?",
+        )
+        .bind(group.as_uuid())
+        .bind(user.as_uuid())
+        .bind(org.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("group membership", user));
+        }
+        emit(&mut tx, org, OutboxEntity::Group(group), false).await?;
+        emit(&mut tx, org, OutboxEntity::Member(user), false).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list_group_members(
+        &self,
+        org: OrgId,
+        group: GroupId,
+    ) -> Result<Vec<GroupMembership>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        require_group(&mut conn, org, group).await?;
+        sqlx::query(
+            "SELECT group_id, organization_id, user_id, role, joined_at FROM group_memberships
+             WHERE group_id = ? AND organization_id = ? ORDER BY user_id",
+        )
+        .bind(group.as_uuid())
+        .bind(org.as_uuid())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(group_member_from_row)
+        .collect()
+    }
+
+    async fn groups_of_member(
+        &self,
+        org: OrgId,
+        user: UserId,
+    ) -> Result<Vec<(Group, GroupRole)>, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{GROUP_COLUMNS_WITH_ROLE} WHERE g.organization_id = ? AND gm.user_id = ? ORDER BY g.id"
+        )))
+        .bind(org.as_uuid())
+        .bind(user.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|row| Ok((group_from_row(row)?, row.variant("role")?)))
+        .collect()
+    }
+
+    async fn create_profile(&self, profile: &UserProfile) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO user_profiles (id, name, description, default_tiers, default_guardrails,
+                 available_to, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(profile.id.as_uuid())
+        .bind(&profile.name)
+        .bind(profile.description.as_deref())
+        .bind(to_json(&profile.default_tiers)?)
+        .bind(to_json(&profile.default_guardrails)?)
+        .bind(enum_text(&profile.available_to)?)
+        .bind(ts(micros(profile.created_at)))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn get_profile(&self, profile: ProfileId) -> Result<UserProfile, StoreError> {
+        let row = sqlx::query("SELECT * FROM user_profiles WHERE id = ?")
+            .bind(profile.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::not_found("profile", profile))?;
+        profile_from_row(&row)
+    }
+
+    async fn list_profiles(&self) -> Result<Vec<UserProfile>, StoreError> {
+        sqlx::query("SELECT * FROM user_profiles ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(profile_from_row)
+            .collect()
+    }
+
+    async fn create_invitation(
+        &self,
+        org: OrgId,
+        invitation: &Invitation,
+    ) -> Result<(), StoreError> {
+        tenant(org, invitation.org_id, "invitation")?;
+        let mut tx = self.write().await?;
+        require_org(&mut tx, org).await?;
+        for group in &invitation.group_ids {
+            require_group(&mut tx, org, *group).await?;
+        }
+        require_profile(&mut tx, invitation.profile_id).await?;
+        if let Some(inviter) = invitation.invited_by {
+            require_row(&mut tx, USER_EXISTS, "user", inviter.as_uuid()).await?;
+        }
+        sqlx::query(
+            "INSERT INTO invitations (id, email, organization_id, role, group_ids, profile_id,
+                 token_hash, status, expires_at, invited_by, accepted_at, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(invitation.id.as_uuid())
+        .bind(invitation.email.as_str())
+        .bind(org.as_uuid())
+        .bind(enum_text(&invitation.role)?)
+        .bind(to_json(&invitation.group_ids)?)
+        .bind(invitation.profile_id.map(|p| p.as_uuid()))
+        .bind(&invitation.token_hash)
+        .bind(enum_text(&invitation.status)?)
+        .bind(ts(micros(invitation.expires_at)))
+        .bind(invitation.invited_by.map(|u| u.as_uuid()))
+        .bind(invitation.accepted_at.map(|at| ts(micros(at))))
+        .bind(ts(micros(invitation.created_at)))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn find_invitation_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<Invitation>, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{INVITATION_COLUMNS} WHERE token_hash = ?"
+        )))
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(invitation_from_row)
+        .transpose()
+    }
+
+    async fn list_invitations(&self, org: OrgId) -> Result<Vec<Invitation>, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{INVITATION_COLUMNS} WHERE organization_id = ? ORDER BY id"
+        )))
+        .bind(org.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(invitation_from_row)
+        .collect()
+    }
+
+    async fn revoke_invitation(
+        &self,
+        org: OrgId,
+        invitation: InvitationId,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM invitations WHERE id = ? AND organization_id = ?",
+        )
+        .bind(invitation.as_uuid())
+        .bind(org.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let status = status.ok_or_else(|| StoreError::not_found("invitation", invitation))?;
+        if status != enum_text(&InvitationStatus::Pending)? {
+            return Err(StoreError::Conflict(format!(
+                "invitation `{invitation}` is {status}"
+            )));
+        }
+        sqlx::query("UPDATE invitations SET status = 'revoked' WHERE id = ?")
+            .bind(invitation.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn accept_invitation(
+        &self,
+        token_hash: &str,
+        user: &User,
+        now: DateTime<Utc>,
+    ) -> Result<Membership, StoreError> {
+        let now = micros(now);
+        // The write lock is held from the first read: two acceptances run one after the other,
+        // and the second sees the invitation accepted.
+        let mut tx = self.write().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{INVITATION_COLUMNS} WHERE token_hash = ?"
+        )))
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| StoreError::not_found("invitation", "token"))?;
+        let invitation = invitation_from_row(&row)?;
+        shared::check_acceptance(&invitation, user, now)?;
+        require_row(&mut tx, USER_EXISTS, "user", user.id.as_uuid()).await?;
+        let org = invitation.org_id;
+        let membership = Membership {
+            org_id: org,
+            user_id: user.id,
+            role: invitation.role,
+            allowed_tiers: None,
+            monthly_budget: None,
+            profile_id: invitation.profile_id,
+            litellm_key_id: None,
+            joined_at: now,
+        };
+        sqlx::query(
+            "INSERT INTO org_memberships (organization_id, user_id, role, profile_id, joined_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(org.as_uuid())
+        .bind(user.id.as_uuid())
+        .bind(enum_text(&membership.role)?)
+        .bind(membership.profile_id.map(|p| p.as_uuid()))
+        .bind(ts(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(|err| match db(err) {
+            StoreError::Conflict(_) => {
+                StoreError::Conflict(format!("user `{}` is already a member", user.id))
+            }
+            other => other,
+        })?;
+        emit(&mut tx, org, OutboxEntity::Member(user.id), false).await?;
+        for group in &invitation.group_ids {
+            // A group deleted since the invitation was sent is skipped.
+            let inserted = sqlx::query(
+                "INSERT INTO group_memberships (group_id, organization_id, user_id, role, joined_at)
+                 SELECT id, organization_id, ?, 'member', ? FROM groups
+                 WHERE id = ? AND organization_id = ?",
+            )
+            .bind(user.id.as_uuid())
+            .bind(ts(now))
+            .bind(group.as_uuid())
+            .bind(org.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            if inserted.rows_affected() > 0 {
+                emit(&mut tx, org, OutboxEntity::Group(*group), false).await?;
+            }
+        }
+        sqlx::query(
+            "UPDATE invitations SET status = 'accepted', accepted_at = ?
+             WHERE id = ? AND status = 'pending'",
+        )
+        .bind(ts(now))
+        .bind(invitation.id.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(membership)
+    }
+}
+
+const GROUP_COLUMNS_WITH_ROLE: &str = "SELECT g.id, g.organization_id, g.name, g.description, \
+     g.allowed_tiers, g.monthly_budget, g.created_at, g.updated_at, gm.role \
+     FROM groups g JOIN group_memberships gm ON gm.group_id = g.id";

@@ -1,0 +1,508 @@
+//! Budgets and the atomic ledger over SQLite.
+//!
+//! Every ledger write runs in one `BEGIN IMMEDIATE` transaction: it holds SQLite's single
+//! write lock from its first read, so the checks it makes (spent + reserved + amount within
+//! every hard limit) still hold when it writes. Money is exact decimal text, added in Rust.
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::SqliteConnection;
+use sqlx::sqlite::SqliteRow;
+use stratai_core::budget::{Budget, BudgetAlert, BudgetScope, BudgetState};
+use stratai_core::ports::{BudgetLedger, ReserveOutcome, ReserveRequest, SettleOutcome};
+use stratai_core::{BudgetId, GroupId, Money, OrgId, RequestId, StoreError, TierId, UserId};
+use uuid::Uuid;
+
+use super::{
+    Col, SqliteStore, TIER_EXISTS, money, parse_ts, require_group, require_member, require_org,
+    require_row, tenant, ts,
+};
+use crate::error::{corrupt, db};
+use crate::shared::{self, enum_text, micros};
+
+fn scope_columns(org: OrgId, scope: BudgetScope) -> (&'static str, Uuid) {
+    match scope {
+        BudgetScope::Org => ("org", org.as_uuid()),
+        BudgetScope::Group(id) => ("group", id.as_uuid()),
+        BudgetScope::User(id) => ("user", id.as_uuid()),
+        BudgetScope::Tier(id) => ("tier", id.as_uuid()),
+    }
+}
+
+fn budget_from_row(row: &SqliteRow) -> Result<Budget, StoreError> {
+    let scope_id = row.uuid("scope_id")?;
+    let scope = match row.text("scope_type")?.as_str() {
+        "org" => BudgetScope::Org,
+        "group" => BudgetScope::Group(GroupId::from_uuid(scope_id)),
+        "user" => BudgetScope::User(UserId::from_uuid(scope_id)),
+        "tier" => BudgetScope::Tier(TierId::from_uuid(scope_id)),
+        other => return Err(corrupt("budget scope", format!("`{other}`"))),
+    };
+    let threshold = row.text("alert_threshold")?;
+    Ok(Budget {
+        id: BudgetId::from_uuid(row.uuid("id")?),
+        org_id: OrgId::from_uuid(row.uuid("organization_id")?),
+        scope,
+        limit: row.money("limit_amount")?,
+        period: row.variant("limit_period")?,
+        hard_limit: row.flag("hard_limit")?,
+        alert_threshold: threshold
+            .parse()
+            .map_err(|err| corrupt("alert_threshold", format!("`{threshold}`: {err}")))?,
+        created_at: row.at("created_at")?,
+        updated_at: row.at("updated_at")?,
+    })
+}
+
+async fn load_budget(
+    conn: &mut SqliteConnection,
+    org: OrgId,
+    budget: BudgetId,
+) -> Result<Budget, StoreError> {
+    let row = sqlx::query("SELECT * FROM budgets WHERE id = ? AND organization_id = ?")
+        .bind(budget.as_uuid())
+        .bind(org.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| StoreError::not_found("budget", budget))?;
+    budget_from_row(&row)
+}
+
+/// A budget's state in the period starting at `start` (zero when the period has no row yet).
+async fn load_state(
+    conn: &mut SqliteConnection,
+    budget: &Budget,
+    start: DateTime<Utc>,
+) -> Result<BudgetState, StoreError> {
+    let row = sqlx::query(
+        "SELECT period_end, spent, reserved, alert_sent FROM budget_periods
+         WHERE budget_id = ? AND period_start = ?",
+    )
+    .bind(budget.id.as_uuid())
+    .bind(ts(start))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    let (_, window_end) = shared::period_window(budget.period, start);
+    Ok(match row {
+        Some(row) => BudgetState {
+            budget: budget.clone(),
+            period_start: start,
+            period_end: row.at("period_end")?,
+            spent: row.money("spent")?,
+            reserved: row.money("reserved")?,
+            alert_sent: row.flag("alert_sent")?,
+        },
+        None => BudgetState {
+            budget: budget.clone(),
+            period_start: start,
+            period_end: window_end,
+            spent: Money::ZERO,
+            reserved: Money::ZERO,
+            alert_sent: false,
+        },
+    })
+}
+
+async fn save_state(conn: &mut SqliteConnection, state: &BudgetState) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO budget_periods (budget_id, organization_id, period_start, period_end, spent,
+             reserved, alert_sent)
+         VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (budget_id, period_start) DO UPDATE SET spent = excluded.spent,
+             reserved = excluded.reserved, alert_sent = excluded.alert_sent",
+    )
+    .bind(state.budget.id.as_uuid())
+    .bind(state.budget.org_id.as_uuid())
+    .bind(ts(state.period_start))
+    .bind(ts(state.period_end))
+    .bind(money(state.spent))
+    .bind(money(state.reserved))
+    .bind(state.alert_sent)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// The budgets (still existing) and periods a reservation draws on.
+async fn reservation_items(
+    conn: &mut SqliteConnection,
+    org: OrgId,
+    request: RequestId,
+) -> Result<Vec<(Budget, DateTime<Utc>)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT b.*, i.period_start AS item_period_start
+         FROM budget_reservation_items i JOIN budgets b ON b.id = i.budget_id
+         WHERE i.organization_id = ? AND i.request_id = ?
+         ORDER BY b.id",
+    )
+    .bind(org.as_uuid())
+    .bind(request.as_uuid())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                budget_from_row(row)?,
+                parse_ts(&row.text("item_period_start")?)?,
+            ))
+        })
+        .collect()
+}
+
+/// Subtracts an active reservation from its periods and marks it released.
+async fn release_in(
+    conn: &mut SqliteConnection,
+    org: OrgId,
+    request: RequestId,
+    amount: Money,
+) -> Result<(), StoreError> {
+    for (budget, start) in reservation_items(conn, org, request).await? {
+        let mut state = load_state(conn, &budget, start).await?;
+        state.reserved = state.reserved.saturating_sub(amount);
+        save_state(conn, &state).await?;
+    }
+    sqlx::query(
+        "UPDATE budget_reservations SET status = 'released'
+         WHERE organization_id = ? AND request_id = ?",
+    )
+    .bind(org.as_uuid())
+    .bind(request.as_uuid())
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// `(status, amount)` of a request's reservation.
+async fn reservation(
+    conn: &mut SqliteConnection,
+    org: OrgId,
+    request: RequestId,
+) -> Result<Option<(String, Money)>, StoreError> {
+    let row = sqlx::query(
+        "SELECT status, amount FROM budget_reservations
+         WHERE organization_id = ? AND request_id = ?",
+    )
+    .bind(org.as_uuid())
+    .bind(request.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    row.map(|row| Ok((row.text("status")?, row.money("amount")?)))
+        .transpose()
+}
+
+async fn check_scope(
+    conn: &mut SqliteConnection,
+    org: OrgId,
+    scope: BudgetScope,
+) -> Result<(), StoreError> {
+    match scope {
+        BudgetScope::Org => Ok(()),
+        BudgetScope::Group(group) => require_group(conn, org, group).await,
+        BudgetScope::User(user) => require_member(conn, org, user).await,
+        BudgetScope::Tier(tier) => require_row(conn, TIER_EXISTS, "tier", tier.as_uuid()).await,
+    }
+}
+
+#[async_trait]
+impl BudgetLedger for SqliteStore {
+    async fn create_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
+        shared::check_budget(budget)?;
+        tenant(org, budget.org_id, "budget")?;
+        let mut tx = self.write().await?;
+        require_org(&mut tx, org).await?;
+        check_scope(&mut tx, org, budget.scope).await?;
+        let (scope_type, scope_id) = scope_columns(org, budget.scope);
+        sqlx::query(
+            "INSERT INTO budgets (id, scope_type, scope_id, organization_id, limit_amount,
+                 limit_period, alert_threshold, hard_limit, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(budget.id.as_uuid())
+        .bind(scope_type)
+        .bind(scope_id)
+        .bind(org.as_uuid())
+        .bind(money(budget.limit))
+        .bind(enum_text(&budget.period)?)
+        .bind(budget.alert_threshold.to_string())
+        .bind(budget.hard_limit)
+        .bind(ts(micros(budget.created_at)))
+        .bind(ts(micros(budget.updated_at)))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn get_budget(&self, org: OrgId, budget: BudgetId) -> Result<Budget, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        load_budget(&mut conn, org, budget).await
+    }
+
+    async fn list_budgets(&self, org: OrgId) -> Result<Vec<Budget>, StoreError> {
+        sqlx::query("SELECT * FROM budgets WHERE organization_id = ? ORDER BY id")
+            .bind(org.as_uuid())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(budget_from_row)
+            .collect()
+    }
+
+    async fn update_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
+        shared::check_budget(budget)?;
+        tenant(org, budget.org_id, "budget")?;
+        // The scope and creation time are fixed; the rest is replaced.
+        let done = sqlx::query(
+            "UPDATE budgets SET limit_amount = ?, limit_period = ?, alert_threshold = ?,
+                 hard_limit = ?, updated_at = ?
+             WHERE id = ? AND organization_id = ?",
+        )
+        .bind(money(budget.limit))
+        .bind(enum_text(&budget.period)?)
+        .bind(budget.alert_threshold.to_string())
+        .bind(budget.hard_limit)
+        .bind(ts(micros(budget.updated_at)))
+        .bind(budget.id.as_uuid())
+        .bind(org.as_uuid())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("budget", budget.id));
+        }
+        Ok(())
+    }
+
+    async fn delete_budget(&self, org: OrgId, budget: BudgetId) -> Result<(), StoreError> {
+        // Its periods and reservation items go with it (on delete cascade).
+        let done = sqlx::query("DELETE FROM budgets WHERE id = ? AND organization_id = ?")
+            .bind(budget.as_uuid())
+            .bind(org.as_uuid())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("budget", budget));
+        }
+        Ok(())
+    }
+
+    async fn states(
+        &self,
+        org: OrgId,
+        budgets: &[BudgetId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<BudgetState>, StoreError> {
+        // One read transaction: a consistent snapshot of every budget.
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut states = Vec::with_capacity(budgets.len());
+        for id in budgets {
+            let budget = load_budget(&mut tx, org, *id).await?;
+            let (start, _) = shared::period_window(budget.period, now);
+            states.push(load_state(&mut tx, &budget, start).await?);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(states)
+    }
+
+    async fn reserve(
+        &self,
+        org: OrgId,
+        request: &ReserveRequest,
+    ) -> Result<ReserveOutcome, StoreError> {
+        let mut tx = self.write().await?;
+        if reservation(&mut tx, org, request.request_id)
+            .await?
+            .is_some()
+        {
+            let mut states = Vec::new();
+            for (budget, start) in reservation_items(&mut tx, org, request.request_id).await? {
+                states.push(load_state(&mut tx, &budget, start).await?);
+            }
+            return Ok(ReserveOutcome::Reserved(states));
+        }
+        let ids: BTreeSet<BudgetId> = request.budgets.iter().copied().collect();
+        let mut states = Vec::with_capacity(ids.len());
+        for id in ids {
+            let budget = load_budget(&mut tx, org, id).await?;
+            let (start, _) = shared::period_window(budget.period, request.now);
+            let state = load_state(&mut tx, &budget, start).await?;
+            if let Err(refusal) =
+                shared::admit(&budget, state.spent, state.reserved, request.amount)
+            {
+                // Nothing was written; dropping the transaction rolls it back.
+                return Ok(ReserveOutcome::Refused(refusal));
+            }
+            states.push(state);
+        }
+        sqlx::query(
+            "INSERT INTO budget_reservations (organization_id, request_id, amount, status,
+                 expires_at, created_at)
+             VALUES (?, ?, ?, 'active', ?, ?)",
+        )
+        .bind(org.as_uuid())
+        .bind(request.request_id.as_uuid())
+        .bind(money(request.amount))
+        .bind(ts(micros(request.expires_at)))
+        .bind(ts(micros(request.now)))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        for state in &mut states {
+            state.reserved = state.reserved + request.amount;
+            save_state(&mut tx, state).await?;
+            sqlx::query(
+                "INSERT INTO budget_reservation_items (organization_id, request_id, budget_id,
+                     period_start)
+                 VALUES (?, ?, ?, ?)",
+            )
+            .bind(org.as_uuid())
+            .bind(request.request_id.as_uuid())
+            .bind(state.budget.id.as_uuid())
+            .bind(ts(state.period_start))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(ReserveOutcome::Reserved(states))
+    }
+
+    async fn settle(
+        &self,
+        org: OrgId,
+        request_id: RequestId,
+        budgets: &[BudgetId],
+        actual: Money,
+        now: DateTime<Utc>,
+    ) -> Result<SettleOutcome, StoreError> {
+        let mut tx = self.write().await?;
+        let (items, unreserve) = match reservation(&mut tx, org, request_id).await? {
+            Some((status, _)) if status == "settled" => return Ok(SettleOutcome::default()),
+            Some((status, amount)) => {
+                let unreserve = if status == "active" {
+                    amount
+                } else {
+                    Money::ZERO
+                };
+                (
+                    reservation_items(&mut tx, org, request_id).await?,
+                    unreserve,
+                )
+            }
+            None => {
+                // The request happened without a reservation: record the spend in the period
+                // current now, and a settled marker so settling again changes nothing.
+                let ids: BTreeSet<BudgetId> = budgets.iter().copied().collect();
+                let mut items = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let budget = load_budget(&mut tx, org, id).await?;
+                    let (start, _) = shared::period_window(budget.period, now);
+                    items.push((budget, start));
+                }
+                sqlx::query(
+                    "INSERT INTO budget_reservations (organization_id, request_id, amount, status,
+                         expires_at, created_at)
+                     VALUES (?, ?, '0', 'settled', ?, ?)",
+                )
+                .bind(org.as_uuid())
+                .bind(request_id.as_uuid())
+                .bind(ts(micros(now)))
+                .bind(ts(micros(now)))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                for (budget, start) in &items {
+                    sqlx::query(
+                        "INSERT INTO budget_reservation_items (organization_id, request_id,
+                             budget_id, period_start)
+                         VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(org.as_uuid())
+                    .bind(request_id.as_uuid())
+                    .bind(budget.id.as_uuid())
+                    .bind(ts(*start))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                }
+                (items, Money::ZERO)
+            }
+        };
+        let mut alerts = Vec::new();
+        for (budget, start) in &items {
+            let mut state = load_state(&mut tx, budget, *start).await?;
+            state.reserved = state.reserved.saturating_sub(unreserve);
+            state.spent = state.spent + actual;
+            if shared::alert_due(budget, state.spent, state.alert_sent) {
+                state.alert_sent = true;
+                alerts.push(BudgetAlert {
+                    budget_id: budget.id,
+                    org_id: budget.org_id,
+                    scope: budget.scope,
+                    period_start: *start,
+                    spent: state.spent,
+                    limit: budget.limit,
+                    threshold: budget.alert_threshold,
+                });
+            }
+            save_state(&mut tx, &state).await?;
+        }
+        sqlx::query(
+            "UPDATE budget_reservations SET status = 'settled', settled_amount = ?
+             WHERE organization_id = ? AND request_id = ?",
+        )
+        .bind(money(actual))
+        .bind(org.as_uuid())
+        .bind(request_id.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(SettleOutcome {
+            applied: true,
+            alerts,
+        })
+    }
+
+    async fn release(&self, org: OrgId, request_id: RequestId) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        if let Some((status, amount)) = reservation(&mut tx, org, request_id).await?
+            && status == "active"
+        {
+            release_in(&mut tx, org, request_id, amount).await?;
+            tx.commit().await.map_err(db)?;
+        }
+        Ok(())
+    }
+
+    async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut tx = self.write().await?;
+        let expired = sqlx::query(
+            "SELECT organization_id, request_id, amount FROM budget_reservations
+             WHERE status = 'active' AND expires_at <= ?",
+        )
+        .bind(ts(micros(now)))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let mut reclaimed = 0;
+        for row in &expired {
+            let org = OrgId::from_uuid(row.uuid("organization_id")?);
+            let request = RequestId::from_uuid(row.uuid("request_id")?);
+            release_in(&mut tx, org, request, row.money("amount")?).await?;
+            reclaimed += 1;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(reclaimed)
+    }
+}
