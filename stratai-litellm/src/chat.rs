@@ -83,13 +83,13 @@ pub struct Attribution {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
     /// Prompt tokens.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub prompt_tokens: u64,
     /// Completion tokens.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub completion_tokens: u64,
     /// Total.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub total_tokens: u64,
     /// Cost in dollars when LiteLLM adds it.
     #[serde(default, deserialize_with = "crate::decimal::optional")]
@@ -111,10 +111,10 @@ pub struct AnswerMessage {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Choice {
     /// Index.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub index: u32,
     /// The message.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub message: AnswerMessage,
     /// `stop`, `length`, ...
     #[serde(default)]
@@ -133,7 +133,7 @@ pub struct ChatCompletion {
     #[serde(default)]
     pub created: Option<i64>,
     /// Choices.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub choices: Vec<Choice>,
     /// Usage.
     #[serde(default)]
@@ -164,10 +164,10 @@ pub struct Delta {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct ChunkChoice {
     /// Index.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub index: u32,
     /// Delta.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub delta: Delta,
     /// Set on the last content chunk.
     #[serde(default)]
@@ -183,7 +183,7 @@ pub struct ChatChunk {
     #[serde(default)]
     pub model: Option<String>,
     /// Choices (empty on a pure usage chunk).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub choices: Vec<ChunkChoice>,
     /// Usage, on the final chunk when `stream_options.include_usage` was set.
     #[serde(default)]

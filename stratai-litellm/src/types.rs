@@ -31,6 +31,15 @@ pub(crate) fn ser_decimal_opt<S: Serializer>(
     }
 }
 
+/// `deserialize_with` for fields LiteLLM sends as `null` or omits instead of empty.
+pub(crate) fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
 // ----------------------------------------------------------------------------- keys
 
 /// The sha256 hex of a virtual key: LiteLLM's `token`, used in `/key/list`, spend logs
@@ -131,7 +140,7 @@ pub struct GeneratedKey {
     #[serde(default)]
     pub key_name: Option<String>,
     /// Allowed models.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub models: Vec<String>,
     /// Budget.
     #[serde(default, deserialize_with = "crate::decimal::optional")]
@@ -231,7 +240,7 @@ pub struct KeyInfo {
     #[serde(default, deserialize_with = "crate::time::optional")]
     pub budget_reset_at: Option<DateTime<Utc>>,
     /// Allowed models.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub models: Vec<String>,
     /// Owner.
     #[serde(default)]
@@ -294,7 +303,7 @@ pub struct KeyListQuery {
 #[derive(Clone, Debug, Deserialize)]
 pub struct KeyPage {
     /// Keys.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub keys: Vec<KeyInfo>,
     /// Total matching keys.
     #[serde(default)]
@@ -402,7 +411,7 @@ pub struct Team {
     #[serde(default)]
     pub organization_id: Option<String>,
     /// Allowed models.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub models: Vec<String>,
     /// Budget.
     #[serde(default, deserialize_with = "crate::decimal::optional")]
@@ -429,7 +438,7 @@ pub struct Team {
     #[serde(default)]
     pub blocked: Option<bool>,
     /// Members.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub members_with_roles: Vec<TeamMember>,
     /// Created.
     #[serde(default, deserialize_with = "crate::time::optional")]
@@ -454,7 +463,7 @@ pub struct TeamInfo {
     /// The team.
     pub team_info: Team,
     /// Its keys (with token hashes).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub keys: Vec<KeyInfo>,
 }
 
@@ -570,10 +579,10 @@ pub struct User {
     #[serde(default)]
     pub budget_duration: Option<String>,
     /// Allowed models.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub models: Vec<String>,
     /// Teams.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub teams: Vec<String>,
     /// Metadata.
     #[serde(default)]
@@ -589,7 +598,7 @@ pub struct UserInfo {
     /// The user.
     pub user_info: User,
     /// Its keys.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub keys: Vec<KeyInfo>,
 }
 
@@ -597,7 +606,7 @@ pub struct UserInfo {
 #[derive(Clone, Debug, Deserialize)]
 pub struct UserPage {
     /// Users.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub users: Vec<User>,
     /// Total.
     #[serde(default)]
@@ -705,7 +714,7 @@ pub struct Organization {
     #[serde(default)]
     pub organization_alias: Option<String>,
     /// Allowed models.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub models: Vec<String>,
     /// Spend so far.
     #[serde(default, deserialize_with = "crate::decimal::or_zero")]
@@ -732,13 +741,13 @@ pub struct SpendLogRow {
     #[serde(default, deserialize_with = "crate::decimal::or_zero")]
     pub spend: Decimal,
     /// Tokens.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub total_tokens: u64,
     /// Prompt tokens.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub prompt_tokens: u64,
     /// Completion tokens.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub completion_tokens: u64,
     /// Start.
     #[serde(
@@ -828,19 +837,19 @@ impl SpendLogsQuery {
 #[derive(Clone, Debug, Deserialize)]
 pub struct SpendLogsPage {
     /// Rows.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub data: Vec<SpendLogRow>,
     /// Total rows.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub total: u64,
     /// Page (1-based).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub page: u64,
     /// Rows per page.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub page_size: u64,
     /// Pages.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub total_pages: u64,
 }
 
@@ -852,10 +861,10 @@ pub struct ModelInfo {
     /// The name callers use (`mock-gpt`).
     pub model_name: String,
     /// Provider parameters.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub litellm_params: ModelParams,
     /// Details.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub model_info: ModelDetails,
 }
 
@@ -892,7 +901,7 @@ pub struct ModelDetails {
 
 #[derive(Deserialize)]
 pub(crate) struct ModelInfoList {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::nullable")]
     pub(crate) data: Vec<ModelInfo>,
 }
 
