@@ -8,4 +8,5 @@ pub(crate) mod shared;
 pub mod sqlite;
 
 pub use memory::MemoryStore;
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;
