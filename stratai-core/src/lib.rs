@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod ids;
 pub mod money;
 pub mod ports;
+pub mod pricing;
 pub mod tiers;
 pub mod usage;
 
