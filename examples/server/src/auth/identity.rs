@@ -97,6 +97,15 @@ impl MemoryDirectory {
         principal
     }
 
+    /// The user linked to `subject`, if any (synchronous, for tests and seeding).
+    #[must_use]
+    pub fn by_subject(&self, subject: &str) -> Option<Principal> {
+        self.read()
+            .values()
+            .find(|u| u.subject.as_deref() == Some(subject))
+            .map(|u| u.principal.clone())
+    }
+
     /// Marks a user active or deactivated.
     pub fn set_active(&self, id: Uuid, active: bool) {
         if let Some(u) = self.write().get_mut(&id) {

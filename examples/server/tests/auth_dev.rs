@@ -1,0 +1,291 @@
+//! Dev mode (no OIDC issuer): the dev token route, and the server basics every request
+//! sees (health, errors, limits, request ids, logs without secrets).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::*;
+use serde_json::json;
+
+async fn dev_token(server: &TestServer, email: &str) -> String {
+    let r = post_json(
+        &server.app,
+        "/auth/dev/token",
+        &json!({"email": email}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["token_type"], "Bearer");
+    r.body["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn dev_token_for_an_existing_user_goes_through_the_validator() {
+    let server = server_with(&[]);
+    let token = dev_token(&server, "admin@localhost").await;
+    let r = get_me(&server.app, &token).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["email"], "admin@localhost");
+    assert_eq!(r.body["super_admin"], true);
+    // Email matching is case-insensitive.
+    let token = dev_token(&server, " Admin@LOCALHOST ").await;
+    assert_eq!(get_me(&server.app, &token).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn dev_token_requests_are_validated() {
+    let server = server_with(&[]);
+    let r = post_json(
+        &server.app,
+        "/auth/dev/token",
+        r#"{"email":"nobody@example.com"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.body["error"]["code"], "not_found");
+
+    let r = post_json(
+        &server.app,
+        "/auth/dev/token",
+        r#"{"email":"not-an-email"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["error"]["fields"][0]["path"], "email");
+
+    let r = post_json(
+        &server.app,
+        "/auth/dev/token",
+        r#"{"email":"admin@localhost","super_admin":true}"#,
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown fields are refused"
+    );
+    assert!(
+        r.body["error"]["fields"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("super_admin")
+    );
+
+    let r = post_json(&server.app, "/auth/dev/token", r#"{"email":5}"#).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["error"]["fields"][0]["path"], "email");
+
+    let r = post_json(&server.app, "/auth/dev/token", r#"{"email":"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"]["code"], "bad_request");
+
+    let req = Request::post("/auth/dev/token")
+        .header("content-type", "text/plain")
+        .body(Body::from(r#"{"email":"admin@localhost"}"#))
+        .unwrap();
+    assert_eq!(
+        call(&server.app, req).await.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+}
+
+#[tokio::test]
+async fn deactivated_users_get_no_dev_token_and_lose_their_tokens() {
+    let server = server_with(&[]);
+    let user = server.directory.add_user("pat@example.com", false);
+    let token = dev_token(&server, "pat@example.com").await;
+    server.directory.set_active(user.user_id, false);
+    assert_eq!(
+        get_me(&server.app, &token).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let r = post_json(
+        &server.app,
+        "/auth/dev/token",
+        r#"{"email":"pat@example.com"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn dev_tokens_are_bound_to_their_process_key_and_expire() {
+    let server = server_with(&[("STRATAI_DEV_TOKEN_TTL_SECS", "1")]);
+    let token = dev_token(&server, "admin@localhost").await;
+    // Another server process has another random key.
+    let other = server_with(&[]);
+    assert_eq!(
+        get_me(&other.app, &token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Tampered signature.
+    let mut tampered = token.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(
+        get_me(&server.app, &tampered).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Expiry (1 s lifetime, no leeway for the server's own tokens).
+    assert_eq!(get_me(&server.app, &token).await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = get_me(&server.app, &token).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.body["error"]["message"], "unauthenticated: token expired");
+}
+
+#[tokio::test]
+async fn oidc_login_routes_do_not_exist_in_dev_mode() {
+    let server = server_with(&[]);
+    for (method, path) in [
+        ("GET", "/auth/login"),
+        ("POST", "/auth/login"),
+        ("GET", "/auth/callback"),
+        ("POST", "/auth/logout"),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            call(&server.app, req).await.status,
+            StatusCode::NOT_FOUND,
+            "{method} {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn health_request_ids_and_unknown_routes() {
+    let server = server_with(&[]);
+    let r = call(
+        &server.app,
+        Request::get("/health/live").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["status"], "live");
+    assert!(r.headers.contains_key("x-request-id"));
+    assert_eq!(r.headers["x-content-type-options"], "nosniff");
+    let r = call(
+        &server.app,
+        Request::get("/health/ready").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // A caller-supplied request id is kept.
+    let r = call(
+        &server.app,
+        Request::get("/health/live")
+            .header("x-request-id", "abc-123")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.headers["x-request-id"], "abc-123");
+    let r = call(
+        &server.app,
+        Request::get("/nope").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.body["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_refused() {
+    let server = server_with(&[("STRATAI_BODY_LIMIT_BYTES", "64")]);
+    let big = json!({"email": format!("{}@example.com", "a".repeat(200))}).to_string();
+    let r = post_json(&server.app, "/auth/dev/token", &big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Without a Content-Length (streamed body), the limit still holds.
+    let stream = futures::stream::iter(vec![Ok::<_, std::io::Error>(axum::body::Bytes::from(big))]);
+    let req = Request::post("/auth/dev/token")
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap();
+    assert_eq!(
+        call(&server.app, req).await.status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn request_logs_hold_no_tokens_cookies_or_raw_paths() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = server_with(&[]);
+        let token = dev_token(&server, "admin@localhost").await;
+        let req = Request::get("/auth/me")
+            .header("authorization", format!("Bearer {token}"))
+            .header("cookie", "stratai_session=SESSIONSECRET123")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(call(&server.app, req).await.status, StatusCode::OK);
+        let req = Request::get("/auth/callback?code=OAUTHCODESECRET&state=STATESECRET")
+            .body(Body::empty())
+            .unwrap();
+        call(&server.app, req).await;
+        let req = Request::get("/api/invitations/INVITETOKENSECRET")
+            .body(Body::empty())
+            .unwrap();
+        call(&server.app, req).await;
+        let req = Request::get("/auth/me")
+            .header("authorization", "Bearer FORGED.TOKEN.SECRET")
+            .body(Body::empty())
+            .unwrap();
+        call(&server.app, req).await;
+        // The dev token itself must not appear either.
+        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logs.contains("route=/auth/me"),
+            "requests are traced with their route template:\n{logs}"
+        );
+        assert!(logs.contains("status=200"), "responses are traced:\n{logs}");
+        for secret in [
+            token.as_str(),
+            "SESSIONSECRET123",
+            "OAUTHCODESECRET",
+            "STATESECRET",
+            "INVITETOKENSECRET",
+            "FORGED.TOKEN.SECRET",
+        ] {
+            assert!(
+                !logs.contains(secret),
+                "`{secret}` leaked into the logs:\n{logs}"
+            );
+        }
+    });
+}
