@@ -1,6 +1,20 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+pub mod decision;
+pub mod engine;
+pub mod policy;
+pub mod post;
+pub mod pre;
+pub mod rate;
 pub mod rule;
 
+pub use decision::{Decision, Modification, Outcome, Reason};
+pub use engine::Guardrails;
+pub use policy::{
+    BudgetSubject, EffectivePolicy, Policy, PolicyError, PolicyHolder, Principal, SpendSnapshot,
+};
+pub use post::{AnswerStream, FilteredAnswer, StreamEnd, StreamStep};
+pub use pre::{PreRequest, RateCheck, estimate_tokens};
+pub use rate::{BucketKey, GovernorRateLimiter, RateLimiter, RateVerdict};
 pub use rule::{KnownScopes, Level, Rule, RuleError, RuleKind, RuleType};

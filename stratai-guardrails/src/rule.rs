@@ -156,12 +156,14 @@ impl RuleType {
     }
 
     /// Whether `action` means something for this type. `modify` clamps token limits, redacts
-    /// content and applies output modifiers; it has no meaning for the others. `block` has no
-    /// meaning for an output modifier (it never refuses anything).
+    /// content and applies output modifiers; it has no meaning for the others. An output
+    /// modifier either applies (`modify`) or only records what it would do (`log`): it never
+    /// refuses or warns.
     #[must_use]
     pub fn supports(self, action: RuleAction) -> bool {
         match action {
-            RuleAction::Log | RuleAction::Warn => true,
+            RuleAction::Log => true,
+            RuleAction::Warn => self != RuleType::OutputModifier,
             RuleAction::Modify => matches!(
                 self,
                 RuleType::TokenLimit | RuleType::ContentFilter | RuleType::OutputModifier
@@ -497,6 +499,17 @@ impl Rule {
             ));
         }
         let kind = parse_config(id, rule_type, &record.config)?;
+        if let RuleKind::TokenLimit(limit) = &kind
+            && record.action == RuleAction::Modify
+            && limit.max_input.is_some()
+        {
+            return Err(RuleError::new(
+                id,
+                "config.max_input",
+                "a prompt cannot be shortened: `modify` clamps `max_output` only; \
+                 put `max_input` in a `block`, `warn` or `log` rule",
+            ));
+        }
         Ok(Rule {
             id,
             name: name.to_owned(),

@@ -1,0 +1,515 @@
+//! Pre-request decisions: model access, token limits, time, content, budget limits, output
+//! format notes and rate limits, all from the compiled policy.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use stratai_core::gateway::{ChatMessage, ChatRequest};
+use stratai_core::ports::RuleAction;
+use stratai_core::{Money, TierId};
+
+use crate::decision::{Decision, Modification, Reason, ReasonKey, RuleOrder};
+use crate::policy::{Item, Node, Policy, Principal, SpendSnapshot, budget_subject};
+use crate::rate::{BucketKey, RateLimiter, RateVerdict};
+use crate::rule::{Rule, RuleKind};
+
+/// A request to decide, before it reaches the model.
+#[derive(Clone, Copy, Debug)]
+pub struct PreRequest<'a> {
+    /// Who asks.
+    pub principal: &'a Principal,
+    /// The requested model.
+    pub model: &'a str,
+    /// The model's tier (from the catalog), if known.
+    pub tier: Option<TierId>,
+    /// Estimated input tokens (see [`estimate_tokens`]).
+    pub input_tokens: u32,
+    /// Requested output bound (`None`: no bound, which passes no output limit).
+    pub max_tokens: Option<u32>,
+    /// The prompt, scanned by content filters.
+    pub messages: &'a [ChatMessage],
+    /// Worst-case cost of the request, checked against budget limit rules.
+    pub estimated_cost: Money,
+    /// Spend so far for budget limit rules (`None`: counted as zero).
+    pub spend: Option<&'a SpendSnapshot>,
+    /// When the request is made (time restrictions).
+    pub now: DateTime<Utc>,
+}
+
+impl<'a> PreRequest<'a> {
+    /// A request from a chat request, with estimated input tokens, no cost and no spend.
+    #[must_use]
+    pub fn from_chat(
+        principal: &'a Principal,
+        request: &'a ChatRequest,
+        tier: Option<TierId>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            principal,
+            model: &request.model,
+            tier,
+            input_tokens: estimate_tokens(&request.messages),
+            max_tokens: request.max_tokens,
+            messages: &request.messages,
+            estimated_cost: Money::ZERO,
+            spend: None,
+            now,
+        }
+    }
+}
+
+/// A cheap, deterministic input estimate: one token per 4 bytes of content, plus 4 per
+/// message for the chat framing. Token limits are checked against it before the call.
+#[must_use]
+pub fn estimate_tokens(messages: &[ChatMessage]) -> u32 {
+    let total: usize = messages
+        .iter()
+        .map(|m| m.content.len().div_ceil(4) + 4)
+        .sum();
+    u32::try_from(total).unwrap_or(u32::MAX)
+}
+
+/// How a decision consults rate limits.
+#[derive(Clone, Copy)]
+pub enum RateCheck<'a> {
+    /// Take a request from each bucket (the real decision).
+    Acquire(&'a dyn RateLimiter),
+    /// Look at the buckets without taking anything (`explain`).
+    Peek(&'a dyn RateLimiter),
+    /// Do not consult rate limits.
+    Skip,
+}
+
+/// Reasons gathered by the checks of one decision.
+pub(crate) struct Collector {
+    reasons: Vec<(ReasonKey, Reason)>,
+    blocked: bool,
+}
+
+impl Collector {
+    pub(crate) fn add(&mut self, rule: &Rule, check: u8, detail: String) {
+        self.add_as(rule, rule.action, check, detail);
+    }
+
+    fn add_as(&mut self, rule: &Rule, action: RuleAction, check: u8, detail: String) {
+        if action == RuleAction::Block {
+            self.blocked = true;
+        }
+        let mut reason = Reason::new(rule, detail);
+        reason.action = action;
+        self.reasons.push((
+            ReasonKey {
+                rule: RuleOrder::of(rule),
+                check,
+            },
+            reason,
+        ));
+    }
+}
+
+impl Policy {
+    /// Decides a request before it reaches the model. Rate limits are consulted last, and only
+    /// when nothing else refused (so a refused request takes no rate-limit token); with
+    /// [`RateCheck::Acquire`], blocking limits are first peeked so that a request refused by
+    /// one of them takes nothing from the others.
+    #[must_use]
+    pub fn decide_pre(&self, req: &PreRequest<'_>, rates: RateCheck<'_>) -> Decision {
+        let nodes = self.applicable(req.principal, req.tier);
+        let mut out = Collector::new();
+        let mut modifications = Vec::new();
+        let nodes: Vec<&Node> = nodes.iter().filter_map(|&n| self.node(n)).collect();
+
+        for node in &nodes {
+            self.check_models(node, req.model, &mut out);
+            self.check_time(node, req.now, &mut out);
+            self.check_budget(node, req, &mut out);
+        }
+        self.check_tokens(&nodes, req, &mut out, &mut modifications);
+        self.check_prompt(&nodes, req.messages, &mut out, &mut modifications);
+        self.format_notes(&nodes, &mut out, &mut modifications);
+
+        let mut retry_after = None;
+        if !out.blocked {
+            retry_after = self.check_rates(&nodes, req, rates, &mut out);
+        }
+        Decision::from_parts(out.reasons, modifications, retry_after, req.now)
+    }
+
+    fn check_models(&self, node: &Node, model: &str, out: &mut Collector) {
+        if let Some(allowed) = &node.allowed_by_all
+            && !allowed.contains(model)
+        {
+            for rule in node.allow.iter().filter_map(|&i| self.rule(i)) {
+                if let RuleKind::ModelAllowlist(models) = &rule.kind
+                    && !models.iter().any(|m| m.as_str() == model)
+                {
+                    out.add(
+                        rule,
+                        0,
+                        format!("model `{model}` is not in the allowlist ({})", list(models)),
+                    );
+                }
+            }
+        }
+        if node.denied_by_any.contains(model) {
+            for rule in node.deny.iter().filter_map(|&i| self.rule(i)) {
+                if let RuleKind::ModelDenylist(models) = &rule.kind
+                    && models.iter().any(|m| m.as_str() == model)
+                {
+                    out.add(rule, 0, format!("model `{model}` is denied"));
+                }
+            }
+        }
+    }
+
+    fn check_time(&self, node: &Node, now: DateTime<Utc>, out: &mut Collector) {
+        for rule in node.time.iter().filter_map(|&i| self.rule(i)) {
+            if let RuleKind::TimeRestriction(t) = &rule.kind
+                && !t.allows(now)
+            {
+                let local = now.with_timezone(&t.timezone);
+                out.add(
+                    rule,
+                    0,
+                    format!(
+                        "requests are allowed {} only; it is {}",
+                        t.describe(),
+                        local.format("%a %H:%M")
+                    ),
+                );
+            }
+        }
+    }
+
+    fn check_budget(&self, node: &Node, req: &PreRequest<'_>, out: &mut Collector) {
+        for rule in node.budget.iter().filter_map(|&i| self.rule(i)) {
+            if let RuleKind::BudgetLimit(limit) = &rule.kind {
+                let subject = budget_subject(&rule.scope, req.principal, req.tier);
+                let spent = req
+                    .spend
+                    .map_or(Money::ZERO, |s| s.get(subject, limit.period));
+                if spent + req.estimated_cost > limit.amount {
+                    out.add(
+                        rule,
+                        0,
+                        format!(
+                            "{subject} spend of {spent} plus this request's estimated {} would pass the {} limit of {}",
+                            req.estimated_cost,
+                            limit.period.as_str(),
+                            limit.amount
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn check_tokens(
+        &self,
+        nodes: &[&Node],
+        req: &PreRequest<'_>,
+        out: &mut Collector,
+        modifications: &mut Vec<Modification>,
+    ) {
+        let within = |n: &&&Node| {
+            n.min_input.is_none_or(|m| req.input_tokens <= m)
+                && n.min_output
+                    .is_none_or(|m| req.max_tokens.is_some_and(|t| t <= m))
+        };
+        if nodes
+            .iter()
+            .filter(|n| !n.token.is_empty())
+            .all(|n| within(&n))
+        {
+            return;
+        }
+        let rules = || {
+            nodes
+                .iter()
+                .flat_map(|n| n.token.iter())
+                .filter_map(|&i| self.rule(i))
+                .filter_map(|r| match &r.kind {
+                    RuleKind::TokenLimit(l) => Some((r, *l)),
+                    _ => None,
+                })
+        };
+        let requested = req.max_tokens;
+        let exceeds = |bound: u32, value: Option<u32>| value.is_none_or(|v| v > bound);
+        let show =
+            |value: Option<u32>| value.map_or_else(|| "no bound".to_owned(), |v| v.to_string());
+        // Input: cannot be shortened, so every exceeded bound reports with its own action.
+        for (rule, limit) in rules() {
+            if let Some(max) = limit.max_input
+                && req.input_tokens > max
+            {
+                out.add(
+                    rule,
+                    0,
+                    format!(
+                        "estimated input of {} tokens exceeds the limit of {max}",
+                        req.input_tokens
+                    ),
+                );
+            }
+        }
+        // Output: blocking bounds judge the request as asked; `modify` bounds clamp it; the
+        // advisory ones judge what is left after clamping.
+        let mut clamp: Option<(u32, &Rule)> = None;
+        for (rule, limit) in rules() {
+            if rule.action == RuleAction::Modify
+                && let Some(max) = limit.max_output
+                && exceeds(max, requested)
+                && clamp.is_none_or(|(c, _)| max < c)
+            {
+                clamp = Some((max, rule));
+            }
+        }
+        let effective = clamp.map_or(requested, |(c, _)| Some(c));
+        for (rule, limit) in rules() {
+            let Some(max) = limit.max_output else {
+                continue;
+            };
+            match rule.action {
+                RuleAction::Block if exceeds(max, requested) => out.add(
+                    rule,
+                    1,
+                    format!(
+                        "requested output of {} tokens exceeds the limit of {max}",
+                        show(requested)
+                    ),
+                ),
+                RuleAction::Modify if exceeds(max, requested) => out.add(
+                    rule,
+                    1,
+                    format!(
+                        "requested output of {} tokens exceeds the limit of {max}; clamped to {}",
+                        show(requested),
+                        show(effective)
+                    ),
+                ),
+                RuleAction::Warn | RuleAction::Log if exceeds(max, effective) => out.add(
+                    rule,
+                    1,
+                    format!(
+                        "requested output of {} tokens exceeds the limit of {max}",
+                        show(effective)
+                    ),
+                ),
+                _ => {}
+            }
+        }
+        if let Some((to, rule)) = clamp {
+            modifications.push(Modification::ClampMaxTokens {
+                rule_id: rule.id,
+                from: requested,
+                to,
+            });
+        }
+    }
+
+    fn check_prompt(
+        &self,
+        nodes: &[&Node],
+        messages: &[ChatMessage],
+        out: &mut Collector,
+        modifications: &mut Vec<Modification>,
+    ) {
+        if nodes.iter().all(|n| n.matcher.is_none()) {
+            return;
+        }
+        let mut hits: Vec<(u32, Item)> = Vec::new();
+        let mut redactions: Vec<Vec<Range<usize>>> = vec![Vec::new(); messages.len()];
+        for (m, message) in messages.iter().enumerate() {
+            let text = message.content.as_str();
+            for node in nodes {
+                let Some(matcher) = &node.matcher else {
+                    continue;
+                };
+                if let Some(ranges) = redactions.get_mut(m) {
+                    crate::post::scan_whole(self, matcher, text, &mut hits, ranges);
+                }
+            }
+        }
+        report_hits(self, hits, 0, out);
+        for (message, ranges) in redactions.into_iter().enumerate() {
+            if !ranges.is_empty() {
+                modifications.push(Modification::RedactPrompt {
+                    message,
+                    ranges: crate::post::merge(ranges),
+                });
+            }
+        }
+    }
+
+    fn format_notes(
+        &self,
+        nodes: &[&Node],
+        out: &mut Collector,
+        modifications: &mut Vec<Modification>,
+    ) {
+        if nodes.iter().all(|n| n.modifiers.is_empty()) {
+            return;
+        }
+        let mut rules: Vec<&Rule> = nodes
+            .iter()
+            .flat_map(|n| n.modifiers.iter())
+            .filter_map(|&i| self.rule(i))
+            .collect();
+        rules.sort_by_key(|r| RuleOrder::of(r));
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        for rule in rules {
+            if let RuleKind::OutputModifier(m) = &rule.kind
+                && let Some(note) = &m.format_note
+                && seen.insert(note)
+            {
+                if rule.action == RuleAction::Modify {
+                    out.add(rule, 0, "added a format note".to_owned());
+                    modifications.push(Modification::AddFormatNote {
+                        rule_id: rule.id,
+                        note: note.clone(),
+                    });
+                } else {
+                    out.add(rule, 0, "would add a format note".to_owned());
+                }
+            }
+        }
+    }
+
+    fn check_rates(
+        &self,
+        nodes: &[&Node],
+        req: &PreRequest<'_>,
+        rates: RateCheck<'_>,
+        out: &mut Collector,
+    ) -> Option<Duration> {
+        let (limiter, take) = match rates {
+            RateCheck::Acquire(l) => (l, true),
+            RateCheck::Peek(l) => (l, false),
+            RateCheck::Skip => return None,
+        };
+        let rules: Vec<&Rule> = nodes
+            .iter()
+            .flat_map(|n| n.rate.iter())
+            .filter_map(|&i| self.rule(i))
+            .collect();
+        if rules.is_empty() {
+            return None;
+        }
+        let key = |rule: &Rule| match &rule.kind {
+            RuleKind::RateLimit(limit) => Some((
+                BucketKey::for_request(rule.id, limit, req.principal.org_id, req.principal.user_id),
+                *limit,
+            )),
+            _ => None,
+        };
+        let mut retry: Option<Duration> = None;
+        let mut report =
+            |out: &mut Collector, rule: &Rule, limit: &crate::rule::RateLimit, wait: Duration| {
+                retry = Some(retry.map_or(wait, |r| r.max(wait)));
+                out.add(
+                    rule,
+                    0,
+                    format!(
+                        "rate limit of {} per {} reached; retry in {}s",
+                        limit.requests,
+                        limit.period.as_str(),
+                        wait.as_secs().max(1)
+                    ),
+                );
+            };
+        // Blocking limits first, without taking: a refused request takes nothing anywhere.
+        let mut refused = false;
+        for rule in rules.iter().filter(|r| r.action == RuleAction::Block) {
+            if let Some((bucket, limit)) = key(rule)
+                && let RateVerdict::Limited { retry_after } = limiter.peek(&bucket, &limit)
+            {
+                report(out, rule, &limit, retry_after);
+                refused = true;
+            }
+        }
+        if refused {
+            return retry;
+        }
+        for rule in &rules {
+            let Some((bucket, limit)) = key(rule) else {
+                continue;
+            };
+            let verdict = if take {
+                limiter.acquire(&bucket, &limit)
+            } else {
+                limiter.peek(&bucket, &limit)
+            };
+            if let RateVerdict::Limited { retry_after } = verdict {
+                report(out, rule, &limit, retry_after);
+            }
+        }
+        retry
+    }
+}
+
+fn list(models: &BTreeSet<stratai_core::ModelId>) -> String {
+    let names: Vec<&str> = models.iter().map(|m| m.as_str()).collect();
+    if names.len() <= 5 {
+        format!("allowed: {}", names.join(", "))
+    } else {
+        format!(
+            "allowed: {}, ... {} in all",
+            names[..5].join(", "),
+            names.len()
+        )
+    }
+}
+
+/// One reason per rule with content matches, naming every matched topic and pattern.
+pub(crate) fn report_hits(
+    policy: &Policy,
+    mut hits: Vec<(u32, Item)>,
+    check: u8,
+    out: &mut Collector,
+) {
+    hits.sort_unstable();
+    hits.dedup();
+    let mut i = 0;
+    while i < hits.len() {
+        let rule_index = hits[i].0;
+        let mut j = i;
+        while j < hits.len() && hits[j].0 == rule_index {
+            j += 1;
+        }
+        if let Some(rule) = policy.rule(rule_index)
+            && let RuleKind::ContentFilter(filter) = &rule.kind
+        {
+            let items: Vec<String> = hits[i..j]
+                .iter()
+                .filter_map(|(_, item)| match item {
+                    Item::Topic(t) => filter
+                        .topics
+                        .get(usize::from(*t))
+                        .map(|t| format!("topic `{t}`")),
+                    Item::Pattern(p) => filter
+                        .patterns
+                        .get(usize::from(*p))
+                        .map(|p| format!("pattern `{}`", p.source)),
+                })
+                .collect();
+            out.add(rule, check, format!("matched {}", items.join(", ")));
+        }
+        i = j;
+    }
+}
+
+impl Collector {
+    pub(crate) fn new() -> Self {
+        Collector {
+            reasons: Vec::new(),
+            blocked: false,
+        }
+    }
+
+    pub(crate) fn into_reasons(self) -> Vec<(ReasonKey, Reason)> {
+        self.reasons
+    }
+}
