@@ -419,13 +419,18 @@ impl LiteLlmClient {
         let body = KeyUpdateBody {
             key: key.as_param(),
             models: update.models.as_deref(),
-            max_budget: update.max_budget,
+            max_budget: if update.clear_max_budget {
+                Some(None)
+            } else {
+                update.max_budget.map(Some)
+            },
             budget_duration: update.budget_duration.as_deref(),
             rpm_limit: update.rpm_limit,
             tpm_limit: update.tpm_limit,
             metadata: update.metadata.as_ref(),
             key_alias: update.key_alias.as_deref(),
             blocked: update.blocked,
+            team_id: update.team_id.as_deref(),
         };
         let mut info: KeyInfo = self
             .post("/key/update", &body, Idempotency::Idempotent)

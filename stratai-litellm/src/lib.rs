@@ -6,6 +6,7 @@ mod client;
 pub mod decimal;
 mod error;
 mod secret;
+pub mod sync;
 pub mod time;
 mod types;
 

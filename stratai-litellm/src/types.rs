@@ -40,6 +40,17 @@ where
     Option::<T>::deserialize(d).map(Option::unwrap_or_default)
 }
 
+/// Like [`ser_decimal_opt`], with `Some(None)` written as `null`.
+pub(crate) fn ser_decimal_opt_opt<S: Serializer>(
+    value: &Option<Option<Decimal>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        None | Some(None) => s.serialize_none(),
+        Some(amount) => ser_decimal_opt(amount, s),
+    }
+}
+
 // ----------------------------------------------------------------------------- keys
 
 /// The sha256 hex of a virtual key: LiteLLM's `token`, used in `/key/list`, spend logs
@@ -188,6 +199,10 @@ pub struct KeyUpdate {
     pub key_alias: Option<String>,
     /// Block or unblock.
     pub blocked: Option<bool>,
+    /// Move the key to another team.
+    pub team_id: Option<String>,
+    /// Remove the budget (sends `max_budget: null`; wins over `max_budget`).
+    pub clear_max_budget: bool,
 }
 
 #[derive(Serialize)]
@@ -197,9 +212,9 @@ pub(crate) struct KeyUpdateBody<'a> {
     pub(crate) models: Option<&'a [String]>,
     #[serde(
         skip_serializing_if = "Option::is_none",
-        serialize_with = "ser_decimal_opt"
+        serialize_with = "ser_decimal_opt_opt"
     )]
-    pub(crate) max_budget: Option<Decimal>,
+    pub(crate) max_budget: Option<Option<Decimal>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) budget_duration: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -212,6 +227,8 @@ pub(crate) struct KeyUpdateBody<'a> {
     pub(crate) key_alias: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) blocked: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) team_id: Option<&'a str>,
 }
 
 /// A key as `/key/info`, `/key/update` and `/key/list?return_full_object=true` describe it

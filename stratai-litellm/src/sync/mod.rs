@@ -1,0 +1,656 @@
+//! The sync engine: pushes StratAI's directory to LiteLLM from core's outbox, and the
+//! reconcilers that find and repair drift and compare spend.
+//!
+//! Events carry no payload: applying an event pushes the entity's *current* state, so
+//! events of one entity within a batch are coalesced into one push at their highest
+//! version, and an event older than the version already applied is completed without a
+//! call (a stale update never overwrites a newer one).
+
+mod mapping;
+mod reconcile;
+mod source;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use stratai_core::StoreError;
+use stratai_core::ids::{GroupId, OrgId, UserId};
+use stratai_core::ports::{OutboxEntity, OutboxEvent, OutboxStore};
+use tokio::sync::Mutex;
+
+pub use mapping::{
+    DesiredKey, DesiredTeam, MANAGED_BY, ModelNames, NO_MODELS, desired_key, desired_team,
+    is_managed, key_alias, key_metadata, recorded_version, team_metadata,
+};
+pub use reconcile::{CostMismatch, Drift, DriftKind, DriftReport, SpendReport, compare_spend};
+pub use source::{CoreDirectory, KeyVault, MemoryKeyVault, SyncSource};
+
+use crate::client::{LiteLlmClient, RetryPolicy};
+use crate::error::LiteLlmError;
+use crate::secret::Secret;
+use crate::types::{
+    KeyGenerate, KeyInfo, KeyListQuery, KeyRef, KeyUpdate, TeamNew, TeamUpdate, UserNew,
+};
+use mapping::{metadata_str, same_budget, sorted};
+
+/// Sync settings.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// Outbox events read per pass.
+    pub batch_size: u32,
+    /// Attempts before an event failing with a permanent error (bad request, denial, ...)
+    /// is dead-lettered.
+    pub max_attempts: u32,
+    /// Attempts before an event failing with transient errors only (LiteLLM down, 5xx,
+    /// timeouts) is dead-lettered: high, so outages are waited out, not dead-lettered.
+    pub max_transient_attempts: u32,
+    /// Delay before retrying a failed event: exponential with jitter between these bounds.
+    pub backoff: RetryPolicy,
+    /// LiteLLM `budget_duration` of monthly budgets.
+    pub budget_duration: String,
+    /// StratAI model id -> LiteLLM model name.
+    pub model_names: ModelNames,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 200,
+            max_attempts: 5,
+            max_transient_attempts: 1000,
+            backoff: RetryPolicy {
+                max_retries: 0,
+                min_delay: Duration::from_secs(1),
+                max_delay: Duration::from_secs(300),
+            },
+            budget_duration: "30d".to_owned(),
+            model_names: ModelNames::identity(),
+        }
+    }
+}
+
+/// Why syncing an entity failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// LiteLLM refused or could not be reached.
+    #[error("litellm: {0}")]
+    LiteLlm(#[from] LiteLlmError),
+    /// The StratAI store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The directory state cannot be mapped (e.g. inconsistent tenant data).
+    #[error("mapping: {0}")]
+    Mapping(String),
+}
+
+impl SyncError {
+    /// Whether a retry may succeed without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SyncError::LiteLlm(e) => e.is_transient(),
+            SyncError::Store(StoreError::Backend(_)) => true,
+            SyncError::Store(_) | SyncError::Mapping(_) => false,
+        }
+    }
+}
+
+/// What applying one entity did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// LiteLLM now matches the entity's current state.
+    Done,
+    /// LiteLLM already holds a newer version: nothing was written.
+    Stale,
+}
+
+/// Outcome of one pass over the outbox.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Events read.
+    pub events: usize,
+    /// Entities pushed.
+    pub entities: usize,
+    /// Events completed (including coalesced and stale ones).
+    pub completed: usize,
+    /// Events completed without a write because a newer version was applied.
+    pub stale: usize,
+    /// Events that failed and will be retried.
+    pub failed: usize,
+    /// Events given up on.
+    pub dead_lettered: usize,
+}
+
+/// Pushes StratAI's directory to LiteLLM. Run one per deployment (the outbox is consumed
+/// by a single worker; versions make a second one harmless but wasteful).
+pub struct SyncEngine {
+    client: LiteLlmClient,
+    source: Arc<dyn SyncSource>,
+    outbox: Arc<dyn OutboxStore>,
+    vault: Arc<dyn KeyVault>,
+    config: SyncConfig,
+    applied: Mutex<HashMap<OutboxEntity, i64>>,
+}
+
+impl std::fmt::Debug for SyncEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncEngine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tolerate_not_found(result: Result<(), LiteLlmError>) -> Result<(), LiteLlmError> {
+    match result {
+        Err(LiteLlmError::NotFound(_)) => Ok(()),
+        other => other,
+    }
+}
+
+impl SyncEngine {
+    /// An engine over `source`, consuming `outbox`, keeping key secrets in `vault`.
+    pub fn new(
+        client: LiteLlmClient,
+        source: Arc<dyn SyncSource>,
+        outbox: Arc<dyn OutboxStore>,
+        vault: Arc<dyn KeyVault>,
+        config: SyncConfig,
+    ) -> Self {
+        Self {
+            client,
+            source,
+            outbox,
+            vault,
+            config,
+            applied: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The LiteLLM client.
+    pub fn client(&self) -> &LiteLlmClient {
+        &self.client
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SyncConfig {
+        &self.config
+    }
+
+    /// The virtual key of a member, once synced.
+    pub async fn member_key(&self, org: OrgId, user: UserId) -> Result<Option<Secret>, StoreError> {
+        Ok(self.vault.get(org, user).await?.map(|(_, key)| key))
+    }
+
+    fn retry_delay(&self, attempts: u32) -> Duration {
+        let policy = &self.config.backoff;
+        let n = attempts as usize;
+        ExponentialBuilder::default()
+            .with_min_delay(policy.min_delay)
+            .with_max_delay(policy.max_delay)
+            .with_max_times(n + 1)
+            .with_jitter()
+            .build()
+            .nth(n)
+            .unwrap_or(policy.max_delay)
+    }
+
+    /// One pass: reads up to `batch_size` pending events, pushes each entity once (in the
+    /// order of its first event), completes, fails (with backoff) or dead-letters them.
+    /// Errors only when the outbox itself fails.
+    pub async fn run_once(&self) -> Result<PassReport, StoreError> {
+        let now = Utc::now();
+        let events = self.outbox.pending(now, self.config.batch_size).await?;
+        let mut report = PassReport {
+            events: events.len(),
+            ..PassReport::default()
+        };
+        let mut order: Vec<OutboxEntity> = Vec::new();
+        let mut by_entity: HashMap<OutboxEntity, Vec<OutboxEvent>> = HashMap::new();
+        for event in events {
+            let list = by_entity.entry(event.entity).or_default();
+            if list.is_empty() {
+                order.push(event.entity);
+            }
+            list.push(event);
+        }
+        for entity in order {
+            let Some(events) = by_entity.remove(&entity) else {
+                continue;
+            };
+            let Some(latest) = events.iter().max_by_key(|e| (e.version, e.seq)).cloned() else {
+                continue;
+            };
+            let known = self.applied.lock().await.get(&entity).copied();
+            if known.is_some_and(|v| v >= latest.version) {
+                for event in &events {
+                    self.outbox.complete(event.seq).await?;
+                }
+                report.completed += events.len();
+                report.stale += events.len();
+                continue;
+            }
+            report.entities += 1;
+            match self.apply(&latest).await {
+                Ok(applied) => {
+                    let mut versions = self.applied.lock().await;
+                    let slot = versions.entry(entity).or_insert(latest.version);
+                    *slot = (*slot).max(latest.version);
+                    drop(versions);
+                    for event in &events {
+                        self.outbox.complete(event.seq).await?;
+                    }
+                    report.completed += events.len();
+                    if applied == Applied::Stale {
+                        report.stale += events.len();
+                    }
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    let limit = if error.is_transient() {
+                        self.config.max_transient_attempts
+                    } else {
+                        self.config.max_attempts
+                    };
+                    for event in &events {
+                        if event.attempts.saturating_add(1) >= limit {
+                            let why =
+                                format!("gave up after {} attempts: {reason}", event.attempts + 1);
+                            self.outbox.dead_letter(event.seq, &why).await?;
+                            report.dead_lettered += 1;
+                        } else {
+                            let delay =
+                                chrono::Duration::from_std(self.retry_delay(event.attempts))
+                                    .unwrap_or_else(|_| chrono::Duration::seconds(60));
+                            self.outbox.fail(event.seq, &reason, now + delay).await?;
+                            report.failed += 1;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Pushes one event's entity.
+    pub async fn apply(&self, event: &OutboxEvent) -> Result<Applied, SyncError> {
+        match event.entity {
+            OutboxEntity::Group(group) => {
+                self.sync_group(event.org_id, group, Some(event.version))
+                    .await
+            }
+            OutboxEntity::Member(user) => {
+                self.sync_member(event.org_id, user, Some(event.version))
+                    .await
+            }
+            OutboxEntity::Org(org) => self.sync_org(org).await,
+        }
+    }
+
+    /// Runs passes every `interval` until `shutdown` resolves.
+    pub async fn run(&self, interval: Duration, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            // Outbox failures are retried on the next tick; the report is for callers of run_once.
+            let _ = self.run_once().await;
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    /// An organization changed: its tiers or settings may change every group and member,
+    /// so all of them are pushed. A deleted organization loses all its managed teams and
+    /// keys. (LiteLLM organizations are Enterprise-only; org ids live in team/key metadata
+    /// and StratAI enforces the org budget itself.)
+    pub async fn sync_org(&self, org_id: OrgId) -> Result<Applied, SyncError> {
+        let org_text = org_id.to_string();
+        if self.source.org(org_id).await?.is_none() {
+            let keys = self.client.key_list(&KeyListQuery::default()).await?;
+            let tokens: Vec<KeyRef> = keys
+                .into_iter()
+                .filter(|k| {
+                    is_managed(k.metadata.as_ref())
+                        && metadata_str(k.metadata.as_ref(), "stratai_org_id") == Some(&org_text)
+                })
+                .filter_map(|k| k.token.map(KeyRef::Token))
+                .collect();
+            if !tokens.is_empty() {
+                tolerate_not_found(self.client.key_delete(&tokens).await)?;
+            }
+            let teams: Vec<String> = self
+                .client
+                .team_list()
+                .await?
+                .into_iter()
+                .filter(|t| {
+                    is_managed(t.metadata.as_ref())
+                        && metadata_str(t.metadata.as_ref(), "stratai_org_id") == Some(&org_text)
+                })
+                .map(|t| t.team_id)
+                .collect();
+            if !teams.is_empty() {
+                tolerate_not_found(self.client.team_delete(&teams).await)?;
+            }
+            return Ok(Applied::Done);
+        }
+        for group in self.source.groups(org_id).await? {
+            self.sync_group(org_id, group.id, None).await?;
+        }
+        for member in self.source.members(org_id).await? {
+            self.sync_member(org_id, member.user_id, None).await?;
+        }
+        Ok(Applied::Done)
+    }
+
+    /// Pushes a group as a LiteLLM team (created with `team_id` = the group id, so a
+    /// repeated create is "already exists" and becomes an update), with its members. A
+    /// deleted group's members are moved off the team first, then the team is deleted.
+    pub async fn sync_group(
+        &self,
+        org_id: OrgId,
+        group_id: GroupId,
+        version: Option<i64>,
+    ) -> Result<Applied, SyncError> {
+        let team_id = group_id.to_string();
+        let org = self.source.org(org_id).await?;
+        let group = match &org {
+            Some(_) => self.source.group(org_id, group_id).await?,
+            None => None,
+        };
+        let existing = match self.client.team_info(&team_id).await {
+            Ok(info) => Some(info),
+            Err(LiteLlmError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let (Some(org), Some(group)) = (org, group) else {
+            if let Some(info) = existing {
+                for key in &info.keys {
+                    let user = metadata_str(key.metadata.as_ref(), "stratai_user_id")
+                        .and_then(|u| u.parse::<UserId>().ok());
+                    if let (true, Some(user)) = (is_managed(key.metadata.as_ref()), user) {
+                        Box::pin(self.sync_member(org_id, user, None)).await?;
+                    }
+                }
+                tolerate_not_found(
+                    self.client
+                        .team_delete(std::slice::from_ref(&team_id))
+                        .await,
+                )?;
+            }
+            return Ok(Applied::Done);
+        };
+        let remote_version = existing
+            .as_ref()
+            .map_or(0, |i| recorded_version(i.team_info.metadata.as_ref()));
+        if version.is_some_and(|v| remote_version > v) {
+            return Ok(Applied::Stale);
+        }
+        let catalog = self.source.catalog().await?;
+        let subscriptions = self.source.subscriptions(org_id).await?;
+        let members = self.source.group_members(org_id, group_id).await?;
+        let desired = desired_team(
+            &catalog,
+            &org,
+            &subscriptions,
+            &group,
+            &members,
+            &self.config.model_names,
+            &self.config.budget_duration,
+        )
+        .map_err(SyncError::Mapping)?;
+        let write_version = version.unwrap_or(0).max(remote_version);
+        let metadata = team_metadata(&desired, write_version);
+        let update = TeamUpdate {
+            team_id: team_id.clone(),
+            team_alias: Some(desired.alias.clone()),
+            models: Some(desired.models.clone()),
+            max_budget: desired.max_budget,
+            budget_duration: desired.budget_duration.clone(),
+            metadata: Some(metadata.clone()),
+            ..TeamUpdate::default()
+        };
+        let team = match existing {
+            None => {
+                let create = TeamNew {
+                    team_id: Some(team_id.clone()),
+                    team_alias: Some(desired.alias.clone()),
+                    models: Some(desired.models.clone()),
+                    max_budget: desired.max_budget,
+                    budget_duration: desired.budget_duration.clone(),
+                    metadata: Some(metadata),
+                    ..TeamNew::default()
+                };
+                match self.client.team_new(&create).await {
+                    Ok(team) => team,
+                    Err(LiteLlmError::AlreadyExists(_)) => self.client.team_update(&update).await?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(info) => {
+                let team = info.team_info;
+                let same = team.team_alias.as_deref() == Some(desired.alias.as_str())
+                    && sorted(&team.models) == desired.models
+                    && same_budget(team.max_budget, desired.max_budget)
+                    && (desired.max_budget.is_none()
+                        || team.budget_duration == desired.budget_duration)
+                    && team.metadata.as_ref() == Some(&metadata_of(&update));
+                if same {
+                    team
+                } else {
+                    self.client.team_update(&update).await?
+                }
+            }
+        };
+        let current: Vec<String> = team
+            .members_with_roles
+            .iter()
+            .filter(|m| m.role.as_deref() != Some("admin"))
+            .filter_map(|m| m.user_id.clone())
+            .collect();
+        for user in desired.members.iter().filter(|u| !current.contains(u)) {
+            match self.client.team_member_add(&team_id, user).await {
+                Ok(_) | Err(LiteLlmError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for user in current.iter().filter(|u| !desired.members.contains(u)) {
+            match self.client.team_member_delete(&team_id, user).await {
+                Ok(_) | Err(LiteLlmError::BadRequest(_) | LiteLlmError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Applied::Done)
+    }
+
+    /// The managed keys of a member in an organization (normally one).
+    async fn member_keys(
+        &self,
+        org_id: OrgId,
+        user_id: UserId,
+    ) -> Result<Vec<KeyInfo>, LiteLlmError> {
+        let org_text = org_id.to_string();
+        let keys = self
+            .client
+            .key_list(&KeyListQuery {
+                user_id: Some(user_id.to_string()),
+                ..KeyListQuery::default()
+            })
+            .await?;
+        Ok(keys
+            .into_iter()
+            .filter(|k| {
+                is_managed(k.metadata.as_ref())
+                    && metadata_str(k.metadata.as_ref(), "stratai_org_id")
+                        == Some(org_text.as_str())
+                    && !k.is_deleted()
+            })
+            .collect())
+    }
+
+    /// Pushes a member as a LiteLLM user with one virtual key for (user, org); a removed
+    /// member's keys are deleted. Keeps exactly one key: duplicates, and keys whose secret
+    /// the vault does not hold (a lost `/key/generate` answer), are deleted and replaced.
+    pub async fn sync_member(
+        &self,
+        org_id: OrgId,
+        user_id: UserId,
+        version: Option<i64>,
+    ) -> Result<Applied, SyncError> {
+        let org = self.source.org(org_id).await?;
+        let membership = match &org {
+            Some(_) => self.source.member(org_id, user_id).await?,
+            None => None,
+        };
+        let existing = self.member_keys(org_id, user_id).await?;
+        let vault = self.vault.get(org_id, user_id).await?;
+        let (Some(org), Some(membership)) = (org, membership) else {
+            let tokens: Vec<KeyRef> = existing
+                .iter()
+                .filter_map(|k| k.token.clone().map(KeyRef::Token))
+                .collect();
+            if !tokens.is_empty() {
+                tolerate_not_found(self.client.key_delete(&tokens).await)?;
+            }
+            self.vault.remove(org_id, user_id).await?;
+            return Ok(Applied::Done);
+        };
+        let remote_version = existing
+            .iter()
+            .map(|k| recorded_version(k.metadata.as_ref()))
+            .max()
+            .unwrap_or(0);
+        if version.is_some_and(|v| remote_version > v) {
+            return Ok(Applied::Stale);
+        }
+        let catalog = self.source.catalog().await?;
+        let subscriptions = self.source.subscriptions(org_id).await?;
+        let groups = self.source.member_groups(org_id, user_id).await?;
+        let desired = desired_key(
+            &catalog,
+            &org,
+            &subscriptions,
+            &membership,
+            &groups,
+            &self.config.model_names,
+            &self.config.budget_duration,
+        )
+        .map_err(SyncError::Mapping)?;
+        let write_version = version.unwrap_or(0).max(remote_version);
+        let metadata = key_metadata(&desired, write_version);
+
+        let vault_token = vault.as_ref().map(|(token, _)| token.clone());
+        let (keep, extras): (Vec<KeyInfo>, Vec<KeyInfo>) = existing
+            .into_iter()
+            .partition(|k| k.token.is_some() && k.token == vault_token);
+        let extras: Vec<KeyRef> = extras
+            .into_iter()
+            .filter_map(|k| k.token.map(KeyRef::Token))
+            .collect();
+        if !extras.is_empty() {
+            tolerate_not_found(self.client.key_delete(&extras).await)?;
+        }
+        match keep.into_iter().next() {
+            None => {
+                ensure_user(&self.client, &membership, self.source.as_ref()).await?;
+                let generate = KeyGenerate {
+                    key_alias: Some(desired.alias.clone()),
+                    user_id: Some(desired.user_id.clone()),
+                    team_id: desired.team_id.clone(),
+                    models: Some(desired.models.clone()),
+                    max_budget: desired.max_budget,
+                    budget_duration: desired.budget_duration.clone(),
+                    metadata: Some(metadata),
+                    ..KeyGenerate::default()
+                };
+                let key = match self.client.key_generate(&generate).await {
+                    Ok(key) => key,
+                    Err(LiteLlmError::AlreadyExists(_)) => {
+                        // A key with our alias we could not see (e.g. of a deleted user id
+                        // filter mismatch): remove it by alias, then create ours.
+                        let stale = self
+                            .client
+                            .key_list(&KeyListQuery {
+                                key_alias: Some(desired.alias.clone()),
+                                ..KeyListQuery::default()
+                            })
+                            .await?;
+                        let tokens: Vec<KeyRef> = stale
+                            .into_iter()
+                            .filter(|k| k.key_alias.as_deref() == Some(desired.alias.as_str()))
+                            .filter_map(|k| k.token.map(KeyRef::Token))
+                            .collect();
+                        if !tokens.is_empty() {
+                            tolerate_not_found(self.client.key_delete(&tokens).await)?;
+                        }
+                        self.client.key_generate(&generate).await?
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let token = key.token_hash();
+                self.vault.put(org_id, user_id, &token, &key.key).await?;
+                self.source
+                    .record_key(org_id, user_id, Some(&token))
+                    .await?;
+            }
+            Some(key) => {
+                let token = key.token.clone().unwrap_or_default();
+                let same = sorted(&key.models) == desired.models
+                    && same_budget(key.max_budget, desired.max_budget)
+                    && (desired.max_budget.is_none()
+                        || key.budget_duration == desired.budget_duration)
+                    && key.team_id == desired.team_id
+                    && key.key_alias.as_deref() == Some(desired.alias.as_str())
+                    && key.metadata.as_ref() == Some(&metadata);
+                if !same {
+                    let update = KeyUpdate {
+                        models: Some(desired.models.clone()),
+                        max_budget: desired.max_budget,
+                        clear_max_budget: desired.max_budget.is_none() && key.max_budget.is_some(),
+                        budget_duration: desired.budget_duration.clone(),
+                        metadata: Some(metadata),
+                        key_alias: Some(desired.alias.clone()),
+                        team_id: desired.team_id.clone(),
+                        ..KeyUpdate::default()
+                    };
+                    self.client
+                        .key_update(&KeyRef::Token(token.clone()), &update)
+                        .await?;
+                }
+                if membership.litellm_key_id.as_deref() != Some(token.as_str()) {
+                    self.source
+                        .record_key(org_id, user_id, Some(&token))
+                        .await?;
+                }
+            }
+        }
+        Ok(Applied::Done)
+    }
+}
+
+fn metadata_of(update: &TeamUpdate) -> crate::types::Metadata {
+    update.metadata.clone().unwrap_or_default()
+}
+
+/// Creates the LiteLLM user of a member when missing ("already exists" is fine); true when
+/// it was created.
+async fn ensure_user(
+    client: &LiteLlmClient,
+    membership: &stratai_core::directory::Membership,
+    source: &dyn SyncSource,
+) -> Result<bool, SyncError> {
+    let user = source.user(membership.user_id).await?;
+    let mut new = UserNew::new(membership.user_id.to_string());
+    if let Some(user) = &user {
+        new.user_email = Some(user.email.to_string());
+        new.user_alias = user.name.clone();
+    }
+    new.user_role = Some("internal_user".to_owned());
+    match client.user_new(&new).await {
+        Ok(_) => Ok(true),
+        Err(LiteLlmError::AlreadyExists(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}

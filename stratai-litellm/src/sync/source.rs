@@ -1,0 +1,213 @@
+//! What the sync reads from StratAI ([`SyncSource`]) and where it keeps virtual keys
+//! ([`KeyVault`]), with adapters over stratai-core's ports.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use stratai_core::StoreError;
+use stratai_core::directory::{Group, Membership, Organization, User};
+use stratai_core::ids::{GroupId, OrgId, UserId};
+use stratai_core::ports::{DirectoryStore, TierStore};
+use stratai_core::tiers::{TierCatalog, TierSubscription};
+use tokio::sync::Mutex;
+
+use crate::secret::Secret;
+
+/// The StratAI state the sync pushes to LiteLLM: the source of truth. [`CoreDirectory`]
+/// implements it over stratai-core's `DirectoryStore` + `TierStore`; tests use fakes.
+/// "Missing" answers are `Ok(None)` / empty, not errors.
+#[async_trait]
+pub trait SyncSource: Send + Sync {
+    /// Every organization.
+    async fn orgs(&self) -> Result<Vec<Organization>, StoreError>;
+    /// One organization.
+    async fn org(&self, org: OrgId) -> Result<Option<Organization>, StoreError>;
+    /// The organization's groups.
+    async fn groups(&self, org: OrgId) -> Result<Vec<Group>, StoreError>;
+    /// One group.
+    async fn group(&self, org: OrgId, group: GroupId) -> Result<Option<Group>, StoreError>;
+    /// Members of a group.
+    async fn group_members(&self, org: OrgId, group: GroupId) -> Result<Vec<UserId>, StoreError>;
+    /// The organization's members.
+    async fn members(&self, org: OrgId) -> Result<Vec<Membership>, StoreError>;
+    /// One membership.
+    async fn member(&self, org: OrgId, user: UserId) -> Result<Option<Membership>, StoreError>;
+    /// The groups of a member in the organization.
+    async fn member_groups(&self, org: OrgId, user: UserId) -> Result<Vec<Group>, StoreError>;
+    /// One user.
+    async fn user(&self, user: UserId) -> Result<Option<User>, StoreError>;
+    /// The tier catalog.
+    async fn catalog(&self) -> Result<TierCatalog, StoreError>;
+    /// The organization's tier subscriptions.
+    async fn subscriptions(&self, org: OrgId) -> Result<Vec<TierSubscription>, StoreError>;
+    /// Writes back the LiteLLM key id (token hash) of a membership (`None` when deleted).
+    /// Must not emit an outbox event (the stores treat it as a sync-only change).
+    async fn record_key(
+        &self,
+        org: OrgId,
+        user: UserId,
+        token: Option<&str>,
+    ) -> Result<(), StoreError>;
+}
+
+fn not_found_as_none<T>(result: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`SyncSource`] over stratai-core's ports (any stratai-store backend).
+pub struct CoreDirectory<D: ?Sized, T: ?Sized> {
+    directory: Arc<D>,
+    tiers: Arc<T>,
+}
+
+impl<D: ?Sized, T: ?Sized> CoreDirectory<D, T> {
+    /// Reads the directory from `directory` and tiers from `tiers` (often the same store).
+    pub fn new(directory: Arc<D>, tiers: Arc<T>) -> Self {
+        Self { directory, tiers }
+    }
+}
+
+#[async_trait]
+impl<D, T> SyncSource for CoreDirectory<D, T>
+where
+    D: DirectoryStore + ?Sized,
+    T: TierStore + ?Sized,
+{
+    async fn orgs(&self) -> Result<Vec<Organization>, StoreError> {
+        self.directory.list_orgs().await
+    }
+    async fn org(&self, org: OrgId) -> Result<Option<Organization>, StoreError> {
+        not_found_as_none(self.directory.get_org(org).await)
+    }
+    async fn groups(&self, org: OrgId) -> Result<Vec<Group>, StoreError> {
+        match self.directory.list_groups(org).await {
+            Err(StoreError::NotFound { .. }) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+    async fn group(&self, org: OrgId, group: GroupId) -> Result<Option<Group>, StoreError> {
+        not_found_as_none(self.directory.get_group(org, group).await)
+    }
+    async fn group_members(&self, org: OrgId, group: GroupId) -> Result<Vec<UserId>, StoreError> {
+        match self.directory.list_group_members(org, group).await {
+            Ok(members) => Ok(members.into_iter().map(|m| m.user_id).collect()),
+            Err(StoreError::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+    async fn members(&self, org: OrgId) -> Result<Vec<Membership>, StoreError> {
+        match self.directory.list_members(org).await {
+            Err(StoreError::NotFound { .. }) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+    async fn member(&self, org: OrgId, user: UserId) -> Result<Option<Membership>, StoreError> {
+        not_found_as_none(self.directory.get_member(org, user).await)
+    }
+    async fn member_groups(&self, org: OrgId, user: UserId) -> Result<Vec<Group>, StoreError> {
+        match self.directory.groups_of_member(org, user).await {
+            Ok(groups) => Ok(groups.into_iter().map(|(g, _)| g).collect()),
+            Err(StoreError::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+    async fn user(&self, user: UserId) -> Result<Option<User>, StoreError> {
+        not_found_as_none(self.directory.get_user(user).await)
+    }
+    async fn catalog(&self) -> Result<TierCatalog, StoreError> {
+        let tiers = self.tiers.list_tiers().await?;
+        TierCatalog::new(tiers).map_err(|e| StoreError::Backend(format!("tier catalog: {e}")))
+    }
+    async fn subscriptions(&self, org: OrgId) -> Result<Vec<TierSubscription>, StoreError> {
+        self.tiers.list_subscriptions(org).await
+    }
+    async fn record_key(
+        &self,
+        org: OrgId,
+        user: UserId,
+        token: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let Some(mut membership) = not_found_as_none(self.directory.get_member(org, user).await)?
+        else {
+            return Ok(());
+        };
+        let token = token.map(str::to_owned);
+        if membership.litellm_key_id == token {
+            return Ok(());
+        }
+        membership.litellm_key_id = token;
+        self.directory.update_member(org, &membership).await
+    }
+}
+
+/// Where the secrets of the virtual keys the sync creates are kept (LiteLLM shows a secret
+/// only once, at `/key/generate`). The server reads them to call LiteLLM for a member.
+/// Production needs an encrypted, persistent implementation; [`MemoryKeyVault`] is for tests
+/// and single-process demos.
+#[async_trait]
+pub trait KeyVault: Send + Sync {
+    /// Stores the key of a member (replacing any previous one).
+    async fn put(
+        &self,
+        org: OrgId,
+        user: UserId,
+        token: &str,
+        key: &Secret,
+    ) -> Result<(), StoreError>;
+    /// The member's key: its token hash and secret.
+    async fn get(&self, org: OrgId, user: UserId) -> Result<Option<(String, Secret)>, StoreError>;
+    /// Forgets the member's key.
+    async fn remove(&self, org: OrgId, user: UserId) -> Result<(), StoreError>;
+}
+
+/// A [`KeyVault`] in memory.
+#[derive(Debug, Default)]
+pub struct MemoryKeyVault {
+    keys: Mutex<HashMap<(OrgId, UserId), (String, Secret)>>,
+}
+
+impl MemoryKeyVault {
+    /// An empty vault.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many keys it holds.
+    pub async fn len(&self) -> usize {
+        self.keys.lock().await.len()
+    }
+
+    /// Whether it is empty.
+    pub async fn is_empty(&self) -> bool {
+        self.keys.lock().await.is_empty()
+    }
+}
+
+#[async_trait]
+impl KeyVault for MemoryKeyVault {
+    async fn put(
+        &self,
+        org: OrgId,
+        user: UserId,
+        token: &str,
+        key: &Secret,
+    ) -> Result<(), StoreError> {
+        self.keys
+            .lock()
+            .await
+            .insert((org, user), (token.to_owned(), key.clone()));
+        Ok(())
+    }
+    async fn get(&self, org: OrgId, user: UserId) -> Result<Option<(String, Secret)>, StoreError> {
+        Ok(self.keys.lock().await.get(&(org, user)).cloned())
+    }
+    async fn remove(&self, org: OrgId, user: UserId) -> Result<(), StoreError> {
+        self.keys.lock().await.remove(&(org, user));
+        Ok(())
+    }
+}
