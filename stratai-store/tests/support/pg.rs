@@ -1,0 +1,368 @@
+//! PostgreSQL test harness: one fresh, migrated database per test, served by a real app role.
+//!
+//! Which server:
+//! 1. `DATABASE_URL` when set (a role that may create databases and roles, e.g. `postgres`);
+//! 2. else `postgres://postgres@127.0.0.1:5432/postgres` when that port answers;
+//! 3. else a throwaway cluster started with the `initdb`/`pg_ctl` found on `PATH` or in
+//!    `/usr/lib/postgresql/*/bin`, in `$TMPDIR/stratai-test-pg` on a free port (reused by
+//!    later runs; stop it with `pg_ctl -D $TMPDIR/stratai-test-pg/data stop`);
+//! 4. else the test prints why it cannot run and is skipped — under `CI=true` it panics instead,
+//!    so CI never passes by doing nothing.
+//!
+//! Each test gets its own database `stratai_test_<time>_<random>`, owned by the non-superuser
+//! role `stratai_test_owner` that runs the migrations; the store connects as `stratai_test_app`
+//! (`NOSUPERUSER NOBYPASSRLS`, owns nothing), set up with `PgStore::setup_app_role`. Databases
+//! of earlier runs older than an hour are dropped on first use. Dropping a [`PgTestDb`]
+//! drops its database.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use stratai_store::{PgOptions, PgStore};
+use tokio::sync::OnceCell;
+
+/// The role owning the test databases and running migrations.
+pub const OWNER_ROLE: &str = "stratai_test_owner";
+/// The serving role the stores connect as.
+pub const APP_ROLE: &str = "stratai_test_app";
+const ROLE_PASSWORD: &str = "stratai-test";
+
+/// A fresh database with a store connected as the app role.
+pub struct PgTestDb {
+    /// The store (app role).
+    pub store: PgStore,
+    /// Database name.
+    pub name: String,
+    /// Admin (superuser) URL of the database.
+    pub admin_url: String,
+    /// Owner role URL of the database.
+    pub owner_url: String,
+    /// App role URL of the database.
+    pub app_url: String,
+    server_admin_url: String,
+    keep: bool,
+}
+
+impl PgTestDb {
+    /// Another store on the same database (e.g. with a different pool size).
+    pub async fn connect(&self, options: PgOptions) -> PgStore {
+        PgStore::connect_with(&self.app_url, options)
+            .await
+            .expect("connect as the app role")
+    }
+
+    /// A plain connection as the app role.
+    pub async fn app_connection(&self) -> PgConnection {
+        PgConnection::connect(&self.app_url)
+            .await
+            .expect("app connection")
+    }
+
+    /// A plain connection as the admin (superuser).
+    pub async fn admin_connection(&self) -> PgConnection {
+        PgConnection::connect(&self.admin_url)
+            .await
+            .expect("admin connection")
+    }
+}
+
+impl Drop for PgTestDb {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        let admin = self.server_admin_url.clone();
+        let name = self.name.clone();
+        // Drop the database from a plain thread: this may run inside a runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                    let _ = sqlx::query("SELECT stratai_test_drop_database($1)")
+                        .bind(&name)
+                        .execute(&mut conn)
+                        .await;
+                    let _ = conn.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A fresh database and store, or `None` (with the reason printed) when no PostgreSQL is
+/// available and `CI` is not `true`. Under `CI=true` a missing server panics.
+pub async fn fresh_db() -> Option<PgTestDb> {
+    let admin = match server().await {
+        Ok(url) => url,
+        Err(reason) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("PostgreSQL is required under CI=true but unavailable: {reason}");
+            }
+            eprintln!("SKIPPED: no PostgreSQL for this test: {reason}");
+            return None;
+        }
+    };
+    Some(create_db(&admin).await)
+}
+
+/// A store on a fresh database migrated and connected as the app role (the conformance
+/// suite's entry point). `None` when PostgreSQL is unavailable and CI is not `true` (after
+/// printing why); panics when it is unavailable under `CI=true`. The database outlives the
+/// store: it is dropped by the stale-database sweep of a later run.
+pub async fn fresh_store() -> Option<PgStore> {
+    let mut db = fresh_db().await?;
+    db.keep = true;
+    Some(db.store.clone())
+}
+
+/// The admin URL of the server, found once per test process.
+async fn server() -> Result<String, String> {
+    static SERVER: OnceCell<Result<String, String>> = OnceCell::const_new();
+    SERVER
+        .get_or_init(|| async {
+            let url = find_server()?;
+            prepare_server(&url).await?;
+            Ok(url)
+        })
+        .await
+        .clone()
+}
+
+fn find_server() -> Result<String, String> {
+    if let Ok(url) = std::env::var("DATABASE_URL")
+        && !url.is_empty()
+    {
+        return Ok(url);
+    }
+    let local: SocketAddr = ([127, 0, 0, 1], 5432).into();
+    if TcpStream::connect_timeout(&local, Duration::from_millis(500)).is_ok() {
+        return Ok("postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    }
+    throwaway_cluster()
+        .map_err(|e| format!("DATABASE_URL is unset, nothing answers on 127.0.0.1:5432, and {e}"))
+}
+
+/// Roles and helper functions every test database needs, created once per server.
+async fn prepare_server(admin_url: &str) -> Result<(), String> {
+    let mut conn = PgConnection::connect(admin_url)
+        .await
+        .map_err(|e| format!("cannot connect to `{}`: {e}", redact(admin_url)))?;
+    // Concurrent test processes may race to create the roles: a duplicate is fine.
+    sqlx::raw_sql(
+        "DO $$ BEGIN
+             CREATE ROLE stratai_test_owner LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB
+                 NOCREATEROLE PASSWORD 'stratai-test';
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+         DO $$ BEGIN
+             CREATE ROLE stratai_test_app LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB
+                 NOCREATEROLE PASSWORD 'stratai-test';
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+         DO $$ BEGIN
+             CREATE FUNCTION stratai_test_drop_database(name TEXT) RETURNS VOID
+             LANGUAGE plpgsql AS $f$
+             BEGIN
+                 IF name LIKE 'stratai\\_test\\_%' THEN
+                     EXECUTE format('DROP DATABASE IF EXISTS %I WITH (FORCE)', name);
+                 END IF;
+             END $f$;
+         EXCEPTION WHEN duplicate_function OR unique_violation THEN NULL; END $$;",
+    )
+    .execute(&mut conn)
+    .await
+    .map_err(|e| format!("cannot prepare the test roles: {e}"))?;
+    drop_stale_databases(&mut conn).await;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Drops test databases left by runs more than an hour old (their name carries the time).
+async fn drop_stale_databases(conn: &mut PgConnection) {
+    let cutoff = now_secs().saturating_sub(3600);
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE datname LIKE 'stratai\\_test\\_%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap_or_default();
+    for name in names {
+        let created = name
+            .strip_prefix("stratai_test_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse::<u64>().ok());
+        if created.is_some_and(|secs| secs < cutoff) {
+            let _ = sqlx::query("SELECT stratai_test_drop_database($1)")
+                .bind(&name)
+                .execute(&mut *conn)
+                .await;
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn create_db(server_admin_url: &str) -> PgTestDb {
+    let name = format!(
+        "stratai_test_{}_{}",
+        now_secs(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut admin = PgConnection::connect(server_admin_url)
+        .await
+        .expect("admin connection");
+    // Identifiers can not be bound; the name is generated above from digits and hex only.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name} OWNER {OWNER_ROLE}"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("create the test database");
+    let _ = admin.close().await;
+
+    let base: PgConnectOptions = server_admin_url.parse().expect("admin url");
+    let admin_url = with_role(&base, None, &name);
+    let owner_url = with_role(&base, Some(OWNER_ROLE), &name);
+    let app_url = with_role(&base, Some(APP_ROLE), &name);
+
+    PgStore::migrate(&owner_url)
+        .await
+        .expect("migrate as owner");
+    PgStore::setup_app_role(&owner_url, APP_ROLE, None)
+        .await
+        .expect("grant the app role");
+    let store = PgStore::connect_with(
+        &app_url,
+        PgOptions {
+            max_connections: 8,
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .expect("connect as the app role");
+    PgTestDb {
+        store,
+        name,
+        admin_url,
+        owner_url,
+        app_url,
+        server_admin_url: server_admin_url.to_owned(),
+        keep: false,
+    }
+}
+
+/// The server's URL for `database`, as `role` (the admin's role when `None`).
+fn with_role(base: &PgConnectOptions, role: Option<&str>, database: &str) -> String {
+    let options = base.clone().database(database);
+    let options = match role {
+        Some(role) => options.username(role).password(ROLE_PASSWORD),
+        None => options,
+    };
+    options.to_url_lossy().to_string()
+}
+
+fn redact(url: &str) -> String {
+    match url.parse::<PgConnectOptions>() {
+        Ok(options) => format!(
+            "postgres://{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("")
+        ),
+        Err(_) => "<unparsable url>".to_owned(),
+    }
+}
+
+/// Starts (or reuses) a throwaway cluster; returns its admin URL.
+fn throwaway_cluster() -> Result<String, String> {
+    let bin = pg_bin_dir().ok_or("no initdb/pg_ctl on PATH or in /usr/lib/postgresql/*/bin")?;
+    let root = std::env::temp_dir().join("stratai-test-pg");
+    let data = root.join("data");
+    let port_file = root.join("port");
+    std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {root:?}: {e}"))?;
+    if let Some(port) = std::fs::read_to_string(&port_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<u16>().ok())
+    {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
+            return Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"));
+        }
+    }
+    if !data.join("PG_VERSION").exists() {
+        let out = Command::new(bin.join("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
+            .output()
+            .map_err(|e| format!("initdb did not run: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    let port = free_port().ok_or("no free port")?;
+    let out = Command::new(bin.join("pg_ctl"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-w", "-l"])
+        .arg(root.join("log"))
+        .arg("-o")
+        .arg(format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            root.display()
+        ))
+        .arg("start")
+        .output()
+        .map_err(|e| format!("pg_ctl did not run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    std::fs::write(&port_file, port.to_string()).map_err(|e| format!("{port_file:?}: {e}"))?;
+    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+}
+
+fn pg_bin_dir() -> Option<PathBuf> {
+    let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if has_tools(&dir) {
+                return Some(dir);
+            }
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|dir| has_tools(dir))
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn free_port() -> Option<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()
+        .map(|a| a.port())
+}
