@@ -333,10 +333,18 @@ impl fmt::Display for DenyReason {
             }
             DenyReason::NotAMember => f.write_str("not a member of the organization"),
             DenyReason::RequiresOrgAdmin { role } => {
-                write!(f, "requires an organization owner or admin, not {role:?}")
+                write!(
+                    f,
+                    "requires an organization owner or admin (role: {})",
+                    role.as_str()
+                )
             }
             DenyReason::RequiresOwner { role } => {
-                write!(f, "requires an organization owner, not {role:?}")
+                write!(
+                    f,
+                    "requires an organization owner (role: {})",
+                    role.as_str()
+                )
             }
             DenyReason::NotSelf => f.write_str("only the member themself or an admin may do this"),
             DenyReason::NotGroupLead => {

@@ -709,6 +709,66 @@ impl UserProfile {
     }
 }
 
+impl InvitationStatus {
+    /// The status' name: `pending`, `accepted`, `expired`, `revoked`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvitationStatus::Pending => "pending",
+            InvitationStatus::Accepted => "accepted",
+            InvitationStatus::Expired => "expired",
+            InvitationStatus::Revoked => "revoked",
+        }
+    }
+}
+
+impl OrgRole {
+    /// The role's name: `owner`, `admin`, `member`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrgRole::Owner => "owner",
+            OrgRole::Admin => "admin",
+            OrgRole::Member => "member",
+        }
+    }
+}
+
+impl GroupRole {
+    /// The role's name: `lead`, `member`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupRole::Lead => "lead",
+            GroupRole::Member => "member",
+        }
+    }
+}
+
+impl PlatformRole {
+    /// The role's name: `super_admin`, `user`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlatformRole::SuperAdmin => "super_admin",
+            PlatformRole::User => "user",
+        }
+    }
+}
+
+impl BillingPlan {
+    /// The plan's name: `trial`, `starter`, `business`, `enterprise`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillingPlan::Trial => "trial",
+            BillingPlan::Starter => "starter",
+            BillingPlan::Business => "business",
+            BillingPlan::Enterprise => "enterprise",
+        }
+    }
+}
+
 /// The slug of the internal pilot organization.
 pub const INTERNAL_ORG_SLUG: &str = "internal";
 
@@ -780,7 +840,7 @@ pub struct InvitationRequest {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InvitationError {
     /// The invitation was already accepted, revoked or expired.
-    #[error("the invitation is {status:?}, not pending")]
+    #[error("the invitation is {}, not pending", .status.as_str())]
     NotPending {
         /// Its status.
         status: InvitationStatus,
