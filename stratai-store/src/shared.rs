@@ -10,7 +10,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use stratai_core::budget::{Budget, BudgetPeriod, BudgetRefusal};
-use stratai_core::directory::{Invitation, InvitationStatus, Membership, Organization, User};
+use stratai_core::directory::{Invitation, Membership, Organization, User};
 use stratai_core::ports::RuleRecord;
 use stratai_core::usage::{AggregateRow, Dimension, DimensionValue, UsageQuery, UsageRecord};
 use stratai_core::{Money, StoreError, ValidationError};
@@ -243,33 +243,20 @@ pub(crate) fn check_rule(rule: &RuleRecord) -> Result<(), StoreError> {
     }
 }
 
-/// Whether `user` may accept `invitation` at `now`: pending, not expired, sent to the user's
-/// address. Refusals are conflicts (the invitation's state forbids it).
-pub(crate) fn check_acceptance(
+/// Core's acceptance transition ([`Invitation::accept`]) applied to a copy of `invitation`:
+/// the invitation after it (accepted, or marked expired when it was due) and the outcome.
+/// Refusals are conflicts: the invitation's state forbids them. A store persists an expiry
+/// even when it refuses, and an acceptance only together with the membership it creates.
+pub(crate) fn accept_invitation(
     invitation: &Invitation,
     user: &User,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    if invitation.status != InvitationStatus::Pending {
-        return Err(StoreError::Conflict(format!(
-            "invitation `{}` is {}",
-            invitation.id,
-            enum_text(&invitation.status)?
-        )));
-    }
-    if now >= invitation.expires_at {
-        return Err(StoreError::Conflict(format!(
-            "invitation `{}` expired at {}",
-            invitation.id, invitation.expires_at
-        )));
-    }
-    if invitation.email != user.email {
-        return Err(StoreError::Conflict(format!(
-            "invitation `{}` was sent to another address than `{}`",
-            invitation.id, user.email
-        )));
-    }
-    Ok(())
+) -> (Invitation, Result<(), StoreError>) {
+    let mut after = invitation.clone();
+    let outcome = after
+        .accept(&user.email, now)
+        .map_err(|err| StoreError::Conflict(format!("invitation `{}`: {err}", invitation.id)));
+    (after, outcome)
 }
 
 /// Whether an organization update changes nothing but what the LiteLLM sync writes back

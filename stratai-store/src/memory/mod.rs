@@ -768,7 +768,13 @@ impl DirectoryStore for MemoryStore {
             .find(|i| i.token_hash == token_hash)
             .cloned()
             .ok_or_else(|| StoreError::not_found("invitation", "token"))?;
-        shared::check_acceptance(&invitation, user, now)?;
+        let (after, outcome) = shared::accept_invitation(&invitation, user, now);
+        if let Err(refusal) = outcome {
+            if after.status != invitation.status {
+                s.invitations.insert(after.id, after);
+            }
+            return Err(refusal);
+        }
         if !s.users.contains_key(&user.id) {
             return Err(StoreError::not_found("user", user.id));
         }
@@ -779,16 +785,7 @@ impl DirectoryStore for MemoryStore {
                 user.id
             )));
         }
-        let membership = Membership {
-            org_id: org,
-            user_id: user.id,
-            role: invitation.role,
-            allowed_tiers: None,
-            monthly_budget: None,
-            profile_id: invitation.profile_id,
-            litellm_key_id: None,
-            joined_at: now,
-        };
+        let membership = invitation.membership_for(user.id, now);
         s.members.insert((org, user.id), membership.clone());
         s.emit(org, OutboxEntity::Member(user.id), false);
         for group in &invitation.group_ids {
@@ -807,10 +804,7 @@ impl DirectoryStore for MemoryStore {
                 s.emit(org, OutboxEntity::Group(*group), false);
             }
         }
-        if let Some(stored) = s.invitations.get_mut(&invitation.id) {
-            stored.status = InvitationStatus::Accepted;
-            stored.accepted_at = Some(now);
-        }
+        s.invitations.insert(after.id, after);
         Ok(membership)
     }
 }

@@ -796,19 +796,21 @@ impl DirectoryStore for SqliteStore {
         .map_err(db)?
         .ok_or_else(|| StoreError::not_found("invitation", "token"))?;
         let invitation = invitation_from_row(&row)?;
-        shared::check_acceptance(&invitation, user, now)?;
+        let (after, outcome) = shared::accept_invitation(&invitation, user, now);
+        if let Err(refusal) = outcome {
+            if after.status == InvitationStatus::Expired {
+                sqlx::query("UPDATE invitations SET status = 'expired' WHERE id = ?")
+                    .bind(invitation.id.as_uuid())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+            }
+            return Err(refusal);
+        }
         require_row(&mut tx, USER_EXISTS, "user", user.id.as_uuid()).await?;
         let org = invitation.org_id;
-        let membership = Membership {
-            org_id: org,
-            user_id: user.id,
-            role: invitation.role,
-            allowed_tiers: None,
-            monthly_budget: None,
-            profile_id: invitation.profile_id,
-            litellm_key_id: None,
-            joined_at: now,
-        };
+        let membership = invitation.membership_for(user.id, now);
         sqlx::query(
             "INSERT INTO org_memberships (organization_id, user_id, role, profile_id, joined_at)
              VALUES (?, ?, ?, ?, ?)",

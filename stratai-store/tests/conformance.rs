@@ -1,0 +1,175 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
+//! The conformance suite: one body per behaviour (in `conformance/*.rs`), run against every
+//! backend by the `conformance!` macro below.
+//!
+//! Every body creates its own organizations, users, tiers (random slugs and model names) and
+//! only asserts on what it created, so the bodies also hold on one shared PostgreSQL database
+//! with tests running in parallel. Platform-wide reads (orgs, tiers, platform rules, outbox)
+//! are filtered to the test's own ids. Reservations of the suite expire in 2026 or later,
+//! except those of `ledger_reclaim_expired`, which lives in 2001, so its `reclaim_expired`
+//! never touches another test's reservations.
+//!
+//! Contract the backends share (and the memory backend defines):
+//! - lists are ordered by id (uuid byte order); members and group members by user id;
+//!   `memberships_of_user` by organization id; `groups_of_member` by group id; subscriptions
+//!   by tier id; tiers by `(sort_order, id)`; rules by `(priority desc, id)`; usage by
+//!   `(created_at, request_id)`; outbox by `seq` (dead letters newest first).
+//! - timestamps are stored to the microsecond; money exactly.
+//!
+//! PostgreSQL: the instantiation calls `fresh_store()` of the harness in `tests/support/pg.rs`:
+//! a fresh database migrated and served by a real app role; `None` (printed) when PostgreSQL
+//! is unavailable and CI is not `true`, a panic under `CI=true`.
+
+mod conformance {
+    pub mod directory;
+    pub mod fixtures;
+    pub mod ledger;
+    pub mod outbox;
+    pub mod rules;
+    pub mod tiers;
+    pub mod usage;
+}
+
+#[path = "support/pg.rs"]
+mod pg;
+
+use conformance::*;
+
+/// A backend under test and what must live as long as the test (a temporary file).
+pub struct Backend<S> {
+    pub store: S,
+    _cleanup: Option<TempFile>,
+}
+
+/// Removes a SQLite database file (and its WAL files) when dropped.
+pub struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = self.0.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+mod backends {
+    use super::{Backend, TempFile};
+    use stratai_store::{MemoryStore, SqliteStore};
+
+    pub async fn memory() -> Option<Backend<MemoryStore>> {
+        Some(Backend {
+            store: MemoryStore::new(),
+            _cleanup: None,
+        })
+    }
+
+    pub async fn sqlite() -> Option<Backend<SqliteStore>> {
+        let path =
+            std::env::temp_dir().join(format!("stratai-conformance-{}.db", uuid::Uuid::now_v7()));
+        let cleanup = TempFile(path.clone());
+        let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        Some(Backend {
+            store,
+            _cleanup: Some(cleanup),
+        })
+    }
+
+    pub async fn postgres() -> Option<Backend<stratai_store::PgStore>> {
+        let store = crate::pg::fresh_store().await?;
+        Some(Backend {
+            store,
+            _cleanup: None,
+        })
+    }
+}
+
+/// Instantiates every listed body for one backend.
+macro_rules! instantiate {
+    ($backend:ident: $($module:ident :: $name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(backend) = crate::backends::$backend().await else {
+                    return;
+                };
+                crate::$module::$name(backend.store.clone()).await;
+            }
+        )*
+    };
+}
+
+/// The suite: each body once per backend.
+macro_rules! conformance {
+    ($($module:ident :: $name:ident),* $(,)?) => {
+        mod memory {
+            instantiate!(memory: $($module::$name),*);
+        }
+        mod sqlite {
+            instantiate!(sqlite: $($module::$name),*);
+        }
+        mod postgres {
+            instantiate!(postgres: $($module::$name),*);
+        }
+    };
+}
+
+conformance! {
+    directory::org_create_get_find_list,
+    directory::org_slug_conflict,
+    directory::org_update_keeps_slug_and_creation,
+    directory::org_not_found,
+    directory::user_create_get_find_update,
+    directory::user_email_and_subject_conflict,
+    directory::member_add_get_list_update_remove,
+    directory::member_errors,
+    directory::member_cross_tenant,
+    directory::memberships_of_user_spans_orgs,
+    directory::group_crud,
+    directory::group_name_unique_per_org,
+    directory::group_cross_tenant,
+    directory::group_members,
+    directory::group_member_requires_same_org_membership,
+    directory::profiles,
+    directory::invitation_create_find_list_revoke,
+    directory::invitation_names_only_own_groups,
+    directory::invitation_accept_once,
+    directory::invitation_accept_refusals,
+    directory::invitation_accept_concurrent_single_use,
+    tiers::tier_upsert_get_list,
+    tiers::tier_model_and_slug_conflicts,
+    tiers::subscriptions,
+    rules::platform_rules,
+    rules::org_rules_crud_and_order,
+    rules::rules_cross_tenant,
+    rules::rule_validation,
+    ledger::budget_crud,
+    ledger::budget_cross_tenant,
+    ledger::reserve_settle_release,
+    ledger::reserve_all_or_nothing,
+    ledger::reserve_idempotent,
+    ledger::settle_idempotent_and_without_reservation,
+    ledger::settle_after_release_records_spend,
+    ledger::release_idempotent,
+    ledger::periods_start_at_zero,
+    ledger::soft_budget_never_refuses,
+    ledger::alerts_fire_once_per_period,
+    ledger::ledger_reclaim_expired,
+    ledger::concurrent_reservations_never_overspend,
+    usage::usage_append_idempotent,
+    usage::usage_append_all_or_nothing,
+    usage::usage_query_filters,
+    usage::usage_aggregate,
+    usage::usage_stream,
+    usage::usage_cross_tenant,
+    outbox::outbox_events_for_directory_changes,
+    outbox::outbox_delivery,
+}

@@ -1,0 +1,338 @@
+//! UsageStore: batched idempotent append, queries, aggregation, streamed export.
+
+use chrono::{Duration, NaiveDate};
+use futures::{StreamExt, TryStreamExt};
+use stratai_core::usage::{Dimension, DimensionValue, UsageQuery, UsageRecord, UsageTotals};
+use stratai_core::{ModelId, OrgId, RequestId, UserId};
+
+use super::fixtures::*;
+
+pub async fn usage_append_idempotent<S: Store>(store: S) {
+    let o = org(&store).await;
+    let u = member(&store, o.id).await;
+    let batch: Vec<UsageRecord> = (0..3)
+        .map(|i| record(o.id, u.id, now() + Duration::seconds(i), "0.01"))
+        .collect();
+    let outcome = store.append(o.id, &batch).await.unwrap();
+    assert_eq!((outcome.inserted, outcome.duplicates), (3, 0));
+    let mut more = batch.clone();
+    more.push(record(o.id, u.id, now(), "0.02"));
+    let outcome = store.append(o.id, &more).await.unwrap();
+    assert_eq!((outcome.inserted, outcome.duplicates), (1, 3));
+    // A request id twice within one batch counts once.
+    let twice = record(o.id, u.id, now(), "0.03");
+    let outcome = store
+        .append(o.id, &[twice.clone(), twice.clone()])
+        .await
+        .unwrap();
+    assert_eq!((outcome.inserted, outcome.duplicates), (1, 1));
+    assert_eq!(
+        store.get(o.id, batch[1].request_id).await.unwrap(),
+        batch[1]
+    );
+    assert_eq!(store.get(o.id, twice.request_id).await.unwrap(), twice);
+    assert_not_found(store.get(o.id, RequestId::new()).await);
+    let empty = store.append(o.id, &[]).await.unwrap();
+    assert_eq!((empty.inserted, empty.duplicates), (0, 0));
+}
+
+pub async fn usage_append_all_or_nothing<S: Store>(store: S) {
+    let a = org(&store).await;
+    let b = org(&store).await;
+    let ua = member(&store, a.id).await;
+    let ub = member(&store, b.id).await;
+    let gb = group(&store, b.id, "B's").await;
+    let good = record(a.id, ua.id, now(), "1");
+
+    let foreign = record(b.id, ub.id, now(), "1");
+    assert_tenant_mismatch(store.append(a.id, &[good.clone(), foreign]).await);
+    let mut in_b_group = record(a.id, ua.id, now(), "1");
+    in_b_group.group_id = Some(gb.id);
+    assert_not_found(store.append(a.id, &[good.clone(), in_b_group]).await);
+    let ghost_user = record(a.id, UserId::new(), now(), "1");
+    assert_not_found(store.append(a.id, &[good.clone(), ghost_user]).await);
+    let ghost = OrgId::new();
+    assert_not_found(
+        store
+            .append(ghost, &[record(ghost, ua.id, now(), "1")])
+            .await,
+    );
+    assert_not_found(store.get(a.id, good.request_id).await);
+    assert!(
+        store
+            .query(a.id, &UsageQuery::default(), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn usage_query_filters<S: Store>(store: S) {
+    let o = org(&store).await;
+    let u = member(&store, o.id).await;
+    let v = member(&store, o.id).await;
+    let g = group(&store, o.id, "G").await;
+    let t = tier(&store).await;
+    let mut records = Vec::new();
+    for i in 0..6i64 {
+        let mut r = record(
+            o.id,
+            if i % 2 == 0 { u.id } else { v.id },
+            now() + Duration::hours(i),
+            "0.5",
+        );
+        if i < 3 {
+            r.group_id = Some(g.id);
+            r.tier_id = Some(t.id);
+            r.model = t.models[0].clone();
+        }
+        records.push(r);
+    }
+    // Appended out of order: queries return oldest first.
+    let mut shuffled = records.clone();
+    shuffled.reverse();
+    store.append(o.id, &shuffled).await.unwrap();
+
+    let ids = |rs: Vec<UsageRecord>| rs.into_iter().map(|r| r.request_id).collect::<Vec<_>>();
+    let all = ids(records.clone());
+    assert_eq!(
+        ids(store
+            .query(o.id, &UsageQuery::default(), 100)
+            .await
+            .unwrap()),
+        all
+    );
+    assert_eq!(
+        ids(store.query(o.id, &UsageQuery::default(), 2).await.unwrap()),
+        all[..2]
+    );
+    let window = UsageQuery {
+        from: Some(now() + Duration::hours(1)),
+        to: Some(now() + Duration::hours(4)),
+        ..UsageQuery::default()
+    };
+    assert_eq!(
+        ids(store.query(o.id, &window, 100).await.unwrap()),
+        all[1..4]
+    );
+    let of_u = UsageQuery {
+        user_id: Some(u.id),
+        ..UsageQuery::default()
+    };
+    assert_eq!(
+        ids(store.query(o.id, &of_u, 100).await.unwrap()),
+        vec![all[0], all[2], all[4]]
+    );
+    let of_g = UsageQuery {
+        group_id: Some(g.id),
+        ..UsageQuery::default()
+    };
+    assert_eq!(ids(store.query(o.id, &of_g, 100).await.unwrap()), all[..3]);
+    let of_t = UsageQuery {
+        tier_id: Some(t.id),
+        user_id: Some(v.id),
+        ..UsageQuery::default()
+    };
+    assert_eq!(
+        ids(store.query(o.id, &of_t, 100).await.unwrap()),
+        vec![all[1]]
+    );
+    let of_m = UsageQuery {
+        model: Some(ModelId::new("claude-sonnet-4-5").unwrap()),
+        ..UsageQuery::default()
+    };
+    assert_eq!(ids(store.query(o.id, &of_m, 100).await.unwrap()), all[3..]);
+}
+
+pub async fn usage_aggregate<S: Store>(store: S) {
+    let o = org(&store).await;
+    let u = member(&store, o.id).await;
+    let v = member(&store, o.id).await;
+    let g = group(&store, o.id, "G").await;
+    let day1 = now();
+    let day2 = now() + Duration::days(1);
+    let mut r1 = record(o.id, u.id, day1, "0.1");
+    r1.group_id = Some(g.id);
+    let r2 = record(o.id, u.id, day2, "0.2");
+    let mut r3 = record(o.id, v.id, day2 + Duration::hours(1), "0.3");
+    r3.input_tokens = 7;
+    r3.output_tokens = 3;
+    r3.provider_cost = money("0.000001");
+    store.append(o.id, &[r1, r2, r3]).await.unwrap();
+
+    let total = store
+        .aggregate(o.id, &UsageQuery::default(), &[])
+        .await
+        .unwrap();
+    assert_eq!(total.len(), 1);
+    assert!(total[0].key.is_empty());
+    assert_eq!(
+        total[0].totals,
+        UsageTotals {
+            requests: 3,
+            input_tokens: 2_007,
+            output_tokens: 1_003,
+            provider_cost: money("0.002001"),
+            billed_amount: money("0.6"),
+        },
+        "sums are exact"
+    );
+
+    let by_user = store
+        .aggregate(o.id, &UsageQuery::default(), &[Dimension::User])
+        .await
+        .unwrap();
+    let mut users = [u.id, v.id];
+    users.sort();
+    assert_eq!(
+        by_user.iter().map(|r| r.key.clone()).collect::<Vec<_>>(),
+        users
+            .iter()
+            .map(|id| vec![DimensionValue::User(*id)])
+            .collect::<Vec<_>>(),
+        "rows come sorted by key"
+    );
+    let u_row = by_user
+        .iter()
+        .find(|r| r.key == vec![DimensionValue::User(u.id)])
+        .unwrap();
+    assert_eq!(u_row.totals.billed_amount, money("0.3"));
+    assert_eq!(u_row.totals.requests, 2);
+
+    let by_day_group = store
+        .aggregate(
+            o.id,
+            &UsageQuery::default(),
+            &[Dimension::Day, Dimension::Group],
+        )
+        .await
+        .unwrap();
+    let d1 = NaiveDate::from_ymd_opt(2026, 1, 15).unwrap();
+    let d2 = NaiveDate::from_ymd_opt(2026, 1, 16).unwrap();
+    let keys: Vec<_> = by_day_group.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            vec![DimensionValue::Day(d1), DimensionValue::Group(Some(g.id))],
+            vec![DimensionValue::Day(d2), DimensionValue::Group(None)],
+        ]
+    );
+    assert_eq!(by_day_group[1].totals.billed_amount, money("0.5"));
+
+    let filtered = store
+        .aggregate(
+            o.id,
+            &UsageQuery {
+                from: Some(day2),
+                ..UsageQuery::default()
+            },
+            &[
+                Dimension::Org,
+                Dimension::Model,
+                Dimension::Endpoint,
+                Dimension::Tier,
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(filtered.len(), 1);
+    assert_eq!(
+        filtered[0].key,
+        vec![
+            DimensionValue::Org(o.id),
+            DimensionValue::Model(ModelId::new("claude-sonnet-4-5").unwrap()),
+            DimensionValue::Endpoint("chat".to_owned()),
+            DimensionValue::Tier(None),
+        ]
+    );
+    assert_eq!(filtered[0].totals.requests, 2);
+}
+
+pub async fn usage_stream<S: Store>(store: S) {
+    let o = org(&store).await;
+    let u = member(&store, o.id).await;
+    let v = member(&store, o.id).await;
+    // More than two pages, with pairs sharing a timestamp (the cursor breaks ties by id).
+    let records: Vec<UsageRecord> = (0..1_234i64)
+        .map(|i| {
+            record(
+                o.id,
+                if i % 3 == 0 { v.id } else { u.id },
+                now() + Duration::seconds(i / 2),
+                "0.001",
+            )
+        })
+        .collect();
+    store.append(o.id, &records).await.unwrap();
+    let mut expected = records.clone();
+    expected.sort_by_key(|r| (r.created_at, r.request_id));
+
+    // The stream owns what it needs: it outlives the handle it came from.
+    let handle = store.clone();
+    let stream = handle.stream(o.id, UsageQuery::default());
+    drop(handle);
+    let streamed: Vec<UsageRecord> = stream.try_collect().await.unwrap();
+    assert_eq!(streamed.len(), expected.len());
+    assert!(streamed == expected, "every record once, oldest first");
+
+    let of_v: Vec<RequestId> = store
+        .stream(
+            o.id,
+            UsageQuery {
+                user_id: Some(v.id),
+                ..UsageQuery::default()
+            },
+        )
+        .map(|r| r.unwrap().request_id)
+        .collect()
+        .await;
+    let expected_v: Vec<RequestId> = expected
+        .iter()
+        .filter(|r| r.user_id == v.id)
+        .map(|r| r.request_id)
+        .collect();
+    assert_eq!(of_v, expected_v);
+    // The sum over the export equals the aggregate.
+    let total = store
+        .aggregate(o.id, &UsageQuery::default(), &[])
+        .await
+        .unwrap();
+    assert_eq!(total[0].totals.billed_amount, money("1.234"));
+}
+
+pub async fn usage_cross_tenant<S: Store>(store: S) {
+    let a = org(&store).await;
+    let b = org(&store).await;
+    let ua = member(&store, a.id).await;
+    let ub = member(&store, b.id).await;
+    let ra = record(a.id, ua.id, now(), "5");
+    store.append(a.id, std::slice::from_ref(&ra)).await.unwrap();
+    assert_not_found(store.get(b.id, ra.request_id).await);
+    assert!(
+        store
+            .query(b.id, &UsageQuery::default(), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .aggregate(b.id, &UsageQuery::default(), &[Dimension::User])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let streamed: Vec<UsageRecord> = store
+        .stream(b.id, UsageQuery::default())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(streamed.is_empty());
+    // The same request id in B is B's own record: A's existence is not revealed.
+    let mut rb = record(b.id, ub.id, now(), "7");
+    rb.request_id = ra.request_id;
+    let outcome = store.append(b.id, &[rb.clone()]).await.unwrap();
+    assert_eq!((outcome.inserted, outcome.duplicates), (1, 0));
+    assert_eq!(store.get(b.id, ra.request_id).await.unwrap(), rb);
+    assert_eq!(store.get(a.id, ra.request_id).await.unwrap(), ra);
+}
