@@ -96,7 +96,13 @@ impl AlertSink {
     /// The sink configured by `STRATAI_ALERT_WEBHOOK_URL` (log only when unset or invalid).
     #[must_use]
     pub fn from_env() -> Self {
-        let webhook = std::env::var("STRATAI_ALERT_WEBHOOK_URL")
+        Self::new(Self::webhook_from_env())
+    }
+
+    /// The webhook named by `STRATAI_ALERT_WEBHOOK_URL`, if it is a valid http(s) URL.
+    #[must_use]
+    pub fn webhook_from_env() -> Option<Url> {
+        std::env::var("STRATAI_ALERT_WEBHOOK_URL")
             .ok()
             .filter(|v| !v.trim().is_empty())
             .and_then(|v| match Url::parse(v.trim()) {
@@ -107,8 +113,7 @@ impl AlertSink {
                     );
                     None
                 }
-            });
-        Self::new(webhook)
+            })
     }
 
     /// Emits each alert not yet emitted for its budget and period; returns how many were new.

@@ -1,0 +1,239 @@
+//! `GET|POST /api/explain`: the what-if decision for a user, a model and a time, with
+//! reasons, and no side effects (nothing reserved, no rate-limit token taken).
+//!
+//! Query (GET) or JSON body (POST): `user` (id or email; default: the caller), `model`, `at`
+//! (RFC 3339; default: now), `org` (id or slug; or the `x-stratai-org` header). A member may
+//! ask about themself; an organization's owners and admins and platform super admins may ask
+//! about anyone in the organization.
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use stratai_core::directory::{Email, OrgRole};
+use stratai_core::gateway::{ChatMessage, ChatRequest};
+use stratai_core::ids::{ModelId, UserId};
+use stratai_core::money::Money;
+
+use super::error::OpenAiError;
+use super::pipeline::{BudgetView, DEFAULT_OUTPUT_CAP, Refusal, billed_cost, prompt_token_bound};
+use super::{GatewayState, authenticate, org_header, refusal_error};
+
+/// The question.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainQuery {
+    /// User id or email (default: the caller).
+    pub user: Option<String>,
+    /// Model id.
+    pub model: String,
+    /// Instant (default: now).
+    pub at: Option<DateTime<Utc>>,
+    /// Organization id or slug (default: `x-stratai-org`, then the user's only organization).
+    pub org: Option<String>,
+    /// Output tokens to assume for the worst-case cost (default: 4096).
+    pub max_tokens: Option<u32>,
+}
+
+/// The answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Explanation {
+    /// `allow`, `warn` or `deny`.
+    pub outcome: &'static str,
+    /// Organization id.
+    pub org_id: String,
+    /// User id.
+    pub user_id: String,
+    /// Model.
+    pub model: String,
+    /// Tier of the model, when it has one.
+    pub tier: Option<String>,
+    /// The instant decided for.
+    pub at: DateTime<Utc>,
+    /// Every reason, in order (the first decides a denial).
+    pub reasons: Vec<String>,
+    /// What to do about a denial.
+    pub hint: Option<String>,
+    /// The worst-case cost a request would reserve.
+    pub worst_case_cost: Option<Money>,
+    /// The budgets that would apply, at `at`.
+    pub budgets: Vec<BudgetView>,
+}
+
+pub(super) async fn explain_get(
+    State(state): State<GatewayState>,
+    method: Method,
+    headers: HeaderMap,
+    query: Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            return OpenAiError::invalid("invalid_request", None, e.body_text()).into_response();
+        }
+    };
+    explain(state, method, headers, query)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(super) async fn explain_post(
+    State(state): State<GatewayState>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query = match crate::extract::parse_json::<ExplainQuery>(&body) {
+        Ok(q) => q,
+        Err(e) => return OpenAiError::from(e).into_response(),
+    };
+    explain(state, method, headers, query)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn explain(
+    state: GatewayState,
+    method: Method,
+    headers: HeaderMap,
+    q: ExplainQuery,
+) -> Result<Response, OpenAiError> {
+    let principal = authenticate(&state, &method, &headers).await?;
+    let caller = UserId::from_uuid(principal.user_id);
+    let pipeline = &state.pipeline;
+    let dir = &pipeline.deps().directory;
+    let subject = match q.user.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => caller,
+        Some(text) => match text.parse::<UserId>() {
+            Ok(id) => id,
+            Err(_) => {
+                let email = Email::new(text).map_err(|e| {
+                    OpenAiError::invalid("invalid_request", Some("user"), e.to_string())
+                })?;
+                match dir.find_user_by_email(&email).await {
+                    Ok(Some(u)) => u.id,
+                    Ok(None) => return Err(not_found()),
+                    Err(e) => return Err(OpenAiError::internal(e)),
+                }
+            }
+        },
+    };
+    let requested_org = q.org.clone().or_else(|| org_header(&headers));
+    // The organization is chosen from the caller's side, so nobody learns about others' orgs.
+    let org = pipeline
+        .choose_org(caller, requested_org.as_deref())
+        .await
+        .map_err(refusal_error)?;
+    if subject != caller && !principal.super_admin {
+        let role = dir
+            .get_member(org.id, caller)
+            .await
+            .map(|m| m.role)
+            .map_err(|_| not_found())?;
+        if !matches!(role, OrgRole::Owner | OrgRole::Admin) {
+            return Err(OpenAiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "forbidden",
+                "only the organization's owners and admins may explain decisions for others",
+            ));
+        }
+    }
+    let view = match pipeline.member_view(org, subject).await {
+        Ok(v) => v,
+        Err(Refusal::Organization { .. }) => return Err(not_found()),
+        Err(r) => return Err(refusal_error(r)),
+    };
+    let at = q.at.unwrap_or_else(Utc::now);
+    let model = ModelId::new(q.model.clone())
+        .map_err(|e| OpenAiError::invalid("invalid_request", Some("model"), e.to_string()))?;
+    let mut out = Explanation {
+        outcome: "allow",
+        org_id: view.org.id.to_string(),
+        user_id: subject.to_string(),
+        model: q.model.clone(),
+        tier: None,
+        at,
+        reasons: Vec::new(),
+        hint: None,
+        worst_case_cost: None,
+        budgets: Vec::new(),
+    };
+    match view.check(&model) {
+        Err(denial) => {
+            out.outcome = "deny";
+            out.reasons.push(denial.message());
+            out.hint = denial.hint();
+        }
+        Ok(grant) => {
+            out.tier = Some(grant.tier_slug.to_string());
+            out.reasons.push(format!(
+                "model `{model}` is in the accessible {} tier",
+                grant.tier_slug
+            ));
+            if let Some(tier) = view.catalog.get(grant.tier_id) {
+                let probe = ChatRequest {
+                    model: q.model.clone(),
+                    messages: vec![ChatMessage {
+                        role: "user".to_owned(),
+                        content: String::new(),
+                    }],
+                    max_tokens: None,
+                    temperature: None,
+                    stream: false,
+                    user: None,
+                };
+                let worst = billed_cost(
+                    tier,
+                    0,
+                    prompt_token_bound(&probe)
+                        + u64::from(q.max_tokens.unwrap_or(DEFAULT_OUTPUT_CAP)),
+                );
+                out.worst_case_cost = Some(worst);
+                out.budgets = pipeline
+                    .budget_views(&view, grant.tier_id, at)
+                    .await
+                    .map_err(OpenAiError::internal)?;
+                for b in &out.budgets {
+                    let exhausted = b.remaining < worst;
+                    if exhausted && b.hard_limit {
+                        out.outcome = "deny";
+                        out.reasons.push(format!(
+                            "the {} budget (hard) has {} left of {}, below the worst-case cost {}",
+                            b.scope_name, b.remaining, b.limit, worst
+                        ));
+                        out.hint.get_or_insert_with(|| {
+                            "ask an organization admin to raise the budget, or wait for the next period"
+                                .to_owned()
+                        });
+                    } else if exhausted {
+                        if out.outcome == "allow" {
+                            out.outcome = "warn";
+                        }
+                        out.reasons.push(format!(
+                            "the {} budget (soft) has {} left of {}: the request goes through with a warning",
+                            b.scope_name, b.remaining, b.limit
+                        ));
+                    } else {
+                        out.reasons.push(format!(
+                            "the {} budget has {} left of {}",
+                            b.scope_name, b.remaining, b.limit
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(axum::Json(out).into_response())
+}
+
+fn not_found() -> OpenAiError {
+    OpenAiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+        "not_found",
+        "no such member in this organization",
+    )
+}

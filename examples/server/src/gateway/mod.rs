@@ -1,0 +1,489 @@
+//! The governed OpenAI-compatible gateway: `POST /v1/chat/completions` (JSON and SSE),
+//! `GET /v1/models`, `GET|POST /api/explain`, and `GET /metrics`.
+//!
+//! Authentication is the admin API's (bearer token or session). A member of several
+//! organizations picks one with the `x-stratai-org` header (id or slug); otherwise their only
+//! organization is used. Every answer carries `x-stratai-request-id`; complete answers carry
+//! `x-stratai-billed-cost`; warnings (soft budgets) come in `x-stratai-warnings`. A streamed
+//! answer reports its billed cost in a final SSE comment line
+//! (`: stratai billed_cost=<amount> request_id=<id>`), which OpenAI clients ignore.
+//!
+//! Errors follow OpenAI's `{"error": {"message", "type", "code", "param"}}` shape (see
+//! [`error::OpenAiError`]).
+
+pub mod error;
+pub mod explain;
+pub mod litellm;
+pub mod pipeline;
+pub mod setup;
+mod stream;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRef, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use stratai_core::gateway::{CallContext, ChatRequest, GatewayError};
+use stratai_core::ids::{RequestId, UserId};
+use stratai_core::ports::LlmGateway;
+
+use crate::auth::Auth;
+use crate::auth::identity::Principal;
+use crate::metrics::{self, ReasonKind};
+use error::OpenAiError;
+use pipeline::{Ending, Pipeline, Refusal};
+
+/// Response header: StratAI's request id (the usage record's key).
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-stratai-request-id");
+/// Response header: the billed cost of a complete answer, in dollars.
+pub const BILLED_COST_HEADER: HeaderName = HeaderName::from_static("x-stratai-billed-cost");
+/// Response header: warnings, `; `-separated.
+pub const WARNINGS_HEADER: HeaderName = HeaderName::from_static("x-stratai-warnings");
+/// Request header: the organization to act in (id or slug).
+pub const ORG_HEADER: &str = "x-stratai-org";
+
+/// What the gateway routes share.
+#[derive(Clone)]
+pub struct GatewayState {
+    /// Authentication (the admin API's).
+    pub auth: Arc<Auth>,
+    /// The governed pipeline.
+    pub pipeline: Pipeline,
+    /// The LLM provider (LiteLLM or the offline demo).
+    pub llm: Arc<dyn LlmGateway>,
+    /// Provider label for metrics (`litellm`, `demo`).
+    pub provider: &'static str,
+}
+
+impl std::fmt::Debug for GatewayState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayState")
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FromRef<GatewayState> for Arc<Auth> {
+    fn from_ref(state: &GatewayState) -> Self {
+        state.auth.clone()
+    }
+}
+
+/// The gateway's routes, ready to merge into the application router (any state).
+pub fn router<S>(state: GatewayState) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(list_models))
+        .route(
+            "/api/explain",
+            get(explain::explain_get).post(explain::explain_post),
+        )
+        .route("/metrics", get(metrics::serve_metrics))
+        .with_state(state)
+}
+
+/// The gateway's routes when the gateway is configured, else no routes.
+pub fn maybe_router<S>(state: Option<GatewayState>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    state.map_or_else(Router::new, router)
+}
+
+/// Authenticates in the OpenAI error shape.
+pub(crate) async fn authenticate(
+    state: &GatewayState,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+) -> Result<Principal, OpenAiError> {
+    state
+        .auth
+        .authenticate(method, headers)
+        .await
+        .map_err(|e| OpenAiError::from(crate::error::ApiError::from(e)))
+}
+
+pub(crate) fn org_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(ORG_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Maps a refusal to its OpenAI-shaped answer.
+pub(crate) fn refusal_error(refusal: Refusal) -> OpenAiError {
+    match refusal {
+        Refusal::Organization {
+            must_choose,
+            message,
+        } => {
+            if must_choose {
+                OpenAiError::invalid("organization_required", Some(ORG_HEADER), message)
+            } else {
+                OpenAiError::new(
+                    StatusCode::FORBIDDEN,
+                    "permission_error",
+                    "not_a_member",
+                    message,
+                )
+            }
+        }
+        Refusal::ModelDenied(denial) => {
+            let hint = denial.hint();
+            let message = match &hint {
+                Some(h) => format!("{}. {h}", denial.message()),
+                None => denial.message(),
+            };
+            let status = match denial.reason {
+                stratai_core::tiers::DenialReason::UnknownModel => StatusCode::NOT_FOUND,
+                _ => StatusCode::FORBIDDEN,
+            };
+            let code = if status == StatusCode::NOT_FOUND {
+                "model_not_found"
+            } else {
+                "model_access_denied"
+            };
+            let kind = if status == StatusCode::NOT_FOUND {
+                "invalid_request_error"
+            } else {
+                "permission_error"
+            };
+            let mut e = OpenAiError::new(status, kind, code, message)
+                .with("reason", &denial.reason)
+                .with("upgrade_hint", denial.upgrade_hint().or(hint));
+            e.param = Some("model".to_owned());
+            e
+        }
+        Refusal::Blocked(decision) => blocked_error(&decision),
+        Refusal::RateLimited(decision) => {
+            let reason = decision
+                .blocking_reasons()
+                .next()
+                .map_or_else(|| "rate limit reached".to_owned(), ToString::to_string);
+            let mut e = OpenAiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                reason,
+            )
+            .with("reasons", reasons_of(&decision));
+            e.retry_after_secs = decision.retry_after.map(|d| d.as_secs().max(1));
+            e
+        }
+        Refusal::Budget {
+            refusal,
+            scope_name,
+        } => {
+            let message = format!(
+                "the {scope_name} budget is exhausted: {} left of {}, this request may cost up to {}",
+                refusal.remaining, refusal.limit, refusal.requested
+            );
+            OpenAiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                "insufficient_quota",
+                message,
+            )
+            .with("scope", metrics::scope_label(&refusal.scope))
+            .with("scope_name", scope_name)
+            .with("budget_id", refusal.budget_id)
+            .with("limit", refusal.limit)
+            .with("remaining", refusal.remaining)
+            .with("requested", refusal.requested)
+        }
+        Refusal::BadRequest { param, message } => {
+            OpenAiError::invalid("invalid_request", Some(param), message)
+        }
+        Refusal::Internal(detail) => OpenAiError::internal(detail),
+    }
+}
+
+fn reasons_of(decision: &stratai_guardrails::Decision) -> Vec<serde_json::Value> {
+    decision
+        .reasons
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "rule_id": r.rule_id,
+                "rule": r.rule_name,
+                "level": r.level.as_str(),
+                "type": r.rule_type.as_str(),
+                "action": stratai_guardrails::rule::action_str(r.action),
+                "message": r.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// A guardrail block, naming the deciding rule.
+pub(crate) fn blocked_error(decision: &stratai_guardrails::Decision) -> OpenAiError {
+    let first = decision.blocking_reasons().next();
+    let message = first.map_or_else(|| "blocked by a guardrail".to_owned(), ToString::to_string);
+    OpenAiError::new(
+        StatusCode::FORBIDDEN,
+        "permission_error",
+        "guardrail_blocked",
+        message,
+    )
+    .with("rule", first.map(|r| r.rule_name.clone()))
+    .with("rule_id", first.map(|r| r.rule_id))
+    .with("reasons", reasons_of(decision))
+}
+
+/// Maps an upstream failure (after which the reservation was released).
+pub(crate) fn upstream_error(e: &GatewayError) -> OpenAiError {
+    match e {
+        GatewayError::RateLimited { retry_after_secs } => {
+            let mut err = OpenAiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "upstream_rate_limited",
+                "the upstream provider is rate limiting; retry later",
+            );
+            err.retry_after_secs = *retry_after_secs;
+            err
+        }
+        GatewayError::BadRequest(m) => {
+            OpenAiError::invalid("upstream_bad_request", None, m.clone())
+        }
+        GatewayError::Refused(m) => OpenAiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "upstream_refused",
+            m.clone(),
+        ),
+        GatewayError::BudgetExceeded(m) => OpenAiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "upstream_budget_exceeded",
+            m.clone(),
+        ),
+        GatewayError::NotProvisioned(m) => {
+            tracing::warn!(error = %m, "member not provisioned upstream");
+            OpenAiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "not_provisioned",
+                "your access to the model provider is not set up yet; retry shortly",
+            )
+        }
+        GatewayError::Unavailable(m) => {
+            tracing::warn!(error = %m, "upstream unavailable");
+            OpenAiError::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                "upstream_unavailable",
+                "the model provider failed; nothing was billed",
+            )
+        }
+    }
+}
+
+/// A header value from free text (non-visible characters replaced).
+pub(crate) fn header_text(text: &str) -> HeaderValue {
+    let clean: String = text
+        .chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+fn parse_chat(body: &[u8]) -> Result<ChatRequest, OpenAiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize::<_, ChatRequest>(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let param = if path == "." {
+            None
+        } else {
+            Some(path.as_str())
+        };
+        let msg = inner.to_string();
+        let msg = msg
+            .rsplit_once(" at line ")
+            .map_or(msg.as_str(), |(m, _)| m);
+        OpenAiError::invalid(
+            "invalid_request",
+            param,
+            format!("invalid request body: {msg}"),
+        )
+    })
+}
+
+async fn chat_completions(
+    State(state): State<GatewayState>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match chat_inner(state, method, headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn chat_inner(
+    state: GatewayState,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, OpenAiError> {
+    let principal = authenticate(&state, &method, &headers).await?;
+    let request = parse_chat(&body)?;
+    let user = UserId::from_uuid(principal.user_id);
+    let request_id = RequestId::new();
+    let pipeline = &state.pipeline;
+    let org = pipeline
+        .choose_org(user, org_header(&headers).as_deref())
+        .await
+        .map_err(|r| refusal_error(r).for_request(request_id))?;
+    let view = pipeline
+        .member_view(org, user)
+        .await
+        .map_err(|r| refusal_error(r).for_request(request_id))?;
+    let admission = pipeline
+        .admit(&view, request, request_id)
+        .await
+        .map_err(|r| refusal_error(r).for_request(request_id))?;
+    let ctx = CallContext {
+        request_id,
+        org_id: admission.ticket.org_id,
+        user_id: user,
+    };
+    let mut out_headers = HeaderMap::new();
+    out_headers.insert(REQUEST_ID_HEADER, header_text(&request_id.to_string()));
+    if !admission.warnings.is_empty() {
+        out_headers.insert(WARNINGS_HEADER, header_text(&admission.warnings.join("; ")));
+    }
+    if admission.request.stream {
+        return stream::respond(state, ctx, admission, out_headers).await;
+    }
+    // The call and its settlement run in their own task: a client that goes away while the
+    // upstream works must not leave the reservation unsettled or the usage unrecorded.
+    let task_state = state.clone();
+    let task = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let result = task_state.llm.chat(&ctx, &admission.request).await;
+        metrics::record_upstream_latency(
+            task_state.provider,
+            if result.is_ok() { "ok" } else { "error" },
+            started.elapsed(),
+        );
+        match result {
+            Ok(mut answer) => {
+                // Post-response guardrails over the whole answer.
+                let ticket = &admission.ticket;
+                let mut blocked = None;
+                for choice in &mut answer.choices {
+                    let filtered = task_state.pipeline.deps().guardrails.filter_answer(
+                        &ticket.principal,
+                        Some(ticket.tier.id),
+                        &choice.message.content,
+                        chrono::Utc::now(),
+                    );
+                    match filtered.text {
+                        Some(text) => choice.message.content = text,
+                        None => blocked = Some(filtered.decision),
+                    }
+                }
+                let billed = task_state
+                    .pipeline
+                    .finish(
+                        &admission.ticket,
+                        Ending::Complete {
+                            usage: answer.usage,
+                            upstream_id: Some(answer.id.clone()),
+                        },
+                    )
+                    .await;
+                if let Some(decision) = blocked {
+                    metrics::record_decision("deny", ReasonKind::Guardrail);
+                    return Ok(Err((decision, billed)));
+                }
+                Ok(Ok((answer, billed)))
+            }
+            Err(e) => {
+                metrics::record_decision("deny", ReasonKind::Upstream);
+                task_state
+                    .pipeline
+                    .finish(&admission.ticket, Ending::Failed)
+                    .await;
+                Err(e)
+            }
+        }
+    });
+    let (answer, billed) = match task.await {
+        Ok(Ok(Ok(v))) => v,
+        Ok(Ok(Err((decision, billed)))) => {
+            let mut e = blocked_error(&decision).for_request(request_id);
+            e.detail.insert(
+                "billed_cost".to_owned(),
+                billed.amount.amount().to_string().into(),
+            );
+            return Err(e);
+        }
+        Ok(Err(e)) => return Err(upstream_error(&e).for_request(request_id)),
+        Err(e) => return Err(OpenAiError::internal(e).for_request(request_id)),
+    };
+    out_headers.insert(
+        BILLED_COST_HEADER,
+        header_text(&billed.amount.amount().to_string()),
+    );
+    Ok((StatusCode::OK, out_headers, axum::Json(answer)).into_response())
+}
+
+async fn list_models(
+    State(state): State<GatewayState>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let principal = authenticate(&state, &method, &headers).await?;
+        let user = UserId::from_uuid(principal.user_id);
+        let org = state
+            .pipeline
+            .choose_org(user, org_header(&headers).as_deref())
+            .await
+            .map_err(refusal_error)?;
+        let view = state
+            .pipeline
+            .member_view(org, user)
+            .await
+            .map_err(refusal_error)?;
+        let data: Vec<serde_json::Value> = view
+            .access
+            .accessible()
+            .flat_map(|t| {
+                t.models.iter().map(move |m| {
+                    serde_json::json!({
+                        "id": m.as_str(),
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "stratai",
+                        "tier": t.slug.as_str(),
+                    })
+                })
+            })
+            .collect();
+        Ok::<_, OpenAiError>(
+            (
+                [(header::CACHE_CONTROL, "no-store")],
+                axum::Json(serde_json::json!({ "object": "list", "data": data })),
+            )
+                .into_response(),
+        )
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}

@@ -1,0 +1,151 @@
+//! Building the gateway from the configuration: provider choice (LiteLLM when configured,
+//! otherwise the offline demo provider, announced at start), the usage spool, budget alerts,
+//! the guardrail engine and their background tasks.
+//!
+//! Environment (all optional):
+//! - `STRATAI_USAGE_SPOOL`: spool file (default `./.stratai/usage.spool`);
+//! - `STRATAI_ALERT_WEBHOOK_URL`: where budget alerts are POSTed (default: log only);
+//! - `STRATAI_DEMO_CHUNK_DELAY_MS`: pause between the demo provider's stream chunks.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stratai_core::ports::{LlmGateway, SystemClock};
+use stratai_guardrails::{Guardrails, Policy};
+use url::Url;
+
+use super::GatewayState;
+use super::litellm::LiteLlmProvider;
+use super::pipeline::{Pipeline, PipelineDeps};
+use crate::alerts::AlertSink;
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::demo_provider::{DemoConfig, DemoProvider};
+use crate::spool::Spool;
+use crate::stores::Stores;
+
+/// Gateway settings that are not in [`Config`].
+#[derive(Clone)]
+pub struct GatewayOptions {
+    /// The usage spool file.
+    pub spool_path: PathBuf,
+    /// Budget alert webhook.
+    pub alert_webhook: Option<Url>,
+    /// A provider to use instead of the configured one (tests, embedding).
+    pub llm: Option<(Arc<dyn LlmGateway>, &'static str)>,
+    /// Settings of the demo provider when it is used.
+    pub demo: DemoConfig,
+    /// How often the guardrail policy is recompiled from the store.
+    pub guardrail_reload: Duration,
+    /// How often the spool is replayed.
+    pub spool_replay: Duration,
+}
+
+impl std::fmt::Debug for GatewayOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayOptions")
+            .field("spool_path", &self.spool_path)
+            .field(
+                "alert_webhook",
+                &self.alert_webhook.as_ref().map(Url::as_str),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayOptions {
+    /// Options from the environment (see the module docs).
+    #[must_use]
+    pub fn from_env() -> Self {
+        let spool_path = std::env::var("STRATAI_USAGE_SPOOL")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .map_or_else(|| PathBuf::from("./.stratai/usage.spool"), PathBuf::from);
+        let delay = std::env::var("STRATAI_DEMO_CHUNK_DELAY_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        Self {
+            spool_path,
+            alert_webhook: AlertSink::webhook_from_env(),
+            llm: None,
+            demo: DemoConfig {
+                chunk_chars: 0,
+                chunk_delay: Duration::from_millis(delay),
+            },
+            guardrail_reload: Duration::from_secs(5),
+            spool_replay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Builds the gateway's state and starts its background tasks (spool replay, guardrail
+/// reload). Must run inside a Tokio runtime.
+pub async fn build_state(
+    config: &Config,
+    auth: Arc<Auth>,
+    stores: &Stores,
+    options: GatewayOptions,
+) -> Result<GatewayState, String> {
+    let (llm, provider): (Arc<dyn LlmGateway>, &'static str) = match (options.llm, &config.litellm)
+    {
+        (Some(given), _) => given,
+        (None, Some(l)) => {
+            let client = stratai_litellm::LiteLlmClient::new(stratai_litellm::ClientConfig::new(
+                l.url.as_str().trim_end_matches('/'),
+                stratai_litellm::Secret::new(l.master_key.expose()),
+            ))
+            .map_err(|e| format!("litellm client: {e}"))?;
+            tracing::info!(url = %l.url, "chat goes through the LiteLLM proxy with each member's virtual key");
+            (
+                Arc::new(LiteLlmProvider::with_provisioned_keys(client)),
+                "litellm",
+            )
+        }
+        (None, None) => {
+            tracing::warn!("{}", DemoProvider::banner());
+            (Arc::new(DemoProvider::new(options.demo)), "demo")
+        }
+    };
+    let spool = Arc::new(
+        Spool::open(&options.spool_path)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    if spool.pending() > 0 {
+        tracing::warn!(
+            pending = spool.pending(),
+            path = %options.spool_path.display(),
+            "usage records waiting in the spool; they will be replayed"
+        );
+    }
+    let pipeline = Pipeline::new(PipelineDeps {
+        directory: stores.directory.clone(),
+        tiers: stores.tiers.clone(),
+        ledger: stores.budgets.clone(),
+        usage: stores.usage.clone(),
+        spool: spool.clone(),
+        alerts: AlertSink::new(options.alert_webhook),
+        clock: Arc::new(SystemClock),
+        guardrails: Arc::new(Guardrails::new(Policy::empty())),
+        rules: stores.guardrails.clone(),
+    });
+    if let Err(e) = pipeline.reload_guardrails().await {
+        tracing::warn!(error = %e, "guardrail policy not loaded at start; running with the empty policy until the next reload");
+    }
+    pipeline.spawn_guardrail_reloader(options.guardrail_reload);
+    spool.spawn_replayer(
+        stores.budgets.clone(),
+        stores.usage.clone(),
+        options.spool_replay,
+    );
+    // Make the metrics recorder exist before the first request.
+    let _ = crate::metrics::handle();
+    Ok(GatewayState {
+        auth,
+        pipeline,
+        llm,
+        provider,
+    })
+}
