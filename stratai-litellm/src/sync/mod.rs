@@ -412,6 +412,9 @@ impl SyncEngine {
             metadata: Some(metadata.clone()),
             ..TeamUpdate::default()
         };
+        let models_changed = existing
+            .as_ref()
+            .is_some_and(|i| sorted(&i.team_info.models) != desired.models);
         let team = match existing {
             None => {
                 let create = TeamNew {
@@ -460,6 +463,12 @@ impl SyncEngine {
             match self.client.team_member_delete(&team_id, user).await {
                 Ok(_) | Err(LiteLlmError::BadRequest(_) | LiteLlmError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
+            }
+        }
+        if models_changed {
+            // The group's tiers bound its members' keys: push them too.
+            for user in &members {
+                Box::pin(self.sync_member(org_id, *user, None)).await?;
             }
         }
         Ok(Applied::Done)

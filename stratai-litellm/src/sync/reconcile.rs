@@ -337,9 +337,9 @@ impl SyncEngine {
     }
 
     /// Pulls LiteLLM's spend logs for `[from, to]` and compares them with `records` (StratAI's
-    /// usage records of the same window). LiteLLM rows are those of keys the sync manages
-    /// (and any row whose request id a record names); rows are written in batches, so leave
-    /// a lag of ~30 s before `to`.
+    /// usage records of the same window). LiteLLM rows are those of the managed keys of the
+    /// source's organizations (and any row whose request id a record names); rows are written
+    /// in batches, so leave a lag of ~30 s before `to`.
     pub async fn reconcile_spend(
         &self,
         records: &[UsageRecord],
@@ -351,12 +351,23 @@ impl SyncEngine {
             .client
             .spend_logs_range(&SpendLogsQuery::between(from, to))
             .await?;
+        let known: HashSet<String> = self
+            .source
+            .orgs()
+            .await?
+            .iter()
+            .map(|o| o.id.to_string())
+            .collect();
         let mut tokens: HashSet<String> = self
             .client
             .key_list(&KeyListQuery::default())
             .await?
             .into_iter()
-            .filter(|k| is_managed(k.metadata.as_ref()))
+            .filter(|k| {
+                is_managed(k.metadata.as_ref())
+                    && metadata_str(k.metadata.as_ref(), "stratai_org_id")
+                        .is_some_and(|o| known.contains(o))
+            })
             .filter_map(|k| k.token)
             .collect();
         for org in records.iter().map(|r| r.org_id).collect::<HashSet<_>>() {

@@ -67,3 +67,5 @@ where
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+pub mod fake;
