@@ -76,7 +76,13 @@ impl GuardrailStore for PgStore {
         .bind(micros(rule.created_at))
         .execute(&mut *conn)
         .await
-        .map_err(db)?;
+        .map_err(|e| match db(e) {
+            // The id is an organization's rule, which the platform path can not see.
+            StoreError::TenantMismatch(_) => {
+                StoreError::Conflict(format!("rule `{}` belongs to an organization", rule.id))
+            }
+            other => other,
+        })?;
         Ok(())
     }
 
@@ -95,8 +101,7 @@ impl GuardrailStore for PgStore {
         check_targets(&mut tx, rule).await?;
         let (level, _, scope_id) = rows::rule_scope_columns(&rule.scope);
         let action = enum_text(&rule.action)?;
-        // DO NOTHING never looks at a conflicting row of another tenant (or the platform);
-        // the update below then finds no row of this tenant: a conflict on the id.
+        // A conflicting row of this tenant is updated below; one it can not see is a conflict.
         let inserted = sqlx::query(concat!(
             "INSERT INTO guardrails (",
             rule_columns!(),
@@ -117,7 +122,14 @@ impl GuardrailStore for PgStore {
         .bind(micros(rule.created_at))
         .execute(&mut *tx)
         .await
-        .map_err(db)?;
+        .map_err(|e| match db(e) {
+            // The id is taken by a row this tenant can not see (another tenant's or a
+            // platform rule): PostgreSQL refuses with its row-level security error.
+            StoreError::TenantMismatch(_) => {
+                StoreError::Conflict(format!("rule id `{}` is in use", rule.id))
+            }
+            other => other,
+        })?;
         if inserted.rows_affected() == 0 {
             let updated = sqlx::query(
                 "UPDATE guardrails SET name = $3, description = $4, type = $5, config = $6,

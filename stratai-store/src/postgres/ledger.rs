@@ -12,7 +12,9 @@ use std::collections::{BTreeSet, HashMap};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
-use stratai_core::budget::{Budget, BudgetAlert, BudgetScope, BudgetState};
+use stratai_core::budget::{
+    Budget, BudgetOutcome, BudgetScope, BudgetState, PeriodWindow, evaluate_budgets,
+};
 use stratai_core::ports::{BudgetLedger, ReserveOutcome, ReserveRequest, SettleOutcome};
 use stratai_core::{BudgetId, Money, OrgId, RequestId, StoreError};
 use uuid::Uuid;
@@ -20,7 +22,7 @@ use uuid::Uuid;
 use super::rows::{self, get, money};
 use super::{PgStore, same_tenant};
 use crate::error::db;
-use crate::shared::{self, enum_text, micros, period_window};
+use crate::shared::{self, enum_text, micros};
 
 /// A budget-period row as read.
 struct PeriodRow {
@@ -30,12 +32,11 @@ struct PeriodRow {
     alert_sent: bool,
 }
 
-fn state(budget: &Budget, start: DateTime<Utc>, period: Option<&PeriodRow>) -> BudgetState {
-    let (_, window_end) = period_window(budget.period, start);
+fn state(budget: &Budget, window: PeriodWindow, period: Option<&PeriodRow>) -> BudgetState {
     BudgetState {
         budget: budget.clone(),
-        period_start: start,
-        period_end: period.map_or(window_end, |p| p.end),
+        period_start: window.start,
+        period_end: period.map_or(window.end, |p| p.end),
         spent: period.map_or(Money::ZERO, |p| p.spent),
         reserved: period.map_or(Money::ZERO, |p| p.reserved),
         alert_sent: period.is_some_and(|p| p.alert_sent),
@@ -123,13 +124,14 @@ async fn reservation_states(
     let items = reservation_items(conn, org, request).await?;
     let ids: Vec<Uuid> = items.iter().map(|(b, _)| b.as_uuid()).collect();
     let budgets = load_budgets(conn, &ids).await?;
-    let periods = load_periods(conn, &items).await?;
+    let keys: Vec<(BudgetId, DateTime<Utc>)> = items.iter().map(|(b, w)| (*b, w.start)).collect();
+    let periods = load_periods(conn, &keys).await?;
     Ok(items
         .iter()
         .filter_map(|key| {
             budgets
                 .get(&key.0)
-                .map(|b| state(b, key.1, periods.get(key)))
+                .map(|b| state(b, key.1, periods.get(&(key.0, key.1.start))))
         })
         .collect())
 }
@@ -138,10 +140,12 @@ async fn reservation_items(
     conn: &mut PgConnection,
     org: OrgId,
     request: RequestId,
-) -> Result<Vec<(BudgetId, DateTime<Utc>)>, StoreError> {
+) -> Result<Vec<(BudgetId, PeriodWindow)>, StoreError> {
     let found = sqlx::query(
-        "SELECT budget_id, period_start FROM budget_reservation_items
-         WHERE organization_id = $1 AND request_id = $2 ORDER BY budget_id",
+        "SELECT i.budget_id, p.period_start, p.period_end
+         FROM budget_reservation_items i
+         JOIN budget_periods p ON p.budget_id = i.budget_id AND p.period_start = i.period_start
+         WHERE i.organization_id = $1 AND i.request_id = $2 ORDER BY i.budget_id",
     )
     .bind(org.as_uuid())
     .bind(request.as_uuid())
@@ -152,7 +156,11 @@ async fn reservation_items(
         .iter()
         .map(|row| {
             let id: Uuid = get(row, "budget_id")?;
-            Ok((BudgetId::from_uuid(id), get(row, "period_start")?))
+            let window = PeriodWindow {
+                start: get(row, "period_start")?,
+                end: get(row, "period_end")?,
+            };
+            Ok((BudgetId::from_uuid(id), window))
         })
         .collect()
 }
@@ -161,10 +169,10 @@ async fn insert_items(
     conn: &mut PgConnection,
     org: OrgId,
     request: RequestId,
-    items: &[(BudgetId, DateTime<Utc>)],
+    items: &[(BudgetId, PeriodWindow)],
 ) -> Result<(), StoreError> {
     let ids: Vec<Uuid> = items.iter().map(|(b, _)| b.as_uuid()).collect();
-    let starts: Vec<DateTime<Utc>> = items.iter().map(|(_, s)| *s).collect();
+    let starts: Vec<DateTime<Utc>> = items.iter().map(|(_, w)| w.start).collect();
     sqlx::query(
         "INSERT INTO budget_reservation_items (organization_id, request_id, budget_id, period_start)
          SELECT $1, $2, k.budget_id, k.period_start
@@ -197,6 +205,20 @@ async fn lock_reservation(
     .map_err(db)?;
     row.map(|row| Ok((money(&row, "amount")?, get(&row, "status")?)))
         .transpose()
+}
+
+/// The organization's timezone for budget periods (UTC when unset).
+async fn org_tz(conn: &mut PgConnection, org: OrgId) -> Result<chrono_tz::Tz, StoreError> {
+    let name: Option<Option<String>> =
+        sqlx::query_scalar("SELECT settings->>'timezone' FROM organizations WHERE id = $1")
+            .bind(org.as_uuid())
+            .fetch_optional(conn)
+            .await
+            .map_err(db)?;
+    Ok(name
+        .flatten()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(chrono_tz::UTC))
 }
 
 /// Checks what a budget's scope names exists in the tenant.
@@ -268,7 +290,8 @@ impl PgStore {
         // Fixed order (by id), no duplicates: the order every ledger transaction locks in.
         let ids: BTreeSet<BudgetId> = request.budgets.iter().copied().collect();
         let uuids: Vec<Uuid> = ids.iter().map(|b| b.as_uuid()).collect();
-        let budgets = resolve(&load_budgets(&mut tx, &uuids).await?, ids)?;
+        let budgets = resolve(&load_budgets(&mut tx, &uuids).await?, ids.iter().copied())?;
+        let tz = org_tz(&mut tx, org).await?;
         // The reservation row first: a concurrent reservation of the same request waits here
         // and then sees this one.
         let inserted = sqlx::query(
@@ -291,7 +314,7 @@ impl PgStore {
         let mut states = Vec::with_capacity(budgets.len());
         let mut items = Vec::with_capacity(budgets.len());
         for budget in &budgets {
-            let (start, end) = period_window(budget.period, request.now);
+            let window = budget.period.window(request.now, tz);
             let row = sqlx::query(
                 "INSERT INTO budget_periods
                      (organization_id, budget_id, period_start, period_end, reserved)
@@ -306,8 +329,8 @@ impl PgStore {
             )
             .bind(org.as_uuid())
             .bind(budget.id.as_uuid())
-            .bind(start)
-            .bind(end)
+            .bind(window.start)
+            .bind(window.end)
             .bind(request.amount.amount())
             .bind(budget.hard_limit)
             .bind(budget.limit.amount())
@@ -317,34 +340,49 @@ impl PgStore {
             match row {
                 Some(row) => {
                     let period = period_row(&row)?;
-                    states.push(state(budget, start, Some(&period)));
-                    items.push((budget.id, start));
+                    states.push(state(budget, window, Some(&period)));
+                    items.push((budget.id, window));
                 }
                 None => {
-                    let current = load_periods(&mut tx, &[(budget.id, start)]).await?;
-                    let current = current.get(&(budget.id, start));
-                    let spent = current.map_or(Money::ZERO, |p| p.spent);
-                    let reserved = current.map_or(Money::ZERO, |p| p.reserved);
                     tx.rollback().await.map_err(db)?;
-                    let refusal = match shared::admit(budget, spent, reserved, request.amount) {
-                        Err(refusal) => refusal,
-                        // The row lock was released between the refused update and this read:
-                        // report the refusal as it was.
-                        Ok(()) => stratai_core::budget::BudgetRefusal {
-                            budget_id: budget.id,
-                            scope: budget.scope,
-                            limit: budget.limit,
-                            remaining: budget.limit.saturating_sub(spent + reserved),
-                            requested: request.amount,
-                        },
-                    };
-                    return Ok(ReserveOutcome::Refused(refusal));
+                    return self.refusal(org, &ids, budget, request).await;
                 }
             }
         }
         insert_items(&mut tx, org, request.request_id, &items).await?;
         tx.commit().await.map_err(db)?;
         Ok(ReserveOutcome::Reserved(states))
+    }
+
+    /// The refusal of a reservation that a hard budget refused: the budgets' states are read
+    /// afresh and core's decider names the refusing budget (the one with the least room), as
+    /// every backend does; should room have appeared meanwhile, the budget that refused is
+    /// reported with its current state.
+    async fn refusal(
+        &self,
+        org: OrgId,
+        ids: &BTreeSet<BudgetId>,
+        refused: &Budget,
+        request: &ReserveRequest,
+    ) -> Result<ReserveOutcome, StoreError> {
+        let ids: Vec<BudgetId> = ids.iter().copied().collect();
+        let states = self.states(org, &ids, request.now).await?;
+        if let BudgetOutcome::Deny { refusal } = evaluate_budgets(&states, request.amount).outcome {
+            return Ok(ReserveOutcome::Refused(refusal));
+        }
+        let (spent, reserved) = states
+            .iter()
+            .find(|s| s.budget.id == refused.id)
+            .map_or((Money::ZERO, Money::ZERO), |s| (s.spent, s.reserved));
+        Ok(ReserveOutcome::Refused(
+            stratai_core::budget::BudgetRefusal {
+                budget_id: refused.id,
+                scope: refused.scope,
+                limit: refused.limit,
+                remaining: refused.limit.saturating_sub(spent + reserved),
+                requested: request.amount,
+            },
+        ))
     }
 
     async fn try_settle(
@@ -388,6 +426,7 @@ impl PgStore {
                     let ids: BTreeSet<BudgetId> = budgets.iter().copied().collect();
                     let uuids: Vec<Uuid> = ids.iter().map(|b| b.as_uuid()).collect();
                     let found = resolve(&load_budgets(&mut tx, &uuids).await?, ids)?;
+                    let tz = org_tz(&mut tx, org).await?;
                     // The settlement record (no reservation: amount 0), the idempotency key.
                     let inserted = sqlx::query(
                         "INSERT INTO budget_reservations
@@ -409,7 +448,7 @@ impl PgStore {
                     }
                     let items = found
                         .iter()
-                        .map(|b| (b.id, period_window(b.period, now).0))
+                        .map(|b| (b.id, b.period.window(now, tz)))
                         .collect();
                     (items, Money::ZERO, true)
                 }
@@ -417,12 +456,11 @@ impl PgStore {
         let ids: Vec<Uuid> = items.iter().map(|(b, _)| b.as_uuid()).collect();
         let defs = load_budgets(&mut tx, &ids).await?;
         let mut alerts = Vec::new();
-        for (budget_id, start) in &items {
+        for (budget_id, window) in &items {
             // A budget deleted since the reservation has nothing left to charge.
             let Some(budget) = defs.get(budget_id) else {
                 continue;
             };
-            let (_, end) = period_window(budget.period, *start);
             // Creates the period when missing and locks it either way.
             let row = sqlx::query(
                 "INSERT INTO budget_periods (organization_id, budget_id, period_start, period_end)
@@ -432,8 +470,8 @@ impl PgStore {
             )
             .bind(org.as_uuid())
             .bind(budget_id.as_uuid())
-            .bind(*start)
-            .bind(end)
+            .bind(window.start)
+            .bind(window.end)
             .fetch_one(&mut *tx)
             .await
             .map_err(db)?;
@@ -448,7 +486,7 @@ impl PgStore {
                  WHERE budget_id = $1 AND period_start = $2",
             )
             .bind(budget_id.as_uuid())
-            .bind(*start)
+            .bind(window.start)
             .bind(spent.amount())
             .bind(reserved.amount())
             .bind(due)
@@ -456,15 +494,7 @@ impl PgStore {
             .await
             .map_err(db)?;
             if due {
-                alerts.push(BudgetAlert {
-                    budget_id: *budget_id,
-                    org_id: budget.org_id,
-                    scope: budget.scope,
-                    period_start: *start,
-                    spent,
-                    limit: budget.limit,
-                    threshold: budget.alert_threshold,
-                });
+                alerts.push(shared::alert(budget, window.start, spent));
             }
         }
         if record_items {
@@ -482,7 +512,7 @@ impl PgStore {
 #[async_trait]
 impl BudgetLedger for PgStore {
     async fn create_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
-        shared::check_budget(budget)?;
+        budget.validate()?;
         same_tenant(org, budget.org_id, "budget")?;
         let mut tx = self.tenant(org).await?;
         check_scope(&mut tx, org, budget).await?;
@@ -541,7 +571,7 @@ impl BudgetLedger for PgStore {
     }
 
     async fn update_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
-        shared::check_budget(budget)?;
+        budget.validate()?;
         same_tenant(org, budget.org_id, "budget")?;
         let mut tx = self.tenant(org).await?;
         // The scope and creation time are fixed; the rest is replaced.
@@ -593,16 +623,19 @@ impl BudgetLedger for PgStore {
             &load_budgets(&mut tx, &uuids).await?,
             budgets.iter().copied(),
         )?;
+        let tz = org_tz(&mut tx, org).await?;
+        let windows: Vec<PeriodWindow> = found.iter().map(|b| b.period.window(now, tz)).collect();
         let keys: Vec<(BudgetId, DateTime<Utc>)> = found
             .iter()
-            .map(|b| (b.id, period_window(b.period, now).0))
+            .zip(&windows)
+            .map(|(b, w)| (b.id, w.start))
             .collect();
         let periods = load_periods(&mut tx, &keys).await?;
         tx.commit().await.map_err(db)?;
         Ok(found
             .iter()
-            .zip(&keys)
-            .map(|(b, key)| state(b, key.1, periods.get(key)))
+            .zip(windows)
+            .map(|(b, w)| state(b, w, periods.get(&(b.id, w.start))))
             .collect())
     }
 
@@ -653,13 +686,13 @@ impl BudgetLedger for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        for (budget_id, start) in reservation_items(&mut tx, org, request_id).await? {
+        for (budget_id, window) in reservation_items(&mut tx, org, request_id).await? {
             sqlx::query(
                 "UPDATE budget_periods SET reserved = GREATEST(reserved - $3, 0)
                  WHERE budget_id = $1 AND period_start = $2",
             )
             .bind(budget_id.as_uuid())
-            .bind(start)
+            .bind(window.start)
             .bind(amount.amount())
             .execute(&mut *tx)
             .await
@@ -696,7 +729,7 @@ mod tests {
             updated_at: Utc::now(),
         };
         let start: DateTime<Utc> = "2026-02-01T00:00:00Z".parse().unwrap();
-        let s = state(&budget, start, None);
+        let s = state(&budget, budget.period.window(start, chrono_tz::UTC), None);
         assert_eq!(s.spent, Money::ZERO);
         assert_eq!(s.reserved, Money::ZERO);
         assert_eq!(
