@@ -1216,6 +1216,73 @@ mod tests {
         assert_eq!(l.states(org, &[b.id], now).unwrap()[0].spent, money("3"));
     }
 
+    prop_compose! {
+        fn arb_state()(
+            scope in 0u8..4, limit in 0i64..2_000, spent in 0i64..2_500, reserved in 0i64..500,
+            hard in any::<bool>(), alert_sent in any::<bool>(), threshold in 1i64..=100,
+        ) -> BudgetState {
+            let org = OrgId::from_uuid(uuid::Uuid::from_u128(1));
+            let scope = match scope {
+                0 => BudgetScope::Org,
+                1 => BudgetScope::Group(GroupId::new()),
+                2 => BudgetScope::User(UserId::new()),
+                _ => BudgetScope::Tier(TierId::new()),
+            };
+            let cents = |c: i64| Money::new(Decimal::new(c, 2)).unwrap();
+            let budget = Budget::new(org, scope, cents(limit), BudgetPeriod::Monthly, hard, Decimal::new(threshold, 2), utc(2026, 1, 1, 0, 0)).unwrap();
+            BudgetState {
+                budget,
+                period_start: utc(2026, 1, 1, 0, 0),
+                period_end: utc(2026, 2, 1, 0, 0),
+                spent: cents(spent),
+                reserved: cents(reserved),
+                alert_sent,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn evaluator_denies_exactly_when_a_hard_budget_lacks_room(
+            states in prop::collection::vec(arb_state(), 0..6),
+            estimate in 0i64..1_000,
+        ) {
+            let estimate = Money::new(Decimal::new(estimate, 2)).unwrap();
+            let decision = evaluate_budgets(&states, estimate);
+            let over = |s: &BudgetState| s.spent + s.reserved + estimate > s.budget.limit;
+            let hard_over: Vec<&BudgetState> = states.iter().filter(|s| s.budget.hard_limit && over(s)).collect();
+            match &decision.outcome {
+                BudgetOutcome::Deny { refusal } => {
+                    prop_assert!(!hard_over.is_empty());
+                    // The reported budget is the tightest of the refusing ones.
+                    let min = hard_over.iter().map(|s| s.budget.limit.saturating_sub(s.spent + s.reserved)).min().unwrap();
+                    prop_assert_eq!(refusal.remaining, min);
+                    prop_assert_eq!(refusal.requested, estimate);
+                }
+                BudgetOutcome::Warn { warnings } => {
+                    prop_assert!(hard_over.is_empty());
+                    let soft_over = states.iter().filter(|s| !s.budget.hard_limit && over(s)).count();
+                    prop_assert_eq!(warnings.len(), soft_over);
+                    prop_assert!(soft_over > 0);
+                }
+                BudgetOutcome::Allow => {
+                    prop_assert!(states.iter().all(|s| !over(s)));
+                }
+            }
+            // Alerts: only for budgets not yet alerted, at or past their threshold.
+            for a in &decision.alerts {
+                let s = states.iter().find(|s| s.budget.id == a.budget_id).unwrap();
+                prop_assert!(!s.alert_sent && s.budget.threshold_reached(s.spent));
+            }
+            let due = states.iter().filter(|s| !s.alert_sent && s.budget.threshold_reached(s.spent)).count();
+            prop_assert_eq!(decision.alerts.len(), due);
+            // Order of the states does not matter.
+            let mut reversed = states.clone();
+            reversed.reverse();
+            prop_assert_eq!(evaluate_budgets(&reversed, estimate), decision);
+        }
+    }
+
     #[derive(Clone, Debug)]
     enum Op {
         Reserve {
