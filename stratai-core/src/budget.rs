@@ -331,6 +331,76 @@ pub fn applicable_budgets<'a>(budgets: &'a [Budget], scope: &RequestScope<'_>) -
     out
 }
 
+/// The default alert threshold of the seed's `budgets` table (80 %).
+pub const DEFAULT_ALERT_THRESHOLD: Decimal = Decimal::from_parts(80, 0, 0, false, 2);
+
+/// The fixed id of the budget implied by a `monthly_budget` field (see [`implied_budgets`]):
+/// derived from the organization and scope, so every backend and process computes the same id
+/// and re-deriving after an edit updates the same budget.
+#[must_use]
+pub fn implied_budget_id(org: OrgId, scope: BudgetScope) -> BudgetId {
+    use sha2::{Digest, Sha256};
+    let scope_id = match scope {
+        BudgetScope::Org => String::new(),
+        BudgetScope::Group(id) => id.to_string(),
+        BudgetScope::User(id) => id.to_string(),
+        BudgetScope::Tier(id) => id.to_string(),
+    };
+    let digest = Sha256::digest(
+        format!("stratai/implied-budget/{org}/{}/{scope_id}", scope.kind()).as_bytes(),
+    );
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    BudgetId::from_uuid(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+}
+
+/// The budgets implied by the directory's `monthly_budget` fields (membership, group and tier
+/// subscription, as in the seed's schema): monthly, hard, alerting at 80 % (the seed's `budgets`
+/// defaults), with ids from [`implied_budget_id`]. Entries of other organizations are ignored.
+/// A backend that keeps those fields materializes these budgets (create or update) whenever a
+/// field changes, so they are enforced like any other budget.
+#[must_use]
+pub fn implied_budgets(
+    org: OrgId,
+    memberships: &[crate::directory::Membership],
+    groups: &[crate::directory::Group],
+    subscriptions: &[crate::tiers::TierSubscription],
+    now: DateTime<Utc>,
+) -> Vec<Budget> {
+    let make = |scope: BudgetScope, limit: Money| Budget {
+        id: implied_budget_id(org, scope),
+        org_id: org,
+        scope,
+        limit,
+        period: BudgetPeriod::Monthly,
+        hard_limit: true,
+        alert_threshold: DEFAULT_ALERT_THRESHOLD,
+        created_at: now,
+        updated_at: now,
+    };
+    let groups = groups
+        .iter()
+        .filter(|g| g.org_id == org)
+        .filter_map(|g| g.monthly_budget.map(|m| make(BudgetScope::Group(g.id), m)));
+    let members = memberships
+        .iter()
+        .filter(|m| m.org_id == org)
+        .filter_map(|m| {
+            m.monthly_budget
+                .map(|b| make(BudgetScope::User(m.user_id), b))
+        });
+    let tiers = subscriptions
+        .iter()
+        .filter(|s| s.org_id == org && s.enabled)
+        .filter_map(|s| {
+            s.monthly_budget
+                .map(|b| make(BudgetScope::Tier(s.tier_id), b))
+        });
+    let mut out: Vec<Budget> = groups.chain(members).chain(tiers).collect();
+    out.sort_by_key(|b| (b.scope, b.id));
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // The evaluator
 // ---------------------------------------------------------------------------------------------
@@ -1010,6 +1080,51 @@ mod tests {
             .map(|b| b.scope.kind())
             .collect();
         assert_eq!(got, ["org", "group", "group", "user", "tier"]);
+    }
+
+    #[test]
+    fn monthly_budget_fields_imply_budgets_with_stable_ids() {
+        use crate::directory::{Group, Membership, OrgRole};
+        let now = utc(2026, 1, 1, 0, 0);
+        let org = OrgId::new();
+        let user = UserId::new();
+        let g = Group::new(org, "Marketing", now)
+            .unwrap()
+            .with_monthly_budget(money("50"));
+        let plain = Group::new(org, "Ops", now).unwrap();
+        let foreign = Group::new(OrgId::new(), "Other", now)
+            .unwrap()
+            .with_monthly_budget(money("1"));
+        let m = Membership::new(org, user, OrgRole::Member, now).with_monthly_budget(money("5"));
+        let mut subs = crate::tiers::subscriptions_for(org, &[TierId::new()], now);
+        subs[0].monthly_budget = Some(money("2000"));
+        let budgets = implied_budgets(org, &[m], &[g.clone(), plain, foreign], &subs, now);
+        let kinds: Vec<(&str, String)> = budgets
+            .iter()
+            .map(|b| (b.scope.kind(), b.limit.to_string()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("group", "$50".into()),
+                ("user", "$5".into()),
+                ("tier", "$2000".into())
+            ]
+        );
+        for b in &budgets {
+            b.validate().unwrap();
+            assert!(b.hard_limit);
+            assert_eq!(b.alert_threshold, dec!(0.8));
+            assert_eq!(b.id, implied_budget_id(org, b.scope));
+        }
+        assert_ne!(
+            implied_budget_id(org, BudgetScope::Group(g.id)),
+            implied_budget_id(OrgId::new(), BudgetScope::Group(g.id))
+        );
+        assert_ne!(
+            implied_budget_id(org, BudgetScope::Org),
+            implied_budget_id(org, BudgetScope::User(user))
+        );
     }
 
     fn state(b: &Budget, spent: &str, reserved: &str, alert_sent: bool) -> BudgetState {
