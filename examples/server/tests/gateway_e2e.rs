@@ -1,0 +1,906 @@
+//! The governed gateway end to end through HTTP: the server on port 0, dev-mode tokens, the
+//! offline demo provider, on SQLite and on PostgreSQL (the store's harness: `DATABASE_URL`,
+//! else 127.0.0.1:5432, else a throwaway cluster; skipped with a message locally when none is
+//! available, a failure under `CI=true`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../../../stratai-store/tests/support/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use stratai_core::TierSlug;
+use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
+use stratai_core::directory::{
+    BillingPlan, Email, Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
+};
+use stratai_core::ids::{OrgId, RequestId, RuleId, UserId};
+use stratai_core::money::Money;
+use stratai_core::ports::{RuleAction, RuleRecord, RuleScope};
+use stratai_core::tiers::{BASIC_TIER_ID, STANDARD_TIER_ID, TierSubscription, default_tiers};
+use stratai_core::usage::{UsageQuery, UsageStatus};
+use stratai_server::app::{AppState, HttpLimits, router};
+use stratai_server::auth::Auth;
+use stratai_server::config::Config;
+use stratai_server::demo_provider::DemoConfig;
+use stratai_server::gateway::GatewayState;
+use stratai_server::gateway::setup::{GatewayOptions, build_state};
+use stratai_server::server::Backends;
+use stratai_server::stores::Stores;
+
+#[derive(Clone, Copy, Debug)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+struct Gw {
+    base: String,
+    http: reqwest::Client,
+    stores: Stores,
+    gateway: GatewayState,
+    _pg: Option<pg::PgTestDb>,
+    _dir: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn temp_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("stratai-gw-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn spawn(db: Db, demo: DemoConfig) -> Option<Gw> {
+    let dir = temp_dir();
+    let sqlite_url = format!("sqlite://{}/gw.db?mode=rwc", dir.display());
+    let (stores, pg) = match db {
+        Db::Sqlite => (Stores::open(&sqlite_url, None).await.unwrap(), None),
+        Db::Postgres => {
+            let pgdb = pg::fresh_db().await?;
+            (Stores::from_backend(pgdb.store.clone()), Some(pgdb))
+        }
+    };
+    let env: HashMap<String, String> = [("DATABASE_URL".to_owned(), sqlite_url.clone())].into();
+    let config = Config::load(&env).unwrap();
+    let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
+    let auth = Arc::new(Auth::from_config(&config, backends.directory, backends.sessions).unwrap());
+    let mut options = GatewayOptions::from_env();
+    options.spool_path = dir.join("usage.spool");
+    options.alert_webhook = None;
+    options.demo = demo;
+    options.guardrail_reload = Duration::from_secs(3600);
+    let gateway = build_state(&config, auth.clone(), &stores, options)
+        .await
+        .unwrap();
+    let app = router(
+        AppState {
+            auth,
+            readiness: backends.readiness,
+            stores: stores.clone(),
+            gateway: Some(gateway.clone()),
+        },
+        HttpLimits {
+            body_limit_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(30),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Some(Gw {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        stores,
+        gateway,
+        _pg: pg,
+        _dir: dir,
+        task,
+    })
+}
+
+/// An organization subscribed to Basic and Standard (not Premium), with `n` members.
+struct Tenant {
+    org: OrgId,
+    users: Vec<(UserId, String)>,
+}
+
+async fn tenant(gw: &Gw, n: usize) -> Tenant {
+    let now = Utc::now();
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let basic = TierSlug::new("basic").unwrap();
+    let standard = TierSlug::new("standard").unwrap();
+    let org = Organization::new(
+        "Acme",
+        Slug::new(format!("acme-{tag}")).unwrap(),
+        OrgSettings::new(vec![basic, standard.clone()], standard).unwrap(),
+        BillingPlan::Business,
+        now,
+    )
+    .unwrap();
+    gw.stores.directory.create_org(&org).await.unwrap();
+    for tier in [BASIC_TIER_ID, STANDARD_TIER_ID] {
+        gw.stores
+            .tiers
+            .put_subscription(
+                org.id,
+                &TierSubscription {
+                    org_id: org.id,
+                    tier_id: tier,
+                    enabled: true,
+                    monthly_budget: None,
+                    enabled_at: now,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let mut users = Vec::new();
+    for i in 0..n {
+        let email = format!("member{i}-{tag}@acme.test");
+        let user = User::new(Email::new(&email).unwrap(), None, PlatformRole::User, now).unwrap();
+        gw.stores.directory.create_user(&user).await.unwrap();
+        gw.stores
+            .directory
+            .add_member(
+                org.id,
+                &Membership::new(org.id, user.id, OrgRole::Member, now),
+            )
+            .await
+            .unwrap();
+        let token = token(gw, &email).await;
+        users.push((user.id, token));
+    }
+    Tenant { org: org.id, users }
+}
+
+async fn token(gw: &Gw, email: &str) -> String {
+    let r = gw
+        .http
+        .post(format!("{}/auth/dev/token", gw.base))
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+async fn budget(gw: &Gw, org: OrgId, scope: BudgetScope, limit: &str, hard: bool) -> Budget {
+    let b = Budget::new(
+        org,
+        scope,
+        Money::parse(limit).unwrap(),
+        BudgetPeriod::Monthly,
+        hard,
+        Decimal::new(8, 1),
+        Utc::now(),
+    )
+    .unwrap();
+    gw.stores.budgets.create_budget(org, &b).await.unwrap();
+    b
+}
+
+async fn rule(gw: &Gw, org: OrgId, name: &str, rule_type: &str, config: Value, action: RuleAction) {
+    let r = RuleRecord {
+        id: RuleId::new(),
+        name: name.to_owned(),
+        description: None,
+        rule_type: rule_type.to_owned(),
+        config,
+        scope: RuleScope::Org { org_id: org },
+        action,
+        priority: 0,
+        active: true,
+        created_at: Utc::now(),
+    };
+    gw.stores.guardrails.put_rule(org, &r).await.unwrap();
+    gw.gateway.pipeline.reload_guardrails().await.unwrap();
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+async fn chat(gw: &Gw, token: &str, body: Value) -> Answer {
+    let r = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.json().await.unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn ask(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+fn request_id(headers: &reqwest::header::HeaderMap) -> RequestId {
+    headers["x-stratai-request-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// SSE `data:` payloads and comment lines of a whole stream.
+async fn sse(gw: &Gw, token: &str, body: Value) -> (u16, reqwest::header::HeaderMap, Vec<String>) {
+    let r = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let lines = text
+        .split("\n\n")
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    (status, headers, lines)
+}
+
+fn streamed_text(events: &[String]) -> String {
+    events
+        .iter()
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+const MODEL: &str = "gpt-4o-mini";
+const PREMIUM: &str = "claude-opus-4-5-20251101";
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    allowed_chat_is_billed_and_recorded_once,
+    premium_model_is_denied_with_upgrade_hint,
+    guardrail_block_names_the_rule,
+    token_limit_modify_clamps_max_tokens,
+    rate_limit_answers_429_with_retry_after,
+    exhausted_budget_answers_insufficient_quota_naming_the_scope,
+    streamed_answer_matches_and_is_settled,
+    post_filter_match_split_across_chunks_blocks_the_stream,
+    post_filter_redacts_across_chunks,
+    client_disconnect_mid_stream_bills_what_was_delivered,
+    upstream_failure_releases_the_reservation_and_bills_nothing,
+    models_and_explain_show_the_callers_access,
+    concurrent_requests_never_overspend_and_record_once,
+);
+
+async fn allowed_chat_is_billed_and_recorded_once(db: Db) {
+    let Some(gw) = spawn(db, DemoConfig::default()).await else {
+        return;
+    };
+    let t = tenant(&gw, 1).await;
+    let (user, tok) = &t.users[0];
+    let a = chat(&gw, tok, ask(MODEL, "hello there")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["object"], "chat.completion");
+    let content = a.body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.contains("hello there"), "{content}");
+    let rid = request_id(&a.headers);
+    let billed: Decimal = a.headers["x-stratai-billed-cost"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(billed > Decimal::ZERO);
+    let rec = gw.stores.usage.get(t.org, rid).await.unwrap();
+    assert_eq!(rec.user_id, *user);
+    assert_eq!(rec.status, UsageStatus::Success);
+    assert_eq!(rec.billed_amount.amount(), billed);
+    assert_eq!(
+        rec.input_tokens,
+        a.body["usage"]["prompt_tokens"].as_u64().unwrap() as u32
+    );
+    assert_eq!(
+        rec.output_tokens,
+        a.body["usage"]["completion_tokens"].as_u64().unwrap() as u32
+    );
+    assert_eq!(rec.tier_id, Some(BASIC_TIER_ID));
+    // Unauthenticated calls get an OpenAI-shaped 401.
+    let r = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .json(&ask(MODEL, "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "authentication_error");
+    assert!(v["error"].get("param").is_some());
+    // Metrics saw the request and the decision.
+    let m = gw
+        .http
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("stratai_http_requests_total{route=\"/v1/chat/completions\""),
+        "{m}"
+    );
+    assert!(m.contains("stratai_gateway_decisions_total{outcome=\"allow\",reason=\"none\"}"));
+    assert!(m.contains("stratai_usage_write_lag_seconds_count"));
+}
+
+async fn premium_model_is_denied_with_upgrade_hint(db: Db) {
+    let Some(gw) = spawn(db, DemoConfig::default()).await else {
+        return;
+    };
+    let t = tenant(&gw, 1).await;
+    let a = chat(&gw, &t.users[0].1, ask(PREMIUM, "plan our strategy")).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let e = &a.body["error"];
+    assert_eq!(e["code"], "model_access_denied");
+    assert_eq!(e["type"], "permission_error");
+    assert_eq!(e["param"], "model");
+    assert_eq!(e["upgrade_hint"], "Upgrade to Premium");
+    assert!(e["message"].as_str().unwrap().contains("Premium"), "{e}");
+    assert!(a.headers.contains_key("x-stratai-request-id"));
+    let unknown = chat(&gw, &t.users[0].1, ask("no-such-model", "hi")).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert_eq!(unknown.body["error"]["code"], "model_not_found");
+}
+
+async fn guardrail_block_names_the_rule(db: Db) {
+    let Some(gw) = spawn(db, DemoConfig::default()).await else {
+        return;
+    };
+    let t = tenant(&gw, 1).await;
+    rule(
+        &gw,
+        t.org,
+        "no competitor talk",
+        "content_filter",
+        json!({"blocked_topics": ["globex"]}),
+        RuleAction::Block,
+    )
+    .await;
+    let a = chat(
+        &gw,
+        &t.users[0].1,
+        ask(MODEL, "compare us with Globex please"),
+    )
+    .await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "guardrail_blocked");
+    assert_eq!(a.body["error"]["rule"], "no competitor talk");
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no competitor talk")
+    );
+    // Nothing was recorded for a refused request.
+    let rows = gw
+        .stores
+        .usage
+        .query(t.org, &UsageQuery::default(), 100)
+        .await
+        .unwrap();
+    assert!(rows.is_empty());
+    let ok = chat(&gw, &t.users[0].1, ask(MODEL, "tell me about our roadmap")).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+}
+
+async fn token_limit_modify_clamps_max_tokens(db: Db) {
+    let Some(gw) = spawn(db, DemoConfig::default()).await else {
+        return;
+    };
+    let t = tenant(&gw, 1).await;
+    rule(
+        &gw,
+        t.org,
+        "short answers",
+        "token_limit",
+        json!({"max_output": 5}),
+        RuleAction::Modify,
+    )
+    .await;
+    let mut body = ask(MODEL, "write me an essay");
+    body["max_tokens"] = json!(500);
+    let a = chat(&gw, &t.users[0].1, body).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["usage"]["completion_tokens"], 5);
+    assert_eq!(a.body["choices"][0]["finish_reason"], "length");
+    let warnings = a.headers["x-stratai-warnings"].to_str().unwrap();
+    assert!(warnings.contains("short answers"), "{warnings}");
+    let rec = gw
+        .stores
+        .usage
+        .get(t.org, request_id(&a.headers))
+        .await
+        .unwrap();
+    assert_eq!(rec.output_tokens, 5);
+}
+
+async fn rate_limit_answers_429_with_retry_after(db: Db) {
+    let Some(gw) = spawn(db, DemoConfig::default()).await else {
+        return;
+    };
+    let t = tenant(&gw, 2).await;
+    rule(
+        &gw,
+        t.org,
+        "one per minute",
+        "rate_limit",
+        json!({"requests": 1, "period": "minute", "bucket": "per_user"}),
+        RuleAction::Block,
+    )
+    .await;
+    let first = chat(&gw, &t.users[0].1, ask(MODEL, "one")).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let second = chat(&gw, &t.users[0].1, ask(MODEL, "two")).await;
+    assert_eq!(second.status, 429, "{}", second.body);
+    assert_eq!(second.body["error"]["type"], "rate_limit_error");
+    let retry: u64 = second.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Another user has their own bucket.
+    let other = chat(&gw, &t.users[1].1, ask(MODEL, "three")).await;
+    assert_eq!(other.status, 200, "{}", other.body);
+}
+
+async fn exhausted_budget_answers_insufficient_quota_naming_the_scope(db: Db) {
+    let Some(gw) = spawn(db, DemoConfig::default()).await else {
+        return;
+    };
+    let t = tenant(&gw, 1).await;
+    let (user, tok) = &t.users[0];
+    budget(&gw, t.org, BudgetScope::User(*user), "0.0003", true).await;
+    let mut body = ask(MODEL, "hi");
+    body["max_tokens"] = json!(50);
+    // Each call reserves about $0.00012 and costs about $0.00005: a few fit, then refusal.
+    let mut refused = None;
+    for _ in 0..20 {
+        let a = chat(&gw, tok, body.clone()).await;
+        if a.status != 200 {
+            refused = Some(a);
+            break;
+        }
+    }
+    let a = refused.expect("the budget never ran out");
+    assert_eq!(a.status, 429, "{}", a.body);
+    let e = &a.body["error"];
+    assert_eq!(e["type"], "insufficient_quota");
+    assert_eq!(e["code"], "insufficient_quota");
+    assert_eq!(e["scope"], "user");
+    assert!(
+        e["message"].as_str().unwrap().contains("user budget"),
+        "{e}"
+    );
+    let states = gw
+        .stores
+        .budgets
+        .states(
+            t.org,
+            &[e["budget_id"].as_str().unwrap().parse().unwrap()],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert!(states[0].spent <= states[0].budget.limit);
+    assert_eq!(states[0].reserved, Money::ZERO);
+}
+
+async fn streamed_answer_matches_and_is_settled(db: Db) {
+    let Some(gw) = spawn(db, DemoConfig::default()).await else {
+        return;
+    };
+    let t = tenant(&gw, 1).await;
+    let tok = &t.users[0].1;
+    let whole = chat(&gw, tok, ask(MODEL, "stream this please")).await;
+    let mut body = ask(MODEL, "stream this please");
+    body["stream"] = json!(true);
+    let (status, headers, events) = sse(&gw, tok, body).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(
+        streamed_text(&events),
+        whole.body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+    );
+    assert_eq!(events.last().unwrap(), "data: [DONE]");
+    let comment = events
+        .iter()
+        .find(|e| e.starts_with(": stratai billed_cost="))
+        .expect("billed cost comment");
+    let rid = request_id(&headers);
+    assert!(comment.contains(&rid.to_string()));
+    let rec = gw.stores.usage.get(t.org, rid).await.unwrap();
+    assert_eq!(rec.status, UsageStatus::Success);
+    assert_eq!(
+        rec.output_tokens,
+        whole.body["usage"]["completion_tokens"].as_u64().unwrap() as u32
+    );
+    let billed = comment
+        .trim_start_matches(": stratai billed_cost=")
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert_eq!(
+        rec.billed_amount.amount(),
+        billed.parse::<Decimal>().unwrap()
+    );
+}
+
+async fn post_filter_match_split_across_chunks_blocks_the_stream(db: Db) {
+    // Three characters per chunk: "built-in offline" arrives in six pieces. The prompt does
+    // not contain it (so the pre-request filter lets it through); the demo answer does.
+    let demo = DemoConfig {
+        chunk_chars: 3,
+        chunk_delay: Duration::ZERO,
+    };
+    let Some(gw) = spawn(db, demo).await else {
+        return;
+    };
+    let t = tenant(&gw, 1).await;
+    rule(
+        &gw,
+        t.org,
+        "no provider talk",
+        "content_filter",
+        json!({"blocked_topics": ["built-in offline"]}),
+        RuleAction::Block,
+    )
+    .await;
+    let mut body = ask(MODEL, "tell me a story");
+    body["stream"] = json!(true);
+    let (status, headers, events) = sse(&gw, &t.users[0].1, body).await;
+    assert_eq!(status, 200);
+    let text = streamed_text(&events);
+    assert!(!text.contains("built-in"), "leaked: {text}");
+    assert!(text.starts_with("Demo answer"), "{text}");
+    let error = events
+        .iter()
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v.get("error").is_some())
+        .expect("an error event");
+    assert_eq!(error["error"]["code"], "guardrail_blocked");
+    assert_eq!(error["error"]["rule"], "no provider talk");
+    // The tokens the upstream produced are billed (the answer was generated), once.
+    let rec = gw
+        .stores
+        .usage
+        .get(t.org, request_id(&headers))
+        .await
+        .unwrap();
+    assert_eq!(rec.status, UsageStatus::Partial);
+}
+
+async fn post_filter_redacts_across_chunks(db: Db) {
+    let demo = DemoConfig {
+        chunk_chars: 2,
+        chunk_delay: Duration::ZERO,
+    };
+    let Some(gw) = spawn(db, demo).await else {
+        return;
+    };
+    let t = tenant(&gw, 1).await;
+    rule(
+        &gw,
+        t.org,
+        "hide card numbers",
+        "content_filter",
+        json!({"blocked_patterns": ["\\d{4}-\\d{4}"]}),
+        RuleAction::Modify,
+    )
+    .await;
+    let mut body = ask(MODEL, "echo: the card is 1234-5678 ok");
+    body["stream"] = json!(true);
+    let (status, _, events) = sse(&gw, &t.users[0].1, body.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(streamed_text(&events), "the card is [redacted] ok");
+    body["stream"] = json!(false);
+    let a = chat(&gw, &t.users[0].1, body).await;
+    assert_eq!(
+        a.body["choices"][0]["message"]["content"],
+        "the card is [redacted] ok"
+    );
+}
+
+async fn client_disconnect_mid_stream_bills_what_was_delivered(db: Db) {
+    let demo = DemoConfig {
+        chunk_chars: 0,
+        chunk_delay: Duration::from_millis(40),
+    };
+    let Some(gw) = spawn(db, demo).await else {
+        return;
+    };
+    let t = tenant(&gw, 1).await;
+    let (user, tok) = &t.users[0];
+    let b = budget(&gw, t.org, BudgetScope::User(*user), "5", true).await;
+    let text = "echo: one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty";
+    let mut body = ask(MODEL, text);
+    body["stream"] = json!(true);
+    let r = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .bearer_auth(tok)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rid = request_id(r.headers());
+    let mut stream = r.bytes_stream();
+    let mut received = String::new();
+    while received.matches("\"content\"").count() < 4 {
+        let chunk = stream.next().await.unwrap().unwrap();
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(stream);
+    let mut rec = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(r) = gw.stores.usage.get(t.org, rid).await {
+            rec = Some(r);
+            break;
+        }
+    }
+    let rec = rec.expect("the abandoned stream was never settled");
+    assert_eq!(rec.status, UsageStatus::Partial);
+    assert!(
+        rec.output_tokens >= 3 && rec.output_tokens < 20,
+        "billed {} of 20 tokens",
+        rec.output_tokens
+    );
+    assert!(rec.billed_amount > Money::ZERO);
+    let state = &gw
+        .stores
+        .budgets
+        .states(t.org, &[b.id], Utc::now())
+        .await
+        .unwrap()[0];
+    assert_eq!(state.spent, rec.billed_amount);
+    assert_eq!(state.reserved, Money::ZERO);
+}
+
+async fn upstream_failure_releases_the_reservation_and_bills_nothing(db: Db) {
+    let Some(gw) = spawn(db, DemoConfig::default()).await else {
+        return;
+    };
+    let t = tenant(&gw, 1).await;
+    let (user, tok) = &t.users[0];
+    let b = budget(&gw, t.org, BudgetScope::User(*user), "5", true).await;
+    for stream in [false, true] {
+        let mut body = ask(MODEL, "fail: upstream 500");
+        body["stream"] = json!(stream);
+        let a = chat(&gw, tok, body).await;
+        assert_eq!(a.status, 502, "{}", a.body);
+        assert_eq!(a.body["error"]["code"], "upstream_unavailable");
+        let rec = gw
+            .stores
+            .usage
+            .get(t.org, request_id(&a.headers))
+            .await
+            .unwrap();
+        assert_eq!(rec.status, UsageStatus::Failed);
+        assert_eq!(rec.billed_amount, Money::ZERO);
+    }
+    let state = &gw
+        .stores
+        .budgets
+        .states(t.org, &[b.id], Utc::now())
+        .await
+        .unwrap()[0];
+    assert_eq!(state.spent, Money::ZERO);
+    assert_eq!(state.reserved, Money::ZERO);
+}
+
+async fn models_and_explain_show_the_callers_access(db: Db) {
+    let Some(gw) = spawn(db, DemoConfig::default()).await else {
+        return;
+    };
+    let t = tenant(&gw, 1).await;
+    let tok = &t.users[0].1;
+    let v: Value = gw
+        .http
+        .get(format!("{}/v1/models", gw.base))
+        .bearer_auth(tok)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: HashSet<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    let catalog = default_tiers();
+    for tier in &catalog {
+        for m in &tier.models {
+            let expected = tier.slug.as_str() != "premium";
+            assert_eq!(ids.contains(m.as_str()), expected, "{m}");
+        }
+    }
+    let r: Value = gw
+        .http
+        .get(
+            url::Url::parse_with_params(
+                &format!("{}/api/explain", gw.base),
+                &[("model", PREMIUM), ("at", "2026-11-27T20:00:00Z")],
+            )
+            .unwrap(),
+        )
+        .bearer_auth(tok)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["outcome"], "deny", "{r}");
+    assert_eq!(r["hint"], "Upgrade to Premium");
+    assert_eq!(r["at"], "2026-11-27T20:00:00Z");
+    let r: Value = gw
+        .http
+        .post(format!("{}/api/explain", gw.base))
+        .bearer_auth(tok)
+        .json(&json!({"model": MODEL}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["outcome"], "allow", "{r}");
+    assert_eq!(r["tier"], "basic");
+    // A member may not explain for the super admin (or anyone else).
+    let r = gw
+        .http
+        .get(
+            url::Url::parse_with_params(
+                &format!("{}/api/explain", gw.base),
+                &[("model", MODEL), ("user", "admin@localhost")],
+            )
+            .unwrap(),
+        )
+        .bearer_auth(tok)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status() == 403 || r.status() == 404, "{}", r.status());
+}
+
+async fn concurrent_requests_never_overspend_and_record_once(db: Db) {
+    let Some(gw) = spawn(db, DemoConfig::default()).await else {
+        return;
+    };
+    let t = tenant(&gw, 20).await;
+    let mut budgets = Vec::new();
+    for (user, _) in &t.users {
+        budgets.push(budget(&gw, t.org, BudgetScope::User(*user), "0.0003", true).await);
+    }
+    let org_budget = budget(&gw, t.org, BudgetScope::Org, "0.004", true).await;
+    let gw = Arc::new(gw);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let gw = gw.clone();
+        let tok = t.users[i % 20].1.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut body = ask(MODEL, &format!("request number {i}"));
+            body["max_tokens"] = json!(50);
+            let a = chat(&gw, &tok, body).await;
+            (a.status, request_id(&a.headers), a.body)
+        }));
+    }
+    let mut admitted = HashSet::new();
+    let mut refused = 0;
+    for task in tasks {
+        let (status, rid, body) = task.await.unwrap();
+        match status {
+            200 => {
+                assert!(admitted.insert(rid));
+            }
+            429 => {
+                assert_eq!(body["error"]["type"], "insufficient_quota", "{body}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(refused > 0, "the budgets were not tight");
+    assert!(!admitted.is_empty());
+    let rows = gw
+        .stores
+        .usage
+        .query(t.org, &UsageQuery::default(), 10_000)
+        .await
+        .unwrap();
+    let recorded: Vec<RequestId> = rows.iter().map(|r| r.request_id).collect();
+    let unique: HashSet<RequestId> = recorded.iter().copied().collect();
+    assert_eq!(recorded.len(), unique.len(), "a request was recorded twice");
+    assert_eq!(unique, admitted, "admitted and recorded requests differ");
+    let mut ids: Vec<_> = budgets.iter().map(|b| b.id).collect();
+    ids.push(org_budget.id);
+    let states = gw
+        .stores
+        .budgets
+        .states(t.org, &ids, Utc::now())
+        .await
+        .unwrap();
+    for s in &states {
+        assert!(s.spent <= s.budget.limit, "overspent: {s:?}");
+        assert_eq!(s.reserved, Money::ZERO, "unsettled: {s:?}");
+    }
+    let total: Money = rows.iter().map(|r| r.billed_amount).sum();
+    let org_state = states
+        .iter()
+        .find(|s| s.budget.id == org_budget.id)
+        .unwrap();
+    assert_eq!(org_state.spent, total);
+}
