@@ -599,6 +599,13 @@ impl Membership {
         self
     }
 
+    /// Assigns `profile` and takes its default tiers as the member's allowed tiers (an admin may
+    /// change them afterwards).
+    pub fn apply_profile(&mut self, profile: &UserProfile) {
+        self.profile_id = Some(profile.id);
+        self.allowed_tiers = Some(profile.default_tiers.clone());
+    }
+
     /// Re-checks a membership built or changed field by field.
     pub fn validate(&self) -> Result<(), ValidationError> {
         if let Some(tiers) = &self.allowed_tiers {
@@ -1117,6 +1124,56 @@ mod tests {
                 .with_allowed_tiers(vec![slug("basic"), slug("basic")])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn profiles_set_default_tiers_and_availability() {
+        let internal = Organization::new(
+            "Our Company",
+            Slug::new("internal").unwrap(),
+            settings(),
+            BillingPlan::Enterprise,
+            now(),
+        )
+        .unwrap();
+        let acme = Organization::new(
+            "Acme",
+            Slug::new("acme").unwrap(),
+            settings(),
+            BillingPlan::Starter,
+            now(),
+        )
+        .unwrap();
+        let contractor = UserProfile::new(
+            "External Contractor",
+            vec![slug("basic")],
+            ProfileAvailability::All,
+            now(),
+        )
+        .unwrap();
+        let employee = UserProfile::new(
+            "Internal Employee",
+            vec![slug("basic"), slug("standard")],
+            ProfileAvailability::Internal,
+            now(),
+        )
+        .unwrap();
+        let exec = UserProfile::new(
+            "Executive",
+            vec![slug("premium")],
+            ProfileAvailability::Enterprise,
+            now(),
+        )
+        .unwrap();
+        assert!(contractor.available_for(&acme) && contractor.available_for(&internal));
+        assert!(employee.available_for(&internal) && !employee.available_for(&acme));
+        assert!(exec.available_for(&internal) && !exec.available_for(&acme));
+        assert!(UserProfile::new(" ", vec![], ProfileAvailability::All, now()).is_err());
+
+        let mut m = Membership::new(acme.id, UserId::new(), OrgRole::Member, now());
+        m.apply_profile(&contractor);
+        assert_eq!(m.profile_id, Some(contractor.id));
+        assert_eq!(m.allowed_tiers, Some(vec![slug("basic")]));
     }
 
     fn invite(email: &str) -> (Invitation, InvitationToken) {
