@@ -1,0 +1,396 @@
+//! `litellm-worker`: runs StratAI's LiteLLM sync loop and its reconcilers.
+//!
+//! ```text
+//! litellm-worker [--once] [--demo] [--repair] [--interval-ms N] [--reconcile-every-s N]
+//!                [--spend-every-s N] [--spend-window-min N] [--model STRATAI=LITELLM]...
+//! env: STRATAI_LITELLM_URL, STRATAI_LITELLM_MASTER_KEY (required),
+//!      STRATAI_DATABASE_URL: `sqlite:PATH`, `sqlite::memory:` or `postgres://...` (app role)
+//! ```
+//!
+//! Every `--interval-ms` (1000) it runs a sync pass over the outbox; every
+//! `--reconcile-every-s` (300) a drift reconcile (repairing with `--repair`); every
+//! `--spend-every-s` (3600) a spend reconciliation of the last `--spend-window-min` (60)
+//! minutes, ending 30 s ago (spend logs are written in batches). `--once` runs each step once
+//! and exits: 0 when clean, 1 when drift, a spend gap or a dead letter was found. `--demo` uses
+//! an in-memory store seeded with one organization, group and member, syncs it, chats once
+//! with the member's key and reports (needs the proxy's `mock-gpt` models).
+//!
+//! Virtual key secrets are kept in memory ([`MemoryKeyVault`]): a production deployment needs
+//! a persistent, encrypted vault (see the stratai-litellm README).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rust_decimal::Decimal;
+use stratai_core::Money;
+use stratai_core::directory::{
+    BillingPlan, Email, Group, GroupMembership, GroupRole, Membership, OrgRole, OrgSettings,
+    Organization, PlatformRole, Slug, User,
+};
+use stratai_core::ids::{ModelId, TierSlug};
+use stratai_core::ports::{DirectoryStore, OutboxStore, TierStore, UsageStore};
+use stratai_core::tiers::{BASIC_TIER_ID, PREMIUM_TIER_ID, default_tiers, subscriptions_for};
+use stratai_core::usage::UsageQuery;
+use stratai_litellm::sync::{CoreDirectory, MemoryKeyVault, ModelNames, SyncConfig, SyncEngine};
+use stratai_litellm::{Attribution, ChatMessage, ChatRequest, ClientConfig, LiteLlmClient, Secret};
+
+struct Options {
+    once: bool,
+    demo: bool,
+    repair: bool,
+    interval: Duration,
+    reconcile_every: Duration,
+    spend_every: Duration,
+    spend_window: chrono::Duration,
+    models: ModelNames,
+}
+
+const USAGE: &str = "usage: litellm-worker [--once] [--demo] [--repair] [--interval-ms N] \
+[--reconcile-every-s N] [--spend-every-s N] [--spend-window-min N] [--model STRATAI=LITELLM]...\n\
+env: STRATAI_LITELLM_URL, STRATAI_LITELLM_MASTER_KEY, STRATAI_DATABASE_URL (sqlite:... or postgres://...)";
+
+fn number(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<u64, String> {
+    let value = args
+        .next()
+        .ok_or_else(|| format!("`{flag}` needs a value"))?;
+    value
+        .parse()
+        .map_err(|_| format!("`{flag}`: `{value}` is not a number"))
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut options = Options {
+        once: false,
+        demo: false,
+        repair: false,
+        interval: Duration::from_millis(1000),
+        reconcile_every: Duration::from_secs(300),
+        spend_every: Duration::from_secs(3600),
+        spend_window: chrono::Duration::minutes(60),
+        models: ModelNames::identity(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--once" => options.once = true,
+            "--demo" => options.demo = true,
+            "--repair" => options.repair = true,
+            "--interval-ms" => {
+                options.interval = Duration::from_millis(number(&mut args, &arg)?.max(10))
+            }
+            "--reconcile-every-s" => {
+                options.reconcile_every = Duration::from_secs(number(&mut args, &arg)?.max(1))
+            }
+            "--spend-every-s" => {
+                options.spend_every = Duration::from_secs(number(&mut args, &arg)?.max(1))
+            }
+            "--spend-window-min" => {
+                let minutes = i64::try_from(number(&mut args, &arg)?)
+                    .map_err(|_| "`--spend-window-min` is too large")?;
+                options.spend_window = chrono::Duration::minutes(minutes.max(1));
+            }
+            "--model" => {
+                let pair = args.next().ok_or("`--model` needs STRATAI=LITELLM")?;
+                let (ours, theirs) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("`--model {pair}`: expected STRATAI=LITELLM"))?;
+                options.models = options.models.with(ours, theirs);
+            }
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    Ok(options)
+}
+
+fn env(name: &str) -> Result<String, String> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("env `{name}` is not set\n{USAGE}"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(clean) => {
+            if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(message) => {
+            eprintln!("litellm-worker: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> Result<bool, String> {
+    let options = parse_args()?;
+    let url = env("STRATAI_LITELLM_URL")?;
+    let master = Secret::new(env("STRATAI_LITELLM_MASTER_KEY")?);
+    let client = LiteLlmClient::new(ClientConfig::new(url, master)).map_err(|e| e.to_string())?;
+    if options.demo {
+        let store = Arc::new(stratai_store::MemoryStore::new());
+        let (org, user) = seed_demo(store.as_ref()).await?;
+        println!("demo: organization {org}, member {user}");
+        return work(store, client, options, Some((org, user))).await;
+    }
+    let database =
+        std::env::var("STRATAI_DATABASE_URL").unwrap_or_else(|_| "sqlite::memory:".to_owned());
+    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        let store = stratai_store::PgStore::connect(&database)
+            .await
+            .map_err(|e| e.to_string())?;
+        work(Arc::new(store), client, options, None).await
+    } else if database.starts_with("sqlite:") {
+        let store = stratai_store::SqliteStore::connect(&database)
+            .await
+            .map_err(|e| e.to_string())?;
+        work(Arc::new(store), client, options, None).await
+    } else {
+        Err(format!(
+            "STRATAI_DATABASE_URL `{database}`: expected sqlite:... or postgres://..."
+        ))
+    }
+}
+
+/// One organization with a group (basic tier) and a member with a $1 budget, on a catalog
+/// whose basic and premium tiers are the proxy's `mock-gpt` and `mock-gpt-premium`.
+async fn seed_demo(
+    store: &stratai_store::MemoryStore,
+) -> Result<(stratai_core::ids::OrgId, stratai_core::ids::UserId), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let now = Utc::now();
+    for mut tier in default_tiers() {
+        tier.models = match tier.id {
+            id if id == BASIC_TIER_ID => vec![ModelId::new("mock-gpt").map_err(|x| e(&x))?],
+            id if id == PREMIUM_TIER_ID => {
+                vec![ModelId::new("mock-gpt-premium").map_err(|x| e(&x))?]
+            }
+            _ => Vec::new(),
+        };
+        store.upsert_tier(&tier).await.map_err(|x| e(&x))?;
+    }
+    let run = &uuid_suffix();
+    let basic = TierSlug::new("basic").map_err(|x| e(&x))?;
+    let premium = TierSlug::new("premium").map_err(|x| e(&x))?;
+    let settings =
+        OrgSettings::new(vec![basic.clone(), premium], basic.clone()).map_err(|x| e(&x))?;
+    let slug = Slug::new(format!("demo-{run}")).map_err(|x| e(&x))?;
+    let org =
+        Organization::new("Demo", slug, settings, BillingPlan::Business, now).map_err(|x| e(&x))?;
+    store.create_org(&org).await.map_err(|x| e(&x))?;
+    let tiers: Vec<_> = default_tiers().iter().map(|t| t.id).collect();
+    for subscription in subscriptions_for(org.id, &tiers, now) {
+        store
+            .put_subscription(org.id, &subscription)
+            .await
+            .map_err(|x| e(&x))?;
+    }
+    let user = User::new(
+        Email::new(format!("demo-{run}@example.com")).map_err(|x| e(&x))?,
+        Some("Demo"),
+        PlatformRole::User,
+        now,
+    )
+    .map_err(|x| e(&x))?;
+    store.create_user(&user).await.map_err(|x| e(&x))?;
+    let membership = Membership::new(org.id, user.id, OrgRole::Member, now)
+        .with_monthly_budget(Money::new(Decimal::ONE).map_err(|x| e(&x))?);
+    store
+        .add_member(org.id, &membership)
+        .await
+        .map_err(|x| e(&x))?;
+    let group = Group::new(org.id, "engineering", now)
+        .map_err(|x| e(&x))?
+        .with_allowed_tiers(vec![basic])
+        .map_err(|x| e(&x))?;
+    store
+        .create_group(org.id, &group)
+        .await
+        .map_err(|x| e(&x))?;
+    store
+        .put_group_member(
+            org.id,
+            &GroupMembership::new(org.id, group.id, user.id, GroupRole::Member, now),
+        )
+        .await
+        .map_err(|x| e(&x))?;
+    Ok((org.id, user.id))
+}
+
+fn uuid_suffix() -> String {
+    stratai_core::ids::OrgId::new()
+        .as_uuid()
+        .simple()
+        .to_string()[20..]
+        .to_owned()
+}
+
+async fn work<S>(
+    store: Arc<S>,
+    client: LiteLlmClient,
+    options: Options,
+    demo: Option<(stratai_core::ids::OrgId, stratai_core::ids::UserId)>,
+) -> Result<bool, String>
+where
+    S: DirectoryStore + TierStore + OutboxStore + UsageStore + 'static,
+{
+    let source = Arc::new(CoreDirectory::new(store.clone(), store.clone()));
+    let vault = Arc::new(MemoryKeyVault::new());
+    let config = SyncConfig {
+        model_names: options.models.clone(),
+        ..SyncConfig::default()
+    };
+    let engine = SyncEngine::new(client.clone(), source, store.clone(), vault, config);
+
+    if options.once {
+        let mut clean = true;
+        loop {
+            let pass = engine
+                .run_once()
+                .await
+                .map_err(|e| format!("outbox: {e}"))?;
+            println!("sync: {pass:?}");
+            if pass.events == 0 || pass.completed == 0 {
+                break;
+            }
+        }
+        let dead = store
+            .dead_letters(100)
+            .await
+            .map_err(|e| format!("outbox: {e}"))?;
+        for event in &dead {
+            println!(
+                "dead letter: seq {} {:?}: {}",
+                event.seq,
+                event.entity,
+                event.last_error.as_deref().unwrap_or("")
+            );
+        }
+        clean &= dead.is_empty();
+        if let Some((org, user)) = demo {
+            let key = engine
+                .member_key(org, user)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the demo member has no key")?;
+            let who = Attribution {
+                end_user_id: Some(user.to_string()),
+                user_id: Some(user.to_string()),
+                org_id: Some(org.to_string()),
+            };
+            let answer = client
+                .chat(
+                    &key,
+                    &who,
+                    &ChatRequest::new(
+                        "mock-gpt",
+                        vec![ChatMessage::user("hello from the worker demo")],
+                        8,
+                    ),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "demo chat: id {} cost {:?}: {}",
+                answer.completion.id,
+                answer.meta.response_cost,
+                answer.completion.text().unwrap_or("")
+            );
+        }
+        let drift = engine
+            .reconcile(options.repair)
+            .await
+            .map_err(|e| format!("reconcile: {e}"))?;
+        println!(
+            "reconcile: {} orgs, {} drifts, {} repaired, {} foreign",
+            drift.orgs,
+            drift.drifts.len(),
+            drift.repaired,
+            drift.foreign
+        );
+        for d in &drift.drifts {
+            println!(
+                "  drift {:?} {} {}: {}",
+                d.kind, d.org_id, d.subject, d.detail
+            );
+        }
+        clean &= drift.is_clean() || options.repair;
+        if demo.is_none() {
+            clean &= spend(&engine, store.as_ref(), options.spend_window).await?;
+        }
+        return Ok(clean);
+    }
+
+    let mut last_reconcile = tokio::time::Instant::now();
+    let mut last_spend = tokio::time::Instant::now();
+    loop {
+        match engine.run_once().await {
+            Ok(pass) if pass.events > 0 => println!("sync: {pass:?}"),
+            Ok(_) => {}
+            Err(e) => eprintln!("sync: outbox failed: {e}"),
+        }
+        if last_reconcile.elapsed() >= options.reconcile_every {
+            last_reconcile = tokio::time::Instant::now();
+            match engine.reconcile(options.repair).await {
+                Ok(report) => println!(
+                    "reconcile: {} drifts, {} repaired",
+                    report.drifts.len(),
+                    report.repaired
+                ),
+                Err(e) => eprintln!("reconcile failed: {e}"),
+            }
+        }
+        if last_spend.elapsed() >= options.spend_every {
+            last_spend = tokio::time::Instant::now();
+            if let Err(e) = spend(&engine, store.as_ref(), options.spend_window).await {
+                eprintln!("spend reconciliation failed: {e}");
+            }
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(true),
+            () = tokio::time::sleep(options.interval) => {}
+        }
+    }
+}
+
+/// Spend reconciliation of every organization over the window ending 30 s ago.
+async fn spend<S>(engine: &SyncEngine, store: &S, window: chrono::Duration) -> Result<bool, String>
+where
+    S: DirectoryStore + UsageStore,
+{
+    let to = Utc::now() - chrono::Duration::seconds(30);
+    let from = to - window;
+    let mut records = Vec::new();
+    for org in store.list_orgs().await.map_err(|e| e.to_string())? {
+        let query = UsageQuery {
+            from: Some(from),
+            to: Some(to),
+            ..UsageQuery::default()
+        };
+        records.extend(
+            store
+                .query(org.id, &query, 1_000_000)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let report = engine
+        .reconcile_spend(&records, from, to, Decimal::new(1, 6))
+        .await
+        .map_err(|e| format!("spend: {e}"))?;
+    println!(
+        "spend: {} matched, {} missing in litellm, {} missing in stratai, {} cost mismatches",
+        report.matched,
+        report.missing_in_litellm.len(),
+        report.missing_in_stratai.len(),
+        report.cost_mismatches.len()
+    );
+    Ok(report.is_clean())
+}
