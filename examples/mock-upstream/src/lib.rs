@@ -1,23 +1,4 @@
-//! A tiny OpenAI-compatible upstream for the LiteLLM proxy in tests and load runs.
-//!
-//! It answers `POST /v1/chat/completions` (JSON, or SSE when `"stream": true`, with a final
-//! usage chunk when `stream_options.include_usage` is set) and `GET /v1/models`, instantly:
-//! no sleeps, no state besides a request counter.
-//!
-//! - Every completion gets a fresh `chatcmpl-<uuid>` id. LiteLLM uses the upstream id as the
-//!   primary key of its spend logs, so ids must never repeat, not even across restarts.
-//! - Token usage is deterministic: `prompt_tokens` is the number of whitespace-separated words
-//!   in all message contents (at least 1), `completion_tokens` is
-//!   `min(max_tokens or max_completion_tokens, completion_tokens)` of [`MockConfig`] (8 by
-//!   default), and the answer has exactly that many words.
-//!
-//! ```no_run
-//! # async fn run() -> std::io::Result<()> {
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let server = mock_upstream::MockServer::start(listener, mock_upstream::MockConfig::default())?;
-//! println!("base url for LiteLLM: {}", server.base_url());
-//! # Ok(()) }
-//! ```
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 use std::fmt;
