@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use stratai_core::budget::{Budget, BudgetPeriod, BudgetRefusal};
+use stratai_core::budget::{Budget, BudgetAlert};
 use stratai_core::directory::{Invitation, Membership, Organization, User};
 use stratai_core::ports::RuleRecord;
 use stratai_core::usage::{AggregateRow, Dimension, DimensionValue, UsageQuery, UsageRecord};
@@ -22,65 +22,51 @@ pub(crate) fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
     at.with_nanosecond(nanos - nanos % 1_000).unwrap_or(at)
 }
 
-/// The calendar window `[start, end)` of `period` containing `at`, in UTC: a new period
-/// starts at zero because its state is a different row.
+/// Whether the threshold alert fires now: not yet sent this period and settled spend reached
+/// `threshold x limit` (core's rule, never for zero spend).
+pub(crate) fn alert_due(budget: &Budget, spent: Money, alert_sent: bool) -> bool {
+    !alert_sent && budget.threshold_reached(spent)
+}
+
+/// The alert of `budget` for the period starting at `period_start`.
+pub(crate) fn alert(budget: &Budget, period_start: DateTime<Utc>, spent: Money) -> BudgetAlert {
+    BudgetAlert {
+        budget_id: budget.id,
+        org_id: budget.org_id,
+        scope: budget.scope,
+        period_start,
+        spent,
+        limit: budget.limit,
+        threshold: budget.alert_threshold,
+    }
+}
+
+/// The calendar window of `period` containing `at`, in UTC, as `(start, end)`.
+///
+/// Kept for callers that do not know the organization's timezone; the ledgers use
+/// `budget.period.window(at, org.tz())` so periods follow the organization's timezone.
+#[allow(dead_code)]
 pub(crate) fn period_window(
-    period: BudgetPeriod,
+    period: stratai_core::budget::BudgetPeriod,
     at: DateTime<Utc>,
 ) -> (DateTime<Utc>, DateTime<Utc>) {
-    let day = at.date_naive();
-    let start_day = match period {
-        BudgetPeriod::Daily => day,
-        BudgetPeriod::Weekly => {
-            day - Duration::days(i64::from(day.weekday().num_days_from_monday()))
-        }
-        BudgetPeriod::Monthly => day.with_day(1).unwrap_or(day),
-    };
-    let end_day = match period {
-        BudgetPeriod::Daily => start_day + Duration::days(1),
-        BudgetPeriod::Weekly => start_day + Duration::days(7),
-        BudgetPeriod::Monthly => next_month(start_day),
-    };
-    (midnight(start_day), midnight(end_day))
+    let window = period.window(at, chrono_tz::UTC);
+    (window.start, window.end)
 }
 
-fn next_month(first: NaiveDate) -> NaiveDate {
-    let (year, month) = if first.month() == 12 {
-        (first.year() + 1, 1)
-    } else {
-        (first.year(), first.month() + 1)
-    };
-    NaiveDate::from_ymd_opt(year, month, 1).unwrap_or(first + Duration::days(31))
-}
-
-fn midnight(day: NaiveDate) -> DateTime<Utc> {
-    Utc.from_utc_datetime(&day.and_time(chrono::NaiveTime::MIN))
-}
-
-/// Validates a budget before it is stored.
-pub(crate) fn check_budget(budget: &Budget) -> Result<(), StoreError> {
-    let threshold = budget.alert_threshold;
-    if threshold <= rust_decimal::Decimal::ZERO || threshold > rust_decimal::Decimal::ONE {
-        return Err(ValidationError::new(
-            "alert_threshold",
-            format!("`{threshold}` must be in (0, 1]"),
-        )
-        .into());
-    }
-    Ok(())
-}
-
-/// Whether a budget admits `amount` more on top of `spent + reserved`; a hard budget refuses
-/// when the total would pass its limit, a soft one never does.
+/// Whether a single budget admits `amount` on top of `spent + reserved` (hard budgets refuse
+/// past their limit). Several budgets are decided together by core's `evaluate_budgets`,
+/// which reports the tightest refusal.
+#[allow(dead_code)]
 pub(crate) fn admit(
     budget: &Budget,
     spent: Money,
     reserved: Money,
     amount: Money,
-) -> Result<(), BudgetRefusal> {
+) -> Result<(), stratai_core::budget::BudgetRefusal> {
     let committed = spent + reserved;
     if budget.hard_limit && committed + amount > budget.limit {
-        Err(BudgetRefusal {
+        Err(stratai_core::budget::BudgetRefusal {
             budget_id: budget.id,
             scope: budget.scope,
             limit: budget.limit,
@@ -92,10 +78,10 @@ pub(crate) fn admit(
     }
 }
 
-/// Whether the threshold alert fires now: not yet sent this period and settled spend reached
-/// `threshold x limit`.
-pub(crate) fn alert_due(budget: &Budget, spent: Money, alert_sent: bool) -> bool {
-    !alert_sent && spent.amount() >= budget.alert_threshold * budget.limit.amount()
+/// Validates a budget before it is stored (core's rule).
+#[allow(dead_code)]
+pub(crate) fn check_budget(budget: &Budget) -> Result<(), StoreError> {
+    budget.validate().map_err(StoreError::from)
 }
 
 /// Whether a record matches a usage query (the memory backend's filter; the SQL backends
@@ -289,27 +275,6 @@ mod tests {
 
     fn at(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn windows_are_calendar_periods() {
-        let now = at("2026-02-18T13:45:00Z"); // a Wednesday
-        assert_eq!(
-            period_window(BudgetPeriod::Daily, now),
-            (at("2026-02-18T00:00:00Z"), at("2026-02-19T00:00:00Z"))
-        );
-        assert_eq!(
-            period_window(BudgetPeriod::Weekly, now),
-            (at("2026-02-16T00:00:00Z"), at("2026-02-23T00:00:00Z"))
-        );
-        assert_eq!(
-            period_window(BudgetPeriod::Monthly, now),
-            (at("2026-02-01T00:00:00Z"), at("2026-03-01T00:00:00Z"))
-        );
-        assert_eq!(
-            period_window(BudgetPeriod::Monthly, at("2026-12-31T23:59:59Z")).1,
-            at("2027-01-01T00:00:00Z")
-        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod conformance {
     pub mod directory;
     pub mod fixtures;
     pub mod ledger;
+    pub mod model;
     pub mod outbox;
     pub mod rules;
     pub mod tiers;
@@ -160,6 +161,7 @@ conformance! {
     ledger::settle_after_release_records_spend,
     ledger::release_idempotent,
     ledger::periods_start_at_zero,
+    ledger::periods_follow_org_timezone,
     ledger::soft_budget_never_refuses,
     ledger::alerts_fire_once_per_period,
     ledger::ledger_reclaim_expired,
@@ -172,4 +174,29 @@ conformance! {
     usage::usage_cross_tenant,
     outbox::outbox_events_for_directory_changes,
     outbox::outbox_delivery,
+}
+
+/// The memory and SQLite ledgers against core's reference model (`LedgerModel`), on random
+/// sequences of reserve / settle / release / reclaim across period boundaries.
+mod ledger_model {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        #[test]
+        fn memory_ledger_matches_the_model(ops in crate::model::ops()) {
+            crate::model::check(|| async { stratai_store::MemoryStore::new() }, ops);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn sqlite_ledger_matches_the_model(ops in crate::model::ops()) {
+            crate::model::check(
+                || async { stratai_store::SqliteStore::connect("sqlite::memory:").await.unwrap() },
+                ops,
+            );
+        }
+    }
 }

@@ -234,6 +234,7 @@ CREATE TABLE budget_reservation_items (
     request_id BLOB NOT NULL,
     budget_id BLOB NOT NULL REFERENCES budgets(id) ON DELETE CASCADE,
     period_start TEXT NOT NULL,
+    period_end TEXT NOT NULL,
     PRIMARY KEY (organization_id, request_id, budget_id),
     FOREIGN KEY (organization_id, request_id)
         REFERENCES budget_reservations(organization_id, request_id) ON DELETE CASCADE

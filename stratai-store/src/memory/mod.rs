@@ -10,7 +10,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use stratai_core::budget::{Budget, BudgetAlert, BudgetState};
+use stratai_core::budget::{
+    Budget, BudgetAlert, BudgetOutcome, BudgetState, PeriodWindow, evaluate_budgets,
+};
 use stratai_core::directory::{
     Email, Group, GroupMembership, GroupRole, Invitation, InvitationStatus, Membership,
     Organization, Slug, User, UserProfile,
@@ -90,7 +92,7 @@ enum ReservationStatus {
 struct Reservation {
     amount: Money,
     /// Each budget with the start of the period the reservation was made in.
-    items: Vec<(BudgetId, DateTime<Utc>)>,
+    items: Vec<(BudgetId, PeriodWindow)>,
     expires_at: DateTime<Utc>,
     status: ReservationStatus,
 }
@@ -250,52 +252,53 @@ impl State {
         }
     }
 
-    fn state_of(&self, budget: &Budget, start: DateTime<Utc>) -> BudgetState {
-        let period = self.periods.get(&(budget.id, start));
-        let (_, window_end) = shared::period_window(budget.period, start);
+    /// The calendar window of `budget` containing `at`, in its organization's timezone.
+    fn window(&self, budget: &Budget, at: DateTime<Utc>) -> PeriodWindow {
+        let tz = self
+            .orgs
+            .get(&budget.org_id)
+            .map_or(chrono_tz::UTC, Organization::tz);
+        budget.period.window(at, tz)
+    }
+
+    fn state_of(&self, budget: &Budget, window: PeriodWindow) -> BudgetState {
+        let period = self.periods.get(&(budget.id, window.start));
         BudgetState {
             budget: budget.clone(),
-            period_start: start,
-            period_end: period.map_or(window_end, |p| p.end),
+            period_start: window.start,
+            period_end: period.map_or(window.end, |p| p.end),
             spent: period.map_or(Money::ZERO, |p| p.spent),
             reserved: period.map_or(Money::ZERO, |p| p.reserved),
             alert_sent: period.is_some_and(|p| p.alert_sent),
         }
     }
 
-    fn period_mut(&mut self, budget: &Budget, start: DateTime<Utc>) -> &mut Period {
-        let (_, end) = shared::period_window(budget.period, start);
-        self.periods.entry((budget.id, start)).or_insert(Period {
-            end,
-            spent: Money::ZERO,
-            reserved: Money::ZERO,
-            alert_sent: false,
-        })
+    fn period_mut(&mut self, budget: BudgetId, window: PeriodWindow) -> &mut Period {
+        self.periods
+            .entry((budget, window.start))
+            .or_insert(Period {
+                end: window.end,
+                spent: Money::ZERO,
+                reserved: Money::ZERO,
+                alert_sent: false,
+            })
     }
 
     /// Adds settled spend to one budget's period; returns the alert if it fires now.
     fn add_spend(
         &mut self,
         budget_id: BudgetId,
-        start: DateTime<Utc>,
+        window: PeriodWindow,
         actual: Money,
         unreserve: Money,
     ) -> Option<BudgetAlert> {
         let budget = self.budgets.get(&budget_id)?.clone();
-        let period = self.period_mut(&budget, start);
+        let period = self.period_mut(budget_id, window);
         period.reserved = period.reserved.saturating_sub(unreserve);
         period.spent = period.spent + actual;
         if shared::alert_due(&budget, period.spent, period.alert_sent) {
             period.alert_sent = true;
-            Some(BudgetAlert {
-                budget_id,
-                org_id: budget.org_id,
-                scope: budget.scope,
-                period_start: start,
-                spent: period.spent,
-                limit: budget.limit,
-                threshold: budget.alert_threshold,
-            })
+            Some(shared::alert(&budget, window.start, period.spent))
         } else {
             None
         }
@@ -311,8 +314,8 @@ impl State {
         reservation.status = ReservationStatus::Released;
         let amount = reservation.amount;
         let items = reservation.items.clone();
-        for (budget_id, start) in items {
-            if let Some(period) = self.periods.get_mut(&(budget_id, start)) {
+        for (budget_id, window) in items {
+            if let Some(period) = self.periods.get_mut(&(budget_id, window.start)) {
                 period.reserved = period.reserved.saturating_sub(amount);
             }
         }
@@ -1043,7 +1046,7 @@ fn sorted_rules<'a>(rules: impl Iterator<Item = &'a RuleRecord>) -> Vec<RuleReco
 #[async_trait]
 impl BudgetLedger for MemoryStore {
     async fn create_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
-        shared::check_budget(budget)?;
+        budget.validate()?;
         let mut s = self.state.write().await;
         tenant(org, budget.org_id, "budget")?;
         s.org(org)?;
@@ -1072,7 +1075,7 @@ impl BudgetLedger for MemoryStore {
     }
 
     async fn update_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
-        shared::check_budget(budget)?;
+        budget.validate()?;
         let mut s = self.state.write().await;
         tenant(org, budget.org_id, "budget")?;
         let old = s.budget_in(org, budget.id)?.clone();
@@ -1106,8 +1109,7 @@ impl BudgetLedger for MemoryStore {
             .iter()
             .map(|id| {
                 let budget = s.budget_in(org, *id)?;
-                let (start, _) = shared::period_window(budget.period, now);
-                Ok(s.state_of(budget, start))
+                Ok(s.state_of(budget, s.window(budget, now)))
             })
             .collect()
     }
@@ -1123,44 +1125,49 @@ impl BudgetLedger for MemoryStore {
             let states = existing
                 .items
                 .iter()
-                .filter_map(|(id, start)| s.budgets.get(id).map(|b| s.state_of(b, *start)))
+                .filter_map(|(id, window)| s.budgets.get(id).map(|b| s.state_of(b, *window)))
                 .collect();
             return Ok(ReserveOutcome::Reserved(states));
         }
         // Fixed order (by id) and no duplicates, as the SQL backends lock them.
         let ids: BTreeSet<BudgetId> = request.budgets.iter().copied().collect();
-        let mut targets = Vec::with_capacity(ids.len());
+        let mut states = Vec::with_capacity(ids.len());
         for id in ids {
-            let budget = s.budget_in(org, id)?.clone();
-            let (start, _) = shared::period_window(budget.period, request.now);
-            targets.push((budget, start));
+            let budget = s.budget_in(org, id)?;
+            states.push(s.state_of(budget, s.window(budget, request.now)));
         }
-        for (budget, start) in &targets {
-            let state = s.state_of(budget, *start);
-            if let Err(refusal) = shared::admit(budget, state.spent, state.reserved, request.amount)
-            {
-                return Ok(ReserveOutcome::Refused(refusal));
-            }
+        if let BudgetOutcome::Deny { refusal } = evaluate_budgets(&states, request.amount).outcome {
+            return Ok(ReserveOutcome::Refused(refusal));
         }
-        for (budget, start) in &targets {
-            let period = s.period_mut(budget, *start);
+        let items: Vec<(BudgetId, PeriodWindow)> = states
+            .iter()
+            .map(|st| {
+                (
+                    st.budget.id,
+                    PeriodWindow {
+                        start: st.period_start,
+                        end: st.period_end,
+                    },
+                )
+            })
+            .collect();
+        for (id, window) in &items {
+            let period = s.period_mut(*id, *window);
             period.reserved = period.reserved + request.amount;
+        }
+        for state in &mut states {
+            state.reserved = state.reserved + request.amount;
         }
         s.reservations.insert(
             key,
             Reservation {
                 amount: request.amount,
-                items: targets.iter().map(|(b, start)| (b.id, *start)).collect(),
+                items,
                 expires_at: micros(request.expires_at),
                 status: ReservationStatus::Active,
             },
         );
-        Ok(ReserveOutcome::Reserved(
-            targets
-                .iter()
-                .map(|(budget, start)| s.state_of(budget, *start))
-                .collect(),
-        ))
+        Ok(ReserveOutcome::Reserved(states))
     }
 
     async fn settle(
@@ -1191,14 +1198,14 @@ impl BudgetLedger for MemoryStore {
                 let mut items = Vec::with_capacity(ids.len());
                 for id in ids {
                     let budget = s.budget_in(org, id)?;
-                    items.push((id, shared::period_window(budget.period, now).0));
+                    items.push((id, s.window(budget, now)));
                 }
                 (items, Money::ZERO)
             }
         };
         let mut alerts = Vec::new();
-        for (budget_id, start) in &items {
-            if let Some(alert) = s.add_spend(*budget_id, *start, actual, unreserve) {
+        for (budget_id, window) in &items {
+            if let Some(alert) = s.add_spend(*budget_id, *window, actual, unreserve) {
                 alerts.push(alert);
             }
         }

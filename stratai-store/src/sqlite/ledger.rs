@@ -8,9 +8,13 @@ use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
-use stratai_core::budget::{Budget, BudgetAlert, BudgetScope, BudgetState};
+use stratai_core::budget::{
+    Budget, BudgetOutcome, BudgetScope, BudgetState, PeriodWindow, evaluate_budgets,
+};
+use stratai_core::directory::OrgSettings;
 use stratai_core::ports::{BudgetLedger, ReserveOutcome, ReserveRequest, SettleOutcome};
 use stratai_core::{BudgetId, GroupId, Money, OrgId, RequestId, StoreError, TierId, UserId};
 use uuid::Uuid;
@@ -71,39 +75,44 @@ async fn load_budget(
     budget_from_row(&row)
 }
 
-/// A budget's state in the period starting at `start` (zero when the period has no row yet).
+/// The timezone an organization's budget periods are computed in (UTC when unset).
+async fn org_tz(conn: &mut SqliteConnection, org: OrgId) -> Result<Tz, StoreError> {
+    let settings: Option<String> =
+        sqlx::query_scalar("SELECT settings FROM organizations WHERE id = ?")
+            .bind(org.as_uuid())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db)?;
+    Ok(match settings {
+        Some(text) => super::from_json::<OrgSettings>("settings", &text)?.tz(),
+        None => chrono_tz::UTC,
+    })
+}
+
+/// A budget's state in `window` (zero when the period has no row yet).
 async fn load_state(
     conn: &mut SqliteConnection,
     budget: &Budget,
-    start: DateTime<Utc>,
+    window: PeriodWindow,
 ) -> Result<BudgetState, StoreError> {
     let row = sqlx::query(
-        "SELECT period_end, spent, reserved, alert_sent FROM budget_periods
+        "SELECT spent, reserved, alert_sent FROM budget_periods
          WHERE budget_id = ? AND period_start = ?",
     )
     .bind(budget.id.as_uuid())
-    .bind(ts(start))
+    .bind(ts(window.start))
     .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
-    let (_, window_end) = shared::period_window(budget.period, start);
-    Ok(match row {
-        Some(row) => BudgetState {
-            budget: budget.clone(),
-            period_start: start,
-            period_end: row.at("period_end")?,
-            spent: row.money("spent")?,
-            reserved: row.money("reserved")?,
-            alert_sent: row.flag("alert_sent")?,
-        },
-        None => BudgetState {
-            budget: budget.clone(),
-            period_start: start,
-            period_end: window_end,
-            spent: Money::ZERO,
-            reserved: Money::ZERO,
-            alert_sent: false,
-        },
+    Ok(BudgetState {
+        budget: budget.clone(),
+        period_start: window.start,
+        period_end: window.end,
+        spent: row.as_ref().map_or(Ok(Money::ZERO), |r| r.money("spent"))?,
+        reserved: row
+            .as_ref()
+            .map_or(Ok(Money::ZERO), |r| r.money("reserved"))?,
+        alert_sent: row.as_ref().map_or(Ok(false), |r| r.flag("alert_sent"))?,
     })
 }
 
@@ -133,9 +142,9 @@ async fn reservation_items(
     conn: &mut SqliteConnection,
     org: OrgId,
     request: RequestId,
-) -> Result<Vec<(Budget, DateTime<Utc>)>, StoreError> {
+) -> Result<Vec<(Budget, PeriodWindow)>, StoreError> {
     let rows = sqlx::query(
-        "SELECT b.*, i.period_start AS item_period_start
+        "SELECT b.*, i.period_start AS item_period_start, i.period_end AS item_period_end
          FROM budget_reservation_items i JOIN budgets b ON b.id = i.budget_id
          WHERE i.organization_id = ? AND i.request_id = ?
          ORDER BY b.id",
@@ -147,10 +156,11 @@ async fn reservation_items(
     .map_err(db)?;
     rows.iter()
         .map(|row| {
-            Ok((
-                budget_from_row(row)?,
-                parse_ts(&row.text("item_period_start")?)?,
-            ))
+            let window = PeriodWindow {
+                start: parse_ts(&row.text("item_period_start")?)?,
+                end: parse_ts(&row.text("item_period_end")?)?,
+            };
+            Ok((budget_from_row(row)?, window))
         })
         .collect()
 }
@@ -162,8 +172,8 @@ async fn release_in(
     request: RequestId,
     amount: Money,
 ) -> Result<(), StoreError> {
-    for (budget, start) in reservation_items(conn, org, request).await? {
-        let mut state = load_state(conn, &budget, start).await?;
+    for (budget, window) in reservation_items(conn, org, request).await? {
+        let mut state = load_state(conn, &budget, window).await?;
         state.reserved = state.reserved.saturating_sub(amount);
         save_state(conn, &state).await?;
     }
@@ -214,7 +224,7 @@ async fn check_scope(
 #[async_trait]
 impl BudgetLedger for SqliteStore {
     async fn create_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
-        shared::check_budget(budget)?;
+        budget.validate()?;
         tenant(org, budget.org_id, "budget")?;
         let mut tx = self.write().await?;
         require_org(&mut tx, org).await?;
@@ -258,7 +268,7 @@ impl BudgetLedger for SqliteStore {
     }
 
     async fn update_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
-        shared::check_budget(budget)?;
+        budget.validate()?;
         tenant(org, budget.org_id, "budget")?;
         // The scope and creation time are fixed; the rest is replaced.
         let done = sqlx::query(
@@ -304,11 +314,12 @@ impl BudgetLedger for SqliteStore {
     ) -> Result<Vec<BudgetState>, StoreError> {
         // One read transaction: a consistent snapshot of every budget.
         let mut tx = self.pool.begin().await.map_err(db)?;
+        let tz = org_tz(&mut tx, org).await?;
         let mut states = Vec::with_capacity(budgets.len());
         for id in budgets {
             let budget = load_budget(&mut tx, org, *id).await?;
-            let (start, _) = shared::period_window(budget.period, now);
-            states.push(load_state(&mut tx, &budget, start).await?);
+            let window = budget.period.window(now, tz);
+            states.push(load_state(&mut tx, &budget, window).await?);
         }
         tx.commit().await.map_err(db)?;
         Ok(states)
@@ -325,24 +336,22 @@ impl BudgetLedger for SqliteStore {
             .is_some()
         {
             let mut states = Vec::new();
-            for (budget, start) in reservation_items(&mut tx, org, request.request_id).await? {
-                states.push(load_state(&mut tx, &budget, start).await?);
+            for (budget, window) in reservation_items(&mut tx, org, request.request_id).await? {
+                states.push(load_state(&mut tx, &budget, window).await?);
             }
             return Ok(ReserveOutcome::Reserved(states));
         }
+        let tz = org_tz(&mut tx, org).await?;
         let ids: BTreeSet<BudgetId> = request.budgets.iter().copied().collect();
         let mut states = Vec::with_capacity(ids.len());
         for id in ids {
             let budget = load_budget(&mut tx, org, id).await?;
-            let (start, _) = shared::period_window(budget.period, request.now);
-            let state = load_state(&mut tx, &budget, start).await?;
-            if let Err(refusal) =
-                shared::admit(&budget, state.spent, state.reserved, request.amount)
-            {
-                // Nothing was written; dropping the transaction rolls it back.
-                return Ok(ReserveOutcome::Refused(refusal));
-            }
-            states.push(state);
+            let window = budget.period.window(request.now, tz);
+            states.push(load_state(&mut tx, &budget, window).await?);
+        }
+        if let BudgetOutcome::Deny { refusal } = evaluate_budgets(&states, request.amount).outcome {
+            // Nothing was written; dropping the transaction rolls it back.
+            return Ok(ReserveOutcome::Refused(refusal));
         }
         sqlx::query(
             "INSERT INTO budget_reservations (organization_id, request_id, amount, status,
@@ -362,13 +371,14 @@ impl BudgetLedger for SqliteStore {
             save_state(&mut tx, state).await?;
             sqlx::query(
                 "INSERT INTO budget_reservation_items (organization_id, request_id, budget_id,
-                     period_start)
-                 VALUES (?, ?, ?, ?)",
+                     period_start, period_end)
+                 VALUES (?, ?, ?, ?, ?)",
             )
             .bind(org.as_uuid())
             .bind(request.request_id.as_uuid())
             .bind(state.budget.id.as_uuid())
             .bind(ts(state.period_start))
+            .bind(ts(state.period_end))
             .execute(&mut *tx)
             .await
             .map_err(db)?;
@@ -402,12 +412,13 @@ impl BudgetLedger for SqliteStore {
             None => {
                 // The request happened without a reservation: record the spend in the period
                 // current now, and a settled marker so settling again changes nothing.
+                let tz = org_tz(&mut tx, org).await?;
                 let ids: BTreeSet<BudgetId> = budgets.iter().copied().collect();
                 let mut items = Vec::with_capacity(ids.len());
                 for id in ids {
                     let budget = load_budget(&mut tx, org, id).await?;
-                    let (start, _) = shared::period_window(budget.period, now);
-                    items.push((budget, start));
+                    let window = budget.period.window(now, tz);
+                    items.push((budget, window));
                 }
                 sqlx::query(
                     "INSERT INTO budget_reservations (organization_id, request_id, amount, status,
@@ -421,16 +432,17 @@ impl BudgetLedger for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-                for (budget, start) in &items {
+                for (budget, window) in &items {
                     sqlx::query(
                         "INSERT INTO budget_reservation_items (organization_id, request_id,
-                             budget_id, period_start)
-                         VALUES (?, ?, ?, ?)",
+                             budget_id, period_start, period_end)
+                         VALUES (?, ?, ?, ?, ?)",
                     )
                     .bind(org.as_uuid())
                     .bind(request_id.as_uuid())
                     .bind(budget.id.as_uuid())
-                    .bind(ts(*start))
+                    .bind(ts(window.start))
+                    .bind(ts(window.end))
                     .execute(&mut *tx)
                     .await
                     .map_err(db)?;
@@ -439,21 +451,13 @@ impl BudgetLedger for SqliteStore {
             }
         };
         let mut alerts = Vec::new();
-        for (budget, start) in &items {
-            let mut state = load_state(&mut tx, budget, *start).await?;
+        for (budget, window) in &items {
+            let mut state = load_state(&mut tx, budget, *window).await?;
             state.reserved = state.reserved.saturating_sub(unreserve);
             state.spent = state.spent + actual;
             if shared::alert_due(budget, state.spent, state.alert_sent) {
                 state.alert_sent = true;
-                alerts.push(BudgetAlert {
-                    budget_id: budget.id,
-                    org_id: budget.org_id,
-                    scope: budget.scope,
-                    period_start: *start,
-                    spent: state.spent,
-                    limit: budget.limit,
-                    threshold: budget.alert_threshold,
-                });
+                alerts.push(shared::alert(budget, window.start, state.spent));
             }
             save_state(&mut tx, &state).await?;
         }

@@ -628,3 +628,31 @@ pub async fn concurrent_reservations_never_overspend<S: Store>(store: S) {
     assert_eq!(reserved, Money::ZERO);
     assert!(spent <= money("10"));
 }
+
+pub async fn periods_follow_org_timezone<S: Store>(store: S) {
+    let mut o = new_org();
+    o.settings.timezone = Some("America/New_York".to_owned());
+    store.create_org(&o).await.unwrap();
+    let monthly = budget(&store, o.id, BudgetScope::Org, "10", true).await;
+    // 03:00 UTC on February 1st is still January 31st in New York.
+    let late_january = at("2026-02-01T03:00:00Z");
+    let states = reserved(
+        store
+            .reserve(o.id, &request(&[monthly.id], "4", late_january))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(states[0].period_start, at("2026-01-01T05:00:00Z"));
+    assert_eq!(states[0].period_end, at("2026-02-01T05:00:00Z"));
+    // From 05:00 UTC it is February there: a new period, from zero.
+    let february = state(&store, o.id, monthly.id, at("2026-02-01T05:00:00Z")).await;
+    assert_eq!(
+        (february.spent, february.reserved),
+        (Money::ZERO, Money::ZERO)
+    );
+    assert_eq!(february.period_start, at("2026-02-01T05:00:00Z"));
+    assert_eq!(
+        totals(&store, o.id, monthly.id, at("2026-02-01T04:59:59Z")).await,
+        (Money::ZERO, money("4"))
+    );
+}
