@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../../../stratai-store/tests/support/pg.rs"]
-#[allow(dead_code)]
 mod pg;
 
 use std::collections::{HashMap, HashSet};

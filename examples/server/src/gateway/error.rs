@@ -24,13 +24,13 @@ pub struct OpenAiError {
     /// Stable machine-readable code.
     pub code: &'static str,
     /// The offending parameter, when one is.
-    pub param: Option<String>,
+    pub param: Option<Box<str>>,
     /// Seconds to wait (sent as `Retry-After`).
     pub retry_after_secs: Option<u64>,
     /// StratAI detail (merged into the error object).
-    pub detail: serde_json::Map<String, Value>,
+    pub detail: Box<serde_json::Map<String, Value>>,
     /// Request id (sent as `x-stratai-request-id`).
-    pub request_id: Option<String>,
+    pub request_id: Option<Box<str>>,
 }
 
 impl OpenAiError {
@@ -48,7 +48,7 @@ impl OpenAiError {
             code,
             param: None,
             retry_after_secs: None,
-            detail: serde_json::Map::new(),
+            detail: Box::default(),
             request_id: None,
         }
     }
@@ -61,7 +61,7 @@ impl OpenAiError {
             code,
             message,
         );
-        e.param = param.map(str::to_owned);
+        e.param = param.map(Into::into);
         e
     }
 
@@ -88,7 +88,7 @@ impl OpenAiError {
     /// Sets the request id header.
     #[must_use]
     pub fn for_request(mut self, request_id: impl ToString) -> Self {
-        self.request_id = Some(request_id.to_string());
+        self.request_id = Some(request_id.to_string().into_boxed_str());
         self
     }
 
@@ -101,9 +101,11 @@ impl OpenAiError {
         inner.insert("code".to_owned(), self.code.into());
         inner.insert(
             "param".to_owned(),
-            self.param.clone().map_or(Value::Null, Value::String),
+            self.param
+                .as_deref()
+                .map_or(Value::Null, |p| Value::String(p.to_owned())),
         );
-        for (k, v) in &self.detail {
+        for (k, v) in self.detail.iter() {
             inner.entry(k.clone()).or_insert_with(|| v.clone());
         }
         serde_json::json!({ "error": inner })
@@ -163,7 +165,7 @@ impl From<ApiError> for OpenAiError {
             other => other.to_string(),
         };
         let param = match &e {
-            ApiError::Validation(fields) => fields.first().map(|f| f.path.clone()),
+            ApiError::Validation(fields) => fields.first().map(|f| f.path.clone().into_boxed_str()),
             _ => None,
         };
         let mut out = Self::new(status, kind, e.code(), message);

@@ -156,7 +156,7 @@ pub(crate) fn refusal_error(refusal: Refusal) -> OpenAiError {
             let mut e = OpenAiError::new(status, kind, code, message)
                 .with("reason", &denial.reason)
                 .with("upgrade_hint", denial.upgrade_hint().or(hint));
-            e.param = Some("model".to_owned());
+            e.param = Some("model".into());
             e
         }
         Refusal::Blocked(decision) => blocked_error(&decision),
