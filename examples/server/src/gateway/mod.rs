@@ -14,6 +14,7 @@
 pub mod error;
 pub mod explain;
 pub mod litellm;
+pub mod openai;
 pub mod pipeline;
 pub mod setup;
 mod stream;

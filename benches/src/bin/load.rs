@@ -1,0 +1,447 @@
+//! Gateway load harness (figures, not a test): requests/s and p50/p99 latency at fixed
+//! request rates, side by side, in one run on one machine:
+//!
+//! 1. `direct`: straight to the project's instant mock upstream;
+//! 2. `stratai`: through the StratAI gateway (auth, tier check, guardrails, budget
+//!    reservation, settlement and usage recording in PostgreSQL) to the same mock;
+//! 3. `litellm`: through the LiteLLM proxy (when `STRATAI_LITELLM_URL` and
+//!    `STRATAI_LITELLM_MASTER_KEY` are set, e.g. by `scripts/litellm-up.sh`), whose upstream
+//!    is the same mock program.
+//!
+//! Loopback only; every run is bounded (rate x seconds requests, at most 2,000 in flight).
+//! Latency is measured from each request's *scheduled* start (open loop), so a saturated
+//! target shows up as growing latency rather than hidden by slower sending.
+//!
+//! ```text
+//! cargo run --release -p stratai-benches --bin load -- [--rates 200,500,1000] [--secs 5] [--concurrency 32]
+//! ```
+//! PostgreSQL: `DATABASE_URL` (a superuser URL), else `postgres://postgres@127.0.0.1:5432/postgres`.
+//! A fresh database `stratai_load_<time>` is created and dropped at the end.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
+use stratai_core::directory::{
+    Email, INTERNAL_ORG_SLUG, Membership, OrgRole, PlatformRole, Slug, User,
+};
+use stratai_core::money::Money;
+use stratai_server::app::{AppState, HttpLimits, router};
+use stratai_server::auth::Auth;
+use stratai_server::config::Config;
+use stratai_server::gateway::openai::OpenAiCompatProvider;
+use stratai_server::gateway::setup::{GatewayOptions, build_state};
+use stratai_server::server::Backends;
+use stratai_server::stores::Stores;
+use tokio::sync::Semaphore;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Clone)]
+struct Target {
+    name: &'static str,
+    url: String,
+    token: String,
+    body: Value,
+}
+
+struct Outcome {
+    rate: Option<u32>,
+    sent: usize,
+    ok: usize,
+    errors: usize,
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn one(http: &reqwest::Client, t: &Target) -> bool {
+    match http
+        .post(&t.url)
+        .bearer_auth(&t.token)
+        .json(&t.body)
+        .send()
+        .await
+    {
+        Ok(r) => {
+            let ok = r.status().is_success();
+            let _ = r.bytes().await;
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+/// Open loop: `rate` requests/s for `secs` seconds.
+async fn fixed_rate(http: &reqwest::Client, t: &Target, rate: u32, secs: u64) -> Outcome {
+    let total = usize::try_from(u64::from(rate) * secs).unwrap_or(usize::MAX);
+    let gap = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let limit = Arc::new(Semaphore::new(2000));
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(total);
+    for i in 0..total {
+        let at = start + gap * u32::try_from(i).unwrap_or(u32::MAX);
+        tokio::time::sleep_until(at.into()).await;
+        let http = http.clone();
+        let t = t.clone();
+        let limit = limit.clone();
+        handles.push(tokio::spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let ok = one(&http, &t).await;
+            (ok, at.elapsed(), Instant::now())
+        }));
+    }
+    let mut lat = Vec::with_capacity(total);
+    let (mut ok, mut errors) = (0, 0);
+    let mut last = start;
+    for h in handles {
+        if let Ok((good, l, done)) = h.await {
+            if good {
+                ok += 1;
+                lat.push(l);
+            } else {
+                errors += 1;
+            }
+            last = last.max(done);
+        }
+    }
+    lat.sort_unstable();
+    #[allow(clippy::cast_precision_loss)]
+    let rps = ok as f64 / (last - start).as_secs_f64().max(1e-9);
+    Outcome {
+        rate: Some(rate),
+        sent: total,
+        ok,
+        errors,
+        rps,
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+    }
+}
+
+/// Closed loop: `workers` clients back to back for `secs` seconds (maximum throughput).
+async fn max_throughput(http: &reqwest::Client, t: &Target, workers: usize, secs: u64) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let http = http.clone();
+        let t = t.clone();
+        handles.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            while Instant::now() < deadline {
+                let s = Instant::now();
+                if one(&http, &t).await {
+                    lat.push(s.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for h in handles {
+        if let Ok((l, e)) = h.await {
+            lat.extend(l);
+            errors += e;
+        }
+    }
+    let elapsed = start.elapsed();
+    lat.sort_unstable();
+    #[allow(clippy::cast_precision_loss)]
+    let rps = lat.len() as f64 / elapsed.as_secs_f64();
+    Outcome {
+        rate: None,
+        sent: lat.len() + errors,
+        ok: lat.len(),
+        errors,
+        rps,
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+    }
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+struct PgDb {
+    admin_url: String,
+    name: String,
+}
+
+async fn fresh_pg() -> Result<(Stores, PgDb), BoxError> {
+    use sqlx::Connection;
+    let admin_url = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let name = format!("stratai_load_{}", Utc::now().format("%Y%m%d%H%M%S"));
+    let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    let mut db_url = url::Url::parse(&admin_url)?;
+    db_url.set_path(&format!("/{name}"));
+    stratai_store::PgStore::migrate(db_url.as_str()).await?;
+    stratai_store::PgStore::setup_app_role(db_url.as_str(), "stratai_load_app", Some("load"))
+        .await?;
+    let mut app_url = db_url.clone();
+    let _ = app_url.set_username("stratai_load_app");
+    let _ = app_url.set_password(Some("load"));
+    let store = stratai_store::PgStore::connect_with(
+        app_url.as_str(),
+        stratai_store::PgOptions {
+            max_connections: 16,
+            ..stratai_store::PgOptions::default()
+        },
+    )
+    .await?;
+    Ok((Stores::from_backend(store), PgDb { admin_url, name }))
+}
+
+async fn drop_pg(db: &PgDb) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&db.admin_url).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name))
+            .execute(&mut conn)
+            .await;
+        let _ = conn.close().await;
+    }
+}
+
+/// Starts the StratAI server in-process on PostgreSQL, upstream = `upstream`; returns its
+/// chat URL, a member's token and the store (for counting records).
+async fn start_gateway(upstream: &str, stores: Stores) -> Result<(String, String), BoxError> {
+    let env: HashMap<String, String> =
+        [("DATABASE_URL".to_owned(), "sqlite://unused.db".to_owned())].into();
+    let config = Config::load(&env)?;
+    let backends = Backends::seeded(stores.clone(), &config).await?;
+    let auth = Arc::new(Auth::from_config(
+        &config,
+        backends.directory,
+        backends.sessions,
+    )?);
+    let mut options = GatewayOptions::from_env();
+    options.spool_path =
+        std::env::temp_dir().join(format!("stratai-load-{}.spool", std::process::id()));
+    options.llm = Some((Arc::new(OpenAiCompatProvider::new(upstream, None)?), "mock"));
+    let gateway = build_state(&config, auth.clone(), &stores, options).await?;
+    let app = router(
+        AppState {
+            auth,
+            readiness: backends.readiness,
+            stores: stores.clone(),
+            gateway: Some(gateway),
+        },
+        HttpLimits {
+            body_limit_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(30),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    // A member of the internal pilot org (all tiers) with a large hard budget, so every
+    // request goes through reservation and settlement.
+    let now = Utc::now();
+    let org = stores
+        .directory
+        .find_org_by_slug(&Slug::new(INTERNAL_ORG_SLUG)?)
+        .await?
+        .ok_or("internal org missing")?;
+    let email = "load@stratai.test";
+    let user = User::new(Email::new(email)?, None, PlatformRole::User, now)?;
+    stores.directory.create_user(&user).await?;
+    stores
+        .directory
+        .add_member(
+            org.id,
+            &Membership::new(org.id, user.id, OrgRole::Member, now),
+        )
+        .await?;
+    let budget = Budget::new(
+        org.id,
+        BudgetScope::User(user.id),
+        Money::dollars(1_000_000),
+        BudgetPeriod::Monthly,
+        true,
+        rust_decimal::Decimal::ONE,
+        now,
+    )?;
+    stores.budgets.create_budget(org.id, &budget).await?;
+    let http = reqwest::Client::new();
+    let v: Value = http
+        .post(format!("http://{addr}/auth/dev/token"))
+        .json(&json!({ "email": email }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = v["token"].as_str().ok_or("no dev token")?.to_owned();
+    Ok((format!("http://{addr}/v1/chat/completions"), token))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().collect();
+    let rates: Vec<u32> = arg(&args, "--rates")
+        .unwrap_or_else(|| "200,500,1000".to_owned())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .filter(|r| (1..=5000).contains(r))
+        .collect();
+    let secs: u64 = arg(&args, "--secs")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+        .clamp(1, 30);
+    let workers: usize = arg(&args, "--concurrency")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(32)
+        .clamp(1, 512);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mock = mock_upstream::MockServer::start(listener, mock_upstream::MockConfig::default())?;
+    let (stores, pg) = fresh_pg().await?;
+    let result = run(&mock, stores.clone(), &rates, secs, workers).await;
+    let recorded = count_usage(&stores).await;
+    drop_pg(&pg).await;
+    let table = result?;
+    println!("{table}");
+    println!("usage records written by the gateway during the run: {recorded}");
+    Ok(())
+}
+
+async fn count_usage(stores: &Stores) -> usize {
+    let Ok(Some(org)) = stores
+        .directory
+        .find_org_by_slug(&match Slug::new(INTERNAL_ORG_SLUG) {
+            Ok(s) => s,
+            Err(_) => return 0,
+        })
+        .await
+    else {
+        return 0;
+    };
+    stores
+        .usage
+        .query(
+            org.id,
+            &stratai_core::usage::UsageQuery::default(),
+            1_000_000,
+        )
+        .await
+        .map_or(0, |r| r.len())
+}
+
+async fn run(
+    mock: &mock_upstream::MockServer,
+    stores: Stores,
+    rates: &[u32],
+    secs: u64,
+    workers: usize,
+) -> Result<String, BoxError> {
+    let body = |model: &str| {
+        json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "Say hello to the load test"}],
+            "max_tokens": 16
+        })
+    };
+    let (gw_url, gw_token) = start_gateway(&mock.base_url(), stores).await?;
+    let mut targets = vec![
+        Target {
+            name: "direct (mock)",
+            url: format!("{}/chat/completions", mock.base_url()),
+            token: "none".to_owned(),
+            body: body("gpt-4o-mini"),
+        },
+        Target {
+            name: "stratai gateway",
+            url: gw_url,
+            token: gw_token,
+            body: body("gpt-4o-mini"),
+        },
+    ];
+    match (
+        std::env::var("STRATAI_LITELLM_URL")
+            .ok()
+            .filter(|v| !v.is_empty()),
+        std::env::var("STRATAI_LITELLM_MASTER_KEY")
+            .ok()
+            .filter(|v| !v.is_empty()),
+    ) {
+        (Some(url), Some(key)) => targets.push(Target {
+            name: "litellm proxy",
+            url: format!("{}/v1/chat/completions", url.trim_end_matches('/')),
+            token: key,
+            body: body("mock-gpt"),
+        }),
+        _ => eprintln!(
+            "STRATAI_LITELLM_URL / STRATAI_LITELLM_MASTER_KEY unset: the LiteLLM column is skipped"
+        ),
+    }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(2048)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let mut out = String::from(
+        "| target | load | sent | ok | errors | achieved req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for t in &targets {
+        eprintln!("warming up {}", t.name);
+        let _ = fixed_rate(&http, t, 50, 1).await;
+        for &rate in rates {
+            eprintln!("{}: {rate} req/s for {secs}s", t.name);
+            let o = fixed_rate(&http, t, rate, secs).await;
+            out.push_str(&row(t.name, &o));
+        }
+        eprintln!("{}: max throughput, {workers} clients for {secs}s", t.name);
+        let o = max_throughput(&http, t, workers, secs).await;
+        out.push_str(&row(t.name, &o));
+    }
+    Ok(out)
+}
+
+fn row(name: &str, o: &Outcome) -> String {
+    let load = o
+        .rate
+        .map_or_else(|| "max (closed loop)".to_owned(), |r| format!("{r} req/s"));
+    format!(
+        "| {name} | {load} | {} | {} | {} | {:.0} | {} | {} |\n",
+        o.sent,
+        o.ok,
+        o.errors,
+        o.rps,
+        ms(o.p50),
+        ms(o.p99)
+    )
+}
