@@ -294,8 +294,15 @@ impl LiteLlmClient {
 
     /// `POST /team/update`.
     pub async fn team_update(&self, update: &TeamUpdate) -> Result<Team, LiteLlmError> {
+        let mut body = serde_json::to_value(update)
+            .map_err(|e| LiteLlmError::InvalidInput(format!("request body: {e}")))?;
+        if update.clear_max_budget
+            && let Some(map) = body.as_object_mut()
+        {
+            map.insert("max_budget".to_owned(), Value::Null);
+        }
         let envelope: DataEnvelope<Team> = self
-            .post("/team/update", update, Idempotency::Idempotent)
+            .post("/team/update", &body, Idempotency::Idempotent)
             .await?;
         Ok(envelope.data)
     }

@@ -400,6 +400,9 @@ pub struct TeamUpdate {
     /// New metadata.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
+    /// Remove the budget (sends `max_budget: null`; wins over `max_budget`).
+    #[serde(skip)]
+    pub clear_max_budget: bool,
 }
 
 /// A team member.

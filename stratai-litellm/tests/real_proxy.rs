@@ -272,6 +272,31 @@ async fn lifecycle_team_user_key_chat_update_spend_delete() {
             .all(|id| ranged.iter().any(|r| &r.request_id == id)),
         "v2 pages missed a call"
     );
+    query.api_key = Some(key.token_hash());
+    let by_key = client.spend_logs_range(&query).await.unwrap();
+    assert!(
+        by_key
+            .iter()
+            .all(|r| r.api_key.as_deref() == Some(key.token_hash().as_str()))
+    );
+    assert!(
+        expected
+            .iter()
+            .all(|id| by_key.iter().any(|r| &r.request_id == id))
+    );
+    query.api_key = None;
+    query.user_id = Some(user_id.clone());
+    let by_user_v2 = client.spend_logs_range(&query).await.unwrap();
+    assert!(
+        by_user_v2
+            .iter()
+            .all(|r| r.user.as_deref() == Some(user_id.as_str()))
+    );
+    assert!(
+        expected
+            .iter()
+            .all(|id| by_user_v2.iter().any(|r| &r.request_id == id))
+    );
 
     // member removed -> key gone
     client

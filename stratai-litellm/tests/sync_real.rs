@@ -241,6 +241,29 @@ async fn sync_lifecycle_reconcile_and_spend_on_the_real_proxy() {
     assert!(drift.repaired >= 2);
     assert!(engine.reconcile(false).await.unwrap().is_clean());
 
+    // budgets removed in StratAI are removed in LiteLLM
+    dir.set_group_budget(org, eng, None);
+    dir.set_member_budget(org, alice, None);
+    drain(&engine, &dir, 10).await;
+    assert_eq!(
+        client
+            .team_info(&eng.to_string())
+            .await
+            .unwrap()
+            .team_info
+            .max_budget,
+        None
+    );
+    assert_eq!(
+        client
+            .key_info(&KeyRef::Token(token.clone()))
+            .await
+            .unwrap()
+            .max_budget,
+        None
+    );
+    assert!(engine.reconcile(false).await.unwrap().is_clean());
+
     // member removed -> key gone
     dir.remove_member(org, alice);
     drain(&engine, &dir, 10).await;

@@ -410,6 +410,10 @@ impl SyncEngine {
             max_budget: desired.max_budget,
             budget_duration: desired.budget_duration.clone(),
             metadata: Some(metadata.clone()),
+            clear_max_budget: desired.max_budget.is_none()
+                && existing
+                    .as_ref()
+                    .is_some_and(|i| i.team_info.max_budget.is_some()),
             ..TeamUpdate::default()
         };
         let models_changed = existing
