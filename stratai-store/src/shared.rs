@@ -41,49 +41,6 @@ pub(crate) fn alert(budget: &Budget, period_start: DateTime<Utc>, spent: Money) 
     }
 }
 
-/// The calendar window of `period` containing `at`, in UTC, as `(start, end)`.
-///
-/// Kept for callers that do not know the organization's timezone; the ledgers use
-/// `budget.period.window(at, org.tz())` so periods follow the organization's timezone.
-#[allow(dead_code)]
-pub(crate) fn period_window(
-    period: stratai_core::budget::BudgetPeriod,
-    at: DateTime<Utc>,
-) -> (DateTime<Utc>, DateTime<Utc>) {
-    let window = period.window(at, chrono_tz::UTC);
-    (window.start, window.end)
-}
-
-/// Whether a single budget admits `amount` on top of `spent + reserved` (hard budgets refuse
-/// past their limit). Several budgets are decided together by core's `evaluate_budgets`,
-/// which reports the tightest refusal.
-#[allow(dead_code)]
-pub(crate) fn admit(
-    budget: &Budget,
-    spent: Money,
-    reserved: Money,
-    amount: Money,
-) -> Result<(), stratai_core::budget::BudgetRefusal> {
-    let committed = spent + reserved;
-    if budget.hard_limit && committed + amount > budget.limit {
-        Err(stratai_core::budget::BudgetRefusal {
-            budget_id: budget.id,
-            scope: budget.scope,
-            limit: budget.limit,
-            remaining: budget.limit.saturating_sub(committed),
-            requested: amount,
-        })
-    } else {
-        Ok(())
-    }
-}
-
-/// Validates a budget before it is stored (core's rule).
-#[allow(dead_code)]
-pub(crate) fn check_budget(budget: &Budget) -> Result<(), StoreError> {
-    budget.validate().map_err(StoreError::from)
-}
-
 /// Whether a record matches a usage query (the memory backend's filter; the SQL backends
 /// express the same conditions in SQL).
 pub(crate) fn matches(query: &UsageQuery, record: &UsageRecord) -> bool {
