@@ -142,7 +142,7 @@ impl Decision {
         retry_after: Option<Duration>,
         at: DateTime<Utc>,
     ) -> Self {
-        reasons.sort_by(|a, b| a.0.cmp(&b.0));
+        reasons.sort_by_key(|r| r.0);
         let outcome = outcome_of(reasons.iter().map(|(_, r)| r.action));
         let modifications = if outcome == Outcome::Deny {
             Vec::new()

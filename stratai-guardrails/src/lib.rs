@@ -3,6 +3,7 @@
 
 pub mod decision;
 pub mod engine;
+pub mod gatekeeper;
 pub mod policy;
 pub mod post;
 pub mod pre;
@@ -11,6 +12,7 @@ pub mod rule;
 
 pub use decision::{Decision, Modification, Outcome, Reason};
 pub use engine::Guardrails;
+pub use gatekeeper::{Admission, Caller, Completion, Gatekeeper, GatekeeperConfig, Refusal};
 pub use policy::{
     BudgetSubject, EffectivePolicy, Policy, PolicyError, PolicyHolder, Principal, SpendSnapshot,
 };

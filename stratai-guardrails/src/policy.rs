@@ -199,13 +199,12 @@ pub(crate) enum Item {
     Pattern(u16),
 }
 
-/// The content matchers of one node: topics in one Aho-Corasick automaton, patterns in one
+/// The content matchers of a policy: topics in one Aho-Corasick automaton, patterns in one
 /// `RegexSet`, each mapping back to its rule.
 pub(crate) struct ContentMatcher {
     pub(crate) topics: Option<AhoCorasick>,
     /// Per automaton pattern: the (rule, topic index) pairs with that topic.
     pub(crate) topic_owners: Vec<Vec<(u32, u16)>>,
-    pub(crate) max_topic_len: usize,
     pub(crate) set: Option<RegexSet>,
     /// Per set pattern: (rule, pattern index).
     pub(crate) pattern_owners: Vec<(u32, u16)>,
@@ -223,14 +222,13 @@ pub(crate) struct Node {
     pub(crate) budget: Vec<u32>,
     pub(crate) time: Vec<u32>,
     /// Models every allowlist of the node allows (`None`: no allowlist).
-    pub(crate) allowed_by_all: Option<HashSet<String>>,
+    pub(crate) allowed_by_all: Option<HashSet<String, foldhash::fast::RandomState>>,
     /// Models any denylist of the node denies.
-    pub(crate) denied_by_any: HashSet<String>,
+    pub(crate) denied_by_any: HashSet<String, foldhash::fast::RandomState>,
     /// Lowest input bound of the node's token limits.
     pub(crate) min_input: Option<u32>,
     /// Lowest output bound of the node's token limits.
     pub(crate) min_output: Option<u32>,
-    pub(crate) matcher: Option<ContentMatcher>,
 }
 
 /// A compiled, immutable policy. Build one with [`Policy::compile`], share it behind a
@@ -239,7 +237,12 @@ pub struct Policy {
     version: u64,
     pub(crate) rules: Vec<Rule>,
     pub(crate) nodes: Vec<Node>,
-    index: HashMap<NodeKey, u32>,
+    index: HashMap<NodeKey, u32, foldhash::fast::RandomState>,
+    /// One matcher over every active content rule of the policy: a decision scans its text
+    /// once, whatever the number of rules, and keeps the matches of applicable rules.
+    pub(crate) matcher: Option<ContentMatcher>,
+    /// The node of each active rule (`u32::MAX` for inactive ones).
+    rule_node: Vec<u32>,
 }
 
 impl fmt::Debug for Policy {
@@ -264,7 +267,9 @@ impl Policy {
             version: 0,
             rules: Vec::new(),
             nodes: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
+            matcher: None,
+            rule_node: Vec::new(),
         }
     }
 
@@ -310,7 +315,7 @@ impl Policy {
     pub fn from_rules(mut rules: Vec<Rule>, version: u64) -> Result<Policy, PolicyError> {
         rules.sort_by_key(RuleOrder::of);
         rules.dedup_by_key(|r| r.id);
-        let mut index: HashMap<NodeKey, u32> = HashMap::new();
+        let mut index: HashMap<NodeKey, u32, foldhash::fast::RandomState> = HashMap::default();
         let mut nodes: Vec<Node> = Vec::new();
         let mut keys: Vec<NodeKey> = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
@@ -330,7 +335,7 @@ impl Policy {
             match &rule.kind {
                 RuleKind::ModelAllowlist(models) => {
                     node.allow.push(i);
-                    let set: HashSet<String> =
+                    let set: HashSet<String, foldhash::fast::RandomState> =
                         models.iter().map(|m| m.as_str().to_owned()).collect();
                     node.allowed_by_all = Some(match node.allowed_by_all.take() {
                         None => set,
@@ -354,18 +359,44 @@ impl Policy {
                 RuleKind::TimeRestriction(_) => node.time.push(i),
             }
         }
-        for (node, key) in nodes.iter_mut().zip(&keys) {
-            node.matcher =
-                build_matcher(&rules, &node.content).map_err(|reason| PolicyError::Matcher {
-                    scope: key.describe(),
-                    reason,
-                })?;
+        let mut rule_node = vec![u32::MAX; rules.len()];
+        let mut content = Vec::new();
+        for (slot, node) in nodes.iter().enumerate() {
+            let slot = u32::try_from(slot).unwrap_or(u32::MAX);
+            for list in [
+                &node.allow,
+                &node.deny,
+                &node.token,
+                &node.rate,
+                &node.content,
+                &node.modifiers,
+                &node.budget,
+                &node.time,
+            ] {
+                for &i in list {
+                    if let Some(n) = rule_node.get_mut(i as usize) {
+                        *n = slot;
+                    }
+                }
+            }
+            content.extend_from_slice(&node.content);
         }
+        content.sort_unstable();
+        let matcher = build_matcher(&rules, &content).map_err(|reason| PolicyError::Matcher {
+            scope: if keys.len() == 1 {
+                keys.first().map_or_else(String::new, NodeKey::describe)
+            } else {
+                "the policy".to_owned()
+            },
+            reason,
+        })?;
         Ok(Policy {
             version,
             rules,
             nodes,
             index,
+            matcher,
+            rule_node,
         })
     }
 
@@ -384,6 +415,13 @@ impl Policy {
 
     pub(crate) fn rule(&self, index: u32) -> Option<&Rule> {
         self.rules.get(index as usize)
+    }
+
+    /// Whether rule `index` belongs to one of `nodes` (the applicable ones).
+    pub(crate) fn rule_applies(&self, index: u32, nodes: &[u32]) -> bool {
+        self.rule_node
+            .get(index as usize)
+            .is_some_and(|n| nodes.contains(n))
     }
 
     pub(crate) fn node(&self, index: u32) -> Option<&Node> {
@@ -441,7 +479,7 @@ impl Policy {
                 );
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by_key(|r| r.0);
         out.into_iter().map(|(_, r)| r).collect()
     }
 
@@ -573,7 +611,6 @@ fn build_matcher(rules: &[Rule], content: &[u32]) -> Result<Option<ContentMatche
             pattern_owners.push((i, u16::try_from(p).unwrap_or(u16::MAX)));
         }
     }
-    let max_topic_len = topics.iter().map(String::len).max().unwrap_or(0);
     let topics = if topics.is_empty() {
         None
     } else {
@@ -599,7 +636,6 @@ fn build_matcher(rules: &[Rule], content: &[u32]) -> Result<Option<ContentMatche
     Ok(Some(ContentMatcher {
         topics,
         topic_owners,
-        max_topic_len,
         set,
         pattern_owners,
     }))

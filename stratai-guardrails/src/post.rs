@@ -45,10 +45,8 @@ impl Policy {
         let plan = OutputPlan::new(self, &nodes);
         let mut hits = Vec::new();
         let mut ranges = Vec::new();
-        for node in nodes.iter().filter_map(|&n| self.node(n)) {
-            if let Some(matcher) = &node.matcher {
-                scan_whole(self, matcher, answer, &mut hits, &mut ranges);
-            }
+        if let Some(matcher) = &self.matcher {
+            scan_whole(self, matcher, &nodes, answer, &mut hits, &mut ranges);
         }
         let merged = merge(ranges);
         let mut out = Collector::new();
@@ -82,15 +80,17 @@ impl Policy {
         let mut trackers = Vec::new();
         let mut max_topic = 0;
         for node in nodes.iter().filter_map(|&n| self.node(n)) {
-            let Some(matcher) = &node.matcher else {
-                continue;
-            };
-            max_topic = max_topic.max(matcher.max_topic_len);
-            for &(rule, item) in &matcher.pattern_owners {
-                if let Some(pattern) = pattern_of(self, rule, item) {
+            for &rule in &node.content {
+                let Some(RuleKind::ContentFilter(filter)) = self.rule(rule).map(|r| &r.kind) else {
+                    continue;
+                };
+                for topic in &filter.topics {
+                    max_topic = max_topic.max(topic.len());
+                }
+                for (item, pattern) in filter.patterns.iter().enumerate() {
                     trackers.push(Tracker {
                         rule,
-                        item,
+                        item: u16::try_from(item).unwrap_or(u16::MAX),
                         max_len: pattern.max_len,
                         resume: 0,
                         hit: false,
@@ -106,6 +106,7 @@ impl Policy {
             base: 0,
             total: 0,
             emitted: 0,
+            released: 0,
             scanned: 0,
             max_topic,
             trackers,
@@ -135,6 +136,7 @@ fn action_of(policy: &Policy, rule: u32) -> Option<RuleAction> {
 pub(crate) fn scan_whole(
     policy: &Policy,
     matcher: &ContentMatcher,
+    applicable: &[u32],
     text: &str,
     hits: &mut Vec<(u32, Item)>,
     ranges: &mut Vec<Range<usize>>,
@@ -147,6 +149,9 @@ pub(crate) fn scan_whole(
                 .into_iter()
                 .flatten()
             {
+                if !policy.rule_applies(rule, applicable) {
+                    continue;
+                }
                 hits.push((rule, Item::Topic(item)));
                 if action_of(policy, rule) == Some(RuleAction::Modify) {
                     ranges.push(m.start()..m.end());
@@ -161,6 +166,9 @@ pub(crate) fn scan_whole(
             let Some(&(rule, item)) = matcher.pattern_owners.get(index) else {
                 continue;
             };
+            if !policy.rule_applies(rule, applicable) {
+                continue;
+            }
             hits.push((rule, Item::Pattern(item)));
             if action_of(policy, rule) == Some(RuleAction::Modify)
                 && let Some(pattern) = pattern_of(policy, rule, item)
@@ -295,6 +303,8 @@ pub struct AnswerStream {
     base: usize,
     total: usize,
     emitted: usize,
+    /// Answer bytes actually sent (stops growing once blocked).
+    released: usize,
     /// Topics were scanned up to here.
     scanned: usize,
     max_topic: usize,
@@ -329,6 +339,12 @@ impl AnswerStream {
             text,
             blocked: self.blocked,
         }
+    }
+
+    /// Bytes of the answer released so far (before redaction; without prepended text).
+    #[must_use]
+    pub fn released(&self) -> usize {
+        self.released
     }
 
     /// Whether a blocking rule matched so far.
@@ -389,11 +405,9 @@ impl AnswerStream {
                 .saturating_sub(self.max_topic - 1)
                 .max(self.base);
             let mut found = Vec::new();
-            for node in self.nodes.iter().filter_map(|&n| policy.node(n)) {
-                let Some(matcher) = &node.matcher else {
-                    continue;
-                };
-                let Some(ac) = &matcher.topics else { continue };
+            if let Some(matcher) = &policy.matcher
+                && let Some(ac) = &matcher.topics
+            {
                 let hay = self
                     .buf
                     .as_bytes()
@@ -410,7 +424,9 @@ impl AnswerStream {
                         .into_iter()
                         .flatten()
                     {
-                        found.push((rule, Item::Topic(item), start..end));
+                        if policy.rule_applies(rule, &self.nodes) {
+                            found.push((rule, Item::Topic(item), start..end));
+                        }
                     }
                 }
             }
@@ -513,6 +529,9 @@ impl AnswerStream {
             text.push_str(self.slice(at, until));
         }
         self.emitted = until.max(at);
+        if !self.blocked {
+            self.released = self.emitted;
+        }
         // Keep one character of look-behind before the earliest position still scanned.
         let mut keep = self.emitted;
         for t in &self.trackers {

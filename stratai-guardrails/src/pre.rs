@@ -117,10 +117,10 @@ impl Policy {
     /// one of them takes nothing from the others.
     #[must_use]
     pub fn decide_pre(&self, req: &PreRequest<'_>, rates: RateCheck<'_>) -> Decision {
-        let nodes = self.applicable(req.principal, req.tier);
+        let applicable = self.applicable(req.principal, req.tier);
         let mut out = Collector::new();
         let mut modifications = Vec::new();
-        let nodes: Vec<&Node> = nodes.iter().filter_map(|&n| self.node(n)).collect();
+        let nodes: Vec<&Node> = applicable.iter().filter_map(|&n| self.node(n)).collect();
 
         for node in &nodes {
             self.check_models(node, req.model, &mut out);
@@ -128,7 +128,13 @@ impl Policy {
             self.check_budget(node, req, &mut out);
         }
         self.check_tokens(&nodes, req, &mut out, &mut modifications);
-        self.check_prompt(&nodes, req.messages, &mut out, &mut modifications);
+        self.check_prompt(
+            &applicable,
+            &nodes,
+            req.messages,
+            &mut out,
+            &mut modifications,
+        );
         self.format_notes(&nodes, &mut out, &mut modifications);
 
         let mut retry_after = None;
@@ -312,26 +318,29 @@ impl Policy {
 
     fn check_prompt(
         &self,
+        applicable: &[u32],
         nodes: &[&Node],
         messages: &[ChatMessage],
         out: &mut Collector,
         modifications: &mut Vec<Modification>,
     ) {
-        if nodes.iter().all(|n| n.matcher.is_none()) {
+        let Some(matcher) = &self.matcher else {
+            return;
+        };
+        if nodes.iter().all(|n| n.content.is_empty()) {
             return;
         }
         let mut hits: Vec<(u32, Item)> = Vec::new();
         let mut redactions: Vec<Vec<Range<usize>>> = vec![Vec::new(); messages.len()];
-        for (m, message) in messages.iter().enumerate() {
-            let text = message.content.as_str();
-            for node in nodes {
-                let Some(matcher) = &node.matcher else {
-                    continue;
-                };
-                if let Some(ranges) = redactions.get_mut(m) {
-                    crate::post::scan_whole(self, matcher, text, &mut hits, ranges);
-                }
-            }
+        for (message, ranges) in messages.iter().zip(redactions.iter_mut()) {
+            crate::post::scan_whole(
+                self,
+                matcher,
+                applicable,
+                &message.content,
+                &mut hits,
+                ranges,
+            );
         }
         report_hits(self, hits, 0, out);
         for (message, ranges) in redactions.into_iter().enumerate() {

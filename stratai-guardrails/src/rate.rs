@@ -143,13 +143,16 @@ impl ShrinkableKeyedStateStore<Probe> for PeekableStore {
     }
 }
 
+/// Limiters by quota (requests, period seconds).
+type QuotaMap<C> = HashMap<(u32, u64), Arc<Keyed<C>>>;
+
 type Keyed<C> = Governor<Probe, PeekableStore, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// An in-process [`RateLimiter`] on `governor` (GCRA): one keyed limiter per distinct quota,
 /// keyed by bucket. Bursts up to the full quota are allowed, refilled evenly over the period.
 pub struct GovernorRateLimiter<C: Clock = DefaultClock> {
     clock: C,
-    limiters: RwLock<HashMap<(u32, u64), Arc<Keyed<C>>>>,
+    limiters: RwLock<QuotaMap<C>>,
 }
 
 impl GovernorRateLimiter<DefaultClock> {

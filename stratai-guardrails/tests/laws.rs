@@ -474,25 +474,32 @@ proptest! {
             let step = stream.push(&text[pair[0]..pair[1]]);
             out.push_str(&step.text);
         }
+        let released = stream.released();
         let end = stream.finish();
         out.push_str(&end.text);
         prop_assert_eq!(&end.decision, &whole.decision);
         match whole.text {
             Some(t) => prop_assert_eq!(out, t),
             None => {
-                // Denied: nothing released may contain what a blocking rule matched.
-                let lower = out.to_ascii_lowercase();
+                // Denied: the stream stopped before the first blocking match.
+                let mut first = usize::MAX;
+                let lower = text.to_ascii_lowercase();
                 for reason in end.decision.blocking_reasons() {
                     let rule = policy.rules().iter().find(|r| r.id == reason.rule_id).unwrap();
                     if let stratai_guardrails::RuleKind::ContentFilter(f) = &rule.kind {
                         for t in &f.topics {
-                            prop_assert!(!lower.contains(&t.to_ascii_lowercase()), "released {out:?}");
+                            if let Some(at) = lower.find(&t.to_ascii_lowercase()) {
+                                first = first.min(at);
+                            }
                         }
                         for p in &f.patterns {
-                            prop_assert!(!p.regex.is_match(&out), "released {out:?}");
+                            if let Some(m) = p.regex.find(&text) {
+                                first = first.min(m.start());
+                            }
                         }
                     }
                 }
+                prop_assert!(released <= first, "released {released} bytes, first blocking match at {first}");
             }
         }
     }

@@ -1,0 +1,668 @@
+//! The [`Gatekeeper`]: the whole request lifecycle over core's ports.
+//!
+//! ```text
+//! admit:    member + tiers -> model access (core's check_model)
+//!           -> pre guardrails (rules, then rate limits) -> budget reservation (worst case)
+//! (caller): the LLM call, with Admission::request and Admission::call_context
+//! complete: post guardrails (whole answer or stream) -> settle actual cost -> usage record
+//! abort:    release the reservation, record the failed request
+//! ```
+//!
+//! Every refusal is a value ([`Refusal`]) with a stable code; store failures refuse too (the
+//! gatekeeper fails closed).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use chrono_tz::Tz;
+use stratai_core::budget::{
+    BudgetPeriod, BudgetRefusal, BudgetState, RequestScope, applicable_budgets,
+};
+use stratai_core::directory::{Group, Organization};
+use stratai_core::gateway::{CallContext, ChatRequest, ChatResponse, TokenUsage};
+use stratai_core::ids::{BudgetId, ConversationId, GroupId, ModelId, OrgId, RequestId, UserId};
+use stratai_core::ports::{
+    BudgetLedger, DirectoryStore, ReserveOutcome, ReserveRequest, TierStore, UsageStore,
+};
+use stratai_core::pricing::{
+    PriceTable, billed_amount, estimate_prompt_tokens, reservation_estimate,
+};
+use stratai_core::tiers::{
+    MemberContext, ModelDenial, ModelGrant, ModelTier, TierCatalog, check_model,
+};
+use stratai_core::usage::{UsageQuery, UsageRecord, UsageStatus};
+use stratai_core::{Money, StoreError};
+
+use crate::decision::{Decision, Outcome};
+use crate::engine::Guardrails;
+use crate::policy::{BudgetSubject, Principal, SpendSnapshot};
+use crate::post::{AnswerStream, FilteredAnswer};
+use crate::pre::PreRequest;
+use crate::rule::BudgetLimitPeriod;
+
+/// Who is calling, and how the request is attributed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The organization the request is made in.
+    pub org_id: OrgId,
+    /// The member.
+    pub user_id: UserId,
+    /// The group the usage is attributed to (must be one of the member's groups); `None`:
+    /// the member's first group by id, if any.
+    pub group_id: Option<GroupId>,
+    /// Conversation in the product, if any.
+    pub conversation_id: Option<ConversationId>,
+    /// Product endpoint, e.g. `chat`.
+    pub endpoint: String,
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The organization is deactivated.
+    #[error("organization `{0}` is not active")]
+    OrgInactive(OrgId),
+    /// The user is not a member of the organization.
+    #[error("user `{user_id}` is not a member of organization `{org_id}`")]
+    NotMember {
+        /// The organization.
+        org_id: OrgId,
+        /// The user.
+        user_id: UserId,
+    },
+    /// The request is malformed (e.g. an invalid model id).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The member may not use the model (tiers).
+    #[error("{}", .0.message())]
+    Model(ModelDenial),
+    /// Guardrail rules refused (including rate limits: see `retry_after`).
+    #[error("{}", guardrail_message(.0))]
+    Guardrails(Box<Decision>),
+    /// A hard budget has no room for the worst-case cost.
+    #[error("budget exceeded: {} left of {}, {} needed", .0.remaining, .0.limit, .0.requested)]
+    Budget(BudgetRefusal),
+    /// A store failed: the request cannot be decided, so it is refused.
+    #[error("cannot decide the request: {0}")]
+    Unavailable(#[from] StoreError),
+}
+
+fn guardrail_message(decision: &Decision) -> String {
+    decision
+        .blocking_reasons()
+        .next()
+        .map_or_else(|| "refused by guardrails".to_owned(), ToString::to_string)
+}
+
+impl Refusal {
+    /// A stable machine-readable code for APIs.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::OrgInactive(_) => "org_inactive",
+            Refusal::NotMember { .. } => "not_a_member",
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::Model(_) => "model_not_allowed",
+            Refusal::Guardrails(d) if d.retry_after.is_some() => "rate_limited",
+            Refusal::Guardrails(_) => "guardrail_blocked",
+            Refusal::Budget(_) => "budget_exceeded",
+            Refusal::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// The gatekeeper's settings.
+#[derive(Clone, Debug)]
+pub struct GatekeeperConfig {
+    /// Provider prices (provider cost of usage records, output caps of estimates).
+    pub prices: PriceTable,
+    /// How long an unsettled reservation lives before the ledger reclaims it.
+    pub reservation_ttl: ChronoDuration,
+}
+
+impl Default for GatekeeperConfig {
+    fn default() -> Self {
+        Self {
+            prices: PriceTable::seed_defaults(),
+            reservation_ttl: ChronoDuration::minutes(15),
+        }
+    }
+}
+
+struct Inner {
+    directory: Arc<dyn DirectoryStore>,
+    tiers: Arc<dyn TierStore>,
+    ledger: Arc<dyn BudgetLedger>,
+    usage: Arc<dyn UsageStore>,
+    guardrails: Arc<Guardrails>,
+    config: GatekeeperConfig,
+}
+
+/// Runs the request lifecycle over core's ports. Cheap to clone.
+#[derive(Clone)]
+pub struct Gatekeeper {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gatekeeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gatekeeper")
+            .field("guardrails", &self.inner.guardrails)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gatekeeper {
+    /// A gatekeeper over the given ports and guardrail engine.
+    #[must_use]
+    pub fn new(
+        directory: Arc<dyn DirectoryStore>,
+        tiers: Arc<dyn TierStore>,
+        ledger: Arc<dyn BudgetLedger>,
+        usage: Arc<dyn UsageStore>,
+        guardrails: Arc<Guardrails>,
+        config: GatekeeperConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                directory,
+                tiers,
+                ledger,
+                usage,
+                guardrails,
+                config,
+            }),
+        }
+    }
+
+    /// The guardrail engine (to reload rules or explain decisions).
+    #[must_use]
+    pub fn guardrails(&self) -> &Arc<Guardrails> {
+        &self.inner.guardrails
+    }
+
+    /// Decides a request and, when it may go ahead, reserves its worst-case cost. The caller
+    /// then makes the LLM call with [`Admission::request`] (already clamped, redacted and
+    /// annotated) and ends with [`Admission::complete`], [`Admission::finish_stream`] or
+    /// [`Admission::abort`].
+    pub async fn admit(
+        &self,
+        caller: &Caller,
+        request: &ChatRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Admission, Refusal> {
+        let inner = &self.inner;
+        let model =
+            ModelId::new(request.model.clone()).map_err(|e| Refusal::BadRequest(e.to_string()))?;
+        let org = inner.directory.get_org(caller.org_id).await?;
+        if !org.active {
+            return Err(Refusal::OrgInactive(org.id));
+        }
+        let membership = match inner
+            .directory
+            .get_member(caller.org_id, caller.user_id)
+            .await
+        {
+            Ok(m) => m,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(Refusal::NotMember {
+                    org_id: caller.org_id,
+                    user_id: caller.user_id,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let groups: Vec<Group> = inner
+            .directory
+            .groups_of_member(caller.org_id, caller.user_id)
+            .await?
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect();
+        let catalog = TierCatalog::new(inner.tiers.list_tiers().await?)
+            .map_err(|e| StoreError::Backend(format!("tier catalog: {e}")))?;
+        let subscriptions = inner.tiers.list_subscriptions(caller.org_id).await?;
+
+        // 1. model access
+        let grant = check_model(
+            &catalog,
+            &MemberContext {
+                org: &org,
+                subscriptions: &subscriptions,
+                membership: &membership,
+                groups: &groups,
+            },
+            &model,
+        )
+        .map_err(Refusal::Model)?;
+        let tier = catalog
+            .tiers()
+            .iter()
+            .find(|t| t.id == grant.tier_id)
+            .cloned()
+            .ok_or_else(|| StoreError::Backend(format!("tier `{}` vanished", grant.tier_id)))?;
+
+        // 2. guardrails (rules, then rate limits)
+        let mut group_ids: Vec<GroupId> = groups.iter().map(|g| g.id).collect();
+        group_ids.sort_unstable();
+        let principal = Principal {
+            org_id: caller.org_id,
+            user_id: caller.user_id,
+            groups: group_ids.clone(),
+        };
+        let prompt_tokens = estimate_prompt_tokens(&request.messages);
+        let estimate = reservation_estimate(
+            &inner.config.prices,
+            &tier,
+            &model,
+            prompt_tokens,
+            request.max_tokens,
+        );
+        let spend = self
+            .rule_spend(&org, &principal, Some(tier.id), now)
+            .await?;
+        let pre = PreRequest {
+            principal: &principal,
+            model: model.as_str(),
+            tier: Some(tier.id),
+            input_tokens: prompt_tokens,
+            max_tokens: request.max_tokens,
+            messages: &request.messages,
+            estimated_cost: estimate,
+            spend: Some(&spend),
+            now,
+        };
+        let decision = inner.guardrails.check(&pre);
+        if decision.outcome == Outcome::Deny {
+            return Err(Refusal::Guardrails(Box::new(decision)));
+        }
+        let mut admitted = request.clone();
+        decision.apply_to(&mut admitted);
+
+        // 3. budget reservation, worst case of the request as it will be sent
+        let request_id = RequestId::new();
+        let budgets = inner.ledger.list_budgets(caller.org_id).await?;
+        let scope = RequestScope {
+            org_id: caller.org_id,
+            user_id: caller.user_id,
+            group_ids: &group_ids,
+            tier_id: Some(tier.id),
+        };
+        let budget_ids: Vec<BudgetId> = applicable_budgets(&budgets, &scope)
+            .iter()
+            .map(|b| b.id)
+            .collect();
+        let reserved = reservation_estimate(
+            &inner.config.prices,
+            &tier,
+            &model,
+            estimate_prompt_tokens(&admitted.messages),
+            admitted.max_tokens,
+        );
+        let mut budget_states = Vec::new();
+        if !budget_ids.is_empty() {
+            let outcome = inner
+                .ledger
+                .reserve(
+                    caller.org_id,
+                    &ReserveRequest {
+                        request_id,
+                        budgets: budget_ids.clone(),
+                        amount: reserved,
+                        now,
+                        expires_at: now + inner.config.reservation_ttl,
+                    },
+                )
+                .await?;
+            match outcome {
+                ReserveOutcome::Reserved(states) => budget_states = states,
+                ReserveOutcome::Refused(refusal) => return Err(Refusal::Budget(refusal)),
+            }
+        }
+        let group_id = match caller.group_id {
+            Some(g) if group_ids.contains(&g) => Some(g),
+            Some(g) => {
+                // Attribution to a group the member is not in would mislead reports.
+                inner.ledger.release(caller.org_id, request_id).await?;
+                return Err(Refusal::BadRequest(format!(
+                    "user is not a member of group `{g}`"
+                )));
+            }
+            None => group_ids.first().copied(),
+        };
+        Ok(Admission {
+            gate: self.clone(),
+            request_id,
+            caller: caller.clone(),
+            group_id,
+            principal,
+            grant,
+            tier,
+            model,
+            request: admitted,
+            decision,
+            budgets: budget_ids,
+            reserved,
+            budget_states,
+            admitted_at: now,
+        })
+    }
+
+    /// Spend per subject and period for the budget limit rules that apply (none: no query).
+    async fn rule_spend(
+        &self,
+        org: &Organization,
+        principal: &Principal,
+        tier: Option<stratai_core::TierId>,
+        now: DateTime<Utc>,
+    ) -> Result<SpendSnapshot, StoreError> {
+        let mut spend = SpendSnapshot::new();
+        let policy = self.inner.guardrails.policy();
+        let limits = policy.effective(principal, tier).budget_limits;
+        if limits.is_empty() {
+            return Ok(spend);
+        }
+        let tz: Tz = org
+            .settings
+            .timezone
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(chrono_tz::UTC);
+        for limit in limits {
+            let period = match limit.period {
+                BudgetLimitPeriod::Day => BudgetPeriod::Daily,
+                BudgetLimitPeriod::Week => BudgetPeriod::Weekly,
+                BudgetLimitPeriod::Month => BudgetPeriod::Monthly,
+            };
+            let window = period.window(now, tz);
+            let mut query = UsageQuery {
+                from: Some(window.start),
+                to: Some(window.end),
+                ..UsageQuery::default()
+            };
+            match limit.subject {
+                BudgetSubject::Org { .. } => {}
+                BudgetSubject::Tier { tier_id, .. } => query.tier_id = Some(tier_id),
+                BudgetSubject::Group { group_id, .. } => query.group_id = Some(group_id),
+                BudgetSubject::User { user_id, .. } => query.user_id = Some(user_id),
+            }
+            let rows = self.inner.usage.aggregate(org.id, &query, &[]).await?;
+            let spent: Money = rows.iter().map(|r| r.totals.billed_amount).sum();
+            spend.set(limit.subject, limit.period, spent);
+        }
+        Ok(spend)
+    }
+}
+
+/// An admitted request: its reservation is held until it is completed or aborted.
+pub struct Admission {
+    gate: Gatekeeper,
+    request_id: RequestId,
+    caller: Caller,
+    group_id: Option<GroupId>,
+    principal: Principal,
+    grant: ModelGrant,
+    tier: ModelTier,
+    model: ModelId,
+    request: ChatRequest,
+    decision: Decision,
+    budgets: Vec<BudgetId>,
+    reserved: Money,
+    budget_states: Vec<BudgetState>,
+    admitted_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("request_id", &self.request_id)
+            .field("model", &self.model)
+            .field("reserved", &self.reserved)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The end of an admitted request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// The answer to deliver (post-filtered); `None` when a post guardrail blocked it.
+    pub response: Option<ChatResponse>,
+    /// The post-response decision.
+    pub decision: Decision,
+    /// The usage record written.
+    pub usage: UsageRecord,
+    /// Budget threshold alerts that fired with this settlement.
+    pub alerts: Vec<stratai_core::budget::BudgetAlert>,
+}
+
+impl Admission {
+    /// The StratAI request id (idempotency key of settlement and usage).
+    #[must_use]
+    pub fn request_id(&self) -> RequestId {
+        self.request_id
+    }
+
+    /// The request to send: clamped, redacted and annotated by the pre decision.
+    #[must_use]
+    pub fn request(&self) -> &ChatRequest {
+        &self.request
+    }
+
+    /// The pre-request decision (allow or warn, with reasons and modifications).
+    #[must_use]
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
+    /// The model's grant (model and tier).
+    #[must_use]
+    pub fn grant(&self) -> &ModelGrant {
+        &self.grant
+    }
+
+    /// The worst-case amount reserved.
+    #[must_use]
+    pub fn reserved(&self) -> Money {
+        self.reserved
+    }
+
+    /// The budgets' states right after the reservation.
+    #[must_use]
+    pub fn budget_states(&self) -> &[BudgetState] {
+        &self.budget_states
+    }
+
+    /// The context for the gateway call.
+    #[must_use]
+    pub fn call_context(&self) -> CallContext {
+        CallContext {
+            request_id: self.request_id,
+            org_id: self.caller.org_id,
+            user_id: self.caller.user_id,
+        }
+    }
+
+    /// A post filter for a streamed answer; feed it the deltas, then hand its end to
+    /// [`finish_stream`](Self::finish_stream).
+    #[must_use]
+    pub fn answer_stream(&self, now: DateTime<Utc>) -> AnswerStream {
+        self.gate
+            .inner
+            .guardrails
+            .answer_stream(&self.principal, Some(self.tier.id), now)
+    }
+
+    /// Post-filters a whole answer (every choice), settles the actual cost and records usage.
+    /// The cost is settled even when the answer is blocked: the tokens were spent.
+    pub async fn complete(
+        self,
+        mut response: ChatResponse,
+        now: DateTime<Utc>,
+    ) -> Result<Completion, StoreError> {
+        let guardrails = &self.gate.inner.guardrails;
+        let mut decisions: Vec<FilteredAnswer> = Vec::new();
+        for choice in &mut response.choices {
+            let filtered = guardrails.filter_answer(
+                &self.principal,
+                Some(self.tier.id),
+                &choice.message.content,
+                now,
+            );
+            if let Some(text) = &filtered.text {
+                choice.message.content.clone_from(text);
+            }
+            decisions.push(filtered);
+        }
+        let decision = merge_decisions(decisions, now);
+        let usage = response.usage;
+        let upstream_id = Some(response.id.clone());
+        let response = decision.is_allowed().then_some(response);
+        self.settle(
+            usage,
+            UsageStatus::Success,
+            upstream_id,
+            decision,
+            response,
+            now,
+        )
+        .await
+    }
+
+    /// Settles a streamed answer: `usage` as reported by the upstream's last chunk (or counted
+    /// by the caller), `end` from the stream's post filter. `complete` is false when the
+    /// client went away mid-stream (recorded as partial, billed for what was produced).
+    pub async fn finish_stream(
+        self,
+        end: crate::post::StreamEnd,
+        usage: TokenUsage,
+        upstream_id: Option<String>,
+        complete: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Completion, StoreError> {
+        let status = if complete {
+            UsageStatus::Success
+        } else {
+            UsageStatus::Partial
+        };
+        self.settle(usage, status, upstream_id, end.decision, None, now)
+            .await
+    }
+
+    /// The call failed: releases the reservation and records the failed request (nothing
+    /// billed).
+    pub async fn abort(self) -> Result<UsageRecord, StoreError> {
+        let inner = &self.gate.inner;
+        inner
+            .ledger
+            .release(self.caller.org_id, self.request_id)
+            .await?;
+        let record = self.record(
+            TokenUsage::default(),
+            UsageStatus::Failed,
+            None,
+            Money::ZERO,
+            Money::ZERO,
+        );
+        inner
+            .usage
+            .append(self.caller.org_id, std::slice::from_ref(&record))
+            .await?;
+        Ok(record)
+    }
+
+    async fn settle(
+        self,
+        usage: TokenUsage,
+        status: UsageStatus,
+        upstream_id: Option<String>,
+        decision: Decision,
+        response: Option<ChatResponse>,
+        now: DateTime<Utc>,
+    ) -> Result<Completion, StoreError> {
+        let inner = &self.gate.inner;
+        let billed = billed_amount(&self.tier, usage.prompt_tokens, usage.completion_tokens);
+        // A model of a tier without a provider price still bills; its provider cost is unknown
+        // and recorded as zero (the pricing discovery report shows it).
+        let provider = inner
+            .config
+            .prices
+            .provider_cost(&self.model, usage.prompt_tokens, usage.completion_tokens)
+            .unwrap_or(Money::ZERO);
+        let settled = inner
+            .ledger
+            .settle(
+                self.caller.org_id,
+                self.request_id,
+                &self.budgets,
+                billed,
+                now,
+            )
+            .await?;
+        let record = self.record(usage, status, upstream_id, provider, billed);
+        inner
+            .usage
+            .append(self.caller.org_id, std::slice::from_ref(&record))
+            .await?;
+        Ok(Completion {
+            response,
+            decision,
+            usage: record,
+            alerts: settled.alerts,
+        })
+    }
+
+    fn record(
+        &self,
+        usage: TokenUsage,
+        status: UsageStatus,
+        upstream_id: Option<String>,
+        provider_cost: Money,
+        billed_amount: Money,
+    ) -> UsageRecord {
+        UsageRecord {
+            request_id: self.request_id,
+            org_id: self.caller.org_id,
+            group_id: self.group_id,
+            user_id: self.caller.user_id,
+            tier_id: Some(self.tier.id),
+            model: self.model.clone(),
+            input_tokens: usage.prompt_tokens,
+            output_tokens: usage.completion_tokens,
+            provider_cost,
+            billed_amount,
+            litellm_request_id: upstream_id,
+            conversation_id: self.caller.conversation_id,
+            endpoint: self.caller.endpoint.clone(),
+            status,
+            created_at: self.admitted_at,
+        }
+    }
+}
+
+/// One decision over several choices: every reason and change, the strongest outcome.
+fn merge_decisions(decisions: Vec<FilteredAnswer>, now: DateTime<Utc>) -> Decision {
+    let mut merged = Decision {
+        outcome: Outcome::Allow,
+        modifications: Vec::new(),
+        reasons: Vec::new(),
+        retry_after: None,
+        at: now,
+    };
+    for d in decisions {
+        merged.outcome = merged.outcome.max(d.decision.outcome);
+        for r in d.decision.reasons {
+            if !merged.reasons.contains(&r) {
+                merged.reasons.push(r);
+            }
+        }
+        for m in d.decision.modifications {
+            if !merged.modifications.contains(&m) {
+                merged.modifications.push(m);
+            }
+        }
+    }
+    if merged.outcome == Outcome::Deny {
+        merged.modifications.clear();
+    }
+    merged
+}
