@@ -345,12 +345,8 @@ async fn chat_inner(
     let user = UserId::from_uuid(principal.user_id);
     let request_id = RequestId::new();
     let pipeline = &state.pipeline;
-    let org = pipeline
-        .choose_org(user, org_header(&headers).as_deref())
-        .await
-        .map_err(|r| refusal_error(r).for_request(request_id))?;
     let view = pipeline
-        .member_view(org, user)
+        .caller_view(user, org_header(&headers).as_deref())
         .await
         .map_err(|r| refusal_error(r).for_request(request_id))?;
     let admission = pipeline

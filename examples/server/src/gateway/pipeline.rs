@@ -59,12 +59,20 @@ pub struct PipelineDeps {
     pub guardrails: Arc<Guardrails>,
     /// Where guardrail rules are stored (for [`Pipeline::reload_guardrails`]).
     pub rules: Arc<dyn GuardrailStore>,
+    /// How long a caller's organization, membership, groups, tier access and budget list are
+    /// reused by [`Pipeline::caller_view`] (zero: never). Changes by admins take effect
+    /// after at most this long; budget *amounts* are always read by the ledger itself.
+    pub view_ttl: std::time::Duration,
 }
+
+type ViewCache =
+    std::sync::Mutex<std::collections::HashMap<(UserId, String), (Instant, Arc<MemberView>)>>;
 
 /// The governed pipeline.
 #[derive(Clone)]
 pub struct Pipeline {
     deps: PipelineDeps,
+    cache: Arc<ViewCache>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -212,6 +220,8 @@ pub struct MemberView {
     pub groups: Vec<Group>,
     /// The catalog.
     pub catalog: TierCatalog,
+    /// The organization's budgets, when loaded with the view.
+    pub budgets: Option<Vec<Budget>>,
     /// Tier access.
     pub access: TierAccess,
     subscriptions: Vec<stratai_core::tiers::TierSubscription>,
@@ -294,7 +304,41 @@ impl Pipeline {
     /// A pipeline over `deps`.
     #[must_use]
     pub fn new(deps: PipelineDeps) -> Self {
-        Self { deps }
+        Self {
+            deps,
+            cache: Arc::new(ViewCache::default()),
+        }
+    }
+
+    /// The caller's view in the organization they chose (see [`Pipeline::choose_org`]),
+    /// with the organization's budget list; reused for [`PipelineDeps::view_ttl`].
+    pub async fn caller_view(
+        &self,
+        user: UserId,
+        requested: Option<&str>,
+    ) -> Result<Arc<MemberView>, Refusal> {
+        let ttl = self.deps.view_ttl;
+        let key = (user, requested.unwrap_or("").trim().to_owned());
+        if !ttl.is_zero()
+            && let Ok(cache) = self.cache.lock()
+            && let Some((at, view)) = cache.get(&key)
+            && at.elapsed() < ttl
+        {
+            return Ok(view.clone());
+        }
+        let org = self.choose_org(user, requested).await?;
+        let mut view = self.member_view(org, user).await?;
+        view.budgets = Some(self.deps.ledger.list_budgets(view.org.id).await?);
+        let view = Arc::new(view);
+        if !ttl.is_zero()
+            && let Ok(mut cache) = self.cache.lock()
+        {
+            if cache.len() >= 100_000 {
+                cache.clear();
+            }
+            cache.insert(key, (Instant::now(), view.clone()));
+        }
+        Ok(view)
     }
 
     /// The dependencies.
@@ -414,6 +458,7 @@ impl Pipeline {
             membership,
             groups,
             catalog,
+            budgets: None,
             access,
             subscriptions,
         })
@@ -492,12 +537,11 @@ impl Pipeline {
         }
         let max_tokens = request.max_tokens.unwrap_or(DEFAULT_OUTPUT_CAP);
 
-        let budgets = applicable_budgets(
-            self.deps.ledger.list_budgets(view.org.id).await?,
-            user,
-            &view.groups,
-            tier.id,
-        );
+        let all = match &view.budgets {
+            Some(b) => b.clone(),
+            None => self.deps.ledger.list_budgets(view.org.id).await?,
+        };
+        let budgets = applicable_budgets(all, user, &view.groups, tier.id);
         let budget_ids: Vec<BudgetId> = budgets.iter().map(|b| b.id).collect();
         // The worst case: the prompt bound and the whole output, both at the output rate.
         let worst = ceil6(billed_cost(

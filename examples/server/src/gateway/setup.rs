@@ -5,7 +5,9 @@
 //! Environment (all optional):
 //! - `STRATAI_USAGE_SPOOL`: spool file (default `./.stratai/usage.spool`);
 //! - `STRATAI_ALERT_WEBHOOK_URL`: where budget alerts are POSTed (default: log only);
-//! - `STRATAI_DEMO_CHUNK_DELAY_MS`: pause between the demo provider's stream chunks.
+//! - `STRATAI_DEMO_CHUNK_DELAY_MS`: pause between the demo provider's stream chunks;
+//! - `STRATAI_GATEWAY_CACHE_MS`: how long a caller's membership, tier access and budget list
+//!   are reused between requests (default 2000; 0 disables).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +42,8 @@ pub struct GatewayOptions {
     pub guardrail_reload: Duration,
     /// How often the spool is replayed.
     pub spool_replay: Duration,
+    /// How long a caller's membership, tier access and budget list are reused.
+    pub view_cache_ttl: Duration,
 }
 
 impl std::fmt::Debug for GatewayOptions {
@@ -76,6 +80,12 @@ impl GatewayOptions {
             },
             guardrail_reload: Duration::from_secs(5),
             spool_replay: Duration::from_secs(10),
+            view_cache_ttl: Duration::from_millis(
+                std::env::var("STRATAI_GATEWAY_CACHE_MS")
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(2000),
+            ),
         }
     }
 }
@@ -130,6 +140,7 @@ pub async fn build_state(
         clock: Arc::new(SystemClock),
         guardrails: Arc::new(Guardrails::new(Policy::empty())),
         rules: stores.guardrails.clone(),
+        view_ttl: options.view_cache_ttl,
     });
     if let Err(e) = pipeline.reload_guardrails().await {
         tracing::warn!(error = %e, "guardrail policy not loaded at start; running with the empty policy until the next reload");
