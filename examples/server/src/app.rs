@@ -53,6 +53,10 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Readiness probe.
     pub readiness: Arc<dyn Readiness>,
+    /// The storage ports.
+    pub stores: crate::stores::Stores,
+    /// The governed gateway (`/v1`, `/api/explain`, `/metrics`), when built.
+    pub gateway: Option<crate::gateway::GatewayState>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -84,7 +88,10 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .merge(crate::auth::routes::router::<AppState>(&state.auth))
+        .merge(crate::api::router())
+        .merge(crate::gateway::maybe_router(state.gateway.clone()))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::metrics::track_requests))
         .with_state(state);
     with_middleware(routes, limits)
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 /// One invalid field of a request: where (a path such as `settings.default_tier` or
 /// `members[2].email`) and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct FieldError {
     /// Path of the field in the request body or query.
     pub path: String,
@@ -106,6 +106,29 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<stratai_core::ValidationError> for ApiError {
+    fn from(e: stratai_core::ValidationError) -> Self {
+        Self::Validation(vec![FieldError::new(e.field, e.reason)])
+    }
+}
+
+impl From<stratai_core::StoreError> for ApiError {
+    fn from(e: stratai_core::StoreError) -> Self {
+        use stratai_core::StoreError as S;
+        match e {
+            S::NotFound { entity, .. } => Self::NotFound(entity.to_owned()),
+            S::Conflict(msg) => Self::Conflict(msg),
+            // Never confirm that another tenant's row exists.
+            S::TenantMismatch(detail) => {
+                tracing::warn!(detail = %detail, "tenant mismatch refused");
+                Self::NotFound("resource".to_owned())
+            }
+            S::Invalid(v) => v.into(),
+            S::Backend(detail) => Self::Internal(detail),
         }
     }
 }

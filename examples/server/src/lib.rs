@@ -1,9 +1,16 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+pub mod alerts;
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod demo_provider;
 pub mod error;
 pub mod extract;
+pub mod gateway;
+pub mod metrics;
 pub mod server;
+pub mod spool;
+pub mod stores;

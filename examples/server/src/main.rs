@@ -38,7 +38,13 @@ async fn main() -> ExitCode {
         Some(Command::Serve { dev_allow_remote }) => dev_allow_remote,
         None => std::env::var("STRATAI_DEV_ALLOW_REMOTE").is_ok_and(|v| v == "true" || v == "1"),
     };
-    let backends = Backends::in_memory(&config);
+    let backends = match Backends::open(&config).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match serve(config, backends, allow_remote).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -11,6 +11,7 @@ use crate::auth::session::{MemorySessionStore, SessionStore};
 use crate::auth::{Auth, Mode};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::stores::{StoreDirectory, StoreReadiness, Stores, seed};
 
 /// What the server runs on besides its configuration.
 pub struct Backends {
@@ -20,6 +21,8 @@ pub struct Backends {
     pub sessions: Arc<dyn SessionStore>,
     /// Readiness probe.
     pub readiness: Arc<dyn Readiness>,
+    /// The storage ports.
+    pub stores: Stores,
 }
 
 impl std::fmt::Debug for Backends {
@@ -29,37 +32,79 @@ impl std::fmt::Debug for Backends {
 }
 
 impl Backends {
-    /// In-memory backends with the configured super admin as the only user.
+    /// Authentication-only backends: a [`MemoryDirectory`] holding the configured super
+    /// admin, and empty in-memory stores (for tests of the auth layer).
     #[must_use]
-    pub fn in_memory(config: &Config) -> Self {
+    pub fn auth_only(config: &Config) -> Self {
         let directory = MemoryDirectory::new();
         directory.add_user(&config.super_admin_email, true);
         Self {
             directory: Arc::new(directory),
             sessions: Arc::new(MemorySessionStore::default()),
             readiness: Arc::new(AlwaysReady),
+            stores: Stores::memory(),
         }
+    }
+
+    /// Backends over `stores` after the idempotent seed: the store-backed directory,
+    /// in-memory sessions and a database readiness probe.
+    pub async fn seeded(stores: Stores, config: &Config) -> Result<Self, ServeError> {
+        let report = seed(&stores, &config.super_admin_email)
+            .await
+            .map_err(|e| ServeError::Startup(format!("seeding failed: {e}")))?;
+        tracing::info!(
+            internal_org = %report.internal_org.id,
+            super_admin = %report.super_admin.email,
+            tiers_created = report.tiers_created,
+            "seed checked"
+        );
+        Ok(Self {
+            directory: Arc::new(StoreDirectory::new(stores.directory.clone())),
+            sessions: Arc::new(MemorySessionStore::default()),
+            readiness: Arc::new(StoreReadiness(stores.clone())),
+            stores,
+        })
+    }
+
+    /// Opens the configured database (migrating it) and seeds it.
+    pub async fn open(config: &Config) -> Result<Self, ServeError> {
+        let owner = std::env::var("STRATAI_DATABASE_OWNER_URL")
+            .ok()
+            .filter(|v| !v.is_empty());
+        let stores = Stores::open(config.database_url.expose(), owner.as_deref())
+            .await
+            .map_err(|e| ServeError::Startup(format!("database: {e}")))?;
+        Self::seeded(stores, config).await
     }
 }
 
-/// Builds the application state and router for `config`.
-pub fn build(config: &Config, backends: Backends) -> Result<axum::Router, ApiError> {
+/// Builds the application state for `config` (without the gateway).
+pub fn build_state(config: &Config, backends: Backends) -> Result<AppState, ApiError> {
     let auth = Arc::new(Auth::from_config(
         config,
         backends.directory,
         backends.sessions,
     )?);
-    let state = AppState {
+    Ok(AppState {
         auth,
         readiness: backends.readiness,
-    };
-    Ok(router(
-        state,
-        HttpLimits {
-            body_limit_bytes: config.body_limit_bytes,
-            request_timeout: config.request_timeout,
-        },
-    ))
+        stores: backends.stores,
+        gateway: None,
+    })
+}
+
+/// The HTTP limits of `config`.
+#[must_use]
+pub fn limits(config: &Config) -> HttpLimits {
+    HttpLimits {
+        body_limit_bytes: config.body_limit_bytes,
+        request_timeout: config.request_timeout,
+    }
+}
+
+/// Builds the application state and router for `config` (without the gateway).
+pub fn build(config: &Config, backends: Backends) -> Result<axum::Router, ApiError> {
+    Ok(router(build_state(config, backends)?, limits(config)))
 }
 
 /// Why the server could not run.
@@ -131,9 +176,19 @@ pub async fn serve(
             .map_err(|e| ServeError::Startup(e.to_string()))?,
     );
     announce(&config, auth.mode());
+    let gateway = crate::gateway::setup::build_state(
+        &config,
+        auth.clone(),
+        &backends.stores,
+        crate::gateway::setup::GatewayOptions::from_env(),
+    )
+    .await
+    .map_err(ServeError::Startup)?;
     let state = AppState {
         auth,
         readiness: backends.readiness,
+        stores: backends.stores,
+        gateway: Some(gateway),
     };
     let app = router(
         state,

@@ -281,8 +281,34 @@ async fn other_authorization_schemes_are_refused() {
 #[tokio::test]
 async fn unknown_kid_refetch_is_rate_limited_and_rotation_is_picked_up() {
     let issuer = TestIssuer::start().await;
-    let server = oidc_server(&issuer, &[("OIDC_JWKS_MIN_REFRESH_SECS", "1")]);
+    let server = oidc_server(&issuer, &[("OIDC_JWKS_MIN_REFRESH_SECS", "2")]);
+    // Sign everything up front: RSA signing in a debug build is slow, and the interval
+    // under test starts with the first fetch.
     let token = issuer.mint(&issuer.claims("auth0|bob", json!({})));
+    let rotated = sign_with(
+        rs256(Some("rotated-2")),
+        &issuer.claims("auth0|bob", json!({})),
+        &rsa_key(OTHER_KEY_PEM),
+    );
+    let unknown: Vec<String> = (0..25)
+        .map(|i| {
+            sign_with(
+                rs256(Some(&format!("random-{i}"))),
+                &issuer.claims("auth0|bob", json!({})),
+                &rsa_key(TEST_KEY_PEM),
+            )
+        })
+        .collect();
+    let burst: Vec<String> = (0..20)
+        .map(|i| {
+            sign_with(
+                rs256(Some(&format!("burst-{i}"))),
+                &issuer.claims("auth0|bob", json!({})),
+                &rsa_key(TEST_KEY_PEM),
+            )
+        })
+        .collect();
+
     assert_eq!(get_me(&server.app, &token).await.status, StatusCode::OK);
     assert_eq!(issuer.jwks_hits(), 1);
 
@@ -290,21 +316,11 @@ async fn unknown_kid_refetch_is_rate_limited_and_rotation_is_picked_up() {
     issuer.set_jwks(
         json!({"keys": [jwk_for(TEST_KEY_PEM, KID), jwk_for(OTHER_KEY_PEM, "rotated-2")]}),
     );
-    let rotated = sign_with(
-        rs256(Some("rotated-2")),
-        &issuer.claims("auth0|bob", json!({})),
-        &rsa_key(OTHER_KEY_PEM),
-    );
 
     // A burst of unknown kids within the interval: no refetch at all.
-    for i in 0..25 {
-        let t = sign_with(
-            rs256(Some(&format!("random-{i}"))),
-            &issuer.claims("auth0|bob", json!({})),
-            &rsa_key(TEST_KEY_PEM),
-        );
+    for t in &unknown {
         assert_eq!(
-            get_me(&server.app, &t).await.status,
+            get_me(&server.app, t).await.status,
             StatusCode::UNAUTHORIZED
         );
     }
@@ -315,20 +331,15 @@ async fn unknown_kid_refetch_is_rate_limited_and_rotation_is_picked_up() {
     assert_eq!(issuer.jwks_hits(), 1);
 
     // After the interval, one refetch finds the rotated key.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(get_me(&server.app, &rotated).await.status, StatusCode::OK);
     assert_eq!(issuer.jwks_hits(), 2);
 
     // Concurrent unknown kids after the next interval share one fetch.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let mut tasks = Vec::new();
-    for i in 0..20 {
+    for t in burst {
         let app = server.app.clone();
-        let t = sign_with(
-            rs256(Some(&format!("burst-{i}"))),
-            &issuer.claims("auth0|bob", json!({})),
-            &rsa_key(TEST_KEY_PEM),
-        );
         tasks.push(tokio::spawn(async move { get_me(&app, &t).await.status }));
     }
     for t in tasks {

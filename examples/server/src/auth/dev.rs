@@ -76,7 +76,18 @@ impl DevTokens {
 
     /// A token for `user`.
     pub fn issue(&self, user: &Principal) -> Result<String, ApiError> {
+        self.issue_at(user, get_current_timestamp())
+    }
+
+    /// A correctly signed token for `user` that expired a minute ago: for tests proving
+    /// that expired tokens are refused everywhere. (Dev mode already lets anyone mint tokens;
+    /// a dead one grants nothing more.)
+    pub fn issue_expired(&self, user: &Principal) -> Result<String, ApiError> {
         let now = get_current_timestamp();
+        self.issue_at(user, now.saturating_sub(self.ttl.as_secs() + 60))
+    }
+
+    fn issue_at(&self, user: &Principal, now: u64) -> Result<String, ApiError> {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.kid.clone());
         let claims = DevClaims {

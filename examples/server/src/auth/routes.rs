@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::cookies::{self, CookieSpec};
-use super::identity::Principal;
+use super::identity::{LoginIdentity, Principal};
 use super::oidc::{LOGIN_TTL, OidcLogin};
 use super::session::{Session, expiry, hash_session_id, new_session_id};
 use super::{Auth, AuthError, Mode};
@@ -78,12 +78,31 @@ async fn dev_token(
             format!("`{}` is not an email address", req.email),
         ));
     }
-    let user = auth
-        .directory()
+    let directory = auth.directory();
+    let user = match directory
         .find_by_email(&email)
         .await
         .map_err(AuthError::from)?
-        .ok_or_else(|| ApiError::NotFound(format!("user `{email}`")))?;
+    {
+        Some(user) => user,
+        // An invited person has no account until their first login; create it as an OIDC
+        // login would, so the invitation can be accepted.
+        None if directory
+            .is_invited(&email)
+            .await
+            .map_err(AuthError::from)? =>
+        {
+            directory
+                .login(&LoginIdentity {
+                    subject: format!("dev|{email}"),
+                    email: email.clone(),
+                    name: None,
+                })
+                .await
+                .map_err(AuthError::from)?
+        }
+        None => return Err(ApiError::NotFound(format!("user `{email}`"))),
+    };
     if !user.active {
         return Err(AuthError::Deactivated.into());
     }

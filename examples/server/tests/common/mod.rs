@@ -252,6 +252,7 @@ pub fn server_with(env_pairs: &[(&str, &str)]) -> TestServer {
         directory: directory.clone(),
         sessions: Arc::new(MemorySessionStore::default()),
         readiness: Arc::new(stratai_server::app::AlwaysReady),
+        stores: stratai_server::stores::Stores::memory(),
     };
     TestServer {
         app: build(&config, backends).unwrap(),

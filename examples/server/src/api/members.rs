@@ -1,0 +1,202 @@
+//! `/api/organizations/{id}/members`: list, add (invite, one as JSON or many as CSV),
+//! change role/tiers/budget/profile, remove.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use stratai_core::access::{Action, Resource};
+use stratai_core::directory::{Membership, OrgRole};
+use stratai_core::money::Money;
+use stratai_core::{OrgId, ProfileId, TierSlug, UserId};
+
+use super::invitations::{self, BulkOutcome, InviteSpec};
+use super::{ApiPath, Caller, allow};
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, double_option, parse_json};
+
+/// A member as the admin API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MemberView {
+    /// User id.
+    pub user_id: UserId,
+    /// Email.
+    pub email: String,
+    /// Name.
+    pub name: Option<String>,
+    /// Role in the organization.
+    pub role: OrgRole,
+    /// Tier restriction (none: no restriction at member level).
+    pub allowed_tiers: Option<Vec<TierSlug>>,
+    /// Personal monthly budget.
+    pub monthly_budget: Option<Money>,
+    /// Assigned profile.
+    pub profile_id: Option<ProfileId>,
+    /// When they joined.
+    pub joined_at: DateTime<Utc>,
+}
+
+async fn view(state: &AppState, m: Membership) -> Result<MemberView, ApiError> {
+    let user = state.stores.directory.get_user(m.user_id).await?;
+    Ok(MemberView {
+        user_id: m.user_id,
+        email: user.email.as_str().to_owned(),
+        name: user.name,
+        role: m.role,
+        allowed_tiers: m.allowed_tiers,
+        monthly_budget: m.monthly_budget,
+        profile_id: m.profile_id,
+        joined_at: m.joined_at,
+    })
+}
+
+/// Members of an organization (admins).
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(org_id): ApiPath<OrgId>,
+) -> Result<ApiJson<Vec<MemberView>>, ApiError> {
+    allow(&caller, Action::ManageMembers, Resource::Org(org_id))?;
+    let mut out = Vec::new();
+    for m in state.stores.directory.list_members(org_id).await? {
+        out.push(view(&state, m).await?);
+    }
+    Ok(ApiJson(out))
+}
+
+/// Adds members by invitation: a JSON body invites one person; a `text/csv` body
+/// (`email,role,groups` with `;`-separated group names or ids) invites many, all rows
+/// validated before any is written.
+pub async fn add(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(org_id): ApiPath<OrgId>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    allow(&caller, Action::ManageMembers, Resource::Org(org_id))?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    match content_type.as_str() {
+        "text/csv" => {
+            let text = std::str::from_utf8(&body)
+                .map_err(|_| ApiError::BadRequest("the CSV is not UTF-8".to_owned()))?;
+            let outcome: BulkOutcome =
+                invitations::bulk_invite(&state, &caller, org_id, text).await?;
+            Ok((StatusCode::OK, ApiJson(outcome)).into_response())
+        }
+        "application/json" => {
+            let spec: InviteSpec = parse_json(&body)?;
+            let created = invitations::invite(&state, &caller, org_id, spec).await?;
+            Ok((StatusCode::CREATED, ApiJson(created)).into_response())
+        }
+        _ => Err(ApiError::UnsupportedMediaType(
+            "expected `application/json` (one invitation) or `text/csv` (bulk)".to_owned(),
+        )),
+    }
+}
+
+/// Body of `PATCH /api/organizations/{id}/members/{user}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMember {
+    /// New role (owner changes need an owner).
+    #[serde(default)]
+    pub role: Option<OrgRole>,
+    /// Tier restriction (`null`: no restriction).
+    #[serde(default, deserialize_with = "double_option")]
+    pub allowed_tiers: Option<Option<Vec<TierSlug>>>,
+    /// Personal monthly budget (`null`: none).
+    #[serde(default, deserialize_with = "double_option")]
+    pub monthly_budget: Option<Option<Money>>,
+    /// Profile (`null`: none).
+    #[serde(default, deserialize_with = "double_option")]
+    pub profile_id: Option<Option<ProfileId>>,
+}
+
+async fn owners(state: &AppState, org: OrgId) -> Result<usize, ApiError> {
+    Ok(state
+        .stores
+        .directory
+        .list_members(org)
+        .await?
+        .iter()
+        .filter(|m| m.role == OrgRole::Owner)
+        .count())
+}
+
+/// Changes a member's role, tiers, budget or profile.
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((org_id, user_id)): ApiPath<(OrgId, UserId)>,
+    ApiJson(req): ApiJson<UpdateMember>,
+) -> Result<ApiJson<MemberView>, ApiError> {
+    let target = Resource::Member { org_id, user_id };
+    allow(&caller, Action::ManageMembers, target)?;
+    let dir = &state.stores.directory;
+    let mut member = dir.get_member(org_id, user_id).await?;
+    let touches_owner = member.role == OrgRole::Owner || req.role == Some(OrgRole::Owner);
+    if touches_owner && req.role.is_some_and(|r| r != member.role) {
+        allow(&caller, Action::ChangeOwners, target)?;
+    }
+    if member.role == OrgRole::Owner
+        && req.role.is_some_and(|r| r != OrgRole::Owner)
+        && owners(&state, org_id).await? <= 1
+    {
+        return Err(ApiError::Conflict(
+            "the organization's last owner cannot be demoted".to_owned(),
+        ));
+    }
+    if let Some(role) = req.role {
+        member.role = role;
+    }
+    if let Some(tiers) = req.allowed_tiers {
+        if let Some(list) = &tiers {
+            super::tiers::check_known(&state, list, "allowed_tiers").await?;
+        }
+        member.allowed_tiers = tiers;
+    }
+    if let Some(budget) = req.monthly_budget {
+        member.monthly_budget = budget;
+    }
+    if let Some(profile) = req.profile_id {
+        if let Some(p) = profile {
+            dir.get_profile(p)
+                .await
+                .map_err(|_| ApiError::invalid("profile_id", format!("unknown profile `{p}`")))?;
+        }
+        member.profile_id = profile;
+    }
+    dir.update_member(org_id, &member).await?;
+    Ok(ApiJson(view(&state, member).await?))
+}
+
+/// Removes a member (and their group memberships in the organization).
+pub async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((org_id, user_id)): ApiPath<(OrgId, UserId)>,
+) -> Result<StatusCode, ApiError> {
+    let target = Resource::Member { org_id, user_id };
+    allow(&caller, Action::ManageMembers, target)?;
+    let dir = &state.stores.directory;
+    let member = dir.get_member(org_id, user_id).await?;
+    if member.role == OrgRole::Owner {
+        allow(&caller, Action::ChangeOwners, target)?;
+        if owners(&state, org_id).await? <= 1 {
+            return Err(ApiError::Conflict(
+                "the organization's last owner cannot be removed".to_owned(),
+            ));
+        }
+    }
+    dir.remove_member(org_id, user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

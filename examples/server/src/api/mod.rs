@@ -1,0 +1,196 @@
+//! The admin API (the seed's Appendix B). Handlers are thin: load the caller, ask
+//! [`stratai_core::access::authorize`] through [`allow`], call a port, shape the answer.
+//!
+//! Isolation: a resource of an organization the caller does not belong to answers 404 (never
+//! 403, which would confirm it exists); a forbidden action inside the caller's own
+//! organization answers 403.
+
+pub mod budgets;
+pub mod groups;
+pub mod invitations;
+pub mod members;
+pub mod orgs;
+pub mod profiles;
+pub mod tiers;
+pub mod usage;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use stratai_core::access::{Action, Actor, DenyReason, GroupGrant, OrgGrant, Resource, authorize};
+use stratai_core::directory::User;
+use stratai_core::{GroupId, OrgId, StoreError, UserId};
+
+use crate::app::AppState;
+use crate::auth::identity::Principal;
+use crate::error::ApiError;
+
+/// The authenticated caller with everything access decisions need.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The user.
+    pub user: User,
+    /// Their roles, for [`authorize`].
+    pub actor: Actor,
+}
+
+impl Caller {
+    /// The caller's user id.
+    #[must_use]
+    pub fn id(&self) -> UserId {
+        self.user.id
+    }
+
+    /// Whether the caller is an active platform super admin.
+    #[must_use]
+    pub fn is_super_admin(&self) -> bool {
+        self.user.is_super_admin()
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        let dir = &state.stores.directory;
+        let user = match dir.get_user(UserId::from_uuid(principal.user_id)).await {
+            Ok(u) => u,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(ApiError::Unauthenticated("unknown user"));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let memberships = dir.memberships_of_user(user.id).await?;
+        let mut groups = Vec::new();
+        for m in &memberships {
+            for (group, role) in dir.groups_of_member(m.org_id, user.id).await? {
+                groups.push(GroupGrant {
+                    org_id: m.org_id,
+                    group_id: group.id,
+                    role,
+                });
+            }
+        }
+        let actor = Actor {
+            user_id: user.id,
+            platform_role: user.platform_role,
+            active: user.active,
+            orgs: memberships
+                .iter()
+                .map(|m| OrgGrant {
+                    org_id: m.org_id,
+                    role: m.role,
+                })
+                .collect(),
+            groups,
+        };
+        Ok(Self { user, actor })
+    }
+}
+
+/// Asks core's access function. Not a member of the resource's organization -> 404;
+/// any other refusal -> 403.
+pub fn allow(caller: &Caller, action: Action, resource: Resource) -> Result<(), ApiError> {
+    authorize(&caller.actor, action, &resource).map_err(|denied| match denied.reason {
+        DenyReason::NotAMember => ApiError::NotFound(
+            match resource {
+                Resource::Group { .. } => "group",
+                Resource::Member { .. } => "member",
+                _ => "organization",
+            }
+            .to_owned(),
+        ),
+        DenyReason::WrongResource => ApiError::internal(denied),
+        other => ApiError::Forbidden(other.to_string()),
+    })
+}
+
+/// A path parameter; an unparsable id cannot name anything, so it answers 404.
+#[derive(Clone, Copy, Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|_| ApiError::NotFound("resource".to_owned()))
+    }
+}
+
+/// The organization of a group, or 404. Super admins see every group; others only groups
+/// of their organizations (checked by [`allow`] afterwards).
+pub async fn group_org(state: &AppState, group: GroupId) -> Result<OrgId, ApiError> {
+    state
+        .stores
+        .directory
+        .locate_group(group)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("group".to_owned()))
+}
+
+macro_rules! api_routes {
+    ($( $method:ident $path:literal => $handler:path ;)*) => {
+        /// Every admin API route as `(METHOD, path template)`: the route table the
+        /// authorization sweep test is built from.
+        pub const ROUTES: &[(&str, &str)] = &[ $( (api_routes!(@upper $method), $path) ),* ];
+
+        /// The admin API router.
+        pub fn router() -> Router<AppState> {
+            let mut router = Router::new();
+            $( router = router.route($path, axum::routing::$method($handler)); )*
+            router
+        }
+    };
+    (@upper get) => { "GET" };
+    (@upper post) => { "POST" };
+    (@upper put) => { "PUT" };
+    (@upper patch) => { "PATCH" };
+    (@upper delete) => { "DELETE" };
+}
+
+api_routes! {
+    get "/api/me" => profiles::me;
+    get "/api/organizations" => orgs::list;
+    post "/api/organizations" => orgs::create;
+    get "/api/organizations/{org_id}" => orgs::get;
+    patch "/api/organizations/{org_id}" => orgs::update;
+    delete "/api/organizations/{org_id}" => orgs::deactivate;
+    get "/api/organizations/{org_id}/members" => members::list;
+    post "/api/organizations/{org_id}/members" => members::add;
+    patch "/api/organizations/{org_id}/members/{user_id}" => members::update;
+    delete "/api/organizations/{org_id}/members/{user_id}" => members::remove;
+    get "/api/organizations/{org_id}/groups" => groups::list;
+    post "/api/organizations/{org_id}/groups" => groups::create;
+    get "/api/organizations/{org_id}/invitations" => invitations::list;
+    get "/api/organizations/{org_id}/tiers" => tiers::org_tiers;
+    put "/api/organizations/{org_id}/tiers/{tier_id}" => tiers::put_subscription;
+    patch "/api/groups/{group_id}" => groups::update;
+    delete "/api/groups/{group_id}" => groups::delete;
+    get "/api/groups/{group_id}/members" => groups::list_members;
+    post "/api/groups/{group_id}/members" => groups::add_member;
+    delete "/api/groups/{group_id}/members/{user_id}" => groups::remove_member;
+    post "/api/invitations" => invitations::create;
+    get "/api/invitations/{token}" => invitations::show;
+    post "/api/invitations/{token}/accept" => invitations::accept;
+    get "/api/tiers" => tiers::list;
+    get "/api/tiers/accessible" => tiers::accessible;
+    get "/api/usage" => usage::summary;
+    get "/api/usage/export" => usage::export;
+    get "/api/budgets" => budgets::list;
+    post "/api/budgets" => budgets::create;
+    patch "/api/budgets/{budget_id}" => budgets::update;
+    get "/api/profiles" => profiles::list;
+    post "/api/profiles" => profiles::create;
+}

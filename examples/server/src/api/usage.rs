@@ -1,0 +1,239 @@
+//! Usage: totals grouped by dimensions, and the CSV export (streamed, never materialized).
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use stratai_core::access::{Action, Resource};
+use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord, UsageTotals};
+use stratai_core::{GroupId, ModelId, OrgId, TierId, UserId};
+
+use super::{Caller, allow};
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery};
+
+/// Query of `GET /api/usage` and `GET /api/usage/export`. The scope is the organization,
+/// narrowed to a group and/or a user; each narrowing is authorized on its own (a member may
+/// read their own usage, a group lead their group's, admins everything in their organization).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageParams {
+    /// Organization (default: the caller's only one).
+    #[serde(default)]
+    pub org_id: Option<OrgId>,
+    /// Inclusive start (RFC 3339).
+    #[serde(default)]
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive end (RFC 3339).
+    #[serde(default)]
+    pub to: Option<DateTime<Utc>>,
+    /// Only this group.
+    #[serde(default)]
+    pub group_id: Option<GroupId>,
+    /// Only this user.
+    #[serde(default)]
+    pub user_id: Option<UserId>,
+    /// Only this tier.
+    #[serde(default)]
+    pub tier_id: Option<TierId>,
+    /// Only this model.
+    #[serde(default)]
+    pub model: Option<ModelId>,
+    /// Comma-separated dimensions: org, group, user, tier, model, endpoint, day.
+    #[serde(default)]
+    pub group_by: Option<String>,
+}
+
+/// Answer of `GET /api/usage`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UsageSummary {
+    /// Organization.
+    pub org_id: OrgId,
+    /// The filter applied.
+    pub query: UsageQuery,
+    /// Dimensions grouped by.
+    pub group_by: Vec<Dimension>,
+    /// One row per group.
+    pub rows: Vec<AggregateRow>,
+    /// Totals over all rows.
+    pub totals: UsageTotals,
+}
+
+async fn authorize_scope(
+    state: &AppState,
+    caller: &Caller,
+    p: &UsageParams,
+) -> Result<(OrgId, UsageQuery), ApiError> {
+    let org_id = match p.org_id {
+        Some(o) => o,
+        None => match caller.actor.orgs.as_slice() {
+            [only] => only.org_id,
+            [] => return Err(ApiError::NotFound("organization".to_owned())),
+            _ => {
+                return Err(ApiError::invalid(
+                    "org_id",
+                    "you belong to several organizations; name one",
+                ));
+            }
+        },
+    };
+    if let (Some(from), Some(to)) = (p.from, p.to)
+        && from >= to
+    {
+        return Err(ApiError::invalid("to", "must be after `from`"));
+    }
+    match (p.group_id, p.user_id) {
+        (None, None) => allow(caller, Action::ViewOrgUsage, Resource::Org(org_id))?,
+        (group, user) => {
+            if let Some(group_id) = group {
+                allow(
+                    caller,
+                    Action::ViewGroupUsage,
+                    Resource::Group { org_id, group_id },
+                )?;
+                state.stores.directory.get_group(org_id, group_id).await?;
+            }
+            if let Some(user_id) = user {
+                allow(
+                    caller,
+                    Action::ViewMemberUsage,
+                    Resource::Member { org_id, user_id },
+                )?;
+            }
+        }
+    }
+    Ok((
+        org_id,
+        UsageQuery {
+            from: p.from,
+            to: p.to,
+            group_id: p.group_id,
+            user_id: p.user_id,
+            tier_id: p.tier_id,
+            model: p.model.clone(),
+        },
+    ))
+}
+
+fn parse_dimensions(text: Option<&str>) -> Result<Vec<Dimension>, ApiError> {
+    let mut out = Vec::new();
+    for (i, name) in text
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .enumerate()
+    {
+        let d: Dimension = serde_json::from_value(serde_json::Value::String(name.to_owned()))
+            .map_err(|_| {
+                ApiError::invalid(
+                    format!("group_by[{i}]"),
+                    format!("unknown dimension `{name}`"),
+                )
+            })?;
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// Usage totals grouped by the requested dimensions.
+pub async fn summary(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(p): ApiQuery<UsageParams>,
+) -> Result<ApiJson<UsageSummary>, ApiError> {
+    let group_by = parse_dimensions(p.group_by.as_deref())?;
+    let (org_id, query) = authorize_scope(&state, &caller, &p).await?;
+    let rows = state
+        .stores
+        .usage
+        .aggregate(org_id, &query, &group_by)
+        .await?;
+    let totals = state
+        .stores
+        .usage
+        .aggregate(org_id, &query, &[])
+        .await?
+        .into_iter()
+        .next()
+        .map(|r| r.totals)
+        .unwrap_or_default();
+    Ok(ApiJson(UsageSummary {
+        org_id,
+        query,
+        group_by,
+        rows,
+        totals,
+    }))
+}
+
+const CSV_HEADER: &str = "request_id,created_at,org_id,group_id,user_id,tier_id,model,endpoint,status,input_tokens,output_tokens,provider_cost,billed_amount\n";
+
+fn csv_line(r: &UsageRecord) -> Result<Bytes, ApiError> {
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::with_capacity(256));
+    let status = serde_json::to_value(r.status).map_err(ApiError::internal)?;
+    w.write_record([
+        r.request_id.to_string(),
+        r.created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        r.org_id.to_string(),
+        r.group_id.map(|g| g.to_string()).unwrap_or_default(),
+        r.user_id.to_string(),
+        r.tier_id.map(|t| t.to_string()).unwrap_or_default(),
+        r.model.to_string(),
+        r.endpoint.clone(),
+        status.as_str().unwrap_or("").to_owned(),
+        r.input_tokens.to_string(),
+        r.output_tokens.to_string(),
+        r.provider_cost.to_string(),
+        r.billed_amount.to_string(),
+    ])
+    .map_err(ApiError::internal)?;
+    w.into_inner().map(Bytes::from).map_err(ApiError::internal)
+}
+
+/// The matching usage records as CSV, streamed from the store row by row.
+pub async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(p): ApiQuery<UsageParams>,
+) -> Result<Response, ApiError> {
+    if p.group_by.is_some() {
+        return Err(ApiError::invalid(
+            "group_by",
+            "the export lists records; use /api/usage for totals",
+        ));
+    }
+    let (org_id, query) = authorize_scope(&state, &caller, &p).await?;
+    let rows = state.stores.usage.stream(org_id, query).map(|item| {
+        item.map_err(ApiError::from)
+            .and_then(|r| csv_line(&r))
+            .map_err(|e| {
+                tracing::error!(error = %e, "usage export aborted");
+                std::io::Error::other("usage export failed")
+            })
+    });
+    let body = futures::stream::once(async {
+        Ok::<_, std::io::Error>(Bytes::from_static(CSV_HEADER.as_bytes()))
+    })
+    .chain(rows);
+    let mut response = Body::from_stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"usage.csv\""),
+    );
+    Ok(response)
+}

@@ -1,0 +1,414 @@
+//! The storage ports the server runs on, how they are opened from `DATABASE_URL`, the
+//! store-backed user directory for authentication, and the idempotent first-start seed.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use stratai_core::directory::{
+    BillingPlan, Email, INTERNAL_ORG_SLUG, Membership, OrgRole, OrgSettings, Organization,
+    PlatformRole, Slug, User,
+};
+use stratai_core::ports::{
+    BudgetLedger, DirectoryStore, GuardrailStore, OutboxStore, TierStore, UsageStore,
+};
+use stratai_core::tiers::{TierSubscription, default_tiers};
+use stratai_core::{StoreError, UserId};
+use uuid::Uuid;
+
+use crate::app::Readiness;
+use crate::auth::identity::{DirectoryError, IdentityDirectory, LoginIdentity, Principal};
+
+/// Every port, behind trait objects so one server runs on memory, SQLite or PostgreSQL.
+#[derive(Clone)]
+pub struct Stores {
+    /// Organizations, users, memberships, groups, profiles, invitations.
+    pub directory: Arc<dyn DirectoryStore>,
+    /// Tier catalog and subscriptions.
+    pub tiers: Arc<dyn TierStore>,
+    /// Budgets and the ledger.
+    pub budgets: Arc<dyn BudgetLedger>,
+    /// Usage records.
+    pub usage: Arc<dyn UsageStore>,
+    /// Guardrail rules.
+    pub guardrails: Arc<dyn GuardrailStore>,
+    /// The LiteLLM sync outbox.
+    pub outbox: Arc<dyn OutboxStore>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}
+
+impl Stores {
+    /// All ports from one backend value (cloning it shares its pool).
+    pub fn from_backend<T>(backend: T) -> Self
+    where
+        T: DirectoryStore
+            + TierStore
+            + BudgetLedger
+            + UsageStore
+            + GuardrailStore
+            + OutboxStore
+            + Clone
+            + 'static,
+    {
+        Self {
+            directory: Arc::new(backend.clone()),
+            tiers: Arc::new(backend.clone()),
+            budgets: Arc::new(backend.clone()),
+            usage: Arc::new(backend.clone()),
+            guardrails: Arc::new(backend.clone()),
+            outbox: Arc::new(backend),
+        }
+    }
+
+    /// In-memory ports (tests, demos that need no file).
+    #[must_use]
+    pub fn memory() -> Self {
+        Self::from_backend(stratai_store::MemoryStore::new())
+    }
+
+    /// Opens the database named by `url`: `sqlite:` (created and migrated if missing) or
+    /// `postgres:` (migrated first with `owner_url` when given; served as the app role,
+    /// which must not be able to bypass row-level security).
+    pub async fn open(url: &str, owner_url: Option<&str>) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            if let Some(dir) = sqlite_parent_dir(url) {
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    StoreError::Backend(format!("cannot create `{}`: {e}", dir.display()))
+                })?;
+            }
+            let store = stratai_store::SqliteStore::connect(url).await?;
+            Ok(Self::from_backend(store))
+        } else {
+            if let Some(owner) = owner_url {
+                stratai_store::PgStore::migrate(owner).await?;
+            }
+            let store = stratai_store::PgStore::connect(url).await?;
+            Ok(Self::from_backend(store))
+        }
+    }
+}
+
+/// The directory of a `sqlite://dir/file.db?...` url, to create before connecting.
+fn sqlite_parent_dir(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    if path.is_empty() || path.contains(":memory:") {
+        return None;
+    }
+    std::path::Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(std::path::Path::to_path_buf)
+}
+
+/// Readiness: the database answers a cheap query.
+#[derive(Clone)]
+pub struct StoreReadiness(pub Stores);
+
+#[async_trait]
+impl Readiness for StoreReadiness {
+    async fn check(&self) -> Result<(), String> {
+        self.0
+            .tiers
+            .list_tiers()
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("database: {e}"))
+    }
+}
+
+/// Authentication's view of the user directory, over [`DirectoryStore`].
+#[derive(Clone)]
+pub struct StoreDirectory {
+    directory: Arc<dyn DirectoryStore>,
+}
+
+impl StoreDirectory {
+    /// The adapter over `directory`.
+    #[must_use]
+    pub fn new(directory: Arc<dyn DirectoryStore>) -> Self {
+        Self { directory }
+    }
+}
+
+fn principal(user: &User) -> Principal {
+    Principal {
+        user_id: user.id.as_uuid(),
+        email: user.email.as_str().to_owned(),
+        super_admin: user.platform_role == PlatformRole::SuperAdmin,
+        active: user.active,
+    }
+}
+
+fn backend(e: StoreError) -> DirectoryError {
+    match e {
+        StoreError::Conflict(m) => DirectoryError::Conflict(m),
+        other => DirectoryError::Backend(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl IdentityDirectory for StoreDirectory {
+    async fn find_by_subject(&self, subject: &str) -> Result<Option<Principal>, DirectoryError> {
+        let user = self
+            .directory
+            .find_user_by_subject(subject)
+            .await
+            .map_err(backend)?;
+        Ok(user.as_ref().map(principal))
+    }
+
+    async fn find_by_email(&self, email: &str) -> Result<Option<Principal>, DirectoryError> {
+        let Ok(email) = Email::new(email) else {
+            return Ok(None);
+        };
+        let user = self
+            .directory
+            .find_user_by_email(&email)
+            .await
+            .map_err(backend)?;
+        Ok(user.as_ref().map(principal))
+    }
+
+    async fn find_by_id(&self, id: Uuid) -> Result<Option<Principal>, DirectoryError> {
+        match self.directory.get_user(UserId::from_uuid(id)).await {
+            Ok(user) => Ok(Some(principal(&user))),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn login(&self, identity: &LoginIdentity) -> Result<Principal, DirectoryError> {
+        let now = Utc::now();
+        if let Some(mut user) = self
+            .directory
+            .find_user_by_subject(&identity.subject)
+            .await
+            .map_err(backend)?
+        {
+            user.last_login_at = Some(now);
+            self.directory.update_user(&user).await.map_err(backend)?;
+            return Ok(principal(&user));
+        }
+        let email = Email::new(&identity.email).map_err(|e| {
+            DirectoryError::Conflict(format!("cannot use the provider's email: {e}"))
+        })?;
+        if let Some(mut user) = self
+            .directory
+            .find_user_by_email(&email)
+            .await
+            .map_err(backend)?
+        {
+            if user
+                .oidc_subject
+                .as_deref()
+                .is_some_and(|s| s != identity.subject)
+            {
+                return Err(DirectoryError::Conflict(format!(
+                    "`{email}` is linked to another identity"
+                )));
+            }
+            user.oidc_subject = Some(identity.subject.clone());
+            user.last_login_at = Some(now);
+            self.directory.update_user(&user).await.map_err(backend)?;
+            return Ok(principal(&user));
+        }
+        let mut user = User::new(email, identity.name.as_deref(), PlatformRole::User, now)
+            .map_err(|e| DirectoryError::Conflict(e.to_string()))?;
+        user.oidc_subject = Some(identity.subject.clone());
+        user.last_login_at = Some(now);
+        self.directory.create_user(&user).await.map_err(backend)?;
+        Ok(principal(&user))
+    }
+
+    async fn is_invited(&self, email: &str) -> Result<bool, DirectoryError> {
+        let Ok(email) = Email::new(email) else {
+            return Ok(false);
+        };
+        let now = Utc::now();
+        for org in self.directory.list_orgs().await.map_err(backend)? {
+            let invitations = self
+                .directory
+                .list_invitations(org.id)
+                .await
+                .map_err(backend)?;
+            if invitations.iter().any(|i| {
+                i.email == email
+                    && i.status == stratai_core::directory::InvitationStatus::Pending
+                    && i.expires_at > now
+            }) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// What the seed found or created.
+#[derive(Clone, Debug)]
+pub struct SeedReport {
+    /// The internal pilot organization.
+    pub internal_org: Organization,
+    /// The platform super admin.
+    pub super_admin: User,
+    /// Tiers created now (0 when the catalog existed).
+    pub tiers_created: usize,
+}
+
+/// The idempotent first-start seed: the seed document's three tiers, the internal pilot
+/// organization subscribed to all of them, and the platform super admin `admin_email`, owner
+/// of that organization. Running it again changes nothing (existing tiers and settings are
+/// left as operators changed them; the configured admin is kept a super admin).
+pub async fn seed(stores: &Stores, admin_email: &str) -> Result<SeedReport, StoreError> {
+    let now = Utc::now();
+    let mut tiers_created = 0;
+    let existing = stores.tiers.list_tiers().await?;
+    let catalog = default_tiers();
+    for tier in &catalog {
+        if !existing.iter().any(|t| t.id == tier.id) {
+            stores.tiers.upsert_tier(tier).await?;
+            tiers_created += 1;
+        }
+    }
+
+    let slug = Slug::new(INTERNAL_ORG_SLUG)?;
+    let internal_org = match stores.directory.find_org_by_slug(&slug).await? {
+        Some(org) => org,
+        None => {
+            let slugs: Vec<_> = catalog.iter().map(|t| t.slug.clone()).collect();
+            let default = catalog
+                .iter()
+                .find(|t| t.slug.as_str() == "standard")
+                .map_or_else(|| slugs[0].clone(), |t| t.slug.clone());
+            let settings = OrgSettings::new(slugs, default)?;
+            let org = Organization::new(
+                "Internal Pilot",
+                slug,
+                settings,
+                BillingPlan::Enterprise,
+                now,
+            )?;
+            match stores.directory.create_org(&org).await {
+                Ok(()) => org,
+                // Another instance seeded concurrently.
+                Err(StoreError::Conflict(_)) => stores
+                    .directory
+                    .find_org_by_slug(&org.slug)
+                    .await?
+                    .ok_or_else(|| StoreError::Backend("internal org vanished".to_owned()))?,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let subscriptions = stores.tiers.list_subscriptions(internal_org.id).await?;
+    for tier in &catalog {
+        if !subscriptions.iter().any(|s| s.tier_id == tier.id) {
+            stores
+                .tiers
+                .put_subscription(
+                    internal_org.id,
+                    &TierSubscription {
+                        org_id: internal_org.id,
+                        tier_id: tier.id,
+                        enabled: true,
+                        monthly_budget: None,
+                        enabled_at: now,
+                    },
+                )
+                .await?;
+        }
+    }
+
+    let email = Email::new(admin_email)?;
+    let super_admin = match stores.directory.find_user_by_email(&email).await? {
+        Some(mut user) => {
+            if user.platform_role != PlatformRole::SuperAdmin || !user.active {
+                user.platform_role = PlatformRole::SuperAdmin;
+                user.active = true;
+                stores.directory.update_user(&user).await?;
+            }
+            user
+        }
+        None => {
+            let user = User::new(email, Some("Platform Admin"), PlatformRole::SuperAdmin, now)?;
+            match stores.directory.create_user(&user).await {
+                Ok(()) => user,
+                Err(StoreError::Conflict(_)) => stores
+                    .directory
+                    .find_user_by_email(&user.email)
+                    .await?
+                    .ok_or_else(|| StoreError::Backend("super admin vanished".to_owned()))?,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    match stores
+        .directory
+        .get_member(internal_org.id, super_admin.id)
+        .await
+    {
+        Ok(_) => {}
+        Err(StoreError::NotFound { .. }) => {
+            let member = Membership::new(internal_org.id, super_admin.id, OrgRole::Owner, now);
+            match stores.directory.add_member(internal_org.id, &member).await {
+                Ok(()) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(SeedReport {
+        internal_org,
+        super_admin,
+        tiers_created,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_dirs() {
+        assert_eq!(
+            sqlite_parent_dir("sqlite://./.stratai/stratai.db?mode=rwc"),
+            Some(std::path::PathBuf::from("./.stratai"))
+        );
+        assert_eq!(sqlite_parent_dir("sqlite::memory:"), None);
+        assert_eq!(sqlite_parent_dir("sqlite:file.db"), None);
+    }
+
+    #[tokio::test]
+    async fn seed_is_idempotent() {
+        let stores = Stores::memory();
+        let first = seed(&stores, "admin@localhost").await.unwrap();
+        assert_eq!(first.tiers_created, 3);
+        let second = seed(&stores, "admin@localhost").await.unwrap();
+        assert_eq!(second.tiers_created, 0);
+        assert_eq!(first.internal_org.id, second.internal_org.id);
+        assert_eq!(first.super_admin.id, second.super_admin.id);
+        let member = stores
+            .directory
+            .get_member(first.internal_org.id, first.super_admin.id)
+            .await
+            .unwrap();
+        assert_eq!(member.role, OrgRole::Owner);
+        assert_eq!(
+            stores
+                .tiers
+                .list_subscriptions(first.internal_org.id)
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(stores.directory.list_orgs().await.unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,295 @@
+//! Authorization sweep, built from the router's own route table: every route x every kind
+//! of caller x {own organization's ids, another organization's ids}, against an expected
+//! matrix. Also checks that no 2xx body of a non-super caller holds an id of an organization
+//! the caller is not in. A route missing from the matrix fails the test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod api_support;
+
+use std::collections::BTreeMap;
+
+use api_support::*;
+use axum::http::{Method, StatusCode};
+use serde_json::{Value, json};
+use stratai_core::directory::User;
+
+const ACTORS: [&str; 9] = [
+    "super", "owner", "admin", "member", "lead", "gmember", "anon", "expired", "outsider",
+];
+
+/// Expected status for org A's ids, per actor (columns as in `ACTORS`). `outsider` is an
+/// admin of org B. For org B's ids the expectation is derived: super keeps its column, the
+/// org A people get 404 on organization-scoped routes, the outsider gets the admin column.
+const MATRIX: &str = "
+GET    /health/live                                        200 200 200 200 200 200 200 200 200
+GET    /health/ready                                       200 200 200 200 200 200 200 200 200
+GET    /auth/me                                            200 200 200 200 200 200 401 401 200
+POST   /auth/dev/token                                     200 200 200 200 200 200 200 200 200
+GET    /api/me                                             200 200 200 200 200 200 401 401 200
+GET    /api/organizations                                  200 200 200 200 200 200 401 401 200
+POST   /api/organizations                                  201 403 403 403 403 403 401 401 403
+GET    /api/organizations/{org_id}                         200 200 200 200 200 200 401 401 404
+PATCH  /api/organizations/{org_id}                         200 200 200 403 403 403 401 401 404
+DELETE /api/organizations/{org_id}                         200 403 403 403 403 403 401 401 404
+GET    /api/organizations/{org_id}/members                 200 200 200 403 403 403 401 401 404
+POST   /api/organizations/{org_id}/members                 201 201 201 403 403 403 401 401 404
+PATCH  /api/organizations/{org_id}/members/{user_id}       200 200 200 403 403 403 401 401 404
+DELETE /api/organizations/{org_id}/members/{user_id}       204 204 204 403 403 403 401 401 404
+GET    /api/organizations/{org_id}/groups                  200 200 200 200 200 200 401 401 404
+POST   /api/organizations/{org_id}/groups                  201 201 201 403 403 403 401 401 404
+GET    /api/organizations/{org_id}/invitations             200 200 200 403 403 403 401 401 404
+GET    /api/organizations/{org_id}/tiers                   200 200 200 200 200 200 401 401 404
+PUT    /api/organizations/{org_id}/tiers/{tier_id}         200 403 403 403 403 403 401 401 404
+PATCH  /api/groups/{group_id}                              200 200 200 403 403 403 401 401 404
+DELETE /api/groups/{group_id}                              204 204 204 403 403 403 401 401 404
+GET    /api/groups/{group_id}/members                      200 200 200 403 200 403 401 401 404
+POST   /api/groups/{group_id}/members                      201 201 201 403 403 403 401 401 404
+DELETE /api/groups/{group_id}/members/{user_id}            204 204 204 403 403 403 401 401 404
+POST   /api/invitations                                    201 201 201 403 403 403 401 401 404
+GET    /api/invitations/{token}                            200 200 200 200 200 200 200 200 200
+POST   /api/invitations/{token}/accept                     409 409 409 409 409 409 401 401 409
+GET    /api/tiers                                          200 200 200 200 200 200 401 401 200
+GET    /api/tiers/accessible                               404 200 200 200 200 200 401 401 404
+GET    /api/usage                                          200 200 200 403 403 403 401 401 404
+GET    /api/usage/export                                   200 200 200 403 403 403 401 401 404
+GET    /api/budgets                                        200 200 200 403 403 403 401 401 404
+POST   /api/budgets                                        201 201 201 403 403 403 401 401 404
+PATCH  /api/budgets/{budget_id}                            200 200 200 403 403 403 401 401 404
+GET    /api/profiles                                       200 200 200 200 200 200 401 401 200
+POST   /api/profiles                                       201 403 403 403 403 403 401 401 403
+";
+
+/// Routes whose answer does not depend on which organization's ids are used.
+const PLATFORM: [&str; 12] = [
+    "/health/live",
+    "/health/ready",
+    "/auth/me",
+    "/auth/dev/token",
+    "/api/me",
+    "/api/organizations",
+    "/api/tiers",
+    "/api/profiles",
+    "/api/invitations/{token}",
+    "/api/invitations/{token}/accept",
+    "POST /api/organizations",
+    "",
+];
+
+fn is_platform(method: &str, path: &str) -> bool {
+    PLATFORM.contains(&path) || PLATFORM.contains(&format!("{method} {path}").as_str())
+}
+
+fn matrix() -> BTreeMap<(String, String), Vec<u16>> {
+    let mut out = BTreeMap::new();
+    for line in MATRIX.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols.len(), 2 + ACTORS.len(), "bad matrix line: {line}");
+        let codes = cols[2..].iter().map(|c| c.parse().unwrap()).collect();
+        assert!(
+            out.insert((cols[0].to_owned(), cols[1].to_owned()), codes)
+                .is_none(),
+            "duplicate: {line}"
+        );
+    }
+    out
+}
+
+/// Every route the server answers (dev mode, no gateway): the admin API's table plus the
+/// health and auth routes.
+fn route_table() -> Vec<(String, String)> {
+    let mut routes: Vec<(String, String)> = stratai_server::api::ROUTES
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    for (m, p) in [
+        ("GET", "/health/live"),
+        ("GET", "/health/ready"),
+        ("GET", "/auth/me"),
+        ("POST", "/auth/dev/token"),
+    ] {
+        routes.push((m.to_owned(), p.to_owned()));
+    }
+    routes
+}
+
+/// Path and body of `route` for the ids of `target`.
+fn request(method: &str, path: &str, target: &OrgFixture) -> (String, Option<Value>) {
+    let n = unique();
+    let filled = path
+        .replace("{org_id}", &target.org.to_string())
+        .replace("{group_id}", &target.group.to_string())
+        .replace("{budget_id}", &target.budget.to_string())
+        .replace("{token}", &target.invitation_token)
+        .replace("{tier_id}", &target.tier.to_string())
+        // Member routes target the plain member; group member routes the group member.
+        .replace(
+            "{user_id}",
+            &if path.starts_with("/api/groups/") {
+                target.gmember.id
+            } else {
+                target.member.id
+            }
+            .to_string(),
+        );
+    let org = target.org;
+    let with_org = |p: &str| format!("{p}?org_id={org}");
+    let (path, body) = match (method, path) {
+        ("GET", "/api/usage" | "/api/usage/export" | "/api/budgets" | "/api/tiers/accessible") => {
+            (with_org(path), None)
+        }
+        ("POST", "/auth/dev/token") => (filled, Some(json!({"email": "admin@localhost"}))),
+        ("POST", "/api/organizations") => (
+            filled,
+            Some(json!({"name": "New", "slug": format!("new-{n}")})),
+        ),
+        ("PATCH", "/api/organizations/{org_id}") => (filled, Some(json!({"name": "Renamed"}))),
+        ("POST", "/api/organizations/{org_id}/members") => {
+            (filled, Some(json!({"email": format!("new-{n}@x.test")})))
+        }
+        ("PATCH", "/api/organizations/{org_id}/members/{user_id}") => {
+            (filled, Some(json!({"monthly_budget": "5"})))
+        }
+        ("POST", "/api/organizations/{org_id}/groups") => {
+            (filled, Some(json!({"name": format!("g{n}")})))
+        }
+        ("PUT", "/api/organizations/{org_id}/tiers/{tier_id}") => {
+            (filled, Some(json!({"enabled": true})))
+        }
+        ("PATCH", "/api/groups/{group_id}") => (filled, Some(json!({"description": "x"}))),
+        ("POST", "/api/groups/{group_id}/members") => {
+            (filled, Some(json!({"user_id": target.member.id})))
+        }
+        ("POST", "/api/invitations") => (
+            filled,
+            Some(json!({"org_id": org, "email": format!("new-{n}@x.test")})),
+        ),
+        ("POST", "/api/budgets") => (
+            filled,
+            Some(
+                json!({"org_id": org, "scope": {"type": "user", "id": target.member.id}, "limit": "10", "period": "monthly"}),
+            ),
+        ),
+        ("PATCH", "/api/budgets/{budget_id}") => (filled, Some(json!({"limit": "20"}))),
+        ("POST", "/api/profiles") => (
+            filled,
+            Some(json!({"name": format!("p{n}"), "default_tiers": ["basic"]})),
+        ),
+        _ => (filled, None),
+    };
+    (path, body)
+}
+
+struct World {
+    a: OrgFixture,
+    b: OrgFixture,
+}
+
+async fn world(api: &Api) -> World {
+    World {
+        a: org_fixture(&api.stores, "acme").await,
+        b: org_fixture(&api.stores, "globex").await,
+    }
+}
+
+async fn credential(api: &Api, w: &World, actor: &str) -> Option<String> {
+    let user = |u: &User| u.email.as_str().to_owned();
+    let email = match actor {
+        "super" => "admin@localhost".to_owned(),
+        "owner" => user(&w.a.owner),
+        "admin" => user(&w.a.admin),
+        "member" => user(&w.a.member),
+        "lead" => user(&w.a.lead),
+        "gmember" => user(&w.a.gmember),
+        "outsider" => user(&w.b.admin),
+        "anon" => return None,
+        "expired" => return Some(api.expired_token(&w.a.admin)),
+        other => panic!("unknown actor {other}"),
+    };
+    Some(api.token(&email).await)
+}
+
+async fn sweep(api: Api) {
+    let matrix = matrix();
+    let routes = route_table();
+    for (m, p) in &routes {
+        assert!(
+            matrix.contains_key(&(m.clone(), p.clone())),
+            "route `{m} {p}` is missing from the authorization matrix"
+        );
+    }
+    for key in matrix.keys() {
+        assert!(
+            routes.contains(key),
+            "matrix lists `{} {}`, which the router does not have",
+            key.0,
+            key.1
+        );
+    }
+
+    let shared = world(&api).await;
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (method, path) in &routes {
+        let expected_own = &matrix[&(method.clone(), path.clone())];
+        let admin_col = ACTORS.iter().position(|a| *a == "admin").unwrap();
+        for (i, actor) in ACTORS.iter().enumerate() {
+            for other_ids in [false, true] {
+                // Reads share one world; writes get a fresh one so earlier calls cannot
+                // change what later ones see.
+                let fresh;
+                let w = if method == "GET" {
+                    &shared
+                } else {
+                    fresh = world(&api).await;
+                    &fresh
+                };
+                let expected = if !other_ids || is_platform(method, path) {
+                    expected_own[i]
+                } else {
+                    match *actor {
+                        "super" | "anon" | "expired" => expected_own[i],
+                        "outsider" => expected_own[admin_col],
+                        _ => 404,
+                    }
+                };
+                let target = if other_ids { &w.b } else { &w.a };
+                let (uri, body) = request(method, path, target);
+                let token = credential(&api, w, actor).await;
+                let m: Method = method.parse().unwrap();
+                let r = api.send(m, &uri, token.as_deref(), body).await;
+                checked += 1;
+                if r.status.as_u16() != expected {
+                    failures.push(format!(
+                        "{method} {path} as {actor} with {} ids: expected {expected}, got {} {}",
+                        if other_ids { "other" } else { "own" },
+                        r.status,
+                        r.text.chars().take(200).collect::<String>()
+                    ));
+                    continue;
+                }
+                // Zero cross-org reads: a non-super caller's 2xx body names nothing of an
+                // organization they are not in.
+                if r.status.is_success() && *actor != "super" {
+                    let foreign = if *actor == "outsider" { &w.a } else { &w.b };
+                    for id in foreign.ids() {
+                        if r.text.contains(&id) {
+                            failures.push(format!("{method} {path} as {actor}: answer leaks `{id}` of another organization"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} checks failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(checked, routes.len() * ACTORS.len() * 2);
+    // Unexpected 2xx would have shown as failures above; make sure the sweep saw both kinds.
+    assert!(checked > 500);
+    let _ = StatusCode::OK;
+}
+on_every_backend!(sweep);
