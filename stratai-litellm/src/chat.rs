@@ -67,8 +67,8 @@ impl ChatRequest {
     }
 }
 
-/// Who a call is for: sent as `x-litellm-end-user-id` (recorded as `end_user` in spend logs)
-/// and `x-stratai-user-id` / `x-stratai-org-id`.
+/// Who a call is for: sent as `x-litellm-end-user-id` (recorded as `end_user` in spend logs),
+/// `x-stratai-user-id`, `x-stratai-org-id` and `x-stratai-request-id`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Attribution {
     /// End user recorded by LiteLLM.
@@ -77,6 +77,8 @@ pub struct Attribution {
     pub user_id: Option<String>,
     /// StratAI organization id.
     pub org_id: Option<String>,
+    /// StratAI request id (`x-stratai-request-id`).
+    pub request_id: Option<String>,
 }
 
 /// Token usage; `cost` appears in LiteLLM's streamed usage chunk.

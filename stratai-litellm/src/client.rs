@@ -654,6 +654,7 @@ impl LiteLlmClient {
             ("x-litellm-end-user-id", &attribution.end_user_id),
             ("x-stratai-user-id", &attribution.user_id),
             ("x-stratai-org-id", &attribution.org_id),
+            ("x-stratai-request-id", &attribution.request_id),
         ] {
             if let Some(value) = value {
                 let value = HeaderValue::from_str(value).map_err(|_| {

@@ -5,6 +5,7 @@ mod chat;
 mod client;
 pub mod decimal;
 mod error;
+pub mod gateway;
 mod secret;
 pub mod sync;
 pub mod time;

@@ -297,6 +297,7 @@ async fn chat_sends_the_key_and_attribution_headers() {
         .and(header("x-litellm-end-user-id", "u-1"))
         .and(header("x-stratai-user-id", "u-1"))
         .and(header("x-stratai-org-id", "o-1"))
+        .and(header("x-stratai-request-id", "r-1"))
         .respond_with(ResponseTemplate::new(200).insert_header("x-litellm-response-cost", "0.024")
             .set_body_json(json!({"id": "chatcmpl-1", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})))
         .mount(&server).await;
@@ -305,6 +306,7 @@ async fn chat_sends_the_key_and_attribution_headers() {
         end_user_id: Some("u-1".into()),
         user_id: Some("u-1".into()),
         org_id: Some("o-1".into()),
+        request_id: Some("r-1".into()),
     };
     let answer = client
         .chat(

@@ -108,6 +108,7 @@ async fn lifecycle_team_user_key_chat_update_spend_delete() {
         end_user_id: Some(user_id.clone()),
         user_id: Some(user_id.clone()),
         org_id: Some(org_id.clone()),
+        request_id: Some(format!("req-{run}")),
     };
     let answer = client
         .chat(&key.key, &who, &hello("mock-gpt"))

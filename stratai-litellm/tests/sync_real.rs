@@ -135,8 +135,31 @@ async fn sync_lifecycle_reconcile_and_spend_on_the_real_proxy() {
         end_user_id: Some(alice.to_string()),
         user_id: Some(alice.to_string()),
         org_id: Some(org.to_string()),
+        ..Attribution::default()
     };
     let first = client.chat(&key, &who, &hello("mock-gpt")).await.unwrap();
+    // the same through core's LlmGateway port, with the key from the vault
+    let gateway = stratai_litellm::gateway::LiteLlmGateway::new(client.clone(), vault.clone());
+    let ctx = stratai_core::gateway::CallContext {
+        request_id: RequestId::new(),
+        org_id: org,
+        user_id: alice,
+    };
+    let core_request = stratai_core::gateway::ChatRequest {
+        model: "mock-gpt".into(),
+        messages: vec![stratai_core::gateway::ChatMessage {
+            role: "user".into(),
+            content: "hello".into(),
+        }],
+        max_tokens: Some(4),
+        temperature: None,
+        stream: false,
+        user: None,
+    };
+    let via_port = stratai_core::ports::LlmGateway::chat(&gateway, &ctx, &core_request)
+        .await
+        .unwrap();
+    assert_eq!(via_port.usage.completion_tokens, 4);
     let denied = client
         .chat(&key, &who, &hello("mock-gpt-premium"))
         .await
@@ -177,7 +200,15 @@ async fn sync_lifecycle_reconcile_and_spend_on_the_real_proxy() {
     assert_eq!(engine.apply(&stale).await.unwrap(), Applied::Stale);
 
     // spend reconciliation: StratAI's records against LiteLLM's logs, no gap
-    let records = vec![usage(org, alice, &first), usage(org, alice, &second)];
+    // The port's answer has no cost: StratAI prices it itself (1 prompt + 4 completion tokens).
+    let mut port_record = usage(org, alice, &first);
+    port_record.litellm_request_id = Some(via_port.id.clone());
+    port_record.provider_cost = Money::new(dec!(0.009)).unwrap();
+    let records = vec![
+        usage(org, alice, &first),
+        usage(org, alice, &second),
+        port_record,
+    ];
     let report = common::eventually(Duration::from_secs(25), || async {
         let report = engine
             .reconcile_spend(
@@ -192,7 +223,7 @@ async fn sync_lifecycle_reconcile_and_spend_on_the_real_proxy() {
     })
     .await
     .expect("spend reconciliation never came clean");
-    assert_eq!(report.matched, 2);
+    assert_eq!(report.matched, 3);
     // and a record LiteLLM never saw is reported
     let mut ghost = records.clone();
     ghost[0].litellm_request_id = Some(format!("chatcmpl-ghost-{run}"));
