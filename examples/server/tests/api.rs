@@ -612,3 +612,132 @@ async fn seed_is_idempotent_and_readiness_checks_the_database(api: Api) {
     );
 }
 on_every_backend!(seed_is_idempotent_and_readiness_checks_the_database);
+
+async fn guardrails_at_every_scope(api: Api) {
+    let a = org_fixture(&api.stores, "acme").await;
+    let org = a.org;
+    let admin = api.token(a.admin.email.as_str()).await;
+    let sup = api.token("admin@localhost").await;
+    let base = format!("/api/organizations/{org}/guardrails");
+    let rule = |scope: serde_json::Value, config: serde_json::Value| json!({"name": "r", "rule_type": "content_filter", "config": config, "scope": scope, "action": "block"});
+    for scope in [
+        json!({"level": "org"}),
+        json!({"level": "group", "group_id": a.group}),
+        json!({"level": "user", "user_id": a.member.id}),
+        json!({"level": "tier", "tier_id": a.tier}),
+    ] {
+        let r = api
+            .post(
+                &base,
+                &admin,
+                rule(scope.clone(), json!({"blocked_topics": ["x"]})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{scope}: {}", r.text);
+    }
+    // Validation by stratai-guardrails, with its field paths.
+    let r = api
+        .post(
+            &base,
+            &admin,
+            rule(
+                json!({"level": "org"}),
+                json!({"blocked_patterns": ["ok", "(unclosed"]}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(
+        r.json["error"]["fields"][0]["path"],
+        "config.blocked_patterns[1]"
+    );
+    let r = api
+        .post(
+            &base,
+            &admin,
+            rule(
+                json!({"level": "org"}),
+                json!({"blocked_topics": ["x"], "colour": "red"}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    let r = api
+        .post(&base, &admin, json!({"name": "r", "rule_type": "output_modifier", "config": {"append": "x"}, "scope": {"level": "org"}, "action": "block"}))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an action without meaning for the type: {}",
+        r.text
+    );
+    // Scopes must exist in this organization; the organization comes from the path only.
+    let b = org_fixture(&api.stores, "globex").await;
+    let r = api
+        .post(
+            &base,
+            &admin,
+            rule(
+                json!({"level": "group", "group_id": b.group}),
+                json!({"blocked_topics": ["x"]}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.json["error"]["fields"][0]["path"], "scope.group_id");
+    let r = api
+        .post(
+            &base,
+            &admin,
+            rule(
+                json!({"level": "org", "org_id": b.org}),
+                json!({"blocked_topics": ["x"]}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    // Admins cannot write platform rules; the super admin can.
+    let r = api
+        .post(
+            "/api/guardrails",
+            &admin,
+            rule(json!({"level": "global"}), json!({"blocked_topics": ["x"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = api
+        .post(
+            "/api/guardrails",
+            &sup,
+            rule(json!({"level": "global"}), json!({"blocked_topics": ["x"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.json["id"].as_str().unwrap().to_owned();
+    let r = api
+        .patch(
+            &format!("/api/guardrails/{id}"),
+            &sup,
+            json!({"active": false}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["active"], false);
+    // List, update with re-validation, delete.
+    let r = api.get(&base, &admin).await;
+    assert_eq!(r.json.as_array().unwrap().len(), 5, "{}", r.text);
+    let r = api
+        .patch(
+            &format!("{base}/{}", a.rule),
+            &admin,
+            json!({"config": {"blocked_topics": []}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    let r = api.delete(&format!("{base}/{}", a.rule), &admin).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    // Another organization's rule through our path: 404.
+    let r = api.delete(&format!("{base}/{}", b.rule), &admin).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+on_every_backend!(guardrails_at_every_scope);

@@ -56,12 +56,22 @@ GET    /api/usage/export                                   200 200 200 403 403 4
 GET    /api/budgets                                        200 200 200 403 403 403 401 401 404
 POST   /api/budgets                                        201 201 201 403 403 403 401 401 404
 PATCH  /api/budgets/{budget_id}                            200 200 200 403 403 403 401 401 404
+GET    /api/organizations/{org_id}/guardrails              200 200 200 403 403 403 401 401 404
+POST   /api/organizations/{org_id}/guardrails              201 201 201 403 403 403 401 401 404
+PATCH  /api/organizations/{org_id}/guardrails/{rule_id}    200 200 200 403 403 403 401 401 404
+DELETE /api/organizations/{org_id}/guardrails/{rule_id}    204 204 204 403 403 403 401 401 404
+GET    /api/guardrails                                     200 403 403 403 403 403 401 401 403
+POST   /api/guardrails                                     201 403 403 403 403 403 401 401 403
+PATCH  /api/guardrails/{rule_id}                           200 403 403 403 403 403 401 401 403
+DELETE /api/guardrails/{rule_id}                           204 403 403 403 403 403 401 401 403
 GET    /api/profiles                                       200 200 200 200 200 200 401 401 200
 POST   /api/profiles                                       201 403 403 403 403 403 401 401 403
 ";
 
 /// Routes whose answer does not depend on which organization's ids are used.
-const PLATFORM: [&str; 12] = [
+const PLATFORM: [&str; 14] = [
+    "/api/guardrails",
+    "/api/guardrails/{rule_id}",
     "/health/live",
     "/health/ready",
     "/auth/me",
@@ -122,6 +132,15 @@ fn request(method: &str, path: &str, target: &OrgFixture) -> (String, Option<Val
         .replace("{budget_id}", &target.budget.to_string())
         .replace("{token}", &target.invitation_token)
         .replace("{tier_id}", &target.tier.to_string())
+        .replace(
+            "{rule_id}",
+            &if path.starts_with("/api/guardrails") {
+                target.platform_rule
+            } else {
+                target.rule
+            }
+            .to_string(),
+        )
         // Member routes target the plain member; group member routes the group member.
         .replace(
             "{user_id}",
@@ -171,6 +190,14 @@ fn request(method: &str, path: &str, target: &OrgFixture) -> (String, Option<Val
             ),
         ),
         ("PATCH", "/api/budgets/{budget_id}") => (filled, Some(json!({"limit": "20"}))),
+        ("POST", "/api/organizations/{org_id}/guardrails") => {
+            (filled, Some(rule_body(json!({"level": "org"}))))
+        }
+        ("POST", "/api/guardrails") => (filled, Some(rule_body(json!({"level": "global"})))),
+        (
+            "PATCH",
+            "/api/organizations/{org_id}/guardrails/{rule_id}" | "/api/guardrails/{rule_id}",
+        ) => (filled, Some(json!({"priority": 5}))),
         ("POST", "/api/profiles") => (
             filled,
             Some(json!({"name": format!("p{n}"), "default_tiers": ["basic"]})),
@@ -178,6 +205,10 @@ fn request(method: &str, path: &str, target: &OrgFixture) -> (String, Option<Val
         _ => (filled, None),
     };
     (path, body)
+}
+
+fn rule_body(scope: Value) -> Value {
+    json!({"name": "r", "rule_type": "content_filter", "config": {"blocked_topics": ["x"]}, "scope": scope, "action": "block"})
 }
 
 struct World {

@@ -7,6 +7,7 @@
 
 pub mod budgets;
 pub mod groups;
+pub mod guardrails;
 pub mod invitations;
 pub mod members;
 pub mod orgs;
@@ -191,6 +192,14 @@ api_routes! {
     get "/api/budgets" => budgets::list;
     post "/api/budgets" => budgets::create;
     patch "/api/budgets/{budget_id}" => budgets::update;
+    get "/api/organizations/{org_id}/guardrails" => guardrails::list_org;
+    post "/api/organizations/{org_id}/guardrails" => guardrails::create_org;
+    patch "/api/organizations/{org_id}/guardrails/{rule_id}" => guardrails::update_org;
+    delete "/api/organizations/{org_id}/guardrails/{rule_id}" => guardrails::delete_org;
+    get "/api/guardrails" => guardrails::list_platform;
+    post "/api/guardrails" => guardrails::create_platform;
+    patch "/api/guardrails/{rule_id}" => guardrails::update_platform;
+    delete "/api/guardrails/{rule_id}" => guardrails::delete_platform;
     get "/api/profiles" => profiles::list;
     post "/api/profiles" => profiles::create;
 }

@@ -27,8 +27,9 @@ use stratai_core::directory::{
     Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
 };
 use stratai_core::money::Money;
+use stratai_core::ports::{RuleAction, RuleRecord, RuleScope};
 use stratai_core::tiers::{BASIC_TIER_ID, STANDARD_TIER_ID, subscriptions_for};
-use stratai_core::{BudgetId, GroupId, OrgId, TierId, TierSlug};
+use stratai_core::{BudgetId, GroupId, OrgId, RuleId, TierId, TierSlug};
 use stratai_server::app::{AppState, router};
 use stratai_server::auth::Mode;
 use stratai_server::auth::identity::Principal;
@@ -238,6 +239,10 @@ pub struct OrgFixture {
     pub budget: BudgetId,
     pub invitation_token: String,
     pub tier: TierId,
+    /// An org-level guardrail rule.
+    pub rule: RuleId,
+    /// A global (platform) rule created with the fixture.
+    pub platform_rule: RuleId,
 }
 
 impl OrgFixture {
@@ -252,6 +257,7 @@ impl OrgFixture {
             self.lead.id.to_string(),
             self.gmember.id.to_string(),
             self.budget.to_string(),
+            self.rule.to_string(),
         ]
     }
 }
@@ -345,7 +351,29 @@ pub async fn org_fixture(stores: &Stores, name: &str) -> OrgFixture {
     )
     .unwrap();
     dir.create_invitation(org.id, &invitation).await.unwrap();
+    let rule = |scope| RuleRecord {
+        id: RuleId::new(),
+        name: "no secrets".to_owned(),
+        description: None,
+        rule_type: "content_filter".to_owned(),
+        config: serde_json::json!({"blocked_topics": ["project x"]}),
+        scope,
+        action: RuleAction::Block,
+        priority: 0,
+        active: true,
+        created_at: now,
+    };
+    let org_rule = rule(RuleScope::Org { org_id: org.id });
+    stores.guardrails.put_rule(org.id, &org_rule).await.unwrap();
+    let platform_rule = rule(RuleScope::Global);
+    stores
+        .guardrails
+        .put_platform_rule(&platform_rule)
+        .await
+        .unwrap();
     OrgFixture {
+        rule: org_rule.id,
+        platform_rule: platform_rule.id,
         org: org.id,
         group: group.id,
         owner,

@@ -1,0 +1,370 @@
+//! Guardrail rules at every scope: platform rules (global, or a tier platform-wide) by super
+//! admins; organization, tier-in-organization, group and member rules by the organization's
+//! admins. Every rule is validated by stratai-guardrails before it is stored; its errors
+//! carry field paths (`config.blocked_patterns[2]`).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::Utc;
+use serde::Deserialize;
+use stratai_core::access::{Action, Resource};
+use stratai_core::ports::{RuleAction, RuleRecord, RuleScope};
+use stratai_core::{GroupId, OrgId, RuleId, StoreError, TierId, UserId};
+use stratai_guardrails::Rule;
+
+use super::{ApiPath, Caller, allow};
+use crate::app::AppState;
+use crate::error::{ApiError, FieldError};
+use crate::extract::{ApiJson, double_option};
+
+/// Where an organization's rule attaches (the organization is the one in the path).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(tag = "level", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OrgScope {
+    /// The whole organization.
+    Org {},
+    /// A tier's models inside the organization.
+    Tier {
+        /// The tier.
+        tier_id: TierId,
+    },
+    /// A group.
+    Group {
+        /// The group.
+        group_id: GroupId,
+    },
+    /// One member.
+    User {
+        /// The member.
+        user_id: UserId,
+    },
+}
+
+/// Where a platform rule attaches.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(tag = "level", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PlatformScope {
+    /// Every request on the platform.
+    Global {},
+    /// A tier's models, in every organization.
+    Tier {
+        /// The tier.
+        tier_id: TierId,
+    },
+}
+
+/// Body of the rule creation routes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRule<S> {
+    /// Name.
+    pub name: String,
+    /// Description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// One of the rule types (`content_filter`, `token_limit`, ...).
+    pub rule_type: String,
+    /// The type's config.
+    pub config: serde_json::Value,
+    /// Where it attaches.
+    pub scope: S,
+    /// What it does on a match.
+    pub action: RuleAction,
+    /// Evaluation order (higher first); never permission.
+    #[serde(default)]
+    pub priority: i32,
+    /// Active (default true).
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Body of the rule update routes (type and scope are fixed; create another rule instead).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRule {
+    /// Name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Description (`null` clears).
+    #[serde(default, deserialize_with = "double_option")]
+    pub description: Option<Option<String>>,
+    /// Config (replaced whole).
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+    /// Action.
+    #[serde(default)]
+    pub action: Option<RuleAction>,
+    /// Priority.
+    #[serde(default)]
+    pub priority: Option<i32>,
+    /// Active.
+    #[serde(default)]
+    pub active: Option<bool>,
+}
+
+/// Validates a record with stratai-guardrails; its field paths become the 422's.
+fn validate(record: &RuleRecord) -> Result<(), ApiError> {
+    Rule::from_record(record)
+        .map(|_| ())
+        .map_err(|e| ApiError::Validation(vec![FieldError::new(e.field, e.reason)]))
+}
+
+fn record<S>(req: CreateRule<S>, scope: RuleScope) -> RuleRecord {
+    RuleRecord {
+        id: RuleId::new(),
+        name: req.name.trim().to_owned(),
+        description: req
+            .description
+            .map(|d| d.trim().to_owned())
+            .filter(|d| !d.is_empty()),
+        rule_type: req.rule_type,
+        config: req.config,
+        scope,
+        action: req.action,
+        priority: req.priority,
+        active: req.active,
+        created_at: Utc::now(),
+    }
+}
+
+fn apply(rule: &mut RuleRecord, req: UpdateRule) {
+    if let Some(n) = req.name {
+        rule.name = n.trim().to_owned();
+    }
+    if let Some(d) = req.description {
+        rule.description = d.map(|d| d.trim().to_owned()).filter(|d| !d.is_empty());
+    }
+    if let Some(c) = req.config {
+        rule.config = c;
+    }
+    if let Some(a) = req.action {
+        rule.action = a;
+    }
+    if let Some(p) = req.priority {
+        rule.priority = p;
+    }
+    if let Some(a) = req.active {
+        rule.active = a;
+    }
+}
+
+/// The access resource of an organization rule's scope.
+fn resource(scope: &RuleScope, org_id: OrgId) -> Resource {
+    match *scope {
+        RuleScope::Group { group_id, .. } => Resource::Group { org_id, group_id },
+        RuleScope::User { user_id, .. } => Resource::Member { org_id, user_id },
+        _ => Resource::Org(org_id),
+    }
+}
+
+async fn org_scope(
+    state: &AppState,
+    org_id: OrgId,
+    scope: OrgScope,
+) -> Result<RuleScope, ApiError> {
+    let dir = &state.stores.directory;
+    let missing = |path: &str, what: &str| {
+        ApiError::invalid(path, format!("unknown {what} in this organization"))
+    };
+    let check = |r: Result<(), StoreError>, path: &'static str, what: &'static str| match r {
+        Ok(()) => Ok(()),
+        Err(StoreError::NotFound { .. }) => Err(missing(path, what)),
+        Err(e) => Err(ApiError::from(e)),
+    };
+    Ok(match scope {
+        OrgScope::Org {} => RuleScope::Org { org_id },
+        OrgScope::Tier { tier_id } => {
+            check(
+                state.stores.tiers.get_tier(tier_id).await.map(|_| ()),
+                "scope.tier_id",
+                "tier",
+            )?;
+            RuleScope::Tier {
+                org_id: Some(org_id),
+                tier_id,
+            }
+        }
+        OrgScope::Group { group_id } => {
+            check(
+                dir.get_group(org_id, group_id).await.map(|_| ()),
+                "scope.group_id",
+                "group",
+            )?;
+            RuleScope::Group { org_id, group_id }
+        }
+        OrgScope::User { user_id } => {
+            check(
+                dir.get_member(org_id, user_id).await.map(|_| ()),
+                "scope.user_id",
+                "member",
+            )?;
+            RuleScope::User { org_id, user_id }
+        }
+    })
+}
+
+/// Rules owned by an organization (admins).
+pub async fn list_org(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(org_id): ApiPath<OrgId>,
+) -> Result<ApiJson<Vec<RuleRecord>>, ApiError> {
+    allow(&caller, Action::ManageGuardrails, Resource::Org(org_id))?;
+    Ok(ApiJson(
+        state.stores.guardrails.list_org_rules(org_id).await?,
+    ))
+}
+
+/// Creates a rule of an organization (at org, tier, group or member level).
+pub async fn create_org(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(org_id): ApiPath<OrgId>,
+    ApiJson(req): ApiJson<CreateRule<OrgScope>>,
+) -> Result<(StatusCode, ApiJson<RuleRecord>), ApiError> {
+    allow(&caller, Action::ViewOrg, Resource::Org(org_id))?;
+    let scope = org_scope(&state, org_id, req.scope).await?;
+    allow(&caller, Action::ManageGuardrails, resource(&scope, org_id))?;
+    let rule = record(req, scope);
+    validate(&rule)?;
+    state.stores.guardrails.put_rule(org_id, &rule).await?;
+    Ok((StatusCode::CREATED, ApiJson(rule)))
+}
+
+/// Changes a rule of an organization.
+pub async fn update_org(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((org_id, rule_id)): ApiPath<(OrgId, RuleId)>,
+    ApiJson(req): ApiJson<UpdateRule>,
+) -> Result<ApiJson<RuleRecord>, ApiError> {
+    allow(&caller, Action::ViewOrg, Resource::Org(org_id))?;
+    let mut rule = state.stores.guardrails.get_rule(org_id, rule_id).await?;
+    allow(
+        &caller,
+        Action::ManageGuardrails,
+        resource(&rule.scope, org_id),
+    )?;
+    apply(&mut rule, req);
+    validate(&rule)?;
+    state.stores.guardrails.put_rule(org_id, &rule).await?;
+    Ok(ApiJson(rule))
+}
+
+/// Deletes a rule of an organization.
+pub async fn delete_org(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((org_id, rule_id)): ApiPath<(OrgId, RuleId)>,
+) -> Result<StatusCode, ApiError> {
+    allow(&caller, Action::ViewOrg, Resource::Org(org_id))?;
+    let rule = state.stores.guardrails.get_rule(org_id, rule_id).await?;
+    allow(
+        &caller,
+        Action::ManageGuardrails,
+        resource(&rule.scope, org_id),
+    )?;
+    state.stores.guardrails.delete_rule(org_id, rule_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Platform rules (super admins).
+pub async fn list_platform(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<ApiJson<Vec<RuleRecord>>, ApiError> {
+    allow(
+        &caller,
+        Action::ManagePlatformGuardrails,
+        Resource::Platform,
+    )?;
+    Ok(ApiJson(
+        state.stores.guardrails.list_platform_rules().await?,
+    ))
+}
+
+/// Creates a platform rule (global or tier-wide).
+pub async fn create_platform(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateRule<PlatformScope>>,
+) -> Result<(StatusCode, ApiJson<RuleRecord>), ApiError> {
+    allow(
+        &caller,
+        Action::ManagePlatformGuardrails,
+        Resource::Platform,
+    )?;
+    let scope = match req.scope {
+        PlatformScope::Global {} => RuleScope::Global,
+        PlatformScope::Tier { tier_id } => {
+            state
+                .stores
+                .tiers
+                .get_tier(tier_id)
+                .await
+                .map_err(|_| ApiError::invalid("scope.tier_id", "unknown tier"))?;
+            RuleScope::Tier {
+                org_id: None,
+                tier_id,
+            }
+        }
+    };
+    let rule = record(req, scope);
+    validate(&rule)?;
+    state.stores.guardrails.put_platform_rule(&rule).await?;
+    Ok((StatusCode::CREATED, ApiJson(rule)))
+}
+
+async fn platform_rule(state: &AppState, rule_id: RuleId) -> Result<RuleRecord, ApiError> {
+    state
+        .stores
+        .guardrails
+        .list_platform_rules()
+        .await?
+        .into_iter()
+        .find(|r| r.id == rule_id)
+        .ok_or_else(|| ApiError::NotFound("rule".to_owned()))
+}
+
+/// Changes a platform rule.
+pub async fn update_platform(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(rule_id): ApiPath<RuleId>,
+    ApiJson(req): ApiJson<UpdateRule>,
+) -> Result<ApiJson<RuleRecord>, ApiError> {
+    allow(
+        &caller,
+        Action::ManagePlatformGuardrails,
+        Resource::Platform,
+    )?;
+    let mut rule = platform_rule(&state, rule_id).await?;
+    apply(&mut rule, req);
+    validate(&rule)?;
+    state.stores.guardrails.put_platform_rule(&rule).await?;
+    Ok(ApiJson(rule))
+}
+
+/// Deletes a platform rule.
+pub async fn delete_platform(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(rule_id): ApiPath<RuleId>,
+) -> Result<StatusCode, ApiError> {
+    allow(
+        &caller,
+        Action::ManagePlatformGuardrails,
+        Resource::Platform,
+    )?;
+    platform_rule(&state, rule_id).await?;
+    state
+        .stores
+        .guardrails
+        .delete_platform_rule(rule_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
