@@ -213,6 +213,30 @@ struct Message {
     content: WordCount,
 }
 
+/// The words of all messages, summed while deserializing (no vector of messages is kept).
+#[derive(Debug, Default, Clone, Copy)]
+struct MessagesWords(u32);
+
+impl<'de> Deserialize<'de> for MessagesWords {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SumVisitor;
+        impl<'de> Visitor<'de> for SumVisitor {
+            type Value = MessagesWords;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of messages")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MessagesWords, A::Error> {
+                let mut total = 0u32;
+                while let Some(message) = seq.next_element::<Message>()? {
+                    total = total.saturating_add(message.content.0);
+                }
+                Ok(MessagesWords(total))
+            }
+        }
+        deserializer.deserialize_seq(SumVisitor)
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct StreamOptions {
     #[serde(default)]
@@ -223,7 +247,7 @@ struct StreamOptions {
 struct ChatRequest<'a> {
     #[serde(borrow)]
     model: std::borrow::Cow<'a, str>,
-    messages: Option<Vec<Message>>,
+    messages: Option<MessagesWords>,
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
@@ -354,11 +378,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
     let Some(messages) = request.messages else {
         return error_response("missing required parameter: `messages`", Some("messages"));
     };
-    let prompt_tokens = messages
-        .iter()
-        .map(|m| m.content.0)
-        .fold(0u32, u32::saturating_add)
-        .max(1);
+    let prompt_tokens = messages.0.max(1);
     let limit = request
         .max_tokens
         .or(request.max_completion_tokens)
