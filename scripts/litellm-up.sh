@@ -36,8 +36,8 @@ elif mock_ok; then
   log "mock upstream: something already answers on $MOCK_ADDR; using it"
 else
   TARGET=${CARGO_TARGET_DIR:-$REPO/target}
-  log "mock upstream: building (cargo build --release -p stratai-mock-upstream)"
-  (cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build --release -q -p stratai-mock-upstream) >&2
+  log "mock upstream: building (cargo build --release -p stratai-mock-upstream --bin mock-upstream)"
+  (cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build --release -q -p stratai-mock-upstream --bin mock-upstream) >&2
   BIN=$TARGET/release/mock-upstream
   [[ -x $BIN ]] || die "mock upstream binary missing at $BIN"
   setsid "$BIN" --addr "$MOCK_ADDR" >"$WORK_DIR/mock-upstream.log" 2>&1 < /dev/null &
