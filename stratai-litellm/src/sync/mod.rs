@@ -554,6 +554,9 @@ impl SyncEngine {
         let write_version = version.unwrap_or(0).max(remote_version);
         let metadata = key_metadata(&desired, write_version);
 
+        // The LiteLLM user may be missing (first sync, or deleted by hand): one cheap call,
+        // "already exists" being the usual answer.
+        ensure_user(&self.client, &membership, self.source.as_ref()).await?;
         let vault_token = vault.as_ref().map(|(token, _)| token.clone());
         let (keep, extras): (Vec<KeyInfo>, Vec<KeyInfo>) = existing
             .into_iter()
@@ -567,7 +570,6 @@ impl SyncEngine {
         }
         match keep.into_iter().next() {
             None => {
-                ensure_user(&self.client, &membership, self.source.as_ref()).await?;
                 let generate = KeyGenerate {
                     key_alias: Some(desired.alias.clone()),
                     user_id: Some(desired.user_id.clone()),
