@@ -157,6 +157,7 @@ fn attribution(ctx: &CallContext) -> Attribution {
         end_user_id: Some(ctx.user_id.to_string()),
         user_id: Some(ctx.user_id.to_string()),
         org_id: Some(ctx.org_id.to_string()),
+        request_id: Some(ctx.request_id.to_string()),
     }
 }
 

@@ -34,7 +34,7 @@ use crate::auth::Auth;
 use crate::auth::identity::Principal;
 use crate::metrics::{self, ReasonKind};
 use error::OpenAiError;
-use pipeline::{Ending, Pipeline, Refusal};
+use pipeline::{Pipeline, Refusal};
 
 /// Response header: StratAI's request id (the usage record's key).
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-stratai-request-id");
@@ -350,9 +350,10 @@ async fn chat_inner(
         .await
         .map_err(|r| refusal_error(r).for_request(request_id))?;
     let admission = pipeline
-        .admit(&view, request, request_id)
+        .admit(&view, request)
         .await
         .map_err(|r| refusal_error(r).for_request(request_id))?;
+    let request_id = admission.ticket.request_id;
     let ctx = CallContext {
         request_id,
         org_id: admission.ticket.org_id,
@@ -378,44 +379,23 @@ async fn chat_inner(
             started.elapsed(),
         );
         match result {
-            Ok(mut answer) => {
-                // Post-response guardrails over the whole answer.
-                let ticket = &admission.ticket;
-                let mut blocked = None;
-                for choice in &mut answer.choices {
-                    let filtered = task_state.pipeline.deps().guardrails.filter_answer(
-                        &ticket.principal,
-                        Some(ticket.tier.id),
-                        &choice.message.content,
-                        chrono::Utc::now(),
-                    );
-                    match filtered.text {
-                        Some(text) => choice.message.content = text,
-                        None => blocked = Some(filtered.decision),
-                    }
-                }
-                let billed = task_state
-                    .pipeline
-                    .finish(
-                        &admission.ticket,
-                        Ending::Complete {
-                            usage: answer.usage,
-                            upstream_id: Some(answer.id.clone()),
-                        },
-                    )
-                    .await;
+            Ok(answer) => {
+                let (delivered, blocked, billed) =
+                    task_state.pipeline.complete(admission.ticket, answer).await;
                 if let Some(decision) = blocked {
                     metrics::record_decision("deny", ReasonKind::Guardrail);
                     return Ok(Err((decision, billed)));
                 }
-                Ok(Ok((answer, billed)))
+                match delivered {
+                    Some(answer) => Ok(Ok((answer, billed))),
+                    None => Err(GatewayError::Unavailable(
+                        "the answer could not be recorded".to_owned(),
+                    )),
+                }
             }
             Err(e) => {
                 metrics::record_decision("deny", ReasonKind::Upstream);
-                task_state
-                    .pipeline
-                    .finish(&admission.ticket, Ending::Failed)
-                    .await;
+                task_state.pipeline.abort(admission.ticket).await;
                 Err(e)
             }
         }

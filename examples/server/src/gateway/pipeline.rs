@@ -16,18 +16,21 @@ use serde::Serialize;
 use stratai_core::StoreError;
 use stratai_core::budget::{Budget, BudgetRefusal, BudgetScope, BudgetState};
 use stratai_core::directory::{Group, Membership, Organization, Slug};
-use stratai_core::gateway::{ChatRequest, TokenUsage};
+use stratai_core::gateway::{ChatRequest, ChatResponse, TokenUsage};
 use stratai_core::ids::{BudgetId, GroupId, ModelId, OrgId, RequestId, UserId};
 use stratai_core::money::Money;
 use stratai_core::ports::{
-    BudgetLedger, Clock, DirectoryStore, GuardrailStore, ReserveOutcome, ReserveRequest,
-    RuleAction, TierStore, UsageStore,
+    BudgetLedger, Clock, DirectoryStore, GuardrailStore, RuleAction, TierStore, UsageStore,
 };
+use stratai_core::pricing::{PriceTable, billed_amount as core_billed};
 use stratai_core::tiers::{
     MemberContext, ModelDenial, ModelTier, TierAccess, TierCatalog, check_model, resolve_tiers,
 };
 use stratai_core::usage::{UsageRecord, UsageStatus};
-use stratai_guardrails::{Decision, Guardrails, KnownScopes, PreRequest, Principal};
+use stratai_guardrails::{
+    Admission as GateAdmission, Caller, Decision, Gatekeeper, Guardrails, KnownScopes,
+    Refusal as GateRefusal,
+};
 
 use crate::alerts::AlertSink;
 use crate::metrics::{self, ReasonKind};
@@ -55,8 +58,11 @@ pub struct PipelineDeps {
     pub alerts: AlertSink,
     /// Now.
     pub clock: Arc<dyn Clock>,
-    /// The guardrail engine (policy + rate limiter).
+    /// The guardrail engine (policy + rate limiter), shared with the Gatekeeper.
     pub guardrails: Arc<Guardrails>,
+    /// The SDK's request lifecycle (model access, guardrails, rate limits, budget
+    /// reservation, post filter, settlement, usage record).
+    pub gatekeeper: Gatekeeper,
     /// Where guardrail rules are stored (for [`Pipeline::reload_guardrails`]).
     pub rules: Arc<dyn GuardrailStore>,
     /// How long a caller's organization, membership, groups, tier access and budget list are
@@ -121,31 +127,88 @@ impl From<StoreError> for Refusal {
     }
 }
 
-/// Everything needed to settle a request later.
+/// What the gateway knows about an admitted request besides the Gatekeeper's admission.
 #[derive(Clone, Debug)]
-pub struct Ticket {
+pub struct TicketInfo {
     /// Request id (idempotency key of the ledger and the usage record).
     pub request_id: RequestId,
     /// Organization.
     pub org_id: OrgId,
     /// User.
     pub user_id: UserId,
-    /// Group the usage is attributed to (the member's first group by name).
+    /// Group the usage is attributed to (the Gatekeeper's rule: the member's first group by id).
     pub group_id: Option<GroupId>,
+    /// All the member's groups (the guardrail principal).
+    pub groups: Vec<GroupId>,
     /// Model.
     pub model: ModelId,
     /// Its tier (rates).
     pub tier: ModelTier,
     /// Budgets reserved against.
     pub budgets: Vec<BudgetId>,
-    /// Worst-case cost reserved.
-    pub reserved: Money,
     /// When admitted.
     pub admitted_at: DateTime<Utc>,
     /// Monotonic admission time.
     pub started: Instant,
-    /// The guardrail principal (for post-response filtering).
-    pub principal: Principal,
+}
+
+/// An admitted request's settlement handle: the Gatekeeper's admission (which holds the
+/// reservation) and what the gateway needs if the store fails.
+#[derive(Debug)]
+pub struct Ticket {
+    /// The Gatekeeper's admission.
+    pub admission: GateAdmission,
+    /// Request id.
+    pub request_id: RequestId,
+    /// Organization.
+    pub org_id: OrgId,
+    /// User.
+    pub user_id: UserId,
+    /// Group the usage is attributed to.
+    pub group_id: Option<GroupId>,
+    /// All the member's groups (the guardrail principal).
+    pub groups: Vec<GroupId>,
+    /// Model.
+    pub model: ModelId,
+    /// Its tier.
+    pub tier: ModelTier,
+    /// Budgets reserved against.
+    pub budgets: Vec<BudgetId>,
+    /// When admitted.
+    pub admitted_at: DateTime<Utc>,
+    /// Monotonic admission time.
+    pub started: Instant,
+}
+
+struct SplitTicket {
+    admission: GateAdmission,
+    rest: TicketInfo,
+}
+
+impl Ticket {
+    fn split(self) -> SplitTicket {
+        SplitTicket {
+            admission: self.admission,
+            rest: TicketInfo {
+                request_id: self.request_id,
+                org_id: self.org_id,
+                user_id: self.user_id,
+                group_id: self.group_id,
+                groups: self.groups,
+                model: self.model,
+                tier: self.tier,
+                budgets: self.budgets,
+                admitted_at: self.admitted_at,
+                started: self.started,
+            },
+        }
+    }
+
+    /// A post filter for the streamed answer (the Gatekeeper's, for this member and tier).
+    #[must_use]
+    pub fn answer_stream(&self) -> stratai_guardrails::AnswerStream {
+        self.admission.answer_stream(Utc::now())
+    }
 }
 
 /// An admitted request.
@@ -157,27 +220,6 @@ pub struct Admission {
     pub warnings: Vec<String>,
     /// The settlement ticket.
     pub ticket: Ticket,
-}
-
-/// How a request ended.
-#[derive(Clone, Debug)]
-pub enum Ending {
-    /// The answer was delivered whole.
-    Complete {
-        /// Usage reported by the upstream.
-        usage: TokenUsage,
-        /// The upstream completion id.
-        upstream_id: Option<String>,
-    },
-    /// The client left mid-stream: bill what was delivered.
-    Partial {
-        /// Tokens delivered so far.
-        usage: TokenUsage,
-        /// The upstream completion id.
-        upstream_id: Option<String>,
-    },
-    /// The upstream failed: release, bill nothing.
-    Failed,
 }
 
 /// What a finished request was billed.
@@ -258,14 +300,6 @@ pub fn billed_cost(tier: &ModelTier, input_tokens: u64, output_tokens: u64) -> M
     let amount = Decimal::from(input_tokens) * tier.input_rate_per_million / million
         + Decimal::from(output_tokens) * tier.output_rate_per_million / million;
     Money::new(amount).unwrap_or(Money::ZERO).round_dp(6)
-}
-
-/// Rounds an amount up to 6 decimal places (reservations must not be below the cost).
-fn ceil6(m: Money) -> Money {
-    let a = m
-        .amount()
-        .round_dp_with_strategy(6, rust_decimal::RoundingStrategy::AwayFromZero);
-    Money::new(a).unwrap_or(m)
 }
 
 fn scope_name(scope: &BudgetScope, groups: &[Group]) -> String {
@@ -464,128 +498,57 @@ impl Pipeline {
         })
     }
 
-    /// Decides and reserves. On success the reservation is held under the ticket's request id
-    /// until [`Pipeline::finish`] (or its expiry).
+    /// Decides and reserves through the SDK's [`Gatekeeper`] (model access, pre-request
+    /// guardrails and rate limits, budget reservation of the worst case). On success the
+    /// reservation is held by the returned ticket until [`Pipeline::complete`],
+    /// [`Pipeline::finish_stream`] or [`Pipeline::abort`] (or its expiry).
     pub async fn admit(
         &self,
         view: &MemberView,
-        mut request: ChatRequest,
-        request_id: RequestId,
+        request: ChatRequest,
     ) -> Result<Admission, Refusal> {
         let user = view.membership.user_id;
-        let model = ModelId::new(request.model.clone()).map_err(|e| Refusal::BadRequest {
-            param: "model",
-            message: e.to_string(),
-        })?;
         if request.messages.is_empty() {
             return Err(Refusal::BadRequest {
                 param: "messages",
                 message: "`messages` must not be empty".to_owned(),
             });
         }
-        let grant = match view.check(&model) {
-            Ok(g) => g,
-            Err(denial) => {
-                metrics::record_decision("deny", ReasonKind::ModelAccess);
-                return Err(Refusal::ModelDenied(denial));
-            }
-        };
-        let Some(tier) = view.catalog.get(grant.tier_id).cloned() else {
-            return Err(Refusal::Internal(format!(
-                "tier `{}` vanished from the catalog",
-                grant.tier_id
-            )));
-        };
-        if request.max_tokens.is_none() {
-            request.max_tokens = Some(DEFAULT_OUTPUT_CAP);
-        }
-        let now = self.deps.clock.now();
-        let principal = Principal {
+        let caller = Caller {
             org_id: view.org.id,
             user_id: user,
-            groups: view.groups.iter().map(|g| g.id).collect(),
+            group_id: None,
+            conversation_id: None,
+            endpoint: "chat".to_owned(),
         };
-        let mut warnings = Vec::new();
+        let admitted = match self
+            .deps
+            .gatekeeper
+            .admit(&caller, &request, self.deps.clock.now())
+            .await
         {
-            let mut pre = PreRequest::from_chat(&principal, &request, Some(tier.id), now);
-            pre.estimated_cost = ceil6(billed_cost(
-                &tier,
-                0,
-                prompt_token_bound(&request) + u64::from(request.max_tokens.unwrap_or(0)),
-            ));
-            let decision = self.deps.guardrails.check(&pre);
-            if !decision.is_allowed() {
-                let rate_limited = decision.retry_after.is_some()
-                    && decision
-                        .blocking_reasons()
-                        .all(|r| r.rule_type == stratai_guardrails::RuleType::RateLimit);
-                if rate_limited {
-                    metrics::record_decision("deny", ReasonKind::RateLimit);
-                    return Err(Refusal::RateLimited(decision));
-                }
-                metrics::record_decision("deny", ReasonKind::Guardrail);
-                return Err(Refusal::Blocked(decision));
-            }
-            decision.apply_to(&mut request);
-            warnings.extend(
-                decision
-                    .reasons
-                    .iter()
-                    .filter(|r| matches!(r.action, RuleAction::Warn | RuleAction::Modify))
-                    .map(ToString::to_string),
-            );
-        }
-        let max_tokens = request.max_tokens.unwrap_or(DEFAULT_OUTPUT_CAP);
-
-        let all = match &view.budgets {
-            Some(b) => b.clone(),
-            None => self.deps.ledger.list_budgets(view.org.id).await?,
+            Ok(a) => a,
+            Err(refusal) => return Err(self.refusal(refusal, view)),
         };
-        let budgets = applicable_budgets(all, user, &view.groups, tier.id);
-        let budget_ids: Vec<BudgetId> = budgets.iter().map(|b| b.id).collect();
-        // The worst case: the prompt bound and the whole output, both at the output rate.
-        let worst = ceil6(billed_cost(
-            &tier,
-            0,
-            prompt_token_bound(&request) + u64::from(max_tokens),
-        ));
-        if !budget_ids.is_empty() {
-            let outcome = self
-                .deps
-                .ledger
-                .reserve(
-                    view.org.id,
-                    &ReserveRequest {
-                        request_id,
-                        budgets: budget_ids.clone(),
-                        amount: worst,
-                        now,
-                        expires_at: now + chrono::Duration::seconds(RESERVATION_TTL_SECS),
-                    },
-                )
-                .await?;
-            match outcome {
-                ReserveOutcome::Refused(refusal) => {
-                    metrics::record_decision("deny", ReasonKind::Budget);
-                    metrics::record_budget_refusal(&refusal.scope);
-                    let scope_name = scope_name(&refusal.scope, &view.groups);
-                    return Err(Refusal::Budget {
-                        refusal,
-                        scope_name,
-                    });
-                }
-                ReserveOutcome::Reserved(states) => {
-                    for s in states.iter().filter(|s| !s.budget.hard_limit) {
-                        if s.spent + s.reserved > s.budget.limit {
-                            warnings.push(format!(
-                                "soft {} budget exceeded: {} of {}",
-                                scope_name(&s.budget.scope, &view.groups),
-                                s.spent,
-                                s.budget.limit
-                            ));
-                        }
-                    }
-                }
+        let mut warnings: Vec<String> = admitted
+            .decision()
+            .reasons
+            .iter()
+            .filter(|r| matches!(r.action, RuleAction::Warn | RuleAction::Modify))
+            .map(ToString::to_string)
+            .collect();
+        for s in admitted
+            .budget_states()
+            .iter()
+            .filter(|s| !s.budget.hard_limit)
+        {
+            if s.spent + s.reserved > s.budget.limit {
+                warnings.push(format!(
+                    "soft {} budget exceeded: {} of {}",
+                    scope_name(&s.budget.scope, &view.groups),
+                    s.spent,
+                    s.budget.limit
+                ));
             }
         }
         metrics::record_decision(
@@ -593,129 +556,246 @@ impl Pipeline {
             if warnings.is_empty() {
                 ReasonKind::None
             } else {
-                ReasonKind::Budget
+                ReasonKind::Guardrail
             },
         );
+        let Some(tier) = view.catalog.get(admitted.grant().tier_id).cloned() else {
+            return Err(Refusal::Internal(format!(
+                "tier `{}` vanished from the catalog",
+                admitted.grant().tier_id
+            )));
+        };
         Ok(Admission {
-            request,
+            request: admitted.request().clone(),
             warnings,
             ticket: Ticket {
-                request_id,
+                request_id: admitted.request_id(),
                 org_id: view.org.id,
                 user_id: user,
-                group_id: view.groups.first().map(|g| g.id),
-                model,
+                group_id: view.groups.iter().map(|g| g.id).min(),
+                groups: view.groups.iter().map(|g| g.id).collect(),
+                model: ModelId::new(admitted.request().model.clone())
+                    .map_err(|e| Refusal::Internal(e.to_string()))?,
+                budgets: admitted
+                    .budget_states()
+                    .iter()
+                    .map(|s| s.budget.id)
+                    .collect(),
                 tier,
-                budgets: budget_ids,
-                reserved: worst,
-                admitted_at: now,
+                admitted_at: self.deps.clock.now(),
                 started: Instant::now(),
-                principal,
+                admission: admitted,
             },
         })
     }
 
-    /// Settles a ticket: releases on failure, otherwise settles the actual cost and writes the
-    /// usage record; a store failure spools both durably instead. Idempotent by request id.
-    pub async fn finish(&self, ticket: &Ticket, ending: Ending) -> Billed {
-        let (usage, upstream_id, status) = match ending {
-            Ending::Complete { usage, upstream_id } => (usage, upstream_id, UsageStatus::Success),
-            Ending::Partial { usage, upstream_id } => (usage, upstream_id, UsageStatus::Partial),
-            Ending::Failed => (TokenUsage::default(), None, UsageStatus::Failed),
-        };
-        let amount = if status == UsageStatus::Failed {
+    fn refusal(&self, refusal: GateRefusal, view: &MemberView) -> Refusal {
+        match refusal {
+            GateRefusal::OrgInactive(_) => Refusal::Organization {
+                must_choose: false,
+                message: format!("organization `{}` is deactivated", view.org.slug),
+            },
+            GateRefusal::NotMember { .. } => Refusal::Organization {
+                must_choose: false,
+                message: "you are not a member of this organization".to_owned(),
+            },
+            GateRefusal::BadRequest(message) => Refusal::BadRequest {
+                param: "model",
+                message,
+            },
+            GateRefusal::Model(denial) => {
+                metrics::record_decision("deny", ReasonKind::ModelAccess);
+                Refusal::ModelDenied(denial)
+            }
+            GateRefusal::Guardrails(decision) => {
+                let rate_limited = decision.retry_after.is_some()
+                    && decision
+                        .blocking_reasons()
+                        .all(|r| r.rule_type == stratai_guardrails::RuleType::RateLimit);
+                if rate_limited {
+                    metrics::record_decision("deny", ReasonKind::RateLimit);
+                    Refusal::RateLimited(*decision)
+                } else {
+                    metrics::record_decision("deny", ReasonKind::Guardrail);
+                    Refusal::Blocked(*decision)
+                }
+            }
+            GateRefusal::Budget(refusal) => {
+                metrics::record_decision("deny", ReasonKind::Budget);
+                metrics::record_budget_refusal(&refusal.scope);
+                let scope_name = scope_name(&refusal.scope, &view.groups);
+                Refusal::Budget {
+                    refusal,
+                    scope_name,
+                }
+            }
+            GateRefusal::Unavailable(e) => Refusal::Internal(e.to_string()),
+        }
+    }
+
+    /// Post-filters a whole answer, settles and records it (the Gatekeeper's `complete`).
+    /// Returns the answer to deliver (`None`: a post guardrail blocked it), the post decision
+    /// and what was billed. A store failure spools the record instead.
+    pub async fn complete(
+        &self,
+        ticket: Ticket,
+        response: ChatResponse,
+    ) -> (Option<ChatResponse>, Option<Decision>, Billed) {
+        let usage = response.usage;
+        let upstream_id = Some(response.id.clone());
+        let original = response.clone();
+        let SplitTicket { admission, rest } = ticket.split();
+        match admission.complete(response, self.deps.clock.now()).await {
+            Ok(done) => {
+                self.deps.alerts.fire(&done.alerts);
+                metrics::record_usage_write_lag("direct", rest.started);
+                let blocked = (!done.decision.is_allowed()).then_some(done.decision);
+                let billed = Billed {
+                    amount: done.usage.billed_amount,
+                    spooled: false,
+                };
+                (done.response, blocked, billed)
+            }
+            Err(e) => {
+                let billed = self
+                    .spool(&rest, usage, upstream_id, UsageStatus::Success, e)
+                    .await;
+                // The record is safe in the spool: deliver the answer, filtered as the
+                // Gatekeeper would have.
+                let principal = stratai_guardrails::Principal {
+                    org_id: rest.org_id,
+                    user_id: rest.user_id,
+                    groups: rest.groups.clone(),
+                };
+                let mut answer = original;
+                for choice in &mut answer.choices {
+                    let filtered = self.deps.guardrails.filter_answer(
+                        &principal,
+                        Some(rest.tier.id),
+                        &choice.message.content,
+                        Utc::now(),
+                    );
+                    match filtered.text {
+                        Some(text) => choice.message.content = text,
+                        None => return (None, Some(filtered.decision), billed),
+                    }
+                }
+                (Some(answer), None, billed)
+            }
+        }
+    }
+
+    /// Settles a streamed answer (`complete` false: the client left, or the stream broke,
+    /// after `usage` was produced).
+    pub async fn finish_stream(
+        &self,
+        ticket: Ticket,
+        end: stratai_guardrails::StreamEnd,
+        usage: TokenUsage,
+        upstream_id: Option<String>,
+        complete: bool,
+    ) -> Billed {
+        let SplitTicket { admission, rest } = ticket.split();
+        match admission
+            .finish_stream(
+                end,
+                usage,
+                upstream_id.clone(),
+                complete,
+                self.deps.clock.now(),
+            )
+            .await
+        {
+            Ok(done) => {
+                self.deps.alerts.fire(&done.alerts);
+                metrics::record_usage_write_lag("direct", rest.started);
+                Billed {
+                    amount: done.usage.billed_amount,
+                    spooled: false,
+                }
+            }
+            Err(e) => {
+                let status = if complete {
+                    UsageStatus::Success
+                } else {
+                    UsageStatus::Partial
+                };
+                self.spool(&rest, usage, upstream_id, status, e).await
+            }
+        }
+    }
+
+    /// The upstream failed: release the reservation, record the failed request, bill nothing.
+    pub async fn abort(&self, ticket: Ticket) -> Billed {
+        let SplitTicket { admission, rest } = ticket.split();
+        if let Err(e) = admission.abort().await {
+            tracing::warn!(error = %e, request_id = %rest.request_id, "abort not recorded; the reservation will expire");
+            self.spool(&rest, TokenUsage::default(), None, UsageStatus::Failed, e)
+                .await;
+        }
+        Billed {
+            amount: Money::ZERO,
+            spooled: false,
+        }
+    }
+
+    /// The Gatekeeper could not settle or record: write what it would have written to the
+    /// durable spool (settlement included; both are idempotent by request id).
+    async fn spool(
+        &self,
+        t: &TicketInfo,
+        usage: TokenUsage,
+        upstream_id: Option<String>,
+        status: UsageStatus,
+        error: StoreError,
+    ) -> Billed {
+        tracing::warn!(error = %error, request_id = %t.request_id, "usage not recorded; spooling");
+        let failed = status == UsageStatus::Failed;
+        let amount = if failed {
             Money::ZERO
         } else {
-            billed_cost(
-                &ticket.tier,
-                u64::from(usage.prompt_tokens),
-                u64::from(usage.completion_tokens),
-            )
+            core_billed(&t.tier, usage.prompt_tokens, usage.completion_tokens)
+        };
+        let provider_cost = if failed {
+            Money::ZERO
+        } else {
+            PriceTable::seed_defaults()
+                .provider_cost(&t.model, usage.prompt_tokens, usage.completion_tokens)
+                .unwrap_or(Money::ZERO)
         };
         let record = UsageRecord {
-            request_id: ticket.request_id,
-            org_id: ticket.org_id,
-            group_id: ticket.group_id,
-            user_id: ticket.user_id,
-            tier_id: Some(ticket.tier.id),
-            model: ticket.model.clone(),
+            request_id: t.request_id,
+            org_id: t.org_id,
+            group_id: t.group_id,
+            user_id: t.user_id,
+            tier_id: Some(t.tier.id),
+            model: t.model.clone(),
             input_tokens: usage.prompt_tokens,
             output_tokens: usage.completion_tokens,
-            // Without a provider price table the provider cost is what the upstream charged
-            // at our tier rates; the reconciler compares it with LiteLLM's spend log.
-            provider_cost: amount,
+            provider_cost,
             billed_amount: amount,
             litellm_request_id: upstream_id,
             conversation_id: None,
             endpoint: "chat".to_owned(),
             status,
-            created_at: ticket.admitted_at,
+            created_at: t.admitted_at,
         };
-        let ledger = &self.deps.ledger;
-        let mut settle_pending = None;
-        if status == UsageStatus::Failed {
-            if let Err(e) = ledger.release(ticket.org_id, ticket.request_id).await {
-                // The reservation expires and is reclaimed; nothing was spent.
-                tracing::warn!(error = %e, request_id = %ticket.request_id, "release failed; the reservation will expire");
-            }
-        } else if !ticket.budgets.is_empty() {
-            match ledger
-                .settle(
-                    ticket.org_id,
-                    ticket.request_id,
-                    &ticket.budgets,
-                    amount,
-                    self.deps.clock.now(),
-                )
-                .await
-            {
-                Ok(outcome) => {
-                    self.deps.alerts.fire(&outcome.alerts);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, request_id = %ticket.request_id, "settle failed; spooling");
-                    settle_pending = Some(SpoolSettle {
-                        budgets: ticket.budgets.clone(),
-                        actual: amount,
-                    });
-                }
-            }
-        }
-        let done_at = Instant::now();
-        let write = if settle_pending.is_some() {
-            Err(StoreError::Backend("settlement pending".to_owned()))
-        } else {
-            self.deps
-                .usage
-                .append(ticket.org_id, std::slice::from_ref(&record))
-                .await
+        let entry = SpoolEntry {
+            record,
+            settle: (!failed && !t.budgets.is_empty()).then(|| SpoolSettle {
+                budgets: t.budgets.clone(),
+                actual: amount,
+            }),
+            spooled_at: Utc::now(),
         };
-        match write {
-            Ok(_) => {
-                metrics::record_usage_write_lag("direct", done_at);
-                Billed {
-                    amount,
-                    spooled: false,
-                }
-            }
+        let spooled = match self.deps.spool.push(&entry).await {
+            Ok(()) => true,
             Err(e) => {
-                if settle_pending.is_none() {
-                    tracing::warn!(error = %e, request_id = %ticket.request_id, "usage write failed; spooling");
-                }
-                let entry = SpoolEntry {
-                    record,
-                    settle: settle_pending,
-                    spooled_at: Utc::now(),
-                };
-                if let Err(e) = self.deps.spool.push(&entry).await {
-                    tracing::error!(error = %e, request_id = %ticket.request_id, record = ?entry, "USAGE RECORD NOT DURABLE: store and spool both failed");
-                }
-                Billed {
-                    amount,
-                    spooled: true,
-                }
+                tracing::error!(error = %e, request_id = %t.request_id, record = ?entry, "USAGE RECORD NOT DURABLE: store and spool both failed");
+                false
             }
-        }
+        };
+        Billed { amount, spooled }
     }
 
     /// Recompiles the guardrail policy from the store (platform rules and every
@@ -827,11 +907,8 @@ mod tests {
             billed_cost(&basic, 1000, 2000),
             Money::parse("0.0045").unwrap()
         );
-        assert_eq!(billed_cost(&basic, 1, 0), Money::ZERO);
-        assert_eq!(
-            ceil6(Money::parse("0.0000001").unwrap()),
-            Money::parse("0.000001").unwrap()
-        );
+        // Half a millionth rounds away from zero, once.
+        assert_eq!(billed_cost(&basic, 1, 0), Money::parse("0.000001").unwrap());
     }
 
     #[test]

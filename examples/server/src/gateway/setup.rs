@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stratai_core::ports::{LlmGateway, SystemClock};
-use stratai_guardrails::{Guardrails, Policy};
+use stratai_guardrails::{Gatekeeper, GatekeeperConfig, Guardrails, Policy};
 use url::Url;
 
 use super::GatewayState;
@@ -130,6 +130,15 @@ pub async fn build_state(
             "usage records waiting in the spool; they will be replayed"
         );
     }
+    let guardrails = Arc::new(Guardrails::new(Policy::empty()));
+    let gatekeeper = Gatekeeper::new(
+        stores.directory.clone(),
+        stores.tiers.clone(),
+        stores.budgets.clone(),
+        stores.usage.clone(),
+        guardrails.clone(),
+        GatekeeperConfig::default(),
+    );
     let pipeline = Pipeline::new(PipelineDeps {
         directory: stores.directory.clone(),
         tiers: stores.tiers.clone(),
@@ -138,7 +147,8 @@ pub async fn build_state(
         spool: spool.clone(),
         alerts: AlertSink::new(options.alert_webhook),
         clock: Arc::new(SystemClock),
-        guardrails: Arc::new(Guardrails::new(Policy::empty())),
+        guardrails,
+        gatekeeper,
         rules: stores.guardrails.clone(),
         view_ttl: options.view_cache_ttl,
     });

@@ -1,10 +1,12 @@
-//! Streamed answers: upstream chunks re-sent as SSE, settled exactly once.
+//! Streamed answers: upstream chunks re-sent as SSE through the Gatekeeper's incremental
+//! post filter, settled exactly once.
 //!
-//! The settlement lives in a guard owned by the response body. When the upstream finishes,
-//! the body settles the actual usage, then sends the `stratai` comment line and `[DONE]`.
-//! When the client goes away first, hyper drops the body: the guard's `Drop` settles what
-//! was delivered so far (status `partial`) in a background task. An upstream error before
-//! anything was delivered releases the reservation (status `failed`, nothing billed).
+//! The settlement is owned by the response body's state. When the upstream finishes, the
+//! body settles the actual usage (the Gatekeeper's `finish_stream`), then sends the `stratai`
+//! comment line and `[DONE]`. When the client goes away first, hyper drops the body: the
+//! state's `Drop` settles what the upstream produced so far (status `partial`) in a
+//! background task. An upstream error before anything was produced releases the reservation
+//! (status `failed`, nothing billed).
 
 use std::time::Instant;
 
@@ -16,72 +18,13 @@ use futures::stream::BoxStream;
 use stratai_core::gateway::{
     CallContext, ChatChunk, ChatDelta, ChunkChoice, GatewayError, TokenUsage,
 };
-use stratai_guardrails::AnswerStream;
+use stratai_guardrails::{AnswerStream, Decision, Outcome, StreamEnd};
 
 use super::error::OpenAiError;
-use super::pipeline::{Admission, Ending, Pipeline, Ticket};
+use super::pipeline::{Admission, Billed, Pipeline, Ticket};
 use super::{GatewayState, blocked_error, upstream_error};
 use crate::demo_provider::{count_tokens, count_tokens_of};
 use crate::metrics::{self, ReasonKind};
-
-/// Owns the unsettled ticket; settles on drop if the stream did not finish.
-struct Settlement {
-    pipeline: Pipeline,
-    ticket: Option<Ticket>,
-    prompt_tokens: u32,
-    delivered: String,
-    usage: Option<TokenUsage>,
-    upstream_id: Option<String>,
-}
-
-impl Settlement {
-    fn delivered_usage(&self) -> TokenUsage {
-        // Tokens delivered so far, counted the way the demo provider counts them (one word one
-        // token); exact for it, an estimate for other providers.
-        let completion = count_tokens(&self.delivered);
-        TokenUsage {
-            prompt_tokens: self.prompt_tokens,
-            completion_tokens: completion,
-            total_tokens: self.prompt_tokens.saturating_add(completion),
-        }
-    }
-
-    fn ending(&self, complete: bool) -> Ending {
-        if complete {
-            Ending::Complete {
-                usage: self.usage.unwrap_or_else(|| self.delivered_usage()),
-                upstream_id: self.upstream_id.clone(),
-            }
-        } else if self.delivered.is_empty() && self.usage.is_none() {
-            Ending::Failed
-        } else {
-            Ending::Partial {
-                usage: self.delivered_usage(),
-                upstream_id: self.upstream_id.clone(),
-            }
-        }
-    }
-}
-
-impl Drop for Settlement {
-    fn drop(&mut self) {
-        if let Some(ticket) = self.ticket.take() {
-            let ending = self.ending(false);
-            let pipeline = self.pipeline.clone();
-            tracing::info!(request_id = %ticket.request_id, "stream ended early; settling what was delivered");
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    handle.spawn(async move {
-                        pipeline.finish(&ticket, ending).await;
-                    });
-                }
-                Err(_) => {
-                    tracing::error!(request_id = %ticket.request_id, "no runtime to settle an abandoned stream; the reservation will expire");
-                }
-            }
-        }
-    }
-}
 
 fn sse_data(value: &impl serde::Serialize) -> Bytes {
     let mut buf = b"data: ".to_vec();
@@ -90,15 +33,6 @@ fn sse_data(value: &impl serde::Serialize) -> Bytes {
     }
     buf.extend_from_slice(b"\n\n");
     Bytes::from(buf)
-}
-
-struct BodyState {
-    upstream: BoxStream<'static, Result<ChatChunk, GatewayError>>,
-    settlement: Settlement,
-    filter: Option<AnswerStream>,
-    provider: &'static str,
-    started: Instant,
-    done: bool,
 }
 
 /// A content chunk carrying `text`, shaped like `like`.
@@ -120,32 +54,85 @@ fn text_chunk(like: &ChatChunk, text: String) -> ChatChunk {
     }
 }
 
+struct BodyState {
+    upstream: BoxStream<'static, Result<ChatChunk, GatewayError>>,
+    pipeline: Pipeline,
+    ticket: Option<Ticket>,
+    filter: Option<AnswerStream>,
+    end: Option<StreamEnd>,
+    prompt_tokens: u32,
+    produced: String,
+    usage: Option<TokenUsage>,
+    upstream_id: Option<String>,
+    provider: &'static str,
+    started: Instant,
+    done: bool,
+}
+
 impl BodyState {
-    /// Ends the post-filter: the held-back text to send, or the blocking decision.
-    fn flush_filter(&mut self) -> Result<String, stratai_guardrails::Decision> {
-        match self.filter.take() {
-            None => Ok(String::new()),
-            Some(f) => {
-                let end = f.finish();
-                if end.decision.is_allowed() {
-                    Ok(end.text)
-                } else {
-                    Err(end.decision)
-                }
-            }
+    /// Tokens produced so far: the upstream's count when it reported one, else counted the
+    /// way the demo provider counts (one word one token; an estimate for other providers).
+    fn produced_usage(&self) -> TokenUsage {
+        if let Some(u) = self.usage {
+            return u;
+        }
+        let completion = count_tokens(&self.produced);
+        TokenUsage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: completion,
+            total_tokens: self.prompt_tokens.saturating_add(completion),
         }
     }
 
-    /// Settles now (the body is ending).
-    async fn settle(&mut self, complete: bool) -> Option<super::pipeline::Billed> {
-        let ending = self.settlement.ending(complete);
-        let ticket = self.settlement.ticket.take()?;
-        let billed = self.settlement.pipeline.finish(&ticket, ending).await;
-        Some(billed)
+    /// The filter's end (ending it now if it still runs).
+    fn take_end(&mut self) -> StreamEnd {
+        if let Some(f) = self.filter.take() {
+            return f.finish();
+        }
+        self.end.take().unwrap_or_else(|| StreamEnd {
+            text: String::new(),
+            decision: Decision {
+                outcome: Outcome::Allow,
+                modifications: Vec::new(),
+                reasons: Vec::new(),
+                retry_after: None,
+                at: chrono::Utc::now(),
+            },
+        })
+    }
+
+    /// Ends the post filter: the held-back text to send, or the blocking decision.
+    fn flush_filter(&mut self) -> Result<String, Decision> {
+        let Some(f) = self.filter.take() else {
+            return Ok(String::new());
+        };
+        let end = f.finish();
+        let result = if end.decision.is_allowed() {
+            Ok(end.text.clone())
+        } else {
+            Err(end.decision.clone())
+        };
+        self.end = Some(end);
+        result
+    }
+
+    /// Settles now: complete, partial (something was produced) or failed (nothing was).
+    async fn settle(&mut self, complete: bool) -> Option<Billed> {
+        let ticket = self.ticket.take()?;
+        if !complete && self.produced.is_empty() && self.usage.is_none() {
+            return Some(self.pipeline.abort(ticket).await);
+        }
+        let end = self.take_end();
+        let usage = self.produced_usage();
+        Some(
+            self.pipeline
+                .finish_stream(ticket, end, usage, self.upstream_id.clone(), complete)
+                .await,
+        )
     }
 
     /// A guardrail blocked the answer: settle what the upstream produced, tell the client.
-    async fn blocked(&mut self, decision: &stratai_guardrails::Decision) -> Bytes {
+    async fn blocked(&mut self, decision: &Decision) -> Bytes {
         metrics::record_decision("deny", ReasonKind::Guardrail);
         self.settle(false).await;
         self.done = true;
@@ -159,126 +146,140 @@ impl BodyState {
             return None;
         }
         match self.upstream.next().await {
-            Some(Ok(chunk)) => {
-                let mut content = String::new();
-                for choice in &chunk.choices {
-                    if let Some(text) = &choice.delta.content {
-                        content.push_str(text);
-                    }
-                }
-                self.settlement.delivered.push_str(&content);
-                if chunk.usage.is_some() {
-                    self.settlement.usage = chunk.usage;
-                }
-                if self.settlement.upstream_id.is_none() {
-                    self.settlement.upstream_id = Some(chunk.id.clone());
-                }
-                let ends = chunk.choices.iter().any(|c| c.finish_reason.is_some())
-                    || (chunk.choices.is_empty() && chunk.usage.is_some());
-                let mut out = Vec::new();
-                if !content.is_empty() {
-                    let released = match self.filter.as_mut() {
-                        Some(f) => {
-                            let step = f.push(&content);
-                            if step.blocked {
-                                let decision = match self.flush_filter() {
-                                    Err(d) => d,
-                                    Ok(_) => return Some(self.blocked_unknown().await),
-                                };
-                                return Some(self.blocked(&decision).await);
-                            }
-                            step.text
-                        }
-                        None => content,
-                    };
-                    if !released.is_empty() {
-                        out.extend_from_slice(&sse_data(&text_chunk(&chunk, released)));
-                    }
-                    if ends {
-                        match self.flush_filter() {
-                            Ok(rest) if !rest.is_empty() => {
-                                out.extend_from_slice(&sse_data(&text_chunk(&chunk, rest)));
-                            }
-                            Ok(_) => {}
-                            Err(d) => return Some(self.blocked(&d).await),
-                        }
-                        let mut tail = chunk.clone();
-                        for c in &mut tail.choices {
-                            c.delta.content = None;
-                        }
-                        out.extend_from_slice(&sse_data(&tail));
-                    }
-                } else {
-                    if ends {
-                        match self.flush_filter() {
-                            Ok(rest) if !rest.is_empty() => {
-                                out.extend_from_slice(&sse_data(&text_chunk(&chunk, rest)));
-                            }
-                            Ok(_) => {}
-                            Err(d) => return Some(self.blocked(&d).await),
-                        }
-                    }
-                    out.extend_from_slice(&sse_data(&chunk));
-                }
-                Some(Bytes::from(out))
-            }
+            Some(Ok(chunk)) => Some(self.on_chunk(chunk).await),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "upstream stream failed");
                 metrics::record_upstream_latency(self.provider, "error", self.started.elapsed());
-                // Settle what was produced (or release) now, then tell the client.
+                if self.produced.is_empty() {
+                    metrics::record_decision("deny", ReasonKind::Upstream);
+                }
                 self.settle(false).await;
                 self.done = true;
                 let mut out = sse_data(&upstream_error(&e).body()).to_vec();
                 out.extend_from_slice(b"data: [DONE]\n\n");
                 Some(Bytes::from(out))
             }
-            None => {
-                metrics::record_upstream_latency(self.provider, "ok", self.started.elapsed());
-                let mut out = Vec::new();
-                match self.flush_filter() {
-                    Ok(rest) if !rest.is_empty() => {
-                        let like = ChatChunk {
-                            id: self.settlement.upstream_id.clone().unwrap_or_default(),
-                            object: String::new(),
-                            created: chrono::Utc::now().timestamp(),
-                            model: String::new(),
-                            choices: Vec::new(),
-                            usage: None,
-                        };
-                        out.extend_from_slice(&sse_data(&text_chunk(&like, rest)));
-                    }
-                    Ok(_) => {}
-                    Err(d) => return Some(self.blocked(&d).await),
-                }
-                let request_id = self.settlement.ticket.as_ref().map(|t| t.request_id);
-                if let (Some(billed), Some(id)) = (self.settle(true).await, request_id) {
-                    out.extend_from_slice(
-                        format!(
-                            ": stratai billed_cost={} request_id={id}\n\n",
-                            billed.amount.amount()
-                        )
-                        .as_bytes(),
-                    );
-                }
-                out.extend_from_slice(b"data: [DONE]\n\n");
-                self.done = true;
-                Some(Bytes::from(out))
-            }
+            None => Some(self.on_end().await),
         }
     }
 
-    async fn blocked_unknown(&mut self) -> Bytes {
-        self.settle(false).await;
-        self.done = true;
-        let e = OpenAiError::new(
-            StatusCode::FORBIDDEN,
-            "permission_error",
-            "guardrail_blocked",
-            "blocked by a guardrail",
-        );
-        let mut out = sse_data(&e.body()).to_vec();
-        out.extend_from_slice(b"data: [DONE]\n\n");
+    async fn on_chunk(&mut self, chunk: ChatChunk) -> Bytes {
+        let mut content = String::new();
+        for choice in &chunk.choices {
+            if let Some(text) = &choice.delta.content {
+                content.push_str(text);
+            }
+        }
+        self.produced.push_str(&content);
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
+        }
+        if self.upstream_id.is_none() {
+            self.upstream_id = Some(chunk.id.clone());
+        }
+        let ends = chunk.choices.iter().any(|c| c.finish_reason.is_some())
+            || (chunk.choices.is_empty() && chunk.usage.is_some());
+        let mut out = Vec::new();
+        if !content.is_empty() {
+            let released = match self.filter.as_mut() {
+                Some(f) => {
+                    let step = f.push(&content);
+                    if step.blocked {
+                        let decision = match self.flush_filter() {
+                            Err(d) => d,
+                            Ok(_) => self.take_end().decision,
+                        };
+                        return self.blocked(&decision).await;
+                    }
+                    step.text
+                }
+                None => content,
+            };
+            if !released.is_empty() {
+                out.extend_from_slice(&sse_data(&text_chunk(&chunk, released)));
+            }
+        }
+        if ends {
+            match self.flush_filter() {
+                Ok(rest) if !rest.is_empty() => {
+                    out.extend_from_slice(&sse_data(&text_chunk(&chunk, rest)));
+                }
+                Ok(_) => {}
+                Err(d) => return self.blocked(&d).await,
+            }
+        }
+        if ends || (chunk.choices.iter().all(|c| c.delta.content.is_none())) {
+            let mut tail = chunk;
+            for c in &mut tail.choices {
+                c.delta.content = None;
+            }
+            out.extend_from_slice(&sse_data(&tail));
+        }
         Bytes::from(out)
+    }
+
+    async fn on_end(&mut self) -> Bytes {
+        metrics::record_upstream_latency(self.provider, "ok", self.started.elapsed());
+        let mut out = Vec::new();
+        match self.flush_filter() {
+            Ok(rest) if !rest.is_empty() => {
+                let like = ChatChunk {
+                    id: self.upstream_id.clone().unwrap_or_default(),
+                    object: String::new(),
+                    created: chrono::Utc::now().timestamp(),
+                    model: String::new(),
+                    choices: Vec::new(),
+                    usage: None,
+                };
+                out.extend_from_slice(&sse_data(&text_chunk(&like, rest)));
+            }
+            Ok(_) => {}
+            Err(d) => return self.blocked(&d).await,
+        }
+        let request_id = self.ticket.as_ref().map(|t| t.request_id);
+        if let (Some(billed), Some(id)) = (self.settle(true).await, request_id) {
+            out.extend_from_slice(
+                format!(
+                    ": stratai billed_cost={} request_id={id}\n\n",
+                    billed.amount.amount()
+                )
+                .as_bytes(),
+            );
+        }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.done = true;
+        Bytes::from(out)
+    }
+}
+
+impl Drop for BodyState {
+    fn drop(&mut self) {
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        let request_id = ticket.request_id;
+        tracing::info!(request_id = %request_id, "stream ended early; settling what was produced");
+        let pipeline = self.pipeline.clone();
+        let nothing = self.produced.is_empty() && self.usage.is_none();
+        let end = self.take_end();
+        let usage = self.produced_usage();
+        let upstream_id = self.upstream_id.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if nothing {
+                        pipeline.abort(ticket).await;
+                    } else {
+                        pipeline
+                            .finish_stream(ticket, end, usage, upstream_id, false)
+                            .await;
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::error!(request_id = %request_id, "no runtime to settle an abandoned stream; the reservation will expire");
+            }
+        }
     }
 }
 
@@ -298,26 +299,21 @@ pub(super) async fn respond(
         Err(e) => {
             metrics::record_upstream_latency(state.provider, "error", started.elapsed());
             metrics::record_decision("deny", ReasonKind::Upstream);
-            state.pipeline.finish(&ticket, Ending::Failed).await;
+            state.pipeline.abort(ticket).await;
             return Err(upstream_error(&e).for_request(ctx.request_id));
         }
     };
-    let filter = state.pipeline.deps().guardrails.answer_stream(
-        &ticket.principal,
-        Some(ticket.tier.id),
-        chrono::Utc::now(),
-    );
+    let filter = ticket.answer_stream();
     let body_state = BodyState {
         upstream,
-        settlement: Settlement {
-            pipeline: state.pipeline.clone(),
-            ticket: Some(ticket),
-            prompt_tokens: count_tokens_of(&request.messages),
-            delivered: String::new(),
-            usage: None,
-            upstream_id: None,
-        },
+        pipeline: state.pipeline.clone(),
+        ticket: Some(ticket),
         filter: Some(filter),
+        end: None,
+        prompt_tokens: count_tokens_of(&request.messages),
+        produced: String::new(),
+        usage: None,
+        upstream_id: None,
         provider: state.provider,
         started,
         done: false,
