@@ -284,6 +284,7 @@ where
                 end_user_id: Some(user.to_string()),
                 user_id: Some(user.to_string()),
                 org_id: Some(org.to_string()),
+                request_id: None,
             };
             let answer = client
                 .chat(
