@@ -87,6 +87,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
     let routes = Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .route("/openapi.json", get(crate::openapi::serve))
         .merge(crate::auth::routes::router::<AppState>(&state.auth))
         .merge(crate::api::router())
         .merge(crate::gateway::maybe_router(state.gateway.clone()))

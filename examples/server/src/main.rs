@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use stratai_server::cli;
 use stratai_server::config::{Config, ProcessEnv};
 use stratai_server::server::{Backends, init_tracing, serve};
 
@@ -21,6 +22,19 @@ enum Command {
         #[arg(long, env = "STRATAI_DEV_ALLOW_REMOTE", default_value_t = false)]
         dev_allow_remote: bool,
     },
+    /// Invite many people to an organization from a CSV file (`email,role,groups`; groups
+    /// separated by `;`). Every row is checked first; nothing is written if one is invalid.
+    Invite {
+        /// Organization slug or id.
+        #[arg(long)]
+        org: String,
+        /// The CSV file.
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// Act as this user (default: STRATAI_SUPER_ADMIN_EMAIL).
+        #[arg(long = "as")]
+        acting: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -34,16 +48,30 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let allow_remote = match cli.command {
-        Some(Command::Serve { dev_allow_remote }) => dev_allow_remote,
-        None => std::env::var("STRATAI_DEV_ALLOW_REMOTE").is_ok_and(|v| v == "true" || v == "1"),
-    };
     let backends = match Backends::open(&config).await {
         Ok(b) => b,
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::FAILURE;
         }
+    };
+    let allow_remote = match cli.command {
+        Some(Command::Invite { org, file, acting }) => {
+            return match cli::invite(&config, backends, &org, &file, acting.as_deref()).await {
+                Ok(outcome) => {
+                    for line in cli::report(&outcome) {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Serve { dev_allow_remote }) => dev_allow_remote,
+        None => std::env::var("STRATAI_DEV_ALLOW_REMOTE").is_ok_and(|v| v == "true" || v == "1"),
     };
     match serve(config, backends, allow_remote).await {
         Ok(()) => ExitCode::SUCCESS,

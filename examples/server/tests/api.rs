@@ -741,3 +741,47 @@ async fn guardrails_at_every_scope(api: Api) {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 on_every_backend!(guardrails_at_every_scope);
+
+#[tokio::test]
+async fn cli_invite_from_a_file() {
+    let config = stratai_server::config::Config::from_parts(
+        stratai_server::config::FileConfig::default(),
+        &std::collections::HashMap::<String, String>::new(),
+    )
+    .unwrap();
+    let stores = stratai_server::stores::Stores::memory();
+    let dir = std::env::temp_dir().join(format!("stratai-cli-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.csv");
+    std::fs::write(
+        &good,
+        "email,role\nann@pilot.test,member\nbob@pilot.test,admin\nadmin@localhost,member\n",
+    )
+    .unwrap();
+    let backends = stratai_server::server::Backends::seeded(stores.clone(), &config)
+        .await
+        .unwrap();
+    let outcome = stratai_server::cli::invite(&config, backends, "internal", &good, None)
+        .await
+        .unwrap();
+    assert_eq!((outcome.created, outcome.already_member), (2, 1));
+    let report = stratai_server::cli::report(&outcome);
+    assert_eq!(report.last().unwrap(), "2 invited, 1 already members");
+
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, "email\ncarol@pilot.test\nnot-an-email\n").unwrap();
+    let backends = stratai_server::server::Backends::seeded(stores.clone(), &config)
+        .await
+        .unwrap();
+    let err = stratai_server::cli::invite(&config, backends, "internal", &bad, None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("rows[2].email"), "{err}");
+    let org = stores.directory.list_orgs().await.unwrap()[0].id;
+    assert_eq!(
+        stores.directory.list_invitations(org).await.unwrap().len(),
+        2,
+        "nothing half-done"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

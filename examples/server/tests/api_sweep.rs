@@ -24,6 +24,7 @@ const ACTORS: [&str; 9] = [
 const MATRIX: &str = "
 GET    /health/live                                        200 200 200 200 200 200 200 200 200
 GET    /health/ready                                       200 200 200 200 200 200 200 200 200
+GET    /openapi.json                                       200 200 200 200 200 200 200 200 200
 GET    /auth/me                                            200 200 200 200 200 200 401 401 200
 POST   /auth/dev/token                                     200 200 200 200 200 200 200 200 200
 GET    /api/me                                             200 200 200 200 200 200 401 401 200
@@ -69,7 +70,8 @@ POST   /api/profiles                                       201 403 403 403 403 4
 ";
 
 /// Routes whose answer does not depend on which organization's ids are used.
-const PLATFORM: [&str; 14] = [
+const PLATFORM: [&str; 15] = [
+    "/openapi.json",
     "/api/guardrails",
     "/api/guardrails/{rule_id}",
     "/health/live",
@@ -112,13 +114,13 @@ fn route_table() -> Vec<(String, String)> {
         .iter()
         .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
         .collect();
-    for (m, p) in [
-        ("GET", "/health/live"),
-        ("GET", "/health/ready"),
-        ("GET", "/auth/me"),
-        ("POST", "/auth/dev/token"),
-    ] {
-        routes.push((m.to_owned(), p.to_owned()));
+    // The non-API routes of this (dev-mode) server, from the same table the OpenAPI document
+    // is built from. The OIDC browser-login routes exist only with a provider configured and
+    // are public by design (redirects); auth_oidc.rs tests them.
+    for (m, p, ..) in stratai_server::openapi::OTHER_OPERATIONS {
+        if !["/auth/login", "/auth/callback", "/auth/logout"].contains(p) {
+            routes.push(((*m).to_owned(), (*p).to_owned()));
+        }
     }
     routes
 }

@@ -26,6 +26,7 @@ use stratai_core::{GroupId, OrgId, StoreError, UserId};
 use crate::app::AppState;
 use crate::auth::identity::Principal;
 use crate::error::ApiError;
+use crate::stores::Stores;
 
 /// The authenticated caller with everything access decisions need.
 #[derive(Clone, Debug)]
@@ -50,16 +51,11 @@ impl Caller {
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let principal = Principal::from_request_parts(parts, state).await?;
-        let dir = &state.stores.directory;
-        let user = match dir.get_user(UserId::from_uuid(principal.user_id)).await {
+impl Caller {
+    /// Loads `user` with their memberships and group roles (for the CLI and handlers).
+    pub async fn load(stores: &Stores, user: UserId) -> Result<Self, ApiError> {
+        let dir = &stores.directory;
+        let user = match dir.get_user(user).await {
             Ok(u) => u,
             Err(StoreError::NotFound { .. }) => {
                 return Err(ApiError::Unauthenticated("unknown user"));
@@ -91,6 +87,18 @@ impl FromRequestParts<AppState> for Caller {
             groups,
         };
         Ok(Self { user, actor })
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        Self::load(&state.stores, UserId::from_uuid(principal.user_id)).await
     }
 }
 
@@ -146,6 +154,9 @@ macro_rules! api_routes {
         /// Every admin API route as `(METHOD, path template)`: the route table the
         /// authorization sweep test is built from.
         pub const ROUTES: &[(&str, &str)] = &[ $( (api_routes!(@upper $method), $path) ),* ];
+
+        /// Every admin API route as `(METHOD, path template, handler)`, for the OpenAPI document.
+        pub const OPERATIONS: &[(&str, &str, &str)] = &[ $( (api_routes!(@upper $method), $path, stringify!($handler)) ),* ];
 
         /// The admin API router.
         pub fn router() -> Router<AppState> {

@@ -1,0 +1,91 @@
+//! The OpenAPI document matches the router, and the checked-in `openapi.json` matches the
+//! document (regenerate with `STRATAI_UPDATE_OPENAPI=1 cargo test -p stratai-server --test openapi`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::*;
+
+async fn probe(server: &TestServer, method: &str, path: &str) -> (StatusCode, serde_json::Value) {
+    let uri = path
+        .split('/')
+        .map(|seg| {
+            if seg.starts_with('{') {
+                "00000000-0000-7000-8000-000000000000"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/");
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let r = call(&server.app, req).await;
+    (r.status, r.body)
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_routed() {
+    let dev = server_with(&[]);
+    // An OIDC server whose provider never answers: its login routes exist (and fail with 503).
+    let oidc = server_with(&[
+        ("OIDC_ISSUER", "http://127.0.0.1:9/"),
+        ("OIDC_AUDIENCE", "api"),
+        ("OIDC_CLIENT_ID", "client"),
+        ("OIDC_REDIRECT_URL", "http://localhost:8080/auth/callback"),
+    ]);
+    let r = call(
+        &dev.app,
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let doc = r.body;
+    let mut count = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let m = method.to_ascii_uppercase();
+            let oidc_only =
+                ["/auth/login", "/auth/callback", "/auth/logout"].contains(&path.as_str());
+            let server = if oidc_only { &oidc } else { &dev };
+            let (status, body) = probe(server, &m, path).await;
+            assert_ne!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{m} {path} is documented but not routed"
+            );
+            assert_ne!(
+                body["error"]["message"], "not found: route",
+                "{m} {path} is documented but not routed"
+            );
+            count += 1;
+        }
+    }
+    let routed =
+        stratai_server::api::ROUTES.len() + stratai_server::openapi::OTHER_OPERATIONS.len();
+    assert_eq!(count, routed, "every route is documented once");
+}
+
+#[test]
+fn the_checked_in_document_is_current() {
+    let generated =
+        serde_json::to_string_pretty(&stratai_server::openapi::document()).unwrap() + "\n";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+    if std::env::var("STRATAI_UPDATE_OPENAPI").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, &generated).unwrap();
+        println!("wrote {}", path.display());
+        return;
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "examples/server/openapi.json is stale: run STRATAI_UPDATE_OPENAPI=1 cargo test -p stratai-server --test openapi"
+    );
+}
