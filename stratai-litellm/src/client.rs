@@ -129,7 +129,9 @@ impl LiteLlmClient {
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.stream_idle_timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below uvicorn's 5 s keep-alive (LiteLLM's server), so a pooled connection is never
+            // reused just as the proxy closes it.
+            .pool_idle_timeout(Duration::from_secs(4))
             .build()
             .map_err(|e| LiteLlmError::InvalidInput(format!("http client: {}", e.without_url())))?;
         let redactor = Redactor::new([config.master_key.expose().to_owned()]);
