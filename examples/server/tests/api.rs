@@ -785,3 +785,74 @@ async fn cli_invite_from_a_file() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+async fn expired_invitations_cannot_be_accepted(api: Api) {
+    use stratai_core::directory::{Email, Invitation, InvitationRequest, OrgRole};
+    let a = org_fixture(&api.stores, "acme").await;
+    let email = format!("late-{}@x.test", unique());
+    // Issued eight days ago for seven days.
+    let (invitation, token) = Invitation::issue(
+        InvitationRequest {
+            email: Email::new(&email).unwrap(),
+            org_id: a.org,
+            role: OrgRole::Member,
+            group_ids: vec![],
+            profile_id: None,
+            invited_by: Some(a.owner.id),
+            valid_for: chrono::Duration::days(7),
+        },
+        Utc::now() - chrono::Duration::days(8),
+    )
+    .unwrap();
+    api.stores
+        .directory
+        .create_invitation(a.org, &invitation)
+        .await
+        .unwrap();
+    let r = api
+        .send(
+            Method::GET,
+            &format!("/api/invitations/{}", token.expose()),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.json["status"], "expired", "{}", r.text);
+    // The invitee has no account from an expired invitation (dev tokens need a live one) ...
+    let r = api
+        .send(
+            Method::POST,
+            "/auth/dev/token",
+            None,
+            Some(json!({"email": email})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    // ... and even with an account, the store refuses the acceptance.
+    let user = stratai_core::directory::User::new(
+        Email::new(&email).unwrap(),
+        None,
+        stratai_core::directory::PlatformRole::User,
+        Utc::now(),
+    )
+    .unwrap();
+    api.stores.directory.create_user(&user).await.unwrap();
+    let late = api.token(&email).await;
+    let r = api
+        .send(
+            Method::POST,
+            &format!("/api/invitations/{}/accept", token.expose()),
+            Some(&late),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert!(
+        api.stores
+            .directory
+            .get_member(a.org, user.id)
+            .await
+            .is_err()
+    );
+}
+on_every_backend!(expired_invitations_cannot_be_accepted);

@@ -786,3 +786,61 @@ async fn callback_rejects_a_wrong_nonce_audience_or_pkce() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "pkce");
     assert!(server.directory.by_subject("auth0|ivy").is_none());
 }
+
+#[tokio::test]
+async fn cookie_sessions_refuse_cross_site_writes() {
+    let issuer = TestIssuer::start().await;
+    let server = oidc_server(&issuer, &[]);
+    let login = start_login(&server, &issuer).await;
+    issuer.grant(
+        "csrf",
+        Grant {
+            challenge: login.challenge.clone(),
+            nonce: login.nonce.clone(),
+            claims: id_claims(&issuer, "auth0|kim"),
+        },
+    );
+    let r = callback(
+        &server,
+        &format!("code=csrf&state={}", login.state),
+        Some(&login.cookie),
+    )
+    .await;
+    let (session, _) = set_cookie_value(&r.headers, "stratai_session").unwrap();
+    let cookie = format!("stratai_session={session}");
+    let post = |origin: Option<&str>| {
+        let mut req = Request::post("/api/profiles")
+            .header("cookie", cookie.clone())
+            .header("content-type", "application/json");
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.body(Body::from(r#"{"name":"p","default_tiers":[]}"#))
+            .unwrap()
+    };
+    // No Origin, or a foreign one: refused before anything else.
+    for origin in [None, Some("https://evil.example"), Some("null")] {
+        let r = call(&server.app, post(origin)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{origin:?}");
+        assert_eq!(
+            r.body["error"]["message"],
+            "forbidden: cross-site request refused"
+        );
+    }
+    // Our own origin passes the check (this auth-only server then has no store user: 401).
+    let r = call(&server.app, post(Some("http://localhost:8080"))).await;
+    assert_ne!(
+        r.body["error"]["message"],
+        "forbidden: cross-site request refused"
+    );
+    // Reads with the cookie need no Origin.
+    let r = call(
+        &server.app,
+        Request::get("/auth/me")
+            .header("cookie", cookie.clone())
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
