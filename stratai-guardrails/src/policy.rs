@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use regex::{RegexSet, RegexSetBuilder};
@@ -575,7 +575,10 @@ fn min_opt(a: Option<u32>, b: Option<u32>) -> Option<u32> {
     }
 }
 
-/// Size limit of a node's combined `RegexSet`.
+/// Most topics compiled into a DFA (more use Aho-Corasick's smaller NFA).
+const MAX_DFA_TOPICS: usize = 20_000;
+
+/// Size limit of the policy's combined `RegexSet`.
 const SET_SIZE_LIMIT: usize = 64 * 1024 * 1024;
 
 fn build_matcher(rules: &[Rule], content: &[u32]) -> Result<Option<ContentMatcher>, String> {
@@ -618,6 +621,9 @@ fn build_matcher(rules: &[Rule], content: &[u32]) -> Result<Option<ContentMatche
             AhoCorasickBuilder::new()
                 .ascii_case_insensitive(true)
                 .match_kind(MatchKind::Standard)
+                // A DFA scans at a constant cost per byte however many topics there are;
+                // beyond this many topics its memory would outweigh that.
+                .kind((topics.len() <= MAX_DFA_TOPICS).then_some(AhoCorasickKind::DFA))
                 .build(&topics)
                 .map_err(|e| e.to_string())?,
         )

@@ -141,7 +141,10 @@ pub(crate) fn scan_whole(
     hits: &mut Vec<(u32, Item)>,
     ranges: &mut Vec<Range<usize>>,
 ) {
-    if let Some(ac) = &matcher.topics {
+    // Most texts match nothing: a plain search (which can use a prefilter) says so first.
+    if let Some(ac) = &matcher.topics
+        && ac.is_match(text)
+    {
         for m in ac.find_overlapping_iter(text) {
             for &(rule, item) in matcher
                 .topic_owners

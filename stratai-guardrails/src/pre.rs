@@ -61,15 +61,12 @@ impl<'a> PreRequest<'a> {
     }
 }
 
-/// A cheap, deterministic input estimate: one token per 4 bytes of content, plus 4 per
-/// message for the chat framing. Token limits are checked against it before the call.
+/// The input estimate token limits are checked against before the call: core's
+/// [`estimate_prompt_tokens`](stratai_core::pricing::estimate_prompt_tokens) (about one token per
+/// 4 characters plus chat framing), the same estimate budget reservations use.
 #[must_use]
 pub fn estimate_tokens(messages: &[ChatMessage]) -> u32 {
-    let total: usize = messages
-        .iter()
-        .map(|m| m.content.len().div_ceil(4) + 4)
-        .sum();
-    u32::try_from(total).unwrap_or(u32::MAX)
+    stratai_core::pricing::estimate_prompt_tokens(messages)
 }
 
 /// How a decision consults rate limits.

@@ -98,7 +98,7 @@ impl Hash for Probe {
 /// writes the new state back, so `explain` takes no token.
 #[derive(Debug, Default)]
 struct PeekableStore {
-    inner: DashMapStateStore<Probe>,
+    inner: DashMapStateStore<Probe, foldhash::fast::RandomState>,
 }
 
 impl StateStore for PeekableStore {
