@@ -64,6 +64,41 @@ pub const OTHER_OPERATIONS: &[(&str, &str, &str, bool, &str)] = &[
         true,
         "dev mode only (no OIDC issuer): a short-lived token for an existing or invited user",
     ),
+    (
+        "POST",
+        "/v1/chat/completions",
+        "gateway::chat_completions",
+        false,
+        "OpenAI-compatible chat (JSON or SSE); `x-stratai-org` picks the organization",
+    ),
+    (
+        "GET",
+        "/v1/models",
+        "gateway::list_models",
+        false,
+        "the caller's accessible models",
+    ),
+    (
+        "GET",
+        "/api/explain",
+        "gateway::explain_get",
+        false,
+        "what-if decision for a user, model and time",
+    ),
+    (
+        "POST",
+        "/api/explain",
+        "gateway::explain_post",
+        false,
+        "what-if decision for a user, model and time",
+    ),
+    (
+        "GET",
+        "/metrics",
+        "gateway::metrics",
+        true,
+        "Prometheus metrics",
+    ),
 ];
 
 /// Admin API routes that need no credentials.

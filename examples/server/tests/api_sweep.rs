@@ -66,11 +66,22 @@ POST   /api/guardrails                                     201 403 403 403 403 4
 PATCH  /api/guardrails/{rule_id}                           200 403 403 403 403 403 401 401 403
 DELETE /api/guardrails/{rule_id}                           204 403 403 403 403 403 401 401 403
 GET    /api/profiles                                       200 200 200 200 200 200 401 401 200
+POST   /v1/chat/completions                                403 200 200 200 200 200 401 401 403
+GET    /v1/models                                          403 200 200 200 200 200 401 401 403
+GET    /api/explain                                        403 200 200 200 403 403 401 401 403
+POST   /api/explain                                        403 200 200 200 403 403 401 401 403
+GET    /metrics                                            200 200 200 200 200 200 200 200 200
 POST   /api/profiles                                       201 403 403 403 403 403 401 401 403
 ";
 
 /// Routes whose answer does not depend on which organization's ids are used.
-const PLATFORM: [&str; 15] = [
+/// Gateway routes (OpenAI-shaped errors): a member of another organization, or of none,
+/// gets 403 `not_a_member` whether or not the named organization exists, and nobody, not even
+/// a super admin, uses models in an organization they are not a member of.
+const GATEWAY: [&str; 3] = ["/v1/chat/completions", "/v1/models", "/api/explain"];
+
+const PLATFORM: [&str; 16] = [
+    "/metrics",
     "/openapi.json",
     "/api/guardrails",
     "/api/guardrails/{rule_id}",
@@ -160,6 +171,26 @@ fn request(method: &str, path: &str, target: &OrgFixture) -> (String, Option<Val
             (with_org(path), None)
         }
         ("POST", "/auth/dev/token") => (filled, Some(json!({"email": "admin@localhost"}))),
+        ("POST", "/v1/chat/completions") => (
+            filled,
+            Some(
+                json!({"model": basic_model(), "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}),
+            ),
+        ),
+        ("GET", "/api/explain") => (
+            format!(
+                "{path}?model={}&org={org}&user={}",
+                basic_model(),
+                target.member.id
+            ),
+            None,
+        ),
+        ("POST", "/api/explain") => (
+            filled,
+            Some(
+                json!({"model": basic_model(), "org": org.to_string(), "user": target.member.id.to_string()}),
+            ),
+        ),
         ("POST", "/api/organizations") => (
             filled,
             Some(json!({"name": "New", "slug": format!("new-{n}")})),
@@ -207,6 +238,10 @@ fn request(method: &str, path: &str, target: &OrgFixture) -> (String, Option<Val
         _ => (filled, None),
     };
     (path, body)
+}
+
+fn basic_model() -> String {
+    stratai_core::tiers::default_tiers()[0].models[0].to_string()
 }
 
 fn rule_body(scope: Value) -> Value {
@@ -283,6 +318,7 @@ async fn sweep(api: Api) {
                     match *actor {
                         "super" | "anon" | "expired" => expected_own[i],
                         "outsider" => expected_own[admin_col],
+                        _ if GATEWAY.contains(&path.as_str()) => 403,
                         _ => 404,
                     }
                 };
@@ -290,8 +326,40 @@ async fn sweep(api: Api) {
                 let (uri, body) = request(method, path, target);
                 let token = credential(&api, w, actor).await;
                 let m: Method = method.parse().unwrap();
-                let r = api.send(m, &uri, token.as_deref(), body).await;
+                let headers = if path.starts_with("/v1/") {
+                    vec![("x-stratai-org", target.org.to_string())]
+                } else {
+                    vec![]
+                };
+                let r = api
+                    .send_with(m, &uri, token.as_deref(), body, &headers)
+                    .await;
                 checked += 1;
+                // No existence oracle: naming an organization that does not exist answers
+                // exactly like naming another one.
+                if other_ids && *actor == "member" && !is_platform(method, path) {
+                    let mut ghost = target.clone();
+                    ghost.org = stratai_core::OrgId::new();
+                    ghost.group = stratai_core::GroupId::new();
+                    ghost.budget = stratai_core::BudgetId::new();
+                    ghost.rule = stratai_core::RuleId::new();
+                    let (uri, body) = request(method, path, &ghost);
+                    let headers = if path.starts_with("/v1/") {
+                        vec![("x-stratai-org", ghost.org.to_string())]
+                    } else {
+                        vec![]
+                    };
+                    let m: Method = method.parse().unwrap();
+                    let g = api
+                        .send_with(m, &uri, token.as_deref(), body, &headers)
+                        .await;
+                    if g.status != r.status || g.json["error"]["code"] != r.json["error"]["code"] {
+                        failures.push(format!(
+                            "{method} {path}: another organization answers {} {}, a missing one {} {}",
+                            r.status, r.json["error"]["code"], g.status, g.json["error"]["code"]
+                        ));
+                    }
+                }
                 if r.status.as_u16() != expected {
                     failures.push(format!(
                         "{method} {path} as {actor} with {} ids: expected {expected}, got {} {}",

@@ -114,7 +114,21 @@ impl Api {
         let config =
             Config::from_parts(FileConfig::default(), &HashMap::<String, String>::new()).unwrap();
         let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
-        let state = build_state(&config, backends).unwrap();
+        let mut state = build_state(&config, backends).unwrap();
+        // The governed gateway too (offline demo provider), so every route is served.
+        let mut options = stratai_server::gateway::setup::GatewayOptions::from_env();
+        options.spool_path =
+            std::env::temp_dir().join(format!("stratai-test-spool-{}", uuid::Uuid::new_v4()));
+        state.gateway = Some(
+            stratai_server::gateway::setup::build_state(
+                &config,
+                state.auth.clone(),
+                &stores,
+                options,
+            )
+            .await
+            .unwrap(),
+        );
         let app = router(state.clone(), limits(&config));
         let super_admin = stores
             .directory
@@ -177,7 +191,21 @@ impl Api {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Resp {
+        self.send_with(method, path, token, body, &[]).await
+    }
+
+    pub async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, String)],
+    ) -> Resp {
         let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, v.as_str());
+        }
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
