@@ -199,7 +199,8 @@ async fn fresh_pg() -> Result<(Stores, PgDb), BoxError> {
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let name = format!("stratai_load_{}", Utc::now().format("%Y%m%d%H%M%S"));
     let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
+    // `name` is `stratai_load_` + digits: nothing to inject.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await?;
     conn.close().await?;
@@ -225,9 +226,12 @@ async fn fresh_pg() -> Result<(Stores, PgDb), BoxError> {
 async fn drop_pg(db: &PgDb) {
     use sqlx::Connection;
     if let Ok(mut conn) = sqlx::PgConnection::connect(&db.admin_url).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name))
-            .execute(&mut conn)
-            .await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            db.name
+        )))
+        .execute(&mut conn)
+        .await;
         let _ = conn.close().await;
     }
 }
