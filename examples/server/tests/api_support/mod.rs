@@ -96,7 +96,14 @@ pub struct Api {
     pub stores: Stores,
     pub super_admin: User,
     pub internal_org: OrgId,
+    spool: std::path::PathBuf,
     _guard: Guard,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.spool);
+    }
 }
 
 /// A response.
@@ -117,8 +124,9 @@ impl Api {
         let mut state = build_state(&config, backends).unwrap();
         // The governed gateway too (offline demo provider), so every route is served.
         let mut options = stratai_server::gateway::setup::GatewayOptions::from_env();
-        options.spool_path =
+        let spool =
             std::env::temp_dir().join(format!("stratai-test-spool-{}", uuid::Uuid::new_v4()));
+        options.spool_path = spool.clone();
         state.gateway = Some(
             stratai_server::gateway::setup::build_state(
                 &config,
@@ -148,6 +156,7 @@ impl Api {
             stores,
             super_admin,
             internal_org: internal.id,
+            spool,
             _guard: guard,
         })
     }
