@@ -818,6 +818,41 @@ async fn models_and_explain_show_the_callers_access(db: Db) {
         .unwrap();
     assert_eq!(r["outcome"], "allow", "{r}");
     assert_eq!(r["tier"], "basic");
+    // Office hours only: the what-if at 20:00 on a Friday is refused, naming the rule.
+    rule(
+        &gw,
+        t.org,
+        "office hours",
+        "time_restriction",
+        json!({"timezone": "UTC", "allowed_days": ["mon", "tue", "wed", "thu", "fri"], "allowed_hours": [{"start": "09:00", "end": "17:00"}]}),
+        RuleAction::Block,
+    )
+    .await;
+    let r: Value = gw
+        .http
+        .post(format!("{}/api/explain", gw.base))
+        .bearer_auth(tok)
+        .json(&json!({"model": MODEL, "at": "2026-11-27T20:00:00Z"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["outcome"], "deny", "{r}");
+    assert!(r["reasons"].to_string().contains("office hours"), "{r}");
+    let r: Value = gw
+        .http
+        .post(format!("{}/api/explain", gw.base))
+        .bearer_auth(tok)
+        .json(&json!({"model": MODEL, "at": "2026-11-27T10:00:00Z"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["outcome"], "allow", "{r}");
     // A member may not explain for the super admin (or anyone else).
     let r = gw
         .http

@@ -192,6 +192,38 @@ async fn explain(
                         + u64::from(q.max_tokens.unwrap_or(DEFAULT_OUTPUT_CAP)),
                 );
                 out.worst_case_cost = Some(worst);
+                // Guardrails as they would decide at `at`, without side effects (the
+                // rate-limit buckets are only peeked).
+                let principal = stratai_guardrails::Principal {
+                    org_id: view.org.id,
+                    user_id: subject,
+                    groups: view.groups.iter().map(|g| g.id).collect(),
+                };
+                let pre = stratai_guardrails::PreRequest {
+                    principal: &principal,
+                    model: model.as_str(),
+                    tier: Some(grant.tier_id),
+                    input_tokens: 0,
+                    max_tokens: q.max_tokens,
+                    messages: &[],
+                    estimated_cost: worst,
+                    spend: None,
+                    now: at,
+                };
+                let decision = pipeline.deps().guardrails.explain(&pre);
+                for r in &decision.reasons {
+                    out.reasons.push(r.to_string());
+                }
+                match decision.outcome {
+                    stratai_guardrails::Outcome::Deny => {
+                        out.outcome = "deny";
+                        if let Some(wait) = decision.retry_after {
+                            out.hint = Some(format!("retry in {}s", wait.as_secs().max(1)));
+                        }
+                    }
+                    stratai_guardrails::Outcome::Warn => out.outcome = "warn",
+                    stratai_guardrails::Outcome::Allow => {}
+                }
                 out.budgets = pipeline
                     .budget_views(&view, grant.tier_id, at)
                     .await
