@@ -36,6 +36,17 @@ async fn a_valid_token_is_accepted_and_creates_the_user_on_first_use() {
     // Second use: same user, found by subject.
     let again = get_me(&server.app, &token).await;
     assert_eq!(again.body["user_id"], r.body["user_id"]);
+    // Auth0 access tokens carry an audience list (the API and the userinfo endpoint).
+    let listed = issuer.mint(&issuer.claims(
+        "auth0|alice",
+        json!({"aud": [AUDIENCE, format!("{}userinfo", issuer.issuer)]}),
+    ));
+    assert_eq!(get_me(&server.app, &listed).await.status, StatusCode::OK);
+    // Clock skew within the leeway (30 s) is tolerated.
+    let now = get_current_timestamp();
+    let skewed =
+        issuer.mint(&issuer.claims("auth0|alice", json!({"exp": now - 10, "nbf": now + 10})));
+    assert_eq!(get_me(&server.app, &skewed).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
