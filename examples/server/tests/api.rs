@@ -167,6 +167,18 @@ async fn invitation_rules(api: Api) {
         )
         .await;
     let token = r.json["token"].as_str().unwrap().to_owned();
+    // The token is shown once: neither it nor its hash is in any later answer.
+    let listed = api
+        .get(&format!("/api/organizations/{org}/invitations"), &admin)
+        .await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert!(listed.text.contains(&invitee));
+    assert!(!listed.text.contains(&token));
+    assert!(
+        !listed
+            .text
+            .contains(&stratai_core::directory::hash_token(&token))
+    );
     let member = api.token(a.member.email.as_str()).await;
     let r = api
         .send(
