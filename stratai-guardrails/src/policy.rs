@@ -229,6 +229,8 @@ pub(crate) struct Node {
     pub(crate) min_input: Option<u32>,
     /// Lowest output bound of the node's token limits.
     pub(crate) min_output: Option<u32>,
+    /// Whether an output modifier of the node has a format note (a pre-request change).
+    pub(crate) has_format_notes: bool,
 }
 
 /// A compiled, immutable policy. Build one with [`Policy::compile`], share it behind a
@@ -354,7 +356,10 @@ impl Policy {
                 }
                 RuleKind::RateLimit(_) => node.rate.push(i),
                 RuleKind::ContentFilter(_) => node.content.push(i),
-                RuleKind::OutputModifier(_) => node.modifiers.push(i),
+                RuleKind::OutputModifier(m) => {
+                    node.modifiers.push(i);
+                    node.has_format_notes |= m.format_note.is_some();
+                }
                 RuleKind::BudgetLimit(_) => node.budget.push(i),
                 RuleKind::TimeRestriction(_) => node.time.push(i),
             }

@@ -356,7 +356,7 @@ impl Policy {
         out: &mut Collector,
         modifications: &mut Vec<Modification>,
     ) {
-        if nodes.iter().all(|n| n.modifiers.is_empty()) {
+        if nodes.iter().all(|n| !n.has_format_notes) {
             return;
         }
         let mut rules: Vec<&Rule> = nodes
@@ -427,8 +427,13 @@ impl Policy {
                 );
             };
         // Blocking limits first, without taking: a refused request takes nothing anywhere.
+        // (With a single limit, taking it directly is the same thing.)
         let mut refused = false;
-        for rule in rules.iter().filter(|r| r.action == RuleAction::Block) {
+        let several = rules.len() > 1;
+        for rule in rules
+            .iter()
+            .filter(|r| several && r.action == RuleAction::Block)
+        {
             if let Some((bucket, limit)) = key(rule)
                 && let RateVerdict::Limited { retry_after } = limiter.peek(&bucket, &limit)
             {
