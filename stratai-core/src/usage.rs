@@ -317,7 +317,10 @@ impl UsageStatus {
     }
 }
 
-fn csv_fields(r: &UsageRecord) -> [String; 15] {
+/// One record's CSV fields, in [`CSV_HEADER`] order (amounts as plain decimals), for callers
+/// that stream rows themselves.
+#[must_use]
+pub fn csv_row(r: &UsageRecord) -> [String; 15] {
     let opt = |v: Option<String>| v.unwrap_or_default();
     [
         r.request_id.to_string(),
@@ -359,7 +362,7 @@ impl<W: io::Write> UsageCsvWriter<W> {
 
     /// Writes one record.
     pub fn write(&mut self, record: &UsageRecord) -> Result<(), ExportError> {
-        self.inner.write_record(csv_fields(record))?;
+        self.inner.write_record(csv_row(record))?;
         Ok(())
     }
 

@@ -585,6 +585,10 @@ async fn orgs_budgets_usage(api: Api) {
     assert_eq!(lines.len(), 4, "{}", r.text);
     assert!(lines[0].starts_with("request_id,created_at,org_id"));
     assert!(r.text.contains("gpt-4o-mini"));
+    // The export is core's CSV: it reads back into the same records, amounts exact.
+    let back = stratai_core::usage::read_csv(r.text.as_bytes()).unwrap();
+    assert_eq!(back.len(), 3);
+    assert!(back.iter().all(|rec| rec.org_id == org));
 
     // Deactivation is the platform's.
     let r = api

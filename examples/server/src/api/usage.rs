@@ -173,30 +173,16 @@ pub async fn summary(
     }))
 }
 
-const CSV_HEADER: &str = "request_id,created_at,org_id,group_id,user_id,tier_id,model,endpoint,status,input_tokens,output_tokens,provider_cost,billed_amount\n";
-
-fn csv_line(r: &UsageRecord) -> Result<Bytes, ApiError> {
+/// One CSV line (core's column order and formatting, shared with every other export).
+fn csv_line<I, T>(fields: I) -> Result<Bytes, ApiError>
+where
+    I: IntoIterator<Item = T>,
+    T: AsRef<[u8]>,
+{
     let mut w = csv::WriterBuilder::new()
         .has_headers(false)
         .from_writer(Vec::with_capacity(256));
-    let status = serde_json::to_value(r.status).map_err(ApiError::internal)?;
-    w.write_record([
-        r.request_id.to_string(),
-        r.created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        r.org_id.to_string(),
-        r.group_id.map(|g| g.to_string()).unwrap_or_default(),
-        r.user_id.to_string(),
-        r.tier_id.map(|t| t.to_string()).unwrap_or_default(),
-        r.model.to_string(),
-        r.endpoint.clone(),
-        status.as_str().unwrap_or("").to_owned(),
-        r.input_tokens.to_string(),
-        r.output_tokens.to_string(),
-        r.provider_cost.to_string(),
-        r.billed_amount.to_string(),
-    ])
-    .map_err(ApiError::internal)?;
+    w.write_record(fields).map_err(ApiError::internal)?;
     w.into_inner().map(Bytes::from).map_err(ApiError::internal)
 }
 
@@ -215,14 +201,14 @@ pub async fn export(
     let (org_id, query) = authorize_scope(&state, &caller, &p).await?;
     let rows = state.stores.usage.stream(org_id, query).map(|item| {
         item.map_err(ApiError::from)
-            .and_then(|r| csv_line(&r))
+            .and_then(|r| csv_line(stratai_core::usage::csv_row(&r)))
             .map_err(|e| {
                 tracing::error!(error = %e, "usage export aborted");
                 std::io::Error::other("usage export failed")
             })
     });
     let body = futures::stream::once(async {
-        Ok::<_, std::io::Error>(Bytes::from_static(CSV_HEADER.as_bytes()))
+        csv_line(stratai_core::usage::CSV_HEADER).map_err(|e| std::io::Error::other(e.to_string()))
     })
     .chain(rows);
     let mut response = Body::from_stream(body).into_response();
