@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use stratai_core::access::{Action, Resource};
-use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord, UsageTotals};
+use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageTotals};
 use stratai_core::{GroupId, ModelId, OrgId, TierId, UserId};
 
 use super::{Caller, allow};

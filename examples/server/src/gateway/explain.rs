@@ -12,7 +12,8 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use stratai_core::directory::{Email, OrgRole};
+use stratai_core::access::{Action, Actor, DenyReason, OrgGrant, Resource, authorize};
+use stratai_core::directory::{Email, PlatformRole};
 use stratai_core::gateway::{ChatMessage, ChatRequest};
 use stratai_core::ids::{ModelId, UserId};
 use stratai_core::money::Money;
@@ -126,20 +127,40 @@ async fn explain(
         .choose_org(caller, requested_org.as_deref())
         .await
         .map_err(refusal_error)?;
-    if subject != caller && !principal.super_admin {
-        let role = dir
-            .get_member(org.id, caller)
-            .await
-            .map(|m| m.role)
-            .map_err(|_| not_found())?;
-        if !matches!(role, OrgRole::Owner | OrgRole::Admin) {
-            return Err(OpenAiError::new(
+    // Explaining a decision shows what a member may use: core's access function decides who
+    // may ask (the member themself, the organization's owners and admins, super admins).
+    let caller_role = dir.get_member(org.id, caller).await.ok().map(|m| m.role);
+    let actor = Actor {
+        user_id: caller,
+        platform_role: if principal.super_admin {
+            PlatformRole::SuperAdmin
+        } else {
+            PlatformRole::User
+        },
+        active: true,
+        orgs: caller_role
+            .map(|role| OrgGrant {
+                org_id: org.id,
+                role,
+            })
+            .into_iter()
+            .collect(),
+        groups: Vec::new(),
+    };
+    let resource = Resource::Member {
+        org_id: org.id,
+        user_id: subject,
+    };
+    if let Err(denied) = authorize(&actor, Action::ViewAccessibleModels, &resource) {
+        return Err(match denied.reason {
+            DenyReason::NotAMember => not_found(),
+            other => OpenAiError::new(
                 StatusCode::FORBIDDEN,
                 "permission_error",
                 "forbidden",
-                "only the organization's owners and admins may explain decisions for others",
-            ));
-        }
+                other.to_string(),
+            ),
+        });
     }
     let view = match pipeline.member_view(org, subject).await {
         Ok(v) => v,
