@@ -5,7 +5,9 @@
 //! 2. else `postgres://postgres@127.0.0.1:5432/postgres` when that port answers;
 //! 3. else a throwaway cluster started with the `initdb`/`pg_ctl` found on `PATH` or in
 //!    `/usr/lib/postgresql/*/bin`, in `$TMPDIR/stratai-test-pg` on a free port (reused by
-//!    later runs; stop it with `pg_ctl -D $TMPDIR/stratai-test-pg/data stop`);
+//!    later runs; stop it with `pg_ctl -D $TMPDIR/stratai-test-pg/data stop`); as root the
+//!    tools run as the `postgres` (or `nobody`) user through `runuser`, since PostgreSQL refuses
+//!    root. `STRATAI_TEST_PG=throwaway` skips step 2, to exercise this fallback;
 //! 4. else the test prints why it cannot run and is skipped — under `CI=true` it panics instead,
 //!    so CI never passes by doing nothing.
 //!
@@ -146,7 +148,9 @@ fn find_server() -> Result<String, String> {
         return Ok(url);
     }
     let local: SocketAddr = ([127, 0, 0, 1], 5432).into();
-    if TcpStream::connect_timeout(&local, Duration::from_millis(500)).is_ok() {
+    // STRATAI_TEST_PG=throwaway skips the local server (to exercise the fallback).
+    let throwaway_only = std::env::var("STRATAI_TEST_PG").is_ok_and(|v| v == "throwaway");
+    if !throwaway_only && TcpStream::connect_timeout(&local, Duration::from_millis(500)).is_ok() {
         return Ok("postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     }
     throwaway_cluster()
@@ -304,7 +308,7 @@ fn throwaway_cluster() -> Result<String, String> {
         }
     }
     if !data.join("PG_VERSION").exists() {
-        let out = Command::new(bin.join("initdb"))
+        let out = cluster_command(&bin.join("initdb"), &root)?
             .args(["-D"])
             .arg(&data)
             .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
@@ -318,7 +322,7 @@ fn throwaway_cluster() -> Result<String, String> {
         }
     }
     let port = free_port().ok_or("no free port")?;
-    let out = Command::new(bin.join("pg_ctl"))
+    let out = cluster_command(&bin.join("pg_ctl"), &root)?
         .arg("-D")
         .arg(&data)
         .args(["-w", "-l"])
@@ -339,6 +343,42 @@ fn throwaway_cluster() -> Result<String, String> {
     }
     std::fs::write(&port_file, port.to_string()).map_err(|e| format!("{port_file:?}: {e}"))?;
     Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+}
+
+/// A command running a cluster tool. PostgreSQL refuses to run as root, so as root the tools
+/// run as the `postgres` user (or `nobody`) through `runuser`, and `root` is handed to it.
+fn cluster_command(tool: &Path, root: &Path) -> Result<Command, String> {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| format!("`id -u` did not run: {e}"))?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Ok(Command::new(tool));
+    }
+    let id_of = |user: &str, flag: &str| -> Option<u32> {
+        let out = Command::new("id").args([flag, user]).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    let user = ["postgres", "nobody"]
+        .into_iter()
+        .find(|u| id_of(u, "-u").is_some())
+        .ok_or("running as root and neither a `postgres` nor a `nobody` user exists")?;
+    let (uid, gid) = (id_of(user, "-u"), id_of(user, "-g"));
+    std::os::unix::fs::chown(root, uid, gid)
+        .map_err(|e| format!("cannot hand {root:?} to `{user}`: {e}"))?;
+    for entry in std::fs::read_dir(root)
+        .map_err(|e| format!("{root:?}: {e}"))?
+        .flatten()
+    {
+        // The data directory and log, when a previous run created them as root.
+        let _ = std::os::unix::fs::lchown(entry.path(), uid, gid);
+    }
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", user, "--"]).arg(tool);
+    Ok(cmd)
 }
 
 fn pg_bin_dir() -> Option<PathBuf> {
