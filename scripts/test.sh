@@ -49,4 +49,22 @@ if [ -z "${STRATAI_LITELLM_URL:-}" ] && [ -x "$root/scripts/litellm-up.sh" -o -f
   fi
 fi
 
-cargo test --workspace --all-features --no-fail-fast "$@"
+status=0
+cargo test --workspace --all-features --no-fail-fast "$@" || status=$?
+
+# The store's fallback for machines without a PostgreSQL server: a throwaway cluster from the
+# machine's initdb/pg_ctl. Exercised here once (RLS tests), then stopped.
+if [ $# -eq 0 ]; then
+  log "PostgreSQL fallback: the RLS tests on a throwaway cluster"
+  STRATAI_TEST_PG=throwaway cargo test -p stratai-store --all-features --test pg_rls || status=$?
+  pgdata="${TMPDIR:-/tmp}/stratai-test-pg/data"
+  if [ -f "$pgdata/postmaster.pid" ]; then
+    pgctl=$(command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl 2>/dev/null | tail -n1)
+    if [ "$(id -u)" = 0 ]; then
+      runuser -u "$(stat -c %U "$pgdata")" -- "$pgctl" -D "$pgdata" stop -m fast >/dev/null || true
+    else
+      "$pgctl" -D "$pgdata" stop -m fast >/dev/null || true
+    fi
+  fi
+fi
+exit $status
