@@ -19,7 +19,9 @@ use stratai_core::ids::{ModelId, UserId};
 use stratai_core::money::Money;
 
 use super::error::OpenAiError;
-use super::pipeline::{BudgetView, DEFAULT_OUTPUT_CAP, Refusal, billed_cost, prompt_token_bound};
+use stratai_core::pricing::{PriceTable, estimate_prompt_tokens, reservation_estimate};
+
+use super::pipeline::{BudgetView, Refusal};
 use super::{GatewayState, authenticate, org_header, refusal_error};
 
 /// The question.
@@ -206,11 +208,13 @@ async fn explain(
                     stream: false,
                     user: None,
                 };
-                let worst = billed_cost(
+                // The same worst case the Gatekeeper reserves (core's estimate and prices).
+                let worst = reservation_estimate(
+                    &PriceTable::seed_defaults(),
                     tier,
-                    0,
-                    prompt_token_bound(&probe)
-                        + u64::from(q.max_tokens.unwrap_or(DEFAULT_OUTPUT_CAP)),
+                    &model,
+                    estimate_prompt_tokens(&probe.messages),
+                    q.max_tokens,
                 );
                 out.worst_case_cost = Some(worst);
                 // Guardrails as they would decide at `at`, without side effects (the

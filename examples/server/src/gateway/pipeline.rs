@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use serde::Serialize;
 use stratai_core::StoreError;
-use stratai_core::budget::{Budget, BudgetRefusal, BudgetScope, BudgetState};
+use stratai_core::budget::{
+    Budget, BudgetRefusal, BudgetScope, BudgetState, RequestScope,
+    applicable_budgets as core_applicable_budgets,
+};
 use stratai_core::directory::{Group, Membership, Organization, Slug};
 use stratai_core::gateway::{ChatRequest, ChatResponse, TokenUsage};
 use stratai_core::ids::{BudgetId, GroupId, ModelId, OrgId, RequestId, UserId};
@@ -36,8 +38,6 @@ use crate::alerts::AlertSink;
 use crate::metrics::{self, ReasonKind};
 use crate::spool::{Spool, SpoolEntry, SpoolSettle};
 
-/// Output cap set on requests that name none, so the worst case is bounded.
-pub const DEFAULT_OUTPUT_CAP: u32 = 4096;
 /// How long an unsettled reservation lives before the ledger reclaims it.
 pub const RESERVATION_TTL_SECS: i64 = 15 * 60;
 
@@ -282,26 +282,6 @@ impl MemberView {
     }
 }
 
-/// Tokens a prompt can be at most: a deliberately pessimistic bound (one token per two bytes,
-/// plus per-message overhead), so the reservation is never below the actual cost.
-#[must_use]
-pub fn prompt_token_bound(request: &ChatRequest) -> u64 {
-    request
-        .messages
-        .iter()
-        .map(|m| (m.content.len() as u64).div_ceil(2) + (m.role.len() as u64) + 4)
-        .sum()
-}
-
-/// The billed cost of `usage` at `tier`'s rates, rounded once to 6 decimal places.
-#[must_use]
-pub fn billed_cost(tier: &ModelTier, input_tokens: u64, output_tokens: u64) -> Money {
-    let million = Decimal::from(1_000_000u32);
-    let amount = Decimal::from(input_tokens) * tier.input_rate_per_million / million
-        + Decimal::from(output_tokens) * tier.output_rate_per_million / million;
-    Money::new(amount).unwrap_or(Money::ZERO).round_dp(6)
-}
-
 fn scope_name(scope: &BudgetScope, groups: &[Group]) -> String {
     match scope {
         BudgetScope::Org => "organization".to_owned(),
@@ -312,26 +292,6 @@ fn scope_name(scope: &BudgetScope, groups: &[Group]) -> String {
             None => "group".to_owned(),
         },
     }
-}
-
-/// The budgets that apply to a member's request on a model of `tier`: the organization's, each
-/// of the member's groups', the member's own and the tier's (inside the organization).
-#[must_use]
-pub fn applicable_budgets(
-    budgets: Vec<Budget>,
-    user: UserId,
-    groups: &[Group],
-    tier: stratai_core::ids::TierId,
-) -> Vec<Budget> {
-    budgets
-        .into_iter()
-        .filter(|b| match b.scope {
-            BudgetScope::Org => true,
-            BudgetScope::Group(g) => groups.iter().any(|x| x.id == g),
-            BudgetScope::User(u) => u == user,
-            BudgetScope::Tier(t) => t == tier,
-        })
-        .collect()
 }
 
 impl Pipeline {
@@ -865,13 +825,18 @@ impl Pipeline {
         tier: stratai_core::ids::TierId,
         at: DateTime<Utc>,
     ) -> Result<Vec<BudgetView>, StoreError> {
-        let budgets = applicable_budgets(
-            self.deps.ledger.list_budgets(view.org.id).await?,
-            view.membership.user_id,
-            &view.groups,
-            tier,
-        );
-        let ids: Vec<BudgetId> = budgets.iter().map(|b| b.id).collect();
+        let all = self.deps.ledger.list_budgets(view.org.id).await?;
+        let group_ids: Vec<GroupId> = view.groups.iter().map(|g| g.id).collect();
+        let scope = RequestScope {
+            org_id: view.org.id,
+            user_id: view.membership.user_id,
+            group_ids: &group_ids,
+            tier_id: Some(tier),
+        };
+        let ids: Vec<BudgetId> = core_applicable_budgets(&all, &scope)
+            .iter()
+            .map(|b| b.id)
+            .collect();
         let states: Vec<BudgetState> = if ids.is_empty() {
             Vec::new()
         } else {
@@ -890,40 +855,5 @@ impl Pipeline {
                 hard_limit: s.budget.hard_limit,
             })
             .collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use stratai_core::gateway::ChatMessage;
-    use stratai_core::tiers::default_tiers;
-
-    #[test]
-    fn billed_cost_uses_tier_rates_rounded_once() {
-        let basic = default_tiers().into_iter().next().unwrap();
-        // 1000 in at $0.50/M + 2000 out at $2/M = 0.0005 + 0.004
-        assert_eq!(
-            billed_cost(&basic, 1000, 2000),
-            Money::parse("0.0045").unwrap()
-        );
-        // Half a millionth rounds away from zero, once.
-        assert_eq!(billed_cost(&basic, 1, 0), Money::parse("0.000001").unwrap());
-    }
-
-    #[test]
-    fn prompt_bound_is_above_word_counts() {
-        let r = ChatRequest {
-            model: "m".to_owned(),
-            messages: vec![ChatMessage {
-                role: "user".to_owned(),
-                content: "a b c d e f g".to_owned(),
-            }],
-            max_tokens: None,
-            temperature: None,
-            stream: false,
-            user: None,
-        };
-        assert!(prompt_token_bound(&r) >= 7);
     }
 }
