@@ -132,6 +132,9 @@ pub struct SyncEngine {
     vault: Arc<dyn KeyVault>,
     config: SyncConfig,
     applied: Mutex<HashMap<OutboxEntity, i64>>,
+    /// Held while a member's key is pushed, so the outbox pass and an on-demand
+    /// [`SyncEngine::provision_member`] never create two keys for one member.
+    members: Mutex<()>,
 }
 
 impl std::fmt::Debug for SyncEngine {
@@ -165,6 +168,7 @@ impl SyncEngine {
             vault,
             config,
             applied: Mutex::new(HashMap::new()),
+            members: Mutex::new(()),
         }
     }
 
@@ -181,6 +185,32 @@ impl SyncEngine {
     /// The virtual key of a member, once synced.
     pub async fn member_key(&self, org: OrgId, user: UserId) -> Result<Option<Secret>, StoreError> {
         Ok(self.vault.get(org, user).await?.map(|(_, key)| key))
+    }
+
+    /// The member's virtual key, pushing the member now when the vault has none yet (the
+    /// outbox has not reached them, or this process restarted and lost its in-memory vault).
+    /// `None` when the member does not belong to the organization. A caller that found the
+    /// key refused by the proxy passes `refused` = its secret: a vault still holding that
+    /// secret is cleared first, so the member gets a fresh key.
+    pub async fn provision_member(
+        &self,
+        org: OrgId,
+        user: UserId,
+        refused: Option<&Secret>,
+    ) -> Result<Option<Secret>, SyncError> {
+        let guard = self.members.lock().await;
+        if let Some((_, key)) = self.vault.get(org, user).await? {
+            match refused {
+                Some(bad) if bad.expose() == key.expose() => {
+                    self.vault.remove(org, user).await?;
+                }
+                _ => return Ok(Some(key)),
+            }
+        }
+        self.sync_member_locked(org, user, None).await?;
+        let key = self.vault.get(org, user).await?.map(|(_, key)| key);
+        drop(guard);
+        Ok(key)
     }
 
     fn retry_delay(&self, attempts: u32) -> Duration {
@@ -507,6 +537,16 @@ impl SyncEngine {
     /// member's keys are deleted. Keeps exactly one key: duplicates, and keys whose secret
     /// the vault does not hold (a lost `/key/generate` answer), are deleted and replaced.
     pub async fn sync_member(
+        &self,
+        org_id: OrgId,
+        user_id: UserId,
+        version: Option<i64>,
+    ) -> Result<Applied, SyncError> {
+        let _guard = self.members.lock().await;
+        self.sync_member_locked(org_id, user_id, version).await
+    }
+
+    async fn sync_member_locked(
         &self,
         org_id: OrgId,
         user_id: UserId,

@@ -2,14 +2,15 @@
 //! with attribution headers, so LiteLLM's spend logs and budgets see the person, not the
 //! server.
 //!
-//! Where the key comes from is a [`VirtualKeys`] source. [`ProvisionedKeys`] (the default)
-//! keeps the secret of each member's key in memory and, on first use, creates the key with the
-//! master key (alias `stratai:<org>:<user>`, owner `user_id` = our user id, metadata with the
-//! org and user ids). A key with that alias created elsewhere (whose secret this process never
-//! saw) is replaced, because LiteLLM shows a secret only once. A deployment with several
-//! server instances should give the secrets a shared home instead (see the crate README).
+//! Where the key comes from is a [`VirtualKeys`] source. [`SyncedKeys`] (the default) reads
+//! it from the stratai-litellm sync engine's [`KeyVault`](stratai_litellm::sync::KeyVault),
+//! the same instance the engine fills while it consumes the outbox. When the vault has no key
+//! for the member yet (the outbox has not reached them, or the process restarted), it asks the
+//! engine to push the member now. The gateway never creates, replaces or deletes keys itself:
+//! the sync engine is the only code path that does, so the two never fight over a member's
+//! key (alias `stratai:<org>:<user>`).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -21,97 +22,64 @@ use stratai_core::gateway::{
 };
 use stratai_core::ids::{OrgId, UserId};
 use stratai_core::ports::LlmGateway;
-use stratai_litellm::{
-    Attribution, KeyGenerate, KeyListQuery, KeyRef, LiteLlmClient, LiteLlmError, Secret,
-};
-use tokio::sync::Mutex;
+use stratai_litellm::sync::SyncEngine;
+use stratai_litellm::{Attribution, LiteLlmClient, LiteLlmError, Secret};
 
 /// Where members' virtual keys come from.
 #[async_trait]
 pub trait VirtualKeys: Send + Sync {
-    /// The secret of the member's key in the organization, creating it if needed.
+    /// The secret of the member's key in the organization, provisioning it if needed.
     async fn key_for(&self, org: OrgId, user: UserId) -> Result<Secret, GatewayError>;
-    /// Forgets a key the proxy refused (deleted or rotated elsewhere), so the next call
-    /// provisions a fresh one.
-    async fn forget(&self, org: OrgId, user: UserId);
+    /// The proxy refused `key` (deleted or rotated elsewhere): the next
+    /// [`key_for`](Self::key_for) must not return it again.
+    async fn refused(&self, org: OrgId, user: UserId, key: &Secret);
 }
 
 /// The alias of a member's key, as the sync engine names it.
 #[must_use]
 pub fn key_alias(org: OrgId, user: UserId) -> String {
-    format!("stratai:{org}:{user}")
+    stratai_litellm::sync::key_alias(org, user)
 }
 
-/// Keys created on first use with the master key and kept in memory (see the module docs).
-#[derive(Debug)]
-pub struct ProvisionedKeys {
-    client: LiteLlmClient,
-    keys: Mutex<HashMap<(OrgId, UserId), Secret>>,
+/// Keys from the sync engine's vault, provisioned on demand by the engine (see the module
+/// docs).
+#[derive(Debug, Clone)]
+pub struct SyncedKeys {
+    engine: Arc<SyncEngine>,
 }
 
-impl ProvisionedKeys {
-    /// A source using `client`'s master key for provisioning.
+impl SyncedKeys {
+    /// A source reading `engine`'s vault.
     #[must_use]
-    pub fn new(client: LiteLlmClient) -> Self {
-        Self {
-            client,
-            keys: Mutex::new(HashMap::new()),
-        }
+    pub fn new(engine: Arc<SyncEngine>) -> Self {
+        Self { engine }
     }
-}
-
-fn provisioning_failed(e: &LiteLlmError) -> GatewayError {
-    GatewayError::NotProvisioned(format!("cannot provision the member's virtual key: {e}"))
 }
 
 #[async_trait]
-impl VirtualKeys for ProvisionedKeys {
+impl VirtualKeys for SyncedKeys {
     async fn key_for(&self, org: OrgId, user: UserId) -> Result<Secret, GatewayError> {
-        // Held across provisioning so two first calls of one member create one key.
-        let mut keys = self.keys.lock().await;
-        if let Some(k) = keys.get(&(org, user)) {
-            return Ok(k.clone());
+        // The common case: one read of the shared vault.
+        match self.engine.member_key(org, user).await {
+            Ok(Some(key)) => return Ok(key),
+            Ok(None) => {}
+            Err(e) => return Err(GatewayError::Unavailable(format!("key vault: {e}"))),
         }
-        let alias = key_alias(org, user);
-        // A key with our alias whose secret we do not hold is useless to us: replace it.
-        let existing = self
-            .client
-            .key_list(&KeyListQuery {
-                key_alias: Some(alias.clone()),
-                ..KeyListQuery::default()
-            })
-            .await
-            .map_err(|e| provisioning_failed(&e))?;
-        let stale: Vec<KeyRef> = existing
-            .into_iter()
-            .filter(|k| k.key_alias.as_deref() == Some(alias.as_str()))
-            .filter_map(|k| k.token.map(KeyRef::Token))
-            .collect();
-        if !stale.is_empty() {
-            self.client
-                .key_delete(&stale)
-                .await
-                .map_err(|e| provisioning_failed(&e))?;
+        match self.engine.provision_member(org, user, None).await {
+            Ok(Some(key)) => Ok(key),
+            Ok(None) => Err(GatewayError::NotProvisioned(format!(
+                "no LiteLLM key for user `{user}` in organization `{org}`"
+            ))),
+            Err(e) => Err(GatewayError::NotProvisioned(format!(
+                "cannot provision the member's virtual key: {e}"
+            ))),
         }
-        let mut metadata = serde_json::Map::new();
-        metadata.insert("stratai_org_id".to_owned(), org.to_string().into());
-        metadata.insert("stratai_user_id".to_owned(), user.to_string().into());
-        let generated = self
-            .client
-            .key_generate(&KeyGenerate {
-                key_alias: Some(alias),
-                user_id: Some(user.to_string()),
-                metadata: Some(metadata),
-                ..KeyGenerate::default()
-            })
-            .await
-            .map_err(|e| provisioning_failed(&e))?;
-        keys.insert((org, user), generated.key.clone());
-        Ok(generated.key)
     }
 
-    async fn forget(&self, org: OrgId, user: UserId) {
-        self.keys.lock().await.remove(&(org, user));
+    async fn refused(&self, org: OrgId, user: UserId, key: &Secret) {
+        if let Err(e) = self.engine.provision_member(org, user, Some(key)).await {
+            tracing::warn!(%org, %user, error = %e, "re-provisioning a refused virtual key failed; the next call retries");
+        }
     }
 }
 
@@ -133,20 +101,23 @@ impl LiteLlmProvider {
         Self { client, keys }
     }
 
-    /// A provider that provisions members' keys itself ([`ProvisionedKeys`]).
+    /// A provider reading members' keys from `engine`'s vault ([`SyncedKeys`]).
     #[must_use]
-    pub fn with_provisioned_keys(client: LiteLlmClient) -> Self {
-        let keys = Box::new(ProvisionedKeys::new(client.clone()));
-        Self { client, keys }
+    pub fn with_sync_engine(engine: Arc<SyncEngine>) -> Self {
+        let client = engine.client().clone();
+        Self {
+            client,
+            keys: Box::new(SyncedKeys::new(engine)),
+        }
     }
 
     async fn key(&self, ctx: &CallContext) -> Result<Secret, GatewayError> {
         self.keys.key_for(ctx.org_id, ctx.user_id).await
     }
 
-    async fn on_error(&self, ctx: &CallContext, e: LiteLlmError) -> GatewayError {
+    async fn on_error(&self, ctx: &CallContext, key: &Secret, e: LiteLlmError) -> GatewayError {
         if matches!(e, LiteLlmError::Unauthorized(_)) {
-            self.keys.forget(ctx.org_id, ctx.user_id).await;
+            self.keys.refused(ctx.org_id, ctx.user_id, key).await;
         }
         map_error(e)
     }
@@ -231,7 +202,7 @@ impl LlmGateway for LiteLlmProvider {
         crate::metrics::record_upstream_latency("litellm", outcome, started.elapsed());
         let answer = match result {
             Ok(a) => a,
-            Err(e) => return Err(self.on_error(ctx, e).await),
+            Err(e) => return Err(self.on_error(ctx, &key, e).await),
         };
         let c = answer.completion;
         Ok(ChatResponse {
@@ -270,7 +241,7 @@ impl LlmGateway for LiteLlmProvider {
             Ok(s) => s,
             Err(e) => {
                 crate::metrics::record_upstream_latency("litellm", "error", started.elapsed());
-                return Err(self.on_error(ctx, e).await);
+                return Err(self.on_error(ctx, &key, e).await);
             }
         };
         crate::metrics::record_upstream_latency("litellm", "first_byte", started.elapsed());

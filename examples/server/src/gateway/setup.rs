@@ -2,6 +2,13 @@
 //! otherwise the offline demo provider, announced at start), the usage spool, budget alerts,
 //! the guardrail engine and their background tasks.
 //!
+//! With LiteLLM configured, the server also runs stratai-litellm's [`SyncEngine`] in-process:
+//! a background task consumes the store's outbox (as `examples/litellm-worker` does) and
+//! reconciles with repair at start and every five minutes. The gateway reads members' keys
+//! from the engine's vault and asks the engine for a member's key on demand, so the engine is
+//! the only code path that creates keys. Do not also run `litellm-worker` against the same
+//! database and proxy (see the crate README).
+//!
 //! Environment (all optional):
 //! - `STRATAI_USAGE_SPOOL`: spool file (default `./.stratai/usage.spool`);
 //! - `STRATAI_ALERT_WEBHOOK_URL`: where budget alerts are POSTed (default: log only);
@@ -15,6 +22,7 @@ use std::time::Duration;
 
 use stratai_core::ports::{LlmGateway, SystemClock};
 use stratai_guardrails::{Gatekeeper, GatekeeperConfig, Guardrails, Policy};
+use stratai_litellm::sync::{CoreDirectory, MemoryKeyVault, SyncConfig, SyncEngine};
 use url::Url;
 
 use super::GatewayState;
@@ -44,6 +52,8 @@ pub struct GatewayOptions {
     pub spool_replay: Duration,
     /// How long a caller's membership, tier access and budget list are reused.
     pub view_cache_ttl: Duration,
+    /// How often the in-process LiteLLM sync reads the outbox (when LiteLLM is configured).
+    pub sync_interval: Duration,
 }
 
 impl std::fmt::Debug for GatewayOptions {
@@ -80,6 +90,7 @@ impl GatewayOptions {
             },
             guardrail_reload: Duration::from_secs(5),
             spool_replay: Duration::from_secs(10),
+            sync_interval: Duration::from_secs(1),
             view_cache_ttl: Duration::from_millis(
                 std::env::var("STRATAI_GATEWAY_CACHE_MS")
                     .ok()
@@ -88,6 +99,38 @@ impl GatewayOptions {
             ),
         }
     }
+}
+
+/// How often the in-process sync reconciles LiteLLM with the directory (repairing drift,
+/// including keys whose secret this process does not hold, e.g. after a restart).
+const RECONCILE_EVERY: Duration = Duration::from_secs(300);
+
+/// The in-process LiteLLM sync: outbox passes every `interval`, a repairing reconcile at
+/// start and every [`RECONCILE_EVERY`].
+fn spawn_sync(engine: Arc<SyncEngine>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut last_reconcile: Option<tokio::time::Instant> = None;
+        loop {
+            match engine.run_once().await {
+                Ok(pass) if pass.events > 0 => tracing::info!(?pass, "litellm sync pass"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "litellm sync: outbox failed"),
+            }
+            if last_reconcile.is_none_or(|t| t.elapsed() >= RECONCILE_EVERY) {
+                last_reconcile = Some(tokio::time::Instant::now());
+                match engine.reconcile(true).await {
+                    Ok(r) if !r.drifts.is_empty() => tracing::info!(
+                        drifts = r.drifts.len(),
+                        repaired = r.repaired,
+                        "litellm reconcile repaired drift"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "litellm reconcile failed"),
+                }
+            }
+            tokio::time::sleep(interval).await;
+        }
+    });
 }
 
 /// Builds the gateway's state and starts its background tasks (spool replay, guardrail
@@ -107,9 +150,20 @@ pub async fn build_state(
                 stratai_litellm::Secret::new(l.master_key.expose()),
             ))
             .map_err(|e| format!("litellm client: {e}"))?;
-            tracing::info!(url = %l.url, "chat goes through the LiteLLM proxy with each member's virtual key");
+            tracing::info!(url = %l.url, "chat goes through the LiteLLM proxy with each member's virtual key; the LiteLLM sync runs in-process");
+            let engine = Arc::new(SyncEngine::new(
+                client,
+                Arc::new(CoreDirectory::new(
+                    stores.directory.clone(),
+                    stores.tiers.clone(),
+                )),
+                stores.outbox.clone(),
+                Arc::new(MemoryKeyVault::new()),
+                SyncConfig::default(),
+            ));
+            spawn_sync(engine.clone(), options.sync_interval);
             (
-                Arc::new(LiteLlmProvider::with_provisioned_keys(client)),
+                Arc::new(LiteLlmProvider::with_sync_engine(engine)),
                 "litellm",
             )
         }
