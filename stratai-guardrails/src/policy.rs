@@ -231,6 +231,10 @@ pub(crate) struct Node {
     pub(crate) min_output: Option<u32>,
     /// Whether an output modifier of the node has a format note (a pre-request change).
     pub(crate) has_format_notes: bool,
+    /// The matchers of this node's content rules only: the pre-request prompt filter scans
+    /// with the matchers of the principal's nodes, so its cost follows the rules that apply
+    /// rather than every content rule of the policy.
+    pub(crate) matcher: Option<ContentMatcher>,
 }
 
 /// A compiled, immutable policy. Build one with [`Policy::compile`], share it behind a
@@ -259,7 +263,7 @@ impl fmt::Debug for Policy {
 
 /// Up to this many scope nodes are held inline per decision (global, org, two tier nodes,
 /// user, and a few groups); more groups spill to the heap.
-pub(crate) type NodeList = Vec<u32>;
+pub(crate) type NodeList = smallvec::SmallVec<[u32; 8]>;
 
 impl Policy {
     /// An empty policy (everything allowed).
@@ -395,6 +399,16 @@ impl Policy {
             },
             reason,
         })?;
+        for (slot, node) in nodes.iter_mut().enumerate() {
+            if node.content.is_empty() {
+                continue;
+            }
+            node.matcher =
+                build_matcher(&rules, &node.content).map_err(|reason| PolicyError::Matcher {
+                    scope: keys.get(slot).map_or_else(String::new, NodeKey::describe),
+                    reason,
+                })?;
+        }
         Ok(Policy {
             version,
             rules,
@@ -436,7 +450,7 @@ impl Policy {
     /// The scope nodes that apply to a request of `principal` for a model of `tier`, from the
     /// broadest to the most specific.
     pub(crate) fn applicable(&self, principal: &Principal, tier: Option<TierId>) -> NodeList {
-        let mut list = Vec::with_capacity(5 + principal.groups.len());
+        let mut list = NodeList::new();
         if self.index.is_empty() {
             return list;
         }

@@ -100,7 +100,7 @@ impl Policy {
         }
         AnswerStream {
             policy: Arc::clone(self),
-            nodes,
+            nodes: nodes.into_vec(),
             now,
             buf: String::new(),
             base: 0,

@@ -6,6 +6,8 @@ use std::ops::Range;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use smallvec::SmallVec;
 use stratai_core::gateway::{ChatMessage, ChatRequest};
 use stratai_core::ports::RuleAction;
 use stratai_core::{Money, TierId};
@@ -117,11 +119,12 @@ impl Policy {
         let applicable = self.applicable(req.principal, req.tier);
         let mut out = Collector::new();
         let mut modifications = Vec::new();
-        let nodes: Vec<&Node> = applicable.iter().filter_map(|&n| self.node(n)).collect();
+        let nodes: SmallVec<[&Node; 8]> = applicable.iter().filter_map(|&n| self.node(n)).collect();
 
+        let mut clock = LocalClock::default();
         for node in &nodes {
             self.check_models(node, req.model, &mut out);
-            self.check_time(node, req.now, &mut out);
+            self.check_time(node, req.now, &mut clock, &mut out);
             self.check_budget(node, req, &mut out);
         }
         self.check_tokens(&nodes, req, &mut out, &mut modifications);
@@ -168,10 +171,16 @@ impl Policy {
         }
     }
 
-    fn check_time(&self, node: &Node, now: DateTime<Utc>, out: &mut Collector) {
+    fn check_time(
+        &self,
+        node: &Node,
+        now: DateTime<Utc>,
+        clock: &mut LocalClock,
+        out: &mut Collector,
+    ) {
         for rule in node.time.iter().filter_map(|&i| self.rule(i)) {
             if let RuleKind::TimeRestriction(t) = &rule.kind
-                && !t.allows(now)
+                && !t.allows_local(clock.local(t.timezone, now))
             {
                 let local = now.with_timezone(&t.timezone);
                 out.add(
@@ -321,23 +330,25 @@ impl Policy {
         out: &mut Collector,
         modifications: &mut Vec<Modification>,
     ) {
-        let Some(matcher) = &self.matcher else {
-            return;
-        };
-        if nodes.iter().all(|n| n.content.is_empty()) {
+        if nodes.iter().all(|n| n.matcher.is_none()) {
             return;
         }
         let mut hits: Vec<(u32, Item)> = Vec::new();
-        let mut redactions: Vec<Vec<Range<usize>>> = vec![Vec::new(); messages.len()];
-        for (message, ranges) in messages.iter().zip(redactions.iter_mut()) {
-            crate::post::scan_whole(
-                self,
-                matcher,
-                applicable,
-                &message.content,
-                &mut hits,
-                ranges,
-            );
+        let mut redactions: SmallVec<[Vec<Range<usize>>; 4]> =
+            messages.iter().map(|_| Vec::new()).collect();
+        // Each applicable node scans with its own matchers: the work follows the content
+        // rules that apply to the principal, not every content rule of the policy.
+        for matcher in nodes.iter().filter_map(|n| n.matcher.as_ref()) {
+            for (message, ranges) in messages.iter().zip(redactions.iter_mut()) {
+                crate::post::scan_whole(
+                    self,
+                    matcher,
+                    applicable,
+                    &message.content,
+                    &mut hits,
+                    ranges,
+                );
+            }
         }
         report_hits(self, hits, 0, out);
         for (message, ranges) in redactions.into_iter().enumerate() {
@@ -396,7 +407,7 @@ impl Policy {
             RateCheck::Peek(l) => (l, false),
             RateCheck::Skip => return None,
         };
-        let rules: Vec<&Rule> = nodes
+        let rules: SmallVec<[&Rule; 8]> = nodes
             .iter()
             .flat_map(|n| n.rate.iter())
             .filter_map(|&i| self.rule(i))
@@ -458,6 +469,26 @@ impl Policy {
             }
         }
         retry
+    }
+}
+
+/// The local time of one decision's instant, converted once per timezone (the rules of a
+/// principal mostly share a zone).
+#[derive(Default)]
+struct LocalClock {
+    last: Option<(Tz, DateTime<Tz>)>,
+}
+
+impl LocalClock {
+    fn local(&mut self, zone: Tz, now: DateTime<Utc>) -> DateTime<Tz> {
+        match self.last {
+            Some((z, local)) if z == zone => local,
+            _ => {
+                let local = now.with_timezone(&zone);
+                self.last = Some((zone, local));
+                local
+            }
+        }
     }
 }
 

@@ -144,7 +144,7 @@ impl ShrinkableKeyedStateStore<Probe> for PeekableStore {
 }
 
 /// Limiters by quota (requests, period seconds).
-type QuotaMap<C> = HashMap<(u32, u64), Arc<Keyed<C>>>;
+type QuotaMap<C> = HashMap<(u32, u64), Arc<Keyed<C>>, foldhash::fast::RandomState>;
 
 type Keyed<C> = Governor<Probe, PeekableStore, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
@@ -178,7 +178,7 @@ where
     pub fn with_clock(clock: C) -> Self {
         Self {
             clock,
-            limiters: RwLock::new(HashMap::new()),
+            limiters: RwLock::new(HashMap::default()),
         }
     }
 

@@ -366,9 +366,13 @@ impl TimeRestriction {
     /// Whether the instant is allowed.
     #[must_use]
     pub fn allows(&self, now: DateTime<Utc>) -> bool {
+        self.allows_local(now.with_timezone(&self.timezone))
+    }
+
+    /// Whether the instant, already converted to this restriction's timezone, is allowed.
+    pub(crate) fn allows_local(&self, local: DateTime<Tz>) -> bool {
         use chrono::Datelike;
         use chrono::Timelike;
-        let local = now.with_timezone(&self.timezone);
         let day_bit = 1u8 << local.weekday().num_days_from_monday();
         if self.days & day_bit == 0 {
             return false;
