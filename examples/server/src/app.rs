@@ -163,14 +163,26 @@ async fn live() -> impl IntoResponse {
     axum::Json(json!({"status": "live"}))
 }
 
+/// Ready when the database answers. The LLM upstream's status is reported too (`demo`, `ok`,
+/// `unreachable`, or `none` before the gateway is built) but does not make the instance
+/// unready: the admin API still serves, and chat answers 502 until LiteLLM is back.
 async fn ready(State(state): State<AppState>) -> Response {
+    let upstream = match &state.gateway {
+        Some(gateway) => gateway.upstream_status().await,
+        None => "none",
+    };
     match state.readiness.check().await {
-        Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
+        Ok(()) => {
+            axum::Json(json!({"status": "ready", "database": "ok", "llm_upstream": upstream}))
+                .into_response()
+        }
         Err(what) => {
             tracing::warn!(reason = %what, "not ready");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({"status": "not_ready"})),
+                axum::Json(
+                    json!({"status": "not_ready", "database": "unavailable", "llm_upstream": upstream}),
+                ),
             )
                 .into_response()
         }

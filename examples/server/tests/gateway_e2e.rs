@@ -385,6 +385,19 @@ async fn allowed_chat_is_billed_and_recorded_once(db: Db) {
     );
     assert!(m.contains("stratai_gateway_decisions_total{outcome=\"allow\",reason=\"none\"}"));
     assert!(m.contains("stratai_usage_write_lag_seconds_count"));
+    // Readiness reports the database and the LLM upstream (here the offline demo provider).
+    let ready: Value = gw
+        .http
+        .get(format!("{}/health/ready", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["database"], "ok");
+    assert_eq!(ready["llm_upstream"], "demo");
 }
 
 async fn premium_model_is_denied_with_upgrade_hint(db: Db) {

@@ -154,6 +154,16 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
         .await
         .unwrap();
     let token = token["token"].as_str().unwrap().to_owned();
+    // Readiness reports the real proxy as reachable.
+    let ready: Value = http
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["llm_upstream"], "ok", "{ready}");
 
     let r = http
         .post(format!("{base}/v1/chat/completions"))

@@ -56,6 +56,29 @@ pub struct GatewayState {
     pub llm: Arc<dyn LlmGateway>,
     /// Provider label for metrics (`litellm`, `demo`).
     pub provider: &'static str,
+    /// The LiteLLM proxy's client when one is configured, for the readiness report.
+    pub upstream: Option<stratai_litellm::LiteLlmClient>,
+}
+
+impl GatewayState {
+    /// The upstream's status for `/health/ready`: `demo` (offline provider), `ok`, or
+    /// `unreachable` (the proxy did not answer its readiness probe within two seconds).
+    pub async fn upstream_status(&self) -> &'static str {
+        let Some(client) = &self.upstream else {
+            return self.provider;
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(2), client.readiness()).await {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "LiteLLM readiness probe failed");
+                "unreachable"
+            }
+            Err(_) => {
+                tracing::warn!("LiteLLM readiness probe timed out");
+                "unreachable"
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for GatewayState {

@@ -141,6 +141,7 @@ pub async fn build_state(
     stores: &Stores,
     options: GatewayOptions,
 ) -> Result<GatewayState, String> {
+    let mut upstream = None;
     let (llm, provider): (Arc<dyn LlmGateway>, &'static str) = match (options.llm, &config.litellm)
     {
         (Some(given), _) => given,
@@ -150,6 +151,7 @@ pub async fn build_state(
                 stratai_litellm::Secret::new(l.master_key.expose()),
             ))
             .map_err(|e| format!("litellm client: {e}"))?;
+            upstream = Some(client.clone());
             tracing::info!(url = %l.url, "chat goes through the LiteLLM proxy with each member's virtual key; the LiteLLM sync runs in-process");
             let engine = Arc::new(SyncEngine::new(
                 client,
@@ -222,5 +224,6 @@ pub async fn build_state(
         pipeline,
         llm,
         provider,
+        upstream,
     })
 }
