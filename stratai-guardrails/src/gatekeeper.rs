@@ -16,9 +16,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use chrono_tz::Tz;
 use stratai_core::budget::{
-    BudgetPeriod, BudgetRefusal, BudgetState, RequestScope, applicable_budgets,
+    Budget, BudgetPeriod, BudgetRefusal, BudgetState, RequestScope, applicable_budgets,
 };
-use stratai_core::directory::{Group, Organization};
+use stratai_core::directory::{Group, Membership, Organization};
 use stratai_core::gateway::{CallContext, ChatRequest, ChatResponse, TokenUsage};
 use stratai_core::ids::{BudgetId, ConversationId, GroupId, ModelId, OrgId, RequestId, UserId};
 use stratai_core::ports::{
@@ -28,7 +28,7 @@ use stratai_core::pricing::{
     PriceTable, billed_amount, estimate_prompt_tokens, reservation_estimate,
 };
 use stratai_core::tiers::{
-    MemberContext, ModelDenial, ModelGrant, ModelTier, TierCatalog, check_model,
+    MemberContext, ModelDenial, ModelGrant, ModelTier, TierCatalog, TierSubscription, check_model,
 };
 use stratai_core::usage::{UsageQuery, UsageRecord, UsageStatus};
 use stratai_core::{Money, StoreError};
@@ -191,46 +191,87 @@ impl Gatekeeper {
         request: &ChatRequest,
         now: DateTime<Utc>,
     ) -> Result<Admission, Refusal> {
+        let snapshot = self.load_snapshot(caller.org_id, caller.user_id).await?;
+        self.admit_with(caller, &snapshot, request, now).await
+    }
+
+    /// Loads what a decision about `user` in `org` needs (organization, membership, groups,
+    /// tier catalog, subscriptions, budget list): five store reads. A caller that serves many
+    /// requests of the same member may keep the snapshot for a short while and pass it to
+    /// [`admit_with`](Self::admit_with); budget *amounts* are never part of it (the ledger
+    /// reads them at reservation).
+    pub async fn load_snapshot(&self, org: OrgId, user: UserId) -> Result<MemberSnapshot, Refusal> {
         let inner = &self.inner;
-        let model =
-            ModelId::new(request.model.clone()).map_err(|e| Refusal::BadRequest(e.to_string()))?;
-        let org = inner.directory.get_org(caller.org_id).await?;
-        if !org.active {
-            return Err(Refusal::OrgInactive(org.id));
-        }
-        let membership = match inner
-            .directory
-            .get_member(caller.org_id, caller.user_id)
-            .await
-        {
+        let org = inner.directory.get_org(org).await?;
+        let membership = match inner.directory.get_member(org.id, user).await {
             Ok(m) => m,
             Err(StoreError::NotFound { .. }) => {
                 return Err(Refusal::NotMember {
-                    org_id: caller.org_id,
-                    user_id: caller.user_id,
+                    org_id: org.id,
+                    user_id: user,
                 });
             }
             Err(e) => return Err(e.into()),
         };
         let groups: Vec<Group> = inner
             .directory
-            .groups_of_member(caller.org_id, caller.user_id)
+            .groups_of_member(org.id, user)
             .await?
             .into_iter()
             .map(|(g, _)| g)
             .collect();
         let catalog = TierCatalog::new(inner.tiers.list_tiers().await?)
             .map_err(|e| StoreError::Backend(format!("tier catalog: {e}")))?;
-        let subscriptions = inner.tiers.list_subscriptions(caller.org_id).await?;
+        let subscriptions = inner.tiers.list_subscriptions(org.id).await?;
+        let budgets = inner.ledger.list_budgets(org.id).await?;
+        Ok(MemberSnapshot {
+            org,
+            membership,
+            groups,
+            catalog,
+            subscriptions,
+            budgets,
+        })
+    }
+
+    /// [`admit`](Self::admit) over a snapshot loaded earlier by
+    /// [`load_snapshot`](Self::load_snapshot): no directory or tier reads, only the budget
+    /// reservation (and, when budget limit rules apply, their spend query).
+    pub async fn admit_with(
+        &self,
+        caller: &Caller,
+        snapshot: &MemberSnapshot,
+        request: &ChatRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Admission, Refusal> {
+        let inner = &self.inner;
+        let model =
+            ModelId::new(request.model.clone()).map_err(|e| Refusal::BadRequest(e.to_string()))?;
+        let MemberSnapshot {
+            org,
+            membership,
+            groups,
+            catalog,
+            subscriptions,
+            budgets,
+        } = snapshot;
+        if org.id != caller.org_id || membership.user_id != caller.user_id {
+            return Err(Refusal::BadRequest(
+                "the member snapshot is not the caller's".to_owned(),
+            ));
+        }
+        if !org.active {
+            return Err(Refusal::OrgInactive(org.id));
+        }
 
         // 1. model access
         let grant = check_model(
-            &catalog,
+            catalog,
             &MemberContext {
-                org: &org,
-                subscriptions: &subscriptions,
-                membership: &membership,
-                groups: &groups,
+                org,
+                subscriptions,
+                membership,
+                groups,
             },
             &model,
         )
@@ -258,9 +299,7 @@ impl Gatekeeper {
             prompt_tokens,
             request.max_tokens,
         );
-        let spend = self
-            .rule_spend(&org, &principal, Some(tier.id), now)
-            .await?;
+        let spend = self.rule_spend(org, &principal, Some(tier.id), now).await?;
         let pre = PreRequest {
             principal: &principal,
             model: model.as_str(),
@@ -281,14 +320,13 @@ impl Gatekeeper {
 
         // 3. budget reservation, worst case of the request as it will be sent
         let request_id = RequestId::new();
-        let budgets = inner.ledger.list_budgets(caller.org_id).await?;
         let scope = RequestScope {
             org_id: caller.org_id,
             user_id: caller.user_id,
             group_ids: &group_ids,
             tier_id: Some(tier.id),
         };
-        let budget_ids: Vec<BudgetId> = applicable_budgets(&budgets, &scope)
+        let budget_ids: Vec<BudgetId> = applicable_budgets(budgets, &scope)
             .iter()
             .map(|b| b.id)
             .collect();
@@ -392,6 +430,23 @@ impl Gatekeeper {
         }
         Ok(spend)
     }
+}
+
+/// What a decision about one member needs, loaded by [`Gatekeeper::load_snapshot`].
+#[derive(Clone, Debug)]
+pub struct MemberSnapshot {
+    /// The organization.
+    pub org: Organization,
+    /// The membership.
+    pub membership: Membership,
+    /// The member's groups.
+    pub groups: Vec<Group>,
+    /// The tier catalog.
+    pub catalog: TierCatalog,
+    /// The organization's tier subscriptions.
+    pub subscriptions: Vec<TierSubscription>,
+    /// The organization's budgets (definitions; amounts live in the ledger).
+    pub budgets: Vec<Budget>,
 }
 
 /// An admitted request: its reservation is held until it is completed or aborted.

@@ -4,6 +4,7 @@
 pub mod decision;
 pub mod engine;
 pub mod gatekeeper;
+pub mod lease;
 pub mod policy;
 pub mod post;
 pub mod pre;
@@ -12,7 +13,10 @@ pub mod rule;
 
 pub use decision::{Decision, Modification, Outcome, Reason};
 pub use engine::Guardrails;
-pub use gatekeeper::{Admission, Caller, Completion, Gatekeeper, GatekeeperConfig, Refusal};
+pub use gatekeeper::{
+    Admission, Caller, Completion, Gatekeeper, GatekeeperConfig, MemberSnapshot, Refusal,
+};
+pub use lease::{LeaseConfig, LeasedLedger};
 pub use policy::{
     BudgetSubject, EffectivePolicy, Policy, PolicyError, PolicyHolder, Principal, SpendSnapshot,
 };

@@ -341,8 +341,14 @@ async fn admits_reserves_worst_case_then_filters_settles_and_records() {
 #[tokio::test]
 async fn refusals_before_the_ledger_touch_no_budget() {
     let f = Fixture::new();
-    // No expectations: any ledger or usage call would fail the test.
-    let gate = f.gate(MockBudgetLedger::new(), MockUsageStore::new());
+    // The budget list is read with the member's snapshot; any other ledger or usage call
+    // (a reservation, a record) would fail the test.
+    let mut ledger = MockBudgetLedger::new();
+    let budget = f.budget();
+    ledger
+        .expect_list_budgets()
+        .returning(move |_| Ok(vec![budget.clone()]));
+    let gate = f.gate(ledger, MockUsageStore::new());
     let now = at(NOW);
 
     let err = gate

@@ -1,0 +1,532 @@
+//! [`LeasedLedger`]: budget reservations in blocks, so most requests reserve and settle in
+//! memory instead of making two round trips to the shared ledger.
+//!
+//! An instance reserves a *lease* — a block worth `block_requests` times the request's
+//! worst case — against the same budgets in the shared ledger, as one ordinary reservation.
+//! Requests of that budget set are then admitted locally while the block has room, and
+//! settled locally. When the lease is older than `max_age` (or cannot hold the next request)
+//! it stops admitting; once its last request is settled, it is settled in the shared ledger
+//! with the sum of its requests' actual costs, which releases the unused rest.
+//!
+//! Why a hard limit is still never overspent, across any number of instances: every local
+//! admission fits inside a block that the shared ledger reserved atomically, and the shared
+//! ledger never reserves past a hard limit. Actual costs never exceed a request's worst case
+//! (the Gatekeeper reserves the clamped request's maximum), so a lease's settled spend never
+//! exceeds its block.
+//!
+//! The price, documented where it is configured:
+//! - spend reaches the shared ledger when a lease closes (after at most `max_age` plus the
+//!   longest request of the lease); until then other readers see the block as *reserved*;
+//! - room held by one instance's lease is not usable by another until the lease closes, so
+//!   near exhaustion a lease is refused and the request falls back to an exact reservation
+//!   (after closing this instance's idle leases of the organization); a request is refused
+//!   only when the exact reservation is refused too;
+//! - if the process dies, its open leases are reclaimed when their reservation expires, and
+//!   the spend of requests served under them is missing from the *ledger* (their usage
+//!   records, the billing source, are not affected by this).
+//!
+//! Threshold alerts come from the shared ledger when a lease is settled; they are handed
+//! out by the next [`BudgetLedger::settle`] or [`LeasedLedger::flush`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use stratai_core::budget::{Budget, BudgetAlert, BudgetState};
+use stratai_core::ids::{BudgetId, OrgId, RequestId};
+use stratai_core::ports::{BudgetLedger, ReserveOutcome, ReserveRequest, SettleOutcome};
+use stratai_core::{Money, StoreError};
+
+/// How leases are sized and how long they live.
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    /// A lease stops admitting after this long (then closes when its last request ends).
+    pub max_age: Duration,
+    /// A new lease reserves this many times the worst case of the request that opens it.
+    pub block_requests: u32,
+    /// How long the shared ledger keeps a lease's reservation if the lease is never closed
+    /// (the process died).
+    pub reservation_ttl: ChronoDuration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(1),
+            block_requests: 32,
+            reservation_ttl: ChronoDuration::minutes(15),
+        }
+    }
+}
+
+type LeaseKey = (OrgId, Vec<BudgetId>);
+
+struct Lease {
+    key: LeaseKey,
+    block: Money,
+    /// Worst cases of the requests in flight plus actual costs of the settled ones.
+    committed: Money,
+    /// Actual costs of the settled requests.
+    settled: Money,
+    in_flight: u32,
+    opened: Instant,
+    closing: bool,
+    /// The shared ledger's states right after the block was reserved.
+    states: Vec<BudgetState>,
+}
+
+impl Lease {
+    fn room(&self) -> Money {
+        self.block.saturating_sub(self.committed)
+    }
+
+    /// The states as a reader of this lease sees them: the block replaced by what the
+    /// lease's requests hold and spent.
+    fn view(&self) -> Vec<BudgetState> {
+        self.states
+            .iter()
+            .map(|s| BudgetState {
+                spent: s.spent + self.settled,
+                reserved: s.reserved.saturating_sub(self.block)
+                    + self.committed.saturating_sub(self.settled),
+                ..s.clone()
+            })
+            .collect()
+    }
+}
+
+struct Held {
+    lease: RequestId,
+    reserved: Money,
+}
+
+/// A lease to settle in the shared ledger.
+struct Closing {
+    id: RequestId,
+    org: OrgId,
+    budgets: Vec<BudgetId>,
+    settled: Money,
+}
+
+/// Request ids settled or released here recently (idempotency of repeated calls).
+struct Recent {
+    order: VecDeque<RequestId>,
+    set: HashSet<RequestId>,
+}
+
+const RECENT_CAP: usize = 200_000;
+
+impl Recent {
+    fn insert(&mut self, id: RequestId) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > RECENT_CAP
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    leases: HashMap<RequestId, Lease>,
+    by_key: HashMap<LeaseKey, Vec<RequestId>>,
+    held: HashMap<RequestId, Held>,
+    /// Leases whose settlement failed; retried by the next flush.
+    unsettled: Vec<Closing>,
+    alerts: Vec<BudgetAlert>,
+}
+
+impl State {
+    /// Removes lease `id` (it has no request in flight) for settlement.
+    fn take(&mut self, id: RequestId) -> Option<Closing> {
+        let lease = self.leases.remove(&id)?;
+        if let Some(ids) = self.by_key.get_mut(&lease.key) {
+            ids.retain(|l| *l != id);
+            if ids.is_empty() {
+                self.by_key.remove(&lease.key);
+            }
+        }
+        Some(Closing {
+            id,
+            org: lease.key.0,
+            budgets: lease.key.1,
+            settled: lease.settled,
+        })
+    }
+
+    /// Marks old leases closing and takes those without requests in flight (of `org` only,
+    /// or every organization); with `idle_of_org`, every idle lease of that organization
+    /// is taken whatever its age.
+    fn take_closable(&mut self, max_age: Duration, idle_of_org: Option<OrgId>) -> Vec<Closing> {
+        let mut ids = Vec::new();
+        for (id, lease) in &mut self.leases {
+            if lease.opened.elapsed() >= max_age {
+                lease.closing = true;
+            }
+            let forced = idle_of_org == Some(lease.key.0);
+            if lease.in_flight == 0 && (lease.closing || forced) {
+                ids.push(*id);
+            }
+        }
+        ids.into_iter().filter_map(|id| self.take(id)).collect()
+    }
+}
+
+/// A [`BudgetLedger`] that reserves budget in blocks from a shared ledger (see the module
+/// docs). Budget definitions, states and reclamation pass through to the shared ledger.
+pub struct LeasedLedger {
+    inner: std::sync::Arc<dyn BudgetLedger>,
+    config: LeaseConfig,
+    state: Mutex<State>,
+    recent: Mutex<Recent>,
+}
+
+impl std::fmt::Debug for LeasedLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeasedLedger")
+            .field("config", &self.config)
+            .field("open_leases", &self.open_leases())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeasedLedger {
+    /// Leases from `inner`.
+    #[must_use]
+    pub fn new(inner: std::sync::Arc<dyn BudgetLedger>, config: LeaseConfig) -> Self {
+        Self {
+            inner,
+            config,
+            state: Mutex::new(State::default()),
+            recent: Mutex::new(Recent {
+                order: VecDeque::new(),
+                set: HashSet::new(),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // breaks the budget invariant (each update is a few assignments); keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn recent(&self) -> MutexGuard<'_, Recent> {
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Leases currently open (admitting or waiting for their last request).
+    #[must_use]
+    pub fn open_leases(&self) -> usize {
+        self.state().leases.len()
+    }
+
+    /// Requests admitted under a lease and not yet settled or released.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.state().held.len()
+    }
+
+    /// Settles, in the shared ledger, every lease older than `max_age` whose requests have
+    /// all ended (and retries earlier failed settlements). Returns the threshold alerts that
+    /// fired. Call it periodically (e.g. every `max_age / 4`), and [`close_all`] at shutdown.
+    ///
+    /// [`close_all`]: LeasedLedger::close_all
+    pub async fn flush(&self, now: DateTime<Utc>) -> Result<Vec<BudgetAlert>, StoreError> {
+        let closing = {
+            let mut state = self.state();
+            let mut closing = std::mem::take(&mut state.unsettled);
+            closing.extend(state.take_closable(self.config.max_age, None));
+            closing
+        };
+        self.settle_leases(closing, now).await?;
+        Ok(std::mem::take(&mut self.state().alerts))
+    }
+
+    /// Stops every lease from admitting and settles those whose requests have ended;
+    /// returns how many leases still wait for requests in flight.
+    pub async fn close_all(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<(usize, Vec<BudgetAlert>), StoreError> {
+        let closing = {
+            let mut state = self.state();
+            for lease in state.leases.values_mut() {
+                lease.closing = true;
+            }
+            let mut closing = std::mem::take(&mut state.unsettled);
+            closing.extend(state.take_closable(Duration::ZERO, None));
+            closing
+        };
+        self.settle_leases(closing, now).await?;
+        let mut state = self.state();
+        Ok((state.leases.len(), std::mem::take(&mut state.alerts)))
+    }
+
+    /// Settles leases in the shared ledger; a failure keeps the rest for the next flush.
+    async fn settle_leases(
+        &self,
+        closing: Vec<Closing>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut iter = closing.into_iter();
+        while let Some(c) = iter.next() {
+            match self
+                .inner
+                .settle(c.org, c.id, &c.budgets, c.settled, now)
+                .await
+            {
+                Ok(outcome) => self.state().alerts.extend(outcome.alerts),
+                Err(e) => {
+                    let mut state = self.state();
+                    state.unsettled.push(c);
+                    state.unsettled.extend(iter);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `amount` from an open lease of `key`, if one has room.
+    fn take_local(
+        &self,
+        key: &LeaseKey,
+        request: RequestId,
+        amount: Money,
+    ) -> Option<Vec<BudgetState>> {
+        let mut state = self.state();
+        let state = &mut *state;
+        let ids = state.by_key.get(key)?;
+        let max_age = self.config.max_age;
+        let id = ids.iter().copied().find(|id| {
+            state
+                .leases
+                .get(id)
+                .is_some_and(|l| !l.closing && l.opened.elapsed() < max_age && l.room() >= amount)
+        })?;
+        let lease = state.leases.get_mut(&id)?;
+        lease.committed = lease.committed + amount;
+        lease.in_flight += 1;
+        let view = lease.view();
+        state.held.insert(
+            request,
+            Held {
+                lease: id,
+                reserved: amount,
+            },
+        );
+        Some(view)
+    }
+
+    /// Reserves a new lease of `block` for `key` and takes `amount` from it.
+    async fn open(
+        &self,
+        key: &LeaseKey,
+        request: &ReserveRequest,
+        block: Money,
+    ) -> Result<ReserveOutcome, StoreError> {
+        let lease_id = RequestId::new();
+        let outcome = self
+            .inner
+            .reserve(
+                key.0,
+                &ReserveRequest {
+                    request_id: lease_id,
+                    budgets: key.1.clone(),
+                    amount: block,
+                    now: request.now,
+                    expires_at: request.now + self.config.reservation_ttl,
+                },
+            )
+            .await?;
+        let ReserveOutcome::Reserved(states) = outcome else {
+            return Ok(outcome);
+        };
+        let lease = Lease {
+            key: key.clone(),
+            block,
+            committed: request.amount,
+            settled: Money::ZERO,
+            in_flight: 1,
+            opened: Instant::now(),
+            closing: false,
+            states,
+        };
+        let view = lease.view();
+        let mut state = self.state();
+        state.leases.insert(lease_id, lease);
+        state.by_key.entry(key.clone()).or_default().push(lease_id);
+        state.held.insert(
+            request.request_id,
+            Held {
+                lease: lease_id,
+                reserved: request.amount,
+            },
+        );
+        Ok(ReserveOutcome::Reserved(view))
+    }
+
+    /// Ends a held request: its lease keeps `actual` (zero when released).
+    fn end_request(&self, held: &Held, actual: Money) -> Option<Closing> {
+        let mut state = self.state();
+        let max_age = self.config.max_age;
+        let lease = state.leases.get_mut(&held.lease)?;
+        lease.committed = lease.committed.saturating_sub(held.reserved) + actual;
+        lease.settled = lease.settled + actual;
+        lease.in_flight = lease.in_flight.saturating_sub(1);
+        if lease.opened.elapsed() >= max_age {
+            lease.closing = true;
+        }
+        if lease.in_flight == 0 && lease.closing {
+            return state.take(held.lease);
+        }
+        None
+    }
+}
+
+#[async_trait]
+impl BudgetLedger for LeasedLedger {
+    async fn create_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
+        self.inner.create_budget(org, budget).await
+    }
+
+    async fn get_budget(&self, org: OrgId, budget: BudgetId) -> Result<Budget, StoreError> {
+        self.inner.get_budget(org, budget).await
+    }
+
+    async fn list_budgets(&self, org: OrgId) -> Result<Vec<Budget>, StoreError> {
+        self.inner.list_budgets(org).await
+    }
+
+    async fn update_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
+        self.inner.update_budget(org, budget).await
+    }
+
+    async fn delete_budget(&self, org: OrgId, budget: BudgetId) -> Result<(), StoreError> {
+        self.inner.delete_budget(org, budget).await
+    }
+
+    /// The shared ledger's states: open leases count as reserved there.
+    async fn states(
+        &self,
+        org: OrgId,
+        budgets: &[BudgetId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<BudgetState>, StoreError> {
+        self.inner.states(org, budgets, now).await
+    }
+
+    async fn reserve(
+        &self,
+        org: OrgId,
+        request: &ReserveRequest,
+    ) -> Result<ReserveOutcome, StoreError> {
+        if request.budgets.is_empty() {
+            return self.inner.reserve(org, request).await;
+        }
+        let again = {
+            let state = self.state();
+            state
+                .held
+                .get(&request.request_id)
+                .and_then(|h| state.leases.get(&h.lease))
+                .map(Lease::view)
+        };
+        if let Some(view) = again {
+            // Reserving twice for a request returns the first reservation.
+            return Ok(ReserveOutcome::Reserved(view));
+        }
+        let mut budgets = request.budgets.clone();
+        budgets.sort_unstable();
+        budgets.dedup();
+        let key = (org, budgets);
+        if let Some(view) = self.take_local(&key, request.request_id, request.amount) {
+            return Ok(ReserveOutcome::Reserved(view));
+        }
+        // Settle the leases that aged out and have no request left, then open a new one.
+        let aged = self.state().take_closable(self.config.max_age, None);
+        // A failure keeps them for the next flush; this request goes on.
+        let _ = self.settle_leases(aged, request.now).await;
+        let block = request
+            .amount
+            .amount()
+            .checked_mul(rust_decimal::Decimal::from(
+                self.config.block_requests.max(1),
+            ))
+            .and_then(|d| Money::new(d).ok())
+            .unwrap_or(request.amount);
+        if block > request.amount {
+            match self.open(&key, request, block).await? {
+                ReserveOutcome::Reserved(view) => return Ok(ReserveOutcome::Reserved(view)),
+                ReserveOutcome::Refused(_) => {}
+            }
+            // Near exhaustion: give back this instance's idle room of the organization,
+            // then ask for exactly this request's worst case.
+            let idle = self.state().take_closable(self.config.max_age, Some(org));
+            self.settle_leases(idle, request.now).await?;
+        }
+        self.open(&key, request, request.amount).await
+    }
+
+    async fn settle(
+        &self,
+        org: OrgId,
+        request_id: RequestId,
+        budgets: &[BudgetId],
+        actual: Money,
+        now: DateTime<Utc>,
+    ) -> Result<SettleOutcome, StoreError> {
+        let held = self.state().held.remove(&request_id);
+        let Some(held) = held else {
+            if self.recent().set.contains(&request_id) {
+                return Ok(SettleOutcome {
+                    applied: false,
+                    alerts: Vec::new(),
+                });
+            }
+            return self
+                .inner
+                .settle(org, request_id, budgets, actual, now)
+                .await;
+        };
+        self.recent().insert(request_id);
+        if let Some(closing) = self.end_request(&held, actual) {
+            // The lease's spend is safe in memory until it is settled; a failure here is
+            // retried by the next flush, so this request's settlement stands.
+            let _ = self.settle_leases(vec![closing], now).await;
+        }
+        Ok(SettleOutcome {
+            applied: true,
+            alerts: std::mem::take(&mut self.state().alerts),
+        })
+    }
+
+    async fn release(&self, org: OrgId, request_id: RequestId) -> Result<(), StoreError> {
+        let held = self.state().held.remove(&request_id);
+        let Some(held) = held else {
+            if self.recent().set.contains(&request_id) {
+                return Ok(());
+            }
+            return self.inner.release(org, request_id).await;
+        };
+        self.recent().insert(request_id);
+        if let Some(closing) = self.end_request(&held, Money::ZERO) {
+            let _ = self.settle_leases(vec![closing], Utc::now()).await;
+        }
+        Ok(())
+    }
+
+    async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.inner.reclaim_expired(now).await
+    }
+}

@@ -1,0 +1,392 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+//! `LeasedLedger` over real ledgers (the memory store, and SQLite shared by two "instances"):
+//! local admissions inside leased blocks, settlement of the sum, idempotency, refusal, alerts,
+//! and the hard limit under concurrency across instances.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope, BudgetState};
+use stratai_core::directory::{BillingPlan, OrgSettings, Organization, Slug};
+use stratai_core::ids::{BudgetId, OrgId, RequestId, TierSlug};
+use stratai_core::ports::{
+    BudgetLedger, DirectoryStore, ReserveOutcome, ReserveRequest, SettleOutcome,
+};
+use stratai_core::{Money, StoreError};
+use stratai_guardrails::{LeaseConfig, LeasedLedger};
+use stratai_store::{MemoryStore, SqliteStore};
+
+fn money(s: &str) -> Money {
+    Money::parse(s).unwrap()
+}
+
+async fn org_with_budget<S: DirectoryStore + BudgetLedger>(
+    store: &S,
+    limit: &str,
+    threshold: Decimal,
+) -> (OrgId, Budget) {
+    let now = Utc::now();
+    let slug = Slug::new(format!(
+        "lease-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    ))
+    .unwrap();
+    let settings = OrgSettings::new(
+        vec![TierSlug::new("basic").unwrap()],
+        TierSlug::new("basic").unwrap(),
+    )
+    .unwrap();
+    let org = Organization::new("Lease Co", slug, settings, BillingPlan::Business, now).unwrap();
+    store.create_org(&org).await.unwrap();
+    let budget = Budget::new(
+        org.id,
+        BudgetScope::Org,
+        money(limit),
+        BudgetPeriod::Monthly,
+        true,
+        threshold,
+        now,
+    )
+    .unwrap();
+    store.create_budget(org.id, &budget).await.unwrap();
+    (org.id, budget)
+}
+
+fn request(budget: BudgetId, amount: &str) -> ReserveRequest {
+    let now = Utc::now();
+    ReserveRequest {
+        request_id: RequestId::new(),
+        budgets: vec![budget],
+        amount: money(amount),
+        now,
+        expires_at: now + chrono::Duration::minutes(15),
+    }
+}
+
+async fn state(ledger: &dyn BudgetLedger, org: OrgId, budget: BudgetId) -> BudgetState {
+    ledger
+        .states(org, &[budget], Utc::now())
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+fn config(max_age_ms: u64, block_requests: u32) -> LeaseConfig {
+    LeaseConfig {
+        max_age: Duration::from_millis(max_age_ms),
+        block_requests,
+        ..LeaseConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn requests_are_admitted_inside_one_block_and_the_sum_is_settled() {
+    let store = Arc::new(MemoryStore::new());
+    let (org, budget) = org_with_budget(&*store, "100", Decimal::ONE).await;
+    let leased = LeasedLedger::new(store.clone(), config(60_000, 10));
+
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let r = request(budget.id, "0.5");
+        match leased.reserve(org, &r).await.unwrap() {
+            ReserveOutcome::Reserved(states) => {
+                // The reader of a lease sees what its requests hold, not the whole block.
+                assert_eq!(states.len(), 1);
+                assert!(states[0].reserved <= money("5"));
+            }
+            ReserveOutcome::Refused(r) => panic!("refused: {r:?}"),
+        }
+        ids.push(r.request_id);
+    }
+    // One block of 10 x 0.5 in the shared ledger, nothing spent yet.
+    assert_eq!(leased.open_leases(), 1);
+    let shared = state(&*store, org, budget.id).await;
+    assert_eq!((shared.spent, shared.reserved), (Money::ZERO, money("5")));
+
+    for id in &ids {
+        let out = leased
+            .settle(org, *id, &[budget.id], money("0.25"), Utc::now())
+            .await
+            .unwrap();
+        assert!(out.applied);
+    }
+    // Still open (young): the shared ledger still holds the block.
+    assert_eq!(state(&*store, org, budget.id).await.reserved, money("5"));
+    let (waiting, _) = leased.close_all(Utc::now()).await.unwrap();
+    assert_eq!(waiting, 0);
+    let shared = state(&*store, org, budget.id).await;
+    assert_eq!((shared.spent, shared.reserved), (money("2.5"), Money::ZERO));
+}
+
+#[tokio::test]
+async fn an_aged_lease_closes_when_its_last_request_ends_and_a_new_one_opens() {
+    let store = Arc::new(MemoryStore::new());
+    let (org, budget) = org_with_budget(&*store, "100", Decimal::ONE).await;
+    let leased = LeasedLedger::new(store.clone(), config(50, 4));
+    let first = request(budget.id, "1");
+    assert!(matches!(
+        leased.reserve(org, &first).await.unwrap(),
+        ReserveOutcome::Reserved(_)
+    ));
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    // The old lease is too old to admit: a second lease opens.
+    let second = request(budget.id, "1");
+    assert!(matches!(
+        leased.reserve(org, &second).await.unwrap(),
+        ReserveOutcome::Reserved(_)
+    ));
+    assert_eq!(leased.open_leases(), 2);
+    assert_eq!(state(&*store, org, budget.id).await.reserved, money("8"));
+    // Ending the first request closes the first lease right away (it is aged and idle).
+    leased
+        .settle(
+            org,
+            first.request_id,
+            &[budget.id],
+            money("0.7"),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(leased.open_leases(), 1);
+    let shared = state(&*store, org, budget.id).await;
+    assert_eq!((shared.spent, shared.reserved), (money("0.7"), money("4")));
+    // A flush after the second request ends and the lease ages settles it too.
+    leased.release(org, second.request_id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    leased.flush(Utc::now()).await.unwrap();
+    assert_eq!(leased.open_leases(), 0);
+    let shared = state(&*store, org, budget.id).await;
+    assert_eq!((shared.spent, shared.reserved), (money("0.7"), Money::ZERO));
+}
+
+#[tokio::test]
+async fn settle_release_and_reserve_are_idempotent_by_request_id() {
+    let store = Arc::new(MemoryStore::new());
+    let (org, budget) = org_with_budget(&*store, "100", Decimal::ONE).await;
+    let leased = LeasedLedger::new(store.clone(), config(60_000, 8));
+    let r = request(budget.id, "1");
+    leased.reserve(org, &r).await.unwrap();
+    leased.reserve(org, &r).await.unwrap();
+    assert_eq!(
+        leased.in_flight(),
+        1,
+        "a repeated reserve holds nothing more"
+    );
+    let once = leased
+        .settle(org, r.request_id, &[budget.id], money("0.6"), Utc::now())
+        .await
+        .unwrap();
+    let twice = leased
+        .settle(org, r.request_id, &[budget.id], money("0.6"), Utc::now())
+        .await
+        .unwrap();
+    assert!(once.applied);
+    assert!(!twice.applied);
+    leased.release(org, r.request_id).await.unwrap();
+    leased.close_all(Utc::now()).await.unwrap();
+    let shared = state(&*store, org, budget.id).await;
+    assert_eq!((shared.spent, shared.reserved), (money("0.6"), Money::ZERO));
+}
+
+#[tokio::test]
+async fn near_exhaustion_the_block_shrinks_to_the_request_and_then_refuses() {
+    let store = Arc::new(MemoryStore::new());
+    let (org, budget) = org_with_budget(&*store, "2.5", Decimal::ONE).await;
+    let leased = LeasedLedger::new(store.clone(), config(60_000, 32));
+    // A block of 32 does not fit: the exact amount is reserved instead, twice.
+    let a = request(budget.id, "1");
+    let b = request(budget.id, "1");
+    assert!(matches!(
+        leased.reserve(org, &a).await.unwrap(),
+        ReserveOutcome::Reserved(_)
+    ));
+    assert!(matches!(
+        leased.reserve(org, &b).await.unwrap(),
+        ReserveOutcome::Reserved(_)
+    ));
+    // 0.5 left: a third request of 1 is refused, naming the budget.
+    match leased.reserve(org, &request(budget.id, "1")).await.unwrap() {
+        ReserveOutcome::Refused(refusal) => {
+            assert_eq!(refusal.budget_id, budget.id);
+            assert_eq!(refusal.scope, BudgetScope::Org);
+        }
+        ReserveOutcome::Reserved(_) => panic!("reserved past the hard limit"),
+    }
+    // Idle room held by a lease of this instance is given back before refusing.
+    leased
+        .settle(org, a.request_id, &[budget.id], money("0.2"), Utc::now())
+        .await
+        .unwrap();
+    let c = request(budget.id, "1");
+    assert!(matches!(
+        leased.reserve(org, &c).await.unwrap(),
+        ReserveOutcome::Reserved(_)
+    ));
+}
+
+#[tokio::test]
+async fn threshold_alerts_fire_once_when_leases_settle() {
+    let store = Arc::new(MemoryStore::new());
+    let (org, budget) = org_with_budget(&*store, "10", Decimal::new(5, 1)).await;
+    let leased = LeasedLedger::new(store.clone(), config(0, 4));
+    let mut alerts = Vec::new();
+    for _ in 0..8 {
+        let r = request(budget.id, "1");
+        leased.reserve(org, &r).await.unwrap();
+        let out = leased
+            .settle(org, r.request_id, &[budget.id], money("1"), Utc::now())
+            .await
+            .unwrap();
+        alerts.extend(out.alerts);
+    }
+    let (_, rest) = leased.close_all(Utc::now()).await.unwrap();
+    alerts.extend(rest);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].budget_id, budget.id);
+    assert_eq!(state(&*store, org, budget.id).await.spent, money("8"));
+}
+
+/// A ledger whose `settle` fails while `failing` is set.
+struct FlakySettle {
+    inner: Arc<MemoryStore>,
+    failing: AtomicBool,
+    failures: AtomicU32,
+}
+
+#[async_trait]
+impl BudgetLedger for FlakySettle {
+    async fn create_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
+        self.inner.create_budget(org, budget).await
+    }
+    async fn get_budget(&self, org: OrgId, budget: BudgetId) -> Result<Budget, StoreError> {
+        self.inner.get_budget(org, budget).await
+    }
+    async fn list_budgets(&self, org: OrgId) -> Result<Vec<Budget>, StoreError> {
+        self.inner.list_budgets(org).await
+    }
+    async fn update_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
+        self.inner.update_budget(org, budget).await
+    }
+    async fn delete_budget(&self, org: OrgId, budget: BudgetId) -> Result<(), StoreError> {
+        self.inner.delete_budget(org, budget).await
+    }
+    async fn states(
+        &self,
+        org: OrgId,
+        budgets: &[BudgetId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<BudgetState>, StoreError> {
+        self.inner.states(org, budgets, now).await
+    }
+    async fn reserve(&self, org: OrgId, r: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+        self.inner.reserve(org, r).await
+    }
+    async fn settle(
+        &self,
+        org: OrgId,
+        id: RequestId,
+        budgets: &[BudgetId],
+        actual: Money,
+        now: DateTime<Utc>,
+    ) -> Result<SettleOutcome, StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Backend("database down".to_owned()));
+        }
+        self.inner.settle(org, id, budgets, actual, now).await
+    }
+    async fn release(&self, org: OrgId, id: RequestId) -> Result<(), StoreError> {
+        self.inner.release(org, id).await
+    }
+    async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.inner.reclaim_expired(now).await
+    }
+}
+
+#[tokio::test]
+async fn a_lease_whose_settlement_fails_is_kept_and_settled_by_a_later_flush() {
+    let store = Arc::new(MemoryStore::new());
+    let (org, budget) = org_with_budget(&*store, "100", Decimal::ONE).await;
+    let flaky = Arc::new(FlakySettle {
+        inner: store.clone(),
+        failing: AtomicBool::new(true),
+        failures: AtomicU32::new(0),
+    });
+    let leased = LeasedLedger::new(flaky.clone(), config(0, 4));
+    let r = request(budget.id, "1");
+    leased.reserve(org, &r).await.unwrap();
+    // The request's own settlement succeeds (it is in memory); the lease's does not.
+    let out = leased
+        .settle(org, r.request_id, &[budget.id], money("0.9"), Utc::now())
+        .await
+        .unwrap();
+    assert!(out.applied);
+    assert!(flaky.failures.load(Ordering::SeqCst) >= 1);
+    assert!(leased.flush(Utc::now()).await.is_err());
+    assert_eq!(state(&*store, org, budget.id).await.spent, Money::ZERO);
+    flaky.failing.store(false, Ordering::SeqCst);
+    leased.flush(Utc::now()).await.unwrap();
+    let shared = state(&*store, org, budget.id).await;
+    assert_eq!((shared.spent, shared.reserved), (money("0.9"), Money::ZERO));
+}
+
+/// Two instances (two `LeasedLedger`s) over one SQLite database, 200 concurrent requests
+/// with random actual costs up to their worst case: the hard limit is never overspent and
+/// the shared ledger ends with exactly the sum of the admitted requests' actual costs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_never_overspend_a_hard_limit() {
+    let dir = std::env::temp_dir().join(format!("stratai-lease-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("ledger.db").display());
+    let store = Arc::new(SqliteStore::connect(&url).await.unwrap());
+    let (org, budget) = org_with_budget(&*store, "3", Decimal::ONE).await;
+    let instances = [
+        Arc::new(LeasedLedger::new(store.clone(), config(20, 8))),
+        Arc::new(LeasedLedger::new(store.clone(), config(20, 8))),
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let ledger = instances[(i % 2) as usize].clone();
+        tasks.push(tokio::spawn(async move {
+            let r = request(budget.id, "0.05");
+            match ledger.reserve(org, &r).await.unwrap() {
+                ReserveOutcome::Reserved(_) => {
+                    tokio::time::sleep(Duration::from_millis(u64::from(i % 7))).await;
+                    // Actual cost: 0.01 .. 0.05, never above the worst case.
+                    let actual = Money::new(Decimal::new(i64::from(1 + i % 5), 2)).unwrap();
+                    ledger
+                        .settle(org, r.request_id, &[budget.id], actual, Utc::now())
+                        .await
+                        .unwrap();
+                    Some(actual)
+                }
+                ReserveOutcome::Refused(_) => None,
+            }
+        }));
+    }
+    let mut admitted = Vec::new();
+    for t in tasks {
+        if let Some(actual) = t.await.unwrap() {
+            admitted.push(actual);
+        }
+    }
+    for ledger in &instances {
+        let (waiting, _) = ledger.close_all(Utc::now()).await.unwrap();
+        assert_eq!(waiting, 0);
+    }
+    let shared = state(&*store, org, budget.id).await;
+    let total: Money = admitted.iter().copied().sum();
+    assert_eq!(shared.spent, total);
+    assert_eq!(shared.reserved, Money::ZERO);
+    // Worst cases admitted fit the limit, so actual spend does too.
+    let worst = money("0.05").amount() * Decimal::from(admitted.len() as u64);
+    assert!(worst <= money("3").amount(), "{} admitted", admitted.len());
+    assert!(!admitted.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
