@@ -78,7 +78,18 @@ pub trait DirectoryStore: Send + Sync {
     async fn list_members(&self, org: OrgId) -> Result<Vec<Membership>, StoreError>;
     /// Replaces a membership's role, tiers, budget and profile.
     async fn update_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError>;
-    /// Removes a member and their group memberships in the organization.
+    /// Writes back the LiteLLM key id (token hash) of a membership, `None` when the member
+    /// has no key: one targeted update of that field, so it never overwrites a concurrent
+    /// change of the membership's other fields. Writes no outbox event (it is the sync's own
+    /// write-back). NotFound when the user is not a member of the organization.
+    async fn set_litellm_key_id<'a>(
+        &self,
+        org: OrgId,
+        user: UserId,
+        key_id: Option<&'a str>,
+    ) -> Result<(), StoreError>;
+    /// Removes a member and their group memberships (and their sealed LiteLLM key, see
+    /// [`KeyVaultStore`]) in the organization.
     async fn remove_member(&self, org: OrgId, user: UserId) -> Result<(), StoreError>;
     /// Platform-wide: the memberships of one user across organizations.
     async fn memberships_of_user(&self, user: UserId) -> Result<Vec<Membership>, StoreError>;
@@ -406,6 +417,54 @@ pub trait GuardrailStore: Send + Sync {
     async fn list_platform_rules(&self) -> Result<Vec<RuleRecord>, StoreError>;
     /// Rules owned by the organization (not the platform's).
     async fn list_org_rules(&self, org: OrgId) -> Result<Vec<RuleRecord>, StoreError>;
+}
+
+/// A member's LiteLLM virtual key as a [`KeyVaultStore`] keeps it: LiteLLM's id of the key
+/// (its token hash, not a secret) and the secret sealed by the vault that wrote it. The store
+/// never sees the secret in clear and cannot open the blob; `Debug` shows only its length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedKey {
+    /// LiteLLM's id of the key (the token hash), also written to `Membership::litellm_key_id`.
+    pub key_id: String,
+    /// The sealed secret, opaque to the store.
+    pub sealed: Vec<u8>,
+    /// When it was sealed (stored to the microsecond).
+    pub sealed_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for SealedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedKey")
+            .field("key_id", &self.key_id)
+            .field("sealed_len", &self.sealed.len())
+            .field("sealed_at", &self.sealed_at)
+            .finish()
+    }
+}
+
+/// Sealed LiteLLM virtual-key secrets, one per membership (LiteLLM shows a key's secret only
+/// once, when it is generated). stratai-litellm's encrypting vault seals and opens them; a
+/// store keeps the bytes, shares them between processes and across restarts, and drops a
+/// member's key with the membership. Writing one is not a directory change: no outbox event.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait KeyVaultStore: Send + Sync {
+    /// Stores the member's sealed key, replacing any previous one. NotFound when the user is
+    /// not a member of the organization.
+    async fn put_sealed_key(
+        &self,
+        org: OrgId,
+        user: UserId,
+        key: &SealedKey,
+    ) -> Result<(), StoreError>;
+    /// The member's sealed key, if any.
+    async fn find_sealed_key(
+        &self,
+        org: OrgId,
+        user: UserId,
+    ) -> Result<Option<SealedKey>, StoreError>;
+    /// Forgets the member's sealed key; true when there was one.
+    async fn delete_sealed_key(&self, org: OrgId, user: UserId) -> Result<bool, StoreError>;
 }
 
 /// The entity an outbox event is about. The sync engine reads the entity's current state,

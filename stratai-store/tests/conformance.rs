@@ -28,6 +28,7 @@
 mod conformance {
     pub mod directory;
     pub mod fixtures;
+    pub mod key_vault;
     pub mod ledger;
     pub mod model;
     pub mod outbox;
@@ -174,6 +175,11 @@ conformance! {
     usage::usage_cross_tenant,
     outbox::outbox_events_for_directory_changes,
     outbox::outbox_delivery,
+    key_vault::sealed_key_put_find_replace_delete,
+    key_vault::sealed_key_needs_a_membership_and_goes_with_it,
+    key_vault::sealed_key_cross_tenant,
+    key_vault::litellm_key_id_write_back_is_targeted,
+    key_vault::litellm_key_id_write_back_errors_and_tenancy,
 }
 
 /// The memory and SQLite ledgers against core's reference model (`LedgerModel`), on random

@@ -17,8 +17,8 @@ use stratai_core::directory::{
     Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
 };
 use stratai_core::ports::{
-    BudgetLedger, DirectoryStore, GuardrailStore, ReserveOutcome, ReserveRequest, RuleAction,
-    RuleRecord, RuleScope, TierStore, UsageStore,
+    BudgetLedger, DirectoryStore, GuardrailStore, KeyVaultStore, ReserveOutcome, ReserveRequest,
+    RuleAction, RuleRecord, RuleScope, SealedKey, TierStore, UsageStore,
 };
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::usage::{UsageQuery, UsageRecord, UsageStatus};
@@ -79,6 +79,18 @@ async fn seed_org(store: &PgStore, tier: TierId) -> (OrgId, Vec<uuid::Uuid>) {
         .add_member(
             org.id,
             &Membership::new(org.id, user.id, OrgRole::Member, now),
+        )
+        .await
+        .unwrap();
+    store
+        .put_sealed_key(
+            org.id,
+            user.id,
+            &SealedKey {
+                key_id: unique(),
+                sealed: vec![1; 64],
+                sealed_at: now,
+            },
         )
         .await
         .unwrap();

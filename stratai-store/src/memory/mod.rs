@@ -18,9 +18,9 @@ use stratai_core::directory::{
     Organization, Slug, User, UserProfile,
 };
 use stratai_core::ports::{
-    AppendOutcome, BudgetLedger, DirectoryStore, GuardrailStore, OutboxEntity, OutboxEvent,
-    OutboxStore, ReserveOutcome, ReserveRequest, RuleRecord, RuleScope, SettleOutcome, TierStore,
-    UsageStore,
+    AppendOutcome, BudgetLedger, DirectoryStore, GuardrailStore, KeyVaultStore, OutboxEntity,
+    OutboxEvent, OutboxStore, ReserveOutcome, ReserveRequest, RuleRecord, RuleScope, SealedKey,
+    SettleOutcome, TierStore, UsageStore,
 };
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord};
@@ -57,6 +57,7 @@ struct State {
     orgs: BTreeMap<OrgId, Organization>,
     users: BTreeMap<UserId, User>,
     members: BTreeMap<(OrgId, UserId), Membership>,
+    sealed_keys: BTreeMap<(OrgId, UserId), SealedKey>,
     groups: BTreeMap<GroupId, Group>,
     group_members: BTreeMap<(GroupId, UserId), GroupMembership>,
     profiles: BTreeMap<ProfileId, UserProfile>,
@@ -508,10 +509,25 @@ impl DirectoryStore for MemoryStore {
         Ok(())
     }
 
+    async fn set_litellm_key_id<'a>(
+        &self,
+        org: OrgId,
+        user: UserId,
+        key_id: Option<&'a str>,
+    ) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        s.member_of(org, user)?;
+        if let Some(member) = s.members.get_mut(&(org, user)) {
+            member.litellm_key_id = key_id.map(str::to_owned);
+        }
+        Ok(())
+    }
+
     async fn remove_member(&self, org: OrgId, user: UserId) -> Result<(), StoreError> {
         let mut s = self.state.write().await;
         s.member_of(org, user)?;
         s.members.remove(&(org, user));
+        s.sealed_keys.remove(&(org, user));
         let groups: BTreeSet<GroupId> = s
             .groups
             .values()
@@ -1413,5 +1429,46 @@ impl OutboxStore for MemoryStore {
             .take(limit as usize)
             .map(|row| row.event.clone())
             .collect())
+    }
+}
+
+#[async_trait]
+impl KeyVaultStore for MemoryStore {
+    async fn put_sealed_key(
+        &self,
+        org: OrgId,
+        user: UserId,
+        key: &SealedKey,
+    ) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        s.member_of(org, user)?;
+        let mut key = key.clone();
+        key.sealed_at = micros(key.sealed_at);
+        s.sealed_keys.insert((org, user), key);
+        Ok(())
+    }
+
+    async fn find_sealed_key(
+        &self,
+        org: OrgId,
+        user: UserId,
+    ) -> Result<Option<SealedKey>, StoreError> {
+        Ok(self
+            .state
+            .read()
+            .await
+            .sealed_keys
+            .get(&(org, user))
+            .cloned())
+    }
+
+    async fn delete_sealed_key(&self, org: OrgId, user: UserId) -> Result<bool, StoreError> {
+        Ok(self
+            .state
+            .write()
+            .await
+            .sealed_keys
+            .remove(&(org, user))
+            .is_some())
     }
 }

@@ -427,9 +427,33 @@ impl DirectoryStore for PgStore {
         tx.commit().await.map_err(db)
     }
 
+    async fn set_litellm_key_id<'a>(
+        &self,
+        org: OrgId,
+        user: UserId,
+        key_id: Option<&'a str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.tenant(org).await?;
+        let done = sqlx::query(
+            "UPDATE org_memberships SET virtual_key_id = $3
+             WHERE organization_id = $1 AND user_id = $2",
+        )
+        .bind(org.as_uuid())
+        .bind(user.as_uuid())
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("membership", user));
+        }
+        tx.commit().await.map_err(db)
+    }
+
     async fn remove_member(&self, org: OrgId, user: UserId) -> Result<(), StoreError> {
         let mut tx = self.tenant(org).await?;
-        // Group memberships go with it (composite foreign key, ON DELETE CASCADE).
+        // Group memberships and the sealed LiteLLM key go with it (composite foreign keys,
+        // ON DELETE CASCADE).
         let done =
             sqlx::query("DELETE FROM org_memberships WHERE organization_id = $1 AND user_id = $2")
                 .bind(org.as_uuid())

@@ -417,9 +417,31 @@ impl DirectoryStore for SqliteStore {
         tx.commit().await.map_err(db)
     }
 
+    async fn set_litellm_key_id<'a>(
+        &self,
+        org: OrgId,
+        user: UserId,
+        key_id: Option<&'a str>,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE org_memberships SET virtual_key_id = ? WHERE organization_id = ? AND user_id = ?",
+        )
+        .bind(key_id)
+        .bind(org.as_uuid())
+        .bind(user.as_uuid())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("membership", user));
+        }
+        Ok(())
+    }
+
     async fn remove_member(&self, org: OrgId, user: UserId) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
-        // Group memberships go with it (composite foreign key, on delete cascade).
+        // Group memberships and the sealed LiteLLM key go with it (composite foreign keys, on
+        // delete cascade).
         let done =
             sqlx::query("DELETE FROM org_memberships WHERE organization_id = ? AND user_id = ?")
                 .bind(org.as_uuid())

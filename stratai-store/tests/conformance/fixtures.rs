@@ -8,8 +8,8 @@ use stratai_core::directory::{
     Organization, PlatformRole, Slug, User,
 };
 use stratai_core::ports::{
-    BudgetLedger, DirectoryStore, GuardrailStore, OutboxStore, RuleAction, RuleRecord, RuleScope,
-    TierStore, UsageStore,
+    BudgetLedger, DirectoryStore, GuardrailStore, KeyVaultStore, OutboxStore, RuleAction,
+    RuleRecord, RuleScope, TierStore, UsageStore,
 };
 use stratai_core::tiers::ModelTier;
 use stratai_core::usage::{UsageRecord, UsageStatus};
@@ -26,6 +26,7 @@ pub trait Store:
     + UsageStore
     + GuardrailStore
     + OutboxStore
+    + KeyVaultStore
     + Clone
     + Send
     + Sync
@@ -40,6 +41,7 @@ impl<T> Store for T where
         + UsageStore
         + GuardrailStore
         + OutboxStore
+        + KeyVaultStore
         + Clone
         + Send
         + Sync
