@@ -10,6 +10,7 @@ mod secret;
 pub mod sync;
 pub mod time;
 mod types;
+pub mod vault;
 
 pub use chat::{
     AnswerMessage, Attribution, ChatChunk, ChatCompletion, ChatMessage, ChatRequest, ChatResponse,

@@ -132,23 +132,21 @@ where
         user: UserId,
         token: Option<&str>,
     ) -> Result<(), StoreError> {
-        let Some(mut membership) = not_found_as_none(self.directory.get_member(org, user).await)?
-        else {
-            return Ok(());
-        };
-        let token = token.map(str::to_owned);
-        if membership.litellm_key_id == token {
-            return Ok(());
+        // One targeted update: a get-then-update_member could overwrite an admin's concurrent
+        // change of the membership with the stale copy read here.
+        match self.directory.set_litellm_key_id(org, user, token).await {
+            // Removed meanwhile: there is no membership to record a key on.
+            Err(StoreError::NotFound { .. }) => Ok(()),
+            other => other,
         }
-        membership.litellm_key_id = token;
-        self.directory.update_member(org, &membership).await
     }
 }
 
 /// Where the secrets of the virtual keys the sync creates are kept (LiteLLM shows a secret
 /// only once, at `/key/generate`). The server reads them to call LiteLLM for a member.
-/// Production needs an encrypted, persistent implementation; [`MemoryKeyVault`] is for tests
-/// and single-process demos.
+/// Production uses [`EncryptedKeyVault`](crate::vault::EncryptedKeyVault): sealed in the
+/// database, shared by the server and the worker, kept across restarts. [`MemoryKeyVault`]
+/// is for tests and single-process demos.
 #[async_trait]
 pub trait KeyVault: Send + Sync {
     /// Stores the key of a member (replacing any previous one).
