@@ -1,0 +1,597 @@
+//! Shared setup of the gateway's end-to-end tests: a database (SQLite file or a fresh
+//! PostgreSQL database from the store's harness), the server on port 0 over it (dev-mode
+//! tokens, the offline demo provider), tenants, budgets, rules, and HTTP calls.
+//!
+//! PostgreSQL comes from `stratai-store/tests/support/pg.rs`: `DATABASE_URL`, else
+//! 127.0.0.1:5432, else a throwaway cluster; when none is available a test says it skipped,
+//! and under `CI=true` it fails.
+//!
+//! [`FaultyUsage`] is a fault injector over core's `UsageStore` port: the server under test
+//! writes usage through it, so a test can make usage writes fail and recover.
+
+#![allow(
+    dead_code,
+    unused_macros,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+#[path = "../../../../stratai-store/tests/support/pg.rs"]
+pub mod pg;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use futures::stream::BoxStream;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use stratai_core::StoreError;
+use stratai_core::TierSlug;
+use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
+use stratai_core::directory::{
+    BillingPlan, Email, Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
+};
+use stratai_core::ids::{OrgId, RequestId, RuleId, UserId};
+use stratai_core::money::Money;
+use stratai_core::ports::{AppendOutcome, RuleAction, RuleRecord, RuleScope, UsageStore};
+use stratai_core::tiers::{BASIC_TIER_ID, STANDARD_TIER_ID, TierSubscription};
+use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord};
+use stratai_server::app::{AppState, HttpLimits, router};
+use stratai_server::auth::Auth;
+use stratai_server::config::Config;
+use stratai_server::demo_provider::DemoConfig;
+use stratai_server::gateway::GatewayState;
+use stratai_server::gateway::setup::{GatewayOptions, build_state};
+use stratai_server::server::Backends;
+use stratai_server::stores::Stores;
+
+/// Which database the server runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named `async fn(Db)` as a test on SQLite (`sqlite::name`) and on PostgreSQL
+/// (`postgres::name`).
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+/// A database and a directory (SQLite file, spool) that outlive one server: a restarted
+/// server opens the same ones.
+pub struct Backing {
+    pub db: Db,
+    pub dir: PathBuf,
+    sqlite_url: String,
+    pg: Option<pg::PgTestDb>,
+}
+
+impl Backing {
+    /// A fresh database, or `None` when PostgreSQL is wanted and unavailable (skipped).
+    pub async fn new(db: Db) -> Option<Arc<Self>> {
+        let dir = std::env::temp_dir().join(format!("stratai-gw-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sqlite_url = format!("sqlite://{}/gw.db?mode=rwc", dir.display());
+        let pg = match db {
+            Db::Sqlite => None,
+            Db::Postgres => Some(pg::fresh_db().await?),
+        };
+        Some(Arc::new(Self {
+            db,
+            dir,
+            sqlite_url,
+            pg,
+        }))
+    }
+
+    /// Opens the stores anew (a new connection pool, as a restarted process would).
+    pub async fn open(&self) -> Stores {
+        match &self.pg {
+            None => Stores::open(&self.sqlite_url, None).await.unwrap(),
+            Some(pgdb) => {
+                Stores::from_backend(pgdb.connect(stratai_store::PgOptions::default()).await)
+            }
+        }
+    }
+
+    /// The spool file the servers of this backing use.
+    pub fn spool_path(&self) -> PathBuf {
+        self.dir.join("usage.spool")
+    }
+}
+
+/// What varies between the servers of the tests.
+#[derive(Clone)]
+pub struct Setup {
+    pub demo: DemoConfig,
+    pub alert_webhook: Option<url::Url>,
+    /// How often the spool is replayed (the server's default is 10 s).
+    pub spool_replay: Duration,
+    /// When set, the server writes usage through a [`FaultyUsage`] driven by this switch.
+    pub usage_fault: Option<Arc<FaultSwitch>>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            demo: DemoConfig::default(),
+            alert_webhook: None,
+            spool_replay: Duration::from_secs(10),
+            usage_fault: None,
+        }
+    }
+}
+
+/// A running server.
+pub struct Gw {
+    pub base: String,
+    pub http: reqwest::Client,
+    /// The stores, unwrapped (assertions read through these, never through the injector).
+    pub stores: Stores,
+    pub gateway: GatewayState,
+    pub backing: Arc<Backing>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A server on a fresh database with the given demo settings and no webhook.
+pub async fn spawn(db: Db, demo: DemoConfig) -> Option<Gw> {
+    spawn_with(
+        db,
+        Setup {
+            demo,
+            ..Setup::default()
+        },
+    )
+    .await
+}
+
+/// A server on a fresh database.
+pub async fn spawn_with(db: Db, setup: Setup) -> Option<Gw> {
+    let backing = Backing::new(db).await?;
+    Some(serve(backing, setup).await)
+}
+
+/// A server over `backing` (its database and spool file), on a port of its own.
+pub async fn serve(backing: Arc<Backing>, setup: Setup) -> Gw {
+    let stores = backing.open().await;
+    let mut served = stores.clone();
+    if let Some(switch) = &setup.usage_fault {
+        served.usage = Arc::new(FaultyUsage {
+            inner: stores.usage.clone(),
+            switch: switch.clone(),
+        });
+    }
+    let env: HashMap<String, String> =
+        [("DATABASE_URL".to_owned(), backing.sqlite_url.clone())].into();
+    let config = Config::load(&env).unwrap();
+    let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
+    let auth = Arc::new(Auth::from_config(&config, backends.directory, backends.sessions).unwrap());
+    let mut options = GatewayOptions::from_env();
+    options.spool_path = backing.spool_path();
+    options.alert_webhook = setup.alert_webhook;
+    options.demo = setup.demo;
+    options.guardrail_reload = Duration::from_secs(3600);
+    options.spool_replay = setup.spool_replay;
+    let gateway = build_state(&config, auth.clone(), &served, options)
+        .await
+        .unwrap();
+    let app = router(
+        AppState {
+            auth,
+            readiness: backends.readiness,
+            stores: served,
+            gateway: Some(gateway.clone()),
+        },
+        HttpLimits {
+            body_limit_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(30),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Gw {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        stores,
+        gateway,
+        backing,
+        task,
+    }
+}
+
+/// How a [`FaultyUsage`] answers `append`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fault {
+    /// Passes through.
+    Healthy = 0,
+    /// Fails without writing (database down).
+    Down = 1,
+    /// Writes, then fails (the acknowledgement was lost: a retry will find a duplicate).
+    LostAck = 2,
+}
+
+/// The fault injector's switch, shared with the test.
+#[derive(Debug, Default)]
+pub struct FaultSwitch {
+    mode: AtomicU8,
+    refused: AtomicU64,
+}
+
+impl FaultSwitch {
+    pub fn new(fault: Fault) -> Arc<Self> {
+        let s = Arc::new(Self::default());
+        s.set(fault);
+        s
+    }
+
+    pub fn set(&self, fault: Fault) {
+        self.mode.store(fault as u8, Ordering::SeqCst);
+    }
+
+    fn get(&self) -> Fault {
+        match self.mode.load(Ordering::SeqCst) {
+            1 => Fault::Down,
+            2 => Fault::LostAck,
+            _ => Fault::Healthy,
+        }
+    }
+
+    /// `append` calls answered with an error so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
+    }
+}
+
+/// Core's `UsageStore` port over a real store, failing `append` as its switch says. Reads
+/// pass through.
+pub struct FaultyUsage {
+    pub inner: Arc<dyn UsageStore>,
+    pub switch: Arc<FaultSwitch>,
+}
+
+#[async_trait]
+impl UsageStore for FaultyUsage {
+    async fn append(
+        &self,
+        org: OrgId,
+        records: &[UsageRecord],
+    ) -> Result<AppendOutcome, StoreError> {
+        match self.switch.get() {
+            Fault::Healthy => self.inner.append(org, records).await,
+            Fault::Down => {
+                self.switch.refused.fetch_add(1, Ordering::SeqCst);
+                Err(StoreError::Backend("injected: database down".to_owned()))
+            }
+            Fault::LostAck => {
+                self.inner.append(org, records).await?;
+                self.switch.refused.fetch_add(1, Ordering::SeqCst);
+                Err(StoreError::Backend(
+                    "injected: connection lost after the write".to_owned(),
+                ))
+            }
+        }
+    }
+    async fn get(&self, org: OrgId, request_id: RequestId) -> Result<UsageRecord, StoreError> {
+        self.inner.get(org, request_id).await
+    }
+    async fn query(
+        &self,
+        org: OrgId,
+        query: &UsageQuery,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        self.inner.query(org, query, limit).await
+    }
+    async fn aggregate(
+        &self,
+        org: OrgId,
+        query: &UsageQuery,
+        group_by: &[Dimension],
+    ) -> Result<Vec<AggregateRow>, StoreError> {
+        self.inner.aggregate(org, query, group_by).await
+    }
+    fn stream(
+        &self,
+        org: OrgId,
+        query: UsageQuery,
+    ) -> BoxStream<'static, Result<UsageRecord, StoreError>> {
+        self.inner.stream(org, query)
+    }
+}
+
+/// The request ids of the entries waiting in a spool file (one JSON line each).
+pub fn spooled(path: &Path) -> Vec<stratai_server::spool::SpoolEntry> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits (up to `limit`) until `check` holds; returns whether it did.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An organization subscribed to Basic and Standard (not Premium), with `n` members.
+pub struct Tenant {
+    pub org: OrgId,
+    /// Each member's id and dev token.
+    pub users: Vec<(UserId, String)>,
+    /// Each member's email (for new tokens from a restarted server).
+    pub emails: Vec<String>,
+}
+
+pub async fn tenant(gw: &Gw, n: usize) -> Tenant {
+    let now = Utc::now();
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let basic = TierSlug::new("basic").unwrap();
+    let standard = TierSlug::new("standard").unwrap();
+    let org = Organization::new(
+        "Acme",
+        Slug::new(format!("acme-{tag}")).unwrap(),
+        OrgSettings::new(vec![basic, standard.clone()], standard).unwrap(),
+        BillingPlan::Business,
+        now,
+    )
+    .unwrap();
+    gw.stores.directory.create_org(&org).await.unwrap();
+    for tier in [BASIC_TIER_ID, STANDARD_TIER_ID] {
+        gw.stores
+            .tiers
+            .put_subscription(
+                org.id,
+                &TierSubscription {
+                    org_id: org.id,
+                    tier_id: tier,
+                    enabled: true,
+                    monthly_budget: None,
+                    enabled_at: now,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let mut users = Vec::new();
+    let mut emails = Vec::new();
+    for i in 0..n {
+        let email = format!("member{i}-{tag}@acme.test");
+        let user = User::new(Email::new(&email).unwrap(), None, PlatformRole::User, now).unwrap();
+        gw.stores.directory.create_user(&user).await.unwrap();
+        gw.stores
+            .directory
+            .add_member(
+                org.id,
+                &Membership::new(org.id, user.id, OrgRole::Member, now),
+            )
+            .await
+            .unwrap();
+        let token = token(gw, &email).await;
+        users.push((user.id, token));
+        emails.push(email);
+    }
+    Tenant {
+        org: org.id,
+        users,
+        emails,
+    }
+}
+
+/// A dev token for `email`.
+pub async fn token(gw: &Gw, email: &str) -> String {
+    let r = gw
+        .http
+        .post(format!("{}/auth/dev/token", gw.base))
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+/// A monthly budget alerting at 80%.
+pub async fn budget(gw: &Gw, org: OrgId, scope: BudgetScope, limit: &str, hard: bool) -> Budget {
+    budget_alerting(gw, org, scope, limit, hard, Decimal::new(8, 1)).await
+}
+
+/// A monthly budget alerting at `threshold` (a fraction of the limit).
+pub async fn budget_alerting(
+    gw: &Gw,
+    org: OrgId,
+    scope: BudgetScope,
+    limit: &str,
+    hard: bool,
+    threshold: Decimal,
+) -> Budget {
+    let b = Budget::new(
+        org,
+        scope,
+        Money::parse(limit).unwrap(),
+        BudgetPeriod::Monthly,
+        hard,
+        threshold,
+        Utc::now(),
+    )
+    .unwrap();
+    gw.stores.budgets.create_budget(org, &b).await.unwrap();
+    b
+}
+
+pub async fn rule(
+    gw: &Gw,
+    org: OrgId,
+    name: &str,
+    rule_type: &str,
+    config: Value,
+    action: RuleAction,
+) {
+    let r = RuleRecord {
+        id: RuleId::new(),
+        name: name.to_owned(),
+        description: None,
+        rule_type: rule_type.to_owned(),
+        config,
+        scope: RuleScope::Org { org_id: org },
+        action,
+        priority: 0,
+        active: true,
+        created_at: Utc::now(),
+    };
+    gw.stores.guardrails.put_rule(org, &r).await.unwrap();
+    gw.gateway.pipeline.reload_guardrails().await.unwrap();
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+pub async fn chat(gw: &Gw, token: &str, body: Value) -> Answer {
+    let r = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.json().await.unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn ask(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+pub fn request_id(headers: &reqwest::header::HeaderMap) -> RequestId {
+    headers["x-stratai-request-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The `x-stratai-billed-cost` header of a complete answer.
+pub fn billed_header(headers: &reqwest::header::HeaderMap) -> Decimal {
+    headers["x-stratai-billed-cost"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// SSE `data:` payloads and comment lines of a whole stream.
+pub async fn sse(
+    gw: &Gw,
+    token: &str,
+    body: Value,
+) -> (u16, reqwest::header::HeaderMap, Vec<String>) {
+    let r = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let lines = text
+        .split("\n\n")
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    (status, headers, lines)
+}
+
+pub fn streamed_text(events: &[String]) -> String {
+    events
+        .iter()
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// The billed cost a stream reports in its final comment line
+/// (`: stratai billed_cost=<amount> request_id=<id>`), checked against the request id.
+pub fn streamed_billed(events: &[String], rid: RequestId) -> Decimal {
+    let comment = events
+        .iter()
+        .find(|e| e.starts_with(": stratai billed_cost="))
+        .expect("billed cost comment");
+    assert!(comment.contains(&rid.to_string()), "{comment}");
+    comment
+        .trim_start_matches(": stratai billed_cost=")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+pub const MODEL: &str = "gpt-4o-mini";
+pub const PREMIUM: &str = "claude-opus-4-5-20251101";
