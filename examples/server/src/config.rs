@@ -4,7 +4,7 @@
 //! with the environment and validates everything once, so a [`Config`] value is always
 //! usable. Secrets are wrapped in [`Secret`], whose `Debug` never prints the value.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
+use rust_decimal::Decimal;
 use serde::Deserialize;
+use stratai_core::ids::ModelId;
+use stratai_core::pricing::{PriceTable, ProviderPrice};
 use url::Url;
 
 /// Default database: a SQLite file, so the server runs with nothing installed.
@@ -109,6 +112,45 @@ pub struct FileConfig {
     /// LiteLLM settings.
     #[serde(default)]
     pub litellm: FileLiteLlm,
+    /// `STRATAI_PROVIDER_PRICES` (a JSON object in the environment): provider prices by
+    /// model, added to (or replacing entries of) the built-in list prices.
+    pub provider_prices: Option<BTreeMap<String, FileProviderPrice>>,
+}
+
+/// One model's provider price in the config file (`[provider_prices."<model>"]`).
+///
+/// Rates are dollars per million tokens, written as decimal strings (`"0.15"`) or integers;
+/// floating-point numbers are refused so no price passes through `f64`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProviderPrice {
+    /// $ per 1M input (prompt) tokens.
+    #[serde(deserialize_with = "decimal_text")]
+    pub input_per_million: Decimal,
+    /// $ per 1M output (completion) tokens.
+    #[serde(deserialize_with = "decimal_text")]
+    pub output_per_million: Decimal,
+    /// The model's largest answer, assumed for a request without `max_tokens` (default 4096).
+    pub max_output_tokens: Option<u32>,
+}
+
+/// A decimal from a string or an integer, never from a float.
+fn decimal_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Int(i64),
+        Other(serde::de::IgnoredAny),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Text(t) => Decimal::from_str(t.trim())
+            .map_err(|e| serde::de::Error::custom(format!("`{t}` is not a decimal: {e}"))),
+        Raw::Int(i) => Ok(Decimal::from(i)),
+        Raw::Other(_) => Err(serde::de::Error::custom(
+            "a price is a decimal string (e.g. \"0.15\") or an integer, never a float",
+        )),
+    }
 }
 
 /// The `[oidc]` section of the config file.
@@ -178,6 +220,10 @@ pub struct Config {
     pub oidc: Option<OidcConfig>,
     /// LiteLLM proxy; `None` means the built-in offline provider.
     pub litellm: Option<LiteLlmConfig>,
+    /// Provider prices: the built-in list prices ([`PriceTable::seed_defaults`]) with the
+    /// configured ones on top. They give usage records their provider cost (what the spend
+    /// reconciler compares with LiteLLM's spend) and worst-case estimates their output cap.
+    pub prices: PriceTable,
 }
 
 /// OIDC provider settings (Auth0 first; any OIDC provider with discovery works).
@@ -359,6 +405,21 @@ impl Config {
             }
         };
 
+        let prices = match env.get("STRATAI_PROVIDER_PRICES") {
+            Some(json) => {
+                let de = &mut serde_json::Deserializer::from_str(&json);
+                let parsed: BTreeMap<String, FileProviderPrice> =
+                    serde_path_to_error::deserialize(de).map_err(|e| {
+                        invalid(
+                            "STRATAI_PROVIDER_PRICES",
+                            format!("at `{}`: {}", e.path(), e.inner()),
+                        )
+                    })?;
+                price_table(Some(parsed), "STRATAI_PROVIDER_PRICES")?
+            }
+            None => price_table(file.provider_prices, "provider_prices")?,
+        };
+
         Ok(Self {
             database_url: Secret::new(database_url),
             bind,
@@ -370,6 +431,7 @@ impl Config {
             dev_token_ttl,
             oidc,
             litellm,
+            prices,
         })
     }
 
@@ -399,6 +461,29 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     } else {
         toml::from_str(&text).map_err(|e| parse_err(e.to_string()))
     }
+}
+
+/// The built-in list prices with `configured` on top, each entry validated.
+fn price_table(
+    configured: Option<BTreeMap<String, FileProviderPrice>>,
+    key: &'static str,
+) -> Result<PriceTable, ConfigError> {
+    let mut table = PriceTable::seed_defaults();
+    for (model, p) in configured.unwrap_or_default() {
+        let id = ModelId::new(model.clone())
+            .map_err(|e| invalid(key, format!("model `{model}`: {e}")))?;
+        let price = ProviderPrice::new(
+            p.input_per_million,
+            p.output_per_million,
+            p.max_output_tokens
+                .unwrap_or(stratai_core::pricing::FALLBACK_OUTPUT_CAP),
+        )
+        .map_err(|e| invalid(key, format!("model `{model}`: {e}")))?;
+        table
+            .set(id, price)
+            .map_err(|e| invalid(key, format!("model `{model}`: {e}")))?;
+    }
+    Ok(table)
 }
 
 fn oidc_config(file: FileOidc, env: &impl Env) -> Result<Option<OidcConfig>, ConfigError> {
@@ -727,6 +812,89 @@ mod tests {
         let e = Config::load(&env(&[("STRATAI_CONFIG", json.to_str().unwrap())])).unwrap_err();
         assert!(e.to_string().contains("litellm"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn provider_prices_extend_the_list_prices_from_file_or_env() {
+        let mock = ModelId::new("mock-gpt").unwrap();
+        let defaults = Config::load(&env(&[])).unwrap();
+        assert!(defaults.prices.get(&mock).is_none());
+        assert_eq!(defaults.prices, PriceTable::seed_defaults());
+
+        let dir = std::env::temp_dir().join(format!("stratai-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[provider_prices.\"mock-gpt\"]\ninput_per_million = \"1000\"\noutput_per_million = 2000\n\n[provider_prices.\"gpt-4o-mini\"]\ninput_per_million = \"0.2\"\noutput_per_million = \"0.8\"\nmax_output_tokens = 100\n",
+        )
+        .unwrap();
+        let c = Config::load(&env(&[("STRATAI_CONFIG", path.to_str().unwrap())])).unwrap();
+        let p = c.prices.get(&mock).unwrap();
+        assert_eq!(p.input_per_million, Decimal::from(1000));
+        assert_eq!(p.output_per_million, Decimal::from(2000));
+        assert_eq!(
+            p.max_output_tokens,
+            stratai_core::pricing::FALLBACK_OUTPUT_CAP
+        );
+        // 10 prompt + 7 completion tokens: LiteLLM's $0.024 for the kit's mock-gpt.
+        assert_eq!(
+            c.prices.provider_cost(&mock, 10, 7).unwrap().amount(),
+            Decimal::new(24, 3)
+        );
+        let mini = c.prices.get(&ModelId::new("gpt-4o-mini").unwrap()).unwrap();
+        assert_eq!(mini.input_per_million, Decimal::new(2, 1));
+        assert_eq!(mini.max_output_tokens, 100);
+        // The other list prices stay.
+        assert!(c.prices.get(&ModelId::new("gpt-4o").unwrap()).is_some());
+
+        // The environment (a JSON object) wins over the file.
+        let c = Config::load(&env(&[
+            ("STRATAI_CONFIG", path.to_str().unwrap()),
+            (
+                "STRATAI_PROVIDER_PRICES",
+                r#"{"mock-gpt": {"input_per_million": "1", "output_per_million": "2", "max_output_tokens": 64}}"#,
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(c.prices.get(&mock).unwrap().input_per_million, Decimal::ONE);
+        assert_eq!(c.prices.get(&mock).unwrap().max_output_tokens, 64);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_provider_prices_are_refused_naming_the_model() {
+        for (json, needle) in [
+            (
+                r#"{"m": {"input_per_million": 0.5, "output_per_million": "1"}}"#,
+                "never a float",
+            ),
+            (
+                r#"{"m": {"input_per_million": "-1", "output_per_million": "1"}}"#,
+                "negative",
+            ),
+            (
+                r#"{"m": {"input_per_million": "x", "output_per_million": "1"}}"#,
+                "not a decimal",
+            ),
+            (
+                r#"{"m": {"input_per_million": "1", "output_per_million": "1", "max_output_tokens": 0}}"#,
+                "positive",
+            ),
+            (
+                r#"{"m": {"input_per_million": "1", "output_per_million": "1", "cached": "1"}}"#,
+                "cached",
+            ),
+            (
+                r#"{"": {"input_per_million": "1", "output_per_million": "1"}}"#,
+                "model ``",
+            ),
+        ] {
+            let e = Config::load(&env(&[("STRATAI_PROVIDER_PRICES", json)])).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("STRATAI_PROVIDER_PRICES"), "{text}");
+            assert!(text.contains(needle), "{json}: {text}");
+        }
     }
 
     #[test]
