@@ -1,8 +1,11 @@
 //! The gateway against the real LiteLLM proxy (started by `scripts/test.sh` from
 //! `../shared/litellm`, which exports `STRATAI_LITELLM_URL` and `STRATAI_LITELLM_MASTER_KEY`):
-//! a member's chat goes through their own virtual key, and the usage record matches the row
-//! of LiteLLM's spend log. Without the proxy the test says it was skipped; under `CI=true`
-//! that is a failure.
+//! a member's chat goes through their own virtual key, the usage record matches the row of
+//! LiteLLM's spend log, and the spend reconciler finds no gap between the gateway's records
+//! and LiteLLM's spend logs (and does find one when a record is withheld or altered). The
+//! server is configured with the kit's prices for its models (`STRATAI_PROVIDER_PRICES`), so
+//! its provider cost is what LiteLLM charges. Without the proxy the test says it was
+//! skipped; under `CI=true` that is a failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -20,7 +23,8 @@ use stratai_core::directory::{
 use stratai_core::ids::{ModelId, RequestId, TierId};
 use stratai_core::money::Money;
 use stratai_core::tiers::{ModelTier, TierSubscription};
-use stratai_core::usage::UsageStatus;
+use stratai_core::usage::{UsageQuery, UsageStatus};
+use stratai_litellm::sync::{CoreDirectory, MemoryKeyVault, SyncConfig, SyncEngine};
 use stratai_litellm::{ClientConfig, KeyListQuery, KeyRef, LiteLlmClient, Secret, SpendLogsFilter};
 use stratai_server::app::{AppState, HttpLimits, router};
 use stratai_server::auth::Auth;
@@ -64,6 +68,7 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
         ("DATABASE_URL".to_owned(), sqlite_url.clone()),
         ("LITELLM_URL".to_owned(), proxy_url.clone()),
         ("LITELLM_MASTER_KEY".to_owned(), master.clone()),
+        ("STRATAI_PROVIDER_PRICES".to_owned(), KIT_PRICES.to_owned()),
     ]
     .into();
     let config = Config::load(&env).unwrap();
@@ -164,6 +169,27 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
         .await
         .unwrap();
     assert_eq!(ready["llm_upstream"], "ok", "{ready}");
+    let client = LiteLlmClient::new(ClientConfig::new(
+        proxy_url.trim_end_matches('/'),
+        Secret::new(master),
+    ))
+    .unwrap();
+    // The proxy charges what KIT_PRICES says (per token there, per million tokens here).
+    let info = client.model_info().await.unwrap();
+    let mock = info
+        .iter()
+        .find(|m| m.model_name == "mock-gpt")
+        .expect("the kit serves mock-gpt");
+    let per_token = |d: Option<Decimal>| d.map(|d| (d * Decimal::from(1_000_000)).normalize());
+    assert_eq!(
+        (
+            per_token(mock.model_info.input_cost_per_token),
+            per_token(mock.model_info.output_cost_per_token)
+        ),
+        (Some(Decimal::from(1000)), Some(Decimal::from(2000))),
+        "the kit's mock-gpt prices changed; update KIT_PRICES"
+    );
+    let started = Utc::now();
 
     let r = http
         .post(format!("{base}/v1/chat/completions"))
@@ -194,11 +220,6 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     // in-process sync, which has meanwhile consumed the outbox events of the org and member,
     // kept that one key instead of replacing it: the gateway and the sync share one vault.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let client = LiteLlmClient::new(ClientConfig::new(
-        proxy_url.trim_end_matches('/'),
-        Secret::new(master),
-    ))
-    .unwrap();
     let keys = client
         .key_list(&KeyListQuery {
             key_alias: Some(key_alias(org.id, user.id)),
@@ -242,9 +263,131 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     let row = row.expect("the call never reached LiteLLM's spend log");
     assert_eq!(row.prompt_tokens, u64::from(record.input_tokens));
     assert_eq!(row.completion_tokens, u64::from(record.output_tokens));
+    if let Some(token) = key.token.as_deref() {
+        assert_eq!(row.api_key.as_deref(), Some(token));
+    }
+    // The configured price gives the record LiteLLM's cost: $1 per 1k prompt tokens, $2 per
+    // 1k completion tokens.
+    assert_eq!(
+        record.provider_cost.amount(),
+        Decimal::new(i64::from(record.input_tokens), 3)
+            + Decimal::new(2 * i64::from(record.output_tokens), 3),
+        "the usage record is not priced with the configured provider prices \
+         (`Config::prices` must reach the Gatekeeper's `GatekeeperConfig::prices`)"
+    );
+
+    // The spend reconciler over the gateway's records of this test's window: no gap.
+    let third = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&token)
+        .json(&json!({
+            "model": "mock-gpt",
+            "messages": [{"role": "user", "content": "a third call, for the reconciler"}],
+            "max_tokens": 6
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 200, "{}", third.text().await.unwrap());
+    let from = started - chrono::Duration::minutes(1);
+    let to = Utc::now() + chrono::Duration::minutes(1);
+    let records = stores
+        .usage
+        .query(
+            org.id,
+            &UsageQuery {
+                from: Some(from),
+                to: Some(to),
+                ..UsageQuery::default()
+            },
+            1_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 3, "{records:#?}");
+    assert!(records.iter().all(|r| r.provider_cost > Money::ZERO));
+    let reconciler = SyncEngine::new(
+        client.clone(),
+        Arc::new(CoreDirectory::new(
+            stores.directory.clone(),
+            stores.tiers.clone(),
+        )),
+        stores.outbox.clone(),
+        Arc::new(MemoryKeyVault::new()),
+        SyncConfig::default(),
+    );
+    let tolerance = Decimal::new(1, 6);
+    let mut clean = None;
+    let mut last = None;
+    for _ in 0..60 {
+        let report = reconciler
+            .reconcile_spend(&records, from, to, tolerance)
+            .await
+            .unwrap();
+        if report.is_clean() && report.matched == records.len() {
+            clean = Some(report);
+            break;
+        }
+        last = Some(report);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let report = clean.unwrap_or_else(|| panic!("the spend reconciler found a gap: {last:#?}"));
+    assert_eq!(report.matched, 3);
+    assert!(
+        (report.stratai_total - report.litellm_total).abs() <= tolerance * Decimal::from(3),
+        "{report:?}"
+    );
+    assert!(report.litellm_total > Decimal::ZERO, "{report:?}");
+
+    // A withheld record is a gap: LiteLLM's row for it has no StratAI record.
+    let withheld = records[0].litellm_request_id.clone().unwrap();
+    let gap = reconciler
+        .reconcile_spend(&records[1..], from, to, tolerance)
+        .await
+        .unwrap();
+    assert!(!gap.is_clean());
+    assert_eq!(gap.missing_in_stratai, [withheld], "{gap:#?}");
+    assert!(gap.missing_in_litellm.is_empty(), "{gap:#?}");
+    assert!(gap.cost_mismatches.is_empty(), "{gap:#?}");
+    // An altered record is a gap too: its cost no longer matches LiteLLM's spend.
+    let mut altered = records.clone();
+    altered[1].provider_cost =
+        Money::new(altered[1].provider_cost.amount() + Decimal::new(1, 3)).unwrap();
+    let gap = reconciler
+        .reconcile_spend(&altered, from, to, tolerance)
+        .await
+        .unwrap();
+    assert!(!gap.is_clean());
+    assert_eq!(gap.cost_mismatches.len(), 1, "{gap:#?}");
+    assert_eq!(
+        Some(gap.cost_mismatches[0].litellm_request_id.as_str()),
+        altered[1].litellm_request_id.as_deref()
+    );
+    assert!(gap.missing_in_stratai.is_empty() && gap.missing_in_litellm.is_empty());
+    // And a record LiteLLM never saw (an id it does not know) is missing on LiteLLM's side.
+    let mut ghost = records.clone();
+    ghost[2].litellm_request_id = Some(format!("chatcmpl-ghost-{tag}"));
+    let gap = reconciler
+        .reconcile_spend(&ghost, from, to, tolerance)
+        .await
+        .unwrap();
+    assert_eq!(gap.missing_in_litellm, [format!("chatcmpl-ghost-{tag}")]);
+    assert_eq!(
+        gap.missing_in_stratai,
+        [records[2].litellm_request_id.clone().unwrap()]
+    );
+
     if let Some(token) = key.token.clone() {
-        assert_eq!(row.api_key.as_deref(), Some(token.as_str()));
         client.key_delete(&[KeyRef::Token(token)]).await.unwrap();
     }
     server.abort();
 }
+
+/// What the kit (`../shared/litellm/config.template.yaml`) charges for its models, in the
+/// server's units (dollars per million tokens): `mock-gpt` $0.001 per prompt token and
+/// $0.002 per completion token, `mock-gpt-premium` ten times that, `mock-inline` nothing.
+const KIT_PRICES: &str = r#"{
+    "mock-gpt": {"input_per_million": "1000", "output_per_million": "2000"},
+    "mock-gpt-premium": {"input_per_million": "10000", "output_per_million": "20000"},
+    "mock-inline": {"input_per_million": "0", "output_per_million": "0"}
+}"#;
