@@ -440,6 +440,7 @@ impl LiteLlmClient {
             key_alias: update.key_alias.as_deref(),
             blocked: update.blocked,
             team_id: update.team_id.as_deref(),
+            organization_id: update.organization_id.as_deref(),
         };
         let mut info: KeyInfo = self
             .post("/key/update", &body, Idempotency::Idempotent)
@@ -553,7 +554,9 @@ impl LiteLlmClient {
 
     // ------------------------------------------------------------------------- organizations
 
-    /// `POST /organization/new` (`EnterpriseOnly` without a LiteLLM Enterprise license).
+    /// `POST /organization/new` (`EnterpriseOnly` without a LiteLLM Enterprise license). With
+    /// `organization_id` set, a second create fails (LiteLLM 1.108 does not check first: the
+    /// database refuses the duplicate, so look the organization up before creating it).
     pub async fn organization_new(
         &self,
         org: &OrganizationNew,
@@ -562,7 +565,29 @@ impl LiteLlmClient {
             .await
     }
 
-    /// `GET /organization/info` (`EnterpriseOnly` without a license).
+    /// `PATCH /organization/update` (`EnterpriseOnly` without a license).
+    pub async fn organization_update(
+        &self,
+        update: &OrganizationUpdate,
+    ) -> Result<Organization, LiteLlmError> {
+        let mut body = serde_json::to_value(update)
+            .map_err(|e| LiteLlmError::InvalidInput(format!("request body: {e}")))?;
+        if update.clear_max_budget
+            && let Some(map) = body.as_object_mut()
+        {
+            map.insert("max_budget".to_owned(), Value::Null);
+        }
+        self.management(
+            "/organization/update",
+            Method::PATCH,
+            Vec::new(),
+            Some(Self::json(&body)?),
+            Idempotency::Idempotent,
+        )
+        .await
+    }
+
+    /// `GET /organization/info`: `NotFound` when missing (`EnterpriseOnly` without a license).
     pub async fn organization_info(
         &self,
         organization_id: &str,
@@ -574,12 +599,47 @@ impl LiteLlmClient {
         .await
     }
 
-    /// Whether the proxy offers organizations (false when it answers `EnterpriseOnly`).
+    /// `GET /organization/list`: every organization (`EnterpriseOnly` without a license).
+    pub async fn organization_list(&self) -> Result<Vec<Organization>, LiteLlmError> {
+        self.get("/organization/list", Vec::new()).await
+    }
+
+    /// `DELETE /organization/delete`: LiteLLM also deletes the organizations' teams, keys and
+    /// memberships; `NotFound` when one is missing (`EnterpriseOnly` without a license).
+    pub async fn organization_delete(
+        &self,
+        organization_ids: &[String],
+    ) -> Result<(), LiteLlmError> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            organization_ids: &'a [String],
+        }
+        let _: Value = self
+            .management(
+                "/organization/delete",
+                Method::DELETE,
+                Vec::new(),
+                Some(Self::json(&Body { organization_ids })?),
+                Idempotency::Idempotent,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the proxy offers organizations, probed with `GET /organization/info` for the
+    /// empty id. LiteLLM checks the license before anything else, so `EnterpriseOnly` means
+    /// no; an answer from past that check means yes: a licensed proxy says "Organization not
+    /// found" (404) or refuses the id (400/422). A bare 404 that does not mention an
+    /// organization is a proxy without the route: no. Other answers (unauthorized, down,
+    /// ...) are errors: they say nothing about the license.
     pub async fn organizations_available(&self) -> Result<bool, LiteLlmError> {
         match self.organization_info("").await {
+            Ok(_) | Err(LiteLlmError::BadRequest(_)) => Ok(true),
+            Err(LiteLlmError::NotFound(e)) => {
+                Ok(e.message.to_ascii_lowercase().contains("organization"))
+            }
             Err(LiteLlmError::EnterpriseOnly(_)) => Ok(false),
-            Err(e) if e.is_transient() => Err(e),
-            _ => Ok(true),
+            Err(e) => Err(e),
         }
     }
 

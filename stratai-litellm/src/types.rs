@@ -110,6 +110,9 @@ pub struct KeyGenerate {
     /// Team id (LiteLLM does not check that it exists).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub team_id: Option<String>,
+    /// Organization (LiteLLM Enterprise; without it the key inherits its team's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization_id: Option<String>,
     /// Models the key may call; empty means all the team's models.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
@@ -201,6 +204,8 @@ pub struct KeyUpdate {
     pub blocked: Option<bool>,
     /// Move the key to another team.
     pub team_id: Option<String>,
+    /// Move the key into an organization (LiteLLM Enterprise).
+    pub organization_id: Option<String>,
     /// Remove the budget (sends `max_budget: null`; wins over `max_budget`).
     pub clear_max_budget: bool,
 }
@@ -229,6 +234,8 @@ pub(crate) struct KeyUpdateBody<'a> {
     pub(crate) blocked: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) team_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) organization_id: Option<&'a str>,
 }
 
 /// A key as `/key/info`, `/key/update` and `/key/list?return_full_object=true` describe it
@@ -265,6 +272,9 @@ pub struct KeyInfo {
     /// Team.
     #[serde(default)]
     pub team_id: Option<String>,
+    /// Organization (LiteLLM Enterprise).
+    #[serde(default)]
+    pub organization_id: Option<String>,
     /// Metadata.
     #[serde(default)]
     pub metadata: Option<Metadata>,
@@ -379,6 +389,10 @@ pub struct TeamUpdate {
     /// New alias.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub team_alias: Option<String>,
+    /// Move the team into an organization (LiteLLM Enterprise; its models and budget must
+    /// fit the organization's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization_id: Option<String>,
     /// New models.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
@@ -699,19 +713,26 @@ pub struct Budget {
 }
 
 // ----------------------------------------------------------------------------- organizations
+//
+// Shapes from LiteLLM 1.108's own source (`litellm/proxy/_types.py`: `NewOrganizationRequest`,
+// `LiteLLM_OrganizationTableUpdate`, `DeleteOrganizationRequest`,
+// `LiteLLM_OrganizationTableWithMembers`; `litellm/models/budget.py`: `LiteLLM_BudgetTable`).
+// Without a LiteLLM Enterprise license every `/organization/*` call is `EnterpriseOnly`.
 
-/// `POST /organization/new` (LiteLLM Enterprise only; otherwise `EnterpriseOnly`).
+/// `POST /organization/new`. LiteLLM accepts the caller's `organization_id` (a duplicate
+/// fails on the table's primary key) and keeps the budget fields in a budget row of its own.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct OrganizationNew {
     /// Our id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub organization_id: Option<String>,
-    /// Alias.
+    /// Alias (not unique in LiteLLM).
     pub organization_alias: String,
-    /// Allowed models.
+    /// Allowed models: every team of the organization must stay within them (an empty list
+    /// allows every model).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
-    /// Budget.
+    /// Budget: no team of the organization may have a larger one.
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "ser_decimal_opt"
@@ -725,7 +746,56 @@ pub struct OrganizationNew {
     pub metadata: Option<Metadata>,
 }
 
-/// An organization.
+/// `PATCH /organization/update`: only the set fields change. LiteLLM *merges* `metadata`
+/// into the stored one and writes the budget fields to the organization's budget row.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OrganizationUpdate {
+    /// The organization.
+    pub organization_id: String,
+    /// New alias.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization_alias: Option<String>,
+    /// New models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    /// New budget.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_decimal_opt"
+    )]
+    pub max_budget: Option<Decimal>,
+    /// New budget period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_duration: Option<String>,
+    /// Metadata to merge in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+    /// Remove the budget (sends `max_budget: null`; wins over `max_budget`).
+    #[serde(skip)]
+    pub clear_max_budget: bool,
+}
+
+/// The budget row of an organization (`litellm_budget_table`).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct OrganizationBudget {
+    /// Id.
+    #[serde(default)]
+    pub budget_id: Option<String>,
+    /// Hard limit.
+    #[serde(default, deserialize_with = "crate::decimal::optional")]
+    pub max_budget: Option<Decimal>,
+    /// Soft limit.
+    #[serde(default, deserialize_with = "crate::decimal::optional")]
+    pub soft_budget: Option<Decimal>,
+    /// Period.
+    #[serde(default)]
+    pub budget_duration: Option<String>,
+    /// Next reset (LiteLLM's answers usually leave it out).
+    #[serde(default, deserialize_with = "crate::time::optional")]
+    pub budget_reset_at: Option<DateTime<Utc>>,
+}
+
+/// An organization, as `/organization/{new,update,info,list}` answer it.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Organization {
     /// Id.
@@ -742,6 +812,34 @@ pub struct Organization {
     /// Metadata.
     #[serde(default)]
     pub metadata: Option<Metadata>,
+    /// Its budget row.
+    #[serde(default)]
+    pub litellm_budget_table: Option<OrganizationBudget>,
+    /// Its teams (`/organization/info` and `/list`).
+    #[serde(default, deserialize_with = "crate::types::nullable")]
+    pub teams: Vec<Team>,
+    /// Created.
+    #[serde(default, deserialize_with = "crate::time::optional")]
+    pub created_at: Option<DateTime<Utc>>,
+    /// Updated.
+    #[serde(default, deserialize_with = "crate::time::optional")]
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Organization {
+    /// The budget (from the budget row).
+    pub fn max_budget(&self) -> Option<Decimal> {
+        self.litellm_budget_table
+            .as_ref()
+            .and_then(|b| b.max_budget)
+    }
+
+    /// The budget period (from the budget row).
+    pub fn budget_duration(&self) -> Option<&str> {
+        self.litellm_budget_table
+            .as_ref()
+            .and_then(|b| b.budget_duration.as_deref())
+    }
 }
 
 // ----------------------------------------------------------------------------- spend logs

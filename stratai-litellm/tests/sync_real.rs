@@ -11,10 +11,13 @@ use chrono::Utc;
 use common::fake::{FakeDirectory, basic, premium};
 use rust_decimal_macros::dec;
 use stratai_core::Money;
+use stratai_core::budget::BudgetPeriod;
 use stratai_core::ids::{ModelId, OrgId, RequestId, UserId};
 use stratai_core::ports::{OutboxEntity, OutboxEvent};
 use stratai_core::usage::{UsageRecord, UsageStatus};
-use stratai_litellm::sync::{Applied, DriftKind, MemoryKeyVault, SyncConfig, SyncEngine};
+use stratai_litellm::sync::{
+    Applied, DriftKind, MemoryKeyVault, OrgMapping, SyncConfig, SyncEngine,
+};
 use stratai_litellm::*;
 
 fn config() -> SyncConfig {
@@ -100,6 +103,8 @@ async fn sync_lifecycle_reconcile_and_spend_on_the_real_proxy() {
     );
     drain(&engine, &dir, 10).await;
     assert!(dir.dead().is_empty());
+    // The kit has no Enterprise license: organizations fall back to metadata (one 403).
+    assert_eq!(engine.org_mapping(), Some(OrgMapping::Metadata));
     let team = client.team_info(&eng.to_string()).await.unwrap();
     assert_eq!(team.team_info.models, ["mock-gpt"]);
     assert_eq!(
@@ -329,6 +334,84 @@ async fn sync_lifecycle_reconcile_and_spend_on_the_real_proxy() {
         LiteLlmError::NotFound(_)
     ));
     assert!(dir.dead().is_empty());
+}
+
+#[tokio::test]
+async fn monthly_budgets_reset_on_stratai_calendar_month_boundaries() {
+    let Some((client, _)) =
+        common::proxy("monthly_budgets_reset_on_stratai_calendar_month_boundaries")
+    else {
+        return;
+    };
+    let run = common::run_id();
+    let dir = Arc::new(FakeDirectory::new());
+    let vault = Arc::new(MemoryKeyVault::new());
+    let engine = engine(client.clone(), &dir, &vault);
+    let utc_org = dir.add_org(&format!("month-utc-{run}"));
+    let group = dir.add_group(utc_org, "eng", Some(vec![basic()]), Some(dec!(10)));
+    let member = dir.add_member(
+        utc_org,
+        &format!("month-{run}@acme.test"),
+        None,
+        Some(dec!(1)),
+        &[group],
+    );
+    let tokyo_org = dir.add_org(&format!("month-tokyo-{run}"));
+    dir.set_org_timezone(tokyo_org, Some("Asia/Tokyo"));
+    let tokyo_member = dir.add_member(
+        tokyo_org,
+        &format!("month-tokyo-{run}@acme.test"),
+        None,
+        Some(dec!(1)),
+        &[],
+    );
+    let before = Utc::now();
+    drain(&engine, &dir, 10).await;
+    assert!(dir.dead().is_empty(), "{:?}", dir.dead());
+    let after = Utc::now();
+
+    // StratAI's monthly period of an organization in UTC ends where LiteLLM's `1mo`
+    // resets: 00:00 UTC on the 1st (the kit's proxy keeps the default UTC timezone).
+    let utc = dir.organization(utc_org).tz();
+    let period = BudgetPeriod::Monthly.window(before, utc);
+    assert_eq!(
+        period,
+        BudgetPeriod::Monthly.window(after, utc),
+        "the test ran across a month boundary; run it again"
+    );
+    let key = |org, user| {
+        let vault = vault.clone();
+        let client = client.clone();
+        async move {
+            let (token, _) = vault_entry(&vault, org, user).await;
+            client.key_info(&KeyRef::Token(token)).await.unwrap()
+        }
+    };
+    let info = key(utc_org, member).await;
+    assert_eq!(info.budget_duration.as_deref(), Some("1mo"));
+    assert_eq!(info.budget_reset_at, Some(period.end), "{info:?}");
+    let team = client
+        .team_info(&group.to_string())
+        .await
+        .unwrap()
+        .team_info;
+    assert_eq!(team.budget_duration.as_deref(), Some("1mo"));
+    assert_eq!(team.budget_reset_at, Some(period.end), "{team:?}");
+
+    // The documented gap: the proxy has one reset timezone, so an organization in another
+    // zone gets LiteLLM's UTC boundary, not its own (Tokyo's month starts 9 h earlier).
+    let tokyo = dir.organization(tokyo_org).tz();
+    let tokyo_period = BudgetPeriod::Monthly.window(after, tokyo);
+    let info = key(tokyo_org, tokyo_member).await;
+    assert_eq!(info.budget_reset_at, Some(period.end), "{info:?}");
+    assert_ne!(info.budget_reset_at, Some(tokyo_period.end));
+    assert!(engine.reconcile(false).await.unwrap().is_clean());
+
+    for (org, user) in [(utc_org, member), (tokyo_org, tokyo_member)] {
+        dir.remove_member(org, user);
+    }
+    dir.delete_group(utc_org, group);
+    drain(&engine, &dir, 10).await;
 }
 
 /// A TCP forwarder in front of the proxy that can play "LiteLLM is down" (open connections

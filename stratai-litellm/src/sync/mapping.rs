@@ -5,10 +5,13 @@ use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
+use stratai_core::Money;
+use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
 use stratai_core::directory::{Group, Membership, Organization};
 use stratai_core::ids::{ModelId, OrgId, UserId};
 use stratai_core::tiers::{
-    MemberContext, TierCatalog, TierSubscription, resolve_group_tiers, resolve_tiers,
+    MemberContext, TierCatalog, TierSubscription, resolve_group_tiers, resolve_org_tiers,
+    resolve_tiers,
 };
 
 use crate::types::Metadata;
@@ -75,6 +78,8 @@ pub struct DesiredTeam {
     pub members: Vec<String>,
     /// The organization.
     pub org_id: OrgId,
+    /// The LiteLLM organization, when the proxy has them ([`place_team`]).
+    pub organization_id: Option<String>,
 }
 
 /// A virtual key as a member should have it.
@@ -96,6 +101,28 @@ pub struct DesiredKey {
     pub org_id: OrgId,
     /// The member.
     pub member: UserId,
+    /// The LiteLLM organization, when the proxy has them ([`place_key`]).
+    pub organization_id: Option<String>,
+}
+
+/// A LiteLLM organization as a StratAI organization should look (LiteLLM Enterprise only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredOrg {
+    /// `organization_id` = the organization id (LiteLLM accepts caller ids).
+    pub organization_id: String,
+    /// The organization's slug.
+    pub alias: String,
+    /// The models of every tier the organization may use (its enabled subscriptions among
+    /// active tiers, within its allowed tiers), plus [`NO_MODELS`]: LiteLLM refuses a team
+    /// whose models are not all the organization's, and a team with no tier carries that
+    /// sentinel.
+    pub models: Vec<String>,
+    /// The organization's monthly budget.
+    pub max_budget: Option<Decimal>,
+    /// Budget period when there is a budget.
+    pub budget_duration: Option<String>,
+    /// The organization.
+    pub org_id: OrgId,
 }
 
 /// The key alias of a member: unique per (org, user), which LiteLLM enforces.
@@ -126,6 +153,7 @@ pub fn desired_team(
         budget_duration: group.monthly_budget.map(|_| budget_duration.to_owned()),
         members,
         org_id: org.id,
+        organization_id: None,
     })
 }
 
@@ -160,7 +188,65 @@ pub fn desired_key(
             .map(|_| budget_duration.to_owned()),
         org_id: org.id,
         member: membership.user_id,
+        organization_id: None,
     })
+}
+
+/// The LiteLLM organization of an organization. `budget` is its monthly budget (see
+/// [`super::SyncSource::org_budget`]).
+pub fn desired_org(
+    catalog: &TierCatalog,
+    org: &Organization,
+    subscriptions: &[TierSubscription],
+    budget: Option<Money>,
+    names: &ModelNames,
+    budget_duration: &str,
+) -> DesiredOrg {
+    let access = resolve_org_tiers(catalog, org, subscriptions);
+    let mut models = names.litellm_models(&access.accessible_models());
+    if !models.iter().any(|m| m == NO_MODELS) {
+        models.push(NO_MODELS.to_owned());
+        models.sort();
+    }
+    DesiredOrg {
+        organization_id: org.id.to_string(),
+        alias: org.slug.to_string(),
+        models,
+        max_budget: budget.map(|m| m.amount().normalize()),
+        budget_duration: budget.map(|_| budget_duration.to_owned()),
+        org_id: org.id,
+    }
+}
+
+/// The organization budget LiteLLM can enforce: the smallest hard, monthly, org-wide budget
+/// (LiteLLM has one budget per organization and only hard limits; soft, daily and weekly
+/// budgets stay StratAI's alone).
+pub fn org_monthly_budget(budgets: &[Budget]) -> Option<Money> {
+    budgets
+        .iter()
+        .filter(|b| {
+            b.scope == BudgetScope::Org && b.period == BudgetPeriod::Monthly && b.hard_limit
+        })
+        .map(|b| b.limit)
+        .min()
+}
+
+/// Puts a team into its LiteLLM organization: `organization_id` set, and the budget capped
+/// at the organization's (LiteLLM refuses a team budget above its organization's; the
+/// organization's budget binds first anyway).
+pub fn place_team(team: &mut DesiredTeam, org: &DesiredOrg) {
+    team.organization_id = Some(org.organization_id.clone());
+    if let (Some(team_budget), Some(org_budget)) = (team.max_budget, org.max_budget)
+        && team_budget > org_budget
+    {
+        team.max_budget = Some(org_budget);
+    }
+}
+
+/// Puts a key into its LiteLLM organization (a key without a team would otherwise escape
+/// the organization's budget).
+pub fn place_key(key: &mut DesiredKey, org: &DesiredOrg) {
+    key.organization_id = Some(org.organization_id.clone());
 }
 
 /// Metadata of a managed team.
@@ -172,6 +258,24 @@ pub fn team_metadata(team: &DesiredTeam, version: i64) -> Metadata {
         "stratai_version": version,
     });
     value.as_object().cloned().unwrap_or_default()
+}
+
+/// Metadata of a managed LiteLLM organization.
+pub fn org_metadata(org: &DesiredOrg, version: i64) -> Metadata {
+    let value = json!({
+        "managed_by": MANAGED_BY,
+        "stratai_org_id": org.organization_id,
+        "stratai_version": version,
+    });
+    value.as_object().cloned().unwrap_or_default()
+}
+
+/// Whether `stored` holds every entry of `wanted` (LiteLLM merges organization metadata, so
+/// it may hold more).
+pub(super) fn metadata_includes(stored: Option<&Metadata>, wanted: &Metadata) -> bool {
+    wanted
+        .iter()
+        .all(|(k, v)| stored.and_then(|m| m.get(k)) == Some(v))
 }
 
 /// Metadata of a managed key.
@@ -233,6 +337,120 @@ mod tests {
             ModelId::new("gpt-4o-mini").unwrap(),
         ];
         assert_eq!(names.litellm_models(&models), ["claude-x", "mock-gpt"]);
+    }
+
+    fn org(slug: &str) -> Organization {
+        use stratai_core::directory::{BillingPlan, OrgSettings, Slug};
+        use stratai_core::ids::TierSlug;
+        let tiers = vec![
+            TierSlug::new("basic").unwrap(),
+            TierSlug::new("standard").unwrap(),
+        ];
+        let settings = OrgSettings::new(tiers, TierSlug::new("basic").unwrap()).unwrap();
+        Organization::new(
+            slug,
+            Slug::new(slug).unwrap(),
+            settings,
+            BillingPlan::Business,
+            chrono::Utc::now(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_org_gets_its_allowed_subscribed_models_the_sentinel_and_its_budget() {
+        use stratai_core::tiers::{BASIC_TIER_ID, PREMIUM_TIER_ID, subscriptions_for};
+        let catalog = TierCatalog::seed_default();
+        let acme = org("acme");
+        // subscribed to basic and premium; premium is not among the org's allowed tiers
+        let subs = subscriptions_for(
+            acme.id,
+            &[BASIC_TIER_ID, PREMIUM_TIER_ID],
+            chrono::Utc::now(),
+        );
+        let budget = Money::new(Decimal::new(2500, 2)).ok();
+        let desired = desired_org(
+            &catalog,
+            &acme,
+            &subs,
+            budget,
+            &ModelNames::identity(),
+            "1mo",
+        );
+        let basic = catalog.get(BASIC_TIER_ID).unwrap();
+        let mut expected: Vec<String> =
+            basic.models.iter().map(|m| m.as_str().to_owned()).collect();
+        expected.push(NO_MODELS.to_owned());
+        expected.sort();
+        assert_eq!(desired.models, expected);
+        assert_eq!(desired.organization_id, acme.id.to_string());
+        assert_eq!(desired.alias, "acme");
+        assert_eq!(desired.max_budget, Some(Decimal::new(25, 0)));
+        assert_eq!(desired.budget_duration.as_deref(), Some("1mo"));
+        let none = desired_org(&catalog, &acme, &[], None, &ModelNames::identity(), "1mo");
+        assert_eq!(none.models, [NO_MODELS]);
+        assert_eq!(none.budget_duration, None);
+    }
+
+    #[test]
+    fn a_team_in_an_org_is_capped_at_its_budget() {
+        let acme = org("acme");
+        let desired = DesiredOrg {
+            organization_id: acme.id.to_string(),
+            alias: "acme".into(),
+            models: vec![NO_MODELS.into()],
+            max_budget: Some(Decimal::new(50, 0)),
+            budget_duration: Some("1mo".into()),
+            org_id: acme.id,
+        };
+        let mut team = DesiredTeam {
+            team_id: "t".into(),
+            alias: "acme/eng".into(),
+            models: vec![NO_MODELS.into()],
+            max_budget: Some(Decimal::new(80, 0)),
+            budget_duration: Some("1mo".into()),
+            members: vec![],
+            org_id: acme.id,
+            organization_id: None,
+        };
+        place_team(&mut team, &desired);
+        assert_eq!(team.organization_id, Some(acme.id.to_string()));
+        assert_eq!(team.max_budget, Some(Decimal::new(50, 0)));
+        team.max_budget = Some(Decimal::new(20, 0));
+        place_team(&mut team, &desired);
+        assert_eq!(team.max_budget, Some(Decimal::new(20, 0)));
+        team.max_budget = None;
+        place_team(&mut team, &desired);
+        assert_eq!(team.max_budget, None, "no team budget stays none");
+    }
+
+    #[test]
+    fn the_org_budget_is_the_smallest_hard_monthly_org_budget() {
+        let acme = org("acme");
+        let now = chrono::Utc::now();
+        let money = |cents| Money::new(Decimal::new(cents, 2)).unwrap();
+        let budget = |scope, cents, period, hard| {
+            Budget::new(
+                acme.id,
+                scope,
+                money(cents),
+                period,
+                hard,
+                Decimal::ONE,
+                now,
+            )
+            .unwrap()
+        };
+        let user = BudgetScope::User(UserId::new());
+        let budgets = [
+            budget(BudgetScope::Org, 90_00, BudgetPeriod::Monthly, true),
+            budget(BudgetScope::Org, 70_00, BudgetPeriod::Monthly, true),
+            budget(BudgetScope::Org, 10_00, BudgetPeriod::Monthly, false),
+            budget(BudgetScope::Org, 5_00, BudgetPeriod::Daily, true),
+            budget(user, 1_00, BudgetPeriod::Monthly, true),
+        ];
+        assert_eq!(org_monthly_budget(&budgets), Some(money(70_00)));
+        assert_eq!(org_monthly_budget(&budgets[2..]), None);
     }
 
     #[test]

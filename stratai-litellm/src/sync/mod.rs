@@ -7,11 +7,13 @@
 //! call (a stale update never overwrites a newer one).
 
 mod mapping;
+mod orgs;
 mod reconcile;
 mod source;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU8;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -22,8 +24,9 @@ use stratai_core::ports::{OutboxEntity, OutboxEvent, OutboxStore};
 use tokio::sync::Mutex;
 
 pub use mapping::{
-    DesiredKey, DesiredTeam, MANAGED_BY, ModelNames, NO_MODELS, desired_key, desired_team,
-    is_managed, key_alias, key_metadata, recorded_version, team_metadata,
+    DesiredKey, DesiredOrg, DesiredTeam, MANAGED_BY, ModelNames, NO_MODELS, desired_key,
+    desired_org, desired_team, is_managed, key_alias, key_metadata, org_metadata,
+    org_monthly_budget, place_key, place_team, recorded_version, team_metadata,
 };
 pub use reconcile::{CostMismatch, Drift, DriftKind, DriftReport, SpendReport, compare_spend};
 pub use source::{CoreDirectory, KeyVault, MemoryKeyVault, SyncSource};
@@ -49,10 +52,42 @@ pub struct SyncConfig {
     pub max_transient_attempts: u32,
     /// Delay before retrying a failed event: exponential with jitter between these bounds.
     pub backoff: RetryPolicy,
-    /// LiteLLM `budget_duration` of monthly budgets.
+    /// LiteLLM `budget_duration` of monthly budgets: `1mo`, which LiteLLM 1.108 resets at
+    /// 00:00 on the 1st of each month in the proxy's timezone (`litellm_settings.timezone`,
+    /// UTC by default), i.e. on StratAI's calendar month for organizations in that timezone
+    /// (see the crate README, "Budget periods").
     pub budget_duration: String,
     /// StratAI model id -> LiteLLM model name.
     pub model_names: ModelNames,
+    /// Whether organizations become LiteLLM organizations (LiteLLM Enterprise).
+    pub organizations: Organizations,
+}
+
+/// Whether StratAI organizations become LiteLLM organizations, which LiteLLM offers only
+/// with an Enterprise license.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Organizations {
+    /// Probe the proxy once (`GET /organization/info`) and use organizations when it offers
+    /// them, else the metadata mapping. The answer is kept; [`SyncEngine::reconcile`] probes
+    /// again, so a license added or removed later is noticed.
+    #[default]
+    Auto,
+    /// Never: org ids only in team and key metadata, the org budget enforced by StratAI.
+    Off,
+    /// Always: a proxy without the license makes every organization push fail
+    /// (`EnterpriseOnly`, dead-lettered like any permanent error).
+    On,
+}
+
+/// How organizations are mapped, once known ([`SyncEngine::org_mapping`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OrgMapping {
+    /// Each organization is a LiteLLM organization (`organization_id` = the org id) with the
+    /// models of its tiers and its monthly budget; its teams and keys belong to it.
+    Organizations,
+    /// No LiteLLM object: the org id is in every team's and key's metadata and StratAI
+    /// enforces the org budget itself.
+    Metadata,
 }
 
 impl Default for SyncConfig {
@@ -66,8 +101,9 @@ impl Default for SyncConfig {
                 min_delay: Duration::from_secs(1),
                 max_delay: Duration::from_secs(300),
             },
-            budget_duration: "30d".to_owned(),
+            budget_duration: "1mo".to_owned(),
             model_names: ModelNames::identity(),
+            organizations: Organizations::Auto,
         }
     }
 }
@@ -121,6 +157,8 @@ pub struct PassReport {
     pub failed: usize,
     /// Events given up on.
     pub dead_lettered: usize,
+    /// How organizations were mapped (`None` while not needed yet, in [`Organizations::Auto`]).
+    pub org_mapping: Option<OrgMapping>,
 }
 
 /// Pushes StratAI's directory to LiteLLM. Run one per deployment (the outbox is consumed
@@ -135,6 +173,11 @@ pub struct SyncEngine {
     /// Held while a member's key is pushed, so the outbox pass and an on-demand
     /// [`SyncEngine::provision_member`] never create two keys for one member.
     members: Mutex<()>,
+    /// The detected [`OrgMapping`] (see `orgs.rs`): 0 unknown.
+    mapping: AtomicU8,
+    /// Organizations known to exist in LiteLLM (organizations mode), so a member push does
+    /// not look its organization up every time.
+    orgs_pushed: Mutex<HashSet<OrgId>>,
 }
 
 impl std::fmt::Debug for SyncEngine {
@@ -169,6 +212,8 @@ impl SyncEngine {
             config,
             applied: Mutex::new(HashMap::new()),
             members: Mutex::new(()),
+            mapping: AtomicU8::new(0),
+            orgs_pushed: Mutex::new(HashSet::new()),
         }
     }
 
@@ -300,6 +345,7 @@ impl SyncEngine {
                 }
             }
         }
+        report.org_mapping = self.org_mapping();
         Ok(report)
     }
 
@@ -314,7 +360,7 @@ impl SyncEngine {
                 self.sync_member(event.org_id, user, Some(event.version))
                     .await
             }
-            OutboxEntity::Org(org) => self.sync_org(org).await,
+            OutboxEntity::Org(org) => self.sync_org(org, Some(event.version)).await,
         }
     }
 
@@ -332,12 +378,17 @@ impl SyncEngine {
     }
 
     /// An organization changed: its tiers or settings may change every group and member,
-    /// so all of them are pushed. A deleted organization loses all its managed teams and
-    /// keys. (LiteLLM organizations are Enterprise-only; org ids live in team/key metadata
-    /// and StratAI enforces the org budget itself.)
-    pub async fn sync_org(&self, org_id: OrgId) -> Result<Applied, SyncError> {
+    /// so all of them are pushed, after the LiteLLM organization itself when the proxy has
+    /// them ([`OrgMapping::Organizations`]; an older `version` than the organization's
+    /// recorded one is then [`Applied::Stale`]). A deleted organization loses all its
+    /// managed teams and keys, and its LiteLLM organization.
+    pub async fn sync_org(
+        &self,
+        org_id: OrgId,
+        version: Option<i64>,
+    ) -> Result<Applied, SyncError> {
         let org_text = org_id.to_string();
-        if self.source.org(org_id).await?.is_none() {
+        let Some(org) = self.source.org(org_id).await? else {
             let keys = self.client.key_list(&KeyListQuery::default()).await?;
             let tokens: Vec<KeyRef> = keys
                 .into_iter()
@@ -364,7 +415,11 @@ impl SyncEngine {
             if !teams.is_empty() {
                 tolerate_not_found(self.client.team_delete(&teams).await)?;
             }
+            self.delete_organization(org_id).await?;
             return Ok(Applied::Done);
+        };
+        if self.push_organization(&org, version).await? == Applied::Stale {
+            return Ok(Applied::Stale);
         }
         for group in self.source.groups(org_id).await? {
             self.sync_group(org_id, group.id, None).await?;
@@ -418,10 +473,13 @@ impl SyncEngine {
         if version.is_some_and(|v| remote_version > v) {
             return Ok(Applied::Stale);
         }
+        // Organizations mode: the organization first, up to date, since LiteLLM checks the
+        // team's models and budget against it.
+        let organization = self.organization_for(&org, true).await?;
         let catalog = self.source.catalog().await?;
         let subscriptions = self.source.subscriptions(org_id).await?;
         let members = self.source.group_members(org_id, group_id).await?;
-        let desired = desired_team(
+        let mut desired = desired_team(
             &catalog,
             &org,
             &subscriptions,
@@ -431,10 +489,14 @@ impl SyncEngine {
             &self.config.budget_duration,
         )
         .map_err(SyncError::Mapping)?;
+        if let Some(organization) = &organization {
+            place_team(&mut desired, organization);
+        }
         let write_version = version.unwrap_or(0).max(remote_version);
         let metadata = team_metadata(&desired, write_version);
         let update = TeamUpdate {
             team_id: team_id.clone(),
+            organization_id: desired.organization_id.clone(),
             team_alias: Some(desired.alias.clone()),
             models: Some(desired.models.clone()),
             max_budget: desired.max_budget,
@@ -453,6 +515,7 @@ impl SyncEngine {
             None => {
                 let create = TeamNew {
                     team_id: Some(team_id.clone()),
+                    organization_id: desired.organization_id.clone(),
                     team_alias: Some(desired.alias.clone()),
                     models: Some(desired.models.clone()),
                     max_budget: desired.max_budget,
@@ -469,6 +532,8 @@ impl SyncEngine {
             Some(info) => {
                 let team = info.team_info;
                 let same = team.team_alias.as_deref() == Some(desired.alias.as_str())
+                    && (desired.organization_id.is_none()
+                        || team.organization_id == desired.organization_id)
                     && sorted(&team.models) == desired.models
                     && same_budget(team.max_budget, desired.max_budget)
                     && (desired.max_budget.is_none()
@@ -578,10 +643,11 @@ impl SyncEngine {
         if version.is_some_and(|v| remote_version > v) {
             return Ok(Applied::Stale);
         }
+        let organization = self.organization_for(&org, false).await?;
         let catalog = self.source.catalog().await?;
         let subscriptions = self.source.subscriptions(org_id).await?;
         let groups = self.source.member_groups(org_id, user_id).await?;
-        let desired = desired_key(
+        let mut desired = desired_key(
             &catalog,
             &org,
             &subscriptions,
@@ -591,6 +657,9 @@ impl SyncEngine {
             &self.config.budget_duration,
         )
         .map_err(SyncError::Mapping)?;
+        if let Some(organization) = &organization {
+            place_key(&mut desired, organization);
+        }
         let write_version = version.unwrap_or(0).max(remote_version);
         let metadata = key_metadata(&desired, write_version);
 
@@ -614,6 +683,7 @@ impl SyncEngine {
                     key_alias: Some(desired.alias.clone()),
                     user_id: Some(desired.user_id.clone()),
                     team_id: desired.team_id.clone(),
+                    organization_id: desired.organization_id.clone(),
                     models: Some(desired.models.clone()),
                     max_budget: desired.max_budget,
                     budget_duration: desired.budget_duration.clone(),
@@ -657,6 +727,8 @@ impl SyncEngine {
                     && (desired.max_budget.is_none()
                         || key.budget_duration == desired.budget_duration)
                     && key.team_id == desired.team_id
+                    && (desired.organization_id.is_none()
+                        || key.organization_id == desired.organization_id)
                     && key.key_alias.as_deref() == Some(desired.alias.as_str())
                     && key.metadata.as_ref() == Some(&metadata);
                 if !same {
@@ -668,6 +740,7 @@ impl SyncEngine {
                         metadata: Some(metadata),
                         key_alias: Some(desired.alias.clone()),
                         team_id: desired.team_id.clone(),
+                        organization_id: desired.organization_id.clone(),
                         ..KeyUpdate::default()
                     };
                     self.client

@@ -8,9 +8,13 @@ use rust_decimal::Decimal;
 use stratai_core::ids::{OrgId, UserId};
 use stratai_core::usage::{UsageRecord, UsageStatus};
 
-use super::mapping::{desired_key, desired_team, is_managed, metadata_str, same_budget, sorted};
-use super::{SyncEngine, SyncError};
-use crate::types::{KeyInfo, KeyListQuery, KeyRef, SpendLogRow, SpendLogsQuery, Team};
+use super::mapping::{
+    desired_key, desired_team, is_managed, metadata_str, place_key, place_team, same_budget, sorted,
+};
+use super::{OrgMapping, SyncEngine, SyncError};
+use crate::types::{
+    KeyInfo, KeyListQuery, KeyRef, Organization, SpendLogRow, SpendLogsQuery, Team,
+};
 
 /// A kind of difference between StratAI and LiteLLM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,6 +47,18 @@ pub enum DriftKind {
     MissingSecret,
     /// A member has no LiteLLM user.
     MissingUser,
+    /// An organization has no LiteLLM organization (organizations mode).
+    MissingOrg,
+    /// A LiteLLM organization's models differ from the organization's tiers.
+    OrgModels,
+    /// A LiteLLM organization's budget differs from the organization's monthly budget.
+    OrgBudget,
+    /// A LiteLLM organization's alias differs from the organization's slug.
+    OrgAlias,
+    /// A team is not in its organization's LiteLLM organization (organizations mode).
+    TeamOrg,
+    /// A key is not in its organization's LiteLLM organization (organizations mode).
+    KeyOrg,
 }
 
 /// One difference.
@@ -67,8 +83,11 @@ pub struct DriftReport {
     pub drifts: Vec<Drift>,
     /// Repairs made (0 for a dry run).
     pub repaired: usize,
-    /// Managed teams and keys of organizations StratAI does not know (left alone).
+    /// Managed organizations, teams and keys of organizations StratAI does not know (left
+    /// alone).
     pub foreign: usize,
+    /// How organizations were mapped in this pass.
+    pub org_mapping: Option<OrgMapping>,
 }
 
 impl DriftReport {
@@ -79,6 +98,7 @@ impl DriftReport {
 }
 
 enum Repair {
+    Org(OrgId),
     Group(OrgId, stratai_core::ids::GroupId),
     Member(OrgId, UserId),
     DeleteTeam(String),
@@ -86,10 +106,28 @@ enum Repair {
 }
 
 impl SyncEngine {
-    /// Lists LiteLLM's teams, keys and users, compares them with StratAI's state for every
-    /// organization and, with `repair`, fixes each difference (pushing the group or member
-    /// again, deleting extras). Managed entities of unknown organizations are only counted.
+    /// Lists LiteLLM's teams, keys and users (and organizations, in organizations mode),
+    /// compares them with StratAI's state for every organization and, with `repair`, fixes
+    /// each difference (pushing the organization, group or member again, deleting extras).
+    /// Managed entities of unknown organizations are only counted. In
+    /// [`super::Organizations::Auto`] the proxy is probed again first, so a license added or
+    /// removed since is noticed (and the drift it makes is reported).
     pub async fn reconcile(&self, repair: bool) -> Result<DriftReport, SyncError> {
+        let mapping = self.detect_org_mapping(true).await?;
+        let mut managed_orgs: BTreeMap<String, Organization> = BTreeMap::new();
+        if mapping == OrgMapping::Organizations {
+            match self.client.organization_list().await {
+                Ok(list) => {
+                    managed_orgs = list
+                        .into_iter()
+                        .filter(|o| is_managed(o.metadata.as_ref()))
+                        .map(|o| (o.organization_id.clone(), o))
+                        .collect();
+                }
+                Err(error) => self.enterprise_gone(error)?,
+            }
+        }
+        let mapping = self.org_mapping().unwrap_or(mapping);
         let teams = self.client.team_list().await?;
         let keys = self.client.key_list(&KeyListQuery::default()).await?;
         let users: HashSet<String> = self
@@ -120,7 +158,10 @@ impl SyncEngine {
         let catalog = self.source.catalog().await?;
         let names = &self.config.model_names;
         let duration = &self.config.budget_duration;
-        let mut report = DriftReport::default();
+        let mut report = DriftReport {
+            org_mapping: Some(mapping),
+            ..DriftReport::default()
+        };
         let mut repairs: Vec<Repair> = Vec::new();
         let orgs = self.source.orgs().await?;
         let known: HashSet<String> = orgs.iter().map(|o| o.id.to_string()).collect();
@@ -128,6 +169,10 @@ impl SyncEngine {
             report.orgs += 1;
             let org_text = org.id.to_string();
             let subscriptions = self.source.subscriptions(org.id).await?;
+            let organization = match mapping {
+                OrgMapping::Organizations => Some(self.desired_organization(org).await?),
+                OrgMapping::Metadata => None,
+            };
             let mut drift = |kind: DriftKind, subject: String, detail: String| {
                 report.drifts.push(Drift {
                     org_id: org.id,
@@ -136,9 +181,55 @@ impl SyncEngine {
                     detail,
                 });
             };
+            if let Some(desired) = &organization {
+                let mut wrong: Vec<(DriftKind, String)> = Vec::new();
+                match managed_orgs.remove(&desired.organization_id) {
+                    None => {
+                        wrong.push((DriftKind::MissingOrg, format!("alias `{}`", desired.alias)))
+                    }
+                    Some(found) => {
+                        if sorted(&found.models) != desired.models {
+                            wrong.push((
+                                DriftKind::OrgModels,
+                                format!("{:?} instead of {:?}", found.models, desired.models),
+                            ));
+                        }
+                        if !same_budget(found.max_budget(), desired.max_budget)
+                            || (desired.max_budget.is_some()
+                                && found.budget_duration() != desired.budget_duration.as_deref())
+                        {
+                            wrong.push((
+                                DriftKind::OrgBudget,
+                                format!(
+                                    "{:?} per {:?} instead of {:?} per {:?}",
+                                    found.max_budget(),
+                                    found.budget_duration(),
+                                    desired.max_budget,
+                                    desired.budget_duration
+                                ),
+                            ));
+                        }
+                        if found.organization_alias.as_deref() != Some(desired.alias.as_str()) {
+                            wrong.push((
+                                DriftKind::OrgAlias,
+                                format!(
+                                    "{:?} instead of `{}`",
+                                    found.organization_alias, desired.alias
+                                ),
+                            ));
+                        }
+                    }
+                }
+                if !wrong.is_empty() {
+                    repairs.push(Repair::Org(org.id));
+                }
+                for (kind, detail) in wrong {
+                    drift(kind, desired.organization_id.clone(), detail);
+                }
+            }
             for group in self.source.groups(org.id).await? {
                 let members = self.source.group_members(org.id, group.id).await?;
-                let desired = desired_team(
+                let mut desired = desired_team(
                     &catalog,
                     org,
                     &subscriptions,
@@ -148,6 +239,9 @@ impl SyncEngine {
                     duration,
                 )
                 .map_err(SyncError::Mapping)?;
+                if let Some(organization) = &organization {
+                    place_team(&mut desired, organization);
+                }
                 let mut wrong: Vec<(DriftKind, String)> = Vec::new();
                 match managed_teams.remove(&desired.team_id) {
                     None => wrong.push((DriftKind::MissingTeam, format!("group `{}`", group.name))),
@@ -158,12 +252,29 @@ impl SyncEngine {
                                 format!("{:?} instead of {:?}", team.models, desired.models),
                             ));
                         }
-                        if !same_budget(team.max_budget, desired.max_budget) {
+                        if !same_budget(team.max_budget, desired.max_budget)
+                            || (desired.max_budget.is_some()
+                                && team.budget_duration != desired.budget_duration)
+                        {
                             wrong.push((
                                 DriftKind::TeamBudget,
                                 format!(
+                                    "{:?} per {:?} instead of {:?} per {:?}",
+                                    team.max_budget,
+                                    team.budget_duration,
+                                    desired.max_budget,
+                                    desired.budget_duration
+                                ),
+                            ));
+                        }
+                        if desired.organization_id.is_some()
+                            && team.organization_id != desired.organization_id
+                        {
+                            wrong.push((
+                                DriftKind::TeamOrg,
+                                format!(
                                     "{:?} instead of {:?}",
-                                    team.max_budget, desired.max_budget
+                                    team.organization_id, desired.organization_id
                                 ),
                             ));
                         }
@@ -199,7 +310,7 @@ impl SyncEngine {
                 let user = membership.user_id;
                 let user_text = user.to_string();
                 let groups = self.source.member_groups(org.id, user).await?;
-                let desired = desired_key(
+                let mut desired = desired_key(
                     &catalog,
                     org,
                     &subscriptions,
@@ -209,6 +320,9 @@ impl SyncEngine {
                     duration,
                 )
                 .map_err(SyncError::Mapping)?;
+                if let Some(organization) = &organization {
+                    place_key(&mut desired, organization);
+                }
                 let vault = self.vault.get(org.id, user).await?;
                 let found = managed_keys
                     .remove(&(org_text.clone(), user_text.clone()))
@@ -241,11 +355,33 @@ impl SyncEngine {
                             );
                             needs_push = true;
                         }
-                        if !same_budget(key.max_budget, desired.max_budget) {
+                        if !same_budget(key.max_budget, desired.max_budget)
+                            || (desired.max_budget.is_some()
+                                && key.budget_duration != desired.budget_duration)
+                        {
                             drift(
                                 DriftKind::KeyBudget,
                                 token.clone(),
-                                format!("{:?} instead of {:?}", key.max_budget, desired.max_budget),
+                                format!(
+                                    "{:?} per {:?} instead of {:?} per {:?}",
+                                    key.max_budget,
+                                    key.budget_duration,
+                                    desired.max_budget,
+                                    desired.budget_duration
+                                ),
+                            );
+                            needs_push = true;
+                        }
+                        if desired.organization_id.is_some()
+                            && key.organization_id != desired.organization_id
+                        {
+                            drift(
+                                DriftKind::KeyOrg,
+                                token.clone(),
+                                format!(
+                                    "{:?} instead of {:?}",
+                                    key.organization_id, desired.organization_id
+                                ),
                             );
                             needs_push = true;
                         }
@@ -280,6 +416,9 @@ impl SyncEngine {
                 }
             }
         }
+        // Managed LiteLLM organizations left over are of organizations StratAI does not know
+        // (a known one's id is its own, so it was taken above).
+        report.foreign += managed_orgs.len();
         for (team_id, team) in managed_teams {
             let org = metadata_str(team.metadata.as_ref(), "stratai_org_id").unwrap_or_default();
             match (known.contains(org), org.parse::<OrgId>()) {
@@ -315,6 +454,11 @@ impl SyncEngine {
         if repair {
             for fix in repairs {
                 match fix {
+                    Repair::Org(org) => {
+                        if let Some(org) = orgs.iter().find(|o| o.id == org) {
+                            self.push_organization(org, None).await?;
+                        }
+                    }
                     Repair::Group(org, group) => {
                         self.sync_group(org, group, None).await?;
                     }

@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use stratai_core::Money;
 use stratai_core::StoreError;
 use stratai_core::directory::{Group, Membership, Organization, User};
 use stratai_core::ids::{GroupId, OrgId, UserId};
-use stratai_core::ports::{DirectoryStore, TierStore};
+use stratai_core::ports::{BudgetLedger, DirectoryStore, TierStore};
 use stratai_core::tiers::{TierCatalog, TierSubscription};
 use tokio::sync::Mutex;
 
@@ -41,6 +42,13 @@ pub trait SyncSource: Send + Sync {
     async fn catalog(&self) -> Result<TierCatalog, StoreError>;
     /// The organization's tier subscriptions.
     async fn subscriptions(&self, org: OrgId) -> Result<Vec<TierSubscription>, StoreError>;
+    /// The organization's monthly budget LiteLLM Enterprise enforces on its organization
+    /// (see [`super::org_monthly_budget`]); `None` without one, or from a source that does
+    /// not read budgets (StratAI enforces them anyway).
+    async fn org_budget(&self, org: OrgId) -> Result<Option<Money>, StoreError> {
+        let _ = org;
+        Ok(None)
+    }
     /// Writes back the LiteLLM key id (token hash) of a membership (`None` when deleted).
     /// Must not emit an outbox event (the stores treat it as a sync-only change).
     async fn record_key(
@@ -63,12 +71,25 @@ fn not_found_as_none<T>(result: Result<T, StoreError>) -> Result<Option<T>, Stor
 pub struct CoreDirectory<D: ?Sized, T: ?Sized> {
     directory: Arc<D>,
     tiers: Arc<T>,
+    budgets: Option<Arc<dyn BudgetLedger>>,
 }
 
 impl<D: ?Sized, T: ?Sized> CoreDirectory<D, T> {
     /// Reads the directory from `directory` and tiers from `tiers` (often the same store).
     pub fn new(directory: Arc<D>, tiers: Arc<T>) -> Self {
-        Self { directory, tiers }
+        Self {
+            directory,
+            tiers,
+            budgets: None,
+        }
+    }
+
+    /// Also reads organization budgets from `budgets`, for LiteLLM Enterprise organizations
+    /// ([`SyncSource::org_budget`]).
+    #[must_use]
+    pub fn with_budgets(mut self, budgets: Arc<dyn BudgetLedger>) -> Self {
+        self.budgets = Some(budgets);
+        self
     }
 }
 
@@ -125,6 +146,16 @@ where
     }
     async fn subscriptions(&self, org: OrgId) -> Result<Vec<TierSubscription>, StoreError> {
         self.tiers.list_subscriptions(org).await
+    }
+    async fn org_budget(&self, org: OrgId) -> Result<Option<Money>, StoreError> {
+        let Some(budgets) = &self.budgets else {
+            return Ok(None);
+        };
+        match budgets.list_budgets(org).await {
+            Ok(list) => Ok(super::org_monthly_budget(&list)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
     async fn record_key(
         &self,

@@ -46,6 +46,7 @@ fn tier(slug: &str, model: &str, order: i32) -> ModelTier {
 #[derive(Default)]
 struct State {
     orgs: BTreeMap<OrgId, Organization>,
+    org_budgets: HashMap<OrgId, Money>,
     subscriptions: HashMap<OrgId, Vec<TierSubscription>>,
     groups: BTreeMap<GroupId, Group>,
     group_members: BTreeMap<GroupId, Vec<UserId>>,
@@ -115,6 +116,78 @@ impl FakeDirectory {
         s.orgs.insert(id, org);
         s.emit(id, OutboxEntity::Org(id), false);
         id
+    }
+
+    /// The organization's monthly budget. Like the stores, a budget change emits no outbox
+    /// event: the reconciler (or the next org event) carries it to LiteLLM.
+    pub fn set_org_budget(&self, org: OrgId, budget: Option<Decimal>) {
+        let mut s = self.state.lock().unwrap();
+        match budget {
+            Some(b) => s.org_budgets.insert(org, Money::new(b).unwrap()),
+            None => s.org_budgets.remove(&org),
+        };
+    }
+
+    /// Enables or disables the organization's subscription to a tier (an org event, as in
+    /// the stores).
+    pub fn set_subscription(&self, org: OrgId, tier: &TierSlug, enabled: bool) {
+        let id = self.catalog.iter().find(|t| &t.slug == tier).unwrap().id;
+        let mut s = self.state.lock().unwrap();
+        for sub in s.subscriptions.get_mut(&org).unwrap() {
+            if sub.tier_id == id {
+                sub.enabled = enabled;
+            }
+        }
+        s.emit(org, OutboxEntity::Org(org), false);
+    }
+
+    /// Sets the organization's timezone (its budget periods' zone; an org event).
+    pub fn set_org_timezone(&self, org: OrgId, timezone: Option<&str>) {
+        let mut s = self.state.lock().unwrap();
+        s.orgs.get_mut(&org).unwrap().settings.timezone = timezone.map(str::to_owned);
+        s.emit(org, OutboxEntity::Org(org), false);
+    }
+
+    /// The organization.
+    pub fn organization(&self, org: OrgId) -> Organization {
+        self.state.lock().unwrap().orgs[&org].clone()
+    }
+
+    /// Deactivates or reactivates the organization (an org event).
+    pub fn set_org_active(&self, org: OrgId, active: bool) {
+        let mut s = self.state.lock().unwrap();
+        s.orgs.get_mut(&org).unwrap().active = active;
+        s.emit(org, OutboxEntity::Org(org), false);
+    }
+
+    /// Deletes the organization with its groups and members (an org event).
+    pub fn delete_org(&self, org: OrgId) {
+        let mut s = self.state.lock().unwrap();
+        s.orgs.remove(&org);
+        s.org_budgets.remove(&org);
+        let groups: Vec<GroupId> = s
+            .groups
+            .values()
+            .filter(|g| g.org_id == org)
+            .map(|g| g.id)
+            .collect();
+        for g in groups {
+            s.groups.remove(&g);
+            s.group_members.remove(&g);
+        }
+        s.members.retain(|(o, _), _| *o != org);
+        s.emit(org, OutboxEntity::Org(org), true);
+    }
+
+    /// The organization's current outbox version.
+    pub fn org_version(&self, org: OrgId) -> i64 {
+        self.state
+            .lock()
+            .unwrap()
+            .versions
+            .get(&OutboxEntity::Org(org))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn add_group(
@@ -377,6 +450,9 @@ impl SyncSource for FakeDirectory {
             .get(&org)
             .cloned()
             .unwrap_or_default())
+    }
+    async fn org_budget(&self, org: OrgId) -> Result<Option<Money>, StoreError> {
+        Ok(self.state.lock().unwrap().org_budgets.get(&org).copied())
     }
     async fn record_key(
         &self,

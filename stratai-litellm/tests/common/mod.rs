@@ -69,3 +69,4 @@ where
 }
 
 pub mod fake;
+pub mod fake_litellm;
