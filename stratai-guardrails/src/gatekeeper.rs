@@ -181,6 +181,12 @@ impl Gatekeeper {
         &self.inner.guardrails
     }
 
+    /// The provider prices it records costs with.
+    #[must_use]
+    pub fn prices(&self) -> &PriceTable {
+        &self.inner.config.prices
+    }
+
     /// Decides a request and, when it may go ahead, reserves its worst-case cost. The caller
     /// then makes the LLM call with [`Admission::request`] (already clamped, redacted and
     /// annotated) and ends with [`Admission::complete`], [`Admission::finish_stream`] or
@@ -477,6 +483,26 @@ impl std::fmt::Debug for Admission {
     }
 }
 
+/// A request's end that the stores did not take: the settlement or the usage record failed.
+/// It carries everything needed to write it later (a durable spool), and the alerts that
+/// fired when the settlement did go through, so that they are not lost with the error.
+#[derive(Debug, thiserror::Error)]
+#[error("usage not recorded: {error}")]
+pub struct Unrecorded {
+    /// What failed.
+    #[source]
+    pub error: StoreError,
+    /// Whether the ledger took the settlement (or the release); when false it must be
+    /// applied again with the record.
+    pub settled: bool,
+    /// The record that was not written, priced as it would have been.
+    pub record: UsageRecord,
+    /// The budgets the request was reserved against.
+    pub budgets: Vec<BudgetId>,
+    /// Threshold alerts that fired with the settlement.
+    pub alerts: Vec<stratai_core::budget::BudgetAlert>,
+}
+
 /// The end of an admitted request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Completion {
@@ -553,7 +579,7 @@ impl Admission {
         self,
         mut response: ChatResponse,
         now: DateTime<Utc>,
-    ) -> Result<Completion, StoreError> {
+    ) -> Result<Completion, Box<Unrecorded>> {
         let guardrails = &self.gate.inner.guardrails;
         let mut decisions: Vec<FilteredAnswer> = Vec::new();
         for choice in &mut response.choices {
@@ -593,7 +619,7 @@ impl Admission {
         upstream_id: Option<String>,
         complete: bool,
         now: DateTime<Utc>,
-    ) -> Result<Completion, StoreError> {
+    ) -> Result<Completion, Box<Unrecorded>> {
         let status = if complete {
             UsageStatus::Success
         } else {
@@ -605,12 +631,8 @@ impl Admission {
 
     /// The call failed: releases the reservation and records the failed request (nothing
     /// billed).
-    pub async fn abort(self) -> Result<UsageRecord, StoreError> {
+    pub async fn abort(self) -> Result<UsageRecord, Box<Unrecorded>> {
         let inner = &self.gate.inner;
-        inner
-            .ledger
-            .release(self.caller.org_id, self.request_id)
-            .await?;
         let record = self.record(
             TokenUsage::default(),
             UsageStatus::Failed,
@@ -618,11 +640,30 @@ impl Admission {
             Money::ZERO,
             Money::ZERO,
         );
-        inner
+        let unrecorded = |error, settled, record| {
+            Box::new(Unrecorded {
+                error,
+                settled,
+                record,
+                budgets: self.budgets.clone(),
+                alerts: Vec::new(),
+            })
+        };
+        if let Err(e) = inner
+            .ledger
+            .release(self.caller.org_id, self.request_id)
+            .await
+        {
+            return Err(unrecorded(e, false, record));
+        }
+        match inner
             .usage
             .append(self.caller.org_id, std::slice::from_ref(&record))
-            .await?;
-        Ok(record)
+            .await
+        {
+            Ok(_) => Ok(record),
+            Err(e) => Err(unrecorded(e, true, record)),
+        }
     }
 
     async fn settle(
@@ -633,7 +674,7 @@ impl Admission {
         decision: Decision,
         response: Option<ChatResponse>,
         now: DateTime<Utc>,
-    ) -> Result<Completion, StoreError> {
+    ) -> Result<Completion, Box<Unrecorded>> {
         let inner = &self.gate.inner;
         let billed = billed_amount(&self.tier, usage.prompt_tokens, usage.completion_tokens);
         // A model of a tier without a provider price still bills; its provider cost is unknown
@@ -643,7 +684,8 @@ impl Admission {
             .prices
             .provider_cost(&self.model, usage.prompt_tokens, usage.completion_tokens)
             .unwrap_or(Money::ZERO);
-        let settled = inner
+        let record = self.record(usage, status, upstream_id, provider, billed);
+        let settled = match inner
             .ledger
             .settle(
                 self.caller.org_id,
@@ -652,12 +694,32 @@ impl Admission {
                 billed,
                 now,
             )
-            .await?;
-        let record = self.record(usage, status, upstream_id, provider, billed);
-        inner
+            .await
+        {
+            Ok(settled) => settled,
+            Err(error) => {
+                return Err(Box::new(Unrecorded {
+                    error,
+                    settled: false,
+                    record,
+                    budgets: self.budgets.clone(),
+                    alerts: Vec::new(),
+                }));
+            }
+        };
+        if let Err(error) = inner
             .usage
             .append(self.caller.org_id, std::slice::from_ref(&record))
-            .await?;
+            .await
+        {
+            return Err(Box::new(Unrecorded {
+                error,
+                settled: true,
+                record,
+                budgets: self.budgets.clone(),
+                alerts: settled.alerts,
+            }));
+        }
         Ok(Completion {
             response,
             decision,

@@ -138,13 +138,24 @@ struct State {
     held: HashMap<RequestId, Held>,
     /// Leases whose settlement failed; retried by the next flush.
     unsettled: Vec<Closing>,
+    /// Leases taken for settlement whose settlement has not finished yet.
+    settling: usize,
     alerts: Vec<BudgetAlert>,
 }
 
 impl State {
+    /// Takes the leases whose settlement failed earlier, to retry.
+    fn take_unsettled(&mut self) -> Vec<Closing> {
+        let retry = std::mem::take(&mut self.unsettled);
+        // They count as being settled again until the retry ends.
+        self.settling += retry.len();
+        retry
+    }
+
     /// Removes lease `id` (it has no request in flight) for settlement.
     fn take(&mut self, id: RequestId) -> Option<Closing> {
         let lease = self.leases.remove(&id)?;
+        self.settling += 1;
         if let Some(ids) = self.by_key.get_mut(&lease.key) {
             ids.retain(|l| *l != id);
             if ids.is_empty() {
@@ -244,7 +255,7 @@ impl LeasedLedger {
     pub async fn flush(&self, now: DateTime<Utc>) -> Result<Vec<BudgetAlert>, StoreError> {
         let closing = {
             let mut state = self.state();
-            let mut closing = std::mem::take(&mut state.unsettled);
+            let mut closing = state.take_unsettled();
             closing.extend(state.take_closable(self.config.max_age, None));
             closing
         };
@@ -253,7 +264,8 @@ impl LeasedLedger {
     }
 
     /// Stops every lease from admitting and settles those whose requests have ended;
-    /// returns how many leases still wait for requests in flight.
+    /// returns how many leases are not settled yet (waiting for requests in flight, or being
+    /// settled by another task) with the alerts that fired.
     pub async fn close_all(
         &self,
         now: DateTime<Utc>,
@@ -263,13 +275,14 @@ impl LeasedLedger {
             for lease in state.leases.values_mut() {
                 lease.closing = true;
             }
-            let mut closing = std::mem::take(&mut state.unsettled);
+            let mut closing = state.take_unsettled();
             closing.extend(state.take_closable(Duration::ZERO, None));
             closing
         };
         self.settle_leases(closing, now).await?;
         let mut state = self.state();
-        Ok((state.leases.len(), std::mem::take(&mut state.alerts)))
+        let open = state.leases.len() + state.settling + state.unsettled.len();
+        Ok((open, std::mem::take(&mut state.alerts)))
     }
 
     /// Settles leases in the shared ledger; a failure keeps the rest for the next flush.
@@ -285,11 +298,17 @@ impl LeasedLedger {
                 .settle(c.org, c.id, &c.budgets, c.settled, now)
                 .await
             {
-                Ok(outcome) => self.state().alerts.extend(outcome.alerts),
-                Err(e) => {
+                Ok(outcome) => {
                     let mut state = self.state();
+                    state.settling = state.settling.saturating_sub(1);
+                    state.alerts.extend(outcome.alerts);
+                }
+                Err(e) => {
+                    let rest: Vec<Closing> = iter.collect();
+                    let mut state = self.state();
+                    state.settling = state.settling.saturating_sub(1 + rest.len());
                     state.unsettled.push(c);
-                    state.unsettled.extend(iter);
+                    state.unsettled.extend(rest);
                     return Err(e);
                 }
             }

@@ -15,6 +15,7 @@ pub use decision::{Decision, Modification, Outcome, Reason};
 pub use engine::Guardrails;
 pub use gatekeeper::{
     Admission, Caller, Completion, Gatekeeper, GatekeeperConfig, MemberSnapshot, Refusal,
+    Unrecorded,
 };
 pub use lease::{LeaseConfig, LeasedLedger};
 pub use policy::{

@@ -3,8 +3,11 @@
 //! ```text
 //! litellm-worker [--once] [--demo] [--repair] [--interval-ms N] [--reconcile-every-s N]
 //!                [--spend-every-s N] [--spend-window-min N] [--model STRATAI=LITELLM]...
+//!                [--vault-replace-foreign]
 //! env: STRATAI_LITELLM_URL, STRATAI_LITELLM_MASTER_KEY (required),
-//!      STRATAI_DATABASE_URL: `sqlite:PATH`, `sqlite::memory:` or `postgres://...` (app role)
+//!      STRATAI_DATABASE_URL: `sqlite:PATH`, `sqlite::memory:` or `postgres://...` (app role),
+//!      STRATAI_VAULT_KEY: the key vault's master key (required with a database file or
+//!      PostgreSQL; the same as the server's)
 //! ```
 //!
 //! Every `--interval-ms` (1000) it runs a sync pass over the outbox; every
@@ -15,8 +18,14 @@
 //! an in-memory store seeded with one organization, group and member, syncs it, chats once
 //! with the member's key and reports (needs the proxy's `mock-gpt` models).
 //!
-//! Virtual key secrets are kept in memory ([`MemoryKeyVault`]): a production deployment needs
-//! a persistent, encrypted vault (see the stratai-litellm README).
+//! Virtual key secrets are sealed into the database ([`EncryptedKeyVault`] over the store's
+//! `KeyVaultStore`) with the master key in `STRATAI_VAULT_KEY` (32 bytes as 64 hex digits or
+//! base64, e.g. `openssl rand -base64 32`): a restart does not regenerate keys, and the server
+//! (`STRATAI_LITELLM_SYNC=worker`, same database and key) serves chat with the keys this worker
+//! creates. A secret sealed under another master key is refused with an error naming both key
+//! ids; `--vault-replace-foreign` replaces such members' keys instead (after losing the master
+//! key). Without `STRATAI_VAULT_KEY`, `--demo` and an in-memory database use an ephemeral key,
+//! said so on stderr; any other database refuses to start.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,10 +39,11 @@ use stratai_core::directory::{
     Organization, PlatformRole, Slug, User,
 };
 use stratai_core::ids::{ModelId, TierSlug};
-use stratai_core::ports::{DirectoryStore, OutboxStore, TierStore, UsageStore};
+use stratai_core::ports::{DirectoryStore, KeyVaultStore, OutboxStore, TierStore, UsageStore};
 use stratai_core::tiers::{BASIC_TIER_ID, PREMIUM_TIER_ID, default_tiers, subscriptions_for};
 use stratai_core::usage::UsageQuery;
-use stratai_litellm::sync::{CoreDirectory, MemoryKeyVault, ModelNames, SyncConfig, SyncEngine};
+use stratai_litellm::sync::{CoreDirectory, ModelNames, SyncConfig, SyncEngine};
+use stratai_litellm::vault::{EncryptedKeyVault, ForeignSecrets, VaultKey};
 use stratai_litellm::{Attribution, ChatMessage, ChatRequest, ClientConfig, LiteLlmClient, Secret};
 
 struct Options {
@@ -45,11 +55,14 @@ struct Options {
     spend_every: Duration,
     spend_window: chrono::Duration,
     models: ModelNames,
+    vault_replace_foreign: bool,
 }
 
 const USAGE: &str = "usage: litellm-worker [--once] [--demo] [--repair] [--interval-ms N] \
-[--reconcile-every-s N] [--spend-every-s N] [--spend-window-min N] [--model STRATAI=LITELLM]...\n\
-env: STRATAI_LITELLM_URL, STRATAI_LITELLM_MASTER_KEY, STRATAI_DATABASE_URL (sqlite:... or postgres://...)";
+[--reconcile-every-s N] [--spend-every-s N] [--spend-window-min N] [--model STRATAI=LITELLM]... \
+[--vault-replace-foreign]\n\
+env: STRATAI_LITELLM_URL, STRATAI_LITELLM_MASTER_KEY, STRATAI_DATABASE_URL (sqlite:... or postgres://...), \
+STRATAI_VAULT_KEY (32 bytes, hex or base64: `openssl rand -base64 32`)";
 
 fn number(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<u64, String> {
     let value = args
@@ -70,6 +83,7 @@ fn parse_args() -> Result<Options, String> {
         spend_every: Duration::from_secs(3600),
         spend_window: chrono::Duration::minutes(60),
         models: ModelNames::identity(),
+        vault_replace_foreign: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -77,6 +91,7 @@ fn parse_args() -> Result<Options, String> {
             "--once" => options.once = true,
             "--demo" => options.demo = true,
             "--repair" => options.repair = true,
+            "--vault-replace-foreign" => options.vault_replace_foreign = true,
             "--interval-ms" => {
                 options.interval = Duration::from_millis(number(&mut args, &arg)?.max(10))
             }
@@ -135,27 +150,60 @@ async fn run() -> Result<bool, String> {
     let master = Secret::new(env("STRATAI_LITELLM_MASTER_KEY")?);
     let client = LiteLlmClient::new(ClientConfig::new(url, master)).map_err(|e| e.to_string())?;
     if options.demo {
+        let key = vault_key(true)?;
         let store = Arc::new(stratai_store::MemoryStore::new());
         let (org, user) = seed_demo(store.as_ref()).await?;
         println!("demo: organization {org}, member {user}");
-        return work(store, client, options, Some((org, user))).await;
+        return work(store, client, key, options, Some((org, user))).await;
     }
     let database =
         std::env::var("STRATAI_DATABASE_URL").unwrap_or_else(|_| "sqlite::memory:".to_owned());
     if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        let key = vault_key(false)?;
         let store = stratai_store::PgStore::connect(&database)
             .await
             .map_err(|e| e.to_string())?;
-        work(Arc::new(store), client, options, None).await
+        work(Arc::new(store), client, key, options, None).await
     } else if database.starts_with("sqlite:") {
+        let key = vault_key(database.contains(":memory:") || database.contains("mode=memory"))?;
         let store = stratai_store::SqliteStore::connect(&database)
             .await
             .map_err(|e| e.to_string())?;
-        work(Arc::new(store), client, options, None).await
+        work(Arc::new(store), client, key, options, None).await
     } else {
         Err(format!(
             "STRATAI_DATABASE_URL `{database}`: expected sqlite:... or postgres://..."
         ))
+    }
+}
+
+/// The vault master key from `STRATAI_VAULT_KEY`; without it, an ephemeral key when nothing
+/// outlives this process (`ephemeral_ok`), said so on stderr, else an error.
+fn vault_key(ephemeral_ok: bool) -> Result<(VaultKey, bool), String> {
+    match std::env::var(VaultKey::ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        Some(text) => {
+            let key = VaultKey::parse(&text).map_err(|e| format!("{}: {e}", VaultKey::ENV))?;
+            eprintln!("key vault: master key id {}", key.id());
+            Ok((key, false))
+        }
+        None if ephemeral_ok => {
+            let key = VaultKey::generate().map_err(|e| e.to_string())?;
+            eprintln!(
+                "key vault: {} is not set; using an EPHEMERAL master key (id {}): fine for an \
+                 in-memory store, whose keys die with this process anyway",
+                VaultKey::ENV,
+                key.id()
+            );
+            Ok((key, true))
+        }
+        None => Err(format!(
+            "env `{}` is not set: the master key sealing members' virtual keys in the database \
+             (32 bytes, hex or base64, e.g. `openssl rand -base64 32`; the server needs the same)\n{USAGE}",
+            VaultKey::ENV
+        )),
     }
 }
 
@@ -235,14 +283,20 @@ fn uuid_suffix() -> String {
 async fn work<S>(
     store: Arc<S>,
     client: LiteLlmClient,
+    (key, ephemeral): (VaultKey, bool),
     options: Options,
     demo: Option<(stratai_core::ids::OrgId, stratai_core::ids::UserId)>,
 ) -> Result<bool, String>
 where
-    S: DirectoryStore + TierStore + OutboxStore + UsageStore + 'static,
+    S: DirectoryStore + TierStore + OutboxStore + UsageStore + KeyVaultStore + 'static,
 {
     let source = Arc::new(CoreDirectory::new(store.clone(), store.clone()));
-    let vault = Arc::new(MemoryKeyVault::new());
+    let foreign = if ephemeral || options.vault_replace_foreign {
+        ForeignSecrets::Replace
+    } else {
+        ForeignSecrets::Refuse
+    };
+    let vault = Arc::new(EncryptedKeyVault::new(store.clone(), key).with_foreign_secrets(foreign));
     let config = SyncConfig {
         model_names: options.models.clone(),
         ..SyncConfig::default()

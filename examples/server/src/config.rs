@@ -195,6 +195,15 @@ pub struct FileLiteLlm {
     pub url: Option<String>,
     /// `LITELLM_MASTER_KEY`
     pub master_key: Option<Secret>,
+    /// `STRATAI_VAULT_KEY`: master key of the virtual-key vault, 32 bytes as 64 hex digits or
+    /// base64 (`openssl rand -base64 32`); the same in the server and `litellm-worker`
+    pub vault_key: Option<Secret>,
+    /// `STRATAI_VAULT_REPLACE_FOREIGN`: replace members' keys sealed under another master key
+    /// (after losing it) instead of refusing them
+    pub vault_replace_foreign: Option<bool>,
+    /// `STRATAI_LITELLM_SYNC`: `in-process` (default) runs the outbox sync in the server;
+    /// `worker` leaves it to `litellm-worker`
+    pub sync: Option<String>,
 }
 
 /// Validated configuration.
@@ -275,6 +284,13 @@ pub struct LiteLlmConfig {
     pub url: Url,
     /// Master key for management calls.
     pub master_key: Secret,
+    /// Master key of the virtual-key vault (secrets sealed in the database). `None` only in
+    /// dev mode without `STRATAI_VAULT_KEY`: an ephemeral key is generated at start, said so.
+    pub vault_key: Option<stratai_litellm::vault::VaultKey>,
+    /// Replace members' keys sealed under another master key instead of refusing them.
+    pub vault_replace_foreign: bool,
+    /// Whether the server consumes the outbox itself (`false`: `litellm-worker` does).
+    pub sync_in_process: bool,
 }
 
 /// Where settings come from: the process environment, or a map in tests.
@@ -390,6 +406,31 @@ impl Config {
             (Some(url), Some(master_key)) => Some(LiteLlmConfig {
                 url: parse_url("LITELLM_URL", &url)?,
                 master_key,
+                vault_key: vault_key(
+                    env.get("STRATAI_VAULT_KEY")
+                        .map(Secret::new)
+                        .or(file.litellm.vault_key),
+                    oidc.is_none(),
+                )?,
+                vault_replace_foreign: match env.get("STRATAI_VAULT_REPLACE_FOREIGN") {
+                    Some(v) => flag("STRATAI_VAULT_REPLACE_FOREIGN", &v)?,
+                    None => file.litellm.vault_replace_foreign.unwrap_or(false),
+                },
+                sync_in_process: match env
+                    .get("STRATAI_LITELLM_SYNC")
+                    .or(file.litellm.sync)
+                    .as_deref()
+                    .map(str::trim)
+                {
+                    None | Some("in-process") => true,
+                    Some("worker") => false,
+                    Some(other) => {
+                        return Err(invalid(
+                            "STRATAI_LITELLM_SYNC",
+                            format!("`{other}`: expected `in-process` or `worker`"),
+                        ));
+                    }
+                },
             }),
             (Some(_), None) => {
                 return Err(invalid(
@@ -439,6 +480,35 @@ impl Config {
     #[must_use]
     pub fn dev_mode(&self) -> bool {
         self.oidc.is_none()
+    }
+}
+
+/// The vault master key: parsed when given; required outside dev mode (an ephemeral key
+/// would make every restart regenerate every member's virtual key).
+fn vault_key(
+    text: Option<Secret>,
+    dev_mode: bool,
+) -> Result<Option<stratai_litellm::vault::VaultKey>, ConfigError> {
+    match text {
+        Some(text) => stratai_litellm::vault::VaultKey::parse(text.expose())
+            .map(Some)
+            .map_err(|e| invalid("STRATAI_VAULT_KEY", e.to_string())),
+        None if dev_mode => Ok(None),
+        None => Err(invalid(
+            "STRATAI_VAULT_KEY",
+            "required when LITELLM_URL is set outside dev mode: the master key sealing \
+             members' virtual keys in the database (32 bytes, hex or base64, e.g. `openssl \
+             rand -base64 32`; litellm-worker needs the same)",
+        )),
+    }
+}
+
+/// A boolean setting: `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`.
+fn flag(key: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(invalid(key, format!("`{other}` is not a boolean"))),
     }
 }
 
@@ -904,6 +974,7 @@ mod tests {
             litellm: FileLiteLlm {
                 url: Some("http://127.0.0.1:4000".into()),
                 master_key: Some(Secret::new("sk-file")),
+                ..FileLiteLlm::default()
             },
             ..FileConfig::default()
         };
@@ -920,5 +991,66 @@ mod tests {
         assert_eq!(l.master_key.expose(), "sk-env");
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("sk-env"), "{dbg}");
+    }
+
+    #[test]
+    fn the_vault_key_is_parsed_required_outside_dev_mode_and_never_printed() {
+        let litellm = [
+            ("LITELLM_URL", "http://127.0.0.1:4000"),
+            ("LITELLM_MASTER_KEY", "sk-master"),
+        ];
+        let key_hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        // Dev mode without a key: an ephemeral one is made at start.
+        let c = Config::load(&env(&litellm)).unwrap();
+        let l = c.litellm.as_ref().unwrap();
+        assert!(l.vault_key.is_none());
+        assert!(!l.vault_replace_foreign);
+        assert!(l.sync_in_process);
+        // Given: parsed once; Debug shows its id, not the key.
+        let mut with_key = litellm.to_vec();
+        with_key.push(("STRATAI_VAULT_KEY", key_hex));
+        with_key.push(("STRATAI_VAULT_REPLACE_FOREIGN", "true"));
+        with_key.push(("STRATAI_LITELLM_SYNC", "worker"));
+        let c = Config::load(&env(&with_key)).unwrap();
+        let l = c.litellm.as_ref().unwrap();
+        let vault = l.vault_key.as_ref().unwrap();
+        assert_eq!(
+            vault.id(),
+            stratai_litellm::vault::VaultKey::parse(key_hex)
+                .unwrap()
+                .id()
+        );
+        assert!(l.vault_replace_foreign);
+        assert!(!l.sync_in_process);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains(key_hex), "{dbg}");
+        assert!(dbg.contains(&vault.id()), "{dbg}");
+        // Malformed: refused, without echoing it.
+        let mut bad = litellm.to_vec();
+        bad.push(("STRATAI_VAULT_KEY", "too-short-secret"));
+        let e = Config::load(&env(&bad)).unwrap_err().to_string();
+        assert!(e.contains("STRATAI_VAULT_KEY"), "{e}");
+        assert!(!e.contains("too-short-secret"), "{e}");
+        let mut bad = litellm.to_vec();
+        bad.push(("STRATAI_LITELLM_SYNC", "sometimes"));
+        assert!(Config::load(&env(&bad)).is_err());
+        // Outside dev mode (OIDC configured) the key is required.
+        let mut prod = litellm.to_vec();
+        prod.push(("OIDC_ISSUER", "https://idp.example/"));
+        prod.push(("OIDC_AUDIENCE", "api"));
+        let e = Config::load(&env(&prod)).unwrap_err().to_string();
+        assert!(
+            e.contains("STRATAI_VAULT_KEY") && e.contains("required"),
+            "{e}"
+        );
+        prod.push(("STRATAI_VAULT_KEY", key_hex));
+        assert!(
+            Config::load(&env(&prod))
+                .unwrap()
+                .litellm
+                .unwrap()
+                .vault_key
+                .is_some()
+        );
     }
 }

@@ -10,7 +10,7 @@ use stratai_core::directory::{
     PlatformRole, Slug, User,
 };
 use stratai_core::ports::{
-    BudgetLedger, DirectoryStore, GuardrailStore, OutboxStore, TierStore, UsageStore,
+    BudgetLedger, DirectoryStore, GuardrailStore, KeyVaultStore, OutboxStore, TierStore, UsageStore,
 };
 use stratai_core::tiers::{TierSubscription, default_tiers};
 use stratai_core::{StoreError, UserId};
@@ -34,6 +34,8 @@ pub struct Stores {
     pub guardrails: Arc<dyn GuardrailStore>,
     /// The LiteLLM sync outbox.
     pub outbox: Arc<dyn OutboxStore>,
+    /// Sealed LiteLLM virtual-key secrets (the sync's encrypted key vault).
+    pub key_vault: Arc<dyn KeyVaultStore>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -52,6 +54,7 @@ impl Stores {
             + UsageStore
             + GuardrailStore
             + OutboxStore
+            + KeyVaultStore
             + Clone
             + 'static,
     {
@@ -61,7 +64,8 @@ impl Stores {
             budgets: Arc::new(backend.clone()),
             usage: Arc::new(backend.clone()),
             guardrails: Arc::new(backend.clone()),
-            outbox: Arc::new(backend),
+            outbox: Arc::new(backend.clone()),
+            key_vault: Arc::new(backend),
         }
     }
 

@@ -4,9 +4,10 @@
 //!
 //! Where the key comes from is a [`VirtualKeys`] source. [`SyncedKeys`] (the default) reads
 //! it from the stratai-litellm sync engine's [`KeyVault`](stratai_litellm::sync::KeyVault),
-//! the same instance the engine fills while it consumes the outbox. When the vault has no key
-//! for the member yet (the outbox has not reached them, or the process restarted), it asks the
-//! engine to push the member now. The gateway never creates, replaces or deletes keys itself:
+//! the same instance the engine fills while it consumes the outbox: [`key_vault`], secrets
+//! sealed in the database, so keys survive restarts and those `litellm-worker` creates are
+//! usable here. When the vault has no key for the member yet (the outbox has not reached
+//! them), it asks the engine to push the member now. The gateway never creates, replaces or deletes keys itself:
 //! the sync engine is the only code path that does, so the two never fight over a member's
 //! key (alias `stratai:<org>:<user>`).
 
@@ -22,8 +23,12 @@ use stratai_core::gateway::{
 };
 use stratai_core::ids::{OrgId, UserId};
 use stratai_core::ports::LlmGateway;
-use stratai_litellm::sync::SyncEngine;
+use stratai_litellm::sync::{KeyVault, SyncEngine};
+use stratai_litellm::vault::{EncryptedKeyVault, ForeignSecrets, VaultKey};
 use stratai_litellm::{Attribution, LiteLlmClient, LiteLlmError, Secret};
+
+use crate::config::LiteLlmConfig;
+use crate::stores::Stores;
 
 /// Where members' virtual keys come from.
 #[async_trait]
@@ -39,6 +44,40 @@ pub trait VirtualKeys: Send + Sync {
 #[must_use]
 pub fn key_alias(org: OrgId, user: UserId) -> String {
     stratai_litellm::sync::key_alias(org, user)
+}
+
+/// The sync engine's key vault: members' secrets sealed in the database
+/// ([`EncryptedKeyVault`]) under the configured master key (`STRATAI_VAULT_KEY`), shared with
+/// `litellm-worker` and kept across restarts. In dev mode without a configured key, an
+/// ephemeral one is generated and the start log says so plainly: keys sealed under it are
+/// replaced after a restart, and a separate worker cannot read them.
+pub fn key_vault(config: &LiteLlmConfig, stores: &Stores) -> Result<Arc<dyn KeyVault>, String> {
+    let (key, foreign) = match &config.vault_key {
+        Some(key) => {
+            tracing::info!(
+                vault_key_id = %key.id(),
+                replace_foreign = config.vault_replace_foreign,
+                "members' LiteLLM virtual keys are sealed in the database with the configured vault master key"
+            );
+            let foreign = if config.vault_replace_foreign {
+                ForeignSecrets::Replace
+            } else {
+                ForeignSecrets::Refuse
+            };
+            (key.clone(), foreign)
+        }
+        None => {
+            let key = VaultKey::generate().map_err(|e| e.to_string())?;
+            tracing::warn!(
+                vault_key_id = %key.id(),
+                "STRATAI_VAULT_KEY is not set (dev mode): members' LiteLLM virtual keys are sealed with an EPHEMERAL master key that dies with this process, so every key is regenerated after a restart and litellm-worker cannot read them; set STRATAI_VAULT_KEY (32 bytes, e.g. `openssl rand -base64 32`) to keep them"
+            );
+            (key, ForeignSecrets::Replace)
+        }
+    };
+    Ok(Arc::new(
+        EncryptedKeyVault::new(stores.key_vault.clone(), key).with_foreign_secrets(foreign),
+    ))
 }
 
 /// Keys from the sync engine's vault, provisioned on demand by the engine (see the module

@@ -6,8 +6,11 @@
 //! a background task consumes the store's outbox (as `examples/litellm-worker` does) and
 //! reconciles with repair at start and every five minutes. The gateway reads members' keys
 //! from the engine's vault and asks the engine for a member's key on demand, so the engine is
-//! the only code path that creates keys. Do not also run `litellm-worker` against the same
-//! database and proxy (see the crate README).
+//! the only code path that creates keys. The vault seals the secrets in the database
+//! ([`super::litellm::key_vault`], `STRATAI_VAULT_KEY`), so they survive restarts and are
+//! shared with `litellm-worker`. With `STRATAI_LITELLM_SYNC=worker` the server leaves the
+//! outbox and reconciles to the worker (run one consumer of the outbox, not both) and only
+//! reads keys, pushing a member on demand when the vault has none yet.
 //!
 //! Environment (all optional):
 //! - `STRATAI_USAGE_SPOOL`: spool file (default `./.stratai/usage.spool`);
@@ -22,7 +25,7 @@ use std::time::Duration;
 
 use stratai_core::ports::{LlmGateway, SystemClock};
 use stratai_guardrails::{Gatekeeper, GatekeeperConfig, Guardrails, Policy};
-use stratai_litellm::sync::{CoreDirectory, MemoryKeyVault, SyncConfig, SyncEngine};
+use stratai_litellm::sync::{CoreDirectory, SyncConfig, SyncEngine};
 use url::Url;
 
 use super::GatewayState;
@@ -152,7 +155,7 @@ pub async fn build_state(
             ))
             .map_err(|e| format!("litellm client: {e}"))?;
             upstream = Some(client.clone());
-            tracing::info!(url = %l.url, "chat goes through the LiteLLM proxy with each member's virtual key; the LiteLLM sync runs in-process");
+            tracing::info!(url = %l.url, "chat goes through the LiteLLM proxy with each member's virtual key");
             let engine = Arc::new(SyncEngine::new(
                 client,
                 Arc::new(CoreDirectory::new(
@@ -160,10 +163,17 @@ pub async fn build_state(
                     stores.tiers.clone(),
                 )),
                 stores.outbox.clone(),
-                Arc::new(MemoryKeyVault::new()),
+                super::litellm::key_vault(l, stores)?,
                 SyncConfig::default(),
             ));
-            spawn_sync(engine.clone(), options.sync_interval);
+            if l.sync_in_process {
+                tracing::info!("the LiteLLM sync runs in-process");
+                spawn_sync(engine.clone(), options.sync_interval);
+            } else {
+                tracing::info!(
+                    "the LiteLLM outbox sync is left to litellm-worker (STRATAI_LITELLM_SYNC=worker); members' keys come from the shared vault"
+                );
+            }
             (
                 Arc::new(LiteLlmProvider::with_sync_engine(engine)),
                 "litellm",
