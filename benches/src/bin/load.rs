@@ -29,11 +29,12 @@ use stratai_core::directory::{
     Email, INTERNAL_ORG_SLUG, Membership, OrgRole, PlatformRole, Slug, User,
 };
 use stratai_core::money::Money;
+use stratai_guardrails::LeaseConfig;
 use stratai_server::app::{AppState, HttpLimits, router};
 use stratai_server::auth::Auth;
 use stratai_server::config::Config;
 use stratai_server::gateway::openai::OpenAiCompatProvider;
-use stratai_server::gateway::setup::{GatewayOptions, build_state};
+use stratai_server::gateway::setup::{Drainer, GatewayOptions, build_state};
 use stratai_server::server::Backends;
 use stratai_server::stores::Stores;
 use tokio::sync::Semaphore;
@@ -238,7 +239,11 @@ async fn drop_pg(db: &PgDb) {
 
 /// Starts the StratAI server in-process on PostgreSQL, upstream = `upstream`; returns its
 /// chat URL, a member's token and the store (for counting records).
-async fn start_gateway(upstream: &str, stores: Stores) -> Result<(String, String), BoxError> {
+async fn start_gateway(
+    upstream: String,
+    stores: Stores,
+    fast: bool,
+) -> Result<(String, String, Drainer), BoxError> {
     let env: HashMap<String, String> =
         [("DATABASE_URL".to_owned(), "sqlite://unused.db".to_owned())].into();
     let config = Config::load(&env)?;
@@ -249,10 +254,24 @@ async fn start_gateway(upstream: &str, stores: Stores) -> Result<(String, String
         backends.sessions,
     )?);
     let mut options = GatewayOptions::from_env();
-    options.spool_path =
-        std::env::temp_dir().join(format!("stratai-load-{}.spool", std::process::id()));
-    options.llm = Some((Arc::new(OpenAiCompatProvider::new(upstream, None)?), "mock"));
+    options.spool_path = std::env::temp_dir().join(format!(
+        "stratai-load-{}-{}.spool",
+        std::process::id(),
+        if fast { "fast" } else { "strict" }
+    ));
+    options.llm = Some((
+        Arc::new(OpenAiCompatProvider::new(&upstream, None)?),
+        "mock",
+    ));
+    if fast {
+        options.budget_lease = Some(LeaseConfig::default());
+        options.usage_batch = Some(65_536);
+    } else {
+        options.budget_lease = None;
+        options.usage_batch = None;
+    }
     let gateway = build_state(&config, auth.clone(), &stores, options).await?;
+    let drainer = gateway.drainer.clone();
     let app = router(
         AppState {
             auth,
@@ -278,7 +297,11 @@ async fn start_gateway(upstream: &str, stores: Stores) -> Result<(String, String
         .find_org_by_slug(&Slug::new(INTERNAL_ORG_SLUG)?)
         .await?
         .ok_or("internal org missing")?;
-    let email = "load@stratai.test";
+    let email = if fast {
+        "load-fast@stratai.test"
+    } else {
+        "load@stratai.test"
+    };
     let user = User::new(Email::new(email)?, None, PlatformRole::User, now)?;
     stores.directory.create_user(&user).await?;
     stores
@@ -307,7 +330,7 @@ async fn start_gateway(upstream: &str, stores: Stores) -> Result<(String, String
         .json()
         .await?;
     let token = v["token"].as_str().ok_or("no dev token")?.to_owned();
-    Ok((format!("http://{addr}/v1/chat/completions"), token))
+    Ok((format!("http://{addr}/v1/chat/completions"), token, drainer))
 }
 
 fn ms(d: Duration) -> String {
@@ -332,15 +355,31 @@ async fn main() -> Result<(), BoxError> {
         .unwrap_or(32)
         .clamp(1, 512);
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let mock = mock_upstream::MockServer::start(listener, mock_upstream::MockConfig::default())?;
+    // The servers (mock upstream, gateways, their database pool) run on their own runtime
+    // and threads, as separate processes would; the load generator runs on this one.
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("servers")
+        .enable_all()
+        .build()?;
+    let mock = servers
+        .spawn(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let mock =
+                mock_upstream::MockServer::start(listener, mock_upstream::MockConfig::default())?;
+            Ok::<_, BoxError>(mock)
+        })
+        .await??;
+    // The database is created here; the gateways' pool connects from the servers' runtime.
     let (stores, pg) = fresh_pg().await?;
-    let result = run(&mock, stores.clone(), &rates, secs, workers).await;
+    let result = run(&servers, &mock, stores.clone(), &rates, secs, workers).await;
     let recorded = count_usage(&stores).await;
     drop_pg(&pg).await;
+    drop(mock);
+    servers.shutdown_background();
     let table = result?;
     println!("{table}");
-    println!("usage records written by the gateway during the run: {recorded}");
+    println!("usage records written by the two gateways during the run: {recorded}");
     Ok(())
 }
 
@@ -367,6 +406,7 @@ async fn count_usage(stores: &Stores) -> usize {
 }
 
 async fn run(
+    servers: &tokio::runtime::Runtime,
     mock: &mock_upstream::MockServer,
     stores: Stores,
     rates: &[u32],
@@ -380,7 +420,12 @@ async fn run(
             "max_tokens": 16
         })
     };
-    let (gw_url, gw_token) = start_gateway(&mock.base_url(), stores).await?;
+    let (gw_url, gw_token, _) = servers
+        .spawn(start_gateway(mock.base_url(), stores.clone(), false))
+        .await??;
+    let (fast_url, fast_token, fast_drainer) = servers
+        .spawn(start_gateway(mock.base_url(), stores, true))
+        .await??;
     let mut targets = vec![
         Target {
             name: "direct (mock)",
@@ -389,9 +434,15 @@ async fn run(
             body: body("gpt-4o-mini"),
         },
         Target {
-            name: "stratai gateway",
+            name: "stratai gateway, strict",
             url: gw_url,
             token: gw_token,
+            body: body("gpt-4o-mini"),
+        },
+        Target {
+            name: "stratai gateway, leases + batched usage",
+            url: fast_url,
+            token: fast_token,
             body: body("gpt-4o-mini"),
         },
     ];
@@ -432,6 +483,10 @@ async fn run(
         let o = max_throughput(&http, t, workers, secs).await;
         out.push_str(&row(t.name, &o));
     }
+    // Settle the fast gateway's leases and write its queued records before counting.
+    servers
+        .spawn(async move { fast_drainer.drain(Duration::from_secs(30)).await })
+        .await?;
     Ok(out)
 }
 

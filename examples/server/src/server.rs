@@ -184,6 +184,7 @@ pub async fn serve(
     )
     .await
     .map_err(ServeError::Startup)?;
+    let drainer = gateway.drainer.clone();
     let state = AppState {
         auth,
         readiness: backends.readiness,
@@ -207,6 +208,7 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    drainer.drain(std::time::Duration::from_secs(10)).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -154,6 +154,17 @@ impl Spool {
         ledger: &dyn BudgetLedger,
         usage: &dyn UsageStore,
     ) -> Result<ReplayReport, SpoolError> {
+        self.replay_alerting(ledger, usage, &mut Vec::new()).await
+    }
+
+    /// [`replay`](Self::replay), collecting the budget alerts that replayed settlements
+    /// raise into `fired`.
+    pub async fn replay_alerting(
+        &self,
+        ledger: &dyn BudgetLedger,
+        usage: &dyn UsageStore,
+        fired: &mut Vec<stratai_core::budget::BudgetAlert>,
+    ) -> Result<ReplayReport, SpoolError> {
         let mut file = self.file.lock().await;
         let text = tokio::fs::read_to_string(&self.path)
             .await
@@ -187,11 +198,7 @@ impl Spool {
                             entry.record.created_at,
                         )
                         .await
-                        .map(|outcome| {
-                            for alert in &outcome.alerts {
-                                tracing::warn!(budget = %alert.budget_id, "budget alert raised while replaying the usage spool");
-                            }
-                        }),
+                        .map(|outcome| fired.extend(outcome.alerts)),
                     None => Ok(()),
                 };
                 match ok {
@@ -269,6 +276,7 @@ impl Spool {
         self: Arc<Self>,
         ledger: Arc<dyn BudgetLedger>,
         usage: Arc<dyn UsageStore>,
+        alerts: crate::alerts::AlertSink,
         interval: Duration,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
@@ -279,7 +287,13 @@ impl Spool {
                 if self.pending() == 0 {
                     continue;
                 }
-                match self.replay(ledger.as_ref(), usage.as_ref()).await {
+                let mut fired = Vec::new();
+                let replayed = self
+                    .replay_alerting(ledger.as_ref(), usage.as_ref(), &mut fired)
+                    .await;
+                // Alerts raised by settlements applied only now (their request's failed).
+                let _ = alerts.fire(&fired);
+                match replayed {
                     Ok(r) if r.inserted + r.duplicates > 0 || r.rejected > 0 => {
                         tracing::info!(
                             inserted = r.inserted,

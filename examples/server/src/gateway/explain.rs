@@ -19,7 +19,7 @@ use stratai_core::ids::{ModelId, UserId};
 use stratai_core::money::Money;
 
 use super::error::OpenAiError;
-use stratai_core::pricing::{PriceTable, estimate_prompt_tokens, reservation_estimate};
+use stratai_core::pricing::{estimate_prompt_tokens, reservation_estimate};
 
 use super::pipeline::{BudgetView, Refusal};
 use super::{GatewayState, authenticate, org_header, refusal_error};
@@ -210,7 +210,7 @@ async fn explain(
                 };
                 // The same worst case the Gatekeeper reserves (core's estimate and prices).
                 let worst = reservation_estimate(
-                    &PriceTable::seed_defaults(),
+                    pipeline.deps().gatekeeper.prices(),
                     tier,
                     &model,
                     estimate_prompt_tokens(&probe.messages),

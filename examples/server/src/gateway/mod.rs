@@ -11,6 +11,7 @@
 //! Errors follow OpenAI's `{"error": {"message", "type", "code", "param"}}` shape (see
 //! [`error::OpenAiError`]).
 
+pub mod batch;
 pub mod error;
 pub mod explain;
 pub mod litellm;
@@ -58,6 +59,8 @@ pub struct GatewayState {
     pub provider: &'static str,
     /// The LiteLLM proxy's client when one is configured, for the readiness report.
     pub upstream: Option<stratai_litellm::LiteLlmClient>,
+    /// What to flush at graceful shutdown (budget leases, queued usage records).
+    pub drainer: setup::Drainer,
 }
 
 impl GatewayState {

@@ -24,14 +24,13 @@ use stratai_core::money::Money;
 use stratai_core::ports::{
     BudgetLedger, Clock, DirectoryStore, GuardrailStore, RuleAction, TierStore, UsageStore,
 };
-use stratai_core::pricing::{PriceTable, billed_amount as core_billed};
 use stratai_core::tiers::{
     MemberContext, ModelDenial, ModelTier, TierAccess, TierCatalog, check_model, resolve_tiers,
 };
-use stratai_core::usage::{UsageRecord, UsageStatus};
+use stratai_core::usage::UsageStatus;
 use stratai_guardrails::{
     Admission as GateAdmission, Caller, Decision, Gatekeeper, Guardrails, KnownScopes,
-    Refusal as GateRefusal,
+    MemberSnapshot, Refusal as GateRefusal,
 };
 
 use crate::alerts::AlertSink;
@@ -267,6 +266,9 @@ pub struct MemberView {
     /// Tier access.
     pub access: TierAccess,
     subscriptions: Vec<stratai_core::tiers::TierSubscription>,
+    /// The Gatekeeper's snapshot of the same (with the budget list), when the view was
+    /// loaded for requests ([`Pipeline::caller_view`]): admission then reads no store.
+    snapshot: Option<MemberSnapshot>,
 }
 
 impl MemberView {
@@ -322,7 +324,16 @@ impl Pipeline {
         }
         let org = self.choose_org(user, requested).await?;
         let mut view = self.member_view(org, user).await?;
-        view.budgets = Some(self.deps.ledger.list_budgets(view.org.id).await?);
+        let budgets = self.deps.ledger.list_budgets(view.org.id).await?;
+        view.snapshot = Some(MemberSnapshot {
+            org: view.org.clone(),
+            membership: view.membership.clone(),
+            groups: view.groups.clone(),
+            catalog: view.catalog.clone(),
+            subscriptions: view.subscriptions.clone(),
+            budgets: budgets.clone(),
+        });
+        view.budgets = Some(budgets);
         let view = Arc::new(view);
         if !ttl.is_zero()
             && let Ok(mut cache) = self.cache.lock()
@@ -455,6 +466,7 @@ impl Pipeline {
             budgets: None,
             access,
             subscriptions,
+            snapshot: None,
         })
     }
 
@@ -481,12 +493,13 @@ impl Pipeline {
             conversation_id: None,
             endpoint: "chat".to_owned(),
         };
-        let admitted = match self
-            .deps
-            .gatekeeper
-            .admit(&caller, &request, self.deps.clock.now())
-            .await
-        {
+        let now = self.deps.clock.now();
+        let gate = &self.deps.gatekeeper;
+        let admitted = match &view.snapshot {
+            Some(snapshot) => gate.admit_with(&caller, snapshot, &request, now).await,
+            None => gate.admit(&caller, &request, now).await,
+        };
+        let admitted = match admitted {
             Ok(a) => a,
             Err(refusal) => return Err(self.refusal(refusal, view)),
         };
@@ -601,8 +614,6 @@ impl Pipeline {
         ticket: Ticket,
         response: ChatResponse,
     ) -> (Option<ChatResponse>, Option<Decision>, Billed) {
-        let usage = response.usage;
-        let upstream_id = Some(response.id.clone());
         let original = response.clone();
         let SplitTicket { admission, rest } = ticket.split();
         match admission.complete(response, self.deps.clock.now()).await {
@@ -616,10 +627,8 @@ impl Pipeline {
                 };
                 (done.response, blocked, billed)
             }
-            Err(e) => {
-                let billed = self
-                    .spool(&rest, usage, upstream_id, UsageStatus::Success, e)
-                    .await;
+            Err(unrecorded) => {
+                let billed = self.spool(*unrecorded).await;
                 // The record is safe in the spool: deliver the answer, filtered as the
                 // Gatekeeper would have.
                 let principal = stratai_guardrails::Principal {
@@ -657,13 +666,7 @@ impl Pipeline {
     ) -> Billed {
         let SplitTicket { admission, rest } = ticket.split();
         match admission
-            .finish_stream(
-                end,
-                usage,
-                upstream_id.clone(),
-                complete,
-                self.deps.clock.now(),
-            )
+            .finish_stream(end, usage, upstream_id, complete, self.deps.clock.now())
             .await
         {
             Ok(done) => {
@@ -674,24 +677,16 @@ impl Pipeline {
                     spooled: false,
                 }
             }
-            Err(e) => {
-                let status = if complete {
-                    UsageStatus::Success
-                } else {
-                    UsageStatus::Partial
-                };
-                self.spool(&rest, usage, upstream_id, status, e).await
-            }
+            Err(unrecorded) => self.spool(*unrecorded).await,
         }
     }
 
     /// The upstream failed: release the reservation, record the failed request, bill nothing.
     pub async fn abort(&self, ticket: Ticket) -> Billed {
         let SplitTicket { admission, rest } = ticket.split();
-        if let Err(e) = admission.abort().await {
-            tracing::warn!(error = %e, request_id = %rest.request_id, "abort not recorded; the reservation will expire");
-            self.spool(&rest, TokenUsage::default(), None, UsageStatus::Failed, e)
-                .await;
+        if let Err(unrecorded) = admission.abort().await {
+            tracing::warn!(error = %unrecorded.error, request_id = %rest.request_id, released = unrecorded.settled, "abort not recorded; an unreleased reservation expires");
+            self.spool(*unrecorded).await;
         }
         Billed {
             amount: Money::ZERO,
@@ -699,59 +694,33 @@ impl Pipeline {
         }
     }
 
-    /// The Gatekeeper could not settle or record: write what it would have written to the
-    /// durable spool (settlement included; both are idempotent by request id).
-    async fn spool(
-        &self,
-        t: &TicketInfo,
-        usage: TokenUsage,
-        upstream_id: Option<String>,
-        status: UsageStatus,
-        error: StoreError,
-    ) -> Billed {
-        tracing::warn!(error = %error, request_id = %t.request_id, "usage not recorded; spooling");
-        let failed = status == UsageStatus::Failed;
-        let amount = if failed {
-            Money::ZERO
-        } else {
-            core_billed(&t.tier, usage.prompt_tokens, usage.completion_tokens)
-        };
-        let provider_cost = if failed {
-            Money::ZERO
-        } else {
-            PriceTable::seed_defaults()
-                .provider_cost(&t.model, usage.prompt_tokens, usage.completion_tokens)
-                .unwrap_or(Money::ZERO)
-        };
-        let record = UsageRecord {
-            request_id: t.request_id,
-            org_id: t.org_id,
-            group_id: t.group_id,
-            user_id: t.user_id,
-            tier_id: Some(t.tier.id),
-            model: t.model.clone(),
-            input_tokens: usage.prompt_tokens,
-            output_tokens: usage.completion_tokens,
-            provider_cost,
-            billed_amount: amount,
-            litellm_request_id: upstream_id,
-            conversation_id: None,
-            endpoint: "chat".to_owned(),
-            status,
-            created_at: t.admitted_at,
-        };
-        let entry = SpoolEntry {
+    /// The Gatekeeper could not settle or record: fire the alerts the settlement raised, and
+    /// write what it did not to the durable spool (the settlement too when the ledger did not
+    /// take it; both are idempotent by request id).
+    async fn spool(&self, unrecorded: stratai_guardrails::Unrecorded) -> Billed {
+        let stratai_guardrails::Unrecorded {
+            error,
+            settled,
             record,
-            settle: (!failed && !t.budgets.is_empty()).then(|| SpoolSettle {
-                budgets: t.budgets.clone(),
+            budgets,
+            alerts,
+        } = unrecorded;
+        tracing::warn!(error = %error, request_id = %record.request_id, "usage not recorded; spooling");
+        self.deps.alerts.fire(&alerts);
+        let amount = record.billed_amount;
+        let failed = record.status == UsageStatus::Failed;
+        let entry = SpoolEntry {
+            settle: (!settled && !failed && !budgets.is_empty()).then(|| SpoolSettle {
+                budgets,
                 actual: amount,
             }),
+            record,
             spooled_at: Utc::now(),
         };
         let spooled = match self.deps.spool.push(&entry).await {
             Ok(()) => true,
             Err(e) => {
-                tracing::error!(error = %e, request_id = %t.request_id, record = ?entry, "USAGE RECORD NOT DURABLE: store and spool both failed");
+                tracing::error!(error = %e, request_id = %entry.record.request_id, record = ?entry, "USAGE RECORD NOT DURABLE: store and spool both failed");
                 false
             }
         };

@@ -17,18 +17,31 @@
 //! - `STRATAI_ALERT_WEBHOOK_URL`: where budget alerts are POSTed (default: log only);
 //! - `STRATAI_DEMO_CHUNK_DELAY_MS`: pause between the demo provider's stream chunks;
 //! - `STRATAI_GATEWAY_CACHE_MS`: how long a caller's membership, tier access and budget list
-//!   are reused between requests (default 2000; 0 disables).
+//!   are reused between requests (default 2000; 0 disables);
+//! - `STRATAI_BUDGET_LEASE_MS`: reserve budget in blocks ("leases", see
+//!   [`stratai_guardrails::lease`]) that live this long (default 0: off, every request
+//!   reserves and settles in the database); `STRATAI_BUDGET_LEASE_BLOCK`: requests' worst
+//!   cases per block (default 32);
+//! - `STRATAI_USAGE_BATCH`: `1`/`true` writes usage records off the response path, in
+//!   batches (see [`super::batch`]; default off).
+//!
+//! The two last settings are the high-throughput mode: with both, a request makes no
+//! database round trip on its path once its member's view is cached. Hard budget limits
+//! hold in both modes; what changes is how soon spend and records reach the database.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stratai_core::ports::{LlmGateway, SystemClock};
-use stratai_guardrails::{Gatekeeper, GatekeeperConfig, Guardrails, Policy};
+use stratai_core::ports::{BudgetLedger, LlmGateway, SystemClock, UsageStore};
+use stratai_guardrails::{
+    Gatekeeper, GatekeeperConfig, Guardrails, LeaseConfig, LeasedLedger, Policy,
+};
 use stratai_litellm::sync::{CoreDirectory, SyncConfig, SyncEngine};
 use url::Url;
 
 use super::GatewayState;
+use super::batch::BatchedUsage;
 use super::litellm::LiteLlmProvider;
 use super::pipeline::{Pipeline, PipelineDeps};
 use crate::alerts::AlertSink;
@@ -57,6 +70,11 @@ pub struct GatewayOptions {
     pub view_cache_ttl: Duration,
     /// How often the in-process LiteLLM sync reads the outbox (when LiteLLM is configured).
     pub sync_interval: Duration,
+    /// Budget leases (`None`: a reservation per request in the database).
+    pub budget_lease: Option<LeaseConfig>,
+    /// Queue size of the batched usage writer (`None`: each record written before the
+    /// response).
+    pub usage_batch: Option<usize>,
 }
 
 impl std::fmt::Debug for GatewayOptions {
@@ -100,8 +118,102 @@ impl GatewayOptions {
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .unwrap_or(2000),
             ),
+            budget_lease: lease_from_env(),
+            usage_batch: std::env::var("STRATAI_USAGE_BATCH")
+                .ok()
+                .filter(|v| matches!(v.trim(), "1" | "true" | "on" | "yes"))
+                .map(|_| 65_536),
         }
     }
+}
+
+fn lease_from_env() -> Option<LeaseConfig> {
+    let ms = std::env::var("STRATAI_BUDGET_LEASE_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)?;
+    let block = std::env::var("STRATAI_BUDGET_LEASE_BLOCK")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|b| *b > 0)
+        .unwrap_or(32);
+    Some(LeaseConfig {
+        max_age: Duration::from_millis(ms),
+        block_requests: block,
+        reservation_ttl: chrono::Duration::seconds(super::pipeline::RESERVATION_TTL_SECS),
+    })
+}
+
+/// What must be flushed at graceful shutdown: open budget leases and queued usage records.
+#[derive(Clone, Debug, Default)]
+pub struct Drainer {
+    leases: Option<Arc<LeasedLedger>>,
+    batch: Option<Arc<BatchedUsage>>,
+    alerts: Option<AlertSink>,
+}
+
+impl Drainer {
+    /// Settles every budget lease and writes every queued usage record. Call after the HTTP
+    /// server stopped taking requests; waits at most `patience` for requests still in flight.
+    pub async fn drain(&self, patience: Duration) {
+        let deadline = tokio::time::Instant::now() + patience;
+        if let Some(leases) = &self.leases {
+            loop {
+                match leases.close_all(chrono::Utc::now()).await {
+                    Ok((0, alerts)) => {
+                        self.fire(&alerts);
+                        break;
+                    }
+                    Ok((_, alerts)) => {
+                        self.fire(&alerts);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "budget leases not settled yet"),
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(
+                        open = leases.open_leases(),
+                        "budget leases left open at shutdown; their reservations expire in the database"
+                    );
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if let Some(batch) = &self.batch
+            && tokio::time::timeout_at(deadline, batch.drain())
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                pending = batch.pending(),
+                "usage records still queued at shutdown"
+            );
+        }
+    }
+
+    fn fire(&self, alerts: &[stratai_core::budget::BudgetAlert]) {
+        if let Some(sink) = &self.alerts {
+            let _ = sink.fire(alerts);
+        }
+    }
+}
+
+/// Settles aged leases every quarter of their age, firing the alerts they bring.
+fn spawn_lease_flusher(leases: Arc<LeasedLedger>, alerts: AlertSink, max_age: Duration) {
+    let every = (max_age / 4).max(Duration::from_millis(10));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match leases.flush(chrono::Utc::now()).await {
+                Ok(fired) => {
+                    alerts.fire(&fired);
+                }
+                Err(e) => tracing::warn!(error = %e, "budget leases not settled; retrying"),
+            }
+        }
+    });
 }
 
 /// How often the in-process sync reconciles LiteLLM with the directory (repairing drift,
@@ -196,22 +308,56 @@ pub async fn build_state(
             "usage records waiting in the spool; they will be replayed"
         );
     }
+    let alerts = AlertSink::new(options.alert_webhook);
+    let mut drainer = Drainer {
+        alerts: Some(alerts.clone()),
+        ..Drainer::default()
+    };
+    let ledger: Arc<dyn BudgetLedger> = match options.budget_lease {
+        Some(lease) => {
+            tracing::info!(
+                max_age_ms = lease.max_age.as_millis(),
+                block_requests = lease.block_requests,
+                "budget leases on: budget is reserved in blocks"
+            );
+            let leased = Arc::new(LeasedLedger::new(stores.budgets.clone(), lease.clone()));
+            spawn_lease_flusher(leased.clone(), alerts.clone(), lease.max_age);
+            drainer.leases = Some(leased.clone());
+            leased
+        }
+        None => stores.budgets.clone(),
+    };
+    let usage: Arc<dyn UsageStore> = match options.usage_batch {
+        Some(capacity) => {
+            tracing::info!(
+                capacity,
+                "usage records are written in batches off the response path"
+            );
+            let batch = BatchedUsage::spawn(stores.usage.clone(), spool.clone(), capacity);
+            drainer.batch = Some(batch.clone());
+            batch
+        }
+        None => stores.usage.clone(),
+    };
     let guardrails = Arc::new(Guardrails::new(Policy::empty()));
     let gatekeeper = Gatekeeper::new(
         stores.directory.clone(),
         stores.tiers.clone(),
-        stores.budgets.clone(),
-        stores.usage.clone(),
+        ledger.clone(),
+        usage.clone(),
         guardrails.clone(),
-        GatekeeperConfig::default(),
+        GatekeeperConfig {
+            prices: config.prices.clone(),
+            ..GatekeeperConfig::default()
+        },
     );
     let pipeline = Pipeline::new(PipelineDeps {
         directory: stores.directory.clone(),
         tiers: stores.tiers.clone(),
-        ledger: stores.budgets.clone(),
-        usage: stores.usage.clone(),
+        ledger: ledger.clone(),
+        usage,
         spool: spool.clone(),
-        alerts: AlertSink::new(options.alert_webhook),
+        alerts,
         clock: Arc::new(SystemClock),
         guardrails,
         gatekeeper,
@@ -222,9 +368,12 @@ pub async fn build_state(
         tracing::warn!(error = %e, "guardrail policy not loaded at start; running with the empty policy until the next reload");
     }
     pipeline.spawn_guardrail_reloader(options.guardrail_reload);
+    // Replayed settlements go through the same ledger as requests, so a request already
+    // settled inside a lease of this process is not charged twice.
     spool.spawn_replayer(
-        stores.budgets.clone(),
+        ledger,
         stores.usage.clone(),
+        pipeline.deps().alerts.clone(),
         options.spool_replay,
     );
     // Make the metrics recorder exist before the first request.
@@ -235,5 +384,6 @@ pub async fn build_state(
         llm,
         provider,
         upstream,
+        drainer,
     })
 }

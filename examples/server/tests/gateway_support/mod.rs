@@ -134,6 +134,8 @@ pub struct Setup {
     pub spool_replay: Duration,
     /// When set, the server writes usage through a [`FaultyUsage`] driven by this switch.
     pub usage_fault: Option<Arc<FaultSwitch>>,
+    /// The high-throughput mode: budget leases of this age and batched usage writes.
+    pub fast_path: Option<Duration>,
 }
 
 impl Default for Setup {
@@ -143,6 +145,7 @@ impl Default for Setup {
             alert_webhook: None,
             spool_replay: Duration::from_secs(10),
             usage_fault: None,
+            fast_path: None,
         }
     }
 }
@@ -203,6 +206,13 @@ pub async fn serve(backing: Arc<Backing>, setup: Setup) -> Gw {
     options.demo = setup.demo;
     options.guardrail_reload = Duration::from_secs(3600);
     options.spool_replay = setup.spool_replay;
+    options.budget_lease = setup
+        .fast_path
+        .map(|max_age| stratai_guardrails::LeaseConfig {
+            max_age,
+            ..stratai_guardrails::LeaseConfig::default()
+        });
+    options.usage_batch = setup.fast_path.map(|_| 1024);
     let gateway = build_state(&config, auth.clone(), &served, options)
         .await
         .unwrap();

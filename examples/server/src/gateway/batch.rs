@@ -1,0 +1,219 @@
+//! [`BatchedUsage`]: usage records written off the response path, in batches.
+//!
+//! `append` queues the records and returns; one background writer drains the queue, groups
+//! what it finds by organization and appends each group in one store call (one transaction),
+//! so a busy gateway makes a handful of usage writes per second instead of one per request.
+//! When a batch cannot be written it goes to the durable [`Spool`] (replayed later, idempotent
+//! by request id), so a store outage loses nothing. Reads (`get`, `query`, `aggregate`) first
+//! wait until the queue is drained, so this process reads its own writes.
+//!
+//! What it costs: a record reaches the store a few milliseconds after its response (the
+//! `stratai_usage_write_lag_seconds{path="batched"}` histogram shows how long); records still
+//! queued when the process is killed (not stopped: [`BatchedUsage::drain`] runs at graceful
+//! shutdown) are lost from the store. `append` reports queued records as inserted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use futures::stream::BoxStream;
+use stratai_core::StoreError;
+use stratai_core::ids::{OrgId, RequestId};
+use stratai_core::ports::{AppendOutcome, UsageStore};
+use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord};
+use tokio::sync::{Notify, mpsc};
+
+use crate::spool::{Spool, SpoolEntry};
+
+/// Most records written in one store call.
+const MAX_BATCH: usize = 2_000;
+
+/// A [`UsageStore`] that queues appends for a background batch writer (see the module docs).
+pub struct BatchedUsage {
+    inner: Arc<dyn UsageStore>,
+    tx: mpsc::Sender<(Instant, UsageRecord)>,
+    /// Records handed to the writer so far.
+    queued: AtomicU64,
+    /// Records the writer has written or spooled so far.
+    written: Arc<AtomicU64>,
+    drained: Arc<Notify>,
+}
+
+impl std::fmt::Debug for BatchedUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchedUsage")
+            .field("pending", &self.pending())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BatchedUsage {
+    /// A batched store over `inner`, with a queue of `capacity` records (when full, `append`
+    /// writes synchronously) and its writer task; failed batches go to `spool`.
+    #[must_use]
+    pub fn spawn(inner: Arc<dyn UsageStore>, spool: Arc<Spool>, capacity: usize) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let written = Arc::new(AtomicU64::new(0));
+        let drained = Arc::new(Notify::new());
+        tokio::spawn(writer(
+            inner.clone(),
+            spool,
+            rx,
+            written.clone(),
+            drained.clone(),
+        ));
+        Arc::new(Self {
+            inner,
+            tx,
+            queued: AtomicU64::new(0),
+            written,
+            drained,
+        })
+    }
+
+    /// Records queued and not yet written (or spooled).
+    #[must_use]
+    pub fn pending(&self) -> u64 {
+        self.queued
+            .load(Ordering::Acquire)
+            .saturating_sub(self.written.load(Ordering::Acquire))
+    }
+
+    /// Waits until every record queued before the call is written (or spooled); records
+    /// queued meanwhile by other requests are not waited for.
+    pub async fn drain(&self) {
+        let target = self.queued.load(Ordering::Acquire);
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.written.load(Ordering::Acquire) >= target {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+async fn writer(
+    inner: Arc<dyn UsageStore>,
+    spool: Arc<Spool>,
+    mut rx: mpsc::Receiver<(Instant, UsageRecord)>,
+    written: Arc<AtomicU64>,
+    drained: Arc<Notify>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let count = batch.len();
+        let oldest = batch.first().map(|(at, _)| *at);
+        let mut by_org: BTreeMap<OrgId, Vec<UsageRecord>> = BTreeMap::new();
+        for (_, r) in batch.drain(..) {
+            by_org.entry(r.org_id).or_default().push(r);
+        }
+        for (org, records) in by_org {
+            match inner.append(org, &records).await {
+                Ok(_) => {
+                    if let Some(at) = oldest {
+                        crate::metrics::record_usage_write_lag("batched", at);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, records = records.len(), "usage batch not written; spooling");
+                    for record in records {
+                        let entry = SpoolEntry {
+                            record,
+                            settle: None,
+                            spooled_at: Utc::now(),
+                        };
+                        if let Err(se) = spool.push(&entry).await {
+                            tracing::error!(error = %se, record = ?entry, "USAGE RECORD NOT DURABLE: store and spool both failed");
+                        }
+                    }
+                }
+            }
+        }
+        written.fetch_add(count as u64, Ordering::AcqRel);
+        drained.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl UsageStore for BatchedUsage {
+    async fn append(
+        &self,
+        org: OrgId,
+        records: &[UsageRecord],
+    ) -> Result<AppendOutcome, StoreError> {
+        if let Some(r) = records.iter().find(|r| r.org_id != org) {
+            return Err(StoreError::TenantMismatch(format!(
+                "usage record `{}` belongs to organization `{}`, not `{org}`",
+                r.request_id, r.org_id
+            )));
+        }
+        let mut queued = 0u64;
+        for (i, record) in records.iter().enumerate() {
+            if let Err(e) = self.tx.try_send((Instant::now(), record.clone())) {
+                let full = matches!(e, mpsc::error::TrySendError::Full(_));
+                if !full {
+                    tracing::warn!("usage batch writer is gone; writing synchronously");
+                }
+                // Queue full (back-pressure) or writer gone: write the rest now.
+                let rest = self.inner.append(org, &records[i..]).await?;
+                return Ok(AppendOutcome {
+                    inserted: queued + rest.inserted,
+                    duplicates: rest.duplicates,
+                });
+            }
+            self.queued.fetch_add(1, Ordering::AcqRel);
+            queued += 1;
+        }
+        Ok(AppendOutcome {
+            inserted: queued,
+            duplicates: 0,
+        })
+    }
+
+    async fn get(&self, org: OrgId, request_id: RequestId) -> Result<UsageRecord, StoreError> {
+        self.drain().await;
+        self.inner.get(org, request_id).await
+    }
+
+    async fn query(
+        &self,
+        org: OrgId,
+        query: &UsageQuery,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        self.drain().await;
+        self.inner.query(org, query, limit).await
+    }
+
+    async fn aggregate(
+        &self,
+        org: OrgId,
+        query: &UsageQuery,
+        group_by: &[Dimension],
+    ) -> Result<Vec<AggregateRow>, StoreError> {
+        self.drain().await;
+        self.inner.aggregate(org, query, group_by).await
+    }
+
+    /// Streams from the store; records queued in the last milliseconds may be missing.
+    fn stream(
+        &self,
+        org: OrgId,
+        query: UsageQuery,
+    ) -> BoxStream<'static, Result<UsageRecord, StoreError>> {
+        self.inner.stream(org, query)
+    }
+}
