@@ -39,7 +39,9 @@ use stratai_core::directory::{
     Organization, PlatformRole, Slug, User,
 };
 use stratai_core::ids::{ModelId, TierSlug};
-use stratai_core::ports::{DirectoryStore, KeyVaultStore, OutboxStore, TierStore, UsageStore};
+use stratai_core::ports::{
+    BudgetLedger, DirectoryStore, KeyVaultStore, OutboxStore, TierStore, UsageStore,
+};
 use stratai_core::tiers::{BASIC_TIER_ID, PREMIUM_TIER_ID, default_tiers, subscriptions_for};
 use stratai_core::usage::UsageQuery;
 use stratai_litellm::sync::{CoreDirectory, ModelNames, SyncConfig, SyncEngine};
@@ -288,9 +290,18 @@ async fn work<S>(
     demo: Option<(stratai_core::ids::OrgId, stratai_core::ids::UserId)>,
 ) -> Result<bool, String>
 where
-    S: DirectoryStore + TierStore + OutboxStore + UsageStore + KeyVaultStore + 'static,
+    S: DirectoryStore
+        + TierStore
+        + OutboxStore
+        + UsageStore
+        + KeyVaultStore
+        + BudgetLedger
+        + 'static,
 {
-    let source = Arc::new(CoreDirectory::new(store.clone(), store.clone()));
+    // The budgets too: with LiteLLM Enterprise organizations, an org's monthly budget is its
+    // LiteLLM organization's.
+    let source =
+        Arc::new(CoreDirectory::new(store.clone(), store.clone()).with_budgets(store.clone()));
     let foreign = if ephemeral || options.vault_replace_foreign {
         ForeignSecrets::Replace
     } else {

@@ -270,10 +270,10 @@ pub async fn build_state(
             tracing::info!(url = %l.url, "chat goes through the LiteLLM proxy with each member's virtual key");
             let engine = Arc::new(SyncEngine::new(
                 client,
-                Arc::new(CoreDirectory::new(
-                    stores.directory.clone(),
-                    stores.tiers.clone(),
-                )),
+                Arc::new(
+                    CoreDirectory::new(stores.directory.clone(), stores.tiers.clone())
+                        .with_budgets(stores.budgets.clone()),
+                ),
                 stores.outbox.clone(),
                 super::litellm::key_vault(l, stores)?,
                 SyncConfig::default(),
