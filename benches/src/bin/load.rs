@@ -248,11 +248,11 @@ async fn start_gateway(
         [("DATABASE_URL".to_owned(), "sqlite://unused.db".to_owned())].into();
     let config = Config::load(&env)?;
     let backends = Backends::seeded(stores.clone(), &config).await?;
-    let auth = Arc::new(Auth::from_config(
-        &config,
-        backends.directory,
-        backends.sessions,
-    )?);
+    let mut auth = Auth::from_config(&config, backends.directory, backends.sessions)?;
+    if fast {
+        auth = auth.with_principal_cache(Duration::from_secs(2));
+    }
+    let auth = Arc::new(auth);
     let mut options = GatewayOptions::from_env();
     options.spool_path = std::env::temp_dir().join(format!(
         "stratai-load-{}-{}.spool",

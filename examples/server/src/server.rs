@@ -173,7 +173,13 @@ pub async fn serve(
     }
     let auth = Arc::new(
         Auth::from_config(&config, backends.directory, backends.sessions)
-            .map_err(|e| ServeError::Startup(e.to_string()))?,
+            .map_err(|e| ServeError::Startup(e.to_string()))?
+            .with_principal_cache(std::time::Duration::from_millis(
+                std::env::var("STRATAI_AUTH_CACHE_MS")
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0),
+            )),
     );
     announce(&config, auth.mode());
     let gateway = crate::gateway::setup::build_state(

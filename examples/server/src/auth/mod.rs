@@ -153,6 +153,40 @@ pub struct Auth {
     public_origin: String,
     session_ttl: Duration,
     secure_cookies: bool,
+    principals: PrincipalCache,
+}
+
+/// Principals resolved from bearer tokens, reused for a short while (off by default).
+#[derive(Default)]
+struct PrincipalCache {
+    ttl: Duration,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Principal)>>,
+}
+
+impl PrincipalCache {
+    fn get(&self, subject: &str) -> Option<Principal> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.lock().ok()?;
+        let (at, p) = entries.get(subject)?;
+        (at.elapsed() < self.ttl).then(|| p.clone())
+    }
+
+    fn put(&self, subject: &str, principal: &Principal) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= 100_000 {
+                entries.clear();
+            }
+            entries.insert(
+                subject.to_owned(),
+                (std::time::Instant::now(), principal.clone()),
+            );
+        }
+    }
 }
 
 impl std::fmt::Debug for Auth {
@@ -216,6 +250,7 @@ impl Auth {
                     public_origin,
                     session_ttl: config.session_ttl,
                     secure_cookies,
+                    principals: PrincipalCache::default(),
                 })
             }
             None => {
@@ -236,9 +271,21 @@ impl Auth {
                     public_origin,
                     session_ttl: config.session_ttl,
                     secure_cookies: false,
+                    principals: PrincipalCache::default(),
                 })
             }
         }
+    }
+
+    /// Reuses the user a bearer token resolves to for `ttl` (zero: never, the default), so
+    /// a busy gateway does not read the directory on every request. Every token is still
+    /// validated (signature, expiry, audience) on every request; what the cache delays is a
+    /// *deactivation* of the user, by at most `ttl`. `STRATAI_AUTH_CACHE_MS` sets it for the
+    /// server.
+    #[must_use]
+    pub fn with_principal_cache(mut self, ttl: Duration) -> Self {
+        self.principals.ttl = ttl;
+        self
     }
 
     /// The issuing mode.
@@ -330,6 +377,9 @@ impl Auth {
         match &self.mode {
             Mode::Dev(_) => {
                 let claims = self.validator.validate(token, dev::DEV_AUDIENCE).await?;
+                if let Some(p) = self.principals.get(&claims.subject) {
+                    return active(p);
+                }
                 let id = uuid::Uuid::parse_str(&claims.subject)
                     .map_err(|_| AuthError::InvalidClaim("sub"))?;
                 let principal = self
@@ -337,11 +387,17 @@ impl Auth {
                     .find_by_id(id)
                     .await?
                     .ok_or(AuthError::UnknownUser)?;
+                self.principals.put(&claims.subject, &principal);
                 active(principal)
             }
             Mode::Oidc { audience, .. } => {
                 let claims = self.validator.validate(token, audience).await?;
-                self.resolve_oidc(&claims).await
+                if let Some(p) = self.principals.get(&claims.subject) {
+                    return active(p);
+                }
+                let principal = self.resolve_oidc(&claims).await?;
+                self.principals.put(&claims.subject, &principal);
+                Ok(principal)
             }
         }
     }

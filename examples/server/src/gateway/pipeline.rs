@@ -710,7 +710,7 @@ impl Pipeline {
         let amount = record.billed_amount;
         let failed = record.status == UsageStatus::Failed;
         let entry = SpoolEntry {
-            settle: (!settled && !failed && !budgets.is_empty()).then(|| SpoolSettle {
+            settle: (!settled && !failed && !budgets.is_empty()).then_some(SpoolSettle {
                 budgets,
                 actual: amount,
             }),
