@@ -215,3 +215,38 @@ async fn bodies_over_the_limit_are_refused() {
         StatusCode::PAYLOAD_TOO_LARGE
     );
 }
+
+/// The optional principal cache: a deactivation is seen at once without it, after at most
+/// its TTL with it; the token itself is validated every time.
+#[tokio::test]
+async fn the_principal_cache_delays_a_deactivation_by_at_most_its_ttl() {
+    use std::sync::Arc;
+    use stratai_server::auth::identity::MemoryDirectory;
+    use stratai_server::auth::session::MemorySessionStore;
+    use stratai_server::auth::{Auth, Mode};
+    use stratai_server::config::{Config, FileConfig};
+    let config = Config::from_parts(FileConfig::default(), &env(&[])).unwrap();
+    let directory = Arc::new(MemoryDirectory::new());
+    let sessions = Arc::new(MemorySessionStore::default());
+    let uncached = Auth::from_config(&config, directory.clone(), sessions.clone()).unwrap();
+    let cached = Auth::from_config(&config, directory.clone(), sessions)
+        .unwrap()
+        .with_principal_cache(Duration::from_millis(300));
+    let user = directory.add_user("kim@example.com", false);
+    let token = |auth: &Auth| match auth.mode() {
+        Mode::Dev(dev) => dev.issue(&user).unwrap(),
+        Mode::Oidc { .. } => panic!("dev mode expected"),
+    };
+    let (t_uncached, t_cached) = (token(&uncached), token(&cached));
+    assert!(uncached.authenticate_bearer(&t_uncached).await.is_ok());
+    assert!(cached.authenticate_bearer(&t_cached).await.is_ok());
+    directory.set_active(user.user_id, false);
+    assert!(uncached.authenticate_bearer(&t_uncached).await.is_err());
+    // Within the TTL the cached principal still passes ...
+    assert!(cached.authenticate_bearer(&t_cached).await.is_ok());
+    // ... but never a token that does not validate.
+    assert!(cached.authenticate_bearer("not-a-token").await.is_err());
+    assert!(cached.authenticate_bearer(&t_uncached).await.is_err());
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(cached.authenticate_bearer(&t_cached).await.is_err());
+}
