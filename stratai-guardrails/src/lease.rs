@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use rust_decimal::prelude::ToPrimitive;
 use stratai_core::budget::{Budget, BudgetAlert, BudgetState};
 use stratai_core::ids::{BudgetId, OrgId, RequestId};
 use stratai_core::ports::{BudgetLedger, ReserveOutcome, ReserveRequest, SettleOutcome};
@@ -75,6 +76,10 @@ struct Lease {
     closing: bool,
     /// The shared ledger's states right after the block was reserved.
     states: Vec<BudgetState>,
+    /// Worst case of the request the lease was sized for.
+    unit: Money,
+    /// Requests admitted under it so far.
+    admitted: u32,
 }
 
 impl Lease {
@@ -117,6 +122,9 @@ struct Recent {
 }
 
 const RECENT_CAP: usize = 200_000;
+
+/// The largest lease [`LeasedLedger::refill`] opens, in worst cases.
+pub const MAX_BLOCK_REQUESTS: u32 = 4096;
 
 impl Recent {
     fn insert(&mut self, id: RequestId) {
@@ -336,6 +344,7 @@ impl LeasedLedger {
         let lease = state.leases.get_mut(&id)?;
         lease.committed = lease.committed + amount;
         lease.in_flight += 1;
+        lease.admitted += 1;
         let view = lease.view();
         state.held.insert(
             request,
@@ -354,33 +363,14 @@ impl LeasedLedger {
         request: &ReserveRequest,
         block: Money,
     ) -> Result<ReserveOutcome, StoreError> {
-        let lease_id = RequestId::new();
-        let outcome = self
-            .inner
-            .reserve(
-                key.0,
-                &ReserveRequest {
-                    request_id: lease_id,
-                    budgets: key.1.clone(),
-                    amount: block,
-                    now: request.now,
-                    expires_at: request.now + self.config.reservation_ttl,
-                },
-            )
-            .await?;
-        let ReserveOutcome::Reserved(states) = outcome else {
-            return Ok(outcome);
+        let (lease_id, mut lease) = match self.reserve_block(key, block, request.now).await? {
+            Ok(opened) => opened,
+            Err(refused) => return Ok(refused),
         };
-        let lease = Lease {
-            key: key.clone(),
-            block,
-            committed: request.amount,
-            settled: Money::ZERO,
-            in_flight: 1,
-            opened: Instant::now(),
-            closing: false,
-            states,
-        };
+        lease.committed = request.amount;
+        lease.in_flight = 1;
+        lease.admitted = 1;
+        lease.unit = request.amount;
         let view = lease.view();
         let mut state = self.state();
         state.leases.insert(lease_id, lease);
@@ -393,6 +383,123 @@ impl LeasedLedger {
             },
         );
         Ok(ReserveOutcome::Reserved(view))
+    }
+
+    /// Reserves `block` against `key`'s budgets in the shared ledger: an empty lease, or the
+    /// shared ledger's refusal.
+    async fn reserve_block(
+        &self,
+        key: &LeaseKey,
+        block: Money,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(RequestId, Lease), ReserveOutcome>, StoreError> {
+        let lease_id = RequestId::new();
+        let outcome = self
+            .inner
+            .reserve(
+                key.0,
+                &ReserveRequest {
+                    request_id: lease_id,
+                    budgets: key.1.clone(),
+                    amount: block,
+                    now,
+                    expires_at: now + self.config.reservation_ttl,
+                },
+            )
+            .await?;
+        let ReserveOutcome::Reserved(states) = outcome else {
+            return Ok(Err(outcome));
+        };
+        Ok(Ok((
+            lease_id,
+            Lease {
+                key: key.clone(),
+                block,
+                committed: Money::ZERO,
+                settled: Money::ZERO,
+                in_flight: 0,
+                opened: Instant::now(),
+                closing: false,
+                states,
+                unit: block,
+                admitted: 0,
+            },
+        )))
+    }
+
+    /// Opens successor leases, off the request path, for the budget sets whose newest lease
+    /// will run out of room or age out before the next refill (`horizon` from now), sized for
+    /// the rate it has seen over two horizons (at least `block_requests`, at most
+    /// [`MAX_BLOCK_REQUESTS`] worst cases). A refused reservation opens nothing (requests then
+    /// fall back as usual). Returns how many leases it opened.
+    pub async fn refill(&self, horizon: Duration, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let wanted: Vec<(LeaseKey, Money, Money)> = {
+            let state = self.state();
+            let max_age = self.config.max_age;
+            state
+                .by_key
+                .iter()
+                .filter_map(|(key, ids)| {
+                    let newest = ids
+                        .iter()
+                        .filter_map(|id| state.leases.get(id))
+                        .filter(|l| !l.closing && l.opened.elapsed() < max_age)
+                        .max_by_key(|l| l.opened)?;
+                    if newest.admitted == 0 {
+                        return None;
+                    }
+                    let age = newest.opened.elapsed().max(Duration::from_millis(10));
+                    let rate = f64::from(newest.admitted) / age.as_secs_f64();
+                    let expected = rate * horizon.as_secs_f64();
+                    let unit = newest.unit.amount();
+                    let room_requests = if unit.is_zero() {
+                        f64::MAX
+                    } else {
+                        (newest.room().amount() / unit)
+                            .floor()
+                            .to_f64()
+                            .unwrap_or(0.0)
+                    };
+                    let ages_out = newest.opened.elapsed() + horizon >= max_age;
+                    if room_requests >= expected && !ages_out {
+                        return None;
+                    }
+                    // Enough for two horizons at the rate seen, within bounds.
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    let requests = ((expected * 2.0).ceil() as u32)
+                        .clamp(self.config.block_requests.max(1), MAX_BLOCK_REQUESTS);
+                    let block = unit.checked_mul(rust_decimal::Decimal::from(requests))?;
+                    // Never prefetch more than a quarter of what any of the budgets had left
+                    // when the newest lease was taken: near exhaustion, requests reserve for
+                    // themselves instead of an instance holding the rest idle.
+                    let left = newest
+                        .states
+                        .iter()
+                        .map(|s| s.budget.limit.saturating_sub(s.spent + s.reserved).amount())
+                        .min()?;
+                    let cap = left / rust_decimal::Decimal::from(4);
+                    let floor = unit.checked_mul(rust_decimal::Decimal::from(
+                        self.config.block_requests.max(1),
+                    ))?;
+                    let block = block.min(cap);
+                    if block < floor {
+                        return None;
+                    }
+                    Some((key.clone(), Money::new(block).ok()?, newest.unit))
+                })
+                .collect()
+        };
+        let mut opened = 0;
+        for (key, block, unit) in wanted {
+            if let Ok((id, mut lease)) = self.reserve_block(&key, block, now).await? {
+                lease.unit = unit;
+                let mut state = self.state();
+                state.leases.insert(id, lease);
+                state.by_key.entry(key).or_default().push(id);
+                opened += 1;
+            }
+        }
+        Ok(opened)
     }
 
     /// Ends a held request: its lease keeps `actual` (zero when released).

@@ -390,3 +390,57 @@ async fn two_instances_never_overspend_a_hard_limit() {
     assert!(!admitted.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn refill_opens_a_successor_ahead_of_need_and_never_near_exhaustion() {
+    let store = Arc::new(MemoryStore::new());
+    let (org, budget) = org_with_budget(&*store, "1000", Decimal::ONE).await;
+    let leased = LeasedLedger::new(store.clone(), config(60_000, 4));
+    // Three of the first lease's four worst cases are taken: it will not last the horizon.
+    for _ in 0..3 {
+        let r = request(budget.id, "1");
+        assert!(matches!(
+            leased.reserve(org, &r).await.unwrap(),
+            ReserveOutcome::Reserved(_)
+        ));
+    }
+    assert_eq!(leased.open_leases(), 1);
+    let opened = leased
+        .refill(Duration::from_secs(1), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(opened, 1);
+    assert_eq!(leased.open_leases(), 2);
+    // The next requests fit in the two leases without opening another.
+    for _ in 0..5 {
+        let r = request(budget.id, "1");
+        assert!(matches!(
+            leased.reserve(org, &r).await.unwrap(),
+            ReserveOutcome::Reserved(_)
+        ));
+    }
+    assert_eq!(leased.open_leases(), 2);
+    // Everything reserved in the shared ledger is accounted for by the two blocks.
+    let reserved = state(&*store, org, budget.id).await.reserved;
+    assert!(reserved >= money("9"), "{reserved}");
+
+    // A budget close to its end gets no prefetch: a quarter of what is left is less than a
+    // lease of four worst cases.
+    let (org2, tight) = org_with_budget(&*store, "10", Decimal::ONE).await;
+    let leased = LeasedLedger::new(store.clone(), config(60_000, 4));
+    for _ in 0..3 {
+        let r = request(tight.id, "1");
+        assert!(matches!(
+            leased.reserve(org2, &r).await.unwrap(),
+            ReserveOutcome::Reserved(_)
+        ));
+    }
+    assert_eq!(
+        leased
+            .refill(Duration::from_secs(1), Utc::now())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(leased.open_leases(), 1);
+}

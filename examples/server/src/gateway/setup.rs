@@ -198,7 +198,8 @@ impl Drainer {
     }
 }
 
-/// Settles aged leases every quarter of their age, firing the alerts they bring.
+/// Every quarter of a lease's age: settles aged leases (firing the alerts they bring) and
+/// opens successors ahead of need, so requests rarely wait for the database.
 fn spawn_lease_flusher(leases: Arc<LeasedLedger>, alerts: AlertSink, max_age: Duration) {
     let every = (max_age / 4).max(Duration::from_millis(10));
     tokio::spawn(async move {
@@ -211,6 +212,9 @@ fn spawn_lease_flusher(leases: Arc<LeasedLedger>, alerts: AlertSink, max_age: Du
                     alerts.fire(&fired);
                 }
                 Err(e) => tracing::warn!(error = %e, "budget leases not settled; retrying"),
+            }
+            if let Err(e) = leases.refill(every * 2, chrono::Utc::now()).await {
+                tracing::warn!(error = %e, "budget leases not refilled; requests open their own");
             }
         }
     });
