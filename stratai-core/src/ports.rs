@@ -521,6 +521,54 @@ pub trait OutboxStore: Send + Sync {
     async fn dead_letters(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError>;
 }
 
+/// One rate-limit bucket: a rule's, shared by everyone in the rule's scope, or one user's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RateLimitKey {
+    /// The rate limit rule.
+    pub rule_id: RuleId,
+    /// The organization and user, for per-user buckets.
+    pub user: Option<(OrgId, UserId)>,
+}
+
+/// What a rate limiter answers for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateVerdict {
+    /// Within the limit.
+    Allowed,
+    /// Over the limit; allowed again after `retry_after`.
+    Limited {
+        /// How long to wait.
+        retry_after: std::time::Duration,
+    },
+}
+
+/// Rate-limit buckets shared by every instance of the service (e.g. in Redis), so that a
+/// limit of `requests` per `period` holds across instances instead of per process. A bucket
+/// allows bursts up to the full quota and refills evenly over the period (GCRA), the same
+/// law as the in-process limiter of stratai-guardrails.
+///
+/// Platform-wide: a bucket of a global or tier rule is shared by every organization, so the
+/// tenant is part of the [`RateLimitKey`] (per-user buckets) rather than an `OrgId` argument.
+/// The buckets hold counters only, no tenant data; only the gatekeeper calls this.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait RateLimitStore: Send + Sync {
+    /// Platform-wide: takes one request from the bucket when the limit allows it.
+    async fn acquire(
+        &self,
+        key: &RateLimitKey,
+        requests: u32,
+        period: std::time::Duration,
+    ) -> Result<RateVerdict, StoreError>;
+    /// Platform-wide: what [`acquire`](Self::acquire) would answer, taking nothing.
+    async fn peek(
+        &self,
+        key: &RateLimitKey,
+        requests: u32,
+        period: std::time::Duration,
+    ) -> Result<RateVerdict, StoreError>;
+}
+
 /// An OpenAI-compatible LLM gateway (LiteLLM in production, a demo provider offline).
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]

@@ -175,6 +175,9 @@ const PLATFORM_METHODS: &[&str] = &[
     "fail",
     "dead_letter",
     "dead_letters",
+    // RateLimitStore: buckets of global rules span organizations; the key names the tenant.
+    "acquire",
+    "peek",
 ];
 
 #[test]

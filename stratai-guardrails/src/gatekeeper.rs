@@ -12,6 +12,8 @@
 //! gatekeeper fails closed).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use chrono_tz::Tz;
@@ -22,7 +24,8 @@ use stratai_core::directory::{Group, Membership, Organization};
 use stratai_core::gateway::{CallContext, ChatRequest, ChatResponse, TokenUsage};
 use stratai_core::ids::{BudgetId, ConversationId, GroupId, ModelId, OrgId, RequestId, UserId};
 use stratai_core::ports::{
-    BudgetLedger, DirectoryStore, ReserveOutcome, ReserveRequest, TierStore, UsageStore,
+    BudgetLedger, DirectoryStore, RateLimitStore, ReserveOutcome, ReserveRequest, TierStore,
+    UsageStore,
 };
 use stratai_core::pricing::{
     PriceTable, billed_amount, estimate_prompt_tokens, reservation_estimate,
@@ -37,7 +40,8 @@ use crate::decision::{Decision, Outcome};
 use crate::engine::Guardrails;
 use crate::policy::{BudgetSubject, Principal, SpendSnapshot};
 use crate::post::{AnswerStream, FilteredAnswer};
-use crate::pre::PreRequest;
+use crate::pre::{PreRequest, RateCheck};
+use crate::rate::FetchedVerdicts;
 use crate::rule::BudgetLimitPeriod;
 
 /// Who is calling, and how the request is attributed.
@@ -136,6 +140,38 @@ struct Inner {
     usage: Arc<dyn UsageStore>,
     guardrails: Arc<Guardrails>,
     config: GatekeeperConfig,
+    shared_rates: Option<SharedRates>,
+}
+
+/// A shared rate limiter, and how often it failed since the last warning.
+struct SharedRates {
+    store: Arc<dyn RateLimitStore>,
+    started: Instant,
+    /// Seconds since `started` of the last warning (`u64::MAX`: none yet).
+    last_warning: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl SharedRates {
+    /// Logs the failure at most once a minute, with the count of failures since the last one.
+    fn warn(&self, error: &StoreError) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.started.elapsed().as_secs();
+        let last = self.last_warning.load(Ordering::Relaxed);
+        if (last == u64::MAX || now >= last.saturating_add(60))
+            && self
+                .last_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.failures.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                %error,
+                failures,
+                "shared rate limiter unreachable: rate limits are enforced by this instance alone meanwhile"
+            );
+        }
+    }
 }
 
 /// Runs the request lifecycle over core's ports. Cheap to clone.
@@ -171,7 +207,78 @@ impl Gatekeeper {
                 usage,
                 guardrails,
                 config,
+                shared_rates: None,
             }),
+        }
+    }
+
+    /// The same gatekeeper, with rate limits counted in `store`, shared by every instance
+    /// (e.g. stratai-store's Redis limiter), instead of in this process alone. Decisions read
+    /// the same (rules, reasons, `retry_after`). When the store fails, the request is decided
+    /// by the guardrail engine's in-process limiter instead (a shared-store outage neither
+    /// blocks all traffic nor lifts the limits; each instance then allows the full limit),
+    /// and a warning is logged at most once a minute.
+    #[must_use]
+    pub fn with_shared_rate_limiter(self, store: Arc<dyn RateLimitStore>) -> Self {
+        let i = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                directory: i.directory.clone(),
+                tiers: i.tiers.clone(),
+                ledger: i.ledger.clone(),
+                usage: i.usage.clone(),
+                guardrails: i.guardrails.clone(),
+                config: i.config.clone(),
+                shared_rates: Some(SharedRates {
+                    store,
+                    started: Instant::now(),
+                    last_warning: AtomicU64::new(u64::MAX),
+                    failures: AtomicU64::new(0),
+                }),
+            }),
+        }
+    }
+
+    /// The guardrails' pre-request decision, taking rate-limit tokens: from the shared
+    /// limiter when one is configured, else from the engine's own.
+    pub async fn check(&self, pre: &PreRequest<'_>) -> Decision {
+        self.decide_pre(pre, true).await
+    }
+
+    /// The same decision as [`check`](Self::check) with no side effect: rate-limit buckets
+    /// (shared or local) are only looked at.
+    pub async fn explain(&self, pre: &PreRequest<'_>) -> Decision {
+        self.decide_pre(pre, false).await
+    }
+
+    async fn decide_pre(&self, pre: &PreRequest<'_>, take: bool) -> Decision {
+        let guardrails = &self.inner.guardrails;
+        let Some(shared) = &self.inner.shared_rates else {
+            return if take {
+                guardrails.check(pre)
+            } else {
+                guardrails.explain(pre)
+            };
+        };
+        let policy = guardrails.policy();
+        let pending = policy.decide_pre_rules(pre);
+        let queries = pending.rate_queries(pre);
+        if queries.is_empty() {
+            return pending.finish(pre, RateCheck::Skip);
+        }
+        let local = guardrails.limiter().as_ref();
+        match FetchedVerdicts::fetch(shared.store.as_ref(), &queries, take).await {
+            Ok(fetched) if take => pending.finish(pre, RateCheck::Acquire(&fetched)),
+            Ok(fetched) => pending.finish(pre, RateCheck::Peek(&fetched)),
+            Err(error) => {
+                shared.warn(&error);
+                let rates = if take {
+                    RateCheck::Acquire(local)
+                } else {
+                    RateCheck::Peek(local)
+                };
+                pending.finish(pre, rates)
+            }
         }
     }
 
@@ -317,7 +424,7 @@ impl Gatekeeper {
             spend: Some(&spend),
             now,
         };
-        let decision = inner.guardrails.check(&pre);
+        let decision = self.check(&pre).await;
         if decision.outcome == Outcome::Deny {
             return Err(Refusal::Guardrails(Box::new(decision)));
         }

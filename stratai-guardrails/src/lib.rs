@@ -22,6 +22,6 @@ pub use policy::{
     BudgetSubject, EffectivePolicy, Policy, PolicyError, PolicyHolder, Principal, SpendSnapshot,
 };
 pub use post::{AnswerStream, FilteredAnswer, StreamEnd, StreamStep};
-pub use pre::{PreRequest, RateCheck, estimate_tokens};
-pub use rate::{BucketKey, GovernorRateLimiter, RateLimiter, RateVerdict};
+pub use pre::{PendingPre, PreRequest, RateCheck, RateQuery, estimate_tokens};
+pub use rate::{BucketKey, FetchedVerdicts, GovernorRateLimiter, RateLimiter, RateVerdict};
 pub use rule::{KnownScopes, Level, Rule, RuleError, RuleKind, RuleType};

@@ -15,7 +15,7 @@ use stratai_core::{Money, TierId};
 use crate::decision::{Decision, Modification, Reason, ReasonKey, RuleOrder};
 use crate::policy::{Item, Node, Policy, Principal, SpendSnapshot, budget_subject};
 use crate::rate::{BucketKey, RateLimiter, RateVerdict};
-use crate::rule::{Rule, RuleKind};
+use crate::rule::{RateLimit, Rule, RuleKind};
 
 /// A request to decide, before it reaches the model.
 #[derive(Clone, Copy, Debug)]
@@ -116,6 +116,14 @@ impl Policy {
     /// one of them takes nothing from the others.
     #[must_use]
     pub fn decide_pre(&self, req: &PreRequest<'_>, rates: RateCheck<'_>) -> Decision {
+        self.decide_pre_rules(req).finish(req, rates)
+    }
+
+    /// The first half of [`decide_pre`](Self::decide_pre): every check but the rate limits.
+    /// A caller whose limiter is asynchronous (shared between instances) fetches the verdicts
+    /// of [`PendingPre::rate_queries`] in between, then calls [`PendingPre::finish`].
+    #[must_use]
+    pub fn decide_pre_rules(&self, req: &PreRequest<'_>) -> PendingPre<'_> {
         let applicable = self.applicable(req.principal, req.tier);
         let mut out = Collector::new();
         let mut modifications = Vec::new();
@@ -136,12 +144,12 @@ impl Policy {
             &mut modifications,
         );
         self.format_notes(&nodes, &mut out, &mut modifications);
-
-        let mut retry_after = None;
-        if !out.blocked {
-            retry_after = self.check_rates(&nodes, req, rates, &mut out);
+        PendingPre {
+            policy: self,
+            nodes,
+            out,
+            modifications,
         }
-        Decision::from_parts(out.reasons, modifications, retry_after, req.now)
     }
 
     fn check_models(&self, node: &Node, model: &str, out: &mut Collector) {
@@ -395,6 +403,16 @@ impl Policy {
         }
     }
 
+    fn rate_rules<'p>(&'p self, nodes: &[&'p Node]) -> SmallVec<[&'p Rule; 8]> {
+        nodes
+            .iter()
+            .flat_map(|n| n.rate.iter())
+            .filter_map(|&i| self.rule(i))
+            .collect()
+    }
+
+    /// Consults the limiter in this order (a shared limiter's verdicts are fetched in the
+    /// same order by [`crate::rate::FetchedVerdicts::fetch`]).
     fn check_rates(
         &self,
         nodes: &[&Node],
@@ -407,36 +425,25 @@ impl Policy {
             RateCheck::Peek(l) => (l, false),
             RateCheck::Skip => return None,
         };
-        let rules: SmallVec<[&Rule; 8]> = nodes
-            .iter()
-            .flat_map(|n| n.rate.iter())
-            .filter_map(|&i| self.rule(i))
-            .collect();
+        let rules = self.rate_rules(nodes);
         if rules.is_empty() {
             return None;
         }
-        let key = |rule: &Rule| match &rule.kind {
-            RuleKind::RateLimit(limit) => Some((
-                BucketKey::for_request(rule.id, limit, req.principal.org_id, req.principal.user_id),
-                *limit,
-            )),
-            _ => None,
-        };
+        let key = |rule: &Rule| bucket_of(rule, req);
         let mut retry: Option<Duration> = None;
-        let mut report =
-            |out: &mut Collector, rule: &Rule, limit: &crate::rule::RateLimit, wait: Duration| {
-                retry = Some(retry.map_or(wait, |r| r.max(wait)));
-                out.add(
-                    rule,
-                    0,
-                    format!(
-                        "rate limit of {} per {} reached; retry in {}s",
-                        limit.requests,
-                        limit.period.as_str(),
-                        wait.as_secs().max(1)
-                    ),
-                );
-            };
+        let mut report = |out: &mut Collector, rule: &Rule, limit: &RateLimit, wait: Duration| {
+            retry = Some(retry.map_or(wait, |r| r.max(wait)));
+            out.add(
+                rule,
+                0,
+                format!(
+                    "rate limit of {} per {} reached; retry in {}s",
+                    limit.requests,
+                    limit.period.as_str(),
+                    wait.as_secs().max(1)
+                ),
+            );
+        };
         // Blocking limits first, without taking: a refused request takes nothing anywhere.
         // (With a single limit, taking it directly is the same thing.)
         let mut refused = false;
@@ -469,6 +476,84 @@ impl Policy {
             }
         }
         retry
+    }
+}
+
+fn bucket_of(rule: &Rule, req: &PreRequest<'_>) -> Option<(BucketKey, RateLimit)> {
+    match &rule.kind {
+        RuleKind::RateLimit(limit) => Some((
+            BucketKey::for_request(rule.id, limit, req.principal.org_id, req.principal.user_id),
+            *limit,
+        )),
+        _ => None,
+    }
+}
+
+/// One rate-limit bucket a request draws from, as [`PendingPre::rate_queries`] lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateQuery {
+    /// The bucket.
+    pub bucket: BucketKey,
+    /// Its rule's limit.
+    pub limit: RateLimit,
+    /// Whether the rule blocks (blocking limits are peeked first when there are several).
+    pub blocking: bool,
+}
+
+/// A pre-request decision with every check done but the rate limits (see
+/// [`Policy::decide_pre_rules`]).
+pub struct PendingPre<'p> {
+    policy: &'p Policy,
+    nodes: SmallVec<[&'p Node; 8]>,
+    out: Collector,
+    modifications: Vec<Modification>,
+}
+
+impl std::fmt::Debug for PendingPre<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingPre")
+            .field("blocked", &self.out.blocked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingPre<'_> {
+    /// Whether a blocking rule already refused (then no rate limit is consulted).
+    #[must_use]
+    pub fn is_blocked(&self) -> bool {
+        self.out.blocked
+    }
+
+    /// The buckets [`finish`](Self::finish) will consult, in its order; empty when the
+    /// request is already refused or no rate limit applies.
+    #[must_use]
+    pub fn rate_queries(&self, req: &PreRequest<'_>) -> SmallVec<[RateQuery; 4]> {
+        if self.out.blocked {
+            return SmallVec::new();
+        }
+        self.policy
+            .rate_rules(&self.nodes)
+            .into_iter()
+            .filter_map(|rule| {
+                bucket_of(rule, req).map(|(bucket, limit)| RateQuery {
+                    bucket,
+                    limit,
+                    blocking: rule.action == RuleAction::Block,
+                })
+            })
+            .collect()
+    }
+
+    /// Consults the rate limits (unless a rule already refused) and makes the decision.
+    #[must_use]
+    pub fn finish(mut self, req: &PreRequest<'_>, rates: RateCheck<'_>) -> Decision {
+        let mut retry_after = None;
+        if !self.out.blocked {
+            retry_after = self
+                .policy
+                .check_rates(&self.nodes, req, rates, &mut self.out);
+        }
+        Decision::from_parts(self.out.reasons, self.modifications, retry_after, req.now)
     }
 }
 

@@ -2,8 +2,10 @@
 //!
 //! A rate limit rule owns its buckets: one for the whole scope (`bucket: scope`, the
 //! default) or one per user (`bucket: per_user`). The in-process limiter is exact for one
-//! process; several server instances need a shared limiter (database or Redis) behind the
-//! same trait.
+//! process; several server instances share their buckets through core's
+//! [`RateLimitStore`](stratai_core::ports::RateLimitStore) port (Redis in stratai-store),
+//! which the [`Gatekeeper`](crate::Gatekeeper) consults when one is configured
+//! ([`Gatekeeper::with_shared_rate_limiter`](crate::Gatekeeper::with_shared_rate_limiter)).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -18,8 +20,12 @@ use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::{Quota, RateLimiter as Governor};
-use stratai_core::{OrgId, RuleId, UserId};
+use smallvec::SmallVec;
+pub use stratai_core::ports::RateVerdict;
+use stratai_core::ports::{RateLimitKey, RateLimitStore};
+use stratai_core::{OrgId, RuleId, StoreError, UserId};
 
+use crate::pre::RateQuery;
 use crate::rule::{RateBucket, RateLimit};
 
 /// Identifies one bucket: the rule, and the user for per-user buckets.
@@ -45,16 +51,13 @@ impl BucketKey {
     }
 }
 
-/// The answer of a limiter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RateVerdict {
-    /// Within the limit.
-    Allowed,
-    /// Over the limit; allowed again after `retry_after`.
-    Limited {
-        /// How long to wait.
-        retry_after: Duration,
-    },
+impl From<BucketKey> for RateLimitKey {
+    fn from(key: BucketKey) -> Self {
+        Self {
+            rule_id: key.rule_id,
+            user: key.user,
+        }
+    }
 }
 
 /// Counts requests per bucket.
@@ -247,6 +250,83 @@ where
             Ok(map) => map.values().map(|l| l.len()).sum(),
             Err(_) => 0,
         }
+    }
+}
+
+/// Verdicts of a shared [`RateLimitStore`] fetched before the (synchronous) decision, then
+/// answered to it as a [`RateLimiter`]: the decision explains a shared limit exactly as a
+/// local one.
+#[derive(Debug, Default)]
+pub struct FetchedVerdicts {
+    peeked: SmallVec<[(BucketKey, RateVerdict); 4]>,
+    taken: SmallVec<[(BucketKey, RateVerdict); 4]>,
+}
+
+impl FetchedVerdicts {
+    /// Asks `store` about `queries` (from [`PendingPre::rate_queries`](crate::pre::PendingPre::rate_queries))
+    /// in the order the decision consults its limiter: with several limits, the blocking ones
+    /// are peeked first and nothing is taken when one of them is exhausted; otherwise each
+    /// bucket is acquired (`take`) or peeked.
+    pub async fn fetch(
+        store: &dyn RateLimitStore,
+        queries: &[RateQuery],
+        take: bool,
+    ) -> Result<Self, StoreError> {
+        let mut out = Self::default();
+        let quota = |q: &RateQuery| {
+            (
+                q.limit.requests,
+                Duration::from_secs(q.limit.period.seconds()),
+            )
+        };
+        if queries.len() > 1 {
+            let mut refused = false;
+            for q in queries.iter().filter(|q| q.blocking) {
+                let (requests, period) = quota(q);
+                let verdict = store.peek(&q.bucket.into(), requests, period).await?;
+                refused |= verdict != RateVerdict::Allowed;
+                out.peeked.push((q.bucket, verdict));
+            }
+            if refused {
+                return Ok(out);
+            }
+        }
+        for q in queries {
+            let (requests, period) = quota(q);
+            let key = q.bucket.into();
+            if take {
+                let verdict = store.acquire(&key, requests, period).await?;
+                out.taken.push((q.bucket, verdict));
+            } else {
+                let verdict = store.peek(&key, requests, period).await?;
+                out.peeked.push((q.bucket, verdict));
+            }
+        }
+        Ok(out)
+    }
+
+    fn find(list: &[(BucketKey, RateVerdict)], key: &BucketKey) -> RateVerdict {
+        // Every bucket the decision asks about was fetched; an unknown one cannot occur.
+        list.iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map_or(RateVerdict::Allowed, |(_, v)| *v)
+    }
+}
+
+impl RateLimiter for FetchedVerdicts {
+    fn acquire(&self, key: &BucketKey, _limit: &RateLimit) -> RateVerdict {
+        Self::find(&self.taken, key)
+    }
+
+    fn peek(&self, key: &BucketKey, _limit: &RateLimit) -> RateVerdict {
+        Self::find(&self.peeked, key)
+    }
+
+    fn retain_recent(&self) {}
+
+    fn len(&self) -> usize {
+        self.peeked.len() + self.taken.len()
     }
 }
 
