@@ -4,9 +4,13 @@
 pub(crate) mod error;
 pub mod memory;
 pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis_rate;
 pub(crate) mod shared;
 pub mod sqlite;
 
 pub use memory::MemoryStore;
 pub use postgres::{PgOptions, PgStore};
+#[cfg(feature = "redis")]
+pub use redis_rate::RedisRateLimiter;
 pub use sqlite::SqliteStore;
