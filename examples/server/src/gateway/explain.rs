@@ -235,7 +235,7 @@ async fn explain(
                     spend: None,
                     now: at,
                 };
-                let decision = pipeline.deps().guardrails.explain(&pre);
+                let decision = pipeline.deps().gatekeeper.explain(&pre).await;
                 for r in &decision.reasons {
                     out.reasons.push(r.to_string());
                 }

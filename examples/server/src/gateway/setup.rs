@@ -23,7 +23,11 @@
 //!   reserves and settles in the database); `STRATAI_BUDGET_LEASE_BLOCK`: requests' worst
 //!   cases per block (default 32);
 //! - `STRATAI_USAGE_BATCH`: `1`/`true` writes usage records off the response path, in
-//!   batches (see [`super::batch`]; default off).
+//!   batches (see [`super::batch`]; default off);
+//! - `STRATAI_REDIS_URL` (else `REDIS_URL`): guardrail rate limits are counted in this Redis,
+//!   shared by every instance using it ([`stratai_store::RedisRateLimiter`]); unset: each
+//!   instance counts alone. While Redis is unreachable a request is decided by the
+//!   instance's own limiter (logged at most once a minute).
 //!
 //! The two last settings are the high-throughput mode: with both, a request makes no
 //! database round trip on its path once its member's view is cached. Hard budget limits
@@ -38,6 +42,7 @@ use stratai_guardrails::{
     Gatekeeper, GatekeeperConfig, Guardrails, LeaseConfig, LeasedLedger, Policy,
 };
 use stratai_litellm::sync::{CoreDirectory, SyncConfig, SyncEngine};
+use stratai_store::RedisRateLimiter;
 use url::Url;
 
 use super::GatewayState;
@@ -75,6 +80,8 @@ pub struct GatewayOptions {
     /// Queue size of the batched usage writer (`None`: each record written before the
     /// response).
     pub usage_batch: Option<usize>,
+    /// Redis for rate limits shared across instances (`None`: per-instance limits).
+    pub redis_url: Option<String>,
 }
 
 impl std::fmt::Debug for GatewayOptions {
@@ -123,6 +130,9 @@ impl GatewayOptions {
                 .ok()
                 .filter(|v| matches!(v.trim(), "1" | "true" | "on" | "yes"))
                 .map(|_| 65_536),
+            redis_url: ["STRATAI_REDIS_URL", "REDIS_URL"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty())),
         }
     }
 }
@@ -355,6 +365,20 @@ pub async fn build_state(
             ..GatekeeperConfig::default()
         },
     );
+    let gatekeeper = match &options.redis_url {
+        Some(url) => {
+            let limiter = RedisRateLimiter::new(url).map_err(|e| e.to_string())?;
+            match limiter.ping().await {
+                Ok(()) => tracing::info!("rate limits are shared through Redis"),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "Redis does not answer: rate limits are per instance until it does"
+                ),
+            }
+            gatekeeper.with_shared_rate_limiter(Arc::new(limiter))
+        }
+        None => gatekeeper,
+    };
     let pipeline = Pipeline::new(PipelineDeps {
         directory: stores.directory.clone(),
         tiers: stores.tiers.clone(),

@@ -136,6 +136,8 @@ pub struct Setup {
     pub usage_fault: Option<Arc<FaultSwitch>>,
     /// The high-throughput mode: budget leases of this age and batched usage writes.
     pub fast_path: Option<Duration>,
+    /// Redis for shared rate limits (the environment's `STRATAI_REDIS_URL` is not used).
+    pub redis_url: Option<String>,
 }
 
 impl Default for Setup {
@@ -146,6 +148,7 @@ impl Default for Setup {
             spool_replay: Duration::from_secs(10),
             usage_fault: None,
             fast_path: None,
+            redis_url: None,
         }
     }
 }
@@ -213,6 +216,7 @@ pub async fn serve(backing: Arc<Backing>, setup: Setup) -> Gw {
             ..stratai_guardrails::LeaseConfig::default()
         });
     options.usage_batch = setup.fast_path.map(|_| 1024);
+    options.redis_url = setup.redis_url.clone();
     let gateway = build_state(&config, auth.clone(), &served, options)
         .await
         .unwrap();
