@@ -3,7 +3,7 @@
 //! A rate limit rule owns its buckets: one for the whole scope (`bucket: scope`, the
 //! default) or one per user (`bucket: per_user`). The in-process limiter is exact for one
 //! process; several server instances share their buckets through core's
-//! [`RateLimitStore`](stratai_core::ports::RateLimitStore) port (Redis in stratai-store),
+//! [`RateLimitStore`] port (Redis in stratai-store),
 //! which the [`Gatekeeper`](crate::Gatekeeper) consults when one is configured
 //! ([`Gatekeeper::with_shared_rate_limiter`](crate::Gatekeeper::with_shared_rate_limiter)).
 
