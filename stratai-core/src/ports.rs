@@ -76,7 +76,9 @@ pub trait DirectoryStore: Send + Sync {
     async fn get_member(&self, org: OrgId, user: UserId) -> Result<Membership, StoreError>;
     /// Every member of the organization.
     async fn list_members(&self, org: OrgId) -> Result<Vec<Membership>, StoreError>;
-    /// Replaces a membership's role, tiers, budget and profile.
+    /// Replaces a membership's role, tiers, budget and profile. Its LiteLLM key id is kept
+    /// as stored (only [`set_litellm_key_id`](DirectoryStore::set_litellm_key_id) writes it),
+    /// so an admin update made from a stale read never undoes the sync's write-back.
     async fn update_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError>;
     /// Writes back the LiteLLM key id (token hash) of a membership, `None` when the member
     /// has no key: one targeted update of that field, so it never overwrites a concurrent

@@ -501,6 +501,8 @@ impl DirectoryStore for MemoryStore {
         check_profile(&s, member.profile_id)?;
         let mut new = norm_member(member);
         new.joined_at = old.joined_at;
+        // The key id is the sync's, written by `set_litellm_key_id` only.
+        new.litellm_key_id = old.litellm_key_id.clone();
         let synced_only = shared::member_change_is_sync_only(&old, &new);
         s.members.insert((org, member.user_id), new);
         if !synced_only {

@@ -403,6 +403,8 @@ impl DirectoryStore for PgStore {
         check_org_user_profile(&mut tx, org, None, member.profile_id).await?;
         let new = Membership {
             joined_at: old.joined_at,
+            // The key id is the sync's, written by `set_litellm_key_id` only.
+            litellm_key_id: old.litellm_key_id.clone(),
             ..member.clone()
         };
         let synced_only = shared::member_change_is_sync_only(&old, &new);

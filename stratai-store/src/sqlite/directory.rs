@@ -396,6 +396,8 @@ impl DirectoryStore for SqliteStore {
         require_profile(&mut tx, member.profile_id).await?;
         let mut new = member.clone();
         new.joined_at = old.joined_at;
+        // The key id is the sync's, written by `set_litellm_key_id` only.
+        new.litellm_key_id = old.litellm_key_id.clone();
         sqlx::query(
             "UPDATE org_memberships SET role = ?, virtual_key_id = ?, profile_id = ?,
                  allowed_tiers = ?, monthly_budget = ?

@@ -147,9 +147,30 @@ pub async fn member_add_get_list_update_remove<S: Store>(store: S) {
     changed.allowed_tiers = Some(vec![tier_slug("basic")]);
     changed.monthly_budget = Some(money("25.50"));
     changed.profile_id = Some(profile.id);
+    // The key id is the sync's (set_litellm_key_id): an update never writes it.
     changed.litellm_key_id = Some("key-hash".to_owned());
     store.update_member(o.id, &changed).await.unwrap();
-    assert_eq!(store.get_member(o.id, u2.id).await.unwrap(), changed);
+    let stored = store.get_member(o.id, u2.id).await.unwrap();
+    assert_eq!(stored.litellm_key_id, None);
+    assert_eq!(
+        stored,
+        stratai_core::directory::Membership {
+            litellm_key_id: None,
+            ..changed.clone()
+        }
+    );
+    // An admin update made from a read older than the sync's write-back keeps the key id.
+    let stale = stored.clone();
+    store
+        .set_litellm_key_id(o.id, u2.id, Some("synced-hash"))
+        .await
+        .unwrap();
+    let mut by_admin = stale;
+    by_admin.role = OrgRole::Member;
+    store.update_member(o.id, &by_admin).await.unwrap();
+    let stored = store.get_member(o.id, u2.id).await.unwrap();
+    assert_eq!(stored.role, OrgRole::Member);
+    assert_eq!(stored.litellm_key_id.as_deref(), Some("synced-hash"));
 
     store.remove_member(o.id, u2.id).await.unwrap();
     assert_not_found(store.get_member(o.id, u2.id).await);
