@@ -32,6 +32,7 @@ on_both!(
     token_limit_modify_clamps_max_tokens,
     rate_limit_answers_429_with_retry_after,
     exhausted_budget_answers_insufficient_quota_naming_the_scope,
+    a_budget_created_between_requests_applies_to_the_next_one,
     streamed_answer_matches_and_is_settled,
     post_filter_match_split_across_chunks_blocks_the_stream,
     post_filter_redacts_across_chunks,
@@ -276,6 +277,25 @@ async fn exhausted_budget_answers_insufficient_quota_naming_the_scope(db: Db) {
         .unwrap();
     assert!(states[0].spent <= states[0].budget.limit);
     assert_eq!(states[0].reserved, Money::ZERO);
+}
+
+/// The gateway caches the caller's view (organization, membership, tiers) between requests;
+/// the budget list is still read at every admission, so a hard budget created after the view
+/// was cached applies to the very next request (strict mode).
+async fn a_budget_created_between_requests_applies_to_the_next_one(db: Db) {
+    let Some(gw) = spawn(db, DemoConfig::default()).await else {
+        return;
+    };
+    let t = tenant(&gw, 1).await;
+    let (user, tok) = &t.users[0];
+    let mut body = ask(MODEL, "hi");
+    body["max_tokens"] = json!(50);
+    assert_eq!(chat(&gw, tok, body.clone()).await.status, 200);
+    // Smaller than one request's worst case: the next request must be refused.
+    budget(&gw, t.org, BudgetScope::User(*user), "0.00001", true).await;
+    let a = chat(&gw, tok, body).await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(a.body["error"]["type"], "insufficient_quota");
 }
 
 async fn streamed_answer_matches_and_is_settled(db: Db) {

@@ -68,6 +68,10 @@ pub struct PipelineDeps {
     /// reused by [`Pipeline::caller_view`] (zero: never). Changes by admins take effect
     /// after at most this long; budget *amounts* are always read by the ledger itself.
     pub view_ttl: std::time::Duration,
+    /// Read the organization's budget list at every admission (true in strict mode), so a
+    /// budget created or changed applies to the very next request. False with budget leases:
+    /// the cached list is used and a budget change applies after at most `view_ttl`.
+    pub fresh_budgets: bool,
 }
 
 type ViewCache =
@@ -496,6 +500,11 @@ impl Pipeline {
         let now = self.deps.clock.now();
         let gate = &self.deps.gatekeeper;
         let admitted = match &view.snapshot {
+            Some(snapshot) if self.deps.fresh_budgets => {
+                let mut snapshot = snapshot.clone();
+                snapshot.budgets = self.deps.ledger.list_budgets(view.org.id).await?;
+                gate.admit_with(&caller, &snapshot, &request, now).await
+            }
             Some(snapshot) => gate.admit_with(&caller, snapshot, &request, now).await,
             None => gate.admit(&caller, &request, now).await,
         };

@@ -327,6 +327,7 @@ pub async fn build_state(
         alerts: Some(alerts.clone()),
         ..Drainer::default()
     };
+    let fresh_budgets = options.budget_lease.is_none();
     let ledger: Arc<dyn BudgetLedger> = match options.budget_lease {
         Some(lease) => {
             tracing::info!(
@@ -391,6 +392,7 @@ pub async fn build_state(
         gatekeeper,
         rules: stores.guardrails.clone(),
         view_ttl: options.view_cache_ttl,
+        fresh_budgets,
     });
     if let Err(e) = pipeline.reload_guardrails().await {
         tracing::warn!(error = %e, "guardrail policy not loaded at start; running with the empty policy until the next reload");
