@@ -337,7 +337,7 @@ async fn a_lease_whose_settlement_fails_is_kept_and_settled_by_a_later_flush() {
 }
 
 /// Two instances (two `LeasedLedger`s) over one SQLite database, 200 concurrent requests
-/// with random actual costs up to their worst case: the hard limit is never overspent and
+/// costing their worst case: the hard limit is never overspent and
 /// the shared ledger ends with exactly the sum of the admitted requests' actual costs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_never_overspend_a_hard_limit() {
@@ -358,8 +358,11 @@ async fn two_instances_never_overspend_a_hard_limit() {
             match ledger.reserve(org, &r).await.unwrap() {
                 ReserveOutcome::Reserved(_) => {
                     tokio::time::sleep(Duration::from_millis(u64::from(i % 7))).await;
-                    // Actual cost: 0.01 .. 0.05, never above the worst case.
-                    let actual = Money::new(Decimal::new(i64::from(1 + i % 5), 2)).unwrap();
+                    // Actual cost = the worst case: then the limit bounds how many requests
+                    // may ever be admitted (60), whatever leases closed and reopened meanwhile.
+                    // (With cheaper actual costs, settled leases give room back and more
+                    // requests fit, so only `spent <= limit` would be checkable.)
+                    let actual = money("0.05");
                     ledger
                         .settle(org, r.request_id, &[budget.id], actual, Utc::now())
                         .await
@@ -384,9 +387,8 @@ async fn two_instances_never_overspend_a_hard_limit() {
     let total: Money = admitted.iter().copied().sum();
     assert_eq!(shared.spent, total);
     assert_eq!(shared.reserved, Money::ZERO);
-    // Worst cases admitted fit the limit, so actual spend does too.
-    let worst = money("0.05").amount() * Decimal::from(admitted.len() as u64);
-    assert!(worst <= money("3").amount(), "{} admitted", admitted.len());
+    assert!(shared.spent <= money("3"), "overspent: {}", shared.spent);
+    assert!(admitted.len() <= 60, "{} admitted", admitted.len());
     assert!(!admitted.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
