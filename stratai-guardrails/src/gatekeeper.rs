@@ -357,6 +357,22 @@ impl Gatekeeper {
         request: &ChatRequest,
         now: DateTime<Utc>,
     ) -> Result<Admission, Refusal> {
+        self.admit_with_budgets(caller, snapshot, &snapshot.budgets, request, now)
+            .await
+    }
+
+    /// [`admit_with`](Self::admit_with), with the organization's budget list given apart
+    /// from the snapshot (whose own `budgets` are ignored): for a caller that keeps the
+    /// member's snapshot but reads the budget list fresh for every request, so a budget
+    /// created a moment ago applies to the very next one, without copying the snapshot.
+    pub async fn admit_with_budgets(
+        &self,
+        caller: &Caller,
+        snapshot: &MemberSnapshot,
+        budgets: &[Budget],
+        request: &ChatRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Admission, Refusal> {
         let inner = &self.inner;
         let model =
             ModelId::new(request.model.clone()).map_err(|e| Refusal::BadRequest(e.to_string()))?;
@@ -366,7 +382,7 @@ impl Gatekeeper {
             groups,
             catalog,
             subscriptions,
-            budgets,
+            budgets: _,
         } = snapshot;
         if org.id != caller.org_id || membership.user_id != caller.user_id {
             return Err(Refusal::BadRequest(
@@ -652,6 +668,12 @@ impl Admission {
     #[must_use]
     pub fn reserved(&self) -> Money {
         self.reserved
+    }
+
+    /// The budgets the worst case was reserved against (empty: none applied).
+    #[must_use]
+    pub fn budgets(&self) -> &[BudgetId] {
+        &self.budgets
     }
 
     /// The budgets' states right after the reservation.

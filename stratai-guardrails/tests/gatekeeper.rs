@@ -498,3 +498,57 @@ async fn store_failures_refuse_the_request() {
         .unwrap_err();
     assert_eq!(err.code(), "unavailable");
 }
+
+#[tokio::test]
+async fn a_kept_snapshot_admits_without_store_reads_and_a_fresh_budget_list_overrides_its_own() {
+    let f = Fixture::new();
+    let now = at(NOW);
+    // The snapshot is loaded once (five reads); afterwards the directory and tier mocks would
+    // answer too, so the test counts list_budgets and reserve calls on the ledger instead.
+    let mut ledger = MockBudgetLedger::new();
+    ledger
+        .expect_list_budgets()
+        .times(1)
+        .returning(|_| Ok(vec![]));
+    let reserved_against = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&reserved_against);
+    ledger.expect_reserve().times(1).returning(move |_, req| {
+        seen.lock().unwrap().push(req.budgets.clone());
+        Ok(ReserveOutcome::Reserved(vec![]))
+    });
+    let gate = f.gate(ledger, MockUsageStore::new());
+    let snapshot = gate.load_snapshot(f.org, f.user).await.unwrap();
+    assert!(snapshot.budgets.is_empty());
+
+    // The snapshot's own (empty) list: no reservation at all.
+    let free = gate
+        .admit_with(&f.caller(), &snapshot, &chat("gpt-4o", "hi", Some(50)), now)
+        .await
+        .unwrap();
+    assert!(free.budgets().is_empty());
+
+    // A budget created since: given apart, it is reserved against; the snapshot is untouched.
+    let fresh = [f.budget()];
+    let bound = gate
+        .admit_with_budgets(
+            &f.caller(),
+            &snapshot,
+            &fresh,
+            &chat("gpt-4o", "hi", Some(50)),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(bound.budgets(), [f.budget]);
+    assert_eq!(*reserved_against.lock().unwrap(), vec![vec![f.budget]]);
+    assert!(snapshot.budgets.is_empty());
+
+    // Someone else's snapshot is refused before anything is reserved.
+    let mut stranger = f.caller();
+    stranger.user_id = UserId::new();
+    let err = gate
+        .admit_with(&stranger, &snapshot, &chat("gpt-4o", "hi", Some(50)), now)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "bad_request");
+}
