@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo_provider;
 pub mod error;
 pub mod extract;
+pub mod fresh_cache;
 pub mod gateway;
 pub mod metrics;
 pub mod openapi;

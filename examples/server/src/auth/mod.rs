@@ -25,6 +25,7 @@ use axum::http::{HeaderMap, Method, header};
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::fresh_cache::{FreshCache, Lookup};
 use dev::DevTokens;
 use identity::{DirectoryError, IdentityDirectory, LoginIdentity, Principal};
 use keys::{JwksCache, JwksLocation};
@@ -156,38 +157,10 @@ pub struct Auth {
     principals: PrincipalCache,
 }
 
-/// Principals resolved from bearer tokens, reused for a short while (off by default).
-#[derive(Default)]
-struct PrincipalCache {
-    ttl: Duration,
-    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Principal)>>,
-}
-
-impl PrincipalCache {
-    fn get(&self, subject: &str) -> Option<Principal> {
-        if self.ttl.is_zero() {
-            return None;
-        }
-        let entries = self.entries.lock().ok()?;
-        let (at, p) = entries.get(subject)?;
-        (at.elapsed() < self.ttl).then(|| p.clone())
-    }
-
-    fn put(&self, subject: &str, principal: &Principal) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= 100_000 {
-                entries.clear();
-            }
-            entries.insert(
-                subject.to_owned(),
-                (std::time::Instant::now(), principal.clone()),
-            );
-        }
-    }
-}
+/// Principals resolved from bearer tokens by subject, reused for at most the cache's time to
+/// live (off by default): refreshed ahead of expiry by one background lookup, looked up once
+/// for concurrent requests that miss (see [`FreshCache`]).
+type PrincipalCache = Arc<FreshCache<String, Principal>>;
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -250,7 +223,7 @@ impl Auth {
                     public_origin,
                     session_ttl: config.session_ttl,
                     secure_cookies,
-                    principals: PrincipalCache::default(),
+                    principals: Arc::new(FreshCache::new(Duration::ZERO)),
                 })
             }
             None => {
@@ -271,7 +244,7 @@ impl Auth {
                     public_origin,
                     session_ttl: config.session_ttl,
                     secure_cookies: false,
-                    principals: PrincipalCache::default(),
+                    principals: Arc::new(FreshCache::new(Duration::ZERO)),
                 })
             }
         }
@@ -284,7 +257,7 @@ impl Auth {
     /// server.
     #[must_use]
     pub fn with_principal_cache(mut self, ttl: Duration) -> Self {
-        self.principals.ttl = ttl;
+        self.principals = Arc::new(FreshCache::new(ttl));
         self
     }
 
@@ -377,28 +350,65 @@ impl Auth {
         match &self.mode {
             Mode::Dev(_) => {
                 let claims = self.validator.validate(token, dev::DEV_AUDIENCE).await?;
-                if let Some(p) = self.principals.get(&claims.subject) {
-                    return active(p);
-                }
                 let id = uuid::Uuid::parse_str(&claims.subject)
                     .map_err(|_| AuthError::InvalidClaim("sub"))?;
-                let principal = self
-                    .directory
-                    .find_by_id(id)
-                    .await?
-                    .ok_or(AuthError::UnknownUser)?;
-                self.principals.put(&claims.subject, &principal);
+                let directory = self.directory.clone();
+                let by_id = move || async move {
+                    directory
+                        .find_by_id(id)
+                        .await?
+                        .ok_or(AuthError::UnknownUser)
+                };
+                let principal = self.cached(claims.subject, by_id.clone(), by_id).await?;
                 active(principal)
             }
             Mode::Oidc { audience, .. } => {
                 let claims = self.validator.validate(token, audience).await?;
-                if let Some(p) = self.principals.get(&claims.subject) {
-                    return active(p);
-                }
-                let principal = self.resolve_oidc(&claims).await?;
-                self.principals.put(&claims.subject, &principal);
-                Ok(principal)
+                let directory = self.directory.clone();
+                let subject = claims.subject.clone();
+                // A cached subject is linked to its user already: a refresh looks it up.
+                let by_subject = move || async move {
+                    directory
+                        .find_by_subject(&subject)
+                        .await?
+                        .ok_or(AuthError::UnknownUser)
+                };
+                let principal = self
+                    .cached(claims.subject.clone(), by_subject, || {
+                        self.resolve_oidc(&claims)
+                    })
+                    .await?;
+                active(principal)
             }
+        }
+    }
+
+    /// The principal of `subject` from the cache; `load` on a miss (one caller at a time per
+    /// subject), `refresh` in a background task when the entry is past half its life.
+    async fn cached<R, RFut, L, LFut>(
+        &self,
+        subject: String,
+        refresh: R,
+        load: L,
+    ) -> Result<Principal, AuthError>
+    where
+        R: FnOnce() -> RFut + Send + 'static,
+        RFut: std::future::Future<Output = Result<Principal, AuthError>> + Send + 'static,
+        L: FnOnce() -> LFut,
+        LFut: std::future::Future<Output = Result<Principal, AuthError>>,
+    {
+        match self.principals.lookup(&subject) {
+            Lookup::Fresh(p) => Ok(p),
+            Lookup::Refresh(p) => {
+                let cache = self.principals.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = cache.refresh(subject, refresh).await {
+                        tracing::debug!(error = %e, "principal not refreshed ahead of expiry");
+                    }
+                });
+                Ok(p)
+            }
+            Lookup::Miss => self.principals.load(subject, load).await,
         }
     }
 
