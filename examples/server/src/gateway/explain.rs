@@ -174,7 +174,7 @@ async fn explain(
         .map_err(|e| OpenAiError::invalid("invalid_request", Some("model"), e.to_string()))?;
     let mut out = Explanation {
         outcome: "allow",
-        org_id: view.org.id.to_string(),
+        org_id: view.org().id.to_string(),
         user_id: subject.to_string(),
         model: q.model.clone(),
         tier: None,
@@ -196,7 +196,7 @@ async fn explain(
                 "model `{model}` is in the accessible {} tier",
                 grant.tier_slug
             ));
-            if let Some(tier) = view.catalog.get(grant.tier_id) {
+            if let Some(tier) = view.catalog().get(grant.tier_id) {
                 let probe = ChatRequest {
                     model: q.model.clone(),
                     messages: vec![ChatMessage {
@@ -220,9 +220,9 @@ async fn explain(
                 // Guardrails as they would decide at `at`, without side effects (the
                 // rate-limit buckets are only peeked).
                 let principal = stratai_guardrails::Principal {
-                    org_id: view.org.id,
+                    org_id: view.org().id,
                     user_id: subject,
-                    groups: view.groups.iter().map(|g| g.id).collect(),
+                    groups: view.groups().iter().map(|g| g.id).collect(),
                 };
                 let pre = stratai_guardrails::PreRequest {
                     principal: &principal,

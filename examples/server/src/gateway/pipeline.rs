@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use stratai_core::StoreError;
 use stratai_core::budget::{
-    Budget, BudgetRefusal, BudgetScope, BudgetState, RequestScope,
+    BudgetRefusal, BudgetScope, BudgetState, RequestScope,
     applicable_budgets as core_applicable_budgets,
 };
 use stratai_core::directory::{Group, Membership, Organization, Slug};
@@ -34,6 +34,7 @@ use stratai_guardrails::{
 };
 
 use crate::alerts::AlertSink;
+use crate::fresh_cache::{FreshCache, Lookup};
 use crate::metrics::{self, ReasonKind};
 use crate::spool::{Spool, SpoolEntry, SpoolSettle};
 
@@ -74,14 +75,14 @@ pub struct PipelineDeps {
     pub fresh_budgets: bool,
 }
 
-type ViewCache =
-    std::sync::Mutex<std::collections::HashMap<(UserId, String), (Instant, Arc<MemberView>)>>;
+/// A caller's view, by user and the organization they asked for.
+type ViewKey = (UserId, String);
 
 /// The governed pipeline.
 #[derive(Clone)]
 pub struct Pipeline {
     deps: PipelineDeps,
-    cache: Arc<ViewCache>,
+    cache: Arc<FreshCache<ViewKey, Arc<MemberView>>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -255,36 +256,54 @@ pub struct BudgetView {
     pub hard_limit: bool,
 }
 
-/// The member's situation in one organization, loaded once per request.
+/// The member's situation in one organization: the Gatekeeper's [`MemberSnapshot`] (org,
+/// membership, groups sorted by name, catalog, subscriptions and, when loaded for requests,
+/// the budget list) and the tier access resolved from it.
 pub struct MemberView {
-    /// Organization.
-    pub org: Organization,
-    /// Membership.
-    pub membership: Membership,
-    /// Groups the member is in, by name.
-    pub groups: Vec<Group>,
-    /// The catalog.
-    pub catalog: TierCatalog,
-    /// The organization's budgets, when loaded with the view.
-    pub budgets: Option<Vec<Budget>>,
+    /// What a decision about the member needs; its `budgets` are empty unless
+    /// `budgets_loaded`.
+    pub snapshot: MemberSnapshot,
     /// Tier access.
     pub access: TierAccess,
-    subscriptions: Vec<stratai_core::tiers::TierSubscription>,
-    /// The Gatekeeper's snapshot of the same (with the budget list), when the view was
-    /// loaded for requests ([`Pipeline::caller_view`]): admission then reads no store.
-    snapshot: Option<MemberSnapshot>,
+    /// Whether `snapshot.budgets` holds the organization's budget list.
+    budgets_loaded: bool,
 }
 
 impl MemberView {
+    /// The organization.
+    #[must_use]
+    pub fn org(&self) -> &Organization {
+        &self.snapshot.org
+    }
+
+    /// The membership.
+    #[must_use]
+    pub fn membership(&self) -> &Membership {
+        &self.snapshot.membership
+    }
+
+    /// The member's groups, by name.
+    #[must_use]
+    pub fn groups(&self) -> &[Group] {
+        &self.snapshot.groups
+    }
+
+    /// The tier catalog.
+    #[must_use]
+    pub fn catalog(&self) -> &TierCatalog {
+        &self.snapshot.catalog
+    }
+
     /// The model check of core.
     pub fn check(&self, model: &ModelId) -> Result<stratai_core::tiers::ModelGrant, ModelDenial> {
+        let s = &self.snapshot;
         let ctx = MemberContext {
-            org: &self.org,
-            subscriptions: &self.subscriptions,
-            membership: &self.membership,
-            groups: &self.groups,
+            org: &s.org,
+            subscriptions: &s.subscriptions,
+            membership: &s.membership,
+            groups: &s.groups,
         };
-        check_model(&self.catalog, &ctx, model)
+        check_model(&s.catalog, &ctx, model)
     }
 }
 
@@ -305,49 +324,57 @@ impl Pipeline {
     #[must_use]
     pub fn new(deps: PipelineDeps) -> Self {
         Self {
+            cache: Arc::new(FreshCache::new(deps.view_ttl)),
             deps,
-            cache: Arc::new(ViewCache::default()),
         }
     }
 
     /// The caller's view in the organization they chose (see [`Pipeline::choose_org`]),
-    /// with the organization's budget list; reused for [`PipelineDeps::view_ttl`].
+    /// with the organization's budget list (unless [`PipelineDeps::fresh_budgets`]); reused
+    /// for at most [`PipelineDeps::view_ttl`], refreshed ahead of expiry by one background
+    /// load, loaded once for concurrent callers that miss (see [`FreshCache`]).
     pub async fn caller_view(
         &self,
         user: UserId,
         requested: Option<&str>,
     ) -> Result<Arc<MemberView>, Refusal> {
-        let ttl = self.deps.view_ttl;
-        let key = (user, requested.unwrap_or("").trim().to_owned());
-        if !ttl.is_zero()
-            && let Ok(cache) = self.cache.lock()
-            && let Some((at, view)) = cache.get(&key)
-            && at.elapsed() < ttl
-        {
-            return Ok(view.clone());
+        let key: ViewKey = (user, requested.unwrap_or("").trim().to_owned());
+        match self.cache.lookup(&key) {
+            Lookup::Fresh(view) => return Ok(view),
+            Lookup::Refresh(view) => {
+                // Refreshed ahead of expiry by one task while requests go on with this one.
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let (user, org) = key.clone();
+                    let load = me.load_caller_view(user, Some(&org));
+                    if let Err(e) = me.cache.refresh(key, || load).await {
+                        tracing::debug!(error = ?e, "caller view not refreshed ahead of expiry");
+                    }
+                });
+                return Ok(view);
+            }
+            Lookup::Miss => {}
         }
+        let (user, org) = key.clone();
+        self.cache
+            .load(key, || self.load_caller_view(user, Some(&org)))
+            .await
+    }
+
+    async fn load_caller_view(
+        &self,
+        user: UserId,
+        requested: Option<&str>,
+    ) -> Result<Arc<MemberView>, Refusal> {
         let org = self.choose_org(user, requested).await?;
         let mut view = self.member_view(org, user).await?;
-        let budgets = self.deps.ledger.list_budgets(view.org.id).await?;
-        view.snapshot = Some(MemberSnapshot {
-            org: view.org.clone(),
-            membership: view.membership.clone(),
-            groups: view.groups.clone(),
-            catalog: view.catalog.clone(),
-            subscriptions: view.subscriptions.clone(),
-            budgets: budgets.clone(),
-        });
-        view.budgets = Some(budgets);
-        let view = Arc::new(view);
-        if !ttl.is_zero()
-            && let Ok(mut cache) = self.cache.lock()
-        {
-            if cache.len() >= 100_000 {
-                cache.clear();
-            }
-            cache.insert(key, (Instant::now(), view.clone()));
+        if !self.deps.fresh_budgets {
+            // Strict mode reads the list at every admission; reading it here too would be
+            // a second read on every cache miss.
+            view.snapshot.budgets = self.deps.ledger.list_budgets(view.org().id).await?;
+            view.budgets_loaded = true;
         }
-        Ok(view)
+        Ok(Arc::new(view))
     }
 
     /// The dependencies.
@@ -463,14 +490,16 @@ impl Pipeline {
         )
         .map_err(|e| Refusal::Internal(e.to_string()))?;
         Ok(MemberView {
-            org,
-            membership,
-            groups,
-            catalog,
-            budgets: None,
+            snapshot: MemberSnapshot {
+                org,
+                membership,
+                groups,
+                catalog,
+                subscriptions,
+                budgets: Vec::new(),
+            },
             access,
-            subscriptions,
-            snapshot: None,
+            budgets_loaded: false,
         })
     }
 
@@ -483,7 +512,7 @@ impl Pipeline {
         view: &MemberView,
         request: ChatRequest,
     ) -> Result<Admission, Refusal> {
-        let user = view.membership.user_id;
+        let user = view.membership().user_id;
         if request.messages.is_empty() {
             return Err(Refusal::BadRequest {
                 param: "messages",
@@ -491,7 +520,7 @@ impl Pipeline {
             });
         }
         let caller = Caller {
-            org_id: view.org.id,
+            org_id: view.org().id,
             user_id: user,
             group_id: None,
             conversation_id: None,
@@ -499,14 +528,13 @@ impl Pipeline {
         };
         let now = self.deps.clock.now();
         let gate = &self.deps.gatekeeper;
-        let admitted = match &view.snapshot {
-            Some(snapshot) if self.deps.fresh_budgets => {
-                let mut snapshot = snapshot.clone();
-                snapshot.budgets = self.deps.ledger.list_budgets(view.org.id).await?;
-                gate.admit_with(&caller, &snapshot, &request, now).await
-            }
-            Some(snapshot) => gate.admit_with(&caller, snapshot, &request, now).await,
-            None => gate.admit(&caller, &request, now).await,
+        let admitted = if self.deps.fresh_budgets || !view.budgets_loaded {
+            let budgets = self.deps.ledger.list_budgets(view.org().id).await?;
+            gate.admit_with_budgets(&caller, &view.snapshot, &budgets, &request, now)
+                .await
+        } else {
+            gate.admit_with(&caller, &view.snapshot, &request, now)
+                .await
         };
         let admitted = match admitted {
             Ok(a) => a,
@@ -527,7 +555,7 @@ impl Pipeline {
             if s.spent + s.reserved > s.budget.limit {
                 warnings.push(format!(
                     "soft {} budget exceeded: {} of {}",
-                    scope_name(&s.budget.scope, &view.groups),
+                    scope_name(&s.budget.scope, view.groups()),
                     s.spent,
                     s.budget.limit
                 ));
@@ -541,7 +569,7 @@ impl Pipeline {
                 ReasonKind::Guardrail
             },
         );
-        let Some(tier) = view.catalog.get(admitted.grant().tier_id).cloned() else {
+        let Some(tier) = view.catalog().get(admitted.grant().tier_id).cloned() else {
             return Err(Refusal::Internal(format!(
                 "tier `{}` vanished from the catalog",
                 admitted.grant().tier_id
@@ -552,10 +580,10 @@ impl Pipeline {
             warnings,
             ticket: Ticket {
                 request_id: admitted.request_id(),
-                org_id: view.org.id,
+                org_id: view.org().id,
                 user_id: user,
-                group_id: view.groups.iter().map(|g| g.id).min(),
-                groups: view.groups.iter().map(|g| g.id).collect(),
+                group_id: view.groups().iter().map(|g| g.id).min(),
+                groups: view.groups().iter().map(|g| g.id).collect(),
                 model: ModelId::new(admitted.request().model.clone())
                     .map_err(|e| Refusal::Internal(e.to_string()))?,
                 budgets: admitted
@@ -575,7 +603,7 @@ impl Pipeline {
         match refusal {
             GateRefusal::OrgInactive(_) => Refusal::Organization {
                 must_choose: false,
-                message: format!("organization `{}` is deactivated", view.org.slug),
+                message: format!("organization `{}` is deactivated", view.org().slug),
             },
             GateRefusal::NotMember { .. } => Refusal::Organization {
                 must_choose: false,
@@ -605,7 +633,7 @@ impl Pipeline {
             GateRefusal::Budget(refusal) => {
                 metrics::record_decision("deny", ReasonKind::Budget);
                 metrics::record_budget_refusal(&refusal.scope);
-                let scope_name = scope_name(&refusal.scope, &view.groups);
+                let scope_name = scope_name(&refusal.scope, view.groups());
                 Refusal::Budget {
                     refusal,
                     scope_name,
@@ -803,11 +831,11 @@ impl Pipeline {
         tier: stratai_core::ids::TierId,
         at: DateTime<Utc>,
     ) -> Result<Vec<BudgetView>, StoreError> {
-        let all = self.deps.ledger.list_budgets(view.org.id).await?;
-        let group_ids: Vec<GroupId> = view.groups.iter().map(|g| g.id).collect();
+        let all = self.deps.ledger.list_budgets(view.org().id).await?;
+        let group_ids: Vec<GroupId> = view.groups().iter().map(|g| g.id).collect();
         let scope = RequestScope {
-            org_id: view.org.id,
-            user_id: view.membership.user_id,
+            org_id: view.org().id,
+            user_id: view.membership().user_id,
             group_ids: &group_ids,
             tier_id: Some(tier),
         };
@@ -818,14 +846,14 @@ impl Pipeline {
         let states: Vec<BudgetState> = if ids.is_empty() {
             Vec::new()
         } else {
-            self.deps.ledger.states(view.org.id, &ids, at).await?
+            self.deps.ledger.states(view.org().id, &ids, at).await?
         };
         Ok(states
             .into_iter()
             .map(|s| BudgetView {
                 budget_id: s.budget.id,
                 scope: s.budget.scope,
-                scope_name: scope_name(&s.budget.scope, &view.groups),
+                scope_name: scope_name(&s.budget.scope, view.groups()),
                 limit: s.budget.limit,
                 spent: s.spent,
                 reserved: s.reserved,
