@@ -149,6 +149,45 @@ struct State {
     /// Leases taken for settlement whose settlement has not finished yet.
     settling: usize,
     alerts: Vec<BudgetAlert>,
+    /// Requests admitted per budget set, for [`LeasedLedger::refill`]'s rate estimate.
+    rates: HashMap<LeaseKey, KeyRate>,
+}
+
+/// Admissions of one budget set, counted since [`LeasedLedger::refill`] last looked.
+struct KeyRate {
+    admitted: u64,
+    since: Instant,
+}
+
+impl State {
+    fn count_admission(&mut self, key: &LeaseKey) {
+        match self.rates.get_mut(key) {
+            Some(r) => r.admitted += 1,
+            None => {
+                self.rates.insert(
+                    key.clone(),
+                    KeyRate {
+                        admitted: 1,
+                        since: Instant::now(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Admissions per second of `key` since the last call (at least 10 ms are assumed), and
+    /// a new count from now.
+    fn take_rate(&mut self, key: &LeaseKey) -> f64 {
+        let Some(r) = self.rates.get_mut(key) else {
+            return 0.0;
+        };
+        let elapsed = r.since.elapsed().max(Duration::from_millis(10));
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        let rate = r.admitted as f64 / elapsed.as_secs_f64();
+        r.admitted = 0;
+        r.since = Instant::now();
+        rate
+    }
 }
 
 impl State {
@@ -203,6 +242,9 @@ pub struct LeasedLedger {
     config: LeaseConfig,
     state: Mutex<State>,
     recent: Mutex<Recent>,
+    /// One opener per budget set: a request that finds no room waits for the lease another
+    /// one is opening instead of reserving a block of its own.
+    opening: Mutex<HashMap<LeaseKey, std::sync::Arc<futures::lock::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for LeasedLedger {
@@ -226,7 +268,20 @@ impl LeasedLedger {
                 order: VecDeque::new(),
                 set: HashSet::new(),
             }),
+            opening: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn opening_gate(&self, key: &LeaseKey) -> std::sync::Arc<futures::lock::Mutex<()>> {
+        let mut gates = self
+            .opening
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if gates.len() >= 10_000 && !gates.contains_key(key) {
+            // A bound on memory; a gate in use stays alive with its holders.
+            gates.clear();
+        }
+        gates.entry(key.clone()).or_default().clone()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -346,6 +401,7 @@ impl LeasedLedger {
         lease.in_flight += 1;
         lease.admitted += 1;
         let view = lease.view();
+        state.count_admission(key);
         state.held.insert(
             request,
             Held {
@@ -373,6 +429,7 @@ impl LeasedLedger {
         lease.unit = request.amount;
         let view = lease.view();
         let mut state = self.state();
+        state.count_admission(key);
         state.leases.insert(lease_id, lease);
         state.by_key.entry(key.clone()).or_default().push(lease_id);
         state.held.insert(
@@ -429,12 +486,23 @@ impl LeasedLedger {
 
     /// Opens successor leases, off the request path, for the budget sets whose newest lease
     /// will run out of room or age out before the next refill (`horizon` from now), sized for
-    /// the rate it has seen over two horizons (at least `block_requests`, at most
+    /// the rate of admissions since the previous refill, over two horizons (at least `block_requests`, at most
     /// [`MAX_BLOCK_REQUESTS`] worst cases). A refused reservation opens nothing (requests then
     /// fall back as usual). Returns how many leases it opened.
     pub async fn refill(&self, horizon: Duration, now: DateTime<Utc>) -> Result<usize, StoreError> {
         let wanted: Vec<(LeaseKey, Money, Money)> = {
-            let state = self.state();
+            let mut state = self.state();
+            let keys: Vec<LeaseKey> = state.by_key.keys().cloned().collect();
+            let rates: HashMap<LeaseKey, f64> = keys
+                .into_iter()
+                .map(|k| {
+                    let rate = state.take_rate(&k);
+                    (k, rate)
+                })
+                .collect();
+            // Budget sets without a lease start counting afresh when they get one.
+            state.rates.retain(|k, _| rates.contains_key(k));
+            let state = &*state;
             let max_age = self.config.max_age;
             state
                 .by_key
@@ -448,8 +516,7 @@ impl LeasedLedger {
                     if newest.admitted == 0 {
                         return None;
                     }
-                    let age = newest.opened.elapsed().max(Duration::from_millis(10));
-                    let rate = f64::from(newest.admitted) / age.as_secs_f64();
+                    let rate = rates.get(key).copied().unwrap_or(0.0);
                     let expected = rate * horizon.as_secs_f64();
                     let unit = newest.unit.amount();
                     let room_requests = if unit.is_zero() {
@@ -576,6 +643,14 @@ impl BudgetLedger for LeasedLedger {
         budgets.sort_unstable();
         budgets.dedup();
         let key = (org, budgets);
+        if let Some(view) = self.take_local(&key, request.request_id, request.amount) {
+            return Ok(ReserveOutcome::Reserved(view));
+        }
+        // One request of the budget set opens the next lease; the others of the moment wait
+        // for it and take their share (a burst would otherwise reserve a block each, all
+        // queued on the same budget rows).
+        let gate = self.opening_gate(&key);
+        let _turn = gate.lock().await;
         if let Some(view) = self.take_local(&key, request.request_id, request.amount) {
             return Ok(ReserveOutcome::Reserved(view));
         }

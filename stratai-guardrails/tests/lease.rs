@@ -252,11 +252,26 @@ async fn threshold_alerts_fire_once_when_leases_settle() {
     assert_eq!(state(&*store, org, budget.id).await.spent, money("8"));
 }
 
-/// A ledger whose `settle` fails while `failing` is set.
+/// The memory ledger with faults and counts: `settle` fails while `failing` is set;
+/// `reserve` is counted and takes `reserve_delay` (a slow database).
 struct FlakySettle {
     inner: Arc<MemoryStore>,
     failing: AtomicBool,
     failures: AtomicU32,
+    reserves: AtomicU32,
+    reserve_delay: Duration,
+}
+
+impl FlakySettle {
+    fn over(inner: Arc<MemoryStore>) -> Self {
+        Self {
+            inner,
+            failing: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+            reserves: AtomicU32::new(0),
+            reserve_delay: Duration::ZERO,
+        }
+    }
 }
 
 #[async_trait]
@@ -285,6 +300,8 @@ impl BudgetLedger for FlakySettle {
         self.inner.states(org, budgets, now).await
     }
     async fn reserve(&self, org: OrgId, r: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+        self.reserves.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.reserve_delay).await;
         self.inner.reserve(org, r).await
     }
     async fn settle(
@@ -313,11 +330,8 @@ impl BudgetLedger for FlakySettle {
 async fn a_lease_whose_settlement_fails_is_kept_and_settled_by_a_later_flush() {
     let store = Arc::new(MemoryStore::new());
     let (org, budget) = org_with_budget(&*store, "100", Decimal::ONE).await;
-    let flaky = Arc::new(FlakySettle {
-        inner: store.clone(),
-        failing: AtomicBool::new(true),
-        failures: AtomicU32::new(0),
-    });
+    let flaky = Arc::new(FlakySettle::over(store.clone()));
+    flaky.failing.store(true, Ordering::SeqCst);
     let leased = LeasedLedger::new(flaky.clone(), config(0, 4));
     let r = request(budget.id, "1");
     leased.reserve(org, &r).await.unwrap();
@@ -334,6 +348,37 @@ async fn a_lease_whose_settlement_fails_is_kept_and_settled_by_a_later_flush() {
     leased.flush(Utc::now()).await.unwrap();
     let shared = state(&*store, org, budget.id).await;
     assert_eq!((shared.spent, shared.reserved), (money("0.9"), Money::ZERO));
+}
+
+/// A burst of requests that finds no lease waits for the one lease the first of them opens,
+/// instead of each reserving a block in the (slow) shared ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_without_a_lease_opens_one_lease() {
+    let store = Arc::new(MemoryStore::new());
+    let (org, budget) = org_with_budget(&*store, "100", Decimal::ONE).await;
+    let mut slow = FlakySettle::over(store.clone());
+    slow.reserve_delay = Duration::from_millis(30);
+    let slow = Arc::new(slow);
+    let leased = Arc::new(LeasedLedger::new(slow.clone(), config(60_000, 64)));
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let leased = leased.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = request(budget.id, "0.1");
+            matches!(
+                leased.reserve(org, &r).await.unwrap(),
+                ReserveOutcome::Reserved(_)
+            )
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap(), "a request of the burst was refused");
+    }
+    assert_eq!(slow.reserves.load(Ordering::SeqCst), 1);
+    assert_eq!(leased.open_leases(), 1);
+    assert_eq!(leased.in_flight(), 40);
+    // The one block (64 x 0.1) is all the shared ledger holds.
+    assert_eq!(state(&*store, org, budget.id).await.reserved, money("6.4"));
 }
 
 /// Two instances (two `LeasedLedger`s) over one SQLite database, 200 concurrent requests
