@@ -1,13 +1,14 @@
 //! [`BatchedUsage`]: usage records written off the response path, in batches.
 //!
-//! `append` queues the records and returns; one background writer drains the queue, groups
-//! what it finds by organization and appends each group in one store call (one transaction),
-//! so a busy gateway makes a handful of usage writes per second instead of one per request.
+//! `append` queues the records and returns; one background writer collects what arrives
+//! within 50 ms of a batch's first record (less when a reader or the shutdown drain waits),
+//! groups it by organization and appends each group in one store call (one transaction), so
+//! a busy gateway makes about twenty usage writes per second instead of one per request.
 //! When a batch cannot be written it goes to the durable [`Spool`] (replayed later, idempotent
 //! by request id), so a store outage loses nothing. Reads (`get`, `query`, `aggregate`) first
 //! wait until the queue is drained, so this process reads its own writes.
 //!
-//! What it costs: a record reaches the store a few milliseconds after its response (the
+//! What it costs: a record reaches the store up to ~50 ms after its response (the
 //! `stratai_usage_write_lag_seconds{path="batched"}` histogram shows how long); records still
 //! queued when the process is killed (not stopped: [`BatchedUsage::drain`] runs at graceful
 //! shutdown) are lost from the store. `append` reports queued records as inserted.
@@ -15,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -31,6 +32,12 @@ use crate::spool::{Spool, SpoolEntry};
 /// Most records written in one store call.
 const MAX_BATCH: usize = 2_000;
 
+/// How long the writer waits for more records after the first of a batch, unless a reader
+/// (or the shutdown drain) asks for everything now. A busy gateway then writes a few dozen
+/// records per transaction instead of a handful: most of the database's cost of a usage
+/// write is per transaction (tenant scope, reference checks, the commit), not per record.
+const LINGER: Duration = Duration::from_millis(50);
+
 /// A [`UsageStore`] that queues appends for a background batch writer (see the module docs).
 pub struct BatchedUsage {
     inner: Arc<dyn UsageStore>,
@@ -40,6 +47,8 @@ pub struct BatchedUsage {
     /// Records the writer has written or spooled so far.
     written: Arc<AtomicU64>,
     drained: Arc<Notify>,
+    /// Tells the writer to stop lingering: someone waits for the queue to drain.
+    flush_now: Arc<Notify>,
 }
 
 impl std::fmt::Debug for BatchedUsage {
@@ -58,12 +67,14 @@ impl BatchedUsage {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let written = Arc::new(AtomicU64::new(0));
         let drained = Arc::new(Notify::new());
+        let flush_now = Arc::new(Notify::new());
         tokio::spawn(writer(
             inner.clone(),
             spool,
             rx,
             written.clone(),
             drained.clone(),
+            flush_now.clone(),
         ));
         Arc::new(Self {
             inner,
@@ -71,6 +82,7 @@ impl BatchedUsage {
             queued: AtomicU64::new(0),
             written,
             drained,
+            flush_now,
         })
     }
 
@@ -86,6 +98,10 @@ impl BatchedUsage {
     /// queued meanwhile by other requests are not waited for.
     pub async fn drain(&self) {
         let target = self.queued.load(Ordering::Acquire);
+        if self.written.load(Ordering::Acquire) >= target {
+            return;
+        }
+        self.flush_now.notify_one();
         loop {
             let notified = self.drained.notified();
             tokio::pin!(notified);
@@ -104,10 +120,24 @@ async fn writer(
     mut rx: mpsc::Receiver<(Instant, UsageRecord)>,
     written: Arc<AtomicU64>,
     drained: Arc<Notify>,
+    flush_now: Arc<Notify>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while batch.len() < MAX_BATCH {
+            tokio::select! {
+                biased;
+                () = flush_now.notified() => break,
+                next = tokio::time::timeout_at(deadline, rx.recv()) => match next {
+                    Ok(Some(r)) => batch.push(r),
+                    // Lingered long enough, or the queue is closed.
+                    Ok(None) | Err(_) => break,
+                },
+            }
+        }
+        // Whatever else is already queued goes in the same batch.
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
