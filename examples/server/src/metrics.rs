@@ -52,6 +52,31 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Installs the recorder (see [`handle`]) and starts, once per process, the thread that
+/// runs its upkeep every 5 s. The recorder keeps every histogram sample until upkeep folds
+/// it into the buckets; without it, a busy gateway that nobody scrapes would keep every
+/// latency sample in memory. A scrape also runs upkeep.
+pub fn start() {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let Some(h) = handle() else {
+        return;
+    };
+    if STARTED.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                h.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "metrics upkeep thread not started; histograms are folded at each scrape only");
+    }
+}
+
 /// `GET /metrics`: the Prometheus text exposition.
 pub async fn serve_metrics() -> Response {
     match handle() {

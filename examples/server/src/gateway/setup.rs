@@ -406,8 +406,8 @@ pub async fn build_state(
         pipeline.deps().alerts.clone(),
         options.spool_replay,
     );
-    // Make the metrics recorder exist before the first request.
-    let _ = crate::metrics::handle();
+    // Make the metrics recorder exist before the first request, with its upkeep running.
+    crate::metrics::start();
     Ok(GatewayState {
         auth,
         pipeline,
