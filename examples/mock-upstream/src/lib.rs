@@ -89,7 +89,22 @@ pub async fn serve_with(
     listener: tokio::net::TcpListener,
     config: MockConfig,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(config)).await
+    axum::serve(no_delay(listener), router(config)).await
+}
+
+/// `listener` with `TCP_NODELAY` on every accepted connection: without it, Nagle's algorithm
+/// can hold a response's second segment until the client's delayed acknowledgement (up to
+/// 40 ms), which a load measurement would wrongly charge to whoever calls the mock.
+fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<
+    tokio::net::TcpListener,
+    impl FnMut(&mut tokio::net::TcpStream) + Send + 'static,
+> {
+    use axum::serve::ListenerExt as _;
+    listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    })
 }
 
 /// A mock upstream running on a background task; stops when dropped.
@@ -116,7 +131,7 @@ impl MockServer {
             requests: AtomicU64::new(0),
         });
         let app = router_with_state(Arc::clone(&state));
-        let task = tokio::spawn(async move { axum::serve(listener, app).await });
+        let task = tokio::spawn(async move { axum::serve(no_delay(listener), app).await });
         Ok(Self { addr, state, task })
     }
 
