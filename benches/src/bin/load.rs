@@ -13,8 +13,10 @@
 //! target shows up as growing latency rather than hidden by slower sending.
 //!
 //! ```text
-//! cargo run --release -p stratai-benches --bin load -- [--rates 200,500,1000] [--secs 5] [--concurrency 32]
+//! cargo run --release -p stratai-benches --bin load -- [--rates 200,500,1000] [--secs 5] [--concurrency 32] [--targets direct,strict,fast,litellm]
 //! ```
+//! `--targets` picks the targets to measure (default: all four; `strict` and `fast` are the
+//! gateway's two modes).
 //! PostgreSQL: `DATABASE_URL` (a superuser URL), else `postgres://postgres@127.0.0.1:5432/postgres`.
 //! A fresh database `stratai_load_<time>` is created and dropped at the end.
 
@@ -43,6 +45,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Clone)]
 struct Target {
+    /// Short name for `--targets`: direct, strict, fast, litellm.
+    key: &'static str,
     name: &'static str,
     url: String,
     token: String,
@@ -287,7 +291,8 @@ async fn start_gateway(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        // Served as the server binary serves (TCP_NODELAY on).
+        let _ = axum::serve(stratai_server::server::no_delay(listener), app).await;
     });
     // A member of the internal pilot org (all tiers) with a large hard budget, so every
     // request goes through reservation and settlement.
@@ -354,6 +359,23 @@ async fn main() -> Result<(), BoxError> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(32)
         .clamp(1, 512);
+    let only: Vec<String> = arg(&args, "--targets")
+        .map(|t| {
+            t.split(',')
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(unknown) = only
+        .iter()
+        .find(|k| !["direct", "strict", "fast", "litellm"].contains(&k.as_str()))
+    {
+        return Err(format!(
+            "unknown target `{unknown}` in --targets (known: direct, strict, fast, litellm)"
+        )
+        .into());
+    }
 
     // The servers (mock upstream, gateways, their database pool) run on their own runtime
     // and threads, as separate processes would; the load generator runs on this one.
@@ -372,14 +394,23 @@ async fn main() -> Result<(), BoxError> {
         .await??;
     // The database is created here; the gateways' pool connects from the servers' runtime.
     let (stores, pg) = fresh_pg().await?;
-    let result = run(&servers, &mock, stores.clone(), &rates, secs, workers).await;
+    let result = run(
+        &servers,
+        &mock,
+        stores.clone(),
+        &rates,
+        secs,
+        workers,
+        &only,
+    )
+    .await;
     let recorded = count_usage(&stores).await;
     drop_pg(&pg).await;
     drop(mock);
     servers.shutdown_background();
     let table = result?;
     println!("{table}");
-    println!("usage records written by the two gateways during the run: {recorded}");
+    println!("usage records written by the gateways during the run: {recorded}");
     Ok(())
 }
 
@@ -412,6 +443,7 @@ async fn run(
     rates: &[u32],
     secs: u64,
     workers: usize,
+    only: &[String],
 ) -> Result<String, BoxError> {
     let body = |model: &str| {
         json!({
@@ -428,18 +460,21 @@ async fn run(
         .await??;
     let mut targets = vec![
         Target {
+            key: "direct",
             name: "direct (mock)",
             url: format!("{}/chat/completions", mock.base_url()),
             token: "none".to_owned(),
             body: body("gpt-4o-mini"),
         },
         Target {
+            key: "strict",
             name: "stratai gateway, strict",
             url: gw_url,
             token: gw_token,
             body: body("gpt-4o-mini"),
         },
         Target {
+            key: "fast",
             name: "stratai gateway, leases + batched usage",
             url: fast_url,
             token: fast_token,
@@ -455,6 +490,7 @@ async fn run(
             .filter(|v| !v.is_empty()),
     ) {
         (Some(url), Some(key)) => targets.push(Target {
+            key: "litellm",
             name: "litellm proxy",
             url: format!("{}/v1/chat/completions", url.trim_end_matches('/')),
             token: key,
@@ -471,7 +507,13 @@ async fn run(
     let mut out = String::from(
         "| target | load | sent | ok | errors | achieved req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|\n",
     );
-    for t in &targets {
+    targets.retain(|t| only.is_empty() || only.iter().any(|k| k == t.key));
+    for (i, t) in targets.iter().enumerate() {
+        if i > 0 {
+            // Let what the previous target left behind (a saturated strict gateway's
+            // backlog, PostgreSQL's writes) settle before measuring the next.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
         eprintln!("warming up {}", t.name);
         let _ = fixed_rate(&http, t, 50, 1).await;
         for &rate in rates {
