@@ -365,23 +365,9 @@ async fn a_webhook_answering_500_is_retried_and_never_fails_the_chat(db: Db) {
     };
     let t = tenant(&gw, 1).await;
     let b = tripwire(&gw, t.org, t.users[0].0).await;
-    for (i, stream) in [false, true, false].into_iter().enumerate() {
-        let took = chat_ok(&gw, &t.users[0].1, &format!("request {i}"), stream).await;
-        assert!(
-            took < Duration::from_secs(3),
-            "a chat waited for the webhook: {took:?}"
-        );
-    }
+    chats_never_wait_for_the_webhook(&gw, &t.users[0].1, &[false, true, false]).await;
     let budget = b.id.to_string();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            log_lines(&budget)
-                .iter()
-                .any(|l| l.contains("gave up after 3 attempts"))
-        })
-        .await,
-        "no final error in the log"
-    );
+    the_sink_gives_up(&budget).await;
     // Three attempts, the same alert each time, then no more.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let posts = hook.about(&b);
@@ -404,23 +390,9 @@ async fn a_webhook_that_is_down_never_fails_the_chat_and_is_logged(db: Db) {
     };
     let t = tenant(&gw, 1).await;
     let b = tripwire(&gw, t.org, t.users[0].0).await;
-    for (i, stream) in [true, false].into_iter().enumerate() {
-        let took = chat_ok(&gw, &t.users[0].1, &format!("request {i}"), stream).await;
-        assert!(
-            took < Duration::from_secs(3),
-            "a chat waited for the webhook: {took:?}"
-        );
-    }
+    chats_never_wait_for_the_webhook(&gw, &t.users[0].1, &[true, false]).await;
     let budget = b.id.to_string();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            log_lines(&budget)
-                .iter()
-                .any(|l| l.contains("gave up after 3 attempts"))
-        })
-        .await,
-        "no final error in the log"
-    );
+    the_sink_gives_up(&budget).await;
     assert!(!log_lines("budget alert webhook unreachable").is_empty());
     // The alert is still in the log, once, and the ledger will not raise it again.
     assert_eq!(
@@ -519,4 +491,29 @@ async fn an_alert_crossed_while_usage_is_spooled_still_arrives_once(db: Db) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(hook.about(&b).len(), 1);
     check_payload(&gw, t.org, &b, &hook.about(&b)[0]).await;
+}
+
+/// Chats (streamed or not, in this order) that all succeed well before the webhook's
+/// retries end: no chat waits for the alert sink.
+async fn chats_never_wait_for_the_webhook(gw: &Gw, token: &str, streams: &[bool]) {
+    for (i, stream) in streams.iter().enumerate() {
+        let took = chat_ok(gw, token, &format!("request {i}"), *stream).await;
+        assert!(
+            took < Duration::from_secs(3),
+            "a chat waited for the webhook: {took:?}"
+        );
+    }
+}
+
+/// The sink's final error about `budget` reaches the log.
+async fn the_sink_gives_up(budget: &str) {
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            log_lines(budget)
+                .iter()
+                .any(|l| l.contains("gave up after 3 attempts"))
+        })
+        .await,
+        "no final error in the log"
+    );
 }

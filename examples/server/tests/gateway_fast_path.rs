@@ -11,12 +11,10 @@
 mod gateway_support;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use gateway_support::*;
-use serde_json::json;
 use stratai_core::budget::BudgetScope;
 use stratai_core::ids::RequestId;
 use stratai_core::money::Money;
@@ -38,75 +36,8 @@ async fn leased_budgets_are_never_overspent_and_each_request_is_recorded_once(db
     let Some(gw) = spawn_with(db, fast()).await else {
         return;
     };
-    let t = tenant(&gw, 20).await;
-    let mut budgets = Vec::new();
-    for (user, _) in &t.users {
-        budgets.push(budget(&gw, t.org, BudgetScope::User(*user), "0.0003", true).await);
-    }
-    let org_budget = budget(&gw, t.org, BudgetScope::Org, "0.004", true).await;
-    let gw = Arc::new(gw);
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let gw = gw.clone();
-        let tok = t.users[i % 20].1.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut body = ask(MODEL, &format!("request number {i}"));
-            body["max_tokens"] = json!(50);
-            let a = chat(&gw, &tok, body).await;
-            let billed = (a.status == 200).then(|| billed_header(&a.headers));
-            (a.status, request_id(&a.headers), billed, a.body)
-        }));
-    }
-    let mut admitted = HashSet::new();
-    let mut billed = Money::ZERO;
-    let mut refused = 0;
-    for task in tasks {
-        let (status, rid, amount, body) = task.await.unwrap();
-        match status {
-            200 => {
-                assert!(admitted.insert(rid));
-                billed = billed + Money::new(amount.unwrap()).unwrap();
-            }
-            429 => {
-                assert_eq!(body["error"]["type"], "insufficient_quota", "{body}");
-                refused += 1;
-            }
-            other => panic!("unexpected {other}: {body}"),
-        }
-    }
-    assert!(refused > 0, "the budgets were not tight");
-    assert!(!admitted.is_empty());
-    // What graceful shutdown does: settle the leases, write the queued records.
-    gw.gateway.drainer.drain(Duration::from_secs(10)).await;
-    let rows = gw
-        .stores
-        .usage
-        .query(t.org, &UsageQuery::default(), 10_000)
-        .await
-        .unwrap();
-    let recorded: Vec<RequestId> = rows.iter().map(|r| r.request_id).collect();
-    let unique: HashSet<RequestId> = recorded.iter().copied().collect();
-    assert_eq!(recorded.len(), unique.len(), "a request was recorded twice");
-    assert_eq!(unique, admitted, "admitted and recorded requests differ");
-    let total: Money = rows.iter().map(|r| r.billed_amount).sum();
-    assert_eq!(total, billed, "records and responses disagree on the bill");
-    let mut ids: Vec<_> = budgets.iter().map(|b| b.id).collect();
-    ids.push(org_budget.id);
-    let states = gw
-        .stores
-        .budgets
-        .states(t.org, &ids, Utc::now())
-        .await
-        .unwrap();
-    for s in &states {
-        assert!(s.spent <= s.budget.limit, "overspent: {s:?}");
-        assert_eq!(s.reserved, Money::ZERO, "a lease was left open: {s:?}");
-    }
-    let org_state = states
-        .iter()
-        .find(|s| s.budget.id == org_budget.id)
-        .unwrap();
-    assert_eq!(org_state.spent, total);
+    // Checked after the drain graceful shutdown does: leases settled, queued records written.
+    two_hundred_requests_against_tight_budgets(gw, true).await;
 }
 
 async fn batched_records_survive_a_failing_store_through_the_spool(db: Db) {

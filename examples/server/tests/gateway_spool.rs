@@ -12,6 +12,7 @@
 mod gateway_support;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -140,9 +141,14 @@ async fn assert_recorded_once(
     assert_eq!(state.reserved, Money::ZERO);
 }
 
-async fn failed_usage_writes_are_spooled_then_drained_exactly_once(db: Db) {
-    let switch = FaultSwitch::new(Fault::Down);
-    let Some(gw) = spawn_with(
+/// A server replaying its spool every 150 ms, writing usage through a fault switch set to
+/// `fault`, and a tenant of one member with a $5 hard budget.
+async fn faulty_gateway(
+    db: Db,
+    fault: Fault,
+) -> Option<(Gw, Arc<FaultSwitch>, Tenant, stratai_core::budget::Budget)> {
+    let switch = FaultSwitch::new(fault);
+    let gw = spawn_with(
         db,
         Setup {
             spool_replay: Duration::from_millis(150),
@@ -150,13 +156,18 @@ async fn failed_usage_writes_are_spooled_then_drained_exactly_once(db: Db) {
             ..Setup::default()
         },
     )
-    .await
-    else {
+    .await?;
+    let t = tenant(&gw, 1).await;
+    let user = t.users[0].0;
+    let b = budget(&gw, t.org, BudgetScope::User(user), "5", true).await;
+    Some((gw, switch, t, b))
+}
+
+async fn failed_usage_writes_are_spooled_then_drained_exactly_once(db: Db) {
+    let Some((gw, switch, t, b)) = faulty_gateway(db, Fault::Down).await else {
         return;
     };
-    let t = tenant(&gw, 1).await;
     let (user, tok) = &t.users[0];
-    let b = budget(&gw, t.org, BudgetScope::User(*user), "5", true).await;
 
     let told = traffic(&gw, tok, 3, "while the database is down").await;
     assert_eq!(told.len(), 6);
@@ -231,22 +242,10 @@ async fn failed_usage_writes_are_spooled_then_drained_exactly_once(db: Db) {
 async fn a_write_whose_acknowledgement_was_lost_is_counted_once(db: Db) {
     // The write lands but the store answers an error: the record is both in the store and in
     // the spool. Replaying it must find the duplicate, not record or bill it twice.
-    let switch = FaultSwitch::new(Fault::LostAck);
-    let Some(gw) = spawn_with(
-        db,
-        Setup {
-            spool_replay: Duration::from_millis(150),
-            usage_fault: Some(switch.clone()),
-            ..Setup::default()
-        },
-    )
-    .await
-    else {
+    let Some((gw, switch, t, b)) = faulty_gateway(db, Fault::LostAck).await else {
         return;
     };
-    let t = tenant(&gw, 1).await;
-    let (user, tok) = &t.users[0];
-    let b = budget(&gw, t.org, BudgetScope::User(*user), "5", true).await;
+    let (_, tok) = &t.users[0];
     let told = traffic(&gw, tok, 2, "lost acknowledgements").await;
     let path = gw.backing.spool_path();
     // In the store already, and spooled (each replay attempt loses its answer too).

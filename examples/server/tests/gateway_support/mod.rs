@@ -609,3 +609,84 @@ pub fn streamed_billed(events: &[String], rid: RequestId) -> Decimal {
 
 pub const MODEL: &str = "gpt-4o-mini";
 pub const PREMIUM: &str = "claude-opus-4-5-20251101";
+
+/// The concurrency check, shared by the strict and the high-throughput mode: 200
+/// concurrent requests of 20 members against tight hard budgets (each member's and the
+/// organization's). Then, after `drain` (graceful shutdown's settling of leases and queued
+/// records, for the high-throughput mode): no budget overspent or left reserved, every admitted
+/// request recorded exactly once, the records' total equal to the billed-cost headers and to
+/// the organization budget's spend.
+pub async fn two_hundred_requests_against_tight_budgets(gw: Gw, drain: bool) {
+    use std::collections::HashSet;
+    let t = tenant(&gw, 20).await;
+    let mut ids = Vec::new();
+    for (user, _) in &t.users {
+        ids.push(
+            budget(&gw, t.org, BudgetScope::User(*user), "0.0003", true)
+                .await
+                .id,
+        );
+    }
+    let org_budget = budget(&gw, t.org, BudgetScope::Org, "0.004", true).await.id;
+    ids.push(org_budget);
+    let gw = Arc::new(gw);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let gw = gw.clone();
+        let tok = t.users[i % 20].1.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut body = ask(MODEL, &format!("request number {i}"));
+            body["max_tokens"] = json!(50);
+            let a = chat(&gw, &tok, body).await;
+            let billed = (a.status == 200).then(|| billed_header(&a.headers));
+            (a.status, request_id(&a.headers), billed, a.body)
+        }));
+    }
+    let mut admitted = HashSet::new();
+    let mut billed = Money::ZERO;
+    let mut refused = 0;
+    for task in tasks {
+        let (status, rid, amount, body) = task.await.unwrap();
+        match status {
+            200 => {
+                assert!(admitted.insert(rid), "request id {rid} answered twice");
+                billed = billed + Money::new(amount.unwrap()).unwrap();
+            }
+            429 => {
+                assert_eq!(body["error"]["type"], "insufficient_quota", "{body}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(refused > 0, "the budgets were not tight");
+    assert!(!admitted.is_empty());
+    if drain {
+        gw.gateway.drainer.drain(Duration::from_secs(10)).await;
+    }
+    let rows = gw
+        .stores
+        .usage
+        .query(t.org, &UsageQuery::default(), 10_000)
+        .await
+        .unwrap();
+    let recorded: Vec<RequestId> = rows.iter().map(|r| r.request_id).collect();
+    let unique: HashSet<RequestId> = recorded.iter().copied().collect();
+    assert_eq!(recorded.len(), unique.len(), "a request was recorded twice");
+    assert_eq!(unique, admitted, "admitted and recorded requests differ");
+    let total: Money = rows.iter().map(|r| r.billed_amount).sum();
+    assert_eq!(total, billed, "records and responses disagree on the bill");
+    let states = gw
+        .stores
+        .budgets
+        .states(t.org, &ids, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(states.len(), ids.len());
+    for s in &states {
+        assert!(s.spent <= s.budget.limit, "overspent: {s:?}");
+        assert_eq!(s.reserved, Money::ZERO, "left reserved: {s:?}");
+    }
+    let org_state = states.iter().find(|s| s.budget.id == org_budget).unwrap();
+    assert_eq!(org_state.spent, total);
+}
