@@ -23,7 +23,7 @@ use stratai_core::StoreError;
 use stratai_core::budget::BudgetScope;
 use stratai_core::ids::{OrgId, RequestId};
 use stratai_core::money::Money;
-use stratai_core::usage::{UsageQuery, UsageRecord, UsageStatus};
+use stratai_core::usage::UsageStatus;
 
 on_both!(
     failed_usage_writes_are_spooled_then_drained_exactly_once,
@@ -86,21 +86,6 @@ async fn traffic(gw: &Gw, token: &str, n: usize, tag: &str) -> HashMap<RequestId
     told
 }
 
-/// Every record of the organization, checked to hold each request id once.
-async fn records(gw: &Gw, org: OrgId) -> HashMap<RequestId, UsageRecord> {
-    let rows = gw
-        .stores
-        .usage
-        .query(org, &UsageQuery::default(), 10_000)
-        .await
-        .unwrap();
-    let n = rows.len();
-    let by_id: HashMap<RequestId, UsageRecord> =
-        rows.into_iter().map(|r| (r.request_id, r)).collect();
-    assert_eq!(by_id.len(), n, "a request was recorded twice");
-    by_id
-}
-
 /// The drained store holds exactly the told requests, billed as told, and the budget counted
 /// each once.
 async fn assert_recorded_once(
@@ -109,7 +94,7 @@ async fn assert_recorded_once(
     told: &HashMap<RequestId, Told>,
     budget: stratai_core::ids::BudgetId,
 ) {
-    let stored = records(gw, org).await;
+    let stored = records_once(gw, org).await;
     let told_ids: HashSet<RequestId> = told.keys().copied().collect();
     let stored_ids: HashSet<RequestId> = stored.keys().copied().collect();
     assert_eq!(stored_ids, told_ids, "stored and answered requests differ");

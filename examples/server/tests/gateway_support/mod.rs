@@ -664,17 +664,10 @@ pub async fn two_hundred_requests_against_tight_budgets(gw: Gw, drain: bool) {
     if drain {
         gw.gateway.drainer.drain(Duration::from_secs(10)).await;
     }
-    let rows = gw
-        .stores
-        .usage
-        .query(t.org, &UsageQuery::default(), 10_000)
-        .await
-        .unwrap();
-    let recorded: Vec<RequestId> = rows.iter().map(|r| r.request_id).collect();
-    let unique: HashSet<RequestId> = recorded.iter().copied().collect();
-    assert_eq!(recorded.len(), unique.len(), "a request was recorded twice");
+    let rows = records_once(&gw, t.org).await;
+    let unique: HashSet<RequestId> = rows.keys().copied().collect();
     assert_eq!(unique, admitted, "admitted and recorded requests differ");
-    let total: Money = rows.iter().map(|r| r.billed_amount).sum();
+    let total: Money = rows.values().map(|r| r.billed_amount).sum();
     assert_eq!(total, billed, "records and responses disagree on the bill");
     let states = gw
         .stores
@@ -689,4 +682,19 @@ pub async fn two_hundred_requests_against_tight_budgets(gw: Gw, drain: bool) {
     }
     let org_state = states.iter().find(|s| s.budget.id == org_budget).unwrap();
     assert_eq!(org_state.spent, total);
+}
+
+/// Every record of the organization, checked to hold each request id once.
+pub async fn records_once(gw: &Gw, org: OrgId) -> HashMap<RequestId, UsageRecord> {
+    let rows = gw
+        .stores
+        .usage
+        .query(org, &UsageQuery::default(), 10_000)
+        .await
+        .unwrap();
+    let n = rows.len();
+    let by_id: HashMap<RequestId, UsageRecord> =
+        rows.into_iter().map(|r| (r.request_id, r)).collect();
+    assert_eq!(by_id.len(), n, "a request was recorded twice");
+    by_id
 }
