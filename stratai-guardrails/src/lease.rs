@@ -5,8 +5,17 @@
 //! worst case — against the same budgets in the shared ledger, as one ordinary reservation.
 //! Requests of that budget set are then admitted locally while the block has room, and
 //! settled locally. When the lease is older than `max_age` (or cannot hold the next request)
-//! it stops admitting; once its last request is settled, it is settled in the shared ledger
-//! with the sum of its requests' actual costs, which releases the unused rest.
+//! it stops admitting; once its last request is settled, the next [`LeasedLedger::flush`]
+//! settles it in the shared ledger with the sum of its requests' actual costs, which
+//! releases the unused rest.
+//!
+//! One background task keeps requests off the shared ledger: it waits on
+//! [`LeasedLedger::refill_wanted`] and a periodic tick, and calls [`LeasedLedger::flush`]
+//! (settles closed leases) and [`LeasedLedger::refill`] (opens successors before the
+//! current lease runs out, sized for the traffic seen, and a small standby lease for a
+//! budget set that paused, for `keep_warm`). A request waits for the shared ledger only when
+//! no lease has room: the first request of a budget set, a burst beyond the refill's
+//! estimate, or near exhaustion.
 //!
 //! Why a hard limit is still never overspent, across any number of instances: every local
 //! admission fits inside a block that the shared ledger reserved atomically, and the shared
@@ -16,7 +25,8 @@
 //!
 //! The price, documented where it is configured:
 //! - spend reaches the shared ledger when a lease closes (after at most `max_age` plus the
-//!   longest request of the lease); until then other readers see the block as *reserved*;
+//!   longest request of the lease, plus the flush's delay); until then other readers see
+//!   the block as *reserved*;
 //! - room held by one instance's lease is not usable by another until the lease closes, so
 //!   near exhaustion a lease is refused and the request falls back to an exact reservation
 //!   (after closing this instance's idle leases of the organization); a request is refused
@@ -26,7 +36,8 @@
 //!   records, the billing source, are not affected by this).
 //!
 //! Threshold alerts come from the shared ledger when a lease is settled; they are handed
-//! out by the next [`BudgetLedger::settle`] or [`LeasedLedger::flush`].
+//! out by that [`LeasedLedger::flush`] (or the next [`BudgetLedger::settle`] when a request
+//! settled leases on its own path).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -50,6 +61,10 @@ pub struct LeaseConfig {
     /// How long the shared ledger keeps a lease's reservation if the lease is never closed
     /// (the process died).
     pub reservation_ttl: ChronoDuration,
+    /// How long after a budget set's last admission [`LeasedLedger::refill`] keeps a small
+    /// *standby* lease (`block_requests` worst cases) open for it, so that the first
+    /// requests after a pause do not wait for the shared ledger. Zero: no standby leases.
+    pub keep_warm: Duration,
 }
 
 impl Default for LeaseConfig {
@@ -58,6 +73,7 @@ impl Default for LeaseConfig {
             max_age: Duration::from_secs(1),
             block_requests: 32,
             reservation_ttl: ChronoDuration::minutes(15),
+            keep_warm: Duration::from_secs(10),
         }
     }
 }
@@ -80,6 +96,11 @@ struct Lease {
     unit: Money,
     /// Requests admitted under it so far.
     admitted: u32,
+    /// Whether it already asked for a successor (see [`LeasedLedger::refill_wanted`]).
+    asked_successor: bool,
+    /// Opened by [`LeasedLedger::refill`] for a budget set that was pausing: its first
+    /// admission asks for a successor sized for the traffic that resumed.
+    standby: bool,
 }
 
 impl Lease {
@@ -144,49 +165,85 @@ struct State {
     leases: HashMap<RequestId, Lease>,
     by_key: HashMap<LeaseKey, Vec<RequestId>>,
     held: HashMap<RequestId, Held>,
-    /// Leases whose settlement failed; retried by the next flush.
+    /// Leases closed and waiting for the next flush: their last request ended (settled by
+    /// the flush, off that request's path), or their settlement failed (retried).
     unsettled: Vec<Closing>,
     /// Leases taken for settlement whose settlement has not finished yet.
     settling: usize,
     alerts: Vec<BudgetAlert>,
     /// Requests admitted per budget set, for [`LeasedLedger::refill`]'s rate estimate.
     rates: HashMap<LeaseKey, KeyRate>,
+    /// Set by [`LeasedLedger::close_all`]: refill opens nothing more.
+    shut: bool,
 }
 
 /// Admissions of one budget set, counted since [`LeasedLedger::refill`] last looked.
 struct KeyRate {
     admitted: u64,
-    since: Instant,
+    /// The first admission counted (the window starts there, not at the last look, so that
+    /// traffic resuming after a pause is measured at its own pace).
+    since: Option<Instant>,
+    last: Instant,
+}
+
+impl KeyRate {
+    /// Admissions per second in the window (at least 10 ms long).
+    fn rate(&self) -> f64 {
+        let Some(since) = self.since else {
+            return 0.0;
+        };
+        let elapsed = since.elapsed().max(Duration::from_millis(10));
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        let rate = self.admitted as f64 / elapsed.as_secs_f64();
+        rate
+    }
 }
 
 impl State {
     fn count_admission(&mut self, key: &LeaseKey) {
+        let now = Instant::now();
         match self.rates.get_mut(key) {
-            Some(r) => r.admitted += 1,
+            Some(r) => {
+                r.admitted += 1;
+                r.since.get_or_insert(now);
+                r.last = now;
+            }
             None => {
                 self.rates.insert(
                     key.clone(),
                     KeyRate {
                         admitted: 1,
-                        since: Instant::now(),
+                        since: Some(now),
+                        last: now,
                     },
                 );
             }
         }
     }
 
-    /// Admissions per second of `key` since the last call (at least 10 ms are assumed), and
-    /// a new count from now.
+    /// Admissions per second of `key` since [`State::take_rate`] last looked, without
+    /// starting a new count.
+    fn peek_rate(&self, key: &LeaseKey) -> f64 {
+        self.rates.get(key).map_or(0.0, KeyRate::rate)
+    }
+
+    /// Admissions per second of `key` since the last call, and a new count from the next
+    /// admission.
     fn take_rate(&mut self, key: &LeaseKey) -> f64 {
         let Some(r) = self.rates.get_mut(key) else {
             return 0.0;
         };
-        let elapsed = r.since.elapsed().max(Duration::from_millis(10));
-        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
-        let rate = r.admitted as f64 / elapsed.as_secs_f64();
+        let rate = r.rate();
         r.admitted = 0;
-        r.since = Instant::now();
+        r.since = None;
         rate
+    }
+
+    /// Whether `key` admitted a request within `window`.
+    fn active_within(&self, key: &LeaseKey, window: Duration) -> bool {
+        self.rates
+            .get(key)
+            .is_some_and(|r| r.last.elapsed() < window)
     }
 }
 
@@ -245,6 +302,10 @@ pub struct LeasedLedger {
     /// One opener per budget set: a request that finds no room waits for the lease another
     /// one is opening instead of reserving a block of its own.
     opening: Mutex<HashMap<LeaseKey, std::sync::Arc<futures::lock::Mutex<()>>>>,
+    /// Wakes [`LeasedLedger::refill_wanted`]; `wake_pending` keeps at most one wake queued.
+    wake: futures::channel::mpsc::UnboundedSender<()>,
+    wake_pending: std::sync::atomic::AtomicBool,
+    woken: futures::lock::Mutex<futures::channel::mpsc::UnboundedReceiver<()>>,
 }
 
 impl std::fmt::Debug for LeasedLedger {
@@ -260,7 +321,11 @@ impl LeasedLedger {
     /// Leases from `inner`.
     #[must_use]
     pub fn new(inner: std::sync::Arc<dyn BudgetLedger>, config: LeaseConfig) -> Self {
+        let (wake, woken) = futures::channel::mpsc::unbounded();
         Self {
+            wake,
+            wake_pending: std::sync::atomic::AtomicBool::new(false),
+            woken: futures::lock::Mutex::new(woken),
             inner,
             config,
             state: Mutex::new(State::default()),
@@ -298,6 +363,34 @@ impl LeasedLedger {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Asks the task waiting in [`LeasedLedger::refill_wanted`] to refill now.
+    fn ask_refill(&self) {
+        if !self
+            .wake_pending
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            // The receiver lives as long as `self`: sending cannot fail.
+            let _ = self.wake.unbounded_send(());
+        }
+    }
+
+    /// Resolves when there is work for the background task: a budget set's lease has used
+    /// half its block, or a standby lease its first (call [`LeasedLedger::refill`] now rather
+    /// than at the next tick, so that a successor is open before requests run out of room),
+    /// or a lease closed with its last request (call [`LeasedLedger::flush`] to settle it).
+    /// Meant for one background task (`select` it with the periodic tick); it resolves at
+    /// once when a wake arrived since the last call.
+    pub async fn refill_wanted(&self) {
+        let mut woken = self.woken.lock().await;
+        if futures::StreamExt::next(&mut *woken).await.is_some() {
+            self.wake_pending
+                .store(false, std::sync::atomic::Ordering::Release);
+        } else {
+            // Unreachable while `self` holds the sender; never spin.
+            futures::future::pending::<()>().await;
+        }
+    }
+
     /// Leases currently open (admitting or waiting for their last request).
     #[must_use]
     pub fn open_leases(&self) -> usize {
@@ -326,15 +419,17 @@ impl LeasedLedger {
         Ok(std::mem::take(&mut self.state().alerts))
     }
 
-    /// Stops every lease from admitting and settles those whose requests have ended;
-    /// returns how many leases are not settled yet (waiting for requests in flight, or being
-    /// settled by another task) with the alerts that fired.
+    /// Stops every lease from admitting and settles those whose requests have ended (and
+    /// [`LeasedLedger::refill`] from opening any more: this is for shutdown); returns how
+    /// many leases are not settled yet (waiting for requests in flight, or being settled by
+    /// another task) with the alerts that fired.
     pub async fn close_all(
         &self,
         now: DateTime<Utc>,
     ) -> Result<(usize, Vec<BudgetAlert>), StoreError> {
         let closing = {
             let mut state = self.state();
+            state.shut = true;
             for lease in state.leases.values_mut() {
                 lease.closing = true;
             }
@@ -400,6 +495,13 @@ impl LeasedLedger {
         lease.committed = lease.committed + amount;
         lease.in_flight += 1;
         lease.admitted += 1;
+        // Half the block used, or a standby lease's first use: time to open the successor,
+        // off the request path.
+        let ask =
+            !lease.asked_successor && (lease.standby || lease.room() + lease.room() < lease.block);
+        if ask {
+            lease.asked_successor = true;
+        }
         let view = lease.view();
         state.count_admission(key);
         state.held.insert(
@@ -409,7 +511,52 @@ impl LeasedLedger {
                 reserved: amount,
             },
         );
+        if ask {
+            self.ask_refill();
+        }
         Some(view)
+    }
+
+    /// The block a request that found no room opens for `key`: `block_requests` worst cases
+    /// of `amount`, or as many as the budget set's recent admissions fill in half a lease's
+    /// age (at most [`MAX_BLOCK_REQUESTS`], and never more than a quarter of what its
+    /// budgets had left when its newest lease was taken, as [`LeasedLedger::refill`]).
+    fn path_block(&self, key: &LeaseKey, amount: Money) -> Money {
+        let floor_requests = self.config.block_requests.max(1);
+        let times = |n: u32| {
+            amount
+                .amount()
+                .checked_mul(rust_decimal::Decimal::from(n))
+                .and_then(|d| Money::new(d).ok())
+                .unwrap_or(amount)
+        };
+        let floor = times(floor_requests);
+        let state = self.state();
+        let rate = state.peek_rate(key);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let by_rate = (rate * self.config.max_age.as_secs_f64() / 2.0).ceil() as u32;
+        let requests = by_rate.clamp(floor_requests, MAX_BLOCK_REQUESTS);
+        if requests == floor_requests {
+            return floor;
+        }
+        let left = state.by_key.get(key).and_then(|ids| {
+            ids.iter()
+                .filter_map(|id| state.leases.get(id))
+                .max_by_key(|l| l.opened)?
+                .states
+                .iter()
+                .map(|s| s.budget.limit.saturating_sub(s.spent + s.reserved))
+                .min()
+        });
+        match left {
+            Some(left) => {
+                let quarter = Money::new(left.amount() / rust_decimal::Decimal::from(4))
+                    .unwrap_or(Money::ZERO);
+                times(requests).min(quarter).max(floor)
+            }
+            // Nothing known of the budgets' room: the configured size.
+            None => floor,
+        }
     }
 
     /// Reserves a new lease of `block` for `key` and takes `amount` from it.
@@ -480,18 +627,27 @@ impl LeasedLedger {
                 states,
                 unit: block,
                 admitted: 0,
+                asked_successor: false,
+                standby: false,
             },
         )))
     }
 
     /// Opens successor leases, off the request path, for the budget sets whose newest lease
     /// will run out of room or age out before the next refill (`horizon` from now), sized for
-    /// the rate of admissions since the previous refill, over two horizons (at least `block_requests`, at most
-    /// [`MAX_BLOCK_REQUESTS`] worst cases). A refused reservation opens nothing (requests then
-    /// fall back as usual). Returns how many leases it opened.
+    /// the rate of admissions since the previous refill, over two horizons (at least
+    /// `block_requests`, at most [`MAX_BLOCK_REQUESTS`] worst cases). A budget set that
+    /// admitted nothing under its newest lease keeps a standby lease of `block_requests`
+    /// worst cases until `keep_warm` after its last admission. A refused reservation opens
+    /// nothing (requests then fall back as usual); after [`LeasedLedger::close_all`] nothing
+    /// opens. Returns how many leases it opened.
     pub async fn refill(&self, horizon: Duration, now: DateTime<Utc>) -> Result<usize, StoreError> {
-        let wanted: Vec<(LeaseKey, Money, Money)> = {
+        let wanted: Vec<(LeaseKey, Money, Money, bool)> = {
             let mut state = self.state();
+            if state.shut {
+                return Ok(0);
+            }
+            let keep_warm = self.config.keep_warm;
             let keys: Vec<LeaseKey> = state.by_key.keys().cloned().collect();
             let rates: HashMap<LeaseKey, f64> = keys
                 .into_iter()
@@ -502,6 +658,11 @@ impl LeasedLedger {
                 .collect();
             // Budget sets without a lease start counting afresh when they get one.
             state.rates.retain(|k, _| rates.contains_key(k));
+            let warm: HashSet<LeaseKey> = rates
+                .keys()
+                .filter(|k| state.active_within(k, keep_warm))
+                .cloned()
+                .collect();
             let state = &*state;
             let max_age = self.config.max_age;
             state
@@ -513,7 +674,8 @@ impl LeasedLedger {
                         .filter_map(|id| state.leases.get(id))
                         .filter(|l| !l.closing && l.opened.elapsed() < max_age)
                         .max_by_key(|l| l.opened)?;
-                    if newest.admitted == 0 {
+                    let standby = newest.admitted == 0;
+                    if standby && !warm.contains(key) {
                         return None;
                     }
                     let rate = rates.get(key).copied().unwrap_or(0.0);
@@ -552,38 +714,69 @@ impl LeasedLedger {
                     if block < floor {
                         return None;
                     }
-                    Some((key.clone(), Money::new(block).ok()?, newest.unit))
+                    Some((key.clone(), Money::new(block).ok()?, newest.unit, standby))
                 })
                 .collect()
         };
         let mut opened = 0;
-        for (key, block, unit) in wanted {
+        for (key, block, unit, standby) in wanted {
             if let Ok((id, mut lease)) = self.reserve_block(&key, block, now).await? {
                 lease.unit = unit;
-                let mut state = self.state();
-                state.leases.insert(id, lease);
-                state.by_key.entry(key).or_default().push(id);
-                opened += 1;
+                lease.standby = standby;
+                let closed = {
+                    let mut state = self.state();
+                    if state.shut {
+                        // Closed while reserving: give the block back at once.
+                        lease.closing = true;
+                        state.leases.insert(id, lease);
+                        state.take(id)
+                    } else {
+                        state.leases.insert(id, lease);
+                        state.by_key.entry(key).or_default().push(id);
+                        opened += 1;
+                        None
+                    }
+                };
+                if let Some(closing) = closed {
+                    self.settle_leases(vec![closing], now).await?;
+                }
             }
         }
         Ok(opened)
     }
 
-    /// Ends a held request: its lease keeps `actual` (zero when released).
-    fn end_request(&self, held: &Held, actual: Money) -> Option<Closing> {
-        let mut state = self.state();
-        let max_age = self.config.max_age;
-        let lease = state.leases.get_mut(&held.lease)?;
-        lease.committed = lease.committed.saturating_sub(held.reserved) + actual;
-        lease.settled = lease.settled + actual;
-        lease.in_flight = lease.in_flight.saturating_sub(1);
-        if lease.opened.elapsed() >= max_age {
-            lease.closing = true;
+    /// Ends a held request: its lease keeps `actual` (zero when released). A closing lease
+    /// whose last request this was is queued for the next flush, which is woken (the
+    /// request does not wait for the shared ledger).
+    fn end_request(&self, held: &Held, actual: Money) {
+        let closed = {
+            let mut state = self.state();
+            let max_age = self.config.max_age;
+            let Some(lease) = state.leases.get_mut(&held.lease) else {
+                return;
+            };
+            lease.committed = lease.committed.saturating_sub(held.reserved) + actual;
+            lease.settled = lease.settled + actual;
+            lease.in_flight = lease.in_flight.saturating_sub(1);
+            if lease.opened.elapsed() >= max_age {
+                lease.closing = true;
+            }
+            if lease.in_flight == 0 && lease.closing {
+                match state.take(held.lease) {
+                    Some(closing) => {
+                        state.settling = state.settling.saturating_sub(1);
+                        state.unsettled.push(closing);
+                        true
+                    }
+                    None => false,
+                }
+            } else {
+                false
+            }
+        };
+        if closed {
+            self.ask_refill();
         }
-        if lease.in_flight == 0 && lease.closing {
-            return state.take(held.lease);
-        }
-        None
     }
 }
 
@@ -658,14 +851,7 @@ impl BudgetLedger for LeasedLedger {
         let aged = self.state().take_closable(self.config.max_age, None);
         // A failure keeps them for the next flush; this request goes on.
         let _ = self.settle_leases(aged, request.now).await;
-        let block = request
-            .amount
-            .amount()
-            .checked_mul(rust_decimal::Decimal::from(
-                self.config.block_requests.max(1),
-            ))
-            .and_then(|d| Money::new(d).ok())
-            .unwrap_or(request.amount);
+        let block = self.path_block(&key, request.amount);
         if block > request.amount {
             match self.open(&key, request, block).await? {
                 ReserveOutcome::Reserved(view) => return Ok(ReserveOutcome::Reserved(view)),
@@ -701,11 +887,8 @@ impl BudgetLedger for LeasedLedger {
                 .await;
         };
         self.recent().insert(request_id);
-        if let Some(closing) = self.end_request(&held, actual) {
-            // The lease's spend is safe in memory until it is settled; a failure here is
-            // retried by the next flush, so this request's settlement stands.
-            let _ = self.settle_leases(vec![closing], now).await;
-        }
+        // The lease's spend is safe in memory until the flush settles it.
+        self.end_request(&held, actual);
         Ok(SettleOutcome {
             applied: true,
             alerts: std::mem::take(&mut self.state().alerts),
@@ -721,9 +904,7 @@ impl BudgetLedger for LeasedLedger {
             return self.inner.release(org, request_id).await;
         };
         self.recent().insert(request_id);
-        if let Some(closing) = self.end_request(&held, Money::ZERO) {
-            let _ = self.settle_leases(vec![closing], Utc::now()).await;
-        }
+        self.end_request(&held, Money::ZERO);
         Ok(())
     }
 

@@ -76,6 +76,14 @@ async fn state(ledger: &dyn BudgetLedger, org: OrgId, budget: BudgetId) -> Budge
         .remove(0)
 }
 
+/// Whether [`LeasedLedger::refill_wanted`] resolves within 10 ms (a wake is queued before
+/// the call that causes it returns).
+async fn woken(leased: &LeasedLedger) -> bool {
+    tokio::time::timeout(Duration::from_millis(10), leased.refill_wanted())
+        .await
+        .is_ok()
+}
+
 fn config(max_age_ms: u64, block_requests: u32) -> LeaseConfig {
     LeaseConfig {
         max_age: Duration::from_millis(max_age_ms),
@@ -142,7 +150,9 @@ async fn an_aged_lease_closes_when_its_last_request_ends_and_a_new_one_opens() {
     ));
     assert_eq!(leased.open_leases(), 2);
     assert_eq!(state(&*store, org, budget.id).await.reserved, money("8"));
-    // Ending the first request closes the first lease right away (it is aged and idle).
+    // Ending the first request closes the first lease (it is aged and idle) and wakes the
+    // background task; the request does not wait for the shared ledger: the flush settles it.
+    assert!(!woken(&leased).await, "woken before any lease closed");
     leased
         .settle(
             org,
@@ -154,6 +164,13 @@ async fn an_aged_lease_closes_when_its_last_request_ends_and_a_new_one_opens() {
         .await
         .unwrap();
     assert_eq!(leased.open_leases(), 1);
+    assert!(
+        woken(&leased).await,
+        "a closed lease did not wake the flush"
+    );
+    let shared = state(&*store, org, budget.id).await;
+    assert_eq!((shared.spent, shared.reserved), (Money::ZERO, money("8")));
+    leased.flush(Utc::now()).await.unwrap();
     let shared = state(&*store, org, budget.id).await;
     assert_eq!((shared.spent, shared.reserved), (money("0.7"), money("4")));
     // A flush after the second request ends and the lease ages settles it too.
@@ -335,14 +352,16 @@ async fn a_lease_whose_settlement_fails_is_kept_and_settled_by_a_later_flush() {
     let leased = LeasedLedger::new(flaky.clone(), config(0, 4));
     let r = request(budget.id, "1");
     leased.reserve(org, &r).await.unwrap();
-    // The request's own settlement succeeds (it is in memory); the lease's does not.
+    // The request's own settlement succeeds (it is in memory, the closed lease is left to
+    // the flush); the lease's settlement by the flush fails, and a later flush retries it.
     let out = leased
         .settle(org, r.request_id, &[budget.id], money("0.9"), Utc::now())
         .await
         .unwrap();
     assert!(out.applied);
-    assert!(flaky.failures.load(Ordering::SeqCst) >= 1);
+    assert_eq!(flaky.failures.load(Ordering::SeqCst), 0);
     assert!(leased.flush(Utc::now()).await.is_err());
+    assert!(flaky.failures.load(Ordering::SeqCst) >= 1);
     assert_eq!(state(&*store, org, budget.id).await.spent, Money::ZERO);
     flaky.failing.store(false, Ordering::SeqCst);
     leased.flush(Utc::now()).await.unwrap();
@@ -490,4 +509,107 @@ async fn refill_opens_a_successor_ahead_of_need_and_never_near_exhaustion() {
         0
     );
     assert_eq!(leased.open_leases(), 1);
+}
+
+#[tokio::test]
+async fn half_a_block_used_wakes_the_refill_and_a_paused_budget_set_keeps_a_standby_lease() {
+    let store = Arc::new(MemoryStore::new());
+    let (org, budget) = org_with_budget(&*store, "1000", Decimal::ONE).await;
+    let leased = LeasedLedger::new(store.clone(), config(100, 4));
+    // The first request opens a lease of four on its path; two of four used is not below
+    // half yet, three is.
+    for _ in 0..2 {
+        let r = request(budget.id, "1");
+        assert!(matches!(
+            leased.reserve(org, &r).await.unwrap(),
+            ReserveOutcome::Reserved(_)
+        ));
+    }
+    assert!(!woken(&leased).await, "woken with half the block left");
+    let third = request(budget.id, "1");
+    leased.reserve(org, &third).await.unwrap();
+    assert!(
+        woken(&leased).await,
+        "a lease below half did not ask for a successor"
+    );
+    assert!(!woken(&leased).await, "one wake per lease");
+
+    // Traffic pauses. The refill opens a successor as the lease ages, then, the successor
+    // unused and about to age too, a standby lease of `block_requests` worst cases.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let horizon = Duration::from_millis(50);
+    assert_eq!(leased.refill(horizon, Utc::now()).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(leased.refill(horizon, Utc::now()).await.unwrap(), 1);
+    let reserved = state(&*store, org, budget.id).await.reserved;
+    // First lease (4) + successor (at least 4) + standby (exactly 4).
+    assert!(reserved >= money("12"), "{reserved}");
+    // The successor ages out; the next request is admitted from the standby lease without
+    // a reservation of its own, and its first use asks for a successor sized for traffic.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = leased.open_leases();
+    let resumed = request(budget.id, "1");
+    assert!(matches!(
+        leased.reserve(org, &resumed).await.unwrap(),
+        ReserveOutcome::Reserved(_)
+    ));
+    assert_eq!(
+        leased.open_leases(),
+        before,
+        "the request opened a lease of its own"
+    );
+    assert!(
+        woken(&leased).await,
+        "the standby lease's first use did not wake the refill"
+    );
+
+    // After close_all (shutdown), nothing opens any more.
+    leased.close_all(Utc::now()).await.unwrap();
+    assert_eq!(leased.refill(horizon, Utc::now()).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn no_standby_lease_once_keep_warm_has_passed() {
+    let store = Arc::new(MemoryStore::new());
+    let (org, budget) = org_with_budget(&*store, "1000", Decimal::ONE).await;
+    let leased = LeasedLedger::new(
+        store.clone(),
+        LeaseConfig {
+            keep_warm: Duration::from_millis(100),
+            ..config(300, 4)
+        },
+    );
+    let r = request(budget.id, "1");
+    leased.reserve(org, &r).await.unwrap();
+    leased
+        .settle(org, r.request_id, &[budget.id], money("1"), Utc::now())
+        .await
+        .unwrap();
+    // The used lease gets a successor as it nears its age...
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let horizon = Duration::from_millis(200);
+    assert_eq!(leased.refill(horizon, Utc::now()).await.unwrap(), 1);
+    // ...but the unused successor gets none: the last admission is older than keep_warm.
+    tokio::time::sleep(Duration::from_millis(160)).await;
+    assert_eq!(leased.refill(horizon, Utc::now()).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_request_that_must_open_a_lease_sizes_it_for_the_traffic_seen() {
+    let store = Arc::new(MemoryStore::new());
+    let (org, budget) = org_with_budget(&*store, "1000", Decimal::ONE).await;
+    let leased = LeasedLedger::new(store.clone(), config(60_000, 4));
+    // The first request knows no traffic: a lease of `block_requests` worst cases.
+    for _ in 0..4 {
+        let r = request(budget.id, "1");
+        leased.reserve(org, &r).await.unwrap();
+    }
+    assert_eq!(state(&*store, org, budget.id).await.reserved, money("4"));
+    // Four admissions within moments: the next lease opened on a request's path holds what
+    // that pace uses in half a lease's age, but never more than a quarter of what the budget
+    // had left (996 / 4).
+    let r = request(budget.id, "1");
+    leased.reserve(org, &r).await.unwrap();
+    assert_eq!(leased.open_leases(), 2);
+    assert_eq!(state(&*store, org, budget.id).await.reserved, money("253"));
 }

@@ -151,6 +151,7 @@ fn lease_from_env() -> Option<LeaseConfig> {
         max_age: Duration::from_millis(ms),
         block_requests: block,
         reservation_ttl: chrono::Duration::seconds(super::pipeline::RESERVATION_TTL_SECS),
+        ..LeaseConfig::default()
     })
 }
 
@@ -208,15 +209,20 @@ impl Drainer {
     }
 }
 
-/// Every quarter of a lease's age: settles aged leases (firing the alerts they bring) and
-/// opens successors ahead of need, so requests rarely wait for the database.
+/// Every quarter of a lease's age, and whenever the ledger asks (a lease half used, a
+/// standby lease used, a lease closed by its last request): settles closed and aged leases
+/// (firing the alerts they bring) and opens successors ahead of need, so requests rarely
+/// wait for the database.
 fn spawn_lease_flusher(leases: Arc<LeasedLedger>, alerts: AlertSink, max_age: Duration) {
     let every = (max_age / 4).max(Duration::from_millis(10));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = leases.refill_wanted() => {}
+            }
             match leases.flush(chrono::Utc::now()).await {
                 Ok(fired) => {
                     alerts.fire(&fired);
