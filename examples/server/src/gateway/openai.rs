@@ -16,6 +16,8 @@ use stratai_core::ports::LlmGateway;
 pub struct OpenAiCompatProvider {
     http: reqwest::Client,
     base_url: String,
+    /// `{base_url}/chat/completions`, parsed once (not per request).
+    chat_url: reqwest::Url,
     key: Option<String>,
 }
 
@@ -29,8 +31,11 @@ impl std::fmt::Debug for OpenAiCompatProvider {
 
 impl OpenAiCompatProvider {
     /// A provider for `base_url` (without the trailing `/chat/completions`), sending `key` as
-    /// a bearer token when given.
+    /// a bearer token when given. An invalid URL is an error here, not at the first request.
     pub fn new(base_url: &str, key: Option<String>) -> Result<Self, GatewayError> {
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        let chat_url = reqwest::Url::parse(&format!("{base_url}/chat/completions"))
+            .map_err(|e| GatewayError::Unavailable(format!("upstream URL `{base_url}`: {e}")))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(5))
@@ -39,7 +44,8 @@ impl OpenAiCompatProvider {
             .map_err(|e| GatewayError::Unavailable(format!("http client: {e}")))?;
         Ok(Self {
             http,
-            base_url: base_url.trim_end_matches('/').to_owned(),
+            base_url,
+            chat_url,
             key,
         })
     }
@@ -63,7 +69,7 @@ impl OpenAiCompatProvider {
         }
         let mut builder = self
             .http
-            .post(format!("{}/chat/completions", self.base_url))
+            .post(self.chat_url.clone())
             .header("x-stratai-user-id", ctx.user_id.to_string())
             .header("x-stratai-org-id", ctx.org_id.to_string())
             .json(&body);
