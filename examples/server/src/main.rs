@@ -7,6 +7,11 @@ use stratai_server::cli;
 use stratai_server::config::{Config, ProcessEnv};
 use stratai_server::server::{Backends, init_tracing, serve};
 
+/// mimalloc instead of glibc's malloc: the gateway allocates per request (headers, JSON,
+/// records), and glibc's allocator showed as about a tenth of its CPU profile under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "stratai-server", version, about = "StratAI governance server")]
 struct Cli {
