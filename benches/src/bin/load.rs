@@ -12,8 +12,16 @@
 //! Latency is measured from each request's *scheduled* start (open loop), so a saturated
 //! target shows up as growing latency rather than hidden by slower sending.
 //!
+//! At each rate the project's targets (direct, strict, fast) take turns: `--rounds` slices
+//! of `secs / rounds` each, one target after the other, pooled per target. Whatever else the
+//! machine does during the run (PostgreSQL's checkpoints, other processes) then lands on
+//! every target alike instead of on whichever ran at that moment; the p99 *difference*
+//! between direct and the gateway is what this measures. Each slice starts with a quarter
+//! of a second at the rate that is not measured (the steady state is measured, not the
+//! step from idle). LiteLLM runs alone, last.
+//!
 //! ```text
-//! cargo run --release -p stratai-benches --bin load -- [--rates 200,500,1000] [--secs 5] [--concurrency 32] [--targets direct,strict,fast,litellm]
+//! cargo run --release -p stratai-benches --bin load -- [--rates 200,500,1000] [--secs 5] [--rounds 5] [--concurrency 32] [--targets direct,strict,fast,litellm]
 //! ```
 //! `--targets` picks the targets to measure (default: all four; `strict` and `fast` are the
 //! gateway's two modes).
@@ -42,6 +50,10 @@ use stratai_server::stores::Stores;
 use tokio::sync::Semaphore;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The allocator of the server binary, so the in-process gateway runs as it does there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Clone)]
 struct Target {
@@ -93,51 +105,122 @@ async fn one(http: &reqwest::Client, t: &Target) -> bool {
     }
 }
 
-/// Open loop: `rate` requests/s for `secs` seconds.
-async fn fixed_rate(http: &reqwest::Client, t: &Target, rate: u32, secs: u64) -> Outcome {
-    let total = usize::try_from(u64::from(rate) * secs).unwrap_or(usize::MAX);
+/// What one or more open-loop runs of a target measured.
+#[derive(Default)]
+struct Paced {
+    sent: usize,
+    errors: usize,
+    /// Latencies of the successful requests, from their scheduled start.
+    lat: Vec<Duration>,
+    /// Time from the first scheduled start to the last answer, summed over runs.
+    busy: Duration,
+}
+
+impl Paced {
+    fn outcome(mut self, rate: u32) -> Outcome {
+        self.lat.sort_unstable();
+        #[allow(clippy::cast_precision_loss)]
+        let rps = self.lat.len() as f64 / self.busy.as_secs_f64().max(1e-9);
+        Outcome {
+            rate: Some(rate),
+            sent: self.sent,
+            ok: self.lat.len(),
+            errors: self.errors,
+            rps,
+            p50: percentile(&self.lat, 0.50),
+            p99: percentile(&self.lat, 0.99),
+        }
+    }
+}
+
+/// Open loop: `lead_in` requests then `total` measured ones, all at `rate` requests/s;
+/// returns once every answer is in. The lead-in brings the target from idle to the rate
+/// (connections opened, caches and budget leases in use) and is not counted.
+async fn fixed_rate(
+    http: &reqwest::Client,
+    t: &Target,
+    rate: u32,
+    lead_in: usize,
+    total: usize,
+) -> Paced {
     let gap = Duration::from_secs_f64(1.0 / f64::from(rate));
     let limit = Arc::new(Semaphore::new(2000));
-    let start = Instant::now();
+    let begin = Instant::now();
+    let start = begin + gap * u32::try_from(lead_in).unwrap_or(u32::MAX);
+    let mut warming = Vec::with_capacity(lead_in);
     let mut handles = Vec::with_capacity(total);
-    for i in 0..total {
-        let at = start + gap * u32::try_from(i).unwrap_or(u32::MAX);
+    for i in 0..lead_in + total {
+        let at = begin + gap * u32::try_from(i).unwrap_or(u32::MAX);
         tokio::time::sleep_until(at.into()).await;
         let http = http.clone();
         let t = t.clone();
         let limit = limit.clone();
-        handles.push(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _permit = limit.acquire_owned().await;
             let ok = one(&http, &t).await;
             (ok, at.elapsed(), Instant::now())
-        }));
+        });
+        if i < lead_in {
+            warming.push(task);
+        } else {
+            handles.push(task);
+        }
     }
-    let mut lat = Vec::with_capacity(total);
-    let (mut ok, mut errors) = (0, 0);
+    for w in warming {
+        let _ = w.await;
+    }
+    let mut out = Paced {
+        sent: total,
+        lat: Vec::with_capacity(total),
+        ..Paced::default()
+    };
     let mut last = start;
     for h in handles {
         if let Ok((good, l, done)) = h.await {
             if good {
-                ok += 1;
-                lat.push(l);
+                out.lat.push(l);
             } else {
-                errors += 1;
+                out.errors += 1;
             }
             last = last.max(done);
         }
     }
-    lat.sort_unstable();
-    #[allow(clippy::cast_precision_loss)]
-    let rps = ok as f64 / (last - start).as_secs_f64().max(1e-9);
-    Outcome {
-        rate: Some(rate),
-        sent: total,
-        ok,
-        errors,
-        rps,
-        p50: percentile(&lat, 0.50),
-        p99: percentile(&lat, 0.99),
+    out.busy = last - start;
+    out
+}
+
+/// Open loop at `rate` for `secs` seconds per target, the targets taking turns in `rounds`
+/// slices (a round of each, then the next round), so that what else the machine does in
+/// those seconds falls on every target alike. Each slice starts with a quarter of a second
+/// of unmeasured requests at the rate (steady state is measured, not the step from idle);
+/// it ends when its last answer is in.
+async fn interleaved(
+    http: &reqwest::Client,
+    targets: &[&Target],
+    rate: u32,
+    secs: u64,
+    rounds: u32,
+) -> Vec<Outcome> {
+    let total = usize::try_from(u64::from(rate) * secs).unwrap_or(usize::MAX);
+    let rounds = usize::try_from(rounds.max(1))
+        .unwrap_or(1)
+        .min(total.max(1));
+    // A quarter of a second at the rate, unmeasured, before each slice.
+    let lead_in = usize::try_from(rate / 4).unwrap_or(0);
+    let mut paced: Vec<Paced> = targets.iter().map(|_| Paced::default()).collect();
+    for round in 0..rounds {
+        // Slices of (nearly) equal size that add up to `total`.
+        let n = total * (round + 1) / rounds - total * round / rounds;
+        for (t, acc) in targets.iter().zip(paced.iter_mut()) {
+            let p = fixed_rate(http, t, rate, lead_in, n).await;
+            acc.sent += p.sent;
+            acc.errors += p.errors;
+            acc.lat.extend(p.lat);
+            acc.busy += p.busy;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
+    paced.into_iter().map(|p| p.outcome(rate)).collect()
 }
 
 /// Closed loop: `workers` clients back to back for `secs` seconds (maximum throughput).
@@ -355,6 +438,10 @@ async fn main() -> Result<(), BoxError> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5)
         .clamp(1, 30);
+    let rounds: u32 = arg(&args, "--rounds")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+        .clamp(1, 100);
     let workers: usize = arg(&args, "--concurrency")
         .and_then(|s| s.parse().ok())
         .unwrap_or(32)
@@ -394,16 +481,14 @@ async fn main() -> Result<(), BoxError> {
         .await??;
     // The database is created here; the gateways' pool connects from the servers' runtime.
     let (stores, pg) = fresh_pg().await?;
-    let result = run(
-        &servers,
-        &mock,
-        stores.clone(),
-        &rates,
+    let plan = Plan {
+        rates,
         secs,
+        rounds,
         workers,
-        &only,
-    )
-    .await;
+        only,
+    };
+    let result = run(&servers, &mock, stores.clone(), &plan).await;
     let recorded = count_usage(&stores).await;
     drop_pg(&pg).await;
     drop(mock);
@@ -436,15 +521,34 @@ async fn count_usage(stores: &Stores) -> usize {
         .map_or(0, |r| r.len())
 }
 
+/// What to measure (from the command line).
+struct Plan {
+    /// Open-loop request rates.
+    rates: Vec<u32>,
+    /// Seconds per target and rate.
+    secs: u64,
+    /// Interleaved slices per rate.
+    rounds: u32,
+    /// Clients of the closed-loop (maximum throughput) run.
+    workers: usize,
+    /// Targets to measure (empty: all).
+    only: Vec<String>,
+}
+
 async fn run(
     servers: &tokio::runtime::Runtime,
     mock: &mock_upstream::MockServer,
     stores: Stores,
-    rates: &[u32],
-    secs: u64,
-    workers: usize,
-    only: &[String],
+    plan: &Plan,
 ) -> Result<String, BoxError> {
+    let Plan {
+        rates,
+        secs,
+        rounds,
+        workers,
+        only,
+    } = plan;
+    let (secs, rounds, workers) = (*secs, *rounds, *workers);
     let body = |model: &str| {
         json!({
             "model": model,
@@ -508,22 +612,48 @@ async fn run(
         "| target | load | sent | ok | errors | achieved req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|\n",
     );
     targets.retain(|t| only.is_empty() || only.iter().any(|k| k == t.key));
-    for (i, t) in targets.iter().enumerate() {
-        if i > 0 {
-            // Let what the previous target left behind (a saturated strict gateway's
-            // backlog, PostgreSQL's writes) settle before measuring the next.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-        }
+    // The project's own targets take turns at each rate; LiteLLM, which falls far behind
+    // at these rates and keeps working (and writing its spend logs) long after, is measured
+    // alone, last.
+    let (ours, theirs): (Vec<&Target>, Vec<&Target>) =
+        targets.iter().partition(|t| t.key != "litellm");
+    let mut rows: Vec<Vec<String>> = targets.iter().map(|_| Vec::new()).collect();
+    let index = |t: &Target| targets.iter().position(|x| x.key == t.key).unwrap_or(0);
+    for t in &ours {
         eprintln!("warming up {}", t.name);
-        let _ = fixed_rate(&http, t, 50, 1).await;
-        for &rate in rates {
-            eprintln!("{}: {rate} req/s for {secs}s", t.name);
-            let o = fixed_rate(&http, t, rate, secs).await;
-            out.push_str(&row(t.name, &o));
+        let _ = fixed_rate(&http, t, 50, 0, 50).await;
+    }
+    for &rate in rates {
+        eprintln!(
+            "{rate} req/s for {secs}s each, in {rounds} interleaved rounds: {}",
+            ours.iter().map(|t| t.key).collect::<Vec<_>>().join(", ")
+        );
+        for (t, o) in ours
+            .iter()
+            .zip(interleaved(&http, &ours, rate, secs, rounds).await)
+        {
+            rows[index(t)].push(row(t.name, &o));
+        }
+    }
+    for t in ours.iter().chain(theirs.iter()) {
+        // Let what the previous run left behind (a saturated strict gateway's backlog,
+        // PostgreSQL's writes) settle before measuring the next.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        if t.key == "litellm" {
+            eprintln!("warming up {}", t.name);
+            let _ = fixed_rate(&http, t, 50, 0, 50).await;
+            for &rate in rates {
+                eprintln!("{}: {rate} req/s for {secs}s", t.name);
+                let o = interleaved(&http, &[t], rate, secs, 1).await;
+                rows[index(t)].extend(o.iter().map(|o| row(t.name, o)));
+            }
         }
         eprintln!("{}: max throughput, {workers} clients for {secs}s", t.name);
         let o = max_throughput(&http, t, workers, secs).await;
-        out.push_str(&row(t.name, &o));
+        rows[index(t)].push(row(t.name, &o));
+    }
+    for r in rows.into_iter().flatten() {
+        out.push_str(&r);
     }
     // Settle the fast gateway's leases and write its queued records before counting.
     servers
