@@ -551,17 +551,7 @@ async fn models_and_explain_show_the_callers_access(db: Db) {
     assert_eq!(r["outcome"], "deny", "{r}");
     assert_eq!(r["hint"], "Upgrade to Premium");
     assert_eq!(r["at"], "2026-11-27T20:00:00Z");
-    let r: Value = gw
-        .http
-        .post(format!("{}/api/explain", gw.base))
-        .bearer_auth(tok)
-        .json(&json!({"model": MODEL}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = explain(&gw, tok, json!({"model": MODEL})).await;
     assert_eq!(r["outcome"], "allow", "{r}");
     assert_eq!(r["tier"], "basic");
     // Office hours only: the what-if at 20:00 on a Friday is refused, naming the rule.
@@ -574,30 +564,20 @@ async fn models_and_explain_show_the_callers_access(db: Db) {
         RuleAction::Block,
     )
     .await;
-    let r: Value = gw
-        .http
-        .post(format!("{}/api/explain", gw.base))
-        .bearer_auth(tok)
-        .json(&json!({"model": MODEL, "at": "2026-11-27T20:00:00Z"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = explain(
+        &gw,
+        tok,
+        json!({"model": MODEL, "at": "2026-11-27T20:00:00Z"}),
+    )
+    .await;
     assert_eq!(r["outcome"], "deny", "{r}");
     assert!(r["reasons"].to_string().contains("office hours"), "{r}");
-    let r: Value = gw
-        .http
-        .post(format!("{}/api/explain", gw.base))
-        .bearer_auth(tok)
-        .json(&json!({"model": MODEL, "at": "2026-11-27T10:00:00Z"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = explain(
+        &gw,
+        tok,
+        json!({"model": MODEL, "at": "2026-11-27T10:00:00Z"}),
+    )
+    .await;
     assert_eq!(r["outcome"], "allow", "{r}");
     // A member may not explain for the super admin (or anyone else).
     let r = gw

@@ -13,7 +13,7 @@ mod gateway_support;
 
 use futures::future::join_all;
 use gateway_support::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use stratai_core::ports::RuleAction;
 
 on_both!(two_instances_share_the_rate_limit);
@@ -35,19 +35,6 @@ async fn redis_url() -> Option<String> {
             None
         }
     }
-}
-
-async fn explain(gw: &Gw, token: &str) -> Value {
-    gw.http
-        .post(format!("{}/api/explain", gw.base))
-        .bearer_auth(token)
-        .json(&json!({"model": MODEL}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 async fn two_instances_share_the_rate_limit(db: Db) {
@@ -82,8 +69,14 @@ async fn two_instances_share_the_rate_limit(db: Db) {
     b.gateway.pipeline.reload_guardrails().await.unwrap();
     // Looking takes nothing, on either server.
     for _ in 0..3 {
-        assert_eq!(explain(&a, &t.users[0].1).await["outcome"], "allow");
-        assert_eq!(explain(&b, &tokens_b[1]).await["outcome"], "allow");
+        assert_eq!(
+            explain(&a, &t.users[0].1, json!({"model": MODEL})).await["outcome"],
+            "allow"
+        );
+        assert_eq!(
+            explain(&b, &tokens_b[1], json!({"model": MODEL})).await["outcome"],
+            "allow"
+        );
     }
 
     // 16 concurrent requests, alternating servers and members.
@@ -119,7 +112,7 @@ async fn two_instances_share_the_rate_limit(db: Db) {
     }
     // Both servers' what-if sees the exhausted shared bucket.
     for (gw, token) in [(&a, &t.users[1].1), (&b, &tokens_b[0])] {
-        let r = explain(gw, token).await;
+        let r = explain(gw, token, json!({"model": MODEL})).await;
         assert_eq!(r["outcome"], "deny", "{r}");
         assert!(r["reasons"].to_string().contains("five per minute"), "{r}");
     }

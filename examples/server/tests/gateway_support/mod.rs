@@ -530,6 +530,21 @@ pub async fn chat(gw: &Gw, token: &str, body: Value) -> Answer {
     }
 }
 
+/// `POST /api/explain` with `body` (model, optional user and time) as `token`: the what-if
+/// decision's JSON.
+pub async fn explain(gw: &Gw, token: &str, body: Value) -> Value {
+    gw.http
+        .post(format!("{}/api/explain", gw.base))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub fn ask(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}]})
 }
