@@ -108,6 +108,18 @@ impl Lease {
         self.block.saturating_sub(self.committed)
     }
 
+    /// The most a new lease of its budget set may hold: a quarter of what the tightest of its
+    /// budgets had left when this lease was taken (near exhaustion, requests reserve for
+    /// themselves instead of an instance holding the rest idle).
+    fn prefetch_cap(&self) -> Option<Money> {
+        let left = self
+            .states
+            .iter()
+            .map(|s| s.budget.limit.saturating_sub(s.spent + s.reserved))
+            .min()?;
+        Money::new(left.amount() / rust_decimal::Decimal::from(4)).ok()
+    }
+
     /// The states as a reader of this lease sees them: the block replaced by what the
     /// lease's requests hold and spent.
     fn view(&self) -> Vec<BudgetState> {
@@ -539,21 +551,14 @@ impl LeasedLedger {
         if requests == floor_requests {
             return floor;
         }
-        let left = state.by_key.get(key).and_then(|ids| {
+        let cap = state.by_key.get(key).and_then(|ids| {
             ids.iter()
                 .filter_map(|id| state.leases.get(id))
                 .max_by_key(|l| l.opened)?
-                .states
-                .iter()
-                .map(|s| s.budget.limit.saturating_sub(s.spent + s.reserved))
-                .min()
+                .prefetch_cap()
         });
-        match left {
-            Some(left) => {
-                let quarter = Money::new(left.amount() / rust_decimal::Decimal::from(4))
-                    .unwrap_or(Money::ZERO);
-                times(requests).min(quarter).max(floor)
-            }
+        match cap {
+            Some(cap) => times(requests).min(cap).max(floor),
             // Nothing known of the budgets' room: the configured size.
             None => floor,
         }
@@ -698,15 +703,7 @@ impl LeasedLedger {
                     let requests = ((expected * 2.0).ceil() as u32)
                         .clamp(self.config.block_requests.max(1), MAX_BLOCK_REQUESTS);
                     let block = unit.checked_mul(rust_decimal::Decimal::from(requests))?;
-                    // Never prefetch more than a quarter of what any of the budgets had left
-                    // when the newest lease was taken: near exhaustion, requests reserve for
-                    // themselves instead of an instance holding the rest idle.
-                    let left = newest
-                        .states
-                        .iter()
-                        .map(|s| s.budget.limit.saturating_sub(s.spent + s.reserved).amount())
-                        .min()?;
-                    let cap = left / rust_decimal::Decimal::from(4);
+                    let cap = newest.prefetch_cap()?.amount();
                     let floor = unit.checked_mul(rust_decimal::Decimal::from(
                         self.config.block_requests.max(1),
                     ))?;
