@@ -73,6 +73,8 @@ struct Outcome {
     rps: f64,
     p50: Duration,
     p99: Duration,
+    /// p99 of how late the load generator started the requests (open loop only).
+    late_p99: Option<Duration>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -112,6 +114,9 @@ struct Paced {
     errors: usize,
     /// Latencies of the successful requests, from their scheduled start.
     lat: Vec<Duration>,
+    /// How late each request started after its scheduled start (the load generator's own
+    /// error, included in `lat`).
+    late: Vec<Duration>,
     /// Time from the first scheduled start to the last answer, summed over runs.
     busy: Duration,
 }
@@ -119,6 +124,7 @@ struct Paced {
 impl Paced {
     fn outcome(mut self, rate: u32) -> Outcome {
         self.lat.sort_unstable();
+        self.late.sort_unstable();
         #[allow(clippy::cast_precision_loss)]
         let rps = self.lat.len() as f64 / self.busy.as_secs_f64().max(1e-9);
         Outcome {
@@ -129,6 +135,7 @@ impl Paced {
             rps,
             p50: percentile(&self.lat, 0.50),
             p99: percentile(&self.lat, 0.99),
+            late_p99: Some(percentile(&self.late, 0.99)),
         }
     }
 }
@@ -136,6 +143,12 @@ impl Paced {
 /// Open loop: `lead_in` requests then `total` measured ones, all at `rate` requests/s;
 /// returns once every answer is in. The lead-in brings the target from idle to the rate
 /// (connections opened, caches and budget leases in use) and is not counted.
+///
+/// The requests are started by a pacer on a thread of its own that sleeps until each
+/// scheduled start (`std::thread::sleep`: the kernel's high-resolution timers, tens of
+/// microseconds late), not by a Tokio timer, whose millisecond ticks would start every
+/// request up to a millisecond late and put that error into every latency measured.
+/// How late the requests actually started is measured too (`Paced::late`).
 async fn fixed_rate(
     http: &reqwest::Client,
     t: &Target,
@@ -144,49 +157,78 @@ async fn fixed_rate(
     total: usize,
 ) -> Paced {
     let gap = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let limit = Arc::new(Semaphore::new(2000));
-    let begin = Instant::now();
-    let start = begin + gap * u32::try_from(lead_in).unwrap_or(u32::MAX);
-    let mut warming = Vec::with_capacity(lead_in);
-    let mut handles = Vec::with_capacity(total);
-    for i in 0..lead_in + total {
-        let at = begin + gap * u32::try_from(i).unwrap_or(u32::MAX);
-        tokio::time::sleep_until(at.into()).await;
-        let http = http.clone();
-        let t = t.clone();
-        let limit = limit.clone();
-        let task = tokio::spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            let ok = one(&http, &t).await;
-            (ok, at.elapsed(), Instant::now())
-        });
-        if i < lead_in {
-            warming.push(task);
-        } else {
-            handles.push(task);
+    let runtime = tokio::runtime::Handle::current();
+    let (http, t) = (http.clone(), t.clone());
+    let pacer = tokio::task::spawn_blocking(move || {
+        let limit = Arc::new(Semaphore::new(2000));
+        let begin = Instant::now();
+        let mut tasks = Vec::with_capacity(lead_in + total);
+        for i in 0..lead_in + total {
+            let at = begin + gap * u32::try_from(i).unwrap_or(u32::MAX);
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            let (http, t, limit) = (http.clone(), t.clone(), limit.clone());
+            tasks.push(runtime.spawn(async move {
+                let late = at.elapsed();
+                let _permit = limit.acquire_owned().await;
+                let ok = one(&http, &t).await;
+                Sent {
+                    ok,
+                    latency: at.elapsed(),
+                    late,
+                    done: Instant::now(),
+                }
+            }));
         }
-    }
-    for w in warming {
+        (
+            begin + gap * u32::try_from(lead_in).unwrap_or(u32::MAX),
+            tasks,
+        )
+    });
+    let Ok((start, mut tasks)) = pacer.await else {
+        return Paced {
+            sent: total,
+            errors: total,
+            ..Paced::default()
+        };
+    };
+    let measured = tasks.split_off(lead_in.min(tasks.len()));
+    for w in tasks {
         let _ = w.await;
     }
     let mut out = Paced {
         sent: total,
         lat: Vec::with_capacity(total),
+        late: Vec::with_capacity(total),
         ..Paced::default()
     };
     let mut last = start;
-    for h in handles {
-        if let Ok((good, l, done)) = h.await {
-            if good {
-                out.lat.push(l);
-            } else {
-                out.errors += 1;
+    for h in measured {
+        match h.await {
+            Ok(s) => {
+                if s.ok {
+                    out.lat.push(s.latency);
+                } else {
+                    out.errors += 1;
+                }
+                out.late.push(s.late);
+                last = last.max(s.done);
             }
-            last = last.max(done);
+            Err(_) => out.errors += 1,
         }
     }
     out.busy = last - start;
     out
+}
+
+/// One paced request: its outcome, latency from its scheduled start, how late it started.
+struct Sent {
+    ok: bool,
+    latency: Duration,
+    late: Duration,
+    done: Instant,
 }
 
 /// Open loop at `rate` for `secs` seconds per target, the targets taking turns in `rounds`
@@ -216,6 +258,7 @@ async fn interleaved(
             acc.sent += p.sent;
             acc.errors += p.errors;
             acc.lat.extend(p.lat);
+            acc.late.extend(p.late);
             acc.busy += p.busy;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -265,6 +308,7 @@ async fn max_throughput(http: &reqwest::Client, t: &Target, workers: usize, secs
         rps,
         p50: percentile(&lat, 0.50),
         p99: percentile(&lat, 0.99),
+        late_p99: None,
     }
 }
 
@@ -464,14 +508,20 @@ async fn main() -> Result<(), BoxError> {
         .into());
     }
 
-    // The servers (mock upstream, gateways, their database pool) run on their own runtime
-    // and threads, as separate processes would; the load generator runs on this one.
+    // The gateways (and their database pool) run on a runtime and threads of their own, the
+    // mock upstream on another, as separate processes would; the load generator and its
+    // pacer thread run on this one.
     let servers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("servers")
         .enable_all()
         .build()?;
-    let mock = servers
+    let upstream = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("upstream")
+        .enable_all()
+        .build()?;
+    let mock = upstream
         .spawn(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let mock =
@@ -493,6 +543,7 @@ async fn main() -> Result<(), BoxError> {
     drop_pg(&pg).await;
     drop(mock);
     servers.shutdown_background();
+    upstream.shutdown_background();
     let table = result?;
     println!("{table}");
     println!("usage records written by the gateways during the run: {recorded}");
@@ -609,7 +660,7 @@ async fn run(
         .timeout(Duration::from_secs(30))
         .build()?;
     let mut out = String::from(
-        "| target | load | sent | ok | errors | achieved req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|\n",
+        "| target | load | sent | ok | errors | achieved req/s | p50 ms | p99 ms | started late, p99 ms |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     targets.retain(|t| only.is_empty() || only.iter().any(|k| k == t.key));
     // The project's own targets take turns at each rate; LiteLLM, which falls far behind
@@ -667,12 +718,13 @@ fn row(name: &str, o: &Outcome) -> String {
         .rate
         .map_or_else(|| "max (closed loop)".to_owned(), |r| format!("{r} req/s"));
     format!(
-        "| {name} | {load} | {} | {} | {} | {:.0} | {} | {} |\n",
+        "| {name} | {load} | {} | {} | {} | {:.0} | {} | {} | {} |\n",
         o.sent,
         o.ok,
         o.errors,
         o.rps,
         ms(o.p50),
-        ms(o.p99)
+        ms(o.p99),
+        o.late_p99.map_or_else(|| "-".to_owned(), ms)
     )
 }
