@@ -9,6 +9,9 @@ use stratai_server::server::{Backends, init_tracing, serve};
 
 /// mimalloc instead of glibc's malloc: the gateway allocates per request (headers, JSON,
 /// records), and glibc's allocator showed as about a tenth of its CPU profile under load.
+/// Built without transparent huge pages (the workspace's `no_thp` feature): with them, a
+/// request whose allocation touched a fresh 2 MiB page stalled its worker while the kernel
+/// zeroed the page.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
