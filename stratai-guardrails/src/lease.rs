@@ -29,8 +29,9 @@
 //!   the block as *reserved*;
 //! - room held by one instance's lease is not usable by another until the lease closes, so
 //!   near exhaustion a lease is refused and the request falls back to an exact reservation
-//!   (after closing this instance's idle leases of the organization); a request is refused
-//!   only when the exact reservation is refused too;
+//!   (after settling this instance's idle leases of the organization, and its closed leases
+//!   still waiting for the background settlement); a request is refused only when the exact
+//!   reservation is refused too;
 //! - if the process dies, its open leases are reclaimed when their reservation expires, and
 //!   the spend of requests served under them is missing from the *ledger* (their usage
 //!   records, the billing source, are not affected by this).
@@ -266,6 +267,18 @@ impl State {
         // They count as being settled again until the retry ends.
         self.settling += retry.len();
         retry
+    }
+
+    /// Takes `org`'s closed leases that wait for the background settlement (or for a retry
+    /// of a failed one), to settle them now.
+    fn take_unsettled_of(&mut self, org: OrgId) -> Vec<Closing> {
+        let (of_org, rest) = std::mem::take(&mut self.unsettled)
+            .into_iter()
+            .partition(|c| c.org == org);
+        self.unsettled = rest;
+        let of_org: Vec<Closing> = of_org;
+        self.settling += of_org.len();
+        of_org
     }
 
     /// Removes lease `id` (it has no request in flight) for settlement.
@@ -854,11 +867,19 @@ impl BudgetLedger for LeasedLedger {
                 ReserveOutcome::Reserved(view) => return Ok(ReserveOutcome::Reserved(view)),
                 ReserveOutcome::Refused(_) => {}
             }
-            // Near exhaustion: give back this instance's idle room of the organization,
-            // then ask for exactly this request's worst case.
-            let idle = self.state().take_closable(self.config.max_age, Some(org));
-            self.settle_leases(idle, request.now).await?;
         }
+        // Near exhaustion: give back this instance's room of the organization that no
+        // request uses (idle aged leases, and closed leases still waiting for the background
+        // settlement, whose unused remainder would otherwise refuse this request), then ask
+        // for exactly this request's worst case.
+        let idle = {
+            let mut state = self.state();
+            let mut idle = state.take_unsettled_of(org);
+            idle.extend(state.take_closable(self.config.max_age, Some(org)));
+            idle
+        };
+        // A failure keeps them for the next flush; the exact reservation is still asked for.
+        let _ = self.settle_leases(idle, request.now).await;
         self.open(&key, request, request.amount).await
     }
 

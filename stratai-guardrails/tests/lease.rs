@@ -68,6 +68,23 @@ fn request(budget: BudgetId, amount: &str) -> ReserveRequest {
     }
 }
 
+/// Reserves `amount` on `budget` through `leased` and asserts that it was admitted; returns
+/// the request (to settle or release it later).
+async fn admit(
+    leased: &LeasedLedger,
+    org: OrgId,
+    budget: BudgetId,
+    amount: &str,
+) -> ReserveRequest {
+    let r = request(budget, amount);
+    let outcome = leased.reserve(org, &r).await.unwrap();
+    assert!(
+        matches!(outcome, ReserveOutcome::Reserved(_)),
+        "not admitted: {outcome:?}"
+    );
+    r
+}
+
 async fn state(ledger: &dyn BudgetLedger, org: OrgId, budget: BudgetId) -> BudgetState {
     ledger
         .states(org, &[budget], Utc::now())
@@ -136,18 +153,10 @@ async fn an_aged_lease_closes_when_its_last_request_ends_and_a_new_one_opens() {
     let store = Arc::new(MemoryStore::new());
     let (org, budget) = org_with_budget(&*store, "100", Decimal::ONE).await;
     let leased = LeasedLedger::new(store.clone(), config(50, 4));
-    let first = request(budget.id, "1");
-    assert!(matches!(
-        leased.reserve(org, &first).await.unwrap(),
-        ReserveOutcome::Reserved(_)
-    ));
+    let first = admit(&leased, org, budget.id, "1").await;
     tokio::time::sleep(Duration::from_millis(80)).await;
     // The old lease is too old to admit: a second lease opens.
-    let second = request(budget.id, "1");
-    assert!(matches!(
-        leased.reserve(org, &second).await.unwrap(),
-        ReserveOutcome::Reserved(_)
-    ));
+    let second = admit(&leased, org, budget.id, "1").await;
     assert_eq!(leased.open_leases(), 2);
     assert_eq!(state(&*store, org, budget.id).await.reserved, money("8"));
     // Ending the first request closes the first lease (it is aged and idle) and wakes the
@@ -187,8 +196,7 @@ async fn settle_release_and_reserve_are_idempotent_by_request_id() {
     let store = Arc::new(MemoryStore::new());
     let (org, budget) = org_with_budget(&*store, "100", Decimal::ONE).await;
     let leased = LeasedLedger::new(store.clone(), config(60_000, 8));
-    let r = request(budget.id, "1");
-    leased.reserve(org, &r).await.unwrap();
+    let r = admit(&leased, org, budget.id, "1").await;
     leased.reserve(org, &r).await.unwrap();
     assert_eq!(
         leased.in_flight(),
@@ -217,16 +225,8 @@ async fn near_exhaustion_the_block_shrinks_to_the_request_and_then_refuses() {
     let (org, budget) = org_with_budget(&*store, "2.5", Decimal::ONE).await;
     let leased = LeasedLedger::new(store.clone(), config(60_000, 32));
     // A block of 32 does not fit: the exact amount is reserved instead, twice.
-    let a = request(budget.id, "1");
-    let b = request(budget.id, "1");
-    assert!(matches!(
-        leased.reserve(org, &a).await.unwrap(),
-        ReserveOutcome::Reserved(_)
-    ));
-    assert!(matches!(
-        leased.reserve(org, &b).await.unwrap(),
-        ReserveOutcome::Reserved(_)
-    ));
+    let a = admit(&leased, org, budget.id, "1").await;
+    admit(&leased, org, budget.id, "1").await;
     // 0.5 left: a third request of 1 is refused, naming the budget.
     match leased.reserve(org, &request(budget.id, "1")).await.unwrap() {
         ReserveOutcome::Refused(refusal) => {
@@ -240,11 +240,32 @@ async fn near_exhaustion_the_block_shrinks_to_the_request_and_then_refuses() {
         .settle(org, a.request_id, &[budget.id], money("0.2"), Utc::now())
         .await
         .unwrap();
-    let c = request(budget.id, "1");
-    assert!(matches!(
-        leased.reserve(org, &c).await.unwrap(),
-        ReserveOutcome::Reserved(_)
-    ));
+    admit(&leased, org, budget.id, "1").await;
+}
+
+#[tokio::test]
+async fn room_held_by_closed_leases_awaiting_settlement_is_given_back_before_refusing() {
+    let store = Arc::new(MemoryStore::new());
+    let (org, budget) = org_with_budget(&*store, "10", Decimal::ONE).await;
+    // Leases age at once: each closes when its request ends and waits for the background
+    // settlement (`flush`, not called here) with three of its four worst cases unused.
+    let leased = LeasedLedger::new(store.clone(), config(0, 4));
+    for _ in 0..10 {
+        let r = admit(&leased, org, budget.id, "1").await;
+        leased
+            .settle(org, r.request_id, &[budget.id], money("1"), Utc::now())
+            .await
+            .unwrap();
+    }
+    // Spent exactly: the eleventh is refused.
+    match leased.reserve(org, &request(budget.id, "1")).await.unwrap() {
+        ReserveOutcome::Refused(refusal) => assert_eq!(refusal.budget_id, budget.id),
+        ReserveOutcome::Reserved(_) => panic!("reserved past the hard limit"),
+    }
+    leased.close_all(Utc::now()).await.unwrap();
+    let shared = state(&*store, org, budget.id).await;
+    assert_eq!(shared.spent, money("10"));
+    assert_eq!(shared.reserved, Money::ZERO);
 }
 
 #[tokio::test]
@@ -254,8 +275,7 @@ async fn threshold_alerts_fire_once_when_leases_settle() {
     let leased = LeasedLedger::new(store.clone(), config(0, 4));
     let mut alerts = Vec::new();
     for _ in 0..8 {
-        let r = request(budget.id, "1");
-        leased.reserve(org, &r).await.unwrap();
+        let r = admit(&leased, org, budget.id, "1").await;
         let out = leased
             .settle(org, r.request_id, &[budget.id], money("1"), Utc::now())
             .await
@@ -350,8 +370,7 @@ async fn a_lease_whose_settlement_fails_is_kept_and_settled_by_a_later_flush() {
     let flaky = Arc::new(FlakySettle::over(store.clone()));
     flaky.failing.store(true, Ordering::SeqCst);
     let leased = LeasedLedger::new(flaky.clone(), config(0, 4));
-    let r = request(budget.id, "1");
-    leased.reserve(org, &r).await.unwrap();
+    let r = admit(&leased, org, budget.id, "1").await;
     // The request's own settlement succeeds (it is in memory, the closed lease is left to
     // the flush); the lease's settlement by the flush fails, and a later flush retries it.
     let out = leased
@@ -464,11 +483,7 @@ async fn refill_opens_a_successor_ahead_of_need_and_never_near_exhaustion() {
     let leased = LeasedLedger::new(store.clone(), config(60_000, 4));
     // Three of the first lease's four worst cases are taken: it will not last the horizon.
     for _ in 0..3 {
-        let r = request(budget.id, "1");
-        assert!(matches!(
-            leased.reserve(org, &r).await.unwrap(),
-            ReserveOutcome::Reserved(_)
-        ));
+        admit(&leased, org, budget.id, "1").await;
     }
     assert_eq!(leased.open_leases(), 1);
     let opened = leased
@@ -479,11 +494,7 @@ async fn refill_opens_a_successor_ahead_of_need_and_never_near_exhaustion() {
     assert_eq!(leased.open_leases(), 2);
     // The next requests fit in the two leases without opening another.
     for _ in 0..5 {
-        let r = request(budget.id, "1");
-        assert!(matches!(
-            leased.reserve(org, &r).await.unwrap(),
-            ReserveOutcome::Reserved(_)
-        ));
+        admit(&leased, org, budget.id, "1").await;
     }
     assert_eq!(leased.open_leases(), 2);
     // Everything reserved in the shared ledger is accounted for by the two blocks.
@@ -495,11 +506,7 @@ async fn refill_opens_a_successor_ahead_of_need_and_never_near_exhaustion() {
     let (org2, tight) = org_with_budget(&*store, "10", Decimal::ONE).await;
     let leased = LeasedLedger::new(store.clone(), config(60_000, 4));
     for _ in 0..3 {
-        let r = request(tight.id, "1");
-        assert!(matches!(
-            leased.reserve(org2, &r).await.unwrap(),
-            ReserveOutcome::Reserved(_)
-        ));
+        admit(&leased, org2, tight.id, "1").await;
     }
     assert_eq!(
         leased
@@ -519,15 +526,10 @@ async fn half_a_block_used_wakes_the_refill_and_a_paused_budget_set_keeps_a_stan
     // The first request opens a lease of four on its path; two of four used is not below
     // half yet, three is.
     for _ in 0..2 {
-        let r = request(budget.id, "1");
-        assert!(matches!(
-            leased.reserve(org, &r).await.unwrap(),
-            ReserveOutcome::Reserved(_)
-        ));
+        admit(&leased, org, budget.id, "1").await;
     }
     assert!(!woken(&leased).await, "woken with half the block left");
-    let third = request(budget.id, "1");
-    leased.reserve(org, &third).await.unwrap();
+    admit(&leased, org, budget.id, "1").await;
     assert!(
         woken(&leased).await,
         "a lease below half did not ask for a successor"
@@ -548,11 +550,7 @@ async fn half_a_block_used_wakes_the_refill_and_a_paused_budget_set_keeps_a_stan
     // a reservation of its own, and its first use asks for a successor sized for traffic.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let before = leased.open_leases();
-    let resumed = request(budget.id, "1");
-    assert!(matches!(
-        leased.reserve(org, &resumed).await.unwrap(),
-        ReserveOutcome::Reserved(_)
-    ));
+    admit(&leased, org, budget.id, "1").await;
     assert_eq!(
         leased.open_leases(),
         before,
@@ -579,8 +577,7 @@ async fn no_standby_lease_once_keep_warm_has_passed() {
             ..config(300, 4)
         },
     );
-    let r = request(budget.id, "1");
-    leased.reserve(org, &r).await.unwrap();
+    let r = admit(&leased, org, budget.id, "1").await;
     leased
         .settle(org, r.request_id, &[budget.id], money("1"), Utc::now())
         .await
@@ -601,15 +598,13 @@ async fn a_request_that_must_open_a_lease_sizes_it_for_the_traffic_seen() {
     let leased = LeasedLedger::new(store.clone(), config(60_000, 4));
     // The first request knows no traffic: a lease of `block_requests` worst cases.
     for _ in 0..4 {
-        let r = request(budget.id, "1");
-        leased.reserve(org, &r).await.unwrap();
+        admit(&leased, org, budget.id, "1").await;
     }
     assert_eq!(state(&*store, org, budget.id).await.reserved, money("4"));
     // Four admissions within moments: the next lease opened on a request's path holds what
     // that pace uses in half a lease's age, but never more than a quarter of what the budget
     // had left (996 / 4).
-    let r = request(budget.id, "1");
-    leased.reserve(org, &r).await.unwrap();
+    admit(&leased, org, budget.id, "1").await;
     assert_eq!(leased.open_leases(), 2);
     assert_eq!(state(&*store, org, budget.id).await.reserved, money("253"));
 }
