@@ -261,24 +261,16 @@ impl State {
 }
 
 impl State {
-    /// Takes the leases whose settlement failed earlier, to retry.
-    fn take_unsettled(&mut self) -> Vec<Closing> {
-        let retry = std::mem::take(&mut self.unsettled);
-        // They count as being settled again until the retry ends.
-        self.settling += retry.len();
-        retry
-    }
-
-    /// Takes `org`'s closed leases that wait for the background settlement (or for a retry
-    /// of a failed one), to settle them now.
-    fn take_unsettled_of(&mut self, org: OrgId) -> Vec<Closing> {
-        let (of_org, rest) = std::mem::take(&mut self.unsettled)
+    /// Takes the closed leases that wait for the background settlement (or for a retry of a
+    /// failed one), all of them or `org`'s only, to settle them now.
+    fn take_unsettled(&mut self, org: Option<OrgId>) -> Vec<Closing> {
+        let (taken, rest): (Vec<Closing>, Vec<Closing>) = std::mem::take(&mut self.unsettled)
             .into_iter()
-            .partition(|c| c.org == org);
+            .partition(|c| org.is_none_or(|o| c.org == o));
         self.unsettled = rest;
-        let of_org: Vec<Closing> = of_org;
-        self.settling += of_org.len();
-        of_org
+        // They count as being settled until the settlement ends.
+        self.settling += taken.len();
+        taken
     }
 
     /// Removes lease `id` (it has no request in flight) for settlement.
@@ -436,7 +428,7 @@ impl LeasedLedger {
     pub async fn flush(&self, now: DateTime<Utc>) -> Result<Vec<BudgetAlert>, StoreError> {
         let closing = {
             let mut state = self.state();
-            let mut closing = state.take_unsettled();
+            let mut closing = state.take_unsettled(None);
             closing.extend(state.take_closable(self.config.max_age, None));
             closing
         };
@@ -458,7 +450,7 @@ impl LeasedLedger {
             for lease in state.leases.values_mut() {
                 lease.closing = true;
             }
-            let mut closing = state.take_unsettled();
+            let mut closing = state.take_unsettled(None);
             closing.extend(state.take_closable(Duration::ZERO, None));
             closing
         };
@@ -874,7 +866,7 @@ impl BudgetLedger for LeasedLedger {
         // for exactly this request's worst case.
         let idle = {
             let mut state = self.state();
-            let mut idle = state.take_unsettled_of(org);
+            let mut idle = state.take_unsettled(Some(org));
             idle.extend(state.take_closable(self.config.max_age, Some(org)));
             idle
         };
