@@ -167,9 +167,11 @@ async fn fixed_rate(
     let pacer = tokio::task::spawn_blocking(move || {
         let limit = Arc::new(Semaphore::new(2000));
         let begin = Instant::now();
+        // The scheduled start of the `n`th request.
+        let start_of = |n: usize| begin + gap * u32::try_from(n).unwrap_or(u32::MAX);
         let mut tasks = Vec::with_capacity(lead_in + total);
         for i in 0..lead_in + total {
-            let at = begin + gap * u32::try_from(i).unwrap_or(u32::MAX);
+            let at = start_of(i);
             let now = Instant::now();
             if at > now {
                 std::thread::sleep(at - now);
@@ -187,10 +189,7 @@ async fn fixed_rate(
                 }
             }));
         }
-        (
-            begin + gap * u32::try_from(lead_in).unwrap_or(u32::MAX),
-            tasks,
-        )
+        (start_of(lead_in), tasks)
     });
     let Ok((start, mut tasks)) = pacer.await else {
         return Paced {
@@ -696,24 +695,25 @@ async fn run(
             }
         }
     }
-    for t in paired.iter().chain(alone.iter()) {
-        // Let what the previous run left behind (a saturated gateway's backlog, PostgreSQL's
-        // writes) settle before measuring the next.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        if alone.iter().any(|a| a.key == t.key) {
-            eprintln!("warming up {}", t.name);
-            let _ = fixed_rate(&http, t, 50, 0, 50).await;
-            let slices = if t.key == "litellm" { 1 } else { rounds };
-            for &rate in rates {
-                eprintln!("{}: {rate} req/s for {secs}s", t.name);
-                let o = interleaved(&http, &[t], rate, secs, slices).await;
-                rows[index(t)].extend(o.iter().map(|o| row(t.name, o)));
-                tokio::time::sleep(Duration::from_secs(3)).await;
-            }
+    // Between two measurements, 3 s for what the previous one left behind (a saturated
+    // gateway's backlog, PostgreSQL's writes) to settle.
+    let settle = || tokio::time::sleep(Duration::from_secs(3));
+    for t in &paired {
+        settle().await;
+        rows[index(t)].push(closed_loop(&http, t, workers, secs).await);
+    }
+    for t in &alone {
+        settle().await;
+        eprintln!("warming up {}", t.name);
+        let _ = fixed_rate(&http, t, 50, 0, 50).await;
+        let slices = if t.key == "litellm" { 1 } else { rounds };
+        for &rate in rates {
+            eprintln!("{}: {rate} req/s for {secs}s", t.name);
+            let o = interleaved(&http, &[t], rate, secs, slices).await;
+            rows[index(t)].extend(o.iter().map(|o| row(t.name, o)));
+            settle().await;
         }
-        eprintln!("{}: max throughput, {workers} clients for {secs}s", t.name);
-        let o = max_throughput(&http, t, workers, secs).await;
-        rows[index(t)].push(row(t.name, &o));
+        rows[index(t)].push(closed_loop(&http, t, workers, secs).await);
     }
     for r in rows.into_iter().flatten() {
         out.push_str(&r);
@@ -723,6 +723,12 @@ async fn run(
         .spawn(async move { fast_drainer.drain(Duration::from_secs(30)).await })
         .await?;
     Ok(out)
+}
+
+/// The closed-loop (maximum throughput) row of `t`.
+async fn closed_loop(http: &reqwest::Client, t: &Target, workers: usize, secs: u64) -> String {
+    eprintln!("{}: max throughput, {workers} clients for {secs}s", t.name);
+    row(t.name, &max_throughput(http, t, workers, secs).await)
 }
 
 fn row(name: &str, o: &Outcome) -> String {
