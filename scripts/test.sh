@@ -61,7 +61,8 @@ if [ $# -eq 0 ]; then
   if [ -f "$pgdata/postmaster.pid" ]; then
     pgctl=$(command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl 2>/dev/null | tail -n1)
     if [ "$(id -u)" = 0 ]; then
-      runuser -u "$(stat -c %U "$pgdata")" -- "$pgctl" -D "$pgdata" stop -m fast >/dev/null || true
+      # From `/`: the cluster's owner may not enter the checkout (a private temp dir, say).
+      (cd / && runuser -u "$(stat -c %U "$pgdata")" -- "$pgctl" -D "$pgdata" stop -m fast >/dev/null) || true
     else
       "$pgctl" -D "$pgdata" stop -m fast >/dev/null || true
     fi
