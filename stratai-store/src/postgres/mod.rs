@@ -222,15 +222,16 @@ impl PgStore {
         &self.pool
     }
 
-    /// A transaction acting for `org`: `app.current_org_id` is set transaction-locally first.
+    /// A transaction acting for `org`: `app.current_org_id` is set transaction-locally, in
+    /// the same round trip as the `BEGIN`.
     async fn tenant(&self, org: OrgId) -> Result<Transaction<'static, Postgres>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query("SELECT set_config('app.current_org_id', $1, true)")
-            .bind(org.to_string())
-            .execute(&mut *tx)
+        // An organization id prints as a hyphenated UUID (hex digits and `-`): nothing in it
+        // can leave the quoted literal.
+        let begin = format!("BEGIN; SET LOCAL app.current_org_id = '{}'", org.as_uuid());
+        self.pool
+            .begin_with(sqlx::AssertSqlSafe(begin))
             .await
-            .map_err(db)?;
-        Ok(tx)
+            .map_err(db)
     }
 }
 

@@ -24,42 +24,45 @@ use crate::shared::{self, enum_text, micros};
 /// Records per `INSERT ... SELECT FROM unnest(...)` statement.
 const CHUNK: usize = 10_000;
 
-/// Checks that every record's user, group (in the tenant) and tier exist, in record order.
-async fn check_references(
-    conn: &mut PgConnection,
+/// The references a chunk's records make: each unique once.
+struct References {
+    users: Vec<Uuid>,
+    groups: Vec<Uuid>,
+    tiers: Vec<Uuid>,
+}
+
+impl References {
+    fn of(records: &[UsageRecord]) -> Self {
+        Self {
+            users: unique(records.iter().map(|r| r.user_id.as_uuid())),
+            groups: unique(
+                records
+                    .iter()
+                    .filter_map(|r| r.group_id.map(|g| g.as_uuid())),
+            ),
+            tiers: unique(
+                records
+                    .iter()
+                    .filter_map(|r| r.tier_id.map(|t| t.as_uuid())),
+            ),
+        }
+    }
+}
+
+/// The first missing reference, in record order: the organization, then each record's user,
+/// group (in the tenant: other tenants' groups are invisible under RLS) and tier. `found`
+/// is the statement's answer: whether the organization exists and which ids do.
+fn missing_reference(
     org: OrgId,
     records: &[UsageRecord],
+    found: &sqlx::postgres::PgRow,
 ) -> Result<(), StoreError> {
-    let users: Vec<Uuid> = unique(records.iter().map(|r| r.user_id.as_uuid()));
-    let groups: Vec<Uuid> = unique(
-        records
-            .iter()
-            .filter_map(|r| r.group_id.map(|g| g.as_uuid())),
-    );
-    let tiers: Vec<Uuid> = unique(
-        records
-            .iter()
-            .filter_map(|r| r.tier_id.map(|t| t.as_uuid())),
-    );
-    let row = sqlx::query(
-        "SELECT EXISTS (SELECT 1 FROM organizations WHERE id = $1) AS org,
-                ARRAY(SELECT id FROM users WHERE id = ANY($2)) AS users,
-                ARRAY(SELECT id FROM groups WHERE id = ANY($3)) AS groups,
-                ARRAY(SELECT id FROM model_tiers WHERE id = ANY($4)) AS tiers",
-    )
-    .bind(org.as_uuid())
-    .bind(&users)
-    .bind(&groups)
-    .bind(&tiers)
-    .fetch_one(conn)
-    .await
-    .map_err(db)?;
-    if !get::<bool>(&row, "org")? {
+    if !get::<bool>(found, "org")? {
         return Err(StoreError::not_found("organization", org));
     }
-    let users: HashSet<Uuid> = get::<Vec<Uuid>>(&row, "users")?.into_iter().collect();
-    let groups: HashSet<Uuid> = get::<Vec<Uuid>>(&row, "groups")?.into_iter().collect();
-    let tiers: HashSet<Uuid> = get::<Vec<Uuid>>(&row, "tiers")?.into_iter().collect();
+    let users: HashSet<Uuid> = get::<Vec<Uuid>>(found, "users")?.into_iter().collect();
+    let groups: HashSet<Uuid> = get::<Vec<Uuid>>(found, "groups")?.into_iter().collect();
+    let tiers: HashSet<Uuid> = get::<Vec<Uuid>>(found, "tiers")?.into_iter().collect();
     for record in records {
         if !users.contains(&record.user_id.as_uuid()) {
             return Err(StoreError::not_found("user", record.user_id));
@@ -83,7 +86,9 @@ fn unique(ids: impl Iterator<Item = Uuid>) -> Vec<Uuid> {
     set.into_iter().collect()
 }
 
-/// Inserts one chunk; returns how many rows were new.
+/// Inserts one chunk if every record's references exist (one statement: the check and the
+/// insert together, one round trip); returns how many rows were new, or the first missing
+/// reference (then nothing was inserted).
 async fn insert_chunk(
     conn: &mut PgConnection,
     org: OrgId,
@@ -120,14 +125,32 @@ async fn insert_chunk(
         statuses.push(enum_text(&r.status)?);
         created.push(micros(r.created_at));
     }
-    let done = sqlx::query(
-        "INSERT INTO usage_records (organization_id, request_id, group_id, user_id, tier_id, model,
-             input_tokens, output_tokens, provider_cost, billed_amount, litellm_request_id,
-             conversation_id, endpoint, status, created_at)
-         SELECT $1, * FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[],
-             $7::int8[], $8::int8[], $9::numeric[], $10::numeric[], $11::text[], $12::uuid[],
-             $13::text[], $14::text[], $15::timestamptz[])
-         ON CONFLICT (organization_id, request_id) DO NOTHING",
+    let refs = References::of(records);
+    // `refs` is evaluated once; the insert runs only when every reference was found.
+    let row = sqlx::query(
+        "WITH refs AS (
+             SELECT EXISTS (SELECT 1 FROM organizations WHERE id = $1) AS org,
+                    ARRAY(SELECT id FROM users WHERE id = ANY($16)) AS users,
+                    ARRAY(SELECT id FROM groups WHERE id = ANY($17)) AS groups,
+                    ARRAY(SELECT id FROM model_tiers WHERE id = ANY($18)) AS tiers
+         ), inserted AS (
+             INSERT INTO usage_records (organization_id, request_id, group_id, user_id, tier_id,
+                 model, input_tokens, output_tokens, provider_cost, billed_amount,
+                 litellm_request_id, conversation_id, endpoint, status, created_at)
+             SELECT $1, u.* FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[],
+                 $6::text[], $7::int8[], $8::int8[], $9::numeric[], $10::numeric[], $11::text[],
+                 $12::uuid[], $13::text[], $14::text[], $15::timestamptz[]) AS u
+             WHERE (SELECT org
+                        AND cardinality(users) = cardinality($16::uuid[])
+                        AND cardinality(groups) = cardinality($17::uuid[])
+                        AND cardinality(tiers) = cardinality($18::uuid[])
+                    FROM refs)
+             ON CONFLICT (organization_id, request_id) DO NOTHING
+             RETURNING 1
+         )
+         SELECT refs.org, refs.users, refs.groups, refs.tiers,
+                (SELECT count(*) FROM inserted)::int8 AS inserted
+         FROM refs",
     )
     .bind(org.as_uuid())
     .bind(&request_ids)
@@ -144,10 +167,15 @@ async fn insert_chunk(
     .bind(&endpoints)
     .bind(&statuses)
     .bind(&created)
-    .execute(conn)
+    .bind(&refs.users)
+    .bind(&refs.groups)
+    .bind(&refs.tiers)
+    .fetch_one(conn)
     .await
     .map_err(db)?;
-    Ok(done.rows_affected())
+    missing_reference(org, records, &row)?;
+    let inserted: i64 = get(&row, "inserted")?;
+    u64::try_from(inserted).map_err(|e| corrupt("inserted", e))
 }
 
 /// Appends the query's conditions (the organization is already bound).
@@ -265,7 +293,6 @@ impl UsageStore for PgStore {
             return Ok(AppendOutcome::default());
         }
         let mut tx = self.tenant(org).await?;
-        check_references(&mut tx, org, records).await?;
         let mut inserted = 0;
         for chunk in records.chunks(CHUNK) {
             inserted += insert_chunk(&mut tx, org, chunk).await?;
