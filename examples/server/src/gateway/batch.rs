@@ -1,12 +1,13 @@
 //! [`BatchedUsage`]: usage records written off the response path, in batches.
 //!
 //! `append` queues the records and returns; one background writer collects what arrives
-//! within 50 ms of a batch's first record (less when a reader or the shutdown drain waits),
-//! groups it by organization and appends each group in one store call (one transaction), so
-//! a busy gateway makes about twenty usage writes per second instead of one per request.
-//! When a batch cannot be written it goes to the durable [`Spool`] (replayed later, idempotent
-//! by request id), so a store outage loses nothing. Reads (`get`, `query`, `aggregate`) first
-//! wait until the queue is drained, so this process reads its own writes.
+//! within 50 ms of a batch's first record (less when a reader or the shutdown drain waits,
+//! or a full batch of 2,000 is queued), groups it by organization and appends each group in
+//! one store call (one transaction), so a busy gateway makes about twenty usage writes per
+//! second instead of one per request. When a batch cannot be written it goes to the durable
+//! [`Spool`] (replayed later, idempotent by request id), so a store outage loses nothing.
+//! Reads (`get`, `query`, `aggregate`) first wait until the queue is drained, so this process
+//! reads its own writes.
 //!
 //! What it costs: a record reaches the store up to ~50 ms after its response (the
 //! `stratai_usage_write_lag_seconds{path="batched"}` histogram shows how long); records still
@@ -125,19 +126,17 @@ async fn writer(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while batch.len() < MAX_BATCH {
+        // Linger without watching the queue: records arriving meanwhile wake nobody (a
+        // wake-up per record would cost the request path a task switch, often a thread
+        // wake-up); `append` cuts the wait short when a full batch is queued.
+        if rx.len() + 1 < MAX_BATCH {
             tokio::select! {
                 biased;
-                () = flush_now.notified() => break,
-                next = tokio::time::timeout_at(deadline, rx.recv()) => match next {
-                    Ok(Some(r)) => batch.push(r),
-                    // Lingered long enough, or the queue is closed.
-                    Ok(None) | Err(_) => break,
-                },
+                () = flush_now.notified() => {}
+                () = tokio::time::sleep(LINGER) => {}
             }
         }
-        // Whatever else is already queued goes in the same batch.
+        // What was queued meanwhile goes in the same batch.
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
@@ -206,6 +205,10 @@ impl UsageStore for BatchedUsage {
             }
             self.queued.fetch_add(1, Ordering::AcqRel);
             queued += 1;
+        }
+        if self.tx.max_capacity() - self.tx.capacity() >= MAX_BATCH {
+            // A full batch is waiting: no reason to linger.
+            self.flush_now.notify_one();
         }
         Ok(AppendOutcome {
             inserted: queued,
