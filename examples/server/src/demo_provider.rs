@@ -34,6 +34,9 @@ pub struct DemoConfig {
     /// Pause before each streamed content chunk (to make streams observable, e.g. a client
     /// leaving mid-stream in tests).
     pub chunk_delay: Duration,
+    /// Pause before a non-streamed answer (to make a client leaving before its answer
+    /// observable in tests).
+    pub answer_delay: Duration,
 }
 
 /// The offline provider. See the module docs.
@@ -173,6 +176,9 @@ impl LlmGateway for DemoProvider {
         request: &ChatRequest,
     ) -> Result<ChatResponse, GatewayError> {
         let answer = self.answer(ctx, request)?;
+        if !self.config.answer_delay.is_zero() {
+            tokio::time::sleep(self.config.answer_delay).await;
+        }
         Ok(ChatResponse {
             id: answer.id,
             object: "chat.completion".to_owned(),
@@ -336,7 +342,7 @@ mod tests {
         for chunk_chars in [0, 1, 3, 7] {
             let p = DemoProvider::new(DemoConfig {
                 chunk_chars,
-                chunk_delay: Duration::ZERO,
+                ..DemoConfig::default()
             });
             let c = ctx();
             let whole = p.chat(&c, &request("stream me", None)).await.unwrap();

@@ -35,6 +35,7 @@ on_both!(
     post_filter_match_split_across_chunks_blocks_the_stream,
     post_filter_redacts_across_chunks,
     client_disconnect_mid_stream_bills_what_was_delivered,
+    client_leaving_before_a_json_answer_still_settles_and_records_it,
     upstream_failure_releases_the_reservation_and_bills_nothing,
     models_and_explain_show_the_callers_access,
     concurrent_requests_never_overspend_and_record_once,
@@ -343,7 +344,7 @@ async fn post_filter_match_split_across_chunks_blocks_the_stream(db: Db) {
     // not contain it (so the pre-request filter lets it through); the demo answer does.
     let demo = DemoConfig {
         chunk_chars: 3,
-        chunk_delay: Duration::ZERO,
+        ..DemoConfig::default()
     };
     let Some(gw) = spawn(db, demo).await else {
         return;
@@ -386,7 +387,7 @@ async fn post_filter_match_split_across_chunks_blocks_the_stream(db: Db) {
 async fn post_filter_redacts_across_chunks(db: Db) {
     let demo = DemoConfig {
         chunk_chars: 2,
-        chunk_delay: Duration::ZERO,
+        ..DemoConfig::default()
     };
     let Some(gw) = spawn(db, demo).await else {
         return;
@@ -418,6 +419,7 @@ async fn client_disconnect_mid_stream_bills_what_was_delivered(db: Db) {
     let demo = DemoConfig {
         chunk_chars: 0,
         chunk_delay: Duration::from_millis(40),
+        ..DemoConfig::default()
     };
     let Some(gw) = spawn(db, demo).await else {
         return;
@@ -460,6 +462,59 @@ async fn client_disconnect_mid_stream_bills_what_was_delivered(db: Db) {
         "billed {} of 20 tokens",
         rec.output_tokens
     );
+    assert!(rec.billed_amount > Money::ZERO);
+    let state = &gw
+        .stores
+        .budgets
+        .states(t.org, &[b.id], Utc::now())
+        .await
+        .unwrap()[0];
+    assert_eq!(state.spent, rec.billed_amount);
+    assert_eq!(state.reserved, Money::ZERO);
+}
+
+async fn client_leaving_before_a_json_answer_still_settles_and_records_it(db: Db) {
+    // The demo provider answers after 300 ms; the client gives up after 100 ms.
+    let demo = DemoConfig {
+        answer_delay: Duration::from_millis(300),
+        ..DemoConfig::default()
+    };
+    let Some(gw) = spawn(db, demo).await else {
+        return;
+    };
+    let t = tenant(&gw, 1).await;
+    let (user, tok) = &t.users[0];
+    let b = budget(&gw, t.org, BudgetScope::User(*user), "5", true).await;
+    let gone = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .bearer_auth(tok)
+        .json(&ask(MODEL, "hello, I will not wait"))
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(
+        gone.is_err_and(|e| e.is_timeout()),
+        "the client should time out"
+    );
+    // The gateway finishes the call anyway: one success record, the reservation settled.
+    let mut records = Vec::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        records = gw
+            .stores
+            .usage
+            .query(t.org, &UsageQuery::default(), 10)
+            .await
+            .unwrap();
+        if !records.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(records.len(), 1, "{records:?}");
+    let rec = &records[0];
+    assert_eq!(rec.user_id, *user);
+    assert_eq!(rec.status, UsageStatus::Success);
     assert!(rec.billed_amount > Money::ZERO);
     let state = &gw
         .stores

@@ -14,6 +14,7 @@
 pub mod batch;
 pub mod error;
 pub mod explain;
+mod finish;
 pub mod litellm;
 pub mod openai;
 pub mod pipeline;
@@ -393,10 +394,11 @@ async fn chat_inner(
     if admission.request.stream {
         return stream::respond(state, ctx, admission, out_headers).await;
     }
-    // The call and its settlement run in their own task: a client that goes away while the
-    // upstream works must not leave the reservation unsettled or the usage unrecorded.
+    // The call and its settlement run to the end even if the client goes away while the
+    // upstream works (`Finish` then moves them to a task of their own): the reservation must
+    // not stay unsettled, nor the usage unrecorded.
     let task_state = state.clone();
-    let task = tokio::spawn(async move {
+    let work = finish::Finish::new(async move {
         let started = std::time::Instant::now();
         let result = task_state.llm.chat(&ctx, &admission.request).await;
         metrics::record_upstream_latency(
@@ -426,9 +428,9 @@ async fn chat_inner(
             }
         }
     });
-    let (answer, billed) = match task.await {
-        Ok(Ok(Ok(v))) => v,
-        Ok(Ok(Err((decision, billed)))) => {
+    let (answer, billed) = match work.await {
+        Ok(Ok(v)) => v,
+        Ok(Err((decision, billed))) => {
             let mut e = blocked_error(&decision).for_request(request_id);
             e.detail.insert(
                 "billed_cost".to_owned(),
@@ -436,8 +438,7 @@ async fn chat_inner(
             );
             return Err(e);
         }
-        Ok(Err(e)) => return Err(upstream_error(&e).for_request(request_id)),
-        Err(e) => return Err(OpenAiError::internal(e).for_request(request_id)),
+        Err(e) => return Err(upstream_error(&e).for_request(request_id)),
     };
     out_headers.insert(
         BILLED_COST_HEADER,

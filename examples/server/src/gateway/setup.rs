@@ -115,6 +115,7 @@ impl GatewayOptions {
             demo: DemoConfig {
                 chunk_chars: 0,
                 chunk_delay: Duration::from_millis(delay),
+                answer_delay: Duration::ZERO,
             },
             guardrail_reload: Duration::from_secs(5),
             spool_replay: Duration::from_secs(10),
