@@ -2,9 +2,11 @@
 //! request rates, side by side, in one run on one machine:
 //!
 //! 1. `direct`: straight to the project's instant mock upstream;
-//! 2. `stratai`: through the StratAI gateway (auth, tier check, guardrails, budget
+//! 2. `proxy`: through a bare pass-through proxy built on the gateway's HTTP stack (axum,
+//!    reqwest) with nothing else: what the extra network hop alone costs;
+//! 3. `strict` and `fast`: through the StratAI gateway (auth, tier check, guardrails, budget
 //!    reservation, settlement and usage recording in PostgreSQL) to the same mock;
-//! 3. `litellm`: through the LiteLLM proxy (when `STRATAI_LITELLM_URL` and
+//! 4. `litellm`: through the LiteLLM proxy (when `STRATAI_LITELLM_URL` and
 //!    `STRATAI_LITELLM_MASTER_KEY` are set, e.g. by `scripts/litellm-up.sh`), whose upstream
 //!    is the same mock program.
 //!
@@ -12,23 +14,24 @@
 //! Latency is measured from each request's *scheduled* start (open loop), so a saturated
 //! target shows up as growing latency rather than hidden by slower sending.
 //!
-//! At each rate direct and the high-throughput gateway (`fast`) take turns: `--rounds`
-//! slices of `secs / rounds` each, one target after the other, pooled per target. Whatever
-//! else the machine does during the run (PostgreSQL's checkpoints, other processes) then
-//! lands on both alike instead of on whichever ran at that moment; the p99 *difference*
-//! between direct and the gateway is what this measures. Each slice starts with a quarter
-//! of a second at the rate that is not measured (the steady state is measured, not the
-//! step from idle). The strict gateway, which saturates at these rates and leaves a backlog
-//! behind, runs alone after them; LiteLLM alone, last.
+//! At each rate direct, the bare proxy and the high-throughput gateway (`fast`) take
+//! turns: `--rounds` slices of `secs / rounds` each, one target after the other, pooled per
+//! target. Whatever else the machine does during the run (PostgreSQL's checkpoints, other
+//! processes) then lands on all of them alike instead of on whichever ran at that moment;
+//! the p99 *difference* between direct and the gateway (and how much of it the hop alone
+//! explains) is what this measures. Each slice starts with a quarter of a second at the
+//! rate that is not measured (the steady state is measured, not the step from idle). The
+//! strict gateway, which saturates at these rates and leaves a backlog behind, runs alone
+//! after them; LiteLLM alone, last.
 //!
 //! Requests are started by a pacer thread sleeping on the kernel's high-resolution timers
 //! (a Tokio timer's millisecond ticks would start them up to a millisecond late); how late
 //! they actually started is measured and shown.
 //!
 //! ```text
-//! cargo run --release -p stratai-benches --bin load -- [--rates 200,500,1000] [--secs 5] [--rounds 5] [--concurrency 32] [--targets direct,strict,fast,litellm]
+//! cargo run --release -p stratai-benches --bin load -- [--rates 200,500,1000] [--secs 5] [--rounds 5] [--concurrency 32] [--targets direct,proxy,strict,fast,litellm]
 //! ```
-//! `--targets` picks the targets to measure (default: all four; `strict` and `fast` are the
+//! `--targets` picks the targets to measure (default: all five; `strict` and `fast` are the
 //! gateway's two modes).
 //! PostgreSQL: `DATABASE_URL` (a superuser URL), else `postgres://postgres@127.0.0.1:5432/postgres`.
 //! A fresh database `stratai_load_<time>` is created and dropped at the end.
@@ -469,6 +472,60 @@ async fn start_gateway(
     Ok((format!("http://{addr}/v1/chat/completions"), token, drainer))
 }
 
+/// A bare pass-through proxy to `upstream` on the gateways' runtime: the gateway's HTTP
+/// stack (axum with TCP_NODELAY, a reqwest client configured as the gateway's upstream
+/// client) and nothing else. Its row is the cost of the extra network hop itself, so the
+/// gateway's figures can be read as hop + governance.
+async fn start_proxy(upstream: String) -> Result<String, BoxError> {
+    use axum::http::{HeaderValue, StatusCode, header};
+    use axum::response::IntoResponse;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .connect_timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let url = reqwest::Url::parse(&format!("{upstream}/chat/completions"))?;
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let forwarded = http
+                    .post(url)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match forwarded {
+                    Ok(r) => {
+                        let status = StatusCode::from_u16(r.status().as_u16())
+                            .unwrap_or(StatusCode::BAD_GATEWAY);
+                        match r.bytes().await {
+                            Ok(b) => (
+                                status,
+                                [(
+                                    header::CONTENT_TYPE,
+                                    HeaderValue::from_static("application/json"),
+                                )],
+                                b,
+                            )
+                                .into_response(),
+                            Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+                        }
+                    }
+                    Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(stratai_server::server::no_delay(listener), app).await;
+    });
+    Ok(format!("http://{addr}/v1/chat/completions"))
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
@@ -504,10 +561,10 @@ async fn main() -> Result<(), BoxError> {
         .unwrap_or_default();
     if let Some(unknown) = only
         .iter()
-        .find(|k| !["direct", "strict", "fast", "litellm"].contains(&k.as_str()))
+        .find(|k| !["direct", "proxy", "strict", "fast", "litellm"].contains(&k.as_str()))
     {
         return Err(format!(
-            "unknown target `{unknown}` in --targets (known: direct, strict, fast, litellm)"
+            "unknown target `{unknown}` in --targets (known: direct, proxy, strict, fast, litellm)"
         )
         .into());
     }
@@ -617,11 +674,19 @@ async fn run(
     let (fast_url, fast_token, fast_drainer) = servers
         .spawn(start_gateway(mock.base_url(), stores, true))
         .await??;
+    let proxy_url = servers.spawn(start_proxy(mock.base_url())).await??;
     let mut targets = vec![
         Target {
             key: "direct",
             name: "direct (mock)",
             url: format!("{}/chat/completions", mock.base_url()),
+            token: "none".to_owned(),
+            body: body("gpt-4o-mini"),
+        },
+        Target {
+            key: "proxy",
+            name: "bare proxy (hop only)",
+            url: proxy_url,
             token: "none".to_owned(),
             body: body("gpt-4o-mini"),
         },
@@ -667,14 +732,14 @@ async fn run(
         "| target | load | sent | ok | errors | achieved req/s | p50 ms | p99 ms | started late, p99 ms |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     targets.retain(|t| only.is_empty() || only.iter().any(|k| k == t.key));
-    // Direct and the high-throughput gateway, whose difference the run measures, take turns
-    // at each rate. The strict gateway and LiteLLM, which fall behind at these rates (the
+    // Direct, the bare proxy and the high-throughput gateway, whose differences the run
+    // measures, take turns at each rate. The strict gateway and LiteLLM, which fall behind at these rates (the
     // strict gateway on this machine from a few hundred requests/s) and leave a backlog of
     // work behind their slices, are measured alone, after them: LiteLLM last, since it
     // keeps working (and writing its spend logs) long after.
     let (paired, alone): (Vec<&Target>, Vec<&Target>) = targets
         .iter()
-        .partition(|t| t.key == "direct" || t.key == "fast");
+        .partition(|t| t.key == "direct" || t.key == "proxy" || t.key == "fast");
     let mut rows: Vec<Vec<String>> = targets.iter().map(|_| Vec::new()).collect();
     let index = |t: &Target| targets.iter().position(|x| x.key == t.key).unwrap_or(0);
     for t in &paired {
