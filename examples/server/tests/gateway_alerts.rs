@@ -311,12 +311,7 @@ async fn alerts_fire_once_per_scope_and_period_even_under_concurrency(db: Db) {
     assert!(hook.about(&quiet).is_empty(), "{got:#?}");
     check_payload(&gw, t.org, &user_budget, &user_alerts[0]).await;
     check_payload(&gw, t.org, &org_budget, &org_alerts[0]).await;
-    let quiet_state = &gw
-        .stores
-        .budgets
-        .states(t.org, &[quiet.id], Utc::now())
-        .await
-        .unwrap()[0];
+    let quiet_state = &budget_state(&gw, t.org, quiet.id).await;
     assert!(!quiet_state.alert_sent);
     // The log has each alert once too.
     for b in [&user_budget, &org_budget] {
@@ -402,12 +397,7 @@ async fn a_webhook_that_is_down_never_fails_the_chat_and_is_logged(db: Db) {
             .count(),
         1
     );
-    let state = &gw
-        .stores
-        .budgets
-        .states(t.org, &[b.id], Utc::now())
-        .await
-        .unwrap()[0];
+    let state = &budget_state(&gw, t.org, b.id).await;
     assert!(state.alert_sent);
 }
 

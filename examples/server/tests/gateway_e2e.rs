@@ -463,12 +463,7 @@ async fn client_disconnect_mid_stream_bills_what_was_delivered(db: Db) {
         rec.output_tokens
     );
     assert!(rec.billed_amount > Money::ZERO);
-    let state = &gw
-        .stores
-        .budgets
-        .states(t.org, &[b.id], Utc::now())
-        .await
-        .unwrap()[0];
+    let state = &budget_state(&gw, t.org, b.id).await;
     assert_eq!(state.spent, rec.billed_amount);
     assert_eq!(state.reserved, Money::ZERO);
 }
@@ -498,30 +493,27 @@ async fn client_leaving_before_a_json_answer_still_settles_and_records_it(db: Db
         "the client should time out"
     );
     // The gateway finishes the call anyway: one success record, the reservation settled.
-    let mut records = Vec::new();
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        records = gw
-            .stores
+    let recorded = || async {
+        gw.stores
             .usage
             .query(t.org, &UsageQuery::default(), 10)
             .await
-            .unwrap();
-        if !records.is_empty() {
-            break;
-        }
-    }
+            .unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !recorded().await.is_empty()
+        })
+        .await,
+        "the abandoned request was never recorded"
+    );
+    let records = recorded().await;
     assert_eq!(records.len(), 1, "{records:?}");
     let rec = &records[0];
     assert_eq!(rec.user_id, *user);
     assert_eq!(rec.status, UsageStatus::Success);
     assert!(rec.billed_amount > Money::ZERO);
-    let state = &gw
-        .stores
-        .budgets
-        .states(t.org, &[b.id], Utc::now())
-        .await
-        .unwrap()[0];
+    let state = &budget_state(&gw, t.org, b.id).await;
     assert_eq!(state.spent, rec.billed_amount);
     assert_eq!(state.reserved, Money::ZERO);
 }
@@ -548,12 +540,7 @@ async fn upstream_failure_releases_the_reservation_and_bills_nothing(db: Db) {
         assert_eq!(rec.status, UsageStatus::Failed);
         assert_eq!(rec.billed_amount, Money::ZERO);
     }
-    let state = &gw
-        .stores
-        .budgets
-        .states(t.org, &[b.id], Utc::now())
-        .await
-        .unwrap()[0];
+    let state = &budget_state(&gw, t.org, b.id).await;
     assert_eq!(state.spent, Money::ZERO);
     assert_eq!(state.reserved, Money::ZERO);
 }

@@ -13,7 +13,6 @@ mod gateway_support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chrono::Utc;
 use gateway_support::*;
 use stratai_core::budget::BudgetScope;
 use stratai_core::ids::RequestId;
@@ -92,13 +91,7 @@ async fn batched_records_survive_a_failing_store_through_the_spool(db: Db) {
     let unique: HashSet<RequestId> = rows.keys().copied().collect();
     assert_eq!(unique, admitted);
     // The budget counted each request once: through its lease, not again from the spool.
-    let state = gw
-        .stores
-        .budgets
-        .states(t.org, &[org_budget.id], Utc::now())
-        .await
-        .unwrap()
-        .remove(0);
+    let state = budget_state(&gw, t.org, org_budget.id).await;
     assert_eq!(state.spent, billed);
     assert_eq!(state.reserved, Money::ZERO);
 }

@@ -34,11 +34,11 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use stratai_core::StoreError;
 use stratai_core::TierSlug;
-use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
+use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope, BudgetState};
 use stratai_core::directory::{
     BillingPlan, Email, Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
 };
-use stratai_core::ids::{OrgId, RequestId, RuleId, UserId};
+use stratai_core::ids::{BudgetId, OrgId, RequestId, RuleId, UserId};
 use stratai_core::money::Money;
 use stratai_core::ports::{AppendOutcome, RuleAction, RuleRecord, RuleScope, UsageStore};
 use stratai_core::tiers::{BASIC_TIER_ID, STANDARD_TIER_ID, TierSubscription};
@@ -459,6 +459,16 @@ pub async fn budget(gw: &Gw, org: OrgId, scope: BudgetScope, limit: &str, hard: 
 }
 
 /// A monthly budget alerting at `threshold` (a fraction of the limit).
+/// The current period's state of budget `id` (spent, reserved, whether its alert went out).
+pub async fn budget_state(gw: &Gw, org: OrgId, id: BudgetId) -> BudgetState {
+    gw.stores
+        .budgets
+        .states(org, &[id], Utc::now())
+        .await
+        .unwrap()
+        .remove(0)
+}
+
 pub async fn budget_alerting(
     gw: &Gw,
     org: OrgId,
