@@ -473,51 +473,34 @@ async fn start_gateway(
 }
 
 /// A bare pass-through proxy to `upstream` on the gateways' runtime: the gateway's HTTP
-/// stack (axum with TCP_NODELAY, a reqwest client configured as the gateway's upstream
-/// client) and nothing else. Its row is the cost of the extra network hop itself, so the
-/// gateway's figures can be read as hop + governance.
+/// stack (axum with TCP_NODELAY, the gateway's upstream client) and nothing else. Its row is
+/// the cost of the extra network hop itself, so the gateway's figures can be read as hop +
+/// governance.
 async fn start_proxy(upstream: String) -> Result<String, BoxError> {
-    use axum::http::{HeaderValue, StatusCode, header};
+    use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .connect_timeout(Duration::from_secs(5))
-        .pool_max_idle_per_host(256)
-        .build()?;
+    let http = OpenAiCompatProvider::http_client()?;
     let url = reqwest::Url::parse(&format!("{upstream}/chat/completions"))?;
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                let forwarded = http
-                    .post(url)
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                match forwarded {
-                    Ok(r) => {
-                        let status = StatusCode::from_u16(r.status().as_u16())
-                            .unwrap_or(StatusCode::BAD_GATEWAY);
-                        match r.bytes().await {
-                            Ok(b) => (
-                                status,
-                                [(
-                                    header::CONTENT_TYPE,
-                                    HeaderValue::from_static("application/json"),
-                                )],
-                                b,
-                            )
-                                .into_response(),
-                            Err(_) => StatusCode::BAD_GATEWAY.into_response(),
-                        }
-                    }
-                    Err(_) => StatusCode::BAD_GATEWAY.into_response(),
-                }
-            }
-        }),
-    );
+    // The upstream's status and body, as JSON; 502 when it cannot be reached or read.
+    let forward = move |body: axum::body::Bytes| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let answer = http
+                .post(url)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await
+                .map_err(|_| StatusCode::BAD_GATEWAY)?;
+            let status =
+                StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let bytes = answer.bytes().await.map_err(|_| StatusCode::BAD_GATEWAY)?;
+            Ok::<_, StatusCode>(
+                (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+            )
+        }
+    };
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(forward));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -733,10 +716,10 @@ async fn run(
     );
     targets.retain(|t| only.is_empty() || only.iter().any(|k| k == t.key));
     // Direct, the bare proxy and the high-throughput gateway, whose differences the run
-    // measures, take turns at each rate. The strict gateway and LiteLLM, which fall behind at these rates (the
-    // strict gateway on this machine from a few hundred requests/s) and leave a backlog of
-    // work behind their slices, are measured alone, after them: LiteLLM last, since it
-    // keeps working (and writing its spend logs) long after.
+    // measures, take turns at each rate. The strict gateway and LiteLLM, which fall behind
+    // at these rates (the strict gateway on this machine from a few hundred requests/s) and
+    // leave a backlog of work behind their slices, are measured alone, after them: LiteLLM
+    // last, since it keeps working (and writing its spend logs) long after.
     let (paired, alone): (Vec<&Target>, Vec<&Target>) = targets
         .iter()
         .partition(|t| t.key == "direct" || t.key == "proxy" || t.key == "fast");

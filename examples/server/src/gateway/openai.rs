@@ -36,11 +36,7 @@ impl OpenAiCompatProvider {
         let base_url = base_url.trim_end_matches('/').to_owned();
         let chat_url = reqwest::Url::parse(&format!("{base_url}/chat/completions"))
             .map_err(|e| GatewayError::Unavailable(format!("upstream URL `{base_url}`: {e}")))?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(256)
-            .build()
+        let http = Self::http_client()
             .map_err(|e| GatewayError::Unavailable(format!("http client: {e}")))?;
         Ok(Self {
             http,
@@ -48,6 +44,16 @@ impl OpenAiCompatProvider {
             chat_url,
             key,
         })
+    }
+
+    /// The HTTP client the provider calls its upstream with: 60 s per request, 5 s to
+    /// connect, up to 256 idle connections kept (the load harness's bare proxy uses it too).
+    pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(256)
+            .build()
     }
 
     async fn post(
