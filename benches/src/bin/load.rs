@@ -29,10 +29,13 @@
 //! they actually started is measured and shown.
 //!
 //! ```text
-//! cargo run --release -p stratai-benches --bin load -- [--rates 200,500,1000] [--secs 5] [--rounds 5] [--concurrency 32] [--targets direct,proxy,strict,fast,litellm]
+//! cargo run --release -p stratai-benches --bin load -- [--rates 200,500,1000] [--secs 5] [--rounds 5] [--concurrency 32] [--targets direct,proxy,strict,fast,litellm] [--server-threads 2] [--store postgres]
 //! ```
 //! `--targets` picks the targets to measure (default: all five; `strict` and `fast` are the
-//! gateway's two modes).
+//! gateway's two modes). Two knobs for finding where the gateway's time goes, not for the
+//! recorded figures: `--server-threads` sets the worker threads of the runtime the gateways
+//! and the bare proxy share (default 2), and `--store memory` puts the gateways on the
+//! in-memory store instead of PostgreSQL (no database is created then).
 //! PostgreSQL: `DATABASE_URL` (a superuser URL), else `postgres://postgres@127.0.0.1:5432/postgres`.
 //! A fresh database `stratai_load_<time>` is created and dropped at the end.
 
@@ -534,6 +537,17 @@ async fn main() -> Result<(), BoxError> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(32)
         .clamp(1, 512);
+    let server_threads: usize = arg(&args, "--server-threads")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2)
+        .clamp(1, 64);
+    let memory = match arg(&args, "--store").as_deref() {
+        None | Some("postgres") => false,
+        Some("memory") => true,
+        Some(other) => {
+            return Err(format!("unknown --store `{other}` (known: postgres, memory)").into());
+        }
+    };
     let only: Vec<String> = arg(&args, "--targets")
         .map(|t| {
             t.split(',')
@@ -556,7 +570,7 @@ async fn main() -> Result<(), BoxError> {
     // mock upstream on another, as separate processes would; the load generator and its
     // pacer thread run on this one.
     let servers = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(server_threads)
         .thread_name("servers")
         .enable_all()
         .build()?;
@@ -574,7 +588,12 @@ async fn main() -> Result<(), BoxError> {
         })
         .await??;
     // The database is created here; the gateways' pool connects from the servers' runtime.
-    let (stores, pg) = fresh_pg().await?;
+    let (stores, pg) = if memory {
+        (Stores::memory(), None)
+    } else {
+        let (stores, pg) = fresh_pg().await?;
+        (stores, Some(pg))
+    };
     let plan = Plan {
         rates,
         secs,
@@ -584,7 +603,9 @@ async fn main() -> Result<(), BoxError> {
     };
     let result = run(&servers, &mock, stores.clone(), &plan).await;
     let recorded = count_usage(&stores).await;
-    drop_pg(&pg).await;
+    if let Some(pg) = &pg {
+        drop_pg(pg).await;
+    }
     drop(mock);
     servers.shutdown_background();
     upstream.shutdown_background();
