@@ -391,7 +391,7 @@ async fn start_gateway(
     let backends = Backends::seeded(stores.clone(), &config).await?;
     let mut auth = Auth::from_config(&config, backends.directory, backends.sessions)?;
     if fast {
-        auth = auth.with_principal_cache(Duration::from_secs(2));
+        auth = auth.with_auth_cache(Duration::from_secs(2));
     }
     let auth = Arc::new(auth);
     let mut options = GatewayOptions::from_env();

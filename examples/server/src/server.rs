@@ -174,7 +174,7 @@ pub async fn serve(
     let auth = Arc::new(
         Auth::from_config(&config, backends.directory, backends.sessions)
             .map_err(|e| ServeError::Startup(e.to_string()))?
-            .with_principal_cache(std::time::Duration::from_millis(
+            .with_auth_cache(std::time::Duration::from_millis(
                 std::env::var("STRATAI_AUTH_CACHE_MS")
                     .ok()
                     .and_then(|v| v.trim().parse::<u64>().ok())

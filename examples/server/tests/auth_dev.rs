@@ -216,8 +216,8 @@ async fn bodies_over_the_limit_are_refused() {
     );
 }
 
-/// The optional principal cache: a deactivation is seen at once without it, after at most
-/// its TTL with it; the token itself is validated every time.
+/// The optional auth cache: a deactivation is seen at once without it, after at most its TTL
+/// with it; a token that does not validate is refused all the same.
 #[tokio::test]
 async fn the_principal_cache_delays_a_deactivation_by_at_most_its_ttl() {
     use std::sync::Arc;
@@ -231,7 +231,7 @@ async fn the_principal_cache_delays_a_deactivation_by_at_most_its_ttl() {
     let uncached = Auth::from_config(&config, directory.clone(), sessions.clone()).unwrap();
     let cached = Auth::from_config(&config, directory.clone(), sessions)
         .unwrap()
-        .with_principal_cache(Duration::from_millis(300));
+        .with_auth_cache(Duration::from_millis(300));
     let user = directory.add_user("kim@example.com", false);
     let token = |auth: &Auth| match auth.mode() {
         Mode::Dev(dev) => dev.issue(&user).unwrap(),
@@ -249,4 +249,54 @@ async fn the_principal_cache_delays_a_deactivation_by_at_most_its_ttl() {
     assert!(cached.authenticate_bearer(&t_uncached).await.is_err());
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert!(cached.authenticate_bearer(&t_cached).await.is_err());
+}
+
+/// The auth cache also remembers verified tokens, but never serves one past its expiry, and
+/// an altered token is verified in full (and refused) while the original is remembered.
+#[tokio::test]
+async fn the_auth_cache_still_refuses_altered_and_expired_tokens() {
+    use std::sync::Arc;
+    use stratai_server::auth::identity::MemoryDirectory;
+    use stratai_server::auth::session::MemorySessionStore;
+    use stratai_server::auth::{Auth, AuthError, Mode};
+    use stratai_server::config::{Config, FileConfig};
+    let config = Config::from_parts(
+        FileConfig::default(),
+        &env(&[("STRATAI_DEV_TOKEN_TTL_SECS", "1")]),
+    )
+    .unwrap();
+    let directory = Arc::new(MemoryDirectory::new());
+    let auth = Auth::from_config(
+        &config,
+        directory.clone(),
+        Arc::new(MemorySessionStore::default()),
+    )
+    .unwrap()
+    .with_auth_cache(Duration::from_secs(60));
+    let user = directory.add_user("kim@example.com", false);
+    let Mode::Dev(dev) = auth.mode() else {
+        panic!("dev mode expected")
+    };
+    let token = dev.issue(&user).unwrap();
+    assert!(auth.authenticate_bearer(&token).await.is_ok());
+    // A character in the middle of the signature changed (every bit of it counts there).
+    let signature_at = token.rfind('.').unwrap() + 10;
+    let mut altered = token.clone().into_bytes();
+    altered[signature_at] = if altered[signature_at] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
+    let altered = String::from_utf8(altered).unwrap();
+    assert!(matches!(
+        auth.authenticate_bearer(&altered).await,
+        Err(AuthError::BadSignature)
+    ));
+    assert!(auth.authenticate_bearer(&token).await.is_ok());
+    // Past `exp` (1 s lifetime, no leeway), well within the cache's 60 s.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(matches!(
+        auth.authenticate_bearer(&token).await,
+        Err(AuthError::Expired)
+    ));
 }

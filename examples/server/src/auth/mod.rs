@@ -250,14 +250,21 @@ impl Auth {
         }
     }
 
-    /// Reuses the user a bearer token resolves to for `ttl` (zero: never, the default), so
-    /// a busy gateway does not read the directory on every request. Every token is still
-    /// validated (signature, expiry, audience) on every request; what the cache delays is a
-    /// *deactivation* of the user, by at most `ttl`. `STRATAI_AUTH_CACHE_MS` sets it for the
-    /// server.
+    /// Reuses what authenticating a bearer token found for `ttl` (zero: never, the default),
+    /// so a busy gateway neither reads the directory nor recomputes a signature on every
+    /// request:
+    /// - the user a token resolves to: a *deactivation* of the user takes effect after at
+    ///   most `ttl`;
+    /// - the token's verified claims (see [`TokenValidator::with_cache`]): a token is still
+    ///   refused from its expiry on, and a different or altered token is verified in full;
+    ///   a key withdrawn from the provider's JWKS stops verifying new tokens at once and the
+    ///   tokens it already verified after at most `ttl`.
+    ///
+    /// `STRATAI_AUTH_CACHE_MS` sets it for the server.
     #[must_use]
-    pub fn with_principal_cache(mut self, ttl: Duration) -> Self {
+    pub fn with_auth_cache(mut self, ttl: Duration) -> Self {
         self.principals = Arc::new(FreshCache::new(ttl));
+        self.validator = self.validator.clone().with_cache(ttl);
         self
     }
 

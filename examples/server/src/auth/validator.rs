@@ -1,11 +1,13 @@
 //! Bearer and id token validation: one code path for OIDC and dev-mode tokens.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Validation, decode, decode_header};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use super::AuthError;
 use super::keys::{JwksCache, KeyMap, VerifyingKey, is_safe_kid};
@@ -58,6 +60,10 @@ pub struct VerifiedClaims {
 /// header `alg` among the key's algorithms (so `none`, or HS256 keyed with an RSA public
 /// key, never verify); the signature; required `exp`, `iss`, `aud`, `sub`; `exp` and `nbf`
 /// within the leeway; the issuer and the audience.
+///
+/// With [`with_cache`](Self::with_cache), a token that passed all of this is remembered (by
+/// the SHA-256 of audience and token) for a short while: a second use within that time skips
+/// the signature and the claims' parsing but is still refused once the token has expired.
 #[derive(Clone, Debug)]
 pub struct TokenValidator {
     issuer: String,
@@ -65,6 +71,7 @@ pub struct TokenValidator {
     email_claim: String,
     email_verified_claim: String,
     keys: KeySource,
+    verified: Arc<VerifiedTokens>,
 }
 
 impl TokenValidator {
@@ -82,7 +89,17 @@ impl TokenValidator {
             email_claim,
             email_verified_claim,
             keys,
+            verified: Arc::new(VerifiedTokens::new(Duration::ZERO)),
         }
+    }
+
+    /// Remembers each verified token for at most `ttl` (zero, the default: never), and never
+    /// past its own `exp` (plus the leeway). Within that time a key withdrawn from the
+    /// provider's JWKS still verifies the tokens it already verified.
+    #[must_use]
+    pub fn with_cache(mut self, ttl: Duration) -> Self {
+        self.verified = Arc::new(VerifiedTokens::new(ttl));
+        self
     }
 
     /// The expected issuer.
@@ -96,6 +113,19 @@ impl TokenValidator {
         if token.len() > MAX_TOKEN_BYTES || token.split('.').count() != 3 {
             return Err(AuthError::Malformed);
         }
+        let digest = self.verified.is_on().then(|| token_digest(audience, token));
+        if let Some(claims) = digest.and_then(|d| self.verified.get(&d, Instant::now())) {
+            return Ok(claims);
+        }
+        let claims = self.verify(token, audience).await?;
+        if let Some(d) = digest {
+            self.verified
+                .put(d, &claims, self.leeway, Instant::now(), SystemTime::now());
+        }
+        Ok(claims)
+    }
+
+    async fn verify(&self, token: &str, audience: &str) -> Result<VerifiedClaims, AuthError> {
         // The header is read only to find the key; its `alg` is checked against the key.
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
         let kid = header.kid.as_deref().ok_or(AuthError::MissingKid)?;
@@ -168,6 +198,70 @@ impl TokenValidator {
     }
 }
 
+/// Entries above this count are dropped at the next insert (a bound on memory, not an LRU).
+const MAX_VERIFIED: usize = 100_000;
+
+/// Verified tokens by digest, each with the instant it stops being served.
+#[derive(Debug)]
+struct VerifiedTokens {
+    ttl: Duration,
+    entries: Mutex<HashMap<[u8; 32], (Instant, VerifiedClaims)>>,
+}
+
+/// SHA-256 of the audience and the token: the cache keeps neither.
+fn token_digest(audience: &str, token: &str) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(audience.as_bytes());
+    hash.update([0]);
+    hash.update(token.as_bytes());
+    hash.finalize().into()
+}
+
+impl VerifiedTokens {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn is_on(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
+    fn get(&self, digest: &[u8; 32], now: Instant) -> Option<VerifiedClaims> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let (until, claims) = entries.get(digest)?;
+        (now < *until).then(|| claims.clone())
+    }
+
+    /// Remembers `claims` until `ttl` from `now` or until the token expires (its `exp` plus
+    /// `leeway`, on the wall clock `wall`), whichever comes first.
+    fn put(
+        &self,
+        digest: [u8; 32],
+        claims: &VerifiedClaims,
+        leeway: Duration,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let now_secs = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let expires = Duration::from_secs(claims.expires_at).saturating_add(leeway);
+        let Some(left) = expires.checked_sub(now_secs) else {
+            return;
+        };
+        let until = now + left.min(self.ttl);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_VERIFIED {
+            entries.retain(|_, (u, _)| now < *u);
+            if entries.len() >= MAX_VERIFIED {
+                entries.clear();
+            }
+        }
+        entries.insert(digest, (until, claims.clone()));
+    }
+}
+
 fn map_jwt_error(kind: &ErrorKind) -> AuthError {
     match kind {
         ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -180,5 +274,94 @@ fn map_jwt_error(kind: &ErrorKind) -> AuthError {
         ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => AuthError::AlgorithmNotAllowed,
         ErrorKind::InvalidSignature => AuthError::BadSignature,
         _ => AuthError::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(expires_at: u64) -> VerifiedClaims {
+        VerifiedClaims {
+            issuer: "https://issuer.example/".to_owned(),
+            subject: "auth0|kim".to_owned(),
+            email: None,
+            email_verified: false,
+            name: None,
+            nonce: None,
+            authorized_party: None,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn a_verified_token_is_served_until_its_ttl_or_its_expiry_whichever_is_first() {
+        let cache = VerifiedTokens::new(Duration::from_secs(60));
+        let (now, wall) = (Instant::now(), UNIX_EPOCH + Duration::from_secs(1_000));
+        let (long, short) = (token_digest("api", "a.b.c"), token_digest("api", "d.e.f"));
+        // expires in an hour: the TTL bounds it
+        cache.put(long, &claims(4_600), Duration::ZERO, now, wall);
+        // expires in 10 s, with 5 s of leeway: served for 15 s
+        cache.put(short, &claims(1_010), Duration::from_secs(5), now, wall);
+        let at = |s: u64| now + Duration::from_secs(s);
+        assert_eq!(cache.get(&long, at(59)), Some(claims(4_600)));
+        assert_eq!(cache.get(&long, at(60)), None);
+        assert_eq!(cache.get(&short, at(14)), Some(claims(1_010)));
+        assert_eq!(cache.get(&short, at(15)), None);
+    }
+
+    #[test]
+    fn expired_tokens_and_a_zero_ttl_are_not_remembered() {
+        let (now, wall) = (Instant::now(), UNIX_EPOCH + Duration::from_secs(1_000));
+        let cache = VerifiedTokens::new(Duration::from_secs(60));
+        let d = token_digest("api", "a.b.c");
+        cache.put(d, &claims(999), Duration::ZERO, now, wall);
+        assert_eq!(cache.get(&d, now), None);
+        let off = VerifiedTokens::new(Duration::ZERO);
+        assert!(!off.is_on());
+        off.put(d, &claims(4_600), Duration::ZERO, now, wall);
+        assert_eq!(off.get(&d, now), None);
+    }
+
+    #[test]
+    fn the_key_covers_the_audience_and_every_byte_of_the_token() {
+        let d = token_digest("api", "a.b.c");
+        assert_ne!(d, token_digest("other-api", "a.b.c"));
+        assert_ne!(d, token_digest("api", "a.b.d"));
+        assert_ne!(token_digest("ab", "c"), token_digest("a", "bc"));
+    }
+
+    #[test]
+    fn a_full_cache_drops_expired_entries_first() {
+        let cache = VerifiedTokens::new(Duration::from_secs(60));
+        let (now, wall) = (Instant::now(), UNIX_EPOCH + Duration::from_secs(1_000));
+        for i in 0..MAX_VERIFIED {
+            let token = format!("t.{i}.x");
+            // half of them expire within a second
+            let exp = if i % 2 == 0 { 1_001 } else { 4_600 };
+            cache.put(
+                token_digest("api", &token),
+                &claims(exp),
+                Duration::ZERO,
+                now,
+                wall,
+            );
+        }
+        let later = now + Duration::from_secs(2);
+        let last = token_digest("api", "t.last.x");
+        cache.put(
+            last,
+            &claims(4_600),
+            Duration::ZERO,
+            later,
+            wall + Duration::from_secs(2),
+        );
+        assert_eq!(cache.get(&last, later), Some(claims(4_600)));
+        assert_eq!(
+            cache.get(&token_digest("api", "t.1.x"), later),
+            Some(claims(4_600))
+        );
+        let entries = cache.entries.lock().unwrap().len();
+        assert_eq!(entries, MAX_VERIFIED / 2 + 1);
     }
 }
