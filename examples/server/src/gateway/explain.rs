@@ -6,6 +6,8 @@
 //! ask about themself; an organization's owners and admins and platform super admins may ask
 //! about anyone in the organization.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -66,7 +68,7 @@ pub struct Explanation {
 }
 
 pub(super) async fn explain_get(
-    State(state): State<GatewayState>,
+    State(state): State<Arc<GatewayState>>,
     method: Method,
     headers: HeaderMap,
     query: Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
@@ -83,7 +85,7 @@ pub(super) async fn explain_get(
 }
 
 pub(super) async fn explain_post(
-    State(state): State<GatewayState>,
+    State(state): State<Arc<GatewayState>>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
@@ -98,7 +100,7 @@ pub(super) async fn explain_post(
 }
 
 async fn explain(
-    state: GatewayState,
+    state: Arc<GatewayState>,
     method: Method,
     headers: HeaderMap,
     q: ExplainQuery,

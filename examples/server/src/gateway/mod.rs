@@ -24,7 +24,7 @@ mod stream;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRef, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -93,12 +93,6 @@ impl std::fmt::Debug for GatewayState {
     }
 }
 
-impl FromRef<GatewayState> for Arc<Auth> {
-    fn from_ref(state: &GatewayState) -> Self {
-        state.auth.clone()
-    }
-}
-
 /// The gateway's routes, ready to merge into the application router (any state).
 pub fn router<S>(state: GatewayState) -> Router<S>
 where
@@ -112,7 +106,8 @@ where
             get(explain::explain_get).post(explain::explain_post),
         )
         .route("/metrics", get(metrics::serve_metrics))
-        .with_state(state)
+        // One `Arc` clone per request rather than a clone of every field.
+        .with_state(Arc::new(state))
 }
 
 /// The gateway's routes when the gateway is configured, else no routes.
@@ -350,7 +345,7 @@ fn parse_chat(body: &[u8]) -> Result<ChatRequest, OpenAiError> {
 }
 
 async fn chat_completions(
-    State(state): State<GatewayState>,
+    State(state): State<Arc<GatewayState>>,
     method: axum::http::Method,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -362,7 +357,7 @@ async fn chat_completions(
 }
 
 async fn chat_inner(
-    state: GatewayState,
+    state: Arc<GatewayState>,
     method: axum::http::Method,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -448,7 +443,7 @@ async fn chat_inner(
 }
 
 async fn list_models(
-    State(state): State<GatewayState>,
+    State(state): State<Arc<GatewayState>>,
     method: axum::http::Method,
     headers: HeaderMap,
 ) -> Response {

@@ -8,6 +8,7 @@
 //! background task. An upstream error before anything was produced releases the reservation
 //! (status `failed`, nothing billed).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
@@ -285,7 +286,7 @@ impl Drop for BodyState {
 
 /// Opens the upstream stream and answers with SSE (or an error if it cannot start).
 pub(super) async fn respond(
-    state: GatewayState,
+    state: Arc<GatewayState>,
     ctx: CallContext,
     admission: Admission,
     mut headers: HeaderMap,
