@@ -53,8 +53,8 @@ impl<K, V> std::fmt::Debug for FreshCache<K, V> {
     }
 }
 
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The maps hold no invariant a panic could break halfway.
+/// Locks `m`, poisoned or not: for maps that hold no invariant a panic could break halfway.
+pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
