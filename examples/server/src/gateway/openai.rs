@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use serde::Serialize;
 use stratai_core::gateway::{CallContext, ChatChunk, ChatRequest, ChatResponse, GatewayError};
 use stratai_core::ports::LlmGateway;
 
@@ -62,23 +63,30 @@ impl OpenAiCompatProvider {
         request: &ChatRequest,
         stream: bool,
     ) -> Result<reqwest::Response, GatewayError> {
-        let mut body = serde_json::to_value(request)
-            .map_err(|e| GatewayError::BadRequest(format!("request body: {e}")))?;
-        if let Some(map) = body.as_object_mut() {
-            map.insert("stream".to_owned(), stream.into());
-            if stream {
-                map.insert(
-                    "stream_options".to_owned(),
-                    serde_json::json!({"include_usage": true}),
-                );
-            }
-        }
+        let copy;
+        let request = if request.stream == stream {
+            request
+        } else {
+            copy = ChatRequest {
+                stream,
+                ..request.clone()
+            };
+            &copy
+        };
+        let body = serde_json::to_vec(&UpstreamBody {
+            request,
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
+        })
+        .map_err(|e| GatewayError::BadRequest(format!("request body: {e}")))?;
         let mut builder = self
             .http
             .post(self.chat_url.clone())
             .header("x-stratai-user-id", ctx.user_id.to_string())
             .header("x-stratai-org-id", ctx.org_id.to_string())
-            .json(&body);
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
         if let Some(key) = &self.key {
             builder = builder.bearer_auth(key);
         }
@@ -106,6 +114,22 @@ impl OpenAiCompatProvider {
             _ => GatewayError::Unavailable(format!("upstream status {status}: {text}")),
         })
     }
+}
+
+/// The upstream's request body: the admitted request, with `stream` as asked and, on a
+/// stream, `stream_options.include_usage` (so the last chunk carries the token counts);
+/// serialized straight to bytes.
+#[derive(Serialize)]
+struct UpstreamBody<'a> {
+    #[serde(flatten)]
+    request: &'a ChatRequest,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
 }
 
 #[async_trait]
@@ -172,5 +196,94 @@ impl LlmGateway for OpenAiCompatProvider {
             },
         );
         Ok(events.boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use stratai_core::gateway::ChatMessage;
+    use stratai_core::ids::{OrgId, RequestId, UserId};
+
+    fn ask(stream: bool) -> ChatRequest {
+        ChatRequest {
+            model: "mock-gpt".to_owned(),
+            messages: vec![ChatMessage {
+                role: "user".to_owned(),
+                content: "hello upstream".to_owned(),
+            }],
+            max_tokens: Some(5),
+            temperature: None,
+            stream,
+            user: None,
+        }
+    }
+
+    fn ctx() -> CallContext {
+        CallContext {
+            request_id: RequestId::new(),
+            org_id: OrgId::new(),
+            user_id: UserId::new(),
+        }
+    }
+
+    #[test]
+    fn the_body_carries_the_request_with_stream_as_asked() {
+        let plain: serde_json::Value = serde_json::to_value(UpstreamBody {
+            request: &ask(false),
+            stream_options: None,
+        })
+        .unwrap();
+        assert_eq!(
+            plain,
+            serde_json::json!({
+                "model": "mock-gpt",
+                "messages": [{"role": "user", "content": "hello upstream"}],
+                "max_tokens": 5,
+                "stream": false
+            })
+        );
+        let streamed: serde_json::Value = serde_json::to_value(UpstreamBody {
+            request: &ask(true),
+            stream_options: Some(StreamOptions {
+                include_usage: true,
+            }),
+        })
+        .unwrap();
+        assert_eq!(streamed["stream"], true);
+        assert_eq!(streamed["stream_options"]["include_usage"], true);
+    }
+
+    /// Against the project's mock upstream, which answers JSON or SSE as `stream` says and
+    /// reports usage on a stream only when `stream_options.include_usage` is set.
+    #[tokio::test]
+    async fn answers_and_streams_through_the_mock_upstream() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mock = mock_upstream::MockServer::start(listener, mock_upstream::MockConfig::default())
+            .unwrap();
+        let provider = OpenAiCompatProvider::new(&mock.base_url(), None).unwrap();
+
+        // `chat` asks for JSON even when handed a request marked as a stream.
+        for marked in [false, true] {
+            let answer = provider.chat(&ctx(), &ask(marked)).await.unwrap();
+            assert_eq!(answer.usage.completion_tokens, 5, "{answer:?}");
+            assert!(answer.usage.prompt_tokens > 0);
+        }
+
+        let mut chunks = provider.chat_stream(&ctx(), &ask(true)).await.unwrap();
+        let mut text = String::new();
+        let mut usage = None;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.unwrap();
+            for c in &chunk.choices {
+                text.push_str(c.delta.content.as_deref().unwrap_or_default());
+            }
+            usage = chunk.usage.or(usage);
+        }
+        assert!(!text.is_empty());
+        assert_eq!(usage.map(|u| u.completion_tokens), Some(5));
+        assert_eq!(mock.requests(), 3);
     }
 }
