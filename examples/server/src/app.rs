@@ -97,8 +97,8 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
     with_middleware(routes, limits)
 }
 
-/// Wraps `routes` in the standard stack: sensitive headers marked, request id, tracing,
-/// panic to 500, timeout, body limit, security headers.
+/// Wraps `routes` in the standard stack: gateway timing, sensitive headers marked, request
+/// id, tracing, panic to 500, timeout, body limit, security headers.
 pub fn with_middleware(routes: Router, limits: HttpLimits) -> Router {
     let sensitive: Arc<[HeaderName]> = Arc::new([
         header::AUTHORIZATION,
@@ -107,6 +107,8 @@ pub fn with_middleware(routes: Router, limits: HttpLimits) -> Router {
     ]);
     let x_request_id = HeaderName::from_static("x-request-id");
     let middleware = ServiceBuilder::new()
+        // Outermost, so a gateway answer's `Server-Timing` covers the whole stack below.
+        .layer(axum::middleware::from_fn(crate::gateway::server_timing))
         .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
         .layer(SetSensitiveResponseHeadersLayer::new([header::SET_COOKIE]))
         .layer(SetRequestIdLayer::new(

@@ -11,6 +11,7 @@
 //! | `stratai_gateway_decisions_total` | counter | `outcome` (`allow`/`warn`/`deny`), `reason` (kind) |
 //! | `stratai_budget_refusals_total` | counter | `scope` (`org`/`group`/`user`/`tier`) |
 //! | `stratai_upstream_latency_seconds` | histogram | `provider`, `outcome` |
+//! | `stratai_gateway_overhead_seconds` | histogram | — |
 //! | `stratai_usage_write_lag_seconds` | histogram | `path` (`direct`/`spool`) |
 //! | `stratai_usage_spooled_total` | counter | — |
 //! | `stratai_usage_spool_pending` | gauge | — |
@@ -185,6 +186,12 @@ pub fn record_upstream_latency(provider: &'static str, outcome: &'static str, el
         "outcome" => outcome,
     )
     .record(elapsed.as_secs_f64());
+}
+
+/// Records StratAI's own time on a chat request (the `gateway` part of its `Server-Timing`
+/// header: received to response head, less the upstream call).
+pub fn record_gateway_overhead(own: Duration) {
+    metrics::histogram!("stratai_gateway_overhead_seconds").record(own.as_secs_f64());
 }
 
 /// Records how long after the response a usage record became durable.

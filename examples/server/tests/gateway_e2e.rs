@@ -39,6 +39,7 @@ on_both!(
     upstream_failure_releases_the_reservation_and_bills_nothing,
     models_and_explain_show_the_callers_access,
     concurrent_requests_never_overspend_and_record_once,
+    chat_answers_carry_server_timing,
 );
 
 async fn allowed_chat_is_billed_and_recorded_once(db: Db) {
@@ -644,4 +645,81 @@ async fn concurrent_requests_never_overspend_and_record_once(db: Db) {
     };
     // Strict mode: everything is in the database when the answers are in.
     two_hundred_requests_against_tight_budgets(gw, false).await;
+}
+
+/// The `gateway` and `upstream` durations (ms) of a `Server-Timing` header.
+fn server_timing(headers: &reqwest::header::HeaderMap) -> (f64, Option<f64>) {
+    let value = headers
+        .get("server-timing")
+        .expect("a Server-Timing header")
+        .to_str()
+        .unwrap();
+    let dur = |name: &str| {
+        value.split(',').find_map(|m| {
+            let (metric, params) = m.trim().split_once(';')?;
+            (metric == name)
+                .then(|| params.strip_prefix("dur=")?.parse::<f64>().ok())
+                .flatten()
+        })
+    };
+    (dur("gateway").expect(value), dur("upstream"))
+}
+
+async fn chat_answers_carry_server_timing(db: Db) {
+    let delay = Duration::from_millis(150);
+    let Some(gw) = spawn(
+        db,
+        DemoConfig {
+            answer_delay: delay,
+            ..DemoConfig::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let t = tenant(&gw, 1).await;
+    let tok = &t.users[0].1;
+    // An answer: the upstream's part holds the provider's pause, StratAI's part the rest,
+    // and both together fit in what the client waited.
+    let started = std::time::Instant::now();
+    let a = chat(&gw, tok, ask(MODEL, "time me")).await;
+    let waited = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let (own, upstream) = server_timing(&a.headers);
+    let upstream = upstream.expect("the upstream's part");
+    assert!(upstream >= 150.0, "upstream {upstream} ms");
+    assert!(own >= 0.0 && own < upstream, "gateway {own} ms");
+    assert!(own + upstream <= waited, "{own} + {upstream} > {waited} ms");
+    // A refusal never reached the upstream: StratAI's part only.
+    let denied = chat(&gw, tok, ask(PREMIUM, "plan our strategy")).await;
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    let (own, upstream) = server_timing(&denied.headers);
+    assert!(own >= 0.0 && upstream.is_none(), "{:?}", denied.headers);
+    // A stream: the upstream's part ends at its response head.
+    let mut body = ask(MODEL, "stream me");
+    body["stream"] = json!(true);
+    let (status, headers, _) = sse(&gw, tok, body).await;
+    assert_eq!(status, 200);
+    assert!(server_timing(&headers).1.is_some(), "{headers:?}");
+    // Other routes carry none; the metric saw the chats.
+    let models = gw
+        .http
+        .get(format!("{}/v1/models", gw.base))
+        .bearer_auth(tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    assert!(models.headers().get("server-timing").is_none());
+    let m = gw
+        .http
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("stratai_gateway_overhead_seconds_count"), "{m}");
 }

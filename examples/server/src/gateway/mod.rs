@@ -6,7 +6,9 @@
 //! organization is used. Every answer carries `x-stratai-request-id`; complete answers carry
 //! `x-stratai-billed-cost`; warnings (soft budgets) come in `x-stratai-warnings`. A streamed
 //! answer reports its billed cost in a final SSE comment line
-//! (`: stratai billed_cost=<amount> request_id=<id>`), which OpenAI clients ignore.
+//! (`: stratai billed_cost=<amount> request_id=<id>`), which OpenAI clients ignore. Chat
+//! answers also carry a W3C `Server-Timing` header: StratAI's own time and the upstream's
+//! (see [`server_timing`]).
 //!
 //! Errors follow OpenAI's `{"error": {"message", "type", "code", "param"}}` shape (see
 //! [`error::OpenAiError`]).
@@ -22,6 +24,7 @@ pub mod setup;
 mod stream;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -46,6 +49,8 @@ pub const BILLED_COST_HEADER: HeaderName = HeaderName::from_static("x-stratai-bi
 pub const WARNINGS_HEADER: HeaderName = HeaderName::from_static("x-stratai-warnings");
 /// Request header: the organization to act in (id or slug).
 pub const ORG_HEADER: &str = "x-stratai-org";
+/// The W3C `Server-Timing` header of chat answers (see [`server_timing`]).
+pub const SERVER_TIMING_HEADER: HeaderName = HeaderName::from_static("server-timing");
 
 /// What the gateway routes share.
 #[derive(Clone)]
@@ -350,10 +355,54 @@ async fn chat_completions(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    match chat_inner(state, method, headers, body).await {
+    let mut upstream = None;
+    let mut response = match chat_inner(state, method, headers, body, &mut upstream).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    response.extensions_mut().insert(GatewayTiming { upstream });
+    response
+}
+
+/// What the chat handler tells [`server_timing`]: how long the upstream call took (to its
+/// answer, or to a stream's response head), `None` when the request never reached it.
+#[derive(Clone, Copy, Debug)]
+struct GatewayTiming {
+    upstream: Option<Duration>,
+}
+
+/// Middleware (outermost, see [`crate::app::with_middleware`]): on a gateway chat answer,
+/// sets the W3C `Server-Timing` header to `gateway;dur=<ms>` (the time StratAI itself spent on
+/// the request, from the moment the middleware stack received it to the response head, less
+/// the upstream call) and, when the upstream was called, `upstream;dur=<ms>`; records the
+/// same `gateway` time in `stratai_gateway_overhead_seconds`. Other routes are untouched.
+///
+/// For a streamed answer the upstream part ends at the upstream's response head; what the
+/// gateway does while the stream flows (post-response rules, settlement) is not in it.
+pub async fn server_timing(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let received = Instant::now();
+    let mut response = next.run(req).await;
+    let Some(GatewayTiming { upstream }) = response.extensions_mut().remove::<GatewayTiming>()
+    else {
+        return response;
+    };
+    let own = received
+        .elapsed()
+        .saturating_sub(upstream.unwrap_or_default());
+    metrics::record_gateway_overhead(own);
+    let millis = |d: Duration| d.as_secs_f64() * 1000.0;
+    let value = match upstream {
+        Some(u) => format!(
+            "gateway;dur={:.3}, upstream;dur={:.3}",
+            millis(own),
+            millis(u)
+        ),
+        None => format!("gateway;dur={:.3}", millis(own)),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(SERVER_TIMING_HEADER, v);
     }
+    response
 }
 
 async fn chat_inner(
@@ -361,6 +410,7 @@ async fn chat_inner(
     method: axum::http::Method,
     headers: HeaderMap,
     body: axum::body::Bytes,
+    upstream_time: &mut Option<Duration>,
 ) -> Result<Response, OpenAiError> {
     let principal = authenticate(&state, &method, &headers).await?;
     let request = parse_chat(&body)?;
@@ -387,33 +437,35 @@ async fn chat_inner(
         out_headers.insert(WARNINGS_HEADER, header_text(&admission.warnings.join("; ")));
     }
     if admission.request.stream {
-        return stream::respond(state, ctx, admission, out_headers).await;
+        return stream::respond(state, ctx, admission, out_headers, upstream_time).await;
     }
     // The call and its settlement run to the end even if the client goes away while the
     // upstream works (`Finish` then moves them to a task of their own): the reservation must
     // not stay unsettled, nor the usage unrecorded.
     let task_state = state.clone();
     let work = finish::Finish::new(async move {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = task_state.llm.chat(&ctx, &admission.request).await;
+        let upstream = started.elapsed();
         metrics::record_upstream_latency(
             task_state.provider,
             if result.is_ok() { "ok" } else { "error" },
-            started.elapsed(),
+            upstream,
         );
-        match result {
+        let outcome = match result {
             Ok(answer) => {
                 let (delivered, blocked, billed) =
                     task_state.pipeline.complete(admission.ticket, answer).await;
                 if let Some(decision) = blocked {
                     metrics::record_decision("deny", ReasonKind::Guardrail);
-                    return Ok(Err((decision, billed)));
-                }
-                match delivered {
-                    Some(answer) => Ok(Ok((answer, billed))),
-                    None => Err(GatewayError::Unavailable(
-                        "the answer could not be recorded".to_owned(),
-                    )),
+                    Ok(Err((decision, billed)))
+                } else {
+                    match delivered {
+                        Some(answer) => Ok(Ok((answer, billed))),
+                        None => Err(GatewayError::Unavailable(
+                            "the answer could not be recorded".to_owned(),
+                        )),
+                    }
                 }
             }
             Err(e) => {
@@ -421,9 +473,12 @@ async fn chat_inner(
                 task_state.pipeline.abort(admission.ticket).await;
                 Err(e)
             }
-        }
+        };
+        (upstream, outcome)
     });
-    let (answer, billed) = match work.await {
+    let (upstream, outcome) = work.await;
+    *upstream_time = Some(upstream);
+    let (answer, billed) = match outcome {
         Ok(Ok(v)) => v,
         Ok(Err((decision, billed))) => {
             let mut e = blocked_error(&decision).for_request(request_id);

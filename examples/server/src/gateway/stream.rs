@@ -9,7 +9,7 @@
 //! (status `failed`, nothing billed).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -290,12 +290,15 @@ pub(super) async fn respond(
     ctx: CallContext,
     admission: Admission,
     mut headers: HeaderMap,
+    upstream_time: &mut Option<Duration>,
 ) -> Result<Response, OpenAiError> {
     let Admission {
         request, ticket, ..
     } = admission;
     let started = Instant::now();
-    let upstream = match state.llm.chat_stream(&ctx, &request).await {
+    let opened = state.llm.chat_stream(&ctx, &request).await;
+    *upstream_time = Some(started.elapsed());
+    let upstream = match opened {
         Ok(s) => s,
         Err(e) => {
             metrics::record_upstream_latency(state.provider, "error", started.elapsed());
