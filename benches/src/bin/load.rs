@@ -24,6 +24,15 @@
 //! strict gateway, which saturates at these rates and leaves a backlog behind, runs alone
 //! after them; LiteLLM alone, last.
 //!
+//! The last two columns are each proxy's own account of a request: its own time, the
+//! upstream call excluded (StratAI's `Server-Timing: gateway;dur=<ms>` header, from the moment
+//! its middleware stack has the request to the response head, and LiteLLM's
+//! `x-litellm-overhead-duration-ms`), and the upstream call as it timed it (StratAI's
+//! `upstream;dur=<ms>`). They leave out what no proxy can see of itself (its sockets, the
+//! wait for a CPU before its code runs), which the latency columns include. The very last
+//! splits the slowest 1 % of a gateway's requests (those at and above its p99) into the
+//! three: the medians of their own time, their upstream call, and the rest of their latency.
+//!
 //! Requests are started by a pacer thread sleeping on the kernel's high-resolution timers
 //! (a Tokio timer's millisecond ticks would start them up to a millisecond late); how late
 //! they actually started is measured and shown.
@@ -86,6 +95,13 @@ struct Outcome {
     p99: Duration,
     /// p99 of how late the load generator started the requests (open loop only).
     late_p99: Option<Duration>,
+    /// p50 and p99 of the target's own time, as it reports it (see [`own_time`]).
+    own: Option<(Duration, Duration)>,
+    /// p50 and p99 of the upstream call as the target timed it.
+    upstream: Option<(Duration, Duration)>,
+    /// The slowest 1 % of the requests that reported both times (open loop only): the
+    /// medians of their own time, their upstream call and the rest of their latency.
+    tail: Option<[Duration; 3]>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -101,7 +117,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-async fn one(http: &reqwest::Client, t: &Target) -> bool {
+/// What one request returned: success, and the target's own time on it when the target
+/// reports one.
+struct Answer {
+    ok: bool,
+    own: Option<Duration>,
+    /// The upstream call as the proxy timed it (StratAI's `upstream;dur=`).
+    upstream: Option<Duration>,
+}
+
+async fn one(http: &reqwest::Client, t: &Target) -> Answer {
     match http
         .post(&t.url)
         .bearer_auth(&t.token)
@@ -111,11 +136,44 @@ async fn one(http: &reqwest::Client, t: &Target) -> bool {
     {
         Ok(r) => {
             let ok = r.status().is_success();
+            let (own, upstream) = own_time(r.headers());
             let _ = r.bytes().await;
-            ok
+            Answer { ok, own, upstream }
         }
-        Err(_) => false,
+        Err(_) => Answer {
+            ok: false,
+            own: None,
+            upstream: None,
+        },
     }
+}
+
+/// The time a proxy says it spent on a request itself, the upstream call excluded (StratAI's
+/// `Server-Timing: gateway;dur=<ms>` or LiteLLM's `x-litellm-overhead-duration-ms`), and the
+/// upstream call as it timed it (StratAI's `upstream;dur=<ms>`).
+fn own_time(headers: &reqwest::header::HeaderMap) -> (Option<Duration>, Option<Duration>) {
+    let millis = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|m| m.is_finite() && *m >= 0.0)
+            .map(|m| Duration::from_secs_f64(m / 1000.0))
+    };
+    if let Some(v) = headers.get("server-timing").and_then(|v| v.to_str().ok()) {
+        let dur = |name: &str| {
+            v.split(',')
+                .filter_map(|metric| metric.trim().strip_prefix(name)?.strip_prefix(';'))
+                .flat_map(|params| params.split(';'))
+                .find_map(|p| p.trim().strip_prefix("dur="))
+                .and_then(millis)
+        };
+        return (dur("gateway"), dur("upstream"));
+    }
+    let litellm = headers
+        .get("x-litellm-overhead-duration-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(millis);
+    (litellm, None)
 }
 
 /// What one or more open-loop runs of a target measured.
@@ -128,6 +186,12 @@ struct Paced {
     /// How late each request started after its scheduled start (the load generator's own
     /// error, included in `lat`).
     late: Vec<Duration>,
+    /// The target's own time on each successful request that reported one.
+    own: Vec<Duration>,
+    /// The upstream call as the target timed it, where it reported that.
+    upstream: Vec<Duration>,
+    /// Latency, own time and upstream call of each request that reported both.
+    joint: Vec<[Duration; 3]>,
     /// Time from the first scheduled start to the last answer, summed over runs.
     busy: Duration,
 }
@@ -147,8 +211,40 @@ impl Paced {
             p50: percentile(&self.lat, 0.50),
             p99: percentile(&self.lat, 0.99),
             late_p99: Some(percentile(&self.late, 0.99)),
+            own: own_percentiles(self.own),
+            upstream: own_percentiles(self.upstream),
+            tail: slowest_share(self.joint),
         }
     }
+}
+
+/// The slowest 1 % of `joint` (latency, own time, upstream call) by latency: the medians of
+/// their own time, their upstream call and the rest (latency less both).
+fn slowest_share(mut joint: Vec<[Duration; 3]>) -> Option<[Duration; 3]> {
+    if joint.is_empty() {
+        return None;
+    }
+    joint.sort_unstable_by(|a, b| b[0].cmp(&a[0]));
+    joint.truncate(joint.len().div_ceil(100));
+    let median = |f: &dyn Fn(&[Duration; 3]) -> Duration| {
+        let mut v: Vec<Duration> = joint.iter().map(f).collect();
+        v.sort_unstable();
+        percentile(&v, 0.5)
+    };
+    Some([
+        median(&|j| j[1]),
+        median(&|j| j[2]),
+        median(&|j| j[0].saturating_sub(j[1] + j[2])),
+    ])
+}
+
+/// p50 and p99 of `own`; `None` when the target reported none.
+fn own_percentiles(mut own: Vec<Duration>) -> Option<(Duration, Duration)> {
+    if own.is_empty() {
+        return None;
+    }
+    own.sort_unstable();
+    Some((percentile(&own, 0.50), percentile(&own, 0.99)))
 }
 
 /// Open loop: `lead_in` requests then `total` measured ones, all at `rate` requests/s;
@@ -186,9 +282,11 @@ async fn fixed_rate(
             tasks.push(runtime.spawn(async move {
                 let late = at.elapsed();
                 let _permit = limit.acquire_owned().await;
-                let ok = one(&http, &t).await;
+                let Answer { ok, own, upstream } = one(&http, &t).await;
                 Sent {
                     ok,
+                    own,
+                    upstream,
                     latency: at.elapsed(),
                     late,
                     done: Instant::now(),
@@ -220,6 +318,11 @@ async fn fixed_rate(
             Ok(s) => {
                 if s.ok {
                     out.lat.push(s.latency);
+                    out.own.extend(s.own);
+                    out.upstream.extend(s.upstream);
+                    if let (Some(own), Some(up)) = (s.own, s.upstream) {
+                        out.joint.push([s.latency, own, up]);
+                    }
                 } else {
                     out.errors += 1;
                 }
@@ -236,6 +339,8 @@ async fn fixed_rate(
 /// One paced request: its outcome, latency from its scheduled start, how late it started.
 struct Sent {
     ok: bool,
+    own: Option<Duration>,
+    upstream: Option<Duration>,
     latency: Duration,
     late: Duration,
     done: Instant,
@@ -269,6 +374,9 @@ async fn interleaved(
             acc.errors += p.errors;
             acc.lat.extend(p.lat);
             acc.late.extend(p.late);
+            acc.own.extend(p.own);
+            acc.upstream.extend(p.upstream);
+            acc.joint.extend(p.joint);
             acc.busy += p.busy;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -286,23 +394,32 @@ async fn max_throughput(http: &reqwest::Client, t: &Target, workers: usize, secs
         let t = t.clone();
         handles.push(tokio::spawn(async move {
             let mut lat = Vec::new();
+            let mut own = Vec::new();
+            let mut upstream = Vec::new();
             let mut errors = 0usize;
             while Instant::now() < deadline {
                 let s = Instant::now();
-                if one(&http, &t).await {
+                let answer = one(&http, &t).await;
+                if answer.ok {
                     lat.push(s.elapsed());
+                    own.extend(answer.own);
+                    upstream.extend(answer.upstream);
                 } else {
                     errors += 1;
                 }
             }
-            (lat, errors)
+            (lat, own, upstream, errors)
         }));
     }
     let mut lat = Vec::new();
+    let mut own = Vec::new();
+    let mut upstream = Vec::new();
     let mut errors = 0;
     for h in handles {
-        if let Ok((l, e)) = h.await {
+        if let Ok((l, o, u, e)) = h.await {
             lat.extend(l);
+            own.extend(o);
+            upstream.extend(u);
             errors += e;
         }
     }
@@ -319,6 +436,9 @@ async fn max_throughput(http: &reqwest::Client, t: &Target, workers: usize, secs
         p50: percentile(&lat, 0.50),
         p99: percentile(&lat, 0.99),
         late_p99: None,
+        own: own_percentiles(own),
+        upstream: own_percentiles(upstream),
+        tail: None,
     }
 }
 
@@ -733,7 +853,7 @@ async fn run(
         .timeout(Duration::from_secs(30))
         .build()?;
     let mut out = String::from(
-        "| target | load | sent | ok | errors | achieved req/s | p50 ms | p99 ms | started late, p99 ms |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| target | load | sent | ok | errors | achieved req/s | p50 ms | p99 ms | started late, p99 ms | own time p50 / p99 ms | upstream as it timed it, p50 / p99 ms | slowest 1 %: own / upstream / rest, medians ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     targets.retain(|t| only.is_empty() || only.iter().any(|k| k == t.key));
     // Direct, the bare proxy and the high-throughput gateway, whose differences the run
@@ -805,13 +925,27 @@ fn row(name: &str, o: &Outcome) -> String {
         .rate
         .map_or_else(|| "max (closed loop)".to_owned(), |r| format!("{r} req/s"));
     format!(
-        "| {name} | {load} | {} | {} | {} | {:.0} | {} | {} | {} |\n",
+        "| {name} | {load} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
         o.sent,
         o.ok,
         o.errors,
         o.rps,
         ms(o.p50),
         ms(o.p99),
-        o.late_p99.map_or_else(|| "-".to_owned(), ms)
+        o.late_p99.map_or_else(|| "-".to_owned(), ms),
+        pair(o.own),
+        pair(o.upstream),
+        o.tail.map_or_else(
+            || "-".to_owned(),
+            |[own, up, rest]| format!("{} / {} / {}", ms(own), ms(up), ms(rest))
+        ),
+    )
+}
+
+/// `p50 / p99` in milliseconds, or `-`.
+fn pair(p: Option<(Duration, Duration)>) -> String {
+    p.map_or_else(
+        || "-".to_owned(),
+        |(p50, p99)| format!("{} / {}", ms(p50), ms(p99)),
     )
 }
