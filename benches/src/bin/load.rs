@@ -38,12 +38,13 @@
 //! they actually started is measured and shown.
 //!
 //! ```text
-//! cargo run --release -p stratai-benches --bin load -- [--rates 200,500,1000] [--secs 5] [--rounds 5] [--concurrency 32] [--targets direct,proxy,strict,fast,litellm] [--server-threads 2] [--store postgres]
+//! cargo run --release -p stratai-benches --bin load -- [--rates 200,500,1000] [--secs 5] [--rounds 5] [--concurrency 32] [--targets direct,proxy,strict,fast,litellm] [--server-threads 2] [--client-threads 2] [--upstream-threads 2] [--store postgres]
 //! ```
 //! `--targets` picks the targets to measure (default: all five; `strict` and `fast` are the
-//! gateway's two modes). Two knobs for finding where the gateway's time goes, not for the
-//! recorded figures: `--server-threads` sets the worker threads of the runtime the gateways
-//! and the bare proxy share (default 2), and `--store memory` puts the gateways on the
+//! gateway's two modes). Knobs for finding where the gateway's time goes, not for the
+//! recorded figures: `--server-threads`, `--client-threads` and `--upstream-threads` set the
+//! worker threads of the runtimes of the gateways and the bare proxy, of the load generator
+//! and of the mock upstream (default 2 each), and `--store memory` puts the gateways on the
 //! in-memory store instead of PostgreSQL (no database is created then).
 //! PostgreSQL: `DATABASE_URL` (a superuser URL), else `postgres://postgres@127.0.0.1:5432/postgres`.
 //! A fresh database `stratai_load_<time>` is created and dropped at the end.
@@ -636,9 +637,26 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
+/// The worker threads of `--<name>-threads` (default 2).
+fn threads(args: &[String], name: &str) -> usize {
+    arg(args, &format!("--{name}-threads"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2)
+        .clamp(1, 64)
+}
+
+fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().collect();
+    // The load generator's runtime (the pacer thread hands it the requests).
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads(&args, "client"))
+        .thread_name("client")
+        .enable_all()
+        .build()?
+        .block_on(measure(args))
+}
+
+async fn measure(args: Vec<String>) -> Result<(), BoxError> {
     let rates: Vec<u32> = arg(&args, "--rates")
         .unwrap_or_else(|| "200,500,1000".to_owned())
         .split(',')
@@ -657,10 +675,6 @@ async fn main() -> Result<(), BoxError> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(32)
         .clamp(1, 512);
-    let server_threads: usize = arg(&args, "--server-threads")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2)
-        .clamp(1, 64);
     let memory = match arg(&args, "--store").as_deref() {
         None | Some("postgres") => false,
         Some("memory") => true,
@@ -690,12 +704,12 @@ async fn main() -> Result<(), BoxError> {
     // mock upstream on another, as separate processes would; the load generator and its
     // pacer thread run on this one.
     let servers = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(server_threads)
+        .worker_threads(threads(&args, "server"))
         .thread_name("servers")
         .enable_all()
         .build()?;
     let upstream = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads(&args, "upstream"))
         .thread_name("upstream")
         .enable_all()
         .build()?;
