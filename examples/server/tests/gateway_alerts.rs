@@ -321,15 +321,7 @@ async fn alerts_fire_once_per_scope_and_period_even_under_concurrency(db: Db) {
             .collect();
         assert_eq!(lines.len(), 1, "{lines:#?}");
     }
-    let m = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&gw).await;
     assert!(
         m.contains("stratai_budget_alerts_total{scope=\"user\"}"),
         "{m}"

@@ -86,15 +86,7 @@ async fn allowed_chat_is_billed_and_recorded_once(db: Db) {
     assert_eq!(v["error"]["type"], "authentication_error");
     assert!(v["error"].get("param").is_some());
     // Metrics saw the request and the decision.
-    let m = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&gw).await;
     assert!(
         m.contains("stratai_http_requests_total{route=\"/v1/chat/completions\""),
         "{m}"
@@ -712,14 +704,6 @@ async fn chat_answers_carry_server_timing(db: Db) {
         .unwrap();
     assert_eq!(models.status(), 200);
     assert!(models.headers().get("server-timing").is_none());
-    let m = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&gw).await;
     assert!(m.contains("stratai_gateway_overhead_seconds_count"), "{m}");
 }

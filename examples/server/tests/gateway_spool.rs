@@ -189,15 +189,7 @@ async fn failed_usage_writes_are_spooled_then_drained_exactly_once(db: Db) {
         "the spool was not replayed while the store was down"
     );
     assert_eq!(spooled(&path).len(), told.len());
-    let m = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&gw).await;
     assert!(m.contains("stratai_usage_spooled_total"), "{m}");
     assert!(m.contains("stratai_usage_spool_pending"), "{m}");
 

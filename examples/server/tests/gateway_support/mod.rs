@@ -540,6 +540,18 @@ pub async fn chat(gw: &Gw, token: &str, body: Value) -> Answer {
     }
 }
 
+/// `GET /metrics`: the Prometheus text.
+pub async fn metrics_text(gw: &Gw) -> String {
+    gw.http
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// `POST /api/explain` with `body` (model, optional user and time) as `token`: the what-if
 /// decision's JSON.
 pub async fn explain(gw: &Gw, token: &str, body: Value) -> Value {
