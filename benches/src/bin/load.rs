@@ -212,8 +212,8 @@ impl Paced {
             p50: percentile(&self.lat, 0.50),
             p99: percentile(&self.lat, 0.99),
             late_p99: Some(percentile(&self.late, 0.99)),
-            own: own_percentiles(self.own),
-            upstream: own_percentiles(self.upstream),
+            own: p50_p99(self.own),
+            upstream: p50_p99(self.upstream),
             tail: slowest_share(self.joint),
         }
     }
@@ -239,13 +239,13 @@ fn slowest_share(mut joint: Vec<[Duration; 3]>) -> Option<[Duration; 3]> {
     ])
 }
 
-/// p50 and p99 of `own`; `None` when the target reported none.
-fn own_percentiles(mut own: Vec<Duration>) -> Option<(Duration, Duration)> {
-    if own.is_empty() {
+/// p50 and p99 of `values`; `None` when there are none (the target reported nothing).
+fn p50_p99(mut values: Vec<Duration>) -> Option<(Duration, Duration)> {
+    if values.is_empty() {
         return None;
     }
-    own.sort_unstable();
-    Some((percentile(&own, 0.50), percentile(&own, 0.99)))
+    values.sort_unstable();
+    Some((percentile(&values, 0.50), percentile(&values, 0.99)))
 }
 
 /// Open loop: `lead_in` requests then `total` measured ones, all at `rate` requests/s;
@@ -437,8 +437,8 @@ async fn max_throughput(http: &reqwest::Client, t: &Target, workers: usize, secs
         p50: percentile(&lat, 0.50),
         p99: percentile(&lat, 0.99),
         late_p99: None,
-        own: own_percentiles(own),
-        upstream: own_percentiles(upstream),
+        own: p50_p99(own),
+        upstream: p50_p99(upstream),
         tail: None,
     }
 }
