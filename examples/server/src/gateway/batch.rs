@@ -1,15 +1,22 @@
 //! [`BatchedUsage`]: usage records written off the response path, in batches.
 //!
 //! `append` queues the records and returns; one background writer collects what arrives
-//! within 50 ms of a batch's first record (less when a reader or the shutdown drain waits,
-//! or a full batch of 2,000 is queued), groups it by organization and appends each group in
-//! one store call (one transaction), so a busy gateway makes about twenty usage writes per
-//! second instead of one per request. When a batch cannot be written it goes to the durable
-//! [`Spool`] (replayed later, idempotent by request id), so a store outage loses nothing.
-//! Reads (`get`, `query`, `aggregate`) first wait until the queue is drained, so this process
-//! reads its own writes.
+//! within the linger (5 ms by default, `STRATAI_USAGE_BATCH_LINGER_MS`) of a batch's first
+//! record (less when a reader or the shutdown drain waits, or a full batch of 2,000 is
+//! queued), groups it by organization and appends each group in one store call (one
+//! transaction), so a gateway at 1,000 requests/s makes about 200 usage writes per second of
+//! about five records each instead of one per request. When a batch cannot be written it
+//! goes to the durable [`Spool`] (replayed later, idempotent by request id), so a store
+//! outage loses nothing. Reads (`get`, `query`, `aggregate`) first wait until the queue is
+//! drained, so this process reads its own writes.
 //!
-//! What it costs: a record reaches the store up to ~50 ms after its response (the
+//! Why 5 ms and not longer: a longer linger makes fewer, larger transactions, but each is a
+//! longer burst of work for the writer and the database, and on a host they share with the
+//! gateway those bursts show in the gateway's p99 (BENCHMARKS.md, run L: +1.07 ms over the
+//! mock at 1,000 req/s with 50 ms, +0.75 ms with 5 ms). A database on its own machine can
+//! take a longer linger where its transaction rate matters more.
+//!
+//! What it costs: a record reaches the store up to about the linger after its response (the
 //! `stratai_usage_write_lag_seconds{path="batched"}` histogram shows how long); records still
 //! queued when the process is killed (not stopped: [`BatchedUsage::drain`] runs at graceful
 //! shutdown) are lost from the store. `append` reports queued records as inserted.
@@ -33,11 +40,11 @@ use crate::spool::{Spool, SpoolEntry};
 /// Most records written in one store call.
 const MAX_BATCH: usize = 2_000;
 
-/// How long the writer waits for more records after the first of a batch, unless a reader
-/// (or the shutdown drain) asks for everything now. A busy gateway then writes a few dozen
-/// records per transaction instead of a handful: most of the database's cost of a usage
-/// write is per transaction (tenant scope, reference checks, the commit), not per record.
-const LINGER: Duration = Duration::from_millis(50);
+/// How long the writer waits by default for more records after the first of a batch, unless
+/// a reader (or the shutdown drain) asks for everything now (see the module docs for the
+/// choice): a busy gateway writes several records per transaction instead of one, and no
+/// write is a long burst.
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(5);
 
 /// A [`UsageStore`] that queues appends for a background batch writer (see the module docs).
 pub struct BatchedUsage {
@@ -62,9 +69,15 @@ impl std::fmt::Debug for BatchedUsage {
 
 impl BatchedUsage {
     /// A batched store over `inner`, with a queue of `capacity` records (when full, `append`
-    /// writes synchronously) and its writer task; failed batches go to `spool`.
+    /// writes synchronously) and its writer task, which waits `linger` after a batch's first
+    /// record for more; failed batches go to `spool`.
     #[must_use]
-    pub fn spawn(inner: Arc<dyn UsageStore>, spool: Arc<Spool>, capacity: usize) -> Arc<Self> {
+    pub fn spawn(
+        inner: Arc<dyn UsageStore>,
+        spool: Arc<Spool>,
+        capacity: usize,
+        linger: Duration,
+    ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let written = Arc::new(AtomicU64::new(0));
         let drained = Arc::new(Notify::new());
@@ -72,6 +85,7 @@ impl BatchedUsage {
         tokio::spawn(writer(
             inner.clone(),
             spool,
+            linger,
             rx,
             written.clone(),
             drained.clone(),
@@ -118,6 +132,7 @@ impl BatchedUsage {
 async fn writer(
     inner: Arc<dyn UsageStore>,
     spool: Arc<Spool>,
+    linger: Duration,
     mut rx: mpsc::Receiver<(Instant, UsageRecord)>,
     written: Arc<AtomicU64>,
     drained: Arc<Notify>,
@@ -133,7 +148,7 @@ async fn writer(
             tokio::select! {
                 biased;
                 () = flush_now.notified() => {}
-                () = tokio::time::sleep(LINGER) => {}
+                () = tokio::time::sleep(linger) => {}
             }
         }
         // What was queued meanwhile goes in the same batch.
@@ -248,5 +263,150 @@ impl UsageStore for BatchedUsage {
         query: UsageQuery,
     ) -> BoxStream<'static, Result<UsageRecord, StoreError>> {
         self.inner.stream(org, query)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use futures::StreamExt;
+    use stratai_core::Money;
+    use stratai_core::ids::{ModelId, UserId};
+    use stratai_core::usage::UsageStatus;
+
+    /// A usage store that keeps each `append` call's records as one batch.
+    #[derive(Default)]
+    struct Batches(Mutex<Vec<Vec<RequestId>>>);
+
+    impl Batches {
+        fn sizes(&self) -> Vec<usize> {
+            self.0.lock().unwrap().iter().map(Vec::len).collect()
+        }
+    }
+
+    #[async_trait]
+    impl UsageStore for Batches {
+        async fn append(
+            &self,
+            _: OrgId,
+            records: &[UsageRecord],
+        ) -> Result<AppendOutcome, StoreError> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(records.iter().map(|r| r.request_id).collect());
+            Ok(AppendOutcome {
+                inserted: records.len() as u64,
+                duplicates: 0,
+            })
+        }
+        async fn get(&self, _: OrgId, id: RequestId) -> Result<UsageRecord, StoreError> {
+            Err(StoreError::not_found("usage record", id))
+        }
+        async fn query(
+            &self,
+            _: OrgId,
+            _: &UsageQuery,
+            _: u32,
+        ) -> Result<Vec<UsageRecord>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn aggregate(
+            &self,
+            _: OrgId,
+            _: &UsageQuery,
+            _: &[Dimension],
+        ) -> Result<Vec<AggregateRow>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn stream(
+            &self,
+            _: OrgId,
+            _: UsageQuery,
+        ) -> BoxStream<'static, Result<UsageRecord, StoreError>> {
+            futures::stream::empty().boxed()
+        }
+    }
+
+    fn record(org: OrgId) -> UsageRecord {
+        UsageRecord {
+            request_id: RequestId::new(),
+            org_id: org,
+            group_id: None,
+            user_id: UserId::new(),
+            tier_id: None,
+            model: ModelId::new("gpt-4o-mini").unwrap(),
+            input_tokens: 3,
+            output_tokens: 5,
+            provider_cost: Money::parse("0.000012").unwrap(),
+            billed_amount: Money::parse("0.0000115").unwrap(),
+            litellm_request_id: None,
+            conversation_id: None,
+            endpoint: "chat".to_owned(),
+            status: UsageStatus::Success,
+            created_at: Utc::now(),
+        }
+    }
+
+    async fn batched(linger: Duration) -> (Arc<Batches>, Arc<BatchedUsage>) {
+        let dir = std::env::temp_dir().join(format!("stratai-batch-test-{}", uuid::Uuid::new_v4()));
+        let spool = Arc::new(Spool::open(dir.join("usage.spool")).await.unwrap());
+        let inner = Arc::new(Batches::default());
+        let batch = BatchedUsage::spawn(inner.clone(), spool, 1024, linger);
+        (inner, batch)
+    }
+
+    #[tokio::test]
+    async fn records_arriving_within_the_linger_share_one_write_which_a_reader_cuts_short() {
+        let (inner, batch) = batched(Duration::from_secs(3600)).await;
+        let org = OrgId::new();
+        for _ in 0..3 {
+            batch.append(org, &[record(org)]).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            inner.sizes(),
+            Vec::<usize>::new(),
+            "written before the linger ended"
+        );
+        assert_eq!(batch.pending(), 3);
+
+        // A reader does not wait out the hour: the writer stops lingering.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            batch.query(org, &UsageQuery::default(), 10),
+        )
+        .await
+        .expect("the reader waited for the linger")
+        .unwrap();
+        assert_eq!(inner.sizes(), vec![3]);
+        assert_eq!(batch.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_short_linger_writes_without_anyone_waiting() {
+        let (inner, batch) = batched(Duration::from_millis(5)).await;
+        let org = OrgId::new();
+        let r = record(org);
+        batch.append(org, std::slice::from_ref(&r)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while inner.sizes().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "not written 5 s after a 5 ms linger"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(*inner.0.lock().unwrap(), vec![vec![r.request_id]]);
+        // The next record starts a batch of its own.
+        batch.append(org, &[record(org)]).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while inner.sizes().len() < 2 {
+            assert!(Instant::now() < deadline, "second batch not written");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(inner.sizes(), vec![1, 1]);
     }
 }

@@ -23,13 +23,14 @@
 //!   reserves and settles in the database); `STRATAI_BUDGET_LEASE_BLOCK`: requests' worst
 //!   cases per block (default 32);
 //! - `STRATAI_USAGE_BATCH`: `1`/`true` writes usage records off the response path, in
-//!   batches (see [`super::batch`]; default off);
+//!   batches (see [`super::batch`]; default off); `STRATAI_USAGE_BATCH_LINGER_MS`: how long
+//!   the writer collects records after a batch's first one (default 5);
 //! - `STRATAI_REDIS_URL` (else `REDIS_URL`): guardrail rate limits are counted in this Redis,
 //!   shared by every instance using it ([`stratai_store::RedisRateLimiter`]); unset: each
 //!   instance counts alone. While Redis is unreachable a request is decided by the
 //!   instance's own limiter (logged at most once a minute).
 //!
-//! The two last settings are the high-throughput mode: with both, a request makes no
+//! The budget lease and usage batch settings are the high-throughput mode: with both, a request makes no
 //! database round trip on its path once its member's view is cached. Hard budget limits
 //! hold in both modes; what changes is how soon spend and records reach the database.
 
@@ -46,7 +47,7 @@ use stratai_store::RedisRateLimiter;
 use url::Url;
 
 use super::GatewayState;
-use super::batch::BatchedUsage;
+use super::batch::{BatchedUsage, DEFAULT_LINGER};
 use super::litellm::LiteLlmProvider;
 use super::pipeline::{Pipeline, PipelineDeps};
 use crate::alerts::AlertSink;
@@ -80,6 +81,8 @@ pub struct GatewayOptions {
     /// Queue size of the batched usage writer (`None`: each record written before the
     /// response).
     pub usage_batch: Option<usize>,
+    /// How long the batched usage writer collects records after a batch's first one.
+    pub usage_batch_linger: Duration,
     /// Redis for rate limits shared across instances (`None`: per-instance limits).
     pub redis_url: Option<String>,
 }
@@ -131,6 +134,10 @@ impl GatewayOptions {
                 .ok()
                 .filter(|v| matches!(v.trim(), "1" | "true" | "on" | "yes"))
                 .map(|_| 65_536),
+            usage_batch_linger: std::env::var("STRATAI_USAGE_BATCH_LINGER_MS")
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map_or(DEFAULT_LINGER, Duration::from_millis),
             redis_url: ["STRATAI_REDIS_URL", "REDIS_URL"]
                 .iter()
                 .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty())),
@@ -355,7 +362,12 @@ pub async fn build_state(
                 capacity,
                 "usage records are written in batches off the response path"
             );
-            let batch = BatchedUsage::spawn(stores.usage.clone(), spool.clone(), capacity);
+            let batch = BatchedUsage::spawn(
+                stores.usage.clone(),
+                spool.clone(),
+                capacity,
+                options.usage_batch_linger,
+            );
             drainer.batch = Some(batch.clone());
             batch
         }
