@@ -571,7 +571,8 @@ async fn pool_of_two_never_serves_a_row_of_the_wrong_org() {
     let tier = tier(&db.store).await;
     let mut orgs = Vec::new();
     for _ in 0..6 {
-        orgs.push(seed_org(&db.store, tier).await.0);
+        let (org, ids) = seed_org(&db.store, tier).await;
+        orgs.push((org, stratai_core::UserId::from_uuid(ids[0])));
     }
     let store = db
         .connect(PgOptions {
@@ -587,9 +588,9 @@ async fn pool_of_two_never_serves_a_row_of_the_wrong_org() {
         tasks.push(tokio::spawn(async move {
             let mut checked = 0u64;
             for i in 0..300u64 {
-                let (org, action) = {
+                let ((org, user), action) = {
                     let mut rng = rand::rng();
-                    (orgs[rng.random_range(0..orgs.len())], rng.random_range(0..6u8))
+                    (orgs[rng.random_range(0..orgs.len())], rng.random_range(0..7u8))
                 };
                 match action {
                     0 => {
@@ -640,6 +641,16 @@ async fn pool_of_two_never_serves_a_row_of_the_wrong_org() {
                         } else {
                             drop(tx);
                         }
+                    }
+                    5 => {
+                        // A usage append (a tenant transaction of its own) leaves no
+                        // context on the connection it returns to the pool.
+                        let record = usage(org, user, None, Utc::now());
+                        let outcome = store.append(org, std::slice::from_ref(&record)).await.unwrap();
+                        assert_eq!(outcome.inserted, 1);
+                        let stored = store.get(org, record.request_id).await.unwrap();
+                        assert_eq!((stored.org_id, stored.user_id), (org, user));
+                        checked += 1;
                     }
                     _ => {
                         // Without a context, a pooled connection sees no tenant row at all,

@@ -67,6 +67,31 @@ pub async fn usage_append_all_or_nothing<S: Store>(store: S) {
     );
 }
 
+/// A batch larger than one statement's chunk (PostgreSQL inserts 10,000 records per
+/// statement): still all or nothing, and every record once.
+pub async fn usage_append_large_batch<S: Store>(store: S) {
+    let o = org(&store).await;
+    let u = member(&store, o.id).await;
+    let mut batch: Vec<UsageRecord> = (0..10_001)
+        .map(|_| record(o.id, u.id, now(), "0.001"))
+        .collect();
+    let good_last = batch[10_000].clone();
+    batch[10_000].user_id = UserId::new();
+    assert_not_found(store.append(o.id, &batch).await);
+    assert_not_found(store.get(o.id, batch[0].request_id).await);
+    batch[10_000] = good_last;
+    let outcome = store.append(o.id, &batch).await.unwrap();
+    assert_eq!((outcome.inserted, outcome.duplicates), (10_001, 0));
+    let outcome = store.append(o.id, &batch[9_990..]).await.unwrap();
+    assert_eq!((outcome.inserted, outcome.duplicates), (0, 11));
+    let totals = store
+        .aggregate(o.id, &UsageQuery::default(), &[])
+        .await
+        .unwrap();
+    assert_eq!(totals.len(), 1);
+    assert_eq!(totals[0].totals.requests, 10_001);
+}
+
 pub async fn usage_query_filters<S: Store>(store: S) {
     let o = org(&store).await;
     let u = member(&store, o.id).await;
