@@ -312,7 +312,7 @@ impl Spool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Mutex as StdMutex;
     use std::sync::atomic::AtomicBool;
@@ -325,11 +325,13 @@ mod tests {
     use stratai_core::ports::{AppendOutcome, ReserveOutcome, ReserveRequest, SettleOutcome};
     use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageStatus};
 
-    /// A usage store that can be switched off, deduplicating by request id.
+    /// A usage store that can be switched off, deduplicating by request id, keeping the size
+    /// of each `append` call it took (also used by the batch tests).
     #[derive(Default)]
-    struct FlakyUsage {
-        down: AtomicBool,
-        rows: StdMutex<Vec<UsageRecord>>,
+    pub(crate) struct FlakyUsage {
+        pub(crate) down: AtomicBool,
+        pub(crate) rows: StdMutex<Vec<UsageRecord>>,
+        pub(crate) appends: StdMutex<Vec<usize>>,
     }
 
     #[async_trait]
@@ -342,6 +344,7 @@ mod tests {
             if self.down.load(Ordering::Relaxed) {
                 return Err(StoreError::Backend("database down".to_owned()));
             }
+            self.appends.lock().unwrap().push(records.len());
             let mut rows = self.rows.lock().unwrap();
             let mut out = AppendOutcome::default();
             for r in records {
@@ -383,7 +386,7 @@ mod tests {
     }
 
     fn unimplemented_in_test<T>() -> Result<T, StoreError> {
-        Err(StoreError::Backend("not used by the spool".to_owned()))
+        Err(StoreError::Backend("not used by these tests".to_owned()))
     }
 
     /// A ledger recording settlements (idempotent by request id).
@@ -450,25 +453,30 @@ mod tests {
         }
     }
 
+    /// A usage record of `org` by a new user and request (also used by the batch tests).
+    pub(crate) fn record(org: OrgId) -> UsageRecord {
+        UsageRecord {
+            request_id: RequestId::new(),
+            org_id: org,
+            group_id: None,
+            user_id: UserId::new(),
+            tier_id: None,
+            model: ModelId::new("gpt-4o-mini").unwrap(),
+            input_tokens: 3,
+            output_tokens: 5,
+            provider_cost: Money::parse("0.000012").unwrap(),
+            billed_amount: Money::parse("0.0000115").unwrap(),
+            litellm_request_id: Some("chatcmpl-1".to_owned()),
+            conversation_id: None,
+            endpoint: "chat".to_owned(),
+            status: UsageStatus::Success,
+            created_at: Utc::now(),
+        }
+    }
+
     fn entry(org: OrgId) -> SpoolEntry {
         SpoolEntry {
-            record: UsageRecord {
-                request_id: RequestId::new(),
-                org_id: org,
-                group_id: None,
-                user_id: UserId::new(),
-                tier_id: None,
-                model: ModelId::new("gpt-4o-mini").unwrap(),
-                input_tokens: 3,
-                output_tokens: 5,
-                provider_cost: Money::parse("0.000012").unwrap(),
-                billed_amount: Money::parse("0.0000115").unwrap(),
-                litellm_request_id: Some("chatcmpl-1".to_owned()),
-                conversation_id: None,
-                endpoint: "chat".to_owned(),
-                status: UsageStatus::Success,
-                created_at: Utc::now(),
-            },
+            record: record(org),
             settle: Some(SpoolSettle {
                 budgets: vec![BudgetId::new()],
                 actual: Money::parse("0.0000115").unwrap(),

@@ -271,91 +271,13 @@ impl UsageStore for BatchedUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
-    use futures::StreamExt;
-    use stratai_core::Money;
-    use stratai_core::ids::{ModelId, UserId};
-    use stratai_core::usage::UsageStatus;
+    use crate::spool::tests::{FlakyUsage, record};
 
-    /// A usage store that keeps each `append` call's records as one batch.
-    #[derive(Default)]
-    struct Batches(Mutex<Vec<Vec<RequestId>>>);
-
-    impl Batches {
-        fn sizes(&self) -> Vec<usize> {
-            self.0.lock().unwrap().iter().map(Vec::len).collect()
-        }
-    }
-
-    #[async_trait]
-    impl UsageStore for Batches {
-        async fn append(
-            &self,
-            _: OrgId,
-            records: &[UsageRecord],
-        ) -> Result<AppendOutcome, StoreError> {
-            self.0
-                .lock()
-                .unwrap()
-                .push(records.iter().map(|r| r.request_id).collect());
-            Ok(AppendOutcome {
-                inserted: records.len() as u64,
-                duplicates: 0,
-            })
-        }
-        async fn get(&self, _: OrgId, id: RequestId) -> Result<UsageRecord, StoreError> {
-            Err(StoreError::not_found("usage record", id))
-        }
-        async fn query(
-            &self,
-            _: OrgId,
-            _: &UsageQuery,
-            _: u32,
-        ) -> Result<Vec<UsageRecord>, StoreError> {
-            Ok(Vec::new())
-        }
-        async fn aggregate(
-            &self,
-            _: OrgId,
-            _: &UsageQuery,
-            _: &[Dimension],
-        ) -> Result<Vec<AggregateRow>, StoreError> {
-            Ok(Vec::new())
-        }
-        fn stream(
-            &self,
-            _: OrgId,
-            _: UsageQuery,
-        ) -> BoxStream<'static, Result<UsageRecord, StoreError>> {
-            futures::stream::empty().boxed()
-        }
-    }
-
-    fn record(org: OrgId) -> UsageRecord {
-        UsageRecord {
-            request_id: RequestId::new(),
-            org_id: org,
-            group_id: None,
-            user_id: UserId::new(),
-            tier_id: None,
-            model: ModelId::new("gpt-4o-mini").unwrap(),
-            input_tokens: 3,
-            output_tokens: 5,
-            provider_cost: Money::parse("0.000012").unwrap(),
-            billed_amount: Money::parse("0.0000115").unwrap(),
-            litellm_request_id: None,
-            conversation_id: None,
-            endpoint: "chat".to_owned(),
-            status: UsageStatus::Success,
-            created_at: Utc::now(),
-        }
-    }
-
-    async fn batched(linger: Duration) -> (Arc<Batches>, Arc<BatchedUsage>) {
+    async fn batched(linger: Duration) -> (Arc<FlakyUsage>, Arc<BatchedUsage>) {
         let dir = std::env::temp_dir().join(format!("stratai-batch-test-{}", uuid::Uuid::new_v4()));
         let spool = Arc::new(Spool::open(dir.join("usage.spool")).await.unwrap());
-        let inner = Arc::new(Batches::default());
+        let inner = Arc::new(FlakyUsage::default());
         let batch = BatchedUsage::spawn(inner.clone(), spool, 1024, linger);
         (inner, batch)
     }
@@ -369,21 +291,17 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
-            inner.sizes(),
+            inner.appends.lock().unwrap().clone(),
             Vec::<usize>::new(),
             "written before the linger ended"
         );
         assert_eq!(batch.pending(), 3);
 
-        // A reader does not wait out the hour: the writer stops lingering.
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            batch.query(org, &UsageQuery::default(), 10),
-        )
-        .await
-        .expect("the reader waited for the linger")
-        .unwrap();
-        assert_eq!(inner.sizes(), vec![3]);
+        // A reader (each drains first) does not wait out the hour: the writer stops lingering.
+        tokio::time::timeout(Duration::from_secs(5), batch.drain())
+            .await
+            .expect("the reader waited for the linger");
+        assert_eq!(inner.appends.lock().unwrap().clone(), vec![3]);
         assert_eq!(batch.pending(), 0);
     }
 
@@ -394,21 +312,24 @@ mod tests {
         let r = record(org);
         batch.append(org, std::slice::from_ref(&r)).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while inner.sizes().is_empty() {
+        while inner.appends.lock().unwrap().clone().is_empty() {
             assert!(
                 Instant::now() < deadline,
                 "not written 5 s after a 5 ms linger"
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        assert_eq!(*inner.0.lock().unwrap(), vec![vec![r.request_id]]);
+        assert_eq!(
+            inner.rows.lock().unwrap().as_slice(),
+            std::slice::from_ref(&r)
+        );
         // The next record starts a batch of its own.
         batch.append(org, &[record(org)]).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while inner.sizes().len() < 2 {
+        while inner.appends.lock().unwrap().clone().len() < 2 {
             assert!(Instant::now() < deadline, "second batch not written");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        assert_eq!(inner.sizes(), vec![1, 1]);
+        assert_eq!(inner.appends.lock().unwrap().clone(), vec![1, 1]);
     }
 }
