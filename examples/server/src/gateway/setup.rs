@@ -30,9 +30,10 @@
 //!   instance counts alone. While Redis is unreachable a request is decided by the
 //!   instance's own limiter (logged at most once a minute).
 //!
-//! The budget lease and usage batch settings are the high-throughput mode: with both, a request makes no
-//! database round trip on its path once its member's view is cached. Hard budget limits
-//! hold in both modes; what changes is how soon spend and records reach the database.
+//! The budget lease and usage batch settings are the high-throughput mode: with both, a
+//! request makes no database round trip on its path once its member's view is cached. Hard
+//! budget limits hold in both modes; what changes is how soon spend and records reach the
+//! database.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -107,10 +108,7 @@ impl GatewayOptions {
             .ok()
             .filter(|s| !s.trim().is_empty())
             .map_or_else(|| PathBuf::from("./.stratai/usage.spool"), PathBuf::from);
-        let delay = std::env::var("STRATAI_DEMO_CHUNK_DELAY_MS")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let delay = env_number::<u64>("STRATAI_DEMO_CHUNK_DELAY_MS").unwrap_or(0);
         Self {
             spool_path,
             alert_webhook: AlertSink::webhook_from_env(),
@@ -124,19 +122,14 @@ impl GatewayOptions {
             spool_replay: Duration::from_secs(10),
             sync_interval: Duration::from_secs(1),
             view_cache_ttl: Duration::from_millis(
-                std::env::var("STRATAI_GATEWAY_CACHE_MS")
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .unwrap_or(2000),
+                env_number("STRATAI_GATEWAY_CACHE_MS").unwrap_or(2000),
             ),
             budget_lease: lease_from_env(),
             usage_batch: std::env::var("STRATAI_USAGE_BATCH")
                 .ok()
                 .filter(|v| matches!(v.trim(), "1" | "true" | "on" | "yes"))
                 .map(|_| 65_536),
-            usage_batch_linger: std::env::var("STRATAI_USAGE_BATCH_LINGER_MS")
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            usage_batch_linger: env_number("STRATAI_USAGE_BATCH_LINGER_MS")
                 .map_or(DEFAULT_LINGER, Duration::from_millis),
             redis_url: ["STRATAI_REDIS_URL", "REDIS_URL"]
                 .iter()
@@ -145,14 +138,14 @@ impl GatewayOptions {
     }
 }
 
+/// The number in the environment variable `name`, if it is set and parses.
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
 fn lease_from_env() -> Option<LeaseConfig> {
-    let ms = std::env::var("STRATAI_BUDGET_LEASE_MS")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|ms| *ms > 0)?;
-    let block = std::env::var("STRATAI_BUDGET_LEASE_BLOCK")
-        .ok()
-        .and_then(|v| v.trim().parse::<u32>().ok())
+    let ms = env_number::<u64>("STRATAI_BUDGET_LEASE_MS").filter(|ms| *ms > 0)?;
+    let block = env_number::<u32>("STRATAI_BUDGET_LEASE_BLOCK")
         .filter(|b| *b > 0)
         .unwrap_or(32);
     Some(LeaseConfig {
