@@ -354,20 +354,55 @@ pub fn implied_budget_id(org: OrgId, scope: BudgetScope) -> BudgetId {
     BudgetId::from_uuid(uuid::Builder::from_custom_bytes(bytes).into_uuid())
 }
 
-/// The budgets implied by the directory's `monthly_budget` fields (membership, group and tier
-/// subscription, as in the seed's schema): monthly, hard, alerting at 80 % (the seed's `budgets`
-/// defaults), with ids from [`implied_budget_id`]. Entries of other organizations are ignored.
-/// A backend that keeps those fields materializes these budgets (create or update) whenever a
-/// field changes, so they are enforced like any other budget.
+/// The directory field a budget is implied by: the budget exists while the field is set, has
+/// the field's value as its limit, and changes only through the field.
+/// Serialized as the field's path ([`ImpliedBy::field`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ImpliedBy {
+    /// `monthly_budget` of a membership (`PATCH /api/organizations/{org}/members/{user}`).
+    #[serde(rename = "member.monthly_budget")]
+    Member,
+    /// `monthly_budget` of a group (`PATCH /api/groups/{group}`).
+    #[serde(rename = "group.monthly_budget")]
+    Group,
+    /// `monthly_budget` of a tier subscription (`PUT /api/organizations/{org}/tiers/{tier}`).
+    #[serde(rename = "tier_subscription.monthly_budget")]
+    TierSubscription,
+}
+
+impl ImpliedBy {
+    /// The field's path, as the API names it.
+    #[must_use]
+    pub fn field(self) -> &'static str {
+        match self {
+            ImpliedBy::Member => "member.monthly_budget",
+            ImpliedBy::Group => "group.monthly_budget",
+            ImpliedBy::TierSubscription => "tier_subscription.monthly_budget",
+        }
+    }
+
+    /// The field a budget is implied by, or none for a budget made directly. A budget is
+    /// implied exactly when its id is [`implied_budget_id`] of its organization and scope,
+    /// so the mark needs no column of its own and cannot drift from the id.
+    #[must_use]
+    pub fn of(budget: &Budget) -> Option<Self> {
+        if budget.id != implied_budget_id(budget.org_id, budget.scope) {
+            return None;
+        }
+        match budget.scope {
+            BudgetScope::Org => None,
+            BudgetScope::Group(_) => Some(ImpliedBy::Group),
+            BudgetScope::User(_) => Some(ImpliedBy::Member),
+            BudgetScope::Tier(_) => Some(ImpliedBy::TierSubscription),
+        }
+    }
+}
+
+/// The budget a `monthly_budget` field of `limit` implies for `scope`: monthly, hard, alerting
+/// at 80 % (the seed's `budgets` defaults), with the id [`implied_budget_id`].
 #[must_use]
-pub fn implied_budgets(
-    org: OrgId,
-    memberships: &[crate::directory::Membership],
-    groups: &[crate::directory::Group],
-    subscriptions: &[crate::tiers::TierSubscription],
-    now: DateTime<Utc>,
-) -> Vec<Budget> {
-    let make = |scope: BudgetScope, limit: Money| Budget {
+pub fn implied_budget(org: OrgId, scope: BudgetScope, limit: Money, now: DateTime<Utc>) -> Budget {
+    Budget {
         id: implied_budget_id(org, scope),
         org_id: org,
         scope,
@@ -377,7 +412,24 @@ pub fn implied_budgets(
         alert_threshold: DEFAULT_ALERT_THRESHOLD,
         created_at: now,
         updated_at: now,
-    };
+    }
+}
+
+/// The budgets implied by the directory's `monthly_budget` fields (membership, group and tier
+/// subscription, as in the seed's schema): monthly, hard, alerting at 80 % (the seed's `budgets`
+/// defaults), with ids from [`implied_budget_id`]. Entries of other organizations are ignored.
+/// Every backend keeps exactly these budgets in its ledger, written in the transaction that
+/// changes the field (created, updated, or deleted when the field is cleared), so they are
+/// enforced like any other budget.
+#[must_use]
+pub fn implied_budgets(
+    org: OrgId,
+    memberships: &[crate::directory::Membership],
+    groups: &[crate::directory::Group],
+    subscriptions: &[crate::tiers::TierSubscription],
+    now: DateTime<Utc>,
+) -> Vec<Budget> {
+    let make = |scope: BudgetScope, limit: Money| implied_budget(org, scope, limit, now);
     let groups = groups
         .iter()
         .filter(|g| g.org_id == org)
@@ -1124,6 +1176,47 @@ mod tests {
         assert_ne!(
             implied_budget_id(org, BudgetScope::Org),
             implied_budget_id(org, BudgetScope::User(user))
+        );
+    }
+
+    #[test]
+    fn only_budgets_with_the_implied_id_are_implied() {
+        let now = utc(2026, 1, 1, 0, 0);
+        let org = OrgId::new();
+        let user = BudgetScope::User(UserId::new());
+        let implied = implied_budget(org, user, money("5"), now);
+        assert_eq!(ImpliedBy::of(&implied), Some(ImpliedBy::Member));
+        assert_eq!(
+            serde_json::to_value(ImpliedBy::of(&implied)).unwrap(),
+            serde_json::json!("member.monthly_budget")
+        );
+        let group = implied_budget(org, BudgetScope::Group(GroupId::new()), money("5"), now);
+        assert_eq!(
+            ImpliedBy::of(&group).map(ImpliedBy::field),
+            Some("group.monthly_budget")
+        );
+        let tier = implied_budget(org, BudgetScope::Tier(TierId::new()), money("5"), now);
+        assert_eq!(ImpliedBy::of(&tier), Some(ImpliedBy::TierSubscription));
+        // Made directly (a fresh id), or moved to another organization: not implied.
+        let direct = Budget::new(
+            org,
+            user,
+            money("5"),
+            BudgetPeriod::Monthly,
+            true,
+            dec!(0.8),
+            now,
+        )
+        .unwrap();
+        assert_eq!(ImpliedBy::of(&direct), None);
+        let elsewhere = Budget {
+            org_id: OrgId::new(),
+            ..implied
+        };
+        assert_eq!(ImpliedBy::of(&elsewhere), None);
+        assert_eq!(
+            ImpliedBy::of(&implied_budget(org, BudgetScope::Org, money("5"), now)),
+            None
         );
     }
 

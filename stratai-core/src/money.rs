@@ -12,12 +12,30 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ValidationError;
 
-/// A non-negative amount of US dollars.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-#[serde(try_from = "Decimal", into = "Decimal")]
+/// A non-negative amount of US dollars. Serialized as a decimal string (`"12.50"`); only a
+/// string deserializes: a JSON number would have passed through `f64` on its way in, so it is
+/// refused rather than silently rounded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "Decimal")]
 pub struct Money(Decimal);
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Money;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an amount as a decimal string such as \"12.50\"")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Money, E> {
+                Money::parse(text).map_err(|e| E::custom(e.reason))
+            }
+        }
+        de.deserialize_str(Text)
+    }
+}
 
 impl Money {
     /// Zero dollars.
@@ -153,5 +171,15 @@ mod tests {
         assert_eq!(json, "\"12.5\"");
         assert_eq!(serde_json::from_str::<Money>(&json).unwrap(), m);
         assert!(serde_json::from_str::<Money>("\"-1\"").is_err());
+    }
+
+    #[test]
+    fn json_numbers_are_refused() {
+        for number in ["12.5", "0.1", "1", "1e-5"] {
+            let err = serde_json::from_str::<Money>(number)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("decimal string"), "{number}: {err}");
+        }
     }
 }

@@ -15,6 +15,51 @@ use stratai_core::ports::RuleRecord;
 use stratai_core::usage::{AggregateRow, Dimension, DimensionValue, UsageQuery, UsageRecord};
 use stratai_core::{Money, StoreError, ValidationError};
 
+/// Refuses a new member of a group that already has `current` members when the organization
+/// allows `max` (`settings.max_users_per_group`). Every backend checks it in the transaction
+/// that adds the member, with the group locked, so concurrent adds cannot pass it together.
+pub(crate) fn check_group_room(group: &str, current: u64, max: u32) -> Result<(), StoreError> {
+    if current >= u64::from(max) {
+        Err(StoreError::Conflict(format!(
+            "group `{group}` is full: it has {current} members and the organization's \
+             `max_users_per_group` is {max}"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// Refuses `name` for `group` when another group of the organization (`others`: id and name)
+/// has the same name whatever its case (Unicode lowercase, so every backend reads it the same).
+pub(crate) fn check_group_name<'a>(
+    group: stratai_core::GroupId,
+    name: &str,
+    others: impl IntoIterator<Item = (stratai_core::GroupId, &'a str)>,
+) -> Result<(), StoreError> {
+    let key = name.to_lowercase();
+    if others
+        .into_iter()
+        .any(|(id, other)| id != group && other.to_lowercase() == key)
+    {
+        Err(group_name_taken(name))
+    } else {
+        Ok(())
+    }
+}
+
+/// The conflict of adding a member twice, in the words of [`crate::error`]'s mapping of the
+/// database's own refusal, so every path and backend reads the same.
+pub(crate) fn already_member() -> StoreError {
+    StoreError::Conflict("a membership with this `user_id` already exists".to_owned())
+}
+
+/// The conflict of a group name already in use in the organization.
+pub(crate) fn group_name_taken(name: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "`name`: a group named `{name}` already exists in the organization"
+    ))
+}
+
 /// Timestamps are kept to the microsecond, the precision of PostgreSQL's `timestamptz`, so a
 /// value reads back equal from every backend.
 pub(crate) fn micros(at: DateTime<Utc>) -> DateTime<Utc> {

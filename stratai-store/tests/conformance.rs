@@ -28,6 +28,7 @@
 mod conformance {
     pub mod directory;
     pub mod fixtures;
+    pub mod implied;
     pub mod key_vault;
     pub mod ledger;
     pub mod model;
@@ -181,6 +182,12 @@ conformance! {
     key_vault::sealed_key_cross_tenant,
     key_vault::litellm_key_id_write_back_is_targeted,
     key_vault::litellm_key_id_write_back_errors_and_tenancy,
+    implied::member_monthly_budget_is_a_ledger_budget,
+    implied::group_monthly_budget_is_a_ledger_budget,
+    implied::tier_subscription_monthly_budget_is_a_ledger_budget,
+    implied::group_capacity_holds_under_concurrent_adds,
+    implied::group_names_are_unique_whatever_their_case,
+    implied::unique_conflicts_name_the_field,
 }
 
 /// The memory and SQLite ledgers against core's reference model (`LedgerModel`), on random

@@ -127,6 +127,10 @@ pub fn with_middleware(routes: Router, limits: HttpLimits) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             limits.request_timeout,
         ))
+        // Outside the body limit, so its refusals (a `Content-Length` over the limit, or a
+        // body that grows past it) answer in the JSON error shape.
+        .layer(axum::middleware::map_response(json_payload_too_large))
+        .layer(axum::middleware::from_fn(one_authorization))
         .layer(RequestBodyLimitLayer::new(limits.body_limit_bytes))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -139,6 +143,36 @@ pub fn with_middleware(routes: Router, limits: HttpLimits) -> Router {
     routes
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(middleware)
+}
+
+/// A 413 that is not already JSON (tower-http's body limit answers `text/plain`
+/// "length limit exceeded") becomes the API's JSON error.
+async fn json_payload_too_large(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    response
+}
+
+/// Refuses a request with more than one `Authorization` header (400): which credential
+/// would count is ambiguous, and proxies disagree on it.
+async fn one_authorization(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return ApiError::BadRequest("more than one `Authorization` header".to_owned())
+            .into_response();
+    }
+    next.run(req).await
 }
 
 /// The request span: method, the route *template* (never the raw path or query, which can

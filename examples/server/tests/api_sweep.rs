@@ -28,6 +28,7 @@ GET    /openapi.json                                       200 200 200 200 200 2
 GET    /auth/me                                            200 200 200 200 200 200 401 401 200
 POST   /auth/dev/token                                     200 200 200 200 200 200 200 200 200
 GET    /api/me                                             200 200 200 200 200 200 401 401 200
+GET    /api/me/budgets                                     200 200 200 200 200 200 401 401 200
 GET    /api/organizations                                  200 200 200 200 200 200 401 401 200
 POST   /api/organizations                                  201 403 403 403 403 403 401 401 403
 GET    /api/organizations/{org_id}                         200 200 200 200 200 200 401 401 404
@@ -80,7 +81,7 @@ POST   /api/profiles                                       201 403 403 403 403 4
 /// a super admin, uses models in an organization they are not a member of.
 const GATEWAY: [&str; 3] = ["/v1/chat/completions", "/v1/models", "/api/explain"];
 
-const PLATFORM: [&str; 16] = [
+const PLATFORM: [&str; 17] = [
     "/metrics",
     "/openapi.json",
     "/api/guardrails",
@@ -90,6 +91,7 @@ const PLATFORM: [&str; 16] = [
     "/auth/me",
     "/auth/dev/token",
     "/api/me",
+    "/api/me/budgets",
     "/api/organizations",
     "/api/tiers",
     "/api/profiles",

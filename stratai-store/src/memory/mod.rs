@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use stratai_core::budget::{
-    Budget, BudgetAlert, BudgetOutcome, BudgetState, PeriodWindow, evaluate_budgets,
+    Budget, BudgetAlert, BudgetOutcome, BudgetScope, BudgetState, PeriodWindow, evaluate_budgets,
+    implied_budget, implied_budget_id,
 };
 use stratai_core::directory::{
     Email, Group, GroupMembership, GroupRole, Invitation, InvitationStatus, Membership,
@@ -169,6 +170,61 @@ fn norm_record(record: &UsageRecord) -> UsageRecord {
 }
 
 impl State {
+    /// Keeps the budget a `monthly_budget` field implies in step with the field (same
+    /// "transaction": under the same lock as the field's change).
+    fn put_implied_budget(
+        &mut self,
+        org: OrgId,
+        scope: BudgetScope,
+        limit: Option<Money>,
+        now: DateTime<Utc>,
+    ) {
+        let id = implied_budget_id(org, scope);
+        let Some(limit) = limit else {
+            if self.budgets.contains_key(&id) {
+                self.drop_budget(id);
+            }
+            return;
+        };
+        match self.budgets.get_mut(&id) {
+            Some(budget) => {
+                if budget.limit != limit {
+                    budget.limit = limit;
+                    budget.updated_at = micros(now);
+                }
+            }
+            None => {
+                let budget = implied_budget(org, scope, limit, micros(now));
+                self.budgets.insert(id, budget);
+            }
+        }
+    }
+
+    /// Checks that `user` may join `group` without passing `max_users_per_group` (always,
+    /// when already in it). Under the store's write lock, like the add that follows.
+    fn check_group_seat(&self, org: OrgId, group: GroupId, user: UserId) -> Result<(), StoreError> {
+        let found = self.group_in(org, group)?;
+        if self.group_members.contains_key(&(group, user)) {
+            return Ok(());
+        }
+        let members = self
+            .group_members
+            .keys()
+            .filter(|(g, _)| *g == group)
+            .count();
+        let max = self.org(org)?.settings.max_users_per_group;
+        shared::check_group_room(&found.name, u64::try_from(members).unwrap_or(u64::MAX), max)
+    }
+
+    /// Deletes a budget with its periods and its place in reservations.
+    fn drop_budget(&mut self, budget: BudgetId) {
+        self.budgets.remove(&budget);
+        self.periods.retain(|(b, _), _| *b != budget);
+        for reservation in self.reservations.values_mut() {
+            reservation.items.retain(|(b, _)| *b != budget);
+        }
+    }
+
     /// Writes the outbox event of a directory change (same "transaction": under the same lock).
     fn emit(&mut self, org_id: OrgId, entity: OutboxEntity, deleted: bool) {
         let version = self.versions.entry(entity).or_insert(0);
@@ -222,7 +278,6 @@ impl State {
     }
 
     fn check_budget_scope(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
-        use stratai_core::budget::BudgetScope;
         match budget.scope {
             BudgetScope::Org => Ok(()),
             BudgetScope::Group(group) => self.group_in(org, group).map(|_| ()),
@@ -358,10 +413,9 @@ impl DirectoryStore for MemoryStore {
             )));
         }
         if s.orgs.values().any(|o| o.slug == org.slug) {
-            return Err(StoreError::Conflict(format!(
-                "slug `{}` is taken",
-                org.slug
-            )));
+            return Err(StoreError::Conflict(
+                "an organization with this `slug` already exists".to_owned(),
+            ));
         }
         if let Some(litellm) = &org.litellm_org_id
             && s.orgs
@@ -469,12 +523,11 @@ impl DirectoryStore for MemoryStore {
         }
         check_profile(&s, member.profile_id)?;
         if s.members.contains_key(&(org, member.user_id)) {
-            return Err(StoreError::Conflict(format!(
-                "user `{}` is already a member",
-                member.user_id
-            )));
+            return Err(shared::already_member());
         }
         s.members.insert((org, member.user_id), norm_member(member));
+        let scope = BudgetScope::User(member.user_id);
+        s.put_implied_budget(org, scope, member.monthly_budget, Utc::now());
         s.emit(org, OutboxEntity::Member(member.user_id), false);
         Ok(())
     }
@@ -504,6 +557,8 @@ impl DirectoryStore for MemoryStore {
         // The key id is the sync's, written by `set_litellm_key_id` only.
         new.litellm_key_id = old.litellm_key_id.clone();
         let synced_only = shared::member_change_is_sync_only(&old, &new);
+        let scope = BudgetScope::User(member.user_id);
+        s.put_implied_budget(org, scope, new.monthly_budget, Utc::now());
         s.members.insert((org, member.user_id), new);
         if !synced_only {
             s.emit(org, OutboxEntity::Member(member.user_id), false);
@@ -530,6 +585,7 @@ impl DirectoryStore for MemoryStore {
         s.member_of(org, user)?;
         s.members.remove(&(org, user));
         s.sealed_keys.remove(&(org, user));
+        s.put_implied_budget(org, BudgetScope::User(user), None, Utc::now());
         let groups: BTreeSet<GroupId> = s
             .groups
             .values()
@@ -560,6 +616,8 @@ impl DirectoryStore for MemoryStore {
         }
         check_group_name(&s, group)?;
         s.groups.insert(group.id, norm_group(group));
+        let scope = BudgetScope::Group(group.id);
+        s.put_implied_budget(org, scope, group.monthly_budget, group.updated_at);
         s.emit(org, OutboxEntity::Group(group.id), false);
         Ok(())
     }
@@ -589,6 +647,8 @@ impl DirectoryStore for MemoryStore {
         let mut new = norm_group(group);
         new.created_at = old.created_at;
         s.groups.insert(group.id, new);
+        let scope = BudgetScope::Group(group.id);
+        s.put_implied_budget(org, scope, group.monthly_budget, group.updated_at);
         s.emit(org, OutboxEntity::Group(group.id), false);
         Ok(())
     }
@@ -598,6 +658,7 @@ impl DirectoryStore for MemoryStore {
         s.group_in(org, group)?;
         s.groups.remove(&group);
         s.group_members.retain(|(g, _), _| *g != group);
+        s.put_implied_budget(org, BudgetScope::Group(group), None, Utc::now());
         s.emit(org, OutboxEntity::Group(group), true);
         Ok(())
     }
@@ -611,6 +672,7 @@ impl DirectoryStore for MemoryStore {
         tenant(org, membership.org_id, "group membership")?;
         s.group_in(org, membership.group_id)?;
         s.member_of(org, membership.user_id)?;
+        s.check_group_seat(org, membership.group_id, membership.user_id)?;
         let key = (membership.group_id, membership.user_id);
         let mut new = membership.clone();
         new.joined_at = match s.group_members.get(&key) {
@@ -801,10 +863,16 @@ impl DirectoryStore for MemoryStore {
         }
         let org = invitation.org_id;
         if s.members.contains_key(&(org, user.id)) {
-            return Err(StoreError::Conflict(format!(
-                "user `{}` is already a member",
-                user.id
-            )));
+            return Err(shared::already_member());
+        }
+        for group in &invitation.group_ids {
+            match s.check_group_seat(org, *group, user.id) {
+                // A group deleted since the invitation was sent is skipped.
+                Err(StoreError::NotFound { .. }) => {}
+                // A full one refuses the whole acceptance (nothing is written yet).
+                Err(full) => return Err(full),
+                Ok(()) => {}
+            }
         }
         let membership = invitation.membership_for(user.id, now);
         s.members.insert((org, user.id), membership.clone());
@@ -835,19 +903,18 @@ fn check_user_unique(s: &State, user: &User) -> Result<(), StoreError> {
         .values()
         .any(|u| u.id != user.id && u.email == user.email)
     {
-        return Err(StoreError::Conflict(format!(
-            "email `{}` is taken",
-            user.email
-        )));
+        return Err(StoreError::Conflict(
+            "a user with this `email` already exists".to_owned(),
+        ));
     }
     if let Some(subject) = &user.oidc_subject
         && s.users
             .values()
             .any(|u| u.id != user.id && u.oidc_subject.as_ref() == Some(subject))
     {
-        return Err(StoreError::Conflict(format!(
-            "oidc subject `{subject}` is taken"
-        )));
+        return Err(StoreError::Conflict(
+            "a user with this `oidc_subject` already exists".to_owned(),
+        ));
     }
     Ok(())
 }
@@ -860,17 +927,12 @@ fn check_profile(s: &State, profile: Option<ProfileId>) -> Result<(), StoreError
 }
 
 fn check_group_name(s: &State, group: &Group) -> Result<(), StoreError> {
-    if s.groups
-        .values()
-        .any(|g| g.org_id == group.org_id && g.id != group.id && g.name == group.name)
-    {
-        Err(StoreError::Conflict(format!(
-            "group name `{}` is taken",
-            group.name
-        )))
-    } else {
-        Ok(())
-    }
+    let others = s.groups.values().filter(|g| g.org_id == group.org_id);
+    shared::check_group_name(
+        group.id,
+        &group.name,
+        others.map(|g| (g.id, g.name.as_str())),
+    )
 }
 
 #[async_trait]
@@ -938,6 +1000,9 @@ impl TierStore for MemoryStore {
         let mut new = subscription.clone();
         new.enabled_at = micros(new.enabled_at);
         s.subscriptions.insert((org, subscription.tier_id), new);
+        let budget = subscription.monthly_budget.filter(|_| subscription.enabled);
+        let scope = BudgetScope::Tier(subscription.tier_id);
+        s.put_implied_budget(org, scope, budget, Utc::now());
         s.emit(org, OutboxEntity::Org(org), false);
         Ok(())
     }
@@ -1108,11 +1173,7 @@ impl BudgetLedger for MemoryStore {
     async fn delete_budget(&self, org: OrgId, budget: BudgetId) -> Result<(), StoreError> {
         let mut s = self.state.write().await;
         s.budget_in(org, budget)?;
-        s.budgets.remove(&budget);
-        s.periods.retain(|(b, _), _| *b != budget);
-        for reservation in s.reservations.values_mut() {
-            reservation.items.retain(|(b, _)| *b != budget);
-        }
+        s.drop_budget(budget);
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use sqlx::types::Json;
+use stratai_core::budget::BudgetScope;
 use stratai_core::directory::{
     Email, Group, GroupMembership, GroupRole, Invitation, Membership, Organization, Slug, User,
     UserProfile,
@@ -14,6 +15,7 @@ use stratai_core::ports::{DirectoryStore, OutboxEntity};
 use stratai_core::{GroupId, InvitationId, OrgId, ProfileId, StoreError, UserId};
 use uuid::Uuid;
 
+use super::ledger::put_implied_budget;
 use super::rows::{self, get};
 use super::{PgStore, same_tenant};
 use crate::error::db;
@@ -87,6 +89,82 @@ async fn check_org_user_profile(
     Ok(())
 }
 
+/// Refuses a group name another group of the organization has, whatever its case; the
+/// unique index on `lower(name)` refuses the same name written by a concurrent transaction.
+async fn check_group_name(
+    conn: &mut PgConnection,
+    org: OrgId,
+    group: &Group,
+) -> Result<(), StoreError> {
+    let rows = sqlx::query("SELECT id, name FROM groups WHERE organization_id = $1")
+        .bind(org.as_uuid())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    let mut others = Vec::with_capacity(rows.len());
+    for row in &rows {
+        others.push((
+            GroupId::from_uuid(get(row, "id")?),
+            get::<String>(row, "name")?,
+        ));
+    }
+    shared::check_group_name(
+        group.id,
+        &group.name,
+        others.iter().map(|(id, name)| (*id, name.as_str())),
+    )
+}
+
+/// A unique violation writing a group is its name (the only unique column a write can
+/// change; ids are fresh).
+fn group_write_error(group: &Group) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+    move |err| match db(err) {
+        StoreError::Conflict(_) => shared::group_name_taken(&group.name),
+        other => other,
+    }
+}
+
+/// Checks that `user` may join `group` without passing `max_users_per_group` (always, when
+/// already in it). Locks the group's row first, so concurrent adds to one group run one
+/// after the other and each counts the members the previous one added.
+async fn check_group_seat(
+    conn: &mut PgConnection,
+    org: OrgId,
+    group: GroupId,
+    user: UserId,
+) -> Result<(), StoreError> {
+    let name: String = sqlx::query_scalar(
+        "SELECT name FROM groups WHERE organization_id = $1 AND id = $2 FOR UPDATE",
+    )
+    .bind(org.as_uuid())
+    .bind(group.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?
+    .ok_or_else(|| StoreError::not_found("group", group))?;
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM group_memberships WHERE group_id = $2) AS members,
+                EXISTS (SELECT 1 FROM group_memberships WHERE group_id = $2 AND user_id = $3)
+                    AS already,
+                (SELECT (settings->>'max_users_per_group')::bigint FROM organizations
+                 WHERE id = $1) AS max",
+    )
+    .bind(org.as_uuid())
+    .bind(group.as_uuid())
+    .bind(user.as_uuid())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    if get::<bool>(&row, "already")? {
+        return Ok(());
+    }
+    let members = u64::try_from(get::<i64>(&row, "members")?).unwrap_or(0);
+    let max = get::<Option<i64>>(&row, "max")?
+        .and_then(|m| u32::try_from(m).ok())
+        .unwrap_or(u32::MAX);
+    shared::check_group_room(&name, members, max)
+}
+
 async fn check_group_and_member(
     conn: &mut PgConnection,
     group: GroupId,
@@ -131,10 +209,15 @@ async fn insert_member(
     .bind(member.profile_id.map(|p| p.as_uuid()))
     .bind(member.litellm_key_id.as_deref())
     .bind(micros(member.joined_at))
-    .execute(conn)
+    .execute(&mut *conn)
     .await
     .map_err(db)?;
-    Ok(inserted.rows_affected() > 0)
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let scope = BudgetScope::User(member.user_id);
+    put_implied_budget(conn, org, scope, member.monthly_budget, Utc::now()).await?;
+    Ok(true)
 }
 
 #[async_trait]
@@ -344,10 +427,7 @@ impl DirectoryStore for PgStore {
         let mut tx = self.tenant(org).await?;
         check_org_user_profile(&mut tx, org, Some(member.user_id), member.profile_id).await?;
         if !insert_member(&mut tx, org, member).await? {
-            return Err(StoreError::Conflict(format!(
-                "user `{}` is already a member",
-                member.user_id
-            )));
+            return Err(shared::already_member());
         }
         emit(&mut tx, org, OutboxEntity::Member(member.user_id), false).await?;
         tx.commit().await.map_err(db)
@@ -423,6 +503,8 @@ impl DirectoryStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
+        let scope = BudgetScope::User(new.user_id);
+        put_implied_budget(&mut tx, org, scope, new.monthly_budget, Utc::now()).await?;
         if !synced_only {
             emit(&mut tx, org, OutboxEntity::Member(member.user_id), false).await?;
         }
@@ -466,6 +548,7 @@ impl DirectoryStore for PgStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("membership", user));
         }
+        put_implied_budget(&mut tx, org, BudgetScope::User(user), None, Utc::now()).await?;
         emit(&mut tx, org, OutboxEntity::Member(user), true).await?;
         tx.commit().await.map_err(db)
     }
@@ -489,6 +572,7 @@ impl DirectoryStore for PgStore {
         same_tenant(org, group.org_id, "group")?;
         let mut tx = self.tenant(org).await?;
         check_org_user_profile(&mut tx, org, None, None).await?;
+        check_group_name(&mut tx, org, group).await?;
         sqlx::query(concat!(
             "INSERT INTO groups (",
             group_columns!(),
@@ -504,7 +588,9 @@ impl DirectoryStore for PgStore {
         .bind(micros(group.updated_at))
         .execute(&mut *tx)
         .await
-        .map_err(db)?;
+        .map_err(group_write_error(group))?;
+        let scope = BudgetScope::Group(group.id);
+        put_implied_budget(&mut tx, org, scope, group.monthly_budget, group.updated_at).await?;
         emit(&mut tx, org, OutboxEntity::Group(group.id), false).await?;
         tx.commit().await.map_err(db)
     }
@@ -553,6 +639,7 @@ impl DirectoryStore for PgStore {
     async fn update_group(&self, org: OrgId, group: &Group) -> Result<(), StoreError> {
         same_tenant(org, group.org_id, "group")?;
         let mut tx = self.tenant(org).await?;
+        check_group_name(&mut tx, org, group).await?;
         let done = sqlx::query(
             "UPDATE groups SET name = $3, description = $4, allowed_tiers = $5,
                  monthly_budget = $6, updated_at = $7
@@ -567,10 +654,12 @@ impl DirectoryStore for PgStore {
         .bind(micros(group.updated_at))
         .execute(&mut *tx)
         .await
-        .map_err(db)?;
+        .map_err(group_write_error(group))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("group", group.id));
         }
+        let scope = BudgetScope::Group(group.id);
+        put_implied_budget(&mut tx, org, scope, group.monthly_budget, group.updated_at).await?;
         emit(&mut tx, org, OutboxEntity::Group(group.id), false).await?;
         tx.commit().await.map_err(db)
     }
@@ -586,6 +675,7 @@ impl DirectoryStore for PgStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("group", group));
         }
+        put_implied_budget(&mut tx, org, BudgetScope::Group(group), None, Utc::now()).await?;
         emit(&mut tx, org, OutboxEntity::Group(group), true).await?;
         tx.commit().await.map_err(db)
     }
@@ -598,6 +688,7 @@ impl DirectoryStore for PgStore {
         same_tenant(org, membership.org_id, "group membership")?;
         let mut tx = self.tenant(org).await?;
         check_group_and_member(&mut tx, membership.group_id, Some(membership.user_id)).await?;
+        check_group_seat(&mut tx, org, membership.group_id, membership.user_id).await?;
         sqlx::query(
             "INSERT INTO group_memberships (organization_id, group_id, user_id, role, joined_at)
              VALUES ($1, $2, $3, $4, $5)
@@ -896,14 +987,16 @@ impl DirectoryStore for PgStore {
         check_org_user_profile(&mut tx, org, Some(user.id), None).await?;
         let membership = invitation.membership_for(user.id, now);
         if !insert_member(&mut tx, org, &membership).await? {
-            return Err(StoreError::Conflict(format!(
-                "user `{}` is already a member",
-                user.id
-            )));
+            return Err(shared::already_member());
         }
         emit(&mut tx, org, OutboxEntity::Member(user.id), false).await?;
         for group in &invitation.group_ids {
-            // A group deleted since the invitation was sent is skipped.
+            // A group deleted since the invitation was sent is skipped; a full one refuses
+            // the whole acceptance.
+            match check_group_seat(&mut tx, org, *group, user.id).await {
+                Err(StoreError::NotFound { .. }) => continue,
+                other => other?,
+            }
             let joined = sqlx::query(
                 "INSERT INTO group_memberships (organization_id, group_id, user_id, role, joined_at)
                  SELECT organization_id, id, $2, 'member', $3 FROM groups WHERE id = $1

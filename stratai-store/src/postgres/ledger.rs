@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use stratai_core::budget::{
     Budget, BudgetOutcome, BudgetScope, BudgetState, PeriodWindow, evaluate_budgets,
+    implied_budget, implied_budget_id,
 };
 use stratai_core::ports::{BudgetLedger, ReserveOutcome, ReserveRequest, SettleOutcome};
 use stratai_core::{BudgetId, Money, OrgId, RequestId, StoreError};
@@ -507,6 +508,51 @@ impl PgStore {
             alerts,
         }))
     }
+}
+
+/// Keeps the budget a `monthly_budget` field implies in step with the field, in the caller's
+/// transaction: created or its limit updated when `limit` is set, deleted (with its periods)
+/// when it is cleared.
+pub(super) async fn put_implied_budget(
+    conn: &mut PgConnection,
+    org: OrgId,
+    scope: BudgetScope,
+    limit: Option<Money>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let Some(limit) = limit else {
+        sqlx::query("DELETE FROM budgets WHERE organization_id = $1 AND id = $2")
+            .bind(org.as_uuid())
+            .bind(implied_budget_id(org, scope).as_uuid())
+            .execute(conn)
+            .await
+            .map_err(db)?;
+        return Ok(());
+    };
+    let budget = implied_budget(org, scope, limit, micros(now));
+    let (scope_type, scope_id) = rows::budget_scope_columns(org, &budget.scope);
+    sqlx::query(concat!(
+        "INSERT INTO budgets (",
+        budget_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (id) DO UPDATE SET limit_amount = EXCLUDED.limit_amount,
+             updated_at = EXCLUDED.updated_at
+         WHERE budgets.limit_amount <> EXCLUDED.limit_amount"
+    ))
+    .bind(budget.id.as_uuid())
+    .bind(org.as_uuid())
+    .bind(scope_type)
+    .bind(scope_id)
+    .bind(budget.limit.amount())
+    .bind(enum_text(&budget.period)?)
+    .bind(budget.alert_threshold)
+    .bind(budget.hard_limit)
+    .bind(budget.created_at)
+    .bind(budget.updated_at)
+    .execute(conn)
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 #[async_trait]

@@ -3,11 +3,14 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
+use chrono::Utc;
+use stratai_core::budget::BudgetScope;
 use stratai_core::ports::{OutboxEntity, TierStore};
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::{OrgId, StoreError, TierId};
 
 use super::directory::emit;
+use super::ledger::put_implied_budget;
 use super::rows::{self, get};
 use super::{PgStore, same_tenant};
 use crate::error::db;
@@ -131,6 +134,9 @@ impl TierStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
+        let budget = subscription.monthly_budget.filter(|_| subscription.enabled);
+        let scope = BudgetScope::Tier(subscription.tier_id);
+        put_implied_budget(&mut tx, org, scope, budget, Utc::now()).await?;
         emit(&mut tx, org, OutboxEntity::Org(org), false).await?;
         tx.commit().await.map_err(db)
     }

@@ -4,13 +4,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
+use stratai_core::budget::BudgetScope;
 use stratai_core::directory::{
     Email, Group, GroupMembership, GroupRole, Invitation, InvitationStatus, Membership,
-    Organization, Slug, User, UserProfile,
+    OrgSettings, Organization, Slug, User, UserProfile,
 };
 use stratai_core::ports::{DirectoryStore, OutboxEntity};
 use stratai_core::{GroupId, InvitationId, OrgId, ProfileId, StoreError, UserId};
 
+use super::ledger::put_implied_budget;
 use super::{
     Col, PROFILE_EXISTS, SqliteStore, USER_EXISTS, emit, money, require_group, require_member,
     require_org, require_row, tenant, to_json, ts,
@@ -179,6 +181,60 @@ async fn require_profile(
         Some(id) => require_row(conn, PROFILE_EXISTS, "profile", id.as_uuid()).await,
         None => Ok(()),
     }
+}
+
+/// Refuses a group name another group of the organization has, whatever its case. The caller
+/// holds SQLite's write lock.
+async fn check_group_name(
+    conn: &mut SqliteConnection,
+    org: OrgId,
+    group: &Group,
+) -> Result<(), StoreError> {
+    let rows = sqlx::query("SELECT id, name FROM groups WHERE organization_id = ?")
+        .bind(org.as_uuid())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    let mut others = Vec::with_capacity(rows.len());
+    for row in &rows {
+        others.push((GroupId::from_uuid(row.uuid("id")?), row.text("name")?));
+    }
+    shared::check_group_name(
+        group.id,
+        &group.name,
+        others.iter().map(|(id, name)| (*id, name.as_str())),
+    )
+}
+
+/// Checks that `user` may join `group` without passing `max_users_per_group` (always, when
+/// already in it). The caller holds SQLite's write lock, so no other add runs in between.
+async fn check_group_seat(
+    conn: &mut SqliteConnection,
+    org: OrgId,
+    group: GroupId,
+    user: UserId,
+) -> Result<(), StoreError> {
+    let row = sqlx::query(
+        "SELECT g.name, o.settings,
+                (SELECT COUNT(*) FROM group_memberships m WHERE m.group_id = g.id) AS members,
+                EXISTS (SELECT 1 FROM group_memberships m
+                        WHERE m.group_id = g.id AND m.user_id = ?) AS already
+         FROM groups g JOIN organizations o ON o.id = g.organization_id
+         WHERE g.id = ? AND g.organization_id = ?",
+    )
+    .bind(user.as_uuid())
+    .bind(group.as_uuid())
+    .bind(org.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?
+    .ok_or_else(|| StoreError::not_found("group", group))?;
+    if row.flag("already")? {
+        return Ok(());
+    }
+    let settings: OrgSettings = row.json("settings")?;
+    let members = u64::try_from(row.int("members")?).unwrap_or(0);
+    shared::check_group_room(&row.text("name")?, members, settings.max_users_per_group)
 }
 
 fn opt_json<T: serde::Serialize>(value: Option<&T>) -> Result<Option<String>, StoreError> {
@@ -367,6 +423,8 @@ impl DirectoryStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
+        let scope = BudgetScope::User(member.user_id);
+        put_implied_budget(&mut tx, org, scope, member.monthly_budget, Utc::now()).await?;
         emit(&mut tx, org, OutboxEntity::Member(member.user_id), false).await?;
         tx.commit().await.map_err(db)
     }
@@ -413,6 +471,8 @@ impl DirectoryStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
+        let scope = BudgetScope::User(member.user_id);
+        put_implied_budget(&mut tx, org, scope, new.monthly_budget, Utc::now()).await?;
         if !shared::member_change_is_sync_only(&old, &new) {
             emit(&mut tx, org, OutboxEntity::Member(member.user_id), false).await?;
         }
@@ -454,6 +514,7 @@ impl DirectoryStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("membership", user));
         }
+        put_implied_budget(&mut tx, org, BudgetScope::User(user), None, Utc::now()).await?;
         emit(&mut tx, org, OutboxEntity::Member(user), true).await?;
         tx.commit().await.map_err(db)
     }
@@ -475,6 +536,7 @@ impl DirectoryStore for SqliteStore {
         tenant(org, group.org_id, "group")?;
         let mut tx = self.write().await?;
         require_org(&mut tx, org).await?;
+        check_group_name(&mut tx, org, group).await?;
         sqlx::query(
             "INSERT INTO groups (id, organization_id, name, description, allowed_tiers,
                  monthly_budget, created_at, updated_at)
@@ -491,6 +553,8 @@ impl DirectoryStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
+        let scope = BudgetScope::Group(group.id);
+        put_implied_budget(&mut tx, org, scope, group.monthly_budget, group.updated_at).await?;
         emit(&mut tx, org, OutboxEntity::Group(group.id), false).await?;
         tx.commit().await.map_err(db)
     }
@@ -526,6 +590,7 @@ impl DirectoryStore for SqliteStore {
     async fn update_group(&self, org: OrgId, group: &Group) -> Result<(), StoreError> {
         tenant(org, group.org_id, "group")?;
         let mut tx = self.write().await?;
+        check_group_name(&mut tx, org, group).await?;
         let done = sqlx::query(
             "UPDATE groups SET name = ?, description = ?, allowed_tiers = ?, monthly_budget = ?,
                  updated_at = ?
@@ -544,6 +609,8 @@ impl DirectoryStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("group", group.id));
         }
+        let scope = BudgetScope::Group(group.id);
+        put_implied_budget(&mut tx, org, scope, group.monthly_budget, group.updated_at).await?;
         emit(&mut tx, org, OutboxEntity::Group(group.id), false).await?;
         tx.commit().await.map_err(db)
     }
@@ -559,6 +626,7 @@ impl DirectoryStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("group", group));
         }
+        put_implied_budget(&mut tx, org, BudgetScope::Group(group), None, Utc::now()).await?;
         emit(&mut tx, org, OutboxEntity::Group(group), true).await?;
         tx.commit().await.map_err(db)
     }
@@ -572,6 +640,7 @@ impl DirectoryStore for SqliteStore {
         let mut tx = self.write().await?;
         require_group(&mut tx, org, membership.group_id).await?;
         require_member(&mut tx, org, membership.user_id).await?;
+        check_group_seat(&mut tx, org, membership.group_id, membership.user_id).await?;
         sqlx::query(
             "INSERT INTO group_memberships (group_id, organization_id, user_id, role, joined_at)
              VALUES (?, ?, ?, ?, ?)
@@ -846,15 +915,15 @@ impl DirectoryStore for SqliteStore {
         .bind(ts(now))
         .execute(&mut *tx)
         .await
-        .map_err(|err| match db(err) {
-            StoreError::Conflict(_) => {
-                StoreError::Conflict(format!("user `{}` is already a member", user.id))
-            }
-            other => other,
-        })?;
+        .map_err(db)?;
         emit(&mut tx, org, OutboxEntity::Member(user.id), false).await?;
         for group in &invitation.group_ids {
-            // A group deleted since the invitation was sent is skipped.
+            // A group deleted since the invitation was sent is skipped; a full one refuses
+            // the whole acceptance.
+            match check_group_seat(&mut tx, org, *group, user.id).await {
+                Err(StoreError::NotFound { .. }) => continue,
+                other => other?,
+            }
             let inserted = sqlx::query(
                 "INSERT INTO group_memberships (group_id, organization_id, user_id, role, joined_at)
                  SELECT id, organization_id, ?, 'member', ? FROM groups

@@ -13,6 +13,7 @@ use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
 use stratai_core::budget::{
     Budget, BudgetOutcome, BudgetScope, BudgetState, PeriodWindow, evaluate_budgets,
+    implied_budget, implied_budget_id,
 };
 use stratai_core::directory::OrgSettings;
 use stratai_core::ports::{BudgetLedger, ReserveOutcome, ReserveRequest, SettleOutcome};
@@ -219,6 +220,51 @@ async fn check_scope(
         BudgetScope::User(user) => require_member(conn, org, user).await,
         BudgetScope::Tier(tier) => require_row(conn, TIER_EXISTS, "tier", tier.as_uuid()).await,
     }
+}
+
+/// Keeps the budget a `monthly_budget` field implies in step with the field, in the caller's
+/// transaction: created or its limit updated when `limit` is set, deleted (with its periods)
+/// when it is cleared.
+pub(super) async fn put_implied_budget(
+    conn: &mut SqliteConnection,
+    org: OrgId,
+    scope: BudgetScope,
+    limit: Option<Money>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let Some(limit) = limit else {
+        sqlx::query("DELETE FROM budgets WHERE id = ? AND organization_id = ?")
+            .bind(implied_budget_id(org, scope).as_uuid())
+            .bind(org.as_uuid())
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        return Ok(());
+    };
+    let budget = implied_budget(org, scope, limit, micros(now));
+    let (scope_type, scope_id) = scope_columns(org, budget.scope);
+    sqlx::query(
+        "INSERT INTO budgets (id, scope_type, scope_id, organization_id, limit_amount,
+             limit_period, alert_threshold, hard_limit, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET limit_amount = excluded.limit_amount,
+             updated_at = excluded.updated_at
+         WHERE budgets.limit_amount <> excluded.limit_amount",
+    )
+    .bind(budget.id.as_uuid())
+    .bind(scope_type)
+    .bind(scope_id)
+    .bind(org.as_uuid())
+    .bind(money(budget.limit))
+    .bind(enum_text(&budget.period)?)
+    .bind(budget.alert_threshold.to_string())
+    .bind(budget.hard_limit)
+    .bind(ts(budget.created_at))
+    .bind(ts(budget.updated_at))
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 #[async_trait]

@@ -1,11 +1,14 @@
 //! The tier catalog and subscriptions over SQLite.
 
 use async_trait::async_trait;
+use chrono::Utc;
 use sqlx::sqlite::SqliteRow;
+use stratai_core::budget::BudgetScope;
 use stratai_core::ports::{OutboxEntity, TierStore};
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::{OrgId, StoreError, TierId, TierSlug};
 
+use super::ledger::put_implied_budget;
 use super::{
     Col, SqliteStore, TIER_EXISTS, emit, money, require_org, require_row, tenant, to_json, ts,
 };
@@ -137,6 +140,9 @@ impl TierStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
+        let budget = subscription.monthly_budget.filter(|_| subscription.enabled);
+        let scope = BudgetScope::Tier(subscription.tier_id);
+        put_implied_budget(&mut tx, org, scope, budget, Utc::now()).await?;
         emit(&mut tx, org, OutboxEntity::Org(org), false).await?;
         tx.commit().await.map_err(db)
     }

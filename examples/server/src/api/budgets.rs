@@ -1,13 +1,20 @@
 //! Budgets: list with their current state, create, update (limit, period, hardness,
 //! alert threshold). A budget's scope decides who may manage it.
+//!
+//! The `monthly_budget` fields of members, groups and tier subscriptions are budgets of the
+//! same ledger (see [`ImpliedBy`]): the store writes them with the field, the list shows them
+//! with `implied_by` naming the field, and they change only through it (a `PATCH` here is a
+//! 409 naming the field). `GET /api/me/budgets` shows a member what applies to them.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use stratai_core::access::{Action, Resource};
-use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope, BudgetState};
+use stratai_core::budget::{
+    Budget, BudgetPeriod, BudgetScope, BudgetState, ImpliedBy, RequestScope,
+};
 use stratai_core::money::Money;
 use stratai_core::{BudgetId, OrgId, StoreError};
 
@@ -51,12 +58,32 @@ fn default_org(caller: &Caller, org: Option<OrgId>) -> Result<OrgId, ApiError> {
     }
 }
 
+/// A budget and its state in the current period, as `GET /api/budgets` lists it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListedBudget {
+    /// The budget and its state.
+    #[serde(flatten)]
+    pub state: BudgetState,
+    /// The field the budget follows (`member.monthly_budget`, `group.monthly_budget`,
+    /// `tier_subscription.monthly_budget`); none for a budget made with `POST /api/budgets`.
+    pub implied_by: Option<ImpliedBy>,
+}
+
+impl From<BudgetState> for ListedBudget {
+    fn from(state: BudgetState) -> Self {
+        Self {
+            implied_by: ImpliedBy::of(&state.budget),
+            state,
+        }
+    }
+}
+
 /// Budgets of an organization and their state in the current period (admins).
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<BudgetsQuery>,
-) -> Result<ApiJson<Vec<BudgetState>>, ApiError> {
+) -> Result<ApiJson<Vec<ListedBudget>>, ApiError> {
     let org_id = default_org(&caller, q.org_id)?;
     allow(&caller, Action::ViewOrg, Resource::Org(org_id))?;
     allow(&caller, Action::ManageBudgets, Resource::Org(org_id))?;
@@ -74,12 +101,13 @@ pub async fn list(
         .filter(|b| q.scope.as_deref().is_none_or(|k| b.scope.kind() == k))
         .map(|b| b.id)
         .collect();
+    let states = state
+        .stores
+        .budgets
+        .states(org_id, &ids, Utc::now())
+        .await?;
     Ok(ApiJson(
-        state
-            .stores
-            .budgets
-            .states(org_id, &ids, Utc::now())
-            .await?,
+        states.into_iter().map(ListedBudget::from).collect(),
     ))
 }
 
@@ -234,6 +262,12 @@ pub async fn update(
         Action::ManageBudgets,
         resource(budget.org_id, budget.scope),
     )?;
+    if let Some(by) = ImpliedBy::of(&budget) {
+        return Err(ApiError::Conflict(format!(
+            "budget `{id}` follows `{}`: change or clear that field instead",
+            by.field()
+        )));
+    }
     if let Some(l) = req.limit {
         budget.limit = l;
     }
@@ -254,4 +288,110 @@ pub async fn update(
         .update_budget(budget.org_id, &budget)
         .await?;
     Ok(ApiJson(budget))
+}
+
+/// Query of `GET /api/me/budgets`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MyBudgetsQuery {
+    /// Only this organization (default: every organization of the caller).
+    #[serde(default)]
+    pub org_id: Option<OrgId>,
+}
+
+/// One budget that applies to the caller, as `GET /api/me/budgets` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MyBudget {
+    /// The budget's organization.
+    pub org_id: OrgId,
+    /// The budget.
+    pub budget_id: BudgetId,
+    /// What it limits: the organization, one of the caller's groups, the caller, or a tier
+    /// (then it applies to the caller's requests for that tier's models).
+    pub scope: BudgetScope,
+    /// The field it follows, none for a budget made with `POST /api/budgets`.
+    pub implied_by: Option<ImpliedBy>,
+    /// Limit per period.
+    pub limit: Money,
+    /// The period.
+    pub period: BudgetPeriod,
+    /// Hard budgets refuse requests; soft ones only warn.
+    pub hard_limit: bool,
+    /// Settled spend in the current period (everyone's, for an organization, group or tier
+    /// budget).
+    pub spent: Money,
+    /// Held by requests in flight.
+    pub reserved: Money,
+    /// What is left: limit - spent - reserved, at least zero.
+    pub left: Money,
+    /// Start of the current period.
+    pub period_start: chrono::DateTime<Utc>,
+    /// End of the current period (exclusive): when `spent` starts again from zero.
+    pub period_end: chrono::DateTime<Utc>,
+}
+
+impl From<BudgetState> for MyBudget {
+    fn from(s: BudgetState) -> Self {
+        let implied_by = ImpliedBy::of(&s.budget);
+        let b = s.budget;
+        Self {
+            org_id: b.org_id,
+            budget_id: b.id,
+            scope: b.scope,
+            implied_by,
+            limit: b.limit,
+            period: b.period,
+            hard_limit: b.hard_limit,
+            left: b.limit.saturating_sub(s.spent + s.reserved),
+            spent: s.spent,
+            reserved: s.reserved,
+            period_start: s.period_start,
+            period_end: s.period_end,
+        }
+    }
+}
+
+/// The budgets that apply to the caller's own requests, with their state in the current
+/// period (any member).
+pub async fn mine(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<MyBudgetsQuery>,
+) -> Result<ApiJson<Vec<MyBudget>>, ApiError> {
+    let orgs: Vec<OrgId> = match q.org_id {
+        Some(org_id) => {
+            if !caller.actor.orgs.iter().any(|g| g.org_id == org_id) {
+                return Err(ApiError::NotFound("organization".to_owned()));
+            }
+            vec![org_id]
+        }
+        None => caller.actor.orgs.iter().map(|g| g.org_id).collect(),
+    };
+    let now = Utc::now();
+    let mut out = Vec::new();
+    for org_id in orgs {
+        let group_ids: Vec<_> = caller
+            .actor
+            .groups
+            .iter()
+            .filter(|g| g.org_id == org_id)
+            .map(|g| g.group_id)
+            .collect();
+        let scope = RequestScope {
+            org_id,
+            user_id: caller.id(),
+            group_ids: &group_ids,
+            tier_id: None,
+        };
+        let budgets = state.stores.budgets.list_budgets(org_id).await?;
+        let ids: Vec<BudgetId> = budgets
+            .iter()
+            .filter(|b| b.applies_to(&scope) || matches!(b.scope, BudgetScope::Tier(_)))
+            .map(|b| b.id)
+            .collect();
+        let mut states = state.stores.budgets.states(org_id, &ids, now).await?;
+        states.sort_by_key(|s| (s.budget.scope, s.budget.id));
+        out.extend(states.into_iter().map(MyBudget::from));
+    }
+    Ok(ApiJson(out))
 }

@@ -198,12 +198,8 @@ pub async fn add_member(
         }
         Err(e) => return Err(e.into()),
     }
-    let members = dir.list_group_members(org_id, group_id).await?;
-    if !members.iter().any(|m| m.user_id == req.user_id) {
-        dir.get_org(org_id)
-            .await?
-            .check_group_capacity(members.len())?;
-    }
+    // The store checks `max_users_per_group` in the transaction that adds the member (409
+    // when the group is full), so concurrent adds cannot pass it.
     let membership = GroupMembership {
         org_id,
         group_id,

@@ -174,6 +174,7 @@ macro_rules! api_routes {
 
 api_routes! {
     get "/api/me" => profiles::me;
+    get "/api/me/budgets" => budgets::mine;
     get "/api/organizations" => orgs::list;
     post "/api/organizations" => orgs::create;
     get "/api/organizations/{org_id}" => orgs::get;

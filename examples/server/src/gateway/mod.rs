@@ -327,7 +327,40 @@ pub(crate) fn header_text(text: &str) -> HeaderValue {
     HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
+/// The message roles of OpenAI's chat API; a message with any other role is refused (a typo
+/// such as `usr` would otherwise reach the provider, or be read as a user message by one).
+const CHAT_ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
 fn parse_chat(body: &[u8]) -> Result<ChatRequest, OpenAiError> {
+    let request = parse_chat_json(body)?;
+    if let Some((i, m)) = request
+        .messages
+        .iter()
+        .enumerate()
+        .find(|(_, m)| !CHAT_ROLES.contains(&m.role.as_str()))
+    {
+        let param = format!("messages[{i}].role");
+        return Err(OpenAiError::invalid(
+            "invalid_request",
+            Some(&param),
+            format!(
+                "invalid request body: unknown role `{}`, expected one of {}",
+                m.role,
+                CHAT_ROLES.join(", ")
+            ),
+        ));
+    }
+    Ok(request)
+}
+
+fn parse_chat_json(body: &[u8]) -> Result<ChatRequest, OpenAiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize::<_, ChatRequest>(de).map_err(|e| {
         let path = e.path().to_string();
