@@ -26,7 +26,7 @@ fn resource(org_id: OrgId, scope: BudgetScope) -> Resource {
 }
 
 /// Query of `GET /api/budgets`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetsQuery {
     /// Organization (default: the caller's only one).
@@ -92,7 +92,7 @@ fn default_hard() -> bool {
 }
 
 /// Body of `POST /api/budgets`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBudget {
     /// Organization.
@@ -108,6 +108,7 @@ pub struct CreateBudget {
     pub hard_limit: bool,
     /// Alert threshold in (0, 1] (default 0.8).
     #[serde(default = "default_threshold")]
+    #[schema(schema_with = crate::openapi::fraction)]
     pub alert_threshold: Decimal,
 }
 
@@ -168,7 +169,7 @@ pub async fn create(
 }
 
 /// Body of `PATCH /api/budgets/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateBudget {
     /// The budget's organization (found among the caller's when omitted).
@@ -185,6 +186,7 @@ pub struct UpdateBudget {
     pub hard_limit: Option<bool>,
     /// New alert threshold.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::fraction_or_null)]
     pub alert_threshold: Option<Decimal>,
 }
 
