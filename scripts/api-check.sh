@@ -105,10 +105,11 @@ fi
 examples=${STRATAI_API_CHECK_EXAMPLES:-12}
 log "Schemathesis: every check, $examples examples per operation"
 start=$(date +%s)
-if "$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run "$work/openapi.json" \
+# From the scratch directory: Schemathesis keeps its cache in the working directory.
+if (cd "$work" && "$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run "$work/openapi.json" \
   --url "$base" --checks all --max-examples "$examples" --workers 1 --seed 1 \
   --phases examples,coverage,fuzzing --no-color --output-truncate true \
-  --report junit --report-dir "$work/report" >"$work/schemathesis.log" 2>&1; then
+  --report junit --report-dir "$work/report") >"$work/schemathesis.log" 2>&1; then
   tail -n 20 "$work/schemathesis.log" >&2
   log "Schemathesis found no failure ($(($(date +%s) - start)) s)"
 else
