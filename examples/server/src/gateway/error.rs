@@ -284,7 +284,7 @@ mod tests {
         let e = OpenAiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "insufficient_quota",
-            "budget_exceeded",
+            "insufficient_quota",
             "the user budget is exhausted",
         )
         .with("scope", "user")
@@ -297,7 +297,7 @@ mod tests {
         assert_eq!(r.headers()[super::super::REQUEST_ID_HEADER], "r-1");
         let b = e.body();
         assert_eq!(b["error"]["type"], "insufficient_quota");
-        assert_eq!(b["error"]["code"], "budget_exceeded");
+        assert_eq!(b["error"]["code"], "insufficient_quota");
         assert_eq!(b["error"]["param"], Value::Null);
         assert_eq!(b["error"]["scope"], "user");
     }
