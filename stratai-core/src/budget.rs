@@ -15,6 +15,7 @@ use crate::ports::{ReserveOutcome, ReserveRequest, SettleOutcome};
 
 /// What a budget limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", content = "id", rename_all = "snake_case")]
 pub enum BudgetScope {
     /// The whole organization.
@@ -29,6 +30,7 @@ pub enum BudgetScope {
 
 /// A budget period: calendar windows, so a new period starts at zero with no reset job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BudgetPeriod {
     /// Calendar day.
@@ -41,6 +43,7 @@ pub enum BudgetPeriod {
 
 /// A budget of an organization.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Budget {
     /// Id.
     pub id: BudgetId,
@@ -64,6 +67,7 @@ pub struct Budget {
 
 /// A budget together with its state in one period, as a ledger reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BudgetState {
     /// The budget.
     pub budget: Budget,

@@ -129,6 +129,7 @@ impl From<Email> for String {
 
 /// The billing plan of an organization.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BillingPlan {
     /// Trying StratAI out.
@@ -143,6 +144,7 @@ pub enum BillingPlan {
 
 /// An organization's settings (the seed's `settings` JSON).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OrgSettings {
     /// Tiers the organization allows its people to use (further restricting its subscriptions).
@@ -160,6 +162,7 @@ pub struct OrgSettings {
 
 /// A customer organization: the tenant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Organization {
     /// Id.
     pub id: OrgId,
@@ -185,6 +188,7 @@ pub struct Organization {
 
 /// A person's platform-wide role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PlatformRole {
     /// Platform operator: manages organizations and tiers.
@@ -195,6 +199,7 @@ pub enum PlatformRole {
 
 /// A person known to StratAI (identity is platform-wide; access is per organization).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct User {
     /// Id.
     pub id: UserId,
@@ -218,6 +223,7 @@ pub struct User {
 
 /// A role inside an organization.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OrgRole {
     /// Owns the organization; alone may change owners.
@@ -230,6 +236,7 @@ pub enum OrgRole {
 
 /// A user's membership of an organization.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Membership {
     /// The organization.
     pub org_id: OrgId,
@@ -251,6 +258,7 @@ pub struct Membership {
 
 /// A group (department/team) inside an organization.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Group {
     /// Id.
     pub id: GroupId,
@@ -272,6 +280,7 @@ pub struct Group {
 
 /// A role inside a group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum GroupRole {
     /// Leads the group; may view its usage.
@@ -282,6 +291,7 @@ pub enum GroupRole {
 
 /// A user's membership of a group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupMembership {
     /// The group's organization.
     pub org_id: OrgId,
@@ -297,6 +307,7 @@ pub struct GroupMembership {
 
 /// Which organizations may use a profile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ProfileAvailability {
     /// Every organization.
@@ -309,6 +320,7 @@ pub enum ProfileAvailability {
 
 /// A template of defaults for a kind of user ("Internal Employee", "External Contractor").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserProfile {
     /// Id.
     pub id: ProfileId,
@@ -328,6 +340,7 @@ pub struct UserProfile {
 
 /// The state of an invitation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum InvitationStatus {
     /// Waiting to be accepted.

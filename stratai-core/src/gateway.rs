@@ -6,6 +6,7 @@ use crate::ids::{OrgId, RequestId, UserId};
 
 /// A chat message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatMessage {
     /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
@@ -15,13 +16,20 @@ pub struct ChatMessage {
 
 /// An OpenAI-compatible chat completion request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatRequest {
     /// Requested model.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub model: String,
     /// Conversation so far.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub messages: Vec<ChatMessage>,
     /// Upper bound of output tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integral_u32"
+    )]
     pub max_tokens: Option<u32>,
     /// Sampling temperature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,8 +42,49 @@ pub struct ChatRequest {
     pub user: Option<String>,
 }
 
+/// An optional `u32` that JSON may also write as an integral float (`182.0`, which JSON Schema
+/// and many clients count as an integer); a fraction, a string or a value out of range is
+/// refused.
+pub fn integral_u32<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<u32>, D::Error> {
+    integral(de, false)
+}
+
+/// [`integral_u32`] for a type also read from a query string (whose values are text).
+pub fn integral_u32_or_text<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> Result<Option<u32>, D::Error> {
+    integral(de, true)
+}
+
+fn integral<'de, D: serde::Deserializer<'de>>(de: D, text: bool) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Int(u64),
+        Float(f64),
+        Text(String),
+    }
+    let value = match Option::<Wire>::deserialize(de)? {
+        None => return Ok(None),
+        Some(Wire::Int(v)) => u32::try_from(v).ok(),
+        Some(Wire::Float(f)) if f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&f) =>
+        {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Some(f as u32)
+        }
+        Some(Wire::Float(_)) => None,
+        Some(Wire::Text(t)) if text => t.parse::<u32>().ok(),
+        Some(Wire::Text(_)) => None,
+    };
+    value
+        .map(Some)
+        .ok_or_else(|| D::Error::custom("invalid value: expected a u32"))
+}
+
 /// Token usage of a completion.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenUsage {
     /// Prompt tokens.
     pub prompt_tokens: u32,
@@ -47,6 +96,7 @@ pub struct TokenUsage {
 
 /// One choice of a completion.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatChoice {
     /// Index.
     pub index: u32,
@@ -59,6 +109,7 @@ pub struct ChatChoice {
 
 /// An OpenAI-compatible chat completion response.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatResponse {
     /// Completion id (LiteLLM's request id).
     pub id: String,
@@ -83,6 +134,7 @@ fn chat_completion_object() -> String {
 
 /// The incremental part of a streamed choice.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatDelta {
     /// Role, on the first chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,6 +146,7 @@ pub struct ChatDelta {
 
 /// One choice of a streamed chunk.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChunkChoice {
     /// Index.
     pub index: u32,
@@ -106,6 +159,7 @@ pub struct ChunkChoice {
 
 /// One server-sent chunk of a streamed completion.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatChunk {
     /// Completion id.
     pub id: String,
@@ -161,4 +215,30 @@ pub enum GatewayError {
     /// 5xx, timeout, connection failure or a malformed answer.
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max_tokens(json: &str) -> Result<Option<u32>, serde_json::Error> {
+        serde_json::from_str::<ChatRequest>(&format!(
+            r#"{{"model":"m","messages":[],"max_tokens":{json}}}"#
+        ))
+        .map(|r| r.max_tokens)
+    }
+
+    #[test]
+    fn max_tokens_takes_integral_floats_and_refuses_the_rest() {
+        assert_eq!(max_tokens("182").unwrap(), Some(182));
+        assert_eq!(max_tokens("182.0").unwrap(), Some(182));
+        assert_eq!(max_tokens("null").unwrap(), None);
+        assert!(max_tokens("1.5").is_err());
+        assert!(max_tokens("-1").is_err());
+        assert!(max_tokens("4294967296").is_err());
+        assert!(max_tokens("\"x\"").is_err());
+        assert!(max_tokens("\"5\"").is_err());
+        let absent: ChatRequest = serde_json::from_str(r#"{"model":"m","messages":[]}"#).unwrap();
+        assert_eq!(absent.max_tokens, None);
+    }
 }

@@ -8,6 +8,8 @@ pub mod error;
 pub mod gateway;
 pub mod ids;
 pub mod money;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod ports;
 pub mod pricing;
 pub mod tiers;

@@ -315,6 +315,7 @@ pub trait UsageStore: Send + Sync {
 
 /// The level a guardrail rule is attached at, with the scoped entity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "level", rename_all = "snake_case")]
 pub enum RuleScope {
     /// Every request on the platform; cannot be overridden.
@@ -363,6 +364,7 @@ impl RuleScope {
 
 /// What a rule does when it matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RuleAction {
     /// Record only.
@@ -378,6 +380,7 @@ pub enum RuleAction {
 /// A guardrail rule as stored: type and config are raw here and validated by
 /// stratai-guardrails when a policy is compiled (and when the API accepts a rule).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuleRecord {
     /// Id.
     pub id: RuleId,

@@ -13,6 +13,7 @@ use crate::money::Money;
 
 /// A model tier: a bundle of models and the rates StratAI bills for them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelTier {
     /// Id.
     pub id: TierId,
@@ -40,6 +41,7 @@ pub struct ModelTier {
 
 /// An organization's subscription to a tier (`org_tier_access`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TierSubscription {
     /// Subscribing organization.
     pub org_id: OrgId,
@@ -303,6 +305,7 @@ pub struct MemberContext<'a> {
 /// Why a tier is locked. Several may hold at once; they are listed in this order (groups by
 /// name, then id), so the first is the one to show.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum LockReason {
     /// The tier is switched off platform-wide.
@@ -376,6 +379,7 @@ pub fn unlock_label(tier_name: &str) -> String {
 
 /// Whether a member may use a tier.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Availability {
     /// Usable.
@@ -389,6 +393,7 @@ pub enum Availability {
 
 /// One tier as a member sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TierStatus {
     /// The tier.
     pub tier_id: TierId,
@@ -432,6 +437,7 @@ impl TierStatus {
 
 /// The tiers as one member (or group, or organization) sees them, in catalog order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TierAccess {
     /// Every tier of the catalog.
     pub tiers: Vec<TierStatus>,

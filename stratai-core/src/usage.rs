@@ -64,6 +64,7 @@ pub struct UsageRecord {
 
 /// A filter over usage records of one organization.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageQuery {
     /// Inclusive start.
     pub from: Option<DateTime<Utc>>,
@@ -81,6 +82,7 @@ pub struct UsageQuery {
 
 /// A dimension usage can be grouped by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Dimension {
     /// Organization.
@@ -101,6 +103,7 @@ pub enum Dimension {
 
 /// The value of one dimension in an aggregate row.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", tag = "dimension", content = "value")]
 pub enum DimensionValue {
     /// Organization.
@@ -121,6 +124,7 @@ pub enum DimensionValue {
 
 /// Totals of a set of usage records.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageTotals {
     /// Number of records.
     pub requests: u64,
@@ -136,6 +140,7 @@ pub struct UsageTotals {
 
 /// One row of an aggregation: the group key (in the order of the requested dimensions) and totals.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AggregateRow {
     /// Values of the grouped dimensions.
     pub key: Vec<DimensionValue>,

@@ -10,7 +10,6 @@ use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, State};
 use axum::http::{HeaderName, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::json;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -88,10 +87,11 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/openapi.json", get(crate::openapi::serve))
-        .merge(crate::auth::routes::router::<AppState>(&state.auth))
+        .merge(crate::auth::routes::router::<AppState>())
         .merge(crate::api::router())
         .merge(crate::gateway::maybe_router(state.gateway.clone()))
         .fallback(not_found)
+        .method_not_allowed_fallback(crate::error::method_not_allowed)
         .layer(axum::middleware::from_fn(crate::metrics::track_requests))
         .with_state(state);
     with_middleware(routes, limits)
@@ -195,30 +195,52 @@ fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::internal("handler panicked").into_response()
 }
 
-async fn live() -> impl IntoResponse {
-    axum::Json(json!({"status": "live"}))
+/// The answer of `GET /health/live`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Live {
+    /// Always `live`.
+    pub status: &'static str,
+}
+
+/// The answer of `GET /health/ready` (200 when ready, else 503).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    /// `ok` or `unavailable`.
+    pub database: &'static str,
+    /// `demo`, `ok`, `unreachable`, or `none` before the gateway is built.
+    pub llm_upstream: &'static str,
+}
+
+async fn live() -> axum::Json<Live> {
+    axum::Json(Live { status: "live" })
 }
 
 /// Ready when the database answers. The LLM upstream's status is reported too (`demo`, `ok`,
 /// `unreachable`, or `none` before the gateway is built) but does not make the instance
 /// unready: the admin API still serves, and chat answers 502 until LiteLLM is back.
 async fn ready(State(state): State<AppState>) -> Response {
-    let upstream = match &state.gateway {
+    let llm_upstream = match &state.gateway {
         Some(gateway) => gateway.upstream_status().await,
         None => "none",
     };
     match state.readiness.check().await {
-        Ok(()) => {
-            axum::Json(json!({"status": "ready", "database": "ok", "llm_upstream": upstream}))
-                .into_response()
-        }
+        Ok(()) => axum::Json(Ready {
+            status: "ready",
+            database: "ok",
+            llm_upstream,
+        })
+        .into_response(),
         Err(what) => {
             tracing::warn!(reason = %what, "not ready");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(
-                    json!({"status": "not_ready", "database": "unavailable", "llm_upstream": upstream}),
-                ),
+                axum::Json(Ready {
+                    status: "not_ready",
+                    database: "unavailable",
+                    llm_upstream,
+                }),
             )
                 .into_response()
         }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 /// One invalid field of a request: where (a path such as `settings.default_tier` or
 /// `members[2].email`) and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// Path of the field in the request body or query.
     pub path: String,
@@ -95,17 +95,87 @@ impl ApiError {
     /// The stable machine-readable code.
     #[must_use]
     pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
+    /// The stable machine-readable code, typed.
+    #[must_use]
+    pub fn error_code(&self) -> ErrorCode {
         match self {
-            Self::Unauthenticated(_) => "unauthenticated",
-            Self::Forbidden(_) => "forbidden",
-            Self::NotFound(_) => "not_found",
-            Self::Validation(_) => "validation_failed",
-            Self::BadRequest(_) => "bad_request",
-            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Validation(_) => ErrorCode::ValidationFailed,
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            Self::PayloadTooLarge => ErrorCode::PayloadTooLarge,
+            Self::Conflict(_) => ErrorCode::Conflict,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Every `code` the admin API answers, one per [`ApiError`] variant (and `method_not_allowed`
+/// for a method a route does not have). The OpenAPI document's error enum is this type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 401.
+    Unauthenticated,
+    /// 403.
+    Forbidden,
+    /// 404.
+    NotFound,
+    /// 405: the path exists, the method does not.
+    MethodNotAllowed,
+    /// 422.
+    ValidationFailed,
+    /// 400.
+    BadRequest,
+    /// 415.
+    UnsupportedMediaType,
+    /// 413.
+    PayloadTooLarge,
+    /// 409.
+    Conflict,
+    /// 503.
+    Unavailable,
+    /// 500.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code.
+    pub const ALL: &[ErrorCode] = &[
+        Self::Unauthenticated,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::ValidationFailed,
+        Self::BadRequest,
+        Self::UnsupportedMediaType,
+        Self::PayloadTooLarge,
+        Self::Conflict,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    /// The code as sent.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::ValidationFailed => "validation_failed",
+            Self::BadRequest => "bad_request",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge => "payload_too_large",
-            Self::Conflict(_) => "conflict",
-            Self::Unavailable(_) => "unavailable",
-            Self::Internal(_) => "internal",
+            Self::Conflict => "conflict",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
         }
     }
 }
@@ -133,17 +203,35 @@ impl From<stratai_core::StoreError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: BodyInner<'a>,
+/// The body of every admin API error: `{"error": {"code", "message", "fields"?}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorObject,
 }
 
-#[derive(Serialize)]
-struct BodyInner<'a> {
-    code: &'static str,
-    message: String,
+/// The error object of an [`ErrorBody`].
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorObject {
+    /// Stable, machine-readable.
+    pub code: ErrorCode,
+    /// For people.
+    pub message: String,
+    /// The invalid fields (validation errors only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    fields: Option<&'a [FieldError]>,
+    pub fields: Option<Vec<FieldError>>,
+}
+
+/// The JSON 405 for a method a route does not have (axum keeps the `Allow` header).
+pub async fn method_not_allowed() -> Response {
+    let body = ErrorBody {
+        error: ErrorObject {
+            code: ErrorCode::MethodNotAllowed,
+            message: "method not allowed on this path".to_owned(),
+            fields: None,
+        },
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -160,19 +248,21 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let fields = match &self {
-            Self::Validation(f) => Some(f.as_slice()),
+        let code = self.error_code();
+        let unauthenticated = matches!(self, Self::Unauthenticated(_));
+        let fields = match self {
+            Self::Validation(f) => Some(f),
             _ => None,
         };
-        let body = Body {
-            error: BodyInner {
-                code: self.code(),
+        let body = ErrorBody {
+            error: ErrorObject {
+                code,
                 message,
                 fields,
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if let Self::Unauthenticated(_) = self {
+        if unauthenticated {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer error=\"invalid_token\""),
@@ -212,6 +302,36 @@ mod tests {
         assert_eq!(body["error"]["code"], "validation_failed");
         assert_eq!(body["error"]["fields"][0]["path"], "members[1].email");
         assert_eq!(body["error"]["fields"][1]["path"], "role");
+    }
+
+    #[tokio::test]
+    async fn every_code_is_sent_as_its_enum_value() {
+        let all = [
+            ApiError::Unauthenticated("x"),
+            ApiError::Forbidden("x".into()),
+            ApiError::NotFound("x".into()),
+            ApiError::Validation(vec![]),
+            ApiError::BadRequest("x".into()),
+            ApiError::UnsupportedMediaType("x".into()),
+            ApiError::PayloadTooLarge,
+            ApiError::Conflict("x".into()),
+            ApiError::Unavailable("x".into()),
+            ApiError::Internal("x".into()),
+        ];
+        for e in all {
+            let code = e.error_code();
+            let (_, body) = body_of(e).await;
+            assert_eq!(body["error"]["code"], serde_json::to_value(code).unwrap());
+            assert_eq!(body["error"]["code"], code.as_str());
+        }
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+        let r = method_not_allowed().await;
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["error"]["code"], ErrorCode::MethodNotAllowed.as_str());
     }
 
     #[tokio::test]

@@ -60,8 +60,19 @@ fn is_json(req: &Request) -> bool {
             && essence.to_ascii_lowercase().ends_with("+json"))
 }
 
-/// Deserializes `bytes` as `T`, reporting the failing field path.
+/// Deserializes `bytes` as `T`, reporting the failing field path. Every request body of the
+/// API is a JSON object: anything else (an array, which serde would read into a struct
+/// field by field) answers 422.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => {}
+        Some(_) => {
+            // Broken JSON stays a 400; valid JSON of another kind is a 422.
+            if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+                return Err(ApiError::invalid("body", "expected a JSON object"));
+            }
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = match serde_path_to_error::deserialize(&mut de) {
         Ok(v) => v,
@@ -204,5 +215,23 @@ mod tests {
         ));
         let ok: Invite = parse_json(br#"{"members":[{"email":"a@b"}]}"#).unwrap();
         assert_eq!(ok.members[0].email, "a@b");
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_refused() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Patch {
+            #[allow(dead_code)]
+            name: Option<String>,
+        }
+        // serde would read `[null]` into the struct field by field.
+        let f = fields(parse_json::<Patch>(b" [null]").unwrap_err());
+        assert_eq!(f[0].path, "body");
+        assert!(fields(parse_json::<Patch>(b"5").unwrap_err())[0].path == "body");
+        assert!(matches!(
+            parse_json::<Patch>(b"[nul").unwrap_err(),
+            ApiError::BadRequest(_)
+        ));
+        assert!(parse_json::<Patch>(b" {}").is_ok());
     }
 }

@@ -128,7 +128,7 @@ fn route_table() -> Vec<(String, String)> {
         .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
         .collect();
     // The non-API routes of this (dev-mode) server, from the same table the OpenAPI document
-    // is built from. The OIDC browser-login routes exist only with a provider configured and
+    // is built from. The OIDC browser-login routes answer 404 without a provider configured and
     // are public by design (redirects); auth_oidc.rs tests them.
     for (m, p, ..) in stratai_server::openapi::OTHER_OPERATIONS {
         if !["/auth/login", "/auth/callback", "/auth/logout"].contains(p) {

@@ -102,6 +102,50 @@ async fn every_documented_operation_is_routed() {
 }
 
 #[test]
+fn every_operation_has_its_request_and_answers_described() {
+    assert_eq!(
+        stratai_server::openapi::undescribed(),
+        Vec::<String>::new(),
+        "add these operations to `describe` in src/openapi.rs"
+    );
+}
+
+#[tokio::test]
+async fn a_method_a_path_does_not_have_answers_a_json_405_with_allow() {
+    let dev = api_support::Api::start(api_support::Kind::Memory)
+        .await
+        .unwrap();
+    let doc = stratai_server::openapi::document();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        let documented: Vec<String> = ops
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|m| m.to_ascii_uppercase())
+            .collect();
+        for method in ["TRACE", "PUT", "DELETE", "PATCH", "POST"] {
+            if documented.iter().any(|m| m == method) {
+                continue;
+            }
+            let r = dev.raw(request(method, path)).await;
+            assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_eq!(
+                r.json["error"]["code"], "method_not_allowed",
+                "{method} {path}: {}",
+                r.json
+            );
+            let allow = r.headers["allow"].to_str().unwrap().to_owned();
+            for m in &documented {
+                assert!(
+                    allow.contains(m.as_str()),
+                    "{method} {path}: Allow `{allow}` lacks {m}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn the_checked_in_document_is_current() {
     let generated =
         serde_json::to_string_pretty(&stratai_server::openapi::document()).unwrap() + "\n";

@@ -33,7 +33,7 @@ fn resource(org_id: OrgId, scope: BudgetScope) -> Resource {
 }
 
 /// Query of `GET /api/budgets`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetsQuery {
     /// Organization (default: the caller's only one).
@@ -120,7 +120,7 @@ fn default_hard() -> bool {
 }
 
 /// Body of `POST /api/budgets`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBudget {
     /// Organization.
@@ -136,6 +136,7 @@ pub struct CreateBudget {
     pub hard_limit: bool,
     /// Alert threshold in (0, 1] (default 0.8).
     #[serde(default = "default_threshold")]
+    #[schema(schema_with = crate::openapi::fraction)]
     pub alert_threshold: Decimal,
 }
 
@@ -196,7 +197,7 @@ pub async fn create(
 }
 
 /// Body of `PATCH /api/budgets/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateBudget {
     /// The budget's organization (found among the caller's when omitted).
@@ -213,6 +214,7 @@ pub struct UpdateBudget {
     pub hard_limit: Option<bool>,
     /// New alert threshold.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::fraction_or_null)]
     pub alert_threshold: Option<Decimal>,
 }
 

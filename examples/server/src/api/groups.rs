@@ -25,10 +25,11 @@ pub async fn list(
 }
 
 /// Body of `POST /api/organizations/{id}/groups`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroup {
     /// Name, unique in the organization.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub name: String,
     /// Description.
     #[serde(default)]
@@ -63,7 +64,7 @@ pub async fn create(
 }
 
 /// Body of `PATCH /api/groups/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateGroup {
     /// New name.
@@ -164,7 +165,7 @@ pub async fn list_members(
 }
 
 /// Body of `POST /api/groups/{id}/members`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddGroupMember {
     /// A member of the group's organization.

@@ -18,7 +18,7 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, double_option};
 
 /// Where an organization's rule attaches (the organization is the one in the path).
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "level", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OrgScope {
     /// The whole organization.
@@ -41,7 +41,7 @@ pub enum OrgScope {
 }
 
 /// Where a platform rule attaches.
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "level", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PlatformScope {
     /// Every request on the platform.
@@ -54,10 +54,11 @@ pub enum PlatformScope {
 }
 
 /// Body of the rule creation routes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRule<S> {
     /// Name.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub name: String,
     /// Description.
     #[serde(default)]
@@ -83,7 +84,7 @@ fn yes() -> bool {
 }
 
 /// Body of the rule update routes (type and scope are fixed; create another rule instead).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRule {
     /// Name.

@@ -20,10 +20,11 @@ use crate::extract::ApiJson;
 pub const DEFAULT_VALID_DAYS: i64 = 7;
 
 /// One invitation to create.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InviteSpec {
     /// Invited address.
+    #[schema(value_type = stratai_core::directory::Email)]
     pub email: String,
     /// Role on acceptance (default member).
     #[serde(default)]
@@ -40,12 +41,13 @@ pub struct InviteSpec {
 }
 
 /// Body of `POST /api/invitations`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInvitation {
     /// Organization to join.
     pub org_id: OrgId,
     /// Address.
+    #[schema(value_type = stratai_core::directory::Email)]
     pub email: String,
     /// Role (default member).
     #[serde(default)]
@@ -62,7 +64,7 @@ pub struct CreateInvitation {
 }
 
 /// An invitation without its secret.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvitationView {
     /// Id.
     pub id: InvitationId,
@@ -98,7 +100,7 @@ impl From<&Invitation> for InvitationView {
 }
 
 /// A created invitation and its token: the only time the token is shown.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvitationCreated {
     /// The invitation.
     pub invitation: InvitationView,
@@ -243,7 +245,7 @@ pub async fn list(
 }
 
 /// What the holder of an invitation token may see before logging in.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvitationDetails {
     /// Organization name.
     pub organization: String,
@@ -304,7 +306,7 @@ pub async fn accept(
 }
 
 /// Per-row result of a bulk invite.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BulkRow {
     /// 1-based data row (the header is row 0).
     pub row: usize,
@@ -321,7 +323,7 @@ pub struct BulkRow {
 }
 
 /// Result of a bulk invite.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BulkOutcome {
     /// Invitations created.
     pub created: usize,

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, double_option, parse_json};
 
 /// A member as the admin API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberView {
     /// User id.
     pub user_id: UserId,
@@ -104,7 +104,7 @@ pub async fn add(
 }
 
 /// Body of `PATCH /api/organizations/{id}/members/{user}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMember {
     /// New role (owner changes need an owner).

@@ -33,12 +33,14 @@ pub async fn list(
 }
 
 /// Body of `POST /api/organizations`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrg {
     /// Display name.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub name: String,
     /// Unique slug.
+    #[schema(value_type = stratai_core::directory::Slug)]
     pub slug: String,
     /// Settings (default: basic and standard allowed, standard by default).
     #[serde(default)]
@@ -48,12 +50,14 @@ pub struct CreateOrg {
     pub billing_plan: Option<BillingPlan>,
     /// Billing email.
     #[serde(default)]
+    #[schema(value_type = Option<stratai_core::directory::Email>)]
     pub billing_email: Option<String>,
     /// Tier slugs to subscribe to (default: the settings' allowed tiers).
     #[serde(default)]
     pub tiers: Option<Vec<String>>,
     /// Email of the first owner (created if unknown).
     #[serde(default)]
+    #[schema(value_type = Option<stratai_core::directory::Email>)]
     pub owner_email: Option<String>,
 }
 
@@ -168,7 +172,7 @@ pub async fn get(
 }
 
 /// Body of `PATCH /api/organizations/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateOrg {
     /// New name.

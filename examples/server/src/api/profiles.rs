@@ -14,7 +14,8 @@ use crate::error::ApiError;
 use crate::extract::ApiJson;
 
 /// Answer of `GET /api/me`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = MeProfile)]
 pub struct Me {
     /// The user.
     pub user: User,
@@ -44,10 +45,11 @@ pub async fn list(
 }
 
 /// Body of `POST /api/profiles`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProfile {
     /// Name ("Internal Employee").
+    #[schema(min_length = 1, pattern = r"\S")]
     pub name: String,
     /// Description.
     #[serde(default)]

@@ -50,7 +50,7 @@ pub async fn list(
 }
 
 /// Query of `GET /api/tiers/accessible`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessibleQuery {
     /// Organization (default: the caller's only one).
@@ -62,7 +62,7 @@ pub struct AccessibleQuery {
 }
 
 /// An accessible tier.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AccessibleTier {
     /// Tier id.
     pub tier_id: TierId,
@@ -75,7 +75,7 @@ pub struct AccessibleTier {
 }
 
 /// A locked tier with why and what to do.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LockedTier {
     /// Tier id.
     pub tier_id: TierId,
@@ -96,7 +96,7 @@ pub struct LockedTier {
 }
 
 /// Answer of `GET /api/tiers/accessible`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AccessibleTiers {
     /// Organization.
     pub org_id: OrgId,
@@ -200,7 +200,7 @@ pub async fn accessible(
 }
 
 /// Answer of `GET /api/organizations/{id}/tiers`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrgTiers {
     /// The subscriptions.
     pub subscriptions: Vec<TierSubscription>,
@@ -225,7 +225,7 @@ pub async fn org_tiers(
 }
 
 /// Body of `PUT /api/organizations/{id}/tiers/{tier}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutSubscription {
     /// Whether the subscription grants the tier.

@@ -19,7 +19,7 @@ use crate::extract::{ApiJson, ApiQuery};
 /// Query of `GET /api/usage` and `GET /api/usage/export`. The scope is the organization,
 /// narrowed to a group and/or a user; each narrowing is authorized on its own (a member may
 /// read their own usage, a group lead their group's, admins everything in their organization).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageParams {
     /// Organization (default: the caller's only one).
@@ -49,7 +49,7 @@ pub struct UsageParams {
 }
 
 /// Answer of `GET /api/usage`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageSummary {
     /// Organization.
     pub org_id: OrgId,

@@ -1,5 +1,5 @@
-//! `/auth/*` handlers. Which routes exist depends on the mode: the OIDC login routes only
-//! with a configured client, `POST /auth/dev/token` only in dev mode.
+//! `/auth/*` handlers. Every mode routes them all; what a mode lacks answers 404: the OIDC
+//! login routes without a configured client, `POST /auth/dev/token` outside dev mode.
 
 use std::sync::Arc;
 
@@ -23,30 +23,24 @@ use crate::extract::ApiJson;
 pub const LOGIN_STATE_COOKIE: &str = "stratai_login_state";
 const CALLBACK_PATH: &str = "/auth/callback";
 
-/// The `/auth` routes for this mode.
-pub fn router<S>(auth: &Auth) -> Router<S>
+/// The `/auth` routes.
+pub fn router<S>() -> Router<S>
 where
     Arc<Auth>: FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
-    let mut router = Router::new().route("/auth/me", get(me));
-    match auth.mode() {
-        Mode::Dev(_) => {
-            router = router.route("/auth/dev/token", post(dev_token));
-        }
-        Mode::Oidc { login: Some(_), .. } => {
-            router = router
-                .route("/auth/login", get(login).post(login))
-                .route(CALLBACK_PATH, get(callback))
-                .route("/auth/logout", post(logout));
-        }
-        Mode::Oidc { login: None, .. } => {}
-    }
-    router
+    // Every mode has every route (a handler of another mode answers 404), so the document is
+    // the same in every mode and an undeclared method answers 405.
+    Router::new()
+        .route("/auth/me", get(me))
+        .route("/auth/dev/token", post(dev_token))
+        .route("/auth/login", get(login).post(login))
+        .route(CALLBACK_PATH, get(callback))
+        .route("/auth/logout", post(logout))
 }
 
 /// Body of `POST /auth/dev/token`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DevTokenRequest {
     /// Email of an existing user.
@@ -54,7 +48,7 @@ pub struct DevTokenRequest {
 }
 
 /// Answer of `POST /auth/dev/token`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DevTokenResponse {
     /// The bearer token.
     pub token: String,
@@ -69,7 +63,7 @@ async fn dev_token(
     ApiJson(req): ApiJson<DevTokenRequest>,
 ) -> Result<ApiJson<DevTokenResponse>, ApiError> {
     let Mode::Dev(dev) = auth.mode() else {
-        return Err(ApiError::NotFound("route".to_owned()));
+        return Err(ApiError::NotFound("dev tokens (dev mode only)".to_owned()));
     };
     let email = req.email.trim().to_ascii_lowercase();
     if !looks_like_email(&email) {
@@ -114,7 +108,8 @@ async fn dev_token(
 }
 
 /// Answer of `GET /auth/me`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = AuthMe)]
 pub struct Me {
     /// StratAI user id.
     pub user_id: uuid::Uuid,
@@ -137,7 +132,7 @@ fn login_flow(auth: &Auth) -> Result<&Arc<OidcLogin>, ApiError> {
         Mode::Oidc {
             login: Some(login), ..
         } => Ok(login),
-        _ => Err(ApiError::NotFound("route".to_owned())),
+        _ => Err(ApiError::NotFound("OIDC login (not configured)".to_owned())),
     }
 }
 
@@ -166,7 +161,7 @@ async fn login(State(auth): State<Arc<Auth>>) -> Result<Response, ApiError> {
 }
 
 /// Query of `GET /auth/callback` (providers add more parameters; they are ignored).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,

@@ -10,7 +10,93 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
+
+/// Every `type` the OpenAI-compatible routes answer.
+pub const KINDS: &[&str] = &[
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "rate_limit_error",
+    "insufficient_quota",
+    "server_error",
+];
+
+/// Every `code` of the OpenAI-compatible routes besides the admin API's [`ErrorCode`]s (which
+/// they answer for authentication and malformed requests).
+pub const CODES: &[&str] = &[
+    "invalid_request",
+    "organization_required",
+    "not_a_member",
+    "model_not_found",
+    "model_access_denied",
+    "guardrail_blocked",
+    "rate_limit_exceeded",
+    "insufficient_quota",
+    "upstream_rate_limited",
+    "upstream_bad_request",
+    "upstream_refused",
+    "upstream_budget_exceeded",
+    "not_provisioned",
+    "upstream_unavailable",
+];
+
+/// The body of every error of the OpenAI-compatible routes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OpenAiErrorBody {
+    /// The error.
+    pub error: OpenAiErrorObject,
+}
+
+/// OpenAI's error object plus StratAI's detail (`reason`, `upgrade_hint`, `scope`, `rule`,
+/// `reasons`, ... depending on the code).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OpenAiErrorObject {
+    /// For people.
+    pub message: String,
+    /// OpenAI's error type.
+    #[serde(rename = "type")]
+    #[schema(schema_with = kind_schema)]
+    pub kind: &'static str,
+    /// Stable, machine-readable.
+    #[schema(schema_with = code_schema)]
+    pub code: &'static str,
+    /// The offending parameter, or null.
+    pub param: Option<Box<str>>,
+    /// StratAI's detail.
+    #[serde(flatten)]
+    pub detail: serde_json::Map<String, Value>,
+}
+
+fn enum_schema(values: Vec<&'static str>) -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(values))
+        .build()
+}
+
+fn kind_schema() -> utoipa::openapi::schema::Object {
+    enum_schema(KINDS.to_vec())
+}
+
+/// The admin API's codes ([`ErrorCode`]) followed by [`CODES`].
+fn all_codes() -> Vec<&'static str> {
+    let mut codes = ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>();
+    for code in CODES {
+        if !codes.contains(code) {
+            codes.push(code);
+        }
+    }
+    codes
+}
+
+fn code_schema() -> utoipa::openapi::schema::Object {
+    enum_schema(all_codes())
+}
 
 /// An error answered by the OpenAI-compatible routes.
 #[derive(Debug, Clone)]
@@ -41,6 +127,11 @@ impl OpenAiError {
         code: &'static str,
         message: impl Into<String>,
     ) -> Self {
+        debug_assert!(KINDS.contains(&kind), "undocumented error type `{kind}`");
+        debug_assert!(
+            all_codes().contains(&code),
+            "undocumented error code `{code}`"
+        );
         Self {
             status,
             message: message.into(),
@@ -95,21 +186,31 @@ impl OpenAiError {
     /// The JSON body.
     #[must_use]
     pub fn body(&self) -> Value {
-        let mut inner = serde_json::Map::new();
-        inner.insert("message".to_owned(), self.message.clone().into());
-        inner.insert("type".to_owned(), self.kind.into());
-        inner.insert("code".to_owned(), self.code.into());
-        inner.insert(
-            "param".to_owned(),
-            self.param
-                .as_deref()
-                .map_or(Value::Null, |p| Value::String(p.to_owned())),
-        );
-        for (k, v) in self.detail.iter() {
-            inner.entry(k.clone()).or_insert_with(|| v.clone());
+        let mut detail = (*self.detail).clone();
+        for key in ["message", "type", "code", "param"] {
+            detail.remove(key);
         }
-        serde_json::json!({ "error": inner })
+        serde_json::to_value(OpenAiErrorBody {
+            error: OpenAiErrorObject {
+                message: self.message.clone(),
+                kind: self.kind,
+                code: self.code,
+                param: self.param.clone(),
+                detail,
+            },
+        })
+        .unwrap_or(Value::Null)
     }
+}
+
+/// The 405 of the OpenAI-compatible routes, in their shape (axum keeps the `Allow` header).
+pub async fn method_not_allowed() -> OpenAiError {
+    OpenAiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        ErrorCode::MethodNotAllowed.as_str(),
+        "method not allowed on this path",
+    )
 }
 
 impl IntoResponse for OpenAiError {
@@ -183,7 +284,7 @@ mod tests {
         let e = OpenAiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "insufficient_quota",
-            "budget_exceeded",
+            "insufficient_quota",
             "the user budget is exhausted",
         )
         .with("scope", "user")
@@ -196,7 +297,7 @@ mod tests {
         assert_eq!(r.headers()[super::super::REQUEST_ID_HEADER], "r-1");
         let b = e.body();
         assert_eq!(b["error"]["type"], "insufficient_quota");
-        assert_eq!(b["error"]["code"], "budget_exceeded");
+        assert_eq!(b["error"]["code"], "insufficient_quota");
         assert_eq!(b["error"]["param"], Value::Null);
         assert_eq!(b["error"]["scope"], "user");
     }

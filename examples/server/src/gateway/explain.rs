@@ -27,23 +27,29 @@ use super::pipeline::{BudgetView, Refusal};
 use super::{GatewayState, authenticate, org_header, refusal_error};
 
 /// The question.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExplainQuery {
     /// User id or email (default: the caller).
+    #[schema(schema_with = crate::openapi::user_or_email)]
     pub user: Option<String>,
     /// Model id.
+    #[schema(value_type = stratai_core::ModelId)]
     pub model: String,
     /// Instant (default: now).
     pub at: Option<DateTime<Utc>>,
     /// Organization id or slug (default: `x-stratai-org`, then the user's only organization).
     pub org: Option<String>,
     /// Output tokens to assume for the worst-case cost (default: 4096).
+    #[serde(
+        default,
+        deserialize_with = "stratai_core::gateway::integral_u32_or_text"
+    )]
     pub max_tokens: Option<u32>,
 }
 
 /// The answer.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Explanation {
     /// `allow`, `warn` or `deny`.
     pub outcome: &'static str,

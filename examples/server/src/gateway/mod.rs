@@ -111,6 +111,7 @@ where
             get(explain::explain_get).post(explain::explain_post),
         )
         .route("/metrics", get(metrics::serve_metrics))
+        .method_not_allowed_fallback(error::method_not_allowed)
         // One `Arc` clone per request rather than a clone of every field.
         .with_state(Arc::new(state))
 }
@@ -530,6 +531,30 @@ async fn chat_inner(
     Ok((StatusCode::OK, out_headers, axum::Json(answer)).into_response())
 }
 
+/// The answer of `GET /v1/models`: the caller's accessible models, OpenAI's list shape.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// The models.
+    pub data: Vec<Model>,
+}
+
+/// One model of a [`ModelList`].
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Model {
+    /// The model id, as chat requests name it.
+    pub id: String,
+    /// Always `model`.
+    pub object: &'static str,
+    /// Always 0.
+    pub created: i64,
+    /// Always `stratai`.
+    pub owned_by: &'static str,
+    /// The slug of the tier that grants it.
+    pub tier: String,
+}
+
 async fn list_models(
     State(state): State<Arc<GatewayState>>,
     method: axum::http::Method,
@@ -548,25 +573,26 @@ async fn list_models(
             .member_view(org, user)
             .await
             .map_err(refusal_error)?;
-        let data: Vec<serde_json::Value> = view
+        let data: Vec<Model> = view
             .access
             .accessible()
             .flat_map(|t| {
-                t.models.iter().map(move |m| {
-                    serde_json::json!({
-                        "id": m.as_str(),
-                        "object": "model",
-                        "created": 0,
-                        "owned_by": "stratai",
-                        "tier": t.slug.as_str(),
-                    })
+                t.models.iter().map(move |m| Model {
+                    id: m.as_str().to_owned(),
+                    object: "model",
+                    created: 0,
+                    owned_by: "stratai",
+                    tier: t.slug.as_str().to_owned(),
                 })
             })
             .collect();
         Ok::<_, OpenAiError>(
             (
                 [(header::CACHE_CONTROL, "no-store")],
-                axum::Json(serde_json::json!({ "object": "list", "data": data })),
+                axum::Json(ModelList {
+                    object: "list",
+                    data,
+                }),
             )
                 .into_response(),
         )

@@ -236,7 +236,7 @@ pub struct Billed {
 }
 
 /// A budget as the explain endpoint reports it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct BudgetView {
     /// Budget.
     pub budget_id: BudgetId,

@@ -1,0 +1,86 @@
+"""Seeds a running server for Schemathesis: a customer organization with a member, a group,
+a budget, guardrail rules and a profile, so every path parameter names something that exists.
+Writes a schemathesis.toml (the ids, the super admin's token) to the path given.
+
+Usage: seed.py BASE_URL CONFIG_OUT
+"""
+
+import json
+import sys
+import urllib.request
+
+
+def call(base, method, path, token=None, body=None):
+    req = urllib.request.Request(base + path, method=method)
+    if token:
+        req.add_header("authorization", f"Bearer {token}")
+    data = None
+    if body is not None:
+        req.add_header("content-type", "application/json")
+        data = json.dumps(body).encode()
+    with urllib.request.urlopen(req, data) as r:
+        text = r.read()
+        return json.loads(text) if text else None
+
+
+def token_for(base, email):
+    return call(base, "POST", "/auth/dev/token", body={"email": email})["token"]
+
+
+def main():
+    base, out = sys.argv[1], sys.argv[2]
+    admin = token_for(base, "admin@localhost")
+    org = call(base, "POST", "/api/organizations", admin,
+               {"name": "Fuzz", "slug": "fuzz", "owner_email": "owner@fuzz.test"})
+    org_id = org["id"]
+    invite = call(base, "POST", f"/api/organizations/{org_id}/members", admin,
+                  {"email": "member@fuzz.test"})
+    member = token_for(base, "member@fuzz.test")
+    call(base, "POST", f"/api/invitations/{invite['token']}/accept", member)
+    user_id = call(base, "GET", "/api/me", member)["user"]["id"]
+    # a pending invitation, for the public token route
+    pending = call(base, "POST", f"/api/organizations/{org_id}/members", admin,
+                   {"email": "pending@fuzz.test"})["token"]
+    group = call(base, "POST", f"/api/organizations/{org_id}/groups", admin, {"name": "Fuzzers"})
+    call(base, "POST", f"/api/groups/{group['id']}/members", admin, {"user_id": user_id})
+    tier_id = call(base, "GET", "/api/tiers", admin)[0]["id"]
+    budget = call(base, "POST", "/api/budgets", admin,
+                  {"org_id": org_id, "scope": {"type": "org"},
+                   "limit": "100", "period": "monthly"})
+    rule = {"name": "no secrets", "rule_type": "content_filter",
+            "config": {"blocked_topics": ["secret"]}, "action": "block"}
+    org_rule = call(base, "POST", f"/api/organizations/{org_id}/guardrails", admin,
+                    {**rule, "scope": {"level": "org"}})
+    platform_rule = call(base, "POST", "/api/guardrails", admin,
+                         {**rule, "scope": {"level": "global"}})
+    with open(out, "w") as f:
+        f.write(f"""# written by scripts/api-check/seed.py
+headers = {{ Authorization = "Bearer {admin}" }}
+
+# A schema-valid request may still be refused with 422 for what JSON Schema cannot say: a
+# reference to something that does not exist in the organization (`scope.id`, `user_id`), a
+# rule between fields (`to` after `from`, `default_tier` among `allowed_tiers`), a guardrail
+# config checked by its rule type, a CSV header. Every other check keeps its defaults.
+[checks.positive_data_acceptance]
+expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
+
+[parameters]
+"path.org_id" = "{org_id}"
+"path.user_id" = "{user_id}"
+"path.group_id" = "{group['id']}"
+"path.tier_id" = "{tier_id}"
+"path.budget_id" = "{budget['id']}"
+"path.token" = "{pending}"
+
+[[operations]]
+include-path-regex = "^/api/organizations/"
+parameters = {{ "path.rule_id" = "{org_rule['id']}" }}
+
+[[operations]]
+include-path-regex = "^/api/guardrails/"
+parameters = {{ "path.rule_id" = "{platform_rule['id']}" }}
+""")
+
+
+if __name__ == "__main__":
+    main()
