@@ -12,8 +12,8 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Normal (non-dev, non-build) dependency names of every workspace package.
-fn normal_dependencies() -> BTreeMap<String, Vec<String>> {
+/// `cargo metadata --no-deps` of the workspace.
+fn metadata() -> serde_json::Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let out = Command::new(cargo)
         .args([
@@ -31,7 +31,11 @@ fn normal_dependencies() -> BTreeMap<String, Vec<String>> {
         "cargo metadata failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Normal (non-dev, non-build) dependency names of every workspace package.
+fn normal_dependencies(meta: &serde_json::Value) -> BTreeMap<String, Vec<String>> {
     let mut map = BTreeMap::new();
     for pkg in meta["packages"].as_array().unwrap() {
         let deps = pkg["dependencies"]
@@ -46,9 +50,89 @@ fn normal_dependencies() -> BTreeMap<String, Vec<String>> {
     map
 }
 
+/// Dependencies on an example or on the benches, found by where the crates are (manifest and
+/// dependency paths), not by their names: no package outside `examples/` may depend on one
+/// under it, in any dependency kind (nor on `benches/`); an example may use another example
+/// only as a dev-dependency (the mock upstream, a test fixture of the server's tests and load
+/// harness), never to build itself.
+fn dependencies_on_examples(meta: &serde_json::Value, root: &Path) -> Vec<String> {
+    let examples = root.join("examples");
+    let benches = root.join("benches");
+    let mut violations = Vec::new();
+    for pkg in meta["packages"].as_array().unwrap() {
+        let name = pkg["name"].as_str().unwrap();
+        let manifest = Path::new(pkg["manifest_path"].as_str().unwrap());
+        let is_example = manifest.starts_with(&examples);
+        for dep in pkg["dependencies"].as_array().unwrap() {
+            let Some(path) = dep["path"].as_str().map(Path::new) else {
+                continue;
+            };
+            let kind = dep["kind"].as_str().unwrap_or("normal");
+            let dep_name = dep["name"].as_str().unwrap();
+            if path.starts_with(&benches) {
+                violations.push(format!(
+                    "{name} depends on the benches ({dep_name}, {kind})"
+                ));
+            } else if path.starts_with(&examples) && (!is_example || kind != "dev") {
+                violations.push(format!(
+                    "{name} ({}) depends on the example {dep_name} ({kind})",
+                    manifest.display()
+                ));
+            }
+        }
+    }
+    violations
+}
+
+#[test]
+fn nothing_depends_on_an_example() {
+    let violations = dependencies_on_examples(&metadata(), &workspace_root());
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// The check above can fail: a doctored metadata with the dependencies it forbids.
+#[test]
+fn the_example_dependency_check_catches_each_kind_of_violation() {
+    let root = Path::new("/ws");
+    let meta = serde_json::json!({"packages": [
+        {"name": "stratai-benches", "manifest_path": "/ws/benches/Cargo.toml", "dependencies": [
+            // named like a library crate, but it is the server: caught by its path
+            {"name": "stratai-core", "path": "/ws/examples/server", "kind": null},
+        ]},
+        {"name": "stratai-store", "manifest_path": "/ws/stratai-store/Cargo.toml", "dependencies": [
+            {"name": "fixture", "path": "/ws/examples/mock-upstream", "kind": "dev"},
+            {"name": "stratai-benches", "path": "/ws/benches", "kind": "dev"},
+            {"name": "stratai-core", "path": "/ws/stratai-core", "kind": null},
+        ]},
+        {"name": "stratai-server", "manifest_path": "/ws/examples/server/Cargo.toml", "dependencies": [
+            {"name": "stratai-mock-upstream", "path": "/ws/examples/mock-upstream", "kind": "dev"},
+            {"name": "worker", "path": "/ws/examples/litellm-worker", "kind": null},
+            {"name": "serde", "kind": null},
+        ]},
+    ]});
+    let violations = dependencies_on_examples(&meta, root);
+    assert_eq!(violations.len(), 4, "{violations:#?}");
+    assert!(
+        violations[0].starts_with("stratai-benches ("),
+        "{violations:#?}"
+    );
+    assert!(
+        violations[1].contains("example fixture (dev)"),
+        "{violations:#?}"
+    );
+    assert!(
+        violations[2].contains("depends on the benches"),
+        "{violations:#?}"
+    );
+    assert!(
+        violations[3].contains("example worker (normal)"),
+        "{violations:#?}"
+    );
+}
+
 #[test]
 fn dependency_direction_holds() {
-    let deps = normal_dependencies();
+    let deps = normal_dependencies(&metadata());
     let ours = |name: &str| -> Vec<String> {
         deps[name]
             .iter()
@@ -78,16 +162,83 @@ fn dependency_direction_holds() {
             "stratai-store must not depend on {dep}"
         );
     }
-    // Nothing of ours depends on an example or the benches.
-    for (pkg, list) in &deps {
-        if pkg.starts_with("stratai-") && !pkg.ends_with("-example") {
-            for dep in list {
-                assert!(
-                    !dep.ends_with("-example") && dep != "stratai-benches",
-                    "{pkg} depends on {dep}"
-                );
-            }
+}
+
+/// The files allowed to read the process environment: the configuration loader's
+/// `ProcessEnv` (every setting of the server and the worker goes through it).
+const ENV_READERS: &[&str] = &["stratai-litellm/src/config.rs"];
+
+/// Lines of `text` that read the process environment (`std::env::var`, `var_os`, `vars`).
+fn env_reads(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        let compact: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+        if ["env::var(", "env::var_os(", "env::vars(", "env::vars_os("]
+            .iter()
+            .any(|call| compact.contains(call))
+        {
+            out.push((n + 1, line.trim().to_owned()));
         }
+    }
+    out
+}
+
+#[test]
+fn only_the_config_module_reads_the_environment() {
+    // Every package's `src/` (what ships); tests and harnesses read their own switches
+    // (`CI`, the LiteLLM kit's URLs), never a product setting.
+    let mut files = Vec::new();
+    for pkg in metadata()["packages"].as_array().unwrap() {
+        let manifest = PathBuf::from(pkg["manifest_path"].as_str().unwrap());
+        let src = manifest.parent().unwrap().join("src");
+        if src.exists() {
+            rust_sources(&src, &mut files);
+        }
+    }
+    assert!(files.len() > 50, "only {} sources found", files.len());
+    let root = workspace_root();
+    let mut offenders = Vec::new();
+    for file in files {
+        let relative = file
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if ENV_READERS.contains(&relative.as_str()) {
+            continue;
+        }
+        for (n, line) in env_reads(&std::fs::read_to_string(&file).unwrap()) {
+            offenders.push(format!("{relative}:{n}: {line}"));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "the environment read outside the config module (add the setting to the config \
+         instead):\n{}",
+        offenders.join("\n")
+    );
+    // The allowed reader does read it (the list is not stale).
+    let loader = std::fs::read_to_string(root.join(ENV_READERS[0])).unwrap();
+    assert!(!env_reads(&loader).is_empty());
+}
+
+#[test]
+fn the_environment_scan_sees_every_spelling() {
+    for line in [
+        r#"let v = std::env::var("X");"#,
+        r#"env::var_os("PATH")"#,
+        r#"std :: env :: var ("X")"#,
+        "for (k, v) in std::env::vars() {}",
+    ] {
+        assert_eq!(env_reads(line).len(), 1, "{line}");
+    }
+    for line in [
+        "std::env::temp_dir()",
+        "std::env::args()",
+        r#"// std::env::var("X") in a comment"#,
+    ] {
+        assert!(env_reads(line).is_empty(), "{line}");
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod chat;
 mod client;
+pub mod config;
 pub mod decimal;
 mod error;
 pub mod gateway;

@@ -129,7 +129,41 @@ async fn litellm_errors_map_onto_the_port() {
         let err = gateway.chat(&ctx, &request(false)).await.unwrap_err();
         assert!(check(&err), "{status} {kind}: {err:?}");
         assert!(!err.to_string().contains(KEY));
+        // The messages the server shows the member are the proxy's own, without our
+        // endpoint and status (an outage's full detail is only logged).
+        if matches!(
+            err,
+            GatewayError::Refused(_)
+                | GatewayError::BudgetExceeded(_)
+                | GatewayError::BadRequest(_)
+        ) {
+            assert!(
+                err.to_string().ends_with(&format!("{kind} happened")),
+                "{err}"
+            );
+            assert!(!err.to_string().contains("/chat/completions"), "{err}");
+        }
     }
+}
+
+#[tokio::test]
+async fn a_sub_second_retry_after_is_one_second() {
+    let server = MockServer::start().await;
+    let (gateway, ctx) = setup(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(error(429, "throttling_error").insert_header("retry-after", "0"))
+        .mount(&server)
+        .await;
+    let err = gateway.chat(&ctx, &request(false)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GatewayError::RateLimited {
+                retry_after_secs: Some(1)
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]

@@ -8,9 +8,11 @@ pub mod postgres;
 pub mod redis_rate;
 pub(crate) mod shared;
 pub mod sqlite;
+pub mod stores;
 
 pub use memory::MemoryStore;
 pub use postgres::{PgOptions, PgStore};
 #[cfg(feature = "redis")]
 pub use redis_rate::RedisRateLimiter;
 pub use sqlite::SqliteStore;
+pub use stores::Stores;

@@ -4,11 +4,20 @@
 //! litellm-worker [--once] [--demo] [--repair] [--interval-ms N] [--reconcile-every-s N]
 //!                [--spend-every-s N] [--spend-window-min N] [--model STRATAI=LITELLM]...
 //!                [--vault-replace-foreign]
-//! env: STRATAI_LITELLM_URL, STRATAI_LITELLM_MASTER_KEY (required),
-//!      STRATAI_DATABASE_URL: `sqlite:PATH`, `sqlite::memory:` or `postgres://...` (app role),
+//! env (or the file named by STRATAI_CONFIG, the server's keys):
+//!      LITELLM_URL, LITELLM_MASTER_KEY (required),
+//!      DATABASE_URL: `sqlite:PATH` or `postgres://...` (app role; required unless --demo),
+//!      STRATAI_DATABASE_OWNER_URL: migrates first as the owner role,
+//!      STRATAI_ALLOW_MEMORY_DATABASE=true: accept an in-memory DATABASE_URL,
 //!      STRATAI_VAULT_KEY: the key vault's master key (required with a database file or
-//!      PostgreSQL; the same as the server's)
+//!      PostgreSQL; the same as the server's), STRATAI_VAULT_REPLACE_FOREIGN
 //! ```
+//!
+//! The configuration is read by [`config`] with the loader the server uses; the former names
+//! `STRATAI_DATABASE_URL`, `STRATAI_LITELLM_URL` and `STRATAI_LITELLM_MASTER_KEY` still work,
+//! each with a warning on stderr. An in-memory database is refused unless
+//! `STRATAI_ALLOW_MEMORY_DATABASE=true` says it is meant: a worker on an empty directory
+//! would find nothing to sync, and with `--repair` delete every key it does not know.
 //!
 //! Every `--interval-ms` (1000) it runs a sync pass over the outbox; every
 //! `--reconcile-every-s` (300) a drift reconcile (repairing with `--repair`); every
@@ -18,14 +27,16 @@
 //! an in-memory store seeded with one organization, group and member, syncs it, chats once
 //! with the member's key and reports (needs the proxy's `mock-gpt` models).
 //!
-//! Virtual key secrets are sealed into the database ([`EncryptedKeyVault`] over the store's
-//! `KeyVaultStore`) with the master key in `STRATAI_VAULT_KEY` (32 bytes as 64 hex digits or
+//! Virtual key secrets are sealed into the database
+//! (`stratai_litellm::vault::EncryptedKeyVault` over the store's `KeyVaultStore`) with the master key in `STRATAI_VAULT_KEY` (32 bytes as 64 hex digits or
 //! base64, e.g. `openssl rand -base64 32`): a restart does not regenerate keys, and the server
 //! (`STRATAI_LITELLM_SYNC=worker`, same database and key) serves chat with the keys this worker
 //! creates. A secret sealed under another master key is refused with an error naming both key
 //! ids; `--vault-replace-foreign` replaces such members' keys instead (after losing the master
 //! key). Without `STRATAI_VAULT_KEY`, `--demo` and an in-memory database use an ephemeral key,
 //! said so on stderr; any other database refuses to start.
+
+mod config;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -39,14 +50,13 @@ use stratai_core::directory::{
     Organization, PlatformRole, Slug, User,
 };
 use stratai_core::ids::{ModelId, TierSlug};
-use stratai_core::ports::{
-    BudgetLedger, DirectoryStore, KeyVaultStore, OutboxStore, TierStore, UsageStore,
-};
+use stratai_core::ports::{DirectoryStore, TierStore};
 use stratai_core::tiers::{BASIC_TIER_ID, PREMIUM_TIER_ID, default_tiers, subscriptions_for};
 use stratai_core::usage::UsageQuery;
-use stratai_litellm::sync::{CoreDirectory, ModelNames, SyncConfig, SyncEngine};
-use stratai_litellm::vault::{EncryptedKeyVault, ForeignSecrets, VaultKey};
-use stratai_litellm::{Attribution, ChatMessage, ChatRequest, ClientConfig, LiteLlmClient, Secret};
+use stratai_litellm::config::ProcessEnv;
+use stratai_litellm::sync::{CoreDirectory, KeyVault, ModelNames, SyncConfig, SyncEngine};
+use stratai_litellm::{Attribution, ChatMessage, ChatRequest, LiteLlmClient};
+use stratai_store::Stores;
 
 struct Options {
     once: bool,
@@ -63,8 +73,8 @@ struct Options {
 const USAGE: &str = "usage: litellm-worker [--once] [--demo] [--repair] [--interval-ms N] \
 [--reconcile-every-s N] [--spend-every-s N] [--spend-window-min N] [--model STRATAI=LITELLM]... \
 [--vault-replace-foreign]\n\
-env: STRATAI_LITELLM_URL, STRATAI_LITELLM_MASTER_KEY, STRATAI_DATABASE_URL (sqlite:... or postgres://...), \
-STRATAI_VAULT_KEY (32 bytes, hex or base64: `openssl rand -base64 32`)";
+env: LITELLM_URL, LITELLM_MASTER_KEY, DATABASE_URL (sqlite:... or postgres://...), \
+STRATAI_VAULT_KEY (32 bytes, hex or base64: `openssl rand -base64 32`); see the README";
 
 fn number(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<u64, String> {
     let value = args
@@ -122,13 +132,6 @@ fn parse_args() -> Result<Options, String> {
     Ok(options)
 }
 
-fn env(name: &str) -> Result<String, String> {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| format!("env `{name}` is not set\n{USAGE}"))
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     match run().await {
@@ -148,65 +151,44 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<bool, String> {
     let options = parse_args()?;
-    let url = env("STRATAI_LITELLM_URL")?;
-    let master = Secret::new(env("STRATAI_LITELLM_MASTER_KEY")?);
-    let client = LiteLlmClient::new(ClientConfig::new(url, master)).map_err(|e| e.to_string())?;
-    if options.demo {
-        let key = vault_key(true)?;
-        let store = Arc::new(stratai_store::MemoryStore::new());
-        let (org, user) = seed_demo(store.as_ref()).await?;
-        println!("demo: organization {org}, member {user}");
-        return work(store, client, key, options, Some((org, user))).await;
+    let mut config = config::WorkerConfig::load(&ProcessEnv, options.demo)
+        .map_err(|e| format!("configuration: {e}\n{USAGE}"))?;
+    for warning in &config.warnings {
+        eprintln!("litellm-worker: warning: {warning}");
     }
-    let database =
-        std::env::var("STRATAI_DATABASE_URL").unwrap_or_else(|_| "sqlite::memory:".to_owned());
-    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
-        let key = vault_key(false)?;
-        let store = stratai_store::PgStore::connect(&database)
+    config.litellm.vault_replace_foreign |= options.vault_replace_foreign;
+    let client = config.litellm.client().map_err(|e| e.to_string())?;
+    let (stores, demo) = match &config.database {
+        None => {
+            let store = stratai_store::MemoryStore::new();
+            let (org, user) = seed_demo(&store).await?;
+            println!("demo: organization {org}, member {user}");
+            (Stores::from_backend(store), Some((org, user)))
+        }
+        Some(database) => (
+            Stores::open(
+                database.url.expose(),
+                database.owner_url.as_ref().map(|u| u.expose()),
+            )
             .await
-            .map_err(|e| e.to_string())?;
-        work(Arc::new(store), client, key, options, None).await
-    } else if database.starts_with("sqlite:") {
-        let key = vault_key(database.contains(":memory:") || database.contains("mode=memory"))?;
-        let store = stratai_store::SqliteStore::connect(&database)
-            .await
-            .map_err(|e| e.to_string())?;
-        work(Arc::new(store), client, key, options, None).await
+            .map_err(|e| format!("database: {e}"))?,
+            None,
+        ),
+    };
+    let vault = config
+        .litellm
+        .key_vault(stores.key_vault.clone())
+        .map_err(|e| e.to_string())?;
+    if vault.ephemeral {
+        eprintln!(
+            "key vault: STRATAI_VAULT_KEY is not set; using an EPHEMERAL master key (id {}): \
+             fine for an in-memory store, whose keys die with this process anyway",
+            vault.key_id
+        );
     } else {
-        Err(format!(
-            "STRATAI_DATABASE_URL `{database}`: expected sqlite:... or postgres://..."
-        ))
+        eprintln!("key vault: master key id {}", vault.key_id);
     }
-}
-
-/// The vault master key from `STRATAI_VAULT_KEY`; without it, an ephemeral key when nothing
-/// outlives this process (`ephemeral_ok`), said so on stderr, else an error.
-fn vault_key(ephemeral_ok: bool) -> Result<(VaultKey, bool), String> {
-    match std::env::var(VaultKey::ENV)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-    {
-        Some(text) => {
-            let key = VaultKey::parse(&text).map_err(|e| format!("{}: {e}", VaultKey::ENV))?;
-            eprintln!("key vault: master key id {}", key.id());
-            Ok((key, false))
-        }
-        None if ephemeral_ok => {
-            let key = VaultKey::generate().map_err(|e| e.to_string())?;
-            eprintln!(
-                "key vault: {} is not set; using an EPHEMERAL master key (id {}): fine for an \
-                 in-memory store, whose keys die with this process anyway",
-                VaultKey::ENV,
-                key.id()
-            );
-            Ok((key, true))
-        }
-        None => Err(format!(
-            "env `{}` is not set: the master key sealing members' virtual keys in the database \
-             (32 bytes, hex or base64, e.g. `openssl rand -base64 32`; the server needs the same)\n{USAGE}",
-            VaultKey::ENV
-        )),
-    }
+    work(stores, client, vault.vault, options, demo).await
 }
 
 /// One organization with a group (basic tier) and a member with a $1 budget, on a catalog
@@ -282,37 +264,24 @@ fn uuid_suffix() -> String {
         .to_owned()
 }
 
-async fn work<S>(
-    store: Arc<S>,
+async fn work(
+    stores: Stores,
     client: LiteLlmClient,
-    (key, ephemeral): (VaultKey, bool),
+    vault: Arc<dyn KeyVault>,
     options: Options,
     demo: Option<(stratai_core::ids::OrgId, stratai_core::ids::UserId)>,
-) -> Result<bool, String>
-where
-    S: DirectoryStore
-        + TierStore
-        + OutboxStore
-        + UsageStore
-        + KeyVaultStore
-        + BudgetLedger
-        + 'static,
-{
+) -> Result<bool, String> {
     // The budgets too: with LiteLLM Enterprise organizations, an org's monthly budget is its
     // LiteLLM organization's.
-    let source =
-        Arc::new(CoreDirectory::new(store.clone(), store.clone()).with_budgets(store.clone()));
-    let foreign = if ephemeral || options.vault_replace_foreign {
-        ForeignSecrets::Replace
-    } else {
-        ForeignSecrets::Refuse
-    };
-    let vault = Arc::new(EncryptedKeyVault::new(store.clone(), key).with_foreign_secrets(foreign));
+    let source = Arc::new(
+        CoreDirectory::new(stores.directory.clone(), stores.tiers.clone())
+            .with_budgets(stores.budgets.clone()),
+    );
     let config = SyncConfig {
         model_names: options.models.clone(),
         ..SyncConfig::default()
     };
-    let engine = SyncEngine::new(client.clone(), source, store.clone(), vault, config);
+    let engine = SyncEngine::new(client.clone(), source, stores.outbox.clone(), vault, config);
 
     if options.once {
         let mut clean = true;
@@ -326,7 +295,8 @@ where
                 break;
             }
         }
-        let dead = store
+        let dead = stores
+            .outbox
             .dead_letters(100)
             .await
             .map_err(|e| format!("outbox: {e}"))?;
@@ -389,7 +359,7 @@ where
         }
         clean &= drift.is_clean() || options.repair;
         if demo.is_none() {
-            clean &= spend(&engine, store.as_ref(), options.spend_window).await?;
+            clean &= spend(&engine, &stores, options.spend_window).await?;
         }
         return Ok(clean);
     }
@@ -415,7 +385,7 @@ where
         }
         if last_spend.elapsed() >= options.spend_every {
             last_spend = tokio::time::Instant::now();
-            if let Err(e) = spend(&engine, store.as_ref(), options.spend_window).await {
+            if let Err(e) = spend(&engine, &stores, options.spend_window).await {
                 eprintln!("spend reconciliation failed: {e}");
             }
         }
@@ -427,21 +397,28 @@ where
 }
 
 /// Spend reconciliation of every organization over the window ending 30 s ago.
-async fn spend<S>(engine: &SyncEngine, store: &S, window: chrono::Duration) -> Result<bool, String>
-where
-    S: DirectoryStore + UsageStore,
-{
+async fn spend(
+    engine: &SyncEngine,
+    stores: &Stores,
+    window: chrono::Duration,
+) -> Result<bool, String> {
     let to = Utc::now() - chrono::Duration::seconds(30);
     let from = to - window;
     let mut records = Vec::new();
-    for org in store.list_orgs().await.map_err(|e| e.to_string())? {
+    for org in stores
+        .directory
+        .list_orgs()
+        .await
+        .map_err(|e| e.to_string())?
+    {
         let query = UsageQuery {
             from: Some(from),
             to: Some(to),
             ..UsageQuery::default()
         };
         records.extend(
-            store
+            stores
+                .usage
                 .query(org.id, &query, 1_000_000)
                 .await
                 .map_err(|e| e.to_string())?,

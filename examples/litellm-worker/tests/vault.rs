@@ -45,18 +45,85 @@ fn uuid_like() -> String {
     OrgId::new().as_uuid().simple().to_string()
 }
 
-fn worker(url: &str, master: &str, database: &str, vault_key: Option<&str>) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_litellm-worker"));
-    command
+/// The worker with exactly `env` (nothing of the developer's environment).
+fn worker_with(env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_litellm-worker"))
         .arg("--once")
-        .env("STRATAI_LITELLM_URL", url)
-        .env("STRATAI_LITELLM_MASTER_KEY", master)
-        .env("STRATAI_DATABASE_URL", database)
-        .env_remove("STRATAI_VAULT_KEY");
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn worker(url: &str, master: &str, database: &str, vault_key: Option<&str>) -> Output {
+    let mut env = vec![
+        ("LITELLM_URL", url),
+        ("LITELLM_MASTER_KEY", master),
+        ("DATABASE_URL", database),
+    ];
     if let Some(key) = vault_key {
-        command.env("STRATAI_VAULT_KEY", key);
+        env.push(("STRATAI_VAULT_KEY", key));
     }
-    command.output().unwrap()
+    worker_with(&env)
+}
+
+#[test]
+fn an_in_memory_database_is_refused_unless_asked_for() {
+    let base = [
+        ("LITELLM_URL", "http://127.0.0.1:1"),
+        ("LITELLM_MASTER_KEY", "x"),
+        ("DATABASE_URL", "sqlite::memory:"),
+    ];
+    let output = worker_with(&base);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("STRATAI_ALLOW_MEMORY_DATABASE"), "{stderr}");
+    // No database at all is not a silent in-memory one either.
+    let output = worker_with(&base[..2]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("DATABASE_URL") && stderr.contains("required"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_former_names_are_read_with_a_warning() {
+    // A malformed vault key stops the worker after the names were read, before any I/O.
+    let output = worker_with(&[
+        ("STRATAI_LITELLM_URL", "http://127.0.0.1:1"),
+        ("STRATAI_LITELLM_MASTER_KEY", "x"),
+        ("STRATAI_DATABASE_URL", "sqlite:///nonexistent/w.db"),
+        ("STRATAI_VAULT_KEY", "short"),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("invalid setting STRATAI_VAULT_KEY"),
+        "{stderr}"
+    );
+    // The names were taken (the error is the vault key's, not a missing URL)...
+    let output = worker_with(&[
+        ("STRATAI_LITELLM_URL", "http://127.0.0.1:1"),
+        ("STRATAI_LITELLM_MASTER_KEY", "x"),
+        ("STRATAI_DATABASE_URL", "sqlite::memory:"),
+        ("STRATAI_ALLOW_MEMORY_DATABASE", "true"),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // ...and each is named in a warning (the run then fails: nothing listens on port 1).
+    for (old, new) in [
+        ("STRATAI_DATABASE_URL", "DATABASE_URL"),
+        ("STRATAI_LITELLM_URL", "LITELLM_URL"),
+        ("STRATAI_LITELLM_MASTER_KEY", "LITELLM_MASTER_KEY"),
+    ] {
+        assert!(
+            stderr.contains(&format!(
+                "warning: `{old}` is deprecated: set `{new}` instead"
+            )),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
@@ -66,7 +133,7 @@ fn a_database_file_needs_a_valid_vault_key_which_is_never_echoed() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("env `STRATAI_VAULT_KEY` is not set"),
+        stderr.contains("invalid setting STRATAI_VAULT_KEY: required"),
         "{stderr}"
     );
     let output = worker(

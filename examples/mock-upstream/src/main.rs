@@ -1,17 +1,18 @@
 //! `mock-upstream [--addr HOST:PORT] [--completion-tokens N]`: serves the mock OpenAI upstream.
 //!
-//! The address comes from `--addr`, else env `MOCK_UPSTREAM_ADDR`, else `127.0.0.1:18080`.
+//! The address comes from `--addr`, else `127.0.0.1:18080`. (No environment variable: settings
+//! of the workspace's programs are read by their config modules only, and this one has two
+//! flags.)
 
 use std::process::ExitCode;
 
 use mock_upstream::MockConfig;
 
 const USAGE: &str = "usage: mock-upstream [--addr HOST:PORT] [--completion-tokens N]\n\
-    env MOCK_UPSTREAM_ADDR sets the address when --addr is absent (default 127.0.0.1:18080)";
+    the address defaults to 127.0.0.1:18080";
 
 fn parse_args() -> Result<(String, MockConfig), String> {
-    let mut addr =
-        std::env::var("MOCK_UPSTREAM_ADDR").unwrap_or_else(|_| "127.0.0.1:18080".to_owned());
+    let mut addr = "127.0.0.1:18080".to_owned();
     let mut config = MockConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {

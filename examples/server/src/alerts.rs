@@ -93,29 +93,6 @@ impl AlertSink {
         }
     }
 
-    /// The sink configured by `STRATAI_ALERT_WEBHOOK_URL` (log only when unset or invalid).
-    #[must_use]
-    pub fn from_env() -> Self {
-        Self::new(Self::webhook_from_env())
-    }
-
-    /// The webhook named by `STRATAI_ALERT_WEBHOOK_URL`, if it is a valid http(s) URL.
-    #[must_use]
-    pub fn webhook_from_env() -> Option<Url> {
-        std::env::var("STRATAI_ALERT_WEBHOOK_URL")
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-            .and_then(|v| match Url::parse(v.trim()) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
-                _ => {
-                    tracing::error!(
-                        "STRATAI_ALERT_WEBHOOK_URL is not an http(s) URL; alerts go to the log only"
-                    );
-                    None
-                }
-            })
-    }
-
     /// Emits each alert not yet emitted for its budget and period; returns how many were new.
     pub fn fire(&self, alerts: &[BudgetAlert]) -> usize {
         let mut fresh = Vec::new();

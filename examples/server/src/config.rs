@@ -1,21 +1,28 @@
 //! Server configuration: environment variables over an optional TOML or JSON file.
 //!
-//! The raw file shape ([`FileConfig`]) refuses unknown fields; [`Config::load`] merges it
-//! with the environment and validates everything once, so a [`Config`] value is always
-//! usable. Secrets are wrapped in [`Secret`], whose `Debug` never prints the value.
+//! The loader, the file shape ([`FileConfig`], unknown fields refused), the strict parsers
+//! and the sections the server shares with `litellm-worker` (database, LiteLLM proxy and key
+//! vault) are `stratai_litellm::config`'s; [`Config::load`] builds the server's validated view
+//! from them once, so a [`Config`] value is always usable and nothing else in the server
+//! reads the environment. Secrets are [`Secret`]s, whose `Debug` never prints the value.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use rust_decimal::Decimal;
-use serde::Deserialize;
 use stratai_core::ids::ModelId;
 use stratai_core::pricing::{PriceTable, ProviderPrice};
+pub use stratai_litellm::Secret;
+pub use stratai_litellm::config::{
+    ConfigError, Env, FileConfig, FileLiteLlm, FileOidc, FileProviderPrice, ProcessEnv,
+};
+use stratai_litellm::config::{
+    DatabaseSettings, LiteLlmSettings, flag_setting, http_url, invalid, load_file, millis, number,
+    secs,
+};
 use url::Url;
 
 /// Default database: a SQLite file, so the server runs with nothing installed.
@@ -24,193 +31,14 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://./.stratai/stratai.db?mode=rwc"
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 /// Default platform super admin.
 pub const DEFAULT_SUPER_ADMIN_EMAIL: &str = "admin@localhost";
-
-/// A configuration problem, reported at start.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The config file could not be read.
-    #[error("cannot read config file `{path}`: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The config file is not valid TOML/JSON of the expected shape.
-    #[error("invalid config file `{path}`: {reason}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// Parser message (includes the offending key).
-        reason: String,
-    },
-    /// One setting is invalid.
-    #[error("invalid setting {key}: {reason}")]
-    Invalid {
-        /// Environment variable (or file key) name.
-        key: &'static str,
-        /// Why, naming the offending value.
-        reason: String,
-    },
-}
-
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        reason: reason.into(),
-    }
-}
-
-/// A secret string: `Debug` and `Display` print `[redacted]`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself; call only where it is sent, never where it is logged.
-    #[must_use]
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-/// The optional config file, as written. Every key may also be set by its environment
-/// variable (named in the field docs), which wins.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// `DATABASE_URL`
-    pub database_url: Option<String>,
-    /// `STRATAI_BIND`
-    pub bind: Option<String>,
-    /// `STRATAI_PUBLIC_URL`
-    pub public_url: Option<String>,
-    /// `STRATAI_SUPER_ADMIN_EMAIL`
-    pub super_admin_email: Option<String>,
-    /// `STRATAI_BODY_LIMIT_BYTES`
-    pub body_limit_bytes: Option<usize>,
-    /// `STRATAI_REQUEST_TIMEOUT_SECS`
-    pub request_timeout_secs: Option<u64>,
-    /// `STRATAI_SESSION_TTL_SECS`
-    pub session_ttl_secs: Option<u64>,
-    /// `STRATAI_DEV_TOKEN_TTL_SECS`
-    pub dev_token_ttl_secs: Option<u64>,
-    /// OIDC settings.
-    #[serde(default)]
-    pub oidc: FileOidc,
-    /// LiteLLM settings.
-    #[serde(default)]
-    pub litellm: FileLiteLlm,
-    /// `STRATAI_PROVIDER_PRICES` (a JSON object in the environment): provider prices by
-    /// model, added to (or replacing entries of) the built-in list prices.
-    pub provider_prices: Option<BTreeMap<String, FileProviderPrice>>,
-}
-
-/// One model's provider price in the config file (`[provider_prices."<model>"]`).
-///
-/// Rates are dollars per million tokens, written as decimal strings (`"0.15"`) or integers;
-/// floating-point numbers are refused so no price passes through `f64`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileProviderPrice {
-    /// $ per 1M input (prompt) tokens.
-    #[serde(deserialize_with = "decimal_text")]
-    pub input_per_million: Decimal,
-    /// $ per 1M output (completion) tokens.
-    #[serde(deserialize_with = "decimal_text")]
-    pub output_per_million: Decimal,
-    /// The model's largest answer, assumed for a request without `max_tokens` (default 4096).
-    pub max_output_tokens: Option<u32>,
-}
-
-/// A decimal from a string or an integer, never from a float.
-fn decimal_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Text(String),
-        Int(i64),
-        Other(serde::de::IgnoredAny),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Text(t) => Decimal::from_str(t.trim())
-            .map_err(|e| serde::de::Error::custom(format!("`{t}` is not a decimal: {e}"))),
-        Raw::Int(i) => Ok(Decimal::from(i)),
-        Raw::Other(_) => Err(serde::de::Error::custom(
-            "a price is a decimal string (e.g. \"0.15\") or an integer, never a float",
-        )),
-    }
-}
-
-/// The `[oidc]` section of the config file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileOidc {
-    /// `OIDC_ISSUER` (or `AUTH0_DOMAIN`, which becomes `https://<domain>/`)
-    pub issuer: Option<String>,
-    /// `OIDC_AUDIENCE`
-    pub audience: Option<String>,
-    /// `OIDC_CLIENT_ID` (or `AUTH0_CLIENT_ID`)
-    pub client_id: Option<String>,
-    /// `OIDC_CLIENT_SECRET` (or `AUTH0_CLIENT_SECRET`)
-    pub client_secret: Option<Secret>,
-    /// `OIDC_REDIRECT_URL` (or `AUTH0_CALLBACK_URL`)
-    pub redirect_url: Option<String>,
-    /// `OIDC_POST_LOGIN_URL`
-    pub post_login_url: Option<String>,
-    /// `OIDC_POST_LOGOUT_URL`
-    pub post_logout_url: Option<String>,
-    /// `OIDC_ALGORITHMS`, comma separated in the environment
-    pub algorithms: Option<Vec<String>>,
-    /// `OIDC_JWKS_URL`
-    pub jwks_url: Option<String>,
-    /// `OIDC_LEEWAY_SECS`
-    pub leeway_secs: Option<u64>,
-    /// `OIDC_JWKS_MIN_REFRESH_SECS`
-    pub jwks_min_refresh_secs: Option<u64>,
-    /// `OIDC_JWKS_MAX_AGE_SECS`
-    pub jwks_max_age_secs: Option<u64>,
-    /// `OIDC_EMAIL_CLAIM`
-    pub email_claim: Option<String>,
-    /// `OIDC_SCOPES`, space separated in the environment
-    pub scopes: Option<String>,
-}
-
-/// The `[litellm]` section of the config file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileLiteLlm {
-    /// `LITELLM_URL`
-    pub url: Option<String>,
-    /// `LITELLM_MASTER_KEY`
-    pub master_key: Option<Secret>,
-    /// `STRATAI_VAULT_KEY`: master key of the virtual-key vault, 32 bytes as 64 hex digits or
-    /// base64 (`openssl rand -base64 32`); the same in the server and `litellm-worker`
-    pub vault_key: Option<Secret>,
-    /// `STRATAI_VAULT_REPLACE_FOREIGN`: replace members' keys sealed under another master key
-    /// (after losing it) instead of refusing them
-    pub vault_replace_foreign: Option<bool>,
-    /// `STRATAI_LITELLM_SYNC`: `in-process` (default) runs the outbox sync in the server;
-    /// `worker` leaves it to `litellm-worker`
-    pub sync: Option<String>,
-}
+/// Default usage spool file.
+pub const DEFAULT_USAGE_SPOOL: &str = "./.stratai/usage.spool";
 
 /// Validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Database connection string (`sqlite:` or `postgres:`).
-    pub database_url: Secret,
+    /// The database (`DATABASE_URL`, `STRATAI_DATABASE_OWNER_URL`).
+    pub database: DatabaseSettings,
     /// Listen address.
     pub bind: SocketAddr,
     /// Where browsers reach this server; used for the CSRF origin check of cookie sessions.
@@ -225,6 +53,14 @@ pub struct Config {
     pub session_ttl: Duration,
     /// Lifetime of a dev-mode token.
     pub dev_token_ttl: Duration,
+    /// Dev mode may listen on a non-loopback address.
+    pub dev_allow_remote: bool,
+    /// How long a bearer token's verified claims and its user are reused (0: not at all).
+    pub auth_cache: Duration,
+    /// Logging.
+    pub log: LogConfig,
+    /// The gateway's runtime settings.
+    pub gateway: GatewayConfig,
     /// OIDC; `None` means dev mode.
     pub oidc: Option<OidcConfig>,
     /// LiteLLM proxy; `None` means the built-in offline provider.
@@ -280,69 +116,73 @@ pub struct OidcLoginConfig {
 /// LiteLLM proxy settings.
 #[derive(Clone, Debug)]
 pub struct LiteLlmConfig {
-    /// Base URL of the proxy.
-    pub url: Url,
-    /// Master key for management calls.
-    pub master_key: Secret,
-    /// Master key of the virtual-key vault (secrets sealed in the database). `None` only in
-    /// dev mode without `STRATAI_VAULT_KEY`: an ephemeral key is generated at start, said so.
-    pub vault_key: Option<stratai_litellm::vault::VaultKey>,
-    /// Replace members' keys sealed under another master key instead of refusing them.
-    pub vault_replace_foreign: bool,
+    /// The proxy and the key vault (shared with `litellm-worker`). Its vault key is `None`
+    /// only in dev mode without `STRATAI_VAULT_KEY`: an ephemeral key is generated at start,
+    /// said so.
+    pub proxy: LiteLlmSettings,
     /// Whether the server consumes the outbox itself (`false`: `litellm-worker` does).
     pub sync_in_process: bool,
 }
 
-/// Where settings come from: the process environment, or a map in tests.
-pub trait Env {
-    /// The value of `key`, if set and not empty.
-    fn get(&self, key: &str) -> Option<String>;
+/// Logging settings.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// `RUST_LOG`: the filter (default `info`).
+    pub filter: String,
+    /// `STRATAI_LOG_FORMAT=json`: JSON lines instead of text.
+    pub json: bool,
 }
 
-/// The process environment.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn get(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok().filter(|v| !v.trim().is_empty())
-    }
+/// The gateway's runtime settings (see `gateway/setup.rs`).
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// `STRATAI_USAGE_SPOOL`: the durable spool of usage writes that failed.
+    pub usage_spool: PathBuf,
+    /// `STRATAI_ALERT_WEBHOOK_URL`: where budget alerts are POSTed (`None`: log only).
+    pub alert_webhook: Option<Url>,
+    /// `STRATAI_DEMO_CHUNK_DELAY_MS`: pause between the demo provider's stream chunks.
+    pub demo_chunk_delay: Duration,
+    /// `STRATAI_GATEWAY_CACHE_MS`: how long a caller's view is reused (0: never).
+    pub view_cache_ttl: Duration,
+    /// `STRATAI_BUDGET_LEASE_MS` (0: off) and `STRATAI_BUDGET_LEASE_BLOCK`.
+    pub budget_lease: Option<BudgetLeaseConfig>,
+    /// `STRATAI_USAGE_BATCH`: usage records written in batches off the response path.
+    pub usage_batch: bool,
+    /// `STRATAI_USAGE_BATCH_LINGER_MS`: how long a batch collects after its first record.
+    pub usage_batch_linger: Duration,
+    /// `STRATAI_REDIS_URL` (else `REDIS_URL`): rate limits shared through this Redis.
+    pub redis_url: Option<Secret>,
 }
 
-impl Env for HashMap<String, String> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key)
-            .cloned()
-            .filter(|v| !v.trim().is_empty())
-    }
+/// Budget leases: blocks of budget reserved at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BudgetLeaseConfig {
+    /// How long a lease admits requests.
+    pub max_age: Duration,
+    /// A lease's size, in worst cases of the request that opens it.
+    pub block_requests: u32,
 }
 
 impl Config {
     /// Loads the configuration: the file named by `STRATAI_CONFIG` (if any), then the
     /// environment on top.
     pub fn load(env: &impl Env) -> Result<Self, ConfigError> {
-        let file = match env.get("STRATAI_CONFIG") {
-            Some(path) => read_file(Path::new(&path))?,
-            None => FileConfig::default(),
-        };
-        Self::from_parts(file, env)
+        Self::from_parts(load_file(env)?, env)
     }
 
     /// Merges a parsed file with the environment and validates the result.
     pub fn from_parts(file: FileConfig, env: &impl Env) -> Result<Self, ConfigError> {
-        let database_url = env
-            .get("DATABASE_URL")
-            .or(file.database_url)
-            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
-        if !(database_url.starts_with("sqlite:")
-            || database_url.starts_with("postgres:")
-            || database_url.starts_with("postgresql:"))
-        {
-            return Err(invalid(
-                "DATABASE_URL",
-                "expected a `sqlite:` or `postgres:` url",
-            ));
-        }
+        let database = DatabaseSettings::load(env, &file, Some(DEFAULT_DATABASE_URL))?;
+        let dev_allow_remote =
+            flag_setting(env, "STRATAI_DEV_ALLOW_REMOTE", file.dev_allow_remote)?.unwrap_or(false);
+        let auth_cache = millis(
+            env,
+            "STRATAI_AUTH_CACHE_MS",
+            file.auth_cache_ms,
+            Duration::ZERO,
+        )?;
+        let log = log_config(env, &file)?;
+        let gateway = gateway_config(env, &file)?;
 
         let bind_text = env
             .get("STRATAI_BIND")
@@ -355,7 +195,7 @@ impl Config {
             .get("STRATAI_PUBLIC_URL")
             .or(file.public_url)
             .unwrap_or_else(|| format!("http://{bind}"));
-        let public_url = parse_url("STRATAI_PUBLIC_URL", &public_url_text)?;
+        let public_url = http_url("STRATAI_PUBLIC_URL", &public_url_text)?;
 
         let super_admin_email = env
             .get("STRATAI_SUPER_ADMIN_EMAIL")
@@ -396,26 +236,10 @@ impl Config {
 
         let oidc = oidc_config(file.oidc, env)?;
 
-        let litellm_url = env.get("LITELLM_URL").or(file.litellm.url);
-        let litellm_key = env
-            .get("LITELLM_MASTER_KEY")
-            .map(Secret::new)
-            .or(file.litellm.master_key);
-        let litellm = match (litellm_url, litellm_key) {
-            (None, None) => None,
-            (Some(url), Some(master_key)) => Some(LiteLlmConfig {
-                url: parse_url("LITELLM_URL", &url)?,
-                master_key,
-                vault_key: vault_key(
-                    env.get("STRATAI_VAULT_KEY")
-                        .map(Secret::new)
-                        .or(file.litellm.vault_key),
-                    oidc.is_none(),
-                )?,
-                vault_replace_foreign: match env.get("STRATAI_VAULT_REPLACE_FOREIGN") {
-                    Some(v) => flag("STRATAI_VAULT_REPLACE_FOREIGN", &v)?,
-                    None => file.litellm.vault_replace_foreign.unwrap_or(false),
-                },
+        let litellm = match LiteLlmSettings::load(env, &file.litellm, oidc.is_none())? {
+            None => None,
+            Some(proxy) => Some(LiteLlmConfig {
+                proxy,
                 sync_in_process: match env
                     .get("STRATAI_LITELLM_SYNC")
                     .or(file.litellm.sync)
@@ -432,18 +256,6 @@ impl Config {
                     }
                 },
             }),
-            (Some(_), None) => {
-                return Err(invalid(
-                    "LITELLM_MASTER_KEY",
-                    "required when LITELLM_URL is set",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "LITELLM_URL",
-                    "required when LITELLM_MASTER_KEY is set",
-                ));
-            }
         };
 
         let prices = match env.get("STRATAI_PROVIDER_PRICES") {
@@ -462,7 +274,7 @@ impl Config {
         };
 
         Ok(Self {
-            database_url: Secret::new(database_url),
+            database,
             bind,
             public_url,
             super_admin_email,
@@ -470,6 +282,10 @@ impl Config {
             request_timeout,
             session_ttl,
             dev_token_ttl,
+            dev_allow_remote,
+            auth_cache,
+            log,
+            gateway,
             oidc,
             litellm,
             prices,
@@ -483,54 +299,91 @@ impl Config {
     }
 }
 
-/// The vault master key: parsed when given; required outside dev mode (an ephemeral key
-/// would make every restart regenerate every member's virtual key).
-fn vault_key(
-    text: Option<Secret>,
-    dev_mode: bool,
-) -> Result<Option<stratai_litellm::vault::VaultKey>, ConfigError> {
-    match text {
-        Some(text) => stratai_litellm::vault::VaultKey::parse(text.expose())
-            .map(Some)
-            .map_err(|e| invalid("STRATAI_VAULT_KEY", e.to_string())),
-        None if dev_mode => Ok(None),
-        None => Err(invalid(
-            "STRATAI_VAULT_KEY",
-            "required when LITELLM_URL is set outside dev mode: the master key sealing \
-             members' virtual keys in the database (32 bytes, hex or base64, e.g. `openssl \
-             rand -base64 32`; litellm-worker needs the same)",
-        )),
+/// `RUST_LOG` and `STRATAI_LOG_FORMAT`.
+fn log_config(env: &impl Env, file: &FileConfig) -> Result<LogConfig, ConfigError> {
+    let filter = env
+        .get("RUST_LOG")
+        .or_else(|| file.log_filter.clone())
+        .unwrap_or_else(|| "info".to_owned());
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&filter) {
+        return Err(invalid("RUST_LOG", format!("`{filter}`: {e}")));
     }
-}
-
-/// A boolean setting: `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`.
-fn flag(key: &'static str, value: &str) -> Result<bool, ConfigError> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        other => Err(invalid(key, format!("`{other}` is not a boolean"))),
-    }
-}
-
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let parse_err = |reason: String| ConfigError::Parse {
-        path: path.to_owned(),
-        reason,
-    };
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    let json = match env
+        .get("STRATAI_LOG_FORMAT")
+        .or_else(|| file.log_format.clone())
+        .map(|f| f.trim().to_ascii_lowercase())
+        .as_deref()
     {
-        let de = &mut serde_json::Deserializer::from_str(&text);
-        serde_path_to_error::deserialize(de)
-            .map_err(|e| parse_err(format!("at `{}`: {}", e.path(), e.inner())))
-    } else {
-        toml::from_str(&text).map_err(|e| parse_err(e.to_string()))
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(invalid(
+                "STRATAI_LOG_FORMAT",
+                format!("`{other}`: expected `text` or `json`"),
+            ));
+        }
+    };
+    Ok(LogConfig { filter, json })
+}
+
+/// The gateway's runtime settings.
+fn gateway_config(env: &impl Env, file: &FileConfig) -> Result<GatewayConfig, ConfigError> {
+    let usage_spool = env
+        .get("STRATAI_USAGE_SPOOL")
+        .map(PathBuf::from)
+        .or_else(|| file.usage_spool.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_USAGE_SPOOL));
+    let alert_webhook = env
+        .get("STRATAI_ALERT_WEBHOOK_URL")
+        .or_else(|| file.alert_webhook_url.clone())
+        .map(|u| http_url("STRATAI_ALERT_WEBHOOK_URL", &u))
+        .transpose()?;
+    let lease_ms = number(env, "STRATAI_BUDGET_LEASE_MS", file.budget_lease_ms)?.unwrap_or(0);
+    let block = number(env, "STRATAI_BUDGET_LEASE_BLOCK", file.budget_lease_block)?.unwrap_or(32);
+    if block == 0 {
+        return Err(invalid("STRATAI_BUDGET_LEASE_BLOCK", "must be positive"));
     }
+    let redis_url = env
+        .get("STRATAI_REDIS_URL")
+        .or_else(|| env.get("REDIS_URL"))
+        .map(Secret::new)
+        .or_else(|| file.redis_url.clone());
+    if let Some(url) = &redis_url
+        && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
+    {
+        return Err(invalid(
+            "STRATAI_REDIS_URL",
+            "expected a `redis://` or `rediss://` url",
+        ));
+    }
+    Ok(GatewayConfig {
+        usage_spool,
+        alert_webhook,
+        demo_chunk_delay: millis(
+            env,
+            "STRATAI_DEMO_CHUNK_DELAY_MS",
+            file.demo_chunk_delay_ms,
+            Duration::ZERO,
+        )?,
+        view_cache_ttl: millis(
+            env,
+            "STRATAI_GATEWAY_CACHE_MS",
+            file.gateway_cache_ms,
+            Duration::from_millis(2000),
+        )?,
+        budget_lease: (lease_ms > 0).then_some(BudgetLeaseConfig {
+            max_age: Duration::from_millis(lease_ms),
+            block_requests: block,
+        }),
+        usage_batch: flag_setting(env, "STRATAI_USAGE_BATCH", file.usage_batch)?.unwrap_or(false),
+        usage_batch_linger: millis(
+            env,
+            "STRATAI_USAGE_BATCH_LINGER_MS",
+            file.usage_batch_linger_ms,
+            crate::gateway::batch::DEFAULT_LINGER,
+        )?,
+        redis_url,
+    })
 }
 
 /// The built-in list prices with `configured` on top, each entry validated.
@@ -584,7 +437,7 @@ fn oidc_config(file: FileOidc, env: &impl Env) -> Result<Option<OidcConfig>, Con
         }
         return Ok(None);
     };
-    let issuer_url = parse_url("OIDC_ISSUER", &issuer)?;
+    let issuer_url = http_url("OIDC_ISSUER", &issuer)?;
     require_https_or_loopback("OIDC_ISSUER", &issuer_url)?;
 
     let audience = env
@@ -601,7 +454,7 @@ fn oidc_config(file: FileOidc, env: &impl Env) -> Result<Option<OidcConfig>, Con
 
     let jwks_url = match env.get("OIDC_JWKS_URL").or(file.jwks_url) {
         Some(u) => {
-            let url = parse_url("OIDC_JWKS_URL", &u)?;
+            let url = http_url("OIDC_JWKS_URL", &u)?;
             require_https_or_loopback("OIDC_JWKS_URL", &url)?;
             Some(url)
         }
@@ -626,13 +479,13 @@ fn oidc_config(file: FileOidc, env: &impl Env) -> Result<Option<OidcConfig>, Con
 
     let login = match (client_id, redirect_url) {
         (Some(client_id), Some(redirect)) => {
-            let redirect_url = parse_url("OIDC_REDIRECT_URL", &redirect)?;
+            let redirect_url = http_url("OIDC_REDIRECT_URL", &redirect)?;
             require_https_or_loopback("OIDC_REDIRECT_URL", &redirect_url)?;
             let secure_cookies = !(redirect_url.scheme() == "http" && is_loopback(&redirect_url));
             let post_logout_url = env
                 .get("OIDC_POST_LOGOUT_URL")
                 .or(file.post_logout_url)
-                .map(|u| parse_url("OIDC_POST_LOGOUT_URL", &u))
+                .map(|u| http_url("OIDC_POST_LOGOUT_URL", &u))
                 .transpose()?;
             let post_login_url = env
                 .get("OIDC_POST_LOGIN_URL")
@@ -724,14 +577,6 @@ fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, ConfigError> {
     Ok(out)
 }
 
-fn parse_url(key: &'static str, text: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(text).map_err(|e| invalid(key, format!("`{text}`: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(key, format!("`{text}` is not an http(s) url")));
-    }
-    Ok(url)
-}
-
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d == "localhost",
@@ -752,34 +597,6 @@ fn require_https_or_loopback(key: &'static str, url: &Url) -> Result<(), ConfigE
     }
 }
 
-fn number<T: FromStr>(
-    env: &impl Env,
-    key: &'static str,
-    file: Option<T>,
-) -> Result<Option<T>, ConfigError> {
-    match env.get(key) {
-        Some(text) => text
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| invalid(key, format!("`{text}` is not a non-negative integer"))),
-        None => Ok(file),
-    }
-}
-
-fn secs(
-    env: &impl Env,
-    key: &'static str,
-    file: Option<u64>,
-    default: u64,
-) -> Result<Duration, ConfigError> {
-    let n = number(env, key, file)?.unwrap_or(default);
-    if n == 0 {
-        return Err(invalid(key, "must be positive"));
-    }
-    Ok(Duration::from_secs(n))
-}
-
 /// A light syntactic check: one `@`, something on both sides, no spaces or control characters.
 #[must_use]
 pub fn looks_like_email(s: &str) -> bool {
@@ -795,6 +612,10 @@ pub fn looks_like_email(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use rust_decimal::Decimal;
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -808,7 +629,7 @@ mod tests {
     fn defaults_are_dev_mode_on_sqlite() {
         let c = Config::load(&env(&[])).unwrap();
         assert!(c.dev_mode());
-        assert_eq!(c.database_url.expose(), DEFAULT_DATABASE_URL);
+        assert_eq!(c.database.url.expose(), DEFAULT_DATABASE_URL);
         assert_eq!(c.bind.to_string(), DEFAULT_BIND);
         assert_eq!(c.super_admin_email, DEFAULT_SUPER_ADMIN_EMAIL);
         assert!(c.litellm.is_none());
@@ -987,7 +808,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.bind.port(), 2);
-        let l = c.litellm.as_ref().unwrap();
+        let l = &c.litellm.as_ref().unwrap().proxy;
         assert_eq!(l.master_key.expose(), "sk-env");
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("sk-env"), "{dbg}");
@@ -1003,8 +824,8 @@ mod tests {
         // Dev mode without a key: an ephemeral one is made at start.
         let c = Config::load(&env(&litellm)).unwrap();
         let l = c.litellm.as_ref().unwrap();
-        assert!(l.vault_key.is_none());
-        assert!(!l.vault_replace_foreign);
+        assert!(l.proxy.vault_key.is_none());
+        assert!(!l.proxy.vault_replace_foreign);
         assert!(l.sync_in_process);
         // Given: parsed once; Debug shows its id, not the key.
         let mut with_key = litellm.to_vec();
@@ -1013,14 +834,14 @@ mod tests {
         with_key.push(("STRATAI_LITELLM_SYNC", "worker"));
         let c = Config::load(&env(&with_key)).unwrap();
         let l = c.litellm.as_ref().unwrap();
-        let vault = l.vault_key.as_ref().unwrap();
+        let vault = l.proxy.vault_key.as_ref().unwrap();
         assert_eq!(
             vault.id(),
             stratai_litellm::vault::VaultKey::parse(key_hex)
                 .unwrap()
                 .id()
         );
-        assert!(l.vault_replace_foreign);
+        assert!(l.proxy.vault_replace_foreign);
         assert!(!l.sync_in_process);
         let dbg = format!("{c:?}");
         assert!(!dbg.contains(key_hex), "{dbg}");
@@ -1049,8 +870,183 @@ mod tests {
                 .unwrap()
                 .litellm
                 .unwrap()
+                .proxy
                 .vault_key
                 .is_some()
         );
+    }
+
+    /// Every setting, by its environment variable and by its file key: the same values.
+    #[test]
+    fn every_key_parses_from_the_environment_and_from_the_file() {
+        let vars = [
+            ("DATABASE_URL", "postgres://app@127.0.0.1/s"),
+            ("STRATAI_DATABASE_OWNER_URL", "postgres://owner@127.0.0.1/s"),
+            ("STRATAI_BIND", "127.0.0.1:9090"),
+            ("STRATAI_PUBLIC_URL", "https://stratai.example"),
+            ("STRATAI_SUPER_ADMIN_EMAIL", "root@acme.test"),
+            ("STRATAI_BODY_LIMIT_BYTES", "2048"),
+            ("STRATAI_REQUEST_TIMEOUT_SECS", "7"),
+            ("STRATAI_SESSION_TTL_SECS", "60"),
+            ("STRATAI_DEV_TOKEN_TTL_SECS", "61"),
+            ("STRATAI_DEV_ALLOW_REMOTE", "true"),
+            ("STRATAI_AUTH_CACHE_MS", "1500"),
+            ("STRATAI_GATEWAY_CACHE_MS", "0"),
+            ("STRATAI_BUDGET_LEASE_MS", "1000"),
+            ("STRATAI_BUDGET_LEASE_BLOCK", "8"),
+            ("STRATAI_USAGE_BATCH", "on"),
+            ("STRATAI_USAGE_BATCH_LINGER_MS", "9"),
+            ("STRATAI_USAGE_SPOOL", "/var/lib/stratai/usage.spool"),
+            ("STRATAI_REDIS_URL", "redis://127.0.0.1:6379"),
+            (
+                "STRATAI_ALERT_WEBHOOK_URL",
+                "https://hooks.acme.test/budget",
+            ),
+            ("STRATAI_DEMO_CHUNK_DELAY_MS", "3"),
+            ("RUST_LOG", "debug,hyper=warn"),
+            ("STRATAI_LOG_FORMAT", "json"),
+        ];
+        let file = r#"
+            database_url = "postgres://app@127.0.0.1/s"
+            database_owner_url = "postgres://owner@127.0.0.1/s"
+            bind = "127.0.0.1:9090"
+            public_url = "https://stratai.example"
+            super_admin_email = "root@acme.test"
+            body_limit_bytes = 2048
+            request_timeout_secs = 7
+            session_ttl_secs = 60
+            dev_token_ttl_secs = 61
+            dev_allow_remote = true
+            auth_cache_ms = 1500
+            gateway_cache_ms = 0
+            budget_lease_ms = 1000
+            budget_lease_block = 8
+            usage_batch = true
+            usage_batch_linger_ms = 9
+            usage_spool = "/var/lib/stratai/usage.spool"
+            redis_url = "redis://127.0.0.1:6379"
+            alert_webhook_url = "https://hooks.acme.test/budget"
+            demo_chunk_delay_ms = 3
+            log_filter = "debug,hyper=warn"
+            log_format = "json"
+        "#;
+        let dir = std::env::temp_dir().join(format!("stratai-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("all.toml");
+        std::fs::write(&path, file).unwrap();
+        let from_env = Config::load(&env(&vars)).unwrap();
+        let from_file = Config::load(&env(&[("STRATAI_CONFIG", path.to_str().unwrap())])).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        for c in [from_env, from_file] {
+            assert_eq!(c.database.url.expose(), "postgres://app@127.0.0.1/s");
+            assert_eq!(
+                c.database.owner_url.as_ref().map(Secret::expose),
+                Some("postgres://owner@127.0.0.1/s")
+            );
+            assert_eq!(c.bind.port(), 9090);
+            assert_eq!(c.public_url.as_str(), "https://stratai.example/");
+            assert_eq!(c.super_admin_email, "root@acme.test");
+            assert_eq!(c.body_limit_bytes, 2048);
+            assert_eq!(c.request_timeout, Duration::from_secs(7));
+            assert_eq!(c.session_ttl, Duration::from_secs(60));
+            assert_eq!(c.dev_token_ttl, Duration::from_secs(61));
+            assert!(c.dev_allow_remote);
+            assert_eq!(c.auth_cache, Duration::from_millis(1500));
+            let g = &c.gateway;
+            assert_eq!(g.view_cache_ttl, Duration::ZERO);
+            assert_eq!(
+                g.budget_lease,
+                Some(BudgetLeaseConfig {
+                    max_age: Duration::from_secs(1),
+                    block_requests: 8
+                })
+            );
+            assert!(g.usage_batch);
+            assert_eq!(g.usage_batch_linger, Duration::from_millis(9));
+            assert_eq!(g.usage_spool, PathBuf::from("/var/lib/stratai/usage.spool"));
+            assert_eq!(
+                g.redis_url.as_ref().map(Secret::expose),
+                Some("redis://127.0.0.1:6379")
+            );
+            assert_eq!(
+                g.alert_webhook.as_ref().map(Url::as_str),
+                Some("https://hooks.acme.test/budget")
+            );
+            assert_eq!(g.demo_chunk_delay, Duration::from_millis(3));
+            assert_eq!(c.log.filter, "debug,hyper=warn");
+            assert!(c.log.json);
+        }
+        // And the defaults of what was not set.
+        let d = Config::load(&env(&[])).unwrap();
+        assert!(!d.dev_allow_remote);
+        assert_eq!(d.auth_cache, Duration::ZERO);
+        assert_eq!(d.gateway.view_cache_ttl, Duration::from_millis(2000));
+        assert_eq!(d.gateway.budget_lease, None);
+        assert!(!d.gateway.usage_batch);
+        assert_eq!(
+            d.gateway.usage_batch_linger,
+            crate::gateway::batch::DEFAULT_LINGER
+        );
+        assert_eq!(d.gateway.usage_spool, PathBuf::from(DEFAULT_USAGE_SPOOL));
+        assert!(d.gateway.redis_url.is_none() && d.gateway.alert_webhook.is_none());
+        assert_eq!(d.log.filter, "info");
+        assert!(!d.log.json);
+        // `REDIS_URL` is the fallback name of `STRATAI_REDIS_URL`.
+        let c = Config::load(&env(&[("REDIS_URL", "redis://r:6379")])).unwrap();
+        assert_eq!(
+            c.gateway.redis_url.as_ref().map(Secret::expose),
+            Some("redis://r:6379")
+        );
+    }
+
+    /// A value that does not parse stops the start with an error naming its key; none falls
+    /// back to a default (`STRATAI_GATEWAY_CACHE_MS=2s` used to become 2000 ms).
+    #[test]
+    fn a_value_that_does_not_parse_names_its_key() {
+        for (key, value) in [
+            ("STRATAI_GATEWAY_CACHE_MS", "2s"),
+            ("STRATAI_AUTH_CACHE_MS", "soon"),
+            ("STRATAI_BUDGET_LEASE_MS", "1s"),
+            ("STRATAI_BUDGET_LEASE_BLOCK", "0"),
+            ("STRATAI_BUDGET_LEASE_BLOCK", "many"),
+            ("STRATAI_USAGE_BATCH", "maybe"),
+            ("STRATAI_USAGE_BATCH_LINGER_MS", "-1"),
+            ("STRATAI_DEMO_CHUNK_DELAY_MS", "0.5"),
+            ("STRATAI_ALERT_WEBHOOK_URL", "ftp://hooks.acme.test"),
+            ("STRATAI_ALERT_WEBHOOK_URL", "not a url"),
+            ("STRATAI_REDIS_URL", "http://127.0.0.1:6379"),
+            ("STRATAI_LOG_FORMAT", "xml"),
+            ("RUST_LOG", "stratai=loud"),
+            ("STRATAI_DEV_ALLOW_REMOTE", "2"),
+            ("STRATAI_BODY_LIMIT_BYTES", "1MB"),
+            ("STRATAI_REQUEST_TIMEOUT_SECS", "30s"),
+            ("STRATAI_SESSION_TTL_SECS", "0"),
+            ("STRATAI_DEV_TOKEN_TTL_SECS", "1h"),
+            ("STRATAI_BIND", "localhost"),
+            ("STRATAI_PUBLIC_URL", "stratai.example"),
+            ("DATABASE_URL", "mysql://x"),
+            ("STRATAI_VAULT_REPLACE_FOREIGN", "y"),
+        ] {
+            let mut pairs = vec![
+                ("LITELLM_URL", "http://127.0.0.1:4000"),
+                ("LITELLM_MASTER_KEY", "sk-m"),
+            ];
+            pairs.push((key, value));
+            let e = Config::load(&env(&pairs)).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("invalid setting {key}:")),
+                "{key}={value}: {e}"
+            );
+        }
+        // In the file, the parser names the key.
+        let dir = std::env::temp_dir().join(format!("stratai-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "gateway_cache_ms = \"2s\"\n").unwrap();
+        let e = Config::load(&env(&[("STRATAI_CONFIG", path.to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(e.contains("gateway_cache_ms"), "{e}");
     }
 }

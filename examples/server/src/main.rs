@@ -26,8 +26,8 @@ struct Cli {
 enum Command {
     /// Run the HTTP server (the default).
     Serve {
-        /// Allow dev mode (no OIDC) on a non-loopback address.
-        #[arg(long, env = "STRATAI_DEV_ALLOW_REMOTE", default_value_t = false)]
+        /// Allow dev mode (no OIDC) on a non-loopback address (as `STRATAI_DEV_ALLOW_REMOTE`).
+        #[arg(long, default_value_t = false)]
         dev_allow_remote: bool,
     },
     /// Invite many people to an organization from a CSV file (`email,role,groups`; groups
@@ -48,14 +48,15 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
-    let config = match Config::load(&ProcessEnv) {
+    let mut config = match Config::load(&ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("configuration: {e}");
+            // Logging is configured by the config that did not load.
+            eprintln!("stratai-server: configuration: {e}");
             return ExitCode::FAILURE;
         }
     };
+    init_tracing(&config.log);
     let backends = match Backends::open(&config).await {
         Ok(b) => b,
         Err(e) => {
@@ -79,9 +80,10 @@ async fn main() -> ExitCode {
             };
         }
         Some(Command::Serve { dev_allow_remote }) => dev_allow_remote,
-        None => std::env::var("STRATAI_DEV_ALLOW_REMOTE").is_ok_and(|v| v == "true" || v == "1"),
+        None => false,
     };
-    match serve(config, backends, allow_remote).await {
+    config.dev_allow_remote |= allow_remote;
+    match serve(config, backends).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -9,7 +9,7 @@ use crate::app::{AlwaysReady, AppState, HttpLimits, Readiness, router};
 use crate::auth::identity::{IdentityDirectory, MemoryDirectory};
 use crate::auth::session::{MemorySessionStore, SessionStore};
 use crate::auth::{Auth, Mode};
-use crate::config::Config;
+use crate::config::{Config, LogConfig, Secret};
 use crate::error::ApiError;
 use crate::stores::{StoreDirectory, StoreReadiness, Stores, seed};
 
@@ -68,12 +68,13 @@ impl Backends {
 
     /// Opens the configured database (migrating it) and seeds it.
     pub async fn open(config: &Config) -> Result<Self, ServeError> {
-        let owner = std::env::var("STRATAI_DATABASE_OWNER_URL")
-            .ok()
-            .filter(|v| !v.is_empty());
-        let stores = Stores::open(config.database_url.expose(), owner.as_deref())
-            .await
-            .map_err(|e| ServeError::Startup(format!("database: {e}")))?;
+        let database = &config.database;
+        let stores = Stores::open(
+            database.url.expose(),
+            database.owner_url.as_ref().map(Secret::expose),
+        )
+        .await
+        .map_err(|e| ServeError::Startup(format!("database: {e}")))?;
         Self::seeded(stores, config).await
     }
 }
@@ -163,30 +164,21 @@ pub fn announce(config: &Config, auth_mode: &Mode) {
 }
 
 /// Runs the server until SIGINT/SIGTERM, then drains in-flight requests.
-pub async fn serve(
-    config: Config,
-    backends: Backends,
-    allow_remote_dev: bool,
-) -> Result<(), ServeError> {
-    if config.dev_mode() && !config.bind.ip().is_loopback() && !allow_remote_dev {
+pub async fn serve(config: Config, backends: Backends) -> Result<(), ServeError> {
+    if config.dev_mode() && !config.bind.ip().is_loopback() && !config.dev_allow_remote {
         return Err(ServeError::DevModeExposed(config.bind));
     }
     let auth = Arc::new(
         Auth::from_config(&config, backends.directory, backends.sessions)
             .map_err(|e| ServeError::Startup(e.to_string()))?
-            .with_auth_cache(std::time::Duration::from_millis(
-                std::env::var("STRATAI_AUTH_CACHE_MS")
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .unwrap_or(0),
-            )),
+            .with_auth_cache(config.auth_cache),
     );
     announce(&config, auth.mode());
     let gateway = crate::gateway::setup::build_state(
         &config,
         auth.clone(),
         &backends.stores,
-        crate::gateway::setup::GatewayOptions::from_env(),
+        crate::gateway::setup::GatewayOptions::from_config(&config),
     )
     .await
     .map_err(ServeError::Startup)?;
@@ -264,12 +256,12 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received; draining");
 }
 
-/// Installs the log subscriber: `RUST_LOG` filter (default `info`), JSON lines when
-/// `STRATAI_LOG_FORMAT=json`.
-pub fn init_tracing() {
+/// Installs the log subscriber: the `RUST_LOG` filter, JSON lines when
+/// `STRATAI_LOG_FORMAT=json` (both checked by the config).
+pub fn init_tracing(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("STRATAI_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let filter = EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = log.json;
     // Logs go to stderr: stdout is for command output (the CLI's results).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,5 +1,6 @@
-//! The storage ports the server runs on, how they are opened from `DATABASE_URL`, the
-//! store-backed user directory for authentication, and the idempotent first-start seed.
+//! The storage ports the server runs on ([`Stores`], opened from `DATABASE_URL` by
+//! `stratai-store`), the store-backed user directory for authentication, and the idempotent
+//! first-start seed.
 
 use std::sync::Arc;
 
@@ -9,108 +10,14 @@ use stratai_core::directory::{
     BillingPlan, Email, INTERNAL_ORG_SLUG, Membership, OrgRole, OrgSettings, Organization,
     PlatformRole, Slug, User,
 };
-use stratai_core::ports::{
-    BudgetLedger, DirectoryStore, GuardrailStore, KeyVaultStore, OutboxStore, TierStore, UsageStore,
-};
+use stratai_core::ports::DirectoryStore;
 use stratai_core::tiers::{TierSubscription, default_tiers};
 use stratai_core::{StoreError, UserId};
+pub use stratai_store::Stores;
 use uuid::Uuid;
 
 use crate::app::Readiness;
 use crate::auth::identity::{DirectoryError, IdentityDirectory, LoginIdentity, Principal};
-
-/// Every port, behind trait objects so one server runs on memory, SQLite or PostgreSQL.
-#[derive(Clone)]
-pub struct Stores {
-    /// Organizations, users, memberships, groups, profiles, invitations.
-    pub directory: Arc<dyn DirectoryStore>,
-    /// Tier catalog and subscriptions.
-    pub tiers: Arc<dyn TierStore>,
-    /// Budgets and the ledger.
-    pub budgets: Arc<dyn BudgetLedger>,
-    /// Usage records.
-    pub usage: Arc<dyn UsageStore>,
-    /// Guardrail rules.
-    pub guardrails: Arc<dyn GuardrailStore>,
-    /// The LiteLLM sync outbox.
-    pub outbox: Arc<dyn OutboxStore>,
-    /// Sealed LiteLLM virtual-key secrets (the sync's encrypted key vault).
-    pub key_vault: Arc<dyn KeyVaultStore>,
-}
-
-impl std::fmt::Debug for Stores {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stores").finish_non_exhaustive()
-    }
-}
-
-impl Stores {
-    /// All ports from one backend value (cloning it shares its pool).
-    pub fn from_backend<T>(backend: T) -> Self
-    where
-        T: DirectoryStore
-            + TierStore
-            + BudgetLedger
-            + UsageStore
-            + GuardrailStore
-            + OutboxStore
-            + KeyVaultStore
-            + Clone
-            + 'static,
-    {
-        Self {
-            directory: Arc::new(backend.clone()),
-            tiers: Arc::new(backend.clone()),
-            budgets: Arc::new(backend.clone()),
-            usage: Arc::new(backend.clone()),
-            guardrails: Arc::new(backend.clone()),
-            outbox: Arc::new(backend.clone()),
-            key_vault: Arc::new(backend),
-        }
-    }
-
-    /// In-memory ports (tests, demos that need no file).
-    #[must_use]
-    pub fn memory() -> Self {
-        Self::from_backend(stratai_store::MemoryStore::new())
-    }
-
-    /// Opens the database named by `url`: `sqlite:` (created and migrated if missing) or
-    /// `postgres:` (migrated first with `owner_url` when given; served as the app role,
-    /// which must not be able to bypass row-level security).
-    pub async fn open(url: &str, owner_url: Option<&str>) -> Result<Self, StoreError> {
-        if url.starts_with("sqlite:") {
-            if let Some(dir) = sqlite_parent_dir(url) {
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    StoreError::Backend(format!("cannot create `{}`: {e}", dir.display()))
-                })?;
-            }
-            let store = stratai_store::SqliteStore::connect(url).await?;
-            Ok(Self::from_backend(store))
-        } else {
-            if let Some(owner) = owner_url {
-                stratai_store::PgStore::migrate(owner).await?;
-            }
-            let store = stratai_store::PgStore::connect(url).await?;
-            Ok(Self::from_backend(store))
-        }
-    }
-}
-
-/// The directory of a `sqlite://dir/file.db?...` url, to create before connecting.
-fn sqlite_parent_dir(url: &str) -> Option<std::path::PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next()?;
-    if path.is_empty() || path.contains(":memory:") {
-        return None;
-    }
-    std::path::Path::new(path)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(std::path::Path::to_path_buf)
-}
 
 /// Readiness: the database answers a cheap query.
 #[derive(Clone)]
@@ -378,16 +285,6 @@ pub async fn seed(stores: &Stores, admin_email: &str) -> Result<SeedReport, Stor
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sqlite_dirs() {
-        assert_eq!(
-            sqlite_parent_dir("sqlite://./.stratai/stratai.db?mode=rwc"),
-            Some(std::path::PathBuf::from("./.stratai"))
-        );
-        assert_eq!(sqlite_parent_dir("sqlite::memory:"), None);
-        assert_eq!(sqlite_parent_dir("sqlite:file.db"), None);
-    }
 
     #[tokio::test]
     async fn seed_is_idempotent() {

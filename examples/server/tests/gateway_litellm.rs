@@ -24,12 +24,12 @@ use stratai_core::ids::{ModelId, RequestId, TierId};
 use stratai_core::money::Money;
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::usage::{UsageQuery, UsageStatus};
+use stratai_litellm::sync::key_alias;
 use stratai_litellm::sync::{CoreDirectory, MemoryKeyVault, SyncConfig, SyncEngine};
 use stratai_litellm::{ClientConfig, KeyListQuery, KeyRef, LiteLlmClient, Secret, SpendLogsFilter};
 use stratai_server::app::{AppState, HttpLimits, router};
 use stratai_server::auth::Auth;
 use stratai_server::config::Config;
-use stratai_server::gateway::litellm::key_alias;
 use stratai_server::gateway::setup::{GatewayOptions, build_state};
 use stratai_server::server::Backends;
 use stratai_server::stores::Stores;
@@ -75,7 +75,7 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     let stores = Stores::open(&sqlite_url, None).await.unwrap();
     let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
     let auth = Arc::new(Auth::from_config(&config, backends.directory, backends.sessions).unwrap());
-    let mut options = GatewayOptions::from_env();
+    let mut options = GatewayOptions::from_config(&config);
     options.spool_path = dir.join("usage.spool");
     let gateway = build_state(&config, auth.clone(), &stores, options)
         .await

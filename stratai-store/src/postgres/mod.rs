@@ -5,7 +5,7 @@
 //! - The **owner** role ([`PgStore::OWNER_URL_ENV`], `STRATAI_DATABASE_OWNER_URL`) runs the
 //!   embedded migrations ([`PgStore::migrate`]) and so owns every table and the platform
 //!   functions. It never serves requests.
-//! - The **app** role ([`PgStore::APP_URL_ENV`], `STRATAI_DATABASE_URL`) serves: `LOGIN`,
+//! - The **app** role ([`PgStore::APP_URL_ENV`], `DATABASE_URL`) serves: `LOGIN`,
 //!   `NOSUPERUSER`, `NOBYPASSRLS`, owns nothing, granted only DML on the tables and `EXECUTE`
 //!   on the platform functions. [`PgStore::setup_app_role`] creates and grants it (run as the
 //!   owner, after migrating). [`PgStore::connect`] refuses a superuser, a `BYPASSRLS` role or a
@@ -104,7 +104,7 @@ impl RolePrivileges {
 
 impl PgStore {
     /// Environment variable conventionally holding the app (serving) role's URL.
-    pub const APP_URL_ENV: &'static str = "STRATAI_DATABASE_URL";
+    pub const APP_URL_ENV: &'static str = "DATABASE_URL";
     /// Environment variable conventionally holding the owner (migrating) role's URL.
     pub const OWNER_URL_ENV: &'static str = "STRATAI_DATABASE_OWNER_URL";
     /// The app role name [`PgStore::setup_app_role`] is usually given.

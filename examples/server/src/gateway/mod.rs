@@ -17,7 +17,6 @@ pub mod batch;
 pub mod error;
 pub mod explain;
 mod finish;
-pub mod litellm;
 pub mod openai;
 pub mod pipeline;
 pub mod setup;

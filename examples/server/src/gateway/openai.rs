@@ -1,7 +1,7 @@
 //! A plain OpenAI-compatible upstream (one static key, no per-member keys): for load runs
 //! against the project's mock upstream and for deployments that point the gateway straight
 //! at an OpenAI-compatible endpoint. Production with LiteLLM uses
-//! [`LiteLlmProvider`](super::litellm::LiteLlmProvider) instead.
+//! stratai-litellm's [`LiteLlmGateway`](stratai_litellm::gateway::LiteLlmGateway) instead.
 
 use std::time::Duration;
 

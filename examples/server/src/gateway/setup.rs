@@ -6,29 +6,21 @@
 //! a background task consumes the store's outbox (as `examples/litellm-worker` does) and
 //! reconciles with repair at start and every five minutes. The gateway reads members' keys
 //! from the engine's vault and asks the engine for a member's key on demand, so the engine is
-//! the only code path that creates keys. The vault seals the secrets in the database
-//! ([`super::litellm::key_vault`], `STRATAI_VAULT_KEY`), so they survive restarts and are
-//! shared with `litellm-worker`. With `STRATAI_LITELLM_SYNC=worker` the server leaves the
+//! the only code path that creates keys (stratai-litellm's
+//! [`LiteLlmGateway`](stratai_litellm::gateway::LiteLlmGateway)). The vault seals the secrets
+//! in the database (`STRATAI_VAULT_KEY`), so they survive restarts and are shared with
+//! `litellm-worker`. With `STRATAI_LITELLM_SYNC=worker` the server leaves the
 //! outbox and reconciles to the worker (run one consumer of the outbox, not both) and only
 //! reads keys, pushing a member on demand when the vault has none yet.
 //!
-//! Environment (all optional):
-//! - `STRATAI_USAGE_SPOOL`: spool file (default `./.stratai/usage.spool`);
-//! - `STRATAI_ALERT_WEBHOOK_URL`: where budget alerts are POSTed (default: log only);
-//! - `STRATAI_DEMO_CHUNK_DELAY_MS`: pause between the demo provider's stream chunks;
-//! - `STRATAI_GATEWAY_CACHE_MS`: how long a caller's membership, tier access and budget list
-//!   are reused between requests (default 2000; 0 disables);
-//! - `STRATAI_BUDGET_LEASE_MS`: reserve budget in blocks ("leases", see
-//!   [`stratai_guardrails::lease`]) that live this long (default 0: off, every request
-//!   reserves and settles in the database); `STRATAI_BUDGET_LEASE_BLOCK`: requests' worst
-//!   cases per block (default 32);
-//! - `STRATAI_USAGE_BATCH`: `1`/`true` writes usage records off the response path, in
-//!   batches (see [`super::batch`]; default off); `STRATAI_USAGE_BATCH_LINGER_MS`: how long
-//!   the writer collects records after a batch's first one (default 5);
-//! - `STRATAI_REDIS_URL` (else `REDIS_URL`): guardrail rate limits are counted in this Redis,
-//!   shared by every instance using it ([`stratai_store::RedisRateLimiter`]); unset: each
-//!   instance counts alone. While Redis is unreachable a request is decided by the
-//!   instance's own limiter (logged at most once a minute).
+//! The settings are [`Config::gateway`]'s (see the server README's table): the spool file,
+//! the alert webhook, the caller-view cache, budget leases ([`stratai_guardrails::lease`]),
+//! batched usage writes ([`super::batch`]) and the Redis that shares rate limits across
+//! instances ([`stratai_store::RedisRateLimiter`]; while it is unreachable a request is
+//! decided by the instance's own limiter, logged at most once a minute).
+//!
+//! Outside dev mode (OIDC configured) the gateway needs an LLM upstream: without LiteLLM it
+//! refuses to start instead of answering with the offline demo provider.
 //!
 //! The budget lease and usage batch settings are the high-throughput mode: with both, a
 //! request makes no database round trip on its path once its member's view is cached. Hard
@@ -43,13 +35,13 @@ use stratai_core::ports::{BudgetLedger, LlmGateway, SystemClock, UsageStore};
 use stratai_guardrails::{
     Gatekeeper, GatekeeperConfig, Guardrails, LeaseConfig, LeasedLedger, Policy,
 };
+use stratai_litellm::gateway::LiteLlmGateway;
 use stratai_litellm::sync::{CoreDirectory, SyncConfig, SyncEngine};
 use stratai_store::RedisRateLimiter;
 use url::Url;
 
 use super::GatewayState;
-use super::batch::{BatchedUsage, DEFAULT_LINGER};
-use super::litellm::LiteLlmProvider;
+use super::batch::BatchedUsage;
 use super::pipeline::{Pipeline, PipelineDeps};
 use crate::alerts::AlertSink;
 use crate::auth::Auth;
@@ -88,6 +80,9 @@ pub struct GatewayOptions {
     pub redis_url: Option<String>,
 }
 
+/// Queue size of the batched usage writer when batching is on.
+const USAGE_BATCH_CAPACITY: usize = 65_536;
+
 impl std::fmt::Debug for GatewayOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayOptions")
@@ -101,59 +96,34 @@ impl std::fmt::Debug for GatewayOptions {
 }
 
 impl GatewayOptions {
-    /// Options from the environment (see the module docs).
+    /// The options `config` sets; the rest (reload and replay intervals) at their defaults.
     #[must_use]
-    pub fn from_env() -> Self {
-        let spool_path = std::env::var("STRATAI_USAGE_SPOOL")
-            .ok()
-            .filter(|s| !s.trim().is_empty())
-            .map_or_else(|| PathBuf::from("./.stratai/usage.spool"), PathBuf::from);
-        let delay = env_number::<u64>("STRATAI_DEMO_CHUNK_DELAY_MS").unwrap_or(0);
+    pub fn from_config(config: &Config) -> Self {
+        let g = &config.gateway;
         Self {
-            spool_path,
-            alert_webhook: AlertSink::webhook_from_env(),
+            spool_path: g.usage_spool.clone(),
+            alert_webhook: g.alert_webhook.clone(),
             llm: None,
             demo: DemoConfig {
                 chunk_chars: 0,
-                chunk_delay: Duration::from_millis(delay),
+                chunk_delay: g.demo_chunk_delay,
                 answer_delay: Duration::ZERO,
             },
             guardrail_reload: Duration::from_secs(5),
             spool_replay: Duration::from_secs(10),
             sync_interval: Duration::from_secs(1),
-            view_cache_ttl: Duration::from_millis(
-                env_number("STRATAI_GATEWAY_CACHE_MS").unwrap_or(2000),
-            ),
-            budget_lease: lease_from_env(),
-            usage_batch: std::env::var("STRATAI_USAGE_BATCH")
-                .ok()
-                .filter(|v| matches!(v.trim(), "1" | "true" | "on" | "yes"))
-                .map(|_| 65_536),
-            usage_batch_linger: env_number("STRATAI_USAGE_BATCH_LINGER_MS")
-                .map_or(DEFAULT_LINGER, Duration::from_millis),
-            redis_url: ["STRATAI_REDIS_URL", "REDIS_URL"]
-                .iter()
-                .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty())),
+            view_cache_ttl: g.view_cache_ttl,
+            budget_lease: g.budget_lease.map(|lease| LeaseConfig {
+                max_age: lease.max_age,
+                block_requests: lease.block_requests,
+                reservation_ttl: chrono::Duration::seconds(super::pipeline::RESERVATION_TTL_SECS),
+                ..LeaseConfig::default()
+            }),
+            usage_batch: g.usage_batch.then_some(USAGE_BATCH_CAPACITY),
+            usage_batch_linger: g.usage_batch_linger,
+            redis_url: g.redis_url.as_ref().map(|u| u.expose().to_owned()),
         }
     }
-}
-
-/// The number in the environment variable `name`, if it is set and parses.
-fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
-}
-
-fn lease_from_env() -> Option<LeaseConfig> {
-    let ms = env_number::<u64>("STRATAI_BUDGET_LEASE_MS").filter(|ms| *ms > 0)?;
-    let block = env_number::<u32>("STRATAI_BUDGET_LEASE_BLOCK")
-        .filter(|b| *b > 0)
-        .unwrap_or(32);
-    Some(LeaseConfig {
-        max_age: Duration::from_millis(ms),
-        block_requests: block,
-        reservation_ttl: chrono::Duration::seconds(super::pipeline::RESERVATION_TTL_SECS),
-        ..LeaseConfig::default()
-    })
 }
 
 /// What must be flushed at graceful shutdown: open budget leases and queued usage records.
@@ -282,13 +252,28 @@ pub async fn build_state(
     {
         (Some(given), _) => given,
         (None, Some(l)) => {
-            let client = stratai_litellm::LiteLlmClient::new(stratai_litellm::ClientConfig::new(
-                l.url.as_str().trim_end_matches('/'),
-                stratai_litellm::Secret::new(l.master_key.expose()),
-            ))
-            .map_err(|e| format!("litellm client: {e}"))?;
+            let client = l
+                .proxy
+                .client()
+                .map_err(|e| format!("litellm client: {e}"))?;
             upstream = Some(client.clone());
-            tracing::info!(url = %l.url, "chat goes through the LiteLLM proxy with each member's virtual key");
+            tracing::info!(url = %l.proxy.url, "chat goes through the LiteLLM proxy with each member's virtual key");
+            let vault = l
+                .proxy
+                .key_vault(stores.key_vault.clone())
+                .map_err(|e| format!("key vault: {e}"))?;
+            if vault.ephemeral {
+                tracing::warn!(
+                    vault_key_id = %vault.key_id,
+                    "STRATAI_VAULT_KEY is not set (dev mode): members' LiteLLM virtual keys are sealed with an EPHEMERAL master key that dies with this process, so every key is regenerated after a restart and litellm-worker cannot read them; set STRATAI_VAULT_KEY (32 bytes, e.g. `openssl rand -base64 32`) to keep them"
+                );
+            } else {
+                tracing::info!(
+                    vault_key_id = %vault.key_id,
+                    replace_foreign = l.proxy.vault_replace_foreign,
+                    "members' LiteLLM virtual keys are sealed in the database with the configured vault master key"
+                );
+            }
             let engine = Arc::new(SyncEngine::new(
                 client,
                 Arc::new(
@@ -296,7 +281,7 @@ pub async fn build_state(
                         .with_budgets(stores.budgets.clone()),
                 ),
                 stores.outbox.clone(),
-                super::litellm::key_vault(l, stores)?,
+                vault.vault,
                 SyncConfig::default(),
             ));
             if l.sync_in_process {
@@ -308,9 +293,16 @@ pub async fn build_state(
                 );
             }
             (
-                Arc::new(LiteLlmProvider::with_sync_engine(engine)),
+                Arc::new(LiteLlmGateway::with_sync_engine(engine)),
                 "litellm",
             )
+        }
+        (None, None) if !config.dev_mode() => {
+            return Err(
+                "no LLM upstream outside dev mode: OIDC is configured but LITELLM_URL and \
+                 LITELLM_MASTER_KEY are not; the offline demo provider answers in dev mode only"
+                    .to_owned(),
+            );
         }
         (None, None) => {
             tracing::warn!("{}", DemoProvider::banner());

@@ -123,7 +123,7 @@ impl Api {
         let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
         let mut state = build_state(&config, backends).unwrap();
         // The governed gateway too (offline demo provider), so every route is served.
-        let mut options = stratai_server::gateway::setup::GatewayOptions::from_env();
+        let mut options = stratai_server::gateway::setup::GatewayOptions::from_config(&config);
         let spool =
             std::env::temp_dir().join(format!("stratai-test-spool-{}", uuid::Uuid::new_v4()));
         options.spool_path = spool.clone();

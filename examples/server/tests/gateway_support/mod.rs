@@ -203,7 +203,7 @@ pub async fn serve(backing: Arc<Backing>, setup: Setup) -> Gw {
     let config = Config::load(&env).unwrap();
     let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
     let auth = Arc::new(Auth::from_config(&config, backends.directory, backends.sessions).unwrap());
-    let mut options = GatewayOptions::from_env();
+    let mut options = GatewayOptions::from_config(&config);
     options.spool_path = backing.spool_path();
     options.alert_webhook = setup.alert_webhook;
     options.demo = setup.demo;

@@ -1,4 +1,5 @@
-//! Gateway load harness (figures, not a test): requests/s and p50/p99 latency at fixed
+//! Gateway load harness (figures, not a test; an example of the server crate, so that the
+//! benches crate depends on library crates only): requests/s and p50/p99 latency at fixed
 //! request rates, side by side, in one run on one machine:
 //!
 //! 1. `direct`: straight to the project's instant mock upstream;
@@ -38,7 +39,7 @@
 //! they actually started is measured and shown.
 //!
 //! ```text
-//! cargo run --release -p stratai-benches --bin load -- [--rates 200,500,1000] [--secs 5] [--rounds 5] [--concurrency 32] [--targets direct,proxy,strict,fast,litellm] [--server-threads 2] [--client-threads 2] [--upstream-threads 2] [--store postgres]
+//! cargo run --release -p stratai-server --example load -- [--rates 200,500,1000] [--secs 5] [--rounds 5] [--concurrency 32] [--targets direct,proxy,strict,fast,litellm] [--server-threads 2] [--client-threads 2] [--upstream-threads 2] [--store postgres]
 //! ```
 //! `--targets` picks the targets to measure (default: all five; `strict` and `fast` are the
 //! gateway's two modes). Knobs for finding where the gateway's time goes, not for the
@@ -515,7 +516,7 @@ async fn start_gateway(
         auth = auth.with_auth_cache(Duration::from_secs(2));
     }
     let auth = Arc::new(auth);
-    let mut options = GatewayOptions::from_env();
+    let mut options = GatewayOptions::from_config(&config);
     options.spool_path = std::env::temp_dir().join(format!(
         "stratai-load-{}-{}.spool",
         std::process::id(),
