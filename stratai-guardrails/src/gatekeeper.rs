@@ -469,6 +469,7 @@ impl Gatekeeper {
             budgets: plan.budgets,
             reserved: plan.worst_case,
             budget_states,
+            outcome: plan.outcome,
             reasons: plan.reasons,
             warnings: plan.warnings,
             admitted_at: now,
@@ -634,6 +635,7 @@ pub struct Admission {
     budgets: Vec<BudgetId>,
     reserved: Money,
     budget_states: Vec<BudgetState>,
+    outcome: Outcome,
     reasons: Vec<String>,
     warnings: Vec<String>,
     admitted_at: DateTime<Utc>,
@@ -699,6 +701,12 @@ impl Admission {
     #[must_use]
     pub fn decision(&self) -> &Decision {
         &self.decision
+    }
+
+    /// The decision's outcome: allow, or warn (warning rules, soft budgets passed).
+    #[must_use]
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
     }
 
     /// Every reason of the decision, in order (model access, guardrail rules, budgets), as
@@ -871,11 +879,7 @@ impl Admission {
             .unwrap_or(Money::ZERO);
         // The budgets are charged at most what was reserved (the bound held by them); a
         // provider billing beyond the bound is recorded as overage, which the caller alerts on.
-        let charged = if self.budgets.is_empty() {
-            billed
-        } else {
-            billed.min(self.reserved)
-        };
+        let charged = billed.min(self.reserved);
         let mut record = self.record(usage, status, upstream_id, provider, billed);
         record.overage = billed.saturating_sub(charged);
         let settled = match inner

@@ -392,6 +392,12 @@ impl Plan {
     /// budget without room denies, soft budgets passed warn, every budget adds its line to
     /// the reasons. `groups` name group budgets.
     pub fn judge_budgets(&mut self, states: &[BudgetState], groups: &[Group]) {
+        self.judge(states, groups, true);
+    }
+
+    /// `enforce` false: the ledger already admitted the request, and its word stands (a
+    /// budget lease's states count its whole block as reserved).
+    fn judge(&mut self, states: &[BudgetState], groups: &[Group], enforce: bool) {
         if !self.is_allowed() {
             return;
         }
@@ -399,12 +405,13 @@ impl Plan {
         ordered.sort_by_key(|s| (s.budget.scope, s.budget.id));
         let worst = self.worst_case;
         let verdict = evaluate_budgets(states, worst);
+        let mut soft_passed = false;
         for s in ordered {
             let b = &s.budget;
             let name = scope_name(&b.scope, groups);
             let committed = s.spent + s.reserved;
             let remaining = b.limit.saturating_sub(committed);
-            if committed + worst <= b.limit {
+            if committed + worst <= b.limit || (b.hard_limit && !enforce) {
                 self.reasons.push(format!(
                     "the {name} budget has {remaining} left of {}",
                     b.limit
@@ -415,6 +422,7 @@ impl Plan {
                     b.limit
                 ));
             } else {
+                soft_passed = true;
                 self.reasons.push(format!(
                     "the {name} budget (soft) has {remaining} left of {}: the request goes through with a warning",
                     b.limit
@@ -427,19 +435,19 @@ impl Plan {
             }
         }
         match verdict.outcome {
-            BudgetOutcome::Deny { refusal } => {
+            BudgetOutcome::Deny { refusal } if enforce => {
                 self.outcome = Outcome::Deny;
                 self.hint = Some(BUDGET_HINT.to_owned());
                 self.refusal = Some(Refusal::Budget(refusal));
             }
-            BudgetOutcome::Warn { .. } => self.outcome = Outcome::Warn,
-            BudgetOutcome::Allow => {}
+            _ if soft_passed => self.outcome = Outcome::Warn,
+            _ => {}
         }
     }
 
     /// Judges the states a reservation answered with (this request's worst case already
     /// among their reservations): the same verdict and reasons as [`judge_budgets`] of the
-    /// states before it.
+    /// states before it. The reservation was admitted, so no budget denies here.
     ///
     /// [`judge_budgets`]: Self::judge_budgets
     pub fn judge_reserved(&mut self, after: &[BudgetState], groups: &[Group]) {
@@ -450,7 +458,7 @@ impl Plan {
                 ..s.clone()
             })
             .collect();
-        self.judge_budgets(&before, groups);
+        self.judge(&before, groups, false);
     }
 
     /// A refusal by the ledger whose states could not explain it (they changed in between):

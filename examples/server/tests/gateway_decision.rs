@@ -23,6 +23,7 @@ use stratai_server::demo_provider::DemoConfig;
 on_both!(
     explain_answers_the_chat_refusal_of_a_budget_limit_rule_with_spend,
     dense_prompts_never_bill_a_hard_budget_beyond_its_limit,
+    the_readme_sessions_budget_admits_three_then_refuses,
 );
 
 fn spent(org: stratai_core::OrgId, user: UserId, billed: &str) -> UsageRecord {
@@ -156,4 +157,22 @@ async fn dense_prompts_never_bill_a_hard_budget_beyond_its_limit(db: Db) {
     assert_eq!(recorded, billed);
     assert_eq!(state.spent.amount(), billed, "nothing beyond a reservation");
     assert!(records.iter().all(|r| r.overage == Money::ZERO));
+}
+
+/// The README's session, step 5: a user budget of $0.00022 and "Hello again" with
+/// `max_tokens` 50 (worst case $0.000111, billed $0.000045 each): 200 200 200 429 429.
+async fn the_readme_sessions_budget_admits_three_then_refuses(db: Db) {
+    let Some(gw) = spawn(db, DemoConfig::default()).await else {
+        return;
+    };
+    let t = tenant(&gw, 1).await;
+    let (user, tok) = &t.users[0];
+    budget(&gw, t.org, BudgetScope::User(*user), "0.00022", true).await;
+    let mut body = ask(MODEL, "Hello again");
+    body["max_tokens"] = json!(50);
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(chat(&gw, tok, body.clone()).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
 }
