@@ -186,6 +186,7 @@ fn batch(tenant: &Tenant, tier: TierId, n: usize) -> Vec<UsageRecord> {
                 output_tokens: output,
                 provider_cost: Money::new(cost).expect("cost"),
                 billed_amount: Money::new(cost * Decimal::new(12, 1)).expect("billed"),
+                overage: Default::default(),
                 litellm_request_id: Some(format!("chatcmpl-{}", rng.random::<u64>())),
                 conversation_id: None,
                 endpoint: "chat".into(),

@@ -256,8 +256,8 @@ pub fn price_usage(
     })
 }
 
-/// The worst-case billed cost of a request, to reserve against budgets: the prompt tokens at
-/// the tier's input rate plus `max_tokens` (or, without it, the model's output cap from the
+/// The worst-case billed cost of a request, to reserve against budgets: the prompt tokens
+/// (give it [`prompt_token_bound`] for a bound) at the tier's input rate plus `max_tokens` (or, without it, the model's output cap from the
 /// table, [`FALLBACK_OUTPUT_CAP`] for unknown models) at the tier's output rate. Rounded up to
 /// 6 places. A `max_tokens` above the model's cap is clamped to the cap, since the model cannot
 /// produce more.
@@ -269,8 +269,7 @@ pub fn reservation_estimate(
     prompt_tokens: u32,
     max_tokens: Option<u32>,
 ) -> Money {
-    let cap = table.output_cap(model);
-    let output = max_tokens.map_or(cap, |m| m.min(cap));
+    let output = output_token_bound(table, model, max_tokens);
     token_amount(
         prompt_tokens,
         tier.input_rate_per_million,
@@ -310,6 +309,46 @@ pub fn estimate_prompt_tokens(messages: &[ChatMessage]) -> u32 {
                 .saturating_add(MESSAGE_OVERHEAD_TOKENS)
         })
         .fold(REPLY_PRIMING_TOKENS, u32::saturating_add)
+}
+
+/// An upper bound on the tokens of `text` under any byte-level BPE tokenizer (OpenAI's
+/// `cl100k`/`o200k`, Anthropic's, Llama 3's, Mistral's Tekken): its UTF-8 length in bytes.
+///
+/// Why it is a bound: a byte-level BPE tokenizer starts from one token per byte and only ever
+/// merges adjacent tokens, so no text encodes to more tokens than it has bytes (special tokens
+/// are not produced from user text; they are the chat format's framing, counted apart by
+/// [`prompt_token_bound`]). Real prose is about 4 bytes per token, so the bound reserves about
+/// four times the typical prompt cost; outputs (bounded by `max_tokens`) usually dominate.
+#[must_use]
+pub fn text_token_bound(text: &str) -> u32 {
+    u32::try_from(text.len()).unwrap_or(u32::MAX)
+}
+
+/// An upper bound on the prompt tokens a provider can bill for `messages`: the
+/// [`text_token_bound`] of each role and content, plus [`MESSAGE_OVERHEAD_TOKENS`] per message
+/// for the chat format's framing (OpenAI's ChatML uses 3 special tokens per message plus the
+/// role, Anthropic's and Llama's templates at most 4) and [`REPLY_PRIMING_TOKENS`] once. This is
+/// what budget reservations count, so a settlement is never above its reservation unless the
+/// provider bills beyond its own tokenizer (the gatekeeper records that as overage).
+#[must_use]
+pub fn prompt_token_bound(messages: &[ChatMessage]) -> u32 {
+    messages
+        .iter()
+        .map(|m| {
+            text_token_bound(&m.role)
+                .saturating_add(text_token_bound(&m.content))
+                .saturating_add(MESSAGE_OVERHEAD_TOKENS)
+        })
+        .fold(REPLY_PRIMING_TOKENS, u32::saturating_add)
+}
+
+/// The most output tokens a request can produce: `max_tokens` clamped to the model's output
+/// cap, or the cap when it is absent (see [`PriceTable::output_cap`]). The gatekeeper sends
+/// this value upstream as the request's `max_tokens`, so the provider cannot produce more.
+#[must_use]
+pub fn output_token_bound(table: &PriceTable, model: &ModelId, max_tokens: Option<u32>) -> u32 {
+    let cap = table.output_cap(model);
+    max_tokens.map_or(cap, |m| m.min(cap))
 }
 
 #[cfg(test)]
@@ -455,6 +494,23 @@ mod tests {
         // 1 (role) + 5 (19 chars) + 4 overhead + 3 priming
         assert_eq!(estimate_prompt_tokens(&msgs), 13);
         assert_eq!(estimate_prompt_tokens(&[]), REPLY_PRIMING_TOKENS);
+        // The bound counts bytes: 4 (role) + 19 + 4 overhead + 3 priming.
+        assert_eq!(prompt_token_bound(&msgs), 30);
+        assert_eq!(text_token_bound("日本語"), 9);
+        assert_eq!(prompt_token_bound(&[]), REPLY_PRIMING_TOKENS);
+    }
+
+    #[test]
+    fn output_bound_is_max_tokens_clamped_to_the_cap() {
+        let table = PriceTable::seed_defaults();
+        let opus = model("claude-opus-4-5-20251101");
+        assert_eq!(output_token_bound(&table, &opus, Some(10)), 10);
+        assert_eq!(output_token_bound(&table, &opus, None), 64_000);
+        assert_eq!(output_token_bound(&table, &opus, Some(1_000_000)), 64_000);
+        assert_eq!(
+            output_token_bound(&table, &model("mystery"), None),
+            FALLBACK_OUTPUT_CAP
+        );
     }
 
     proptest! {
@@ -478,6 +534,24 @@ mod tests {
             let reserved = reservation_estimate(&table, tier, m, prompt, Some(out.saturating_add(extra)));
             let produced = out.min(table.output_cap(m));
             prop_assert!(reserved >= billed_amount(tier, prompt, produced));
+        }
+
+        /// The bound is above every cheaper count of the same text: the characters / 4
+        /// estimate, characters, and whitespace-separated words (the demo provider's tokens).
+        #[test]
+        fn prompt_bound_is_above_every_other_count(
+            texts in proptest::collection::vec(".{0,80}", 0..5),
+        ) {
+            let messages: Vec<ChatMessage> = texts
+                .iter()
+                .map(|t| ChatMessage { role: "user".into(), content: t.clone() })
+                .collect();
+            let bound = prompt_token_bound(&messages);
+            prop_assert!(bound >= estimate_prompt_tokens(&messages));
+            for t in &texts {
+                prop_assert!(text_token_bound(t) as usize >= t.chars().count());
+                prop_assert!(text_token_bound(t) as usize >= t.split_whitespace().count());
+            }
         }
     }
 }

@@ -50,6 +50,11 @@ pub struct UsageRecord {
     pub provider_cost: Money,
     /// What we bill the customer (tier rates).
     pub billed_amount: Money,
+    /// The part of `billed_amount` beyond the worst case the request reserved: charged to no
+    /// budget (settlement never charges a budget more than was reserved) and alerted on. Zero
+    /// unless the provider billed more tokens than the reservation's bound.
+    #[serde(default)]
+    pub overage: Money,
     /// LiteLLM's request id (the upstream completion id), for reconciliation.
     pub litellm_request_id: Option<String>,
     /// Conversation in the product, if any.
@@ -455,6 +460,7 @@ pub fn read_csv(r: impl io::Read) -> Result<Vec<UsageRecord>, ExportError> {
             output_tokens: parse(field(8)).map_err(|e| bad(8, e))?,
             provider_cost: money(9)?,
             billed_amount: money(10)?,
+            overage: Default::default(),
             litellm_request_id: (!field(11).is_empty()).then(|| field(11).to_owned()),
             conversation_id: opt(field(12)).map_err(|e| bad(12, e))?,
             endpoint: field(13).to_owned(),
@@ -998,6 +1004,7 @@ mod tests {
             output_tokens: tokens.1,
             provider_cost: money(cost),
             billed_amount: money(billed),
+            overage: Default::default(),
             litellm_request_id: Some("chatcmpl-1".into()),
             conversation_id: None,
             endpoint: "chat".into(),
@@ -1426,6 +1433,7 @@ mod tests {
                 input_tokens, output_tokens,
                 provider_cost: Money::new(Decimal::new(cost, 6)).unwrap(),
                 billed_amount: Money::new(Decimal::new(billed, 6)).unwrap(),
+                overage: Default::default(),
                 litellm_request_id: litellm,
                 conversation_id: conv.map(|c| ConversationId::from_uuid(uuid::Uuid::from_u128(c))),
                 endpoint,

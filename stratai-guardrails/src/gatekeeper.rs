@@ -17,9 +17,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use chrono_tz::Tz;
-use stratai_core::budget::{
-    Budget, BudgetPeriod, BudgetRefusal, BudgetState, RequestScope, applicable_budgets,
-};
+use stratai_core::budget::{Budget, BudgetPeriod, BudgetRefusal, BudgetState};
 use stratai_core::directory::{Group, Membership, Organization};
 use stratai_core::gateway::{CallContext, ChatRequest, ChatResponse, TokenUsage};
 use stratai_core::ids::{BudgetId, ConversationId, GroupId, ModelId, OrgId, RequestId, UserId};
@@ -27,20 +25,17 @@ use stratai_core::ports::{
     BudgetLedger, DirectoryStore, RateLimitStore, ReserveOutcome, ReserveRequest, TierStore,
     UsageStore,
 };
-use stratai_core::pricing::{
-    PriceTable, billed_amount, estimate_prompt_tokens, reservation_estimate,
-};
-use stratai_core::tiers::{
-    MemberContext, ModelDenial, ModelGrant, ModelTier, TierCatalog, TierSubscription, check_model,
-};
+use stratai_core::pricing::{PriceTable, billed_amount};
+use stratai_core::tiers::{ModelDenial, ModelGrant, ModelTier, TierCatalog, TierSubscription};
 use stratai_core::usage::{UsageQuery, UsageRecord, UsageStatus};
 use stratai_core::{Money, StoreError};
 
 use crate::decision::{Decision, Outcome};
 use crate::engine::Guardrails;
+use crate::plan::{Plan, PlanRequest, Planner, Spend};
 use crate::policy::{BudgetSubject, Principal, SpendSnapshot};
 use crate::post::{AnswerStream, FilteredAnswer};
-use crate::pre::{PreRequest, RateCheck};
+use crate::pre::{PreRequest, RateCheck, RateQuery};
 use crate::rate::FetchedVerdicts;
 use crate::rule::BudgetLimitPeriod;
 
@@ -252,32 +247,40 @@ impl Gatekeeper {
     }
 
     async fn decide_pre(&self, pre: &PreRequest<'_>, take: bool) -> Decision {
-        let guardrails = &self.inner.guardrails;
-        let Some(shared) = &self.inner.shared_rates else {
-            return if take {
-                guardrails.check(pre)
-            } else {
-                guardrails.explain(pre)
-            };
-        };
-        let policy = guardrails.policy();
+        let policy = self.inner.guardrails.policy();
         let pending = policy.decide_pre_rules(pre);
         let queries = pending.rate_queries(pre);
+        self.with_rates(&queries, take, |rates| pending.finish(pre, rates))
+            .await
+    }
+
+    /// Runs `finish` with the rate limiter to consult: the engine's own (`take`: acquire,
+    /// else peek), or, with a shared limiter, the verdicts of `queries` fetched from it (the
+    /// engine's own when the shared store fails).
+    async fn with_rates<T>(
+        &self,
+        queries: &[RateQuery],
+        take: bool,
+        finish: impl FnOnce(RateCheck<'_>) -> T,
+    ) -> T {
+        let local = self.inner.guardrails.limiter().as_ref();
+        let own = if take {
+            RateCheck::Acquire(local)
+        } else {
+            RateCheck::Peek(local)
+        };
+        let Some(shared) = &self.inner.shared_rates else {
+            return finish(own);
+        };
         if queries.is_empty() {
-            return pending.finish(pre, RateCheck::Skip);
+            return finish(RateCheck::Skip);
         }
-        let local = guardrails.limiter().as_ref();
-        match FetchedVerdicts::fetch(shared.store.as_ref(), &queries, take).await {
-            Ok(fetched) if take => pending.finish(pre, RateCheck::Acquire(&fetched)),
-            Ok(fetched) => pending.finish(pre, RateCheck::Peek(&fetched)),
+        match FetchedVerdicts::fetch(shared.store.as_ref(), queries, take).await {
+            Ok(fetched) if take => finish(RateCheck::Acquire(&fetched)),
+            Ok(fetched) => finish(RateCheck::Peek(&fetched)),
             Err(error) => {
                 shared.warn(&error);
-                let rates = if take {
-                    RateCheck::Acquire(local)
-                } else {
-                    RateCheck::Peek(local)
-                };
-                pending.finish(pre, rates)
+                finish(own)
             }
         }
     }
@@ -373,146 +376,171 @@ impl Gatekeeper {
         request: &ChatRequest,
         now: DateTime<Utc>,
     ) -> Result<Admission, Refusal> {
+        self.admit_planned(caller, snapshot, budgets, request, now)
+            .await
+            .map_err(|plan| {
+                plan.refusal
+                    .unwrap_or_else(|| Refusal::BadRequest("refused without a reason".to_owned()))
+            })
+    }
+
+    /// [`admit_with_budgets`](Self::admit_with_budgets), answering a refusal with its whole
+    /// [`Plan`] (outcome, every reason, hint): load (the budget limit rules' spend) -> decide
+    /// ([`Planner::decide`], taking rate-limit tokens) -> reserve the plan's worst case
+    /// against its budgets. A refusal by the ledger is explained by its budgets' states read
+    /// then (only on that path), so the reasons are those [`explain_request`] gives.
+    ///
+    /// [`explain_request`]: Self::explain_request
+    pub async fn admit_planned(
+        &self,
+        caller: &Caller,
+        snapshot: &MemberSnapshot,
+        budgets: &[Budget],
+        request: &ChatRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Admission, Box<Plan>> {
         let inner = &self.inner;
-        let model =
-            ModelId::new(request.model.clone()).map_err(|e| Refusal::BadRequest(e.to_string()))?;
-        let MemberSnapshot {
-            org,
-            membership,
-            groups,
-            catalog,
-            subscriptions,
-            budgets: _,
-        } = snapshot;
-        if org.id != caller.org_id || membership.user_id != caller.user_id {
-            return Err(Refusal::BadRequest(
-                "the member snapshot is not the caller's".to_owned(),
-            ));
-        }
-        if !org.active {
-            return Err(Refusal::OrgInactive(org.id));
-        }
-
-        // 1. model access
-        let grant = check_model(
-            catalog,
-            &MemberContext {
-                org,
-                subscriptions,
-                membership,
-                groups,
-            },
-            &model,
-        )
-        .map_err(Refusal::Model)?;
-        let tier = catalog
-            .tiers()
-            .iter()
-            .find(|t| t.id == grant.tier_id)
-            .cloned()
-            .ok_or_else(|| StoreError::Backend(format!("tier `{}` vanished", grant.tier_id)))?;
-
-        // 2. guardrails (rules, then rate limits)
-        let mut group_ids: Vec<GroupId> = groups.iter().map(|g| g.id).collect();
-        group_ids.sort_unstable();
-        let principal = Principal {
-            org_id: caller.org_id,
-            user_id: caller.user_id,
-            groups: group_ids.clone(),
+        let unavailable = |plan: Plan, error: StoreError| {
+            let mut plan = Box::new(plan);
+            plan.outcome = Outcome::Deny;
+            plan.refusal = Some(Refusal::Unavailable(error));
+            plan
         };
-        let prompt_tokens = estimate_prompt_tokens(&request.messages);
-        let estimate = reservation_estimate(
-            &inner.config.prices,
-            &tier,
-            &model,
-            prompt_tokens,
-            request.max_tokens,
-        );
-        let spend = self.rule_spend(org, &principal, Some(tier.id), now).await?;
-        let pre = PreRequest {
-            principal: &principal,
-            model: model.as_str(),
-            tier: Some(tier.id),
-            input_tokens: prompt_tokens,
-            max_tokens: request.max_tokens,
-            messages: &request.messages,
-            estimated_cost: estimate,
-            spend: Some(&spend),
-            now,
+        let mut plan = match self
+            .plan(caller, snapshot, budgets, request, now, true)
+            .await
+        {
+            Ok(plan) => plan,
+            Err(refusal) => return Err(Box::new(Plan::refused(caller, request, refusal))),
         };
-        let decision = self.check(&pre).await;
-        if decision.outcome == Outcome::Deny {
-            return Err(Refusal::Guardrails(Box::new(decision)));
+        if !plan.is_allowed() {
+            return Err(Box::new(plan));
         }
-        let mut admitted = request.clone();
-        decision.apply_to(&mut admitted);
-
-        // 3. budget reservation, worst case of the request as it will be sent
         let request_id = RequestId::new();
-        let scope = RequestScope {
-            org_id: caller.org_id,
-            user_id: caller.user_id,
-            group_ids: &group_ids,
-            tier_id: Some(tier.id),
-        };
-        let budget_ids: Vec<BudgetId> = applicable_budgets(budgets, &scope)
-            .iter()
-            .map(|b| b.id)
-            .collect();
-        let reserved = reservation_estimate(
-            &inner.config.prices,
-            &tier,
-            &model,
-            estimate_prompt_tokens(&admitted.messages),
-            admitted.max_tokens,
-        );
         let mut budget_states = Vec::new();
-        if !budget_ids.is_empty() {
-            let outcome = inner
+        if !plan.budgets.is_empty() {
+            let reserved = inner
                 .ledger
                 .reserve(
                     caller.org_id,
                     &ReserveRequest {
                         request_id,
-                        budgets: budget_ids.clone(),
-                        amount: reserved,
+                        budgets: plan.budgets.clone(),
+                        amount: plan.worst_case,
                         now,
                         expires_at: now + inner.config.reservation_ttl,
                     },
                 )
-                .await?;
-            match outcome {
-                ReserveOutcome::Reserved(states) => budget_states = states,
-                ReserveOutcome::Refused(refusal) => return Err(Refusal::Budget(refusal)),
+                .await;
+            match reserved {
+                Ok(ReserveOutcome::Reserved(states)) => {
+                    plan.judge_reserved(&states, &snapshot.groups);
+                    budget_states = states;
+                }
+                Ok(ReserveOutcome::Refused(refusal)) => {
+                    let states = match inner.ledger.states(caller.org_id, &plan.budgets, now).await
+                    {
+                        Ok(states) => states,
+                        Err(e) => return Err(unavailable(plan, e)),
+                    };
+                    plan.judge_budgets(&states, &snapshot.groups);
+                    plan.refuse_budget(refusal, &snapshot.groups);
+                    return Err(Box::new(plan));
+                }
+                Err(e) => return Err(unavailable(plan, e)),
             }
         }
-        let group_id = match caller.group_id {
-            Some(g) if group_ids.contains(&g) => Some(g),
-            Some(g) => {
-                // Attribution to a group the member is not in would mislead reports.
-                inner.ledger.release(caller.org_id, request_id).await?;
-                return Err(Refusal::BadRequest(format!(
-                    "user is not a member of group `{g}`"
-                )));
-            }
-            None => group_ids.first().copied(),
+        let (Some(grant), Some(tier), Some(decision)) =
+            (plan.grant.clone(), plan.tier.clone(), plan.decision.take())
+        else {
+            return Err(Box::new(plan));
         };
         Ok(Admission {
             gate: self.clone(),
             request_id,
             caller: caller.clone(),
-            group_id,
-            principal,
+            group_id: plan.group_id,
+            principal: plan.principal,
+            model: grant.model.clone(),
             grant,
             tier,
-            model,
-            request: admitted,
+            request: plan.request,
             decision,
-            budgets: budget_ids,
-            reserved,
+            budgets: plan.budgets,
+            reserved: plan.worst_case,
             budget_states,
+            outcome: plan.outcome,
+            reasons: plan.reasons,
+            warnings: plan.warnings,
             admitted_at: now,
         })
+    }
+
+    /// The decision [`admit_planned`](Self::admit_planned) would make for `request` at `now`,
+    /// with no side effect: the same loads and [`Planner::decide`], rate-limit buckets only
+    /// looked at, and the applicable budgets' states read and judged instead of reserved.
+    pub async fn explain_request(
+        &self,
+        caller: &Caller,
+        snapshot: &MemberSnapshot,
+        budgets: &[Budget],
+        request: &ChatRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Plan, StoreError> {
+        let mut plan = match self
+            .plan(caller, snapshot, budgets, request, now, false)
+            .await
+        {
+            Ok(plan) => plan,
+            Err(Refusal::Unavailable(e)) => return Err(e),
+            Err(refusal) => return Ok(Plan::refused(caller, request, refusal)),
+        };
+        if plan.is_allowed() && !plan.budgets.is_empty() {
+            let states = self
+                .inner
+                .ledger
+                .states(caller.org_id, &plan.budgets, now)
+                .await?;
+            plan.judge_budgets(&states, &snapshot.groups);
+        }
+        Ok(plan)
+    }
+
+    /// Loads the budget limit rules' spend, then decides (the rate limits taken or peeked).
+    async fn plan(
+        &self,
+        caller: &Caller,
+        snapshot: &MemberSnapshot,
+        budgets: &[Budget],
+        request: &ChatRequest,
+        now: DateTime<Utc>,
+        take: bool,
+    ) -> Result<Plan, Refusal> {
+        let tier = ModelId::new(request.model.clone())
+            .ok()
+            .and_then(|m| snapshot.catalog.tier_of_model(&m).map(|t| t.id));
+        let spend = self
+            .rule_spend(&snapshot.org, &snapshot.principal(), tier, now)
+            .await?;
+        let policy = self.inner.guardrails.policy();
+        let planner = Planner {
+            policy: &policy,
+            prices: &self.inner.config.prices,
+        };
+        let spend = Spend {
+            rules: Some(&spend),
+            budgets: None,
+        };
+        let ask = PlanRequest {
+            caller,
+            request,
+            now,
+        };
+        let draft = planner.decide(snapshot, budgets, spend, &ask);
+        let queries = draft.rate_queries();
+        Ok(self
+            .with_rates(&queries, take, |rates| draft.finish(rates))
+            .await)
     }
 
     /// Spend per subject and period for the budget limit rules that apply (none: no query).
@@ -561,6 +589,20 @@ impl Gatekeeper {
     }
 }
 
+impl MemberSnapshot {
+    /// The guardrail principal: the member and their groups, by id.
+    #[must_use]
+    pub fn principal(&self) -> Principal {
+        let mut groups: Vec<GroupId> = self.groups.iter().map(|g| g.id).collect();
+        groups.sort_unstable();
+        Principal {
+            org_id: self.org.id,
+            user_id: self.membership.user_id,
+            groups,
+        }
+    }
+}
+
 /// What a decision about one member needs, loaded by [`Gatekeeper::load_snapshot`].
 #[derive(Clone, Debug)]
 pub struct MemberSnapshot {
@@ -593,6 +635,9 @@ pub struct Admission {
     budgets: Vec<BudgetId>,
     reserved: Money,
     budget_states: Vec<BudgetState>,
+    outcome: Outcome,
+    reasons: Vec<String>,
+    warnings: Vec<String>,
     admitted_at: DateTime<Utc>,
 }
 
@@ -656,6 +701,25 @@ impl Admission {
     #[must_use]
     pub fn decision(&self) -> &Decision {
         &self.decision
+    }
+
+    /// The decision's outcome: allow, or warn (warning rules, soft budgets passed).
+    #[must_use]
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// Every reason of the decision, in order (model access, guardrail rules, budgets), as
+    /// [`Gatekeeper::explain_request`] gives them.
+    #[must_use]
+    pub fn reasons(&self) -> &[String] {
+        &self.reasons
+    }
+
+    /// What the client is warned of: warning and modifying rules, soft budgets passed.
+    #[must_use]
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The model's grant (model and tier).
@@ -813,14 +877,18 @@ impl Admission {
             .prices
             .provider_cost(&self.model, usage.prompt_tokens, usage.completion_tokens)
             .unwrap_or(Money::ZERO);
-        let record = self.record(usage, status, upstream_id, provider, billed);
+        // The budgets are charged at most what was reserved (the bound held by them); a
+        // provider billing beyond the bound is recorded as overage, which the caller alerts on.
+        let charged = billed.min(self.reserved);
+        let mut record = self.record(usage, status, upstream_id, provider, billed);
+        record.overage = billed.saturating_sub(charged);
         let settled = match inner
             .ledger
             .settle(
                 self.caller.org_id,
                 self.request_id,
                 &self.budgets,
-                billed,
+                charged,
                 now,
             )
             .await
@@ -876,6 +944,7 @@ impl Admission {
             output_tokens: usage.completion_tokens,
             provider_cost,
             billed_amount,
+            overage: Default::default(),
             litellm_request_id: upstream_id,
             conversation_id: self.caller.conversation_id,
             endpoint: self.caller.endpoint.clone(),

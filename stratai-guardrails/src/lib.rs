@@ -5,6 +5,7 @@ pub mod decision;
 pub mod engine;
 pub mod gatekeeper;
 pub mod lease;
+pub mod plan;
 pub mod policy;
 pub mod post;
 pub mod pre;
@@ -18,6 +19,7 @@ pub use gatekeeper::{
     Unrecorded,
 };
 pub use lease::{LeaseConfig, LeasedLedger};
+pub use plan::{Draft, Plan, PlanRequest, Planner, Spend};
 pub use policy::{
     BudgetSubject, EffectivePolicy, Policy, PolicyError, PolicyHolder, Principal, SpendSnapshot,
 };

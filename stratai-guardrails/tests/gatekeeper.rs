@@ -270,11 +270,14 @@ async fn admits_reserves_worst_case_then_filters_settles_and_records() {
         *seen.lock().unwrap() = Some(req.amount);
         Ok(ReserveOutcome::Reserved(vec![]))
     });
+    let reserved_then = Arc::clone(&reserved);
     ledger
         .expect_settle()
         .times(1)
+        // The provider bills more than the bound reserved (300 prompt tokens for a prompt of
+        // 38 bytes): the budget is charged the reservation, not more.
         .withf(move |_, _, budgets, actual, _| {
-            budgets == [budget_id] && *actual == Money::parse("0.0092").unwrap()
+            budgets == [budget_id] && Some(*actual) == *reserved_then.lock().unwrap()
         })
         .returning(|_, _, _, _, _| {
             Ok(SettleOutcome {
@@ -305,7 +308,7 @@ async fn admits_reserves_worst_case_then_filters_settles_and_records() {
     );
     assert_eq!(admission.grant().tier_id, STANDARD_TIER_ID);
     // Worst case at the Standard rates ($4 in / $16 out per 1M): the reservation covers the
-    // clamped request (estimated prompt + 500 output tokens).
+    // clamped request (the prompt's bound + 500 output tokens).
     let amount = reserved.lock().unwrap().unwrap();
     assert!(
         amount >= Money::parse("0.008").unwrap() && amount <= Money::parse("0.0085").unwrap(),
@@ -334,6 +337,13 @@ async fn admits_reserves_worst_case_then_filters_settles_and_records() {
         (300, 500, UsageStatus::Success)
     );
     assert_eq!(r.billed_amount, Money::parse("0.0092").unwrap());
+    // What the budget was not charged is the record's overage.
+    assert_eq!(
+        r.overage,
+        Money::parse("0.0092").unwrap().saturating_sub(amount)
+    );
+    assert!(r.overage > Money::ZERO);
+    assert_eq!(done.usage.overage, r.overage);
     assert_eq!(r.litellm_request_id.as_deref(), Some("chatcmpl-1"));
     assert_eq!(r.tier_id, Some(STANDARD_TIER_ID));
 }
@@ -404,6 +414,12 @@ async fn a_full_budget_refuses_with_what_is_left() {
             requested: req.amount,
         }))
     });
+    // The refusal is explained by the budgets' states, read on this path only (here they
+    // changed in between: the ledger's word stands).
+    ledger
+        .expect_states()
+        .times(1)
+        .returning(|_, _, _| Ok(vec![]));
     let gate = f.gate(ledger, MockUsageStore::new());
     let err = gate
         .admit(&f.caller(), &chat("gpt-4o", "hello", Some(100)), at(NOW))

@@ -22,6 +22,7 @@ fn record(id: &str, cost: Decimal) -> UsageRecord {
         output_tokens: 1,
         provider_cost: Money::new(cost).unwrap(),
         billed_amount: Money::new(cost).unwrap(),
+        overage: Default::default(),
         litellm_request_id: Some(id.to_owned()),
         conversation_id: None,
         endpoint: "/v1/chat/completions".to_owned(),

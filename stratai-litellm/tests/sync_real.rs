@@ -71,6 +71,7 @@ fn usage(org: OrgId, user: UserId, answer: &ChatResponse) -> UsageRecord {
         output_tokens: 4,
         provider_cost: Money::new(answer.meta.response_cost.unwrap()).unwrap(),
         billed_amount: Money::new(answer.meta.response_cost.unwrap()).unwrap(),
+        overage: Default::default(),
         litellm_request_id: Some(answer.completion.id.clone()),
         conversation_id: None,
         endpoint: "/v1/chat/completions".to_owned(),

@@ -169,6 +169,7 @@ conformance! {
     ledger::ledger_reclaim_expired,
     ledger::concurrent_reservations_never_overspend,
     usage::usage_append_idempotent,
+    usage::usage_overage_round_trips,
     usage::usage_append_all_or_nothing,
     usage::usage_append_large_batch,
     usage::usage_query_filters,

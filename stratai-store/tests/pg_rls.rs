@@ -204,6 +204,7 @@ fn usage(
         output_tokens: 20,
         provider_cost: Money::parse("0.001").unwrap(),
         billed_amount: Money::parse("0.002").unwrap(),
+        overage: Default::default(),
         litellm_request_id: None,
         conversation_id: None,
         endpoint: "chat".into(),

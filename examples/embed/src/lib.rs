@@ -5,6 +5,9 @@
 //! made by one of them:
 //!
 //! * model access: [`stratai_core::tiers::check_model`] and [`stratai_core::tiers::resolve_tiers`];
+//! * one request's decision (model access, worst case, applicable budgets and their verdict):
+//!   `stratai_guardrails`' [`Planner::decide`] and
+//!   [`Plan::judge_budgets`](stratai_guardrails::Plan::judge_budgets), as the gateway's;
 //! * budgets: [`stratai_core::budget::applicable_budgets`], [`stratai_core::budget::evaluate_budgets`]
 //!   and the reference ledger [`stratai_core::budget::LedgerModel`];
 //! * prices: [`stratai_core::pricing`];
@@ -21,26 +24,26 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use rust_decimal::Decimal;
 use stratai_core::access::{Action, Actor, Resource, authorize};
 use stratai_core::budget::{
-    Budget, BudgetOutcome, BudgetPeriod, BudgetScope, LedgerModel, RequestScope,
-    applicable_budgets, evaluate_budgets,
+    Budget, BudgetPeriod, BudgetScope, LedgerModel, RequestScope, applicable_budgets,
 };
 use stratai_core::directory::{
     BillingPlan, Email, Group, GroupMembership, GroupRole, Invitation, InvitationRequest,
     Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
 };
-use stratai_core::gateway::{ChatMessage, TokenUsage};
+use stratai_core::gateway::{ChatMessage, ChatRequest, TokenUsage};
 use stratai_core::ports::{ReserveOutcome, ReserveRequest};
-use stratai_core::pricing::{
-    PriceTable, estimate_prompt_tokens, price_usage, reservation_estimate,
-};
+use stratai_core::pricing::{PriceTable, estimate_prompt_tokens, price_usage};
 use stratai_core::tiers::{
     Availability, BASIC_TIER_ID, DenialReason, MemberContext, PREMIUM_TIER_ID, STANDARD_TIER_ID,
-    TierCatalog, TierSubscription, check_model, resolve_tiers, subscriptions_for,
+    TierCatalog, TierSubscription, resolve_tiers, subscriptions_for,
 };
 use stratai_core::usage::{
     Dimension, DimensionValue, InvoiceInput, UsageRecord, UsageStatus, aggregate, draft_invoice,
 };
 use stratai_core::{ModelId, Money, OrgId, RequestId, TierSlug, UserId};
+use stratai_guardrails::{
+    Caller, MemberSnapshot, PlanRequest, Planner, Policy, RateCheck, Refusal, Spend,
+};
 
 /// Any failure building or running the pilot (none is expected: the data is fixed).
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -391,6 +394,7 @@ impl Pilot {
             output_tokens: output,
             provider_cost: cost.provider_cost,
             billed_amount: cost.billed_amount,
+            overage: Default::default(),
             litellm_request_id: Some(format!("chatcmpl-{}", self.usage.len() + 1)),
             conversation_id: None,
             endpoint: "chat".to_owned(),
@@ -457,18 +461,57 @@ pub enum Verdict {
 pub fn handle(pilot: &mut Pilot, ask: &Ask<'_>) -> Result<Verdict, Error> {
     let user = pilot.user(ask.user)?.clone();
     let org = pilot.org(ask.org)?.clone();
-    let membership = pilot.membership(org.id, user.id)?.clone();
-    let groups = pilot.groups_of(org.id, user.id);
-    let ctx = MemberContext {
-        org: &org,
-        subscriptions: &pilot.subscriptions,
-        membership: &membership,
-        groups: &groups,
+    // Load: what a decision about the member needs, and the budgets' states.
+    let snapshot = MemberSnapshot {
+        membership: pilot.membership(org.id, user.id)?.clone(),
+        groups: pilot.groups_of(org.id, user.id),
+        catalog: pilot.catalog.clone(),
+        subscriptions: pilot.subscriptions.clone(),
+        budgets: Vec::new(),
+        org,
     };
-    let model = ModelId::new(ask.model)?;
-    let grant = match check_model(&pilot.catalog, &ctx, &model) {
-        Ok(grant) => grant,
-        Err(denial) => {
+    let org = &snapshot.org;
+    let caller = Caller {
+        org_id: org.id,
+        user_id: user.id,
+        group_id: None,
+        conversation_id: None,
+        endpoint: "chat".to_owned(),
+    };
+    let request = ChatRequest {
+        model: ask.model.to_owned(),
+        messages: vec![ChatMessage {
+            role: "user".to_owned(),
+            content: ask.prompt.to_owned(),
+        }],
+        max_tokens: ask.max_tokens,
+        temperature: None,
+        stream: false,
+        user: None,
+    };
+    // Decide: the SDK's one pure decision (no guardrail rules in the pilot), then its
+    // budgets judged on their states (what `Gatekeeper::explain_request` does).
+    let policy = Policy::empty();
+    let planner = Planner {
+        policy: &policy,
+        prices: &pilot.prices,
+    };
+    let ask_plan = PlanRequest {
+        caller: &caller,
+        request: &request,
+        now: pilot.now,
+    };
+    let mut plan = planner
+        .decide(&snapshot, &pilot.budgets, Spend::default(), &ask_plan)
+        .finish(RateCheck::Skip);
+    if plan.is_allowed() {
+        let states = pilot.ledger.states(org.id, &plan.budgets, pilot.now)?;
+        plan.judge_budgets(&states, &snapshot.groups);
+    }
+    let estimate = plan.worst_case;
+    match plan.refusal {
+        None => {}
+        Some(Refusal::Model(denial)) => {
             let (tier, reasons) = match &denial.reason {
                 DenialReason::TierLocked {
                     tier_name, reasons, ..
@@ -484,53 +527,22 @@ pub fn handle(pilot: &mut Pilot, ask: &Ask<'_>) -> Result<Verdict, Error> {
                 hint: denial.hint(),
             });
         }
-    };
-    let tier = pilot
-        .catalog
-        .get(grant.tier_id)
-        .ok_or("granted tier missing")?
-        .clone();
-    let messages = [ChatMessage {
-        role: "user".to_owned(),
-        content: ask.prompt.to_owned(),
-    }];
-    let prompt_tokens = estimate_prompt_tokens(&messages);
-    let estimate =
-        reservation_estimate(&pilot.prices, &tier, &model, prompt_tokens, ask.max_tokens);
-
-    let group_ids: Vec<_> = groups.iter().map(|g| g.id).collect();
-    let scope = RequestScope {
-        org_id: org.id,
-        user_id: user.id,
-        group_ids: &group_ids,
-        tier_id: Some(tier.id),
-    };
-    let budget_ids: Vec<_> = applicable_budgets(&pilot.budgets, &scope)
-        .iter()
-        .map(|b| b.id)
-        .collect();
-    let states = pilot.ledger.states(org.id, &budget_ids, pilot.now)?;
-    let decision = evaluate_budgets(&states, estimate);
-    let warnings = match &decision.outcome {
-        BudgetOutcome::Deny { refusal } => {
+        Some(Refusal::Budget(refusal)) => {
             return Ok(Verdict::BudgetDenied {
                 estimate,
                 message: refusal.to_string(),
             });
         }
-        BudgetOutcome::Allow => Vec::new(),
-        BudgetOutcome::Warn { warnings } => warnings
-            .iter()
-            .map(|w| {
-                format!(
-                    "{} budget over its soft limit: {} of {} after this request",
-                    w.scope.kind(),
-                    w.projected,
-                    w.limit
-                )
-            })
-            .collect(),
+        Some(other) => return Err(other.into()),
+    }
+    let (Some(tier), Some(grant)) = (plan.tier, plan.grant) else {
+        return Err("an allowed plan without a tier".into());
     };
+    let model = grant.model;
+    let budget_ids = plan.budgets;
+    let group_id = plan.group_id;
+    let warnings = plan.warnings;
+    // Reserve: the worst case, atomically against every applicable budget.
     let request_id = RequestId::new();
     let reserve = ReserveRequest {
         request_id,
@@ -545,7 +557,9 @@ pub fn handle(pilot: &mut Pilot, ask: &Ask<'_>) -> Result<Verdict, Error> {
             message: refusal.to_string(),
         });
     }
-    // The call happens here; the simulated model answers with `answer_tokens`.
+    // The call happens here; the simulated model answers with `answer_tokens`, its tokenizer
+    // counting about 4 characters a token (below the reserved bound).
+    let prompt_tokens = estimate_prompt_tokens(&request.messages);
     let usage = TokenUsage {
         prompt_tokens,
         completion_tokens: ask.answer_tokens,
@@ -562,7 +576,7 @@ pub fn handle(pilot: &mut Pilot, ask: &Ask<'_>) -> Result<Verdict, Error> {
     pilot.usage.push(UsageRecord {
         request_id,
         org_id: org.id,
-        group_id: group_ids.first().copied(),
+        group_id,
         user_id: user.id,
         tier_id: Some(tier.id),
         model,
@@ -570,6 +584,7 @@ pub fn handle(pilot: &mut Pilot, ask: &Ask<'_>) -> Result<Verdict, Error> {
         output_tokens: ask.answer_tokens,
         provider_cost: cost.provider_cost,
         billed_amount: cost.billed_amount,
+        overage: Default::default(),
         litellm_request_id: None,
         conversation_id: None,
         endpoint: "chat".to_owned(),

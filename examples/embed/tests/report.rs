@@ -35,7 +35,7 @@ fn the_report_shows_each_kind_of_decision() {
     let text = report(pilot_clock()).unwrap();
     for expected in [
         "  [DENY ] dana@acme.example -> gpt-4o (max_tokens 4000)",
-        "          worst case $0.064084: user budget exceeded: $0.05 of $5 left, $0.064084 needed",
+        "          worst case $0.064244: user budget exceeded: $0.05 of $5 left, $0.064244 needed",
         "  [ALLOW] dana@acme.example -> gpt-4o (Standard tier)",
         "  [ALLOW] bob@stratai.example -> claude-opus-4-5-20251101 (Premium tier)",
         "          - restricted by group Marketing",

@@ -16,8 +16,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use stratai_core::budget::{BudgetAlert, BudgetScope};
-use stratai_core::ids::{BudgetId, OrgId};
+use stratai_core::ids::{BudgetId, OrgId, RequestId, UserId};
 use stratai_core::money::Money;
+use stratai_core::usage::UsageRecord;
 use url::Url;
 
 /// The JSON body posted to the webhook.
@@ -119,14 +120,71 @@ impl AlertSink {
             if let Some(url) = self.webhook.clone() {
                 let client = self.client.clone();
                 let payload = payload.clone();
-                tokio::spawn(async move { deliver(client, url, payload).await });
+                let label = payload.budget_id.to_string();
+                tokio::spawn(async move { deliver(client, url, payload, label).await });
             }
         }
         fresh.len()
     }
+
+    /// Emits the overage alert of a usage record billed beyond its reservation (nothing when
+    /// its `overage` is zero): the budgets were charged only the reservation, so someone must
+    /// look at the provider's billing. Returns whether an alert was emitted.
+    pub fn overage(&self, record: &UsageRecord) -> bool {
+        if record.overage == Money::ZERO {
+            return false;
+        }
+        let payload = OveragePayload {
+            event: "usage.overage",
+            org_id: record.org_id,
+            request_id: record.request_id,
+            user_id: record.user_id,
+            model: record.model.to_string(),
+            billed_amount: record.billed_amount,
+            overage: record.overage,
+            message: format!(
+                "request billed {} of which {} beyond its reserved worst case: budgets were charged only the reservation",
+                record.billed_amount, record.overage
+            ),
+        };
+        tracing::warn!(
+            org = %payload.org_id,
+            request_id = %payload.request_id,
+            overage = %payload.overage,
+            "usage alert: {}",
+            payload.message
+        );
+        if let Some(url) = self.webhook.clone() {
+            let client = self.client.clone();
+            let label = payload.request_id.to_string();
+            tokio::spawn(async move { deliver(client, url, payload, label).await });
+        }
+        true
+    }
 }
 
-async fn deliver(client: reqwest::Client, url: Url, payload: AlertPayload) {
+/// The JSON body posted to the webhook for a request billed beyond its reservation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OveragePayload {
+    /// Always `usage.overage`.
+    pub event: &'static str,
+    /// Organization.
+    pub org_id: OrgId,
+    /// The request.
+    pub request_id: RequestId,
+    /// The member.
+    pub user_id: UserId,
+    /// The model.
+    pub model: String,
+    /// What the request billed.
+    pub billed_amount: Money,
+    /// The part of it beyond the reservation (charged to no budget).
+    pub overage: Money,
+    /// Human summary.
+    pub message: String,
+}
+
+async fn deliver<P: Serialize>(client: reqwest::Client, url: Url, payload: P, label: String) {
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=3u32 {
         match client.post(url.clone()).json(&payload).send().await {
@@ -141,7 +199,7 @@ async fn deliver(client: reqwest::Client, url: Url, payload: AlertPayload) {
         tokio::time::sleep(delay).await;
         delay *= 2;
     }
-    tracing::error!(budget = %payload.budget_id, "budget alert webhook gave up after 3 attempts");
+    tracing::error!(alert = %label, "alert webhook gave up after 3 attempts");
 }
 
 #[cfg(test)]
@@ -149,7 +207,6 @@ mod tests {
     use super::*;
     use axum::Json;
     use axum::routing::post;
-    use stratai_core::ids::UserId;
 
     fn alert(budget: BudgetId, period_start: DateTime<Utc>) -> BudgetAlert {
         BudgetAlert {

@@ -466,6 +466,7 @@ pub(crate) mod tests {
             output_tokens: 5,
             provider_cost: Money::parse("0.000012").unwrap(),
             billed_amount: Money::parse("0.0000115").unwrap(),
+            overage: Default::default(),
             litellm_request_id: Some("chatcmpl-1".to_owned()),
             conversation_id: None,
             endpoint: "chat".to_owned(),

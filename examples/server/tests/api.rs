@@ -531,6 +531,7 @@ async fn orgs_budgets_usage(api: Api) {
             .unwrap(),
         billed_amount: stratai_core::money::Money::new(rust_decimal::Decimal::new(cost * 2, 4))
             .unwrap(),
+        overage: Default::default(),
         litellm_request_id: None,
         conversation_id: None,
         endpoint: "chat".to_owned(),

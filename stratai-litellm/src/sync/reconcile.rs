@@ -651,6 +651,7 @@ mod tests {
             output_tokens: 4,
             provider_cost: Money::new(cost).unwrap(),
             billed_amount: Money::new(cost).unwrap(),
+            overage: Default::default(),
             litellm_request_id: Some(id.to_owned()),
             conversation_id: None,
             endpoint: "/v1/chat/completions".to_owned(),

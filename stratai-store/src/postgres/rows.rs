@@ -357,8 +357,8 @@ pub(super) fn budget(row: &PgRow) -> Result<Budget, StoreError> {
 macro_rules! usage_columns {
     () => {
         "request_id, organization_id, group_id, user_id, tier_id, \
-     model, input_tokens, output_tokens, provider_cost, billed_amount, litellm_request_id, \
-     conversation_id, endpoint, status, created_at"
+     model, input_tokens, output_tokens, provider_cost, billed_amount, overage, \
+     litellm_request_id, conversation_id, endpoint, status, created_at"
     };
 }
 
@@ -378,6 +378,7 @@ pub(super) fn usage(row: &PgRow) -> Result<UsageRecord, StoreError> {
         output_tokens: u32::try_from(output).map_err(|e| corrupt("output_tokens", e))?,
         provider_cost: money(row, "provider_cost")?,
         billed_amount: money(row, "billed_amount")?,
+        overage: money(row, "overage")?,
         litellm_request_id: get(row, "litellm_request_id")?,
         conversation_id: get::<Option<Uuid>>(row, "conversation_id")?.map(Into::into),
         endpoint: get(row, "endpoint")?,

@@ -104,6 +104,7 @@ async fn insert_chunk(
     let mut outputs = Vec::with_capacity(n);
     let mut provider = Vec::with_capacity(n);
     let mut billed = Vec::with_capacity(n);
+    let mut overage = Vec::with_capacity(n);
     let mut litellm = Vec::with_capacity(n);
     let mut conversations = Vec::with_capacity(n);
     let mut endpoints = Vec::with_capacity(n);
@@ -119,6 +120,7 @@ async fn insert_chunk(
         outputs.push(i64::from(r.output_tokens));
         provider.push(r.provider_cost.amount());
         billed.push(r.billed_amount.amount());
+        overage.push(r.overage.amount());
         litellm.push(r.litellm_request_id.as_deref());
         conversations.push(r.conversation_id.map(|c| c.as_uuid()));
         endpoints.push(r.endpoint.as_str());
@@ -136,10 +138,10 @@ async fn insert_chunk(
          ), inserted AS (
              INSERT INTO usage_records (organization_id, request_id, group_id, user_id, tier_id,
                  model, input_tokens, output_tokens, provider_cost, billed_amount,
-                 litellm_request_id, conversation_id, endpoint, status, created_at)
+                 litellm_request_id, conversation_id, endpoint, status, created_at, overage)
              SELECT $1, u.* FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[],
                  $6::text[], $7::int8[], $8::int8[], $9::numeric[], $10::numeric[], $11::text[],
-                 $12::uuid[], $13::text[], $14::text[], $15::timestamptz[]) AS u
+                 $12::uuid[], $13::text[], $14::text[], $15::timestamptz[], $19::numeric[]) AS u
              WHERE (SELECT org
                         AND cardinality(users) = cardinality($16::uuid[])
                         AND cardinality(groups) = cardinality($17::uuid[])
@@ -170,6 +172,7 @@ async fn insert_chunk(
     .bind(&refs.users)
     .bind(&refs.groups)
     .bind(&refs.tiers)
+    .bind(&overage)
     .fetch_one(conn)
     .await
     .map_err(db)?;

@@ -36,6 +36,7 @@ fn usage_from_row(row: &SqliteRow) -> Result<UsageRecord, StoreError> {
         output_tokens: tokens("output_tokens")?,
         provider_cost: row.money("provider_cost")?,
         billed_amount: row.money("billed_amount")?,
+        overage: row.money("overage")?,
         litellm_request_id: row.opt_text("litellm_request_id")?,
         conversation_id: row
             .opt_uuid("conversation_id")?
@@ -56,8 +57,8 @@ fn select(
 ) -> QueryBuilder<Sqlite> {
     let mut qb = QueryBuilder::new(
         "SELECT request_id, organization_id, group_id, user_id, tier_id, model, input_tokens, \
-         output_tokens, provider_cost, billed_amount, litellm_request_id, conversation_id, \
-         endpoint, status, created_at FROM usage_records WHERE organization_id = ",
+         output_tokens, provider_cost, billed_amount, overage, litellm_request_id, \
+         conversation_id, endpoint, status, created_at FROM usage_records WHERE organization_id = ",
     );
     qb.push_bind(org.as_uuid());
     if let Some(from) = query.from {
@@ -142,8 +143,8 @@ impl UsageStore for SqliteStore {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT OR IGNORE INTO usage_records (request_id, organization_id, group_id, \
                  user_id, tier_id, model, input_tokens, output_tokens, provider_cost, \
-                 billed_amount, litellm_request_id, conversation_id, endpoint, status, \
-                 created_at) ",
+                 billed_amount, overage, litellm_request_id, conversation_id, endpoint, \
+                 status, created_at) ",
             );
             qb.push_values(rows, |mut b, (r, status)| {
                 b.push_bind(r.request_id.as_uuid())
@@ -156,6 +157,7 @@ impl UsageStore for SqliteStore {
                     .push_bind(i64::from(r.output_tokens))
                     .push_bind(money(r.provider_cost))
                     .push_bind(money(r.billed_amount))
+                    .push_bind(money(r.overage))
                     .push_bind(r.litellm_request_id.clone())
                     .push_bind(r.conversation_id.map(|c| c.as_uuid()))
                     .push_bind(r.endpoint.clone())

@@ -225,6 +225,7 @@ pub fn record(org: OrgId, user: UserId, created_at: DateTime<Utc>, billed: &str)
         output_tokens: 500,
         provider_cost: money("0.001"),
         billed_amount: money(billed),
+        overage: Default::default(),
         litellm_request_id: Some(format!("chatcmpl-{}", unique())),
         conversation_id: None,
         endpoint: "chat".to_owned(),

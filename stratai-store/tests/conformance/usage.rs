@@ -36,6 +36,33 @@ pub async fn usage_append_idempotent<S: Store>(store: S) {
     assert_eq!((empty.inserted, empty.duplicates), (0, 0));
 }
 
+/// A record's overage (what it billed beyond its reservation) is kept as written, by `get`,
+/// `query` and the stream alike; records without one read back zero.
+pub async fn usage_overage_round_trips<S: Store>(store: S) {
+    let o = org(&store).await;
+    let u = member(&store, o.id).await;
+    let mut over = record(o.id, u.id, now(), "0.0005");
+    over.overage = money("0.000123");
+    let plain = record(o.id, u.id, now() + Duration::seconds(1), "0.0001");
+    store
+        .append(o.id, &[over.clone(), plain.clone()])
+        .await
+        .unwrap();
+    assert_eq!(store.get(o.id, over.request_id).await.unwrap(), over);
+    assert_eq!(
+        store.get(o.id, plain.request_id).await.unwrap().overage,
+        money("0")
+    );
+    let listed = store.query(o.id, &UsageQuery::default(), 10).await.unwrap();
+    assert_eq!(listed, vec![over.clone(), plain.clone()]);
+    let streamed: Vec<UsageRecord> = store
+        .stream(o.id, UsageQuery::default())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(streamed, vec![over, plain]);
+}
+
 pub async fn usage_append_all_or_nothing<S: Store>(store: S) {
     let a = org(&store).await;
     let b = org(&store).await;

@@ -2,7 +2,10 @@
 //! reasons, and no side effects (nothing reserved, no rate-limit token taken).
 //!
 //! Query (GET) or JSON body (POST): `user` (id or email; default: the caller), `model`, `at`
-//! (RFC 3339; default: now), `org` (id or slug; or the `x-stratai-org` header). A member may
+//! (RFC 3339; default: now), `org` (id or slug; or the `x-stratai-org` header), `max_tokens`
+//! and (POST) `messages`. The answer is the Gatekeeper's decision (`explain_request`: the same
+//! load and `decide` as admission), so it gives the outcome, reasons and error code a chat
+//! request would get. A member may
 //! ask about themself; an organization's owners and admins and platform super admins may ask
 //! about anyone in the organization.
 
@@ -20,10 +23,10 @@ use stratai_core::gateway::{ChatMessage, ChatRequest};
 use stratai_core::ids::{ModelId, UserId};
 use stratai_core::money::Money;
 
-use super::error::OpenAiError;
-use stratai_core::pricing::{estimate_prompt_tokens, reservation_estimate};
+use stratai_guardrails::{Caller, Outcome};
 
-use super::pipeline::{BudgetView, Refusal};
+use super::error::OpenAiError;
+use super::pipeline::{BudgetView, Refusal, gate_refusal};
 use super::{GatewayState, authenticate, org_header, refusal_error};
 
 /// The question.
@@ -40,12 +43,15 @@ pub struct ExplainQuery {
     pub at: Option<DateTime<Utc>>,
     /// Organization id or slug (default: `x-stratai-org`, then the user's only organization).
     pub org: Option<String>,
-    /// Output tokens to assume for the worst-case cost (default: 4096).
+    /// The request's `max_tokens` (default: absent, i.e. the model's output cap).
     #[serde(
         default,
         deserialize_with = "stratai_core::gateway::integral_u32_or_text"
     )]
     pub max_tokens: Option<u32>,
+    /// The request's messages, for the decision about exactly that request (content rules,
+    /// token limits, its worst case); default: one empty user message.
+    pub messages: Option<Vec<ChatMessage>>,
 }
 
 /// The answer.
@@ -53,6 +59,10 @@ pub struct ExplainQuery {
 pub struct Explanation {
     /// `allow`, `warn` or `deny`.
     pub outcome: &'static str,
+    /// For a denial: the error code the chat routes answer (`guardrail_blocked`, ...).
+    pub code: Option<&'static str>,
+    /// For a denial: the error message the chat routes answer.
+    pub message: Option<String>,
     /// Organization id.
     pub org_id: String,
     /// User id.
@@ -178,119 +188,76 @@ async fn explain(
         Err(r) => return Err(refusal_error(r)),
     };
     let at = q.at.unwrap_or_else(Utc::now);
-    let model = ModelId::new(q.model.clone())
+    ModelId::new(q.model.clone())
         .map_err(|e| OpenAiError::invalid("invalid_request", Some("model"), e.to_string()))?;
-    let mut out = Explanation {
-        outcome: "allow",
+    let request = ChatRequest {
+        model: q.model.clone(),
+        messages: q.messages.clone().unwrap_or_else(|| {
+            vec![ChatMessage {
+                role: "user".to_owned(),
+                content: String::new(),
+            }]
+        }),
+        max_tokens: q.max_tokens,
+        temperature: None,
+        stream: false,
+        user: None,
+    };
+    let caller = Caller {
+        org_id: view.org().id,
+        user_id: subject,
+        group_id: None,
+        conversation_id: None,
+        endpoint: "chat".to_owned(),
+    };
+    // The budget list as admission reads it (explain is not on the hot path).
+    let budgets = pipeline
+        .deps()
+        .ledger
+        .list_budgets(view.org().id)
+        .await
+        .map_err(OpenAiError::internal)?;
+    // The decision admission makes, without its side effects (no rate-limit token taken,
+    // nothing reserved): the same load, the same `decide`, the budgets judged as the
+    // reservation would.
+    let plan = pipeline
+        .deps()
+        .gatekeeper
+        .explain_request(&caller, &view.snapshot, &budgets, &request, at)
+        .await
+        .map_err(OpenAiError::internal)?;
+    let (code, message) = match plan.refusal {
+        Some(refusal) => {
+            let e = refusal_error(gate_refusal(refusal, &view));
+            (Some(e.code), Some(e.message))
+        }
+        None => (None, None),
+    };
+    let budgets = match &plan.grant {
+        Some(grant) => pipeline
+            .budget_views(&view, grant.tier_id, at)
+            .await
+            .map_err(OpenAiError::internal)?,
+        None => Vec::new(),
+    };
+    let out = Explanation {
+        outcome: match plan.outcome {
+            Outcome::Allow => "allow",
+            Outcome::Warn => "warn",
+            Outcome::Deny => "deny",
+        },
+        code,
+        message,
         org_id: view.org().id.to_string(),
         user_id: subject.to_string(),
         model: q.model.clone(),
-        tier: None,
+        tier: plan.grant.as_ref().map(|g| g.tier_slug.to_string()),
         at,
-        reasons: Vec::new(),
-        hint: None,
-        worst_case_cost: None,
-        budgets: Vec::new(),
+        reasons: plan.reasons,
+        hint: plan.hint,
+        worst_case_cost: plan.grant.is_some().then_some(plan.worst_case),
+        budgets,
     };
-    match view.check(&model) {
-        Err(denial) => {
-            out.outcome = "deny";
-            out.reasons.push(denial.message());
-            out.hint = denial.hint();
-        }
-        Ok(grant) => {
-            out.tier = Some(grant.tier_slug.to_string());
-            out.reasons.push(format!(
-                "model `{model}` is in the accessible {} tier",
-                grant.tier_slug
-            ));
-            if let Some(tier) = view.catalog().get(grant.tier_id) {
-                let probe = ChatRequest {
-                    model: q.model.clone(),
-                    messages: vec![ChatMessage {
-                        role: "user".to_owned(),
-                        content: String::new(),
-                    }],
-                    max_tokens: None,
-                    temperature: None,
-                    stream: false,
-                    user: None,
-                };
-                // The same worst case the Gatekeeper reserves (core's estimate and prices).
-                let worst = reservation_estimate(
-                    pipeline.deps().gatekeeper.prices(),
-                    tier,
-                    &model,
-                    estimate_prompt_tokens(&probe.messages),
-                    q.max_tokens,
-                );
-                out.worst_case_cost = Some(worst);
-                // Guardrails as they would decide at `at`, without side effects (the
-                // rate-limit buckets are only peeked).
-                let principal = stratai_guardrails::Principal {
-                    org_id: view.org().id,
-                    user_id: subject,
-                    groups: view.groups().iter().map(|g| g.id).collect(),
-                };
-                let pre = stratai_guardrails::PreRequest {
-                    principal: &principal,
-                    model: model.as_str(),
-                    tier: Some(grant.tier_id),
-                    input_tokens: 0,
-                    max_tokens: q.max_tokens,
-                    messages: &[],
-                    estimated_cost: worst,
-                    spend: None,
-                    now: at,
-                };
-                let decision = pipeline.deps().gatekeeper.explain(&pre).await;
-                for r in &decision.reasons {
-                    out.reasons.push(r.to_string());
-                }
-                match decision.outcome {
-                    stratai_guardrails::Outcome::Deny => {
-                        out.outcome = "deny";
-                        if let Some(wait) = decision.retry_after {
-                            out.hint = Some(format!("retry in {}s", wait.as_secs().max(1)));
-                        }
-                    }
-                    stratai_guardrails::Outcome::Warn => out.outcome = "warn",
-                    stratai_guardrails::Outcome::Allow => {}
-                }
-                out.budgets = pipeline
-                    .budget_views(&view, grant.tier_id, at)
-                    .await
-                    .map_err(OpenAiError::internal)?;
-                for b in &out.budgets {
-                    let exhausted = b.remaining < worst;
-                    if exhausted && b.hard_limit {
-                        out.outcome = "deny";
-                        out.reasons.push(format!(
-                            "the {} budget (hard) has {} left of {}, below the worst-case cost {}",
-                            b.scope_name, b.remaining, b.limit, worst
-                        ));
-                        out.hint.get_or_insert_with(|| {
-                            "ask an organization admin to raise the budget, or wait for the next period"
-                                .to_owned()
-                        });
-                    } else if exhausted {
-                        if out.outcome == "allow" {
-                            out.outcome = "warn";
-                        }
-                        out.reasons.push(format!(
-                            "the {} budget (soft) has {} left of {}: the request goes through with a warning",
-                            b.scope_name, b.remaining, b.limit
-                        ));
-                    } else {
-                        out.reasons.push(format!(
-                            "the {} budget has {} left of {}",
-                            b.scope_name, b.remaining, b.limit
-                        ));
-                    }
-                }
-            }
-        }
-    }
     Ok(axum::Json(out).into_response())
 }
 

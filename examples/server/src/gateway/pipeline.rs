@@ -22,12 +22,13 @@ use stratai_core::gateway::{ChatRequest, ChatResponse, TokenUsage};
 use stratai_core::ids::{BudgetId, GroupId, ModelId, OrgId, RequestId, UserId};
 use stratai_core::money::Money;
 use stratai_core::ports::{
-    BudgetLedger, Clock, DirectoryStore, GuardrailStore, RuleAction, TierStore, UsageStore,
+    BudgetLedger, Clock, DirectoryStore, GuardrailStore, TierStore, UsageStore,
 };
 use stratai_core::tiers::{
     MemberContext, ModelDenial, ModelTier, TierAccess, TierCatalog, check_model, resolve_tiers,
 };
 use stratai_core::usage::UsageStatus;
+use stratai_guardrails::plan::scope_name;
 use stratai_guardrails::{
     Admission as GateAdmission, Caller, Decision, Gatekeeper, Guardrails, KnownScopes,
     MemberSnapshot, Refusal as GateRefusal,
@@ -307,15 +308,42 @@ impl MemberView {
     }
 }
 
-fn scope_name(scope: &BudgetScope, groups: &[Group]) -> String {
-    match scope {
-        BudgetScope::Org => "organization".to_owned(),
-        BudgetScope::User(_) => "user".to_owned(),
-        BudgetScope::Tier(_) => "tier".to_owned(),
-        BudgetScope::Group(id) => match groups.iter().find(|g| g.id == *id) {
-            Some(g) => format!("group '{}'", g.name),
-            None => "group".to_owned(),
+/// The gateway's refusal for the Gatekeeper's (the chat routes and `/api/explain` answer
+/// the same error for the same refusal).
+pub(crate) fn gate_refusal(refusal: GateRefusal, view: &MemberView) -> Refusal {
+    match refusal {
+        GateRefusal::OrgInactive(_) => Refusal::Organization {
+            must_choose: false,
+            message: format!("organization `{}` is deactivated", view.org().slug),
         },
+        GateRefusal::NotMember { .. } => Refusal::Organization {
+            must_choose: false,
+            message: "you are not a member of this organization".to_owned(),
+        },
+        GateRefusal::BadRequest(message) => Refusal::BadRequest {
+            param: "model",
+            message,
+        },
+        GateRefusal::Model(denial) => Refusal::ModelDenied(denial),
+        GateRefusal::Guardrails(decision) => {
+            let rate_limited = decision.retry_after.is_some()
+                && decision
+                    .blocking_reasons()
+                    .all(|r| r.rule_type == stratai_guardrails::RuleType::RateLimit);
+            if rate_limited {
+                Refusal::RateLimited(*decision)
+            } else {
+                Refusal::Blocked(*decision)
+            }
+        }
+        GateRefusal::Budget(refusal) => {
+            let scope_name = scope_name(&refusal.scope, view.groups());
+            Refusal::Budget {
+                refusal,
+                scope_name,
+            }
+        }
+        GateRefusal::Unavailable(e) => Refusal::Internal(e.to_string()),
     }
 }
 
@@ -540,27 +568,7 @@ impl Pipeline {
             Ok(a) => a,
             Err(refusal) => return Err(self.refusal(refusal, view)),
         };
-        let mut warnings: Vec<String> = admitted
-            .decision()
-            .reasons
-            .iter()
-            .filter(|r| matches!(r.action, RuleAction::Warn | RuleAction::Modify))
-            .map(ToString::to_string)
-            .collect();
-        for s in admitted
-            .budget_states()
-            .iter()
-            .filter(|s| !s.budget.hard_limit)
-        {
-            if s.spent + s.reserved > s.budget.limit {
-                warnings.push(format!(
-                    "soft {} budget exceeded: {} of {}",
-                    scope_name(&s.budget.scope, view.groups()),
-                    s.spent,
-                    s.budget.limit
-                ));
-            }
-        }
+        let warnings = admitted.warnings().to_vec();
         metrics::record_decision(
             if warnings.is_empty() { "allow" } else { "warn" },
             if warnings.is_empty() {
@@ -600,47 +608,18 @@ impl Pipeline {
     }
 
     fn refusal(&self, refusal: GateRefusal, view: &MemberView) -> Refusal {
-        match refusal {
-            GateRefusal::OrgInactive(_) => Refusal::Organization {
-                must_choose: false,
-                message: format!("organization `{}` is deactivated", view.org().slug),
-            },
-            GateRefusal::NotMember { .. } => Refusal::Organization {
-                must_choose: false,
-                message: "you are not a member of this organization".to_owned(),
-            },
-            GateRefusal::BadRequest(message) => Refusal::BadRequest {
-                param: "model",
-                message,
-            },
-            GateRefusal::Model(denial) => {
-                metrics::record_decision("deny", ReasonKind::ModelAccess);
-                Refusal::ModelDenied(denial)
-            }
-            GateRefusal::Guardrails(decision) => {
-                let rate_limited = decision.retry_after.is_some()
-                    && decision
-                        .blocking_reasons()
-                        .all(|r| r.rule_type == stratai_guardrails::RuleType::RateLimit);
-                if rate_limited {
-                    metrics::record_decision("deny", ReasonKind::RateLimit);
-                    Refusal::RateLimited(*decision)
-                } else {
-                    metrics::record_decision("deny", ReasonKind::Guardrail);
-                    Refusal::Blocked(*decision)
-                }
-            }
-            GateRefusal::Budget(refusal) => {
+        let refusal = gate_refusal(refusal, view);
+        match &refusal {
+            Refusal::ModelDenied(_) => metrics::record_decision("deny", ReasonKind::ModelAccess),
+            Refusal::RateLimited(_) => metrics::record_decision("deny", ReasonKind::RateLimit),
+            Refusal::Blocked(_) => metrics::record_decision("deny", ReasonKind::Guardrail),
+            Refusal::Budget { refusal, .. } => {
                 metrics::record_decision("deny", ReasonKind::Budget);
                 metrics::record_budget_refusal(&refusal.scope);
-                let scope_name = scope_name(&refusal.scope, view.groups());
-                Refusal::Budget {
-                    refusal,
-                    scope_name,
-                }
             }
-            GateRefusal::Unavailable(e) => Refusal::Internal(e.to_string()),
+            Refusal::Organization { .. } | Refusal::BadRequest { .. } | Refusal::Internal(_) => {}
         }
+        refusal
     }
 
     /// Post-filters a whole answer, settles and records it (the Gatekeeper's `complete`).
@@ -656,6 +635,7 @@ impl Pipeline {
         match admission.complete(response, self.deps.clock.now()).await {
             Ok(done) => {
                 self.deps.alerts.fire(&done.alerts);
+                self.deps.alerts.overage(&done.usage);
                 metrics::record_usage_write_lag("direct", rest.started);
                 let blocked = (!done.decision.is_allowed()).then_some(done.decision);
                 let billed = Billed {
@@ -708,6 +688,7 @@ impl Pipeline {
         {
             Ok(done) => {
                 self.deps.alerts.fire(&done.alerts);
+                self.deps.alerts.overage(&done.usage);
                 metrics::record_usage_write_lag("direct", rest.started);
                 Billed {
                     amount: done.usage.billed_amount,
@@ -744,12 +725,15 @@ impl Pipeline {
         } = unrecorded;
         tracing::warn!(error = %error, request_id = %record.request_id, "usage not recorded; spooling");
         self.deps.alerts.fire(&alerts);
+        self.deps.alerts.overage(&record);
         let amount = record.billed_amount;
         let failed = record.status == UsageStatus::Failed;
         let entry = SpoolEntry {
             settle: (!settled && !failed && !budgets.is_empty()).then_some(SpoolSettle {
                 budgets,
-                actual: amount,
+                // The budgets are charged what the Gatekeeper would have: at most the
+                // reservation (the rest is the record's overage).
+                actual: amount.saturating_sub(record.overage),
             }),
             record,
             spooled_at: Utc::now(),

@@ -24,8 +24,8 @@ use stratai_guardrails::{AnswerStream, Decision, Outcome, StreamEnd};
 use super::error::OpenAiError;
 use super::pipeline::{Admission, Billed, Pipeline, Ticket};
 use super::{GatewayState, blocked_error, upstream_error};
-use crate::demo_provider::{count_tokens, count_tokens_of};
 use crate::metrics::{self, ReasonKind};
+use stratai_core::pricing::{prompt_token_bound, text_token_bound};
 
 fn sse_data(value: &impl serde::Serialize) -> Bytes {
     let mut buf = b"data: ".to_vec();
@@ -62,6 +62,8 @@ struct BodyState {
     filter: Option<AnswerStream>,
     end: Option<StreamEnd>,
     prompt_tokens: u32,
+    /// The `max_tokens` the request went upstream with (the output bound).
+    max_tokens: u32,
     produced: String,
     usage: Option<TokenUsage>,
     upstream_id: Option<String>,
@@ -71,13 +73,15 @@ struct BodyState {
 }
 
 impl BodyState {
-    /// Tokens produced so far: the upstream's count when it reported one, else counted the
-    /// way the demo provider counts (one word one token; an estimate for other providers).
+    /// Tokens produced so far: the upstream's count when it reported one, else the bound
+    /// the reservation was made with (core's `prompt_token_bound` of the prompt, the produced
+    /// text's bytes capped at the request's `max_tokens`), so an unreported stream bills at
+    /// most what was reserved.
     fn produced_usage(&self) -> TokenUsage {
         if let Some(u) = self.usage {
             return u;
         }
-        let completion = count_tokens(&self.produced);
+        let completion = text_token_bound(&self.produced).min(self.max_tokens);
         TokenUsage {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: completion,
@@ -314,7 +318,8 @@ pub(super) async fn respond(
         ticket: Some(ticket),
         filter: Some(filter),
         end: None,
-        prompt_tokens: count_tokens_of(&request.messages),
+        prompt_tokens: prompt_token_bound(&request.messages),
+        max_tokens: request.max_tokens.unwrap_or(u32::MAX),
         produced: String::new(),
         usage: None,
         upstream_id: None,
