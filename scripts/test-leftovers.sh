@@ -14,8 +14,9 @@
 # Databases and scratch folders carry their creator's tag (stratai-testkit's `Creator`: the
 # machine's boot id and PID namespace, the pid and the process's start time). What belongs to
 # a process that still runs (a concurrent run) is "in use": never removed, never counted as
-# left behind. With --since, things created before that time are an earlier run's, counted
-# apart ("older").
+# left behind. Names without the tag (older harness versions, which checkouts on older
+# branches still run) are never this run's, nor, with --since, things created before that
+# time: both are counted apart ("older").
 #
 # --sweep  first removes what killed runs left: databases and scratch folders whose creator is
 #          gone. Those whose creator cannot be checked (another machine or PID namespace, or
@@ -79,17 +80,15 @@ creator_state() {
   if [[ ${fields[0]} != [ZX] && ${fields[19]} == "$3" ]]; then echo alive; else echo gone; fi
 }
 
-# classify CREATED_SECS HOST PID START (the creator fields may be empty: no tag): prints
-# in-use | removable | older | left, the last two only meaningful when nothing was removed.
+# classify CREATED_SECS HOST PID START (the creator fields are empty for a name without a
+# tag, of an older harness version: never this run's): prints in-use | removable | older | left.
 classify() {
-  local state=unknown
+  local state=unknown removable=0
   [[ -n $2 ]] && state=$(creator_state "$2" "$3" "$4")
   if [[ $state == alive ]]; then echo in-use; return; fi
-  if [[ $state == gone ]] || ((now - $1 > uncheckable_max_age)); then
-    local removable=1
-  fi
-  if [[ $sweep == 1 && ${removable:-0} == 1 ]]; then echo removable
-  elif (($1 < since)); then echo older
+  if [[ $state == gone ]] || ((now - $1 > uncheckable_max_age)); then removable=1; fi
+  if [[ $sweep == 1 && $removable == 1 ]]; then echo removable
+  elif [[ -z $2 ]] || (($1 < since)); then echo older
   else echo left
   fi
 }
@@ -209,6 +208,7 @@ if [[ $end == 1 ]]; then
     # Exclusive: the harness holds this lock shared while it creates a database with them.
     # stratai_test_drop_database: made by harness versions before the creator tag.
     psql_q >/dev/null <<SQL || log "could not drop the test roles"
+SET client_min_messages = warning;
 SELECT pg_advisory_lock($roles_lock);
 DO \$\$ BEGIN DROP ROLE IF EXISTS stratai_test_app;
 EXCEPTION WHEN dependent_objects_still_exist THEN NULL; END \$\$;
@@ -283,7 +283,7 @@ summary() { # summary ARRAY
     "${counts[roles]:-0}" "${counts[temp folders]:-0}" "${counts[processes]:-0}"
 }
 if [[ ${#other[@]} -gt 0 ]]; then
-  log "not this run's (in use by running tests, or older than this run): $(summary other)"
+  log "not this run's (in use by running tests, older than this run or named by older harness versions): $(summary other)"
 fi
 if [[ $kit_count -gt 0 ]]; then
   log "the LiteLLM kit runs ($kit_count processes; not started by this run)"

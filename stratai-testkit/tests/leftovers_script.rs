@@ -29,11 +29,10 @@ impl Run {
             .unwrap_or_else(|| panic!("no count in:\n{}", self.stderr))
     }
     fn others(&self) -> Option<&str> {
-        self.stderr.lines().find_map(|l| {
-            l.strip_prefix(
-                "[test] not this run's (in use by running tests, or older than this run): ",
-            )
-        })
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("[test] not this run's ("))
+            .find_map(|l| l.split_once("): ").map(|(_, counts)| counts))
     }
     fn lists(&self, item: &str) -> bool {
         self.stderr
@@ -107,7 +106,8 @@ fn temp_folders_and_processes_are_counted_and_swept_by_their_creators() {
     let folder = |c: &Creator| tmp.join(format!("{SCRATCH_PREFIX}{}-0", c.tag('-')));
     std::fs::create_dir_all(folder(&gone).join("inner")).unwrap();
     std::fs::create_dir_all(folder(&running.creator())).unwrap();
-    // Names of older harness versions: only age tells whether their run still goes on.
+    // Names of older harness versions: never this run's; only age tells whether their run
+    // still goes on.
     let legacy_old = tmp.join("stratai-spool-test-1");
     let legacy_new = tmp.join("stratai-gw-2");
     std::fs::create_dir_all(&legacy_old).unwrap();
@@ -121,7 +121,7 @@ fn temp_folders_and_processes_are_counted_and_swept_by_their_creators() {
     assert!(
         counted
             .summary()
-            .starts_with("0 databases, 0 roles, 4 temp folders, 0 processes"),
+            .starts_with("0 databases, 0 roles, 2 temp folders, 0 processes"),
         "{}",
         counted.stderr
     );
@@ -132,12 +132,18 @@ fn temp_folders_and_processes_are_counted_and_swept_by_their_creators() {
     );
     assert_eq!(
         counted.others(),
-        Some("0 databases, 0 roles, 1 temp folders, 0 processes"),
+        Some("0 databases, 0 roles, 3 temp folders, 0 processes"),
         "{}",
         counted.stderr
     );
     assert!(counted.lists(&folder(&gone).display().to_string()));
-    assert!(!counted.lists(&folder(&running.creator()).display().to_string()));
+    for other in [
+        folder(&running.creator()),
+        legacy_old.clone(),
+        legacy_new.clone(),
+    ] {
+        assert!(!counted.lists(&other.display().to_string()), "{other:?}");
+    }
 
     // The sweep removes the gone creator's folder and the old legacy one, nothing else.
     let swept = run(tmp.path(), target.path(), NO_SERVER, &["--sweep"]);
@@ -151,7 +157,7 @@ fn temp_folders_and_processes_are_counted_and_swept_by_their_creators() {
     assert!(
         swept
             .summary()
-            .starts_with("0 databases, 0 roles, 2 temp folders, 0 processes")
+            .starts_with("0 databases, 0 roles, 1 temp folders, 0 processes")
     );
     assert!(!folder(&gone).exists() && !legacy_old.exists());
     assert!(folder(&running.creator()).exists() && legacy_new.exists());
@@ -239,7 +245,11 @@ fn databases_are_counted_and_swept_by_their_creators() {
     let running = Proc::sleep(Path::new("sleep"));
     let name = |c: &Creator| format!("stratai_test_{secs}_{}_0", c.tag('_'));
     let (dead_db, live_db) = (name(&gone), name(&running.creator()));
-    for db in [&dead_db, &live_db] {
+    // Names of older harness versions: swept after 3 hours, never counted as this run's.
+    let random = format!("{:032x}", (u128::from(gone.pid) << 64) | u128::from(secs));
+    let legacy_old = format!("stratai_test_{}_{random}", secs - 4 * 3600);
+    let legacy_new = format!("stratai_test_{secs}_{random}");
+    for db in [&dead_db, &live_db, &legacy_old, &legacy_new] {
         assert!(psql(&url, &format!("CREATE DATABASE {db}")));
     }
     let exists = |db: &str| {
@@ -256,14 +266,18 @@ fn databases_are_counted_and_swept_by_their_creators() {
     let counted = run(tmp.path(), tmp.path(), &url, &[]);
     assert!(!counted.ok);
     assert!(counted.lists(&dead_db), "{}", counted.stderr);
-    assert!(!counted.lists(&live_db), "{}", counted.stderr);
+    for other in [&live_db, &legacy_old, &legacy_new] {
+        assert!(!counted.lists(other), "{other}: {}", counted.stderr);
+    }
 
     let swept = run(tmp.path(), tmp.path(), &url, &["--sweep", "--no-count"]);
     assert!(swept.ok, "{}", swept.stderr);
     assert!(!exists(&dead_db), "{}", swept.stderr);
-    assert!(exists(&live_db));
+    assert!(!exists(&legacy_old), "{}", swept.stderr);
+    assert!(exists(&live_db) && exists(&legacy_new));
 
     drop(running);
     run(tmp.path(), tmp.path(), &url, &["--sweep", "--no-count"]);
     assert!(!exists(&live_db));
+    assert!(psql(&url, &format!("DROP DATABASE {legacy_new}")));
 }

@@ -4,8 +4,9 @@
 //! 1. `DATABASE_URL` when set (a role that may create databases and roles, e.g. `postgres`);
 //! 2. else `postgres://postgres@127.0.0.1:5432/postgres` when that port answers;
 //! 3. else a throwaway cluster started with the `initdb`/`pg_ctl` found on `PATH` or in
-//!    `/usr/lib/postgresql/*/bin`, in `$TMPDIR/stratai-test-pg` on a free port (reused by
-//!    later runs; stop it with `pg_ctl -D $TMPDIR/stratai-test-pg/data stop`); as root the
+//!    `/usr/lib/postgresql/*/bin`, in `$TMPDIR/stratai-test-pg` on a free port (shared by the
+//!    test processes and reused by later runs: `scripts/test.sh` stops and removes it at its
+//!    end, or `scripts/test-leftovers.sh --end` alone); as root the
 //!    tools run as the `postgres` (or `nobody`) user through `runuser`, since PostgreSQL refuses
 //!    root. `STRATAI_TEST_PG=throwaway` skips step 2, to exercise this fallback;
 //! 4. else the test prints why it cannot run and is skipped — under `CI=true` it panics instead,
