@@ -89,6 +89,47 @@ fn dependency_direction_holds() {
             }
         }
     }
+    // The test kit is for tests: a dev-dependency only.
+    for (pkg, list) in &deps {
+        assert!(
+            !list.iter().any(|d| d == "stratai-testkit"),
+            "{pkg} depends on stratai-testkit outside its dev-dependencies"
+        );
+    }
+}
+
+/// Tests put files in the temp dir only through `stratai_testkit::Scratch`, which removes them
+/// when the test ends and lets a later run sweep what a killed one left. The exceptions: the
+/// kit itself, the PostgreSQL harness's throwaway cluster (shared by a run's processes,
+/// removed by `scripts/test.sh`) and the benches (not tests).
+#[test]
+fn tests_use_the_temp_dir_only_through_scratch() {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    rust_sources(&root, &mut files);
+    let allowed = [
+        "stratai-testkit/",
+        "stratai-store/tests/support/pg.rs",
+        "benches/",
+    ];
+    let offenders: Vec<String> = files
+        .iter()
+        .filter_map(|path| {
+            let rel = path
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let text = std::fs::read_to_string(path).unwrap();
+            (text.contains(concat!("temp", "_dir()"))
+                && !allowed.iter().any(|a| rel.starts_with(a)))
+            .then_some(rel)
+        })
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "the temp dir used outside Scratch in {offenders:?}"
+    );
 }
 
 fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
