@@ -6,6 +6,11 @@
 # - LiteLLM: a real proxy from ../shared/litellm (STRATAI_LITELLM_KIT to point elsewhere) with
 #   the project's mock upstream, started once for the run and stopped at the end. Without the
 #   kit the LiteLLM tests say they were skipped; under CI=true they fail instead.
+# - Leftovers: first removes what killed runs left (test databases and scratch folders whose
+#   creating process is gone), at the end drops the shared test roles, stops the throwaway
+#   cluster and the LiteLLM kit, then counts what is still there
+#   (`[test] left behind: 0 databases, 0 roles, 0 temp folders, 0 processes`, see
+#   scripts/test-leftovers.sh); under CI=true anything left behind fails the run.
 #
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p stratai-core`).
 set -euo pipefail
@@ -13,6 +18,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 log() { printf '[test] %s\n' "$*" >&2; }
+
+started=$(date +%s)
+bash "$root/scripts/test-leftovers.sh" --sweep --no-count || true
 
 # PostgreSQL: make sure the local server answers when it is installed as a service.
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
@@ -24,10 +32,16 @@ fi
 
 # LiteLLM proxy + mock upstream, once for the whole run.
 litellm_started=0
+finished=0
 cleanup() {
   if [ "$litellm_started" = 1 ]; then
     log "stopping the LiteLLM proxy and mock upstream"
     bash "$root/scripts/litellm-down.sh" >&2 || true
+    litellm_started=0
+  fi
+  if [ "$finished" = 0 ]; then
+    # Interrupted: what the killed tests left goes now, not only at the next run's start.
+    bash "$root/scripts/test-leftovers.sh" --sweep --end --no-count || true
   fi
 }
 trap cleanup EXIT
@@ -53,19 +67,22 @@ status=0
 cargo test --workspace --all-features --no-fail-fast "$@" || status=$?
 
 # The store's fallback for machines without a PostgreSQL server: a throwaway cluster from the
-# machine's initdb/pg_ctl. Exercised here once (RLS tests), then stopped.
+# machine's initdb/pg_ctl. Exercised here once (RLS tests); stopped and removed below.
 if [ $# -eq 0 ]; then
   log "PostgreSQL fallback: the RLS tests on a throwaway cluster"
   STRATAI_TEST_PG=throwaway cargo test -p stratai-store --all-features --test pg_rls || status=$?
-  pgdata="${TMPDIR:-/tmp}/stratai-test-pg/data"
-  if [ -f "$pgdata/postmaster.pid" ]; then
-    pgctl=$(command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl 2>/dev/null | tail -n1)
-    if [ "$(id -u)" = 0 ]; then
-      # From `/`: the cluster's owner may not enter the checkout (a private temp dir, say).
-      (cd / && runuser -u "$(stat -c %U "$pgdata")" -- "$pgctl" -D "$pgdata" stop -m fast >/dev/null) || true
-    else
-      "$pgctl" -D "$pgdata" stop -m fast >/dev/null || true
-    fi
+fi
+
+# What the run leaves: stop the LiteLLM kit (when this run started it), then drop the shared
+# test roles, stop and remove the throwaway cluster, and count what is still there.
+kit_flag=
+[ "$litellm_started" = 1 ] && kit_flag=--kit
+finished=1
+cleanup
+if ! bash "$root/scripts/test-leftovers.sh" --end --since "$started" $kit_flag; then
+  if [ "${CI:-}" = "true" ]; then
+    log "ERROR: the run left the above behind (CI=true: this is a failure)"
+    [ "$status" = 0 ] && status=1
   fi
 fi
 exit $status

@@ -162,6 +162,13 @@ fn dependency_direction_holds() {
             "stratai-store must not depend on {dep}"
         );
     }
+    // The test kit is for tests: a dev-dependency only.
+    for (pkg, list) in &deps {
+        assert!(
+            !list.iter().any(|d| d == "stratai-testkit"),
+            "{pkg} depends on stratai-testkit outside its dev-dependencies"
+        );
+    }
 }
 
 /// The files allowed to read the process environment: the configuration loader's
@@ -240,6 +247,40 @@ fn the_environment_scan_sees_every_spelling() {
     ] {
         assert!(env_reads(line).is_empty(), "{line}");
     }
+}
+
+/// Tests put files in the temp dir only through `stratai_testkit::Scratch`, which removes them
+/// when the test ends and lets a later run sweep what a killed one left. The exceptions: the
+/// kit itself, the PostgreSQL harness's throwaway cluster (shared by a run's processes,
+/// removed by `scripts/test.sh`) and the benches (not tests).
+#[test]
+fn tests_use_the_temp_dir_only_through_scratch() {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    rust_sources(&root, &mut files);
+    let allowed = [
+        "stratai-store/testkit/",
+        "stratai-store/tests/support/pg.rs",
+        "benches/",
+    ];
+    let offenders: Vec<String> = files
+        .iter()
+        .filter_map(|path| {
+            let rel = path
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let text = std::fs::read_to_string(path).unwrap();
+            (text.contains(concat!("temp", "_dir()"))
+                && !allowed.iter().any(|a| rel.starts_with(a)))
+            .then_some(rel)
+        })
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "the temp dir used outside Scratch in {offenders:?}"
+    );
 }
 
 fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -424,8 +424,7 @@ async fn a_burst_without_a_lease_opens_one_lease() {
 /// the shared ledger ends with exactly the sum of the admitted requests' actual costs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_never_overspend_a_hard_limit() {
-    let dir = std::env::temp_dir().join(format!("stratai-lease-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = stratai_testkit::Scratch::new();
     let url = format!("sqlite://{}", dir.join("ledger.db").display());
     let store = Arc::new(SqliteStore::connect(&url).await.unwrap());
     let (org, budget) = org_with_budget(&*store, "3", Decimal::ONE).await;
@@ -473,7 +472,6 @@ async fn two_instances_never_overspend_a_hard_limit() {
     assert!(shared.spent <= money("3"), "overspent: {}", shared.spent);
     assert!(admitted.len() <= 60, "{} admitted", admitted.len());
     assert!(!admitted.is_empty());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

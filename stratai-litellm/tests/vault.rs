@@ -26,25 +26,15 @@ use stratai_store::{MemoryStore, SqliteStore};
 const MASTER: &str = "q2Xv1m3b8Jc0ZCk5mP0wV9y4Rz7LhT2sN6aE1uQ8dFo=";
 const OTHER_MASTER: &str = "8f6b0c2d4e1a3957b6c8d0e2f4a6b8c0d2e4f6a8b0c2d4e6f8a0b2c4d6e8f0a2";
 
-/// A temporary SQLite database file, removed (with its WAL files) on drop.
-struct TempDb(std::path::PathBuf);
+/// A SQLite database file in a scratch folder, removed (with its WAL files) on drop.
+struct TempDb(stratai_testkit::Scratch);
 
 impl TempDb {
     fn new() -> Self {
-        Self(std::env::temp_dir().join(format!("stratai-vault-{}.db", uuid::Uuid::now_v7())))
+        Self(stratai_testkit::Scratch::new())
     }
     fn url(&self) -> String {
-        format!("sqlite://{}", self.0.display())
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.0.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
+        format!("sqlite://{}", self.0.join("vault.db").display())
     }
 }
 

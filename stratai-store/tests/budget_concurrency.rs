@@ -22,6 +22,7 @@ use stratai_core::directory::{
 use stratai_core::ports::{BudgetLedger, DirectoryStore, ReserveOutcome, ReserveRequest};
 use stratai_core::{BudgetId, Money, OrgId, RequestId, TierSlug, UserId};
 use stratai_store::SqliteStore;
+use stratai_testkit::Scratch;
 use tokio::sync::Mutex;
 
 const TASKS: usize = 200;
@@ -281,20 +282,12 @@ async fn hierarchy<S: Store>(store: S) {
     assert!(org_spent <= Money::dollars(100));
 }
 
-async fn sqlite_store() -> (SqliteStore, std::path::PathBuf) {
-    let path = std::env::temp_dir().join(format!("stratai-budget-{}.db", unique()));
-    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
-    (store, path)
-}
-
-fn remove_sqlite(path: &std::path::Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
+/// A store on a SQLite file in a scratch folder, removed (with the file) when dropped.
+async fn sqlite_store() -> (SqliteStore, Scratch) {
+    let scratch = Scratch::new();
+    let url = format!("sqlite://{}", scratch.join("budget.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    (store, scratch)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -315,16 +308,14 @@ async fn postgres_budget_hierarchy_is_never_overspent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_one_hard_budget_is_never_overspent() {
-    let (store, path) = sqlite_store().await;
+    let (store, _scratch) = sqlite_store().await;
     one_hard_budget(store.clone()).await;
     store.close().await;
-    remove_sqlite(&path);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_budget_hierarchy_is_never_overspent() {
-    let (store, path) = sqlite_store().await;
+    let (store, _scratch) = sqlite_store().await;
     hierarchy(store.clone()).await;
     store.close().await;
-    remove_sqlite(&path);
 }

@@ -21,9 +21,10 @@
 //!   `(created_at, request_id)`; outbox by `seq` (dead letters newest first).
 //! - timestamps are stored to the microsecond; money exactly.
 //!
-//! PostgreSQL: the instantiation calls `fresh_store()` of the harness in `tests/support/pg.rs`:
-//! a fresh database migrated and served by a real app role; `None` (printed) when PostgreSQL
-//! is unavailable and CI is not `true`, a panic under `CI=true`.
+//! PostgreSQL: the instantiation calls `fresh_db()` of the harness in `tests/support/pg.rs`:
+//! a fresh database migrated and served by a real app role, dropped when the test ends; `None`
+//! (printed) when PostgreSQL is unavailable and CI is not `true`, a panic under `CI=true`.
+//! SQLite: a file in a scratch folder of its own, removed when the test ends.
 
 mod conformance {
     pub mod directory;
@@ -43,54 +44,43 @@ mod pg;
 
 use conformance::*;
 
-/// A backend under test and what must live as long as the test (a temporary file).
+/// A backend under test and what must live as long as the test and be removed after it.
 pub struct Backend<S> {
     pub store: S,
-    _cleanup: Option<TempFile>,
-}
-
-/// Removes a SQLite database file (and its WAL files) when dropped.
-pub struct TempFile(std::path::PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.0.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
-    }
+    _folder: Option<stratai_testkit::Scratch>,
+    _database: Option<pg::PgTestDb>,
 }
 
 mod backends {
-    use super::{Backend, TempFile};
+    use super::Backend;
     use stratai_store::{MemoryStore, SqliteStore};
+    use stratai_testkit::Scratch;
 
     pub async fn memory() -> Option<Backend<MemoryStore>> {
         Some(Backend {
             store: MemoryStore::new(),
-            _cleanup: None,
+            _folder: None,
+            _database: None,
         })
     }
 
     pub async fn sqlite() -> Option<Backend<SqliteStore>> {
-        let path =
-            std::env::temp_dir().join(format!("stratai-conformance-{}.db", uuid::Uuid::now_v7()));
-        let cleanup = TempFile(path.clone());
-        let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
+        let scratch = Scratch::new();
+        let url = format!("sqlite://{}", scratch.join("conformance.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
         Some(Backend {
             store,
-            _cleanup: Some(cleanup),
+            _folder: Some(scratch),
+            _database: None,
         })
     }
 
     pub async fn postgres() -> Option<Backend<stratai_store::PgStore>> {
-        let store = crate::pg::fresh_store().await?;
+        let db = crate::pg::fresh_db().await?;
         Some(Backend {
-            store,
-            _cleanup: None,
+            store: db.store.clone(),
+            _folder: None,
+            _database: Some(db),
         })
     }
 }

@@ -20,24 +20,15 @@ use stratai_store::SqliteStore;
 
 const MASTER: &str = "2b7e151628aed2a6abf7158809cf4f3c762e7160f38b4da56a784d9045190cfe";
 
-struct TempDb(std::path::PathBuf);
+/// A SQLite database file in a scratch folder, removed (with its WAL files) on drop.
+struct TempDb(stratai_testkit::Scratch);
 
 impl TempDb {
     fn new() -> Self {
-        Self(std::env::temp_dir().join(format!("stratai-worker-vault-{}.db", uuid_like())))
+        Self(stratai_testkit::Scratch::new())
     }
     fn url(&self) -> String {
-        format!("sqlite://{}?mode=rwc", self.0.display())
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.0.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
+        format!("sqlite://{}?mode=rwc", self.0.join("vault.db").display())
     }
 }
 

@@ -692,8 +692,7 @@ mod tests {
 
     #[test]
     fn unknown_file_keys_are_refused() {
-        let dir = std::env::temp_dir().join(format!("stratai-cfg-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = stratai_testkit::Scratch::new();
         let path = dir.join("c.toml");
         std::fs::write(&path, "bind = \"127.0.0.1:9\"\n[oidc]\nissuerr = \"x\"\n").unwrap();
         let e = Config::load(&env(&[("STRATAI_CONFIG", path.to_str().unwrap())])).unwrap_err();
@@ -702,7 +701,6 @@ mod tests {
         std::fs::write(&json, r#"{"litellm": {"url": "http://x", "extra": 1}}"#).unwrap();
         let e = Config::load(&env(&[("STRATAI_CONFIG", json.to_str().unwrap())])).unwrap_err();
         assert!(e.to_string().contains("litellm"), "{e}");
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
@@ -712,8 +710,7 @@ mod tests {
         assert!(defaults.prices.get(&mock).is_none());
         assert_eq!(defaults.prices, PriceTable::seed_defaults());
 
-        let dir = std::env::temp_dir().join(format!("stratai-cfg-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = stratai_testkit::Scratch::new();
         let path = dir.join("c.toml");
         std::fs::write(
             &path,
@@ -750,7 +747,6 @@ mod tests {
         .unwrap();
         assert_eq!(c.prices.get(&mock).unwrap().input_per_million, Decimal::ONE);
         assert_eq!(c.prices.get(&mock).unwrap().max_output_tokens, 64);
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

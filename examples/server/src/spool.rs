@@ -316,6 +316,7 @@ pub(crate) mod tests {
     use super::*;
     use std::sync::Mutex as StdMutex;
     use std::sync::atomic::AtomicBool;
+    use stratai_testkit::Scratch;
 
     use async_trait::async_trait;
     use futures::stream::BoxStream;
@@ -486,15 +487,10 @@ pub(crate) mod tests {
         }
     }
 
-    fn temp_path(name: &str) -> PathBuf {
-        std::env::temp_dir()
-            .join(format!("stratai-spool-test-{}", uuid::Uuid::new_v4()))
-            .join(name)
-    }
-
     #[tokio::test]
     async fn spooled_records_survive_reopen_and_replay_exactly_once() {
-        let path = temp_path("usage.spool");
+        let scratch = Scratch::new();
+        let path = scratch.join("usage.spool");
         let usage = FlakyUsage::default();
         let ledger = CountingLedger::default();
         let (a, b) = (OrgId::new(), OrgId::new());
@@ -542,7 +538,8 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_torn_line_is_rejected_not_blocking() {
-        let path = temp_path("usage.spool");
+        let scratch = Scratch::new();
+        let path = scratch.join("usage.spool");
         let spool = Spool::open(&path).await.unwrap();
         spool.push(&entry(OrgId::new())).await.unwrap();
         {

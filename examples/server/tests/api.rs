@@ -767,8 +767,7 @@ async fn cli_invite_from_a_file() {
     )
     .unwrap();
     let stores = stratai_server::stores::Stores::memory();
-    let dir = std::env::temp_dir().join(format!("stratai-cli-{}", unique()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = stratai_testkit::Scratch::new();
     let good = dir.join("good.csv");
     std::fs::write(
         &good,
@@ -800,7 +799,6 @@ async fn cli_invite_from_a_file() {
         2,
         "nothing half-done"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 async fn expired_invitations_cannot_be_accepted(api: Api) {

@@ -61,9 +61,8 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     let Some((proxy_url, master)) = proxy() else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("stratai-gw-ll-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sqlite_url = format!("sqlite://{}/gw.db?mode=rwc", dir.display());
+    let dir = stratai_testkit::Scratch::new();
+    let sqlite_url = format!("sqlite://{}/gw.db?mode=rwc", dir.path().display());
     let env: HashMap<String, String> = [
         ("DATABASE_URL".to_owned(), sqlite_url.clone()),
         ("LITELLM_URL".to_owned(), proxy_url.clone()),

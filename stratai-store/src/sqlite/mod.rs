@@ -323,8 +323,8 @@ mod tests {
 
     #[tokio::test]
     async fn connect_creates_the_file_and_migrates() {
-        let path = std::env::temp_dir().join(format!("stratai-{}.db", Uuid::now_v7()));
-        let url = format!("sqlite://{}", path.display());
+        let scratch = stratai_testkit::Scratch::new();
+        let url = format!("sqlite://{}", scratch.join("store.db").display());
         let store = SqliteStore::connect(&url).await.unwrap();
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(&store.pool)
@@ -340,8 +340,5 @@ mod tests {
         // Reconnecting applies no migration twice.
         let again = SqliteStore::connect(&url).await.unwrap();
         again.close().await;
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
     }
 }

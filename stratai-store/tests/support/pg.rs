@@ -4,18 +4,26 @@
 //! 1. `DATABASE_URL` when set (a role that may create databases and roles, e.g. `postgres`);
 //! 2. else `postgres://postgres@127.0.0.1:5432/postgres` when that port answers;
 //! 3. else a throwaway cluster started with the `initdb`/`pg_ctl` found on `PATH` or in
-//!    `/usr/lib/postgresql/*/bin`, in `$TMPDIR/stratai-test-pg` on a free port (reused by
-//!    later runs; stop it with `pg_ctl -D $TMPDIR/stratai-test-pg/data stop`); as root the
+//!    `/usr/lib/postgresql/*/bin`, in `$TMPDIR/stratai-test-pg` on a free port (shared by the
+//!    test processes and reused by later runs: `scripts/test.sh` stops and removes it at its
+//!    end, or `scripts/test-leftovers.sh --end` alone); as root the
 //!    tools run as the `postgres` (or `nobody`) user through `runuser`, since PostgreSQL refuses
 //!    root. `STRATAI_TEST_PG=throwaway` skips step 2, to exercise this fallback;
 //! 4. else the test prints why it cannot run and is skipped — under `CI=true` it panics instead,
 //!    so CI never passes by doing nothing.
 //!
-//! Each test gets its own database `stratai_test_<time>_<random>`, owned by the non-superuser
-//! role `stratai_test_owner` that runs the migrations; the store connects as `stratai_test_app`
-//! (`NOSUPERUSER NOBYPASSRLS`, owns nothing), set up with `PgStore::setup_app_role`. Databases
-//! of earlier runs older than an hour are dropped on first use. Dropping a [`PgTestDb`]
-//! drops its database.
+//! Each test gets its own database `stratai_test_<time>_<creator>_<n>` (the creator tag of
+//! `stratai-testkit`: machine, pid and start time of the test process), owned by the
+//! non-superuser role `stratai_test_owner` that runs the migrations; the store connects as
+//! `stratai_test_app` (`NOSUPERUSER NOBYPASSRLS`, owns nothing), set up with
+//! `PgStore::setup_app_role`.
+//!
+//! Cleanup: dropping a [`PgTestDb`] drops its database (the test passed, failed or panicked).
+//! A killed process drops nothing, so the first test of every process drops the databases
+//! whose creator is gone; those of running processes (concurrent runs) are left alone. The
+//! two roles are shared by all test processes on the server and stay; `scripts/test.sh`
+//! drops them at the end of a run (under an advisory lock that [`create_db`] holds shared
+//! while it needs them, so a concurrent run never loses them halfway).
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -26,6 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use stratai_store::{PgOptions, PgStore};
+use stratai_testkit::{Creator, UNCHECKABLE_MAX_AGE};
 use tokio::sync::OnceCell;
 
 /// The role owning the test databases and running migrations.
@@ -33,6 +42,11 @@ pub const OWNER_ROLE: &str = "stratai_test_owner";
 /// The serving role the stores connect as.
 pub const APP_ROLE: &str = "stratai_test_app";
 const ROLE_PASSWORD: &str = "stratai-test";
+/// The prefix of every test database.
+pub const DB_PREFIX: &str = "stratai_test_";
+/// The advisory lock (in the admin database) under which the roles are created and used
+/// (shared) or dropped (exclusive, by `scripts/test-leftovers.sh`): "stratai" in ASCII.
+pub const ROLES_LOCK: i64 = 0x7374_7261_7461_69;
 
 /// A fresh database with a store connected as the app role.
 pub struct PgTestDb {
@@ -46,8 +60,8 @@ pub struct PgTestDb {
     pub owner_url: String,
     /// App role URL of the database.
     pub app_url: String,
-    server_admin_url: String,
-    keep: bool,
+    /// Drops the database with the rest of this.
+    _drop: DropDatabase,
 }
 
 impl PgTestDb {
@@ -73,33 +87,71 @@ impl PgTestDb {
     }
 }
 
-impl Drop for PgTestDb {
+/// Drops a test database when dropped.
+struct DropDatabase {
+    server_admin_url: String,
+    name: String,
+}
+
+impl Drop for DropDatabase {
     fn drop(&mut self) {
-        if self.keep {
-            return;
-        }
         let admin = self.server_admin_url.clone();
         let name = self.name.clone();
-        // Drop the database from a plain thread: this may run inside a runtime.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        // A runtime of its own on a plain thread: this runs inside the test's runtime, or while
+        // that runtime shuts down and drops its tasks (a server task holding the database).
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-            else {
-                return;
-            };
+                .map_err(|e| e.to_string())?;
             rt.block_on(async move {
-                if let Ok(mut conn) = PgConnection::connect(&admin).await {
-                    let _ = sqlx::query("SELECT stratai_test_drop_database($1)")
-                        .bind(&name)
-                        .execute(&mut conn)
-                        .await;
-                    let _ = conn.close().await;
+                // The server may be short of connections while many tests run: try a while.
+                let mut last = String::new();
+                for attempt in 0..20 {
+                    if attempt > 0 {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    match PgConnection::connect(&admin).await {
+                        Ok(mut conn) => {
+                            let dropped = drop_database(&mut conn, &name).await;
+                            let _ = conn.close().await;
+                            match dropped {
+                                Ok(()) => return Ok(()),
+                                Err(e) => last = e,
+                            }
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
                 }
-            });
+                Err(last)
+            })
         })
         .join();
+        let outcome = dropped.unwrap_or_else(|_| Err("the dropping thread panicked".to_owned()));
+        if let Err(e) = outcome {
+            // Not a panic (this may run while unwinding); the next test process sweeps it.
+            eprintln!("could not drop the test database {}: {e}", self.name);
+        }
     }
+}
+
+/// Drops the test database `name` (its connections too); refuses names not of the harness.
+async fn drop_database(conn: &mut PgConnection, name: &str) -> Result<(), String> {
+    let ours = name.starts_with(DB_PREFIX)
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !ours {
+        return Err(format!("`{name}` is not a test database"));
+    }
+    // Identifiers can not be bound; the name was checked above.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(conn)
+    .await
+    .map(drop)
+    .map_err(|e| e.to_string())
 }
 
 /// A fresh database and store, or `None` (with the reason printed) when no PostgreSQL is
@@ -116,16 +168,6 @@ pub async fn fresh_db() -> Option<PgTestDb> {
         }
     };
     Some(create_db(&admin).await)
-}
-
-/// A store on a fresh database migrated and connected as the app role (the conformance
-/// suite's entry point). `None` when PostgreSQL is unavailable and CI is not `true` (after
-/// printing why); panics when it is unavailable under `CI=true`. The database outlives the
-/// store: it is dropped by the stale-database sweep of a later run.
-pub async fn fresh_store() -> Option<PgStore> {
-    let mut db = fresh_db().await?;
-    db.keep = true;
-    Some(db.store.clone())
 }
 
 /// The admin URL of the server, found once per test process.
@@ -157,58 +199,43 @@ fn find_server() -> Result<String, String> {
         .map_err(|e| format!("DATABASE_URL is unset, nothing answers on 127.0.0.1:5432, and {e}"))
 }
 
-/// Roles and helper functions every test database needs, created once per server.
+/// Checks the server answers and drops what killed test processes left on it.
 async fn prepare_server(admin_url: &str) -> Result<(), String> {
     let mut conn = PgConnection::connect(admin_url)
         .await
         .map_err(|e| format!("cannot connect to `{}`: {e}", redact(admin_url)))?;
-    // Concurrent test processes may race to create the roles: a duplicate is fine.
-    sqlx::raw_sql(
-        "DO $$ BEGIN
-             CREATE ROLE stratai_test_owner LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB
-                 NOCREATEROLE PASSWORD 'stratai-test';
-         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
-         DO $$ BEGIN
-             CREATE ROLE stratai_test_app LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB
-                 NOCREATEROLE PASSWORD 'stratai-test';
-         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
-         DO $$ BEGIN
-             CREATE FUNCTION stratai_test_drop_database(name TEXT) RETURNS VOID
-             LANGUAGE plpgsql AS $f$
-             BEGIN
-                 IF name LIKE 'stratai\\_test\\_%' THEN
-                     EXECUTE format('DROP DATABASE IF EXISTS %I WITH (FORCE)', name);
-                 END IF;
-             END $f$;
-         EXCEPTION WHEN duplicate_function OR unique_violation THEN NULL; END $$;",
-    )
-    .execute(&mut conn)
-    .await
-    .map_err(|e| format!("cannot prepare the test roles: {e}"))?;
-    drop_stale_databases(&mut conn).await;
+    drop_leftover_databases(&mut conn).await;
     let _ = conn.close().await;
     Ok(())
 }
 
-/// Drops test databases left by runs more than an hour old (their name carries the time).
-async fn drop_stale_databases(conn: &mut PgConnection) {
-    let cutoff = now_secs().saturating_sub(3600);
+/// Drops the test databases whose creator is gone: killed runs (their guards never ran).
+/// Databases of running processes are left alone, whatever their age. Databases named by
+/// harness versions before the creator tag (`stratai_test_<time>_<uuid>`), and those whose
+/// creator cannot be checked from here (another machine or PID namespace), are dropped only
+/// when older than `UNCHECKABLE_MAX_AGE` (3 hours): checkouts on older branches still run
+/// their tests with the old names, and nothing else tells whether such a run still goes on.
+async fn drop_leftover_databases(conn: &mut PgConnection) {
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT datname::text FROM pg_database WHERE datname LIKE 'stratai\\_test\\_%'",
     )
     .fetch_all(&mut *conn)
     .await
     .unwrap_or_default();
+    let now = now_secs();
     for name in names {
-        let created = name
-            .strip_prefix("stratai_test_")
-            .and_then(|rest| rest.split('_').next())
-            .and_then(|secs| secs.parse::<u64>().ok());
-        if created.is_some_and(|secs| secs < cutoff) {
-            let _ = sqlx::query("SELECT stratai_test_drop_database($1)")
-                .bind(&name)
-                .execute(&mut *conn)
-                .await;
+        let parts: Vec<&str> = name[DB_PREFIX.len()..].split('_').collect();
+        let Some(created) = parts.first().and_then(|secs| secs.parse::<u64>().ok()) else {
+            continue;
+        };
+        let age = Duration::from_secs(now.saturating_sub(created));
+        let leftover = match parts.len() {
+            5 => Creator::parse(&parts[1..]).is_some_and(|creator| creator.may_remove(age)),
+            2 => age > UNCHECKABLE_MAX_AGE,
+            _ => false,
+        };
+        if leftover {
+            let _ = drop_database(conn, &name).await;
         }
     }
 }
@@ -219,15 +246,44 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Creates the two roles when they are missing; concurrent processes may race: a duplicate
+/// is fine.
+async fn create_roles(admin: &mut PgConnection) {
+    sqlx::raw_sql(
+        "DO $$ BEGIN
+             CREATE ROLE stratai_test_owner LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB
+                 NOCREATEROLE PASSWORD 'stratai-test';
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+         DO $$ BEGIN
+             CREATE ROLE stratai_test_app LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB
+                 NOCREATEROLE PASSWORD 'stratai-test';
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;",
+    )
+    .execute(admin)
+    .await
+    .expect("create the test roles");
+}
+
 async fn create_db(server_admin_url: &str) -> PgTestDb {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let name = format!(
-        "stratai_test_{}_{}",
+        "{DB_PREFIX}{}_{}_{}",
         now_secs(),
-        uuid::Uuid::new_v4().simple()
+        Creator::current().tag('_'),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let mut admin = PgConnection::connect(server_admin_url)
         .await
         .expect("admin connection");
+    // Held until the database references both roles (owner, grants): from then on PostgreSQL
+    // refuses to drop them, so the end-of-run cleanup of a concurrent run cannot pull them
+    // away in between.
+    sqlx::query("SELECT pg_advisory_lock_shared($1)")
+        .bind(ROLES_LOCK)
+        .execute(&mut admin)
+        .await
+        .expect("lock the test roles");
+    create_roles(&mut admin).await;
     // Identifiers can not be bound; the name is generated above from digits and hex only.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE DATABASE {name} OWNER {OWNER_ROLE}"
@@ -235,12 +291,16 @@ async fn create_db(server_admin_url: &str) -> PgTestDb {
     .execute(&mut admin)
     .await
     .expect("create the test database");
-    let _ = admin.close().await;
 
     let base: PgConnectOptions = server_admin_url.parse().expect("admin url");
     let admin_url = with_role(&base, None, &name);
     let owner_url = with_role(&base, Some(OWNER_ROLE), &name);
     let app_url = with_role(&base, Some(APP_ROLE), &name);
+    // From here on the guard drops the database, whatever fails below.
+    let guard = DropDatabase {
+        server_admin_url: server_admin_url.to_owned(),
+        name: name.clone(),
+    };
 
     PgStore::migrate(&owner_url)
         .await
@@ -248,6 +308,7 @@ async fn create_db(server_admin_url: &str) -> PgTestDb {
     PgStore::setup_app_role(&owner_url, APP_ROLE, None)
         .await
         .expect("grant the app role");
+    let _ = admin.close().await;
     let store = PgStore::connect_with(
         &app_url,
         PgOptions {
@@ -263,8 +324,7 @@ async fn create_db(server_admin_url: &str) -> PgTestDb {
         admin_url,
         owner_url,
         app_url,
-        server_admin_url: server_admin_url.to_owned(),
-        keep: false,
+        _drop: guard,
     }
 }
 

@@ -273,18 +273,20 @@ mod tests {
     use super::*;
 
     use crate::spool::tests::{FlakyUsage, record};
+    use stratai_testkit::Scratch;
 
-    async fn batched(linger: Duration) -> (Arc<FlakyUsage>, Arc<BatchedUsage>) {
-        let dir = std::env::temp_dir().join(format!("stratai-batch-test-{}", uuid::Uuid::new_v4()));
-        let spool = Arc::new(Spool::open(dir.join("usage.spool")).await.unwrap());
+    /// The writer over a flaky store, and the scratch folder of its spool (removed on drop).
+    async fn batched(linger: Duration) -> (Arc<FlakyUsage>, Arc<BatchedUsage>, Scratch) {
+        let scratch = Scratch::new();
+        let spool = Arc::new(Spool::open(scratch.join("usage.spool")).await.unwrap());
         let inner = Arc::new(FlakyUsage::default());
         let batch = BatchedUsage::spawn(inner.clone(), spool, 1024, linger);
-        (inner, batch)
+        (inner, batch, scratch)
     }
 
     #[tokio::test]
     async fn records_arriving_within_the_linger_share_one_write_which_a_reader_cuts_short() {
-        let (inner, batch) = batched(Duration::from_secs(3600)).await;
+        let (inner, batch, _scratch) = batched(Duration::from_secs(3600)).await;
         let org = OrgId::new();
         for _ in 0..3 {
             batch.append(org, &[record(org)]).await.unwrap();
@@ -307,7 +309,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_short_linger_writes_without_anyone_waiting() {
-        let (inner, batch) = batched(Duration::from_millis(5)).await;
+        let (inner, batch, _scratch) = batched(Duration::from_millis(5)).await;
         let org = OrgId::new();
         let r = record(org);
         batch.append(org, std::slice::from_ref(&r)).await.unwrap();

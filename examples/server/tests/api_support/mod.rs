@@ -36,23 +36,15 @@ use stratai_server::auth::identity::Principal;
 use stratai_server::config::{Config, FileConfig};
 use stratai_server::server::{Backends, build_state, limits};
 use stratai_server::stores::Stores;
+use stratai_testkit::Scratch;
 use tower::ServiceExt as _;
 
-/// Keeps a backend's resources alive (temp file, database) for the test's duration.
+/// Keeps a backend's resources alive (scratch folder, database) for the test's duration and
+/// removes them when dropped.
 pub enum Guard {
     None,
-    File(std::path::PathBuf),
+    Folder(Scratch),
     Pg(Box<pg::PgTestDb>),
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Guard::File(p) = self {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
-            }
-        }
-    }
 }
 
 /// Which backend.
@@ -75,11 +67,10 @@ pub async fn stores(kind: Kind) -> Option<(Stores, Guard)> {
     match kind {
         Kind::Memory => Some((Stores::memory(), Guard::None)),
         Kind::Sqlite => {
-            let path = std::env::temp_dir()
-                .join(format!("stratai-server-test-{}.db", uuid::Uuid::new_v4()));
-            let url = format!("sqlite://{}?mode=rwc", path.display());
+            let scratch = Scratch::new();
+            let url = format!("sqlite://{}?mode=rwc", scratch.join("server.db").display());
             let stores = Stores::open(&url, None).await.expect("sqlite");
-            Some((stores, Guard::File(path)))
+            Some((stores, Guard::Folder(scratch)))
         }
         Kind::Postgres => {
             let db = pg::fresh_db().await?;
@@ -96,14 +87,9 @@ pub struct Api {
     pub stores: Stores,
     pub super_admin: User,
     pub internal_org: OrgId,
-    spool: std::path::PathBuf,
+    /// Holds the spool file.
+    _spool: Scratch,
     _guard: Guard,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.spool);
-    }
 }
 
 /// A response.
@@ -124,9 +110,8 @@ impl Api {
         let mut state = build_state(&config, backends).unwrap();
         // The governed gateway too (offline demo provider), so every route is served.
         let mut options = stratai_server::gateway::setup::GatewayOptions::from_config(&config);
-        let spool =
-            std::env::temp_dir().join(format!("stratai-test-spool-{}", uuid::Uuid::new_v4()));
-        options.spool_path = spool.clone();
+        let spool = Scratch::new();
+        options.spool_path = spool.join("usage.spool");
         state.gateway = Some(
             stratai_server::gateway::setup::build_state(
                 &config,
@@ -156,7 +141,7 @@ impl Api {
             stores,
             super_admin,
             internal_org: internal.id,
-            spool,
+            _spool: spool,
             _guard: guard,
         })
     }

@@ -51,6 +51,7 @@ use stratai_server::gateway::GatewayState;
 use stratai_server::gateway::setup::{GatewayOptions, build_state};
 use stratai_server::server::Backends;
 use stratai_server::stores::Stores;
+use stratai_testkit::Scratch;
 
 /// Which database the server runs on.
 #[derive(Clone, Copy, Debug)]
@@ -83,10 +84,10 @@ macro_rules! on_both {
 }
 
 /// A database and a directory (SQLite file, spool) that outlive one server: a restarted
-/// server opens the same ones.
+/// server opens the same ones. Both are removed when the last holder drops this.
 pub struct Backing {
     pub db: Db,
-    pub dir: PathBuf,
+    pub dir: Scratch,
     sqlite_url: String,
     pg: Option<pg::PgTestDb>,
 }
@@ -94,9 +95,8 @@ pub struct Backing {
 impl Backing {
     /// A fresh database, or `None` when PostgreSQL is wanted and unavailable (skipped).
     pub async fn new(db: Db) -> Option<Arc<Self>> {
-        let dir = std::env::temp_dir().join(format!("stratai-gw-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let sqlite_url = format!("sqlite://{}/gw.db?mode=rwc", dir.display());
+        let dir = Scratch::new();
+        let sqlite_url = format!("sqlite://{}/gw.db?mode=rwc", dir.path().display());
         let pg = match db {
             Db::Sqlite => None,
             Db::Postgres => Some(pg::fresh_db().await?),
