@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use stratai_testkit::{Creator, SCRATCH_PREFIX, Scratch};
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-leftovers.sh")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-leftovers.sh")
 }
 
 struct Run {
