@@ -91,6 +91,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .merge(crate::auth::routes::router::<AppState>(&state.auth))
         .merge(crate::api::router())
         .merge(crate::gateway::maybe_router(state.gateway.clone()))
+        .merge(crate::ui::router())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::metrics::track_requests))
         .with_state(state);
