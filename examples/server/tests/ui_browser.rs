@@ -477,6 +477,12 @@ async fn journey(kind: Kind, c: &Client, server: &Server) {
     }
     fill(c, "#message", "Hello from the browser test").await;
     submit(c, "form[action='/app/playground'] button").await;
+    c.execute(
+        "document.querySelector('.answer').scrollIntoView({block: 'end'});",
+        vec![],
+    )
+    .await
+    .unwrap();
     screenshot(c, kind, "app").await;
     let premium = c
         .execute(

@@ -13,6 +13,8 @@ const ROW: u32 = 28;
 const BAR: u32 = 18;
 /// Width kept on the left for the labels.
 const LABEL_WIDTH: u32 = 200;
+/// Longest label drawn in full; longer ones are cut (the table beside the chart has them whole).
+const LABEL_CHARS: usize = 24;
 /// Width kept on the right for the values.
 const VALUE_WIDTH: u32 = 110;
 
@@ -66,7 +68,7 @@ impl BarChart {
             .iter()
             .zip(0u32..)
             .map(|((label, value, shown), i)| Bar {
-                label: label.clone(),
+                label: short(label),
                 value: shown.clone(),
                 y: i * ROW + (ROW - BAR) / 2,
                 text_y: i * ROW + ROW / 2 + 5,
@@ -90,6 +92,16 @@ impl BarChart {
     pub fn is_empty(&self) -> bool {
         self.bars.is_empty()
     }
+}
+
+/// `label`, cut to [`LABEL_CHARS`] characters with an ellipsis.
+fn short(label: &str) -> String {
+    if label.chars().count() <= LABEL_CHARS {
+        return label.to_owned();
+    }
+    let mut cut: String = label.chars().take(LABEL_CHARS - 1).collect();
+    cut.push('…');
+    cut
 }
 
 /// `value / max * span`, rounded, in `0..=span`; a positive value never draws invisible.
@@ -131,6 +143,11 @@ mod tests {
             &[row("big", dec!(1000)), row("tiny", dec!(0.0001))],
         );
         assert_eq!(chart.bars[1].width, 1);
+        let long = BarChart::new(
+            "spend",
+            &[row("someone-with-a-long-name@example.test", dec!(1))],
+        );
+        assert_eq!(long.bars[0].label, "someone-with-a-long-nam…");
         let empty = BarChart::new("spend", &[]);
         assert!(empty.is_empty());
         assert_eq!(empty.height, ROW);
