@@ -90,6 +90,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .merge(crate::auth::routes::router::<AppState>())
         .merge(crate::api::router())
         .merge(crate::gateway::maybe_router(state.gateway.clone()))
+        .merge(crate::ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(crate::error::method_not_allowed)
         .layer(axum::middleware::from_fn(crate::metrics::track_requests))

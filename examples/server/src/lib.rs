@@ -17,3 +17,4 @@ pub mod openapi;
 pub mod server;
 pub mod spool;
 pub mod stores;
+pub mod ui;

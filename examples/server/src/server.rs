@@ -203,6 +203,11 @@ pub async fn serve(config: Config, backends: Backends) -> Result<(), ServeError>
             source,
         })?;
     tracing::info!(addr = %config.bind, "listening");
+    // The one line a person who just ran `cargo run` needs: where to point the browser.
+    println!(
+        "StratAI is running: open {} in your browser",
+        config.public_url
+    );
     axum::serve(no_delay(listener), app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;

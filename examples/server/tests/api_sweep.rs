@@ -73,7 +73,31 @@ GET    /api/explain                                        403 200 200 200 403 4
 POST   /api/explain                                        403 200 200 200 403 403 401 401 403
 GET    /metrics                                            200 200 200 200 200 200 200 200 200
 POST   /api/profiles                                       201 403 403 403 403 403 401 401 403
+GET    /                                                   303 303 303 303 303 303 303 303 303
+GET    /signin                                             303 303 303 303 303 303 200 200 303
+POST   /signin                                             303 303 303 303 303 303 403 403 303
+POST   /signout                                            303 303 303 303 303 303 403 403 303
+GET    /app                                                200 200 200 200 200 200 303 303 200
+POST   /app/playground                                     404 200 200 200 200 200 303 303 404
+GET    /org                                                303 303 303 403 403 403 303 303 303
+GET    /org/{org_id}                                       200 200 200 403 403 403 303 303 404
+GET    /org/{org_id}/users                                 200 200 200 403 403 403 303 303 404
+POST   /org/{org_id}/users                                 201 201 201 403 403 403 303 303 404
+GET    /org/{org_id}/groups                                200 200 200 403 403 403 303 303 404
+POST   /org/{org_id}/groups                                303 303 303 403 403 403 303 303 404
+GET    /org/{org_id}/guardrails                            200 200 200 403 403 403 303 303 404
+GET    /admin                                              200 403 403 403 403 403 303 303 403
+GET    /admin/organizations                                200 403 403 403 403 403 303 303 403
+POST   /admin/organizations                                303 403 403 403 403 403 303 303 403
+GET    /ui/style.css                                       200 200 200 200 200 200 200 200 200
 ";
+
+/// The web UI's routes: pages read with the actor's bearer token (as the API is), forms posted
+/// from a browser session (session cookie, same origin, the session's CSRF token). A page
+/// answers like the API route it mirrors, with 303 to the sign-in page instead of 401.
+fn is_ui(path: &str) -> bool {
+    stratai_server::ui::ROUTES.iter().any(|(_, p)| *p == path)
+}
 
 /// Routes whose answer does not depend on which organization's ids are used.
 /// Gateway routes (OpenAI-shaped errors): a member of another organization, or of none,
@@ -81,7 +105,7 @@ POST   /api/profiles                                       201 403 403 403 403 4
 /// a super admin, uses models in an organization they are not a member of.
 const GATEWAY: [&str; 3] = ["/v1/chat/completions", "/v1/models", "/api/explain"];
 
-const PLATFORM: [&str; 17] = [
+const PLATFORM: [&str; 25] = [
     "/metrics",
     "/openapi.json",
     "/api/guardrails",
@@ -98,6 +122,14 @@ const PLATFORM: [&str; 17] = [
     "/api/invitations/{token}",
     "/api/invitations/{token}/accept",
     "POST /api/organizations",
+    "/",
+    "/signin",
+    "/signout",
+    "/app",
+    "/org",
+    "/admin",
+    "/admin/organizations",
+    "/ui/style.css",
     "",
 ];
 
@@ -135,7 +167,88 @@ fn route_table() -> Vec<(String, String)> {
             routes.push(((*m).to_owned(), (*p).to_owned()));
         }
     }
+    for (m, p) in stratai_server::ui::ROUTES {
+        routes.push(((*m).to_owned(), (*p).to_owned()));
+    }
     routes
+}
+
+/// The form fields a UI form post sends for the ids of `target`.
+fn form(path: &str, target: &OrgFixture, email: &str) -> Vec<(String, String)> {
+    let n = unique();
+    let pairs: Vec<(&str, String)> = match path {
+        "/signin" => vec![("email", email.to_owned())],
+        "/app/playground" => vec![
+            ("org_id", target.org.to_string()),
+            ("model", basic_model()),
+            ("message", "hello".to_owned()),
+        ],
+        "/org/{org_id}/users" => vec![
+            ("email", format!("new-{n}@x.test")),
+            ("role", "member".to_owned()),
+        ],
+        "/org/{org_id}/groups" => vec![("name", format!("g{n}"))],
+        "/admin/organizations" => vec![
+            ("name", "New".to_owned()),
+            ("slug", format!("new-{n}")),
+            ("owner_email", format!("owner-{n}@x.test")),
+        ],
+        _ => vec![],
+    };
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// Posts a UI form as a signed-in browser would: a fresh session of `email` (none for the
+/// anonymous and expired actors), the server's own origin and the session's CSRF token.
+async fn post_form(
+    api: &Api,
+    uri: &str,
+    email: Option<&str>,
+    fields: Vec<(String, String)>,
+) -> Resp {
+    let origin = stratai_server::config::Config::from_parts(
+        stratai_server::config::FileConfig::default(),
+        &std::collections::HashMap::<String, String>::new(),
+    )
+    .unwrap()
+    .public_url
+    .origin()
+    .ascii_serialization();
+    let mut fields = fields;
+    let mut req = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", origin);
+    if let Some(email) = email {
+        let principal = api
+            .state
+            .auth
+            .directory()
+            .find_by_email(email)
+            .await
+            .unwrap()
+            .unwrap();
+        let cookie = stratai_server::auth::routes::start_session(&api.state.auth, &principal)
+            .await
+            .unwrap();
+        let pair = cookie
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let value = pair.split_once('=').unwrap().1.to_owned();
+        fields.push((
+            "csrf".to_owned(),
+            stratai_server::ui::csrf::token_for(&value),
+        ));
+        req = req.header("cookie", pair);
+    }
+    let body = serde_urlencoded::to_string(&fields).unwrap();
+    api.raw(req.body(axum::body::Body::from(body)).unwrap())
+        .await
 }
 
 /// Path and body of `route` for the ids of `target`.
@@ -262,21 +375,30 @@ async fn world(api: &Api) -> World {
     }
 }
 
-async fn credential(api: &Api, w: &World, actor: &str) -> Option<String> {
-    let user = |u: &User| u.email.as_str().to_owned();
-    let email = match actor {
-        "super" => "admin@localhost".to_owned(),
+/// The email a signed-in actor's browser session is of (none for anonymous and expired).
+fn email_of(w: &World, actor: &str) -> Option<String> {
+    let user = |u: &User| Some(u.email.as_str().to_owned());
+    match actor {
+        "super" => Some("admin@localhost".to_owned()),
         "owner" => user(&w.a.owner),
         "admin" => user(&w.a.admin),
         "member" => user(&w.a.member),
         "lead" => user(&w.a.lead),
         "gmember" => user(&w.a.gmember),
         "outsider" => user(&w.b.admin),
-        "anon" => return None,
-        "expired" => return Some(api.expired_token(&w.a.admin)),
-        other => panic!("unknown actor {other}"),
-    };
-    Some(api.token(&email).await)
+        _ => None,
+    }
+}
+
+async fn credential(api: &Api, w: &World, actor: &str) -> Option<String> {
+    match actor {
+        "anon" => None,
+        "expired" => Some(api.expired_token(&w.a.admin)),
+        other => {
+            let email = email_of(w, other).unwrap_or_else(|| panic!("unknown actor {other}"));
+            Some(api.token(&email).await)
+        }
+    }
 }
 
 async fn sweep(api: Api) {
@@ -333,9 +455,19 @@ async fn sweep(api: Api) {
                 } else {
                     vec![]
                 };
-                let r = api
-                    .send_with(m, &uri, token.as_deref(), body, &headers)
-                    .await;
+                let email = email_of(w, actor);
+                let r = if method == "POST" && is_ui(path) {
+                    post_form(
+                        &api,
+                        &uri,
+                        email.as_deref(),
+                        form(path, target, email.as_deref().unwrap_or("x@x.test")),
+                    )
+                    .await
+                } else {
+                    api.send_with(m, &uri, token.as_deref(), body, &headers)
+                        .await
+                };
                 checked += 1;
                 // No existence oracle: naming an organization that does not exist answers
                 // exactly like naming another one.
@@ -352,9 +484,18 @@ async fn sweep(api: Api) {
                         vec![]
                     };
                     let m: Method = method.parse().unwrap();
-                    let g = api
-                        .send_with(m, &uri, token.as_deref(), body, &headers)
-                        .await;
+                    let g = if method == "POST" && is_ui(path) {
+                        post_form(
+                            &api,
+                            &uri,
+                            email.as_deref(),
+                            form(path, &ghost, email.as_deref().unwrap_or("x@x.test")),
+                        )
+                        .await
+                    } else {
+                        api.send_with(m, &uri, token.as_deref(), body, &headers)
+                            .await
+                    };
                     if g.status != r.status || g.json["error"]["code"] != r.json["error"]["code"] {
                         failures.push(format!(
                             "{method} {path}: another organization answers {} {}, a missing one {} {}",

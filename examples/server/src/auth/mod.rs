@@ -442,7 +442,9 @@ impl Auth {
         active(principal)
     }
 
-    fn same_origin(&self, headers: &HeaderMap) -> bool {
+    /// Whether the request's `Origin` is this server's public origin (the cross-site check
+    /// of cookie-authenticated unsafe requests; the web UI's forms use it too).
+    pub fn same_origin(&self, headers: &HeaderMap) -> bool {
         headers
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())

@@ -65,41 +65,7 @@ async fn dev_token(
     let Mode::Dev(dev) = auth.mode() else {
         return Err(ApiError::NotFound("dev tokens (dev mode only)".to_owned()));
     };
-    let email = req.email.trim().to_ascii_lowercase();
-    if !looks_like_email(&email) {
-        return Err(ApiError::invalid(
-            "email",
-            format!("`{}` is not an email address", req.email),
-        ));
-    }
-    let directory = auth.directory();
-    let user = match directory
-        .find_by_email(&email)
-        .await
-        .map_err(AuthError::from)?
-    {
-        Some(user) => user,
-        // An invited person has no account until their first login; create it as an OIDC
-        // login would, so the invitation can be accepted.
-        None if directory
-            .is_invited(&email)
-            .await
-            .map_err(AuthError::from)? =>
-        {
-            directory
-                .login(&LoginIdentity {
-                    subject: format!("dev|{email}"),
-                    email: email.clone(),
-                    name: None,
-                })
-                .await
-                .map_err(AuthError::from)?
-        }
-        None => return Err(ApiError::NotFound(format!("user `{email}`"))),
-    };
-    if !user.active {
-        return Err(AuthError::Deactivated.into());
-    }
+    let user = dev_user(&auth, &req.email).await?;
     Ok(ApiJson(DevTokenResponse {
         token: dev.issue(&user)?,
         token_type: "Bearer".to_owned(),
@@ -204,30 +170,8 @@ async fn callback(
     }
     let principal = auth.resolve_oidc(&claims).await?;
 
-    let (session_id, key) = new_session_id();
-    auth.sessions()
-        .insert(
-            key,
-            Session {
-                user_id: principal.user_id,
-                expires_at: expiry(auth.session_ttl()),
-            },
-        )
-        .await
-        .map_err(AuthError::from)?;
-    tracing::info!(user_id = %principal.user_id, "login");
-
+    let session_cookie = start_session(&auth, &principal).await?;
     let mut response = redirect(&flow.config().post_login_url)?;
-    let session_cookie = cookies::set_cookie(
-        CookieSpec {
-            name: auth.session_cookie_name(),
-            path: "/",
-            max_age_secs: auth.session_ttl().as_secs(),
-            secure: auth.secure_cookies(),
-        },
-        &session_id,
-    )
-    .ok_or_else(|| ApiError::internal("session cookie could not be built"))?;
     response
         .headers_mut()
         .append(header::SET_COOKIE, session_cookie);
@@ -242,16 +186,9 @@ async fn callback(
 
 async fn logout(State(auth): State<Arc<Auth>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let flow = login_flow(&auth)?;
-    if let Some(id) = cookies::find(&headers, auth.session_cookie_name()) {
-        auth.sessions()
-            .remove(&hash_session_id(&id))
-            .await
-            .map_err(AuthError::from)?;
-    }
+    let clear = end_session(&auth, &headers).await?;
     let mut response = redirect(&flow.logout_redirect().await)?;
-    if let Some(clear) =
-        cookies::clear_cookie(auth.session_cookie_name(), "/", auth.secure_cookies())
-    {
+    if let Some(clear) = clear {
         response.headers_mut().append(header::SET_COOKIE, clear);
     }
     no_store(&mut response);
@@ -262,4 +199,91 @@ fn no_store(response: &mut Response) {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+/// Dev mode's sign-in: the active user with this email. An invited person has no account
+/// until their first login; it is created as an OIDC login would, so the invitation can be
+/// accepted. Shared by `POST /auth/dev/token` and the web UI's dev sign-in page.
+pub async fn dev_user(auth: &Auth, email: &str) -> Result<Principal, ApiError> {
+    let wanted = email.trim().to_ascii_lowercase();
+    if !looks_like_email(&wanted) {
+        return Err(ApiError::invalid(
+            "email",
+            format!("`{email}` is not an email address"),
+        ));
+    }
+    let directory = auth.directory();
+    let user = match directory
+        .find_by_email(&wanted)
+        .await
+        .map_err(AuthError::from)?
+    {
+        Some(user) => user,
+        None if directory
+            .is_invited(&wanted)
+            .await
+            .map_err(AuthError::from)? =>
+        {
+            directory
+                .login(&LoginIdentity {
+                    subject: format!("dev|{wanted}"),
+                    email: wanted.clone(),
+                    name: None,
+                })
+                .await
+                .map_err(AuthError::from)?
+        }
+        None => return Err(ApiError::NotFound(format!("user `{wanted}`"))),
+    };
+    if !user.active {
+        return Err(AuthError::Deactivated.into());
+    }
+    Ok(user)
+}
+
+/// Starts a browser session for `principal`: stores it and answers the `Set-Cookie` value of
+/// the session cookie (HttpOnly, SameSite=Lax, `Secure` behind https). Shared by the OIDC
+/// callback and the web UI's dev sign-in.
+pub async fn start_session(auth: &Auth, principal: &Principal) -> Result<HeaderValue, ApiError> {
+    let (session_id, key) = new_session_id();
+    auth.sessions()
+        .insert(
+            key,
+            Session {
+                user_id: principal.user_id,
+                expires_at: expiry(auth.session_ttl()),
+            },
+        )
+        .await
+        .map_err(AuthError::from)?;
+    tracing::info!(user_id = %principal.user_id, "login");
+    cookies::set_cookie(
+        CookieSpec {
+            name: auth.session_cookie_name(),
+            path: "/",
+            max_age_secs: auth.session_ttl().as_secs(),
+            secure: auth.secure_cookies(),
+        },
+        &session_id,
+    )
+    .ok_or_else(|| ApiError::internal("session cookie could not be built"))
+}
+
+/// Ends the request's browser session, if any, and answers the `Set-Cookie` value that
+/// deletes its cookie.
+pub async fn end_session(
+    auth: &Auth,
+    headers: &HeaderMap,
+) -> Result<Option<HeaderValue>, ApiError> {
+    if let Some(id) = cookies::find(headers, auth.session_cookie_name()) {
+        auth.sessions()
+            .remove(&hash_session_id(&id))
+            .await
+            .map_err(AuthError::from)?;
+    }
+    Ok(cookies::clear_cookie(
+        auth.session_cookie_name(),
+        "/",
+        auth.secure_cookies(),
+    ))
 }
