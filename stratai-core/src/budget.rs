@@ -362,6 +362,7 @@ pub fn implied_budget_id(org: OrgId, scope: BudgetScope) -> BudgetId {
 /// the field's value as its limit, and changes only through the field.
 /// Serialized as the field's path ([`ImpliedBy::field`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ImpliedBy {
     /// `monthly_budget` of a membership (`PATCH /api/organizations/{org}/members/{user}`).
     #[serde(rename = "member.monthly_budget")]

@@ -16,7 +16,7 @@ use crate::auth::routes as auth;
 use crate::error::ErrorBody;
 use crate::gateway::error::OpenAiErrorBody;
 use crate::gateway::explain;
-use stratai_core::budget::{Budget, BudgetState};
+use stratai_core::budget::Budget;
 use stratai_core::directory::{Group, GroupMembership, Membership, Organization, UserProfile};
 use stratai_core::gateway::{ChatChunk, ChatRequest, ChatResponse};
 use stratai_core::ports::RuleRecord;
@@ -338,7 +338,10 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
         }
         ("GET", "/api/budgets") => op
             .query(s.query::<budgets::BudgetsQuery>())
-            .ok(200, s.list::<BudgetState>()),
+            .ok(200, s.list::<budgets::ListedBudget>()),
+        ("GET", "/api/me/budgets") => op
+            .query(s.query::<budgets::MyBudgetsQuery>())
+            .ok(200, s.list::<budgets::MyBudget>()),
         ("POST", "/api/budgets") => op
             .json(s.of::<budgets::CreateBudget>())
             .ok(201, s.of::<Budget>()),

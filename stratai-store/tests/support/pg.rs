@@ -46,7 +46,7 @@ const ROLE_PASSWORD: &str = "stratai-test";
 pub const DB_PREFIX: &str = "stratai_test_";
 /// The advisory lock (in the admin database) under which the roles are created and used
 /// (shared) or dropped (exclusive, by `scripts/test-leftovers.sh`): "stratai" in ASCII.
-pub const ROLES_LOCK: i64 = 0x7374_7261_7461_69;
+pub const ROLES_LOCK: i64 = 0x0073_7472_6174_6169;
 
 /// A fresh database with a store connected as the app role.
 pub struct PgTestDb {

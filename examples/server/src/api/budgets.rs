@@ -59,7 +59,7 @@ fn default_org(caller: &Caller, org: Option<OrgId>) -> Result<OrgId, ApiError> {
 }
 
 /// A budget and its state in the current period, as `GET /api/budgets` lists it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListedBudget {
     /// The budget and its state.
     #[serde(flatten)]
@@ -293,7 +293,7 @@ pub async fn update(
 }
 
 /// Query of `GET /api/me/budgets`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MyBudgetsQuery {
     /// Only this organization (default: every organization of the caller).
@@ -302,7 +302,7 @@ pub struct MyBudgetsQuery {
 }
 
 /// One budget that applies to the caller, as `GET /api/me/budgets` shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MyBudget {
     /// The budget's organization.
     pub org_id: OrgId,
