@@ -123,12 +123,11 @@ mod tests {
 
     #[tokio::test]
     async fn open_makes_the_sqlite_directory_and_refuses_unknown_schemes() {
-        let dir = std::env::temp_dir().join(format!("stratai-open-{}", uuid::Uuid::now_v7()));
-        let url = format!("sqlite://{}/nested/s.db?mode=rwc", dir.display());
+        let dir = stratai_testkit::Scratch::new();
+        let url = format!("sqlite://{}/nested/s.db?mode=rwc", dir.path().display());
         let stores = Stores::open(&url, None).await.unwrap();
         assert!(stores.tiers.list_tiers().await.unwrap().is_empty());
         assert!(dir.join("nested").is_dir());
-        std::fs::remove_dir_all(&dir).ok();
         let e = Stores::open("mysql://x", None).await.unwrap_err();
         assert!(e.to_string().contains("sqlite:"), "{e}");
     }

@@ -194,8 +194,7 @@ mod tests {
 
     #[test]
     fn the_file_has_the_same_keys_as_the_server() {
-        let dir = std::env::temp_dir().join(format!("stratai-worker-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = stratai_testkit::Scratch::new();
         let path = dir.join("stratai.toml");
         std::fs::write(
             &path,
@@ -214,6 +213,5 @@ mod tests {
         let e = WorkerConfig::load(&env(&[("STRATAI_CONFIG", path.to_str().unwrap())]), false)
             .unwrap_err();
         assert!(e.to_string().contains("databse_url"), "{e}");
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -926,13 +926,11 @@ mod tests {
             log_filter = "debug,hyper=warn"
             log_format = "json"
         "#;
-        let dir = std::env::temp_dir().join(format!("stratai-cfg-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = stratai_testkit::Scratch::new();
         let path = dir.join("all.toml");
         std::fs::write(&path, file).unwrap();
         let from_env = Config::load(&env(&vars)).unwrap();
         let from_file = Config::load(&env(&[("STRATAI_CONFIG", path.to_str().unwrap())])).unwrap();
-        std::fs::remove_dir_all(&dir).ok();
         for c in [from_env, from_file] {
             assert_eq!(c.database.url.expose(), "postgres://app@127.0.0.1/s");
             assert_eq!(
@@ -1035,14 +1033,12 @@ mod tests {
             );
         }
         // In the file, the parser names the key.
-        let dir = std::env::temp_dir().join(format!("stratai-cfg-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = stratai_testkit::Scratch::new();
         let path = dir.join("bad.toml");
         std::fs::write(&path, "gateway_cache_ms = \"2s\"\n").unwrap();
         let e = Config::load(&env(&[("STRATAI_CONFIG", path.to_str().unwrap())]))
             .unwrap_err()
             .to_string();
-        std::fs::remove_dir_all(&dir).ok();
         assert!(e.contains("gateway_cache_ms"), "{e}");
     }
 }

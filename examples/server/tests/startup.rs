@@ -27,17 +27,15 @@ async fn start(config: &Config, llm: bool) -> Result<&'static str, String> {
     let backends = Backends::seeded(stores.clone(), config).await.unwrap();
     let auth = Arc::new(Auth::from_config(config, backends.directory, backends.sessions).unwrap());
     let mut options = GatewayOptions::from_config(config);
-    options.spool_path =
-        std::env::temp_dir().join(format!("stratai-startup-{}.spool", uuid::Uuid::new_v4()));
+    let scratch = stratai_testkit::Scratch::new();
+    options.spool_path = scratch.join("usage.spool");
     if llm {
         options.llm = Some((Arc::new(DemoProvider::new(DemoConfig::default())), "given"));
     }
-    let spool = options.spool_path.clone();
-    let started = build_state(config, auth, &stores, options)
+    // `scratch` (the spool's folder) lives until the gateway is built and dropped.
+    build_state(config, auth, &stores, options)
         .await
-        .map(|g| g.provider);
-    std::fs::remove_file(spool).ok();
-    started
+        .map(|g| g.provider)
 }
 
 const OIDC: [(&str, &str); 2] = [
