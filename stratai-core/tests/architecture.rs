@@ -422,3 +422,79 @@ fn every_tenant_store_method_takes_the_org() {
         "only {checked} store methods found: parser broken?"
     );
 }
+
+/// The rules engine stays runtime-free: in `stratai-guardrails` every dependency of the
+/// runtime (tokio, the metrics facade, the webhook's HTTP client) is optional and enabled only
+/// by the `runtime` feature (or `webhook`, which implies it), the runtime's module is
+/// compiled only with that feature, and no rules-engine source names tokio. (CI also runs
+/// `cargo check -p stratai-guardrails --no-default-features`.)
+#[test]
+fn the_rules_engine_does_not_need_the_runtime() {
+    let meta = metadata();
+    let pkg = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "stratai-guardrails")
+        .expect("stratai-guardrails is a workspace package");
+    let runtime_deps = ["tokio", "metrics", "reqwest", "url"];
+    for dep in pkg["dependencies"].as_array().unwrap() {
+        let name = dep["name"].as_str().unwrap();
+        if !dep["kind"].is_null() {
+            continue;
+        }
+        for banned in ["axum", "hyper", "sqlx", "redis"] {
+            assert_ne!(
+                name, banned,
+                "stratai-guardrails must not depend on {banned}"
+            );
+        }
+        if runtime_deps.contains(&name) {
+            assert_eq!(
+                dep["optional"], true,
+                "stratai-guardrails' `{name}` must be optional (the `runtime` feature's)"
+            );
+        }
+    }
+    let features = pkg["features"].as_object().unwrap();
+    assert_eq!(features["default"], serde_json::json!(["runtime"]));
+    for (feature, enables) in features {
+        for item in enables.as_array().unwrap() {
+            let item = item.as_str().unwrap();
+            if item == "dep:tokio" {
+                assert_eq!(feature, "runtime", "tokio enabled by feature `{feature}`");
+            }
+            if ["dep:reqwest", "dep:url", "dep:metrics"].contains(&item) {
+                assert!(
+                    feature == "runtime" || feature == "webhook",
+                    "{item} enabled by feature `{feature}`"
+                );
+            }
+        }
+        if feature == "webhook" {
+            assert!(enables.as_array().unwrap().contains(&"runtime".into()));
+        }
+    }
+    let src = workspace_root().join("stratai-guardrails/src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    assert!(
+        lib.contains("#[cfg(feature = \"runtime\")]\npub mod runtime;"),
+        "lib.rs must compile `mod runtime` only with the `runtime` feature"
+    );
+    let mut files = Vec::new();
+    rust_sources(&src, &mut files);
+    let runtime_dir = src.join("runtime");
+    let engine: Vec<_> = files
+        .iter()
+        .filter(|f| !f.starts_with(&runtime_dir))
+        .collect();
+    assert!(engine.len() >= 10, "{engine:?}");
+    for file in engine {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(
+            !text.contains("tokio::") && !text.contains("use tokio"),
+            "{} (rules engine) names tokio: it belongs under src/runtime",
+            file.display()
+        );
+    }
+}

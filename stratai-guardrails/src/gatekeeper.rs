@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use chrono_tz::Tz;
-use stratai_core::budget::{Budget, BudgetPeriod, BudgetRefusal, BudgetState};
+use stratai_core::budget::{Budget, BudgetAlert, BudgetPeriod, BudgetRefusal, BudgetState};
 use stratai_core::directory::{Group, Membership, Organization};
 use stratai_core::gateway::{CallContext, ChatRequest, ChatResponse, TokenUsage};
 use stratai_core::ids::{BudgetId, ConversationId, GroupId, ModelId, OrgId, RequestId, UserId};
@@ -833,30 +833,12 @@ impl Admission {
             Money::ZERO,
             Money::ZERO,
         );
-        let unrecorded = |error, settled, record| {
-            Box::new(Unrecorded {
-                error,
-                settled,
-                record,
-                budgets: self.budgets.clone(),
-                alerts: Vec::new(),
-            })
-        };
-        if let Err(e) = inner
+        let released = inner
             .ledger
             .release(self.caller.org_id, self.request_id)
             .await
-        {
-            return Err(unrecorded(e, false, record));
-        }
-        match inner
-            .usage
-            .append(self.caller.org_id, std::slice::from_ref(&record))
-            .await
-        {
-            Ok(_) => Ok(record),
-            Err(e) => Err(unrecorded(e, true, record)),
-        }
+            .map(|_| Vec::new());
+        self.record_after(released, record).await.map(|(r, _)| r)
     }
 
     async fn settle(
@@ -882,7 +864,7 @@ impl Admission {
         let charged = billed.min(self.reserved);
         let mut record = self.record(usage, status, upstream_id, provider, billed);
         record.overage = billed.saturating_sub(charged);
-        let settled = match inner
+        let settled = inner
             .ledger
             .settle(
                 self.caller.org_id,
@@ -892,37 +874,47 @@ impl Admission {
                 now,
             )
             .await
-        {
-            Ok(settled) => settled,
-            Err(error) => {
-                return Err(Box::new(Unrecorded {
-                    error,
-                    settled: false,
-                    record,
-                    budgets: self.budgets.clone(),
-                    alerts: Vec::new(),
-                }));
-            }
-        };
-        if let Err(error) = inner
-            .usage
-            .append(self.caller.org_id, std::slice::from_ref(&record))
-            .await
-        {
-            return Err(Box::new(Unrecorded {
-                error,
-                settled: true,
-                record,
-                budgets: self.budgets.clone(),
-                alerts: settled.alerts,
-            }));
-        }
+            .map(|s| s.alerts);
+        let (record, alerts) = self.record_after(settled, record).await?;
         Ok(Completion {
             response,
             decision,
             usage: record,
-            alerts: settled.alerts,
+            alerts,
         })
+    }
+
+    /// The one ending of every settlement (complete, stream, abort): after the ledger's
+    /// answer (`ledger`: the alerts it raised, or its error), appends `record`; what did not
+    /// happen comes back as [`Unrecorded`] for the caller to spool.
+    async fn record_after(
+        &self,
+        ledger: Result<Vec<BudgetAlert>, StoreError>,
+        record: UsageRecord,
+    ) -> Result<(UsageRecord, Vec<BudgetAlert>), Box<Unrecorded>> {
+        let unrecorded = |error, settled, record, alerts| {
+            Box::new(Unrecorded {
+                error,
+                settled,
+                record,
+                budgets: self.budgets.clone(),
+                alerts,
+            })
+        };
+        let alerts = match ledger {
+            Ok(alerts) => alerts,
+            Err(e) => return Err(unrecorded(e, false, record, Vec::new())),
+        };
+        match self
+            .gate
+            .inner
+            .usage
+            .append(self.caller.org_id, std::slice::from_ref(&record))
+            .await
+        {
+            Ok(_) => Ok((record, alerts)),
+            Err(e) => Err(unrecorded(e, true, record, alerts)),
+        }
     }
 
     fn record(

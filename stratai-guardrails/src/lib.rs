@@ -11,6 +11,8 @@ pub mod post;
 pub mod pre;
 pub mod rate;
 pub mod rule;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 
 pub use decision::{Decision, Modification, Outcome, Reason};
 pub use engine::Guardrails;
@@ -27,3 +29,5 @@ pub use post::{AnswerStream, FilteredAnswer, StreamEnd, StreamStep};
 pub use pre::{PendingPre, PreRequest, RateCheck, RateQuery, estimate_tokens};
 pub use rate::{BucketKey, FetchedVerdicts, GovernorRateLimiter, RateLimiter, RateVerdict};
 pub use rule::{KnownScopes, Level, Rule, RuleError, RuleKind, RuleType};
+#[cfg(feature = "runtime")]
+pub use runtime::{Runtime, RuntimeHandle, RuntimeStores};

@@ -1,20 +1,19 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
-pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod demo_provider;
 pub mod error;
 pub mod extract;
-pub mod fresh_cache;
 pub mod gateway;
 pub mod metrics;
 pub mod openapi;
 pub mod server;
-pub mod spool;
 pub mod stores;
 pub mod ui;
+
+/// The library runtime's modules under the paths the server had them at.
+pub use stratai_guardrails::runtime::{alerts, demo as demo_provider, fresh_cache, spool};

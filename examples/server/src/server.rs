@@ -211,7 +211,7 @@ pub async fn serve(config: Config, backends: Backends) -> Result<(), ServeError>
     axum::serve(no_delay(listener), app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-    drainer.drain(std::time::Duration::from_secs(10)).await;
+    drainer.shutdown(std::time::Duration::from_secs(10)).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -23,10 +23,14 @@ use stratai_core::gateway::{ChatMessage, ChatRequest};
 use stratai_core::ids::{ModelId, UserId};
 use stratai_core::money::Money;
 
-use stratai_guardrails::{Caller, Outcome};
+use stratai_core::StoreError;
+use stratai_core::budget::{BudgetScope, BudgetState, RequestScope, applicable_budgets};
+use stratai_core::ids::{BudgetId, GroupId};
+use stratai_guardrails::Outcome;
+use stratai_guardrails::plan::scope_name;
+use stratai_guardrails::runtime::{MemberView, Refusal, Runtime, gate_refusal};
 
 use super::error::OpenAiError;
-use super::pipeline::{BudgetView, Refusal, gate_refusal};
 use super::{GatewayState, authenticate, org_header, refusal_error};
 
 /// The question.
@@ -203,27 +207,11 @@ async fn explain(
         stream: false,
         user: None,
     };
-    let caller = Caller {
-        org_id: view.org().id,
-        user_id: subject,
-        group_id: None,
-        conversation_id: None,
-        endpoint: "chat".to_owned(),
-    };
-    // The budget list as admission reads it (explain is not on the hot path).
-    let budgets = pipeline
-        .deps()
-        .ledger
-        .list_budgets(view.org().id)
-        .await
-        .map_err(OpenAiError::internal)?;
     // The decision admission makes, without its side effects (no rate-limit token taken,
     // nothing reserved): the same load, the same `decide`, the budgets judged as the
     // reservation would.
     let plan = pipeline
-        .deps()
-        .gatekeeper
-        .explain_request(&caller, &view.snapshot, &budgets, &request, at)
+        .explain(&view, &request, at)
         .await
         .map_err(OpenAiError::internal)?;
     let (code, message) = match plan.refusal {
@@ -234,8 +222,7 @@ async fn explain(
         None => (None, None),
     };
     let budgets = match &plan.grant {
-        Some(grant) => pipeline
-            .budget_views(&view, grant.tier_id, at)
+        Some(grant) => budget_views(pipeline, &view, grant.tier_id, at)
             .await
             .map_err(OpenAiError::internal)?,
         None => Vec::new(),
@@ -268,4 +255,68 @@ fn not_found() -> OpenAiError {
         "not_found",
         "no such member in this organization",
     )
+}
+
+/// A budget as the explain endpoint reports it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct BudgetView {
+    /// Budget.
+    pub budget_id: BudgetId,
+    /// Scope.
+    pub scope: BudgetScope,
+    /// Readable scope.
+    pub scope_name: String,
+    /// Limit.
+    pub limit: Money,
+    /// Spent in the period.
+    pub spent: Money,
+    /// Reserved in the period.
+    pub reserved: Money,
+    /// Left.
+    pub remaining: Money,
+    /// Blocks when exhausted.
+    pub hard_limit: bool,
+}
+
+/// The states of the budgets that apply to `view`'s member for a model of `tier`, at `at`.
+async fn budget_views(
+    pipeline: &Runtime,
+    view: &MemberView,
+    tier: stratai_core::ids::TierId,
+    at: DateTime<Utc>,
+) -> Result<Vec<BudgetView>, StoreError> {
+    let all = pipeline.deps().ledger.list_budgets(view.org().id).await?;
+    let group_ids: Vec<GroupId> = view.groups().iter().map(|g| g.id).collect();
+    let scope = RequestScope {
+        org_id: view.org().id,
+        user_id: view.membership().user_id,
+        group_ids: &group_ids,
+        tier_id: Some(tier),
+    };
+    let ids: Vec<BudgetId> = applicable_budgets(&all, &scope)
+        .iter()
+        .map(|b| b.id)
+        .collect();
+    let states: Vec<BudgetState> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        pipeline
+            .deps()
+            .ledger
+            .states(view.org().id, &ids, at)
+            .await?
+    };
+    Ok(states
+        .into_iter()
+        .map(|s| BudgetView {
+            budget_id: s.budget.id,
+            scope: s.budget.scope,
+            scope_name: scope_name(&s.budget.scope, view.groups()),
+            limit: s.budget.limit,
+            spent: s.spent,
+            reserved: s.reserved,
+            remaining: s.budget.limit.saturating_sub(s.spent + s.reserved),
+            hard_limit: s.budget.hard_limit,
+        })
+        .collect())
 }

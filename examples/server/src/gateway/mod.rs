@@ -13,14 +13,14 @@
 //! Errors follow OpenAI's `{"error": {"message", "type", "code", "param"}}` shape (see
 //! [`error::OpenAiError`]).
 
-pub mod batch;
 pub mod error;
 pub mod explain;
-mod finish;
 pub mod openai;
-pub mod pipeline;
 pub mod setup;
 mod stream;
+
+/// The runtime's batched usage writer and governed path, under their old paths.
+pub use stratai_guardrails::runtime::{self as pipeline, batch};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,15 +30,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use stratai_core::gateway::{CallContext, ChatRequest, GatewayError};
+use stratai_core::gateway::{ChatRequest, GatewayError};
 use stratai_core::ids::{RequestId, UserId};
-use stratai_core::ports::LlmGateway;
+use stratai_guardrails::runtime::{CallFailure, Refusal, Runtime, RuntimeHandle, Served};
 
 use crate::auth::Auth;
 use crate::auth::identity::Principal;
-use crate::metrics::{self, ReasonKind};
+use crate::metrics;
 use error::OpenAiError;
-use pipeline::{Pipeline, Refusal};
 
 /// Response header: StratAI's request id (the usage record's key).
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-stratai-request-id");
@@ -56,16 +55,15 @@ pub const SERVER_TIMING_HEADER: HeaderName = HeaderName::from_static("server-tim
 pub struct GatewayState {
     /// Authentication (the admin API's).
     pub auth: Arc<Auth>,
-    /// The governed pipeline.
-    pub pipeline: Pipeline,
-    /// The LLM provider (LiteLLM or the offline demo).
-    pub llm: Arc<dyn LlmGateway>,
+    /// The governed path (the library runtime; it holds the LLM provider).
+    pub pipeline: Runtime,
     /// Provider label for metrics (`litellm`, `demo`).
     pub provider: &'static str,
     /// The LiteLLM proxy's client when one is configured, for the readiness report.
     pub upstream: Option<stratai_litellm::LiteLlmClient>,
-    /// What to flush at graceful shutdown (budget leases, queued usage records).
-    pub drainer: setup::Drainer,
+    /// The runtime's background tasks: drained (budget leases, queued usage records) and
+    /// stopped at graceful shutdown.
+    pub drainer: RuntimeHandle,
 }
 
 impl GatewayState {
@@ -459,61 +457,20 @@ async fn chat_inner(
         .await
         .map_err(|r| refusal_error(r).for_request(request_id))?;
     let request_id = admission.ticket.request_id;
-    let ctx = CallContext {
-        request_id,
-        org_id: admission.ticket.org_id,
-        user_id: user,
-    };
     let mut out_headers = HeaderMap::new();
     out_headers.insert(REQUEST_ID_HEADER, header_text(&request_id.to_string()));
     if !admission.warnings.is_empty() {
         out_headers.insert(WARNINGS_HEADER, header_text(&admission.warnings.join("; ")));
     }
     if admission.request.stream {
-        return stream::respond(state, ctx, admission, out_headers, upstream_time).await;
+        return stream::respond(state, admission, out_headers, upstream_time).await;
     }
-    // The call and its settlement run to the end even if the client goes away while the
-    // upstream works (`Finish` then moves them to a task of their own): the reservation must
-    // not stay unsettled, nor the usage unrecorded.
-    let task_state = state.clone();
-    let work = finish::Finish::new(async move {
-        let started = Instant::now();
-        let result = task_state.llm.chat(&ctx, &admission.request).await;
-        let upstream = started.elapsed();
-        metrics::record_upstream_latency(
-            task_state.provider,
-            if result.is_ok() { "ok" } else { "error" },
-            upstream,
-        );
-        let outcome = match result {
-            Ok(answer) => {
-                let (delivered, blocked, billed) =
-                    task_state.pipeline.complete(admission.ticket, answer).await;
-                if let Some(decision) = blocked {
-                    metrics::record_decision("deny", ReasonKind::Guardrail);
-                    Ok(Err((decision, billed)))
-                } else {
-                    match delivered {
-                        Some(answer) => Ok(Ok((answer, billed))),
-                        None => Err(GatewayError::Unavailable(
-                            "the answer could not be recorded".to_owned(),
-                        )),
-                    }
-                }
-            }
-            Err(e) => {
-                metrics::record_decision("deny", ReasonKind::Upstream);
-                task_state.pipeline.abort(admission.ticket).await;
-                Err(e)
-            }
-        };
-        (upstream, outcome)
-    });
-    let (upstream, outcome) = work.await;
-    *upstream_time = Some(upstream);
-    let (answer, billed) = match outcome {
-        Ok(Ok(v)) => v,
-        Ok(Err((decision, billed))) => {
+    // The call and its settlement run to the end even if the client goes away.
+    let called = state.pipeline.call(admission).await;
+    *upstream_time = Some(called.upstream);
+    let Served { answer, billed } = match called.outcome {
+        Ok(served) => served,
+        Err(CallFailure::Blocked { decision, billed }) => {
             let mut e = blocked_error(&decision).for_request(request_id);
             e.detail.insert(
                 "billed_cost".to_owned(),
@@ -521,7 +478,7 @@ async fn chat_inner(
             );
             return Err(e);
         }
-        Err(e) => return Err(upstream_error(&e).for_request(request_id)),
+        Err(CallFailure::Upstream(e)) => return Err(upstream_error(&e).for_request(request_id)),
     };
     out_headers.insert(
         BILLED_COST_HEADER,

@@ -31,23 +31,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stratai_core::ports::{BudgetLedger, LlmGateway, SystemClock, UsageStore};
-use stratai_guardrails::{
-    Gatekeeper, GatekeeperConfig, Guardrails, LeaseConfig, LeasedLedger, Policy,
+use stratai_core::ports::LlmGateway;
+use stratai_guardrails::runtime::alerts::AlertSink;
+use stratai_guardrails::runtime::demo::{DemoConfig, DemoProvider};
+use stratai_guardrails::runtime::{
+    Runtime, RuntimeHandle, RuntimeSettings, RuntimeStores, UsageBatching, lease_config,
 };
+use stratai_guardrails::{GatekeeperConfig, LeaseConfig};
 use stratai_litellm::gateway::LiteLlmGateway;
 use stratai_litellm::sync::{CoreDirectory, SyncConfig, SyncEngine};
 use stratai_store::RedisRateLimiter;
 use url::Url;
 
 use super::GatewayState;
-use super::batch::BatchedUsage;
-use super::pipeline::{Pipeline, PipelineDeps};
-use crate::alerts::AlertSink;
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::demo_provider::{DemoConfig, DemoProvider};
-use crate::spool::Spool;
 use crate::stores::Stores;
 
 /// Gateway settings that are not in [`Config`].
@@ -80,9 +78,6 @@ pub struct GatewayOptions {
     pub redis_url: Option<String>,
 }
 
-/// Queue size of the batched usage writer when batching is on.
-const USAGE_BATCH_CAPACITY: usize = 65_536;
-
 impl std::fmt::Debug for GatewayOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayOptions")
@@ -113,99 +108,18 @@ impl GatewayOptions {
             spool_replay: Duration::from_secs(10),
             sync_interval: Duration::from_secs(1),
             view_cache_ttl: g.view_cache_ttl,
-            budget_lease: g.budget_lease.map(|lease| LeaseConfig {
-                max_age: lease.max_age,
-                block_requests: lease.block_requests,
-                reservation_ttl: chrono::Duration::seconds(super::pipeline::RESERVATION_TTL_SECS),
-                ..LeaseConfig::default()
-            }),
-            usage_batch: g.usage_batch.then_some(USAGE_BATCH_CAPACITY),
+            budget_lease: g
+                .budget_lease
+                .map(|lease| lease_config(lease.max_age, lease.block_requests)),
+            usage_batch: g.usage_batch.then_some(UsageBatching::default().capacity),
             usage_batch_linger: g.usage_batch_linger,
             redis_url: g.redis_url.as_ref().map(|u| u.expose().to_owned()),
         }
     }
 }
 
-/// What must be flushed at graceful shutdown: open budget leases and queued usage records.
-#[derive(Clone, Debug, Default)]
-pub struct Drainer {
-    leases: Option<Arc<LeasedLedger>>,
-    batch: Option<Arc<BatchedUsage>>,
-    alerts: Option<AlertSink>,
-}
-
-impl Drainer {
-    /// Settles every budget lease and writes every queued usage record. Call after the HTTP
-    /// server stopped taking requests; waits at most `patience` for requests still in flight.
-    pub async fn drain(&self, patience: Duration) {
-        let deadline = tokio::time::Instant::now() + patience;
-        if let Some(leases) = &self.leases {
-            loop {
-                match leases.close_all(chrono::Utc::now()).await {
-                    Ok((0, alerts)) => {
-                        self.fire(&alerts);
-                        break;
-                    }
-                    Ok((_, alerts)) => {
-                        self.fire(&alerts);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "budget leases not settled yet"),
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    tracing::warn!(
-                        open = leases.open_leases(),
-                        "budget leases left open at shutdown; their reservations expire in the database"
-                    );
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        if let Some(batch) = &self.batch
-            && tokio::time::timeout_at(deadline, batch.drain())
-                .await
-                .is_err()
-        {
-            tracing::warn!(
-                pending = batch.pending(),
-                "usage records still queued at shutdown"
-            );
-        }
-    }
-
-    fn fire(&self, alerts: &[stratai_core::budget::BudgetAlert]) {
-        if let Some(sink) = &self.alerts {
-            let _ = sink.fire(alerts);
-        }
-    }
-}
-
-/// Every quarter of a lease's age, and whenever the ledger asks (a lease half used, a
-/// standby lease used, a lease closed by its last request): settles closed and aged leases
-/// (firing the alerts they bring) and opens successors ahead of need, so requests rarely
-/// wait for the database.
-fn spawn_lease_flusher(leases: Arc<LeasedLedger>, alerts: AlertSink, max_age: Duration) {
-    let every = (max_age / 4).max(Duration::from_millis(10));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = leases.refill_wanted() => {}
-            }
-            match leases.flush(chrono::Utc::now()).await {
-                Ok(fired) => {
-                    alerts.fire(&fired);
-                }
-                Err(e) => tracing::warn!(error = %e, "budget leases not settled; retrying"),
-            }
-            if let Err(e) = leases.refill(every * 2, chrono::Utc::now()).await {
-                tracing::warn!(error = %e, "budget leases not refilled; requests open their own");
-            }
-        }
-    });
-}
+/// What must be flushed and stopped at graceful shutdown: the runtime's handle.
+pub type Drainer = RuntimeHandle;
 
 /// How often the in-process sync reconciles LiteLLM with the directory (repairing drift,
 /// including keys whose secret this process does not hold, e.g. after a restart).
@@ -309,68 +223,7 @@ pub async fn build_state(
             (Arc::new(DemoProvider::new(options.demo)), "demo")
         }
     };
-    let spool = Arc::new(
-        Spool::open(&options.spool_path)
-            .await
-            .map_err(|e| e.to_string())?,
-    );
-    if spool.pending() > 0 {
-        tracing::warn!(
-            pending = spool.pending(),
-            path = %options.spool_path.display(),
-            "usage records waiting in the spool; they will be replayed"
-        );
-    }
-    let alerts = AlertSink::new(options.alert_webhook);
-    let mut drainer = Drainer {
-        alerts: Some(alerts.clone()),
-        ..Drainer::default()
-    };
-    let fresh_budgets = options.budget_lease.is_none();
-    let ledger: Arc<dyn BudgetLedger> = match options.budget_lease {
-        Some(lease) => {
-            tracing::info!(
-                max_age_ms = lease.max_age.as_millis(),
-                block_requests = lease.block_requests,
-                "budget leases on: budget is reserved in blocks"
-            );
-            let leased = Arc::new(LeasedLedger::new(stores.budgets.clone(), lease.clone()));
-            spawn_lease_flusher(leased.clone(), alerts.clone(), lease.max_age);
-            drainer.leases = Some(leased.clone());
-            leased
-        }
-        None => stores.budgets.clone(),
-    };
-    let usage: Arc<dyn UsageStore> = match options.usage_batch {
-        Some(capacity) => {
-            tracing::info!(
-                capacity,
-                "usage records are written in batches off the response path"
-            );
-            let batch = BatchedUsage::spawn(
-                stores.usage.clone(),
-                spool.clone(),
-                capacity,
-                options.usage_batch_linger,
-            );
-            drainer.batch = Some(batch.clone());
-            batch
-        }
-        None => stores.usage.clone(),
-    };
-    let guardrails = Arc::new(Guardrails::new(Policy::empty()));
-    let gatekeeper = Gatekeeper::new(
-        stores.directory.clone(),
-        stores.tiers.clone(),
-        ledger.clone(),
-        usage.clone(),
-        guardrails.clone(),
-        GatekeeperConfig {
-            prices: config.prices.clone(),
-            ..GatekeeperConfig::default()
-        },
-    );
-    let gatekeeper = match &options.redis_url {
+    let shared_rates = match &options.redis_url {
         Some(url) => {
             let limiter = RedisRateLimiter::new(url).map_err(|e| e.to_string())?;
             match limiter.ping().await {
@@ -380,42 +233,44 @@ pub async fn build_state(
                     "Redis does not answer: rate limits are per instance until it does"
                 ),
             }
-            gatekeeper.with_shared_rate_limiter(Arc::new(limiter))
+            Some(limiter)
         }
-        None => gatekeeper,
+        None => None,
     };
-    let pipeline = Pipeline::new(PipelineDeps {
+    let settings = RuntimeSettings {
+        view_cache_ttl: options.view_cache_ttl,
+        budget_lease: options.budget_lease,
+        usage_batching: options.usage_batch.map(|capacity| UsageBatching {
+            capacity,
+            linger: options.usage_batch_linger,
+        }),
+        spool: Some(options.spool_path),
+        spool_replay: options.spool_replay,
+        guardrail_reload: Some(options.guardrail_reload),
+        gatekeeper: GatekeeperConfig {
+            prices: config.prices.clone(),
+            ..GatekeeperConfig::default()
+        },
+    };
+    let mut builder = Runtime::builder(RuntimeStores {
         directory: stores.directory.clone(),
         tiers: stores.tiers.clone(),
-        ledger: ledger.clone(),
-        usage,
-        spool: spool.clone(),
-        alerts,
-        clock: Arc::new(SystemClock),
-        guardrails,
-        gatekeeper,
+        budgets: stores.budgets.clone(),
+        usage: stores.usage.clone(),
         rules: stores.guardrails.clone(),
-        view_ttl: options.view_cache_ttl,
-        fresh_budgets,
-    });
-    if let Err(e) = pipeline.reload_guardrails().await {
-        tracing::warn!(error = %e, "guardrail policy not loaded at start; running with the empty policy until the next reload");
+    })
+    .settings(settings)
+    .provider(llm, provider)
+    .alerts(AlertSink::webhook(options.alert_webhook));
+    if let Some(limiter) = shared_rates {
+        builder = builder.shared_rate_limiter(Arc::new(limiter));
     }
-    pipeline.spawn_guardrail_reloader(options.guardrail_reload);
-    // Replayed settlements go through the same ledger as requests, so a request already
-    // settled inside a lease of this process is not charged twice.
-    spool.spawn_replayer(
-        ledger,
-        stores.usage.clone(),
-        pipeline.deps().alerts.clone(),
-        options.spool_replay,
-    );
+    let (pipeline, drainer) = builder.build().await.map_err(|e| e.to_string())?;
     // Make the metrics recorder exist before the first request, with its upkeep running.
     crate::metrics::start();
     Ok(GatewayState {
         auth,
         pipeline,
-        llm,
         provider,
         upstream,
         drainer,

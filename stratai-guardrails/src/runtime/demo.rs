@@ -1,7 +1,8 @@
-//! The built-in offline LLM provider, used when no LiteLLM proxy is configured.
+//! The built-in offline LLM provider: the runtime's provider when none is given (the server
+//! uses it in dev mode without a LiteLLM proxy).
 //!
-//! It lets the server (and its README session) show governance working on a machine with
-//! nothing installed and no network: answers are deterministic, token counts are exact and
+//! It lets the server (and its README session) or an embedding service show governance
+//! working on a machine with nothing installed and no network: answers are deterministic, token counts are exact and
 //! easy to reason about (one whitespace-separated word is one token), streams come as real
 //! chunks.
 //!

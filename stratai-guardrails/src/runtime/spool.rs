@@ -113,7 +113,7 @@ impl Spool {
             .await
             .map_err(io_err(&path))?;
         let pending = text.lines().filter(|l| !l.trim().is_empty()).count();
-        crate::metrics::set_spool_pending(pending);
+        super::metrics::set_spool_pending(pending);
         Ok(Self {
             path,
             file: Mutex::new(file),
@@ -141,8 +141,8 @@ impl Spool {
         file.write_all(&line).await.map_err(io_err(&self.path))?;
         file.sync_data().await.map_err(io_err(&self.path))?;
         let pending = self.pending.fetch_add(1, Ordering::Relaxed) + 1;
-        crate::metrics::record_spooled();
-        crate::metrics::set_spool_pending(pending);
+        super::metrics::record_spooled();
+        super::metrics::set_spool_pending(pending);
         Ok(())
     }
 
@@ -218,7 +218,7 @@ impl Spool {
                     report.inserted += outcome.inserted;
                     report.duplicates += outcome.duplicates;
                     for e in &settled {
-                        crate::metrics::record_usage_write_lag_since(e.spooled_at);
+                        super::metrics::record_usage_write_lag_since(e.spooled_at);
                     }
                 }
                 Err(e) => {
@@ -267,7 +267,7 @@ impl Spool {
         }
         *file = open_append(&self.path).await?;
         self.pending.store(keep.len(), Ordering::Relaxed);
-        crate::metrics::set_spool_pending(keep.len());
+        super::metrics::set_spool_pending(keep.len());
         Ok(report)
     }
 
@@ -276,7 +276,7 @@ impl Spool {
         self: Arc<Self>,
         ledger: Arc<dyn BudgetLedger>,
         usage: Arc<dyn UsageStore>,
-        alerts: crate::alerts::AlertSink,
+        alerts: super::alerts::AlertSink,
         interval: Duration,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {

@@ -54,7 +54,7 @@ impl<K, V> std::fmt::Debug for FreshCache<K, V> {
 }
 
 /// Locks `m`, poisoned or not: for maps that hold no invariant a panic could break halfway.
-pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

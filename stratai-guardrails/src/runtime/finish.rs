@@ -15,14 +15,15 @@ use tokio::runtime::Handle;
 /// A future that, dropped before it is done, finishes in a task spawned on the runtime it
 /// was created on (see the module docs). Polled after it returned `Ready`, it stays
 /// `Pending`.
-pub(crate) struct Finish<T: Send + 'static> {
+pub struct Finish<T: Send + 'static> {
     work: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
     runtime: Handle,
 }
 
 impl<T: Send + 'static> Finish<T> {
     /// Wraps `work`. Must be called within a Tokio runtime (it remembers it).
-    pub(crate) fn new(work: impl Future<Output = T> + Send + 'static) -> Self {
+    #[must_use]
+    pub fn new(work: impl Future<Output = T> + Send + 'static) -> Self {
         Self {
             work: Some(Box::pin(work)),
             runtime: Handle::current(),

@@ -37,7 +37,7 @@ use stratai_core::ports::{AppendOutcome, UsageStore};
 use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord};
 use tokio::sync::{Notify, mpsc};
 
-use crate::spool::{Spool, SpoolEntry};
+use super::spool::{Spool, SpoolEntry};
 
 /// Most records written in one store call.
 const MAX_BATCH: usize = 2_000;
@@ -170,7 +170,7 @@ async fn writer(
             match inner.append(org, &records).await {
                 Ok(_) => {
                     if let Some(at) = oldest {
-                        crate::metrics::record_usage_write_lag("batched", at);
+                        super::metrics::record_usage_write_lag("batched", at);
                     }
                 }
                 Err(e) => {
@@ -272,7 +272,7 @@ impl UsageStore for BatchedUsage {
 mod tests {
     use super::*;
 
-    use crate::spool::tests::{FlakyUsage, record};
+    use crate::runtime::spool::tests::{FlakyUsage, record};
     use stratai_testkit::Scratch;
 
     /// The writer over a flaky store, and the scratch folder of its spool (removed on drop).

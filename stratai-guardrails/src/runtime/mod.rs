@@ -1,50 +1,74 @@
-//! The governed request lifecycle behind `/v1/chat/completions`:
-//! organization -> model access -> (guardrails, rate limits) -> budget reservation of the
-//! worst-case cost -> the LLM call (by the handler) -> settlement of the actual cost + the
-//! usage record (spooled durably when the store fails) + budget alerts.
+//! The runtime of the governed request path (`runtime` feature, on by default): what a service
+//! needs to run requests the way StratAI's server does, fast and exactly once.
 //!
-//! [`Pipeline::admit`] answers an [`Admission`] (the request as it may go upstream and a
-//! [`Ticket`] to settle it) or a [`Refusal`]; [`Pipeline::finish`] settles a ticket exactly
-//! once per request id, whatever happened (complete, client gone mid-stream, upstream failure).
+//! organization -> model access -> (guardrails, rate limits) -> budget reservation of the
+//! worst-case cost -> the provider call -> settlement of the actual cost + the usage record
+//! (spooled durably when the store fails) + budget alerts.
+//!
+//! Build one with [`Runtime::builder`]: the stores, then typed settings (member-view cache,
+//! budget leases, batched usage writes, the spool, the alert sink, a shared rate limiter,
+//! reload and replay intervals). [`RuntimeBuilder::build`] answers the [`Runtime`] (cheap to
+//! clone, share it) and the [`RuntimeHandle`] that owns every background task it started
+//! (policy reload, spool replay, lease upkeep, the batch writer) and drains them at shutdown.
+//!
+//! A request: [`Runtime::caller_view`] (cached, see [`fresh_cache`]) -> [`Runtime::admit`]
+//! (the [`Gatekeeper`]'s one decision, then the reservation) -> [`Runtime::call`] (the
+//! provider call, settled and recorded even if the caller stops waiting) or
+//! [`Runtime::open_stream`] (a [`stream::GovernedStream`] that settles exactly once, when it
+//! ends or is dropped). [`Runtime::chat`] does all of it in one call. A [`Ticket`] can also
+//! be settled by hand with [`Runtime::complete`], [`Runtime::finish_stream`] or
+//! [`Runtime::abort`].
+
+pub mod alerts;
+pub mod batch;
+mod builder;
+pub mod demo;
+mod finish;
+pub mod fresh_cache;
+pub mod metrics;
+pub mod spool;
+pub mod stream;
+
+pub use builder::{
+    RuntimeBuilder, RuntimeError, RuntimeHandle, RuntimeSettings, RuntimeStores, UsageBatching,
+    lease_config,
+};
+pub use finish::Finish;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use stratai_core::StoreError;
-use stratai_core::budget::{
-    BudgetRefusal, BudgetScope, BudgetState, RequestScope,
-    applicable_budgets as core_applicable_budgets,
-};
+use stratai_core::budget::BudgetRefusal;
 use stratai_core::directory::{Group, Membership, Organization, Slug};
-use stratai_core::gateway::{ChatRequest, ChatResponse, TokenUsage};
+use stratai_core::gateway::{CallContext, ChatRequest, ChatResponse, GatewayError, TokenUsage};
 use stratai_core::ids::{BudgetId, GroupId, ModelId, OrgId, RequestId, UserId};
 use stratai_core::money::Money;
 use stratai_core::ports::{
-    BudgetLedger, Clock, DirectoryStore, GuardrailStore, TierStore, UsageStore,
+    BudgetLedger, Clock, DirectoryStore, GuardrailStore, LlmGateway, TierStore, UsageStore,
 };
 use stratai_core::tiers::{
     MemberContext, ModelDenial, ModelTier, TierAccess, TierCatalog, check_model, resolve_tiers,
 };
 use stratai_core::usage::UsageStatus;
-use stratai_guardrails::plan::scope_name;
-use stratai_guardrails::{
+
+use self::metrics::ReasonKind;
+use crate::plan::{Plan, scope_name};
+use crate::{
     Admission as GateAdmission, Caller, Decision, Gatekeeper, Guardrails, KnownScopes,
     MemberSnapshot, Refusal as GateRefusal,
 };
-
-use crate::alerts::AlertSink;
-use crate::fresh_cache::{FreshCache, Lookup};
-use crate::metrics::{self, ReasonKind};
-use crate::spool::{Spool, SpoolEntry, SpoolSettle};
+use alerts::AlertSink;
+use fresh_cache::{FreshCache, Lookup};
+use spool::{Spool, SpoolEntry, SpoolSettle};
 
 /// How long an unsettled reservation lives before the ledger reclaims it.
 pub const RESERVATION_TTL_SECS: i64 = 15 * 60;
 
-/// The stores and sinks the pipeline works on.
+/// What a [`Runtime`] works on (see [`Runtime::deps`]).
 #[derive(Clone)]
-pub struct PipelineDeps {
+pub struct RuntimeDeps {
     /// Organizations, members, groups.
     pub directory: Arc<dyn DirectoryStore>,
     /// Tier catalog and subscriptions.
@@ -53,8 +77,12 @@ pub struct PipelineDeps {
     pub ledger: Arc<dyn BudgetLedger>,
     /// Usage records.
     pub usage: Arc<dyn UsageStore>,
-    /// Where failed usage writes go.
-    pub spool: Arc<Spool>,
+    /// Where failed usage writes go (`None`: they are logged as not durable).
+    pub spool: Option<Arc<Spool>>,
+    /// The LLM provider.
+    pub llm: Arc<dyn LlmGateway>,
+    /// The provider's label in metrics (`litellm`, `demo`).
+    pub provider: &'static str,
     /// Budget alerts.
     pub alerts: AlertSink,
     /// Now.
@@ -64,10 +92,10 @@ pub struct PipelineDeps {
     /// The SDK's request lifecycle (model access, guardrails, rate limits, budget
     /// reservation, post filter, settlement, usage record).
     pub gatekeeper: Gatekeeper,
-    /// Where guardrail rules are stored (for [`Pipeline::reload_guardrails`]).
+    /// Where guardrail rules are stored (for [`Runtime::reload_guardrails`]).
     pub rules: Arc<dyn GuardrailStore>,
     /// How long a caller's organization, membership, groups, tier access and budget list are
-    /// reused by [`Pipeline::caller_view`] (zero: never). Changes by admins take effect
+    /// reused by [`Runtime::caller_view`] (zero: never). Changes by admins take effect
     /// after at most this long; budget *amounts* are always read by the ledger itself.
     pub view_ttl: std::time::Duration,
     /// Read the organization's budget list at every admission (true in strict mode), so a
@@ -79,16 +107,18 @@ pub struct PipelineDeps {
 /// A caller's view, by user and the organization they asked for.
 type ViewKey = (UserId, String);
 
-/// The governed pipeline.
+/// The governed request path (see the module docs). Cheap to clone.
 #[derive(Clone)]
-pub struct Pipeline {
-    deps: PipelineDeps,
+pub struct Runtime {
+    deps: Arc<RuntimeDeps>,
     cache: Arc<FreshCache<ViewKey, Arc<MemberView>>>,
 }
 
-impl std::fmt::Debug for Pipeline {
+impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("provider", &self.deps.provider)
+            .finish_non_exhaustive()
     }
 }
 
@@ -132,7 +162,7 @@ impl From<StoreError> for Refusal {
     }
 }
 
-/// What the gateway knows about an admitted request besides the Gatekeeper's admission.
+/// What the runtime knows about an admitted request besides the Gatekeeper's admission.
 #[derive(Clone, Debug)]
 pub struct TicketInfo {
     /// Request id (idempotency key of the ledger and the usage record).
@@ -158,7 +188,7 @@ pub struct TicketInfo {
 }
 
 /// An admitted request's settlement handle: the Gatekeeper's admission (which holds the
-/// reservation) and what the gateway needs if the store fails.
+/// reservation) and what the runtime needs if the store fails.
 #[derive(Debug)]
 pub struct Ticket {
     /// The Gatekeeper's admission.
@@ -211,7 +241,7 @@ impl Ticket {
 
     /// A post filter for the streamed answer (the Gatekeeper's, for this member and tier).
     #[must_use]
-    pub fn answer_stream(&self) -> stratai_guardrails::AnswerStream {
+    pub fn answer_stream(&self) -> crate::AnswerStream {
         self.admission.answer_stream(Utc::now())
     }
 }
@@ -234,27 +264,6 @@ pub struct Billed {
     pub amount: Money,
     /// Whether the record went to the spool instead of the store.
     pub spooled: bool,
-}
-
-/// A budget as the explain endpoint reports it.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct BudgetView {
-    /// Budget.
-    pub budget_id: BudgetId,
-    /// Scope.
-    pub scope: BudgetScope,
-    /// Readable scope.
-    pub scope_name: String,
-    /// Limit.
-    pub limit: Money,
-    /// Spent in the period.
-    pub spent: Money,
-    /// Reserved in the period.
-    pub reserved: Money,
-    /// Left.
-    pub remaining: Money,
-    /// Blocks when exhausted.
-    pub hard_limit: bool,
 }
 
 /// The member's situation in one organization: the Gatekeeper's [`MemberSnapshot`] (org,
@@ -308,9 +317,10 @@ impl MemberView {
     }
 }
 
-/// The gateway's refusal for the Gatekeeper's (the chat routes and `/api/explain` answer
+/// The runtime's refusal for the Gatekeeper's (the chat routes and `/api/explain` answer
 /// the same error for the same refusal).
-pub(crate) fn gate_refusal(refusal: GateRefusal, view: &MemberView) -> Refusal {
+#[must_use]
+pub fn gate_refusal(refusal: GateRefusal, view: &MemberView) -> Refusal {
     match refusal {
         GateRefusal::OrgInactive(_) => Refusal::Organization {
             must_choose: false,
@@ -329,7 +339,7 @@ pub(crate) fn gate_refusal(refusal: GateRefusal, view: &MemberView) -> Refusal {
             let rate_limited = decision.retry_after.is_some()
                 && decision
                     .blocking_reasons()
-                    .all(|r| r.rule_type == stratai_guardrails::RuleType::RateLimit);
+                    .all(|r| r.rule_type == crate::RuleType::RateLimit);
             if rate_limited {
                 Refusal::RateLimited(*decision)
             } else {
@@ -347,19 +357,23 @@ pub(crate) fn gate_refusal(refusal: GateRefusal, view: &MemberView) -> Refusal {
     }
 }
 
-impl Pipeline {
-    /// A pipeline over `deps`.
+impl Runtime {
+    /// A builder over `stores` (see [`RuntimeBuilder`]).
     #[must_use]
-    pub fn new(deps: PipelineDeps) -> Self {
+    pub fn builder(stores: RuntimeStores) -> RuntimeBuilder {
+        RuntimeBuilder::new(stores)
+    }
+
+    fn new(deps: RuntimeDeps) -> Self {
         Self {
             cache: Arc::new(FreshCache::new(deps.view_ttl)),
-            deps,
+            deps: Arc::new(deps),
         }
     }
 
-    /// The caller's view in the organization they chose (see [`Pipeline::choose_org`]),
-    /// with the organization's budget list (unless [`PipelineDeps::fresh_budgets`]); reused
-    /// for at most [`PipelineDeps::view_ttl`], refreshed ahead of expiry by one background
+    /// The caller's view in the organization they chose (see [`Runtime::choose_org`]),
+    /// with the organization's budget list (unless [`RuntimeDeps::fresh_budgets`]); reused
+    /// for at most [`RuntimeDeps::view_ttl`], refreshed ahead of expiry by one background
     /// load, loaded once for concurrent callers that miss (see [`FreshCache`]).
     pub async fn caller_view(
         &self,
@@ -407,7 +421,7 @@ impl Pipeline {
 
     /// The dependencies.
     #[must_use]
-    pub fn deps(&self) -> &PipelineDeps {
+    pub fn deps(&self) -> &RuntimeDeps {
         &self.deps
     }
 
@@ -533,8 +547,8 @@ impl Pipeline {
 
     /// Decides and reserves through the SDK's [`Gatekeeper`] (model access, pre-request
     /// guardrails and rate limits, budget reservation of the worst case). On success the
-    /// reservation is held by the returned ticket until [`Pipeline::complete`],
-    /// [`Pipeline::finish_stream`] or [`Pipeline::abort`] (or its expiry).
+    /// reservation is held by the returned ticket until [`Runtime::complete`],
+    /// [`Runtime::finish_stream`] or [`Runtime::abort`] (or its expiry).
     pub async fn admit(
         &self,
         view: &MemberView,
@@ -569,7 +583,7 @@ impl Pipeline {
             Err(refusal) => return Err(self.refusal(refusal, view)),
         };
         let warnings = admitted.warnings().to_vec();
-        metrics::record_decision(
+        self::metrics::record_decision(
             if warnings.is_empty() { "allow" } else { "warn" },
             if warnings.is_empty() {
                 ReasonKind::None
@@ -610,12 +624,16 @@ impl Pipeline {
     fn refusal(&self, refusal: GateRefusal, view: &MemberView) -> Refusal {
         let refusal = gate_refusal(refusal, view);
         match &refusal {
-            Refusal::ModelDenied(_) => metrics::record_decision("deny", ReasonKind::ModelAccess),
-            Refusal::RateLimited(_) => metrics::record_decision("deny", ReasonKind::RateLimit),
-            Refusal::Blocked(_) => metrics::record_decision("deny", ReasonKind::Guardrail),
+            Refusal::ModelDenied(_) => {
+                self::metrics::record_decision("deny", ReasonKind::ModelAccess)
+            }
+            Refusal::RateLimited(_) => {
+                self::metrics::record_decision("deny", ReasonKind::RateLimit)
+            }
+            Refusal::Blocked(_) => self::metrics::record_decision("deny", ReasonKind::Guardrail),
             Refusal::Budget { refusal, .. } => {
-                metrics::record_decision("deny", ReasonKind::Budget);
-                metrics::record_budget_refusal(&refusal.scope);
+                self::metrics::record_decision("deny", ReasonKind::Budget);
+                self::metrics::record_budget_refusal(&refusal.scope);
             }
             Refusal::Organization { .. } | Refusal::BadRequest { .. } | Refusal::Internal(_) => {}
         }
@@ -634,21 +652,15 @@ impl Pipeline {
         let SplitTicket { admission, rest } = ticket.split();
         match admission.complete(response, self.deps.clock.now()).await {
             Ok(done) => {
-                self.deps.alerts.fire(&done.alerts);
-                self.deps.alerts.overage(&done.usage);
-                metrics::record_usage_write_lag("direct", rest.started);
+                let billed = self.settled(&done.alerts, &done.usage, rest.started);
                 let blocked = (!done.decision.is_allowed()).then_some(done.decision);
-                let billed = Billed {
-                    amount: done.usage.billed_amount,
-                    spooled: false,
-                };
                 (done.response, blocked, billed)
             }
             Err(unrecorded) => {
                 let billed = self.spool(*unrecorded).await;
                 // The record is safe in the spool: deliver the answer, filtered as the
                 // Gatekeeper would have.
-                let principal = stratai_guardrails::Principal {
+                let principal = crate::Principal {
                     org_id: rest.org_id,
                     user_id: rest.user_id,
                     groups: rest.groups.clone(),
@@ -676,7 +688,7 @@ impl Pipeline {
     pub async fn finish_stream(
         &self,
         ticket: Ticket,
-        end: stratai_guardrails::StreamEnd,
+        end: crate::StreamEnd,
         usage: TokenUsage,
         upstream_id: Option<String>,
         complete: bool,
@@ -686,15 +698,7 @@ impl Pipeline {
             .finish_stream(end, usage, upstream_id, complete, self.deps.clock.now())
             .await
         {
-            Ok(done) => {
-                self.deps.alerts.fire(&done.alerts);
-                self.deps.alerts.overage(&done.usage);
-                metrics::record_usage_write_lag("direct", rest.started);
-                Billed {
-                    amount: done.usage.billed_amount,
-                    spooled: false,
-                }
-            }
+            Ok(done) => self.settled(&done.alerts, &done.usage, rest.started),
             Err(unrecorded) => self.spool(*unrecorded).await,
         }
     }
@@ -715,8 +719,8 @@ impl Pipeline {
     /// The Gatekeeper could not settle or record: fire the alerts the settlement raised, and
     /// write what it did not to the durable spool (the settlement too when the ledger did not
     /// take it; both are idempotent by request id).
-    async fn spool(&self, unrecorded: stratai_guardrails::Unrecorded) -> Billed {
-        let stratai_guardrails::Unrecorded {
+    async fn spool(&self, unrecorded: crate::Unrecorded) -> Billed {
+        let crate::Unrecorded {
             error,
             settled,
             record,
@@ -738,7 +742,14 @@ impl Pipeline {
             record,
             spooled_at: Utc::now(),
         };
-        let spooled = match self.deps.spool.push(&entry).await {
+        let Some(spool) = &self.deps.spool else {
+            tracing::error!(request_id = %entry.record.request_id, record = ?entry, "USAGE RECORD NOT DURABLE: the store failed and no spool is configured");
+            return Billed {
+                amount,
+                spooled: false,
+            };
+        };
+        let spooled = match spool.push(&entry).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(error = %e, request_id = %entry.record.request_id, record = ?entry, "USAGE RECORD NOT DURABLE: store and spool both failed");
@@ -808,42 +819,247 @@ impl Pipeline {
         })
     }
 
-    /// The states of the budgets that apply to `view`'s member for a model of `tier`, at `at`.
-    pub async fn budget_views(
+    /// The decision admission would make for `request` by `view`'s member at `at`, without
+    /// its side effects (no rate-limit token taken, nothing reserved): the budget list as
+    /// admission reads it, the Gatekeeper's one decision, the budgets judged as the
+    /// reservation would.
+    pub async fn explain(
         &self,
         view: &MemberView,
-        tier: stratai_core::ids::TierId,
+        request: &ChatRequest,
         at: DateTime<Utc>,
-    ) -> Result<Vec<BudgetView>, StoreError> {
-        let all = self.deps.ledger.list_budgets(view.org().id).await?;
-        let group_ids: Vec<GroupId> = view.groups().iter().map(|g| g.id).collect();
-        let scope = RequestScope {
+    ) -> Result<Plan, StoreError> {
+        let caller = Caller {
             org_id: view.org().id,
             user_id: view.membership().user_id,
-            group_ids: &group_ids,
-            tier_id: Some(tier),
+            group_id: None,
+            conversation_id: None,
+            endpoint: "chat".to_owned(),
         };
-        let ids: Vec<BudgetId> = core_applicable_budgets(&all, &scope)
-            .iter()
-            .map(|b| b.id)
-            .collect();
-        let states: Vec<BudgetState> = if ids.is_empty() {
-            Vec::new()
-        } else {
-            self.deps.ledger.states(view.org().id, &ids, at).await?
-        };
-        Ok(states
-            .into_iter()
-            .map(|s| BudgetView {
-                budget_id: s.budget.id,
-                scope: s.budget.scope,
-                scope_name: scope_name(&s.budget.scope, view.groups()),
-                limit: s.budget.limit,
-                spent: s.spent,
-                reserved: s.reserved,
-                remaining: s.budget.limit.saturating_sub(s.spent + s.reserved),
-                hard_limit: s.budget.hard_limit,
-            })
-            .collect())
+        let budgets = self.deps.ledger.list_budgets(view.org().id).await?;
+        self.deps
+            .gatekeeper
+            .explain_request(&caller, &view.snapshot, &budgets, request, at)
+            .await
+    }
+
+    /// Calls the provider for an admitted request and settles it: the answer post-filtered,
+    /// the actual cost charged (at most the reservation), the usage record written (or
+    /// spooled). The call and its settlement run to the end even if the caller stops waiting
+    /// for this future (they then move to a task of their own, see [`Finish`]): the
+    /// reservation never stays unsettled, nor the usage unrecorded.
+    pub async fn call(&self, admission: Admission) -> Called {
+        let me = self.clone();
+        Finish::new(async move {
+            let Admission {
+                request, ticket, ..
+            } = admission;
+            let ctx = ticket.context();
+            let started = Instant::now();
+            let result = me.deps.llm.chat(&ctx, &request).await;
+            let upstream = started.elapsed();
+            self::metrics::record_upstream_latency(
+                me.deps.provider,
+                if result.is_ok() { "ok" } else { "error" },
+                upstream,
+            );
+            let outcome = match result {
+                Ok(answer) => match me.complete(ticket, answer).await {
+                    (_, Some(decision), billed) => {
+                        self::metrics::record_decision("deny", ReasonKind::Guardrail);
+                        Err(CallFailure::Blocked { decision, billed })
+                    }
+                    (Some(answer), None, billed) => Ok(Served { answer, billed }),
+                    (None, None, _) => Err(CallFailure::Upstream(GatewayError::Unavailable(
+                        "the answer could not be recorded".to_owned(),
+                    ))),
+                },
+                Err(e) => {
+                    self::metrics::record_decision("deny", ReasonKind::Upstream);
+                    me.abort(ticket).await;
+                    Err(CallFailure::Upstream(e))
+                }
+            };
+            Called { upstream, outcome }
+        })
+        .await
+    }
+
+    /// Opens the provider's stream for an admitted request: a [`stream::GovernedStream`]
+    /// that post-filters the text as it flows and settles exactly once (when the stream ends,
+    /// fails, is blocked, or is dropped). Also answers how long the provider took to open
+    /// it. When it cannot be opened the reservation is released.
+    pub async fn open_stream(
+        &self,
+        admission: Admission,
+    ) -> (Duration, Result<stream::GovernedStream, GatewayError>) {
+        let Admission {
+            request, ticket, ..
+        } = admission;
+        let ctx = ticket.context();
+        let started = Instant::now();
+        let opened = self.deps.llm.chat_stream(&ctx, &request).await;
+        let upstream = started.elapsed();
+        match opened {
+            Ok(s) => (
+                upstream,
+                Ok(stream::GovernedStream::new(
+                    self.clone(),
+                    s,
+                    ticket,
+                    &request,
+                    started,
+                )),
+            ),
+            Err(e) => {
+                self::metrics::record_upstream_latency(self.deps.provider, "error", upstream);
+                self::metrics::record_decision("deny", ReasonKind::Upstream);
+                self.abort(ticket).await;
+                (upstream, Err(e))
+            }
+        }
+    }
+
+    /// The whole governed path in one call, for a non-streamed `request` by `user` in the
+    /// organization `org` names (id or slug; `None`: the user's only one): the cached view,
+    /// admission, the provider call, settlement.
+    pub async fn chat(
+        &self,
+        user: UserId,
+        org: Option<&str>,
+        request: ChatRequest,
+    ) -> Result<Answer, ChatError> {
+        let view = self.caller_view(user, org).await?;
+        let admission = self.admit(&view, request).await?;
+        let request_id = admission.ticket.request_id;
+        let warnings = admission.warnings.clone();
+        match self.call(admission).await.outcome {
+            Ok(Served { answer, billed }) => Ok(Answer {
+                request_id,
+                response: answer,
+                billed,
+                warnings,
+            }),
+            Err(CallFailure::Blocked { decision, billed }) => {
+                Err(ChatError::Blocked { decision, billed })
+            }
+            Err(CallFailure::Upstream(e)) => Err(ChatError::Upstream(e)),
+        }
+    }
+
+    /// Fires the alerts a settlement raised and measures how long its record took.
+    fn settled(
+        &self,
+        alerts: &[stratai_core::budget::BudgetAlert],
+        usage: &stratai_core::usage::UsageRecord,
+        started: Instant,
+    ) -> Billed {
+        self.deps.alerts.fire(alerts);
+        self.deps.alerts.overage(usage);
+        self::metrics::record_usage_write_lag("direct", started);
+        Billed {
+            amount: usage.billed_amount,
+            spooled: false,
+        }
+    }
+}
+
+impl Ticket {
+    /// The provider's call context.
+    #[must_use]
+    pub fn context(&self) -> CallContext {
+        CallContext {
+            request_id: self.request_id,
+            org_id: self.org_id,
+            user_id: self.user_id,
+        }
+    }
+}
+
+/// What [`Runtime::call`] did: how long the provider took, and the outcome.
+#[derive(Debug)]
+pub struct Called {
+    /// The provider call's duration.
+    pub upstream: Duration,
+    /// The answer as delivered, or why there is none.
+    pub outcome: Result<Served, CallFailure>,
+}
+
+/// A delivered answer and its bill.
+#[derive(Debug)]
+pub struct Served {
+    /// The answer, post-filtered.
+    pub answer: ChatResponse,
+    /// What it was billed.
+    pub billed: Billed,
+}
+
+/// Why an admitted call delivered no answer.
+#[derive(Debug)]
+pub enum CallFailure {
+    /// A post-response guardrail blocked the answer (which was still billed).
+    Blocked {
+        /// The blocking decision.
+        decision: Decision,
+        /// What was billed.
+        billed: Billed,
+    },
+    /// The provider failed; the reservation was released and nothing billed.
+    Upstream(GatewayError),
+}
+
+/// The answer of [`Runtime::chat`].
+#[derive(Debug)]
+pub struct Answer {
+    /// The request id (the usage record's key).
+    pub request_id: RequestId,
+    /// The answer, post-filtered.
+    pub response: ChatResponse,
+    /// What it was billed.
+    pub billed: Billed,
+    /// Soft-budget and rule warnings.
+    pub warnings: Vec<String>,
+}
+
+/// Why [`Runtime::chat`] answered nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// The request was not admitted.
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// A post-response guardrail blocked the answer.
+    #[error("the answer was blocked by a guardrail (billed {})", billed.amount)]
+    Blocked {
+        /// The blocking decision.
+        decision: Decision,
+        /// What was billed.
+        billed: Billed,
+    },
+    /// The provider failed; nothing was billed.
+    #[error("the provider failed: {0}")]
+    Upstream(GatewayError),
+}
+
+impl From<Refusal> for ChatError {
+    fn from(r: Refusal) -> Self {
+        Self::Refused(r)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Organization { message, .. } | Self::Internal(message) => f.write_str(message),
+            Self::BadRequest { param, message } => write!(f, "{param}: {message}"),
+            Self::ModelDenied(denial) => f.write_str(&denial.message()),
+            Self::Blocked(d) | Self::RateLimited(d) => match d.blocking_reasons().next() {
+                Some(r) => write!(f, "{r}"),
+                None => f.write_str("blocked by a guardrail"),
+            },
+            Self::Budget {
+                refusal,
+                scope_name,
+            } => write!(f, "the {scope_name} budget: {refusal}"),
+        }
     }
 }

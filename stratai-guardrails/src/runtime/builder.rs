@@ -1,0 +1,466 @@
+//! [`RuntimeBuilder`]: a [`Runtime`] from its stores and typed settings, and the
+//! [`RuntimeHandle`] that owns its background tasks.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use stratai_core::ports::{
+    BudgetLedger, Clock, DirectoryStore, GuardrailStore, LlmGateway, RateLimitStore, SystemClock,
+    TierStore, UsageStore,
+};
+use tokio::task::JoinHandle;
+
+use super::alerts::AlertSink;
+use super::batch::{BatchedUsage, DEFAULT_LINGER};
+use super::demo::{DemoConfig, DemoProvider};
+use super::fresh_cache::locked;
+use super::spool::{Spool, SpoolError};
+use super::{RESERVATION_TTL_SECS, Runtime, RuntimeDeps};
+use crate::{Gatekeeper, GatekeeperConfig, Guardrails, LeaseConfig, LeasedLedger, Policy};
+
+/// The storage ports a [`Runtime`] works on.
+#[derive(Clone)]
+pub struct RuntimeStores {
+    /// Organizations, members, groups.
+    pub directory: Arc<dyn DirectoryStore>,
+    /// Tier catalog and subscriptions.
+    pub tiers: Arc<dyn TierStore>,
+    /// Budgets and their ledger.
+    pub budgets: Arc<dyn BudgetLedger>,
+    /// Usage records.
+    pub usage: Arc<dyn UsageStore>,
+    /// Guardrail rules.
+    pub rules: Arc<dyn GuardrailStore>,
+}
+
+impl std::fmt::Debug for RuntimeStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeStores").finish_non_exhaustive()
+    }
+}
+
+/// Batched usage writes (see [`BatchedUsage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageBatching {
+    /// Queue size (when full, a record is written before the response).
+    pub capacity: usize,
+    /// How long the writer collects records after a batch's first one.
+    pub linger: Duration,
+}
+
+impl Default for UsageBatching {
+    fn default() -> Self {
+        Self {
+            capacity: 65_536,
+            linger: DEFAULT_LINGER,
+        }
+    }
+}
+
+/// A runtime's settings, all typed (the server builds them from its configuration; the
+/// library reads no environment).
+#[derive(Clone, Debug)]
+pub struct RuntimeSettings {
+    /// How long a caller's organization, membership, groups, tier access and budget list are
+    /// reused (zero: never).
+    pub view_cache_ttl: Duration,
+    /// Budget leases (`None`: a reservation per request in the ledger, and the budget list
+    /// read at every admission).
+    pub budget_lease: Option<LeaseConfig>,
+    /// Batched usage writes (`None`: each record written before the response). Needs a spool.
+    pub usage_batching: Option<UsageBatching>,
+    /// The durable spool file for usage records the store refused (`None`: such records are
+    /// logged as not durable).
+    pub spool: Option<PathBuf>,
+    /// How often the spool is replayed.
+    pub spool_replay: Duration,
+    /// How often the guardrail policy is recompiled from the store (`None`: loaded once at
+    /// build, then only by [`Runtime::reload_guardrails`]).
+    pub guardrail_reload: Option<Duration>,
+    /// The Gatekeeper's settings (prices, defaults).
+    pub gatekeeper: GatekeeperConfig,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            view_cache_ttl: Duration::ZERO,
+            budget_lease: None,
+            usage_batching: None,
+            spool: None,
+            spool_replay: Duration::from_secs(10),
+            guardrail_reload: Some(Duration::from_secs(5)),
+            gatekeeper: GatekeeperConfig::default(),
+        }
+    }
+}
+
+/// Why a runtime could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The spool could not be opened.
+    #[error("usage spool: {0}")]
+    Spool(#[from] SpoolError),
+    /// Batched usage writes without a spool (a failed batch would have nowhere to go).
+    #[error("usage batching needs a spool (RuntimeBuilder::spool)")]
+    BatchingWithoutSpool,
+    /// The initial guardrail policy load is refused (only with
+    /// [`RuntimeBuilder::require_policy`]).
+    #[error("guardrail policy: {0}")]
+    Policy(String),
+}
+
+/// Builds a [`Runtime`] (see [`Runtime::builder`]).
+pub struct RuntimeBuilder {
+    stores: RuntimeStores,
+    settings: RuntimeSettings,
+    alerts: AlertSink,
+    llm: Option<(Arc<dyn LlmGateway>, &'static str)>,
+    shared_rates: Option<Arc<dyn RateLimitStore>>,
+    clock: Arc<dyn Clock>,
+    require_policy: bool,
+}
+
+impl std::fmt::Debug for RuntimeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeBuilder")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuntimeBuilder {
+    pub(super) fn new(stores: RuntimeStores) -> Self {
+        Self {
+            stores,
+            settings: RuntimeSettings::default(),
+            alerts: AlertSink::log(),
+            llm: None,
+            shared_rates: None,
+            clock: Arc::new(SystemClock),
+            require_policy: false,
+        }
+    }
+
+    /// All settings at once (replacing any set before).
+    #[must_use]
+    pub fn settings(mut self, settings: RuntimeSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The LLM provider and its label in metrics (default: the offline [`DemoProvider`]).
+    #[must_use]
+    pub fn provider(mut self, llm: Arc<dyn LlmGateway>, label: &'static str) -> Self {
+        self.llm = Some((llm, label));
+        self
+    }
+
+    /// Reuse a caller's view for at most `ttl` (see [`RuntimeSettings::view_cache_ttl`]).
+    #[must_use]
+    pub fn cache(mut self, ttl: Duration) -> Self {
+        self.settings.view_cache_ttl = ttl;
+        self
+    }
+
+    /// Reserve budget in leases (see [`crate::lease`]).
+    #[must_use]
+    pub fn budget_leases(mut self, lease: LeaseConfig) -> Self {
+        self.settings.budget_lease = Some(lease);
+        self
+    }
+
+    /// Write usage records in batches off the response path.
+    #[must_use]
+    pub fn usage_batching(mut self, batching: UsageBatching) -> Self {
+        self.settings.usage_batching = Some(batching);
+        self
+    }
+
+    /// The durable spool file.
+    #[must_use]
+    pub fn spool(mut self, path: impl Into<PathBuf>) -> Self {
+        self.settings.spool = Some(path.into());
+        self
+    }
+
+    /// Where budget and overage alerts go (default: the log).
+    #[must_use]
+    pub fn alerts(mut self, sink: AlertSink) -> Self {
+        self.alerts = sink;
+        self
+    }
+
+    /// Rate limits shared across instances (e.g. stratai-store's Redis limiter).
+    #[must_use]
+    pub fn shared_rate_limiter(mut self, store: Arc<dyn RateLimitStore>) -> Self {
+        self.shared_rates = Some(store);
+        self
+    }
+
+    /// The Gatekeeper's settings (prices, defaults).
+    #[must_use]
+    pub fn gatekeeper(mut self, config: GatekeeperConfig) -> Self {
+        self.settings.gatekeeper = config;
+        self
+    }
+
+    /// The clock (default: the system's).
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Refuse to build when the stored guardrail rules do not compile (default: log and run
+    /// with the empty policy until a reload succeeds).
+    #[must_use]
+    pub fn require_policy(mut self) -> Self {
+        self.require_policy = true;
+        self
+    }
+
+    /// Builds the runtime, loads the guardrail policy and starts the background tasks. Must
+    /// run inside a Tokio runtime.
+    pub async fn build(self) -> Result<(Runtime, RuntimeHandle), RuntimeError> {
+        let Self {
+            stores,
+            settings,
+            alerts,
+            llm,
+            shared_rates,
+            clock,
+            require_policy,
+        } = self;
+        let (llm, provider) = llm.unwrap_or_else(|| {
+            tracing::warn!("{}", DemoProvider::banner());
+            (Arc::new(DemoProvider::new(DemoConfig::default())), "demo")
+        });
+        let spool = match &settings.spool {
+            Some(path) => {
+                let spool = Arc::new(Spool::open(path).await?);
+                if spool.pending() > 0 {
+                    tracing::warn!(
+                        pending = spool.pending(),
+                        path = %path.display(),
+                        "usage records waiting in the spool; they will be replayed"
+                    );
+                }
+                Some(spool)
+            }
+            None => None,
+        };
+        let handle = RuntimeHandle {
+            alerts: alerts.clone(),
+            ..RuntimeHandle::default()
+        };
+        let mut tasks = Vec::new();
+        let mut leases = None;
+        let ledger: Arc<dyn BudgetLedger> = match &settings.budget_lease {
+            Some(lease) => {
+                tracing::info!(
+                    max_age_ms = lease.max_age.as_millis(),
+                    block_requests = lease.block_requests,
+                    "budget leases on: budget is reserved in blocks"
+                );
+                let leased = Arc::new(LeasedLedger::new(stores.budgets.clone(), lease.clone()));
+                tasks.push(spawn_lease_flusher(
+                    leased.clone(),
+                    alerts.clone(),
+                    lease.max_age,
+                ));
+                leases = Some(leased.clone());
+                leased
+            }
+            None => stores.budgets.clone(),
+        };
+        let mut batch = None;
+        let usage: Arc<dyn UsageStore> = match (settings.usage_batching, &spool) {
+            (Some(b), Some(spool)) => {
+                tracing::info!(
+                    capacity = b.capacity,
+                    "usage records are written in batches off the response path"
+                );
+                let batched =
+                    BatchedUsage::spawn(stores.usage.clone(), spool.clone(), b.capacity, b.linger);
+                batch = Some(batched.clone());
+                batched
+            }
+            (Some(_), None) => return Err(RuntimeError::BatchingWithoutSpool),
+            (None, _) => stores.usage.clone(),
+        };
+        let guardrails = Arc::new(Guardrails::new(Policy::empty()));
+        let gatekeeper = Gatekeeper::new(
+            stores.directory.clone(),
+            stores.tiers.clone(),
+            ledger.clone(),
+            usage.clone(),
+            guardrails.clone(),
+            settings.gatekeeper.clone(),
+        );
+        let gatekeeper = match shared_rates {
+            Some(store) => gatekeeper.with_shared_rate_limiter(store),
+            None => gatekeeper,
+        };
+        let runtime = Runtime::new(RuntimeDeps {
+            directory: stores.directory.clone(),
+            tiers: stores.tiers.clone(),
+            ledger: ledger.clone(),
+            usage,
+            spool: spool.clone(),
+            llm,
+            provider,
+            alerts: alerts.clone(),
+            clock,
+            guardrails,
+            gatekeeper,
+            rules: stores.rules.clone(),
+            view_ttl: settings.view_cache_ttl,
+            fresh_budgets: settings.budget_lease.is_none(),
+        });
+        if let Err(e) = runtime.reload_guardrails().await {
+            if require_policy {
+                return Err(RuntimeError::Policy(e));
+            }
+            tracing::warn!(error = %e, "guardrail policy not loaded at start; running with the empty policy until the next reload");
+        }
+        if let Some(every) = settings.guardrail_reload {
+            tasks.push(runtime.spawn_guardrail_reloader(every));
+        }
+        if let Some(spool) = spool {
+            // Replayed settlements go through the same ledger as requests, so a request
+            // already settled inside a lease of this process is not charged twice.
+            tasks.push(spool.spawn_replayer(
+                ledger,
+                stores.usage.clone(),
+                alerts,
+                settings.spool_replay,
+            ));
+        }
+        let handle = RuntimeHandle {
+            leases,
+            batch,
+            tasks: Arc::new(Mutex::new(tasks)),
+            ..handle
+        };
+        Ok((runtime, handle))
+    }
+}
+
+/// Owns a runtime's background tasks: [`drain`](Self::drain) flushes what they hold (open
+/// budget leases, queued usage records), [`shutdown`](Self::shutdown) drains and stops them.
+/// Cheap to clone (clones share the tasks).
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeHandle {
+    leases: Option<Arc<LeasedLedger>>,
+    batch: Option<Arc<BatchedUsage>>,
+    alerts: AlertSink,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl RuntimeHandle {
+    /// Settles every budget lease and writes every queued usage record, waiting at most
+    /// `patience` for requests still in flight. The tasks keep running (call after the
+    /// service stopped taking requests, or at any time to make everything durable now).
+    pub async fn drain(&self, patience: Duration) {
+        let deadline = tokio::time::Instant::now() + patience;
+        if let Some(leases) = &self.leases {
+            loop {
+                match leases.close_all(chrono::Utc::now()).await {
+                    Ok((0, alerts)) => {
+                        self.alerts.fire(&alerts);
+                        break;
+                    }
+                    Ok((_, alerts)) => {
+                        self.alerts.fire(&alerts);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "budget leases not settled yet"),
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(
+                        open = leases.open_leases(),
+                        "budget leases left open at shutdown; their reservations expire in the database"
+                    );
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if let Some(batch) = &self.batch
+            && tokio::time::timeout_at(deadline, batch.drain())
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                pending = batch.pending(),
+                "usage records still queued at shutdown"
+            );
+        }
+    }
+
+    /// [`drain`](Self::drain), then stops the periodic tasks (policy reload, spool replay,
+    /// lease upkeep).
+    pub async fn shutdown(&self, patience: Duration) {
+        self.drain(patience).await;
+        let tasks = std::mem::take(&mut *locked(&self.tasks));
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// How many periodic tasks run.
+    #[must_use]
+    pub fn running_tasks(&self) -> usize {
+        locked(&self.tasks)
+            .iter()
+            .filter(|t| !t.is_finished())
+            .count()
+    }
+}
+
+/// Every quarter of a lease's age, and whenever the ledger asks (a lease half used, a
+/// standby lease used, a lease closed by its last request): settles closed and aged leases
+/// (firing the alerts they bring) and opens successors ahead of need, so requests rarely
+/// wait for the database.
+fn spawn_lease_flusher(
+    leases: Arc<LeasedLedger>,
+    alerts: AlertSink,
+    max_age: Duration,
+) -> JoinHandle<()> {
+    let every = (max_age / 4).max(Duration::from_millis(10));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = leases.refill_wanted() => {}
+            }
+            match leases.flush(chrono::Utc::now()).await {
+                Ok(fired) => {
+                    alerts.fire(&fired);
+                }
+                Err(e) => tracing::warn!(error = %e, "budget leases not settled; retrying"),
+            }
+            if let Err(e) = leases.refill(every * 2, chrono::Utc::now()).await {
+                tracing::warn!(error = %e, "budget leases not refilled; requests open their own");
+            }
+        }
+    })
+}
+
+/// The lease settings a service usually wants: `max_age` and `block_requests` given, the
+/// reservation's time to live the runtime's.
+#[must_use]
+pub fn lease_config(max_age: Duration, block_requests: u32) -> LeaseConfig {
+    LeaseConfig {
+        max_age,
+        block_requests,
+        reservation_ttl: chrono::Duration::seconds(RESERVATION_TTL_SECS),
+        ..LeaseConfig::default()
+    }
+}

@@ -1,0 +1,266 @@
+//! The library runtime on the in-memory store: the whole governed path, streams settled
+//! exactly once (also when dropped), and the handle draining and stopping its tasks.
+#![cfg(feature = "runtime")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use chrono::Utc;
+use rust_decimal_macros::dec;
+use stratai_core::Money;
+use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
+use stratai_core::directory::{
+    BillingPlan, Email, Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
+};
+use stratai_core::gateway::{ChatMessage, ChatRequest};
+use stratai_core::ids::{BudgetId, OrgId, UserId};
+use stratai_core::tiers::{default_tiers, subscriptions_for};
+use stratai_core::usage::{UsageQuery, UsageStatus};
+use stratai_guardrails::runtime::stream::StreamEvent;
+use stratai_guardrails::runtime::{
+    Runtime, RuntimeHandle, RuntimeStores, UsageBatching, lease_config,
+};
+use stratai_store::Stores;
+use stratai_testkit::Scratch;
+
+struct World {
+    stores: Stores,
+    org: OrgId,
+    user: UserId,
+    budget: BudgetId,
+}
+
+async fn world(limit: &str) -> World {
+    let stores = Stores::memory();
+    let now = Utc::now();
+    let tiers = default_tiers();
+    for tier in &tiers {
+        stores.tiers.upsert_tier(tier).await.unwrap();
+    }
+    let slugs: Vec<_> = tiers.iter().map(|t| t.slug.clone()).collect();
+    let settings = OrgSettings::new(slugs.clone(), slugs[0].clone()).unwrap();
+    let org = Organization::new(
+        "Acme",
+        Slug::new("acme").unwrap(),
+        settings,
+        BillingPlan::Business,
+        now,
+    )
+    .unwrap();
+    stores.directory.create_org(&org).await.unwrap();
+    let ids: Vec<_> = tiers.iter().map(|t| t.id).collect();
+    for s in subscriptions_for(org.id, &ids, now) {
+        stores.tiers.put_subscription(org.id, &s).await.unwrap();
+    }
+    let user = User::new(
+        Email::new("alice@acme.example").unwrap(),
+        Some("Alice"),
+        PlatformRole::User,
+        now,
+    )
+    .unwrap();
+    stores.directory.create_user(&user).await.unwrap();
+    stores
+        .directory
+        .add_member(
+            org.id,
+            &Membership::new(org.id, user.id, OrgRole::Member, now),
+        )
+        .await
+        .unwrap();
+    let budget = Budget::new(
+        org.id,
+        BudgetScope::User(user.id),
+        Money::parse(limit).unwrap(),
+        BudgetPeriod::Daily,
+        true,
+        dec!(0.8),
+        now,
+    )
+    .unwrap();
+    stores.budgets.create_budget(org.id, &budget).await.unwrap();
+    World {
+        stores,
+        org: org.id,
+        user: user.id,
+        budget: budget.id,
+    }
+}
+
+fn runtime_stores(stores: &Stores) -> RuntimeStores {
+    RuntimeStores {
+        directory: stores.directory.clone(),
+        tiers: stores.tiers.clone(),
+        budgets: stores.budgets.clone(),
+        usage: stores.usage.clone(),
+        rules: stores.guardrails.clone(),
+    }
+}
+
+fn ask(content: &str, max_tokens: u32, stream: bool) -> ChatRequest {
+    ChatRequest {
+        model: "gpt-4o-mini".into(),
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: content.into(),
+        }],
+        max_tokens: Some(max_tokens),
+        temperature: None,
+        stream,
+        user: None,
+    }
+}
+
+async fn spent(w: &World) -> (Money, Money) {
+    let s = w
+        .stores
+        .budgets
+        .states(w.org, &[w.budget], Utc::now())
+        .await
+        .unwrap();
+    (s[0].spent, s[0].reserved)
+}
+
+async fn records(w: &World) -> Vec<stratai_core::usage::UsageRecord> {
+    w.stores
+        .usage
+        .query(w.org, &UsageQuery::default(), 1000)
+        .await
+        .unwrap()
+}
+
+/// Builds the fast runtime (cache, leases, batching, spool) over `w`.
+async fn fast(w: &World, scratch: &Scratch) -> (Runtime, RuntimeHandle) {
+    Runtime::builder(runtime_stores(&w.stores))
+        .cache(Duration::from_secs(5))
+        .budget_leases(lease_config(Duration::from_millis(200), 4))
+        .usage_batching(UsageBatching::default())
+        .spool(scratch.path().join("spool.jsonl"))
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_fast_path_is_durable_after_shutdown_and_stops_its_tasks() {
+    let w = world("1").await;
+    let scratch = Scratch::new();
+    let (runtime, handle) = fast(&w, &scratch).await;
+    assert!(handle.running_tasks() >= 3, "{}", handle.running_tasks());
+    let mut billed = Money::ZERO;
+    for _ in 0..5 {
+        let answer = runtime
+            .chat(w.user, Some("acme"), ask("Say hello", 50, false))
+            .await
+            .unwrap();
+        assert!(answer.billed.amount > Money::ZERO);
+        billed = billed + answer.billed.amount;
+    }
+    handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(handle.running_tasks(), 0);
+    // Every lease settled with the actual costs, every queued record written.
+    assert_eq!(spent(&w).await, (billed, Money::ZERO));
+    let recs = records(&w).await;
+    assert_eq!(recs.len(), 5);
+    assert!(recs.iter().all(|r| r.status == UsageStatus::Success));
+}
+
+#[tokio::test]
+async fn a_stream_read_to_the_end_settles_once_and_reports_its_bill() {
+    let w = world("1").await;
+    let (runtime, handle) = Runtime::builder(runtime_stores(&w.stores))
+        .build()
+        .await
+        .unwrap();
+    let view = runtime.caller_view(w.user, None).await.unwrap();
+    let admission = runtime
+        .admit(&view, ask("Tell me a story", 40, true))
+        .await
+        .unwrap();
+    let id = admission.ticket.request_id;
+    let (_, opened) = runtime.open_stream(admission).await;
+    let mut stream = opened.unwrap();
+    let mut text = String::new();
+    let mut done = None;
+    while let Some(event) = stream.next().await {
+        match event {
+            StreamEvent::Chunks(chunks) => {
+                for c in chunks {
+                    for choice in c.choices {
+                        text.push_str(choice.delta.content.as_deref().unwrap_or(""));
+                    }
+                }
+            }
+            StreamEvent::Done {
+                request_id, billed, ..
+            } => done = Some((request_id, billed.unwrap())),
+            other => panic!("{other:?}"),
+        }
+    }
+    let (request_id, billed) = done.expect("the stream ends with its bill");
+    assert_eq!(request_id, id);
+    assert!(!text.is_empty());
+    drop(stream);
+    assert_eq!(spent(&w).await, (billed.amount, Money::ZERO));
+    let recs = records(&w).await;
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].status, UsageStatus::Success);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_stream_dropped_midway_is_settled_as_partial() {
+    let w = world("1").await;
+    let (runtime, handle) = Runtime::builder(runtime_stores(&w.stores))
+        .build()
+        .await
+        .unwrap();
+    let view = runtime.caller_view(w.user, None).await.unwrap();
+    let admission = runtime
+        .admit(
+            &view,
+            ask("echo: one two three four five six seven eight", 40, true),
+        )
+        .await
+        .unwrap();
+    let (_, opened) = runtime.open_stream(admission).await;
+    let mut stream = opened.unwrap();
+    // Read until some text came, then leave like a client closing its connection.
+    loop {
+        match stream.next().await {
+            Some(StreamEvent::Chunks(c))
+                if c.iter()
+                    .any(|c| c.choices.iter().any(|x| x.delta.content.is_some())) =>
+            {
+                break;
+            }
+            Some(StreamEvent::Chunks(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(stream);
+    let mut recs = Vec::new();
+    for _ in 0..100 {
+        recs = records(&w).await;
+        if !recs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(recs.len(), 1, "the dropped stream was settled");
+    assert_eq!(recs[0].status, UsageStatus::Partial);
+    assert!(recs[0].billed_amount > Money::ZERO);
+    assert_eq!(spent(&w).await, (recs[0].billed_amount, Money::ZERO));
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn batching_without_a_spool_is_refused() {
+    let w = world("1").await;
+    let err = Runtime::builder(runtime_stores(&w.stores))
+        .usage_batching(UsageBatching::default())
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("spool"), "{err}");
+}
