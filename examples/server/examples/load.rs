@@ -541,6 +541,7 @@ async fn start_gateway(
             readiness: backends.readiness,
             stores: stores.clone(),
             gateway: Some(gateway),
+            mail: std::sync::Arc::new(stratai_server::server::postman(&config).unwrap()),
         },
         HttpLimits {
             body_limit_bytes: 1 << 20,
