@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api_support;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -851,3 +852,86 @@ async fn self_signup_domains_take_people_in(api: Api) {
 }
 on_every_backend!(self_signup_domains_take_people_in);
 
+
+/// Flow A with an identity provider: the first bearer token of a verified email joins the
+/// pending invitation; an unverified one neither creates the user nor joins.
+async fn oidc_first_sign_in_with_a_verified_email_joins(kind: Kind) {
+    let Some((stores, _guard)) = stores(kind).await else {
+        return;
+    };
+    let issuer = common::TestIssuer::start().await;
+    let scratch = Scratch::new();
+    let env: std::collections::HashMap<String, String> = [
+        ("OIDC_ISSUER", issuer.issuer.clone()),
+        ("OIDC_AUDIENCE", common::AUDIENCE.to_owned()),
+        ("STRATAI_MAILBOX_DIR", scratch.join("mailbox").display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let config = stratai_server::config::Config::from_parts(
+        stratai_server::config::FileConfig::default(),
+        &env,
+    )
+    .unwrap();
+    let backends = stratai_server::server::Backends::seeded(stores.clone(), &config)
+        .await
+        .unwrap();
+    let state = stratai_server::server::build_state(&config, backends).unwrap();
+    let app = stratai_server::app::router(state.clone(), stratai_server::server::limits(&config));
+    let a = org_fixture(&stores, "acme").await;
+    let n = unique();
+    let invitee = format!("oidc-{n}@acme.test");
+    let (invitation, _token) = Invitation::issue(
+        InvitationRequest {
+            email: stratai_core::directory::Email::new(&invitee).unwrap(),
+            org_id: a.org,
+            role: OrgRole::Member,
+            group_ids: vec![a.group],
+            profile_id: None,
+            invited_by: Some(a.admin.id),
+            valid_for: chrono::Duration::days(7),
+        },
+        Utc::now(),
+    )
+    .unwrap();
+    stores.directory.create_invitation(a.org, &invitation).await.unwrap();
+
+    let unverified = issuer.mint(&issuer.claims(
+        &format!("auth0|spoof-{n}"),
+        json!({"email": invitee, "email_verified": false}),
+    ));
+    let r = common::get_me(&app, &unverified).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    let email = stratai_core::directory::Email::new(&invitee).unwrap();
+    assert!(stores.directory.find_user_by_email(&email).await.unwrap().is_none());
+
+    let verified = issuer.mint(&issuer.claims(
+        &format!("auth0|real-{n}"),
+        json!({"email": invitee.to_uppercase(), "email_verified": true}),
+    ));
+    let r = common::get_me(&app, &verified).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let user = stores.directory.find_user_by_email(&email).await.unwrap().unwrap();
+    let membership = stores.directory.get_member(a.org, user.id).await.unwrap();
+    assert_eq!(membership.role, OrgRole::Member);
+    assert!(
+        stores
+            .directory
+            .groups_of_member(a.org, user.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|(g, _)| g.id == a.group)
+    );
+    let stored = stores
+        .directory
+        .list_invitations(a.org)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == invitation.id)
+        .unwrap();
+    assert_eq!(stored.status, stratai_core::directory::InvitationStatus::Accepted);
+}
+on_every_kind!(oidc_first_sign_in_with_a_verified_email_joins);
