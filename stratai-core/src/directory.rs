@@ -596,9 +596,8 @@ impl OrgSettings {
             parse_timezone(tz)?;
         }
         for (i, domain) in self.signup_domains.iter().enumerate() {
-            check_signup_domain(domain).map_err(|reason| {
-                ValidationError::new(format!("signup_domains[{i}]"), reason)
-            })?;
+            check_signup_domain(domain)
+                .map_err(|reason| ValidationError::new(format!("signup_domains[{i}]"), reason))?;
         }
         Ok(())
     }
@@ -1451,7 +1450,10 @@ mod tests {
         assert_eq!(inv.delivery, InvitationDelivery::queued());
         let mut other = request.clone();
         other.email = Email::new("eve@example.com").unwrap();
-        assert!(matches!(inv.renew(other, later), Err(RenewError::Invalid(_))));
+        assert!(matches!(
+            inv.renew(other, later),
+            Err(RenewError::Invalid(_))
+        ));
         inv.revoke().unwrap();
         assert!(matches!(
             inv.renew(request, later),
@@ -1467,7 +1469,10 @@ mod tests {
         assert!(d.retry_due(now()));
         d.record(Err("x".repeat(2000)), now());
         assert_eq!(d.status, DeliveryStatus::Failed);
-        assert_eq!(d.last_error.as_ref().map(String::len), Some(InvitationDelivery::MAX_ERROR_LEN));
+        assert_eq!(
+            d.last_error.as_ref().map(String::len),
+            Some(InvitationDelivery::MAX_ERROR_LEN)
+        );
         assert!(!d.retry_due(now() + chrono::Duration::seconds(59)));
         assert!(d.retry_due(now() + chrono::Duration::minutes(1)));
         d.record(Err("again".to_owned()), now());
@@ -1492,7 +1497,16 @@ mod tests {
         assert!(s.admits_signup(&Email::new("Ann@ACME.example").unwrap()));
         assert!(!s.admits_signup(&Email::new("ann@eu.acme.example").unwrap()));
         assert!(!s.admits_signup(&Email::new("ann@acme.example.evil").unwrap()));
-        for bad in ["", "acme", "*.acme.example", "ann@acme.example", "Acme.example", ".acme.example", "acme..example", "-a.example"] {
+        for bad in [
+            "",
+            "acme",
+            "*.acme.example",
+            "ann@acme.example",
+            "Acme.example",
+            ".acme.example",
+            "acme..example",
+            "-a.example",
+        ] {
             s.signup_domains = vec!["ok.example".to_owned(), bad.to_owned()];
             let e = s.validate().unwrap_err();
             assert_eq!(e.field, "signup_domains[1]", "{bad}");

@@ -649,7 +649,10 @@ fn mail_config(env: &impl Env, file: FileMail) -> Result<MailConfig, ConfigError
             format!("`{from}` is not an address or `Name <address>`"),
         ));
     }
-    let url = env.get("STRATAI_SMTP_URL").map(Secret::new).or(file.smtp_url);
+    let url = env
+        .get("STRATAI_SMTP_URL")
+        .map(Secret::new)
+        .or(file.smtp_url);
     let username = env.get("STRATAI_SMTP_USERNAME").or(file.smtp_username);
     let password = env
         .get("STRATAI_SMTP_PASSWORD")
@@ -657,9 +660,8 @@ fn mail_config(env: &impl Env, file: FileMail) -> Result<MailConfig, ConfigError
         .or(file.smtp_password);
     let transport = match url {
         Some(url) => {
-            let parsed = Url::parse(url.expose().trim()).map_err(|e| {
-                invalid("STRATAI_SMTP_URL", format!("not a URL ({e})"))
-            })?;
+            let parsed = Url::parse(url.expose().trim())
+                .map_err(|e| invalid("STRATAI_SMTP_URL", format!("not a URL ({e})")))?;
             if !matches!(parsed.scheme(), "smtp" | "smtps") || parsed.host_str().is_none() {
                 return Err(invalid(
                     "STRATAI_SMTP_URL",
@@ -757,11 +759,17 @@ mod tests {
         assert_eq!(username.as_deref(), Some("bot"));
         assert!(!format!("{c:?}").contains("hunter2"));
         for (pairs, key) in [
-            (vec![("STRATAI_SMTP_URL", "http://mail.example")], "STRATAI_SMTP_URL"),
+            (
+                vec![("STRATAI_SMTP_URL", "http://mail.example")],
+                "STRATAI_SMTP_URL",
+            ),
             (vec![("STRATAI_SMTP_URL", "not a url")], "STRATAI_SMTP_URL"),
             (vec![("STRATAI_SMTP_PASSWORD", "x")], "STRATAI_SMTP_URL"),
             (
-                vec![("STRATAI_SMTP_URL", "smtp://h"), ("STRATAI_SMTP_USERNAME", "u")],
+                vec![
+                    ("STRATAI_SMTP_URL", "smtp://h"),
+                    ("STRATAI_SMTP_USERNAME", "u"),
+                ],
                 "STRATAI_SMTP_USERNAME",
             ),
             (vec![("STRATAI_MAIL_FROM", "nobody")], "STRATAI_MAIL_FROM"),

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
+use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use stratai_core::StoreError;
@@ -64,7 +64,9 @@ impl SmtpMailer {
             "{}://{}:{}",
             parsed.scheme(),
             parsed.host_str().unwrap_or(""),
-            parsed.port().map_or_else(|| "default".to_owned(), |p| p.to_string())
+            parsed
+                .port()
+                .map_or_else(|| "default".to_owned(), |p| p.to_string())
         );
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
             .map_err(|e| MailError::Message(format!("smtp url: {e}")))?
@@ -138,9 +140,13 @@ impl Mailer for MailboxMailer {
             uuid::Uuid::now_v7().simple()
         );
         let path = self.dir.join(name);
-        let io = |e: std::io::Error| MailError::Transport(format!("mailbox {}: {e}", self.dir.display()));
+        let io = |e: std::io::Error| {
+            MailError::Transport(format!("mailbox {}: {e}", self.dir.display()))
+        };
         tokio::fs::create_dir_all(&self.dir).await.map_err(io)?;
-        tokio::fs::write(&path, built.formatted()).await.map_err(io)?;
+        tokio::fs::write(&path, built.formatted())
+            .await
+            .map_err(io)?;
         if self.log_bodies {
             tracing::info!(
                 to = %message.to,
@@ -231,8 +237,12 @@ impl Postman {
         token: &InvitationToken,
     ) -> Result<(), StoreError> {
         let link = self.invitation_link(token);
-        let message =
-            invitation_message(&invitation.email, organization, &link, invitation.expires_at);
+        let message = invitation_message(
+            &invitation.email,
+            organization,
+            &link,
+            invitation.expires_at,
+        );
         let outcome = self.mailer.send(&message).await.map_err(|e| e.to_string());
         if let Err(e) = &outcome {
             tracing::warn!(

@@ -64,7 +64,10 @@ pub async fn join_at_first_sign_in(
                 tracing::info!(org_id = %org.id, user_id = %user.id, "invitation joined at first sign-in");
                 joined.by_invitation.push(org.id);
             }
-            Err(e @ (StoreError::Conflict(_) | StoreError::Invalid(_) | StoreError::NotFound { .. })) => {
+            Err(
+                e
+                @ (StoreError::Conflict(_) | StoreError::Invalid(_) | StoreError::NotFound { .. }),
+            ) => {
                 // Already a member, a full group, or a race with another acceptance: the
                 // invitation stays as the store left it; the link still works if pending.
                 tracing::warn!(org_id = %org.id, user_id = %user.id, error = %e, "pending invitation not joined at sign-in");

@@ -49,8 +49,7 @@ macro_rules! on_every_kind {
         }
     };
 }
-const PUBLIC_URL: &str
- = "http://stratai.test";
+const PUBLIC_URL: &str = "http://stratai.test";
 
 // ---------------------------------------------------------------------------------------------
 // A real SMTP server
@@ -297,7 +296,10 @@ async fn emailed_invitation_is_joined_at_first_sign_in(kind: Kind) {
     let Some(api) = Api::start_with(
         kind,
         &[
-            ("STRATAI_SMTP_URL", format!("smtp://127.0.0.1:{}", sink.port)),
+            (
+                "STRATAI_SMTP_URL",
+                format!("smtp://127.0.0.1:{}", sink.port),
+            ),
             ("STRATAI_PUBLIC_URL", PUBLIC_URL.to_owned()),
             ("STRATAI_MAIL_FROM", "Acme AI <ai@acme.test>".to_owned()),
         ],
@@ -320,13 +322,20 @@ async fn emailed_invitation_is_joined_at_first_sign_in(kind: Kind) {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    assert_eq!(r.json["invitation"]["delivery"]["status"], "sent", "{}", r.text);
+    assert_eq!(
+        r.json["invitation"]["delivery"]["status"], "sent",
+        "{}",
+        r.text
+    );
     assert_eq!(r.json["invitation"]["delivery"]["attempts"], 1);
 
     let messages = sink.messages();
     assert_eq!(messages.len(), 1, "one message delivered");
     let message = &messages[0];
-    assert!(message.contains(&format!("X-RcptTo: {invitee}")), "{message}");
+    assert!(
+        message.contains(&format!("X-RcptTo: {invitee}")),
+        "{message}"
+    );
     assert!(message.contains("ai@acme.test"), "{message}");
     assert!(decoded(message).contains(&org_name), "{message}");
     let link = link_in(message);
@@ -335,7 +344,11 @@ async fn emailed_invitation_is_joined_at_first_sign_in(kind: Kind) {
     // The accept page: the organization, and a sign-in for the signed-out visitor.
     let p = page(&api, &link, None).await;
     assert_eq!(p.status, StatusCode::OK, "{}", p.text);
-    assert!(p.text.contains(&org_name) && p.text.contains(&invitee), "{}", p.text);
+    assert!(
+        p.text.contains(&org_name) && p.text.contains(&invitee),
+        "{}",
+        p.text
+    );
     assert!(p.text.contains(r#"href="/signin""#), "{}", p.text);
     assert!(p.text.contains(r#"data-status="pending""#));
 
@@ -352,7 +365,9 @@ async fn emailed_invitation_is_joined_at_first_sign_in(kind: Kind) {
     let token = api.token(&invitee).await;
     let me = api.get("/api/me", &token).await;
     assert_eq!(me.status, StatusCode::OK, "{}", me.text);
-    let members = api.get(&format!("/api/organizations/{}/members", a.org), &admin).await;
+    let members = api
+        .get(&format!("/api/organizations/{}/members", a.org), &admin)
+        .await;
     assert!(members.text.contains(&invitee), "joined: {}", members.text);
     let group = api
         .get(&format!("/api/groups/{}/members", a.group), &admin)
@@ -364,7 +379,11 @@ async fn emailed_invitation_is_joined_at_first_sign_in(kind: Kind) {
         .await
         .unwrap()
         .unwrap();
-    assert!(group.text.contains(&user.id.to_string()), "joined the group: {}", group.text);
+    assert!(
+        group.text.contains(&user.id.to_string()),
+        "joined the group: {}",
+        group.text
+    );
 
     // The link is used now: the page says so, the list shows it accepted.
     let p = page(&api, &link, None).await;
@@ -392,7 +411,11 @@ async fn emailed_invitation_is_joined_at_first_sign_in(kind: Kind) {
     let cookie = session_cookie(&api, a.member.email.as_str()).await;
     let p = page(&api, &link, Some(&cookie)).await;
     assert_eq!(p.status, StatusCode::OK);
-    assert!(p.text.contains(r#"method="post""#) && p.text.contains("Accept"), "{}", p.text);
+    assert!(
+        p.text.contains(r#"method="post""#) && p.text.contains("Accept"),
+        "{}",
+        p.text
+    );
     let csrf = csrf_in(&p.text);
     // Without the token, or from another site, the form is refused and nothing happens.
     let forged = post_form(&api, &link, &cookie, "forged").await;
@@ -439,10 +462,18 @@ async fn undelivered_invitations_are_kept_and_retried(kind: Kind) {
     let admin = api.token(a.admin.email.as_str()).await;
     let invitee = format!("later-{}@acme.test", unique());
     let r = api
-        .post("/api/invitations", &admin, json!({"org_id": a.org, "email": invitee}))
+        .post(
+            "/api/invitations",
+            &admin,
+            json!({"org_id": a.org, "email": invitee}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    assert_eq!(r.json["invitation"]["delivery"]["status"], "failed", "{}", r.text);
+    assert_eq!(
+        r.json["invitation"]["delivery"]["status"], "failed",
+        "{}",
+        r.text
+    );
     assert!(
         r.json["invitation"]["delivery"]["last_error"]
             .as_str()
@@ -471,23 +502,40 @@ async fn undelivered_invitations_are_kept_and_retried(kind: Kind) {
             .find(|i| i.email.as_str() == invitee)
             .unwrap()
     };
-    postman.deliver_due(directory.as_ref(), Utc::now()).await.unwrap();
+    postman
+        .deliver_due(directory.as_ref(), Utc::now())
+        .await
+        .unwrap();
     let stored = mine(directory.list_invitations(a.org).await.unwrap());
     assert_eq!(stored.delivery.attempts, 1);
     assert_eq!(stored.delivery.status, DeliveryStatus::Failed);
 
     let sink = SmtpSink::start(&python, port);
     let later = Utc::now() + chrono::Duration::minutes(2);
-    assert!(postman.deliver_due(directory.as_ref(), later).await.unwrap() >= 1);
+    assert!(
+        postman
+            .deliver_due(directory.as_ref(), later)
+            .await
+            .unwrap()
+            >= 1
+    );
     let for_invitee = |messages: Vec<String>| -> Vec<String> {
-        messages.into_iter().filter(|m| m.contains(&invitee)).collect()
+        messages
+            .into_iter()
+            .filter(|m| m.contains(&invitee))
+            .collect()
     };
     let received = for_invitee(sink.messages());
     assert_eq!(received.len(), 1, "{received:?}");
     let link = link_in(&received[0]);
     assert_ne!(token_of(&link), first_token, "a retry mails a fresh link");
     let old = api
-        .send(Method::GET, &format!("/api/invitations/{first_token}"), None, None)
+        .send(
+            Method::GET,
+            &format!("/api/invitations/{first_token}"),
+            None,
+            None,
+        )
         .await;
     assert_eq!(old.status, StatusCode::NOT_FOUND);
     let list = api
@@ -554,7 +602,10 @@ async fn reinvite_resends_revoke_and_statuses(api: Api) {
         .await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.text);
     assert_eq!(again.json["resent"], true);
-    assert_eq!(again.json["invitation"]["id"], first.json["invitation"]["id"]);
+    assert_eq!(
+        again.json["invitation"]["id"],
+        first.json["invitation"]["id"]
+    );
     assert_eq!(again.json["invitation"]["role"], "admin");
     let (e1, e2) = (
         first.json["invitation"]["expires_at"].as_str().unwrap(),
@@ -589,15 +640,24 @@ async fn reinvite_resends_revoke_and_statuses(api: Api) {
     let id = again.json["invitation"]["id"].as_str().unwrap();
     let member = api.token(a.member.email.as_str()).await;
     let r = api
-        .delete(&format!("/api/organizations/{}/invitations/{id}", a.org), &member)
+        .delete(
+            &format!("/api/organizations/{}/invitations/{id}", a.org),
+            &member,
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "a member may not revoke");
     let r = api
-        .delete(&format!("/api/organizations/{}/invitations/{id}", a.org), &admin)
+        .delete(
+            &format!("/api/organizations/{}/invitations/{id}", a.org),
+            &admin,
+        )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
     let r = api
-        .delete(&format!("/api/organizations/{}/invitations/{id}", a.org), &admin)
+        .delete(
+            &format!("/api/organizations/{}/invitations/{id}", a.org),
+            &admin,
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "revoked once: {}", r.text);
     let list = api
@@ -618,10 +678,17 @@ async fn reinvite_resends_revoke_and_statuses(api: Api) {
 
     // After a revocation, inviting again makes a new invitation.
     let third = api
-        .post("/api/invitations", &admin, json!({"org_id": a.org, "email": ann}))
+        .post(
+            "/api/invitations",
+            &admin,
+            json!({"org_id": a.org, "email": ann}),
+        )
         .await;
     assert_eq!(third.status, StatusCode::CREATED, "{}", third.text);
-    assert_ne!(third.json["invitation"]["id"], again.json["invitation"]["id"]);
+    assert_ne!(
+        third.json["invitation"]["id"],
+        again.json["invitation"]["id"]
+    );
 
     // Expired: overdue pending invitations show as expired, on the list and on the page.
     let bob = stratai_core::directory::Email::new(format!("bob-{n}@acme.test")).unwrap();
@@ -661,7 +728,11 @@ async fn reinvite_resends_revoke_and_statuses(api: Api) {
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
     // Inviting the address again renews the overdue invitation rather than duplicating it.
     let renewed = api
-        .post("/api/invitations", &admin, json!({"org_id": a.org, "email": bob.as_str()}))
+        .post(
+            "/api/invitations",
+            &admin,
+            json!({"org_id": a.org, "email": bob.as_str()}),
+        )
         .await;
     assert_eq!(renewed.status, StatusCode::OK, "{}", renewed.text);
     assert_eq!(renewed.json["invitation"]["id"], invitation.id.to_string());
@@ -709,9 +780,19 @@ async fn fifty_person_pilot_is_all_or_nothing(api: Api) {
         let mut text = "email,role,groups,profile\n".to_owned();
         for i in 1..=50 {
             let role = if i <= 2 { "admin" } else { "member" };
-            let groups = if bad && i == 37 { "No Such Team".to_owned() } else { group_name.to_lowercase() };
-            let profile = if i % 2 == 0 { profile.name.clone() } else { String::new() };
-            text.push_str(&format!("pilot{i}-{n}@acme.test,{role},{groups},{profile}\n"));
+            let groups = if bad && i == 37 {
+                "No Such Team".to_owned()
+            } else {
+                group_name.to_lowercase()
+            };
+            let profile = if i % 2 == 0 {
+                profile.name.clone()
+            } else {
+                String::new()
+            };
+            text.push_str(&format!(
+                "pilot{i}-{n}@acme.test,{role},{groups},{profile}\n"
+            ));
         }
         text
     };
@@ -722,19 +803,33 @@ async fn fifty_person_pilot_is_all_or_nothing(api: Api) {
             .body(Body::from(body))
             .unwrap()
     };
-    let before = api.stores.directory.list_invitations(a.org).await.unwrap().len();
+    let before = api
+        .stores
+        .directory
+        .list_invitations(a.org)
+        .await
+        .unwrap()
+        .len();
     let r = api.raw(csv(rows(true))).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
     let fields = r.json["error"]["fields"].as_array().unwrap();
     assert_eq!(fields.len(), 1, "{}", r.text);
     assert_eq!(fields[0]["path"], "rows[37].groups");
     assert!(
-        fields[0]["message"].as_str().unwrap().starts_with("line 38:"),
+        fields[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 38:"),
         "{}",
         r.text
     );
     assert_eq!(
-        api.stores.directory.list_invitations(a.org).await.unwrap().len(),
+        api.stores
+            .directory
+            .list_invitations(a.org)
+            .await
+            .unwrap()
+            .len(),
         before,
         "nothing half-applied"
     );
@@ -753,9 +848,15 @@ async fn fifty_person_pilot_is_all_or_nothing(api: Api) {
         .collect();
     assert_eq!(pilots.len(), 50);
     assert!(pilots.iter().all(|i| i.group_ids == vec![a.group]));
-    assert_eq!(pilots.iter().filter(|i| i.role == OrgRole::Admin).count(), 2);
     assert_eq!(
-        pilots.iter().filter(|i| i.profile_id == Some(profile.id)).count(),
+        pilots.iter().filter(|i| i.role == OrgRole::Admin).count(),
+        2
+    );
+    assert_eq!(
+        pilots
+            .iter()
+            .filter(|i| i.profile_id == Some(profile.id))
+            .count(),
         25
     );
     assert_eq!(dev_mailbox(&api).len(), 50, "every pilot is mailed");
@@ -767,7 +868,12 @@ async fn fifty_person_pilot_is_all_or_nothing(api: Api) {
     assert_eq!(r.json["resent"], 50);
     assert_eq!(r.json["created"], 0);
     assert_eq!(
-        api.stores.directory.list_invitations(a.org).await.unwrap().len(),
+        api.stores
+            .directory
+            .list_invitations(a.org)
+            .await
+            .unwrap()
+            .len(),
         before + 50
     );
     // A bad profile and an unknown column are named too.
@@ -776,7 +882,9 @@ async fn fifty_person_pilot_is_all_or_nothing(api: Api) {
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.json["error"]["fields"][0]["path"], "rows[1].profile");
-    let r = api.raw(csv(format!("email,team\nx-{n}@acme.test,a\n"))).await;
+    let r = api
+        .raw(csv(format!("email,team\nx-{n}@acme.test,a\n")))
+        .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.text.contains("unknown column"), "{}", r.text);
 }
@@ -797,7 +905,11 @@ async fn self_signup_domains_take_people_in(api: Api) {
             Some(json!({"email": email})),
         )
     };
-    assert_eq!(dev(&person).await.status, StatusCode::NOT_FOUND, "off by default");
+    assert_eq!(
+        dev(&person).await.status,
+        StatusCode::NOT_FOUND,
+        "off by default"
+    );
 
     let org = api.stores.directory.get_org(a.org).await.unwrap();
     let mut settings = serde_json::to_value(&org.settings).unwrap();
@@ -816,12 +928,20 @@ async fn self_signup_domains_take_people_in(api: Api) {
     let mut bad = settings.clone();
     bad["signup_domains"] = json!(["*.example.com"]);
     let r = api
-        .patch(&format!("/api/organizations/{}", a.org), &root, json!({"settings": bad}))
+        .patch(
+            &format!("/api/organizations/{}", a.org),
+            &root,
+            json!({"settings": bad}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
     assert!(r.text.contains("settings.signup_domains[0]"), "{}", r.text);
     let r = api
-        .patch(&format!("/api/organizations/{}", a.org), &root, json!({"settings": settings}))
+        .patch(
+            &format!("/api/organizations/{}", a.org),
+            &root,
+            json!({"settings": settings}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 
@@ -834,7 +954,12 @@ async fn self_signup_domains_take_people_in(api: Api) {
         .await
         .unwrap()
         .unwrap();
-    let membership = api.stores.directory.get_member(a.org, user.id).await.unwrap();
+    let membership = api
+        .stores
+        .directory
+        .get_member(a.org, user.id)
+        .await
+        .unwrap();
     assert_eq!(membership.role, OrgRole::Member);
     assert_eq!(
         membership.allowed_tiers,
@@ -852,7 +977,6 @@ async fn self_signup_domains_take_people_in(api: Api) {
 }
 on_every_backend!(self_signup_domains_take_people_in);
 
-
 /// Flow A with an identity provider: the first bearer token of a verified email joins the
 /// pending invitation; an unverified one neither creates the user nor joins.
 async fn oidc_first_sign_in_with_a_verified_email_joins(kind: Kind) {
@@ -864,7 +988,10 @@ async fn oidc_first_sign_in_with_a_verified_email_joins(kind: Kind) {
     let env: std::collections::HashMap<String, String> = [
         ("OIDC_ISSUER", issuer.issuer.clone()),
         ("OIDC_AUDIENCE", common::AUDIENCE.to_owned()),
-        ("STRATAI_MAILBOX_DIR", scratch.join("mailbox").display().to_string()),
+        (
+            "STRATAI_MAILBOX_DIR",
+            scratch.join("mailbox").display().to_string(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -895,7 +1022,11 @@ async fn oidc_first_sign_in_with_a_verified_email_joins(kind: Kind) {
         Utc::now(),
     )
     .unwrap();
-    stores.directory.create_invitation(a.org, &invitation).await.unwrap();
+    stores
+        .directory
+        .create_invitation(a.org, &invitation)
+        .await
+        .unwrap();
 
     let unverified = issuer.mint(&issuer.claims(
         &format!("auth0|spoof-{n}"),
@@ -904,7 +1035,14 @@ async fn oidc_first_sign_in_with_a_verified_email_joins(kind: Kind) {
     let r = common::get_me(&app, &unverified).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
     let email = stratai_core::directory::Email::new(&invitee).unwrap();
-    assert!(stores.directory.find_user_by_email(&email).await.unwrap().is_none());
+    assert!(
+        stores
+            .directory
+            .find_user_by_email(&email)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let verified = issuer.mint(&issuer.claims(
         &format!("auth0|real-{n}"),
@@ -912,7 +1050,12 @@ async fn oidc_first_sign_in_with_a_verified_email_joins(kind: Kind) {
     ));
     let r = common::get_me(&app, &verified).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let user = stores.directory.find_user_by_email(&email).await.unwrap().unwrap();
+    let user = stores
+        .directory
+        .find_user_by_email(&email)
+        .await
+        .unwrap()
+        .unwrap();
     let membership = stores.directory.get_member(a.org, user.id).await.unwrap();
     assert_eq!(membership.role, OrgRole::Member);
     assert!(
@@ -932,6 +1075,9 @@ async fn oidc_first_sign_in_with_a_verified_email_joins(kind: Kind) {
         .into_iter()
         .find(|i| i.id == invitation.id)
         .unwrap();
-    assert_eq!(stored.status, stratai_core::directory::InvitationStatus::Accepted);
+    assert_eq!(
+        stored.status,
+        stratai_core::directory::InvitationStatus::Accepted
+    );
 }
 on_every_kind!(oidc_first_sign_in_with_a_verified_email_joins);

@@ -800,7 +800,9 @@ impl DirectoryStore for MemoryStore {
         }
         if invitation.status == InvitationStatus::Pending
             && s.invitations.values().any(|i| {
-                i.org_id == org && i.email == invitation.email && i.status == InvitationStatus::Pending
+                i.org_id == org
+                    && i.email == invitation.email
+                    && i.status == InvitationStatus::Pending
             })
         {
             return Err(pending_exists(&invitation.email));
@@ -855,9 +857,10 @@ impl DirectoryStore for MemoryStore {
                     invitation.email.clone()
                 }
             };
-            if s.invitations.values().any(|i| {
-                i.id != invitation.id && i.token_hash == invitation.token_hash
-            }) {
+            if s.invitations
+                .values()
+                .any(|i| i.id != invitation.id && i.token_hash == invitation.token_hash)
+            {
                 return Err(StoreError::Conflict(
                     "invitation token is in use".to_owned(),
                 ));

@@ -7,8 +7,7 @@ use sqlx::sqlite::SqliteRow;
 use stratai_core::budget::BudgetScope;
 use stratai_core::directory::{
     Email, Group, GroupMembership, GroupRole, Invitation, InvitationDelivery, InvitationStatus,
-    Membership,
-    OrgSettings, Organization, Slug, User, UserProfile,
+    Membership, OrgSettings, Organization, Slug, User, UserProfile,
 };
 use stratai_core::ports::{DirectoryStore, OutboxEntity};
 use stratai_core::{GroupId, InvitationId, OrgId, ProfileId, StoreError, UserId};

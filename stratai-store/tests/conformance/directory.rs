@@ -530,8 +530,14 @@ pub async fn invitation_save_renews_pending_all_or_nothing<S: Store>(store: S) {
     let ann = Email::new(format!("ann-{}@example.com", unique())).unwrap();
     let bob = Email::new(format!("bob-{}@example.com", unique())).unwrap();
     let first = new_invitation(o.id, &ann, vec![]);
-    store.save_invitations(o.id, &[first.clone()]).await.unwrap();
-    assert_eq!(store.list_invitations(o.id).await.unwrap(), vec![first.clone()]);
+    store
+        .save_invitations(o.id, &[first.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_invitations(o.id).await.unwrap(),
+        vec![first.clone()]
+    );
 
     // A renewal replaces grant, token, expiry and delivery; status, email and creation stay.
     let mut renewed = first.clone();

@@ -499,10 +499,7 @@ async fn parse_csv(state: &AppState, org_id: OrgId, text: &str) -> Result<Vec<Cs
         if !CSV_COLUMNS.iter().any(|k| h.eq_ignore_ascii_case(k)) {
             return Err(ApiError::invalid(
                 "csv",
-                format!(
-                    "unknown column `{h}` (expected {})",
-                    CSV_COLUMNS.join(", ")
-                ),
+                format!("unknown column `{h}` (expected {})", CSV_COLUMNS.join(", ")),
             ));
         }
     }
@@ -519,7 +516,9 @@ async fn parse_csv(state: &AppState, org_id: OrgId, text: &str) -> Result<Vec<Cs
                 format!("line {line}: unreadable row: {e}"),
             )
         })?;
-        let line = record.position().map_or(row as u64 + 1, csv::Position::line);
+        let line = record
+            .position()
+            .map_or(row as u64 + 1, csv::Position::line);
         let cell = |c: Option<usize>| c.and_then(|c| record.get(c)).filter(|v| !v.is_empty());
         let mut errors = Vec::new();
         let mut error = |column: &str, message: String| {
@@ -536,7 +535,10 @@ async fn parse_csv(state: &AppState, org_id: OrgId, text: &str) -> Result<Vec<Cs
                 "admin" => Some(OrgRole::Admin),
                 "member" => Some(OrgRole::Member),
                 other => {
-                    error("role", format!("unknown role `{other}` (owner, admin, member)"));
+                    error(
+                        "role",
+                        format!("unknown role `{other}` (owner, admin, member)"),
+                    );
                     None
                 }
             },

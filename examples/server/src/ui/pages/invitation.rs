@@ -150,7 +150,10 @@ pub(crate) async fn accept(
                 &state,
                 &token,
                 Some(&viewer),
-                Some(Notice::error(format!("The invitation was not accepted: {}", refusal(&e)))),
+                Some(Notice::error(format!(
+                    "The invitation was not accepted: {}",
+                    refusal(&e)
+                ))),
             )
             .await?;
             render(StatusCode::CONFLICT, &page)
