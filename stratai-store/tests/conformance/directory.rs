@@ -531,7 +531,7 @@ pub async fn invitation_save_renews_pending_all_or_nothing<S: Store>(store: S) {
     let bob = Email::new(format!("bob-{}@example.com", unique())).unwrap();
     let first = new_invitation(o.id, &ann, vec![]);
     store
-        .save_invitations(o.id, &[first.clone()])
+        .save_invitations(o.id, std::slice::from_ref(&first))
         .await
         .unwrap();
     assert_eq!(
