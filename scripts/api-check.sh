@@ -10,7 +10,8 @@
 #    session (scripts/api-check/admin_session.py).
 #
 # The Python tools are pinned below and installed with pip into a virtualenv under the cargo
-# target directory. Without python3 the check says it was skipped; under CI=true it fails.
+# target directory (scripts/pyvenv.sh, shared with scripts/smtp-sink.sh). Without python3 the
+# check says it was skipped; under CI=true it fails.
 # STRATAI_API_CHECK_EXAMPLES: Schemathesis examples per operation (default 12).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,21 +32,11 @@ unavailable() {
   exit 0
 }
 
-command -v python3 >/dev/null 2>&1 || unavailable "python3 is not installed"
-python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || unavailable "python3 has no venv/pip"
-
+# shellcheck source=scripts/pyvenv.sh
+. "$root/scripts/pyvenv.sh"
 target=${CARGO_TARGET_DIR:-$root/target}
 venv="$target/api-check/venv"
-stamp="$venv/.installed"
-wanted="$SCHEMATHESIS $VALIDATOR $GENERATOR"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
-  log "installing $wanted into $venv"
-  rm -rf "$venv"
-  python3 -m venv "$venv" || unavailable "python3 could not create a virtualenv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check $wanted \
-    || unavailable "pip could not install $wanted"
-  echo "$wanted" >"$stamp"
-fi
+pyvenv_install "$venv" $SCHEMATHESIS $VALIDATOR $GENERATOR || unavailable "$PYVENV_ERROR"
 py="$venv/bin/python"
 
 # The workspace's feature set, as `cargo test --workspace --all-features` built it (no rebuild).

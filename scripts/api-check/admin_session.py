@@ -1,7 +1,8 @@
 """The README's admin session ("An admin session"), driven through a client that
 openapi-python-client generated from the server's /openapi.json: a dev token as the super
-admin, an organization with its first owner, an invitation, its public details, the invitee's
-token, the acceptance (once), and what the invitee may use.
+admin, an organization with its first owner, an invitation (emailed; in dev mode to the
+mailbox folder), its public details, the invitee's first sign-in (which joins the invitation),
+the link used up, and what the invitee may use.
 
 Usage: admin_session.py BASE_URL PACKAGE (the generated package, importable)
 """
@@ -51,10 +52,12 @@ def main():
     assert isinstance(details, models.InvitationDetails), details
     assert details.organization == "Globex" and details.email == "ann@globex.test"
 
+    assert str(created.invitation.delivery.status) == "sent", created.invitation.delivery
+
+    # The first sign-in with the invited address joins the organization: the link is used.
     ann = login("ann@globex.test")
-    membership = invitations_accept.sync(created.token, client=ann)
-    assert isinstance(membership, models.Membership), membership
-    assert membership.org_id == org.id
+    details = invitations_show.sync(created.token, client=anonymous)
+    assert str(details.status) == "accepted", details.status
     again = invitations_accept.sync(created.token, client=ann)
     assert isinstance(again, models.ErrorBody), again
     assert str(again.error.code) == "conflict", again.error.code
@@ -65,7 +68,7 @@ def main():
     locked = {t.slug: t for t in tiers.locked}
     assert accessible == ["basic", "standard"], accessible
     assert "premium" in locked and locked["premium"].hint, locked
-    print(f"admin session: organization {org.id}, {created.invitation.email} accepted once, "
+    print(f"admin session: organization {org.id}, {created.invitation.email} joined at first sign-in, "
           f"accessible {accessible}, locked {sorted(locked)}")
 
 

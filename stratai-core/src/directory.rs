@@ -158,6 +158,11 @@ pub struct OrgSettings {
     /// IANA timezone used for budget periods (`None`: UTC).
     #[serde(default)]
     pub timezone: Option<String>,
+    /// Self-signup (the seed's onboarding B): people whose verified email is at one of these
+    /// domains join the organization at their first sign-in, as members with the default
+    /// tier. Empty (the default): nobody joins without an invitation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signup_domains: Vec<String>,
 }
 
 /// A customer organization: the tenant.
@@ -380,6 +385,97 @@ pub struct Invitation {
     pub accepted_at: Option<DateTime<Utc>>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// Whether the invitation email went out.
+    pub delivery: InvitationDelivery,
+}
+
+/// Where the invitation email stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting to be sent (just created, or resent).
+    Queued,
+    /// Handed to the mail server.
+    Sent,
+    /// The last attempt failed; it is retried with a fresh link while the invitation is pending.
+    Failed,
+    /// Not emailed (created before invitations were emailed).
+    Skipped,
+}
+
+impl DeliveryStatus {
+    /// The stored text.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Queued => "queued",
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// The delivery record of an invitation email.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InvitationDelivery {
+    /// State.
+    pub status: DeliveryStatus,
+    /// Attempts made for the current link.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When the last attempt was made.
+    pub last_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl InvitationDelivery {
+    /// Not attempted yet.
+    #[must_use]
+    pub fn queued() -> Self {
+        Self {
+            status: DeliveryStatus::Queued,
+            attempts: 0,
+            last_error: None,
+            last_attempt_at: None,
+        }
+    }
+
+    /// Longest stored failure reason (a mail server's answer can be long).
+    pub const MAX_ERROR_LEN: usize = 500;
+
+    /// Records an attempt at `now`: sent, or failed with `error`.
+    pub fn record(&mut self, outcome: Result<(), String>, now: DateTime<Utc>) {
+        self.attempts = self.attempts.saturating_add(1);
+        self.last_attempt_at = Some(now);
+        match outcome {
+            Ok(()) => {
+                self.status = DeliveryStatus::Sent;
+                self.last_error = None;
+            }
+            Err(e) => {
+                self.status = DeliveryStatus::Failed;
+                self.last_error = Some(e.chars().take(Self::MAX_ERROR_LEN).collect());
+            }
+        }
+    }
+
+    /// Whether a retry is due at `now`: queued, or failed and the back-off since the last
+    /// attempt has passed (1, 2, 4 ... minutes, at most an hour).
+    #[must_use]
+    pub fn retry_due(&self, now: DateTime<Utc>) -> bool {
+        match self.status {
+            DeliveryStatus::Queued => true,
+            DeliveryStatus::Failed => {
+                let exponent = self.attempts.saturating_sub(1).min(6);
+                let wait = chrono::Duration::minutes(1i64 << exponent);
+                self.last_attempt_at.is_none_or(|at| now >= at + wait)
+            }
+            DeliveryStatus::Sent | DeliveryStatus::Skipped => false,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -424,6 +520,32 @@ fn check_distinct_tiers(field: &str, tiers: &[TierSlug]) -> Result<(), Validatio
     Ok(())
 }
 
+/// Checks a self-signup domain: lowercase, at least two labels of letters, digits and
+/// hyphens (no `@`, no wildcard, no leading or trailing dot).
+fn check_signup_domain(domain: &str) -> Result<(), String> {
+    let shown = domain.escape_debug();
+    if domain.is_empty() || domain.len() > 253 {
+        return Err(format!("`{shown}` is not a domain"));
+    }
+    if domain != domain.to_lowercase() {
+        return Err(format!("`{shown}` must be lowercase"));
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+    };
+    if labels.len() < 2 || !labels.iter().all(label_ok) {
+        return Err(format!(
+            "`{shown}` is not a domain such as `example.com` (no `@`, no wildcard)"
+        ));
+    }
+    Ok(())
+}
+
 /// Parses an IANA timezone name such as `Europe/Berlin`.
 pub fn parse_timezone(name: &str) -> Result<chrono_tz::Tz, ValidationError> {
     name.parse::<chrono_tz::Tz>().map_err(|_| {
@@ -447,6 +569,7 @@ impl OrgSettings {
             max_users_per_group: 100,
             require_mfa: false,
             timezone: None,
+            signup_domains: Vec::new(),
         };
         settings.validate()?;
         Ok(settings)
@@ -472,7 +595,22 @@ impl OrgSettings {
         if let Some(tz) = &self.timezone {
             parse_timezone(tz)?;
         }
+        for (i, domain) in self.signup_domains.iter().enumerate() {
+            check_signup_domain(domain)
+                .map_err(|reason| ValidationError::new(format!("signup_domains[{i}]"), reason))?;
+        }
         Ok(())
+    }
+
+    /// Whether a person with the verified address `email` may join by self-signup: its
+    /// domain is one of [`signup_domains`](Self::signup_domains) (exactly; a subdomain is
+    /// another domain).
+    #[must_use]
+    pub fn admits_signup(&self, email: &Email) -> bool {
+        let Some((_, domain)) = email.as_str().rsplit_once('@') else {
+            return false;
+        };
+        self.signup_domains.iter().any(|d| d == domain)
     }
 
     /// The timezone budget periods are computed in (UTC when unset or, for data that skipped
@@ -879,6 +1017,17 @@ pub enum InvitationError {
     },
 }
 
+/// Why an invitation could not be renewed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RenewError {
+    /// It is no longer pending.
+    #[error(transparent)]
+    NotPending(InvitationError),
+    /// The request is invalid.
+    #[error(transparent)]
+    Invalid(ValidationError),
+}
+
 impl Invitation {
     /// Issues a pending invitation and its token. Only the token's hash is in the invitation;
     /// the token is returned once, to be shown to the inviter or mailed to the invitee.
@@ -914,8 +1063,47 @@ impl Invitation {
             invited_by: request.invited_by,
             accepted_at: None,
             created_at: now,
+            delivery: InvitationDelivery::queued(),
         };
         Ok((invitation, token))
+    }
+
+    /// Invites the same address again (the seed's "resend"): a pending invitation (overdue or
+    /// not) takes `request`'s grant, a fresh token and expiry, and a queued email. The old
+    /// link stops working. Any other state is refused.
+    pub fn renew(
+        &mut self,
+        request: InvitationRequest,
+        now: DateTime<Utc>,
+    ) -> Result<InvitationToken, RenewError> {
+        if self.status != InvitationStatus::Pending {
+            return Err(RenewError::NotPending(InvitationError::NotPending {
+                status: self.status,
+            }));
+        }
+        if request.email != self.email || request.org_id != self.org_id {
+            return Err(RenewError::Invalid(ValidationError::new(
+                "email",
+                "a renewal is for the same address and organization",
+            )));
+        }
+        let (fresh, token) = Invitation::issue(request, now).map_err(RenewError::Invalid)?;
+        self.role = fresh.role;
+        self.group_ids = fresh.group_ids;
+        self.profile_id = fresh.profile_id;
+        self.token_hash = fresh.token_hash;
+        self.expires_at = fresh.expires_at;
+        self.invited_by = fresh.invited_by.or(self.invited_by);
+        self.delivery = InvitationDelivery::queued();
+        Ok(token)
+    }
+
+    /// A fresh token for a retried email (the token of a mail that may not have arrived is
+    /// never stored, so a retry mails a new one; the old link stops working).
+    pub fn rotate_token(&mut self) -> InvitationToken {
+        let token = new_token();
+        self.token_hash = token.hash();
+        token
     }
 
     /// Whether `token` is this invitation's token.
@@ -1237,6 +1425,92 @@ mod tests {
         assert!(Invitation::issue(req.clone(), now()).is_err());
         req.valid_for = chrono::Duration::days(MAX_INVITATION_TTL_DAYS + 1);
         assert!(Invitation::issue(req, now()).is_err());
+    }
+
+    #[test]
+    fn renewing_keeps_the_invitation_and_replaces_link_expiry_and_grant() {
+        let (mut inv, old) = invite("bob@example.com");
+        let id = inv.id;
+        let later = now() + chrono::Duration::days(3);
+        let request = InvitationRequest {
+            email: inv.email.clone(),
+            org_id: inv.org_id,
+            role: OrgRole::Admin,
+            group_ids: vec![],
+            profile_id: None,
+            invited_by: None,
+            valid_for: chrono::Duration::days(7),
+        };
+        inv.delivery.record(Err("smtp down".to_owned()), now());
+        let new = inv.renew(request.clone(), later).unwrap();
+        assert_eq!(inv.id, id);
+        assert!(inv.matches_token(new.expose()) && !inv.matches_token(old.expose()));
+        assert_eq!(inv.expires_at, later + chrono::Duration::days(7));
+        assert_eq!(inv.role, OrgRole::Admin);
+        assert_eq!(inv.delivery, InvitationDelivery::queued());
+        let mut other = request.clone();
+        other.email = Email::new("eve@example.com").unwrap();
+        assert!(matches!(
+            inv.renew(other, later),
+            Err(RenewError::Invalid(_))
+        ));
+        inv.revoke().unwrap();
+        assert!(matches!(
+            inv.renew(request, later),
+            Err(RenewError::NotPending(_))
+        ));
+        let rotated = inv.rotate_token();
+        assert!(inv.matches_token(rotated.expose()) && !inv.matches_token(new.expose()));
+    }
+
+    #[test]
+    fn failed_deliveries_are_retried_with_growing_waits() {
+        let mut d = InvitationDelivery::queued();
+        assert!(d.retry_due(now()));
+        d.record(Err("x".repeat(2000)), now());
+        assert_eq!(d.status, DeliveryStatus::Failed);
+        assert_eq!(
+            d.last_error.as_ref().map(String::len),
+            Some(InvitationDelivery::MAX_ERROR_LEN)
+        );
+        assert!(!d.retry_due(now() + chrono::Duration::seconds(59)));
+        assert!(d.retry_due(now() + chrono::Duration::minutes(1)));
+        d.record(Err("again".to_owned()), now());
+        assert!(!d.retry_due(now() + chrono::Duration::minutes(1)));
+        assert!(d.retry_due(now() + chrono::Duration::minutes(2)));
+        for _ in 0..20 {
+            d.record(Err("down".to_owned()), now());
+        }
+        assert!(d.retry_due(now() + chrono::Duration::minutes(64)));
+        d.record(Ok(()), now());
+        assert_eq!(d.status, DeliveryStatus::Sent);
+        assert_eq!(d.last_error, None);
+        assert!(!d.retry_due(now() + chrono::Duration::days(1)));
+    }
+
+    #[test]
+    fn signup_domains_are_plain_domains_matched_exactly() {
+        let mut s = settings();
+        assert!(!s.admits_signup(&Email::new("ann@acme.example").unwrap()));
+        s.signup_domains = vec!["acme.example".to_owned()];
+        s.validate().unwrap();
+        assert!(s.admits_signup(&Email::new("Ann@ACME.example").unwrap()));
+        assert!(!s.admits_signup(&Email::new("ann@eu.acme.example").unwrap()));
+        assert!(!s.admits_signup(&Email::new("ann@acme.example.evil").unwrap()));
+        for bad in [
+            "",
+            "acme",
+            "*.acme.example",
+            "ann@acme.example",
+            "Acme.example",
+            ".acme.example",
+            "acme..example",
+            "-a.example",
+        ] {
+            s.signup_domains = vec!["ok.example".to_owned(), bad.to_owned()];
+            let e = s.validate().unwrap_err();
+            assert_eq!(e.field, "signup_domains[1]", "{bad}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod directory;
 pub mod error;
 pub mod gateway;
 pub mod ids;
+pub mod mail;
 pub mod money;
 #[cfg(feature = "openapi")]
 pub mod openapi;

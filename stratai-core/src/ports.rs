@@ -154,6 +154,17 @@ pub trait DirectoryStore: Send + Sync {
     ) -> Result<Option<Invitation>, StoreError>;
     /// Invitations of an organization.
     async fn list_invitations(&self, org: OrgId) -> Result<Vec<Invitation>, StoreError>;
+    /// Writes invitations of one organization, all or nothing: each one is inserted, or,
+    /// when its id exists and is still pending, its grant, token hash, expiry and delivery
+    /// record are replaced (status, email and creation are kept). Conflict when an id is no
+    /// longer pending, or when a second pending invitation would exist for one email
+    /// (one pending invitation per address per organization); NotFound for an unknown group,
+    /// profile or inviter.
+    async fn save_invitations(
+        &self,
+        org: OrgId,
+        invitations: &[Invitation],
+    ) -> Result<(), StoreError>;
     /// Revokes a pending invitation.
     async fn revoke_invitation(
         &self,

@@ -59,6 +59,7 @@ impl Fixture {
                 max_users_per_group: 50,
                 require_mfa: false,
                 timezone: None,
+                signup_domains: Vec::new(),
             },
             billing_email: None,
             billing_plan: BillingPlan::Business,

@@ -161,6 +161,7 @@ impl World {
                 max_users_per_group: 50,
                 require_mfa: false,
                 timezone: None,
+                signup_domains: Vec::new(),
             },
             billing_email: None,
             billing_plan: BillingPlan::Business,

@@ -212,6 +212,9 @@ pub struct FileConfig {
     /// LiteLLM settings.
     #[serde(default)]
     pub litellm: FileLiteLlm,
+    /// Outgoing mail (invitations).
+    #[serde(default)]
+    pub mail: FileMail,
     /// `STRATAI_PROVIDER_PRICES` (a JSON object in the environment): provider prices by
     /// model, added to (or replacing entries of) the built-in list prices.
     pub provider_prices: Option<BTreeMap<String, FileProviderPrice>>,
@@ -304,6 +307,25 @@ pub struct FileLiteLlm {
     /// `STRATAI_LITELLM_SYNC` (server): `in-process` (default) runs the outbox sync in the
     /// server; `worker` leaves it to `litellm-worker`
     pub sync: Option<String>,
+}
+
+/// The `[mail]` section of the config file: how invitation emails leave the server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMail {
+    /// `STRATAI_SMTP_URL`: the mail server, `smtp://host:port` (plain; `?tls=required` for
+    /// STARTTLS) or `smtps://host:port` (TLS); credentials may be in the URL. Unset: mail
+    /// is written to the mailbox folder instead.
+    pub smtp_url: Option<Secret>,
+    /// `STRATAI_SMTP_USERNAME`
+    pub smtp_username: Option<String>,
+    /// `STRATAI_SMTP_PASSWORD`
+    pub smtp_password: Option<Secret>,
+    /// `STRATAI_MAIL_FROM`: the sender address (default `StratAI <noreply@localhost>`)
+    pub from: Option<String>,
+    /// `STRATAI_MAILBOX_DIR`: where mail goes without SMTP, one `.eml` file per message
+    /// (default `./.stratai/mailbox`)
+    pub mailbox_dir: Option<PathBuf>,
 }
 
 /// The file named by `STRATAI_CONFIG` in `env`, or the empty file.

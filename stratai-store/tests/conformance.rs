@@ -133,6 +133,7 @@ conformance! {
     directory::group_member_requires_same_org_membership,
     directory::profiles,
     directory::invitation_create_find_list_revoke,
+    directory::invitation_save_renews_pending_all_or_nothing,
     directory::invitation_names_only_own_groups,
     directory::invitation_accept_once,
     directory::invitation_accept_refusals,

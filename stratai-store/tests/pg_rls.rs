@@ -180,6 +180,7 @@ async fn seed_org(store: &PgStore, tier: TierId) -> (OrgId, Vec<uuid::Uuid>) {
                 invited_by: None,
                 accepted_at: None,
                 created_at: now,
+                delivery: stratai_core::directory::InvitationDelivery::queued(),
             },
         )
         .await

@@ -541,6 +541,9 @@ async fn start_gateway(
             readiness: backends.readiness,
             stores: stores.clone(),
             gateway: Some(gateway),
+            mail: std::sync::Arc::new(
+                stratai_server::server::postman(&config).map_err(|e| e.to_string())?,
+            ),
         },
         HttpLimits {
             body_limit_bytes: 1 << 20,

@@ -56,6 +56,8 @@ pub struct AppState {
     pub stores: crate::stores::Stores,
     /// The governed gateway (`/v1`, `/api/explain`, `/metrics`), when built.
     pub gateway: Option<crate::gateway::GatewayState>,
+    /// Sends invitation emails.
+    pub mail: Arc<crate::mail::Postman>,
 }
 
 impl std::fmt::Debug for AppState {

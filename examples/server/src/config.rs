@@ -17,7 +17,7 @@ use stratai_core::ids::ModelId;
 use stratai_core::pricing::{PriceTable, ProviderPrice};
 pub use stratai_litellm::Secret;
 pub use stratai_litellm::config::{
-    ConfigError, Env, FileConfig, FileLiteLlm, FileOidc, FileProviderPrice, ProcessEnv,
+    ConfigError, Env, FileConfig, FileLiteLlm, FileMail, FileOidc, FileProviderPrice, ProcessEnv,
 };
 use stratai_litellm::config::{
     DatabaseSettings, LiteLlmSettings, flag_setting, http_url, invalid, load_file, millis, number,
@@ -33,6 +33,10 @@ pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 pub const DEFAULT_SUPER_ADMIN_EMAIL: &str = "admin@localhost";
 /// Default usage spool file.
 pub const DEFAULT_USAGE_SPOOL: &str = "./.stratai/usage.spool";
+/// Default mailbox folder (mail without SMTP).
+pub const DEFAULT_MAILBOX_DIR: &str = "./.stratai/mailbox";
+/// Default sender of invitation emails.
+pub const DEFAULT_MAIL_FROM: &str = "StratAI <noreply@localhost>";
 
 /// Validated configuration.
 #[derive(Clone, Debug)]
@@ -69,6 +73,33 @@ pub struct Config {
     /// configured ones on top. They give usage records their provider cost (what the spend
     /// reconciler compares with LiteLLM's spend) and worst-case estimates their output cap.
     pub prices: PriceTable,
+    /// Outgoing mail (invitation emails).
+    pub mail: MailConfig,
+}
+
+/// How invitation emails leave the server.
+#[derive(Clone, Debug)]
+pub struct MailConfig {
+    /// The sender (`Name <address>` or an address).
+    pub from: String,
+    /// SMTP, or the local mailbox folder.
+    pub transport: MailTransportConfig,
+}
+
+/// Where mail goes.
+#[derive(Clone, Debug)]
+pub enum MailTransportConfig {
+    /// A mail server (`STRATAI_SMTP_URL`).
+    Smtp {
+        /// `smtp://` or `smtps://` URL (it may hold credentials, hence a secret).
+        url: Secret,
+        /// User name, when not in the URL.
+        username: Option<String>,
+        /// Password, when not in the URL.
+        password: Option<Secret>,
+    },
+    /// No mail server: one `.eml` file per message in this folder, and a log line.
+    Mailbox(PathBuf),
 }
 
 /// OIDC provider settings (Auth0 first; any OIDC provider with discovery works).
@@ -273,6 +304,8 @@ impl Config {
             None => price_table(file.provider_prices, "provider_prices")?,
         };
 
+        let mail = mail_config(env, file.mail)?;
+
         Ok(Self {
             database,
             bind,
@@ -289,6 +322,7 @@ impl Config {
             oidc,
             litellm,
             prices,
+            mail,
         })
     }
 
@@ -597,6 +631,73 @@ fn require_https_or_loopback(key: &'static str, url: &Url) -> Result<(), ConfigE
     }
 }
 
+/// The `[mail]` settings: SMTP when `STRATAI_SMTP_URL` is set, else the mailbox folder.
+fn mail_config(env: &impl Env, file: FileMail) -> Result<MailConfig, ConfigError> {
+    let from = env
+        .get("STRATAI_MAIL_FROM")
+        .or(file.from)
+        .unwrap_or_else(|| DEFAULT_MAIL_FROM.to_owned())
+        .trim()
+        .to_owned();
+    // `Name <address>` or a bare address; lettre parses it again when a mail is built.
+    let address = from
+        .rsplit_once('<')
+        .map_or(from.as_str(), |(_, rest)| rest.trim_end_matches('>'));
+    if !looks_like_email(&address.to_ascii_lowercase()) || from.chars().any(char::is_control) {
+        return Err(invalid(
+            "STRATAI_MAIL_FROM",
+            format!("`{from}` is not an address or `Name <address>`"),
+        ));
+    }
+    let url = env
+        .get("STRATAI_SMTP_URL")
+        .map(Secret::new)
+        .or(file.smtp_url);
+    let username = env.get("STRATAI_SMTP_USERNAME").or(file.smtp_username);
+    let password = env
+        .get("STRATAI_SMTP_PASSWORD")
+        .map(Secret::new)
+        .or(file.smtp_password);
+    let transport = match url {
+        Some(url) => {
+            let parsed = Url::parse(url.expose().trim())
+                .map_err(|e| invalid("STRATAI_SMTP_URL", format!("not a URL ({e})")))?;
+            if !matches!(parsed.scheme(), "smtp" | "smtps") || parsed.host_str().is_none() {
+                return Err(invalid(
+                    "STRATAI_SMTP_URL",
+                    "expected smtp://host[:port] or smtps://host[:port]",
+                ));
+            }
+            if username.is_some() != password.is_some() {
+                return Err(invalid(
+                    "STRATAI_SMTP_USERNAME",
+                    "set both STRATAI_SMTP_USERNAME and STRATAI_SMTP_PASSWORD, or neither",
+                ));
+            }
+            MailTransportConfig::Smtp {
+                url,
+                username,
+                password,
+            }
+        }
+        None => {
+            if username.is_some() || password.is_some() {
+                return Err(invalid(
+                    "STRATAI_SMTP_URL",
+                    "SMTP credentials are set but no STRATAI_SMTP_URL",
+                ));
+            }
+            MailTransportConfig::Mailbox(
+                env.get("STRATAI_MAILBOX_DIR")
+                    .map(PathBuf::from)
+                    .or(file.mailbox_dir)
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_MAILBOX_DIR)),
+            )
+        }
+    };
+    Ok(MailConfig { from, transport })
+}
+
 /// A light syntactic check: one `@`, something on both sides, no spaces or control characters.
 #[must_use]
 pub fn looks_like_email(s: &str) -> bool {
@@ -633,6 +734,49 @@ mod tests {
         assert_eq!(c.bind.to_string(), DEFAULT_BIND);
         assert_eq!(c.super_admin_email, DEFAULT_SUPER_ADMIN_EMAIL);
         assert!(c.litellm.is_none());
+    }
+
+    #[test]
+    fn mail_goes_to_the_mailbox_without_smtp_and_smtp_settings_are_checked() {
+        let c = Config::load(&env(&[])).unwrap();
+        assert_eq!(c.mail.from, DEFAULT_MAIL_FROM);
+        assert!(matches!(
+            &c.mail.transport,
+            MailTransportConfig::Mailbox(dir) if dir == &PathBuf::from(DEFAULT_MAILBOX_DIR)
+        ));
+        let c = Config::load(&env(&[
+            ("STRATAI_SMTP_URL", "smtp://mail.example:2525"),
+            ("STRATAI_SMTP_USERNAME", "bot"),
+            ("STRATAI_SMTP_PASSWORD", "hunter2"),
+            ("STRATAI_MAIL_FROM", "Acme AI <ai@acme.example>"),
+        ]))
+        .unwrap();
+        assert_eq!(c.mail.from, "Acme AI <ai@acme.example>");
+        let MailTransportConfig::Smtp { url, username, .. } = &c.mail.transport else {
+            panic!("smtp expected")
+        };
+        assert_eq!(url.expose(), "smtp://mail.example:2525");
+        assert_eq!(username.as_deref(), Some("bot"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        for (pairs, key) in [
+            (
+                vec![("STRATAI_SMTP_URL", "http://mail.example")],
+                "STRATAI_SMTP_URL",
+            ),
+            (vec![("STRATAI_SMTP_URL", "not a url")], "STRATAI_SMTP_URL"),
+            (vec![("STRATAI_SMTP_PASSWORD", "x")], "STRATAI_SMTP_URL"),
+            (
+                vec![
+                    ("STRATAI_SMTP_URL", "smtp://h"),
+                    ("STRATAI_SMTP_USERNAME", "u"),
+                ],
+                "STRATAI_SMTP_USERNAME",
+            ),
+            (vec![("STRATAI_MAIL_FROM", "nobody")], "STRATAI_MAIL_FROM"),
+        ] {
+            let e = Config::load(&env(&pairs)).unwrap_err();
+            assert!(e.to_string().contains(key), "{pairs:?}: {e}");
+        }
     }
 
     #[test]

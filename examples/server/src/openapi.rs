@@ -280,11 +280,11 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
                 .ok(201, s.of::<invitations::InvitationCreated>());
             op.body.push((
                 "text/csv",
-                json!({"type": "string", "description": "bulk: a header `email,role,groups` (groups `;`-separated names or ids), one invitation per row; every row is validated before any is written"}),
+                json!({"type": "string", "description": "bulk: a header naming `email` and optionally `role`, `groups` (`;`-separated names or ids) and `profile` (a name or id), one invitation per row; every row is validated before any is written (a bad row is named with its line) and then all are written at once or none"}),
             ));
             op.ok.push((
                 200,
-                "bulk (CSV) outcome, row by row",
+                "bulk (CSV) outcome, row by row; or (JSON) the address's pending invitation renewed and emailed again",
                 "application/json",
                 s.of::<invitations::BulkOutcome>(),
             ));
@@ -301,6 +301,7 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
         ("GET", "/api/organizations/{org_id}/invitations") => {
             op.ok(200, s.list::<invitations::InvitationView>())
         }
+        ("DELETE", "/api/organizations/{org_id}/invitations/{invitation_id}") => no_content(op),
         ("GET", "/api/organizations/{org_id}/tiers") => op.ok(200, s.of::<tiers::OrgTiers>()),
         ("PUT", "/api/organizations/{org_id}/tiers/{tier_id}") => op
             .json(s.of::<tiers::PutSubscription>())
@@ -314,9 +315,18 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
             .json(s.of::<groups::AddGroupMember>())
             .ok(201, s.of::<GroupMembership>()),
         ("DELETE", "/api/groups/{group_id}/members/{user_id}") => no_content(op),
-        ("POST", "/api/invitations") => op
-            .json(s.of::<invitations::CreateInvitation>())
-            .ok(201, s.of::<invitations::InvitationCreated>()),
+        ("POST", "/api/invitations") => {
+            let mut op = op
+                .json(s.of::<invitations::CreateInvitation>())
+                .ok(201, s.of::<invitations::InvitationCreated>());
+            op.ok.push((
+                200,
+                "the address had a pending invitation: renewed (new link and expiry) and emailed again",
+                "application/json",
+                s.of::<invitations::InvitationCreated>(),
+            ));
+            op
+        }
         ("GET", "/api/invitations/{token}") => op.ok(200, s.of::<invitations::InvitationDetails>()),
         ("POST", "/api/invitations/{token}/accept") => op.ok(200, s.of::<Membership>()),
         ("GET", "/api/tiers") => op.ok(200, s.list::<ModelTier>()),
@@ -482,6 +492,7 @@ fn path_param(s: &mut Schemas, name: &str) -> Value {
         "tier_id" => s.of::<TierId>(),
         "budget_id" => s.of::<BudgetId>(),
         "rule_id" => s.of::<RuleId>(),
+        "invitation_id" => s.of::<stratai_core::InvitationId>(),
         _ => json!({"type": "string", "minLength": 1}),
     }
 }

@@ -11,6 +11,7 @@ use crate::auth::session::{MemorySessionStore, SessionStore};
 use crate::auth::{Auth, Mode};
 use crate::config::{Config, LogConfig, Secret};
 use crate::error::ApiError;
+use crate::mail::Postman;
 use crate::stores::{StoreDirectory, StoreReadiness, Stores, seed};
 
 /// What the server runs on besides its configuration.
@@ -91,8 +92,18 @@ pub fn build_state(config: &Config, backends: Backends) -> Result<AppState, ApiE
         readiness: backends.readiness,
         stores: backends.stores,
         gateway: None,
+        mail: Arc::new(postman(config)?),
     })
 }
+
+/// The invitation mailer of `config`.
+pub fn postman(config: &Config) -> Result<Postman, ApiError> {
+    Postman::from_config(&config.mail, &config.public_url, config.dev_mode())
+        .map_err(|e| ApiError::internal(format!("mail: {e}")))
+}
+
+/// How often undelivered invitation emails are retried.
+pub const MAIL_RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The HTTP limits of `config`.
 #[must_use]
@@ -163,6 +174,27 @@ pub fn announce(config: &Config, auth_mode: &Mode) {
     }
 }
 
+/// Says where invitation emails go; loudly when they go to a folder outside dev mode.
+pub fn announce_mail(config: &Config, mail: &Postman) {
+    match &config.mail.transport {
+        crate::config::MailTransportConfig::Smtp { .. } => {
+            tracing::info!(to = %mail.describe(), "invitation emails are sent by SMTP");
+        }
+        crate::config::MailTransportConfig::Mailbox(_) if config.dev_mode() => {
+            tracing::warn!(
+                "DEV MAILBOX: no STRATAI_SMTP_URL; invitation emails are written to {} and logged",
+                mail.describe()
+            );
+        }
+        crate::config::MailTransportConfig::Mailbox(_) => {
+            tracing::warn!(
+                "no STRATAI_SMTP_URL: invitation emails are NOT sent, only written to {}",
+                mail.describe()
+            );
+        }
+    }
+}
+
 /// Runs the server until SIGINT/SIGTERM, then drains in-flight requests.
 pub async fn serve(config: Config, backends: Backends) -> Result<(), ServeError> {
     if config.dev_mode() && !config.bind.ip().is_loopback() && !config.dev_allow_remote {
@@ -174,6 +206,11 @@ pub async fn serve(config: Config, backends: Backends) -> Result<(), ServeError>
             .with_auth_cache(config.auth_cache),
     );
     announce(&config, auth.mode());
+    let mail = Arc::new(postman(&config).map_err(|e| ServeError::Startup(e.to_string()))?);
+    announce_mail(&config, &mail);
+    let _retries = mail
+        .clone()
+        .spawn_retries(backends.stores.directory.clone(), MAIL_RETRY_EVERY);
     let gateway = crate::gateway::setup::build_state(
         &config,
         auth.clone(),
@@ -188,6 +225,7 @@ pub async fn serve(config: Config, backends: Backends) -> Result<(), ServeError>
         readiness: backends.readiness,
         stores: backends.stores,
         gateway: Some(gateway),
+        mail,
     };
     let app = router(
         state,

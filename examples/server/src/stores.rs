@@ -129,6 +129,7 @@ impl IdentityDirectory for StoreDirectory {
             user.oidc_subject = Some(identity.subject.clone());
             user.last_login_at = Some(now);
             self.directory.update_user(&user).await.map_err(backend)?;
+            self.join_at_first_sign_in(&user, now).await;
             return Ok(principal(&user));
         }
         let mut user = User::new(email, identity.name.as_deref(), PlatformRole::User, now)
@@ -136,6 +137,7 @@ impl IdentityDirectory for StoreDirectory {
         user.oidc_subject = Some(identity.subject.clone());
         user.last_login_at = Some(now);
         self.directory.create_user(&user).await.map_err(backend)?;
+        self.join_at_first_sign_in(&user, now).await;
         Ok(principal(&user))
     }
 
@@ -143,22 +145,22 @@ impl IdentityDirectory for StoreDirectory {
         let Ok(email) = Email::new(email) else {
             return Ok(false);
         };
-        let now = Utc::now();
-        for org in self.directory.list_orgs().await.map_err(backend)? {
-            let invitations = self
-                .directory
-                .list_invitations(org.id)
-                .await
-                .map_err(backend)?;
-            if invitations.iter().any(|i| {
-                i.email == email
-                    && i.status == stratai_core::directory::InvitationStatus::Pending
-                    && i.expires_at > now
-            }) {
-                return Ok(true);
-            }
+        crate::onboarding::may_join(self.directory.as_ref(), &email, Utc::now())
+            .await
+            .map_err(backend)
+    }
+}
+
+impl StoreDirectory {
+    /// The onboarding hook of a first sign-in (the identity's email is verified: OIDC checks
+    /// `email_verified`, dev mode vouches for its own): joins pending invitations and
+    /// self-signup organizations. Never fails the sign-in; a failure is logged.
+    async fn join_at_first_sign_in(&self, user: &User, now: chrono::DateTime<Utc>) {
+        if let Err(e) =
+            crate::onboarding::join_at_first_sign_in(self.directory.as_ref(), user, now).await
+        {
+            tracing::warn!(user_id = %user.id, error = %e, "onboarding at first sign-in failed");
         }
-        Ok(false)
     }
 }
 

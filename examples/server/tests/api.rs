@@ -11,8 +11,9 @@ use chrono::Utc;
 use serde_json::json;
 use stratai_core::usage::{UsageRecord, UsageStatus};
 
-/// The README's session: dev token as the super admin -> create an org -> invite a user ->
-/// the user accepts -> lists their accessible tiers.
+/// The README's session: dev token as the super admin -> create an org -> invite a user (the
+/// email lands in the dev mailbox) -> the user's first sign-in joins the organization -> lists
+/// their accessible tiers.
 async fn readme_session(api: Api) {
     let admin = api.token("admin@localhost").await;
     let n = unique();
@@ -52,19 +53,34 @@ async fn readme_session(api: Api) {
     assert_eq!(r.json["status"], "pending");
     assert_eq!(r.json["organization"], "Acme");
 
-    // The invitee gets a dev token (created on first login, as OIDC would) and accepts.
+    // The email went to the dev mailbox, with the link to the accept page.
+    let mailbox = std::fs::read_dir(api.scratch.join("mailbox")).unwrap();
+    let mails: Vec<String> = mailbox
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].contains(&invitee), "{}", mails[0]);
+    assert!(
+        mails[0].replace("=\r\n", "").contains(&token[..32]),
+        "{}",
+        mails[0]
+    );
+
+    // The invitee's first sign-in (a dev token creates the account, as a first OIDC login
+    // would) joins the organization: the invitation is used.
     let ann = api.token(&invitee).await;
+    let me = api.get("/api/me", &ann).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.text);
+    assert!(me.text.contains(org.as_str()), "joined: {}", me.text);
     let r = api
         .send(
-            Method::POST,
-            &format!("/api/invitations/{token}/accept"),
-            Some(&ann),
+            Method::GET,
+            &format!("/api/invitations/{token}"),
+            None,
             None,
         )
         .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(r.json["org_id"], org.as_str());
-    assert_eq!(r.json["role"], "member");
+    assert_eq!(r.json["status"], "accepted", "{}", r.text);
     // Single use.
     let again = api
         .send(
@@ -218,6 +234,15 @@ async fn concurrent_accepts_join_once(api: Api) {
         )
         .await;
     let token = r.json["token"].as_str().unwrap().to_owned();
+    // The invitee has an account already (a first sign-in would join the invitation itself).
+    let user = stratai_core::directory::User::new(
+        stratai_core::directory::Email::new(&invitee).unwrap(),
+        None,
+        stratai_core::directory::PlatformRole::User,
+        Utc::now(),
+    )
+    .unwrap();
+    api.stores.directory.create_user(&user).await.unwrap();
     let user_token = api.token(&invitee).await;
     let api = std::sync::Arc::new(api);
     let mut tasks = Vec::new();

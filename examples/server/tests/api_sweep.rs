@@ -41,6 +41,7 @@ DELETE /api/organizations/{org_id}/members/{user_id}       204 204 204 403 403 4
 GET    /api/organizations/{org_id}/groups                  200 200 200 200 200 200 401 401 404
 POST   /api/organizations/{org_id}/groups                  201 201 201 403 403 403 401 401 404
 GET    /api/organizations/{org_id}/invitations             200 200 200 403 403 403 401 401 404
+DELETE /api/organizations/{org_id}/invitations/{invitation_id} 204 204 204 403 403 403 401 401 404
 GET    /api/organizations/{org_id}/tiers                   200 200 200 200 200 200 401 401 404
 PUT    /api/organizations/{org_id}/tiers/{tier_id}         200 403 403 403 403 403 401 401 404
 PATCH  /api/groups/{group_id}                              200 200 200 403 403 403 401 401 404
@@ -90,6 +91,8 @@ GET    /admin                                              200 403 403 403 403 4
 GET    /admin/organizations                                200 403 403 403 403 403 303 303 403
 POST   /admin/organizations                                303 403 403 403 403 403 303 303 403
 GET    /ui/style.css                                       200 200 200 200 200 200 200 200 200
+GET    /invitations/{token}                                200 200 200 200 200 200 200 200 200
+POST   /invitations/{token}                                409 409 409 409 409 409 303 303 409
 ";
 
 /// The web UI's routes: pages read with the actor's bearer token (as the API is), forms posted
@@ -105,7 +108,7 @@ fn is_ui(path: &str) -> bool {
 /// a super admin, uses models in an organization they are not a member of.
 const GATEWAY: [&str; 3] = ["/v1/chat/completions", "/v1/models", "/api/explain"];
 
-const PLATFORM: [&str; 25] = [
+const PLATFORM: [&str; 26] = [
     "/metrics",
     "/openapi.json",
     "/api/guardrails",
@@ -130,6 +133,7 @@ const PLATFORM: [&str; 25] = [
     "/admin",
     "/admin/organizations",
     "/ui/style.css",
+    "/invitations/{token}",
     "",
 ];
 
@@ -259,6 +263,7 @@ fn request(method: &str, path: &str, target: &OrgFixture) -> (String, Option<Val
         .replace("{group_id}", &target.group.to_string())
         .replace("{budget_id}", &target.budget.to_string())
         .replace("{token}", &target.invitation_token)
+        .replace("{invitation_id}", &target.invitation.to_string())
         .replace("{tier_id}", &target.tier.to_string())
         .replace(
             "{rule_id}",

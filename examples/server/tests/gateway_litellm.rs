@@ -86,6 +86,7 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
             readiness: backends.readiness,
             stores: stores.clone(),
             gateway: Some(gateway),
+            mail: std::sync::Arc::new(stratai_server::server::postman(&config).unwrap()),
         },
         HttpLimits {
             body_limit_bytes: 1 << 20,

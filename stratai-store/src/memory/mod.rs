@@ -4,7 +4,7 @@
 //! it, which the conformance suite checks. All state sits behind one lock, so every operation
 //! is a transaction: it validates everything first and only then changes anything.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -148,11 +148,18 @@ fn norm_group(group: &Group) -> Group {
     group
 }
 
+/// The words of the SQL backends' unique violation of `invitations_organization_id_email_key`
+/// (one pending invitation per address per organization).
+fn pending_exists(_email: &Email) -> StoreError {
+    StoreError::Conflict("an invitation with this `email` already exists".to_owned())
+}
+
 fn norm_invitation(invitation: &Invitation) -> Invitation {
     let mut invitation = invitation.clone();
     invitation.created_at = micros(invitation.created_at);
     invitation.expires_at = micros(invitation.expires_at);
     invitation.accepted_at = invitation.accepted_at.map(micros);
+    invitation.delivery.last_attempt_at = invitation.delivery.last_attempt_at.map(micros);
     invitation
 }
 
@@ -791,8 +798,95 @@ impl DirectoryStore for MemoryStore {
                 "invitation token is in use".to_owned(),
             ));
         }
+        if invitation.status == InvitationStatus::Pending
+            && s.invitations.values().any(|i| {
+                i.org_id == org
+                    && i.email == invitation.email
+                    && i.status == InvitationStatus::Pending
+            })
+        {
+            return Err(pending_exists(&invitation.email));
+        }
         s.invitations
             .insert(invitation.id, norm_invitation(invitation));
+        Ok(())
+    }
+
+    async fn save_invitations(
+        &self,
+        org: OrgId,
+        invitations: &[Invitation],
+    ) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        s.org(org)?;
+        // Check every write first, then apply them all: all or nothing.
+        let mut pending_emails = HashSet::new();
+        for invitation in invitations {
+            tenant(org, invitation.org_id, "invitation")?;
+            for group in &invitation.group_ids {
+                s.group_in(org, *group)?;
+            }
+            check_profile(&s, invitation.profile_id)?;
+            if let Some(inviter) = invitation.invited_by
+                && !s.users.contains_key(&inviter)
+            {
+                return Err(StoreError::not_found("user", inviter));
+            }
+            let email = match s.invitations.get(&invitation.id) {
+                Some(existing) if existing.org_id != org => {
+                    return Err(StoreError::not_found("invitation", invitation.id));
+                }
+                Some(existing) if existing.status != InvitationStatus::Pending => {
+                    return Err(StoreError::Conflict(format!(
+                        "invitation `{}` is {}",
+                        invitation.id,
+                        existing.status.as_str()
+                    )));
+                }
+                Some(existing) => existing.email.clone(),
+                None => {
+                    if invitation.status == InvitationStatus::Pending
+                        && s.invitations.values().any(|i| {
+                            i.org_id == org
+                                && i.email == invitation.email
+                                && i.status == InvitationStatus::Pending
+                        })
+                    {
+                        return Err(pending_exists(&invitation.email));
+                    }
+                    invitation.email.clone()
+                }
+            };
+            if s.invitations
+                .values()
+                .any(|i| i.id != invitation.id && i.token_hash == invitation.token_hash)
+            {
+                return Err(StoreError::Conflict(
+                    "invitation token is in use".to_owned(),
+                ));
+            }
+            if !pending_emails.insert(email.clone()) {
+                return Err(pending_exists(&email));
+            }
+        }
+        for invitation in invitations {
+            let written = match s.invitations.get(&invitation.id) {
+                Some(existing) => {
+                    let mut kept = existing.clone();
+                    kept.role = invitation.role;
+                    kept.group_ids = invitation.group_ids.clone();
+                    kept.profile_id = invitation.profile_id;
+                    kept.token_hash = invitation.token_hash.clone();
+                    kept.expires_at = invitation.expires_at;
+                    kept.invited_by = invitation.invited_by;
+                    kept.delivery = invitation.delivery.clone();
+                    kept
+                }
+                None => invitation.clone(),
+            };
+            s.invitations
+                .insert(invitation.id, norm_invitation(&written));
+        }
         Ok(())
     }
 

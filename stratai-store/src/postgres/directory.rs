@@ -56,6 +56,98 @@ fn tier_texts(tiers: Option<&Vec<stratai_core::TierSlug>>) -> Option<Vec<String>
 }
 
 /// Checks that the organization, the user and the profile (when given) exist, in that order.
+/// Inserts `invitation`, or (`renew`) replaces the grant, token, expiry and delivery of the
+/// pending invitation with its id, in the tenant transaction `tx` of `org`.
+async fn write_invitation(
+    tx: &mut PgConnection,
+    org: OrgId,
+    invitation: &Invitation,
+    renew: bool,
+) -> Result<(), StoreError> {
+    same_tenant(org, invitation.org_id, "invitation")?;
+    check_org_user_profile(&mut *tx, org, None, None).await?;
+    let group_ids: Vec<Uuid> = invitation.group_ids.iter().map(|g| g.as_uuid()).collect();
+    let found: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM groups WHERE id = ANY($1)")
+        .bind(&group_ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+    let found: HashSet<Uuid> = found.into_iter().collect();
+    if let Some(missing) = invitation
+        .group_ids
+        .iter()
+        .find(|g| !found.contains(&g.as_uuid()))
+    {
+        return Err(StoreError::not_found("group", missing));
+    }
+    check_org_user_profile(&mut *tx, org, invitation.invited_by, invitation.profile_id).await?;
+    let delivery = &invitation.delivery;
+    let attempts = i32::try_from(delivery.attempts).unwrap_or(i32::MAX);
+    if renew {
+        // Row-level security shows only this tenant's invitations.
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM invitations WHERE id = $1 FOR UPDATE")
+                .bind(invitation.id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        if let Some(status) = status {
+            if status != "pending" {
+                return Err(StoreError::Conflict(format!(
+                    "invitation `{}` is {status}",
+                    invitation.id
+                )));
+            }
+            sqlx::query(
+                "UPDATE invitations SET role = $2, group_ids = $3, profile_id = $4,
+                     token_hash = $5, expires_at = $6, invited_by = $7, delivery_status = $8,
+                     delivery_attempts = $9, delivery_error = $10, delivery_attempted_at = $11
+                 WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(invitation.id.as_uuid())
+            .bind(enum_text(&invitation.role)?)
+            .bind(&group_ids)
+            .bind(invitation.profile_id.map(|p| p.as_uuid()))
+            .bind(&invitation.token_hash)
+            .bind(micros(invitation.expires_at))
+            .bind(invitation.invited_by.map(|u| u.as_uuid()))
+            .bind(delivery.status.as_str())
+            .bind(attempts)
+            .bind(delivery.last_error.as_deref())
+            .bind(delivery.last_attempt_at.map(micros))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            return Ok(());
+        }
+    }
+    sqlx::query(concat!(
+        "INSERT INTO invitations (",
+        invitation_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    ))
+    .bind(invitation.id.as_uuid())
+    .bind(invitation.email.as_str())
+    .bind(org.as_uuid())
+    .bind(enum_text(&invitation.role)?)
+    .bind(&group_ids)
+    .bind(invitation.profile_id.map(|p| p.as_uuid()))
+    .bind(&invitation.token_hash)
+    .bind(enum_text(&invitation.status)?)
+    .bind(micros(invitation.expires_at))
+    .bind(invitation.invited_by.map(|u| u.as_uuid()))
+    .bind(invitation.accepted_at.map(micros))
+    .bind(micros(invitation.created_at))
+    .bind(delivery.status.as_str())
+    .bind(attempts)
+    .bind(delivery.last_error.as_deref())
+    .bind(delivery.last_attempt_at.map(micros))
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
 async fn check_org_user_profile(
     conn: &mut PgConnection,
     org: OrgId,
@@ -844,42 +936,20 @@ impl DirectoryStore for PgStore {
     ) -> Result<(), StoreError> {
         same_tenant(org, invitation.org_id, "invitation")?;
         let mut tx = self.tenant(org).await?;
+        write_invitation(&mut tx, org, invitation, false).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn save_invitations(
+        &self,
+        org: OrgId,
+        invitations: &[Invitation],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.tenant(org).await?;
         check_org_user_profile(&mut tx, org, None, None).await?;
-        let group_ids: Vec<Uuid> = invitation.group_ids.iter().map(|g| g.as_uuid()).collect();
-        let found: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM groups WHERE id = ANY($1)")
-            .bind(&group_ids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db)?;
-        let found: HashSet<Uuid> = found.into_iter().collect();
-        if let Some(missing) = invitation
-            .group_ids
-            .iter()
-            .find(|g| !found.contains(&g.as_uuid()))
-        {
-            return Err(StoreError::not_found("group", missing));
+        for invitation in invitations {
+            write_invitation(&mut tx, org, invitation, true).await?;
         }
-        check_org_user_profile(&mut tx, org, invitation.invited_by, invitation.profile_id).await?;
-        sqlx::query(concat!(
-            "INSERT INTO invitations (",
-            invitation_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-        ))
-        .bind(invitation.id.as_uuid())
-        .bind(invitation.email.as_str())
-        .bind(org.as_uuid())
-        .bind(enum_text(&invitation.role)?)
-        .bind(&group_ids)
-        .bind(invitation.profile_id.map(|p| p.as_uuid()))
-        .bind(&invitation.token_hash)
-        .bind(enum_text(&invitation.status)?)
-        .bind(micros(invitation.expires_at))
-        .bind(invitation.invited_by.map(|u| u.as_uuid()))
-        .bind(invitation.accepted_at.map(micros))
-        .bind(micros(invitation.created_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
         tx.commit().await.map_err(db)
     }
 

@@ -6,8 +6,8 @@ use sqlx::types::Json;
 use sqlx::{Decode, Postgres, Row, Type};
 use stratai_core::budget::{Budget, BudgetScope};
 use stratai_core::directory::{
-    Email, Group, GroupMembership, Invitation, Membership, OrgSettings, Organization, Slug, User,
-    UserProfile,
+    Email, Group, GroupMembership, Invitation, InvitationDelivery, Membership, OrgSettings,
+    Organization, Slug, User, UserProfile,
 };
 use stratai_core::ports::{OutboxEntity, OutboxEvent, RuleRecord, RuleScope};
 use stratai_core::tiers::{ModelTier, TierSubscription};
@@ -177,7 +177,8 @@ pub(super) fn profile(row: &PgRow) -> Result<UserProfile, StoreError> {
 macro_rules! invitation_columns {
     () => {
         "id, email, organization_id, role, group_ids, \
-     profile_id, token_hash, status, expires_at, invited_by, accepted_at, created_at"
+     profile_id, token_hash, status, expires_at, invited_by, accepted_at, created_at, \
+     delivery_status, delivery_attempts, delivery_error, delivery_attempted_at"
     };
 }
 
@@ -186,6 +187,7 @@ pub(super) fn invitation(row: &PgRow) -> Result<Invitation, StoreError> {
     let role: String = get(row, "role")?;
     let status: String = get(row, "status")?;
     let groups: Vec<Uuid> = get(row, "group_ids")?;
+    let delivery: String = get(row, "delivery_status")?;
     Ok(Invitation {
         id: get::<Uuid>(row, "id")?.into(),
         email: email(&address)?,
@@ -199,6 +201,13 @@ pub(super) fn invitation(row: &PgRow) -> Result<Invitation, StoreError> {
         invited_by: get::<Option<Uuid>>(row, "invited_by")?.map(Into::into),
         accepted_at: get(row, "accepted_at")?,
         created_at: get(row, "created_at")?,
+        delivery: InvitationDelivery {
+            status: enum_from_text("delivery status", &delivery)?,
+            attempts: u32::try_from(get::<i32>(row, "delivery_attempts")?)
+                .map_err(|e| corrupt("delivery_attempts", e))?,
+            last_error: get(row, "delivery_error")?,
+            last_attempt_at: get(row, "delivery_attempted_at")?,
+        },
     })
 }
 

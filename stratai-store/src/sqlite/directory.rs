@@ -6,8 +6,8 @@ use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
 use stratai_core::budget::BudgetScope;
 use stratai_core::directory::{
-    Email, Group, GroupMembership, GroupRole, Invitation, InvitationStatus, Membership,
-    OrgSettings, Organization, Slug, User, UserProfile,
+    Email, Group, GroupMembership, GroupRole, Invitation, InvitationDelivery, InvitationStatus,
+    Membership, OrgSettings, Organization, Slug, User, UserProfile,
 };
 use stratai_core::ports::{DirectoryStore, OutboxEntity};
 use stratai_core::{GroupId, InvitationId, OrgId, ProfileId, StoreError, UserId};
@@ -110,7 +110,8 @@ fn profile_from_row(row: &SqliteRow) -> Result<UserProfile, StoreError> {
 }
 
 const INVITATION_COLUMNS: &str = "SELECT id, email, organization_id, role, group_ids, profile_id, \
-     token_hash, status, expires_at, invited_by, accepted_at, created_at FROM invitations";
+     token_hash, status, expires_at, invited_by, accepted_at, created_at, delivery_status, \
+     delivery_attempts, delivery_error, delivery_attempted_at FROM invitations";
 
 fn invitation_from_row(row: &SqliteRow) -> Result<Invitation, StoreError> {
     Ok(Invitation {
@@ -126,7 +127,100 @@ fn invitation_from_row(row: &SqliteRow) -> Result<Invitation, StoreError> {
         invited_by: row.opt_uuid("invited_by")?.map(UserId::from_uuid),
         accepted_at: row.opt_at("accepted_at")?,
         created_at: row.at("created_at")?,
+        delivery: InvitationDelivery {
+            status: row.variant("delivery_status")?,
+            attempts: u32::try_from(row.int("delivery_attempts")?)
+                .map_err(|e| crate::error::corrupt("delivery_attempts", e))?,
+            last_error: row.opt_text("delivery_error")?,
+            last_attempt_at: row.opt_at("delivery_attempted_at")?,
+        },
     })
+}
+
+/// Inserts `invitation`, or (`renew`) replaces the grant, token, expiry and delivery of the
+/// pending invitation with its id. Checks its references in `org` first.
+async fn write_invitation(
+    tx: &mut SqliteConnection,
+    org: OrgId,
+    invitation: &Invitation,
+    renew: bool,
+) -> Result<(), StoreError> {
+    tenant(org, invitation.org_id, "invitation")?;
+    for group in &invitation.group_ids {
+        require_group(&mut *tx, org, *group).await?;
+    }
+    require_profile(&mut *tx, invitation.profile_id).await?;
+    if let Some(inviter) = invitation.invited_by {
+        require_row(&mut *tx, USER_EXISTS, "user", inviter.as_uuid()).await?;
+    }
+    let existing: Option<(Vec<u8>, String)> =
+        sqlx::query_as("SELECT organization_id, status FROM invitations WHERE id = ?")
+            .bind(invitation.id.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+    let delivery = &invitation.delivery;
+    match existing {
+        Some((owner, status)) if renew => {
+            if owner.as_slice() != org.as_uuid().as_bytes() {
+                return Err(StoreError::not_found("invitation", invitation.id));
+            }
+            if status != "pending" {
+                return Err(StoreError::Conflict(format!(
+                    "invitation `{}` is {status}",
+                    invitation.id
+                )));
+            }
+            sqlx::query(
+                "UPDATE invitations SET role = ?, group_ids = ?, profile_id = ?, token_hash = ?,
+                     expires_at = ?, invited_by = ?, delivery_status = ?, delivery_attempts = ?,
+                     delivery_error = ?, delivery_attempted_at = ?
+                 WHERE id = ? AND status = 'pending'",
+            )
+            .bind(enum_text(&invitation.role)?)
+            .bind(to_json(&invitation.group_ids)?)
+            .bind(invitation.profile_id.map(|p| p.as_uuid()))
+            .bind(&invitation.token_hash)
+            .bind(ts(micros(invitation.expires_at)))
+            .bind(invitation.invited_by.map(|u| u.as_uuid()))
+            .bind(delivery.status.as_str())
+            .bind(i64::from(delivery.attempts))
+            .bind(delivery.last_error.as_deref())
+            .bind(delivery.last_attempt_at.map(|at| ts(micros(at))))
+            .bind(invitation.id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    sqlx::query(
+        "INSERT INTO invitations (id, email, organization_id, role, group_ids, profile_id,
+             token_hash, status, expires_at, invited_by, accepted_at, created_at,
+             delivery_status, delivery_attempts, delivery_error, delivery_attempted_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(invitation.id.as_uuid())
+    .bind(invitation.email.as_str())
+    .bind(org.as_uuid())
+    .bind(enum_text(&invitation.role)?)
+    .bind(to_json(&invitation.group_ids)?)
+    .bind(invitation.profile_id.map(|p| p.as_uuid()))
+    .bind(&invitation.token_hash)
+    .bind(enum_text(&invitation.status)?)
+    .bind(ts(micros(invitation.expires_at)))
+    .bind(invitation.invited_by.map(|u| u.as_uuid()))
+    .bind(invitation.accepted_at.map(|at| ts(micros(at))))
+    .bind(ts(micros(invitation.created_at)))
+    .bind(delivery.status.as_str())
+    .bind(i64::from(delivery.attempts))
+    .bind(delivery.last_error.as_deref())
+    .bind(delivery.last_attempt_at.map(|at| ts(micros(at))))
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 async fn fetch_org(conn: &mut SqliteConnection, org: OrgId) -> Result<Organization, StoreError> {
@@ -783,33 +877,20 @@ impl DirectoryStore for SqliteStore {
         tenant(org, invitation.org_id, "invitation")?;
         let mut tx = self.write().await?;
         require_org(&mut tx, org).await?;
-        for group in &invitation.group_ids {
-            require_group(&mut tx, org, *group).await?;
+        write_invitation(&mut tx, org, invitation, false).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn save_invitations(
+        &self,
+        org: OrgId,
+        invitations: &[Invitation],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        require_org(&mut tx, org).await?;
+        for invitation in invitations {
+            write_invitation(&mut tx, org, invitation, true).await?;
         }
-        require_profile(&mut tx, invitation.profile_id).await?;
-        if let Some(inviter) = invitation.invited_by {
-            require_row(&mut tx, USER_EXISTS, "user", inviter.as_uuid()).await?;
-        }
-        sqlx::query(
-            "INSERT INTO invitations (id, email, organization_id, role, group_ids, profile_id,
-                 token_hash, status, expires_at, invited_by, accepted_at, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(invitation.id.as_uuid())
-        .bind(invitation.email.as_str())
-        .bind(org.as_uuid())
-        .bind(enum_text(&invitation.role)?)
-        .bind(to_json(&invitation.group_ids)?)
-        .bind(invitation.profile_id.map(|p| p.as_uuid()))
-        .bind(&invitation.token_hash)
-        .bind(enum_text(&invitation.status)?)
-        .bind(ts(micros(invitation.expires_at)))
-        .bind(invitation.invited_by.map(|u| u.as_uuid()))
-        .bind(invitation.accepted_at.map(|at| ts(micros(at))))
-        .bind(ts(micros(invitation.created_at)))
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
         tx.commit().await.map_err(db)
     }
 

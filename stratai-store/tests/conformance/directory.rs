@@ -490,14 +490,22 @@ pub async fn invitation_create_find_list_revoke<S: Store>(store: S) {
         store.find_invitation_by_token_hash("feed").await.unwrap(),
         None
     );
-    let second = new_invitation(o.id, &email, vec![]);
+    // One pending invitation per address and organization.
+    assert_conflict(
+        store
+            .create_invitation(o.id, &new_invitation(o.id, &email, vec![]))
+            .await,
+    );
+    let other = Email::new(format!("other-{}@example.com", unique())).unwrap();
+    let second = new_invitation(o.id, &other, vec![]);
     store.create_invitation(o.id, &second).await.unwrap();
     let mut expected = vec![inv.clone(), second.clone()];
     expected.sort_by_key(|i| i.id);
     assert_eq!(store.list_invitations(o.id).await.unwrap(), expected);
 
     // The same token hash twice is a conflict.
-    let mut same_token = new_invitation(o.id, &email, vec![]);
+    let third = Email::new(format!("third-{}@example.com", unique())).unwrap();
+    let mut same_token = new_invitation(o.id, &third, vec![]);
     same_token.token_hash = inv.token_hash.clone();
     assert_conflict(store.create_invitation(o.id, &same_token).await);
 
@@ -513,6 +521,88 @@ pub async fn invitation_create_find_list_revoke<S: Store>(store: S) {
         store
             .revoke_invitation(o.id, stratai_core::InvitationId::new())
             .await,
+    );
+}
+
+pub async fn invitation_save_renews_pending_all_or_nothing<S: Store>(store: S) {
+    let o = org(&store).await;
+    let g = group(&store, o.id, "Pilot").await;
+    let ann = Email::new(format!("ann-{}@example.com", unique())).unwrap();
+    let bob = Email::new(format!("bob-{}@example.com", unique())).unwrap();
+    let first = new_invitation(o.id, &ann, vec![]);
+    store
+        .save_invitations(o.id, std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_invitations(o.id).await.unwrap(),
+        vec![first.clone()]
+    );
+
+    // A renewal replaces grant, token, expiry and delivery; status, email and creation stay.
+    let mut renewed = first.clone();
+    renewed.group_ids = vec![g.id];
+    renewed.token_hash = stratai_core::directory::hash_token(&unique());
+    renewed.expires_at = first.expires_at + chrono::Duration::days(3);
+    renewed
+        .delivery
+        .record(Err("smtp down".to_owned()), first.created_at);
+    renewed.email = bob.clone(); // not written: the address is the invitation's
+    let bob_inv = new_invitation(o.id, &bob, vec![g.id]);
+    store
+        .save_invitations(o.id, &[renewed.clone(), bob_inv.clone()])
+        .await
+        .unwrap();
+    let stored = store
+        .find_invitation_by_token_hash(&renewed.token_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.email, ann);
+    assert_eq!(stored.group_ids, vec![g.id]);
+    assert_eq!(stored.expires_at, renewed.expires_at);
+    assert_eq!(stored.delivery, renewed.delivery);
+    assert_eq!(
+        store
+            .find_invitation_by_token_hash(&first.token_hash)
+            .await
+            .unwrap(),
+        None,
+        "the old token is gone"
+    );
+
+    // All or nothing: a batch with one bad write (a second pending invitation for Ann, an
+    // unknown group) writes none of its rows.
+    let carl = Email::new(format!("carl-{}@example.com", unique())).unwrap();
+    let carl_inv = new_invitation(o.id, &carl, vec![]);
+    let dup = new_invitation(o.id, &ann, vec![]);
+    assert_conflict(store.save_invitations(o.id, &[carl_inv.clone(), dup]).await);
+    let ghost = new_invitation(o.id, &carl, vec![GroupId::new()]);
+    assert_not_found(store.save_invitations(o.id, &[ghost]).await);
+    assert_eq!(store.list_invitations(o.id).await.unwrap().len(), 2);
+
+    // A revoked invitation is final: renewing it is a conflict, and a new one may be made.
+    store.revoke_invitation(o.id, bob_inv.id).await.unwrap();
+    let mut late = bob_inv.clone();
+    late.token_hash = stratai_core::directory::hash_token(&unique());
+    assert_conflict(store.save_invitations(o.id, &[late]).await);
+    store
+        .save_invitations(o.id, &[new_invitation(o.id, &bob, vec![])])
+        .await
+        .unwrap();
+    // Another tenant cannot renew this one.
+    let other = org(&store).await;
+    let mut foreign = stored.clone();
+    foreign.org_id = other.id;
+    assert!(store.save_invitations(other.id, &[foreign]).await.is_err());
+    assert_eq!(
+        store
+            .find_invitation_by_token_hash(&stored.token_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .org_id,
+        o.id
     );
 }
 

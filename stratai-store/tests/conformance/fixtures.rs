@@ -82,6 +82,7 @@ pub fn new_org() -> Organization {
             max_users_per_group: 100,
             require_mfa: false,
             timezone: None,
+            signup_domains: Vec::new(),
         },
         billing_email: Some(Email::new("billing@acme.example").unwrap()),
         billing_plan: BillingPlan::Business,
@@ -249,6 +250,7 @@ pub fn new_invitation(org: OrgId, email: &Email, groups: Vec<GroupId>) -> Invita
         invited_by: None,
         accepted_at: None,
         created_at: now(),
+        delivery: stratai_core::directory::InvitationDelivery::queued(),
     }
 }
 

@@ -95,7 +95,7 @@ pub async fn add(
         "application/json" => {
             let spec: InviteSpec = parse_json(&body)?;
             let created = invitations::invite(&state, &caller, org_id, spec).await?;
-            Ok((StatusCode::CREATED, ApiJson(created)).into_response())
+            Ok((invitations::created_status(&created), ApiJson(created)).into_response())
         }
         _ => Err(ApiError::UnsupportedMediaType(
             "expected `application/json` (one invitation) or `text/csv` (bulk)".to_owned(),

@@ -187,6 +187,7 @@ api_routes! {
     get "/api/organizations/{org_id}/groups" => groups::list;
     post "/api/organizations/{org_id}/groups" => groups::create;
     get "/api/organizations/{org_id}/invitations" => invitations::list;
+    delete "/api/organizations/{org_id}/invitations/{invitation_id}" => invitations::revoke;
     get "/api/organizations/{org_id}/tiers" => tiers::org_tiers;
     put "/api/organizations/{org_id}/tiers/{tier_id}" => tiers::put_subscription;
     patch "/api/groups/{group_id}" => groups::update;

@@ -209,6 +209,16 @@ pub async fn update(
         org.name = name.trim().to_owned();
     }
     if let Some(settings) = req.settings {
+        // Self-signup domains take in everyone at the domain: naming one is the platform's
+        // call (it vouches that the organization owns the domain), never an org admin's.
+        if settings.signup_domains != org.settings.signup_domains
+            && allow(&caller, Action::ManageOrgs, Resource::Org(org_id)).is_err()
+        {
+            return Err(ApiError::Forbidden(
+                "`settings.signup_domains`: only a platform super admin may change self-signup domains"
+                    .to_owned(),
+            ));
+        }
         org.settings = settings;
     }
     if let Some(email) = req.billing_email {

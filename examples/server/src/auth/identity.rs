@@ -58,8 +58,9 @@ pub trait IdentityDirectory: Send + Sync + 'static {
     /// creates that user; a pending invitation for the email may be joined here. Linking a
     /// user already linked to a different subject is a [`DirectoryError::Conflict`].
     async fn login(&self, identity: &LoginIdentity) -> Result<Principal, DirectoryError>;
-    /// Whether `email` holds a pending, unexpired invitation (dev mode lets such a person get
-    /// a token, as a first OIDC login would create them).
+    /// Whether `email` holds a pending, unexpired invitation or is admitted by an
+    /// organization's self-signup domains (dev mode lets such a person get a token, as a
+    /// first OIDC login would create them).
     async fn is_invited(&self, _email: &str) -> Result<bool, DirectoryError> {
         Ok(false)
     }

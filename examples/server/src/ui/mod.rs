@@ -60,6 +60,8 @@ ui_routes! {
     get "/org/{org_id}/guardrails" => pages::org::guardrails;
     get "/admin" => pages::admin::overview;
     get "/admin/organizations" => pages::admin::organizations;
+    get "/invitations/{token}" => pages::invitation::show;
+    post "/invitations/{token}" => pages::invitation::accept;
     post "/admin/organizations" => pages::admin::create_organization;
     get "/ui/style.css" => stylesheet;
 }

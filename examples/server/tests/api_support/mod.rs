@@ -87,8 +87,8 @@ pub struct Api {
     pub stores: Stores,
     pub super_admin: User,
     pub internal_org: OrgId,
-    /// Holds the spool file.
-    _spool: Scratch,
+    /// Holds the spool file and the mailbox folder (`mailbox/`).
+    pub scratch: Scratch,
     _guard: Guard,
 }
 
@@ -103,14 +103,25 @@ pub struct Resp {
 
 impl Api {
     pub async fn start(kind: Kind) -> Option<Self> {
+        Self::start_with(kind, &[]).await
+    }
+
+    /// The server with these settings (as environment variables) over the defaults. Mail goes
+    /// to a mailbox folder in the test's scratch space unless `STRATAI_SMTP_URL` is given.
+    pub async fn start_with(kind: Kind, settings: &[(&str, String)]) -> Option<Self> {
         let (stores, guard) = stores(kind).await?;
-        let config =
-            Config::from_parts(FileConfig::default(), &HashMap::<String, String>::new()).unwrap();
+        let spool = Scratch::new();
+        let mut env: HashMap<String, String> = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        env.entry("STRATAI_MAILBOX_DIR".to_owned())
+            .or_insert_with(|| spool.join("mailbox").display().to_string());
+        let config = Config::from_parts(FileConfig::default(), &env).unwrap();
         let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
         let mut state = build_state(&config, backends).unwrap();
         // The governed gateway too (offline demo provider), so every route is served.
         let mut options = stratai_server::gateway::setup::GatewayOptions::from_config(&config);
-        let spool = Scratch::new();
         options.spool_path = spool.join("usage.spool");
         state.gateway = Some(
             stratai_server::gateway::setup::build_state(
@@ -141,7 +152,7 @@ impl Api {
             stores,
             super_admin,
             internal_org: internal.id,
-            _spool: spool,
+            scratch: spool,
             _guard: guard,
         })
     }
@@ -260,6 +271,8 @@ pub struct OrgFixture {
     pub gmember: User,
     pub budget: BudgetId,
     pub invitation_token: String,
+    /// The pending invitation's id.
+    pub invitation: stratai_core::InvitationId,
     pub tier: TierId,
     /// An org-level guardrail rule.
     pub rule: RuleId,
@@ -405,6 +418,7 @@ pub async fn org_fixture(stores: &Stores, name: &str) -> OrgFixture {
         gmember,
         budget: budget.id,
         invitation_token: token.expose().to_owned(),
+        invitation: invitation.id,
         tier: BASIC_TIER_ID,
     }
 }

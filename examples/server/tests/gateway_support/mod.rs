@@ -226,6 +226,7 @@ pub async fn serve(backing: Arc<Backing>, setup: Setup) -> Gw {
             readiness: backends.readiness,
             stores: served,
             gateway: Some(gateway.clone()),
+            mail: std::sync::Arc::new(stratai_server::server::postman(&config).unwrap()),
         },
         HttpLimits {
             body_limit_bytes: 1 << 20,

@@ -1,6 +1,7 @@
 //! The page handlers: sign-in and home here, the three areas in their modules.
 
 pub(crate) mod admin;
+pub(crate) mod invitation;
 pub(crate) mod member;
 pub(crate) mod org;
 

@@ -1,0 +1,99 @@
+//! What happens at a person's first sign-in with a verified email (the seed's onboarding
+//! flows): their pending invitations are joined (flow A/C), and organizations that admit
+//! their email domain by self-signup take them in with the default tier (flow B).
+//!
+//! Called by the store-backed directory when it links or creates a user; a failure to join
+//! one organization is logged and never blocks the sign-in.
+
+use chrono::{DateTime, Utc};
+use stratai_core::directory::{Email, InvitationStatus, Membership, OrgRole, User};
+use stratai_core::ports::DirectoryStore;
+use stratai_core::{OrgId, StoreError};
+
+/// What a first sign-in joined.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Joined {
+    /// Organizations joined by accepting a pending invitation.
+    pub by_invitation: Vec<OrgId>,
+    /// Organizations joined by self-signup (their `signup_domains` admit the email).
+    pub by_signup: Vec<OrgId>,
+}
+
+/// Whether `email` may be taken in at a first sign-in: it holds a pending, unexpired
+/// invitation, or an active organization admits its domain by self-signup.
+pub async fn may_join(
+    directory: &dyn DirectoryStore,
+    email: &Email,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    for org in directory.list_orgs().await? {
+        if org.active && org.settings.admits_signup(email) {
+            return Ok(true);
+        }
+        let invited = directory.list_invitations(org.id).await?.iter().any(|i| {
+            &i.email == email && i.status == InvitationStatus::Pending && i.expires_at > now
+        });
+        if invited {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Joins `user` (whose email the identity provider verified) to every organization that
+/// invited them and to every active organization admitting their domain by self-signup.
+pub async fn join_at_first_sign_in(
+    directory: &dyn DirectoryStore,
+    user: &User,
+    now: DateTime<Utc>,
+) -> Result<Joined, StoreError> {
+    let mut joined = Joined::default();
+    let orgs = directory.list_orgs().await?;
+    for org in &orgs {
+        let invitations = directory.list_invitations(org.id).await?;
+        let Some(invitation) = invitations.iter().find(|i| {
+            i.email == user.email && i.status == InvitationStatus::Pending && i.expires_at > now
+        }) else {
+            continue;
+        };
+        match directory
+            .accept_invitation(&invitation.token_hash, user, now)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(org_id = %org.id, user_id = %user.id, "invitation joined at first sign-in");
+                joined.by_invitation.push(org.id);
+            }
+            Err(
+                e
+                @ (StoreError::Conflict(_) | StoreError::Invalid(_) | StoreError::NotFound { .. }),
+            ) => {
+                // Already a member, a full group, or a race with another acceptance: the
+                // invitation stays as the store left it; the link still works if pending.
+                tracing::warn!(org_id = %org.id, user_id = %user.id, error = %e, "pending invitation not joined at sign-in");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for org in &orgs {
+        if !org.active
+            || !org.settings.admits_signup(&user.email)
+            || joined.by_invitation.contains(&org.id)
+        {
+            continue;
+        }
+        let membership = Membership::new(org.id, user.id, OrgRole::Member, now)
+            .with_allowed_tiers(vec![org.settings.default_tier.clone()])
+            .map_err(StoreError::from)?;
+        match directory.add_member(org.id, &membership).await {
+            Ok(()) => {
+                tracing::info!(org_id = %org.id, user_id = %user.id, tier = %org.settings.default_tier, "joined by self-signup");
+                joined.by_signup.push(org.id);
+            }
+            // Already a member (e.g. joined another way meanwhile).
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(joined)
+}
