@@ -33,6 +33,10 @@ pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 pub const DEFAULT_SUPER_ADMIN_EMAIL: &str = "admin@localhost";
 /// Default usage spool file.
 pub const DEFAULT_USAGE_SPOOL: &str = "./.stratai/usage.spool";
+/// The longest `STRATAI_AUTH_CACHE_MS` accepted: how long, at worst, another instance keeps
+/// admitting a deactivated user's bearer token (the instance that deactivated them forgets
+/// them at once).
+pub const MAX_AUTH_CACHE: Duration = Duration::from_secs(60);
 
 /// Validated configuration.
 #[derive(Clone, Debug)]
@@ -181,6 +185,16 @@ impl Config {
             file.auth_cache_ms,
             Duration::ZERO,
         )?;
+        if auth_cache > MAX_AUTH_CACHE {
+            return Err(invalid(
+                "STRATAI_AUTH_CACHE_MS",
+                format!(
+                    "`{}` is above {} (a deactivated user's token would be admitted that long)",
+                    auth_cache.as_millis(),
+                    MAX_AUTH_CACHE.as_millis()
+                ),
+            ));
+        }
         let log = log_config(env, &file)?;
         let gateway = gateway_config(env, &file)?;
 
@@ -1000,6 +1014,8 @@ mod tests {
         for (key, value) in [
             ("STRATAI_GATEWAY_CACHE_MS", "2s"),
             ("STRATAI_AUTH_CACHE_MS", "soon"),
+            // past the bound a deactivation must take effect within
+            ("STRATAI_AUTH_CACHE_MS", "60001"),
             ("STRATAI_BUDGET_LEASE_MS", "1s"),
             ("STRATAI_BUDGET_LEASE_BLOCK", "0"),
             ("STRATAI_BUDGET_LEASE_BLOCK", "many"),

@@ -240,10 +240,14 @@ pub async fn seed(stores: &Stores, admin_email: &str) -> Result<SeedReport, Stor
     let email = Email::new(admin_email)?;
     let super_admin = match stores.directory.find_user_by_email(&email).await? {
         Some(mut user) => {
-            if user.platform_role != PlatformRole::SuperAdmin || !user.active {
-                user.platform_role = PlatformRole::SuperAdmin;
-                user.active = true;
-                stores.directory.update_user(&user).await?;
+            if user.platform_role != PlatformRole::SuperAdmin {
+                user = stores
+                    .directory
+                    .set_platform_role(user.id, PlatformRole::SuperAdmin)
+                    .await?;
+            }
+            if !user.active {
+                user = stores.directory.set_user_active(user.id, true).await?;
             }
             user
         }

@@ -24,8 +24,8 @@ use stratai_core::ports::{OutboxEntity, OutboxEvent, OutboxStore};
 use tokio::sync::Mutex;
 
 pub use mapping::{
-    DesiredKey, DesiredOrg, DesiredTeam, MANAGED_BY, ModelNames, NO_MODELS, desired_key,
-    desired_org, desired_team, is_managed, key_alias, key_metadata, org_metadata,
+    DesiredKey, DesiredOrg, DesiredTeam, MANAGED_BY, ModelNames, NO_MODELS,
+    block_key_unless_active, desired_key, desired_org, desired_team, is_managed, key_alias, key_metadata, org_metadata,
     org_monthly_budget, place_key, place_team, recorded_version, team_metadata,
 };
 pub use reconcile::{CostMismatch, Drift, DriftKind, DriftReport, SpendReport, compare_spend};
@@ -660,6 +660,12 @@ impl SyncEngine {
         if let Some(organization) = &organization {
             place_key(&mut desired, organization);
         }
+        let active = self
+            .source
+            .user(user_id)
+            .await?
+            .is_none_or(|user| user.active);
+        block_key_unless_active(&mut desired, active);
         let write_version = version.unwrap_or(0).max(remote_version);
         let metadata = key_metadata(&desired, write_version);
 
@@ -688,6 +694,7 @@ impl SyncEngine {
                     max_budget: desired.max_budget,
                     budget_duration: desired.budget_duration.clone(),
                     metadata: Some(metadata),
+                    blocked: desired.blocked.then_some(true),
                     ..KeyGenerate::default()
                 };
                 let key = match self.client.key_generate(&generate).await {
@@ -730,6 +737,7 @@ impl SyncEngine {
                     && (desired.organization_id.is_none()
                         || key.organization_id == desired.organization_id)
                     && key.key_alias.as_deref() == Some(desired.alias.as_str())
+                    && key.blocked.unwrap_or(false) == desired.blocked
                     && key.metadata.as_ref() == Some(&metadata);
                 if !same {
                     let update = KeyUpdate {
@@ -741,6 +749,7 @@ impl SyncEngine {
                         key_alias: Some(desired.alias.clone()),
                         team_id: desired.team_id.clone(),
                         organization_id: desired.organization_id.clone(),
+                        blocked: Some(desired.blocked),
                         ..KeyUpdate::default()
                     };
                     self.client

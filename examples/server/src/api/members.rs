@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use stratai_core::access::{Action, Resource};
-use stratai_core::directory::{Membership, OrgRole};
+use stratai_core::directory::{Group, GroupRole, Membership, OrgRole};
 use stratai_core::money::Money;
 use stratai_core::{OrgId, ProfileId, TierSlug, UserId};
 
@@ -65,6 +65,52 @@ pub async fn list(
         out.push(view(&state, m).await?);
     }
     Ok(ApiJson(out))
+}
+
+/// One member of an organization (admins).
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((org_id, user_id)): ApiPath<(OrgId, UserId)>,
+) -> Result<ApiJson<MemberView>, ApiError> {
+    allow(
+        &caller,
+        Action::ManageMembers,
+        Resource::Member { org_id, user_id },
+    )?;
+    let member = state.stores.directory.get_member(org_id, user_id).await?;
+    Ok(ApiJson(view(&state, member).await?))
+}
+
+/// A group of a member, with their role in it.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MemberGroup {
+    /// The group.
+    pub group: Group,
+    /// The member's role in it.
+    pub role: GroupRole,
+}
+
+/// The groups of one member of an organization (admins).
+pub async fn groups(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((org_id, user_id)): ApiPath<(OrgId, UserId)>,
+) -> Result<ApiJson<Vec<MemberGroup>>, ApiError> {
+    allow(
+        &caller,
+        Action::ManageMembers,
+        Resource::Member { org_id, user_id },
+    )?;
+    let dir = &state.stores.directory;
+    dir.get_member(org_id, user_id).await?;
+    Ok(ApiJson(
+        dir.groups_of_member(org_id, user_id)
+            .await?
+            .into_iter()
+            .map(|(group, role)| MemberGroup { group, role })
+            .collect(),
+    ))
 }
 
 /// Adds members by invitation: a JSON body invites one person; a `text/csv` body

@@ -103,9 +103,18 @@ pub struct Resp {
 
 impl Api {
     pub async fn start(kind: Kind) -> Option<Self> {
+        Self::start_with(kind, &[]).await
+    }
+
+    /// The server under test with these settings (as environment pairs) on top of the
+    /// defaults.
+    pub async fn start_with(kind: Kind, settings: &[(&str, &str)]) -> Option<Self> {
         let (stores, guard) = stores(kind).await?;
-        let config =
-            Config::from_parts(FileConfig::default(), &HashMap::<String, String>::new()).unwrap();
+        let env: HashMap<String, String> = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let config = Config::from_parts(FileConfig::default(), &env).unwrap();
         let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
         let mut state = build_state(&config, backends).unwrap();
         // The governed gateway too (offline demo provider), so every route is served.
