@@ -169,7 +169,9 @@ pub struct SyncEngine {
     outbox: Arc<dyn OutboxStore>,
     vault: Arc<dyn KeyVault>,
     config: SyncConfig,
-    applied: Mutex<HashMap<OutboxEntity, i64>>,
+    /// By organization and entity: a member's events of two organizations are two entities
+    /// (their versions count per organization in the stores).
+    applied: Mutex<HashMap<(OrgId, OutboxEntity), i64>>,
     /// Held while a member's key is pushed, so the outbox pass and an on-demand
     /// [`SyncEngine::provision_member`] never create two keys for one member.
     members: Mutex<()>,
@@ -281,12 +283,15 @@ impl SyncEngine {
             events: events.len(),
             ..PassReport::default()
         };
-        let mut order: Vec<OutboxEntity> = Vec::new();
-        let mut by_entity: HashMap<OutboxEntity, Vec<OutboxEvent>> = HashMap::new();
+        // One push per (organization, entity): a person's memberships of two organizations
+        // are two keys, so their events are never merged into one.
+        let mut order: Vec<(OrgId, OutboxEntity)> = Vec::new();
+        let mut by_entity: HashMap<(OrgId, OutboxEntity), Vec<OutboxEvent>> = HashMap::new();
         for event in events {
-            let list = by_entity.entry(event.entity).or_default();
+            let key = (event.org_id, event.entity);
+            let list = by_entity.entry(key).or_default();
             if list.is_empty() {
-                order.push(event.entity);
+                order.push(key);
             }
             list.push(event);
         }
