@@ -199,8 +199,14 @@ mod tests {
     #[tokio::test]
     async fn forgotten_values_are_loaded_afresh_and_a_load_under_way_is_not_kept() {
         let cache = Arc::new(FreshCache::<u32, (u32, bool)>::new(Duration::from_secs(60)));
-        cache.load(1, || async { Ok::<_, ()>((1, true)) }).await.unwrap();
-        cache.load(2, || async { Ok::<_, ()>((2, true)) }).await.unwrap();
+        cache
+            .load(1, || async { Ok::<_, ()>((1, true)) })
+            .await
+            .unwrap();
+        cache
+            .load(2, || async { Ok::<_, ()>((2, true)) })
+            .await
+            .unwrap();
         // A load that read the old state and finishes after the change.
         let (read, release) = (
             Arc::new(tokio::sync::Notify::new()),
@@ -223,11 +229,18 @@ mod tests {
         release.notify_one();
         assert_eq!(slow.await.unwrap(), Ok((3, true)), "its own caller gets it");
         assert_eq!(cache.lookup(&1), Lookup::Miss, "forgotten");
-        assert_eq!(cache.lookup(&3), Lookup::Miss, "not inserted after the change");
+        assert_eq!(
+            cache.lookup(&3),
+            Lookup::Miss,
+            "not inserted after the change"
+        );
         assert_eq!(cache.lookup(&2), Lookup::Fresh((2, true)), "others stay");
         // Loads that begin after the change are cached again.
         tokio::time::sleep(Duration::from_millis(2)).await;
-        cache.load(1, || async { Ok::<_, ()>((1, false)) }).await.unwrap();
+        cache
+            .load(1, || async { Ok::<_, ()>((1, false)) })
+            .await
+            .unwrap();
         assert_eq!(cache.lookup(&1), Lookup::Fresh((1, false)));
     }
 

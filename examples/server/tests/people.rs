@@ -99,7 +99,12 @@ async fn people_are_listed_searched_and_paged(api: Api) {
         ("colour=red", "colour"),
     ] {
         let r = api.get(&format!("/api/users?{query}"), &admin).await;
-        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {}", r.text);
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{query}: {}",
+            r.text
+        );
         assert!(r.text.contains(field), "{query}: {}", r.text);
     }
     let r = api
@@ -307,7 +312,11 @@ async fn one_super_admin_always_remains(api: Api) {
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert!(r.text.contains("`platform_role`"), "{}", r.text);
     let r = api
-        .patch(&format!("/api/users/{me}"), &admin, json!({"active": false}))
+        .patch(
+            &format!("/api/users/{me}"),
+            &admin,
+            json!({"active": false}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert!(r.text.contains("`active`"), "{}", r.text);
@@ -383,7 +392,10 @@ async fn admins_see_members_and_groups(api: Api) {
     let org = f.org;
 
     let r = api
-        .get(&format!("/api/organizations/{org}/members/{}", f.lead.id), &admin)
+        .get(
+            &format!("/api/organizations/{org}/members/{}", f.lead.id),
+            &admin,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["email"], f.lead.email.as_str());
@@ -408,14 +420,23 @@ async fn admins_see_members_and_groups(api: Api) {
     // Not a member of this organization: 404, here and for the other one's people.
     for path in [
         format!("/api/organizations/{org}/members/{}", other.member.id),
-        format!("/api/organizations/{org}/members/{}/groups", other.member.id),
-        format!("/api/organizations/{}/members/{}", other.org, other.member.id),
+        format!(
+            "/api/organizations/{org}/members/{}/groups",
+            other.member.id
+        ),
+        format!(
+            "/api/organizations/{}/members/{}",
+            other.org, other.member.id
+        ),
     ] {
         let r = api.get(&path, &admin).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.text);
     }
     let r = api
-        .get(&format!("/api/organizations/{org}/members/{}", f.lead.id), &plain)
+        .get(
+            &format!("/api/organizations/{org}/members/{}", f.lead.id),
+            &plain,
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
 
@@ -532,3 +553,168 @@ async fn admins_see_members_and_groups(api: Api) {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
 }
 on_every_backend!(admins_see_members_and_groups);
+
+/// The seed's two profiles exist; giving a member a profile gives them its default tiers,
+/// and a profile not available to the organization is refused.
+async fn profiles_act_when_given(api: Api) {
+    let super_token = api.token("admin@localhost").await;
+    let r = api.get("/api/profiles", &super_token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let profile = |name: &str| -> String {
+        r.json
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("profile {name} seeded: {}", r.text))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let employee = profile("Internal Employee");
+    let contractor = profile("External Contractor");
+
+    let f = org_fixture(&api.stores, "profiles").await;
+    let admin = api.token(f.admin.email.as_str()).await;
+    let path = format!("/api/organizations/{}/members/{}", f.org, f.member.id);
+    // Internal employees are the internal pilot's only.
+    let r = api
+        .patch(&path, &admin, json!({"profile_id": employee}))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert!(r.text.contains("profile_id"), "{}", r.text);
+    assert_eq!(
+        api.stores
+            .directory
+            .get_member(f.org, f.member.id)
+            .await
+            .unwrap()
+            .profile_id,
+        None
+    );
+    // A contractor starts with the basic tier only.
+    let r = api
+        .patch(&path, &admin, json!({"profile_id": contractor}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["profile_id"], contractor.as_str());
+    assert_eq!(r.json["allowed_tiers"], json!(["basic"]));
+    let r = api
+        .get(
+            &format!(
+                "/api/tiers/accessible?org_id={}&user_id={}",
+                f.org, f.member.id
+            ),
+            &admin,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let accessible: Vec<&str> = r.json["accessible"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["slug"].as_str().unwrap())
+        .collect();
+    assert_eq!(accessible, ["basic"], "{}", r.text);
+    // Tiers named in the same request win over the profile's.
+    let r = api
+        .patch(
+            &path,
+            &admin,
+            json!({"profile_id": contractor, "allowed_tiers": ["basic", "standard"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["allowed_tiers"], json!(["basic", "standard"]));
+    // Clearing the profile keeps the tiers.
+    let r = api.patch(&path, &admin, json!({"profile_id": null})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["profile_id"], Value::Null);
+    assert_eq!(r.json["allowed_tiers"], json!(["basic", "standard"]));
+
+    // In the internal pilot, an internal employee gets basic and standard.
+    let person = person(&api, &format!("emp-{}@people.test", unique()), None).await;
+    api.stores
+        .directory
+        .add_member(
+            api.internal_org,
+            &stratai_core::directory::Membership::new(
+                api.internal_org,
+                person.id,
+                stratai_core::directory::OrgRole::Member,
+                chrono::Utc::now(),
+            ),
+        )
+        .await
+        .unwrap();
+    let r = api
+        .patch(
+            &format!(
+                "/api/organizations/{}/members/{}",
+                api.internal_org, person.id
+            ),
+            &super_token,
+            json!({"profile_id": employee}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["allowed_tiers"], json!(["basic", "standard"]));
+}
+on_every_backend!(profiles_act_when_given);
+
+/// The internal pilot as the seed document sets it up, seen over the API.
+async fn the_internal_pilot_is_seeded_as_the_seed_says(api: Api) {
+    let admin = api.token("admin@localhost").await;
+    let r = api
+        .get(&format!("/api/organizations/{}", api.internal_org), &admin)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["name"], "Our Company");
+    assert_eq!(r.json["slug"], "internal");
+    assert_eq!(r.json["billing_plan"], "enterprise");
+    assert_eq!(
+        r.json["settings"]["allowed_tiers"],
+        json!(["basic", "standard", "premium"])
+    );
+    assert_eq!(r.json["settings"]["default_tier"], "standard");
+    assert_eq!(r.json["settings"]["max_users_per_group"], 50);
+    assert_eq!(r.json["settings"]["require_mfa"], false);
+    let r = api
+        .get(&format!("/api/budgets?org_id={}", api.internal_org), &admin)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let org_budgets: Vec<&Value> = r
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["budget"]["scope"]["type"] == "org")
+        .collect();
+    assert_eq!(org_budgets.len(), 1, "{}", r.text);
+    let budget = &org_budgets[0]["budget"];
+    assert_eq!(budget["period"], "monthly");
+    assert_eq!(budget["hard_limit"], true);
+    assert_eq!(
+        budget["limit"]
+            .as_str()
+            .unwrap()
+            .parse::<rust_decimal::Decimal>()
+            .unwrap(),
+        rust_decimal::Decimal::from(10_000)
+    );
+    let r = api
+        .get(
+            &format!("/api/organizations/{}/tiers", api.internal_org),
+            &admin,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let subscribed = r.json["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["enabled"] == true)
+        .count();
+    assert_eq!(subscribed, 3, "{}", r.text);
+}
+on_every_backend!(the_internal_pilot_is_seeded_as_the_seed_says);

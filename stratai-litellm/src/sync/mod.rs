@@ -25,8 +25,9 @@ use tokio::sync::Mutex;
 
 pub use mapping::{
     DesiredKey, DesiredOrg, DesiredTeam, MANAGED_BY, ModelNames, NO_MODELS,
-    block_key_unless_active, desired_key, desired_org, desired_team, is_managed, key_alias, key_metadata, org_metadata,
-    org_monthly_budget, place_key, place_team, recorded_version, team_metadata,
+    block_key_unless_active, desired_key, desired_org, desired_team, is_managed, key_alias,
+    key_metadata, org_metadata, org_monthly_budget, place_key, place_team, recorded_version,
+    team_metadata,
 };
 pub use reconcile::{CostMismatch, Drift, DriftKind, DriftReport, SpendReport, compare_spend};
 pub use source::{CoreDirectory, KeyVault, MemoryKeyVault, SyncSource};

@@ -44,7 +44,11 @@ pub async fn users_list_search_and_pages<S: Store>(store: S) {
         .await
         .unwrap();
     let ids: Vec<UserId> = all.iter().map(|u| u.id).collect();
-    assert_eq!(ids, [a.id, b.id, c.id, z.id], "email order, search by email or name");
+    assert_eq!(
+        ids,
+        [a.id, b.id, c.id, z.id],
+        "email order, search by email or name"
+    );
     assert!(!ids.contains(&other.id));
     assert_eq!(all[0], a, "users read back whole");
 
@@ -62,16 +66,16 @@ pub async fn users_list_search_and_pages<S: Store>(store: S) {
     assert_eq!(found.iter().map(|u| u.id).collect::<Vec<_>>(), [b.id]);
 
     // Pages of two: the cursor is the last email of the previous page.
-    let first = store
-        .list_users(&query(Some(&tag), None, 2))
-        .await
-        .unwrap();
+    let first = store.list_users(&query(Some(&tag), None, 2)).await.unwrap();
     assert_eq!(first.iter().map(|u| u.id).collect::<Vec<_>>(), [a.id, b.id]);
     let second = store
         .list_users(&query(Some(&tag), Some(&first[1].email), 2))
         .await
         .unwrap();
-    assert_eq!(second.iter().map(|u| u.id).collect::<Vec<_>>(), [c.id, z.id]);
+    assert_eq!(
+        second.iter().map(|u| u.id).collect::<Vec<_>>(),
+        [c.id, z.id]
+    );
     let third = store
         .list_users(&query(Some(&tag), Some(&second[1].email), 2))
         .await
@@ -274,7 +278,11 @@ pub async fn concurrent_revocations_leave_a_super_admin<S: Store>(store: S) {
                 left.insert(*id);
             }
         }
-        assert_eq!(left.len(), 1, "round {round}: one active super admin remains");
+        assert_eq!(
+            left.len(),
+            1,
+            "round {round}: one active super admin remains"
+        );
         survivor = left.into_iter().next();
     }
 }

@@ -130,8 +130,13 @@ pub async fn create(
         group = group.with_allowed_tiers(tiers)?;
     }
     group.monthly_budget = req.monthly_budget;
-    let members = first_members(&state, org_id, &group, req.members.as_deref().unwrap_or(&[]))
-        .await?;
+    let members = first_members(
+        &state,
+        org_id,
+        &group,
+        req.members.as_deref().unwrap_or(&[]),
+    )
+    .await?;
     // The store checks the capacity again in the transaction that writes the group.
     state
         .stores

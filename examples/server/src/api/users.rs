@@ -12,10 +12,10 @@
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
+use stratai_core::UserId;
 use stratai_core::access::{Action, Resource};
 use stratai_core::directory::{Email, Membership, PlatformRole, User};
 use stratai_core::ports::UserQuery;
-use stratai_core::UserId;
 
 use super::{ApiPath, Caller, allow};
 use crate::app::AppState;
