@@ -718,3 +718,82 @@ async fn the_internal_pilot_is_seeded_as_the_seed_says(api: Api) {
     assert_eq!(subscribed, 3, "{}", r.text);
 }
 on_every_backend!(the_internal_pilot_is_seeded_as_the_seed_says);
+
+/// Org admins enable and disable tiers for members and groups within their organization's
+/// subscription; a tier outside it is refused, naming the field and why.
+async fn tiers_for_members_and_groups_stay_within_the_subscription(api: Api) {
+    let f = org_fixture(&api.stores, "within").await;
+    let admin = api.token(f.admin.email.as_str()).await;
+    let member_path = format!("/api/organizations/{}/members/{}", f.org, f.member.id);
+    let groups_path = format!("/api/organizations/{}/groups", f.org);
+
+    // Premium is not subscribed (the fixture has basic and standard).
+    let r = api
+        .patch(
+            &member_path,
+            &admin,
+            json!({"allowed_tiers": ["basic", "premium"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.json["error"]["fields"][0]["path"], "allowed_tiers[1]");
+    assert!(r.text.contains("`premium`"), "{}", r.text);
+    assert!(r.text.contains("basic, standard"), "{}", r.text);
+    let r = api
+        .post(
+            &groups_path,
+            &admin,
+            json!({"name": "Research", "allowed_tiers": ["premium"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.json["error"]["fields"][0]["path"], "allowed_tiers[0]");
+    let r = api
+        .patch(
+            &format!("/api/groups/{}", f.group),
+            &admin,
+            json!({"allowed_tiers": ["standard", "premium"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.json["error"]["fields"][0]["path"], "allowed_tiers[1]");
+
+    // Within it: enabled and disabled at will.
+    let r = api
+        .patch(&member_path, &admin, json!({"allowed_tiers": ["standard"]}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["allowed_tiers"], json!(["standard"]));
+    let r = api
+        .patch(
+            &format!("/api/groups/{}", f.group),
+            &admin,
+            json!({"allowed_tiers": ["basic"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["allowed_tiers"], json!(["basic"]));
+
+    // The platform disables standard for the organization: it is outside the subscription now.
+    let super_token = api.token("admin@localhost").await;
+    let standard = stratai_core::tiers::STANDARD_TIER_ID;
+    let r = api
+        .send(
+            Method::PUT,
+            &format!("/api/organizations/{}/tiers/{standard}", f.org),
+            Some(&super_token),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = api
+        .patch(&member_path, &admin, json!({"allowed_tiers": ["standard"]}))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.json["error"]["fields"][0]["path"], "allowed_tiers[0]");
+    let r = api
+        .patch(&member_path, &admin, json!({"allowed_tiers": ["basic"]}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+on_every_backend!(tiers_for_members_and_groups_stay_within_the_subscription);

@@ -126,7 +126,7 @@ pub async fn create(
         group = group.with_description(d);
     }
     if let Some(tiers) = req.allowed_tiers {
-        super::tiers::check_known(&state, &tiers, "allowed_tiers").await?;
+        super::tiers::check_within_subscription(&state, org_id, &tiers, "allowed_tiers").await?;
         group = group.with_allowed_tiers(tiers)?;
     }
     group.monthly_budget = req.monthly_budget;
@@ -241,7 +241,8 @@ pub async fn update(
     if let Some(tiers) = req.allowed_tiers {
         group = match tiers {
             Some(list) => {
-                super::tiers::check_known(&state, &list, "allowed_tiers").await?;
+                super::tiers::check_within_subscription(&state, org_id, &list, "allowed_tiers")
+                    .await?;
                 group.with_allowed_tiers(list)?
             }
             None => Group {

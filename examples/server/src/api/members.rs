@@ -236,7 +236,7 @@ pub async fn update(
     }
     if let Some(tiers) = req.allowed_tiers {
         if let Some(list) = &tiers {
-            super::tiers::check_known(&state, list, "allowed_tiers").await?;
+            super::tiers::check_within_subscription(&state, org_id, list, "allowed_tiers").await?;
         }
         member.allowed_tiers = tiers;
     }
