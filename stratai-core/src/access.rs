@@ -5,7 +5,7 @@
 //!
 //! | who                         | may                                                               |
 //! |-----------------------------|-------------------------------------------------------------------|
-//! | platform `super_admin`      | everything below, plus managing organizations, tiers, profiles and platform guardrails; it may also set an organization's owners (to hand a new organization over) |
+//! | platform `super_admin`      | everything below, plus managing organizations, tiers, profiles, people (deactivation, super admin grants) and platform guardrails; it may also set an organization's owners (to hand a new organization over) |
 //! | org `owner`                 | everything an admin may, plus changing owners                     |
 //! | org `admin`                 | manage members, groups, budgets, guardrails, org settings; view org usage and billing; view any member's or group's usage |
 //! | group `lead`                | view their own group's usage                                      |
@@ -120,6 +120,9 @@ pub enum Action {
     ManageTiers,
     /// Manage user profiles (platform).
     ManageProfiles,
+    /// List, search, deactivate and reactivate people, grant and revoke super admin
+    /// (platform).
+    ManageUsers,
     /// Manage global and platform tier guardrails (platform).
     ManagePlatformGuardrails,
     /// Read an organization and its settings (org).
@@ -153,10 +156,11 @@ pub enum Action {
 
 impl Action {
     /// Every action, in declaration order.
-    pub const ALL: [Action; 17] = [
+    pub const ALL: [Action; 18] = [
         Action::ManageOrgs,
         Action::ManageTiers,
         Action::ManageProfiles,
+        Action::ManageUsers,
         Action::ManagePlatformGuardrails,
         Action::ViewOrg,
         Action::UpdateOrgSettings,
@@ -180,6 +184,7 @@ impl Action {
             Action::ManageOrgs => "manage_orgs",
             Action::ManageTiers => "manage_tiers",
             Action::ManageProfiles => "manage_profiles",
+            Action::ManageUsers => "manage_users",
             Action::ManagePlatformGuardrails => "manage_platform_guardrails",
             Action::ViewOrg => "view_org",
             Action::UpdateOrgSettings => "update_org_settings",
@@ -217,7 +222,7 @@ impl Action {
             Action::ManageOrgs | Action::ManageTiers => {
                 matches!(resource, R::Platform | R::Org(_))
             }
-            Action::ManageProfiles | Action::ManagePlatformGuardrails => {
+            Action::ManageProfiles | Action::ManageUsers | Action::ManagePlatformGuardrails => {
                 matches!(resource, R::Platform)
             }
             Action::ViewOrg
@@ -404,6 +409,7 @@ fn decide(actor: &Actor, action: Action, resource: &Resource) -> Result<(), Deny
         Action::ManageOrgs
             | Action::ManageTiers
             | Action::ManageProfiles
+            | Action::ManageUsers
             | Action::ManagePlatformGuardrails
     ) {
         return Err(DenyReason::RequiresSuperAdmin);
@@ -501,6 +507,7 @@ mod tests {
         manage_tiers                platform     Y     .     .     .      .    .
         manage_tiers                org          Y     .     .     .      .    .
         manage_profiles             platform     Y     .     .     .      .    .
+        manage_users                platform     Y     .     .     .      .    .
         manage_platform_guardrails  platform     Y     .     .     .      .    .
         view_org                    org          Y     Y     Y     Y      Y    .
         update_org_settings         org          Y     Y     Y     .      .    .

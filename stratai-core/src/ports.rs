@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::budget::{Budget, BudgetAlert, BudgetRefusal, BudgetState};
 use crate::directory::{
-    Email, Group, GroupMembership, GroupRole, Invitation, Membership, Organization, Slug, User,
-    UserProfile,
+    Email, Group, GroupMembership, GroupRole, Invitation, Membership, Organization, PlatformRole,
+    Slug, User, UserProfile,
 };
 use crate::error::StoreError;
 use crate::gateway::{CallContext, ChatChunk, ChatRequest, ChatResponse, GatewayError};
@@ -67,8 +67,28 @@ pub trait DirectoryStore: Send + Sync {
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
     /// A user by OIDC subject.
     async fn find_user_by_subject(&self, subject: &str) -> Result<Option<User>, StoreError>;
-    /// Replaces a user's mutable fields.
+    /// Replaces a user's profile fields (email, name, avatar, OIDC subject, last login). The
+    /// platform role and the active flag are kept as stored: only
+    /// [`set_user_active`](DirectoryStore::set_user_active) and
+    /// [`set_platform_role`](DirectoryStore::set_platform_role) change them, so a write from a
+    /// stale read (a login) never undoes a deactivation or a revocation.
     async fn update_user(&self, user: &User) -> Result<(), StoreError>;
+    /// Platform-wide: users in email order (byte order of the normalized address, the same on
+    /// every backend), those after `query.after`, at most `query.limit`, whose email or name
+    /// contains `query.search` (ASCII letters compared case-insensitively).
+    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError>;
+    /// Platform-wide: activates or deactivates a user, and writes an outbox event for each of
+    /// their memberships in the same transaction (the LiteLLM sync blocks or unblocks their
+    /// virtual keys). Deactivating the last active super admin is a conflict naming
+    /// `active`; the check and the change are one atomic step, whatever runs concurrently.
+    /// NotFound for an unknown user.
+    async fn set_user_active(&self, user: UserId, active: bool) -> Result<User, StoreError>;
+    /// Platform-wide: grants or revokes the platform's super admin role. Revoking the last
+    /// active super admin is a conflict naming `platform_role`, decided atomically with the
+    /// change (of two concurrent revocations of the last two, one fails). NotFound for an
+    /// unknown user.
+    async fn set_platform_role(&self, user: UserId, role: PlatformRole)
+    -> Result<User, StoreError>;
 
     /// Adds a member. Conflict when already a member.
     async fn add_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError>;
@@ -98,6 +118,16 @@ pub trait DirectoryStore: Send + Sync {
 
     /// Creates a group. Conflict when the name is taken in the organization.
     async fn create_group(&self, org: OrgId, group: &Group) -> Result<(), StoreError>;
+    /// Creates a group with its first members, all or nothing: conflict when the name is
+    /// taken or the members (each counted once) are more than the organization's
+    /// `max_users_per_group`; NotFound when one of them is not a member of the organization;
+    /// tenant mismatch when a membership names another group or organization.
+    async fn create_group_with_members(
+        &self,
+        org: OrgId,
+        group: &Group,
+        members: &[GroupMembership],
+    ) -> Result<(), StoreError>;
     /// One group.
     async fn get_group(&self, org: OrgId, group: GroupId) -> Result<Group, StoreError>;
     /// Platform-wide: which organization a group belongs to, for routes that name only the group.
@@ -180,6 +210,34 @@ pub trait DirectoryStore: Send + Sync {
         user: &User,
         now: DateTime<Utc>,
     ) -> Result<Membership, StoreError>;
+}
+
+/// Which users [`DirectoryStore::list_users`] answers: a page of people in email order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserQuery {
+    /// Only users whose email or name contains this text (ASCII case-insensitive).
+    pub search: Option<String>,
+    /// Only users whose email sorts after this one (the last email of the previous page).
+    pub after: Option<Email>,
+    /// At most this many users.
+    pub limit: u32,
+}
+
+impl UserQuery {
+    /// Whether `user` matches the search (not the page bounds): the memory backend's rule,
+    /// which the SQL backends implement in SQL.
+    #[must_use]
+    pub fn matches(&self, user: &User) -> bool {
+        let Some(search) = self.search.as_deref() else {
+            return true;
+        };
+        let needle = search.to_ascii_lowercase();
+        user.email.as_str().to_ascii_lowercase().contains(&needle)
+            || user
+                .name
+                .as_deref()
+                .is_some_and(|n| n.to_ascii_lowercase().contains(&needle))
+    }
 }
 
 /// The tier catalog and organizations' subscriptions.

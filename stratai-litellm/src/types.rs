@@ -137,6 +137,9 @@ pub struct KeyGenerate {
     /// Metadata.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
+    /// Created blocked (every call with it refused until unblocked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<bool>,
 }
 
 /// The answer of `/key/generate`: the only time the secret is shown.

@@ -53,6 +53,25 @@ pub(crate) fn already_member() -> StoreError {
     StoreError::Conflict("a membership with this `user_id` already exists".to_owned())
 }
 
+/// Refuses a change that would leave the platform without an active super admin: `others`
+/// is how many active super admins there are besides `user`, and `user_counts` whether
+/// `user` is one now and would no longer be after the change. `field` names what the change
+/// sets (`active` or `platform_role`).
+pub(crate) fn check_super_admin_remains(
+    field: &str,
+    user_counts: bool,
+    others: u64,
+) -> Result<(), StoreError> {
+    if user_counts && others == 0 {
+        Err(StoreError::Conflict(format!(
+            "`{field}`: the user is the platform's last active super admin; grant another \
+             super admin first"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
 /// The conflict of a group name already in use in the organization.
 pub(crate) fn group_name_taken(name: &str) -> StoreError {
     StoreError::Conflict(format!(

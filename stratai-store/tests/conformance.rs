@@ -34,6 +34,7 @@ mod conformance {
     pub mod ledger;
     pub mod model;
     pub mod outbox;
+    pub mod people;
     pub mod rules;
     pub mod tiers;
     pub mod usage;
@@ -180,6 +181,12 @@ conformance! {
     implied::group_capacity_holds_under_concurrent_adds,
     implied::group_names_are_unique_whatever_their_case,
     implied::unique_conflicts_name_the_field,
+    people::users_list_search_and_pages,
+    people::user_update_keeps_role_and_activity,
+    people::deactivation_writes_member_events,
+    people::the_last_super_admin_remains,
+    people::concurrent_revocations_leave_a_super_admin,
+    people::group_created_with_members_all_or_nothing,
 }
 
 /// The memory and SQLite ledgers against core's reference model (`LedgerModel`), on random

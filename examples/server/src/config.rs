@@ -37,6 +37,10 @@ pub const DEFAULT_USAGE_SPOOL: &str = "./.stratai/usage.spool";
 pub const DEFAULT_MAILBOX_DIR: &str = "./.stratai/mailbox";
 /// Default sender of invitation emails.
 pub const DEFAULT_MAIL_FROM: &str = "StratAI <noreply@localhost>";
+/// The longest `STRATAI_AUTH_CACHE_MS` accepted: how long, at worst, another instance keeps
+/// admitting a deactivated user's bearer token (the instance that deactivated them forgets
+/// them at once).
+pub const MAX_AUTH_CACHE: Duration = Duration::from_secs(60);
 
 /// Validated configuration.
 #[derive(Clone, Debug)]
@@ -212,6 +216,16 @@ impl Config {
             file.auth_cache_ms,
             Duration::ZERO,
         )?;
+        if auth_cache > MAX_AUTH_CACHE {
+            return Err(invalid(
+                "STRATAI_AUTH_CACHE_MS",
+                format!(
+                    "`{}` is above {} (a deactivated user's token would be admitted that long)",
+                    auth_cache.as_millis(),
+                    MAX_AUTH_CACHE.as_millis()
+                ),
+            ));
+        }
         let log = log_config(env, &file)?;
         let gateway = gateway_config(env, &file)?;
 
@@ -1144,6 +1158,8 @@ mod tests {
         for (key, value) in [
             ("STRATAI_GATEWAY_CACHE_MS", "2s"),
             ("STRATAI_AUTH_CACHE_MS", "soon"),
+            // past the bound a deactivation must take effect within
+            ("STRATAI_AUTH_CACHE_MS", "60001"),
             ("STRATAI_BUDGET_LEASE_MS", "1s"),
             ("STRATAI_BUDGET_LEASE_BLOCK", "0"),
             ("STRATAI_BUDGET_LEASE_BLOCK", "many"),

@@ -11,7 +11,9 @@ use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
 use crate::api::guardrails::{CreateRule, OrgScope, PlatformScope};
-use crate::api::{budgets, groups, guardrails, invitations, members, orgs, profiles, tiers, usage};
+use crate::api::{
+    budgets, groups, guardrails, invitations, members, orgs, profiles, tiers, usage, users,
+};
 use crate::auth::routes as auth;
 use crate::error::ErrorBody;
 use crate::gateway::error::OpenAiErrorBody;
@@ -290,6 +292,12 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
             ));
             op
         }
+        ("GET", "/api/organizations/{org_id}/members/{user_id}") => {
+            op.ok(200, s.of::<members::MemberView>())
+        }
+        ("GET", "/api/organizations/{org_id}/members/{user_id}/groups") => {
+            op.ok(200, s.list::<members::MemberGroup>())
+        }
         ("PATCH", "/api/organizations/{org_id}/members/{user_id}") => op
             .json(s.of::<members::UpdateMember>())
             .ok(200, s.of::<members::MemberView>()),
@@ -306,6 +314,7 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
         ("PUT", "/api/organizations/{org_id}/tiers/{tier_id}") => op
             .json(s.of::<tiers::PutSubscription>())
             .ok(200, s.of::<TierSubscription>()),
+        ("GET", "/api/groups/{group_id}") => op.ok(200, s.of::<groups::GroupDetail>()),
         ("PATCH", "/api/groups/{group_id}") => op
             .json(s.of::<groups::UpdateGroup>())
             .ok(200, s.of::<Group>()),
@@ -383,6 +392,13 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
         ("POST", "/api/profiles") => op
             .json(s.of::<profiles::CreateProfile>())
             .ok(201, s.of::<UserProfile>()),
+        ("GET", "/api/users") => op
+            .query(s.query::<users::ListUsers>())
+            .ok(200, s.of::<users::UserPage>()),
+        ("GET", "/api/users/{user_id}") => op.ok(200, s.of::<users::UserDetail>()),
+        ("PATCH", "/api/users/{user_id}") => op
+            .json(s.of::<users::UpdateUser>())
+            .ok(200, s.of::<stratai_core::directory::User>()),
 
         ("GET", "/health/live") => op.ok(200, s.of::<crate::app::Live>()),
         ("GET", "/health/ready") => {

@@ -82,11 +82,10 @@ impl Backends {
 
 /// Builds the application state for `config` (without the gateway).
 pub fn build_state(config: &Config, backends: Backends) -> Result<AppState, ApiError> {
-    let auth = Arc::new(Auth::from_config(
-        config,
-        backends.directory,
-        backends.sessions,
-    )?);
+    let auth = Arc::new(
+        Auth::from_config(config, backends.directory, backends.sessions)?
+            .with_auth_cache(config.auth_cache),
+    );
     Ok(AppState {
         auth,
         readiness: backends.readiness,

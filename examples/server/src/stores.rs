@@ -6,13 +6,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
 use stratai_core::directory::{
     BillingPlan, Email, INTERNAL_ORG_SLUG, Membership, OrgRole, OrgSettings, Organization,
-    PlatformRole, Slug, User,
+    PlatformRole, ProfileAvailability, Slug, User, UserProfile,
 };
+use stratai_core::money::Money;
 use stratai_core::ports::DirectoryStore;
 use stratai_core::tiers::{TierSubscription, default_tiers};
-use stratai_core::{StoreError, UserId};
+use stratai_core::{StoreError, TierSlug, UserId};
 pub use stratai_store::Stores;
 use uuid::Uuid;
 
@@ -175,10 +177,43 @@ pub struct SeedReport {
     pub tiers_created: usize,
 }
 
-/// The idempotent first-start seed: the seed document's three tiers, the internal pilot
-/// organization subscribed to all of them, and the platform super admin `admin_email`, owner
-/// of that organization. Running it again changes nothing (existing tiers and settings are
-/// left as operators changed them; the configured admin is kept a super admin).
+/// The internal pilot as the seed document sets it up: its name, 50 people per group at most
+/// and a hard monthly organization budget of $10,000 (all tiers, `standard` by default).
+pub const INTERNAL_ORG_NAME: &str = "Our Company";
+/// The internal pilot's `max_users_per_group`.
+pub const INTERNAL_MAX_USERS_PER_GROUP: u32 = 50;
+/// The internal pilot's monthly organization budget, in dollars (hard).
+pub const INTERNAL_MONTHLY_BUDGET_DOLLARS: u32 = 10_000;
+
+/// The seed document's two user profiles (`user_profiles.name`): internal employees start
+/// with the basic and standard tiers, in the internal pilot only; external contractors with
+/// basic, anywhere.
+fn seed_profiles(now: chrono::DateTime<Utc>) -> Result<Vec<UserProfile>, StoreError> {
+    let basic = TierSlug::new("basic")?;
+    let standard = TierSlug::new("standard")?;
+    let mut employee = UserProfile::new(
+        "Internal Employee",
+        vec![basic.clone(), standard],
+        ProfileAvailability::Internal,
+        now,
+    )?;
+    employee.description = Some("People of the company running the internal pilot".to_owned());
+    let mut contractor = UserProfile::new(
+        "External Contractor",
+        vec![basic],
+        ProfileAvailability::All,
+        now,
+    )?;
+    contractor.description = Some("People from outside the organization".to_owned());
+    Ok(vec![employee, contractor])
+}
+
+/// The idempotent first-start seed: the seed document's three tiers, its two user profiles,
+/// the internal pilot organization as the seed document sets it up (name `Our Company`, slug
+/// `internal`, every tier, `standard` by default, 50 people per group, a hard monthly
+/// organization budget of $10,000) and the platform super admin `admin_email`, owner of that
+/// organization. Running it again changes nothing (existing tiers, profiles, settings and
+/// budgets are left as operators changed them; the configured admin is kept a super admin).
 pub async fn seed(stores: &Stores, admin_email: &str) -> Result<SeedReport, StoreError> {
     let now = Utc::now();
     let mut tiers_created = 0;
@@ -200,16 +235,29 @@ pub async fn seed(stores: &Stores, admin_email: &str) -> Result<SeedReport, Stor
                 .iter()
                 .find(|t| t.slug.as_str() == "standard")
                 .map_or_else(|| slugs[0].clone(), |t| t.slug.clone());
-            let settings = OrgSettings::new(slugs, default)?;
+            let mut settings = OrgSettings::new(slugs, default)?;
+            settings.max_users_per_group = INTERNAL_MAX_USERS_PER_GROUP;
             let org = Organization::new(
-                "Internal Pilot",
+                INTERNAL_ORG_NAME,
                 slug,
                 settings,
                 BillingPlan::Enterprise,
                 now,
             )?;
             match stores.directory.create_org(&org).await {
-                Ok(()) => org,
+                Ok(()) => {
+                    let budget = Budget::new(
+                        org.id,
+                        BudgetScope::Org,
+                        Money::dollars(INTERNAL_MONTHLY_BUDGET_DOLLARS),
+                        BudgetPeriod::Monthly,
+                        true,
+                        rust_decimal::Decimal::new(8, 1),
+                        now,
+                    )?;
+                    stores.budgets.create_budget(org.id, &budget).await?;
+                    org
+                }
                 // Another instance seeded concurrently.
                 Err(StoreError::Conflict(_)) => stores
                     .directory
@@ -220,6 +268,13 @@ pub async fn seed(stores: &Stores, admin_email: &str) -> Result<SeedReport, Stor
             }
         }
     };
+    let profiles = stores.directory.list_profiles().await?;
+    for profile in seed_profiles(now)? {
+        if !profiles.iter().any(|p| p.name == profile.name) {
+            stores.directory.create_profile(&profile).await?;
+        }
+    }
+
     let subscriptions = stores.tiers.list_subscriptions(internal_org.id).await?;
     for tier in &catalog {
         if !subscriptions.iter().any(|s| s.tier_id == tier.id) {
@@ -242,10 +297,14 @@ pub async fn seed(stores: &Stores, admin_email: &str) -> Result<SeedReport, Stor
     let email = Email::new(admin_email)?;
     let super_admin = match stores.directory.find_user_by_email(&email).await? {
         Some(mut user) => {
-            if user.platform_role != PlatformRole::SuperAdmin || !user.active {
-                user.platform_role = PlatformRole::SuperAdmin;
-                user.active = true;
-                stores.directory.update_user(&user).await?;
+            if user.platform_role != PlatformRole::SuperAdmin {
+                user = stores
+                    .directory
+                    .set_platform_role(user.id, PlatformRole::SuperAdmin)
+                    .await?;
+            }
+            if !user.active {
+                user = stores.directory.set_user_active(user.id, true).await?;
             }
             user
         }
@@ -313,5 +372,43 @@ mod tests {
             3
         );
         assert_eq!(stores.directory.list_orgs().await.unwrap().len(), 1);
+
+        // The internal pilot as the seed document has it.
+        let org = &first.internal_org;
+        assert_eq!(org.name, "Our Company");
+        assert_eq!(org.slug.as_str(), "internal");
+        assert_eq!(org.billing_plan, BillingPlan::Enterprise);
+        assert_eq!(org.settings.max_users_per_group, 50);
+        assert_eq!(org.settings.default_tier.as_str(), "standard");
+        let allowed: Vec<&str> = org
+            .settings
+            .allowed_tiers
+            .iter()
+            .map(TierSlug::as_str)
+            .collect();
+        assert_eq!(allowed, ["basic", "standard", "premium"]);
+        assert!(!org.settings.require_mfa);
+        let budgets = stores.budgets.list_budgets(org.id).await.unwrap();
+        assert_eq!(
+            budgets.len(),
+            1,
+            "one budget, not one per start: {budgets:?}"
+        );
+        assert_eq!(budgets[0].scope, BudgetScope::Org);
+        assert_eq!(budgets[0].limit, Money::dollars(10_000));
+        assert_eq!(budgets[0].period, BudgetPeriod::Monthly);
+        assert!(budgets[0].hard_limit);
+
+        // The two profiles, once each.
+        let profiles = stores.directory.list_profiles().await.unwrap();
+        let mut names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["External Contractor", "Internal Employee"]);
+        let employee = profiles
+            .iter()
+            .find(|p| p.name == "Internal Employee")
+            .unwrap();
+        assert_eq!(employee.available_to, ProfileAvailability::Internal);
+        assert!(employee.available_for(org));
     }
 }

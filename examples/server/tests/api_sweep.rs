@@ -36,6 +36,8 @@ PATCH  /api/organizations/{org_id}                         200 200 200 403 403 4
 DELETE /api/organizations/{org_id}                         200 403 403 403 403 403 401 401 404
 GET    /api/organizations/{org_id}/members                 200 200 200 403 403 403 401 401 404
 POST   /api/organizations/{org_id}/members                 201 201 201 403 403 403 401 401 404
+GET    /api/organizations/{org_id}/members/{user_id}       200 200 200 403 403 403 401 401 404
+GET    /api/organizations/{org_id}/members/{user_id}/groups 200 200 200 403 403 403 401 401 404
 PATCH  /api/organizations/{org_id}/members/{user_id}       200 200 200 403 403 403 401 401 404
 DELETE /api/organizations/{org_id}/members/{user_id}       204 204 204 403 403 403 401 401 404
 GET    /api/organizations/{org_id}/groups                  200 200 200 200 200 200 401 401 404
@@ -44,6 +46,7 @@ GET    /api/organizations/{org_id}/invitations             200 200 200 403 403 4
 DELETE /api/organizations/{org_id}/invitations/{invitation_id} 204 204 204 403 403 403 401 401 404
 GET    /api/organizations/{org_id}/tiers                   200 200 200 200 200 200 401 401 404
 PUT    /api/organizations/{org_id}/tiers/{tier_id}         200 403 403 403 403 403 401 401 404
+GET    /api/groups/{group_id}                              200 200 200 403 200 403 401 401 404
 PATCH  /api/groups/{group_id}                              200 200 200 403 403 403 401 401 404
 DELETE /api/groups/{group_id}                              204 204 204 403 403 403 401 401 404
 GET    /api/groups/{group_id}/members                      200 200 200 403 200 403 401 401 404
@@ -74,6 +77,9 @@ GET    /api/explain                                        403 200 200 200 403 4
 POST   /api/explain                                        403 200 200 200 403 403 401 401 403
 GET    /metrics                                            200 200 200 200 200 200 200 200 200
 POST   /api/profiles                                       201 403 403 403 403 403 401 401 403
+GET    /api/users                                          200 403 403 403 403 403 401 401 403
+GET    /api/users/{user_id}                                200 403 403 403 403 403 401 401 403
+PATCH  /api/users/{user_id}                                200 403 403 403 403 403 401 401 403
 GET    /                                                   303 303 303 303 303 303 303 303 303
 GET    /signin                                             303 303 303 303 303 303 200 200 303
 POST   /signin                                             303 303 303 303 303 303 403 403 303
@@ -108,7 +114,7 @@ fn is_ui(path: &str) -> bool {
 /// a super admin, uses models in an organization they are not a member of.
 const GATEWAY: [&str; 3] = ["/v1/chat/completions", "/v1/models", "/api/explain"];
 
-const PLATFORM: [&str; 26] = [
+const PLATFORM: [&str; 28] = [
     "/metrics",
     "/openapi.json",
     "/api/guardrails",
@@ -122,6 +128,8 @@ const PLATFORM: [&str; 26] = [
     "/api/organizations",
     "/api/tiers",
     "/api/profiles",
+    "/api/users",
+    "/api/users/{user_id}",
     "/api/invitations/{token}",
     "/api/invitations/{token}/accept",
     "POST /api/organizations",
@@ -351,6 +359,7 @@ fn request(method: &str, path: &str, target: &OrgFixture) -> (String, Option<Val
             "PATCH",
             "/api/organizations/{org_id}/guardrails/{rule_id}" | "/api/guardrails/{rule_id}",
         ) => (filled, Some(json!({"priority": 5}))),
+        ("PATCH", "/api/users/{user_id}") => (filled, Some(json!({"active": false}))),
         ("POST", "/api/profiles") => (
             filled,
             Some(json!({"name": format!("p{n}"), "default_tiers": ["basic"]})),

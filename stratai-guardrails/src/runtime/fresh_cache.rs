@@ -43,6 +43,9 @@ pub struct FreshCache<K, V> {
     entries: Mutex<HashMap<K, Entry<V>>>,
     /// One loader per key: the holder of a key's gate loads, the others wait for it.
     gates: Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
+    /// When [`FreshCache::forget_where`] last ran: a value whose load began earlier may be
+    /// what was forgotten, so it is not inserted.
+    forgotten: Mutex<Option<Instant>>,
 }
 
 impl<K, V> std::fmt::Debug for FreshCache<K, V> {
@@ -66,6 +69,7 @@ impl<K: Eq + Hash + Clone, V: Clone> FreshCache<K, V> {
             ttl,
             entries: Mutex::new(HashMap::new()),
             gates: Mutex::new(HashMap::new()),
+            forgotten: Mutex::new(None),
         }
     }
 
@@ -112,6 +116,9 @@ impl<K: Eq + Hash + Clone, V: Clone> FreshCache<K, V> {
 
     fn insert(&self, key: K, loaded: Instant, value: V) {
         let mut entries = locked(&self.entries);
+        if locked(&self.forgotten).is_some_and(|at| loaded <= at) {
+            return;
+        }
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(&key) {
             entries.clear();
         }
@@ -123,6 +130,15 @@ impl<K: Eq + Hash + Clone, V: Clone> FreshCache<K, V> {
                 refreshing: false,
             },
         );
+    }
+
+    /// Drops every entry whose value `stale` picks (e.g. a deactivated user's principal), so
+    /// the next lookup loads it afresh. A load under way keeps its answer for its own caller
+    /// but does not insert it: it may have read the state before the change.
+    pub fn forget_where(&self, stale: impl Fn(&V) -> bool) {
+        let mut entries = locked(&self.entries);
+        *locked(&self.forgotten) = Some(Instant::now());
+        entries.retain(|_, entry| !stale(&entry.value));
     }
 
     /// The value of `key`, loaded by `load` unless another caller is loading it (then its
@@ -179,6 +195,54 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+
+    #[tokio::test]
+    async fn forgotten_values_are_loaded_afresh_and_a_load_under_way_is_not_kept() {
+        let cache = Arc::new(FreshCache::<u32, (u32, bool)>::new(Duration::from_secs(60)));
+        cache
+            .load(1, || async { Ok::<_, ()>((1, true)) })
+            .await
+            .unwrap();
+        cache
+            .load(2, || async { Ok::<_, ()>((2, true)) })
+            .await
+            .unwrap();
+        // A load that read the old state and finishes after the change.
+        let (read, release) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        let slow = {
+            let (cache, read, release) = (cache.clone(), read.clone(), release.clone());
+            tokio::spawn(async move {
+                cache
+                    .load(3, || async move {
+                        read.notify_one();
+                        release.notified().await;
+                        Ok::<_, ()>((3, true))
+                    })
+                    .await
+            })
+        };
+        read.notified().await;
+        cache.forget_where(|(id, _)| *id == 1 || *id == 3);
+        release.notify_one();
+        assert_eq!(slow.await.unwrap(), Ok((3, true)), "its own caller gets it");
+        assert_eq!(cache.lookup(&1), Lookup::Miss, "forgotten");
+        assert_eq!(
+            cache.lookup(&3),
+            Lookup::Miss,
+            "not inserted after the change"
+        );
+        assert_eq!(cache.lookup(&2), Lookup::Fresh((2, true)), "others stay");
+        // Loads that begin after the change are cached again.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        cache
+            .load(1, || async { Ok::<_, ()>((1, false)) })
+            .await
+            .unwrap();
+        assert_eq!(cache.lookup(&1), Lookup::Fresh((1, false)));
+    }
 
     #[tokio::test]
     async fn concurrent_misses_load_once() {

@@ -103,6 +103,8 @@ pub struct DesiredKey {
     pub member: UserId,
     /// The LiteLLM organization, when the proxy has them ([`place_key`]).
     pub organization_id: Option<String>,
+    /// The key is blocked: its user is deactivated (LiteLLM refuses every call with it).
+    pub blocked: bool,
 }
 
 /// A LiteLLM organization as a StratAI organization should look (LiteLLM Enterprise only).
@@ -189,7 +191,14 @@ pub fn desired_key(
         org_id: org.id,
         member: membership.user_id,
         organization_id: None,
+        blocked: false,
     })
+}
+
+/// Blocks the key of a deactivated user (`active` false), so the proxy refuses it even when
+/// called directly; a reactivated user's key is unblocked.
+pub fn block_key_unless_active(key: &mut DesiredKey, active: bool) {
+    key.blocked = !active;
 }
 
 /// The LiteLLM organization of an organization. `budget` is its monthly budget (see

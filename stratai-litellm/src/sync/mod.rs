@@ -24,9 +24,10 @@ use stratai_core::ports::{OutboxEntity, OutboxEvent, OutboxStore};
 use tokio::sync::Mutex;
 
 pub use mapping::{
-    DesiredKey, DesiredOrg, DesiredTeam, MANAGED_BY, ModelNames, NO_MODELS, desired_key,
-    desired_org, desired_team, is_managed, key_alias, key_metadata, org_metadata,
-    org_monthly_budget, place_key, place_team, recorded_version, team_metadata,
+    DesiredKey, DesiredOrg, DesiredTeam, MANAGED_BY, ModelNames, NO_MODELS,
+    block_key_unless_active, desired_key, desired_org, desired_team, is_managed, key_alias,
+    key_metadata, org_metadata, org_monthly_budget, place_key, place_team, recorded_version,
+    team_metadata,
 };
 pub use reconcile::{CostMismatch, Drift, DriftKind, DriftReport, SpendReport, compare_spend};
 pub use source::{CoreDirectory, KeyVault, MemoryKeyVault, SyncSource};
@@ -169,7 +170,9 @@ pub struct SyncEngine {
     outbox: Arc<dyn OutboxStore>,
     vault: Arc<dyn KeyVault>,
     config: SyncConfig,
-    applied: Mutex<HashMap<OutboxEntity, i64>>,
+    /// By organization and entity: a member's events of two organizations are two entities
+    /// (their versions count per organization in the stores).
+    applied: Mutex<HashMap<(OrgId, OutboxEntity), i64>>,
     /// Held while a member's key is pushed, so the outbox pass and an on-demand
     /// [`SyncEngine::provision_member`] never create two keys for one member.
     members: Mutex<()>,
@@ -281,12 +284,15 @@ impl SyncEngine {
             events: events.len(),
             ..PassReport::default()
         };
-        let mut order: Vec<OutboxEntity> = Vec::new();
-        let mut by_entity: HashMap<OutboxEntity, Vec<OutboxEvent>> = HashMap::new();
+        // One push per (organization, entity): a person's memberships of two organizations
+        // are two keys, so their events are never merged into one.
+        let mut order: Vec<(OrgId, OutboxEntity)> = Vec::new();
+        let mut by_entity: HashMap<(OrgId, OutboxEntity), Vec<OutboxEvent>> = HashMap::new();
         for event in events {
-            let list = by_entity.entry(event.entity).or_default();
+            let key = (event.org_id, event.entity);
+            let list = by_entity.entry(key).or_default();
             if list.is_empty() {
-                order.push(event.entity);
+                order.push(key);
             }
             list.push(event);
         }
@@ -660,6 +666,12 @@ impl SyncEngine {
         if let Some(organization) = &organization {
             place_key(&mut desired, organization);
         }
+        let active = self
+            .source
+            .user(user_id)
+            .await?
+            .is_none_or(|user| user.active);
+        block_key_unless_active(&mut desired, active);
         let write_version = version.unwrap_or(0).max(remote_version);
         let metadata = key_metadata(&desired, write_version);
 
@@ -688,6 +700,7 @@ impl SyncEngine {
                     max_budget: desired.max_budget,
                     budget_duration: desired.budget_duration.clone(),
                     metadata: Some(metadata),
+                    blocked: desired.blocked.then_some(true),
                     ..KeyGenerate::default()
                 };
                 let key = match self.client.key_generate(&generate).await {
@@ -730,6 +743,7 @@ impl SyncEngine {
                     && (desired.organization_id.is_none()
                         || key.organization_id == desired.organization_id)
                     && key.key_alias.as_deref() == Some(desired.alias.as_str())
+                    && key.blocked.unwrap_or(false) == desired.blocked
                     && key.metadata.as_ref() == Some(&metadata);
                 if !same {
                     let update = KeyUpdate {
@@ -741,6 +755,7 @@ impl SyncEngine {
                         key_alias: Some(desired.alias.clone()),
                         team_id: desired.team_id.clone(),
                         organization_id: desired.organization_id.clone(),
+                        blocked: Some(desired.blocked),
                         ..KeyUpdate::default()
                     };
                     self.client

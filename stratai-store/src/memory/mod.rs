@@ -16,12 +16,12 @@ use stratai_core::budget::{
 };
 use stratai_core::directory::{
     Email, Group, GroupMembership, GroupRole, Invitation, InvitationStatus, Membership,
-    Organization, Slug, User, UserProfile,
+    Organization, PlatformRole, Slug, User, UserProfile,
 };
 use stratai_core::ports::{
     AppendOutcome, BudgetLedger, DirectoryStore, GuardrailStore, KeyVaultStore, OutboxEntity,
     OutboxEvent, OutboxStore, ReserveOutcome, ReserveRequest, RuleRecord, RuleScope, SealedKey,
-    SettleOutcome, TierStore, UsageStore,
+    SettleOutcome, TierStore, UsageStore, UserQuery,
 };
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord};
@@ -256,6 +256,14 @@ impl State {
                 status: OutboxStatus::Pending,
             },
         );
+    }
+
+    /// Active super admins other than `user`.
+    fn other_super_admins(&self, user: UserId) -> u64 {
+        self.users
+            .values()
+            .filter(|u| u.id != user && u.is_super_admin())
+            .count() as u64
     }
 
     fn org(&self, org: OrgId) -> Result<&Organization, StoreError> {
@@ -517,8 +525,78 @@ impl DirectoryStore for MemoryStore {
         check_user_unique(&s, user)?;
         let mut new = norm_user(user);
         new.created_at = old.created_at;
+        new.platform_role = old.platform_role;
+        new.active = old.active;
         s.users.insert(user.id, new);
         Ok(())
+    }
+
+    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError> {
+        let s = self.state.read().await;
+        let mut users: Vec<&User> = s
+            .users
+            .values()
+            .filter(|u| query.after.as_ref().is_none_or(|after| u.email > *after))
+            .filter(|u| query.matches(u))
+            .collect();
+        users.sort_by(|a, b| a.email.cmp(&b.email));
+        Ok(users
+            .into_iter()
+            .take(query.limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn set_user_active(&self, user: UserId, active: bool) -> Result<User, StoreError> {
+        let mut s = self.state.write().await;
+        let old = s
+            .users
+            .get(&user)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("user", user))?;
+        shared::check_super_admin_remains(
+            "active",
+            !active && old.is_super_admin(),
+            s.other_super_admins(user),
+        )?;
+        if old.active == active {
+            return Ok(old);
+        }
+        let mut new = old;
+        new.active = active;
+        s.users.insert(user, new.clone());
+        let orgs: Vec<OrgId> = s
+            .members
+            .keys()
+            .filter(|(_, u)| *u == user)
+            .map(|(o, _)| *o)
+            .collect();
+        for org in orgs {
+            s.emit(org, OutboxEntity::Member(user), false);
+        }
+        Ok(new)
+    }
+
+    async fn set_platform_role(
+        &self,
+        user: UserId,
+        role: PlatformRole,
+    ) -> Result<User, StoreError> {
+        let mut s = self.state.write().await;
+        let old = s
+            .users
+            .get(&user)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("user", user))?;
+        shared::check_super_admin_remains(
+            "platform_role",
+            role != PlatformRole::SuperAdmin && old.is_super_admin(),
+            s.other_super_admins(user),
+        )?;
+        let mut new = old;
+        new.platform_role = role;
+        s.users.insert(user, new.clone());
+        Ok(new)
     }
 
     async fn add_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError> {
@@ -615,17 +693,46 @@ impl DirectoryStore for MemoryStore {
     }
 
     async fn create_group(&self, org: OrgId, group: &Group) -> Result<(), StoreError> {
+        self.create_group_with_members(org, group, &[]).await
+    }
+
+    async fn create_group_with_members(
+        &self,
+        org: OrgId,
+        group: &Group,
+        members: &[GroupMembership],
+    ) -> Result<(), StoreError> {
         let mut s = self.state.write().await;
         tenant(org, group.org_id, "group")?;
-        s.org(org)?;
+        let max = s.org(org)?.settings.max_users_per_group;
         if s.groups.contains_key(&group.id) {
             return Err(StoreError::Conflict(format!("group `{}` exists", group.id)));
         }
         check_group_name(&s, group)?;
+        let mut users = BTreeSet::new();
+        for m in members {
+            tenant(org, m.org_id, "group membership")?;
+            if m.group_id != group.id {
+                return Err(StoreError::TenantMismatch(format!(
+                    "group membership names group `{}`, not `{}`",
+                    m.group_id, group.id
+                )));
+            }
+            s.member_of(org, m.user_id)?;
+            if users.insert(m.user_id) {
+                shared::check_group_room(&group.name, users.len() as u64 - 1, max)?;
+            }
+        }
         s.groups.insert(group.id, norm_group(group));
         let scope = BudgetScope::Group(group.id);
         s.put_implied_budget(org, scope, group.monthly_budget, group.updated_at);
         s.emit(org, OutboxEntity::Group(group.id), false);
+        for m in members {
+            let mut new = m.clone();
+            new.joined_at = micros(m.joined_at);
+            s.group_members.insert((group.id, m.user_id), new);
+            s.emit(org, OutboxEntity::Member(m.user_id), false);
+        }
         Ok(())
     }
 

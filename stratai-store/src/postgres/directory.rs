@@ -8,10 +8,10 @@ use sqlx::PgConnection;
 use sqlx::types::Json;
 use stratai_core::budget::BudgetScope;
 use stratai_core::directory::{
-    Email, Group, GroupMembership, GroupRole, Invitation, Membership, Organization, Slug, User,
-    UserProfile,
+    Email, Group, GroupMembership, GroupRole, Invitation, Membership, Organization, PlatformRole,
+    Slug, User, UserProfile,
 };
-use stratai_core::ports::{DirectoryStore, OutboxEntity};
+use stratai_core::ports::{DirectoryStore, OutboxEntity, UserQuery};
 use stratai_core::{GroupId, InvitationId, OrgId, ProfileId, StoreError, UserId};
 use uuid::Uuid;
 
@@ -49,6 +49,50 @@ pub(super) async fn emit(
     .await
     .map_err(db)?;
     Ok(())
+}
+
+const ASCII_UPPER: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+const ASCII_LOWER: &str = "abcdefghijklmnopqrstuvwxyz";
+
+/// Key of the transaction-level advisory lock every change of a super admin's role or
+/// activity takes, so "is another active super admin left?" and the change are one step.
+const SUPER_ADMINS_LOCK: i64 = 0x5354_5241_5441_4931; // "STRATAI1"
+
+/// Takes the super admins' lock for the rest of the transaction, then reads `user` (after
+/// the lock, so the read sees every change committed before it).
+async fn lock_super_admins_and_fetch(
+    conn: &mut PgConnection,
+    user: UserId,
+) -> Result<User, StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SUPER_ADMINS_LOCK)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE id = $1"
+    ))
+    .bind(user.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?
+    .ok_or_else(|| StoreError::not_found("user", user))?;
+    rows::user(&row)
+}
+
+/// Active super admins other than `user`.
+async fn other_super_admins(conn: &mut PgConnection, user: UserId) -> Result<u64, StoreError> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM users
+         WHERE platform_role = 'super_admin' AND is_active AND id <> $1",
+    )
+    .bind(user.as_uuid())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 fn tier_texts(tiers: Option<&Vec<stratai_core::TierSlug>>) -> Option<Vec<String>> {
@@ -494,7 +538,7 @@ impl DirectoryStore for PgStore {
     async fn update_user(&self, user: &User) -> Result<(), StoreError> {
         let done = sqlx::query(
             "UPDATE users SET email = $2, name = $3, avatar_url = $4, oidc_subject = $5,
-                 platform_role = $6, is_active = $7, last_login_at = $8, updated_at = now()
+                 last_login_at = $6, updated_at = now()
              WHERE id = $1",
         )
         .bind(user.id.as_uuid())
@@ -502,8 +546,6 @@ impl DirectoryStore for PgStore {
         .bind(user.name.as_deref())
         .bind(user.avatar_url.as_deref())
         .bind(user.oidc_subject.as_deref())
-        .bind(enum_text(&user.platform_role)?)
-        .bind(user.active)
         .bind(user.last_login_at.map(micros))
         .execute(&self.pool)
         .await
@@ -512,6 +554,98 @@ impl DirectoryStore for PgStore {
             return Err(StoreError::not_found("user", user.id));
         }
         Ok(())
+    }
+
+    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError> {
+        // Byte order (`COLLATE "C"`) and ASCII-only case folding (`translate`): the same order
+        // and matches as SQLite and the memory backend, whatever the database's locale.
+        sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users
+             WHERE ($1::text IS NULL OR email COLLATE \"C\" > $1::text COLLATE \"C\")
+               AND ($2::text IS NULL
+                    OR strpos(translate(email, $4, $5), $2) > 0
+                    OR strpos(translate(COALESCE(name, ''), $4, $5), $2) > 0)
+             ORDER BY email COLLATE \"C\" LIMIT $3"
+        ))
+        .bind(query.after.as_ref().map(Email::as_str))
+        .bind(query.search.as_deref().map(str::to_ascii_lowercase))
+        .bind(i64::from(query.limit))
+        .bind(ASCII_UPPER)
+        .bind(ASCII_LOWER)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(rows::user)
+        .collect()
+    }
+
+    async fn set_user_active(&self, user: UserId, active: bool) -> Result<User, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let old = lock_super_admins_and_fetch(&mut tx, user).await?;
+        let others = other_super_admins(&mut tx, user).await?;
+        shared::check_super_admin_remains("active", !active && old.is_super_admin(), others)?;
+        if old.active == active {
+            return Ok(old);
+        }
+        sqlx::query("UPDATE users SET is_active = $2, updated_at = now() WHERE id = $1")
+            .bind(user.as_uuid())
+            .bind(active)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let orgs: Vec<(Uuid,)> =
+            sqlx::query_as("SELECT organization_id FROM stratai_memberships_of_user($1)")
+                .bind(user.as_uuid())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+        for (org,) in orgs {
+            // The outbox is a tenant table: each event is written in its organization's
+            // context, switched transaction-locally inside this one transaction.
+            sqlx::query("SELECT set_config('app.current_org_id', $1, true)")
+                .bind(org.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            emit(
+                &mut tx,
+                OrgId::from_uuid(org),
+                OutboxEntity::Member(user),
+                false,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(User { active, ..old })
+    }
+
+    async fn set_platform_role(
+        &self,
+        user: UserId,
+        role: PlatformRole,
+    ) -> Result<User, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let old = lock_super_admins_and_fetch(&mut tx, user).await?;
+        let others = other_super_admins(&mut tx, user).await?;
+        shared::check_super_admin_remains(
+            "platform_role",
+            role != PlatformRole::SuperAdmin && old.is_super_admin(),
+            others,
+        )?;
+        sqlx::query("UPDATE users SET platform_role = $2, updated_at = now() WHERE id = $1")
+            .bind(user.as_uuid())
+            .bind(enum_text(&role)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(User {
+            platform_role: role,
+            ..old
+        })
     }
 
     async fn add_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError> {
@@ -661,7 +795,25 @@ impl DirectoryStore for PgStore {
     }
 
     async fn create_group(&self, org: OrgId, group: &Group) -> Result<(), StoreError> {
+        self.create_group_with_members(org, group, &[]).await
+    }
+
+    async fn create_group_with_members(
+        &self,
+        org: OrgId,
+        group: &Group,
+        members: &[GroupMembership],
+    ) -> Result<(), StoreError> {
         same_tenant(org, group.org_id, "group")?;
+        for m in members {
+            same_tenant(org, m.org_id, "group membership")?;
+            if m.group_id != group.id {
+                return Err(StoreError::TenantMismatch(format!(
+                    "group membership names group `{}`, not `{}`",
+                    m.group_id, group.id
+                )));
+            }
+        }
         let mut tx = self.tenant(org).await?;
         check_org_user_profile(&mut tx, org, None, None).await?;
         check_group_name(&mut tx, org, group).await?;
@@ -684,6 +836,26 @@ impl DirectoryStore for PgStore {
         let scope = BudgetScope::Group(group.id);
         put_implied_budget(&mut tx, org, scope, group.monthly_budget, group.updated_at).await?;
         emit(&mut tx, org, OutboxEntity::Group(group.id), false).await?;
+        for m in members {
+            // The seat check locks the new group's row and counts this transaction's own
+            // inserts: the capacity holds for the whole list.
+            check_group_and_member(&mut tx, group.id, Some(m.user_id)).await?;
+            check_group_seat(&mut tx, org, group.id, m.user_id).await?;
+            sqlx::query(
+                "INSERT INTO group_memberships (organization_id, group_id, user_id, role, joined_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (group_id, user_id) DO UPDATE SET role = EXCLUDED.role",
+            )
+            .bind(org.as_uuid())
+            .bind(group.id.as_uuid())
+            .bind(m.user_id.as_uuid())
+            .bind(enum_text(&m.role)?)
+            .bind(micros(m.joined_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            emit(&mut tx, org, OutboxEntity::Member(m.user_id), false).await?;
+        }
         tx.commit().await.map_err(db)
     }
 

@@ -7,9 +7,9 @@ use sqlx::sqlite::SqliteRow;
 use stratai_core::budget::BudgetScope;
 use stratai_core::directory::{
     Email, Group, GroupMembership, GroupRole, Invitation, InvitationDelivery, InvitationStatus,
-    Membership, OrgSettings, Organization, Slug, User, UserProfile,
+    Membership, OrgSettings, Organization, PlatformRole, Slug, User, UserProfile,
 };
-use stratai_core::ports::{DirectoryStore, OutboxEntity};
+use stratai_core::ports::{DirectoryStore, OutboxEntity, UserQuery};
 use stratai_core::{GroupId, InvitationId, OrgId, ProfileId, StoreError, UserId};
 
 use super::ledger::put_implied_budget;
@@ -331,6 +331,29 @@ async fn check_group_seat(
     shared::check_group_room(&row.text("name")?, members, settings.max_users_per_group)
 }
 
+async fn fetch_user(conn: &mut SqliteConnection, user: UserId) -> Result<User, StoreError> {
+    let row = sqlx::query("SELECT * FROM users WHERE id = ?")
+        .bind(user.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| StoreError::not_found("user", user))?;
+    user_from_row(&row)
+}
+
+/// Active super admins other than `user`.
+async fn other_super_admins(conn: &mut SqliteConnection, user: UserId) -> Result<u64, StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM users
+         WHERE platform_role = 'super_admin' AND is_active AND id <> ?",
+    )
+    .bind(user.as_uuid())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(u64::try_from(row.int("n")?).unwrap_or(0))
+}
+
 fn opt_json<T: serde::Serialize>(value: Option<&T>) -> Result<Option<String>, StoreError> {
     value.map(to_json).transpose()
 }
@@ -474,15 +497,13 @@ impl DirectoryStore for SqliteStore {
     async fn update_user(&self, user: &User) -> Result<(), StoreError> {
         let done = sqlx::query(
             "UPDATE users SET email = ?, name = ?, avatar_url = ?, auth0_id = ?,
-                 platform_role = ?, is_active = ?, last_login_at = ?, updated_at = ?
+                 last_login_at = ?, updated_at = ?
              WHERE id = ?",
         )
         .bind(user.email.as_str())
         .bind(user.name.as_deref())
         .bind(user.avatar_url.as_deref())
         .bind(user.oidc_subject.as_deref())
-        .bind(enum_text(&user.platform_role)?)
-        .bind(user.active)
         .bind(user.last_login_at.map(|at| ts(micros(at))))
         .bind(ts(micros(Utc::now())))
         .bind(user.id.as_uuid())
@@ -493,6 +514,80 @@ impl DirectoryStore for SqliteStore {
             return Err(StoreError::not_found("user", user.id));
         }
         Ok(())
+    }
+
+    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError> {
+        // SQLite's `lower` folds ASCII letters only: the search rule of `UserQuery::matches`.
+        let rows = sqlx::query(
+            "SELECT * FROM users
+             WHERE (?1 IS NULL OR email > ?1)
+               AND (?2 IS NULL OR instr(lower(email), ?2) > 0
+                    OR instr(lower(COALESCE(name, '')), ?2) > 0)
+             ORDER BY email LIMIT ?3",
+        )
+        .bind(query.after.as_ref().map(Email::as_str))
+        .bind(query.search.as_deref().map(str::to_ascii_lowercase))
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn set_user_active(&self, user: UserId, active: bool) -> Result<User, StoreError> {
+        // BEGIN IMMEDIATE: the count of the other super admins and the change are one step.
+        let mut tx = self.write().await?;
+        let old = fetch_user(&mut tx, user).await?;
+        let others = other_super_admins(&mut tx, user).await?;
+        shared::check_super_admin_remains("active", !active && old.is_super_admin(), others)?;
+        if old.active == active {
+            return Ok(old);
+        }
+        sqlx::query("UPDATE users SET is_active = ?, updated_at = ? WHERE id = ?")
+            .bind(active)
+            .bind(ts(micros(Utc::now())))
+            .bind(user.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let orgs = sqlx::query("SELECT organization_id FROM org_memberships WHERE user_id = ?")
+            .bind(user.as_uuid())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        for row in &orgs {
+            let org = OrgId::from_uuid(row.uuid("organization_id")?);
+            emit(&mut tx, org, OutboxEntity::Member(user), false).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(User { active, ..old })
+    }
+
+    async fn set_platform_role(
+        &self,
+        user: UserId,
+        role: PlatformRole,
+    ) -> Result<User, StoreError> {
+        let mut tx = self.write().await?;
+        let old = fetch_user(&mut tx, user).await?;
+        let others = other_super_admins(&mut tx, user).await?;
+        shared::check_super_admin_remains(
+            "platform_role",
+            role != PlatformRole::SuperAdmin && old.is_super_admin(),
+            others,
+        )?;
+        sqlx::query("UPDATE users SET platform_role = ?, updated_at = ? WHERE id = ?")
+            .bind(enum_text(&role)?)
+            .bind(ts(micros(Utc::now())))
+            .bind(user.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(User {
+            platform_role: role,
+            ..old
+        })
     }
 
     async fn add_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError> {
@@ -627,7 +722,25 @@ impl DirectoryStore for SqliteStore {
     }
 
     async fn create_group(&self, org: OrgId, group: &Group) -> Result<(), StoreError> {
+        self.create_group_with_members(org, group, &[]).await
+    }
+
+    async fn create_group_with_members(
+        &self,
+        org: OrgId,
+        group: &Group,
+        members: &[GroupMembership],
+    ) -> Result<(), StoreError> {
         tenant(org, group.org_id, "group")?;
+        for m in members {
+            tenant(org, m.org_id, "group membership")?;
+            if m.group_id != group.id {
+                return Err(StoreError::TenantMismatch(format!(
+                    "group membership names group `{}`, not `{}`",
+                    m.group_id, group.id
+                )));
+            }
+        }
         let mut tx = self.write().await?;
         require_org(&mut tx, org).await?;
         check_group_name(&mut tx, org, group).await?;
@@ -650,6 +763,26 @@ impl DirectoryStore for SqliteStore {
         let scope = BudgetScope::Group(group.id);
         put_implied_budget(&mut tx, org, scope, group.monthly_budget, group.updated_at).await?;
         emit(&mut tx, org, OutboxEntity::Group(group.id), false).await?;
+        for m in members {
+            // The seat check counts this transaction's own inserts: the capacity holds for
+            // the whole list.
+            require_member(&mut tx, org, m.user_id).await?;
+            check_group_seat(&mut tx, org, group.id, m.user_id).await?;
+            sqlx::query(
+                "INSERT INTO group_memberships (group_id, organization_id, user_id, role, joined_at)
+                 VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (group_id, user_id) DO UPDATE SET role = excluded.role",
+            )
+            .bind(group.id.as_uuid())
+            .bind(org.as_uuid())
+            .bind(m.user_id.as_uuid())
+            .bind(enum_text(&m.role)?)
+            .bind(ts(micros(m.joined_at)))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            emit(&mut tx, org, OutboxEntity::Member(m.user_id), false).await?;
+        }
         tx.commit().await.map_err(db)
     }
 

@@ -96,7 +96,6 @@ pub async fn user_create_get_find_update<S: Store>(store: S) {
     changed.name = Some("Ada Lovelace".to_owned());
     changed.email = Email::new(format!("renamed-{}@example.com", unique())).unwrap();
     changed.last_login_at = Some(now() + Duration::minutes(5));
-    changed.active = false;
     store.update_user(&changed).await.unwrap();
     assert_eq!(store.get_user(u.id).await.unwrap(), changed);
     assert_eq!(store.find_user_by_email(&u.email).await.unwrap(), None);

@@ -2,8 +2,8 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use chrono::Utc;
-use serde::Deserialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use stratai_core::access::{Action, Resource};
 use stratai_core::directory::{Group, GroupMembership, GroupRole};
 use stratai_core::money::Money;
@@ -11,7 +11,7 @@ use stratai_core::{GroupId, OrgId, StoreError, TierSlug, UserId};
 
 use super::{ApiPath, Caller, allow, group_org};
 use crate::app::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, double_option};
 
 /// Groups of an organization (any member may see them).
@@ -40,9 +40,80 @@ pub struct CreateGroup {
     /// Monthly budget.
     #[serde(default)]
     pub monthly_budget: Option<Money>,
+    /// First members (members of the organization, each once), added with the group in one
+    /// step: at most the organization's `max_users_per_group`.
+    #[serde(default)]
+    pub members: Option<Vec<NewGroupMember>>,
 }
 
-/// Creates a group.
+/// A first member of a new group.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewGroupMember {
+    /// A member of the organization.
+    pub user_id: UserId,
+    /// Role in the group (default member).
+    #[serde(default)]
+    pub role: Option<GroupRole>,
+}
+
+/// Checks a new group's first members (each a member of the organization, listed once, no
+/// more than the organization allows per group) and returns their group memberships.
+async fn first_members(
+    state: &AppState,
+    org_id: OrgId,
+    group: &Group,
+    members: &[NewGroupMember],
+) -> Result<Vec<GroupMembership>, ApiError> {
+    let dir = &state.stores.directory;
+    let org = dir.get_org(org_id).await?;
+    let mut errors = Vec::new();
+    let max = org.settings.max_users_per_group as usize;
+    if members.len() > max {
+        errors.push(FieldError::new(
+            "members",
+            format!(
+                "`{}` members, the organization's `max_users_per_group` is {max}",
+                members.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(members.len());
+    for (i, m) in members.iter().enumerate() {
+        if members[..i].iter().any(|o| o.user_id == m.user_id) {
+            errors.push(FieldError::new(
+                format!("members[{i}].user_id"),
+                format!("`{}` is listed twice", m.user_id),
+            ));
+            continue;
+        }
+        match dir.get_member(org_id, m.user_id).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound { .. }) => {
+                errors.push(FieldError::new(
+                    format!("members[{i}].user_id"),
+                    format!("`{}` is not a member of the organization", m.user_id),
+                ));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        out.push(GroupMembership {
+            org_id,
+            group_id: group.id,
+            user_id: m.user_id,
+            role: m.role.unwrap_or(GroupRole::Member),
+            joined_at: group.created_at,
+        });
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+/// Creates a group, with its first members when given (all or nothing).
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -55,12 +126,76 @@ pub async fn create(
         group = group.with_description(d);
     }
     if let Some(tiers) = req.allowed_tiers {
-        super::tiers::check_known(&state, &tiers, "allowed_tiers").await?;
+        super::tiers::check_within_subscription(&state, org_id, &tiers, "allowed_tiers").await?;
         group = group.with_allowed_tiers(tiers)?;
     }
     group.monthly_budget = req.monthly_budget;
-    state.stores.directory.create_group(org_id, &group).await?;
+    let members = first_members(
+        &state,
+        org_id,
+        &group,
+        req.members.as_deref().unwrap_or(&[]),
+    )
+    .await?;
+    // The store checks the capacity again in the transaction that writes the group.
+    state
+        .stores
+        .directory
+        .create_group_with_members(org_id, &group, &members)
+        .await?;
     Ok((StatusCode::CREATED, ApiJson(group)))
+}
+
+/// A member of a group as `GET /api/groups/{id}` shows them.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GroupMemberView {
+    /// User id.
+    pub user_id: UserId,
+    /// Email.
+    pub email: String,
+    /// Name.
+    pub name: Option<String>,
+    /// Role in the group.
+    pub role: GroupRole,
+    /// When they joined the group.
+    pub joined_at: DateTime<Utc>,
+}
+
+/// Answer of `GET /api/groups/{id}`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GroupDetail {
+    /// The group.
+    pub group: Group,
+    /// Its members, by user id.
+    pub members: Vec<GroupMemberView>,
+}
+
+/// One group with its members (admins and the group's leads).
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(group_id): ApiPath<GroupId>,
+) -> Result<ApiJson<GroupDetail>, ApiError> {
+    let org_id = group_org(&state, group_id).await?;
+    allow(
+        &caller,
+        Action::ViewGroupUsage,
+        Resource::Group { org_id, group_id },
+    )?;
+    let dir = &state.stores.directory;
+    let group = dir.get_group(org_id, group_id).await?;
+    let mut members = Vec::new();
+    for m in dir.list_group_members(org_id, group_id).await? {
+        let user = dir.get_user(m.user_id).await?;
+        members.push(GroupMemberView {
+            user_id: m.user_id,
+            email: user.email.as_str().to_owned(),
+            name: user.name,
+            role: m.role,
+            joined_at: m.joined_at,
+        });
+    }
+    Ok(ApiJson(GroupDetail { group, members }))
 }
 
 /// Body of `PATCH /api/groups/{id}`.
@@ -106,7 +241,8 @@ pub async fn update(
     if let Some(tiers) = req.allowed_tiers {
         group = match tiers {
             Some(list) => {
-                super::tiers::check_known(&state, &list, "allowed_tiers").await?;
+                super::tiers::check_within_subscription(&state, org_id, &list, "allowed_tiers")
+                    .await?;
                 group.with_allowed_tiers(list)?
             }
             None => Group {

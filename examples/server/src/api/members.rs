@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use stratai_core::access::{Action, Resource};
-use stratai_core::directory::{Membership, OrgRole};
+use stratai_core::directory::{Group, GroupRole, Membership, OrgRole, ProfileAvailability};
 use stratai_core::money::Money;
 use stratai_core::{OrgId, ProfileId, TierSlug, UserId};
 
@@ -67,6 +67,52 @@ pub async fn list(
     Ok(ApiJson(out))
 }
 
+/// One member of an organization (admins).
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((org_id, user_id)): ApiPath<(OrgId, UserId)>,
+) -> Result<ApiJson<MemberView>, ApiError> {
+    allow(
+        &caller,
+        Action::ManageMembers,
+        Resource::Member { org_id, user_id },
+    )?;
+    let member = state.stores.directory.get_member(org_id, user_id).await?;
+    Ok(ApiJson(view(&state, member).await?))
+}
+
+/// A group of a member, with their role in it.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MemberGroup {
+    /// The group.
+    pub group: Group,
+    /// The member's role in it.
+    pub role: GroupRole,
+}
+
+/// The groups of one member of an organization (admins).
+pub async fn groups(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((org_id, user_id)): ApiPath<(OrgId, UserId)>,
+) -> Result<ApiJson<Vec<MemberGroup>>, ApiError> {
+    allow(
+        &caller,
+        Action::ManageMembers,
+        Resource::Member { org_id, user_id },
+    )?;
+    let dir = &state.stores.directory;
+    dir.get_member(org_id, user_id).await?;
+    Ok(ApiJson(
+        dir.groups_of_member(org_id, user_id)
+            .await?
+            .into_iter()
+            .map(|(group, role)| MemberGroup { group, role })
+            .collect(),
+    ))
+}
+
 /// Adds members by invitation: a JSON body invites one person; a `text/csv` body
 /// (`email,role,groups` with `;`-separated group names or ids) invites many, all rows
 /// validated before any is written.
@@ -116,7 +162,9 @@ pub struct UpdateMember {
     /// Personal monthly budget (`null`: none).
     #[serde(default, deserialize_with = "double_option")]
     pub monthly_budget: Option<Option<Money>>,
-    /// Profile (`null`: none).
+    /// Profile (`null`: none). Giving one sets the member's tiers to the profile's default
+    /// tiers (unless `allowed_tiers` is in the same request); a profile not available to the
+    /// organization (`available_to`) is refused.
     #[serde(default, deserialize_with = "double_option")]
     pub profile_id: Option<Option<ProfileId>>,
 }
@@ -158,22 +206,42 @@ pub async fn update(
     if let Some(role) = req.role {
         member.role = role;
     }
+    // A profile first: its default tiers become the member's, unless the same request sets
+    // `allowed_tiers` too (then those win).
+    if let Some(profile) = req.profile_id {
+        match profile {
+            Some(p) => {
+                let profile = dir.get_profile(p).await.map_err(|_| {
+                    ApiError::invalid("profile_id", format!("unknown profile `{p}`"))
+                })?;
+                let org = dir.get_org(org_id).await?;
+                if !profile.available_for(&org) {
+                    return Err(ApiError::invalid(
+                        "profile_id",
+                        format!(
+                            "profile `{}` is available to {} organizations only",
+                            profile.name,
+                            match profile.available_to {
+                                ProfileAvailability::All => "all",
+                                ProfileAvailability::Internal => "the internal",
+                                ProfileAvailability::Enterprise => "enterprise",
+                            }
+                        ),
+                    ));
+                }
+                member.apply_profile(&profile);
+            }
+            None => member.profile_id = None,
+        }
+    }
     if let Some(tiers) = req.allowed_tiers {
         if let Some(list) = &tiers {
-            super::tiers::check_known(&state, list, "allowed_tiers").await?;
+            super::tiers::check_within_subscription(&state, org_id, list, "allowed_tiers").await?;
         }
         member.allowed_tiers = tiers;
     }
     if let Some(budget) = req.monthly_budget {
         member.monthly_budget = budget;
-    }
-    if let Some(profile) = req.profile_id {
-        if let Some(p) = profile {
-            dir.get_profile(p)
-                .await
-                .map_err(|_| ApiError::invalid("profile_id", format!("unknown profile `{p}`")))?;
-        }
-        member.profile_id = profile;
     }
     dir.update_member(org_id, &member).await?;
     Ok(ApiJson(view(&state, member).await?))

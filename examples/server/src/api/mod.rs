@@ -14,6 +14,7 @@ pub mod orgs;
 pub mod profiles;
 pub mod tiers;
 pub mod usage;
+pub mod users;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, Path};
@@ -182,6 +183,8 @@ api_routes! {
     delete "/api/organizations/{org_id}" => orgs::deactivate;
     get "/api/organizations/{org_id}/members" => members::list;
     post "/api/organizations/{org_id}/members" => members::add;
+    get "/api/organizations/{org_id}/members/{user_id}" => members::get;
+    get "/api/organizations/{org_id}/members/{user_id}/groups" => members::groups;
     patch "/api/organizations/{org_id}/members/{user_id}" => members::update;
     delete "/api/organizations/{org_id}/members/{user_id}" => members::remove;
     get "/api/organizations/{org_id}/groups" => groups::list;
@@ -190,6 +193,7 @@ api_routes! {
     delete "/api/organizations/{org_id}/invitations/{invitation_id}" => invitations::revoke;
     get "/api/organizations/{org_id}/tiers" => tiers::org_tiers;
     put "/api/organizations/{org_id}/tiers/{tier_id}" => tiers::put_subscription;
+    get "/api/groups/{group_id}" => groups::get;
     patch "/api/groups/{group_id}" => groups::update;
     delete "/api/groups/{group_id}" => groups::delete;
     get "/api/groups/{group_id}/members" => groups::list_members;
@@ -215,4 +219,7 @@ api_routes! {
     delete "/api/guardrails/{rule_id}" => guardrails::delete_platform;
     get "/api/profiles" => profiles::list;
     post "/api/profiles" => profiles::create;
+    get "/api/users" => users::list;
+    get "/api/users/{user_id}" => users::get;
+    patch "/api/users/{user_id}" => users::update;
 }

@@ -37,6 +37,48 @@ pub async fn check_known(
     }
 }
 
+/// Refuses tiers the organization cannot use at all (not subscribed, subscription disabled,
+/// tier inactive or outside the organization's `allowed_tiers`), naming `field[i]` and why:
+/// admins enable and disable tiers for groups and members within their subscription. Checks
+/// [`check_known`] first.
+pub async fn check_within_subscription(
+    state: &AppState,
+    org_id: OrgId,
+    slugs: &[TierSlug],
+    field: &str,
+) -> Result<(), ApiError> {
+    check_known(state, slugs, field).await?;
+    let org = state.stores.directory.get_org(org_id).await?;
+    let subscriptions = state.stores.tiers.list_subscriptions(org_id).await?;
+    let access = resolve_org_tiers(&catalog(state).await?, &org, &subscriptions);
+    let usable: Vec<&str> = access.accessible().map(|t| t.slug.as_str()).collect();
+    let errors: Vec<FieldError> = slugs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, slug)| {
+            let status = access.status(slug)?;
+            let primary = status.primary_reason()?;
+            Some(FieldError::new(
+                format!("{field}[{i}]"),
+                format!(
+                    "tier `{slug}` is not within the organization's subscription ({}); its tiers: {}",
+                    primary.explain(&status.name),
+                    if usable.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        usable.join(", ")
+                    }
+                ),
+            ))
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
 async fn catalog(state: &AppState) -> Result<TierCatalog, ApiError> {
     TierCatalog::new(state.stores.tiers.list_tiers().await?).map_err(ApiError::internal)
 }

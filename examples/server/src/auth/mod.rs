@@ -254,7 +254,7 @@ impl Auth {
     /// so a busy gateway neither reads the directory nor recomputes a signature on every
     /// request:
     /// - the user a token resolves to: a *deactivation* of the user takes effect after at
-    ///   most `ttl`;
+    ///   most `ttl` (at once on the instance that made it, see [`Auth::forget_user`]);
     /// - the token's verified claims (see [`TokenValidator::with_cache`]): a token is still
     ///   refused from its expiry on, and a different or altered token is verified in full;
     ///   a key withdrawn from the provider's JWKS stops verifying new tokens at once and the
@@ -266,6 +266,14 @@ impl Auth {
         self.principals = Arc::new(FreshCache::new(ttl));
         self.validator = self.validator.clone().with_cache(ttl);
         self
+    }
+
+    /// Forgets what the auth cache remembers of `user` in this process, so their next request
+    /// is checked against the directory (a deactivation or a revoked role applies at once
+    /// here; other instances see it within their cache's time to live, at most
+    /// [`crate::config::MAX_AUTH_CACHE`]).
+    pub fn forget_user(&self, user: uuid::Uuid) {
+        self.principals.forget_where(|p| p.user_id == user);
     }
 
     /// The issuing mode.

@@ -108,12 +108,12 @@ impl Api {
 
     /// The server with these settings (as environment variables) over the defaults. Mail goes
     /// to a mailbox folder in the test's scratch space unless `STRATAI_SMTP_URL` is given.
-    pub async fn start_with(kind: Kind, settings: &[(&str, String)]) -> Option<Self> {
+    pub async fn start_with<S: AsRef<str>>(kind: Kind, settings: &[(&str, S)]) -> Option<Self> {
         let (stores, guard) = stores(kind).await?;
         let spool = Scratch::new();
         let mut env: HashMap<String, String> = settings
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .map(|(k, v)| ((*k).to_owned(), v.as_ref().to_owned()))
             .collect();
         env.entry("STRATAI_MAILBOX_DIR".to_owned())
             .or_insert_with(|| spool.join("mailbox").display().to_string());

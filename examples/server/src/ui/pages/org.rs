@@ -452,6 +452,7 @@ pub(crate) async fn create_group(
                 description: description.clone(),
                 allowed_tiers: (!allowed.is_empty()).then_some(allowed),
                 monthly_budget,
+                members: None,
             }),
         )
         .await
