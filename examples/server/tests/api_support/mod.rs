@@ -103,7 +103,7 @@ pub struct Resp {
 
 impl Api {
     pub async fn start(kind: Kind) -> Option<Self> {
-        Self::start_with(kind, &[]).await
+        Self::start_with::<&str>(kind, &[]).await
     }
 
     /// The server with these settings (as environment variables) over the defaults. Mail goes
