@@ -1,6 +1,7 @@
 """Seeds a running server for Schemathesis: a customer organization with a member, a group,
 a budget, guardrail rules and a profile, so every path parameter names something that exists.
-Writes a schemathesis.toml (the ids, the super admin's token) to the path given.
+Writes a schemathesis.toml (the ids, the super admin's token, the organization the gateway
+routes act in) to the path given.
 
 Usage: seed.py BASE_URL CONFIG_OUT
 """
@@ -53,6 +54,14 @@ def main():
                     {**rule, "scope": {"level": "org"}})
     platform_rule = call(base, "POST", "/api/guardrails", admin,
                          {**rule, "scope": {"level": "global"}})
+    # The gateway routes as an integrator calls them. The super admin belongs to several
+    # organizations (the seeded `internal` one, the admin session's), so it names the one a
+    # call acts in with `x-stratai-org`; without it the server answers 400
+    # `organization_required`, as the document says.
+    internal = next(o for o in call(base, "GET", "/api/organizations", admin)
+                    if o["slug"] == "internal")
+    admin_orgs = {m["org_id"] for m in call(base, "GET", "/api/me", admin)["memberships"]}
+    assert internal["id"] in admin_orgs, "the super admin is not a member of `internal`"
     with open(out, "w") as f:
         f.write(f"""# written by scripts/api-check/seed.py
 headers = {{ Authorization = "Bearer {admin}" }}
@@ -75,6 +84,10 @@ expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5x
 [[operations]]
 include-path-regex = "^/api/organizations/"
 parameters = {{ "path.rule_id" = "{org_rule['id']}" }}
+
+[[operations]]
+include-path-regex = "^/v1/|^/api/explain$"
+parameters = {{ "header.x-stratai-org" = "internal" }}
 
 [[operations]]
 include-path-regex = "^/api/guardrails/"
