@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The API as its users see it, checked with third-party tools against a real server
-# (not yet run by scripts/test.sh: Schemathesis still finds a few failures, issue 26):
+# The API as its users see it, checked with third-party tools against a real server (run by
+# scripts/test.sh without arguments, so by .ci/run):
 #
 # 1. the served /openapi.json is a valid OpenAPI 3.1 document (openapi-spec-validator);
 # 2. Schemathesis runs every check on every operation against the server on a fresh SQLite
@@ -9,8 +9,11 @@
 # 3. a client generated from the document by openapi-python-client drives the README's admin
 #    session (scripts/api-check/admin_session.py).
 #
-# The Python tools are pinned below and installed with pip into a virtualenv under the cargo
-# target directory. Without python3 the check says it was skipped; under CI=true it fails.
+# The Python tools are pinned below and installed with pip (from the Python package index)
+# into a virtualenv under the cargo target directory, once. Without python3 (or its venv
+# module) the check says it was skipped; under CI=true it fails. It leaves nothing behind: the
+# server is stopped and its scratch folder (`stratai-api-check.*` in the temp dir, which
+# scripts/test-leftovers.sh counts) removed on exit, also when interrupted.
 # STRATAI_API_CHECK_EXAMPLES: Schemathesis examples per operation (default 12).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,7 +55,7 @@ py="$venv/bin/python"
 cargo build --quiet --workspace --all-features --bin stratai-server
 server_bin="$target/debug/stratai-server"
 
-work=$(mktemp -d)
+work=$(mktemp -d "${TMPDIR:-/tmp}/stratai-api-check.XXXXXX")
 server_pid=
 cleanup() {
   if [ -n "$server_pid" ]; then
@@ -62,6 +65,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 base="http://127.0.0.1:$port"
