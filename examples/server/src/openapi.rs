@@ -630,10 +630,8 @@ const OPENAI_COMMON: &[(u16, &str)] = &[
 ];
 
 /// Choosing the organization a call acts in (`x-stratai-org`, else the caller's only one).
-const OPENAI_ORGANIZATION: &[(u16, &str)] = &[
-    (400, "organization_required"),
-    (403, "not_a_member"),
-];
+const OPENAI_ORGANIZATION: &[(u16, &str)] =
+    &[(400, "organization_required"), (403, "not_a_member")];
 
 /// The gateway's refusals of a request (`/api/explain` answers them for a denied decision's
 /// preconditions too).
@@ -665,10 +663,15 @@ const OPENAI_UPSTREAM: &[(u16, &str)] = &[
 /// API (in OpenAI's shape).
 fn errors(method: &str, path: &str, public: bool, spec: &Op) -> BTreeMap<u16, Vec<Answer>> {
     use ErrorCode as C;
-    let mut all: Vec<Answer> = [C::BadRequest, C::PayloadTooLarge, C::Internal, C::Unavailable]
-        .into_iter()
-        .map(Answer::api)
-        .collect();
+    let mut all: Vec<Answer> = [
+        C::BadRequest,
+        C::PayloadTooLarge,
+        C::Internal,
+        C::Unavailable,
+    ]
+    .into_iter()
+    .map(Answer::api)
+    .collect();
     if openai_shaped(path) {
         let mut tables = vec![OPENAI_COMMON, OPENAI_ORGANIZATION];
         match (method, path) {
