@@ -3,8 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
 mod common;
+// The same harness (`common` and `api_support` are one); one `mod` per file.
+use common as api_support;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};

@@ -6,7 +6,9 @@
 //! the authentication tests ([`oidc`]).
 //!
 //! Test files declare it as `mod common;` or `mod api_support;` (each of those is this
-//! module re-exported, for the files written before the two harnesses became one).
+//! module re-exported, for the files written before the two harnesses became one); a file
+//! that wants both names declares one and aliases it (`mod common; use common as
+//! api_support;`): declaring both loads the harness twice (clippy's `duplicate_mod`).
 
 #![allow(
     dead_code,
