@@ -12,6 +12,10 @@
 #   (`[test] left behind: 0 databases, 0 roles, 0 temp folders, 0 processes`, see
 #   scripts/test-leftovers.sh); under CI=true anything left behind fails the run.
 #
+# - Without arguments, also scripts/api-check.sh (OpenAPI 3.1 validation, Schemathesis, a
+#   generated client; its Python tools are installed from PyPI into the target dir). Without
+#   python3 it says it was skipped; under CI=true that fails the run.
+#
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p stratai-core`).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -71,6 +75,10 @@ cargo test --workspace --all-features --no-fail-fast "$@" || status=$?
 if [ $# -eq 0 ]; then
   log "PostgreSQL fallback: the RLS tests on a throwaway cluster"
   STRATAI_TEST_PG=throwaway cargo test -p stratai-store --all-features --test pg_rls || status=$?
+  # The API as its users see it: the served document validated as OpenAPI 3.1, Schemathesis
+  # with every check, a generated client running the README's admin session (issue 26).
+  log "the API checked by third-party tools: scripts/api-check.sh"
+  bash "$root/scripts/api-check.sh" || status=$?
 fi
 
 # What the run leaves: stop the LiteLLM kit (when this run started it), then drop the shared

@@ -1,6 +1,7 @@
 """Seeds a running server for Schemathesis: a customer organization with a member, a group,
 a budget, guardrail rules and a profile, so every path parameter names something that exists.
-Writes a schemathesis.toml (the ids, the super admin's token) to the path given.
+Writes a schemathesis.toml (the ids, the super admin's token, the organization the gateway
+routes act in) to the path given.
 
 Usage: seed.py BASE_URL CONFIG_OUT
 """
@@ -53,6 +54,30 @@ def main():
                     {**rule, "scope": {"level": "org"}})
     platform_rule = call(base, "POST", "/api/guardrails", admin,
                          {**rule, "scope": {"level": "global"}})
+    # What the DELETE operations remove, apart from what every other operation uses (a
+    # deleted group would make the group operations after it answer 404).
+    doomed_org = call(base, "POST", "/api/organizations", admin,
+                      {"name": "Doomed", "slug": "doomed", "owner_email": "owner@doomed.test"})
+    doomed_group = call(base, "POST", f"/api/organizations/{org_id}/groups", admin,
+                        {"name": "Doomed"})
+    doomed_invite = call(base, "POST", f"/api/organizations/{org_id}/members", admin,
+                         {"email": "doomed@fuzz.test"})
+    doomed_token = token_for(base, "doomed@fuzz.test")
+    call(base, "POST", f"/api/invitations/{doomed_invite['token']}/accept", doomed_token)
+    doomed_user = call(base, "GET", "/api/me", doomed_token)["user"]["id"]
+    doomed_org_rule = call(base, "POST", f"/api/organizations/{org_id}/guardrails", admin,
+                           {**rule, "scope": {"level": "org"}})
+    doomed_platform_rule = call(base, "POST", "/api/guardrails", admin,
+                                {**rule, "scope": {"level": "global"}})
+
+    # The gateway routes as an integrator calls them. The super admin belongs to several
+    # organizations (the seeded `internal` one, the admin session's), so it names the one a
+    # call acts in with `x-stratai-org`; without it the server answers 400
+    # `organization_required`, as the document says.
+    internal = next(o for o in call(base, "GET", "/api/organizations", admin)
+                    if o["slug"] == "internal")
+    admin_orgs = {m["org_id"] for m in call(base, "GET", "/api/me", admin)["memberships"]}
+    assert internal["id"] in admin_orgs, "the super admin is not a member of `internal`"
     with open(out, "w") as f:
         f.write(f"""# written by scripts/api-check/seed.py
 headers = {{ Authorization = "Bearer {admin}" }}
@@ -74,11 +99,37 @@ expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5x
 
 [[operations]]
 include-path-regex = "^/api/organizations/"
+exclude-method = ["DELETE"]
 parameters = {{ "path.rule_id" = "{org_rule['id']}" }}
 
 [[operations]]
+include-path-regex = "^/v1/|^/api/explain$"
+parameters = {{ "header.x-stratai-org" = "internal" }}
+
+[[operations]]
 include-path-regex = "^/api/guardrails/"
+exclude-method = ["DELETE"]
 parameters = {{ "path.rule_id" = "{platform_rule['id']}" }}
+
+[[operations]]
+include-name = ["DELETE /api/organizations/{{org_id}}"]
+parameters = {{ "path.org_id" = "{doomed_org['id']}" }}
+
+[[operations]]
+include-name = ["DELETE /api/organizations/{{org_id}}/members/{{user_id}}"]
+parameters = {{ "path.user_id" = "{doomed_user}" }}
+
+[[operations]]
+include-name = ["DELETE /api/groups/{{group_id}}"]
+parameters = {{ "path.group_id" = "{doomed_group['id']}" }}
+
+[[operations]]
+include-name = ["DELETE /api/organizations/{{org_id}}/guardrails/{{rule_id}}"]
+parameters = {{ "path.rule_id" = "{doomed_org_rule['id']}" }}
+
+[[operations]]
+include-name = ["DELETE /api/guardrails/{{rule_id}}"]
+parameters = {{ "path.rule_id" = "{doomed_platform_rule['id']}" }}
 """)
 
 

@@ -4,11 +4,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{OrgId, RequestId, UserId};
 
+/// The message roles of OpenAI's chat API, the only ones the gateway accepts.
+pub const CHAT_ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
 /// A chat message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatMessage {
-    /// `system`, `user`, `assistant` or `tool`.
+    /// One of [`CHAT_ROLES`] (`system`, `user`, `assistant`, `tool`, ...).
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::chat_role))]
     pub role: String,
     /// Text content.
     pub content: String,
@@ -19,7 +30,7 @@ pub struct ChatMessage {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatRequest {
     /// Requested model.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::ids::ModelId))]
     pub model: String,
     /// Conversation so far.
     #[cfg_attr(feature = "openapi", schema(min_items = 1))]

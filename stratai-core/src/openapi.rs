@@ -53,6 +53,16 @@ pub fn decimal_schema(description: &str, non_negative: bool) -> RefOr<Schema> {
         .into()
 }
 
+/// A chat message's role: one of [`crate::gateway::CHAT_ROLES`].
+#[must_use]
+pub fn chat_role() -> utoipa::openapi::schema::Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(crate::gateway::CHAT_ROLES.to_vec()))
+        .description(Some("the author of the message"))
+        .build()
+}
+
 macro_rules! manual_schema {
     ($ty:ty, $name:literal, $schema:expr) => {
         impl PartialSchema for $ty {

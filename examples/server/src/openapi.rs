@@ -15,7 +15,7 @@ use crate::api::{
     budgets, groups, guardrails, invitations, members, orgs, profiles, tiers, usage, users,
 };
 use crate::auth::routes as auth;
-use crate::error::ErrorBody;
+use crate::error::{ErrorBody, ErrorCode};
 use crate::gateway::error::OpenAiErrorBody;
 use crate::gateway::explain;
 use stratai_core::budget::Budget;
@@ -125,7 +125,7 @@ pub const OTHER_OPERATIONS: &[(&str, &str, &str, bool, &str)] = &[
 const PUBLIC_API: &[&str] = &["/api/invitations/{token}"];
 
 /// The `x-stratai-org` header of the gateway routes.
-const ORG_HEADER_DOC: &str = "the organization (id or slug) when the caller belongs to several";
+const ORG_HEADER_DOC: &str = "the organization (id or slug) the call acts in: needed when the caller belongs to several (else 400 `organization_required`), optional otherwise";
 
 /// The components being collected while the document is built.
 #[derive(Default)]
@@ -423,14 +423,34 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
                 200,
                 "`stream: true`: server-sent events, one `data:` line per chunk, `data: [DONE]` last",
                 "text/event-stream",
-                json!({"type": "string", "description": format!("`data: <{}>` lines", ChatChunk::name())}),
+                // Before OpenAPI 3.2's `itemSchema`, an event stream's schema describes one
+                // event: its `data` is a chunk as JSON, `[DONE]` the last.
+                json!({
+                    "type": "object",
+                    "description": "one server-sent event",
+                    "required": ["data"],
+                    "properties": {
+                        "data": {"anyOf": [
+                            {"type": "string", "contentMediaType": "application/json", "contentSchema": s.of::<ChatChunk>()},
+                            {"const": "[DONE]", "description": "the last event"},
+                        ]},
+                        "event": {"type": "string"},
+                        "id": {"type": "string"},
+                        "retry": {"type": "integer", "minimum": 0},
+                    },
+                }),
             ));
-            s.of::<ChatChunk>();
             op
         }
         ("GET", "/v1/models") => op.ok(200, s.of::<crate::gateway::ModelList>()),
+        // A query string cannot carry `messages` (POST only).
         ("GET", "/api/explain") => op
-            .query(s.query::<explain::ExplainQuery>())
+            .query(
+                s.query::<explain::ExplainQuery>()
+                    .into_iter()
+                    .filter(|p| p["name"] != "messages")
+                    .collect(),
+            )
             .ok(200, s.of::<explain::Explanation>()),
         ("POST", "/api/explain") => op
             .json(s.of::<explain::ExplainQuery>())
@@ -535,7 +555,7 @@ fn operation(
         .collect();
     params.extend(spec.query.iter().cloned());
     params.extend(spec.headers.iter().cloned());
-    if openai_shaped(path) && path.starts_with("/v1/") {
+    if openai_shaped(path) {
         params.push(json!({"name": "x-stratai-org", "in": "header", "required": false, "description": ORG_HEADER_DOC, "schema": {"type": "string"}}));
     }
 
@@ -583,41 +603,165 @@ fn operation(
             entry["content"][*media] = json!({"schema": schema});
         }
     }
-    let mut errors: Vec<u16> = vec![500, 503];
-    if !public || matches!(path, "/auth/me") {
-        errors.extend([401, 403]);
-    }
-    if path.contains('{') || path.starts_with("/auth/") && path != "/auth/me" {
-        errors.push(404);
-    }
-    if !spec.body.is_empty() {
-        errors.extend([400, 413, 415, 422]);
-    }
-    if !spec.query.is_empty() {
-        // A query naming an id that does not exist (or is another organization's) is a 404.
-        errors.extend([404, 422]);
-    }
-    if openai_shaped(path) && (!spec.query.is_empty() || !spec.body.is_empty()) {
-        // `invalid_request`: these routes answer a bad request in OpenAI's way.
-        errors.push(400);
-    }
-    if method != "GET" {
-        errors.extend([404, 409, 422]);
-    }
-    errors.sort_unstable();
-    errors.dedup();
-    let error_schema = if openai_shaped(path) {
-        s.of::<OpenAiErrorBody>()
-    } else {
-        s.of::<ErrorBody>()
-    };
-    for status in errors {
-        responses
-            .entry(status.to_string())
-            .or_insert_with(|| json!({"description": "error", "content": {"application/json": {"schema": error_schema.clone()}}}));
+    for (status, answers) in errors(method, path, public, &spec) {
+        let description = format!(
+            "error; code: {}",
+            answers
+                .iter()
+                .map(|a| format!("`{}`", a.code))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        responses.entry(status.to_string()).or_insert_with(|| {
+            json!({"description": description, "content": {"application/json": {"schema": error_schema(s, &answers)}}})
+        });
     }
     op.insert("responses".into(), Value::Object(responses));
     Some(Value::Object(op))
+}
+
+/// One error an operation can answer: its status, its shape (the admin API's [`ErrorBody`]
+/// or OpenAI's [`OpenAiErrorBody`]) and its code. Each error response's description lists
+/// its codes (`the_error_codes_of_each_status_are_listed` checks them against the server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Answer {
+    status: u16,
+    openai: bool,
+    code: &'static str,
+}
+
+impl Answer {
+    fn api(code: ErrorCode) -> Self {
+        Self {
+            status: code.status().as_u16(),
+            openai: false,
+            code: code.as_str(),
+        }
+    }
+    fn openai(status: u16, code: &'static str) -> Self {
+        Self {
+            status,
+            openai: true,
+            code,
+        }
+    }
+}
+
+/// The errors of every OpenAI-shaped route: authentication (`Authorization` or the session
+/// cookie) and failures of the server itself.
+const OPENAI_COMMON: &[(u16, &str)] = &[
+    (401, "unauthenticated"),
+    (403, "forbidden"),
+    (500, "internal"),
+    (503, "unavailable"),
+];
+
+/// Choosing the organization a call acts in (`x-stratai-org`, else the caller's only one).
+const OPENAI_ORGANIZATION: &[(u16, &str)] =
+    &[(400, "organization_required"), (403, "not_a_member")];
+
+/// The gateway's refusals of a request (`/api/explain` answers them for a denied decision's
+/// preconditions too).
+const OPENAI_REFUSALS: &[(u16, &str)] = &[
+    (400, "invalid_request"),
+    (403, "model_access_denied"),
+    (403, "guardrail_blocked"),
+    (404, "model_not_found"),
+    (429, "rate_limit_exceeded"),
+    (429, "insufficient_quota"),
+];
+
+/// What the upstream provider's failures become.
+const OPENAI_UPSTREAM: &[(u16, &str)] = &[
+    (400, "upstream_bad_request"),
+    (403, "upstream_refused"),
+    (429, "upstream_rate_limited"),
+    (429, "upstream_budget_exceeded"),
+    (502, "upstream_unavailable"),
+    (503, "not_provisioned"),
+];
+
+/// Every error `method path` can answer, by status. Every route shares the middleware's: a
+/// request with two `Authorization` headers (400 `bad_request`), a body over the limit (413),
+/// a panic (500), in the admin API's shape. Invalid input: the admin API answers 400 for
+/// broken JSON and 422 (`validation_failed`, with the fields) for a well-formed body or
+/// query that does not fit; `/v1/*` answers 400 `invalid_request` for both, as OpenAI does;
+/// `/api/explain` answers 400 for a query that does not fit and, as a POST, like the admin
+/// API (in OpenAI's shape).
+fn errors(method: &str, path: &str, public: bool, spec: &Op) -> BTreeMap<u16, Vec<Answer>> {
+    use ErrorCode as C;
+    let mut all: Vec<Answer> = [
+        C::BadRequest,
+        C::PayloadTooLarge,
+        C::Internal,
+        C::Unavailable,
+    ]
+    .into_iter()
+    .map(Answer::api)
+    .collect();
+    if openai_shaped(path) {
+        let mut tables = vec![OPENAI_COMMON, OPENAI_ORGANIZATION];
+        match (method, path) {
+            ("POST", "/v1/chat/completions") => tables.extend([OPENAI_REFUSALS, OPENAI_UPSTREAM]),
+            (_, "/api/explain") => {
+                tables.extend([OPENAI_REFUSALS, &[(403, "forbidden"), (404, "not_found")]]);
+                if method == "POST" {
+                    tables.push(&[(400, "bad_request"), (422, "validation_failed")]);
+                }
+            }
+            _ => {}
+        }
+        all.extend(
+            tables
+                .into_iter()
+                .flatten()
+                .map(|(status, code)| Answer::openai(*status, code)),
+        );
+    } else {
+        let mut codes = Vec::new();
+        if !public || path == "/auth/me" {
+            codes.extend([C::Unauthenticated, C::Forbidden]);
+        }
+        if path.contains('{') || path.starts_with("/auth/") && path != "/auth/me" {
+            codes.push(C::NotFound);
+        }
+        if !spec.body.is_empty() {
+            codes.extend([C::UnsupportedMediaType, C::ValidationFailed]);
+        }
+        if !spec.query.is_empty() {
+            // A query naming an id that does not exist (or is another organization's) is a 404.
+            codes.extend([C::NotFound, C::ValidationFailed]);
+        }
+        if method != "GET" {
+            codes.extend([C::NotFound, C::Conflict, C::ValidationFailed]);
+        }
+        all.extend(codes.into_iter().map(Answer::api));
+    }
+    all.sort_unstable();
+    all.dedup();
+    let mut by_status: BTreeMap<u16, Vec<Answer>> = BTreeMap::new();
+    for answer in all {
+        by_status.entry(answer.status).or_default().push(answer);
+    }
+    by_status
+}
+
+/// The schema of `answers` (one status): the error body of their shape ([`ErrorBody`],
+/// whose code determines the status, or [`OpenAiErrorBody`]), either when both occur. One
+/// type per shape, so generated clients share it; the codes are in the description.
+fn error_schema(s: &mut Schemas, answers: &[Answer]) -> Value {
+    let mut shapes = Vec::new();
+    if answers.iter().any(|a| !a.openai) {
+        shapes.push(s.of::<ErrorBody>());
+    }
+    if answers.iter().any(|a| a.openai) {
+        shapes.push(s.of::<OpenAiErrorBody>());
+    }
+    if shapes.len() == 1 {
+        shapes.remove(0)
+    } else {
+        json!({"anyOf": shapes})
+    }
 }
 
 /// Every routed operation as `(METHOD, path, handler, public, summary)`.
@@ -664,7 +808,7 @@ pub fn document() -> Value {
         "info": {
             "title": "StratAI server",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Admin API (the seed's Appendix B), authentication and the governed OpenAI-compatible gateway. Admin API errors: `ErrorBody`; `/v1/*` and `/api/explain` errors: `OpenAiErrorBody` (OpenAI's shape). Another organization's resources answer 404. A method a path does not have answers 405 with an `Allow` header."
+            "description": "Admin API (the seed's Appendix B), authentication and the governed OpenAI-compatible gateway. Admin API errors: `ErrorBody`; `/v1/*` and `/api/explain` errors: `OpenAiErrorBody` (OpenAI's shape). Another organization's resources answer 404. A method a path does not have answers 405 with an `Allow` header. Invalid input: the admin API answers 400 `bad_request` for broken JSON and 422 `validation_failed` (naming the fields) for a well-formed body or query that does not fit its schema; `/v1/*` answers 400 `invalid_request` for both, as OpenAI does. Every error response lists its codes; a request that times out answers 503 with an empty body."
         },
         "security": [{"bearer": []}, {"session": []}],
         "components": {

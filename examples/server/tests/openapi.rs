@@ -3,8 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
 mod common;
+// The same harness (`common` and `api_support` are one); one `mod` per file.
+use common as api_support;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -160,4 +161,93 @@ fn the_checked_in_document_is_current() {
         checked_in == generated,
         "examples/server/openapi.json is stale: run STRATAI_UPDATE_OPENAPI=1 cargo test -p stratai-server --test openapi"
     );
+}
+
+/// Each error response lists its codes, and they are what the server answers: a body that
+/// does not fit (the admin API: 422 `validation_failed`, broken JSON 400 `bad_request`; the
+/// OpenAI-compatible routes: 400 `invalid_request`, as OpenAI), a caller of several
+/// organizations without `x-stratai-org` (400 `organization_required`).
+#[tokio::test]
+async fn the_error_codes_of_each_status_are_listed() {
+    use axum::http::Method;
+    use serde_json::json;
+    let doc = stratai_server::openapi::document();
+    let listed = |method: &str, path: &str, r: &api_support::Resp, code: &str| {
+        assert_eq!(r.json["error"]["code"], code, "{method} {path}: {}", r.text);
+        let op = &doc["paths"][path][method.to_ascii_lowercase()];
+        let description = op["responses"][r.status.as_str()]["description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            description.contains(&format!("`{code}`")),
+            "{method} {path} {}: `{code}` not in {description:?}",
+            r.status
+        );
+    };
+    let api = api_support::Api::start(api_support::Kind::Memory)
+        .await
+        .unwrap();
+    let admin = api.token("admin@localhost").await;
+    let org = [("x-stratai-org", "internal".to_owned())];
+
+    let r = api
+        .post("/api/organizations", &admin, json!({"name": 5}))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    listed("POST", "/api/organizations", &r, "validation_failed");
+    let broken = Request::post("/api/organizations")
+        .header("authorization", format!("Bearer {admin}"))
+        .header("content-type", "application/json")
+        .body(Body::from("{"))
+        .unwrap();
+    let r = api.raw(broken).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    listed("POST", "/api/organizations", &r, "bad_request");
+
+    let bad_chat = json!({"model": 5, "messages": []});
+    let r = api
+        .send_with(
+            Method::POST,
+            "/v1/chat/completions",
+            Some(&admin),
+            Some(bad_chat),
+            &org,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    listed("POST", "/v1/chat/completions", &r, "invalid_request");
+    // A role the chat route refuses is refused by the what-if route too.
+    let question = json!({"model": "gpt-4o-mini", "messages": [{"role": "AAA", "content": ""}]});
+    let r = api
+        .send_with(
+            Method::POST,
+            "/api/explain",
+            Some(&admin),
+            Some(question),
+            &org,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    listed("POST", "/api/explain", &r, "invalid_request");
+
+    // The super admin in a second organization must name one.
+    let second = api_support::org_fixture(&api.stores, "second").await;
+    let membership = stratai_core::directory::Membership::new(
+        second.org,
+        api.super_admin.id,
+        stratai_core::directory::OrgRole::Member,
+        chrono::Utc::now(),
+    );
+    api.stores
+        .directory
+        .add_member(second.org, &membership)
+        .await
+        .unwrap();
+    let r = api.get("/v1/models", &admin).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    listed("GET", "/v1/models", &r, "organization_required");
+    let r = api
+        .send_with(Method::GET, "/v1/models", Some(&admin), None, &org)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }

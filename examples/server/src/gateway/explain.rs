@@ -114,6 +114,10 @@ pub(super) async fn explain_post(
         Ok(q) => q,
         Err(e) => return OpenAiError::from(e).into_response(),
     };
+    // The messages of a chat request: refused as the chat route refuses them.
+    if let Err(e) = super::check_roles(query.messages.as_deref().unwrap_or_default()) {
+        return e.into_response();
+    }
     explain(state, method, headers, query)
         .await
         .unwrap_or_else(IntoResponse::into_response)

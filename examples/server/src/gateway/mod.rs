@@ -30,7 +30,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use stratai_core::gateway::{ChatRequest, GatewayError};
+use stratai_core::gateway::{ChatMessage, ChatRequest, GatewayError};
 use stratai_core::ids::{RequestId, UserId};
 use stratai_guardrails::runtime::{CallFailure, Refusal, Runtime, RuntimeHandle, Served};
 
@@ -327,19 +327,17 @@ pub(crate) fn header_text(text: &str) -> HeaderValue {
 
 /// The message roles of OpenAI's chat API; a message with any other role is refused (a typo
 /// such as `usr` would otherwise reach the provider, or be read as a user message by one).
-const CHAT_ROLES: &[&str] = &[
-    "system",
-    "developer",
-    "user",
-    "assistant",
-    "tool",
-    "function",
-];
+const CHAT_ROLES: &[&str] = stratai_core::gateway::CHAT_ROLES;
 
 fn parse_chat(body: &[u8]) -> Result<ChatRequest, OpenAiError> {
     let request = parse_chat_json(body)?;
-    if let Some((i, m)) = request
-        .messages
+    check_roles(&request.messages)?;
+    Ok(request)
+}
+
+/// Refuses a message whose role is not one of OpenAI's (400 `invalid_request`).
+pub(crate) fn check_roles(messages: &[ChatMessage]) -> Result<(), OpenAiError> {
+    if let Some((i, m)) = messages
         .iter()
         .enumerate()
         .find(|(_, m)| !CHAT_ROLES.contains(&m.role.as_str()))
@@ -355,7 +353,7 @@ fn parse_chat(body: &[u8]) -> Result<ChatRequest, OpenAiError> {
             ),
         ));
     }
-    Ok(request)
+    Ok(())
 }
 
 fn parse_chat_json(body: &[u8]) -> Result<ChatRequest, OpenAiError> {
