@@ -13,14 +13,13 @@ use rust_decimal::Decimal;
 use stratai_core::access::{Action, Resource};
 use stratai_core::budget::BudgetPeriod;
 use stratai_core::directory::{Group, OrgRole, Organization};
-use stratai_core::usage::{AggregateRow, DimensionValue};
+use stratai_core::usage::{AggregateRow, Dimension, DimensionValue, UsageQuery};
 use stratai_core::{GroupId, OrgId, TierId, TierSlug, UserId};
 
 use crate::api::groups::CreateGroup;
 use crate::api::invitations::InviteSpec;
 use crate::api::members::MemberView;
-use crate::api::usage::UsageParams;
-use crate::api::{ApiPath, allow, groups, invitations, members, usage};
+use crate::api::{ApiPath, allow, groups, invitations, members};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
@@ -289,23 +288,26 @@ pub(crate) async fn dashboard(
     allow(&viewer.caller, Action::ViewOrgUsage, Resource::Org(org_id))?;
     let org = org_of(&state, org_id).await?;
     let window = BudgetPeriod::Monthly.window(Utc::now(), org.tz());
-    let summary = |group_by: &str| {
-        usage::summary(
-            State(state.clone()),
-            viewer.caller.clone(),
-            ApiQuery(UsageParams {
-                org_id: Some(org_id),
-                from: Some(window.start),
-                to: Some(window.end),
-                group_by: Some(group_by.to_owned()),
-                ..UsageParams::default()
-            }),
-        )
+    // The page asked `view_org_usage` above, exactly what `GET /api/usage` asks without a
+    // group or person filter; the breakdowns then go to the store directly, so the month's
+    // totals are aggregated once (in SQL, like every breakdown) rather than once per chart.
+    let month = UsageQuery {
+        from: Some(window.start),
+        to: Some(window.end),
+        ..UsageQuery::default()
     };
-    let ApiJson(by_day) = summary("day").await?;
-    let ApiJson(by_user) = summary("user").await?;
-    let ApiJson(by_model) = summary("model").await?;
-    let ApiJson(by_group) = summary("group").await?;
+    let usage = &state.stores.usage;
+    let totals = usage
+        .aggregate(org_id, &month, &[])
+        .await?
+        .into_iter()
+        .next()
+        .map(|r| r.totals)
+        .unwrap_or_default();
+    let by_day = usage.aggregate(org_id, &month, &[Dimension::Day]).await?;
+    let by_user = usage.aggregate(org_id, &month, &[Dimension::User]).await?;
+    let by_model = usage.aggregate(org_id, &month, &[Dimension::Model]).await?;
+    let by_group = usage.aggregate(org_id, &month, &[Dimension::Group]).await?;
     let labels = Labels::of(&state, org_id).await?;
     // Budget gauges need `manage_budgets` too (as `GET /api/budgets`); org admins have it.
     let gauges = gauges(&state, &viewer, &org, &labels).await?;
@@ -316,14 +318,14 @@ pub(crate) async fn dashboard(
             local_time(&org, window.start),
             local_time(&org, window.end)
         ),
-        requests: by_day.totals.requests,
-        provider: money(by_day.totals.provider_cost.amount()),
-        billed: money(by_day.totals.billed_amount.amount()),
+        requests: totals.requests,
+        provider: money(totals.provider_cost.amount()),
+        billed: money(totals.billed_amount.amount()),
         breakdowns: vec![
-            breakdown("By day (UTC days)", "Day", &by_day.rows, &labels),
-            breakdown("By person", "Person", &by_user.rows, &labels),
-            breakdown("By model", "Model", &by_model.rows, &labels),
-            breakdown("By group", "Group", &by_group.rows, &labels),
+            breakdown("By day (UTC days)", "Day", &by_day, &labels),
+            breakdown("By person", "Person", &by_user, &labels),
+            breakdown("By model", "Model", &by_model, &labels),
+            breakdown("By group", "Group", &by_group, &labels),
         ],
         gauges,
         org,
