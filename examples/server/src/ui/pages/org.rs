@@ -236,12 +236,11 @@ pub(crate) async fn gauges(
                 },
                 hard: b.hard_limit,
                 period: format!(
-                    "{:?}, {} to {}",
-                    b.period,
+                    "{}, {} to {}",
+                    format!("{:?}", b.period).to_lowercase(),
                     local_time(org, l.state.period_start),
                     local_time(org, l.state.period_end)
-                )
-                .to_lowercase(),
+                ),
             }
         })
         .collect())
