@@ -33,7 +33,7 @@ use stratai_core::directory::{
     User,
 };
 use stratai_core::money::Money;
-use stratai_core::ports::{BudgetStore, DirectoryStore, TierStore, UsageStore};
+use stratai_core::ports::{BudgetLedger, DirectoryStore, TierStore, UsageStore};
 use stratai_core::tiers::subscriptions_for;
 use stratai_core::usage::{UsageRecord, UsageStatus};
 use stratai_core::{GroupId, OrgId, RequestId, TierId, TierSlug, UserId};
@@ -74,7 +74,9 @@ async fn tenants(store: &pg::PgTestDb) -> Vec<Tenant> {
         s.create_org(&org).await.expect("create org");
         let ids: Vec<TierId> = catalog.iter().map(|t| t.id).collect();
         for sub in subscriptions_for(org.id, &ids, now) {
-            s.put_subscription(org.id, &sub).await.expect("subscription");
+            s.put_subscription(org.id, &sub)
+                .await
+                .expect("subscription");
         }
         let mut users = Vec::new();
         let mut owner = None;
@@ -82,7 +84,11 @@ async fn tenants(store: &pg::PgTestDb) -> Vec<Tenant> {
             let email = Email::new(format!("user{u}-org{o}@example.com")).expect("email");
             let user = User::new(email.clone(), None, PlatformRole::User, now).expect("user");
             s.create_user(&user).await.expect("create user");
-            let role = if u == 0 { OrgRole::Owner } else { OrgRole::Member };
+            let role = if u == 0 {
+                OrgRole::Owner
+            } else {
+                OrgRole::Member
+            };
             s.add_member(org.id, &Membership::new(org.id, user.id, role, now))
                 .await
                 .expect("member");
@@ -97,7 +103,9 @@ async fn tenants(store: &pg::PgTestDb) -> Vec<Tenant> {
                 now,
             )
             .expect("budget");
-            s.create_budget(org.id, &budget).await.expect("create budget");
+            s.create_budget(org.id, &budget)
+                .await
+                .expect("create budget");
             owner.get_or_insert(email);
             users.push(user.id);
         }
@@ -118,7 +126,11 @@ async fn tenants(store: &pg::PgTestDb) -> Vec<Tenant> {
 }
 
 /// A batch of one organization's records spread over the 90 days up to now.
-fn batch(tenant: &Tenant, tiers: &[(TierId, Vec<stratai_core::ModelId>)], n: usize) -> Vec<UsageRecord> {
+fn batch(
+    tenant: &Tenant,
+    tiers: &[(TierId, Vec<stratai_core::ModelId>)],
+    n: usize,
+) -> Vec<UsageRecord> {
     let mut rng = rand::rng();
     let now = Utc::now();
     let span = 90 * 24 * 3600;
@@ -194,7 +206,12 @@ async fn measure(app: &axum::Router, path: &str, cookie: &str) -> (Duration, Dur
             .await
             .expect("body");
         let took = started.elapsed();
-        assert_eq!(status, StatusCode::OK, "{path}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{path}: {}",
+            String::from_utf8_lossy(&body)
+        );
         size = body.len();
         // The first answer warms the caches and connections; it is not counted.
         if i > 0 {
@@ -214,7 +231,9 @@ async fn main() {
     let db = pg::fresh_db().await.expect("PostgreSQL");
     let stores = Stores::from_backend(db.store.clone());
     let config = Config::from_parts(FileConfig::default(), &HashMap::new()).expect("config");
-    let backends = Backends::seeded(stores.clone(), &config).await.expect("seed");
+    let backends = Backends::seeded(stores.clone(), &config)
+        .await
+        .expect("seed");
     let state = build_state(&config, backends).expect("state");
     let tenants = std::sync::Arc::new(tenants(&db).await);
     let tiers: Vec<(TierId, Vec<stratai_core::ModelId>)> = db
@@ -281,7 +300,11 @@ async fn main() {
         let (p50, p95, size) = measure(&app, &path, cookie).await;
         println!(
             "{label} (GET {}): median {:.1} ms, p95 {:.1} ms over {SAMPLES} renders ({size} bytes)",
-            if path.starts_with("/org/") { "/org/{id}" } else { path.as_str() },
+            if path.starts_with("/org/") {
+                "/org/{id}"
+            } else {
+                path.as_str()
+            },
             p50.as_secs_f64() * 1e3,
             p95.as_secs_f64() * 1e3
         );

@@ -230,7 +230,12 @@ fn form(path: &str, target: &OrgFixture, email: &str) -> Vec<(String, String)> {
             ("config", r#"{"blocked_topics": ["x"]}"#.to_owned()),
             (
                 "scope",
-                if path.starts_with("/admin") { "global" } else { "org" }.to_owned(),
+                if path.starts_with("/admin") {
+                    "global"
+                } else {
+                    "org"
+                }
+                .to_owned(),
             ),
             ("action", "block".to_owned()),
             ("priority", "0".to_owned()),
@@ -347,7 +352,13 @@ async fn post_form(
         );
         let mut request = req.body(axum::body::Body::from(body)).unwrap();
         // The builder appended a second content type; keep the multipart one.
-        let ct = request.headers_mut().get_all("content-type").iter().last().cloned().unwrap();
+        let ct = request
+            .headers_mut()
+            .get_all("content-type")
+            .iter()
+            .last()
+            .cloned()
+            .unwrap();
         request.headers_mut().insert("content-type", ct);
         return api.raw(request).await;
     }

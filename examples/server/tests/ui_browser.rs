@@ -387,10 +387,7 @@ async fn operator(kind: Kind, c: &Client, base: &str, names: &Names) {
         .click()
         .await
         .unwrap();
-    c.wait()
-        .for_element(Locator::Css("h1"))
-        .await
-        .unwrap();
+    c.wait().for_element(Locator::Css("h1")).await.unwrap();
     assert_eq!(h1(c).await, "Acme");
     let text = body_text(c).await;
     assert!(text.contains(&names.owner), "{text}");
@@ -400,7 +397,11 @@ async fn operator(kind: Kind, c: &Client, base: &str, names: &Names) {
 
     for (path, heading, shot) in [
         ("/admin", "Platform overview", "admin-overview"),
-        ("/admin/modules", "Modules: the tier catalog", "admin-modules"),
+        (
+            "/admin/modules",
+            "Modules: the tier catalog",
+            "admin-modules",
+        ),
         ("/admin/users", "People", "admin-users"),
         ("/admin/billing", "Platform billing", "admin-billing"),
         ("/admin/guardrails", "Global guardrails", "admin-guardrails"),
@@ -463,7 +464,10 @@ async fn owner_invites(
     let bad = scratch.join("bad.csv");
     std::fs::write(
         &bad,
-        format!("email,role\n{},member\n{},boss\n", names.member2, names.member3),
+        format!(
+            "email,role\n{},member\n{},boss\n",
+            names.member2, names.member3
+        ),
     )
     .unwrap();
     upload(c, &bad).await;
@@ -477,18 +481,27 @@ async fn owner_invites(
     let good = scratch.join("people.csv");
     std::fs::write(
         &good,
-        format!("email,role\n{},member\n{},admin\n", names.member2, names.member3),
+        format!(
+            "email,role\n{},member\n{},admin\n",
+            names.member2, names.member3
+        ),
     )
     .unwrap();
     c.goto(&format!("{base}{org_path}/users")).await.unwrap();
     upload(c, &good).await;
     let text = body_text(c).await;
     assert!(text.contains("2 invitations created"), "{text}");
-    let rows = c.find_all(Locator::Css("table.bulk tbody tr")).await.unwrap();
+    let rows = c
+        .find_all(Locator::Css("table.bulk tbody tr"))
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 2);
     for (row, email) in rows.iter().zip([&names.member2, &names.member3]) {
         let cells = row.text().await.unwrap();
-        assert!(cells.contains(email.as_str()) && cells.contains("created"), "{cells}");
+        assert!(
+            cells.contains(email.as_str()) && cells.contains("created"),
+            "{cells}"
+        );
         let code = row
             .find(Locator::Css("code.secret"))
             .await
@@ -612,9 +625,16 @@ async fn owner_sets_access(kind: Kind, c: &Client, base: &str, names: &Names, or
             .await
             .unwrap();
         submit(c, "#add-member button").await;
-        assert!(body_text(c).await.contains("The person was added to the group."));
+        assert!(
+            body_text(c)
+                .await
+                .contains("The person was added to the group.")
+        );
     }
-    let rows = c.find_all(Locator::Css("main table tbody tr")).await.unwrap();
+    let rows = c
+        .find_all(Locator::Css("main table tbody tr"))
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 2, "two members");
     assert!(body_text(c).await.contains("basic"));
     check_page(c, "group").await;
@@ -669,10 +689,7 @@ async fn member_chats(kind: Kind, c: &Client, base: &str, names: &Names, org_pat
     sign_in(c, base, &names.member).await;
     assert_eq!(c.current_url().await.unwrap().path(), "/app");
     assert_eq!(h1(c).await, "My models");
-    let locked = c
-        .find_all(Locator::Css(".tier.locked"))
-        .await
-        .unwrap();
+    let locked = c.find_all(Locator::Css(".tier.locked")).await.unwrap();
     let mut premium = None;
     for t in locked {
         let text = t.text().await.unwrap();
@@ -800,9 +817,19 @@ async fn owner_sees_usage(
 ) {
     sign_in(c, base, &names.owner).await;
     let text = body_text(c).await;
-    assert!(text.contains(&names.member), "the member in the by-person table: {text}");
-    let rows = c.find_all(Locator::Css("table.spend tbody tr")).await.unwrap();
-    assert_eq!(rows.len(), 4, "one row per table (day, person, model, group)");
+    assert!(
+        text.contains(&names.member),
+        "the member in the by-person table: {text}"
+    );
+    let rows = c
+        .find_all(Locator::Css("table.spend tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        4,
+        "one row per table (day, person, model, group)"
+    );
     for r in rows {
         let cells = r.text().await.unwrap();
         assert!(
@@ -852,7 +879,13 @@ async fn owner_sees_usage(
         .await
         .unwrap();
     submit(c, "form.filters button").await;
-    let stats = c.find(Locator::Css(".stats")).await.unwrap().text().await.unwrap();
+    let stats = c
+        .find(Locator::Css(".stats"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(stats.contains(&answered.to_string()), "{stats}");
     check_page(c, "usage report").await;
     screenshot(c, kind, "org-usage").await;
@@ -980,7 +1013,11 @@ async fn owner_manages_rules(kind: Kind, c: &Client, base: &str, names: &Names, 
     c.goto(&format!("{base}{org_path}/guardrails"))
         .await
         .unwrap();
-    assert!(body_text(c).await.contains("No guardrails of this organization yet"));
+    assert!(
+        body_text(c)
+            .await
+            .contains("No guardrails of this organization yet")
+    );
     fill(c, "#name", HOSTILE_RULE).await;
     fill(c, "#config", "{\"blocked_topics\": 5}").await;
     submit(c, "#create-rule button").await;
@@ -1010,7 +1047,11 @@ async fn owner_manages_rules(kind: Kind, c: &Client, base: &str, names: &Names, 
     check_page(c, "guardrail").await;
     submit(c, "form[action$='/delete'] button").await;
     assert!(body_text(c).await.contains("The guardrail was deleted."));
-    assert!(body_text(c).await.contains("No guardrails of this organization yet"));
+    assert!(
+        body_text(c)
+            .await
+            .contains("No guardrails of this organization yet")
+    );
     sign_out(c).await;
 }
 

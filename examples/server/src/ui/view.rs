@@ -25,6 +25,8 @@ pub(crate) struct NavLink {
     pub(crate) label: String,
     /// Target.
     pub(crate) href: String,
+    /// Whether it starts another area (platform, organization, own models).
+    pub(crate) starts_area: bool,
 }
 
 /// The message shown after an action.
@@ -133,6 +135,7 @@ fn nav_for(caller: &Caller) -> Vec<NavLink> {
     let link = |label: &str, href: String| NavLink {
         label: label.to_owned(),
         href,
+        starts_area: false,
     };
     let mut nav = Vec::new();
     if caller.is_super_admin() {
@@ -144,7 +147,10 @@ fn nav_for(caller: &Caller) -> Vec<NavLink> {
         nav.push(link("Global guardrails", "/admin/guardrails".to_owned()));
     }
     if let Some(org) = admin_orgs(caller).first() {
-        nav.push(link("Dashboard", format!("/org/{org}")));
+        nav.push(NavLink {
+            starts_area: !nav.is_empty(),
+            ..link("Dashboard", format!("/org/{org}"))
+        });
         nav.push(link("Users", format!("/org/{org}/users")));
         nav.push(link("Groups", format!("/org/{org}/groups")));
         nav.push(link("Model access", format!("/org/{org}/access")));
@@ -155,7 +161,10 @@ fn nav_for(caller: &Caller) -> Vec<NavLink> {
         nav.push(link("Settings", format!("/org/{org}/settings")));
     }
     if !caller.actor.orgs.is_empty() {
-        nav.push(link("My models", "/app".to_owned()));
+        nav.push(NavLink {
+            starts_area: !nav.is_empty(),
+            ..link("My models", "/app".to_owned())
+        });
     }
     nav
 }

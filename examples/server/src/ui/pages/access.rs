@@ -64,7 +64,12 @@ struct AccessPage {
 fn slugs(list: Option<&Vec<TierSlug>>, none: &str) -> String {
     list.map_or_else(
         || none.to_owned(),
-        |t| t.iter().map(TierSlug::as_str).collect::<Vec<_>>().join(", "),
+        |t| {
+            t.iter()
+                .map(TierSlug::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
     )
 }
 

@@ -12,11 +12,11 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
+use stratai_core::OrgId;
 use stratai_core::access::{Action, Resource};
 use stratai_core::budget::BudgetPeriod;
 use stratai_core::directory::Organization;
 use stratai_core::money::Money;
-use stratai_core::OrgId;
 use stratai_core::ports::RuleScope;
 use stratai_core::usage::UsageQuery;
 
@@ -28,8 +28,8 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::ui::view::{
-    CheckedForm, Chrome, Done, FieldErrors, ListQuery, Notice, Pager, UiError, Viewer,
-    done_notice, local_time, money, paginate, render, see_other,
+    CheckedForm, Chrome, Done, FieldErrors, ListQuery, Notice, Pager, UiError, Viewer, done_notice,
+    local_time, money, paginate, render, see_other,
 };
 
 fn platform(caller: &Caller) -> Result<(), ApiError> {
@@ -288,7 +288,8 @@ pub(crate) async fn organization(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, UiError> {
     platform(&viewer.caller)?;
-    let ApiJson(org) = orgs::get(State(state.clone()), viewer.caller.clone(), ApiPath(org_id)).await?;
+    let ApiJson(org) =
+        orgs::get(State(state.clone()), viewer.caller.clone(), ApiPath(org_id)).await?;
     let ApiJson(list) =
         members::list(State(state.clone()), viewer.caller.clone(), ApiPath(org_id)).await?;
     let (list, pager) = paginate(list, q.page(), &format!("/admin/organizations/{org_id}"));
@@ -332,7 +333,10 @@ pub(crate) async fn organization(
                 .as_ref()
                 .map_or_else(|| "not set".to_owned(), |e| e.as_str().to_owned()),
         ),
-        ("Active".to_owned(), if org.active { "yes" } else { "no" }.to_owned()),
+        (
+            "Active".to_owned(),
+            if org.active { "yes" } else { "no" }.to_owned(),
+        ),
         ("Timezone".to_owned(), org.tz().to_string()),
         (
             "Allowed tiers".to_owned(),
@@ -342,12 +346,18 @@ pub(crate) async fn organization(
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
-        ("Default tier".to_owned(), s.default_tier.as_str().to_owned()),
+        (
+            "Default tier".to_owned(),
+            s.default_tier.as_str().to_owned(),
+        ),
         (
             "Most members per group".to_owned(),
             s.max_users_per_group.to_string(),
         ),
-        ("MFA required".to_owned(), if s.require_mfa { "yes" } else { "no" }.to_owned()),
+        (
+            "MFA required".to_owned(),
+            if s.require_mfa { "yes" } else { "no" }.to_owned(),
+        ),
         ("Created".to_owned(), local_time(&org, org.created_at)),
     ];
     let page = OrgPage {
@@ -479,10 +489,11 @@ pub(crate) async fn users(
         std::collections::BTreeMap::new();
     for org in dir.list_orgs().await? {
         for m in dir.list_members(org.id).await? {
-            by_user
-                .entry(m.user_id)
-                .or_default()
-                .push(format!("{} ({})", org.name, m.role.as_str()));
+            by_user.entry(m.user_id).or_default().push(format!(
+                "{} ({})",
+                org.name,
+                m.role.as_str()
+            ));
         }
     }
     let ids: Vec<_> = by_user.into_iter().collect();
@@ -723,7 +734,9 @@ pub(crate) async fn guardrails_create(
     let mut page = rules_page(
         &state,
         &viewer,
-        Some(Notice::error("The guardrail was not created: see the form.")),
+        Some(Notice::error(
+            "The guardrail was not created: see the form.",
+        )),
     )
     .await?;
     page.form = typed;

@@ -17,8 +17,8 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::ui::view::{
-    CheckedForm, Chrome, FieldErrors, ListQuery, Notice, Pager, UiError, Viewer, local_time,
-    money, money_field, paginate, render, see_other,
+    CheckedForm, Chrome, FieldErrors, ListQuery, Notice, Pager, UiError, Viewer, local_time, money,
+    money_field, paginate, render, see_other,
 };
 
 /// The group's organization must be the one in the path: a group of another organization
@@ -103,11 +103,7 @@ async fn group_page(
         });
     }
     members.sort_by(|a, b| a.email.cmp(&b.email));
-    let (members, pager) = paginate(
-        members,
-        page,
-        &format!("/org/{org_id}/groups/{group_id}"),
-    );
+    let (members, pager) = paginate(members, page, &format!("/org/{org_id}/groups/{group_id}"));
     let mut candidates = Vec::new();
     for m in dir.list_members(org_id).await? {
         if in_group.iter().any(|g| g.user_id == m.user_id) {
@@ -303,5 +299,7 @@ pub(crate) async fn delete_group(
         ApiPath(group_id),
     )
     .await?;
-    Ok(see_other(&format!("/org/{org_id}/groups?done=group_deleted")))
+    Ok(see_other(&format!(
+        "/org/{org_id}/groups?done=group_deleted"
+    )))
 }

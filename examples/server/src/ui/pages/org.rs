@@ -25,8 +25,8 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::ui::charts::BarChart;
 use crate::ui::view::{
-    CheckedForm, Chrome, FieldErrors, ListQuery, Notice, Pager, UiError, Viewer, local_time,
-    money, money_field, paginate, render, see_other,
+    CheckedForm, Chrome, FieldErrors, ListQuery, Notice, Pager, UiError, Viewer, local_time, money,
+    money_field, paginate, render, see_other,
 };
 
 /// `GET /org`: the dashboard of the first organization the person administers; 403 for
@@ -206,15 +206,27 @@ pub(crate) async fn gauges(
                 BudgetScope::Org => "organization".to_owned(),
                 BudgetScope::Group(g) => format!(
                     "group {}",
-                    labels.groups.get(&g).cloned().unwrap_or_else(|| g.to_string())
+                    labels
+                        .groups
+                        .get(&g)
+                        .cloned()
+                        .unwrap_or_else(|| g.to_string())
                 ),
                 BudgetScope::User(u) => format!(
                     "member {}",
-                    labels.users.get(&u).cloned().unwrap_or_else(|| u.to_string())
+                    labels
+                        .users
+                        .get(&u)
+                        .cloned()
+                        .unwrap_or_else(|| u.to_string())
                 ),
                 BudgetScope::Tier(t) => format!(
                     "tier {}",
-                    labels.tiers.get(&t).cloned().unwrap_or_else(|| t.to_string())
+                    labels
+                        .tiers
+                        .get(&t)
+                        .cloned()
+                        .unwrap_or_else(|| t.to_string())
                 ),
             };
             Gauge {

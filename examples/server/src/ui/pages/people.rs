@@ -89,7 +89,12 @@ async fn user_page(
             role: format!("{role:?}").to_lowercase(),
             tiers: g.allowed_tiers.as_ref().map_or_else(
                 || "all of the organization's".to_owned(),
-                |t| t.iter().map(TierSlug::as_str).collect::<Vec<_>>().join(", "),
+                |t| {
+                    t.iter()
+                        .map(TierSlug::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
             ),
         })
         .collect();
@@ -104,12 +109,9 @@ async fn user_page(
     )
     .await?;
     let profiles = dir.list_profiles().await?;
-    let profile_name = member.profile_id.and_then(|p| {
-        profiles
-            .iter()
-            .find(|x| x.id == p)
-            .map(|x| x.name.clone())
-    });
+    let profile_name = member
+        .profile_id
+        .and_then(|p| profiles.iter().find(|x| x.id == p).map(|x| x.name.clone()));
     Ok(UserPage {
         chrome: viewer.chrome(&format!("/org/{org_id}/users"), notice),
         user_id,
@@ -261,14 +263,18 @@ pub(crate) async fn remove_user(
     )
     .await
     {
-        Ok(_) => Ok(see_other(&format!("/org/{org_id}/users?done=member_removed"))),
+        Ok(_) => Ok(see_other(&format!(
+            "/org/{org_id}/users?done=member_removed"
+        ))),
         Err(ApiError::Conflict(reason)) => {
             let page = user_page(
                 &state,
                 &viewer,
                 org_id,
                 user_id,
-                Some(Notice::error(format!("The member was not removed: {reason}."))),
+                Some(Notice::error(format!(
+                    "The member was not removed: {reason}."
+                ))),
             )
             .await?;
             render(StatusCode::CONFLICT, &page)
@@ -357,9 +363,7 @@ pub(crate) async fn bulk_invite(
         },
     };
     let outcome = match text {
-        Some(text) => {
-            invitations::bulk_invite(&state, &viewer.caller, org_id, &text).await
-        }
+        Some(text) => invitations::bulk_invite(&state, &viewer.caller, org_id, &text).await,
         None => Err(ApiError::Validation(Vec::new())),
     };
     match outcome {
@@ -427,10 +431,7 @@ mod tests {
             FieldError::new("rows[1].groups", "unknown group `x`"),
             FieldError::new("csv", "no data rows"),
         ]);
-        assert_eq!(
-            lines.iter().map(|l| l.row).collect::<Vec<_>>(),
-            vec![1, 2]
-        );
+        assert_eq!(lines.iter().map(|l| l.row).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(
             lines[1].problems,
             vec!["email: bad email", "role: unknown role `boss`"]

@@ -77,11 +77,7 @@ const BREAKDOWNS: [(&str, &str); 5] = [
     ("tier", "Tier"),
 ];
 
-fn filters(
-    q: &ReportQuery,
-    org: &Organization,
-    errors: &mut FieldErrors,
-) -> Option<Filters> {
+fn filters(q: &ReportQuery, org: &Organization, errors: &mut FieldErrors) -> Option<Filters> {
     let tz = org.tz();
     let month = BudgetPeriod::Monthly.window(Utc::now(), tz);
     let day = |text: &str, field: &str, default: NaiveDate, errors: &mut FieldErrors| {
@@ -349,7 +345,12 @@ pub(crate) async fn export(
         group_by: None,
         ..f.params
     };
-    Ok(usage::export(State(state.clone()), viewer.caller.clone(), ApiQuery(params)).await?)
+    Ok(usage::export(
+        State(state.clone()),
+        viewer.caller.clone(),
+        ApiQuery(params),
+    )
+    .await?)
 }
 
 /// One tier's line on the billing page.

@@ -23,8 +23,8 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::ui::view::{
-    CheckedForm, Chrome, FieldErrors, ListQuery, Notice, Pager, UiError, Viewer, paginate,
-    render, see_other,
+    CheckedForm, Chrome, FieldErrors, ListQuery, Notice, Pager, UiError, Viewer, paginate, render,
+    see_other,
 };
 
 /// A choice of a select.
@@ -89,7 +89,10 @@ impl RuleForm {
     }
 
     /// The fields every rule has, checked; errors go on their field.
-    pub(crate) fn parse(&self, errors: &mut FieldErrors) -> Option<(serde_json::Value, RuleAction, i32)> {
+    pub(crate) fn parse(
+        &self,
+        errors: &mut FieldErrors,
+    ) -> Option<(serde_json::Value, RuleAction, i32)> {
         if self.rule_type.parse::<RuleType>().is_err() {
             errors.add("rule_type", "choose a rule type from the list");
         }
@@ -134,9 +137,18 @@ fn scope_value(scope: &RuleScope) -> String {
 fn parse_scope(value: &str) -> Option<OrgScope> {
     match value.split_once(':') {
         None if value == "org" => Some(OrgScope::Org {}),
-        Some(("group", id)) => id.parse::<GroupId>().ok().map(|group_id| OrgScope::Group { group_id }),
-        Some(("user", id)) => id.parse::<UserId>().ok().map(|user_id| OrgScope::User { user_id }),
-        Some(("tier", id)) => id.parse::<TierId>().ok().map(|tier_id| OrgScope::Tier { tier_id }),
+        Some(("group", id)) => id
+            .parse::<GroupId>()
+            .ok()
+            .map(|group_id| OrgScope::Group { group_id }),
+        Some(("user", id)) => id
+            .parse::<UserId>()
+            .ok()
+            .map(|user_id| OrgScope::User { user_id }),
+        Some(("tier", id)) => id
+            .parse::<TierId>()
+            .ok()
+            .map(|tier_id| OrgScope::Tier { tier_id }),
         _ => None,
     }
 }
@@ -174,7 +186,10 @@ async fn choices(state: &AppState, org_id: OrgId) -> Result<RuleChoices, UiError
         });
     }
     Ok(RuleChoices {
-        types: RuleType::ALL.iter().map(|t| t.as_str().to_owned()).collect(),
+        types: RuleType::ALL
+            .iter()
+            .map(|t| t.as_str().to_owned())
+            .collect(),
         actions: ["log", "warn", "modify", "block"]
             .iter()
             .map(|a| (*a).to_owned())
@@ -268,7 +283,11 @@ pub(crate) async fn create(
     ApiPath(org_id): ApiPath<OrgId>,
     form: CheckedForm,
 ) -> Result<Response, UiError> {
-    allow(&viewer.caller, Action::ManageGuardrails, Resource::Org(org_id))?;
+    allow(
+        &viewer.caller,
+        Action::ManageGuardrails,
+        Resource::Org(org_id),
+    )?;
     let typed = RuleForm::read(&form);
     let mut errors = FieldErrors::default();
     let scope = parse_scope(&typed.scope);
@@ -296,7 +315,11 @@ pub(crate) async fn create(
         )
         .await;
         match result {
-            Ok(_) => return Ok(see_other(&format!("/org/{org_id}/guardrails?done=rule_created"))),
+            Ok(_) => {
+                return Ok(see_other(&format!(
+                    "/org/{org_id}/guardrails?done=rule_created"
+                )));
+            }
             Err(ApiError::Validation(fields)) => errors = FieldErrors::from_fields(&fields),
             Err(e) => return Err(e.into()),
         }
@@ -305,7 +328,9 @@ pub(crate) async fn create(
         &state,
         &viewer,
         org_id,
-        Some(Notice::error("The guardrail was not created: see the form.")),
+        Some(Notice::error(
+            "The guardrail was not created: see the form.",
+        )),
         1,
     )
     .await?;
@@ -337,7 +362,11 @@ async fn rule_page(
     // organization, then `manage_guardrails` on the rule's scope.
     allow(&viewer.caller, Action::ViewOrg, Resource::Org(org_id))?;
     let rule = state.stores.guardrails.get_rule(org_id, rule_id).await?;
-    allow(&viewer.caller, Action::ManageGuardrails, Resource::Org(org_id))?;
+    allow(
+        &viewer.caller,
+        Action::ManageGuardrails,
+        Resource::Org(org_id),
+    )?;
     let org = org_of(state, org_id).await?;
     let choices = choices(state, org_id).await?;
     let value = scope_value(&rule.scope);
@@ -427,7 +456,9 @@ pub(crate) async fn delete(
         ApiPath((org_id, rule_id)),
     )
     .await?;
-    Ok(see_other(&format!("/org/{org_id}/guardrails?done=rule_deleted")))
+    Ok(see_other(&format!(
+        "/org/{org_id}/guardrails?done=rule_deleted"
+    )))
 }
 
 /// The explain form's query.
@@ -550,8 +581,9 @@ async fn ask(
             hint: None,
         });
     };
-    let query = serde_urlencoded::to_string([("user", user), ("model", model), ("org", &org.to_string())])
-        .map_err(ApiError::internal)?;
+    let query =
+        serde_urlencoded::to_string([("user", user), ("model", model), ("org", &org.to_string())])
+            .map_err(ApiError::internal)?;
     let mut request = Request::builder()
         .method(Method::GET)
         .uri(format!("/api/explain?{query}"));
@@ -579,7 +611,11 @@ async fn ask(
             tier: text("tier"),
             reasons: json["reasons"]
                 .as_array()
-                .map(|r| r.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default(),
             hint: text("hint"),
         });

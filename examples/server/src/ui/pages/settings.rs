@@ -151,14 +151,20 @@ pub(crate) async fn save(
                     require_mfa: typed.require_mfa,
                     timezone: (!typed.timezone.is_empty()).then(|| typed.timezone.clone()),
                 }),
-                billing_email: Some((!typed.billing_email.is_empty()).then(|| typed.billing_email.clone())),
+                billing_email: Some(
+                    (!typed.billing_email.is_empty()).then(|| typed.billing_email.clone()),
+                ),
                 billing_plan: None,
                 active: None,
             }),
         )
         .await;
         match result {
-            Ok(_) => return Ok(see_other(&format!("/org/{org_id}/settings?done=settings_saved"))),
+            Ok(_) => {
+                return Ok(see_other(&format!(
+                    "/org/{org_id}/settings?done=settings_saved"
+                )));
+            }
             Err(ApiError::Validation(fields)) => errors = FieldErrors::from_leaf_fields(&fields),
             Err(e) => return Err(e.into()),
         }
