@@ -16,7 +16,6 @@
 //! the gateway writes them. `STRATAI_BENCH_RECORDS` overrides the count.
 
 #[path = "../../../stratai-store/tests/support/pg.rs"]
-#[allow(dead_code, unreachable_pub)]
 mod pg;
 
 use std::collections::HashMap;
@@ -260,10 +259,12 @@ async fn main() {
         let tenants = tenants.clone();
         writers.push(tokio::spawn(async move {
             let mut inserted = 0;
-            while let Some((t, records)) = {
+            loop {
+                // The queue's lock is released before the batch is written.
                 let next = queue.lock().await.pop();
-                next
-            } {
+                let Some((t, records)) = next else {
+                    break;
+                };
                 inserted += store
                     .append(tenants[t].org, &records)
                     .await

@@ -356,7 +356,7 @@ async fn post_form(
             .headers_mut()
             .get_all("content-type")
             .iter()
-            .last()
+            .next_back()
             .cloned()
             .unwrap();
         request.headers_mut().insert("content-type", ct);
