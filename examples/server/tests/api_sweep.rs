@@ -93,9 +93,38 @@ POST   /org/{org_id}/users                                 201 201 201 403 403 4
 GET    /org/{org_id}/groups                                200 200 200 403 403 403 303 303 404
 POST   /org/{org_id}/groups                                303 303 303 403 403 403 303 303 404
 GET    /org/{org_id}/guardrails                            200 200 200 403 403 403 303 303 404
+POST   /org/{org_id}/guardrails                            303 303 303 403 403 403 303 303 404
+GET    /org/{org_id}/guardrails/{rule_id}                  200 200 200 403 403 403 303 303 404
+POST   /org/{org_id}/guardrails/{rule_id}                  303 303 303 403 403 403 303 303 404
+POST   /org/{org_id}/guardrails/{rule_id}/delete           303 303 303 403 403 403 303 303 404
+POST   /org/{org_id}/users/bulk                            200 200 200 403 403 403 303 303 404
+GET    /org/{org_id}/users/{user_id}                       200 200 200 403 403 403 303 303 404
+POST   /org/{org_id}/users/{user_id}                       303 303 303 403 403 403 303 303 404
+POST   /org/{org_id}/users/{user_id}/remove                303 303 303 403 403 403 303 303 404
+GET    /org/{org_id}/groups/{group_id}                     200 200 200 403 403 403 303 303 404
+POST   /org/{org_id}/groups/{group_id}                     303 303 303 403 403 403 303 303 404
+POST   /org/{org_id}/groups/{group_id}/members             303 303 303 403 403 403 303 303 404
+POST   /org/{org_id}/groups/{group_id}/members/{user_id}/remove 303 303 303 403 403 403 303 303 404
+POST   /org/{org_id}/groups/{group_id}/delete              303 303 303 403 403 403 303 303 404
+GET    /org/{org_id}/access                                200 200 200 403 403 403 303 303 404
+POST   /org/{org_id}/access/tiers/{tier_id}                303 403 403 403 403 403 303 303 404
+GET    /org/{org_id}/usage                                 200 200 200 403 403 403 303 303 404
+GET    /org/{org_id}/usage.csv                             200 200 200 403 403 403 303 303 404
+GET    /org/{org_id}/billing                               200 200 200 403 403 403 303 303 404
+GET    /org/{org_id}/explain                               200 200 200 403 403 403 303 303 404
+GET    /org/{org_id}/settings                              200 200 200 403 403 403 303 303 404
+POST   /org/{org_id}/settings                              303 303 303 403 403 403 303 303 404
 GET    /admin                                              200 403 403 403 403 403 303 303 403
 GET    /admin/organizations                                200 403 403 403 403 403 303 303 403
 POST   /admin/organizations                                303 403 403 403 403 403 303 303 403
+GET    /admin/organizations/{org_id}                       200 403 403 403 403 403 303 303 403
+POST   /admin/organizations/{org_id}/active                303 403 403 403 403 403 303 303 403
+GET    /admin/modules                                      200 403 403 403 403 403 303 303 403
+GET    /admin/users                                        200 403 403 403 403 403 303 303 403
+GET    /admin/billing                                      200 403 403 403 403 403 303 303 403
+GET    /admin/guardrails                                   200 403 403 403 403 403 303 303 403
+POST   /admin/guardrails                                   303 403 403 403 403 403 303 303 403
+POST   /admin/guardrails/{rule_id}/delete                  303 403 403 403 403 403 303 303 403
 GET    /ui/style.css                                       200 200 200 200 200 200 200 200 200
 GET    /invitations/{token}                                200 200 200 200 200 200 200 200 200
 POST   /invitations/{token}                                409 409 409 409 409 409 303 303 409
@@ -114,7 +143,7 @@ fn is_ui(path: &str) -> bool {
 /// a super admin, uses models in an organization they are not a member of.
 const GATEWAY: [&str; 3] = ["/v1/chat/completions", "/v1/models", "/api/explain"];
 
-const PLATFORM: [&str; 28] = [
+const PLATFORM: [&str; 35] = [
     "/metrics",
     "/openapi.json",
     "/api/guardrails",
@@ -140,6 +169,13 @@ const PLATFORM: [&str; 28] = [
     "/org",
     "/admin",
     "/admin/organizations",
+    "/admin/organizations/{org_id}",
+    "/admin/organizations/{org_id}/active",
+    "/admin/modules",
+    "/admin/users",
+    "/admin/billing",
+    "/admin/guardrails",
+    "/admin/guardrails/{rule_id}/delete",
     "/ui/style.css",
     "/invitations/{token}",
     "",
@@ -200,6 +236,55 @@ fn form(path: &str, target: &OrgFixture, email: &str) -> Vec<(String, String)> {
             ("role", "member".to_owned()),
         ],
         "/org/{org_id}/groups" => vec![("name", format!("g{n}"))],
+        "/org/{org_id}/guardrails" | "/admin/guardrails" => vec![
+            ("name", format!("r{n}")),
+            ("rule_type", "content_filter".to_owned()),
+            ("config", r#"{"blocked_topics": ["x"]}"#.to_owned()),
+            (
+                "scope",
+                if path.starts_with("/admin") {
+                    "global"
+                } else {
+                    "org"
+                }
+                .to_owned(),
+            ),
+            ("action", "block".to_owned()),
+            ("priority", "0".to_owned()),
+            ("active", "on".to_owned()),
+        ],
+        "/org/{org_id}/guardrails/{rule_id}" => vec![
+            ("name", format!("r{n}")),
+            ("config", r#"{"blocked_topics": ["y"]}"#.to_owned()),
+            ("action", "warn".to_owned()),
+            ("priority", "3".to_owned()),
+        ],
+        "/org/{org_id}/users/{user_id}" => vec![
+            ("role", "member".to_owned()),
+            ("monthly_budget", "5".to_owned()),
+        ],
+        "/org/{org_id}/users/bulk" => vec![("file", format!("email\nbulk-{n}@x.test\n"))],
+        "/org/{org_id}/groups/{group_id}" => vec![
+            ("tiers", "basic".to_owned()),
+            ("monthly_budget", "7.25".to_owned()),
+        ],
+        "/org/{org_id}/groups/{group_id}/members" => {
+            vec![("user_id", target.member.id.to_string())]
+        }
+        "/org/{org_id}/access/tiers/{tier_id}" => vec![
+            ("enabled", "on".to_owned()),
+            ("monthly_budget", "100".to_owned()),
+        ],
+        "/org/{org_id}/settings" => vec![
+            ("name", "Renamed".to_owned()),
+            ("timezone", "Europe/Berlin".to_owned()),
+            ("allowed_tiers", "basic".to_owned()),
+            ("allowed_tiers", "standard".to_owned()),
+            ("allowed_tiers", "premium".to_owned()),
+            ("default_tier", "basic".to_owned()),
+            ("max_users_per_group", "50".to_owned()),
+        ],
+        "/admin/organizations/{org_id}/active" => vec![("active", "true".to_owned())],
         "/admin/organizations" => vec![
             ("name", "New".to_owned()),
             ("slug", format!("new-{n}")),
@@ -258,6 +343,37 @@ async fn post_form(
         ));
         req = req.header("cookie", pair);
     }
+    // The CSV upload is a multipart form: its `file` field goes as a file part.
+    if uri.ends_with("/users/bulk") {
+        let boundary = "stratai-sweep-boundary";
+        let mut body = String::new();
+        for (k, v) in &fields {
+            let filename = if k == "file" {
+                "; filename=\"people.csv\"\r\nContent-Type: text/csv"
+            } else {
+                ""
+            };
+            body.push_str(&format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"{filename}\r\n\r\n{v}\r\n"
+            ));
+        }
+        body.push_str(&format!("--{boundary}--\r\n"));
+        req = req.header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        );
+        let mut request = req.body(axum::body::Body::from(body)).unwrap();
+        // The builder appended a second content type; keep the multipart one.
+        let ct = request
+            .headers_mut()
+            .get_all("content-type")
+            .iter()
+            .next_back()
+            .cloned()
+            .unwrap();
+        request.headers_mut().insert("content-type", ct);
+        return api.raw(request).await;
+    }
     let body = serde_urlencoded::to_string(&fields).unwrap();
     api.raw(req.body(axum::body::Body::from(body)).unwrap())
         .await
@@ -275,7 +391,7 @@ fn request(method: &str, path: &str, target: &OrgFixture) -> (String, Option<Val
         .replace("{tier_id}", &target.tier.to_string())
         .replace(
             "{rule_id}",
-            &if path.starts_with("/api/guardrails") {
+            &if path.starts_with("/api/guardrails") || path.starts_with("/admin/guardrails") {
                 target.platform_rule
             } else {
                 target.rule
@@ -285,7 +401,7 @@ fn request(method: &str, path: &str, target: &OrgFixture) -> (String, Option<Val
         // Member routes target the plain member; group member routes the group member.
         .replace(
             "{user_id}",
-            &if path.starts_with("/api/groups/") {
+            &if path.starts_with("/api/groups/") || path.contains("/groups/{group_id}/members/") {
                 target.gmember.id
             } else {
                 target.member.id

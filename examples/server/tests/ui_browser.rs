@@ -1,12 +1,17 @@
 //! The web UI in a real browser: headless Chromium driven through chromedriver (WebDriver,
 //! the fantoccini crate) against the server on a free port, on SQLite and PostgreSQL.
 //!
-//! The journey: the operator signs in on the dev sign-in page and creates an organization
-//! with its owner; the owner signs in, sees the dashboard and invites one person; that person
-//! accepts, sees Premium locked with "Upgrade to Premium", chats in the playground (one answer,
-//! one refusal with its reason) and gets the 403 page at `/org` and `/admin`; the owner's
-//! dashboard then shows exactly that request. Along the way: hostile names render inert, a
-//! form without its CSRF token (or from another origin) is refused, every page has a title
+//! The journey: the operator signs in on the dev sign-in page, creates an organization with
+//! its owner and reads the platform pages (organization detail, modules, people, billing,
+//! global guardrails); the owner invites three people, one by the form and two by a CSV
+//! upload (a bad file first: per-row errors, nothing invited); two accept; the owner creates a
+//! group restricted to Basic, adds the two, and sets the first one's monthly budget; that
+//! member sees Premium locked with "Upgrade to Premium", chats in the playground until the
+//! budget refuses, and gets the 403 page on every admin page; the owner's dashboard charts and
+//! tables then show exactly those requests, the report filters them, its CSV download holds
+//! exactly those records, the explain form says why Premium is refused, settings and
+//! guardrails are changed (errors on their field). Along the way: hostile names render inert,
+//! a form without its CSRF token (or from another origin) is refused, every page has a title
 //! and one main heading, every form control a label, and every answer a script-free CSP.
 //!
 //! Needs `chromium` and `chromedriver` (Debian's `chromium` and `chromium-driver`): without
@@ -33,6 +38,7 @@ use stratai_server::server::{Backends, build_state, limits};
 
 const HOSTILE_ORG: &str = "<script>alert(1)</script>";
 const HOSTILE_GROUP: &str = "\"><img src=x onerror=alert(1)>";
+const HOSTILE_RULE: &str = "<svg onload=alert(1)>";
 
 /// chromedriver, killed when dropped (also when the test panics).
 struct Driver {
@@ -253,13 +259,41 @@ async fn sign_out(c: &Client) {
     assert!(body_text(c).await.contains("You are signed out."));
 }
 
+/// What the journey's steps share.
+struct Names {
+    owner: String,
+    member: String,
+    member2: String,
+    member3: String,
+    slug: String,
+    n: String,
+}
+
 async fn journey(kind: Kind, c: &Client, server: &Server) {
     let base = &server.base;
-    let n = uuid::Uuid::new_v4().simple().to_string();
-    let owner = format!("owner-{}@acme.test", &n[..8]);
-    let member = format!("member-{}@acme.test", &n[..8]);
-    let slug = format!("acme-{}", &n[..8]);
+    let n = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let names = Names {
+        owner: format!("owner-{n}@acme.test"),
+        member: format!("member-{n}@acme.test"),
+        member2: format!("second-{n}@acme.test"),
+        member3: format!("third-{n}@acme.test"),
+        slug: format!("acme-{n}"),
+        n,
+    };
+    operator(kind, c, base, &names).await;
+    let (org_path, codes) = owner_invites(kind, c, base, &names).await;
+    accept_invitations(base, &codes[..2]).await;
+    owner_sets_access(kind, c, base, &names, &org_path).await;
+    let answered = member_chats(kind, c, base, &names, &org_path).await;
+    owner_sees_usage(kind, c, base, &names, &org_path, answered).await;
+    owner_manages_rules(kind, c, base, &names, &org_path).await;
+    forged_posts(base).await;
+}
 
+/// The operator signs in, creates an organization with its owner (errors on the field, a
+/// hostile name inert, a forged form refused) and reads the platform pages.
+async fn operator(kind: Kind, c: &Client, base: &str, names: &Names) {
+    let n = &names.n;
     // Signed out, `/` goes to the sign-in page.
     c.goto(&format!("{base}/")).await.unwrap();
     assert_eq!(h1(c).await, "Sign in");
@@ -284,7 +318,7 @@ async fn journey(kind: Kind, c: &Client, server: &Server) {
         .unwrap();
     fill(c, "#name", "Acme").await;
     fill(c, "#slug", "Not A Slug!").await;
-    fill(c, "#owner_email", &owner).await;
+    fill(c, "#owner_email", &names.owner).await;
     submit(c, "form[action='/admin/organizations'] button").await;
     assert!(
         c.find(Locator::Css("#slug-error")).await.is_ok(),
@@ -306,15 +340,15 @@ async fn journey(kind: Kind, c: &Client, server: &Server) {
         Some("Acme"),
         "the form keeps what was typed"
     );
-    fill(c, "#slug", &slug).await;
+    fill(c, "#slug", &names.slug).await;
     submit(c, "form[action='/admin/organizations'] button").await;
     assert!(body_text(c).await.contains("The organization was created."));
-    assert!(body_text(c).await.contains(&slug));
+    assert!(body_text(c).await.contains(&names.slug));
 
     // A hostile organization name renders as text.
     fill(c, "#name", HOSTILE_ORG).await;
-    fill(c, "#slug", &format!("evil-{}", &n[..8])).await;
-    fill(c, "#owner_email", &format!("evil-{}@evil.test", &n[..8])).await;
+    fill(c, "#slug", &format!("evil-{n}")).await;
+    fill(c, "#owner_email", &format!("evil-{n}@evil.test")).await;
     submit(c, "form[action='/admin/organizations'] button").await;
     assert!(
         body_text(c).await.contains(HOSTILE_ORG),
@@ -336,8 +370,8 @@ async fn journey(kind: Kind, c: &Client, server: &Server) {
     .await
     .unwrap();
     fill(c, "#name", "Forged").await;
-    fill(c, "#slug", &format!("forged-{}", &n[..8])).await;
-    fill(c, "#owner_email", &owner).await;
+    fill(c, "#slug", &format!("forged-{n}")).await;
+    fill(c, "#owner_email", &names.owner).await;
     submit(c, "form[action='/admin/organizations'] button").await;
     assert_eq!(h1(c).await, "Form refused");
     c.goto(&format!("{base}/admin/organizations"))
@@ -345,12 +379,55 @@ async fn journey(kind: Kind, c: &Client, server: &Server) {
         .unwrap();
     assert!(!body_text(c).await.contains("Forged"));
     screenshot(c, kind, "admin-organizations").await;
-    c.goto(&format!("{base}/admin")).await.unwrap();
-    screenshot(c, kind, "admin-overview").await;
-    sign_out(c).await;
 
-    // The owner lands on the organization's dashboard (empty this period).
-    sign_in(c, base, &owner).await;
+    // The organization's detail: its owner, its subscriptions, this month.
+    c.find(Locator::LinkText("Acme"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait().for_element(Locator::Css("h1")).await.unwrap();
+    assert_eq!(h1(c).await, "Acme");
+    let text = body_text(c).await;
+    assert!(text.contains(&names.owner), "{text}");
+    assert!(text.contains("Tier subscriptions"), "{text}");
+    check_page(c, "admin organization").await;
+    screenshot(c, kind, "admin-org").await;
+
+    for (path, heading, shot) in [
+        ("/admin", "Platform overview", "admin-overview"),
+        (
+            "/admin/modules",
+            "Modules: the tier catalog",
+            "admin-modules",
+        ),
+        ("/admin/users", "People", "admin-users"),
+        ("/admin/billing", "Platform billing", "admin-billing"),
+        ("/admin/guardrails", "Global guardrails", "admin-guardrails"),
+    ] {
+        c.goto(&format!("{base}{path}")).await.unwrap();
+        assert_eq!(h1(c).await, heading, "{path}");
+        check_page(c, path).await;
+        screenshot(c, kind, shot).await;
+    }
+    c.goto(&format!("{base}/admin/users")).await.unwrap();
+    assert!(body_text(c).await.contains(&names.owner));
+    c.goto(&format!("{base}/admin/modules")).await.unwrap();
+    assert!(body_text(c).await.contains("Premium"));
+    sign_out(c).await;
+}
+
+/// The owner lands on the empty dashboard and invites three people: one by the form, two by
+/// a CSV upload (a bad file first: per-row errors, nothing invited). Returns `/org/{id}` and
+/// each invitee's email and the code the page showed.
+async fn owner_invites(
+    kind: Kind,
+    c: &Client,
+    base: &str,
+    names: &Names,
+) -> (String, Vec<(String, String)>) {
+    sign_in(c, base, &names.owner).await;
     let dashboard = c.current_url().await.unwrap();
     assert!(dashboard.path().starts_with("/org/"), "{dashboard}");
     let org_path = dashboard.path().to_owned();
@@ -358,31 +435,138 @@ async fn journey(kind: Kind, c: &Client, server: &Server) {
     assert!(body_text(c).await.contains("No spend in this period yet."));
     check_page(c, "dashboard").await;
 
-    // Invites one person; the code is shown once.
+    // One by the form; the code is shown once.
     c.goto(&format!("{base}{org_path}/users")).await.unwrap();
     check_page(c, "users").await;
     fill(c, "#email", "not-an-email").await;
     submit(c, "form.inline button").await;
     assert!(c.find(Locator::Css("#email-error")).await.is_ok());
-    fill(c, "#email", &member).await;
+    fill(c, "#email", &names.member).await;
     submit(c, "form.inline button").await;
     assert!(
         body_text(c)
             .await
-            .contains(&format!("Invitation created for {member}."))
+            .contains(&format!("Invitation created for {}.", names.member))
     );
-    let code = c
-        .find(Locator::Css("code.secret"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let mut codes = vec![(
+        names.member.clone(),
+        c.find(Locator::Css("code.secret"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )];
     screenshot(c, kind, "org-users").await;
 
-    // A group with a hostile name renders inert.
+    // A CSV with a bad row invites nobody and says which row is wrong.
+    let scratch = stratai_testkit::Scratch::new();
+    let bad = scratch.join("bad.csv");
+    std::fs::write(
+        &bad,
+        format!(
+            "email,role\n{},member\n{},boss\n",
+            names.member2, names.member3
+        ),
+    )
+    .unwrap();
+    upload(c, &bad).await;
+    assert_eq!(h1(c).await, "Bulk invitation");
+    let text = body_text(c).await;
+    assert!(text.contains("Nothing was invited"), "{text}");
+    assert!(text.contains("unknown role `boss`"), "{text}");
+    check_page(c, "bulk refused").await;
+
+    // The fixed file invites both, each with its code.
+    let good = scratch.join("people.csv");
+    std::fs::write(
+        &good,
+        format!(
+            "email,role\n{},member\n{},admin\n",
+            names.member2, names.member3
+        ),
+    )
+    .unwrap();
+    c.goto(&format!("{base}{org_path}/users")).await.unwrap();
+    upload(c, &good).await;
+    let text = body_text(c).await;
+    assert!(text.contains("2 invitations created"), "{text}");
+    let rows = c
+        .find_all(Locator::Css("table.bulk tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, email) in rows.iter().zip([&names.member2, &names.member3]) {
+        let cells = row.text().await.unwrap();
+        assert!(
+            cells.contains(email.as_str()) && cells.contains("created"),
+            "{cells}"
+        );
+        let code = row
+            .find(Locator::Css("code.secret"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        codes.push((email.clone(), code));
+    }
+    check_page(c, "bulk invited").await;
+    screenshot(c, kind, "org-bulk").await;
+    sign_out(c).await;
+    (org_path, codes)
+}
+
+/// Chooses `file` in the CSV upload form of the users page and sends it.
+async fn upload(c: &Client, file: &std::path::Path) {
+    c.find(Locator::Css("#file"))
+        .await
+        .unwrap()
+        .send_keys(file.to_str().unwrap())
+        .await
+        .unwrap();
+    submit(c, "form[action$='/users/bulk'] button").await;
+}
+
+/// Invitees accept their codes (through the API: the accept page is another issue's).
+async fn accept_invitations(base: &str, codes: &[(String, String)]) {
+    let http = reqwest::Client::new();
+    for (email, code) in codes {
+        let token = dev_token(&http, base, email).await;
+        let accepted = http
+            .post(format!("{base}/api/invitations/{code}/accept"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            accepted.status().is_success(),
+            "{email}: {}",
+            accepted.text().await.unwrap()
+        );
+    }
+}
+
+async fn dev_token(http: &reqwest::Client, base: &str, email: &str) -> String {
+    let token: Value = http
+        .post(format!("{base}/auth/dev/token"))
+        .json(&json!({"email": email}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    token["token"].as_str().unwrap().to_owned()
+}
+
+/// The owner creates a group restricted to Basic with the two members, sets the first
+/// member's monthly budget, and reads model access (hostile group name inert).
+async fn owner_sets_access(kind: Kind, c: &Client, base: &str, names: &Names, org_path: &str) {
+    sign_in(c, base, &names.owner).await;
     c.goto(&format!("{base}{org_path}/groups")).await.unwrap();
     assert!(body_text(c).await.contains("No groups yet."));
+    // A hostile name renders inert.
     fill(c, "#name", HOSTILE_GROUP).await;
     fill(c, "#monthly_budget", "12.50").await;
     submit(c, "form[action$='/groups'] button").await;
@@ -397,96 +581,165 @@ async fn journey(kind: Kind, c: &Client, server: &Server) {
     );
     assert!(body_text(c).await.contains("$12.50"));
     check_page(c, "groups with a hostile name").await;
-    fill(c, "#name", "Budget test").await;
+    // A bad budget is an error on its field.
+    fill(c, "#name", "Engineering").await;
     fill(c, "#monthly_budget", "ten dollars").await;
     submit(c, "form[action$='/groups'] button").await;
     assert!(
         c.find(Locator::Css("#budget-error")).await.is_ok(),
         "budget error on the field"
     );
-    screenshot(c, kind, "org-groups").await;
-    c.goto(&format!("{base}{org_path}/guardrails"))
-        .await
-        .unwrap();
-    check_page(c, "guardrails").await;
-    sign_out(c).await;
-
-    // The invitee accepts through the API (the accept page is not built yet).
-    let http = reqwest::Client::new();
-    let token: Value = http
-        .post(format!("{base}/auth/dev/token"))
-        .json(&json!({"email": member}))
-        .send()
+    // Engineering, restricted to Basic.
+    fill(c, "#name", "Engineering").await;
+    fill(c, "#monthly_budget", "").await;
+    c.find(Locator::Css("input[name=tiers][value=basic]"))
         .await
         .unwrap()
-        .json()
+        .click()
         .await
         .unwrap();
-    let accepted = http
-        .post(format!("{base}/api/invitations/{code}/accept"))
-        .bearer_auth(token["token"].as_str().unwrap())
-        .send()
+    submit(c, "form[action$='/groups'] button").await;
+    assert!(body_text(c).await.contains("The group was created."));
+    screenshot(c, kind, "org-groups").await;
+    c.find(Locator::LinkText("Engineering"))
+        .await
+        .unwrap()
+        .click()
         .await
         .unwrap();
-    assert!(
-        accepted.status().is_success(),
-        "{}",
-        accepted.text().await.unwrap()
-    );
+    c.wait().for_element(Locator::Css("h1")).await.unwrap();
+    assert_eq!(h1(c).await, "Engineering");
+    assert!(body_text(c).await.contains("Nobody is in this group yet."));
+    for email in [&names.member, &names.member2] {
+        let option = c
+            .execute(
+                "return Array.from(document.querySelectorAll('#user_id option')).find(o => o.text === arguments[0]).value;",
+                vec![json!(email)],
+            )
+            .await
+            .unwrap();
+        c.find(Locator::Css("#user_id"))
+            .await
+            .unwrap()
+            .select_by_value(option.as_str().unwrap())
+            .await
+            .unwrap();
+        submit(c, "#add-member button").await;
+        assert!(
+            body_text(c)
+                .await
+                .contains("The person was added to the group.")
+        );
+    }
+    let rows = c
+        .find_all(Locator::Css("main table tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "two members");
+    assert!(body_text(c).await.contains("basic"));
+    check_page(c, "group").await;
+    screenshot(c, kind, "org-group").await;
 
-    // The member lands on /app: Premium locked with its upsell.
-    sign_in(c, base, &member).await;
+    // The first member's monthly budget, on their page (a bad amount first).
+    c.goto(&format!("{base}{org_path}/users")).await.unwrap();
+    c.find(Locator::LinkText(&names.member))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait().for_element(Locator::Css("h1")).await.unwrap();
+    assert_eq!(h1(c).await, names.member);
+    assert!(body_text(c).await.contains("Engineering"));
+    fill(c, "#monthly_budget", "-1").await;
+    submit(c, "form[action*='/users/'] button[type=submit]").await;
+    assert!(c.find(Locator::Css("#budget-error")).await.is_ok());
+    fill(c, "#monthly_budget", MEMBER_BUDGET).await;
+    submit(c, "form[action*='/users/'] button[type=submit]").await;
+    assert!(body_text(c).await.contains("The member was saved."));
+    assert_eq!(
+        c.find(Locator::Css("#monthly_budget"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(MEMBER_BUDGET)
+    );
+    check_page(c, "member detail").await;
+    screenshot(c, kind, "org-user").await;
+
+    // Model access: Premium is not usable by anyone of the group.
+    c.goto(&format!("{base}{org_path}/access")).await.unwrap();
+    assert_eq!(h1(c).await, "Model access");
+    let text = body_text(c).await;
+    assert!(text.contains("Engineering"), "{text}");
+    check_page(c, "access").await;
+    screenshot(c, kind, "org-access").await;
+    sign_out(c).await;
+}
+
+/// The first member's monthly budget: a few Basic chats fit, then it refuses.
+const MEMBER_BUDGET: &str = "0.0008";
+
+/// The member sees Premium locked with its upsell, chats until the budget refuses, and is
+/// refused every admin page. Returns the number of answered chats.
+async fn member_chats(kind: Kind, c: &Client, base: &str, names: &Names, org_path: &str) -> u64 {
+    sign_in(c, base, &names.member).await;
     assert_eq!(c.current_url().await.unwrap().path(), "/app");
     assert_eq!(h1(c).await, "My models");
-    let locked = c
-        .find(Locator::Css(".tier.locked"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(locked.contains("Premium"), "{locked}");
-    assert!(locked.contains("Upgrade to Premium"), "{locked}");
+    let locked = c.find_all(Locator::Css(".tier.locked")).await.unwrap();
+    let mut premium = None;
+    for t in locked {
+        let text = t.text().await.unwrap();
+        if text.contains("Premium") {
+            premium = Some(text);
+        }
+    }
+    let premium = premium.expect("Premium is locked");
+    assert!(premium.contains("Upgrade to Premium"), "{premium}");
     assert!(body_text(c).await.contains("No requests yet this period."));
     check_page(c, "member home").await;
 
-    // Chats in the playground: an answer with its price, then a refusal with its reason.
-    fill(c, "#message", "Hello from the browser test").await;
-    submit(c, "form[action='/app/playground'] button").await;
-    let answer = c
-        .find(Locator::Css(".answer"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(answer.contains("Billed $"), "{answer}");
-    // Usage records are written in batches off the response path: the next page load shows
-    // the request.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        c.goto(&format!("{base}/app")).await.unwrap();
-        if body_text(c).await.contains("Requests this period: 1,") {
-            break;
+    // Chats until the budget refuses.
+    let mut answered = 0u64;
+    let refusal = loop {
+        fill(c, "#message", "Hello from the browser test").await;
+        submit(c, "form[action='/app/playground'] button").await;
+        if let Ok(answer) = c.find(Locator::Css(".answer")).await {
+            let text = answer.text().await.unwrap();
+            assert!(text.contains("Billed $"), "{text}");
+            answered += 1;
+            assert!(answered < 40, "the budget never refused");
+            continue;
         }
-        assert!(
-            Instant::now() < deadline,
-            "own usage never showed the request"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    fill(c, "#message", "Hello from the browser test").await;
-    submit(c, "form[action='/app/playground'] button").await;
+        break c
+            .find(Locator::Css(".refusal"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    };
+    assert!(answered >= 1, "at least one answer before the refusal");
+    assert!(
+        refusal.contains("budget") || refusal.contains("quota"),
+        "{refusal}"
+    );
     c.execute(
-        "document.querySelector('.answer').scrollIntoView({block: 'end'});",
+        "document.querySelector('.refusal').scrollIntoView({block: 'end'});",
         vec![],
     )
     .await
     .unwrap();
     screenshot(c, kind, "app").await;
-    let premium = c
+    check_page(c, "playground refusal").await;
+
+    // A locked model is refused with its reason.
+    let premium_model = c
         .execute(
-            "return Array.from(document.querySelectorAll('#model option')).find(o => o.text.includes('locked')).value;",
+            "return Array.from(document.querySelectorAll('#model option')).find(o => o.text.includes('Premium, locked')).value;",
             vec![],
         )
         .await
@@ -494,7 +747,7 @@ async fn journey(kind: Kind, c: &Client, server: &Server) {
     c.find(Locator::Css("#model"))
         .await
         .unwrap()
-        .select_by_value(premium.as_str().unwrap())
+        .select_by_value(premium_model.as_str().unwrap())
         .await
         .unwrap();
     fill(c, "#message", "May I use Premium?").await;
@@ -507,15 +760,36 @@ async fn journey(kind: Kind, c: &Client, server: &Server) {
         .await
         .unwrap();
     assert!(refusal.contains("model_access_denied"), "{refusal}");
-    assert!(refusal.contains("Premium"), "{refusal}");
-    check_page(c, "playground refusal").await;
 
-    // A member gets the 403 page at /org and /admin, and the 404 page for another org's ids.
+    // Usage records are written in batches off the response path: wait until they show.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        c.goto(&format!("{base}/app")).await.unwrap();
+        if body_text(c)
+            .await
+            .contains(&format!("Requests this period: {answered},"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "own usage never showed the requests"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A member gets the 403 page on every admin page, and the 404 page for another org's ids.
     for path in [
         "/org".to_owned(),
-        org_path.clone(),
+        org_path.to_owned(),
+        format!("{org_path}/users"),
+        format!("{org_path}/access"),
+        format!("{org_path}/usage"),
+        format!("{org_path}/explain"),
+        format!("{org_path}/settings"),
         "/admin".to_owned(),
         "/admin/organizations".to_owned(),
+        "/admin/users".to_owned(),
     ] {
         c.goto(&format!("{base}{path}")).await.unwrap();
         assert_eq!(h1(c).await, "Not allowed", "{path}");
@@ -528,31 +802,262 @@ async fn journey(kind: Kind, c: &Client, server: &Server) {
     assert_eq!(h1(c).await, "Not found");
     c.goto(&format!("{base}/app")).await.unwrap();
     sign_out(c).await;
+    answered
+}
 
-    // The owner's dashboard shows exactly the two answered requests, by person and by model.
-    sign_in(c, base, &owner).await;
+/// The owner's dashboard chart and tables show exactly the member's answered chats; the
+/// report filters, and its CSV download has exactly those records.
+async fn owner_sees_usage(
+    kind: Kind,
+    c: &Client,
+    base: &str,
+    names: &Names,
+    org_path: &str,
+    answered: u64,
+) {
+    sign_in(c, base, &names.owner).await;
     let text = body_text(c).await;
     assert!(
-        text.contains(&member),
+        text.contains(&names.member),
         "the member in the by-person table: {text}"
     );
-    let rows = c.find_all(Locator::Css("table tbody tr")).await.unwrap();
-    assert_eq!(rows.len(), 3, "one row per table (day, person, model)");
+    let rows = c
+        .find_all(Locator::Css("table.spend tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        4,
+        "one row per table (day, person, model, group)"
+    );
     for r in rows {
         let cells = r.text().await.unwrap();
-        assert!(cells.contains(" 2 "), "two answered requests: {cells}");
+        assert!(
+            cells.contains(&format!(" {answered} ")),
+            "{answered} answered requests: {cells}"
+        );
     }
     assert_eq!(
         c.find_all(Locator::Css("svg rect.bar"))
             .await
             .unwrap()
             .len(),
-        3
+        4
     );
+    // The member's budget gauge says it is spent.
+    let gauges = c
+        .find(Locator::Css("table.gauges"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(gauges.contains(&names.member), "{gauges}");
+    check_page(c, "dashboard with spend").await;
     screenshot(c, kind, "org-dashboard").await;
-    sign_out(c).await;
 
-    // Every UI answer carries the script-free policy; forged posts are refused.
+    // The report, filtered to the member, then to a model nobody used.
+    c.goto(&format!("{base}{org_path}/usage")).await.unwrap();
+    assert_eq!(h1(c).await, "Usage report");
+    let member_id = c
+        .execute(
+            "return Array.from(document.querySelectorAll('#user option')).find(o => o.text === arguments[0]).value;",
+            vec![json!(names.member)],
+        )
+        .await
+        .unwrap();
+    c.find(Locator::Css("#user"))
+        .await
+        .unwrap()
+        .select_by_value(member_id.as_str().unwrap())
+        .await
+        .unwrap();
+    c.find(Locator::Css("#by"))
+        .await
+        .unwrap()
+        .select_by_value("model")
+        .await
+        .unwrap();
+    submit(c, "form.filters button").await;
+    let stats = c
+        .find(Locator::Css(".stats"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(stats.contains(&answered.to_string()), "{stats}");
+    check_page(c, "usage report").await;
+    screenshot(c, kind, "org-usage").await;
+    // A period that ends before it starts is an error on the last day's field.
+    c.execute(
+        "document.querySelector('#from').value = '2026-03-10'; document.querySelector('#to').value = '2026-03-01';",
+        vec![],
+    )
+    .await
+    .unwrap();
+    submit(c, "form.filters button").await;
+    assert!(
+        c.find(Locator::Css("#to-error")).await.is_ok(),
+        "date error on the field"
+    );
+
+    // The CSV download of the unfiltered month has exactly the answered requests.
+    c.goto(&format!("{base}{org_path}/usage")).await.unwrap();
+    let href = c
+        .find(Locator::Css("a[download]"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .unwrap();
+    let cookies = c.get_all_cookies().await.unwrap();
+    let cookie = cookies
+        .iter()
+        .map(|k| format!("{}={}", k.name(), k.value()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let csv = reqwest::Client::new()
+        .get(format!("{base}{href}"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), 200);
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let body = csv.text().await.unwrap();
+    let mut reader = csv::Reader::from_reader(body.as_bytes());
+    let user_col = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "user_id")
+        .unwrap();
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(records.len() as u64, answered, "{body}");
+    for r in &records {
+        assert_eq!(&r[user_col], member_id.as_str().unwrap());
+    }
+
+    // Billing: this period, and honestly no invoices.
+    c.goto(&format!("{base}{org_path}/billing")).await.unwrap();
+    assert_eq!(h1(c).await, "Billing");
+    let text = body_text(c).await;
+    assert!(text.contains("No invoices yet"), "{text}");
+    assert!(text.contains("Basic"), "{text}");
+    check_page(c, "billing").await;
+    screenshot(c, kind, "org-billing").await;
+
+    // Explain: the member may not use Premium, and why.
+    c.goto(&format!("{base}{org_path}/explain")).await.unwrap();
+    c.find(Locator::Css("#user"))
+        .await
+        .unwrap()
+        .select_by_value(member_id.as_str().unwrap())
+        .await
+        .unwrap();
+    let premium_model = c
+        .execute(
+            "return Array.from(document.querySelectorAll('#model option')).find(o => o.text.includes('(Premium)')).value;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    c.find(Locator::Css("#model"))
+        .await
+        .unwrap()
+        .select_by_value(premium_model.as_str().unwrap())
+        .await
+        .unwrap();
+    submit(c, "form[action$='/explain'] button").await;
+    let decision = c
+        .find(Locator::Css(".decision"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(decision.contains("Decision: deny"), "{decision}");
+    assert!(decision.contains("model_access_denied"), "{decision}");
+    check_page(c, "explain").await;
+    screenshot(c, kind, "org-explain").await;
+
+    // Settings: a bad timezone is an error on its field; a good one is saved.
+    c.goto(&format!("{base}{org_path}/settings")).await.unwrap();
+    fill(c, "#timezone", "Mars/Olympus").await;
+    submit(c, "#settings button").await;
+    assert!(c.find(Locator::Css("#tz-error")).await.is_ok());
+    fill(c, "#timezone", "Europe/Berlin").await;
+    submit(c, "#settings button").await;
+    assert!(body_text(c).await.contains("The settings were saved."));
+    check_page(c, "settings").await;
+    screenshot(c, kind, "org-settings").await;
+    c.goto(&format!("{base}{org_path}/users")).await.unwrap();
+    assert!(
+        body_text(c).await.contains("CET") || body_text(c).await.contains("CEST"),
+        "times in the organization's timezone"
+    );
+    sign_out(c).await;
+}
+
+/// The owner creates, edits and deletes a guardrail; a bad configuration is an error on the
+/// configuration field, and a hostile rule name renders inert.
+async fn owner_manages_rules(kind: Kind, c: &Client, base: &str, names: &Names, org_path: &str) {
+    sign_in(c, base, &names.owner).await;
+    c.goto(&format!("{base}{org_path}/guardrails"))
+        .await
+        .unwrap();
+    assert!(
+        body_text(c)
+            .await
+            .contains("No guardrails of this organization yet")
+    );
+    fill(c, "#name", HOSTILE_RULE).await;
+    fill(c, "#config", "{\"blocked_topics\": 5}").await;
+    submit(c, "#create-rule button").await;
+    assert!(
+        c.find(Locator::Css("#config-error")).await.is_ok(),
+        "config error on the field"
+    );
+    fill(c, "#config", "{\"blocked_topics\": [\"salaries\"]}").await;
+    submit(c, "#create-rule button").await;
+    assert!(body_text(c).await.contains("The guardrail was created."));
+    assert!(body_text(c).await.contains(HOSTILE_RULE));
+    check_page(c, "guardrails with a hostile rule").await;
+    screenshot(c, kind, "org-guardrails").await;
+    c.find(Locator::LinkText(HOSTILE_RULE))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait().for_element(Locator::Css("h1")).await.unwrap();
+    fill(c, "#priority", "seven").await;
+    submit(c, "#edit-rule button").await;
+    assert!(c.find(Locator::Css("#priority-error")).await.is_ok());
+    fill(c, "#priority", "7").await;
+    submit(c, "#edit-rule button").await;
+    assert!(body_text(c).await.contains("The guardrail was saved."));
+    check_page(c, "guardrail").await;
+    submit(c, "form[action$='/delete'] button").await;
+    assert!(body_text(c).await.contains("The guardrail was deleted."));
+    assert!(
+        body_text(c)
+            .await
+            .contains("No guardrails of this organization yet")
+    );
+    sign_out(c).await;
+}
+
+/// Every UI answer carries the script-free policy; forged posts are refused.
+async fn forged_posts(base: &str) {
+    let http = reqwest::Client::new();
     let r = http.get(format!("{base}/signin")).send().await.unwrap();
     let csp = r.headers()["content-security-policy"]
         .to_str()
@@ -573,7 +1078,7 @@ async fn journey(kind: Kind, c: &Client, server: &Server) {
     assert_eq!(cross.status(), 403);
     let no_token = http
         .post(format!("{base}/signin"))
-        .header("origin", base.as_str())
+        .header("origin", base)
         .header("content-type", "application/x-www-form-urlencoded")
         .body("email=admin%40localhost")
         .send()

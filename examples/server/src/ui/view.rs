@@ -25,6 +25,8 @@ pub(crate) struct NavLink {
     pub(crate) label: String,
     /// Target.
     pub(crate) href: String,
+    /// Whether it starts another area (platform, organization, own models).
+    pub(crate) starts_area: bool,
 }
 
 /// The message shown after an action.
@@ -133,20 +135,36 @@ fn nav_for(caller: &Caller) -> Vec<NavLink> {
     let link = |label: &str, href: String| NavLink {
         label: label.to_owned(),
         href,
+        starts_area: false,
     };
     let mut nav = Vec::new();
     if caller.is_super_admin() {
         nav.push(link("Platform", "/admin".to_owned()));
         nav.push(link("Organizations", "/admin/organizations".to_owned()));
+        nav.push(link("Modules", "/admin/modules".to_owned()));
+        nav.push(link("People", "/admin/users".to_owned()));
+        nav.push(link("Platform billing", "/admin/billing".to_owned()));
+        nav.push(link("Global guardrails", "/admin/guardrails".to_owned()));
     }
     if let Some(org) = admin_orgs(caller).first() {
-        nav.push(link("Dashboard", format!("/org/{org}")));
+        nav.push(NavLink {
+            starts_area: !nav.is_empty(),
+            ..link("Dashboard", format!("/org/{org}"))
+        });
         nav.push(link("Users", format!("/org/{org}/users")));
         nav.push(link("Groups", format!("/org/{org}/groups")));
+        nav.push(link("Model access", format!("/org/{org}/access")));
+        nav.push(link("Usage", format!("/org/{org}/usage")));
         nav.push(link("Guardrails", format!("/org/{org}/guardrails")));
+        nav.push(link("Explain", format!("/org/{org}/explain")));
+        nav.push(link("Billing", format!("/org/{org}/billing")));
+        nav.push(link("Settings", format!("/org/{org}/settings")));
     }
     if !caller.actor.orgs.is_empty() {
-        nav.push(link("My models", "/app".to_owned()));
+        nav.push(NavLink {
+            starts_area: !nav.is_empty(),
+            ..link("My models", "/app".to_owned())
+        });
     }
     nav
 }
@@ -222,6 +240,57 @@ impl FromRequest<AppState> for CheckedForm {
             .map(String::as_str);
         csrf::check(&state.auth, &headers, token).map_err(UiError::Csrf)?;
         Ok(Self { fields })
+    }
+}
+
+/// Largest file a form may upload.
+pub(crate) const MAX_UPLOAD: usize = 1 << 20;
+
+/// A posted `multipart/form-data` form (a file upload) whose origin and CSRF token were
+/// checked: its text fields and its one file.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CheckedUpload {
+    /// The text fields (the CSRF token); kept for the check.
+    fields: HashMap<String, String>,
+    /// The uploaded file's bytes (`None`: no file chosen).
+    pub(crate) file: Option<Bytes>,
+}
+
+impl FromRequest<AppState> for CheckedUpload {
+    type Rejection = UiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let unreadable = || UiError::Api(ApiError::BadRequest("unreadable upload".to_owned()));
+        let headers = req.headers().clone();
+        // The origin wall first: another site's post is refused before its body is read.
+        if !state.auth.same_origin(&headers) {
+            return Err(UiError::Csrf(csrf::Refused::CrossOrigin));
+        }
+        let mut multipart = axum::extract::Multipart::from_request(req, state)
+            .await
+            .map_err(|_| unreadable())?;
+        let mut out = Self::default();
+        while let Some(field) = multipart.next_field().await.map_err(|_| unreadable())? {
+            let name = field.name().unwrap_or_default().to_owned();
+            if field.file_name().is_some() {
+                let data = field.bytes().await.map_err(|_| unreadable())?;
+                if data.len() > MAX_UPLOAD {
+                    return Err(UiError::Api(ApiError::invalid(
+                        "file",
+                        format!("the file has `{}` bytes; at most {MAX_UPLOAD}", data.len()),
+                    )));
+                }
+                if !data.is_empty() {
+                    out.file = Some(data);
+                }
+            } else {
+                let text = field.text().await.map_err(|_| unreadable())?;
+                out.fields.insert(name, text);
+            }
+        }
+        let token = out.fields.get(csrf::FIELD).map(String::as_str);
+        csrf::check(&state.auth, &headers, token).map_err(UiError::Csrf)?;
+        Ok(out)
     }
 }
 
@@ -353,6 +422,25 @@ impl FieldErrors {
         Self(map)
     }
 
+    /// Collects field errors filed under the last segment of their path
+    /// (`settings.timezone` under `timezone`), for forms whose fields are nested in the API.
+    pub(crate) fn from_leaf_fields(fields: &[FieldError]) -> Self {
+        let mut map = HashMap::new();
+        for f in fields {
+            let name = f
+                .path
+                .rsplit('.')
+                .next()
+                .unwrap_or(&f.path)
+                .split('[')
+                .next()
+                .unwrap_or(&f.path)
+                .to_owned();
+            map.entry(name).or_insert_with(|| f.message.clone());
+        }
+        Self(map)
+    }
+
     /// One field's error.
     pub(crate) fn add(&mut self, field: &str, message: impl Into<String>) {
         self.0.insert(field.to_owned(), message.into());
@@ -376,6 +464,18 @@ pub(crate) fn done_notice(code: Option<&str>) -> Option<Notice> {
         "signed_out" => "You are signed out.",
         "org_created" => "The organization was created.",
         "group_created" => "The group was created.",
+        "group_updated" => "The group was saved.",
+        "group_deleted" => "The group was deleted.",
+        "group_member_added" => "The person was added to the group.",
+        "group_member_removed" => "The person was removed from the group.",
+        "member_updated" => "The member was saved.",
+        "member_removed" => "The member was removed from the organization.",
+        "rule_created" => "The guardrail was created.",
+        "rule_updated" => "The guardrail was saved.",
+        "rule_deleted" => "The guardrail was deleted.",
+        "settings_saved" => "The settings were saved.",
+        "subscription_saved" => "The tier subscription was saved.",
+        "org_updated" => "The organization was saved.",
         _ => return None,
     };
     Some(Notice::ok(text))
@@ -386,6 +486,102 @@ pub(crate) fn local_time(org: &Organization, at: chrono::DateTime<chrono::Utc>) 
     at.with_timezone(&org.tz())
         .format("%Y-%m-%d %H:%M %Z")
         .to_string()
+}
+
+/// Rows per page of every paginated table.
+pub(crate) const PAGE_SIZE: usize = 25;
+
+/// Where a paginated table is: its page and the links to its neighbours.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Pager {
+    /// 1-based page shown.
+    pub(crate) page: usize,
+    /// Number of pages (at least 1).
+    pub(crate) pages: usize,
+    /// Rows in the whole table.
+    pub(crate) total: usize,
+    /// Link to the previous page.
+    pub(crate) prev: Option<String>,
+    /// Link to the next page.
+    pub(crate) next: Option<String>,
+}
+
+impl Pager {
+    /// Whether the table has more than one page.
+    pub(crate) fn is_split(&self) -> bool {
+        self.pages > 1
+    }
+}
+
+/// The `page` of `items` (1-based, clamped to the last page), at most [`PAGE_SIZE`] rows,
+/// with links built from `base` (a path that may already carry a query).
+pub(crate) fn paginate<T>(items: Vec<T>, page: usize, base: &str) -> (Vec<T>, Pager) {
+    let total = items.len();
+    let pages = total.div_ceil(PAGE_SIZE).max(1);
+    let page = page.clamp(1, pages);
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let link = |p: usize| format!("{base}{sep}page={p}");
+    let rows = items
+        .into_iter()
+        .skip((page - 1) * PAGE_SIZE)
+        .take(PAGE_SIZE)
+        .collect();
+    (
+        rows,
+        Pager {
+            page,
+            pages,
+            total,
+            prev: (page > 1).then(|| link(page - 1)),
+            next: (page < pages).then(|| link(page + 1)),
+        },
+    )
+}
+
+/// The query of a list page: its page and the message of a completed action. Tolerant: an
+/// unreadable page number shows the first page.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct ListQuery {
+    /// The completed action.
+    #[serde(default)]
+    pub(crate) done: Option<String>,
+    /// 1-based page.
+    #[serde(default)]
+    pub(crate) page: Option<String>,
+}
+
+impl ListQuery {
+    /// The page asked for (1 when absent or unreadable).
+    pub(crate) fn page(&self) -> usize {
+        self.page
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// The notice of the completed action.
+    pub(crate) fn notice(&self) -> Option<Notice> {
+        done_notice(self.done.as_deref())
+    }
+}
+
+/// Parses an optional money field of a form: empty is `None`, a bad amount an error on
+/// `field`.
+pub(crate) fn money_field(
+    text: &str,
+    field: &str,
+    errors: &mut FieldErrors,
+) -> Option<stratai_core::money::Money> {
+    if text.is_empty() {
+        return None;
+    }
+    match stratai_core::money::Money::parse(text) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            errors.add(field, e.reason);
+            None
+        }
+    }
 }
 
 /// The `?done=` of a page URL.

@@ -1,6 +1,9 @@
 //! `/admin`: the platform operators' pages: the overview (organizations, people, requests,
-//! provider cost against billed) and the organizations (list, create with an owner). Every
-//! page asks `manage_orgs` on the platform, as `POST /api/organizations` does.
+//! provider cost against billed), the organizations (list, create with an owner, detail with
+//! users, settings, tier subscriptions and usage), the modules (tier catalog), the people,
+//! billing across organizations and the global guardrails. Every page asks `manage_orgs` on
+//! the platform, as `POST /api/organizations` does (the guardrail pages
+//! `manage_platform_guardrails`, as `/api/guardrails`).
 
 use std::collections::HashSet;
 
@@ -9,20 +12,24 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
+use stratai_core::OrgId;
 use stratai_core::access::{Action, Resource};
 use stratai_core::budget::BudgetPeriod;
 use stratai_core::directory::Organization;
 use stratai_core::money::Money;
+use stratai_core::ports::RuleScope;
 use stratai_core::usage::UsageQuery;
 
-use crate::api::orgs::{self, CreateOrg};
-use crate::api::{Caller, allow};
+use super::rules::{Choice, RuleChoices, RuleForm};
+use crate::api::guardrails::{self, CreateRule, PlatformScope};
+use crate::api::orgs::{self, CreateOrg, UpdateOrg};
+use crate::api::{ApiPath, Caller, allow, members};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::ui::view::{
-    CheckedForm, Chrome, Done, FieldErrors, Notice, UiError, Viewer, done_notice, money, render,
-    see_other,
+    CheckedForm, Chrome, Done, FieldErrors, ListQuery, Notice, Pager, UiError, Viewer, done_notice,
+    local_time, money, paginate, render, see_other,
 };
 
 fn platform(caller: &Caller) -> Result<(), ApiError> {
@@ -127,6 +134,7 @@ pub(crate) async fn overview(
 
 /// One row of the organizations table.
 struct OrgLine {
+    id: String,
     name: String,
     slug: String,
     plan: &'static str,
@@ -158,6 +166,7 @@ async fn orgs_page(
         orgs: list
             .into_iter()
             .map(|o| OrgLine {
+                id: o.id.to_string(),
                 created: crate::ui::view::local_time(&o, o.created_at),
                 plan: o.billing_plan.as_str(),
                 active: o.active,
@@ -242,4 +251,511 @@ pub(crate) async fn create_organization(
     page.slug = slug;
     page.owner_email = owner_email;
     render(StatusCode::UNPROCESSABLE_ENTITY, &page)
+}
+
+/// One member on an organization's detail page.
+struct MemberLine {
+    email: String,
+    role: &'static str,
+    budget: String,
+    joined: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/admin_org.html")]
+struct OrgPage {
+    chrome: Chrome,
+    org: Organization,
+    operator: bool,
+    members: Vec<MemberLine>,
+    pager: Pager,
+    tiers: Vec<super::access::TierLine>,
+    period: String,
+    requests: u64,
+    provider: String,
+    billed: String,
+    margin: String,
+    settings: Vec<(String, String)>,
+}
+
+/// `GET /admin/organizations/{org_id}`: one organization for the operator: its settings,
+/// users, tier subscriptions (changeable) and this month's usage and margin
+/// (`GET /api/organizations/{org_id}`, `manage_orgs`).
+pub(crate) async fn organization(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    ApiPath(org_id): ApiPath<OrgId>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, UiError> {
+    platform(&viewer.caller)?;
+    let ApiJson(org) =
+        orgs::get(State(state.clone()), viewer.caller.clone(), ApiPath(org_id)).await?;
+    let ApiJson(list) =
+        members::list(State(state.clone()), viewer.caller.clone(), ApiPath(org_id)).await?;
+    let (list, pager) = paginate(list, q.page(), &format!("/admin/organizations/{org_id}"));
+    let members = list
+        .into_iter()
+        .map(|m| MemberLine {
+            email: m.email,
+            role: m.role.as_str(),
+            budget: m
+                .monthly_budget
+                .map_or_else(|| "none".to_owned(), |b| money(b.amount())),
+            joined: local_time(&org, m.joined_at),
+        })
+        .collect();
+    let tiers = super::access::tier_lines(&state, &viewer, org_id).await?;
+    let window = BudgetPeriod::Monthly.window(Utc::now(), org.tz());
+    let totals = state
+        .stores
+        .usage
+        .aggregate(
+            org_id,
+            &UsageQuery {
+                from: Some(window.start),
+                to: Some(window.end),
+                ..UsageQuery::default()
+            },
+            &[],
+        )
+        .await?
+        .into_iter()
+        .next()
+        .map(|r| r.totals)
+        .unwrap_or_default();
+    let s = &org.settings;
+    let settings = vec![
+        ("Slug".to_owned(), org.slug.as_str().to_owned()),
+        ("Plan".to_owned(), org.billing_plan.as_str().to_owned()),
+        (
+            "Billing email".to_owned(),
+            org.billing_email
+                .as_ref()
+                .map_or_else(|| "not set".to_owned(), |e| e.as_str().to_owned()),
+        ),
+        (
+            "Active".to_owned(),
+            if org.active { "yes" } else { "no" }.to_owned(),
+        ),
+        ("Timezone".to_owned(), org.tz().to_string()),
+        (
+            "Allowed tiers".to_owned(),
+            s.allowed_tiers
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        (
+            "Default tier".to_owned(),
+            s.default_tier.as_str().to_owned(),
+        ),
+        (
+            "Most members per group".to_owned(),
+            s.max_users_per_group.to_string(),
+        ),
+        (
+            "MFA required".to_owned(),
+            if s.require_mfa { "yes" } else { "no" }.to_owned(),
+        ),
+        ("Created".to_owned(), local_time(&org, org.created_at)),
+    ];
+    let page = OrgPage {
+        chrome: viewer.chrome("/admin/organizations", q.notice()),
+        operator: true,
+        members,
+        pager,
+        tiers,
+        period: format!(
+            "{} to {}",
+            local_time(&org, window.start),
+            local_time(&org, window.end)
+        ),
+        requests: totals.requests,
+        provider: money(totals.provider_cost.amount()),
+        billed: money(totals.billed_amount.amount()),
+        margin: margin(totals.billed_amount, totals.provider_cost),
+        settings,
+        org,
+    };
+    render(StatusCode::OK, &page)
+}
+
+/// `POST /admin/organizations/{org_id}/active`: deactivates or reactivates an organization
+/// (`PATCH /api/organizations/{org_id}` with `active`, `manage_orgs`).
+pub(crate) async fn set_active(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    ApiPath(org_id): ApiPath<OrgId>,
+    form: CheckedForm,
+) -> Result<Response, UiError> {
+    platform(&viewer.caller)?;
+    orgs::update(
+        State(state.clone()),
+        viewer.caller.clone(),
+        ApiPath(org_id),
+        ApiJson(UpdateOrg {
+            name: None,
+            settings: None,
+            billing_email: None,
+            billing_plan: None,
+            active: Some(form.text("active") == "true"),
+        }),
+    )
+    .await?;
+    Ok(see_other(&format!(
+        "/admin/organizations/{org_id}?done=org_updated"
+    )))
+}
+
+/// One tier of the catalog.
+struct ModuleLine {
+    name: String,
+    slug: String,
+    description: String,
+    models: Vec<String>,
+    base_price: String,
+    input_rate: String,
+    output_rate: String,
+    active: bool,
+}
+
+#[derive(Template)]
+#[template(path = "ui/admin_modules.html")]
+struct ModulesPage {
+    chrome: Chrome,
+    tiers: Vec<ModuleLine>,
+}
+
+/// `GET /admin/modules`: the tier catalog with its prices (`GET /api/tiers`; the page is the
+/// platform's, `manage_orgs`).
+pub(crate) async fn modules(
+    State(state): State<AppState>,
+    viewer: Viewer,
+) -> Result<Response, UiError> {
+    platform(&viewer.caller)?;
+    let tiers = state
+        .stores
+        .tiers
+        .list_tiers()
+        .await?
+        .into_iter()
+        .map(|t| ModuleLine {
+            slug: t.slug.as_str().to_owned(),
+            description: t.description,
+            models: t.models.iter().map(ToString::to_string).collect(),
+            base_price: money(t.base_price.amount()),
+            input_rate: money(t.input_rate_per_million),
+            output_rate: money(t.output_rate_per_million),
+            active: t.active,
+            name: t.name,
+        })
+        .collect();
+    let page = ModulesPage {
+        chrome: viewer.chrome("/admin/modules", None),
+        tiers,
+    };
+    render(StatusCode::OK, &page)
+}
+
+/// One person on the platform.
+struct PersonLine {
+    email: String,
+    name: String,
+    platform_role: String,
+    active: bool,
+    orgs: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/admin_users.html")]
+struct PeoplePage {
+    chrome: Chrome,
+    people: Vec<PersonLine>,
+    pager: Pager,
+}
+
+/// `GET /admin/users`: everyone who belongs to an organization, with their organizations and
+/// roles; read-only (there is no platform user-management route yet). Platform operators
+/// outside every organization are not listed.
+pub(crate) async fn users(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, UiError> {
+    platform(&viewer.caller)?;
+    let dir = &state.stores.directory;
+    let mut by_user: std::collections::BTreeMap<stratai_core::UserId, Vec<String>> =
+        std::collections::BTreeMap::new();
+    for org in dir.list_orgs().await? {
+        for m in dir.list_members(org.id).await? {
+            by_user.entry(m.user_id).or_default().push(format!(
+                "{} ({})",
+                org.name,
+                m.role.as_str()
+            ));
+        }
+    }
+    let ids: Vec<_> = by_user.into_iter().collect();
+    let (ids, pager) = paginate(ids, q.page(), "/admin/users");
+    let mut people = Vec::new();
+    for (id, orgs) in ids {
+        let user = dir.get_user(id).await?;
+        people.push(PersonLine {
+            email: user.email.as_str().to_owned(),
+            name: user.name.clone().unwrap_or_default(),
+            platform_role: if user.is_super_admin() {
+                "super admin".to_owned()
+            } else {
+                "none".to_owned()
+            },
+            active: user.active,
+            orgs: orgs.join(", "),
+        });
+    }
+    let page = PeoplePage {
+        chrome: viewer.chrome("/admin/users", None),
+        people,
+        pager,
+    };
+    render(StatusCode::OK, &page)
+}
+
+#[derive(Template)]
+#[template(path = "ui/admin_billing.html")]
+struct BillingPage {
+    chrome: Chrome,
+    period: String,
+    lines: Vec<OrgSpend>,
+    pager: Pager,
+    requests: u64,
+    provider: String,
+    billed: String,
+    margin: String,
+}
+
+/// `GET /admin/billing`: this UTC month's provider cost against billed, and the margin, of
+/// each organization (one page of organizations at a time) and of the page. Invoices are
+/// not issued by this server yet.
+pub(crate) async fn billing(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, UiError> {
+    platform(&viewer.caller)?;
+    let orgs = state.stores.directory.list_orgs().await?;
+    let (orgs, pager) = paginate(orgs, q.page(), "/admin/billing");
+    let window = BudgetPeriod::Monthly.window(Utc::now(), chrono_tz::UTC);
+    let query = UsageQuery {
+        from: Some(window.start),
+        to: Some(window.end),
+        ..UsageQuery::default()
+    };
+    let (mut requests, mut provider, mut billed) = (0u64, Money::ZERO, Money::ZERO);
+    let mut lines = Vec::new();
+    for org in &orgs {
+        let totals = state
+            .stores
+            .usage
+            .aggregate(org.id, &query, &[])
+            .await?
+            .into_iter()
+            .next()
+            .map(|r| r.totals)
+            .unwrap_or_default();
+        requests += totals.requests;
+        provider = provider + totals.provider_cost;
+        billed = billed + totals.billed_amount;
+        lines.push(OrgSpend {
+            name: org.name.clone(),
+            requests: totals.requests,
+            provider: money(totals.provider_cost.amount()),
+            billed: money(totals.billed_amount.amount()),
+            margin: margin(totals.billed_amount, totals.provider_cost),
+        });
+    }
+    let page = BillingPage {
+        chrome: viewer.chrome("/admin/billing", None),
+        period: format!(
+            "{} to {} (UTC)",
+            window.start.format("%Y-%m-%d"),
+            window.end.format("%Y-%m-%d")
+        ),
+        lines,
+        pager,
+        requests,
+        provider: money(provider.amount()),
+        billed: money(billed.amount()),
+        margin: margin(billed, provider),
+    };
+    render(StatusCode::OK, &page)
+}
+
+/// One platform rule.
+struct RuleLine {
+    id: String,
+    name: String,
+    rule_type: String,
+    level: String,
+    action: &'static str,
+    priority: i32,
+    active: bool,
+}
+
+#[derive(Template)]
+#[template(path = "ui/admin_guardrails.html")]
+struct RulesPage {
+    chrome: Chrome,
+    rules: Vec<RuleLine>,
+    form: RuleForm,
+    choices: RuleChoices,
+    errors: FieldErrors,
+}
+
+async fn rules_page(
+    state: &AppState,
+    viewer: &Viewer,
+    notice: Option<Notice>,
+) -> Result<RulesPage, UiError> {
+    // `GET /api/guardrails` (`manage_platform_guardrails`).
+    let ApiJson(rules) =
+        guardrails::list_platform(State(state.clone()), viewer.caller.clone()).await?;
+    let catalog = state.stores.tiers.list_tiers().await?;
+    let mut scopes = vec![Choice {
+        value: "global".to_owned(),
+        label: "Every request on the platform".to_owned(),
+    }];
+    for t in &catalog {
+        scopes.push(Choice {
+            value: format!("tier:{}", t.id),
+            label: format!("Tier {} in every organization", t.name),
+        });
+    }
+    let rules = rules
+        .into_iter()
+        .map(|r| RuleLine {
+            id: r.id.to_string(),
+            level: match r.scope {
+                RuleScope::Tier { tier_id, .. } => catalog
+                    .iter()
+                    .find(|t| t.id == tier_id)
+                    .map_or_else(|| tier_id.to_string(), |t| format!("tier {}", t.name)),
+                _ => "global".to_owned(),
+            },
+            action: stratai_guardrails::rule::action_str(r.action),
+            name: r.name,
+            rule_type: r.rule_type,
+            priority: r.priority,
+            active: r.active,
+        })
+        .collect();
+    Ok(RulesPage {
+        chrome: viewer.chrome("/admin/guardrails", notice),
+        rules,
+        form: RuleForm {
+            scope: "global".to_owned(),
+            ..RuleForm::default()
+        },
+        choices: RuleChoices {
+            types: stratai_guardrails::rule::RuleType::ALL
+                .iter()
+                .map(|t| t.as_str().to_owned())
+                .collect(),
+            actions: ["log", "warn", "modify", "block"]
+                .iter()
+                .map(|a| (*a).to_owned())
+                .collect(),
+            scopes,
+        },
+        errors: FieldErrors::default(),
+    })
+}
+
+/// `GET /admin/guardrails`: the platform's rules (global, or a tier everywhere) and the
+/// create form.
+pub(crate) async fn guardrails_list(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, UiError> {
+    let page = rules_page(&state, &viewer, q.notice()).await?;
+    render(StatusCode::OK, &page)
+}
+
+/// `POST /admin/guardrails`: creates a platform rule (`POST /api/guardrails`).
+pub(crate) async fn guardrails_create(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    form: CheckedForm,
+) -> Result<Response, UiError> {
+    allow(
+        &viewer.caller,
+        Action::ManagePlatformGuardrails,
+        Resource::Platform,
+    )?;
+    let typed = RuleForm::read(&form);
+    let mut errors = FieldErrors::default();
+    let scope = match typed.scope.split_once(':') {
+        None if typed.scope == "global" => Some(PlatformScope::Global {}),
+        Some(("tier", id)) => id
+            .parse::<stratai_core::TierId>()
+            .ok()
+            .map(|tier_id| PlatformScope::Tier { tier_id }),
+        _ => None,
+    };
+    if scope.is_none() {
+        errors.add("scope", "choose where the rule applies");
+    }
+    let parsed = typed.parse(&mut errors);
+    if let (Some((config, action, priority)), Some(scope), true) =
+        (parsed, scope, errors.is_empty())
+    {
+        let result = guardrails::create_platform(
+            State(state.clone()),
+            viewer.caller.clone(),
+            ApiJson(CreateRule {
+                name: typed.name.clone(),
+                description: Some(typed.description.clone()),
+                rule_type: typed.rule_type.clone(),
+                config,
+                scope,
+                action,
+                priority,
+                active: typed.active,
+            }),
+        )
+        .await;
+        match result {
+            Ok(_) => return Ok(see_other("/admin/guardrails?done=rule_created")),
+            Err(ApiError::Validation(fields)) => errors = FieldErrors::from_fields(&fields),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut page = rules_page(
+        &state,
+        &viewer,
+        Some(Notice::error(
+            "The guardrail was not created: see the form.",
+        )),
+    )
+    .await?;
+    page.form = typed;
+    page.errors = errors;
+    render(StatusCode::UNPROCESSABLE_ENTITY, &page)
+}
+
+/// `POST /admin/guardrails/{rule_id}/delete` (`DELETE /api/guardrails/{rule_id}`).
+pub(crate) async fn guardrails_delete(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    ApiPath(rule_id): ApiPath<stratai_core::RuleId>,
+    _form: CheckedForm,
+) -> Result<Response, UiError> {
+    guardrails::delete_platform(
+        State(state.clone()),
+        viewer.caller.clone(),
+        ApiPath(rule_id),
+    )
+    .await?;
+    Ok(see_other("/admin/guardrails?done=rule_deleted"))
 }

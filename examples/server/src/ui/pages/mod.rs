@@ -1,9 +1,15 @@
 //! The page handlers: sign-in and home here, the three areas in their modules.
 
+pub(crate) mod access;
 pub(crate) mod admin;
+pub(crate) mod group;
 pub(crate) mod invitation;
 pub(crate) mod member;
 pub(crate) mod org;
+pub(crate) mod people;
+pub(crate) mod reports;
+pub(crate) mod rules;
+pub(crate) mod settings;
 
 use askama::Template;
 use axum::extract::{Query, State};

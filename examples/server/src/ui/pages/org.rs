@@ -13,23 +13,20 @@ use rust_decimal::Decimal;
 use stratai_core::access::{Action, Resource};
 use stratai_core::budget::BudgetPeriod;
 use stratai_core::directory::{Group, OrgRole, Organization};
-use stratai_core::money::Money;
-use stratai_core::ports::{RuleRecord, RuleScope};
-use stratai_core::usage::{AggregateRow, DimensionValue};
-use stratai_core::{OrgId, TierSlug, UserId};
+use stratai_core::usage::{AggregateRow, Dimension, DimensionValue, UsageQuery};
+use stratai_core::{GroupId, OrgId, TierId, TierSlug, UserId};
 
 use crate::api::groups::CreateGroup;
 use crate::api::invitations::InviteSpec;
 use crate::api::members::MemberView;
-use crate::api::usage::UsageParams;
-use crate::api::{ApiPath, allow, groups, guardrails, invitations, members, usage};
+use crate::api::{ApiPath, allow, groups, invitations, members};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::ui::charts::BarChart;
 use crate::ui::view::{
-    CheckedForm, Chrome, Done, FieldErrors, Notice, UiError, Viewer, done_notice, local_time,
-    money, render, see_other,
+    CheckedForm, Chrome, FieldErrors, ListQuery, Notice, Pager, UiError, Viewer, local_time, money,
+    money_field, paginate, render, see_other,
 };
 
 /// `GET /org`: the dashboard of the first organization the person administers; 403 for
@@ -56,37 +53,89 @@ pub(crate) fn dimension_label(value: &DimensionValue) -> String {
 
 /// One row of a spend table.
 pub(crate) struct SpendLine {
-    label: String,
-    requests: u64,
-    tokens: u64,
-    provider: String,
-    billed: String,
+    pub(crate) label: String,
+    pub(crate) requests: u64,
+    pub(crate) tokens: u64,
+    pub(crate) provider: String,
+    pub(crate) billed: String,
 }
 
 /// A chart and its numbers.
 pub(crate) struct Breakdown {
-    heading: String,
-    dimension: String,
-    chart: BarChart,
-    lines: Vec<SpendLine>,
+    pub(crate) heading: String,
+    pub(crate) dimension: String,
+    pub(crate) chart: BarChart,
+    pub(crate) lines: Vec<SpendLine>,
 }
 
-fn breakdown(
+/// Names for the ids in usage rows: people by email, groups and tiers by name.
+#[derive(Debug, Default)]
+pub(crate) struct Labels {
+    users: HashMap<UserId, String>,
+    groups: HashMap<GroupId, String>,
+    tiers: HashMap<TierId, String>,
+}
+
+impl Labels {
+    /// The organization's people, groups and the tier catalog.
+    pub(crate) async fn of(state: &AppState, org_id: OrgId) -> Result<Self, UiError> {
+        let dir = &state.stores.directory;
+        let mut users = HashMap::new();
+        for m in dir.list_members(org_id).await? {
+            let user = dir.get_user(m.user_id).await?;
+            users.insert(m.user_id, user.email.as_str().to_owned());
+        }
+        let groups = dir
+            .list_groups(org_id)
+            .await?
+            .into_iter()
+            .map(|g| (g.id, g.name))
+            .collect();
+        let tiers = state
+            .stores
+            .tiers
+            .list_tiers()
+            .await?
+            .into_iter()
+            .map(|t| (t.id, t.name))
+            .collect();
+        Ok(Self {
+            users,
+            groups,
+            tiers,
+        })
+    }
+
+    /// The label of a row's first dimension value.
+    pub(crate) fn of_row(&self, row: &AggregateRow) -> String {
+        match row.key.first() {
+            Some(DimensionValue::User(u)) => {
+                self.users.get(u).cloned().unwrap_or_else(|| u.to_string())
+            }
+            Some(DimensionValue::Group(Some(g))) => {
+                self.groups.get(g).cloned().unwrap_or_else(|| g.to_string())
+            }
+            Some(DimensionValue::Tier(Some(t))) => {
+                self.tiers.get(t).cloned().unwrap_or_else(|| t.to_string())
+            }
+            Some(v) => dimension_label(v),
+            None => String::new(),
+        }
+    }
+}
+
+/// A chart of `rows` and the same numbers as a table.
+pub(crate) fn breakdown(
     heading: &str,
     dimension: &str,
     rows: &[AggregateRow],
-    names: &HashMap<UserId, String>,
+    labels: &Labels,
 ) -> Breakdown {
-    let label = |row: &AggregateRow| match row.key.first() {
-        Some(DimensionValue::User(u)) => names.get(u).cloned().unwrap_or_else(|| u.to_string()),
-        Some(v) => dimension_label(v),
-        None => String::new(),
-    };
     let bars: Vec<(String, Decimal, String)> = rows
         .iter()
         .map(|r| {
             (
-                label(r),
+                labels.of_row(r),
                 r.totals.billed_amount.amount(),
                 money(r.totals.billed_amount.amount()),
             )
@@ -99,7 +148,7 @@ fn breakdown(
         lines: rows
             .iter()
             .map(|r| SpendLine {
-                label: label(r),
+                label: labels.of_row(r),
                 requests: r.totals.requests,
                 tokens: r.totals.input_tokens + r.totals.output_tokens,
                 provider: money(r.totals.provider_cost.amount()),
@@ -107,6 +156,106 @@ fn breakdown(
             })
             .collect(),
     }
+}
+
+/// One budget's gauge: spent against the limit this period.
+pub(crate) struct Gauge {
+    pub(crate) scope: String,
+    pub(crate) limit: String,
+    pub(crate) spent: String,
+    pub(crate) left: String,
+    /// Spent as a percentage of the limit, 0..=100 (for the meter).
+    pub(crate) percent: u32,
+    /// `ok`, `alert` (past the alert threshold), `over` (at or past the limit).
+    pub(crate) state: &'static str,
+    pub(crate) hard: bool,
+    pub(crate) period: String,
+}
+
+/// The gauges of an organization's budgets in the current period, as `GET /api/budgets`
+/// lists them (`view_org` and `manage_budgets`).
+pub(crate) async fn gauges(
+    state: &AppState,
+    viewer: &Viewer,
+    org: &Organization,
+    labels: &Labels,
+) -> Result<Vec<Gauge>, UiError> {
+    use rust_decimal::prelude::ToPrimitive as _;
+    use stratai_core::budget::BudgetScope;
+    let ApiJson(listed) = crate::api::budgets::list(
+        State(state.clone()),
+        viewer.caller.clone(),
+        ApiQuery(crate::api::budgets::BudgetsQuery {
+            org_id: Some(org.id),
+            scope: None,
+        }),
+    )
+    .await?;
+    Ok(listed
+        .into_iter()
+        .map(|l| {
+            let b = &l.state.budget;
+            let spent = l.state.spent.amount() + l.state.reserved.amount();
+            let limit = b.limit.amount();
+            let ratio = if limit > Decimal::ZERO {
+                spent / limit
+            } else {
+                Decimal::ONE
+            };
+            let scope = match b.scope {
+                BudgetScope::Org => "organization".to_owned(),
+                BudgetScope::Group(g) => format!(
+                    "group {}",
+                    labels
+                        .groups
+                        .get(&g)
+                        .cloned()
+                        .unwrap_or_else(|| g.to_string())
+                ),
+                BudgetScope::User(u) => format!(
+                    "member {}",
+                    labels
+                        .users
+                        .get(&u)
+                        .cloned()
+                        .unwrap_or_else(|| u.to_string())
+                ),
+                BudgetScope::Tier(t) => format!(
+                    "tier {}",
+                    labels
+                        .tiers
+                        .get(&t)
+                        .cloned()
+                        .unwrap_or_else(|| t.to_string())
+                ),
+            };
+            Gauge {
+                scope,
+                limit: money(limit),
+                spent: money(spent),
+                left: money((limit - spent).max(Decimal::ZERO)),
+                percent: (ratio * Decimal::from(100))
+                    .round()
+                    .to_u32()
+                    .unwrap_or(100)
+                    .min(100),
+                state: if ratio >= Decimal::ONE {
+                    "over"
+                } else if ratio >= b.alert_threshold {
+                    "alert"
+                } else {
+                    "ok"
+                },
+                hard: b.hard_limit,
+                period: format!(
+                    "{}, {} to {}",
+                    format!("{:?}", b.period).to_lowercase(),
+                    local_time(org, l.state.period_start),
+                    local_time(org, l.state.period_end)
+                ),
+            }
+        })
+        .collect())
 }
 
 #[derive(Template)]
@@ -119,10 +268,23 @@ struct DashboardPage {
     provider: String,
     billed: String,
     breakdowns: Vec<Breakdown>,
+    gauges: Vec<Gauge>,
+}
+
+/// The slugs of the tier catalog, for tier checkboxes.
+pub(crate) async fn tier_slugs(state: &AppState) -> Result<Vec<String>, UiError> {
+    Ok(state
+        .stores
+        .tiers
+        .list_tiers()
+        .await?
+        .into_iter()
+        .map(|t| t.slug.as_str().to_owned())
+        .collect())
 }
 
 /// Loads the organization after the page's own authorization passed.
-async fn org_of(state: &AppState, org_id: OrgId) -> Result<Organization, UiError> {
+pub(crate) async fn org_of(state: &AppState, org_id: OrgId) -> Result<Organization, UiError> {
     Ok(state.stores.directory.get_org(org_id).await?)
 }
 
@@ -137,27 +299,29 @@ pub(crate) async fn dashboard(
     allow(&viewer.caller, Action::ViewOrgUsage, Resource::Org(org_id))?;
     let org = org_of(&state, org_id).await?;
     let window = BudgetPeriod::Monthly.window(Utc::now(), org.tz());
-    let summary = |group_by: &str| {
-        usage::summary(
-            State(state.clone()),
-            viewer.caller.clone(),
-            ApiQuery(UsageParams {
-                org_id: Some(org_id),
-                from: Some(window.start),
-                to: Some(window.end),
-                group_by: Some(group_by.to_owned()),
-                ..UsageParams::default()
-            }),
-        )
+    // The page asked `view_org_usage` above, exactly what `GET /api/usage` asks without a
+    // group or person filter; the breakdowns then go to the store directly, so the month's
+    // totals are aggregated once (in SQL, like every breakdown) rather than once per chart.
+    let month = UsageQuery {
+        from: Some(window.start),
+        to: Some(window.end),
+        ..UsageQuery::default()
     };
-    let ApiJson(by_day) = summary("day").await?;
-    let ApiJson(by_user) = summary("user").await?;
-    let ApiJson(by_model) = summary("model").await?;
-    let mut labels = HashMap::new();
-    for m in state.stores.directory.list_members(org_id).await? {
-        let user = state.stores.directory.get_user(m.user_id).await?;
-        labels.insert(m.user_id, user.email.as_str().to_owned());
-    }
+    let usage = &state.stores.usage;
+    let totals = usage
+        .aggregate(org_id, &month, &[])
+        .await?
+        .into_iter()
+        .next()
+        .map(|r| r.totals)
+        .unwrap_or_default();
+    let by_day = usage.aggregate(org_id, &month, &[Dimension::Day]).await?;
+    let by_user = usage.aggregate(org_id, &month, &[Dimension::User]).await?;
+    let by_model = usage.aggregate(org_id, &month, &[Dimension::Model]).await?;
+    let by_group = usage.aggregate(org_id, &month, &[Dimension::Group]).await?;
+    let labels = Labels::of(&state, org_id).await?;
+    // Budget gauges need `manage_budgets` too (as `GET /api/budgets`); org admins have it.
+    let gauges = gauges(&state, &viewer, &org, &labels).await?;
     let page = DashboardPage {
         chrome: viewer.chrome(&format!("/org/{org_id}"), None),
         period: format!(
@@ -165,14 +329,16 @@ pub(crate) async fn dashboard(
             local_time(&org, window.start),
             local_time(&org, window.end)
         ),
-        requests: by_day.totals.requests,
-        provider: money(by_day.totals.provider_cost.amount()),
-        billed: money(by_day.totals.billed_amount.amount()),
+        requests: totals.requests,
+        provider: money(totals.provider_cost.amount()),
+        billed: money(totals.billed_amount.amount()),
         breakdowns: vec![
-            breakdown("By day (UTC days)", "Day", &by_day.rows, &labels),
-            breakdown("By person", "Person", &by_user.rows, &labels),
-            breakdown("By model", "Model", &by_model.rows, &labels),
+            breakdown("By day (UTC days)", "Day", &by_day, &labels),
+            breakdown("By person", "Person", &by_user, &labels),
+            breakdown("By model", "Model", &by_model, &labels),
+            breakdown("By group", "Group", &by_group, &labels),
         ],
+        gauges,
         org,
     };
     render(StatusCode::OK, &page)
@@ -180,6 +346,7 @@ pub(crate) async fn dashboard(
 
 /// One row of the users table.
 struct UserLine {
+    id: String,
     email: String,
     name: String,
     role: &'static str,
@@ -193,6 +360,7 @@ struct UsersPage {
     chrome: Chrome,
     org: Organization,
     users: Vec<UserLine>,
+    pager: Pager,
     email: String,
     role: String,
     errors: FieldErrors,
@@ -204,14 +372,17 @@ async fn users_page(
     viewer: &Viewer,
     org_id: OrgId,
     notice: Option<Notice>,
+    page: usize,
 ) -> Result<UsersPage, UiError> {
     // `GET /api/organizations/{id}/members` (`manage_members`).
     let ApiJson(list): ApiJson<Vec<MemberView>> =
         members::list(State(state.clone()), viewer.caller.clone(), ApiPath(org_id)).await?;
     let org = org_of(state, org_id).await?;
+    let (list, pager) = paginate(list, page, &format!("/org/{org_id}/users"));
     let users = list
         .into_iter()
         .map(|m| UserLine {
+            id: m.user_id.to_string(),
             email: m.email,
             name: m.name.unwrap_or_default(),
             role: m.role.as_str(),
@@ -225,6 +396,7 @@ async fn users_page(
         chrome: viewer.chrome(&format!("/org/{org_id}/users"), notice),
         org,
         users,
+        pager,
         email: String::new(),
         role: "member".to_owned(),
         errors: FieldErrors::default(),
@@ -237,10 +409,11 @@ pub(crate) async fn users(
     State(state): State<AppState>,
     viewer: Viewer,
     ApiPath(org_id): ApiPath<OrgId>,
+    Query(q): Query<ListQuery>,
 ) -> Result<Response, UiError> {
     render(
         StatusCode::OK,
-        &users_page(&state, &viewer, org_id, None).await?,
+        &users_page(&state, &viewer, org_id, q.notice(), q.page()).await?,
     )
 }
 
@@ -288,6 +461,7 @@ pub(crate) async fn invite(
                     "Invitation created for {}.",
                     created.invitation.email
                 ))),
+                1,
             )
             .await?;
             page.invite_token = Some(created.token);
@@ -301,6 +475,7 @@ pub(crate) async fn invite(
                 Some(Notice::error(
                     "The invitation was not created: see the form.",
                 )),
+                1,
             )
             .await?;
             page.errors = FieldErrors::from_fields(&fields);
@@ -316,6 +491,7 @@ pub(crate) async fn invite(
                 Some(Notice::error(format!(
                     "The invitation was not created: {reason}."
                 ))),
+                1,
             )
             .await?;
             page.email = email;
@@ -327,6 +503,7 @@ pub(crate) async fn invite(
 
 /// One row of the groups table.
 struct GroupLine {
+    id: String,
     name: String,
     description: String,
     tiers: String,
@@ -340,6 +517,7 @@ struct GroupsPage {
     chrome: Chrome,
     org: Organization,
     groups: Vec<GroupLine>,
+    pager: Pager,
     tier_choices: Vec<String>,
     name: String,
     description: String,
@@ -353,6 +531,7 @@ async fn groups_page(
     viewer: &Viewer,
     org_id: OrgId,
     notice: Option<Notice>,
+    page: usize,
 ) -> Result<GroupsPage, UiError> {
     // A management page: it asks `manage_groups` (`POST /api/organizations/{id}/groups`)
     // before listing (`GET .../groups`, which any member may read).
@@ -360,17 +539,12 @@ async fn groups_page(
     let ApiJson(list): ApiJson<Vec<Group>> =
         groups::list(State(state.clone()), viewer.caller.clone(), ApiPath(org_id)).await?;
     let org = org_of(state, org_id).await?;
-    let tier_choices = state
-        .stores
-        .tiers
-        .list_tiers()
-        .await?
-        .into_iter()
-        .map(|t| t.slug.as_str().to_owned())
-        .collect();
+    let tier_choices = tier_slugs(state).await?;
+    let (list, pager) = paginate(list, page, &format!("/org/{org_id}/groups"));
     let groups = list
         .into_iter()
         .map(|g| GroupLine {
+            id: g.id.to_string(),
             tiers: g.allowed_tiers.as_ref().map_or_else(
                 || "all of the organization's".to_owned(),
                 |t| {
@@ -392,6 +566,7 @@ async fn groups_page(
         chrome: viewer.chrome(&format!("/org/{org_id}/groups"), notice),
         org,
         groups,
+        pager,
         tier_choices,
         name: String::new(),
         description: String::new(),
@@ -406,9 +581,9 @@ pub(crate) async fn groups(
     State(state): State<AppState>,
     viewer: Viewer,
     ApiPath(org_id): ApiPath<OrgId>,
-    Query(done): Query<Done>,
+    Query(q): Query<ListQuery>,
 ) -> Result<Response, UiError> {
-    let page = groups_page(&state, &viewer, org_id, done_notice(done.done.as_deref())).await?;
+    let page = groups_page(&state, &viewer, org_id, q.notice(), q.page()).await?;
     render(StatusCode::OK, &page)
 }
 
@@ -424,17 +599,7 @@ pub(crate) async fn create_group(
     let budget_text = form.text("monthly_budget");
     let chosen = form.all("tiers");
     let mut errors = FieldErrors::default();
-    let monthly_budget = if budget_text.is_empty() {
-        None
-    } else {
-        match Money::parse(&budget_text) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                errors.add("monthly_budget", e.reason);
-                None
-            }
-        }
-    };
+    let monthly_budget = money_field(&budget_text, "monthly_budget", &mut errors);
     let mut allowed = Vec::new();
     for t in &chosen {
         match TierSlug::new(t) {
@@ -480,7 +645,7 @@ pub(crate) async fn create_group(
         Some(reason) => format!("The group was not created: {reason}."),
         None => "The group was not created: see the form.".to_owned(),
     });
-    let mut page = groups_page(&state, &viewer, org_id, Some(notice)).await?;
+    let mut page = groups_page(&state, &viewer, org_id, Some(notice), 1).await?;
     if refused.is_some() {
         errors.add("name", "a group with this name exists");
     }
@@ -490,57 +655,4 @@ pub(crate) async fn create_group(
     page.budget = budget_text;
     page.chosen = chosen;
     render(StatusCode::UNPROCESSABLE_ENTITY, &page)
-}
-
-/// One row of the guardrails table.
-struct RuleLine {
-    name: String,
-    rule_type: String,
-    level: &'static str,
-    action: &'static str,
-    priority: i32,
-    active: bool,
-}
-
-#[derive(Template)]
-#[template(path = "ui/org_guardrails.html")]
-struct GuardrailsPage {
-    chrome: Chrome,
-    org: Organization,
-    rules: Vec<RuleLine>,
-}
-
-/// `GET /org/{org_id}/guardrails`: the organization's rules
-/// (`GET /api/organizations/{id}/guardrails`, `manage_guardrails`).
-pub(crate) async fn guardrails(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    ApiPath(org_id): ApiPath<OrgId>,
-) -> Result<Response, UiError> {
-    let ApiJson(rules): ApiJson<Vec<RuleRecord>> =
-        guardrails::list_org(State(state.clone()), viewer.caller.clone(), ApiPath(org_id)).await?;
-    let org = org_of(&state, org_id).await?;
-    let rules = rules
-        .into_iter()
-        .map(|r| RuleLine {
-            level: match r.scope {
-                RuleScope::Global => "global",
-                RuleScope::Org { .. } => "organization",
-                RuleScope::Tier { .. } => "tier",
-                RuleScope::Group { .. } => "group",
-                RuleScope::User { .. } => "member",
-            },
-            action: stratai_guardrails::rule::action_str(r.action),
-            name: r.name,
-            rule_type: r.rule_type,
-            priority: r.priority,
-            active: r.active,
-        })
-        .collect();
-    let page = GuardrailsPage {
-        chrome: viewer.chrome(&format!("/org/{org_id}/guardrails"), None),
-        org,
-        rules,
-    };
-    render(StatusCode::OK, &page)
 }
