@@ -369,12 +369,13 @@ pub(crate) async fn bulk_invite(
     match outcome {
         Ok(BulkOutcome {
             created,
+            resent,
             already_member,
             rows,
         }) => {
             let page = BulkPage {
                 chrome: chrome(Notice::ok(format!(
-                    "{created} invitations created, {already_member} already members."
+                    "{created} invitations created, {resent} sent again, {already_member} already members."
                 ))),
                 org,
                 created,
@@ -383,10 +384,10 @@ pub(crate) async fn bulk_invite(
                     .into_iter()
                     .map(|r| BulkLine {
                         row: r.row,
-                        status: if r.status == "created" {
-                            "created"
-                        } else {
-                            "already a member"
+                        status: match r.status.as_str() {
+                            "created" => "created",
+                            "resent" => "sent again",
+                            _ => "already a member",
                         },
                         email: r.email,
                         token: r.token.unwrap_or_default(),

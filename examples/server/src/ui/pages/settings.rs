@@ -150,6 +150,8 @@ pub(crate) async fn save(
                     max_users_per_group: max,
                     require_mfa: typed.require_mfa,
                     timezone: (!typed.timezone.is_empty()).then(|| typed.timezone.clone()),
+                    // not on this page (a super admin sets them through the API): kept
+                    signup_domains: page.org.settings.signup_domains.clone(),
                 }),
                 billing_email: Some(
                     (!typed.billing_email.is_empty()).then(|| typed.billing_email.clone()),
