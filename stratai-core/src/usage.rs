@@ -102,7 +102,8 @@ pub enum Dimension {
     Model,
     /// Endpoint.
     Endpoint,
-    /// UTC day.
+    /// Day: the UTC date in the stores' `aggregate`; the organization's local date in the
+    /// admin API (`aggregate_in`).
     Day,
 }
 
@@ -247,6 +248,39 @@ impl DimensionValue {
             DimensionValue::Day(d) => d.to_string(),
         }
     }
+}
+
+impl Dimension {
+    /// The dimension's value for a record, with `Day` the local date in `tz` (the others do
+    /// not depend on the zone).
+    #[must_use]
+    pub fn value_in(self, record: &UsageRecord, tz: Tz) -> DimensionValue {
+        match self {
+            Dimension::Day => {
+                DimensionValue::Day(tz.from_utc_datetime(&record.created_at.naive_utc()).date_naive())
+            }
+            other => other.value_of(record),
+        }
+    }
+}
+
+/// [`aggregate`] with `Day` as the local date in `tz` (an organization's days). Equal to
+/// [`aggregate`] in UTC.
+#[must_use]
+pub fn aggregate_in<'a>(
+    records: impl IntoIterator<Item = &'a UsageRecord>,
+    group_by: &[Dimension],
+    tz: Tz,
+) -> Vec<AggregateRow> {
+    let mut groups: BTreeMap<Vec<DimensionValue>, UsageTotals> = BTreeMap::new();
+    for r in records {
+        let key = group_by.iter().map(|d| d.value_in(r, tz)).collect();
+        groups.entry(key).or_default().add(r);
+    }
+    groups
+        .into_iter()
+        .map(|(key, totals)| AggregateRow { key, totals })
+        .collect()
 }
 
 /// Groups records by `group_by` (in that order) and sums each group exactly. Rows are sorted by
@@ -554,6 +588,7 @@ impl Default for DiscoveryOptions {
 /// * `suggested_tier_pricing`: per tier, the tier's cost per user of that tier × (1 + margin),
 ///   rounded to cents.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PricingDiscoveryReport {
     /// Number of records.
     pub total_requests: u64,
@@ -1472,6 +1507,21 @@ mod tests {
                 sum.merge(&row.totals);
             }
             prop_assert_eq!(sum, totals(&records));
+        }
+
+        #[test]
+        fn local_days_regroup_the_same_records(records in prop::collection::vec(arb_record(), 0..40), dims in arb_dims()) {
+            // In UTC, local days are UTC days; in any zone, the rows still add up to the
+            // records, and each record's day is at most one day from its UTC day.
+            prop_assert_eq!(aggregate_in(&records, &dims, chrono_tz::UTC), aggregate(&records, &dims));
+            let rows = aggregate_in(&records, &dims, chrono_tz::Pacific::Kiritimati);
+            let mut sum = UsageTotals::default();
+            for row in &rows { sum.merge(&row.totals); }
+            prop_assert_eq!(sum, totals(&records));
+            for r in &records {
+                let DimensionValue::Day(local) = Dimension::Day.value_in(r, chrono_tz::Pacific::Kiritimati) else { unreachable!() };
+                prop_assert!((local - r.created_at.date_naive()).num_days().abs() <= 1);
+            }
         }
 
         #[test]

@@ -30,6 +30,7 @@ mod conformance {
     pub mod directory;
     pub mod fixtures;
     pub mod implied;
+    pub mod invoices;
     pub mod key_vault;
     pub mod ledger;
     pub mod model;
@@ -179,6 +180,10 @@ conformance! {
     implied::group_capacity_holds_under_concurrent_adds,
     implied::group_names_are_unique_whatever_their_case,
     implied::unique_conflicts_name_the_field,
+    invoices::invoice_draft_issue_pay_round_trip,
+    invoices::invoice_drafts_replace_and_corrections,
+    invoices::invoice_life_cycle_refusals,
+    invoices::invoice_cross_tenant,
 }
 
 /// The memory and SQLite ledgers against core's reference model (`LedgerModel`), on random

@@ -11,7 +11,9 @@ use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
 use crate::api::guardrails::{CreateRule, OrgScope, PlatformScope};
-use crate::api::{budgets, groups, guardrails, invitations, members, orgs, profiles, tiers, usage};
+use crate::api::{
+    billing, budgets, groups, guardrails, invitations, members, orgs, profiles, tiers, usage,
+};
 use crate::auth::routes as auth;
 use crate::error::ErrorBody;
 use crate::gateway::error::OpenAiErrorBody;
@@ -21,7 +23,8 @@ use stratai_core::directory::{Group, GroupMembership, Membership, Organization, 
 use stratai_core::gateway::{ChatChunk, ChatRequest, ChatResponse};
 use stratai_core::ports::RuleRecord;
 use stratai_core::tiers::{ModelTier, TierSubscription};
-use stratai_core::{BudgetId, GroupId, OrgId, RuleId, TierId, UserId};
+use stratai_core::billing::MonthlyInvoice;
+use stratai_core::{BudgetId, GroupId, InvoiceId, OrgId, RuleId, TierId, UserId};
 
 /// Routes outside the admin API table: `(METHOD, path, operation, public, summary)`.
 pub const OTHER_OPERATIONS: &[(&str, &str, &str, bool, &str)] = &[
@@ -374,6 +377,38 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
             .json(s.of::<profiles::CreateProfile>())
             .ok(201, s.of::<UserProfile>()),
 
+        ("GET", "/api/organizations/{org_id}/invoices") => {
+            op.ok(200, s.list::<MonthlyInvoice>())
+        }
+        ("POST", "/api/organizations/{org_id}/invoices") => op
+            .json(s.of::<billing::DraftInvoice>())
+            .ok(201, s.of::<MonthlyInvoice>()),
+        ("GET", "/api/organizations/{org_id}/invoices/{invoice_id}") => {
+            op.ok(200, s.of::<MonthlyInvoice>())
+        }
+        ("PATCH", "/api/organizations/{org_id}/invoices/{invoice_id}") => op
+            .json(s.of::<billing::InvoiceStatusChange>())
+            .ok(200, s.of::<MonthlyInvoice>()),
+        ("GET", "/api/organizations/{org_id}/invoices/{invoice_id}/csv") => {
+            let mut op = op;
+            op.ok.push((
+                200,
+                "the invoice as CSV: a header, one row per line, then subtotal, tax and total",
+                "text/csv",
+                json!({"type": "string"}),
+            ));
+            op
+        }
+        ("GET", "/api/billing/invoices") => op
+            .query(s.query::<billing::AllInvoicesQuery>())
+            .ok(200, s.list::<MonthlyInvoice>()),
+        ("GET", "/api/billing/overview") => op
+            .query(s.query::<billing::OverviewQuery>())
+            .ok(200, s.of::<billing::BillingOverview>()),
+        ("GET", "/api/billing/pricing-report") => op
+            .query(s.query::<billing::PricingReportQuery>())
+            .ok(200, s.of::<billing::PricingReport>()),
+
         ("GET", "/health/live") => op.ok(200, s.of::<crate::app::Live>()),
         ("GET", "/health/ready") => {
             let ready = s.of::<crate::app::Ready>();
@@ -482,6 +517,7 @@ fn path_param(s: &mut Schemas, name: &str) -> Value {
         "tier_id" => s.of::<TierId>(),
         "budget_id" => s.of::<BudgetId>(),
         "rule_id" => s.of::<RuleId>(),
+        "invoice_id" => s.of::<InvoiceId>(),
         _ => json!({"type": "string", "minLength": 1}),
     }
 }

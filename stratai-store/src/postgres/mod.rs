@@ -34,6 +34,7 @@
 #[macro_use]
 mod rows;
 mod directory;
+mod invoices;
 mod guardrails;
 mod key_vault;
 mod ledger;
