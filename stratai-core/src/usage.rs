@@ -67,6 +67,84 @@ pub struct UsageRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// Who in the product a request is for: the usage record's `endpoint` and
+/// `conversation_id`, as a client states them (the gateway's `x-stratai-endpoint` and
+/// `x-stratai-conversation-id` headers), validated once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attribution {
+    endpoint: String,
+    conversation_id: Option<ConversationId>,
+}
+
+impl Default for Attribution {
+    fn default() -> Self {
+        Self {
+            endpoint: Self::DEFAULT_ENDPOINT.to_owned(),
+            conversation_id: None,
+        }
+    }
+}
+
+impl Attribution {
+    /// The endpoint of a request that names none.
+    pub const DEFAULT_ENDPOINT: &'static str = "chat";
+
+    /// Validates a client's attribution: `endpoint` (default `chat`) is 1 to 64 characters of
+    /// lowercase ASCII letters, digits, `_`, `-` and `.`, starting with a letter (`chat`,
+    /// `arena`, `task_planning`); `conversation_id` is a UUID. Errors name the field.
+    pub fn parse(
+        endpoint: Option<&str>,
+        conversation_id: Option<&str>,
+    ) -> Result<Self, ValidationError> {
+        let endpoint = match endpoint {
+            None => Self::DEFAULT_ENDPOINT.to_owned(),
+            Some(e) => {
+                let ok = (1..=64).contains(&e.len())
+                    && e.starts_with(|c: char| c.is_ascii_lowercase())
+                    && e.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.')
+                    });
+                if !ok {
+                    return Err(ValidationError::new(
+                        "endpoint",
+                        format!(
+                            "`{}` is not an endpoint name (1-64 of a-z, 0-9, `_`, `-`, `.`, starting with a letter)",
+                            e.escape_debug()
+                        ),
+                    ));
+                }
+                e.to_owned()
+            }
+        };
+        let conversation_id = conversation_id
+            .map(|c| {
+                c.trim().parse::<ConversationId>().map_err(|_| {
+                    ValidationError::new(
+                        "conversation_id",
+                        format!("`{}` is not a UUID", c.escape_debug()),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            endpoint,
+            conversation_id,
+        })
+    }
+
+    /// The endpoint.
+    #[must_use]
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The conversation, if any.
+    #[must_use]
+    pub fn conversation_id(&self) -> Option<ConversationId> {
+        self.conversation_id
+    }
+}
+
 /// A filter over usage records of one organization.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -1433,6 +1511,29 @@ mod tests {
                 ..input
             })
             .is_err()
+        );
+    }
+
+    #[test]
+    fn attribution_is_validated() {
+        assert_eq!(Attribution::parse(None, None).unwrap(), Attribution::default());
+        let a = Attribution::parse(
+            Some("task_planning"),
+            Some("0194d7a2-7b7e-7cc1-9a9b-1d2e3f405162"),
+        )
+        .unwrap();
+        assert_eq!(a.endpoint(), "task_planning");
+        assert!(a.conversation_id().is_some());
+        for bad in ["", "Chat", "9lives", "a b", "chat\n", &"x".repeat(65)] {
+            assert_eq!(
+                Attribution::parse(Some(bad), None).unwrap_err().field,
+                "endpoint",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            Attribution::parse(None, Some("42")).unwrap_err().field,
+            "conversation_id"
         );
     }
 

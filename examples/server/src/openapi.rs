@@ -435,6 +435,8 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
                 json!({"type": "string", "description": format!("`data: <{}>` lines", ChatChunk::name())}),
             ));
             s.of::<ChatChunk>();
+            op.headers.push(json!({"name": crate::gateway::ENDPOINT_HEADER, "in": "header", "required": false, "description": "the product endpoint the usage record is attributed to (default `chat`): 1-64 of a-z, 0-9, `_`, `-`, `.`, starting with a letter", "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_.-]{0,63}$"}}));
+            op.headers.push(json!({"name": crate::gateway::CONVERSATION_HEADER, "in": "header", "required": false, "description": "the product conversation the usage record is attributed to", "schema": {"type": "string", "format": "uuid"}}));
             op
         }
         ("GET", "/v1/models") => op.ok(200, s.of::<crate::gateway::ModelList>()),

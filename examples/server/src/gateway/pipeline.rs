@@ -539,6 +539,7 @@ impl Pipeline {
         &self,
         view: &MemberView,
         request: ChatRequest,
+        attribution: stratai_core::usage::Attribution,
     ) -> Result<Admission, Refusal> {
         let user = view.membership().user_id;
         if request.messages.is_empty() {
@@ -551,8 +552,8 @@ impl Pipeline {
             org_id: view.org().id,
             user_id: user,
             group_id: None,
-            conversation_id: None,
-            endpoint: "chat".to_owned(),
+            conversation_id: attribution.conversation_id(),
+            endpoint: attribution.endpoint().to_owned(),
         };
         let now = self.deps.clock.now();
         let gate = &self.deps.gatekeeper;
