@@ -91,7 +91,10 @@ impl BillingMonth {
     /// month's (exclusive), DST-safe.
     #[must_use]
     pub fn window(self, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
-        (local_midnight(self.first_day(), tz), local_midnight(self.next().first_day(), tz))
+        (
+            local_midnight(self.first_day(), tz),
+            local_midnight(self.next().first_day(), tz),
+        )
     }
 }
 
@@ -195,7 +198,10 @@ impl InvoiceState {
             (self, to),
             (InvoiceState::Draft, InvoiceState::Issued)
                 | (InvoiceState::Issued, InvoiceState::Paid)
-                | (InvoiceState::Draft | InvoiceState::Issued, InvoiceState::Void)
+                | (
+                    InvoiceState::Draft | InvoiceState::Issued,
+                    InvoiceState::Void
+                )
         )
     }
 
@@ -376,9 +382,7 @@ pub fn draft_monthly_invoice(input: &InvoiceDraft<'_>) -> Result<MonthlyInvoice,
     });
     let lines: Vec<InvoiceLineItem> = lines.into_iter().map(|(_, l)| l).collect();
     let subtotal = normalized(lines.iter().map(|l| l.amount).sum());
-    let tax = to_cents(
-        Money::new(subtotal.amount() * tax_rate).unwrap_or(Money::ZERO),
-    );
+    let tax = to_cents(Money::new(subtotal.amount() * tax_rate).unwrap_or(Money::ZERO));
     Ok(MonthlyInvoice {
         id: InvoiceId::new(),
         org_id: input.org_id,
@@ -556,7 +560,14 @@ mod tests {
         let m: BillingMonth = "2026-02".parse().unwrap();
         assert_eq!(m.to_string(), "2026-02");
         assert_eq!(m.last_day(), NaiveDate::from_ymd_opt(2026, 2, 28).unwrap());
-        assert_eq!("2026-12".parse::<BillingMonth>().unwrap().next().to_string(), "2027-01");
+        assert_eq!(
+            "2026-12"
+                .parse::<BillingMonth>()
+                .unwrap()
+                .next()
+                .to_string(),
+            "2027-01"
+        );
         for bad in ["2026-13", "2026-1", "26-01", "2026/01", "", "1999-12"] {
             assert!(bad.parse::<BillingMonth>().is_err(), "{bad}");
         }
@@ -575,7 +586,12 @@ mod tests {
             .collect();
         assert_eq!(
             allowed,
-            vec![(Draft, Issued), (Draft, Void), (Issued, Paid), (Issued, Void)]
+            vec![
+                (Draft, Issued),
+                (Draft, Void),
+                (Issued, Paid),
+                (Issued, Void)
+            ]
         );
     }
 
@@ -612,7 +628,13 @@ mod tests {
         let lines: Vec<(&str, &str, String)> = inv
             .lines
             .iter()
-            .map(|l| (l.tier.as_str(), l.model.as_str(), l.amount.amount().to_string()))
+            .map(|l| {
+                (
+                    l.tier.as_str(),
+                    l.model.as_str(),
+                    l.amount.amount().to_string(),
+                )
+            })
             .collect();
         assert_eq!(
             lines,
@@ -647,9 +669,15 @@ mod tests {
             corrects: Some(issued.id),
             ..again.clone()
         };
-        assert_eq!(check_new_draft(std::slice::from_ref(&issued), &correction), Ok(vec![]));
+        assert_eq!(
+            check_new_draft(std::slice::from_ref(&issued), &correction),
+            Ok(vec![])
+        );
         let stale = draft_monthly_invoice(&draft(&rows, &catalog)).unwrap();
-        assert_eq!(check_new_draft(&[stale.clone()], &again), Ok(vec![stale.id]));
+        assert_eq!(
+            check_new_draft(&[stale.clone()], &again),
+            Ok(vec![stale.id])
+        );
         let wrong = MonthlyInvoice {
             corrects: Some(stale.id),
             ..again
@@ -664,7 +692,10 @@ mod tests {
         assert_eq!(t.issued_at, Some(issued_at));
         assert!(transition(&t, InvoiceState::Draft, issued_at).is_err());
         let csv = String::from_utf8(invoice_csv(&inv).unwrap()).unwrap();
-        assert!(csv.contains(",basic,gpt-4o-mini,2,20,10,2.500001\n"), "{csv}");
+        assert!(
+            csv.contains(",basic,gpt-4o-mini,2,20,10,2.500001\n"),
+            "{csv}"
+        );
         assert!(csv.ends_with(",total,,,,,7.99\n"), "{csv}");
     }
 

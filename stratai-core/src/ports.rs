@@ -19,8 +19,7 @@ use crate::directory::{
 use crate::error::StoreError;
 use crate::gateway::{CallContext, ChatChunk, ChatRequest, ChatResponse, GatewayError};
 use crate::ids::{
-    BudgetId, GroupId, InvitationId, InvoiceId, OrgId, ProfileId, RequestId, RuleId, TierId,
-    UserId,
+    BudgetId, GroupId, InvitationId, InvoiceId, OrgId, ProfileId, RequestId, RuleId, TierId, UserId,
 };
 use crate::money::Money;
 use crate::tiers::{ModelTier, TierSubscription};

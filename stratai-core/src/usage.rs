@@ -334,9 +334,10 @@ impl Dimension {
     #[must_use]
     pub fn value_in(self, record: &UsageRecord, tz: Tz) -> DimensionValue {
         match self {
-            Dimension::Day => {
-                DimensionValue::Day(tz.from_utc_datetime(&record.created_at.naive_utc()).date_naive())
-            }
+            Dimension::Day => DimensionValue::Day(
+                tz.from_utc_datetime(&record.created_at.naive_utc())
+                    .date_naive(),
+            ),
             other => other.value_of(record),
         }
     }
@@ -1516,7 +1517,10 @@ mod tests {
 
     #[test]
     fn attribution_is_validated() {
-        assert_eq!(Attribution::parse(None, None).unwrap(), Attribution::default());
+        assert_eq!(
+            Attribution::parse(None, None).unwrap(),
+            Attribution::default()
+        );
         let a = Attribution::parse(
             Some("task_planning"),
             Some("0194d7a2-7b7e-7cc1-9a9b-1d2e3f405162"),

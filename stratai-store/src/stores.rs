@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use stratai_core::StoreError;
 use stratai_core::ports::{
-    BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, KeyVaultStore, OutboxStore, TierStore,
-    UsageStore,
+    BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, KeyVaultStore, OutboxStore,
+    TierStore, UsageStore,
 };
 
 /// Every port, behind trait objects so one process runs on memory, SQLite or PostgreSQL.

@@ -18,12 +18,12 @@ use crate::auth::routes as auth;
 use crate::error::ErrorBody;
 use crate::gateway::error::OpenAiErrorBody;
 use crate::gateway::explain;
+use stratai_core::billing::MonthlyInvoice;
 use stratai_core::budget::Budget;
 use stratai_core::directory::{Group, GroupMembership, Membership, Organization, UserProfile};
 use stratai_core::gateway::{ChatChunk, ChatRequest, ChatResponse};
 use stratai_core::ports::RuleRecord;
 use stratai_core::tiers::{ModelTier, TierSubscription};
-use stratai_core::billing::MonthlyInvoice;
 use stratai_core::{BudgetId, GroupId, InvoiceId, OrgId, RuleId, TierId, UserId};
 
 /// Routes outside the admin API table: `(METHOD, path, operation, public, summary)`.
@@ -377,9 +377,7 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
             .json(s.of::<profiles::CreateProfile>())
             .ok(201, s.of::<UserProfile>()),
 
-        ("GET", "/api/organizations/{org_id}/invoices") => {
-            op.ok(200, s.list::<MonthlyInvoice>())
-        }
+        ("GET", "/api/organizations/{org_id}/invoices") => op.ok(200, s.list::<MonthlyInvoice>()),
         ("POST", "/api/organizations/{org_id}/invoices") => op
             .json(s.of::<billing::DraftInvoice>())
             .ok(201, s.of::<MonthlyInvoice>()),

@@ -78,15 +78,78 @@ async fn invoices_of_a_month(api: Api) {
     // The same model at two rates (a rate change mid-month): each request keeps its price.
     let records = vec![
         // 2025-12-31 23:30 UTC is January 1st in Berlin: in.
-        record(org, a.member.id, Some(BASIC_TIER_ID), "gpt-4o-mini", "0.0001", "0.000450", "2025-12-31T23:30:00Z", ok),
-        record(org, a.member.id, Some(BASIC_TIER_ID), "gpt-4o-mini", "0.0001", "0.000450", "2026-01-10T09:00:00Z", ok),
-        record(org, a.admin.id, Some(BASIC_TIER_ID), "gpt-4o-mini", "0.0001", "0.000600", "2026-01-20T09:00:00Z", ok),
+        record(
+            org,
+            a.member.id,
+            Some(BASIC_TIER_ID),
+            "gpt-4o-mini",
+            "0.0001",
+            "0.000450",
+            "2025-12-31T23:30:00Z",
+            ok,
+        ),
+        record(
+            org,
+            a.member.id,
+            Some(BASIC_TIER_ID),
+            "gpt-4o-mini",
+            "0.0001",
+            "0.000450",
+            "2026-01-10T09:00:00Z",
+            ok,
+        ),
+        record(
+            org,
+            a.admin.id,
+            Some(BASIC_TIER_ID),
+            "gpt-4o-mini",
+            "0.0001",
+            "0.000600",
+            "2026-01-20T09:00:00Z",
+            ok,
+        ),
         // Billed below its provider cost.
-        record(org, a.admin.id, Some(STANDARD_TIER_ID), "gpt-4o", "0.02", "0.0125", "2026-01-15T14:00:00Z", ok),
-        record(org, a.admin.id, Some(STANDARD_TIER_ID), "gpt-4o", "0", "0", "2026-01-16T14:00:00Z", UsageStatus::Failed),
-        record(org, a.member.id, None, "custom", "0.1", "1.234567", "2026-01-05T08:00:00Z", ok),
+        record(
+            org,
+            a.admin.id,
+            Some(STANDARD_TIER_ID),
+            "gpt-4o",
+            "0.02",
+            "0.0125",
+            "2026-01-15T14:00:00Z",
+            ok,
+        ),
+        record(
+            org,
+            a.admin.id,
+            Some(STANDARD_TIER_ID),
+            "gpt-4o",
+            "0",
+            "0",
+            "2026-01-16T14:00:00Z",
+            UsageStatus::Failed,
+        ),
+        record(
+            org,
+            a.member.id,
+            None,
+            "custom",
+            "0.1",
+            "1.234567",
+            "2026-01-05T08:00:00Z",
+            ok,
+        ),
         // 2026-01-31 23:30 UTC is February in Berlin: out.
-        record(org, a.member.id, Some(BASIC_TIER_ID), "gpt-4o-mini", "5", "9", "2026-01-31T23:30:00Z", ok),
+        record(
+            org,
+            a.member.id,
+            Some(BASIC_TIER_ID),
+            "gpt-4o-mini",
+            "5",
+            "9",
+            "2026-01-31T23:30:00Z",
+            ok,
+        ),
     ];
     api.stores.usage.append(org, &records).await.unwrap();
 
@@ -129,9 +192,24 @@ async fn invoices_of_a_month(api: Api) {
     assert_eq!(
         lines,
         vec![
-            ("basic".into(), "gpt-4o-mini".into(), 3, "0.0015".parse().unwrap()),
-            ("standard".into(), "gpt-4o".into(), 2, "0.0125".parse().unwrap()),
-            ("untiered".into(), "custom".into(), 1, "1.234567".parse().unwrap()),
+            (
+                "basic".into(),
+                "gpt-4o-mini".into(),
+                3,
+                "0.0015".parse().unwrap()
+            ),
+            (
+                "standard".into(),
+                "gpt-4o".into(),
+                2,
+                "0.0125".parse().unwrap()
+            ),
+            (
+                "untiered".into(),
+                "custom".into(),
+                1,
+                "1.234567".parse().unwrap()
+            ),
         ]
     );
     let (from, to) = (at("2025-12-31T23:00:00Z"), at("2026-01-31T23:00:00Z"));
@@ -141,7 +219,10 @@ async fn invoices_of_a_month(api: Api) {
         .map(|r| r.billed_amount.amount())
         .sum();
     assert_eq!(dec(&inv["subtotal"]), expected);
-    assert_eq!(dec(&inv["subtotal"]), "1.248567".parse::<Decimal>().unwrap());
+    assert_eq!(
+        dec(&inv["subtotal"]),
+        "1.248567".parse::<Decimal>().unwrap()
+    );
     // 1.248567 × 0.21 = 0.26219907 -> 0.26; total 1.25 + 0.26
     assert_eq!(dec(&inv["tax"]), "0.26".parse::<Decimal>().unwrap());
     assert_eq!(dec(&inv["total"]), "1.51".parse::<Decimal>().unwrap());
@@ -152,26 +233,49 @@ async fn invoices_of_a_month(api: Api) {
         (json!({"month": "2026-01", "tax_rate": "1.5"}), "tax_rate"),
         (json!({"month": "2026-13", "tax_rate": "0"}), "month"),
         (json!({"month": "2999-01", "tax_rate": "0"}), "month"),
-        (json!({"month": "2026-01", "tax_rate": "0", "discount": "1"}), "discount"),
+        (
+            json!({"month": "2026-01", "tax_rate": "0", "discount": "1"}),
+            "discount",
+        ),
     ] {
         let r = api.post(&base, &sup, bad.clone()).await;
-        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {}", r.text);
-        assert_eq!(r.json["error"]["fields"][0]["path"], field, "{bad}: {}", r.text);
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {}",
+            r.text
+        );
+        assert_eq!(
+            r.json["error"]["fields"][0]["path"], field,
+            "{bad}: {}",
+            r.text
+        );
     }
 
     // The CSV: a row per line, then subtotal, tax, total.
     let r = api.get(&format!("{base}/{id}/csv"), &admin).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/csv"));
+    assert!(
+        r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
     let rows: Vec<&str> = r.text.lines().collect();
     assert_eq!(rows.len(), 1 + 3 + 3, "{}", r.text);
-    assert!(rows[1].ends_with(",basic,gpt-4o-mini,3,3000,1500,0.0015"), "{}", rows[1]);
+    assert!(
+        rows[1].ends_with(",basic,gpt-4o-mini,3,3000,1500,0.0015"),
+        "{}",
+        rows[1]
+    );
     assert!(rows[6].ends_with(",total,,,,,1.51"), "{}", rows[6]);
 
     // Issue it: from then on only its status changes.
     let item = format!("{base}/{id}");
     assert_eq!(
-        api.patch(&item, &admin, json!({"status": "issued"})).await.status,
+        api.patch(&item, &admin, json!({"status": "issued"}))
+            .await
+            .status,
         StatusCode::FORBIDDEN
     );
     let r = api.patch(&item, &sup, json!({"status": "issued"})).await;
@@ -181,17 +285,36 @@ async fn invoices_of_a_month(api: Api) {
     // More usage arrives in the month; a new draft must say what it corrects.
     api.stores
         .usage
-        .append(org, &[record(org, a.member.id, Some(BASIC_TIER_ID), "gpt-4o-mini", "0.1", "0.5", "2026-01-25T10:00:00Z", ok)])
+        .append(
+            org,
+            &[record(
+                org,
+                a.member.id,
+                Some(BASIC_TIER_ID),
+                "gpt-4o-mini",
+                "0.1",
+                "0.5",
+                "2026-01-25T10:00:00Z",
+                ok,
+            )],
+        )
         .await
         .unwrap();
     let r = api.post(&base, &sup, body.clone()).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     let r = api
-        .post(&base, &sup, json!({"month": "2026-01", "tax_rate": "0.21", "corrects": id}))
+        .post(
+            &base,
+            &sup,
+            json!({"month": "2026-01", "tax_rate": "0.21", "corrects": id}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.json["corrects"], id.as_str());
-    assert_eq!(dec(&r.json["subtotal"]), "1.748567".parse::<Decimal>().unwrap());
+    assert_eq!(
+        dec(&r.json["subtotal"]),
+        "1.748567".parse::<Decimal>().unwrap()
+    );
     // The issued invoice did not change.
     let r = api.get(&item, &admin).await;
     assert_eq!(r.json, issued);
@@ -205,10 +328,24 @@ async fn invoices_of_a_month(api: Api) {
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
 
     // The platform's view: every organization's invoices, the overview of the month.
-    let r = api.get("/api/billing/invoices?month=2026-01&status=paid", &sup).await;
+    let r = api
+        .get("/api/billing/invoices?month=2026-01&status=paid", &sup)
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert!(r.json.as_array().unwrap().iter().any(|i| i["id"] == id.as_str()));
-    assert!(r.json.as_array().unwrap().iter().all(|i| i["status"] == "paid"));
+    assert!(
+        r.json
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == id.as_str())
+    );
+    assert!(
+        r.json
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["status"] == "paid")
+    );
     assert_eq!(
         api.get("/api/billing/invoices", &admin).await.status,
         StatusCode::FORBIDDEN
@@ -222,16 +359,36 @@ async fn invoices_of_a_month(api: Api) {
         .filter(|row| row["org_id"] == org.to_string().as_str())
         .collect();
     let standard = mine.iter().find(|row| row["tier"] == "standard").unwrap();
-    assert_eq!(dec(&standard["provider_cost"]), "0.02".parse::<Decimal>().unwrap());
-    assert_eq!(dec(&standard["billed_amount"]), "0.0125".parse::<Decimal>().unwrap());
-    assert_eq!(dec(&standard["margin"]), "-0.0075".parse::<Decimal>().unwrap());
+    assert_eq!(
+        dec(&standard["provider_cost"]),
+        "0.02".parse::<Decimal>().unwrap()
+    );
+    assert_eq!(
+        dec(&standard["billed_amount"]),
+        "0.0125".parse::<Decimal>().unwrap()
+    );
+    assert_eq!(
+        dec(&standard["margin"]),
+        "-0.0075".parse::<Decimal>().unwrap()
+    );
     let org_totals = &r.json["by_org"][org.to_string()];
     // Billed: 0.0015 + 0.5 (the late record) + 0.0125 + 1.234567; cost 0.0003 + 0.1 + 0.02 + 0.1
-    assert_eq!(dec(&org_totals["billed_amount"]), "1.748567".parse::<Decimal>().unwrap());
-    assert_eq!(dec(&org_totals["provider_cost"]), "0.2203".parse::<Decimal>().unwrap());
-    assert_eq!(dec(&org_totals["margin"]), "1.528267".parse::<Decimal>().unwrap());
     assert_eq!(
-        api.get("/api/billing/overview?month=2026-01", &admin).await.status,
+        dec(&org_totals["billed_amount"]),
+        "1.748567".parse::<Decimal>().unwrap()
+    );
+    assert_eq!(
+        dec(&org_totals["provider_cost"]),
+        "0.2203".parse::<Decimal>().unwrap()
+    );
+    assert_eq!(
+        dec(&org_totals["margin"]),
+        "1.528267".parse::<Decimal>().unwrap()
+    );
+    assert_eq!(
+        api.get("/api/billing/overview?month=2026-01", &admin)
+            .await
+            .status,
         StatusCode::FORBIDDEN
     );
     let r = api.get("/api/billing/overview?month=January", &sup).await;
@@ -240,7 +397,10 @@ async fn invoices_of_a_month(api: Api) {
     // Another organization's invoice is not found through this one.
     let b = org_fixture(&api.stores, "globex").await;
     let r = api
-        .get(&format!("/api/organizations/{org}/invoices/{}", b.invoice), &sup)
+        .get(
+            &format!("/api/organizations/{org}/invoices/{}", b.invoice),
+            &sup,
+        )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
@@ -254,10 +414,46 @@ async fn pricing_discovery_report(api: Api) {
     let sup = api.token("admin@localhost").await;
     let ok = UsageStatus::Success;
     let records = vec![
-        record(org, a.member.id, Some(BASIC_TIER_ID), "gpt-4o-mini", "1", "2", "2026-01-10T09:00:00Z", ok),
-        record(org, a.member.id, Some(BASIC_TIER_ID), "gpt-4o-mini", "1", "2", "2026-01-11T09:00:00Z", ok),
-        record(org, a.admin.id, Some(STANDARD_TIER_ID), "gpt-4o", "4", "3", "2026-01-12T14:00:00Z", ok),
-        record(org, a.admin.id, Some(STANDARD_TIER_ID), "gpt-4o", "4", "3", "2026-03-12T14:00:00Z", ok),
+        record(
+            org,
+            a.member.id,
+            Some(BASIC_TIER_ID),
+            "gpt-4o-mini",
+            "1",
+            "2",
+            "2026-01-10T09:00:00Z",
+            ok,
+        ),
+        record(
+            org,
+            a.member.id,
+            Some(BASIC_TIER_ID),
+            "gpt-4o-mini",
+            "1",
+            "2",
+            "2026-01-11T09:00:00Z",
+            ok,
+        ),
+        record(
+            org,
+            a.admin.id,
+            Some(STANDARD_TIER_ID),
+            "gpt-4o",
+            "4",
+            "3",
+            "2026-01-12T14:00:00Z",
+            ok,
+        ),
+        record(
+            org,
+            a.admin.id,
+            Some(STANDARD_TIER_ID),
+            "gpt-4o",
+            "4",
+            "3",
+            "2026-03-12T14:00:00Z",
+            ok,
+        ),
     ];
     api.stores.usage.append(org, &records).await.unwrap();
     let q = format!(
@@ -273,15 +469,27 @@ async fn pricing_discovery_report(api: Api) {
     assert_eq!(rep["peak_usage_hours"], json!([9, 14]));
     assert_eq!(dec(&rep["total_provider_cost"]), Decimal::from(6));
     assert_eq!(dec(&rep["cost_by_tier"]["standard"]), Decimal::from(4));
-    assert_eq!(dec(&rep["cost_by_user"][a.admin.id.to_string()]), Decimal::from(4));
+    assert_eq!(
+        dec(&rep["cost_by_user"][a.admin.id.to_string()]),
+        Decimal::from(4)
+    );
     assert_eq!(dec(&rep["average_cost_per_user"]), Decimal::from(3));
     assert_eq!(dec(&rep["average_cost_per_request"]), Decimal::from(2));
     assert_eq!(rep["power_users_count"], 1);
     assert_eq!(rep["light_users_count"], 1);
     // 3 × 1.5
-    assert_eq!(dec(&rep["suggested_per_seat_price"]), "4.5".parse::<Decimal>().unwrap());
-    assert_eq!(dec(&rep["suggested_tier_pricing"]["standard"]), Decimal::from(6));
-    assert_eq!(dec(&rep["suggested_tier_pricing"]["basic"]), Decimal::from(3));
+    assert_eq!(
+        dec(&rep["suggested_per_seat_price"]),
+        "4.5".parse::<Decimal>().unwrap()
+    );
+    assert_eq!(
+        dec(&rep["suggested_tier_pricing"]["standard"]),
+        Decimal::from(6)
+    );
+    assert_eq!(
+        dec(&rep["suggested_tier_pricing"]["basic"]),
+        Decimal::from(3)
+    );
     // gpt-4o was billed 3 against a cost of 4.
     let below = r.json["billed_below_cost"].as_array().unwrap();
     assert_eq!(below.len(), 1, "{}", r.text);
@@ -302,8 +510,17 @@ async fn pricing_discovery_report(api: Api) {
     ] {
         let base = q.replace("&margin=0.5", "");
         let r = api.get(&format!("{base}{bad}"), &admin).await;
-        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {}", r.text);
-        assert_eq!(r.json["error"]["fields"][0]["path"], field, "{bad}: {}", r.text);
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {}",
+            r.text
+        );
+        assert_eq!(
+            r.json["error"]["fields"][0]["path"], field,
+            "{bad}: {}",
+            r.text
+        );
     }
     let r = api
         .get(
@@ -326,8 +543,26 @@ async fn cli_pricing_report(api: Api) {
         .append(
             a.org,
             &[
-                record(a.org, a.member.id, Some(BASIC_TIER_ID), "gpt-4o-mini", "1", "2", "2026-01-10T09:00:00Z", ok),
-                record(a.org, a.admin.id, Some(STANDARD_TIER_ID), "gpt-4o", "4", "3", "2026-01-12T14:00:00Z", ok),
+                record(
+                    a.org,
+                    a.member.id,
+                    Some(BASIC_TIER_ID),
+                    "gpt-4o-mini",
+                    "1",
+                    "2",
+                    "2026-01-10T09:00:00Z",
+                    ok,
+                ),
+                record(
+                    a.org,
+                    a.admin.id,
+                    Some(STANDARD_TIER_ID),
+                    "gpt-4o",
+                    "4",
+                    "3",
+                    "2026-01-12T14:00:00Z",
+                    ok,
+                ),
             ],
         )
         .await
@@ -421,8 +656,26 @@ async fn usage_days_json_export_and_attribution(api: Api) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let ok = UsageStatus::Success;
     let records = vec![
-        record(org, a.member.id, Some(BASIC_TIER_ID), "gpt-4o-mini", "1", "2", "2026-01-10T09:00:00Z", ok),
-        record(org, a.member.id, Some(BASIC_TIER_ID), "gpt-4o-mini", "1", "2.5", "2026-01-10T11:00:00Z", ok),
+        record(
+            org,
+            a.member.id,
+            Some(BASIC_TIER_ID),
+            "gpt-4o-mini",
+            "1",
+            "2",
+            "2026-01-10T09:00:00Z",
+            ok,
+        ),
+        record(
+            org,
+            a.member.id,
+            Some(BASIC_TIER_ID),
+            "gpt-4o-mini",
+            "1",
+            "2.5",
+            "2026-01-10T11:00:00Z",
+            ok,
+        ),
     ];
     api.stores.usage.append(org, &records).await.unwrap();
     let r = api
@@ -441,7 +694,10 @@ async fn usage_days_json_export_and_attribution(api: Api) {
             )
         })
         .collect();
-    assert_eq!(days, vec![("2026-01-10".into(), 1), ("2026-01-11".into(), 1)]);
+    assert_eq!(
+        days,
+        vec![("2026-01-10".into(), 1), ("2026-01-11".into(), 1)]
+    );
     let r = api
         .get(&format!("/api/usage?org_id={org}&format=json"), &admin)
         .await;
@@ -450,7 +706,10 @@ async fn usage_days_json_export_and_attribution(api: Api) {
 
     // The JSON export: the records, exactly.
     let r = api
-        .get(&format!("/api/usage/export?org_id={org}&format=json"), &admin)
+        .get(
+            &format!("/api/usage/export?org_id={org}&format=json"),
+            &admin,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.headers["content-type"], "application/json");
@@ -458,13 +717,19 @@ async fn usage_days_json_export_and_attribution(api: Api) {
     assert_eq!(back, records);
     let r = api
         .get(
-            &format!("/api/usage/export?org_id={org}&format=json&user_id={}", a.lead.id),
+            &format!(
+                "/api/usage/export?org_id={org}&format=json&user_id={}",
+                a.lead.id
+            ),
             &admin,
         )
         .await;
     assert_eq!(r.text, "[]");
     let r = api
-        .get(&format!("/api/usage/export?org_id={org}&format=xml"), &admin)
+        .get(
+            &format!("/api/usage/export?org_id={org}&format=xml"),
+            &admin,
+        )
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.json["error"]["fields"][0]["path"], "format");

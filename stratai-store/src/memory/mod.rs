@@ -20,15 +20,15 @@ use stratai_core::directory::{
     Organization, Slug, User, UserProfile,
 };
 use stratai_core::ports::{
-    AppendOutcome, BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, KeyVaultStore, OutboxEntity,
-    OutboxEvent, OutboxStore, ReserveOutcome, ReserveRequest, RuleRecord, RuleScope, SealedKey,
-    SettleOutcome, TierStore, UsageStore,
+    AppendOutcome, BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, KeyVaultStore,
+    OutboxEntity, OutboxEvent, OutboxStore, ReserveOutcome, ReserveRequest, RuleRecord, RuleScope,
+    SealedKey, SettleOutcome, TierStore, UsageStore,
 };
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord};
 use stratai_core::{
-    BudgetId, GroupId, InvitationId, InvoiceId, Money, OrgId, ProfileId, RequestId, RuleId, StoreError,
-    TierId, UserId,
+    BudgetId, GroupId, InvitationId, InvoiceId, Money, OrgId, ProfileId, RequestId, RuleId,
+    StoreError, TierId, UserId,
 };
 use tokio::sync::RwLock;
 

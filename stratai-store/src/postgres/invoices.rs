@@ -5,9 +5,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
+use sqlx::PgConnection;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
-use sqlx::PgConnection;
 use stratai_core::billing::{InvoiceLineItem, InvoiceState, MonthlyInvoice};
 use stratai_core::ports::InvoiceStore;
 use stratai_core::{InvoiceId, OrgId, StoreError};
@@ -125,8 +125,7 @@ impl InvoiceStore for PgStore {
 
     async fn get_invoice(&self, org: OrgId, id: InvoiceId) -> Result<MonthlyInvoice, StoreError> {
         let mut tx = self.tenant(org).await?;
-        let sql =
-            format!("SELECT {COLUMNS} FROM invoices WHERE id = $1 AND organization_id = $2");
+        let sql = format!("SELECT {COLUMNS} FROM invoices WHERE id = $1 AND organization_id = $2");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id.as_uuid())
             .bind(org.as_uuid())

@@ -34,8 +34,8 @@
 #[macro_use]
 mod rows;
 mod directory;
-mod invoices;
 mod guardrails;
+mod invoices;
 mod key_vault;
 mod ledger;
 mod outbox;

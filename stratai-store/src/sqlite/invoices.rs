@@ -27,7 +27,10 @@ fn invoice(row: &SqliteRow) -> Result<MonthlyInvoice, StoreError> {
     Ok(MonthlyInvoice {
         id: row.uuid("id")?.into(),
         org_id: row.uuid("organization_id")?.into(),
-        month: row.text("month")?.parse().map_err(|e| corrupt("month", e))?,
+        month: row
+            .text("month")?
+            .parse()
+            .map_err(|e| corrupt("month", e))?,
         timezone: row.text("timezone")?,
         period_start: date(row, "period_start")?,
         period_end: date(row, "period_end")?,

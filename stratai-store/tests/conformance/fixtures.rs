@@ -8,8 +8,8 @@ use stratai_core::directory::{
     Organization, PlatformRole, Slug, User,
 };
 use stratai_core::ports::{
-    BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, KeyVaultStore, OutboxStore, RuleAction,
-    RuleRecord, RuleScope, TierStore, UsageStore,
+    BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, KeyVaultStore, OutboxStore,
+    RuleAction, RuleRecord, RuleScope, TierStore, UsageStore,
 };
 use stratai_core::tiers::ModelTier;
 use stratai_core::usage::{UsageRecord, UsageStatus};

@@ -57,7 +57,12 @@ pub async fn invoice_draft_issue_pay_round_trip<S: Store>(store: S) {
     assert_eq!(issued.status, InvoiceState::Issued);
     assert_eq!(issued.issued_at, Some(issued_at));
     let paid = store
-        .set_invoice_status(o.id, d.id, InvoiceState::Paid, issued_at + Duration::days(3))
+        .set_invoice_status(
+            o.id,
+            d.id,
+            InvoiceState::Paid,
+            issued_at + Duration::days(3),
+        )
         .await
         .unwrap();
     assert_eq!(store.get_invoice(o.id, d.id).await.unwrap(), paid);
@@ -123,7 +128,11 @@ pub async fn invoice_drafts_replace_and_corrections<S: Store>(store: S) {
     assert_eq!(kept.status, InvoiceState::Issued);
     assert_eq!(kept.subtotal, second.subtotal);
     assert_eq!(
-        store.get_invoice(o.id, correction.id).await.unwrap().corrects,
+        store
+            .get_invoice(o.id, correction.id)
+            .await
+            .unwrap()
+            .corrects,
         Some(second.id)
     );
     // Only drafts are saved as new.
@@ -186,7 +195,11 @@ pub async fn invoice_cross_tenant<S: Store>(store: S) {
             .set_invoice_status(b.id, d.id, InvoiceState::Issued, now())
             .await,
     );
-    assert_tenant_mismatch(store.put_draft_invoice(b.id, &draft(a.id, "2026-02", None)).await);
+    assert_tenant_mismatch(
+        store
+            .put_draft_invoice(b.id, &draft(a.id, "2026-02", None))
+            .await,
+    );
     assert_eq!(
         store.get_invoice(a.id, d.id).await.unwrap().status,
         InvoiceState::Draft

@@ -140,7 +140,11 @@ pub async fn get(
 ) -> Result<ApiJson<MonthlyInvoice>, ApiError> {
     allow(&caller, Action::ViewBilling, Resource::Org(org_id))?;
     Ok(ApiJson(
-        state.stores.invoices.get_invoice(org_id, invoice_id).await?,
+        state
+            .stores
+            .invoices
+            .get_invoice(org_id, invoice_id)
+            .await?,
     ))
 }
 
@@ -185,7 +189,11 @@ pub async fn export_csv(
     ApiPath((org_id, invoice_id)): ApiPath<(OrgId, InvoiceId)>,
 ) -> Result<Response, ApiError> {
     allow(&caller, Action::ViewBilling, Resource::Org(org_id))?;
-    let invoice = state.stores.invoices.get_invoice(org_id, invoice_id).await?;
+    let invoice = state
+        .stores
+        .invoices
+        .get_invoice(org_id, invoice_id)
+        .await?;
     let bytes = invoice_csv(&invoice).map_err(ApiError::internal)?;
     let mut response = bytes.into_response();
     let headers = response.headers_mut();
@@ -504,13 +512,15 @@ pub async fn pricing_report_for(
     let billed_below_cost = per_model
         .into_iter()
         .filter(|(_, (_, cost, billed))| billed < cost)
-        .map(|((tier, model), (requests, provider_cost, billed_amount))| BelowCost {
-            model,
-            tier,
-            requests,
-            provider_cost,
-            billed_amount,
-        })
+        .map(
+            |((tier, model), (requests, provider_cost, billed_amount))| BelowCost {
+                model,
+                tier,
+                requests,
+                provider_cost,
+                billed_amount,
+            },
+        )
         .collect();
     Ok(PricingReport {
         org_id: q.org_id,

@@ -397,8 +397,8 @@ pub async fn org_fixture(stores: &Stores, name: &str) -> OrgFixture {
         .await
         .unwrap();
     let catalog = stratai_core::tiers::TierCatalog::seed_default();
-    let invoice = stratai_core::billing::draft_monthly_invoice(
-        &stratai_core::billing::InvoiceDraft {
+    let invoice =
+        stratai_core::billing::draft_monthly_invoice(&stratai_core::billing::InvoiceDraft {
             org_id: org.id,
             month: "2026-01".parse().unwrap(),
             tz: chrono_tz::UTC,
@@ -407,9 +407,8 @@ pub async fn org_fixture(stores: &Stores, name: &str) -> OrgFixture {
             tax_rate: rust_decimal::Decimal::ZERO,
             corrects: None,
             now,
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
     stores
         .invoices
         .put_draft_invoice(org.id, &invoice)

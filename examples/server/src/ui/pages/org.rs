@@ -169,7 +169,12 @@ pub(crate) async fn dashboard(
         provider: money(by_day.totals.provider_cost.amount()),
         billed: money(by_day.totals.billed_amount.amount()),
         breakdowns: vec![
-            breakdown("By day (the organization's days)", "Day", &by_day.rows, &labels),
+            breakdown(
+                "By day (the organization's days)",
+                "Day",
+                &by_day.rows,
+                &labels,
+            ),
             breakdown("By person", "Person", &by_user.rows, &labels),
             breakdown("By model", "Model", &by_model.rows, &labels),
         ],
