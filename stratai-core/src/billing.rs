@@ -675,7 +675,7 @@ mod tests {
         );
         let stale = draft_monthly_invoice(&draft(&rows, &catalog)).unwrap();
         assert_eq!(
-            check_new_draft(&[stale.clone()], &again),
+            check_new_draft(std::slice::from_ref(&stale), &again),
             Ok(vec![stale.id])
         );
         let wrong = MonthlyInvoice {
