@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod access;
+pub mod billing;
 pub mod budget;
 pub mod directory;
 pub mod error;

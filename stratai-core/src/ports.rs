@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+use crate::billing::{InvoiceState, MonthlyInvoice};
 use crate::budget::{Budget, BudgetAlert, BudgetRefusal, BudgetState};
 use crate::directory::{
     Email, Group, GroupMembership, GroupRole, Invitation, Membership, Organization, PlatformRole,
@@ -18,7 +19,7 @@ use crate::directory::{
 use crate::error::StoreError;
 use crate::gateway::{CallContext, ChatChunk, ChatRequest, ChatResponse, GatewayError};
 use crate::ids::{
-    BudgetId, GroupId, InvitationId, OrgId, ProfileId, RequestId, RuleId, TierId, UserId,
+    BudgetId, GroupId, InvitationId, InvoiceId, OrgId, ProfileId, RequestId, RuleId, TierId, UserId,
 };
 use crate::money::Money;
 use crate::tiers::{ModelTier, TierSubscription};
@@ -380,6 +381,35 @@ pub trait UsageStore: Send + Sync {
         org: OrgId,
         query: UsageQuery,
     ) -> BoxStream<'static, Result<UsageRecord, StoreError>>;
+}
+
+/// Invoices of organizations (see [`crate::billing`]): drafts replaced within their month,
+/// issued invoices frozen but for their status.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait InvoiceStore: Send + Sync {
+    /// Saves a new draft of `org`, replacing the month's earlier drafts, in one transaction
+    /// under [`crate::billing::check_new_draft`] (a conflict when an issued or paid invoice
+    /// stands for the month and the draft corrects none, or `corrects` names no such invoice).
+    /// Invalid unless the invoice is a draft of `org`.
+    async fn put_draft_invoice(
+        &self,
+        org: OrgId,
+        invoice: &MonthlyInvoice,
+    ) -> Result<(), StoreError>;
+    /// One invoice.
+    async fn get_invoice(&self, org: OrgId, id: InvoiceId) -> Result<MonthlyInvoice, StoreError>;
+    /// The organization's invoices, newest month first, then by id.
+    async fn list_invoices(&self, org: OrgId) -> Result<Vec<MonthlyInvoice>, StoreError>;
+    /// Moves an invoice to `to` at `at` (conflict when its state cannot become `to`); only
+    /// the status and its timestamp change. Returns the invoice as saved.
+    async fn set_invoice_status(
+        &self,
+        org: OrgId,
+        id: InvoiceId,
+        to: InvoiceState,
+        at: DateTime<Utc>,
+    ) -> Result<MonthlyInvoice, StoreError>;
 }
 
 /// The level a guardrail rule is attached at, with the scoped entity.

@@ -67,6 +67,84 @@ pub struct UsageRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// Who in the product a request is for: the usage record's `endpoint` and
+/// `conversation_id`, as a client states them (the gateway's `x-stratai-endpoint` and
+/// `x-stratai-conversation-id` headers), validated once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attribution {
+    endpoint: String,
+    conversation_id: Option<ConversationId>,
+}
+
+impl Default for Attribution {
+    fn default() -> Self {
+        Self {
+            endpoint: Self::DEFAULT_ENDPOINT.to_owned(),
+            conversation_id: None,
+        }
+    }
+}
+
+impl Attribution {
+    /// The endpoint of a request that names none.
+    pub const DEFAULT_ENDPOINT: &'static str = "chat";
+
+    /// Validates a client's attribution: `endpoint` (default `chat`) is 1 to 64 characters of
+    /// lowercase ASCII letters, digits, `_`, `-` and `.`, starting with a letter (`chat`,
+    /// `arena`, `task_planning`); `conversation_id` is a UUID. Errors name the field.
+    pub fn parse(
+        endpoint: Option<&str>,
+        conversation_id: Option<&str>,
+    ) -> Result<Self, ValidationError> {
+        let endpoint = match endpoint {
+            None => Self::DEFAULT_ENDPOINT.to_owned(),
+            Some(e) => {
+                let ok = (1..=64).contains(&e.len())
+                    && e.starts_with(|c: char| c.is_ascii_lowercase())
+                    && e.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.')
+                    });
+                if !ok {
+                    return Err(ValidationError::new(
+                        "endpoint",
+                        format!(
+                            "`{}` is not an endpoint name (1-64 of a-z, 0-9, `_`, `-`, `.`, starting with a letter)",
+                            e.escape_debug()
+                        ),
+                    ));
+                }
+                e.to_owned()
+            }
+        };
+        let conversation_id = conversation_id
+            .map(|c| {
+                c.trim().parse::<ConversationId>().map_err(|_| {
+                    ValidationError::new(
+                        "conversation_id",
+                        format!("`{}` is not a UUID", c.escape_debug()),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            endpoint,
+            conversation_id,
+        })
+    }
+
+    /// The endpoint.
+    #[must_use]
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The conversation, if any.
+    #[must_use]
+    pub fn conversation_id(&self) -> Option<ConversationId> {
+        self.conversation_id
+    }
+}
+
 /// A filter over usage records of one organization.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -102,7 +180,8 @@ pub enum Dimension {
     Model,
     /// Endpoint.
     Endpoint,
-    /// UTC day.
+    /// Day: the UTC date in the stores' `aggregate`; the organization's local date in the
+    /// admin API (`aggregate_in`).
     Day,
 }
 
@@ -247,6 +326,40 @@ impl DimensionValue {
             DimensionValue::Day(d) => d.to_string(),
         }
     }
+}
+
+impl Dimension {
+    /// The dimension's value for a record, with `Day` the local date in `tz` (the others do
+    /// not depend on the zone).
+    #[must_use]
+    pub fn value_in(self, record: &UsageRecord, tz: Tz) -> DimensionValue {
+        match self {
+            Dimension::Day => DimensionValue::Day(
+                tz.from_utc_datetime(&record.created_at.naive_utc())
+                    .date_naive(),
+            ),
+            other => other.value_of(record),
+        }
+    }
+}
+
+/// [`aggregate`] with `Day` as the local date in `tz` (an organization's days). Equal to
+/// [`aggregate`] in UTC.
+#[must_use]
+pub fn aggregate_in<'a>(
+    records: impl IntoIterator<Item = &'a UsageRecord>,
+    group_by: &[Dimension],
+    tz: Tz,
+) -> Vec<AggregateRow> {
+    let mut groups: BTreeMap<Vec<DimensionValue>, UsageTotals> = BTreeMap::new();
+    for r in records {
+        let key = group_by.iter().map(|d| d.value_in(r, tz)).collect();
+        groups.entry(key).or_default().add(r);
+    }
+    groups
+        .into_iter()
+        .map(|(key, totals)| AggregateRow { key, totals })
+        .collect()
 }
 
 /// Groups records by `group_by` (in that order) and sums each group exactly. Rows are sorted by
@@ -554,6 +667,7 @@ impl Default for DiscoveryOptions {
 /// * `suggested_tier_pricing`: per tier, the tier's cost per user of that tier × (1 + margin),
 ///   rounded to cents.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PricingDiscoveryReport {
     /// Number of records.
     pub total_requests: u64,
@@ -1401,6 +1515,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn attribution_is_validated() {
+        assert_eq!(
+            Attribution::parse(None, None).unwrap(),
+            Attribution::default()
+        );
+        let a = Attribution::parse(
+            Some("task_planning"),
+            Some("0194d7a2-7b7e-7cc1-9a9b-1d2e3f405162"),
+        )
+        .unwrap();
+        assert_eq!(a.endpoint(), "task_planning");
+        assert!(a.conversation_id().is_some());
+        for bad in ["", "Chat", "9lives", "a b", "chat\n", &"x".repeat(65)] {
+            assert_eq!(
+                Attribution::parse(Some(bad), None).unwrap_err().field,
+                "endpoint",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            Attribution::parse(None, Some("42")).unwrap_err().field,
+            "conversation_id"
+        );
+    }
+
     // ---- laws ----
 
     fn arb_text() -> impl Strategy<Value = String> {
@@ -1472,6 +1612,21 @@ mod tests {
                 sum.merge(&row.totals);
             }
             prop_assert_eq!(sum, totals(&records));
+        }
+
+        #[test]
+        fn local_days_regroup_the_same_records(records in prop::collection::vec(arb_record(), 0..40), dims in arb_dims()) {
+            // In UTC, local days are UTC days; in any zone, the rows still add up to the
+            // records, and each record's day is at most one day from its UTC day.
+            prop_assert_eq!(aggregate_in(&records, &dims, chrono_tz::UTC), aggregate(&records, &dims));
+            let rows = aggregate_in(&records, &dims, chrono_tz::Pacific::Kiritimati);
+            let mut sum = UsageTotals::default();
+            for row in &rows { sum.merge(&row.totals); }
+            prop_assert_eq!(sum, totals(&records));
+            for r in &records {
+                let DimensionValue::Day(local) = Dimension::Day.value_in(r, chrono_tz::Pacific::Kiritimati) else { unreachable!() };
+                prop_assert!((local - r.created_at.date_naive()).num_days().abs() <= 1);
+            }
         }
 
         #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rust_decimal_macros::dec;
+use stratai_core::usage::Attribution;
 use stratai_core::Money;
 use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
 use stratai_core::directory::{
@@ -174,7 +175,7 @@ async fn a_stream_read_to_the_end_settles_once_and_reports_its_bill() {
         .unwrap();
     let view = runtime.caller_view(w.user, None).await.unwrap();
     let admission = runtime
-        .admit(&view, ask("Tell me a story", 40, true))
+        .admit(&view, ask("Tell me a story", 40, true), Attribution::default())
         .await
         .unwrap();
     let id = admission.ticket.request_id;
@@ -220,6 +221,7 @@ async fn a_stream_dropped_midway_is_settled_as_partial() {
         .admit(
             &view,
             ask("echo: one two three four five six seven eight", 40, true),
+            Attribution::default(),
         )
         .await
         .unwrap();

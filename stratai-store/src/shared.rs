@@ -290,6 +290,60 @@ pub(crate) fn member_change_is_sync_only(old: &Membership, new: &Membership) -> 
     comparable == *old
 }
 
+/// Checks a draft before saving it for `org`: a draft of `org` (invalid or a tenant mismatch
+/// otherwise), then core's rule against the organization's `existing` invoices. Returns the
+/// month's earlier drafts to delete in the same transaction.
+pub(crate) fn check_invoice_draft(
+    org: stratai_core::OrgId,
+    existing: &[stratai_core::billing::MonthlyInvoice],
+    draft: &stratai_core::billing::MonthlyInvoice,
+) -> Result<Vec<stratai_core::InvoiceId>, StoreError> {
+    if draft.org_id != org {
+        return Err(StoreError::TenantMismatch(format!(
+            "invoice belongs to organization `{}`, not `{org}`",
+            draft.org_id
+        )));
+    }
+    if draft.status != stratai_core::billing::InvoiceState::Draft {
+        return Err(ValidationError::new("status", "only a draft is saved as new").into());
+    }
+    if existing.iter().any(|i| i.id == draft.id) {
+        return Err(StoreError::Conflict(format!(
+            "invoice `{}` exists",
+            draft.id
+        )));
+    }
+    stratai_core::billing::check_new_draft(existing, draft)
+        .map_err(|e| StoreError::Conflict(e.to_string()))
+}
+
+/// The invoice with every timestamp at the stored precision.
+pub(crate) fn norm_invoice(
+    invoice: &stratai_core::billing::MonthlyInvoice,
+) -> stratai_core::billing::MonthlyInvoice {
+    let mut i = invoice.clone();
+    i.created_at = micros(i.created_at);
+    i.issued_at = i.issued_at.map(micros);
+    i.paid_at = i.paid_at.map(micros);
+    i.voided_at = i.voided_at.map(micros);
+    i
+}
+
+/// The list order of invoices: newest month first, then by id.
+pub(crate) fn sort_invoices(invoices: &mut [stratai_core::billing::MonthlyInvoice]) {
+    invoices.sort_by(|a, b| b.month.cmp(&a.month).then(a.id.cmp(&b.id)));
+}
+
+/// A status change the life cycle refuses, as the store's conflict.
+pub(crate) fn invoice_transition(
+    invoice: &stratai_core::billing::MonthlyInvoice,
+    to: stratai_core::billing::InvoiceState,
+    at: DateTime<Utc>,
+) -> Result<stratai_core::billing::MonthlyInvoice, StoreError> {
+    stratai_core::billing::transition(invoice, to, micros(at))
+        .map_err(|e| StoreError::Conflict(e.reason))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use stratai_core::StoreError;
 use stratai_core::ports::{
-    BudgetLedger, DirectoryStore, GuardrailStore, KeyVaultStore, OutboxStore, TierStore, UsageStore,
+    BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, KeyVaultStore, OutboxStore,
+    TierStore, UsageStore,
 };
 
 /// Every port, behind trait objects so one process runs on memory, SQLite or PostgreSQL.
@@ -26,6 +27,8 @@ pub struct Stores {
     pub outbox: Arc<dyn OutboxStore>,
     /// Sealed LiteLLM virtual-key secrets (the sync's encrypted key vault).
     pub key_vault: Arc<dyn KeyVaultStore>,
+    /// Invoices.
+    pub invoices: Arc<dyn InvoiceStore>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -45,6 +48,7 @@ impl Stores {
             + GuardrailStore
             + OutboxStore
             + KeyVaultStore
+            + InvoiceStore
             + Clone
             + 'static,
     {
@@ -55,7 +59,8 @@ impl Stores {
             usage: Arc::new(backend.clone()),
             guardrails: Arc::new(backend.clone()),
             outbox: Arc::new(backend.clone()),
-            key_vault: Arc::new(backend),
+            key_vault: Arc::new(backend.clone()),
+            invoices: Arc::new(backend),
         }
     }
 

@@ -30,6 +30,7 @@ mod conformance {
     pub mod directory;
     pub mod fixtures;
     pub mod implied;
+    pub mod invoices;
     pub mod key_vault;
     pub mod ledger;
     pub mod model;
@@ -187,6 +188,10 @@ conformance! {
     people::the_last_super_admin_remains,
     people::concurrent_revocations_leave_a_super_admin,
     people::group_created_with_members_all_or_nothing,
+    invoices::invoice_draft_issue_pay_round_trip,
+    invoices::invoice_drafts_replace_and_corrections,
+    invoices::invoice_life_cycle_refusals,
+    invoices::invoice_cross_tenant,
 }
 
 /// The memory and SQLite ledgers against core's reference model (`LedgerModel`), on random

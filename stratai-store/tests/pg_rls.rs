@@ -411,11 +411,14 @@ async fn matrix_no_context_sees_or_changes_another_tenants_rows() {
         .await
         .unwrap();
     let mut admin = db.admin_connection().await;
-    // invoices have no port yet: seeded directly.
+    // an invoice of each, seeded directly (as the owner, past RLS).
     for org in [org_a, org_b] {
         sqlx::query(
-            "INSERT INTO invoices (organization_id, period_start, period_end, subtotal, total)
-             VALUES ($1, '2026-01-01', '2026-01-31', 10, 10)",
+            "INSERT INTO invoices (id, organization_id, month, timezone, period_start,
+                 period_end, requests, subtotal, tax_rate, tax, total, line_items, status,
+                 created_at)
+             VALUES (gen_random_uuid(), $1, '2026-01', 'UTC', '2026-01-01', '2026-01-31', 1,
+                 10, 0, 0, 10, '[]', 'draft', now())",
         )
         .bind(org.as_uuid())
         .execute(&mut admin)

@@ -7,6 +7,7 @@ use stratai_core::OrgId;
 use stratai_core::directory::{Email, Slug};
 
 use crate::api::Caller;
+use crate::api::billing::{PricingReportQuery, pricing_report_for};
 use crate::api::invitations::{BulkOutcome, bulk_invite_with_progress};
 use crate::config::Config;
 use crate::error::ApiError;
@@ -118,4 +119,94 @@ pub fn report(outcome: &BulkOutcome) -> Vec<String> {
         outcome.created, outcome.already_member
     ));
     lines
+}
+
+/// Arguments of `stratai-server pricing-report`, as typed.
+#[derive(Clone, Debug, Default)]
+pub struct PricingArgs {
+    /// Organization slug or id (none: every organization).
+    pub org: Option<String>,
+    /// Inclusive start: `YYYY-MM-DD` (midnight UTC) or RFC 3339.
+    pub from: String,
+    /// Exclusive end.
+    pub to: String,
+    /// Margin of the suggestions (decimal text).
+    pub margin: Option<String>,
+    /// Peak hours to list.
+    pub peak_hours: Option<u8>,
+}
+
+fn instant(flag: &str, text: &str) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc())
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "--{flag}: `{text}` is neither a date (YYYY-MM-DD) nor an RFC 3339 instant"
+            ))
+        })
+}
+
+async fn org_id_of(state: &crate::app::AppState, org: &str) -> Result<OrgId, CliError> {
+    match org.parse::<OrgId>() {
+        Ok(id) => Ok(id),
+        Err(_) => {
+            let slug = Slug::new(org).map_err(|e| CliError::Usage(e.to_string()))?;
+            Ok(state
+                .stores
+                .directory
+                .find_org_by_slug(&slug)
+                .await
+                .map_err(|e| refused(e.into()))?
+                .ok_or_else(|| CliError::Usage(format!("no organization `{org}`")))?
+                .id)
+        }
+    }
+}
+
+/// `stratai-server pricing-report --from <date> --to <date> [--org <slug|id>] [--margin m]
+/// [--peak-hours n]`: the report of `GET /api/billing/pricing-report` (the same function),
+/// as pretty JSON.
+pub async fn pricing_report(
+    config: &Config,
+    backends: Backends,
+    args: &PricingArgs,
+) -> Result<String, CliError> {
+    let state = build_state(config, backends).map_err(refused)?;
+    let org_id = match &args.org {
+        Some(org) => Some(org_id_of(&state, org).await?),
+        None => None,
+    };
+    let margin = args
+        .margin
+        .as_deref()
+        .map(|m| {
+            m.parse::<rust_decimal::Decimal>()
+                .map_err(|_| CliError::Usage(format!("--margin: `{m}` is not a decimal")))
+        })
+        .transpose()?;
+    let query = PricingReportQuery {
+        org_id,
+        from: instant("from", &args.from)?,
+        to: instant("to", &args.to)?,
+        margin,
+        peak_hours: args.peak_hours,
+    };
+    let report = pricing_report_for(&state, &query)
+        .await
+        .map_err(|e| match e {
+            ApiError::Validation(fields) => CliError::Usage(
+                fields
+                    .iter()
+                    .map(|f| format!("--{}: {}", f.path.replace('_', "-"), f.message))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            other => refused(other),
+        })?;
+    serde_json::to_string_pretty(&report).map_err(|e| CliError::Refused(e.to_string()))
 }

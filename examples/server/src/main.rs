@@ -43,6 +43,26 @@ enum Command {
         #[arg(long = "as")]
         acting: Option<String>,
     },
+    /// Print the seed's pricing-discovery report (JSON) of a period: of one organization, or
+    /// of every organization without `--org`. Runs against the configured database as the
+    /// platform operator.
+    PricingReport {
+        /// Organization slug or id (default: every organization).
+        #[arg(long)]
+        org: Option<String>,
+        /// Inclusive start: a date (`2026-01-01`, midnight UTC) or an RFC 3339 instant.
+        #[arg(long)]
+        from: String,
+        /// Exclusive end: a date or an RFC 3339 instant.
+        #[arg(long)]
+        to: String,
+        /// Margin of the suggested prices over provider cost (default 0.30).
+        #[arg(long)]
+        margin: Option<String>,
+        /// How many peak hours to list (default 3).
+        #[arg(long)]
+        peak_hours: Option<u8>,
+    },
 }
 
 #[tokio::main]
@@ -71,6 +91,31 @@ async fn main() -> ExitCode {
                     for line in cli::report(&outcome) {
                         println!("{line}");
                     }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::PricingReport {
+            org,
+            from,
+            to,
+            margin,
+            peak_hours,
+        }) => {
+            let args = cli::PricingArgs {
+                org,
+                from,
+                to,
+                margin,
+                peak_hours,
+            };
+            return match cli::pricing_report(&config, backends, &args).await {
+                Ok(json) => {
+                    println!("{json}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -12,18 +12,20 @@ use utoipa::ToSchema;
 
 use crate::api::guardrails::{CreateRule, OrgScope, PlatformScope};
 use crate::api::{
-    budgets, groups, guardrails, invitations, members, orgs, profiles, tiers, usage, users,
+    billing, budgets, groups, guardrails, invitations, members, orgs, profiles, tiers, usage,
+    users,
 };
 use crate::auth::routes as auth;
 use crate::error::{ErrorBody, ErrorCode};
 use crate::gateway::error::OpenAiErrorBody;
 use crate::gateway::explain;
+use stratai_core::billing::MonthlyInvoice;
 use stratai_core::budget::Budget;
 use stratai_core::directory::{Group, GroupMembership, Membership, Organization, UserProfile};
 use stratai_core::gateway::{ChatChunk, ChatRequest, ChatResponse};
 use stratai_core::ports::RuleRecord;
 use stratai_core::tiers::{ModelTier, TierSubscription};
-use stratai_core::{BudgetId, GroupId, OrgId, RuleId, TierId, UserId};
+use stratai_core::{BudgetId, GroupId, InvoiceId, OrgId, RuleId, TierId, UserId};
 
 /// Routes outside the admin API table: `(METHOD, path, operation, public, summary)`.
 pub const OTHER_OPERATIONS: &[(&str, &str, &str, bool, &str)] = &[
@@ -400,6 +402,36 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
             .json(s.of::<users::UpdateUser>())
             .ok(200, s.of::<stratai_core::directory::User>()),
 
+        ("GET", "/api/organizations/{org_id}/invoices") => op.ok(200, s.list::<MonthlyInvoice>()),
+        ("POST", "/api/organizations/{org_id}/invoices") => op
+            .json(s.of::<billing::DraftInvoice>())
+            .ok(201, s.of::<MonthlyInvoice>()),
+        ("GET", "/api/organizations/{org_id}/invoices/{invoice_id}") => {
+            op.ok(200, s.of::<MonthlyInvoice>())
+        }
+        ("PATCH", "/api/organizations/{org_id}/invoices/{invoice_id}") => op
+            .json(s.of::<billing::InvoiceStatusChange>())
+            .ok(200, s.of::<MonthlyInvoice>()),
+        ("GET", "/api/organizations/{org_id}/invoices/{invoice_id}/csv") => {
+            let mut op = op;
+            op.ok.push((
+                200,
+                "the invoice as CSV: a header, one row per line, then subtotal, tax and total",
+                "text/csv",
+                json!({"type": "string"}),
+            ));
+            op
+        }
+        ("GET", "/api/billing/invoices") => op
+            .query(s.query::<billing::AllInvoicesQuery>())
+            .ok(200, s.list::<MonthlyInvoice>()),
+        ("GET", "/api/billing/overview") => op
+            .query(s.query::<billing::OverviewQuery>())
+            .ok(200, s.of::<billing::BillingOverview>()),
+        ("GET", "/api/billing/pricing-report") => op
+            .query(s.query::<billing::PricingReportQuery>())
+            .ok(200, s.of::<billing::PricingReport>()),
+
         ("GET", "/health/live") => op.ok(200, s.of::<crate::app::Live>()),
         ("GET", "/health/ready") => {
             let ready = s.of::<crate::app::Ready>();
@@ -440,6 +472,8 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
                     },
                 }),
             ));
+            op.headers.push(json!({"name": crate::gateway::ENDPOINT_HEADER, "in": "header", "required": false, "description": "the product endpoint the usage record is attributed to (default `chat`): 1-64 of a-z, 0-9, `_`, `-`, `.`, starting with a letter", "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_.-]{0,63}$"}}));
+            op.headers.push(json!({"name": crate::gateway::CONVERSATION_HEADER, "in": "header", "required": false, "description": "the product conversation the usage record is attributed to", "schema": {"type": "string", "format": "uuid"}}));
             op
         }
         ("GET", "/v1/models") => op.ok(200, s.of::<crate::gateway::ModelList>()),
@@ -529,6 +563,7 @@ fn path_param(s: &mut Schemas, name: &str) -> Value {
         "budget_id" => s.of::<BudgetId>(),
         "rule_id" => s.of::<RuleId>(),
         "invitation_id" => s.of::<stratai_core::InvitationId>(),
+        "invoice_id" => s.of::<InvoiceId>(),
         _ => json!({"type": "string", "minLength": 1}),
     }
 }

@@ -125,6 +125,14 @@ GET    /admin/billing                                      200 403 403 403 403 4
 GET    /admin/guardrails                                   200 403 403 403 403 403 303 303 403
 POST   /admin/guardrails                                   303 403 403 403 403 403 303 303 403
 POST   /admin/guardrails/{rule_id}/delete                  303 403 403 403 403 403 303 303 403
+GET    /api/organizations/{org_id}/invoices                200 200 200 403 403 403 401 401 404
+POST   /api/organizations/{org_id}/invoices                201 403 403 403 403 403 401 401 404
+GET    /api/organizations/{org_id}/invoices/{invoice_id}   200 200 200 403 403 403 401 401 404
+PATCH  /api/organizations/{org_id}/invoices/{invoice_id}   200 403 403 403 403 403 401 401 404
+GET    /api/organizations/{org_id}/invoices/{invoice_id}/csv 200 200 200 403 403 403 401 401 404
+GET    /api/billing/invoices                               200 403 403 403 403 403 401 401 403
+GET    /api/billing/overview                               200 403 403 403 403 403 401 401 403
+GET    /api/billing/pricing-report                         200 200 200 403 403 403 401 401 404
 GET    /ui/style.css                                       200 200 200 200 200 200 200 200 200
 GET    /invitations/{token}                                200 200 200 200 200 200 200 200 200
 POST   /invitations/{token}                                409 409 409 409 409 409 303 303 409
@@ -143,8 +151,10 @@ fn is_ui(path: &str) -> bool {
 /// a super admin, uses models in an organization they are not a member of.
 const GATEWAY: [&str; 3] = ["/v1/chat/completions", "/v1/models", "/api/explain"];
 
-const PLATFORM: [&str; 35] = [
+const PLATFORM: [&str; 37] = [
     "/metrics",
+    "/api/billing/invoices",
+    "/api/billing/overview",
     "/openapi.json",
     "/api/guardrails",
     "/api/guardrails/{rule_id}",
@@ -389,6 +399,7 @@ fn request(method: &str, path: &str, target: &OrgFixture) -> (String, Option<Val
         .replace("{token}", &target.invitation_token)
         .replace("{invitation_id}", &target.invitation.to_string())
         .replace("{tier_id}", &target.tier.to_string())
+        .replace("{invoice_id}", &target.invoice.to_string())
         .replace(
             "{rule_id}",
             &if path.starts_with("/api/guardrails") || path.starts_with("/admin/guardrails") {
@@ -413,6 +424,17 @@ fn request(method: &str, path: &str, target: &OrgFixture) -> (String, Option<Val
     let (path, body) = match (method, path) {
         ("GET", "/api/usage" | "/api/usage/export" | "/api/budgets" | "/api/tiers/accessible") => {
             (with_org(path), None)
+        }
+        ("GET", "/api/billing/overview") => (format!("{path}?month=2026-01"), None),
+        ("GET", "/api/billing/pricing-report") => (
+            format!("{path}?org_id={org}&from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z"),
+            None,
+        ),
+        ("POST", "/api/organizations/{org_id}/invoices") => {
+            (filled, Some(json!({"month": "2026-01", "tax_rate": "0.2"})))
+        }
+        ("PATCH", "/api/organizations/{org_id}/invoices/{invoice_id}") => {
+            (filled, Some(json!({"status": "issued"})))
         }
         ("POST", "/auth/dev/token") => (filled, Some(json!({"email": "admin@localhost"}))),
         ("POST", "/v1/chat/completions") => (
@@ -607,6 +629,7 @@ async fn sweep(api: Api) {
                     ghost.group = stratai_core::GroupId::new();
                     ghost.budget = stratai_core::BudgetId::new();
                     ghost.rule = stratai_core::RuleId::new();
+                    ghost.invoice = stratai_core::InvoiceId::new();
                     let (uri, body) = request(method, path, &ghost);
                     let headers = if path.starts_with("/v1/") {
                         vec![("x-stratai-org", ghost.org.to_string())]

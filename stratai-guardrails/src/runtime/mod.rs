@@ -553,6 +553,7 @@ impl Runtime {
         &self,
         view: &MemberView,
         request: ChatRequest,
+        attribution: stratai_core::usage::Attribution,
     ) -> Result<Admission, Refusal> {
         let user = view.membership().user_id;
         if request.messages.is_empty() {
@@ -565,8 +566,8 @@ impl Runtime {
             org_id: view.org().id,
             user_id: user,
             group_id: None,
-            conversation_id: None,
-            endpoint: "chat".to_owned(),
+            conversation_id: attribution.conversation_id(),
+            endpoint: attribution.endpoint().to_owned(),
         };
         let now = self.deps.clock.now();
         let gate = &self.deps.gatekeeper;
@@ -930,7 +931,7 @@ impl Runtime {
         request: ChatRequest,
     ) -> Result<Answer, ChatError> {
         let view = self.caller_view(user, org).await?;
-        let admission = self.admit(&view, request).await?;
+        let admission = self.admit(&view, request, stratai_core::usage::Attribution::default()).await?;
         let request_id = admission.ticket.request_id;
         let warnings = admission.warnings.clone();
         match self.call(admission).await.outcome {

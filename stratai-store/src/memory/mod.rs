@@ -10,6 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
+use stratai_core::billing::{InvoiceState, MonthlyInvoice};
 use stratai_core::budget::{
     Budget, BudgetAlert, BudgetOutcome, BudgetScope, BudgetState, PeriodWindow, evaluate_budgets,
     implied_budget, implied_budget_id,
@@ -19,15 +20,15 @@ use stratai_core::directory::{
     Organization, PlatformRole, Slug, User, UserProfile,
 };
 use stratai_core::ports::{
-    AppendOutcome, BudgetLedger, DirectoryStore, GuardrailStore, KeyVaultStore, OutboxEntity,
-    OutboxEvent, OutboxStore, ReserveOutcome, ReserveRequest, RuleRecord, RuleScope, SealedKey,
-    SettleOutcome, TierStore, UsageStore, UserQuery,
+    AppendOutcome, BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, KeyVaultStore,
+    OutboxEntity, OutboxEvent, OutboxStore, ReserveOutcome, ReserveRequest, RuleRecord, RuleScope,
+    SealedKey, SettleOutcome, TierStore, UsageStore, UserQuery,
 };
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord};
 use stratai_core::{
-    BudgetId, GroupId, InvitationId, Money, OrgId, ProfileId, RequestId, RuleId, StoreError,
-    TierId, UserId,
+    BudgetId, GroupId, InvitationId, InvoiceId, Money, OrgId, ProfileId, RequestId, RuleId,
+    StoreError, TierId, UserId,
 };
 use tokio::sync::RwLock;
 
@@ -74,6 +75,7 @@ struct State {
     outbox: BTreeMap<i64, OutboxRow>,
     versions: HashMap<OutboxEntity, i64>,
     next_seq: i64,
+    invoices: BTreeMap<InvoiceId, MonthlyInvoice>,
 }
 
 #[derive(Clone)]
@@ -1734,5 +1736,74 @@ impl KeyVaultStore for MemoryStore {
             .sealed_keys
             .remove(&(org, user))
             .is_some())
+    }
+}
+
+#[async_trait]
+impl InvoiceStore for MemoryStore {
+    async fn put_draft_invoice(
+        &self,
+        org: OrgId,
+        invoice: &MonthlyInvoice,
+    ) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        if !s.orgs.contains_key(&org) {
+            return Err(StoreError::not_found("organization", org));
+        }
+        let existing: Vec<MonthlyInvoice> = s
+            .invoices
+            .values()
+            .filter(|i| i.org_id == org)
+            .cloned()
+            .collect();
+        let replaced = shared::check_invoice_draft(org, &existing, invoice)?;
+        for id in replaced {
+            s.invoices.remove(&id);
+        }
+        s.invoices.insert(invoice.id, shared::norm_invoice(invoice));
+        Ok(())
+    }
+
+    async fn get_invoice(&self, org: OrgId, id: InvoiceId) -> Result<MonthlyInvoice, StoreError> {
+        self.state
+            .read()
+            .await
+            .invoices
+            .get(&id)
+            .filter(|i| i.org_id == org)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("invoice", id))
+    }
+
+    async fn list_invoices(&self, org: OrgId) -> Result<Vec<MonthlyInvoice>, StoreError> {
+        let mut out: Vec<MonthlyInvoice> = self
+            .state
+            .read()
+            .await
+            .invoices
+            .values()
+            .filter(|i| i.org_id == org)
+            .cloned()
+            .collect();
+        shared::sort_invoices(&mut out);
+        Ok(out)
+    }
+
+    async fn set_invoice_status(
+        &self,
+        org: OrgId,
+        id: InvoiceId,
+        to: InvoiceState,
+        at: DateTime<Utc>,
+    ) -> Result<MonthlyInvoice, StoreError> {
+        let mut s = self.state.write().await;
+        let current = s
+            .invoices
+            .get(&id)
+            .filter(|i| i.org_id == org)
+            .ok_or_else(|| StoreError::not_found("invoice", id))?;
+        let next = shared::invoice_transition(current, to, at)?;
+        s.invoices.insert(id, next.clone());
+        Ok(next)
     }
 }

@@ -35,6 +35,7 @@
 mod rows;
 mod directory;
 mod guardrails;
+mod invoices;
 mod key_vault;
 mod ledger;
 mod outbox;

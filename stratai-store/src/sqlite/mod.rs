@@ -6,6 +6,7 @@
 //! the new state while no other writer can run, so hard limits are never overspent.
 
 mod directory;
+mod invoices;
 mod key_vault;
 mod ledger;
 mod outbox;

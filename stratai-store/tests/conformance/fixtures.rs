@@ -8,8 +8,8 @@ use stratai_core::directory::{
     Organization, PlatformRole, Slug, User,
 };
 use stratai_core::ports::{
-    BudgetLedger, DirectoryStore, GuardrailStore, KeyVaultStore, OutboxStore, RuleAction,
-    RuleRecord, RuleScope, TierStore, UsageStore,
+    BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, KeyVaultStore, OutboxStore,
+    RuleAction, RuleRecord, RuleScope, TierStore, UsageStore,
 };
 use stratai_core::tiers::ModelTier;
 use stratai_core::usage::{UsageRecord, UsageStatus};
@@ -27,6 +27,7 @@ pub trait Store:
     + GuardrailStore
     + OutboxStore
     + KeyVaultStore
+    + InvoiceStore
     + Clone
     + Send
     + Sync
@@ -42,6 +43,7 @@ impl<T> Store for T where
         + GuardrailStore
         + OutboxStore
         + KeyVaultStore
+        + InvoiceStore
         + Clone
         + Send
         + Sync

@@ -5,6 +5,7 @@
 //! 403, which would confirm it exists); a forbidden action inside the caller's own
 //! organization answers 403.
 
+pub mod billing;
 pub mod budgets;
 pub mod groups;
 pub mod guardrails;
@@ -222,4 +223,12 @@ api_routes! {
     get "/api/users" => users::list;
     get "/api/users/{user_id}" => users::get;
     patch "/api/users/{user_id}" => users::update;
+    get "/api/organizations/{org_id}/invoices" => billing::list;
+    post "/api/organizations/{org_id}/invoices" => billing::draft;
+    get "/api/organizations/{org_id}/invoices/{invoice_id}" => billing::get;
+    patch "/api/organizations/{org_id}/invoices/{invoice_id}" => billing::set_status;
+    get "/api/organizations/{org_id}/invoices/{invoice_id}/csv" => billing::export_csv;
+    get "/api/billing/invoices" => billing::list_all;
+    get "/api/billing/overview" => billing::overview;
+    get "/api/billing/pricing-report" => billing::pricing_report;
 }

@@ -1,4 +1,5 @@
-//! Usage: totals grouped by dimensions, and the CSV export (streamed, never materialized).
+//! Usage: totals grouped by dimensions (days are the organization's local days), and the
+//! record export as CSV or JSON (streamed, never materialized).
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -8,7 +9,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use stratai_core::access::{Action, Resource};
-use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageTotals};
+use stratai_core::usage::{AggregateRow, Dimension, DimensionValue, UsageQuery, UsageTotals};
 use stratai_core::{GroupId, ModelId, OrgId, TierId, UserId};
 
 use super::{Caller, allow};
@@ -43,9 +44,25 @@ pub struct UsageParams {
     /// Only this model.
     #[serde(default)]
     pub model: Option<ModelId>,
-    /// Comma-separated dimensions: org, group, user, tier, model, endpoint, day.
+    /// Comma-separated dimensions: org, group, user, tier, model, endpoint, day (the
+    /// organization's local day).
     #[serde(default)]
     pub group_by: Option<String>,
+    /// The export's format (`/api/usage/export` only): `csv` (default) or `json` (one array
+    /// of records, amounts as decimal strings).
+    #[serde(default)]
+    pub format: Option<ExportFormat>,
+}
+
+/// The format of `GET /api/usage/export`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    /// Core's usage CSV (a header line, one row per record).
+    #[default]
+    Csv,
+    /// A JSON array of usage records.
+    Json,
 }
 
 /// Answer of `GET /api/usage`.
@@ -57,6 +74,8 @@ pub struct UsageSummary {
     pub query: UsageQuery,
     /// Dimensions grouped by.
     pub group_by: Vec<Dimension>,
+    /// The timezone of the `day` dimension: the organization's.
+    pub timezone: String,
     /// One row per group.
     pub rows: Vec<AggregateRow>,
     /// Totals over all rows.
@@ -148,13 +167,16 @@ pub async fn summary(
     caller: Caller,
     ApiQuery(p): ApiQuery<UsageParams>,
 ) -> Result<ApiJson<UsageSummary>, ApiError> {
+    if p.format.is_some() {
+        return Err(ApiError::invalid(
+            "format",
+            "totals are JSON; `format` is for /api/usage/export",
+        ));
+    }
     let group_by = parse_dimensions(p.group_by.as_deref())?;
     let (org_id, query) = authorize_scope(&state, &caller, &p).await?;
-    let rows = state
-        .stores
-        .usage
-        .aggregate(org_id, &query, &group_by)
-        .await?;
+    let tz = state.stores.directory.get_org(org_id).await?.tz();
+    let rows = grouped(&state, org_id, tz, &query, &group_by).await?;
     let totals = state
         .stores
         .usage
@@ -168,9 +190,44 @@ pub async fn summary(
         org_id,
         query,
         group_by,
+        timezone: tz.name().to_owned(),
         rows,
         totals,
     }))
+}
+
+/// Usage totals of `query` grouped by `group_by`, days being `tz`'s local days (the stores
+/// group days in UTC, so local days of another zone are regrouped from the streamed records).
+pub(crate) async fn grouped(
+    state: &AppState,
+    org_id: OrgId,
+    tz: chrono_tz::Tz,
+    query: &UsageQuery,
+    group_by: &[Dimension],
+) -> Result<Vec<AggregateRow>, ApiError> {
+    let rows = if group_by.contains(&Dimension::Day) && tz != chrono_tz::UTC {
+        // The stores group days in UTC; local days are regrouped here from the records
+        // (streamed, folded one by one).
+        let mut groups: std::collections::BTreeMap<Vec<DimensionValue>, UsageTotals> =
+            std::collections::BTreeMap::new();
+        let mut records = state.stores.usage.stream(org_id, query.clone());
+        while let Some(r) = records.next().await {
+            let r = r?;
+            let key = group_by.iter().map(|d| d.value_in(&r, tz)).collect();
+            groups.entry(key).or_default().add(&r);
+        }
+        groups
+            .into_iter()
+            .map(|(key, totals)| AggregateRow { key, totals })
+            .collect()
+    } else {
+        state
+            .stores
+            .usage
+            .aggregate(org_id, query, group_by)
+            .await?
+    };
+    Ok(rows)
 }
 
 /// One CSV line (core's column order and formatting, shared with every other export).
@@ -199,6 +256,9 @@ pub async fn export(
         ));
     }
     let (org_id, query) = authorize_scope(&state, &caller, &p).await?;
+    if p.format == Some(ExportFormat::Json) {
+        return Ok(json_export(&state, org_id, query));
+    }
     let rows = state.stores.usage.stream(org_id, query).map(|item| {
         item.map_err(ApiError::from)
             .and_then(|r| csv_line(stratai_core::usage::csv_row(&r)))
@@ -222,4 +282,46 @@ pub async fn export(
         HeaderValue::from_static("attachment; filename=\"usage.csv\""),
     );
     Ok(response)
+}
+
+/// The matching usage records as one JSON array (the records' serde form, as core's
+/// `write_json`), streamed from the store record by record.
+fn json_export(state: &AppState, org_id: OrgId, query: UsageQuery) -> Response {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // `[` opens the array with the first record; the end closes it, or writes `[]` when
+    // nothing matched.
+    let started = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&started);
+    let records = state.stores.usage.stream(org_id, query).map(move |item| {
+        item.map_err(ApiError::from)
+            .and_then(|r| {
+                let first = !seen.swap(true, Ordering::Relaxed);
+                let mut bytes = if first { b"[".to_vec() } else { b",".to_vec() };
+                serde_json::to_writer(&mut bytes, &r).map_err(ApiError::internal)?;
+                Ok(Bytes::from(bytes))
+            })
+            .map_err(|e| {
+                tracing::error!(error = %e, "usage export aborted");
+                std::io::Error::other("usage export failed")
+            })
+    });
+    let end = futures::stream::once(async move {
+        Ok::<_, std::io::Error>(Bytes::from_static(if started.load(Ordering::Relaxed) {
+            b"]"
+        } else {
+            b"[]"
+        }))
+    });
+    let mut response = Body::from_stream(records.chain(end)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"usage.json\""),
+    );
+    response
 }

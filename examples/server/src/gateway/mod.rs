@@ -134,6 +134,34 @@ pub(crate) async fn authenticate(
         .map_err(|e| OpenAiError::from(crate::error::ApiError::from(e)))
 }
 
+/// The product endpoint a chat is attributed to in its usage record (default `chat`).
+pub const ENDPOINT_HEADER: &str = "x-stratai-endpoint";
+/// The product conversation (a UUID) a chat is attributed to in its usage record.
+pub const CONVERSATION_HEADER: &str = "x-stratai-conversation-id";
+
+/// The client's attribution headers, validated (400 naming the header otherwise).
+fn attribution(headers: &HeaderMap) -> Result<stratai_core::usage::Attribution, OpenAiError> {
+    let text = |name: &'static str| -> Result<Option<&str>, OpenAiError> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str().map_err(|_| {
+                    OpenAiError::invalid("invalid_request", Some(name), "not ASCII text")
+                })
+            })
+            .transpose()
+    };
+    stratai_core::usage::Attribution::parse(text(ENDPOINT_HEADER)?, text(CONVERSATION_HEADER)?)
+        .map_err(|e| {
+            let header = if e.field == "endpoint" {
+                ENDPOINT_HEADER
+            } else {
+                CONVERSATION_HEADER
+            };
+            OpenAiError::invalid("invalid_request", Some(header), e.reason)
+        })
+}
+
 pub(crate) fn org_header(headers: &HeaderMap) -> Option<String> {
     headers
         .get(ORG_HEADER)
@@ -443,6 +471,7 @@ async fn chat_inner(
 ) -> Result<Response, OpenAiError> {
     let principal = authenticate(&state, &method, &headers).await?;
     let request = parse_chat(&body)?;
+    let attribution = attribution(&headers)?;
     let user = UserId::from_uuid(principal.user_id);
     let request_id = RequestId::new();
     let pipeline = &state.pipeline;
@@ -451,7 +480,7 @@ async fn chat_inner(
         .await
         .map_err(|r| refusal_error(r).for_request(request_id))?;
     let admission = pipeline
-        .admit(&view, request)
+        .admit(&view, request, attribution)
         .await
         .map_err(|r| refusal_error(r).for_request(request_id))?;
     let request_id = admission.ticket.request_id;

@@ -291,6 +291,8 @@ pub struct OrgFixture {
     pub rule: RuleId,
     /// A global (platform) rule created with the fixture.
     pub platform_rule: RuleId,
+    /// A draft invoice of January 2026.
+    pub invoice: stratai_core::InvoiceId,
 }
 
 impl OrgFixture {
@@ -306,6 +308,7 @@ impl OrgFixture {
             self.gmember.id.to_string(),
             self.budget.to_string(),
             self.rule.to_string(),
+            self.invoice.to_string(),
         ]
     }
 }
@@ -419,7 +422,26 @@ pub async fn org_fixture(stores: &Stores, name: &str) -> OrgFixture {
         .put_platform_rule(&platform_rule)
         .await
         .unwrap();
+    let catalog = stratai_core::tiers::TierCatalog::seed_default();
+    let invoice =
+        stratai_core::billing::draft_monthly_invoice(&stratai_core::billing::InvoiceDraft {
+            org_id: org.id,
+            month: "2026-01".parse().unwrap(),
+            tz: chrono_tz::UTC,
+            usage: &[],
+            catalog: &catalog,
+            tax_rate: rust_decimal::Decimal::ZERO,
+            corrects: None,
+            now,
+        })
+        .unwrap();
+    stores
+        .invoices
+        .put_draft_invoice(org.id, &invoice)
+        .await
+        .unwrap();
     OrgFixture {
+        invoice: invoice.id,
         rule: org_rule.id,
         platform_rule: platform_rule.id,
         org: org.id,

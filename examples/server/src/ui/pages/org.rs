@@ -315,7 +315,7 @@ pub(crate) async fn dashboard(
         .next()
         .map(|r| r.totals)
         .unwrap_or_default();
-    let by_day = usage.aggregate(org_id, &month, &[Dimension::Day]).await?;
+    let by_day = crate::api::usage::grouped(&state, org_id, org.tz(), &month, &[Dimension::Day]).await?;
     let by_user = usage.aggregate(org_id, &month, &[Dimension::User]).await?;
     let by_model = usage.aggregate(org_id, &month, &[Dimension::Model]).await?;
     let by_group = usage.aggregate(org_id, &month, &[Dimension::Group]).await?;
@@ -333,7 +333,7 @@ pub(crate) async fn dashboard(
         provider: money(totals.provider_cost.amount()),
         billed: money(totals.billed_amount.amount()),
         breakdowns: vec![
-            breakdown("By day (UTC days)", "Day", &by_day, &labels),
+            breakdown("By day (the organization's days)", "Day", &by_day, &labels),
             breakdown("By person", "Person", &by_user, &labels),
             breakdown("By model", "Model", &by_model, &labels),
             breakdown("By group", "Group", &by_group, &labels),

@@ -152,6 +152,7 @@ fn filters(q: &ReportQuery, org: &Organization, errors: &mut FieldErrors) -> Opt
             tier_id: None,
             model,
             group_by: Some(by.to_owned()),
+            format: None,
         },
         from_day,
         to_day,
