@@ -163,6 +163,66 @@ impl AlertSink {
     }
 }
 
+/// The JSON body posted to the webhook for spend made with a member's LiteLLM key outside
+/// StratAI's gateway (recorded as their usage and charged to their budgets).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OutsidePayload {
+    /// Always `usage.outside_stratai`.
+    pub event: &'static str,
+    /// Organization.
+    pub org_id: OrgId,
+    /// The usage record's request id.
+    pub request_id: RequestId,
+    /// LiteLLM's request id.
+    pub litellm_request_id: Option<String>,
+    /// The member whose key was used.
+    pub user_id: UserId,
+    /// The model.
+    pub model: String,
+    /// What LiteLLM charged.
+    pub provider_cost: Money,
+    /// What was billed and charged to the member's budgets.
+    pub billed_amount: Money,
+    /// Human summary.
+    pub message: String,
+}
+
+impl AlertSink {
+    /// Emits the "spend outside StratAI" alert of a usage record imported from LiteLLM: a
+    /// member's virtual key was used directly against the proxy (a script, a notebook, a
+    /// leaked key). The caller fires it once, when the record is first written.
+    pub fn outside_stratai(&self, record: &UsageRecord) {
+        let payload = OutsidePayload {
+            event: "usage.outside_stratai",
+            org_id: record.org_id,
+            request_id: record.request_id,
+            litellm_request_id: record.litellm_request_id.clone(),
+            user_id: record.user_id,
+            model: record.model.to_string(),
+            provider_cost: record.provider_cost,
+            billed_amount: record.billed_amount,
+            message: format!(
+                "spend outside StratAI: the member's LiteLLM key was used directly ({} billed); recorded and charged to their budgets",
+                record.billed_amount
+            ),
+        };
+        metrics::counter!("stratai_litellm_spend_outside_total").increment(1);
+        tracing::warn!(
+            org = %payload.org_id,
+            user = %payload.user_id,
+            request_id = %payload.request_id,
+            billed = %payload.billed_amount,
+            "usage alert: {}",
+            payload.message
+        );
+        if let Some(url) = self.webhook.clone() {
+            let client = self.client.clone();
+            let label = payload.request_id.to_string();
+            tokio::spawn(async move { deliver(client, url, payload, label).await });
+        }
+    }
+}
+
 /// The JSON body posted to the webhook for a request billed beyond its reservation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct OveragePayload {

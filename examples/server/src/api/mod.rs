@@ -9,6 +9,7 @@ pub mod budgets;
 pub mod groups;
 pub mod guardrails;
 pub mod invitations;
+pub mod litellm;
 pub mod members;
 pub mod orgs;
 pub mod profiles;
@@ -214,4 +215,6 @@ api_routes! {
     delete "/api/guardrails/{rule_id}" => guardrails::delete_platform;
     get "/api/profiles" => profiles::list;
     post "/api/profiles" => profiles::create;
+    get "/api/litellm/spend" => litellm::spend_status;
+    post "/api/litellm/spend-callback" => litellm::spend_callback;
 }

@@ -66,6 +66,8 @@ pub struct GatewayState {
     pub upstream: Option<stratai_litellm::LiteLlmClient>,
     /// What to flush at graceful shutdown (budget leases, queued usage records).
     pub drainer: setup::Drainer,
+    /// LiteLLM's spend in StratAI's books (callback route, spend-log poll), with LiteLLM.
+    pub litellm_spend: Option<Arc<crate::api::litellm::SpendDesk>>,
 }
 
 impl GatewayState {
