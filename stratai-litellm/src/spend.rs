@@ -583,7 +583,10 @@ impl SpendImporter {
         let catalog = TierCatalog::new(self.tiers.list_tiers().await?)
             .map_err(|e| StoreError::Backend(format!("tier catalog: {e}")))?;
         let tier = catalog.tier_of_model(&model);
-        let provider_cost = Money::new(event.spend.max(Decimal::ZERO)).unwrap_or(Money::ZERO);
+        // LiteLLM computes in `f64` (`0.018000000000000002`): ten places keep every real
+        // price and drop the float's tail.
+        let spend = event.spend.max(Decimal::ZERO).round_dp(10).normalize();
+        let provider_cost = Money::new(spend).unwrap_or(Money::ZERO);
         // StratAI bills a direct call as it bills one through the gateway: at the tier's
         // rates; a model of no tier at what the provider charged.
         let billed = tier.map_or(provider_cost, |t| {

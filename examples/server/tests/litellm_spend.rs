@@ -348,10 +348,18 @@ async fn spend_reaches_the_books_by_callback_and_by_poll(db: Db) {
         .await
         .expect("the callback never recorded the direct call");
     assert!(record.provider_cost > Money::ZERO);
+    // Billed at the tier's rates ($2 / $4 per 1k tokens, twice the provider's price); the
+    // provider cost is LiteLLM's, without its floating-point tail.
+    let (input, output) = (i64::from(record.input_tokens), i64::from(record.output_tokens));
     assert_eq!(
         record.billed_amount.amount(),
-        record.provider_cost.amount() * Decimal::TWO,
-        "billed at the tier's rates (twice the provider's price): {record:?}"
+        Decimal::new(2 * input + 4 * output, 3),
+        "{record:?}"
+    );
+    assert_eq!(
+        record.provider_cost.amount(),
+        Decimal::new(input + 2 * output, 3),
+        "{record:?}"
     );
     assert_eq!(spent(&stores, org, user).await, record.billed_amount.amount());
     let alert = {
