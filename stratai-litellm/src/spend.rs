@@ -219,7 +219,11 @@ impl SpendEvent {
     /// The organization and member of a StratAI key's alias (`stratai:<org>:<user>`).
     pub fn member(&self) -> Option<(OrgId, UserId)> {
         // A rotated key's alias goes on (`...:retiring:<token>`): still the member's key.
-        let mut parts = self.key_alias.as_deref()?.strip_prefix("stratai:")?.split(':');
+        let mut parts = self
+            .key_alias
+            .as_deref()?
+            .strip_prefix("stratai:")?
+            .split(':');
         let (org, user) = (parts.next()?, parts.next()?);
         Some((org.parse().ok()?, user.parse().ok()?))
     }
@@ -539,7 +543,9 @@ impl SpendImporter {
                 }
                 // Names someone else's record, or another call's: the claim is false.
                 Ok(_) => {}
-                Err(StoreError::NotFound { .. }) if now - event.started_at < self.settings.grace => {
+                Err(StoreError::NotFound { .. })
+                    if now - event.started_at < self.settings.grace =>
+                {
                     return Ok(Imported::Pending);
                 }
                 // Never written: recorded under the claimed id, so a gateway record
@@ -553,7 +559,8 @@ impl SpendImporter {
 
     fn compare(&self, record: &UsageRecord, event: &SpendEvent) -> Option<SpendMismatch> {
         let ours = record.provider_cost.amount();
-        let cost = ((ours - event.spend).abs() > self.settings.tolerance).then_some((ours, event.spend));
+        let cost =
+            ((ours - event.spend).abs() > self.settings.tolerance).then_some((ours, event.spend));
         let mine = (record.input_tokens, record.output_tokens);
         let theirs = (event.prompt_tokens, event.completion_tokens);
         let tokens = (mine != theirs).then_some((mine, theirs));
@@ -632,7 +639,10 @@ impl SpendImporter {
             .budgets
             .settle(org, request_id, &ids, billed, event.started_at)
             .await?;
-        let appended = self.usage.append(org, std::slice::from_ref(&record)).await?;
+        let appended = self
+            .usage
+            .append(org, std::slice::from_ref(&record))
+            .await?;
         Ok(Imported::Direct {
             record,
             alerts: settled.alerts,

@@ -125,7 +125,10 @@ async fn keys_expire_rotate_under_load_and_go_with_their_member() {
     for w in workers {
         failures.extend(w.await.unwrap());
     }
-    assert!(failures.is_empty(), "chats failed under rotation: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "chats failed under rotation: {failures:?}"
+    );
     assert!(
         ok.load(Ordering::Relaxed) > before,
         "no chat ran after the rotation"
@@ -183,7 +186,8 @@ async fn keys_expire_rotate_under_load_and_go_with_their_member() {
     assert!(report.revoked >= 1, "{report:?}");
     let gone = client.key_info(&KeyRef::Token(old_token)).await;
     assert!(
-        matches!(&gone, Err(LiteLlmError::NotFound(_))) || gone.as_ref().is_ok_and(KeyInfo::is_deleted),
+        matches!(&gone, Err(LiteLlmError::NotFound(_)))
+            || gone.as_ref().is_ok_and(KeyInfo::is_deleted),
         "{gone:?}"
     );
     let refused = client

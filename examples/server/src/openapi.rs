@@ -11,7 +11,9 @@ use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
 use crate::api::guardrails::{CreateRule, OrgScope, PlatformScope};
-use crate::api::{budgets, groups, guardrails, invitations, members, orgs, profiles, tiers, usage};
+use crate::api::{
+    budgets, groups, guardrails, invitations, litellm, members, orgs, profiles, tiers, usage,
+};
 use crate::auth::routes as auth;
 use crate::error::ErrorBody;
 use crate::gateway::error::OpenAiErrorBody;
@@ -374,6 +376,13 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
             .json(s.of::<profiles::CreateProfile>())
             .ok(201, s.of::<UserProfile>()),
 
+        ("GET", "/api/litellm/spend") => op.ok(200, s.of::<litellm::SpendStatus>()),
+        ("POST", "/api/litellm/spend-callback") => op
+            .json(json!({
+                "description": "LiteLLM's `generic_api` logging callback: a JSON array of LiteLLM `StandardLoggingPayload` objects (`log_format: json_array`), one object, or NDJSON; sent with `Authorization: Bearer <STRATAI_LITELLM_CALLBACK_SECRET>`",
+                "type": ["array", "object"]
+            }))
+            .ok(200, s.of::<litellm::CallbackOutcome>()),
         ("GET", "/health/live") => op.ok(200, s.of::<crate::app::Live>()),
         ("GET", "/health/ready") => {
             let ready = s.of::<crate::app::Ready>();

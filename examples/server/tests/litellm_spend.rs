@@ -130,7 +130,9 @@ async fn serve(
     let backends = Backends::seeded(stores.clone(), config).await.unwrap();
     let auth = Arc::new(Auth::from_config(config, backends.directory, backends.sessions).unwrap());
     let mut options = GatewayOptions::from_config(config);
-    options.spool_path = backing.dir.join(format!("usage-{}.spool", uuid::Uuid::new_v4()));
+    options.spool_path = backing
+        .dir
+        .join(format!("usage-{}.spool", uuid::Uuid::new_v4()));
     let gateway = build_state(config, auth.clone(), stores, options)
         .await
         .unwrap();
@@ -157,7 +159,8 @@ async fn serve(
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    let listener = listener.unwrap_or_else(|| panic!("cannot listen on the callback address {addr}"));
+    let listener =
+        listener.unwrap_or_else(|| panic!("cannot listen on the callback address {addr}"));
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (server, format!("http://{addr}"))
 }
@@ -256,11 +259,7 @@ async fn records(stores: &Stores, org: OrgId, user: UserId) -> Vec<UsageRecord> 
 
 async fn spent(stores: &Stores, org: OrgId, user: UserId) -> Decimal {
     let id = implied_budget_id(org, BudgetScope::User(user));
-    let states = stores
-        .budgets
-        .states(org, &[id], Utc::now())
-        .await
-        .unwrap();
+    let states = stores.budgets.states(org, &[id], Utc::now()).await.unwrap();
     states[0].spent.amount()
 }
 
@@ -274,9 +273,10 @@ async fn direct_record(
 ) -> Option<UsageRecord> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let found = records(stores, org, user).await.into_iter().find(|r| {
-            r.endpoint == DIRECT_ENDPOINT && r.litellm_request_id.as_deref() == Some(id)
-        });
+        let found = records(stores, org, user)
+            .await
+            .into_iter()
+            .find(|r| r.endpoint == DIRECT_ENDPOINT && r.litellm_request_id.as_deref() == Some(id));
         if found.is_some() || tokio::time::Instant::now() >= deadline {
             return found;
         }
@@ -350,7 +350,10 @@ async fn spend_reaches_the_books_by_callback_and_by_poll(db: Db) {
     assert!(record.provider_cost > Money::ZERO);
     // Billed at the tier's rates ($2 / $4 per 1k tokens, twice the provider's price); the
     // provider cost is LiteLLM's, without its floating-point tail.
-    let (input, output) = (i64::from(record.input_tokens), i64::from(record.output_tokens));
+    let (input, output) = (
+        i64::from(record.input_tokens),
+        i64::from(record.output_tokens),
+    );
     assert_eq!(
         record.billed_amount.amount(),
         Decimal::new(2 * input + 4 * output, 3),
@@ -361,7 +364,10 @@ async fn spend_reaches_the_books_by_callback_and_by_poll(db: Db) {
         Decimal::new(input + 2 * output, 3),
         "{record:?}"
     );
-    assert_eq!(spent(&stores, org, user).await, record.billed_amount.amount());
+    assert_eq!(
+        spent(&stores, org, user).await,
+        record.billed_amount.amount()
+    );
     let alert = {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -437,9 +443,15 @@ async fn spend_reaches_the_books_by_callback_and_by_poll(db: Db) {
     assert_eq!(status["cost_mismatches"], 0, "{status}");
     assert_eq!(status["token_mismatches"], 0, "{status}");
     let mine = records(&stores, org, user).await;
-    assert_eq!(mine.len(), 2, "one direct and one gateway record: {mine:#?}");
     assert_eq!(
-        mine.iter().filter(|r| r.endpoint == DIRECT_ENDPOINT).count(),
+        mine.len(),
+        2,
+        "one direct and one gateway record: {mine:#?}"
+    );
+    assert_eq!(
+        mine.iter()
+            .filter(|r| r.endpoint == DIRECT_ENDPOINT)
+            .count(),
         1
     );
     let gateway_billed = mine

@@ -71,7 +71,10 @@ impl SpendDesk {
                         metrics::counter!("stratai_litellm_spend_mismatches_total", "kind" => "tokens")
                             .increment(1);
                     }
-                    tracing::warn!(?m, "LiteLLM's spend differs from the gateway's usage record");
+                    tracing::warn!(
+                        ?m,
+                        "LiteLLM's spend differs from the gateway's usage record"
+                    );
                 }
                 "gateway"
             }
@@ -93,7 +96,9 @@ impl SpendDesk {
 
     fn authorized(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(secret) = &self.secret else {
-            return Err(ApiError::NotFound("route".to_owned()));
+            return Err(ApiError::NotFound(
+                "spend callback (STRATAI_LITELLM_CALLBACK_SECRET is not set)".to_owned(),
+            ));
         };
         let given = headers
             .get(header::AUTHORIZATION)
@@ -115,7 +120,7 @@ fn desk(state: &AppState) -> Result<&Arc<SpendDesk>, ApiError> {
         .gateway
         .as_ref()
         .and_then(|g| g.litellm_spend.as_ref())
-        .ok_or_else(|| ApiError::NotFound("route".to_owned()))
+        .ok_or_else(|| ApiError::NotFound("LiteLLM spend (no LiteLLM proxy configured)".to_owned()))
 }
 
 /// What one callback delivery did.

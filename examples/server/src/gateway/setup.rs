@@ -227,7 +227,8 @@ impl SpendPoll {
     async fn run(&self, engine: &SyncEngine) {
         let now = chrono::Utc::now();
         let to = now - SPEND_LOG_LAG;
-        let from = to - chrono::Duration::from_std(self.window).unwrap_or(chrono::Duration::hours(1));
+        let from =
+            to - chrono::Duration::from_std(self.window).unwrap_or(chrono::Duration::hours(1));
         match self
             .desk
             .importer()
@@ -383,7 +384,9 @@ pub async fn build_state(
                 l.proxy.callback_secret.clone(),
             ));
             if l.proxy.callback_secret.is_some() {
-                tracing::info!("LiteLLM's spend callback is accepted at POST /api/litellm/spend-callback");
+                tracing::info!(
+                    "LiteLLM's spend callback is accepted at POST /api/litellm/spend-callback"
+                );
             }
             if l.sync_in_process {
                 tracing::info!(
