@@ -5,9 +5,16 @@
 # runs is kept. Progress goes to stderr; stdout gets only the line to eval:
 #   export STRATAI_LITELLM_URL=http://127.0.0.1:4000 STRATAI_LITELLM_MASTER_KEY=sk-master-1234
 # Typical use:  eval "$(scripts/litellm-up.sh)" && cargo test -p stratai-litellm
+# The proxy's `generic_api` logging callback (LiteLLM's real-time spend report) posts to
+# http://$STRATAI_LITELLM_CALLBACK_ADDR/api/litellm/spend-callback with
+# `Authorization: Bearer $STRATAI_LITELLM_CALLBACK_SECRET`; both are exported too, so the
+# tests that check the callback serve StratAI's route on that address. (Given an own
+# LITELLM_CONFIG, the callback is not added: put it in that file, see the server README.)
 # env: STRATAI_LITELLM_KIT (default $REPO/../shared/litellm), STRATAI_LITELLM_WORK_DIR (default
-#      $HOME/.cache/stratai/litellm), MOCK_UPSTREAM_ADDR (default 127.0.0.1:18080), and the kit's
-#      LITELLM_PORT, LITELLM_MASTER_KEY, LITELLM_DB, LITELLM_PG (see the kit README).
+#      $HOME/.cache/stratai/litellm), MOCK_UPSTREAM_ADDR (default 127.0.0.1:18080),
+#      STRATAI_LITELLM_CALLBACK_ADDR (default 127.0.0.1:18181), STRATAI_LITELLM_CALLBACK_SECRET
+#      (default a fixed test secret), and the kit's LITELLM_PORT, LITELLM_MASTER_KEY,
+#      LITELLM_DB, LITELLM_PG (see the kit README).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -48,6 +55,24 @@ else
 fi
 
 # --- LiteLLM proxy -------------------------------------------------------------------------
+CALLBACK_ADDR=${STRATAI_LITELLM_CALLBACK_ADDR:-127.0.0.1:18181}
+CALLBACK_SECRET=${STRATAI_LITELLM_CALLBACK_SECRET:-stratai-test-callback-secret}
+if [[ -z ${LITELLM_CONFIG:-} ]]; then
+  # LiteLLM's HTTP logging callback to StratAI (the server README's snippet).
+  export LITELLM_CONFIG=$WORK_DIR/stratai-callback.yaml
+  cat >"$LITELLM_CONFIG" <<YAML
+litellm_settings:
+  callbacks: ["stratai_spend"]
+callback_settings:
+  stratai_spend:
+    callback_type: generic_api
+    endpoint: http://$CALLBACK_ADDR/api/litellm/spend-callback
+    headers:
+      Authorization: "Bearer $CALLBACK_SECRET"
+    event_types: ["llm_api_success"]
+    log_format: json_array
+YAML
+fi
 "$KIT/setup.sh" "$WORK_DIR" >&2
 URL=
 if [[ -f $WORK_DIR/proxy.pid ]] && alive "$(cat "$WORK_DIR/proxy.pid")"; then
@@ -61,6 +86,13 @@ if [[ -f $WORK_DIR/proxy.pid ]] && alive "$(cat "$WORK_DIR/proxy.pid")"; then
   fi
 else
   URL=$("$KIT/start.sh" "$WORK_DIR")
+  printf 'CALLBACK_ADDR=%s\nCALLBACK_SECRET=%s\n' "$CALLBACK_ADDR" "$CALLBACK_SECRET" >"$WORK_DIR/stratai-callback.env"
 fi
 [[ -n $URL ]] || die "the kit did not print the proxy URL"
-printf 'export STRATAI_LITELLM_URL=%s STRATAI_LITELLM_MASTER_KEY=%s\n' "$URL" "$LITELLM_MASTER_KEY"
+# The callback the running proxy was started with (it may predate this call's settings).
+if [[ -f $WORK_DIR/stratai-callback.env ]]; then
+  CALLBACK_ADDR=$(sed -n 's/^CALLBACK_ADDR=//p' "$WORK_DIR/stratai-callback.env")
+  CALLBACK_SECRET=$(sed -n 's/^CALLBACK_SECRET=//p' "$WORK_DIR/stratai-callback.env")
+fi
+printf 'export STRATAI_LITELLM_URL=%s STRATAI_LITELLM_MASTER_KEY=%s STRATAI_LITELLM_CALLBACK_ADDR=%s STRATAI_LITELLM_CALLBACK_SECRET=%s\n' \
+  "$URL" "$LITELLM_MASTER_KEY" "$CALLBACK_ADDR" "$CALLBACK_SECRET"

@@ -68,7 +68,9 @@ impl ChatRequest {
 }
 
 /// Who a call is for: sent as `x-litellm-end-user-id` (recorded as `end_user` in spend logs),
-/// `x-stratai-user-id`, `x-stratai-org-id` and `x-stratai-request-id`.
+/// `x-stratai-user-id`, `x-stratai-org-id` and `x-stratai-request-id`; the request id also as
+/// `x-litellm-spend-logs-metadata: {"stratai_request_id": ...}`, which LiteLLM keeps in the
+/// spend log and the logging callback (see [`crate::spend`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Attribution {
     /// End user recorded by LiteLLM.

@@ -441,6 +441,7 @@ impl LiteLlmClient {
             blocked: update.blocked,
             team_id: update.team_id.as_deref(),
             organization_id: update.organization_id.as_deref(),
+            duration: update.duration.as_deref(),
         };
         let mut info: KeyInfo = self
             .post("/key/update", &body, Idempotency::Idempotent)
@@ -724,6 +725,19 @@ impl LiteLlmClient {
                 })?;
                 headers.insert(HeaderName::from_static(name), value);
             }
+        }
+        // LiteLLM keeps this object in the call's spend log row and its logging callback
+        // payload (`metadata.spend_logs_metadata`): how the spend importer tells a call
+        // through StratAI from a direct use of the member's key (`crate::spend`).
+        if let Some(id) = &attribution.request_id {
+            let value = serde_json::json!({ crate::spend::STRATAI_REQUEST_KEY: id }).to_string();
+            let value = HeaderValue::from_str(&value).map_err(|_| {
+                LiteLlmError::InvalidInput(format!("request id `{id}` as a header value"))
+            })?;
+            headers.insert(
+                HeaderName::from_static("x-litellm-spend-logs-metadata"),
+                value,
+            );
         }
         Ok(headers)
     }

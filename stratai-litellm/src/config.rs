@@ -307,6 +307,24 @@ pub struct FileLiteLlm {
     /// `STRATAI_LITELLM_SYNC` (server): `in-process` (default) runs the outbox sync in the
     /// server; `worker` leaves it to `litellm-worker`
     pub sync: Option<String>,
+    /// `STRATAI_LITELLM_CALLBACK_SECRET` (server): the bearer secret LiteLLM's logging
+    /// callback must send to `POST /api/litellm/spend-callback` (the route answers 404
+    /// without it)
+    pub callback_secret: Option<Secret>,
+    /// `STRATAI_LITELLM_SPEND_POLL_SECS`: how often LiteLLM's spend logs are polled and
+    /// imported where the sync runs (default 60)
+    pub spend_poll_secs: Option<u64>,
+    /// `STRATAI_LITELLM_SPEND_WINDOW_SECS`: how far back each poll reads (default 3600)
+    pub spend_window_secs: Option<u64>,
+    /// `STRATAI_LITELLM_KEY_DURATION`: lifetime of a member's virtual key in LiteLLM's
+    /// duration syntax (`365d`, `52w`, `12mo`, `24h`; default `365d`)
+    pub key_duration: Option<String>,
+    /// `STRATAI_LITELLM_KEY_ROTATE_BEFORE_SECS`: a key expiring within this is rotated
+    /// (default 30 days)
+    pub key_rotate_before_secs: Option<u64>,
+    /// `STRATAI_LITELLM_KEY_GRACE_SECS`: how long a rotated key keeps working for calls
+    /// already holding it before it is deleted (default 3600)
+    pub key_grace_secs: Option<u64>,
 }
 
 /// The `[mail]` section of the config file: how invitation emails leave the server.
@@ -495,6 +513,29 @@ pub struct LiteLlmSettings {
     /// `STRATAI_VAULT_REPLACE_FOREIGN`: replace members' keys sealed under another master
     /// key instead of refusing them.
     pub vault_replace_foreign: bool,
+    /// `STRATAI_LITELLM_CALLBACK_SECRET`: the bearer secret of LiteLLM's logging callback.
+    pub callback_secret: Option<Secret>,
+    /// `STRATAI_LITELLM_SPEND_POLL_SECS`: spend-log poll interval.
+    pub spend_poll: Duration,
+    /// `STRATAI_LITELLM_SPEND_WINDOW_SECS`: how far back a poll reads.
+    pub spend_window: Duration,
+    /// `STRATAI_LITELLM_KEY_DURATION`: a virtual key's lifetime (LiteLLM duration syntax).
+    pub key_duration: String,
+    /// `STRATAI_LITELLM_KEY_ROTATE_BEFORE_SECS`: rotate a key expiring within this.
+    pub key_rotate_before: Duration,
+    /// `STRATAI_LITELLM_KEY_GRACE_SECS`: how long a rotated key keeps working.
+    pub key_grace: Duration,
+}
+
+/// Whether `text` is a LiteLLM duration (`<n>s|m|h|d|w|mo`, n > 0), the syntax of key
+/// lifetimes and budget periods.
+pub fn is_litellm_duration(text: &str) -> bool {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &text[digits.len()..];
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.parse::<u64>().is_ok_and(|n| n > 0)
+        && matches!(unit, "s" | "m" | "h" | "d" | "w" | "mo")
 }
 
 impl LiteLlmSettings {
@@ -552,12 +593,71 @@ impl LiteLlmSettings {
             file.vault_replace_foreign,
         )?
         .unwrap_or(false);
+        let callback_secret = env
+            .get("STRATAI_LITELLM_CALLBACK_SECRET")
+            .map(Secret::new)
+            .or_else(|| file.callback_secret.clone());
+        if let Some(secret) = &callback_secret
+            && secret.expose().trim().len() < 16
+        {
+            return Err(invalid(
+                "STRATAI_LITELLM_CALLBACK_SECRET",
+                "too short: use at least 16 characters (e.g. `openssl rand -hex 24`)",
+            ));
+        }
+        let key_duration = env
+            .get("STRATAI_LITELLM_KEY_DURATION")
+            .or_else(|| file.key_duration.clone())
+            .unwrap_or_else(|| "365d".to_owned());
+        let key_duration = key_duration.trim().to_owned();
+        if !is_litellm_duration(&key_duration) {
+            return Err(invalid(
+                "STRATAI_LITELLM_KEY_DURATION",
+                format!("`{key_duration}`: expected LiteLLM's `<n>s|m|h|d|w|mo`, e.g. `365d`"),
+            ));
+        }
         Ok(Some(Self {
             url,
             master_key,
             vault_key,
             vault_replace_foreign,
+            callback_secret,
+            spend_poll: secs(
+                env,
+                "STRATAI_LITELLM_SPEND_POLL_SECS",
+                file.spend_poll_secs,
+                60,
+            )?,
+            spend_window: secs(
+                env,
+                "STRATAI_LITELLM_SPEND_WINDOW_SECS",
+                file.spend_window_secs,
+                3600,
+            )?,
+            key_duration,
+            key_rotate_before: secs(
+                env,
+                "STRATAI_LITELLM_KEY_ROTATE_BEFORE_SECS",
+                file.key_rotate_before_secs,
+                30 * 86_400,
+            )?,
+            key_grace: secs(
+                env,
+                "STRATAI_LITELLM_KEY_GRACE_SECS",
+                file.key_grace_secs,
+                3600,
+            )?,
         }))
+    }
+
+    /// The sync engine's settings: the defaults with this key lifetime and rotation.
+    pub fn sync_config(&self) -> crate::sync::SyncConfig {
+        crate::sync::SyncConfig {
+            key_duration: Some(self.key_duration.clone()),
+            rotate_before: self.key_rotate_before,
+            key_grace: self.key_grace,
+            ..crate::sync::SyncConfig::default()
+        }
     }
 
     /// A client of the proxy with the master key.
@@ -710,5 +810,51 @@ mod tests {
             e.to_string().contains("STRATAI_VAULT_REPLACE_FOREIGN"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn spend_and_key_lifetime_settings_default_and_refuse_bad_values_by_name() {
+        let file = FileLiteLlm::default();
+        let proxy = [("LITELLM_URL", "http://x"), ("LITELLM_MASTER_KEY", "sk-m")];
+        let l = LiteLlmSettings::load(&env(&proxy), &file, true)
+            .unwrap()
+            .unwrap();
+        assert!(l.callback_secret.is_none());
+        assert_eq!(l.spend_poll, Duration::from_secs(60));
+        assert_eq!(l.spend_window, Duration::from_secs(3600));
+        assert_eq!(l.key_duration, "365d");
+        assert_eq!(l.key_rotate_before, Duration::from_secs(30 * 86_400));
+        assert_eq!(l.key_grace, Duration::from_secs(3600));
+        let mut set = proxy.to_vec();
+        set.extend([
+            ("STRATAI_LITELLM_CALLBACK_SECRET", "0123456789abcdef0123"),
+            ("STRATAI_LITELLM_SPEND_POLL_SECS", "5"),
+            ("STRATAI_LITELLM_KEY_DURATION", "12mo"),
+            ("STRATAI_LITELLM_KEY_GRACE_SECS", "30"),
+        ]);
+        let l = LiteLlmSettings::load(&env(&set), &file, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            l.callback_secret.as_ref().map(Secret::expose),
+            Some("0123456789abcdef0123")
+        );
+        assert_eq!(l.spend_poll, Duration::from_secs(5));
+        assert_eq!(l.key_duration, "12mo");
+        assert_eq!(l.key_grace, Duration::from_secs(30));
+        for (key, value) in [
+            ("STRATAI_LITELLM_CALLBACK_SECRET", "short"),
+            ("STRATAI_LITELLM_KEY_DURATION", "1y"),
+            ("STRATAI_LITELLM_KEY_DURATION", "0d"),
+            ("STRATAI_LITELLM_SPEND_POLL_SECS", "0"),
+            ("STRATAI_LITELLM_KEY_ROTATE_BEFORE_SECS", "soon"),
+        ] {
+            let mut bad = proxy.to_vec();
+            bad.push((key, value));
+            let e = LiteLlmSettings::load(&env(&bad), &file, true).unwrap_err();
+            assert!(e.to_string().contains(key), "{key}={value}: {e}");
+        }
+        assert!(is_litellm_duration("365d") && is_litellm_duration("2w"));
+        assert!(!is_litellm_duration("d") && !is_litellm_duration("5 d"));
     }
 }

@@ -8,6 +8,7 @@ pub mod decimal;
 mod error;
 pub mod gateway;
 mod secret;
+pub mod spend;
 pub mod sync;
 pub mod time;
 mod types;

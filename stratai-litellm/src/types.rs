@@ -211,6 +211,8 @@ pub struct KeyUpdate {
     pub organization_id: Option<String>,
     /// Remove the budget (sends `max_budget: null`; wins over `max_budget`).
     pub clear_max_budget: bool,
+    /// New lifetime from now (`1h`): LiteLLM refuses the key after it.
+    pub duration: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -239,6 +241,8 @@ pub(crate) struct KeyUpdateBody<'a> {
     pub(crate) team_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) organization_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) duration: Option<&'a str>,
 }
 
 /// A key as `/key/info`, `/key/update` and `/key/list?return_full_object=true` describe it
@@ -905,12 +909,25 @@ pub struct SpendLogRow {
     /// LiteLLM's call id.
     #[serde(default)]
     pub litellm_call_id: Option<String>,
+    /// The row's metadata (`user_api_key_alias`, `spend_logs_metadata`, `status`, ...), as
+    /// LiteLLM wrote it.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 impl SpendLogRow {
-    /// Whether the call succeeded (rows without status are successes in 1.108).
+    /// Whether the call succeeded (rows without status are successes in 1.108; the status
+    /// is a column, and in `metadata.status` too).
     pub fn is_success(&self) -> bool {
-        self.status.as_deref().is_none_or(|s| s == "success")
+        let in_metadata = self
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("status"))
+            .and_then(serde_json::Value::as_str);
+        self.status
+            .as_deref()
+            .or(in_metadata)
+            .is_none_or(|s| s == "success")
     }
 }
 

@@ -21,8 +21,11 @@
 //!
 //! Every `--interval-ms` (1000) it runs a sync pass over the outbox; every
 //! `--reconcile-every-s` (300) a drift reconcile (repairing with `--repair`); every
-//! `--spend-every-s` (3600) a spend reconciliation of the last `--spend-window-min` (60)
-//! minutes, ending 30 s ago (spend logs are written in batches). `--once` runs each step once
+//! `--spend-every-s` (`STRATAI_LITELLM_SPEND_POLL_SECS`, 60) an import of LiteLLM's spend
+//! logs of the last `--spend-window-min` (`STRATAI_LITELLM_SPEND_WINDOW_SECS`, 60 minutes),
+//! ending 15 s ago (spend logs are written in batches): calls through StratAI are matched
+//! with their usage records, calls made with a member's key directly are recorded as their
+//! usage and charged to their budgets (stratai-litellm's `spend` module, the server's path). `--once` runs each step once
 //! and exits: 0 when clean, 1 when drift, a spend gap or a dead letter was found. `--demo` uses
 //! an in-memory store seeded with one organization, group and member, syncs it, chats once
 //! with the member's key and reports (needs the proxy's `mock-gpt` models).
@@ -52,8 +55,8 @@ use stratai_core::directory::{
 use stratai_core::ids::{ModelId, TierSlug};
 use stratai_core::ports::{DirectoryStore, TierStore};
 use stratai_core::tiers::{BASIC_TIER_ID, PREMIUM_TIER_ID, default_tiers, subscriptions_for};
-use stratai_core::usage::UsageQuery;
 use stratai_litellm::config::ProcessEnv;
+use stratai_litellm::spend::{Imported, SpendImporter, SpendSettings};
 use stratai_litellm::sync::{CoreDirectory, KeyVault, ModelNames, SyncConfig, SyncEngine};
 use stratai_litellm::{Attribution, ChatMessage, ChatRequest, LiteLlmClient};
 use stratai_store::Stores;
@@ -64,8 +67,8 @@ struct Options {
     repair: bool,
     interval: Duration,
     reconcile_every: Duration,
-    spend_every: Duration,
-    spend_window: chrono::Duration,
+    spend_every: Option<Duration>,
+    spend_window: Option<chrono::Duration>,
     models: ModelNames,
     vault_replace_foreign: bool,
 }
@@ -92,8 +95,8 @@ fn parse_args() -> Result<Options, String> {
         repair: false,
         interval: Duration::from_millis(1000),
         reconcile_every: Duration::from_secs(300),
-        spend_every: Duration::from_secs(3600),
-        spend_window: chrono::Duration::minutes(60),
+        spend_every: None,
+        spend_window: None,
         models: ModelNames::identity(),
         vault_replace_foreign: false,
     };
@@ -111,12 +114,12 @@ fn parse_args() -> Result<Options, String> {
                 options.reconcile_every = Duration::from_secs(number(&mut args, &arg)?.max(1))
             }
             "--spend-every-s" => {
-                options.spend_every = Duration::from_secs(number(&mut args, &arg)?.max(1))
+                options.spend_every = Some(Duration::from_secs(number(&mut args, &arg)?.max(1)))
             }
             "--spend-window-min" => {
                 let minutes = i64::try_from(number(&mut args, &arg)?)
                     .map_err(|_| "`--spend-window-min` is too large")?;
-                options.spend_window = chrono::Duration::minutes(minutes.max(1));
+                options.spend_window = Some(chrono::Duration::minutes(minutes.max(1)));
             }
             "--model" => {
                 let pair = args.next().ok_or("`--model` needs STRATAI=LITELLM")?;
@@ -188,7 +191,14 @@ async fn run() -> Result<bool, String> {
     } else {
         eprintln!("key vault: master key id {}", vault.key_id);
     }
-    work(stores, client, vault.vault, options, demo).await
+    let mut options = options;
+    options.spend_every.get_or_insert(config.litellm.spend_poll);
+    options.spend_window.get_or_insert(
+        chrono::Duration::from_std(config.litellm.spend_window)
+            .unwrap_or(chrono::Duration::hours(1)),
+    );
+    let sync = config.litellm.sync_config();
+    work(stores, client, vault.vault, sync, options, demo).await
 }
 
 /// One organization with a group (basic tier) and a member with a $1 budget, on a catalog
@@ -268,6 +278,7 @@ async fn work(
     stores: Stores,
     client: LiteLlmClient,
     vault: Arc<dyn KeyVault>,
+    sync: SyncConfig,
     options: Options,
     demo: Option<(stratai_core::ids::OrgId, stratai_core::ids::UserId)>,
 ) -> Result<bool, String> {
@@ -279,9 +290,18 @@ async fn work(
     );
     let config = SyncConfig {
         model_names: options.models.clone(),
-        ..SyncConfig::default()
+        ..sync
     };
     let engine = SyncEngine::new(client.clone(), source, stores.outbox.clone(), vault, config);
+    let importer = SpendImporter::new(
+        stores.directory.clone(),
+        stores.tiers.clone(),
+        stores.budgets.clone(),
+        stores.usage.clone(),
+        SpendSettings::default(),
+    );
+    let spend_window = options.spend_window.unwrap_or(chrono::Duration::hours(1));
+    let spend_every = options.spend_every.unwrap_or(Duration::from_secs(60));
 
     if options.once {
         let mut clean = true;
@@ -359,7 +379,7 @@ async fn work(
         }
         clean &= drift.is_clean() || options.repair;
         if demo.is_none() {
-            clean &= spend(&engine, &stores, options.spend_window).await?;
+            clean &= spend(&engine, &importer, spend_window).await?;
         }
         return Ok(clean);
     }
@@ -382,10 +402,19 @@ async fn work(
                 ),
                 Err(e) => eprintln!("reconcile failed: {e}"),
             }
+            match engine.rotate_keys(Utc::now()).await {
+                Ok(r) if !r.rotated.is_empty() || r.revoked > 0 => println!(
+                    "keys: {} rotated ahead of expiry, {} rotated keys revoked",
+                    r.rotated.len(),
+                    r.revoked
+                ),
+                Ok(_) => {}
+                Err(e) => eprintln!("key rotation failed: {e}"),
+            }
         }
-        if last_spend.elapsed() >= options.spend_every {
+        if last_spend.elapsed() >= spend_every {
             last_spend = tokio::time::Instant::now();
-            if let Err(e) = spend(&engine, &stores, options.spend_window).await {
+            if let Err(e) = spend(&engine, &importer, spend_window).await {
                 eprintln!("spend reconciliation failed: {e}");
             }
         }
@@ -396,44 +425,51 @@ async fn work(
     }
 }
 
-/// Spend reconciliation of every organization over the window ending 30 s ago.
+/// Imports LiteLLM's spend logs of the window ending 15 s ago (spend logs are written in
+/// batches): calls through StratAI are matched with their usage records, calls made with a
+/// member's key directly are recorded as their usage and charged to their budgets (the same
+/// idempotent path as the server's callback). Clean when nothing was spent outside StratAI
+/// and no record disagrees with LiteLLM.
 async fn spend(
     engine: &SyncEngine,
-    stores: &Stores,
+    importer: &SpendImporter,
     window: chrono::Duration,
 ) -> Result<bool, String> {
-    let to = Utc::now() - chrono::Duration::seconds(30);
+    let now = Utc::now();
+    let to = now - chrono::Duration::seconds(15);
     let from = to - window;
-    let mut records = Vec::new();
-    for org in stores
-        .directory
-        .list_orgs()
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        let query = UsageQuery {
-            from: Some(from),
-            to: Some(to),
-            ..UsageQuery::default()
-        };
-        records.extend(
-            stores
-                .usage
-                .query(org.id, &query, 1_000_000)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    let report = engine
-        .reconcile_spend(&records, from, to, Decimal::new(1, 6))
+    let (report, outcomes) = importer
+        .poll(engine.client(), from, to, now)
         .await
         .map_err(|e| format!("spend: {e}"))?;
     println!(
-        "spend: {} matched, {} missing in litellm, {} missing in stratai, {} cost mismatches",
-        report.matched,
-        report.missing_in_litellm.len(),
-        report.missing_in_stratai.len(),
-        report.cost_mismatches.len()
+        "spend: {} rows, {} through StratAI, {} recorded outside StratAI, {} already settled, {} pending, {} ignored, {} mismatches",
+        report.rows,
+        report.gateway,
+        report.direct_recorded,
+        report.repeated,
+        report.pending,
+        report.ignored,
+        report.mismatches
     );
-    Ok(report.is_clean())
+    for outcome in &outcomes {
+        match outcome {
+            Imported::Direct {
+                record,
+                fresh: true,
+                ..
+            } => println!(
+                "  spend outside StratAI: member {} of {} used their key directly ({} billed, LiteLLM request {})",
+                record.user_id,
+                record.org_id,
+                record.billed_amount,
+                record.litellm_request_id.as_deref().unwrap_or("")
+            ),
+            Imported::Gateway {
+                mismatch: Some(m), ..
+            } => println!("  mismatch: {m:?}"),
+            _ => {}
+        }
+    }
+    Ok(report.direct_recorded == 0 && report.mismatches == 0)
 }

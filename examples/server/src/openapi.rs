@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 
 use crate::api::guardrails::{CreateRule, OrgScope, PlatformScope};
 use crate::api::{
-    billing, budgets, groups, guardrails, invitations, members, orgs, profiles, tiers, usage,
-    users,
+    billing, budgets, groups, guardrails, invitations, litellm, members, orgs, profiles, tiers,
+    usage, users,
 };
 use crate::auth::routes as auth;
 use crate::error::{ErrorBody, ErrorCode};
@@ -432,6 +432,13 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
             .query(s.query::<billing::PricingReportQuery>())
             .ok(200, s.of::<billing::PricingReport>()),
 
+        ("GET", "/api/litellm/spend") => op.ok(200, s.of::<litellm::SpendStatus>()),
+        ("POST", "/api/litellm/spend-callback") => op
+            .json(json!({
+                "description": "LiteLLM's `generic_api` logging callback: a JSON array of LiteLLM `StandardLoggingPayload` objects (`log_format: json_array`), one object, or NDJSON; sent with `Authorization: Bearer <STRATAI_LITELLM_CALLBACK_SECRET>`",
+                "type": ["array", "object"]
+            }))
+            .ok(200, s.of::<litellm::CallbackOutcome>()),
         ("GET", "/health/live") => op.ok(200, s.of::<crate::app::Live>()),
         ("GET", "/health/ready") => {
             let ready = s.of::<crate::app::Ready>();

@@ -80,6 +80,8 @@ POST   /api/profiles                                       201 403 403 403 403 4
 GET    /api/users                                          200 403 403 403 403 403 401 401 403
 GET    /api/users/{user_id}                                200 403 403 403 403 403 401 401 403
 PATCH  /api/users/{user_id}                                200 403 403 403 403 403 401 401 403
+GET    /api/litellm/spend                                  404 403 403 403 403 403 401 401 403
+POST   /api/litellm/spend-callback                         404 404 404 404 404 404 404 404 404
 GET    /                                                   303 303 303 303 303 303 303 303 303
 GET    /signin                                             303 303 303 303 303 303 200 200 303
 POST   /signin                                             303 303 303 303 303 303 403 403 303
@@ -151,10 +153,12 @@ fn is_ui(path: &str) -> bool {
 /// a super admin, uses models in an organization they are not a member of.
 const GATEWAY: [&str; 3] = ["/v1/chat/completions", "/v1/models", "/api/explain"];
 
-const PLATFORM: [&str; 37] = [
+const PLATFORM: [&str; 39] = [
     "/metrics",
     "/api/billing/invoices",
     "/api/billing/overview",
+    "/api/litellm/spend",
+    "/api/litellm/spend-callback",
     "/openapi.json",
     "/api/guardrails",
     "/api/guardrails/{rule_id}",

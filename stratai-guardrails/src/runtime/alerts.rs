@@ -99,6 +99,8 @@ pub enum Alert {
     Budget(AlertPayload),
     /// A request was billed beyond its reservation.
     Overage(OveragePayload),
+    /// A member's LiteLLM key was used outside StratAI's gateway.
+    Outside(OutsidePayload),
 }
 
 impl Alert {
@@ -108,6 +110,7 @@ impl Alert {
         match self {
             Self::Budget(p) => &p.message,
             Self::Overage(p) => &p.message,
+            Self::Outside(p) => &p.message,
         }
     }
 }
@@ -138,6 +141,14 @@ impl AlertDelivery for LogAlerts {
                 org = %p.org_id,
                 request_id = %p.request_id,
                 overage = %p.overage,
+                "usage alert: {}",
+                p.message
+            ),
+            Alert::Outside(p) => tracing::warn!(
+                org = %p.org_id,
+                user = %p.user_id,
+                request_id = %p.request_id,
+                billed = %p.billed_amount,
                 "usage alert: {}",
                 p.message
             ),
@@ -196,6 +207,7 @@ async fn post_alert(client: reqwest::Client, url: url::Url, alert: Alert) {
     let label = match &alert {
         Alert::Budget(p) => p.budget_id.to_string(),
         Alert::Overage(p) => p.request_id.to_string(),
+        Alert::Outside(p) => p.request_id.to_string(),
     };
     tracing::error!(alert = %label, "alert webhook gave up after 3 attempts");
 }
@@ -290,6 +302,52 @@ impl AlertSink {
         self.delivery.deliver(&Alert::Overage(payload));
         true
     }
+
+    /// Emits the "spend outside StratAI" alert of a usage record imported from LiteLLM: a
+    /// member's virtual key was used directly against the proxy (a script, a notebook, a
+    /// leaked key). The caller fires it once, when the record is first written.
+    pub fn outside_stratai(&self, record: &UsageRecord) {
+        let payload = OutsidePayload {
+            event: "usage.outside_stratai",
+            org_id: record.org_id,
+            request_id: record.request_id,
+            litellm_request_id: record.litellm_request_id.clone(),
+            user_id: record.user_id,
+            model: record.model.to_string(),
+            provider_cost: record.provider_cost,
+            billed_amount: record.billed_amount,
+            message: format!(
+                "spend outside StratAI: the member's LiteLLM key was used directly ({} billed); recorded and charged to their budgets",
+                record.billed_amount
+            ),
+        };
+        metrics::counter!("stratai_litellm_spend_outside_total").increment(1);
+        self.delivery.deliver(&Alert::Outside(payload));
+    }
+}
+
+/// The JSON body posted to the webhook for spend made with a member's LiteLLM key outside
+/// StratAI's gateway (recorded as their usage and charged to their budgets).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OutsidePayload {
+    /// Always `usage.outside_stratai`.
+    pub event: &'static str,
+    /// Organization.
+    pub org_id: OrgId,
+    /// The usage record's request id.
+    pub request_id: RequestId,
+    /// LiteLLM's request id.
+    pub litellm_request_id: Option<String>,
+    /// The member whose key was used.
+    pub user_id: UserId,
+    /// The model.
+    pub model: String,
+    /// What LiteLLM charged.
+    pub provider_cost: Money,
+    /// What was billed and charged to the member's budgets.
+    pub billed_amount: Money,
+    /// Human summary.
+    pub message: String,
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicU8;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use stratai_core::StoreError;
 use stratai_core::ids::{GroupId, OrgId, UserId};
 use stratai_core::ports::{OutboxEntity, OutboxEvent, OutboxStore};
@@ -62,6 +62,14 @@ pub struct SyncConfig {
     pub model_names: ModelNames,
     /// Whether organizations become LiteLLM organizations (LiteLLM Enterprise).
     pub organizations: Organizations,
+    /// Lifetime of a member's virtual key (LiteLLM duration syntax, `365d`): LiteLLM refuses
+    /// the key after it. `None`: keys never expire.
+    pub key_duration: Option<String>,
+    /// A key expiring within this is rotated by [`SyncEngine::rotate_keys`].
+    pub rotate_before: Duration,
+    /// How long a rotated key keeps working (for calls that read it before the rotation)
+    /// before [`SyncEngine::rotate_keys`] deletes it.
+    pub key_grace: Duration,
 }
 
 /// Whether StratAI organizations become LiteLLM organizations, which LiteLLM offers only
@@ -105,6 +113,9 @@ impl Default for SyncConfig {
             budget_duration: "1mo".to_owned(),
             model_names: ModelNames::identity(),
             organizations: Organizations::Auto,
+            key_duration: Some("365d".to_owned()),
+            rotate_before: Duration::from_secs(30 * 86_400),
+            key_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -628,10 +639,12 @@ impl SyncEngine {
             Some(_) => self.source.member(org_id, user_id).await?,
             None => None,
         };
-        let existing = self.member_keys(org_id, user_id).await?;
+        let all_keys = self.member_keys(org_id, user_id).await?;
         let vault = self.vault.get(org_id, user_id).await?;
         let (Some(org), Some(membership)) = (org, membership) else {
-            let tokens: Vec<KeyRef> = existing
+            // Removed (or its organization deleted): every key goes at once, rotated ones
+            // still in their grace period too.
+            let tokens: Vec<KeyRef> = all_keys
                 .iter()
                 .filter_map(|k| k.token.clone().map(KeyRef::Token))
                 .collect();
@@ -641,7 +654,7 @@ impl SyncEngine {
             self.vault.remove(org_id, user_id).await?;
             return Ok(Applied::Done);
         };
-        let remote_version = existing
+        let remote_version = all_keys
             .iter()
             .map(|k| recorded_version(k.metadata.as_ref()))
             .max()
@@ -649,6 +662,10 @@ impl SyncEngine {
         if version.is_some_and(|v| remote_version > v) {
             return Ok(Applied::Stale);
         }
+        // A rotated key in its grace period is not the member's key any more: it is left
+        // to expire (LiteLLM refuses it after its `duration`) and be deleted by
+        // [`SyncEngine::rotate_keys`].
+        let existing: Vec<KeyInfo> = all_keys.into_iter().filter(|k| !is_retiring(k)).collect();
         let organization = self.organization_for(&org, false).await?;
         let catalog = self.source.catalog().await?;
         let subscriptions = self.source.subscriptions(org_id).await?;
@@ -699,6 +716,7 @@ impl SyncEngine {
                     models: Some(desired.models.clone()),
                     max_budget: desired.max_budget,
                     budget_duration: desired.budget_duration.clone(),
+                    duration: self.config.key_duration.clone(),
                     metadata: Some(metadata),
                     blocked: desired.blocked.then_some(true),
                     ..KeyGenerate::default()
@@ -770,6 +788,127 @@ impl SyncEngine {
             }
         }
         Ok(Applied::Done)
+    }
+}
+
+/// Metadata key of a rotated key: until when (RFC 3339) it keeps working.
+pub const RETIRING_UNTIL: &str = "stratai_retiring_until";
+
+/// When a rotated key stops working, `None` for a key that was not rotated.
+pub fn retiring_until(key: &KeyInfo) -> Option<DateTime<Utc>> {
+    metadata_str(key.metadata.as_ref(), RETIRING_UNTIL)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Whether a key was rotated (is in, or past, its grace period).
+pub fn is_retiring(key: &KeyInfo) -> bool {
+    key.metadata
+        .as_ref()
+        .is_some_and(|m| m.contains_key(RETIRING_UNTIL))
+}
+
+/// What [`SyncEngine::rotate_keys`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RotationReport {
+    /// Members whose key was rotated (it expired within `rotate_before`).
+    pub rotated: Vec<(OrgId, UserId)>,
+    /// Rotated keys deleted at the end of their grace period.
+    pub revoked: usize,
+}
+
+impl SyncEngine {
+    /// Rotates a member's key now: the current key is renamed (`<alias>:retiring:<token>`),
+    /// marked [`RETIRING_UNTIL`] and given `key_grace` to live (LiteLLM refuses it after),
+    /// then a new key is generated (with the configured lifetime) and sealed in the vault.
+    /// A call that read the old secret before the vault changed still succeeds. False when
+    /// the member has no key to rotate.
+    pub async fn rotate_member(
+        &self,
+        org_id: OrgId,
+        user_id: UserId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, SyncError> {
+        let _guard = self.members.lock().await;
+        let Some((token, _)) = self.vault.get(org_id, user_id).await? else {
+            return Ok(false);
+        };
+        let keys = self.member_keys(org_id, user_id).await?;
+        let Some(current) = keys
+            .iter()
+            .find(|k| k.token.as_deref() == Some(token.as_str()) && !is_retiring(k))
+        else {
+            return Ok(false);
+        };
+        let grace = chrono::Duration::from_std(self.config.key_grace)
+            .unwrap_or_else(|_| chrono::Duration::hours(1));
+        let mut metadata = current.metadata.clone().unwrap_or_default();
+        metadata.insert(
+            RETIRING_UNTIL.to_owned(),
+            serde_json::Value::String((now + grace).to_rfc3339()),
+        );
+        let alias = current
+            .key_alias
+            .clone()
+            .unwrap_or_else(|| key_alias(org_id, user_id));
+        let short: String = token.chars().take(12).collect();
+        self.client
+            .key_update(
+                &KeyRef::Token(token.clone()),
+                &KeyUpdate {
+                    key_alias: Some(format!("{alias}:retiring:{short}")),
+                    metadata: Some(metadata),
+                    duration: Some(format!("{}s", self.config.key_grace.as_secs().max(1))),
+                    ..KeyUpdate::default()
+                },
+            )
+            .await?;
+        self.sync_member_locked(org_id, user_id, None).await?;
+        Ok(true)
+    }
+
+    /// Rotates every managed key expiring within `rotate_before` (keys without an expiry
+    /// are left alone) and deletes rotated keys whose grace period is over. Run it on the
+    /// reconcile schedule.
+    pub async fn rotate_keys(&self, now: DateTime<Utc>) -> Result<RotationReport, SyncError> {
+        let before = chrono::Duration::from_std(self.config.rotate_before)
+            .unwrap_or_else(|_| chrono::Duration::days(30));
+        let mut report = RotationReport::default();
+        let keys = self.client.key_list(&KeyListQuery::default()).await?;
+        let mut revoke = Vec::new();
+        let mut due = Vec::new();
+        for key in keys
+            .iter()
+            .filter(|k| is_managed(k.metadata.as_ref()) && !k.is_deleted())
+        {
+            if let Some(until) = retiring_until(key) {
+                if until <= now
+                    && let Some(token) = &key.token
+                {
+                    revoke.push(KeyRef::Token(token.clone()));
+                }
+                continue;
+            }
+            if key.expires.is_some_and(|e| e - now <= before) {
+                let org = metadata_str(key.metadata.as_ref(), "stratai_org_id")
+                    .and_then(|o| o.parse::<OrgId>().ok());
+                let user = metadata_str(key.metadata.as_ref(), "stratai_user_id")
+                    .and_then(|u| u.parse::<UserId>().ok());
+                if let (Some(org), Some(user)) = (org, user) {
+                    due.push((org, user));
+                }
+            }
+        }
+        if !revoke.is_empty() {
+            tolerate_not_found(self.client.key_delete(&revoke).await)?;
+            report.revoked = revoke.len();
+        }
+        for (org, user) in due {
+            if self.rotate_member(org, user, now).await? {
+                report.rotated.push((org, user));
+            }
+        }
+        Ok(report)
     }
 }
 

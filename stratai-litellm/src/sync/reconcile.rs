@@ -143,10 +143,9 @@ impl SyncEngine {
             .map(|t| (t.team_id.clone(), t))
             .collect();
         let mut managed_keys: BTreeMap<(String, String), Vec<KeyInfo>> = BTreeMap::new();
-        for key in keys
-            .into_iter()
-            .filter(|k| is_managed(k.metadata.as_ref()) && !k.is_deleted())
-        {
+        for key in keys.into_iter().filter(|k| {
+            is_managed(k.metadata.as_ref()) && !k.is_deleted() && !super::is_retiring(k)
+        }) {
             let org = metadata_str(key.metadata.as_ref(), "stratai_org_id")
                 .unwrap_or_default()
                 .to_owned();

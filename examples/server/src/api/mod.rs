@@ -10,6 +10,7 @@ pub mod budgets;
 pub mod groups;
 pub mod guardrails;
 pub mod invitations;
+pub mod litellm;
 pub mod members;
 pub mod orgs;
 pub mod profiles;
@@ -231,4 +232,6 @@ api_routes! {
     get "/api/billing/invoices" => billing::list_all;
     get "/api/billing/overview" => billing::overview;
     get "/api/billing/pricing-report" => billing::pricing_report;
+    get "/api/litellm/spend" => litellm::spend_status;
+    post "/api/litellm/spend-callback" => litellm::spend_callback;
 }

@@ -64,6 +64,8 @@ pub struct GatewayState {
     /// The runtime's background tasks: drained (budget leases, queued usage records) and
     /// stopped at graceful shutdown.
     pub drainer: RuntimeHandle,
+    /// LiteLLM's spend in StratAI's books (callback route, spend-log poll), with LiteLLM.
+    pub litellm_spend: Option<Arc<crate::api::litellm::SpendDesk>>,
 }
 
 impl GatewayState {

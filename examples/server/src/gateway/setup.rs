@@ -39,11 +39,13 @@ use stratai_guardrails::runtime::{
 };
 use stratai_guardrails::{GatekeeperConfig, LeaseConfig};
 use stratai_litellm::gateway::LiteLlmGateway;
-use stratai_litellm::sync::{CoreDirectory, SyncConfig, SyncEngine};
+use stratai_litellm::spend::{SpendImporter, SpendSettings};
+use stratai_litellm::sync::{CoreDirectory, SyncEngine};
 use stratai_store::RedisRateLimiter;
 use url::Url;
 
 use super::GatewayState;
+use crate::api::litellm::SpendDesk;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::stores::Stores;
@@ -125,12 +127,54 @@ pub type Drainer = RuntimeHandle;
 /// including keys whose secret this process does not hold, e.g. after a restart).
 const RECONCILE_EVERY: Duration = Duration::from_secs(300);
 
+/// The spend-log poll of the in-process sync.
+struct SpendPoll {
+    desk: Arc<SpendDesk>,
+    every: Duration,
+    window: Duration,
+}
+
+/// How far a spend-log poll's window ends behind now: LiteLLM writes spend logs in batches.
+const SPEND_LOG_LAG: chrono::Duration = chrono::Duration::seconds(15);
+
+impl SpendPoll {
+    async fn run(&self, engine: &SyncEngine) {
+        let now = chrono::Utc::now();
+        let to = now - SPEND_LOG_LAG;
+        let from =
+            to - chrono::Duration::from_std(self.window).unwrap_or(chrono::Duration::hours(1));
+        match self
+            .desk
+            .importer()
+            .poll(engine.client(), from, to, now)
+            .await
+        {
+            Ok((report, outcomes)) => {
+                for outcome in &outcomes {
+                    self.desk.observe(outcome);
+                }
+                if report.direct_recorded > 0 || report.mismatches > 0 {
+                    tracing::info!(?report, "litellm spend poll");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "litellm spend poll failed; retried next time"),
+        }
+    }
+}
+
 /// The in-process LiteLLM sync: outbox passes every `interval`, a repairing reconcile at
-/// start and every [`RECONCILE_EVERY`].
-fn spawn_sync(engine: Arc<SyncEngine>, interval: Duration) {
+/// start and every [`RECONCILE_EVERY`], and the spend-log poll every `spend.every`.
+fn spawn_sync(engine: Arc<SyncEngine>, interval: Duration, spend: Option<SpendPoll>) {
     tokio::spawn(async move {
         let mut last_reconcile: Option<tokio::time::Instant> = None;
+        let mut last_poll: Option<tokio::time::Instant> = None;
         loop {
+            if let Some(spend) = &spend
+                && last_poll.is_none_or(|t| t.elapsed() >= spend.every)
+            {
+                last_poll = Some(tokio::time::Instant::now());
+                spend.run(&engine).await;
+            }
             match engine.run_once().await {
                 Ok(pass) if pass.events > 0 => tracing::info!(?pass, "litellm sync pass"),
                 Ok(_) => {}
@@ -147,6 +191,15 @@ fn spawn_sync(engine: Arc<SyncEngine>, interval: Duration) {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "litellm reconcile failed"),
                 }
+                match engine.rotate_keys(chrono::Utc::now()).await {
+                    Ok(r) if !r.rotated.is_empty() || r.revoked > 0 => tracing::info!(
+                        rotated = r.rotated.len(),
+                        revoked = r.revoked,
+                        "litellm virtual keys rotated ahead of expiry"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "litellm key rotation failed"),
+                }
             }
             tokio::time::sleep(interval).await;
         }
@@ -162,6 +215,7 @@ pub async fn build_state(
     options: GatewayOptions,
 ) -> Result<GatewayState, String> {
     let mut upstream = None;
+    let mut litellm_engine: Option<Arc<SyncEngine>> = None;
     let (llm, provider): (Arc<dyn LlmGateway>, &'static str) = match (options.llm, &config.litellm)
     {
         (Some(given), _) => given,
@@ -196,16 +250,9 @@ pub async fn build_state(
                 ),
                 stores.outbox.clone(),
                 vault.vault,
-                SyncConfig::default(),
+                l.proxy.sync_config(),
             ));
-            if l.sync_in_process {
-                tracing::info!("the LiteLLM sync runs in-process");
-                spawn_sync(engine.clone(), options.sync_interval);
-            } else {
-                tracing::info!(
-                    "the LiteLLM outbox sync is left to litellm-worker (STRATAI_LITELLM_SYNC=worker); members' keys come from the shared vault"
-                );
-            }
+            litellm_engine = Some(engine.clone());
             (
                 Arc::new(LiteLlmGateway::with_sync_engine(engine)),
                 "litellm",
@@ -252,6 +299,49 @@ pub async fn build_state(
             ..GatekeeperConfig::default()
         },
     };
+    let alerts = AlertSink::webhook(options.alert_webhook);
+    let litellm_spend = match (&litellm_engine, &config.litellm) {
+        (Some(engine), Some(l)) => {
+            let importer = Arc::new(SpendImporter::new(
+                stores.directory.clone(),
+                stores.tiers.clone(),
+                stores.budgets.clone(),
+                stores.usage.clone(),
+                SpendSettings::default(),
+            ));
+            let desk = Arc::new(SpendDesk::new(
+                importer,
+                alerts.clone(),
+                l.proxy.callback_secret.clone(),
+            ));
+            if l.proxy.callback_secret.is_some() {
+                tracing::info!(
+                    "LiteLLM's spend callback is accepted at POST /api/litellm/spend-callback"
+                );
+            }
+            if l.sync_in_process {
+                tracing::info!(
+                    poll_secs = l.proxy.spend_poll.as_secs(),
+                    "the LiteLLM sync and spend-log poll run in-process"
+                );
+                spawn_sync(
+                    engine.clone(),
+                    options.sync_interval,
+                    Some(SpendPoll {
+                        desk: desk.clone(),
+                        every: l.proxy.spend_poll,
+                        window: l.proxy.spend_window,
+                    }),
+                );
+            } else {
+                tracing::info!(
+                    "the LiteLLM outbox sync and spend-log poll are left to litellm-worker (STRATAI_LITELLM_SYNC=worker); members' keys come from the shared vault"
+                );
+            }
+            Some(desk)
+        }
+        _ => None,
+    };
     let mut builder = Runtime::builder(RuntimeStores {
         directory: stores.directory.clone(),
         tiers: stores.tiers.clone(),
@@ -261,7 +351,7 @@ pub async fn build_state(
     })
     .settings(settings)
     .provider(llm, provider)
-    .alerts(AlertSink::webhook(options.alert_webhook));
+    .alerts(alerts);
     if let Some(limiter) = shared_rates {
         builder = builder.shared_rate_limiter(Arc::new(limiter));
     }
@@ -274,5 +364,6 @@ pub async fn build_state(
         provider,
         upstream,
         drainer,
+        litellm_spend,
     })
 }
