@@ -1,49 +1,56 @@
-//! The seed's internal pilot, built with `stratai-core` alone, and the decisions it makes.
+//! The seed's internal pilot, run through the governed path StratAI's server runs.
 //!
-//! This is what embedding StratAI looks like: load (here: build) the directory, catalog,
-//! budgets and usage, then ask core's pure functions. Every decision printed by the binary is
-//! made by one of them:
+//! This is what embedding StratAI looks like: put the directory, catalog and budgets in a
+//! store (here the in-memory one of `stratai-store`), build a [`Runtime`] on it with the
+//! provider (here a simulated model) and ask it. Every chat request of the report is
+//! [`Runtime::caller_view`] -> [`Runtime::admit`] (the Gatekeeper's one decision, then the
+//! reservation of the worst case) -> [`Runtime::call`] (the provider call, settlement bounded
+//! by the reservation, the usage record): nothing here re-derives a decision. The rest of the
+//! report asks core's pure functions:
 //!
-//! * model access: [`stratai_core::tiers::check_model`] and [`stratai_core::tiers::resolve_tiers`];
-//! * one request's decision (model access, worst case, applicable budgets and their verdict):
-//!   `stratai_guardrails`' [`Planner::decide`] and
-//!   [`Plan::judge_budgets`](stratai_guardrails::Plan::judge_budgets), as the gateway's;
-//! * budgets: [`stratai_core::budget::applicable_budgets`], [`stratai_core::budget::evaluate_budgets`]
-//!   and the reference ledger [`stratai_core::budget::LedgerModel`];
-//! * prices: [`stratai_core::pricing`];
+//! * the model selector: [`stratai_core::tiers::resolve_tiers`];
+//! * prices of the usage history: [`stratai_core::pricing`];
 //! * who may do what: [`stratai_core::access::authorize`];
 //! * invitations: [`stratai_core::directory::Invitation`];
 //! * reports: [`stratai_core::usage`].
 //!
-//! The clock is fixed ([`pilot_clock`]) so the output is the same on every run.
+//! The clock is fixed ([`pilot_clock`], given to the runtime with
+//! [`RuntimeBuilder::clock`](stratai_guardrails::runtime::RuntimeBuilder::clock)) so the
+//! output is the same on every run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use futures::stream::BoxStream;
 use rust_decimal::Decimal;
 use stratai_core::access::{Action, Actor, Resource, authorize};
-use stratai_core::budget::{
-    Budget, BudgetPeriod, BudgetScope, LedgerModel, RequestScope, applicable_budgets,
-};
+use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope, BudgetState, RequestScope};
 use stratai_core::directory::{
     BillingPlan, Email, Group, GroupMembership, GroupRole, Invitation, InvitationRequest,
     Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
 };
-use stratai_core::gateway::{ChatMessage, ChatRequest, TokenUsage};
-use stratai_core::ports::{ReserveOutcome, ReserveRequest};
+use stratai_core::gateway::{
+    CallContext, ChatChoice, ChatChunk, ChatMessage, ChatRequest, ChatResponse, GatewayError,
+    TokenUsage,
+};
+use stratai_core::ports::{Clock, LlmGateway};
 use stratai_core::pricing::{PriceTable, estimate_prompt_tokens, price_usage};
 use stratai_core::tiers::{
     Availability, BASIC_TIER_ID, DenialReason, MemberContext, PREMIUM_TIER_ID, STANDARD_TIER_ID,
     TierCatalog, TierSubscription, resolve_tiers, subscriptions_for,
 };
 use stratai_core::usage::{
-    Dimension, DimensionValue, InvoiceInput, UsageRecord, UsageStatus, aggregate, draft_invoice,
+    Dimension, DimensionValue, InvoiceInput, UsageQuery, UsageRecord, UsageStatus, aggregate,
+    draft_invoice,
 };
 use stratai_core::{ModelId, Money, OrgId, RequestId, TierSlug, UserId};
-use stratai_guardrails::{
-    Caller, MemberSnapshot, PlanRequest, Planner, Policy, RateCheck, Refusal, Spend,
+use stratai_guardrails::runtime::{
+    CallFailure, Refusal, Runtime, RuntimeHandle, RuntimeStores, Served,
 };
+use stratai_store::Stores;
 
 /// Any failure building or running the pilot (none is expected: the data is fixed).
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -78,12 +85,94 @@ pub struct Pilot {
     pub group_memberships: Vec<GroupMembership>,
     /// Budgets of both organizations.
     pub budgets: Vec<Budget>,
-    /// Spend and reservations.
-    pub ledger: LedgerModel,
-    /// Usage so far.
-    pub usage: Vec<UsageRecord>,
     /// The clock.
     pub now: DateTime<Utc>,
+    /// Where all of the above lives: the in-memory store, with the usage history of January
+    /// so far settled in its ledger and recorded.
+    pub stores: Stores,
+    /// The governed path on `stores`.
+    pub runtime: Runtime,
+    /// The runtime's background tasks (stopped by [`Pilot::shutdown`]).
+    pub handle: RuntimeHandle,
+    /// The model the runtime calls.
+    pub model: Arc<SimulatedModel>,
+    /// The async runtime the pilot's calls are driven on (the report is a plain function).
+    exec: tokio::runtime::Runtime,
+    /// Usage records written for the history, to name their upstream ids.
+    history: usize,
+}
+
+/// The pilot's fixed clock.
+#[derive(Clone, Copy, Debug)]
+pub struct FixedClock(pub DateTime<Utc>);
+
+impl Clock for FixedClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0
+    }
+}
+
+/// The model the pilot calls: it answers each request with the number of tokens queued for
+/// it ([`SimulatedModel::answer_next`]), its tokenizer counting the prompt at about 4
+/// characters a token (below the bound the runtime reserves for).
+#[derive(Debug, Default)]
+pub struct SimulatedModel {
+    answers: Mutex<VecDeque<u32>>,
+}
+
+impl SimulatedModel {
+    /// The next call answers with `tokens` tokens.
+    pub fn answer_next(&self, tokens: u32) {
+        if let Ok(mut q) = self.answers.lock() {
+            q.push_back(tokens);
+        }
+    }
+}
+
+#[async_trait]
+impl LlmGateway for SimulatedModel {
+    async fn chat(
+        &self,
+        ctx: &CallContext,
+        request: &ChatRequest,
+    ) -> Result<ChatResponse, GatewayError> {
+        let completion_tokens = self
+            .answers
+            .lock()
+            .ok()
+            .and_then(|mut q| q.pop_front())
+            .ok_or_else(|| GatewayError::Unavailable("no answer queued".to_owned()))?;
+        let prompt_tokens = estimate_prompt_tokens(&request.messages);
+        Ok(ChatResponse {
+            id: format!("chatcmpl-{}", ctx.request_id),
+            object: "chat.completion".to_owned(),
+            created: 0,
+            model: request.model.clone(),
+            choices: vec![ChatChoice {
+                index: 0,
+                message: ChatMessage {
+                    role: "assistant".to_owned(),
+                    content: "...".to_owned(),
+                },
+                finish_reason: Some("stop".to_owned()),
+            }],
+            usage: TokenUsage {
+                prompt_tokens,
+                completion_tokens,
+                total_tokens: prompt_tokens.saturating_add(completion_tokens),
+            },
+        })
+    }
+
+    async fn chat_stream(
+        &self,
+        _ctx: &CallContext,
+        _request: &ChatRequest,
+    ) -> Result<BoxStream<'static, Result<ChatChunk, GatewayError>>, GatewayError> {
+        Err(GatewayError::Unavailable(
+            "the pilot does not stream".to_owned(),
+        ))
+    }
 }
 
 fn tiers(slugs: &[&str]) -> Result<Vec<TierSlug>, Error> {
@@ -239,26 +328,71 @@ impl Pilot {
                 month_start,
             )?,
         ];
-        let mut ledger = LedgerModel::new();
-        ledger.set_timezone(acme.id, acme.tz());
-        for b in &budgets {
-            ledger.create_budget(b.org_id, b)?;
-        }
+        let exec = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let catalog = TierCatalog::seed_default();
+        let stores = Stores::memory();
+        let groups = vec![engineering, marketing];
+        exec.block_on(async {
+            for tier in catalog.tiers() {
+                stores.tiers.upsert_tier(tier).await?;
+            }
+            for org in [&internal, &acme] {
+                stores.directory.create_org(org).await?;
+            }
+            for s in &subscriptions {
+                stores.tiers.put_subscription(s.org_id, s).await?;
+            }
+            for user in users.values() {
+                stores.directory.create_user(user).await?;
+            }
+            for m in &memberships {
+                stores.directory.add_member(m.org_id, m).await?;
+            }
+            for g in &groups {
+                stores.directory.create_group(g.org_id, g).await?;
+            }
+            for gm in &group_memberships {
+                stores.directory.put_group_member(gm.org_id, gm).await?;
+            }
+            for b in &budgets {
+                stores.budgets.create_budget(b.org_id, b).await?;
+            }
+            Ok::<_, Error>(())
+        })?;
+        let model = Arc::new(SimulatedModel::default());
+        let (runtime, handle) = exec.block_on(
+            Runtime::builder(RuntimeStores {
+                directory: stores.directory.clone(),
+                tiers: stores.tiers.clone(),
+                budgets: stores.budgets.clone(),
+                usage: stores.usage.clone(),
+                rules: stores.guardrails.clone(),
+            })
+            .provider(model.clone(), "simulated")
+            .clock(Arc::new(FixedClock(now)))
+            .build(),
+        )?;
 
         let mut pilot = Pilot {
-            catalog: TierCatalog::seed_default(),
+            catalog,
             prices: PriceTable::seed_defaults(),
             internal,
             acme,
             subscriptions,
             users,
             memberships,
-            groups: vec![engineering, marketing],
+            groups,
             group_memberships,
             budgets,
-            ledger,
-            usage: Vec::new(),
             now,
+            stores,
+            runtime,
+            handle,
+            model,
+            exec,
+            history: 0,
         };
         // January so far (input, output tokens). Dana's history leaves her $0.05 of $5; the
         // Marketing group is at $49.99 of its soft $50.
@@ -346,7 +480,8 @@ impl Pilot {
         ))
     }
 
-    /// Prices a finished call, settles it in the ledger and records its usage.
+    /// Loads one call of the usage history: prices it, settles it in the store's ledger and
+    /// records its usage (history, not a request: it was admitted before the pilot's "now").
     fn record_spend(
         &mut self,
         user: &str,
@@ -377,13 +512,12 @@ impl Pilot {
             group_ids: &group_ids,
             tier_id: Some(tier.id),
         };
-        let budget_ids: Vec<_> = applicable_budgets(&self.budgets, &scope)
+        let budget_ids: Vec<_> = stratai_core::budget::applicable_budgets(&self.budgets, &scope)
             .iter()
             .map(|b| b.id)
             .collect();
-        self.ledger
-            .settle(org, request_id, &budget_ids, cost.billed_amount, at)?;
-        self.usage.push(UsageRecord {
+        self.history += 1;
+        let record = UsageRecord {
             request_id,
             org_id: org,
             group_id: group_ids.first().copied(),
@@ -395,13 +529,60 @@ impl Pilot {
             provider_cost: cost.provider_cost,
             billed_amount: cost.billed_amount,
             overage: Default::default(),
-            litellm_request_id: Some(format!("chatcmpl-{}", self.usage.len() + 1)),
+            litellm_request_id: Some(format!("chatcmpl-{}", self.history)),
             conversation_id: None,
             endpoint: "chat".to_owned(),
             status: UsageStatus::Success,
             created_at: at,
-        });
+        };
+        self.exec.block_on(async {
+            self.stores
+                .budgets
+                .settle(org, request_id, &budget_ids, cost.billed_amount, at)
+                .await?;
+            self.stores.usage.append(org, &[record]).await?;
+            Ok::<_, Error>(())
+        })?;
         Ok(cost.billed_amount)
+    }
+
+    /// Every usage record of both organizations, oldest first.
+    pub fn usage(&self) -> Result<Vec<UsageRecord>, Error> {
+        self.exec.block_on(async {
+            let mut all = Vec::new();
+            for org in [self.internal.id, self.acme.id] {
+                all.extend(
+                    self.stores
+                        .usage
+                        .query(org, &UsageQuery::default(), u32::MAX)
+                        .await?,
+                );
+            }
+            Ok(all)
+        })
+    }
+
+    /// Every budget's state (spent, reserved, alert sent) in the period current now.
+    pub fn budget_states(&self) -> Result<Vec<BudgetState>, Error> {
+        self.exec.block_on(async {
+            let mut all = Vec::new();
+            for org in [self.internal.id, self.acme.id] {
+                let ids: Vec<_> = self
+                    .budgets
+                    .iter()
+                    .filter(|b| b.org_id == org)
+                    .map(|b| b.id)
+                    .collect();
+                all.extend(self.stores.budgets.states(org, &ids, self.now).await?);
+            }
+            Ok(all)
+        })
+    }
+
+    /// Stops the runtime's background tasks (queued usage records written first).
+    pub fn shutdown(&self) {
+        self.exec
+            .block_on(self.handle.shutdown(std::time::Duration::from_secs(5)));
     }
 }
 
@@ -456,28 +637,13 @@ pub enum Verdict {
     },
 }
 
-/// Decides and (when allowed) serves one request the way a gateway embedding core would:
-/// model access, worst-case estimate, budget evaluation, reservation, call, settlement.
-pub fn handle(pilot: &mut Pilot, ask: &Ask<'_>) -> Result<Verdict, Error> {
-    let user = pilot.user(ask.user)?.clone();
-    let org = pilot.org(ask.org)?.clone();
-    // Load: what a decision about the member needs, and the budgets' states.
-    let snapshot = MemberSnapshot {
-        membership: pilot.membership(org.id, user.id)?.clone(),
-        groups: pilot.groups_of(org.id, user.id),
-        catalog: pilot.catalog.clone(),
-        subscriptions: pilot.subscriptions.clone(),
-        budgets: Vec::new(),
-        org,
-    };
-    let org = &snapshot.org;
-    let caller = Caller {
-        org_id: org.id,
-        user_id: user.id,
-        group_id: None,
-        conversation_id: None,
-        endpoint: "chat".to_owned(),
-    };
+/// Serves one request through the governed path, as a service embedding StratAI does: the
+/// caller's view, admission (the one decision: model access, guardrails, the worst case and
+/// the applicable budgets; then the reservation), the (simulated) model's call, settlement
+/// of the actual cost and the usage record.
+pub fn handle(pilot: &Pilot, ask: &Ask<'_>) -> Result<Verdict, Error> {
+    let user = pilot.user(ask.user)?.id;
+    let org = pilot.org(ask.org)?.slug.to_string();
     let request = ChatRequest {
         model: ask.model.to_owned(),
         messages: vec![ChatMessage {
@@ -489,114 +655,60 @@ pub fn handle(pilot: &mut Pilot, ask: &Ask<'_>) -> Result<Verdict, Error> {
         stream: false,
         user: None,
     };
-    // Decide: the SDK's one pure decision (no guardrail rules in the pilot), then its
-    // budgets judged on their states (what `Gatekeeper::explain_request` does).
-    let policy = Policy::empty();
-    let planner = Planner {
-        policy: &policy,
-        prices: &pilot.prices,
-    };
-    let ask_plan = PlanRequest {
-        caller: &caller,
-        request: &request,
-        now: pilot.now,
-    };
-    let mut plan = planner
-        .decide(&snapshot, &pilot.budgets, Spend::default(), &ask_plan)
-        .finish(RateCheck::Skip);
-    if plan.is_allowed() {
-        let states = pilot.ledger.states(org.id, &plan.budgets, pilot.now)?;
-        plan.judge_budgets(&states, &snapshot.groups);
-    }
-    let estimate = plan.worst_case;
-    match plan.refusal {
-        None => {}
-        Some(Refusal::Model(denial)) => {
-            let (tier, reasons) = match &denial.reason {
-                DenialReason::TierLocked {
-                    tier_name, reasons, ..
-                } => (
-                    Some(tier_name.clone()),
-                    reasons.iter().map(|r| r.explain(tier_name)).collect(),
-                ),
-                _ => (None, vec![denial.message()]),
-            };
-            return Ok(Verdict::ModelDenied {
-                tier,
-                reasons,
-                hint: denial.hint(),
-            });
+    let runtime = &pilot.runtime;
+    pilot.exec.block_on(async {
+        let view = runtime
+            .caller_view(user, Some(&org))
+            .await
+            .map_err(|r| r.to_string())?;
+        let admission = match runtime.admit(&view, request).await {
+            Ok(admission) => admission,
+            Err(Refusal::ModelDenied(denial)) => {
+                let (tier, reasons) = match &denial.reason {
+                    DenialReason::TierLocked {
+                        tier_name, reasons, ..
+                    } => (
+                        Some(tier_name.clone()),
+                        reasons.iter().map(|r| r.explain(tier_name)).collect(),
+                    ),
+                    _ => (None, vec![denial.message()]),
+                };
+                return Ok(Verdict::ModelDenied {
+                    tier,
+                    reasons,
+                    hint: denial.hint(),
+                });
+            }
+            Err(Refusal::Budget { refusal, .. }) => {
+                return Ok(Verdict::BudgetDenied {
+                    estimate: refusal.requested,
+                    message: refusal.to_string(),
+                });
+            }
+            Err(other) => return Err(other.to_string().into()),
+        };
+        let tier = admission.ticket.tier.name.clone();
+        let reserved = admission.ticket.admission.reserved();
+        let warnings = admission.warnings.clone();
+        let org_id = admission.ticket.org_id;
+        let request_id = admission.ticket.request_id;
+        pilot.model.answer_next(ask.answer_tokens);
+        match runtime.call(admission).await.outcome {
+            Ok(Served { billed, .. }) => {
+                let record = pilot.stores.usage.get(org_id, request_id).await?;
+                Ok(Verdict::Served {
+                    tier,
+                    reserved,
+                    billed: billed.amount,
+                    provider_cost: record.provider_cost,
+                    warnings,
+                })
+            }
+            Err(CallFailure::Blocked { decision, .. }) => {
+                Err(format!("the answer was blocked: {decision:?}").into())
+            }
+            Err(CallFailure::Upstream(e)) => Err(e.to_string().into()),
         }
-        Some(Refusal::Budget(refusal)) => {
-            return Ok(Verdict::BudgetDenied {
-                estimate,
-                message: refusal.to_string(),
-            });
-        }
-        Some(other) => return Err(other.into()),
-    }
-    let (Some(tier), Some(grant)) = (plan.tier, plan.grant) else {
-        return Err("an allowed plan without a tier".into());
-    };
-    let model = grant.model;
-    let budget_ids = plan.budgets;
-    let group_id = plan.group_id;
-    let warnings = plan.warnings;
-    // Reserve: the worst case, atomically against every applicable budget.
-    let request_id = RequestId::new();
-    let reserve = ReserveRequest {
-        request_id,
-        budgets: budget_ids.clone(),
-        amount: estimate,
-        now: pilot.now,
-        expires_at: pilot.now + Duration::minutes(10),
-    };
-    if let ReserveOutcome::Refused(refusal) = pilot.ledger.reserve(org.id, &reserve)? {
-        return Ok(Verdict::BudgetDenied {
-            estimate,
-            message: refusal.to_string(),
-        });
-    }
-    // The call happens here; the simulated model answers with `answer_tokens`, its tokenizer
-    // counting about 4 characters a token (below the reserved bound).
-    let prompt_tokens = estimate_prompt_tokens(&request.messages);
-    let usage = TokenUsage {
-        prompt_tokens,
-        completion_tokens: ask.answer_tokens,
-        total_tokens: prompt_tokens.saturating_add(ask.answer_tokens),
-    };
-    let cost = price_usage(&pilot.prices, &tier, &model, &usage)?;
-    pilot.ledger.settle(
-        org.id,
-        request_id,
-        &budget_ids,
-        cost.billed_amount,
-        pilot.now,
-    )?;
-    pilot.usage.push(UsageRecord {
-        request_id,
-        org_id: org.id,
-        group_id,
-        user_id: user.id,
-        tier_id: Some(tier.id),
-        model,
-        input_tokens: prompt_tokens,
-        output_tokens: ask.answer_tokens,
-        provider_cost: cost.provider_cost,
-        billed_amount: cost.billed_amount,
-        overage: Default::default(),
-        litellm_request_id: None,
-        conversation_id: None,
-        endpoint: "chat".to_owned(),
-        status: UsageStatus::Success,
-        created_at: pilot.now,
-    });
-    Ok(Verdict::Served {
-        tier: tier.name,
-        reserved: estimate,
-        billed: cost.billed_amount,
-        provider_cost: cost.provider_cost,
-        warnings,
     })
 }
 
@@ -660,7 +772,7 @@ pub fn usd(amount: Money) -> String {
 
 /// Runs the pilot and renders everything the binary prints.
 pub fn report(now: DateTime<Utc>) -> Result<String, Error> {
-    let mut pilot = Pilot::build(now)?;
+    let pilot = Pilot::build(now)?;
     let mut out = String::new();
     let title = format!(
         "StratAI embedded in a Rust program: the internal pilot on {}",
@@ -784,7 +896,7 @@ pub fn report(now: DateTime<Utc>) -> Result<String, Error> {
     ];
     for ask in &asks {
         let who = pilot.user(ask.user)?.email.to_string();
-        let verdict = handle(&mut pilot, ask)?;
+        let verdict = handle(&pilot, ask)?;
         out.push_str(&verdict_lines(&who, ask, &verdict));
     }
 
@@ -830,7 +942,7 @@ pub fn report(now: DateTime<Utc>) -> Result<String, Error> {
         out,
         "\n3. Budget alerts fired this month (each once per budget and period)"
     )?;
-    for s in pilot.ledger.all_states() {
+    for s in pilot.budget_states()? {
         if s.alert_sent {
             let org = pilot.org(s.budget.org_id)?;
             let scope = match s.budget.scope {
@@ -956,11 +1068,8 @@ pub fn report(now: DateTime<Utc>) -> Result<String, Error> {
 
     // ---- usage and billing ----
     writeln!(out, "\n6. January usage of internal by tier")?;
-    let internal_usage: Vec<&UsageRecord> = pilot
-        .usage
-        .iter()
-        .filter(|r| r.org_id == internal)
-        .collect();
+    let usage = pilot.usage()?;
+    let internal_usage: Vec<&UsageRecord> = usage.iter().filter(|r| r.org_id == internal).collect();
     for row in aggregate(internal_usage.iter().copied(), &[Dimension::Tier]) {
         let name = match row.key.first() {
             Some(DimensionValue::Tier(Some(t))) => pilot
@@ -985,7 +1094,7 @@ pub fn report(now: DateTime<Utc>) -> Result<String, Error> {
         tz: pilot.acme.tz(),
         period_start: NaiveDate::from_ymd_opt(2026, 1, 1).ok_or("date")?,
         period_end: NaiveDate::from_ymd_opt(2026, 1, 31).ok_or("date")?,
-        records: &pilot.usage,
+        records: &usage,
         catalog: &pilot.catalog,
         subscriptions: &pilot.subscriptions,
         tax_rate: Decimal::new(19, 2),
@@ -1006,5 +1115,6 @@ pub fn report(now: DateTime<Utc>) -> Result<String, Error> {
         usd(invoice.tax)
     )?;
     writeln!(out, "  {:<62} {:>10}", "total", usd(invoice.total))?;
+    pilot.shutdown();
     Ok(out)
 }

@@ -72,11 +72,11 @@ fn the_report_is_deterministic() {
 
 #[test]
 fn a_refused_request_reserves_and_bills_nothing() {
-    let mut pilot = Pilot::build(pilot_clock()).unwrap();
-    let before = pilot.usage.len();
+    let pilot = Pilot::build(pilot_clock()).unwrap();
+    let before = pilot.usage().unwrap().len();
     let acme = pilot.acme.id;
     let verdict = handle(
-        &mut pilot,
+        &pilot,
         &Ask {
             user: "dana",
             org: acme,
@@ -91,8 +91,8 @@ fn a_refused_request_reserves_and_bills_nothing() {
         matches!(verdict, Verdict::BudgetDenied { .. }),
         "{verdict:?}"
     );
-    assert_eq!(pilot.usage.len(), before);
-    for s in pilot.ledger.all_states() {
+    assert_eq!(pilot.usage().unwrap().len(), before);
+    for s in pilot.budget_states().unwrap() {
         assert_eq!(s.reserved, stratai_core::Money::ZERO);
     }
 }

@@ -15,7 +15,7 @@
 
 pub mod error;
 pub mod explain;
-pub mod openai;
+pub use stratai_litellm::openai;
 pub mod setup;
 mod stream;
 
