@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rust_decimal_macros::dec;
-use stratai_core::usage::Attribution;
 use stratai_core::Money;
 use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
 use stratai_core::directory::{
@@ -16,6 +15,7 @@ use stratai_core::directory::{
 use stratai_core::gateway::{ChatMessage, ChatRequest};
 use stratai_core::ids::{BudgetId, OrgId, UserId};
 use stratai_core::tiers::{default_tiers, subscriptions_for};
+use stratai_core::usage::Attribution;
 use stratai_core::usage::{UsageQuery, UsageStatus};
 use stratai_guardrails::runtime::stream::StreamEvent;
 use stratai_guardrails::runtime::{
@@ -175,7 +175,11 @@ async fn a_stream_read_to_the_end_settles_once_and_reports_its_bill() {
         .unwrap();
     let view = runtime.caller_view(w.user, None).await.unwrap();
     let admission = runtime
-        .admit(&view, ask("Tell me a story", 40, true), Attribution::default())
+        .admit(
+            &view,
+            ask("Tell me a story", 40, true),
+            Attribution::default(),
+        )
         .await
         .unwrap();
     let id = admission.ticket.request_id;

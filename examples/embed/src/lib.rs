@@ -661,7 +661,10 @@ pub fn handle(pilot: &Pilot, ask: &Ask<'_>) -> Result<Verdict, Error> {
             .caller_view(user, Some(&org))
             .await
             .map_err(|r| r.to_string())?;
-        let admission = match runtime.admit(&view, request).await {
+        let admission = match runtime
+            .admit(&view, request, stratai_core::usage::Attribution::default())
+            .await
+        {
             Ok(admission) => admission,
             Err(Refusal::ModelDenied(denial)) => {
                 let (tier, reasons) = match &denial.reason {

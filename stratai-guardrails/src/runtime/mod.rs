@@ -931,7 +931,9 @@ impl Runtime {
         request: ChatRequest,
     ) -> Result<Answer, ChatError> {
         let view = self.caller_view(user, org).await?;
-        let admission = self.admit(&view, request, stratai_core::usage::Attribution::default()).await?;
+        let admission = self
+            .admit(&view, request, stratai_core::usage::Attribution::default())
+            .await?;
         let request_id = admission.ticket.request_id;
         let warnings = admission.warnings.clone();
         match self.call(admission).await.outcome {

@@ -315,7 +315,8 @@ pub(crate) async fn dashboard(
         .next()
         .map(|r| r.totals)
         .unwrap_or_default();
-    let by_day = crate::api::usage::grouped(&state, org_id, org.tz(), &month, &[Dimension::Day]).await?;
+    let by_day =
+        crate::api::usage::grouped(&state, org_id, org.tz(), &month, &[Dimension::Day]).await?;
     let by_user = usage.aggregate(org_id, &month, &[Dimension::User]).await?;
     let by_model = usage.aggregate(org_id, &month, &[Dimension::Model]).await?;
     let by_group = usage.aggregate(org_id, &month, &[Dimension::Group]).await?;
