@@ -13,7 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api_support;
-mod common;
+use api_support as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
