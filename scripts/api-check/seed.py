@@ -8,6 +8,7 @@ Usage: seed.py BASE_URL CONFIG_OUT
 
 import json
 import sys
+import time
 import urllib.request
 
 
@@ -36,12 +37,15 @@ def main():
     org_id = org["id"]
     invite = call(base, "POST", f"/api/organizations/{org_id}/members", admin,
                   {"email": "member@fuzz.test"})
+    # the invitee's first sign-in joins the pending invitation
     member = token_for(base, "member@fuzz.test")
-    call(base, "POST", f"/api/invitations/{invite['token']}/accept", member)
     user_id = call(base, "GET", "/api/me", member)["user"]["id"]
     # a pending invitation, for the public token route
-    pending = call(base, "POST", f"/api/organizations/{org_id}/members", admin,
-                   {"email": "pending@fuzz.test"})["token"]
+    pending_invite = call(base, "POST", f"/api/organizations/{org_id}/members", admin,
+                          {"email": "pending@fuzz.test"})
+    pending = pending_invite["token"]
+    invoice = call(base, "POST", f"/api/organizations/{org_id}/invoices", admin,
+                   {"month": time.strftime("%Y-%m", time.gmtime()), "tax_rate": "0.2"})
     group = call(base, "POST", f"/api/organizations/{org_id}/groups", admin, {"name": "Fuzzers"})
     call(base, "POST", f"/api/groups/{group['id']}/members", admin, {"user_id": user_id})
     tier_id = call(base, "GET", "/api/tiers", admin)[0]["id"]
@@ -62,8 +66,9 @@ def main():
                         {"name": "Doomed"})
     doomed_invite = call(base, "POST", f"/api/organizations/{org_id}/members", admin,
                          {"email": "doomed@fuzz.test"})
-    doomed_token = token_for(base, "doomed@fuzz.test")
-    call(base, "POST", f"/api/invitations/{doomed_invite['token']}/accept", doomed_token)
+    doomed_token = token_for(base, "doomed@fuzz.test")  # joins at first sign-in
+    doomed_pending = call(base, "POST", f"/api/organizations/{org_id}/members", admin,
+                          {"email": "revoked@fuzz.test"})["invitation"]["id"]
     doomed_user = call(base, "GET", "/api/me", doomed_token)["user"]["id"]
     doomed_org_rule = call(base, "POST", f"/api/organizations/{org_id}/guardrails", admin,
                            {**rule, "scope": {"level": "org"}})
@@ -96,6 +101,8 @@ expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5x
 "path.tier_id" = "{tier_id}"
 "path.budget_id" = "{budget['id']}"
 "path.token" = "{pending}"
+"path.invoice_id" = "{invoice['id']}"
+"path.invitation_id" = "{pending_invite['invitation']['id']}"
 
 [[operations]]
 include-path-regex = "^/api/organizations/"
@@ -118,6 +125,10 @@ parameters = {{ "path.org_id" = "{doomed_org['id']}" }}
 [[operations]]
 include-name = ["DELETE /api/organizations/{{org_id}}/members/{{user_id}}"]
 parameters = {{ "path.user_id" = "{doomed_user}" }}
+
+[[operations]]
+include-name = ["DELETE /api/organizations/{{org_id}}/invitations/{{invitation_id}}"]
+parameters = {{ "path.invitation_id" = "{doomed_pending}" }}
 
 [[operations]]
 include-name = ["DELETE /api/groups/{{group_id}}"]

@@ -475,7 +475,8 @@ async fn spend_reaches_the_books_by_callback_and_by_poll(db: Db) {
     // 3. The same call delivered again (LiteLLM retrying, a replayed batch): nothing new.
     let again = json!([{
         "id": first,
-        "response_cost": record.provider_cost.amount().to_string().parse::<f64>().unwrap(),
+        // LiteLLM sends the cost as a JSON number: the decimal's digits, as it would
+        "response_cost": serde_json::from_str::<serde_json::Value>(&record.provider_cost.amount().to_string()).unwrap(),
         "status": "success",
         "prompt_tokens": record.input_tokens,
         "completion_tokens": record.output_tokens,
