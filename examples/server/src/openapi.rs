@@ -286,11 +286,13 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
                 "text/csv",
                 json!({"type": "string", "description": "bulk: a header naming `email` and optionally `role`, `groups` (`;`-separated names or ids) and `profile` (a name or id), one invitation per row; every row is validated before any is written (a bad row is named with its line) and then all are written at once or none"}),
             ));
+            let bulk = s.of::<invitations::BulkOutcome>();
+            let renewed = s.of::<invitations::InvitationCreated>();
             op.ok.push((
                 200,
                 "bulk (CSV) outcome, row by row; or (JSON) the address's pending invitation renewed and emailed again",
                 "application/json",
-                s.of::<invitations::BulkOutcome>(),
+                json!({"anyOf": [bulk, renewed]}),
             ));
             op
         }
@@ -764,7 +766,11 @@ fn errors(method: &str, path: &str, public: bool, spec: &Op) -> BTreeMap<u16, Ve
         if !public || path == "/auth/me" {
             codes.extend([C::Unauthenticated, C::Forbidden]);
         }
-        if path.contains('{') || path.starts_with("/auth/") && path != "/auth/me" {
+        // `/api/litellm/*`: 404 where no LiteLLM proxy (or no callback secret) is configured.
+        if path.contains('{')
+            || path.starts_with("/auth/") && path != "/auth/me"
+            || path.starts_with("/api/litellm/")
+        {
             codes.push(C::NotFound);
         }
         if !spec.body.is_empty() {
