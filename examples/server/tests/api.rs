@@ -786,13 +786,17 @@ on_every_backend!(guardrails_at_every_scope);
 
 #[tokio::test]
 async fn cli_invite_from_a_file() {
+    let dir = stratai_testkit::Scratch::new();
+    // The invitations' emails go to the test's own mailbox, not the crate's ./.stratai.
     let config = stratai_server::config::Config::from_parts(
         stratai_server::config::FileConfig::default(),
-        &std::collections::HashMap::<String, String>::new(),
+        &std::collections::HashMap::from([(
+            "STRATAI_MAILBOX_DIR".to_owned(),
+            dir.join("mailbox").display().to_string(),
+        )]),
     )
     .unwrap();
     let stores = stratai_server::stores::Stores::memory();
-    let dir = stratai_testkit::Scratch::new();
     let good = dir.join("good.csv");
     std::fs::write(
         &good,
