@@ -4,7 +4,7 @@
 //! admit:    member + tiers -> model access (core's check_model)
 //!           -> pre guardrails (rules, then rate limits) -> budget reservation (worst case)
 //! (caller): the LLM call, with Admission::request and Admission::call_context
-//! complete: post guardrails (whole answer or stream) -> settle actual cost -> usage record
+//! complete: post guardrails (whole answer or stream) -> usage record -> settle actual cost
 //! abort:    release the reservation, record the failed request
 //! ```
 //!
@@ -660,6 +660,9 @@ pub struct Unrecorded {
     /// What failed.
     #[source]
     pub error: StoreError,
+    /// Whether the store took the record (the settlement is then what failed); when false
+    /// the settlement was not attempted (never a settlement without a record).
+    pub recorded: bool,
     /// Whether the ledger took the settlement (or the release); when false it must be
     /// applied again with the record.
     pub settled: bool,
@@ -833,12 +836,13 @@ impl Admission {
             Money::ZERO,
             Money::ZERO,
         );
-        let released = inner
-            .ledger
-            .release(self.caller.org_id, self.request_id)
-            .await
-            .map(|_| Vec::new());
-        self.record_after(released, record).await.map(|(r, _)| r)
+        let ledger = &inner.ledger;
+        let (org, id) = (self.caller.org_id, self.request_id);
+        self.record_then(record, async move {
+            ledger.release(org, id).await.map(|()| Vec::new())
+        })
+        .await
+        .map(|(r, _)| r)
     }
 
     async fn settle(
@@ -864,18 +868,16 @@ impl Admission {
         let charged = billed.min(self.reserved);
         let mut record = self.record(usage, status, upstream_id, provider, billed);
         record.overage = billed.saturating_sub(charged);
-        let settled = inner
-            .ledger
-            .settle(
-                self.caller.org_id,
-                self.request_id,
-                &self.budgets,
-                charged,
-                now,
-            )
-            .await
-            .map(|s| s.alerts);
-        let (record, alerts) = self.record_after(settled, record).await?;
+        let ledger = &inner.ledger;
+        let (org, id, budgets) = (self.caller.org_id, self.request_id, &self.budgets);
+        let (record, alerts) = self
+            .record_then(record, async move {
+                ledger
+                    .settle(org, id, budgets, charged, now)
+                    .await
+                    .map(|s| s.alerts)
+            })
+            .await?;
         Ok(Completion {
             response,
             decision,
@@ -884,36 +886,37 @@ impl Admission {
         })
     }
 
-    /// The one ending of every settlement (complete, stream, abort): after the ledger's
-    /// answer (`ledger`: the alerts it raised, or its error), appends `record`; what did not
-    /// happen comes back as [`Unrecorded`] for the caller to spool.
-    async fn record_after(
+    /// The one ending of every settlement (complete, stream, abort): appends `record`, then
+    /// (only once the store took it: never a settlement without a record) applies `ledger`
+    /// (the settlement or the release, answering the alerts it raised). What did not happen
+    /// comes back as [`Unrecorded`] for the caller to spool.
+    async fn record_then(
         &self,
-        ledger: Result<Vec<BudgetAlert>, StoreError>,
         record: UsageRecord,
+        ledger: impl std::future::Future<Output = Result<Vec<BudgetAlert>, StoreError>>,
     ) -> Result<(UsageRecord, Vec<BudgetAlert>), Box<Unrecorded>> {
-        let unrecorded = |error, settled, record, alerts| {
+        let unrecorded = |error, recorded, settled, record, alerts| {
             Box::new(Unrecorded {
                 error,
+                recorded,
                 settled,
                 record,
                 budgets: self.budgets.clone(),
                 alerts,
             })
         };
-        let alerts = match ledger {
-            Ok(alerts) => alerts,
-            Err(e) => return Err(unrecorded(e, false, record, Vec::new())),
-        };
-        match self
+        if let Err(e) = self
             .gate
             .inner
             .usage
             .append(self.caller.org_id, std::slice::from_ref(&record))
             .await
         {
-            Ok(_) => Ok((record, alerts)),
-            Err(e) => Err(unrecorded(e, true, record, alerts)),
+            return Err(unrecorded(e, false, false, record, Vec::new()));
+        }
+        match ledger.await {
+            Ok(alerts) => Ok((record, alerts)),
+            Err(e) => Err(unrecorded(e, true, false, record, Vec::new())),
         }
     }
 

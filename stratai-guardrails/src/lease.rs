@@ -32,9 +32,11 @@
 //!   (after settling this instance's idle leases of the organization, and its closed leases
 //!   still waiting for the background settlement); a request is refused only when the exact
 //!   reservation is refused too;
-//! - if the process dies, its open leases are reclaimed when their reservation expires, and
-//!   the spend of requests served under them is missing from the *ledger* (their usage
-//!   records, the billing source, are not affected by this).
+//! - if the process dies, its open leases are settled by the next start over the same usage
+//!   log (`runtime::spool`, which journals every lease before it is reserved and writes each
+//!   request's record with its lease's id, [`LeasedLedger::lease_of`]) with the sum of the
+//!   records written under them; without a usage log they are reclaimed when their
+//!   reservation expires and their requests' spend is missing from the ledger.
 //!
 //! Threshold alerts come from the shared ledger when a lease is settled; they are handed
 //! out by that [`LeasedLedger::flush`] (or the next [`BudgetLedger::settle`] when a request
@@ -412,6 +414,13 @@ impl LeasedLedger {
     #[must_use]
     pub fn open_leases(&self) -> usize {
         self.state().leases.len()
+    }
+
+    /// The lease request `request` was admitted under, while it is in flight (the usage log
+    /// writes it on the request's record, so a restart settles the lease from its records).
+    #[must_use]
+    pub fn lease_of(&self, request: RequestId) -> Option<RequestId> {
+        self.state().held.get(&request).map(|h| h.lease)
     }
 
     /// Requests admitted under a lease and not yet settled or released.

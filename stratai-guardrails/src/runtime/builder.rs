@@ -12,10 +12,10 @@ use stratai_core::ports::{
 use tokio::task::JoinHandle;
 
 use super::alerts::AlertSink;
-use super::batch::{BatchedUsage, DEFAULT_LINGER};
+use super::batch::{DEFAULT_LINGER, LoggedUsage};
 use super::demo::{DemoConfig, DemoProvider};
 use super::fresh_cache::locked;
-use super::spool::{Spool, SpoolError};
+use super::spool::{DEFAULT_SYNC_EVERY, JournaledLedger, SpoolError, UsageLog};
 use super::{RESERVATION_TTL_SECS, Runtime, RuntimeDeps};
 use crate::{Gatekeeper, GatekeeperConfig, Guardrails, LeaseConfig, LeasedLedger, Policy};
 
@@ -40,10 +40,11 @@ impl std::fmt::Debug for RuntimeStores {
     }
 }
 
-/// Batched usage writes (see [`BatchedUsage`]).
+/// Batched usage writes (see [`LoggedUsage`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UsageBatching {
-    /// Queue size (when full, a record is written before the response).
+    /// How many records may wait for the writer (beyond, a record is written to the store
+    /// before its response).
     pub capacity: usize,
     /// How long the writer collects records after a batch's first one.
     pub linger: Duration,
@@ -68,13 +69,17 @@ pub struct RuntimeSettings {
     /// Budget leases (`None`: a reservation per request in the ledger, and the budget list
     /// read at every admission).
     pub budget_lease: Option<LeaseConfig>,
-    /// Batched usage writes (`None`: each record written before the response). Needs a spool.
+    /// Batched usage writes (`None`: each record written to the store before the response).
+    /// Needs the usage log.
     pub usage_batching: Option<UsageBatching>,
-    /// The durable spool file for usage records the store refused (`None`: such records are
-    /// logged as not durable).
+    /// The usage log file (see [`super::spool`]): every record and every shared reservation
+    /// is written there first, so a killed process loses nothing and the next start settles
+    /// what it held (`None`: records go straight to the store; not crash-safe).
     pub spool: Option<PathBuf>,
-    /// How often the spool is replayed.
+    /// How often records the store refused (and settlements the ledger refused) are retried.
     pub spool_replay: Duration,
+    /// How often the usage log is `fsync`ed (the bound on what a power loss can take).
+    pub log_sync: Duration,
     /// How often the guardrail policy is recompiled from the store (`None`: loaded once at
     /// build, then only by [`Runtime::reload_guardrails`]).
     pub guardrail_reload: Option<Duration>,
@@ -90,6 +95,7 @@ impl Default for RuntimeSettings {
             usage_batching: None,
             spool: None,
             spool_replay: Duration::from_secs(10),
+            log_sync: DEFAULT_SYNC_EVERY,
             guardrail_reload: Some(Duration::from_secs(5)),
             gatekeeper: GatekeeperConfig::default(),
         }
@@ -102,8 +108,8 @@ pub enum RuntimeError {
     /// The spool could not be opened.
     #[error("usage spool: {0}")]
     Spool(#[from] SpoolError),
-    /// Batched usage writes without a spool (a failed batch would have nowhere to go).
-    #[error("usage batching needs a spool (RuntimeBuilder::spool)")]
+    /// Batched usage writes without a usage log (a killed process would lose the queue).
+    #[error("usage batching needs a usage log (RuntimeBuilder::spool)")]
     BatchingWithoutSpool,
     /// The initial guardrail policy load is refused (only with
     /// [`RuntimeBuilder::require_policy`]).
@@ -178,7 +184,7 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The durable spool file.
+    /// The usage log file (see [`RuntimeSettings::spool`]).
     #[must_use]
     pub fn spool(mut self, path: impl Into<PathBuf>) -> Self {
         self.settings.spool = Some(path.into());
@@ -237,18 +243,8 @@ impl RuntimeBuilder {
             tracing::warn!("{}", DemoProvider::banner());
             (Arc::new(DemoProvider::new(DemoConfig::default())), "demo")
         });
-        let spool = match &settings.spool {
-            Some(path) => {
-                let spool = Arc::new(Spool::open(path).await?);
-                if spool.pending() > 0 {
-                    tracing::warn!(
-                        pending = spool.pending(),
-                        path = %path.display(),
-                        "usage records waiting in the spool; they will be replayed"
-                    );
-                }
-                Some(spool)
-            }
+        let log = match &settings.spool {
+            Some(path) => Some(Arc::new(UsageLog::open(path)?)),
             None => None,
         };
         let handle = RuntimeHandle {
@@ -256,6 +252,11 @@ impl RuntimeBuilder {
             ..RuntimeHandle::default()
         };
         let mut tasks = Vec::new();
+        // The shared ledger, every reservation journaled in the usage log first.
+        let shared: Arc<dyn BudgetLedger> = match &log {
+            Some(log) => Arc::new(JournaledLedger::new(stores.budgets.clone(), log.clone())),
+            None => stores.budgets.clone(),
+        };
         let mut leases = None;
         let ledger: Arc<dyn BudgetLedger> = match &settings.budget_lease {
             Some(lease) => {
@@ -264,7 +265,10 @@ impl RuntimeBuilder {
                     block_requests = lease.block_requests,
                     "budget leases on: budget is reserved in blocks"
                 );
-                let leased = Arc::new(LeasedLedger::new(stores.budgets.clone(), lease.clone()));
+                let leased = Arc::new(LeasedLedger::new(shared.clone(), lease.clone()));
+                if let Some(log) = &log {
+                    log.set_leases(leased.clone());
+                }
                 tasks.push(spawn_lease_flusher(
                     leased.clone(),
                     alerts.clone(),
@@ -273,22 +277,32 @@ impl RuntimeBuilder {
                 leases = Some(leased.clone());
                 leased
             }
-            None => stores.budgets.clone(),
+            None => shared.clone(),
         };
         let mut batch = None;
-        let usage: Arc<dyn UsageStore> = match (settings.usage_batching, &spool) {
-            (Some(b), Some(spool)) => {
-                tracing::info!(
-                    capacity = b.capacity,
-                    "usage records are written in batches off the response path"
+        let usage: Arc<dyn UsageStore> = match (&log, settings.usage_batching) {
+            (Some(log), batching) => {
+                if batching.is_some() {
+                    tracing::info!("usage records are written in batches off the response path");
+                }
+                let (logged, writer) = LoggedUsage::spawn(
+                    stores.usage.clone(),
+                    log.clone(),
+                    ledger.clone(),
+                    alerts.clone(),
+                    batching,
+                    settings.spool_replay,
                 );
-                let batched =
-                    BatchedUsage::spawn(stores.usage.clone(), spool.clone(), b.capacity, b.linger);
-                batch = Some(batched.clone());
-                batched
+                // What a previous process left: its records to the store, its reservations
+                // settled from them, before the first request.
+                logged.pass(ledger.as_ref(), &alerts).await;
+                tasks.push(writer);
+                tasks.push(log.clone().spawn_syncer(settings.log_sync));
+                batch = Some(logged.clone());
+                logged
             }
-            (Some(_), None) => return Err(RuntimeError::BatchingWithoutSpool),
-            (None, _) => stores.usage.clone(),
+            (None, Some(_)) => return Err(RuntimeError::BatchingWithoutSpool),
+            (None, None) => stores.usage.clone(),
         };
         let guardrails = Arc::new(Guardrails::new(Policy::empty()));
         let gatekeeper = Gatekeeper::new(
@@ -308,7 +322,7 @@ impl RuntimeBuilder {
             tiers: stores.tiers.clone(),
             ledger: ledger.clone(),
             usage,
-            spool: spool.clone(),
+            spool: log.clone(),
             llm,
             provider,
             alerts: alerts.clone(),
@@ -328,16 +342,6 @@ impl RuntimeBuilder {
         if let Some(every) = settings.guardrail_reload {
             tasks.push(runtime.spawn_guardrail_reloader(every));
         }
-        if let Some(spool) = spool {
-            // Replayed settlements go through the same ledger as requests, so a request
-            // already settled inside a lease of this process is not charged twice.
-            tasks.push(spool.spawn_replayer(
-                ledger,
-                stores.usage.clone(),
-                alerts,
-                settings.spool_replay,
-            ));
-        }
         let handle = RuntimeHandle {
             leases,
             batch,
@@ -354,7 +358,7 @@ impl RuntimeBuilder {
 #[derive(Clone, Debug, Default)]
 pub struct RuntimeHandle {
     leases: Option<Arc<LeasedLedger>>,
-    batch: Option<Arc<BatchedUsage>>,
+    batch: Option<Arc<LoggedUsage>>,
     alerts: AlertSink,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -394,8 +398,16 @@ impl RuntimeHandle {
         {
             tracing::warn!(
                 pending = batch.pending(),
-                "usage records still queued at shutdown"
+                "usage records not in the store at shutdown; they wait in the usage log"
             );
+        }
+        if let Some(batch) = &self.batch {
+            let log = batch.log().clone();
+            match tokio::task::spawn_blocking(move || log.sync()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "usage log not synced at shutdown"),
+                Err(e) => tracing::error!(error = %e, "usage log sync task failed"),
+            }
         }
     }
 

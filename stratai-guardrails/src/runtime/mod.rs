@@ -3,13 +3,13 @@
 //!
 //! organization -> model access -> (guardrails, rate limits) -> budget reservation of the
 //! worst-case cost -> the provider call -> settlement of the actual cost + the usage record
-//! (spooled durably when the store fails) + budget alerts.
+//! (written to the usage log first, so it survives the process) + budget alerts.
 //!
 //! Build one with [`Runtime::builder`]: the stores, then typed settings (member-view cache,
-//! budget leases, batched usage writes, the spool, the alert sink, a shared rate limiter,
+//! budget leases, batched usage writes, the usage log, the alert sink, a shared rate limiter,
 //! reload and replay intervals). [`RuntimeBuilder::build`] answers the [`Runtime`] (cheap to
 //! clone, share it) and the [`RuntimeHandle`] that owns every background task it started
-//! (policy reload, spool replay, lease upkeep, the batch writer) and drains them at shutdown.
+//! (policy reload, the usage log's writer and syncer, lease upkeep) and drains them at shutdown.
 //!
 //! A request: [`Runtime::caller_view`] (cached, see [`fresh_cache`]) -> [`Runtime::admit`]
 //! (the [`Gatekeeper`]'s one decision, then the reservation) -> [`Runtime::call`] (the
@@ -61,7 +61,7 @@ use crate::{
 };
 use alerts::AlertSink;
 use fresh_cache::{FreshCache, Lookup};
-use spool::{Spool, SpoolEntry, SpoolSettle};
+use spool::UsageLog;
 
 /// How long an unsettled reservation lives before the ledger reclaims it.
 pub const RESERVATION_TTL_SECS: i64 = 15 * 60;
@@ -77,8 +77,9 @@ pub struct RuntimeDeps {
     pub ledger: Arc<dyn BudgetLedger>,
     /// Usage records.
     pub usage: Arc<dyn UsageStore>,
-    /// Where failed usage writes go (`None`: they are logged as not durable).
-    pub spool: Option<Arc<Spool>>,
+    /// The usage log every record and shared reservation goes through first (`None`:
+    /// records go straight to the store, and a failed write is logged as not durable).
+    pub spool: Option<Arc<UsageLog>>,
     /// The LLM provider.
     pub llm: Arc<dyn LlmGateway>,
     /// The provider's label in metrics (`litellm`, `demo`).
@@ -262,7 +263,7 @@ pub struct Admission {
 pub struct Billed {
     /// Billed amount.
     pub amount: Money,
-    /// Whether the record went to the spool instead of the store.
+    /// Whether the record or its settlement waits in the usage log for the store.
     pub spooled: bool,
 }
 
@@ -659,7 +660,11 @@ impl Runtime {
             }
             Err(unrecorded) => {
                 let billed = self.spool(*unrecorded).await;
-                // The record is safe in the spool: deliver the answer, filtered as the
+                if !billed.spooled {
+                    // No record anywhere: no answer either (nothing was settled).
+                    return (None, None, billed);
+                }
+                // The record is safe in the usage log: deliver the answer, filtered as the
                 // Gatekeeper would have.
                 let principal = crate::Principal {
                     org_id: rest.org_id,
@@ -717,47 +722,74 @@ impl Runtime {
         }
     }
 
-    /// The Gatekeeper could not settle or record: fire the alerts the settlement raised, and
-    /// write what it did not to the durable spool (the settlement too when the ledger did not
-    /// take it; both are idempotent by request id).
+    /// The Gatekeeper could not record or settle: fire the alerts the settlement raised,
+    /// and have the usage log's writer finish what did not happen (the record, if the store
+    /// refused it before the log had it; then the settlement; both idempotent by request id).
     async fn spool(&self, unrecorded: crate::Unrecorded) -> Billed {
         let crate::Unrecorded {
             error,
+            recorded,
             settled,
             record,
             budgets,
             alerts,
         } = unrecorded;
-        tracing::warn!(error = %error, request_id = %record.request_id, "usage not recorded; spooling");
+        tracing::warn!(error = %error, request_id = %record.request_id, recorded, "usage not recorded or not settled; the usage log keeps it");
         self.deps.alerts.fire(&alerts);
         self.deps.alerts.overage(&record);
         let amount = record.billed_amount;
-        let failed = record.status == UsageStatus::Failed;
-        let entry = SpoolEntry {
-            settle: (!settled && !failed && !budgets.is_empty()).then_some(SpoolSettle {
-                budgets,
-                // The budgets are charged what the Gatekeeper would have: at most the
-                // reservation (the rest is the record's overage).
-                actual: amount.saturating_sub(record.overage),
-            }),
-            record,
-            spooled_at: Utc::now(),
+        let logged = match (&self.deps.spool, recorded) {
+            (_, true) => Ok(()),
+            (Some(log), false) => log
+                .log_usage(std::slice::from_ref(&record), true)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            (None, false) => Err("no usage log is configured".to_owned()),
         };
-        let Some(spool) = &self.deps.spool else {
-            tracing::error!(request_id = %entry.record.request_id, record = ?entry, "USAGE RECORD NOT DURABLE: the store failed and no spool is configured");
+        if let Err(e) = logged {
+            // No record anywhere, so no settlement either: the reservation is released
+            // (nothing spent, nothing recorded) and the answer withheld.
+            tracing::error!(error = %e, request_id = %record.request_id, record = ?record, "USAGE RECORD NOT DURABLE: the store and the usage log failed; the request is not billed");
+            if let Err(e) = self
+                .deps
+                .ledger
+                .release(record.org_id, record.request_id)
+                .await
+            {
+                tracing::warn!(error = %e, request_id = %record.request_id, "reservation not released; it expires");
+            }
+            return Billed {
+                amount: Money::ZERO,
+                spooled: false,
+            };
+        }
+        let Some(log) = &self.deps.spool else {
+            tracing::error!(request_id = %record.request_id, "settlement failed and no usage log is configured to retry it; the reservation expires");
             return Billed {
                 amount,
                 spooled: false,
             };
         };
-        let spooled = match spool.push(&entry).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, request_id = %entry.record.request_id, record = ?entry, "USAGE RECORD NOT DURABLE: store and spool both failed");
-                false
-            }
-        };
-        Billed { amount, spooled }
+        if !settled && !budgets.is_empty() {
+            // The budgets are charged what the Gatekeeper would have: at most the
+            // reservation (the rest is the record's overage); a failed request nothing.
+            let charged = if record.status == UsageStatus::Failed {
+                Money::ZERO
+            } else {
+                amount.saturating_sub(record.overage)
+            };
+            log.resettle(
+                record.org_id,
+                record.request_id,
+                budgets,
+                charged,
+                record.created_at,
+            );
+        }
+        Billed {
+            amount,
+            spooled: true,
+        }
     }
 
     /// Recompiles the guardrail policy from the store (platform rules and every

@@ -298,6 +298,7 @@ pub async fn build_state(
             prices: config.prices.clone(),
             ..GatekeeperConfig::default()
         },
+        ..RuntimeSettings::default()
     };
     let alerts = AlertSink::webhook(options.alert_webhook);
     let litellm_spend = match (&litellm_engine, &config.litellm) {

@@ -119,6 +119,14 @@ impl Backing {
         }
     }
 
+    /// The URL a server process opens this database with (the app role on PostgreSQL).
+    pub fn database_url(&self) -> String {
+        match &self.pg {
+            None => self.sqlite_url.clone(),
+            Some(pgdb) => pgdb.app_url.clone(),
+        }
+    }
+
     /// The spool file the servers of this backing use.
     pub fn spool_path(&self) -> PathBuf {
         self.dir.join("usage.spool")
@@ -349,13 +357,9 @@ impl UsageStore for FaultyUsage {
     }
 }
 
-/// The request ids of the entries waiting in a spool file (one JSON line each).
+/// The records waiting in a usage log file for the store.
 pub fn spooled(path: &Path) -> Vec<stratai_server::spool::SpoolEntry> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    stratai_server::spool::waiting(path)
 }
 
 /// Waits (up to `limit`) until `check` holds; returns whether it did.
