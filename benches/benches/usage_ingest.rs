@@ -105,6 +105,7 @@ async fn tenants(store: &PgStore) -> (Vec<Tenant>, TierId) {
         output_rate_per_million: Decimal::new(15, 0),
         sort_order: 0,
         active: true,
+        rate_schedule: Vec::new(),
     };
     store.upsert_tier(&tier).await.expect("tier");
     let mut out = Vec::new();

@@ -37,6 +37,45 @@ pub struct ModelTier {
     pub sort_order: i32,
     /// Inactive tiers grant nothing.
     pub active: bool,
+    /// The tier's rate periods, oldest first: each period's rates are in force from its
+    /// `effective_from` until the next one's (past, current and scheduled changes). Empty for
+    /// a tier whose rates never changed: `input_rate_per_million` and
+    /// `output_rate_per_million` are then in force at every time. When not empty it decides
+    /// (see [`ModelTier::rates_at`]); stores give the two rate fields the rates in force when
+    /// the tier is read.
+    #[serde(default)]
+    pub rate_schedule: Vec<RatePeriod>,
+}
+
+/// Billed rates of a tier in force from a time on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RatePeriod {
+    /// From when (inclusive) these rates are in force.
+    pub effective_from: DateTime<Utc>,
+    /// Billed $ per 1M input tokens.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub input_rate_per_million: Decimal,
+    /// Billed $ per 1M output tokens.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub output_rate_per_million: Decimal,
+}
+
+/// Why a rate change cannot be scheduled.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RateChangeError {
+    /// The change would take effect before `now`: usage made before it already has its price.
+    #[error("`{effective_from}` is before now (`{now}`): usage already made keeps its price")]
+    InThePast {
+        /// The requested time.
+        effective_from: DateTime<Utc>,
+        /// Now.
+        now: DateTime<Utc>,
+    },
+    /// A rate is invalid.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
 }
 
 /// An organization's subscription to a tier (`org_tier_access`).
@@ -96,6 +135,7 @@ pub fn default_tiers() -> Vec<ModelTier> {
         output_rate_per_million: output,
         sort_order,
         active: true,
+        rate_schedule: Vec::new(),
     };
     vec![
         tier(
@@ -173,21 +213,110 @@ pub enum CatalogError {
     },
 }
 
+fn check_rates(input: Decimal, output: Decimal) -> Result<(), ValidationError> {
+    for (field, rate) in [
+        ("input_rate_per_million", input),
+        ("output_rate_per_million", output),
+    ] {
+        if rate.is_sign_negative() && !rate.is_zero() {
+            return Err(ValidationError::new(field, format!("`{rate}` is negative")));
+        }
+    }
+    Ok(())
+}
+
+impl RatePeriod {
+    /// Checks the rates (non-negative).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        check_rates(self.input_rate_per_million, self.output_rate_per_million)
+    }
+}
+
 impl ModelTier {
-    /// Checks one tier: a non-empty name, non-negative rates.
+    /// Checks one tier: a non-empty name, non-negative rates, a rate schedule in strictly
+    /// increasing `effective_from` order.
     pub fn validate(&self) -> Result<(), ValidationError> {
         if self.name.trim().is_empty() {
             return Err(ValidationError::new("name", "must not be empty"));
         }
-        for (field, rate) in [
-            ("input_rate_per_million", self.input_rate_per_million),
-            ("output_rate_per_million", self.output_rate_per_million),
-        ] {
-            if rate.is_sign_negative() && !rate.is_zero() {
-                return Err(ValidationError::new(field, format!("`{rate}` is negative")));
+        check_rates(self.input_rate_per_million, self.output_rate_per_million)?;
+        for (i, period) in self.rate_schedule.iter().enumerate() {
+            period
+                .validate()
+                .map_err(|e| e.within(&format!("rate_schedule[{i}]")))?;
+            if i > 0 && self.rate_schedule[i - 1].effective_from >= period.effective_from {
+                return Err(ValidationError::new(
+                    format!("rate_schedule[{i}].effective_from"),
+                    "must be after the previous period's",
+                ));
             }
         }
         Ok(())
+    }
+
+    /// The rates `(input, output)` per 1M tokens in force at `at`: the schedule's last period
+    /// starting at or before `at` (its first period before it began, since the first period
+    /// holds the rates the tier had before any change), or the tier's two rate fields without
+    /// a schedule.
+    #[must_use]
+    pub fn rates_at(&self, at: DateTime<Utc>) -> (Decimal, Decimal) {
+        let period = self
+            .rate_schedule
+            .iter()
+            .rev()
+            .find(|p| p.effective_from <= at)
+            .or(self.rate_schedule.first());
+        period.map_or(
+            (self.input_rate_per_million, self.output_rate_per_million),
+            |p| (p.input_rate_per_million, p.output_rate_per_million),
+        )
+    }
+
+    /// The tier with the rates in force at `at` in its two rate fields (what billing at `at`
+    /// reads); the schedule is kept.
+    #[must_use]
+    pub fn as_of(&self, at: DateTime<Utc>) -> Self {
+        let (input, output) = self.rates_at(at);
+        Self {
+            input_rate_per_million: input,
+            output_rate_per_million: output,
+            ..self.clone()
+        }
+    }
+
+    /// The tier with `change` scheduled: its rates apply from `change.effective_from` (not
+    /// before `now`: usage already made keeps its price) until a later scheduled period, which
+    /// is kept; a period at the same instant is replaced. A tier without a schedule first gets
+    /// one holding its current rates since the beginning of time. The rate fields are those
+    /// in force at `now`.
+    pub fn with_rate_change(
+        &self,
+        change: RatePeriod,
+        now: DateTime<Utc>,
+    ) -> Result<Self, RateChangeError> {
+        change.validate()?;
+        if change.effective_from < now {
+            return Err(RateChangeError::InThePast {
+                effective_from: change.effective_from,
+                now,
+            });
+        }
+        let mut schedule = self.rate_schedule.clone();
+        if schedule.is_empty() {
+            schedule.push(RatePeriod {
+                effective_from: DateTime::<Utc>::UNIX_EPOCH,
+                input_rate_per_million: self.input_rate_per_million,
+                output_rate_per_million: self.output_rate_per_million,
+            });
+        }
+        schedule.retain(|p| p.effective_from != change.effective_from);
+        schedule.push(change);
+        schedule.sort_by_key(|p| p.effective_from);
+        let tier = Self {
+            rate_schedule: schedule,
+            ..self.clone()
+        };
+        Ok(tier.as_of(now))
     }
 }
 
@@ -1309,5 +1438,85 @@ mod tests {
                 prop_assert_eq!(got.contains(&tier.models[0]), expected);
             }
         }
+    }
+
+    fn period(at: DateTime<Utc>, input: i64, output: i64) -> RatePeriod {
+        RatePeriod {
+            effective_from: at,
+            input_rate_per_million: Decimal::new(input, 2),
+            output_rate_per_million: Decimal::new(output, 2),
+        }
+    }
+
+    #[test]
+    fn a_rate_change_applies_from_its_time_and_earlier_usage_keeps_its_price() {
+        let basic = default_tiers().remove(0);
+        assert_eq!(
+            basic.rates_at(now()),
+            (Decimal::new(50, 2), Decimal::new(200, 2))
+        );
+        let from = now() + chrono::Duration::hours(1);
+        let changed = basic
+            .with_rate_change(period(from, 100, 400), now())
+            .unwrap();
+        // The old rates are kept as the first period, from the beginning of time.
+        assert_eq!(changed.rate_schedule.len(), 2);
+        assert_eq!(
+            changed.rate_schedule[0].effective_from,
+            DateTime::<Utc>::UNIX_EPOCH
+        );
+        assert_eq!(
+            changed.input_rate_per_million,
+            Decimal::new(50, 2),
+            "fields: in force now"
+        );
+        let before = from - chrono::Duration::microseconds(1);
+        assert_eq!(
+            changed.rates_at(before),
+            (Decimal::new(50, 2), Decimal::new(200, 2))
+        );
+        assert_eq!(
+            changed.rates_at(from),
+            (Decimal::new(100, 2), Decimal::new(400, 2))
+        );
+        assert_eq!(
+            changed.as_of(from).output_rate_per_million,
+            Decimal::new(400, 2)
+        );
+        // An earlier change does not cancel a later scheduled one; one at the same time
+        // replaces it.
+        let sooner = changed
+            .with_rate_change(period(now(), 70, 300), now())
+            .unwrap()
+            .with_rate_change(period(from, 90, 350), now())
+            .unwrap();
+        assert_eq!(sooner.rate_schedule.len(), 3);
+        assert_eq!(
+            sooner.rates_at(now()),
+            (Decimal::new(70, 2), Decimal::new(300, 2))
+        );
+        assert_eq!(
+            sooner.rates_at(from),
+            (Decimal::new(90, 2), Decimal::new(350, 2))
+        );
+        assert!(TierCatalog::new(vec![sooner]).is_ok());
+    }
+
+    #[test]
+    fn a_rate_change_in_the_past_or_negative_is_refused() {
+        let basic = default_tiers().remove(0);
+        let past = now() - chrono::Duration::seconds(1);
+        assert!(matches!(
+            basic.with_rate_change(period(past, 100, 400), now()),
+            Err(RateChangeError::InThePast { .. })
+        ));
+        let err = basic
+            .with_rate_change(period(now(), 100, -1), now())
+            .unwrap_err();
+        assert!(err.to_string().contains("output_rate_per_million"), "{err}");
+        let mut bad = basic.clone();
+        bad.rate_schedule = vec![period(now(), 1, 1), period(now(), 2, 2)];
+        let err = bad.validate().unwrap_err();
+        assert_eq!(err.field, "rate_schedule[1].effective_from");
     }
 }

@@ -219,7 +219,9 @@ impl<'p> Planner<'p> {
                 };
             }
         };
-        let Some(tier) = catalog.get(grant.tier_id).cloned() else {
+        // The tier at the rates in force now: the worst case is reserved, and the request
+        // billed, at them (a cached catalog holds scheduled changes, so it switches on time).
+        let Some(tier) = catalog.get(grant.tier_id).map(|t| t.as_of(ask.now)) else {
             let refusal = Refusal::BadRequest(format!("tier `{}` vanished", grant.tier_id));
             return refused(plan, refusal);
         };

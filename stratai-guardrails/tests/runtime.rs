@@ -270,3 +270,59 @@ async fn batching_without_a_spool_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("spool"), "{err}");
 }
+
+/// A cached catalog holds the tier's rate schedule: a change scheduled before the catalog was
+/// cached applies at its time, though the cache is not reloaded; a request before it keeps the
+/// old rates.
+#[tokio::test]
+async fn a_cached_catalog_switches_rates_at_the_scheduled_time() {
+    let w = world("100").await;
+    let basic = default_tiers().remove(0);
+    let from = Utc::now() + chrono::TimeDelta::milliseconds(400);
+    let change = stratai_core::tiers::RatePeriod {
+        effective_from: from,
+        input_rate_per_million: dec!(1.00),
+        output_rate_per_million: dec!(5.00),
+    };
+    let changed = basic.with_rate_change(change, Utc::now()).unwrap();
+    w.stores.tiers.upsert_tier(&changed).await.unwrap();
+    let (runtime, handle) = Runtime::builder(runtime_stores(&w.stores))
+        .cache(Duration::from_secs(3600))
+        .build()
+        .await
+        .unwrap();
+    let before = runtime
+        .chat(w.user, Some("acme"), ask("Say hello", 50, false))
+        .await
+        .unwrap();
+    tokio::time::sleep(
+        (from - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(50),
+    )
+    .await;
+    // The tier is changed again in the store: the cached view does not see it, the schedule it
+    // holds decides.
+    let mut renamed = changed.clone();
+    renamed.rate_schedule.clear();
+    renamed.input_rate_per_million = dec!(99);
+    w.stores.tiers.upsert_tier(&renamed).await.unwrap();
+    let after = runtime
+        .chat(w.user, Some("acme"), ask("Say hello", 50, false))
+        .await
+        .unwrap();
+    handle.shutdown(Duration::from_secs(5)).await;
+    let mut recs = records(&w).await;
+    recs.sort_by_key(|r| r.created_at);
+    assert_eq!(recs.len(), 2);
+    let at = |input, output, r: &stratai_core::usage::UsageRecord| {
+        let mut t = default_tiers().remove(0);
+        t.input_rate_per_million = input;
+        t.output_rate_per_million = output;
+        stratai_core::pricing::billed_amount(&t, r.input_tokens, r.output_tokens)
+    };
+    assert!(recs[0].created_at < from && recs[1].created_at >= from);
+    assert_eq!(recs[0].billed_amount, at(dec!(0.50), dec!(2.00), &recs[0]));
+    assert_eq!(recs[1].billed_amount, at(dec!(1.00), dec!(5.00), &recs[1]));
+    assert_eq!(before.billed.amount, recs[0].billed_amount);
+    assert_eq!(after.billed.amount, recs[1].billed_amount);
+    assert!(recs[1].billed_amount > recs[0].billed_amount);
+}

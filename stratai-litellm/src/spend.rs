@@ -597,7 +597,12 @@ impl SpendImporter {
         // StratAI bills a direct call as it bills one through the gateway: at the tier's
         // rates; a model of no tier at what the provider charged.
         let billed = tier.map_or(provider_cost, |t| {
-            billed_amount(t, event.prompt_tokens, event.completion_tokens)
+            // at the rates in force when the call was made
+            billed_amount(
+                &t.as_of(event.started_at),
+                event.prompt_tokens,
+                event.completion_tokens,
+            )
         });
         let groups: Vec<_> = match self.directory.groups_of_member(org, user).await {
             Ok(groups) => groups.into_iter().map(|(g, _)| g.id).collect(),

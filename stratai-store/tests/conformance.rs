@@ -141,6 +141,7 @@ conformance! {
     directory::invitation_accept_refusals,
     directory::invitation_accept_concurrent_single_use,
     tiers::tier_upsert_get_list,
+    tiers::tier_rate_schedule_round_trip,
     tiers::tier_model_and_slug_conflicts,
     tiers::subscriptions,
     rules::platform_rules,

@@ -49,6 +49,7 @@ async fn tier(store: &PgStore) -> TierId {
         output_rate_per_million: Decimal::TWO,
         sort_order: 0,
         active: true,
+        rate_schedule: Vec::new(),
     };
     store.upsert_tier(&tier).await.unwrap();
     tier.id

@@ -538,6 +538,7 @@ async fn start_gateway(
     let app = router(
         AppState {
             auth,
+            prices: std::sync::Arc::new(config.prices.clone()),
             readiness: backends.readiness,
             stores: stores.clone(),
             gateway: Some(gateway),

@@ -58,6 +58,9 @@ pub struct AppState {
     pub gateway: Option<crate::gateway::GatewayState>,
     /// Sends invitation emails.
     pub mail: Arc<crate::mail::Postman>,
+    /// The provider prices (`STRATAI_PROVIDER_PRICES` over the built-in list), for the
+    /// price list routes and the pricing report.
+    pub prices: Arc<stratai_core::pricing::PriceTable>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -346,6 +346,12 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
         ("GET", "/api/tiers/accessible") => op
             .query(s.query::<tiers::AccessibleQuery>())
             .ok(200, s.of::<tiers::AccessibleTiers>()),
+        ("PATCH", "/api/tiers/{tier_id}") => op
+            .json(s.of::<tiers::UpdateTier>())
+            .ok(200, s.of::<ModelTier>()),
+        ("POST", "/api/tiers/{tier_id}/rates") => op
+            .json(s.of::<tiers::ChangeRates>())
+            .ok(200, s.of::<tiers::RatesChanged>()),
         ("GET", "/api/usage") => op
             .query(s.query::<usage::UsageParams>())
             .ok(200, s.of::<usage::UsageSummary>()),
@@ -433,6 +439,9 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
         ("GET", "/api/billing/pricing-report") => op
             .query(s.query::<billing::PricingReportQuery>())
             .ok(200, s.of::<billing::PricingReport>()),
+        ("GET", "/api/billing/provider-prices") => op
+            .query(s.query::<billing::ProviderPricesQuery>())
+            .ok(200, s.of::<billing::ProviderPrices>()),
 
         ("GET", "/api/litellm/spend") => op.ok(200, s.of::<litellm::SpendStatus>()),
         ("POST", "/api/litellm/spend-callback") => op

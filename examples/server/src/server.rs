@@ -88,6 +88,7 @@ pub fn build_state(config: &Config, backends: Backends) -> Result<AppState, ApiE
     );
     Ok(AppState {
         auth,
+        prices: std::sync::Arc::new(config.prices.clone()),
         readiness: backends.readiness,
         stores: backends.stores,
         gateway: None,
@@ -221,6 +222,7 @@ pub async fn serve(config: Config, backends: Backends) -> Result<(), ServeError>
     let drainer = gateway.drainer.clone();
     let state = AppState {
         auth,
+        prices: std::sync::Arc::new(config.prices.clone()),
         readiness: backends.readiness,
         stores: backends.stores,
         gateway: Some(gateway),

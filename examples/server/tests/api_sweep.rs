@@ -57,6 +57,8 @@ GET    /api/invitations/{token}                            200 200 200 200 200 2
 POST   /api/invitations/{token}/accept                     409 409 409 409 409 409 401 401 409
 GET    /api/tiers                                          200 200 200 200 200 200 401 401 200
 GET    /api/tiers/accessible                               404 200 200 200 200 200 401 401 404
+PATCH  /api/tiers/{tier_id}                               200 403 403 403 403 403 401 401 403
+POST   /api/tiers/{tier_id}/rates                         200 403 403 403 403 403 401 401 403
 GET    /api/usage                                          200 200 200 403 403 403 401 401 404
 GET    /api/usage/export                                   200 200 200 403 403 403 401 401 404
 GET    /api/budgets                                        200 200 200 403 403 403 401 401 404
@@ -135,6 +137,7 @@ GET    /api/organizations/{org_id}/invoices/{invoice_id}/csv 200 200 200 403 403
 GET    /api/billing/invoices                               200 403 403 403 403 403 401 401 403
 GET    /api/billing/overview                               200 403 403 403 403 403 401 401 403
 GET    /api/billing/pricing-report                         200 200 200 403 403 403 401 401 404
+GET    /api/billing/provider-prices                        200 403 403 403 403 403 401 401 403
 GET    /ui/style.css                                       200 200 200 200 200 200 200 200 200
 GET    /invitations/{token}                                200 200 200 200 200 200 200 200 200
 POST   /invitations/{token}                                409 409 409 409 409 409 303 303 409
@@ -153,8 +156,11 @@ fn is_ui(path: &str) -> bool {
 /// a super admin, uses models in an organization they are not a member of.
 const GATEWAY: [&str; 3] = ["/v1/chat/completions", "/v1/models", "/api/explain"];
 
-const PLATFORM: [&str; 39] = [
+const PLATFORM: [&str; 42] = [
     "/metrics",
+    "/api/tiers/{tier_id}",
+    "/api/tiers/{tier_id}/rates",
+    "/api/billing/provider-prices",
     "/api/billing/invoices",
     "/api/billing/overview",
     "/api/litellm/spend",
@@ -478,6 +484,14 @@ fn request(method: &str, path: &str, target: &OrgFixture) -> (String, Option<Val
         ("PUT", "/api/organizations/{org_id}/tiers/{tier_id}") => {
             (filled, Some(json!({"enabled": true})))
         }
+        ("PATCH", "/api/tiers/{tier_id}") => (filled, Some(json!({"active": true}))),
+        // A change far ahead, at the tier's own rates: nothing the other routes see changes.
+        ("POST", "/api/tiers/{tier_id}/rates") => (
+            filled,
+            Some(
+                json!({"input_rate_per_million": "0.50", "output_rate_per_million": "2.00", "effective_from": "2100-01-01T00:00:00Z"}),
+            ),
+        ),
         ("PATCH", "/api/groups/{group_id}") => (filled, Some(json!({"description": "x"}))),
         ("POST", "/api/groups/{group_id}/members") => {
             (filled, Some(json!({"user_id": target.member.id})))

@@ -83,6 +83,7 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     let app = router(
         AppState {
             auth,
+            prices: std::sync::Arc::new(config.prices.clone()),
             readiness: backends.readiness,
             stores: stores.clone(),
             gateway: Some(gateway),
@@ -111,6 +112,7 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
         output_rate_per_million: Decimal::TWO,
         sort_order: 10,
         active: true,
+        rate_schedule: Vec::new(),
     };
     stores.tiers.upsert_tier(&tier).await.unwrap();
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..10];

@@ -140,6 +140,7 @@ async fn serve(
     let app = router(
         AppState {
             auth,
+            prices: std::sync::Arc::new(config.prices.clone()),
             readiness: backends.readiness,
             stores: stores.clone(),
             gateway: Some(gateway),
@@ -203,6 +204,7 @@ async fn seed(stores: &Stores) -> (OrgId, UserId, String) {
         output_rate_per_million: Decimal::from(4000),
         sort_order: 10,
         active: true,
+        rate_schedule: Vec::new(),
     };
     stores.tiers.upsert_tier(&tier).await.unwrap();
     let org = Organization::new(

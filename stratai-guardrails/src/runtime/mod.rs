@@ -593,7 +593,12 @@ impl Runtime {
                 ReasonKind::Guardrail
             },
         );
-        let Some(tier) = view.catalog().get(admitted.grant().tier_id).cloned() else {
+        let admitted_at = self.deps.clock.now();
+        let Some(tier) = view
+            .catalog()
+            .get(admitted.grant().tier_id)
+            .map(|t| t.as_of(admitted_at))
+        else {
             return Err(Refusal::Internal(format!(
                 "tier `{}` vanished from the catalog",
                 admitted.grant().tier_id
@@ -616,7 +621,7 @@ impl Runtime {
                     .map(|s| s.budget.id)
                     .collect(),
                 tier,
-                admitted_at: self.deps.clock.now(),
+                admitted_at,
                 started: Instant::now(),
                 admission: admitted,
             },

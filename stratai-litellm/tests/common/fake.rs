@@ -40,6 +40,7 @@ fn tier(slug: &str, model: &str, order: i32) -> ModelTier {
         output_rate_per_million: Decimal::new(2000, 0),
         sort_order: order,
         active: true,
+        rate_schedule: Vec::new(),
     }
 }
 

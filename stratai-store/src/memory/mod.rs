@@ -1174,7 +1174,16 @@ impl TierStore for MemoryStore {
     }
 
     async fn list_tiers(&self) -> Result<Vec<ModelTier>, StoreError> {
-        let mut tiers: Vec<ModelTier> = self.state.read().await.tiers.values().cloned().collect();
+        // As every backend: the rate fields are the rates in force now.
+        let now = chrono::Utc::now();
+        let mut tiers: Vec<ModelTier> = self
+            .state
+            .read()
+            .await
+            .tiers
+            .values()
+            .map(|t| t.as_of(now))
+            .collect();
         tiers.sort_by_key(|t| (t.sort_order, t.id));
         Ok(tiers)
     }
@@ -1185,7 +1194,7 @@ impl TierStore for MemoryStore {
             .await
             .tiers
             .get(&tier)
-            .cloned()
+            .map(|t| t.as_of(chrono::Utc::now()))
             .ok_or_else(|| StoreError::not_found("tier", tier))
     }
 

@@ -215,7 +215,7 @@ pub(super) fn invitation(row: &PgRow) -> Result<Invitation, StoreError> {
 macro_rules! tier_columns {
     () => {
         "id, slug, name, description, best_use_case, models, \
-     base_price, input_token_rate, output_token_rate, sort_order, is_active"
+     base_price, input_token_rate, output_token_rate, sort_order, is_active, rate_schedule"
     };
 }
 
@@ -237,7 +237,10 @@ pub(super) fn tier(row: &PgRow) -> Result<ModelTier, StoreError> {
         output_rate_per_million: get(row, "output_token_rate")?,
         sort_order: get(row, "sort_order")?,
         active: get(row, "is_active")?,
-    })
+        rate_schedule: get::<Json<Vec<stratai_core::tiers::RatePeriod>>>(row, "rate_schedule")?.0,
+    }
+    // The rate fields are the rates in force now (the schedule decides when it has periods).
+    .as_of(chrono::Utc::now()))
 }
 
 pub(super) fn subscription(row: &PgRow) -> Result<TierSubscription, StoreError> {

@@ -33,13 +33,14 @@ impl TierStore for PgStore {
         sqlx::query(concat!(
             "INSERT INTO model_tiers (",
             tier_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              ON CONFLICT (id) DO UPDATE SET slug = EXCLUDED.slug, name = EXCLUDED.name,
                  description = EXCLUDED.description, best_use_case = EXCLUDED.best_use_case,
                  models = EXCLUDED.models, base_price = EXCLUDED.base_price,
                  input_token_rate = EXCLUDED.input_token_rate,
                  output_token_rate = EXCLUDED.output_token_rate,
-                 sort_order = EXCLUDED.sort_order, is_active = EXCLUDED.is_active"
+                 sort_order = EXCLUDED.sort_order, is_active = EXCLUDED.is_active,
+                 rate_schedule = EXCLUDED.rate_schedule"
         ))
         .bind(tier.id.as_uuid())
         .bind(tier.slug.as_str())
@@ -52,6 +53,7 @@ impl TierStore for PgStore {
         .bind(tier.output_rate_per_million)
         .bind(tier.sort_order)
         .bind(tier.active)
+        .bind(sqlx::types::Json(&tier.rate_schedule))
         .execute(&mut *tx)
         .await
         .map_err(db)?;

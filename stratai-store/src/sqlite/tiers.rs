@@ -21,6 +21,7 @@ fn tier_from_row(row: &SqliteRow) -> Result<ModelTier, StoreError> {
         text.parse()
             .map_err(|err| crate::error::corrupt(col, format!("`{text}`: {err}")))
     };
+    // The rate fields are the rates in force now (the schedule decides when it has periods).
     Ok(ModelTier {
         id: TierId::from_uuid(row.uuid("id")?),
         slug: TierSlug::new(row.text("slug")?).map_err(|err| crate::error::corrupt("slug", err))?,
@@ -34,7 +35,9 @@ fn tier_from_row(row: &SqliteRow) -> Result<ModelTier, StoreError> {
         sort_order: i32::try_from(row.int("sort_order")?)
             .map_err(|err| crate::error::corrupt("sort_order", err))?,
         active: row.flag("is_active")?,
-    })
+        rate_schedule: row.json("rate_schedule")?,
+    }
+    .as_of(Utc::now()))
 }
 
 fn subscription_from_row(row: &SqliteRow) -> Result<TierSubscription, StoreError> {
@@ -53,13 +56,15 @@ impl TierStore for SqliteStore {
         let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO model_tiers (id, name, slug, description, best_use_case, base_price,
-                 input_token_rate, output_token_rate, models, sort_order, is_active, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 input_token_rate, output_token_rate, models, sort_order, is_active, created_at,
+                 rate_schedule)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, slug = excluded.slug,
                  description = excluded.description, best_use_case = excluded.best_use_case,
                  base_price = excluded.base_price, input_token_rate = excluded.input_token_rate,
                  output_token_rate = excluded.output_token_rate, models = excluded.models,
-                 sort_order = excluded.sort_order, is_active = excluded.is_active",
+                 sort_order = excluded.sort_order, is_active = excluded.is_active,
+                 rate_schedule = excluded.rate_schedule",
         )
         .bind(tier.id.as_uuid())
         .bind(&tier.name)
@@ -73,6 +78,7 @@ impl TierStore for SqliteStore {
         .bind(tier.sort_order)
         .bind(tier.active)
         .bind(ts(micros(chrono::Utc::now())))
+        .bind(to_json(&tier.rate_schedule)?)
         .execute(&mut *tx)
         .await
         .map_err(db)?;

@@ -181,6 +181,7 @@ pub fn new_tier(sort_order: i32) -> ModelTier {
         output_rate_per_million: Decimal::new(15, 0),
         sort_order,
         active: true,
+        rate_schedule: Vec::new(),
     }
 }
 

@@ -37,6 +37,45 @@ pub async fn tier_upsert_get_list<S: Store>(store: S) {
     assert_not_found(store.get_tier(TierId::new()).await);
 }
 
+/// A tier's rate schedule is stored with it; a read gives the rate fields the rates in force
+/// at the time of reading, whatever the fields held when written.
+pub async fn tier_rate_schedule_round_trip<S: Store>(store: S) {
+    use rust_decimal::Decimal;
+    use stratai_core::tiers::RatePeriod;
+    let tier = new_tier(1);
+    store.upsert_tier(&tier).await.unwrap();
+    let now = chrono::Utc::now();
+    let past = RatePeriod {
+        effective_from: now - Duration::hours(1),
+        input_rate_per_million: Decimal::new(7, 0),
+        output_rate_per_million: Decimal::new(11, 0),
+    };
+    let future = RatePeriod {
+        effective_from: now + Duration::days(1),
+        input_rate_per_million: Decimal::new(123_456, 4),
+        output_rate_per_million: Decimal::new(20, 0),
+    };
+    let scheduled = tier.with_rate_change(future, now).unwrap();
+    let mut stored = scheduled.clone();
+    // A period already in force when read (written directly, as a store may hold it).
+    stored.rate_schedule.insert(1, past);
+    store.upsert_tier(&stored).await.unwrap();
+    let read = store.get_tier(tier.id).await.unwrap();
+    assert_eq!(read.rate_schedule, stored.rate_schedule);
+    assert_eq!(
+        read.rate_schedule[2].input_rate_per_million,
+        Decimal::new(123_456, 4)
+    );
+    assert_eq!(
+        (read.input_rate_per_million, read.output_rate_per_million),
+        (Decimal::new(7, 0), Decimal::new(11, 0)),
+        "the rates in force now"
+    );
+    let listed = store.list_tiers().await.unwrap();
+    let listed = listed.iter().find(|t| t.id == tier.id).unwrap();
+    assert_eq!(listed, &read);
+}
+
 pub async fn tier_model_and_slug_conflicts<S: Store>(store: S) {
     let a = tier(&store).await;
     let mut steals_model = new_tier(0);

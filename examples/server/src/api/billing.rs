@@ -1,6 +1,6 @@
 //! Billing: invoices per organization and month (core's `billing`), the platform billing
-//! overview (provider cost against billed amount, the margin per organization and tier) and
-//! the seed's pricing-discovery report.
+//! overview (provider cost against billed amount, the margin per organization and tier), the
+//! seed's pricing-discovery report, and the provider price list beside the tiers' rates.
 //!
 //! Who may do what: an organization's owners and admins read its invoices and its pricing
 //! report (`view_billing`); platform operators (super admins) draft invoices, move them
@@ -431,6 +431,10 @@ pub struct PricingReport {
     pub report: PricingDiscoveryReport,
     /// Models whose billed amount in the period is below their provider cost.
     pub billed_below_cost: Vec<BelowCost>,
+    /// Models whose tier's rates in force at the end of the period (`to`, or now if earlier)
+    /// are below the provider's list price, input or output: every request bills below cost
+    /// for that part, whatever the usage of the period.
+    pub priced_below_list: Vec<ModelPrice>,
 }
 
 /// The seed's pricing-discovery report over a period: of one organization (`view_billing`)
@@ -522,6 +526,11 @@ pub async fn pricing_report_for(
             },
         )
         .collect();
+    let priced_at = q.to.min(Utc::now());
+    let priced_below_list = price_list(&catalog, &state.prices, priced_at)
+        .into_iter()
+        .filter(|p| p.below_list_price)
+        .collect();
     Ok(PricingReport {
         org_id: q.org_id,
         from: q.from,
@@ -529,5 +538,127 @@ pub async fn pricing_report_for(
         timezone: tz.name().to_owned(),
         report,
         billed_below_cost,
+        priced_below_list,
     })
+}
+
+/// Where a provider price comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PriceSource {
+    /// The built-in list price (`PriceTable::seed_defaults`).
+    BuiltIn,
+    /// Configured (`STRATAI_PROVIDER_PRICES` or the file's `provider_prices`).
+    Configured,
+}
+
+/// A model's provider list price beside what its tier bills.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ModelPrice {
+    /// The model.
+    pub model: ModelId,
+    /// Where its provider price comes from; none when the provider price is unknown (its
+    /// requests are recorded at provider cost zero).
+    pub source: Option<PriceSource>,
+    /// Provider $ per 1M input tokens.
+    #[schema(value_type = Option<String>)]
+    pub provider_input_per_million: Option<Decimal>,
+    /// Provider $ per 1M output tokens.
+    #[schema(value_type = Option<String>)]
+    pub provider_output_per_million: Option<Decimal>,
+    /// The output cap assumed for a request without `max_tokens`.
+    pub max_output_tokens: Option<u32>,
+    /// The tier billing it (slug), none for a model of no tier.
+    pub tier: Option<String>,
+    /// The tier's billed $ per 1M input tokens at the time asked.
+    #[schema(value_type = Option<String>)]
+    pub billed_input_per_million: Option<Decimal>,
+    /// The tier's billed $ per 1M output tokens at the time asked.
+    #[schema(value_type = Option<String>)]
+    pub billed_output_per_million: Option<Decimal>,
+    /// The tier bills the input or the output below the provider's list price.
+    pub below_list_price: bool,
+}
+
+/// Every model of the price table or of a tier, by model: provider price, source, the tier's
+/// rates in force at `at`, and whether they are below the list price.
+pub fn price_list(
+    catalog: &TierCatalog,
+    prices: &stratai_core::pricing::PriceTable,
+    at: DateTime<Utc>,
+) -> Vec<ModelPrice> {
+    let built_in = stratai_core::pricing::PriceTable::seed_defaults();
+    let mut models: std::collections::BTreeSet<ModelId> =
+        prices.iter().map(|(m, _)| m.clone()).collect();
+    for tier in catalog.tiers() {
+        models.extend(tier.models.iter().cloned());
+    }
+    models
+        .into_iter()
+        .map(|model| {
+            let price = prices.get(&model);
+            let rates = catalog
+                .tier_of_model(&model)
+                .map(|t| (t.slug.to_string(), t.rates_at(at)));
+            let below_list_price = match (price, &rates) {
+                (Some(p), Some((_, (input, output)))) => {
+                    *input < p.input_per_million || *output < p.output_per_million
+                }
+                _ => false,
+            };
+            ModelPrice {
+                source: price.map(|p| {
+                    if built_in.get(&model) == Some(p) {
+                        PriceSource::BuiltIn
+                    } else {
+                        PriceSource::Configured
+                    }
+                }),
+                provider_input_per_million: price.map(|p| p.input_per_million),
+                provider_output_per_million: price.map(|p| p.output_per_million),
+                max_output_tokens: price.map(|p| p.max_output_tokens),
+                billed_input_per_million: rates.as_ref().map(|(_, (i, _))| *i),
+                billed_output_per_million: rates.as_ref().map(|(_, (_, o))| *o),
+                tier: rates.map(|(slug, _)| slug),
+                below_list_price,
+                model,
+            }
+        })
+        .collect()
+}
+
+/// Query of `GET /api/billing/provider-prices`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderPricesQuery {
+    /// The time whose tier rates to show (RFC 3339; default now): a scheduled change shows
+    /// from its `effective_from` on.
+    #[serde(default)]
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// Answer of `GET /api/billing/provider-prices`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProviderPrices {
+    /// The time of the tier rates shown.
+    pub at: DateTime<Utc>,
+    /// Every model of the price table or of a tier, by model.
+    pub models: Vec<ModelPrice>,
+}
+
+/// The provider prices the server prices usage with (`STRATAI_PROVIDER_PRICES` over the
+/// built-in list) beside the tiers' billed rates, flagging rates below list price (platform
+/// operators).
+pub async fn provider_prices(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ProviderPricesQuery>,
+) -> Result<ApiJson<ProviderPrices>, ApiError> {
+    operator(&caller)?;
+    let at = q.at.unwrap_or_else(Utc::now);
+    let catalog = catalog(&state).await?;
+    Ok(ApiJson(ProviderPrices {
+        at,
+        models: price_list(&catalog, &state.prices, at),
+    }))
 }

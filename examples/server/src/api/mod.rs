@@ -206,6 +206,8 @@ api_routes! {
     post "/api/invitations/{token}/accept" => invitations::accept;
     get "/api/tiers" => tiers::list;
     get "/api/tiers/accessible" => tiers::accessible;
+    patch "/api/tiers/{tier_id}" => tiers::update;
+    post "/api/tiers/{tier_id}/rates" => tiers::change_rates;
     get "/api/usage" => usage::summary;
     get "/api/usage/export" => usage::export;
     get "/api/budgets" => budgets::list;
@@ -232,6 +234,7 @@ api_routes! {
     get "/api/billing/invoices" => billing::list_all;
     get "/api/billing/overview" => billing::overview;
     get "/api/billing/pricing-report" => billing::pricing_report;
+    get "/api/billing/provider-prices" => billing::provider_prices;
     get "/api/litellm/spend" => litellm::spend_status;
     post "/api/litellm/spend-callback" => litellm::spend_callback;
 }

@@ -1,14 +1,16 @@
 //! Tiers: the catalog, what a member may use (accessible or locked, with the reason and the
-//! upgrade hint), an organization's subscriptions.
+//! upgrade hint), an organization's subscriptions, and the price list operators edit (a
+//! tier's models and active flag, its rates from a stated time on).
 
 use axum::extract::State;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use stratai_core::access::{Action, Resource};
 use stratai_core::money::Money;
 use stratai_core::tiers::{
-    LockReason, MemberContext, ModelTier, TierAccess, TierCatalog, TierStatus, TierSubscription,
-    resolve_org_tiers, resolve_tiers,
+    CatalogError, LockReason, MemberContext, ModelTier, RateChangeError, RatePeriod, TierAccess,
+    TierCatalog, TierStatus, TierSubscription, resolve_org_tiers, resolve_tiers,
 };
 use stratai_core::{ModelId, OrgId, TierId, TierSlug, UserId};
 
@@ -296,4 +298,186 @@ pub async fn put_subscription(
     };
     state.stores.tiers.put_subscription(org_id, &sub).await?;
     Ok(ApiJson(sub))
+}
+
+/// Tier edits of this process one at a time (a read, a change, a write of the whole tier).
+static TIER_EDITS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How far in the past a stated `effective_from` may be and still be taken as now (clocks of
+/// the operator's machine and the server differ a little).
+pub const EFFECTIVE_FROM_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+fn platform_tiers(caller: &Caller) -> Result<(), ApiError> {
+    allow(caller, Action::ManageTiers, Resource::Platform)
+}
+
+/// Body of `PATCH /api/tiers/{tier_id}`: the fields to change (rates: `POST .../rates`).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTier {
+    /// Display name (not empty).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// What the tier is best used for.
+    #[serde(default)]
+    pub best_use_case: Option<String>,
+    /// The tier's models, replacing its list: at least one, none in another tier, none twice.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// Inactive tiers grant nothing.
+    #[serde(default)]
+    pub active: Option<bool>,
+}
+
+/// Changes a tier's name, description, models or active flag (platform operators). Gateways
+/// see the change within their view cache age (`STRATAI_GATEWAY_CACHE_MS`).
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(tier_id): ApiPath<TierId>,
+    ApiJson(req): ApiJson<UpdateTier>,
+) -> Result<ApiJson<ModelTier>, ApiError> {
+    platform_tiers(&caller)?;
+    let _one_at_a_time = TIER_EDITS.lock().await;
+    let mut tier = state.stores.tiers.get_tier(tier_id).await?;
+    let mut errors = Vec::new();
+    if let Some(name) = req.name {
+        if name.trim().is_empty() {
+            errors.push(FieldError::new("name", "must not be empty"));
+        }
+        tier.name = name;
+    }
+    if let Some(d) = req.description {
+        tier.description = d;
+    }
+    if let Some(b) = req.best_use_case {
+        tier.best_use_case = b;
+    }
+    if let Some(active) = req.active {
+        tier.active = active;
+    }
+    if let Some(models) = &req.models {
+        if models.is_empty() {
+            errors.push(FieldError::new(
+                "models",
+                "must list at least one model; deactivate the tier instead (`active: false`)",
+            ));
+        }
+        let mut parsed = Vec::with_capacity(models.len());
+        for (i, m) in models.iter().enumerate() {
+            match ModelId::new(m.clone()) {
+                Ok(id) if parsed.contains(&id) => {
+                    errors.push(FieldError::new(
+                        format!("models[{i}]"),
+                        format!("`{m}` is listed twice"),
+                    ));
+                }
+                Ok(id) => parsed.push(id),
+                Err(e) => errors.push(FieldError::new(format!("models[{i}]"), e.to_string())),
+            }
+        }
+        tier.models = parsed;
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    catalog(&state)
+        .await?
+        .with_tier(tier.clone())
+        .map_err(|e| catalog_error(&e, &tier))?;
+    state.stores.tiers.upsert_tier(&tier).await?;
+    Ok(ApiJson(state.stores.tiers.get_tier(tier_id).await?))
+}
+
+fn catalog_error(error: &CatalogError, tier: &ModelTier) -> ApiError {
+    match error {
+        CatalogError::ModelInTwoTiers { model, .. } => {
+            let i = tier.models.iter().position(|m| m == model).unwrap_or(0);
+            ApiError::invalid(format!("models[{i}]"), error.to_string())
+        }
+        CatalogError::InvalidTier { error, .. } => {
+            ApiError::invalid(error.field.clone(), error.reason.clone())
+        }
+        other => ApiError::Conflict(other.to_string()),
+    }
+}
+
+/// Body of `POST /api/tiers/{tier_id}/rates`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRates {
+    /// Billed $ per 1M input tokens from `effective_from` on (not negative).
+    #[schema(value_type = String, example = "0.80")]
+    pub input_rate_per_million: Decimal,
+    /// Billed $ per 1M output tokens from `effective_from` on (not negative).
+    #[schema(value_type = String, example = "4.00")]
+    pub output_rate_per_million: Decimal,
+    /// From when the rates apply (RFC 3339; default now). Not in the past (usage already made
+    /// keeps its price; up to a minute back is taken as now), and at the earliest once every
+    /// gateway's cached catalog has been reloaded (now plus `STRATAI_GATEWAY_CACHE_MS`), so
+    /// every instance switches at the same instant; the answer states the time applied.
+    #[serde(default)]
+    pub effective_from: Option<DateTime<Utc>>,
+}
+
+/// Answer of `POST /api/tiers/{tier_id}/rates`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RatesChanged {
+    /// When the new rates take effect (what was asked, or the earliest time allowed).
+    pub effective_from: DateTime<Utc>,
+    /// The tier now (its rate fields: the rates in force now; `rate_schedule`: every period).
+    pub tier: ModelTier,
+}
+
+/// Schedules a tier's new rates from a stated time (platform operators). Requests are billed at
+/// the rates in force when they are made; usage already recorded keeps its billed amount, so an
+/// invoice of a month spanning the change bills each request at its own rate.
+pub async fn change_rates(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(tier_id): ApiPath<TierId>,
+    ApiJson(req): ApiJson<ChangeRates>,
+) -> Result<ApiJson<RatesChanged>, ApiError> {
+    platform_tiers(&caller)?;
+    let now = Utc::now();
+    let asked = req.effective_from.unwrap_or(now);
+    if asked < now - EFFECTIVE_FROM_TOLERANCE {
+        return Err(ApiError::invalid(
+            "effective_from",
+            format!(
+                "`{}` is in the past: usage already made keeps its price; state now or a later time",
+                asked.to_rfc3339()
+            ),
+        ));
+    }
+    // Every gateway's cached view was loaded at most its cache age ago; from then on, each
+    // holds a catalog with the change, which it applies from its time on.
+    let lead = state
+        .gateway
+        .as_ref()
+        .map(|g| g.pipeline.deps().view_ttl)
+        .unwrap_or_default();
+    let lead = chrono::TimeDelta::from_std(lead).map_err(ApiError::internal)?;
+    let effective_from = asked.max(now + lead);
+    let change = RatePeriod {
+        effective_from,
+        input_rate_per_million: req.input_rate_per_million,
+        output_rate_per_million: req.output_rate_per_million,
+    };
+    let _one_at_a_time = TIER_EDITS.lock().await;
+    let tier = state.stores.tiers.get_tier(tier_id).await?;
+    let changed = tier.with_rate_change(change, now).map_err(|e| match e {
+        RateChangeError::Invalid(v) => ApiError::invalid(v.field, v.reason),
+        in_the_past @ RateChangeError::InThePast { .. } => {
+            ApiError::invalid("effective_from", in_the_past.to_string())
+        }
+    })?;
+    state.stores.tiers.upsert_tier(&changed).await?;
+    Ok(ApiJson(RatesChanged {
+        effective_from,
+        tier: state.stores.tiers.get_tier(tier_id).await?,
+    }))
 }

@@ -231,6 +231,7 @@ pub async fn serve(backing: Arc<Backing>, setup: Setup) -> Gw {
     let app = router(
         AppState {
             auth,
+            prices: std::sync::Arc::new(config.prices.clone()),
             readiness: backends.readiness,
             stores: served,
             gateway: Some(gateway.clone()),
