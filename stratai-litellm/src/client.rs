@@ -434,8 +434,14 @@ impl LiteLlmClient {
                 update.max_budget.map(Some)
             },
             budget_duration: update.budget_duration.as_deref(),
-            rpm_limit: update.rpm_limit,
-            tpm_limit: update.tpm_limit,
+            rpm_limit: match update.rpm_limit {
+                Some(rpm) => Some(Some(rpm)),
+                None => update.clear_limits.then_some(None),
+            },
+            tpm_limit: match update.tpm_limit {
+                Some(tpm) => Some(Some(tpm)),
+                None => update.clear_limits.then_some(None),
+            },
             metadata: update.metadata.as_ref(),
             key_alias: update.key_alias.as_deref(),
             blocked: update.blocked,

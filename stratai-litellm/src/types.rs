@@ -211,6 +211,9 @@ pub struct KeyUpdate {
     pub organization_id: Option<String>,
     /// Remove the budget (sends `max_budget: null`; wins over `max_budget`).
     pub clear_max_budget: bool,
+    /// Remove the per-minute limits left unset here (sends `rpm_limit: null` when
+    /// `rpm_limit` is `None`, the same for `tpm_limit`).
+    pub clear_limits: bool,
     /// New lifetime from now (`1h`): LiteLLM refuses the key after it.
     pub duration: Option<String>,
 }
@@ -228,9 +231,9 @@ pub(crate) struct KeyUpdateBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) budget_duration: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) rpm_limit: Option<u64>,
+    pub(crate) rpm_limit: Option<Option<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) tpm_limit: Option<u64>,
+    pub(crate) tpm_limit: Option<Option<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) metadata: Option<&'a Metadata>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -105,6 +105,21 @@ pub struct DesiredKey {
     pub organization_id: Option<String>,
     /// The key is blocked: its user is deactivated (LiteLLM refuses every call with it).
     pub blocked: bool,
+    /// Requests per minute ([`KeyLimits`]).
+    pub rpm_limit: Option<u64>,
+    /// Tokens per minute ([`KeyLimits`]).
+    pub tpm_limit: Option<u64>,
+}
+
+/// The per-minute limits a member's key carries on the proxy (LiteLLM `rpm_limit` and
+/// `tpm_limit`), resolved from the guardrail rules that apply to the member (see
+/// [`super::RateLimitSource`]). `None`: no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    pub tpm: Option<u64>,
 }
 
 /// A LiteLLM organization as a StratAI organization should look (LiteLLM Enterprise only).
@@ -141,18 +156,25 @@ pub fn desired_team(
     members: &[UserId],
     names: &ModelNames,
     budget_duration: &str,
+    budgets: &[Budget],
 ) -> Result<DesiredTeam, String> {
     let access =
         resolve_group_tiers(catalog, org, subscriptions, group).map_err(|e| e.to_string())?;
     let mut members: Vec<String> = members.iter().map(ToString::to_string).collect();
     members.sort();
     members.dedup();
+    let budget = scope_budget(
+        budgets,
+        BudgetScope::Group(group.id),
+        group.monthly_budget,
+        budget_duration,
+    );
     Ok(DesiredTeam {
         team_id: group.id.to_string(),
         alias: format!("{}/{}", org.slug, group.name),
         models: names.litellm_models(&access.accessible_models()),
-        max_budget: group.monthly_budget.map(|m| m.amount().normalize()),
-        budget_duration: group.monthly_budget.map(|_| budget_duration.to_owned()),
+        max_budget: budget.as_ref().map(|b| b.0),
+        budget_duration: budget.map(|b| b.1),
         members,
         org_id: org.id,
         organization_id: None,
@@ -168,6 +190,8 @@ pub fn desired_key(
     groups: &[Group],
     names: &ModelNames,
     budget_duration: &str,
+    budgets: &[Budget],
+    limits: KeyLimits,
 ) -> Result<DesiredKey, String> {
     let ctx = MemberContext {
         org,
@@ -179,20 +203,102 @@ pub fn desired_key(
     let team = groups
         .iter()
         .min_by(|a, b| (&a.name, a.id).cmp(&(&b.name, b.id)));
+    let budget = scope_budget(
+        budgets,
+        BudgetScope::User(membership.user_id),
+        membership.monthly_budget,
+        budget_duration,
+    );
     Ok(DesiredKey {
         alias: key_alias(org.id, membership.user_id),
         user_id: membership.user_id.to_string(),
         team_id: team.map(|g| g.id.to_string()),
         models: names.litellm_models(&access.accessible_models()),
-        max_budget: membership.monthly_budget.map(|m| m.amount().normalize()),
-        budget_duration: membership
-            .monthly_budget
-            .map(|_| budget_duration.to_owned()),
+        max_budget: budget.as_ref().map(|b| b.0),
+        budget_duration: budget.map(|b| b.1),
         org_id: org.id,
         member: membership.user_id,
         organization_id: None,
         blocked: false,
+        rpm_limit: limits.rpm,
+        tpm_limit: limits.tpm,
     })
+}
+
+impl KeyLimits {
+    /// The most requests a StratAI rate limit of `requests` per `period` lets through in one
+    /// LiteLLM rpm window (60 s from its first request): the rule's burst (`requests`) plus
+    /// what its bucket refills within the minute (`requests x 60 s / period`, rounded up).
+    /// So a key's `rpm_limit` never refuses a call StratAI's limiter admitted; it stops a
+    /// key used directly from going faster than StratAI ever would.
+    pub fn rpm_bound(requests: u32, period: std::time::Duration) -> u64 {
+        let requests = u64::from(requests);
+        let period = period.as_secs().max(1);
+        requests + (requests * 60).div_ceil(period)
+    }
+
+    /// The limits of a key bound by every `(requests, period)` rate limit that applies to
+    /// its member (the smallest [`KeyLimits::rpm_bound`]); no token-per-minute limit, since
+    /// no StratAI rule limits tokens over time (`token_limit` bounds one request).
+    pub fn from_rate_limits(limits: impl IntoIterator<Item = (u32, std::time::Duration)>) -> Self {
+        Self {
+            rpm: limits
+                .into_iter()
+                .map(|(requests, period)| Self::rpm_bound(requests, period))
+                .min(),
+            tpm: None,
+        }
+    }
+}
+
+/// The LiteLLM `budget_duration` closest to a StratAI budget period: `1d` (LiteLLM resets
+/// it at midnight in the proxy's timezone, StratAI's calendar day there), `7d` (seven days
+/// from when the budget was set, not the ISO week from Monday: LiteLLM has no calendar
+/// week) and `monthly` for a month (`1mo`: the 1st of each month).
+pub fn litellm_period(period: BudgetPeriod, monthly: &str) -> String {
+    match period {
+        BudgetPeriod::Daily => "1d".to_owned(),
+        BudgetPeriod::Weekly => "7d".to_owned(),
+        BudgetPeriod::Monthly => monthly.to_owned(),
+    }
+}
+
+/// At most how many periods of a kind a calendar month holds (31 days, 5 ISO weeks touch
+/// one): what a limit per period lets through in a month at worst.
+fn periods_per_month(period: BudgetPeriod) -> u32 {
+    match period {
+        BudgetPeriod::Daily => 31,
+        BudgetPeriod::Weekly => 5,
+        BudgetPeriod::Monthly => 1,
+    }
+}
+
+/// The one budget LiteLLM holds for a scope (a key, a team, an organization: LiteLLM has
+/// one `max_budget` and one `budget_duration` each): among the scope's **hard** budgets of
+/// `/api/budgets` and the directory's `monthly_budget` field (`field`, a hard monthly
+/// budget), the one letting the least through in a month (limit x periods a month can hold;
+/// on a tie the shorter period, which also bounds bursts), as `(limit, budget_duration)`.
+/// Soft budgets only warn, so LiteLLM gets none of them; tier budgets have no LiteLLM
+/// entity. StratAI's ledger keeps enforcing every budget exactly, in its calendar periods
+/// and the organization's timezone; this is the second wall for calls that bypass it.
+pub fn scope_budget(
+    budgets: &[Budget],
+    scope: BudgetScope,
+    field: Option<Money>,
+    monthly: &str,
+) -> Option<(Decimal, String)> {
+    budgets
+        .iter()
+        .filter(|b| b.scope == scope && b.hard_limit)
+        .map(|b| (b.limit, b.period))
+        .chain(field.map(|m| (m, BudgetPeriod::Monthly)))
+        .min_by_key(|(limit, period)| {
+            (
+                limit.amount() * Decimal::from(periods_per_month(*period)),
+                std::cmp::Reverse(periods_per_month(*period)),
+            )
+        })
+        .map(|(limit, period)| (limit.amount().normalize(), litellm_period(period, monthly)))
 }
 
 /// Blocks the key of a deactivated user (`active` false), so the proxy refuses it even when
@@ -460,6 +566,74 @@ mod tests {
         ];
         assert_eq!(org_monthly_budget(&budgets), Some(money(70_00)));
         assert_eq!(org_monthly_budget(&budgets[2..]), None);
+    }
+
+    #[test]
+    fn key_limits_bound_what_stratai_admits_in_a_minute() {
+        use std::time::Duration;
+        let minute = Duration::from_secs(60);
+        let hour = Duration::from_secs(3600);
+        let day = Duration::from_secs(86_400);
+        // A burst of 10 and 10 more refilled within the window.
+        assert_eq!(KeyLimits::rpm_bound(10, minute), 20);
+        assert_eq!(KeyLimits::rpm_bound(120, hour), 122);
+        assert_eq!(KeyLimits::rpm_bound(1000, day), 1001);
+        let limits = KeyLimits::from_rate_limits([(10, minute), (5, hour), (1000, day)]);
+        assert_eq!(limits.rpm, Some(6));
+        assert_eq!(limits.tpm, None);
+        assert_eq!(KeyLimits::from_rate_limits([]), KeyLimits::default());
+    }
+
+    #[test]
+    fn a_scope_gets_the_hard_budget_letting_least_through_a_month() {
+        let acme = org("acme");
+        let user = UserId::new();
+        let scope = BudgetScope::User(user);
+        let now = chrono::Utc::now();
+        let money = |cents| Money::new(Decimal::new(cents, 2)).unwrap();
+        let budget = |scope, cents, period, hard| {
+            Budget::new(
+                acme.id,
+                scope,
+                money(cents),
+                period,
+                hard,
+                Decimal::ONE,
+                now,
+            )
+            .unwrap()
+        };
+        // $2 a day (<= $62 a month) vs the field's $30 a month: the month.
+        let daily = budget(scope, 2_00, BudgetPeriod::Daily, true);
+        assert_eq!(
+            scope_budget(&[daily.clone()], scope, Some(money(30_00)), "1mo"),
+            Some((Decimal::new(30, 0), "1mo".to_owned()))
+        );
+        // $4 a week (<= $20 a month) wins; soft budgets and other scopes never count.
+        let weekly = budget(scope, 4_00, BudgetPeriod::Weekly, true);
+        let soft = budget(scope, 1, BudgetPeriod::Monthly, false);
+        let other = budget(
+            BudgetScope::User(UserId::new()),
+            1,
+            BudgetPeriod::Monthly,
+            true,
+        );
+        assert_eq!(
+            scope_budget(
+                &[daily, weekly, soft.clone(), other],
+                scope,
+                Some(money(30_00)),
+                "1mo"
+            ),
+            Some((Decimal::new(4, 0), "7d".to_owned()))
+        );
+        // A tie goes to the shorter period: $31 a month vs $1 a day.
+        let tie = budget(scope, 1_00, BudgetPeriod::Daily, true);
+        assert_eq!(
+            scope_budget(&[tie], scope, Some(money(31_00)), "1mo"),
+            Some((Decimal::ONE, "1d".to_owned()))
+        );
+        assert_eq!(scope_budget(&[soft], scope, None, "1mo"), None);
     }
 
     #[test]

@@ -24,13 +24,13 @@ use stratai_core::ports::{OutboxEntity, OutboxEvent, OutboxStore};
 use tokio::sync::Mutex;
 
 pub use mapping::{
-    DesiredKey, DesiredOrg, DesiredTeam, MANAGED_BY, ModelNames, NO_MODELS,
+    DesiredKey, DesiredOrg, DesiredTeam, KeyLimits, MANAGED_BY, ModelNames, NO_MODELS,
     block_key_unless_active, desired_key, desired_org, desired_team, is_managed, key_alias,
-    key_metadata, org_metadata, org_monthly_budget, place_key, place_team, recorded_version,
-    team_metadata,
+    key_metadata, litellm_period, org_metadata, org_monthly_budget, place_key, place_team,
+    recorded_version, scope_budget, team_metadata,
 };
 pub use reconcile::{CostMismatch, Drift, DriftKind, DriftReport, SpendReport, compare_spend};
-pub use source::{CoreDirectory, KeyVault, MemoryKeyVault, SyncSource};
+pub use source::{CoreDirectory, KeyVault, MemoryKeyVault, RateLimitSource, SyncSource};
 
 use crate::client::{LiteLlmClient, RetryPolicy};
 use crate::error::LiteLlmError;
@@ -171,6 +171,8 @@ pub struct PassReport {
     pub dead_lettered: usize,
     /// How organizations were mapped (`None` while not needed yet, in [`Organizations::Auto`]).
     pub org_mapping: Option<OrgMapping>,
+    /// Members pushed again because the rate-limit rules changed.
+    pub limit_pushes: usize,
 }
 
 /// Pushes StratAI's directory to LiteLLM. Run one per deployment (the outbox is consumed
@@ -192,6 +194,8 @@ pub struct SyncEngine {
     /// Organizations known to exist in LiteLLM (organizations mode), so a member push does
     /// not look its organization up every time.
     orgs_pushed: Mutex<HashSet<OrgId>>,
+    /// The [`SyncSource::limits_version`] every member was last pushed at.
+    limits_seen: Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for SyncEngine {
@@ -228,6 +232,7 @@ impl SyncEngine {
             members: Mutex::new(()),
             mapping: AtomicU8::new(0),
             orgs_pushed: Mutex::new(HashSet::new()),
+            limits_seen: Mutex::new(None),
         }
     }
 
@@ -363,7 +368,47 @@ impl SyncEngine {
             }
         }
         report.org_mapping = self.org_mapping();
+        self.follow_limits(&mut report).await;
         Ok(report)
+    }
+
+    /// Rate-limit rules changed ([`SyncSource::limits_version`] moved since the last pass):
+    /// every member is pushed again, so their keys' `rpm_limit`/`tpm_limit` follow (a push
+    /// writes only keys that differ). The first pass only records the version: the
+    /// reconcile at start covers what changed before. A failure leaves the version unseen,
+    /// so the next pass tries again.
+    async fn follow_limits(&self, report: &mut PassReport) {
+        let Some(version) = self.source.limits_version() else {
+            return;
+        };
+        let mut seen = self.limits_seen.lock().await;
+        let Some(previous) = *seen else {
+            *seen = Some(version);
+            return;
+        };
+        if previous == version {
+            return;
+        }
+        match self.push_every_member().await {
+            Ok(pushed) => {
+                report.limit_pushes += pushed;
+                *seen = Some(version);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "litellm sync: keys not yet in step with the rate-limit rules; retried next pass");
+            }
+        }
+    }
+
+    async fn push_every_member(&self) -> Result<usize, SyncError> {
+        let mut pushed = 0;
+        for org in self.source.orgs().await? {
+            for member in self.source.members(org.id).await? {
+                self.sync_member(org.id, member.user_id, None).await?;
+                pushed += 1;
+            }
+        }
+        Ok(pushed)
     }
 
     /// Pushes one event's entity.
@@ -496,6 +541,7 @@ impl SyncEngine {
         let catalog = self.source.catalog().await?;
         let subscriptions = self.source.subscriptions(org_id).await?;
         let members = self.source.group_members(org_id, group_id).await?;
+        let budgets = self.source.budgets(org_id).await?;
         let mut desired = desired_team(
             &catalog,
             &org,
@@ -504,6 +550,7 @@ impl SyncEngine {
             &members,
             &self.config.model_names,
             &self.config.budget_duration,
+            &budgets,
         )
         .map_err(SyncError::Mapping)?;
         if let Some(organization) = &organization {
@@ -670,6 +717,9 @@ impl SyncEngine {
         let catalog = self.source.catalog().await?;
         let subscriptions = self.source.subscriptions(org_id).await?;
         let groups = self.source.member_groups(org_id, user_id).await?;
+        let budgets = self.source.budgets(org_id).await?;
+        let group_ids: Vec<GroupId> = groups.iter().map(|g| g.id).collect();
+        let limits = self.source.key_limits(org_id, user_id, &group_ids).await?;
         let mut desired = desired_key(
             &catalog,
             &org,
@@ -678,6 +728,8 @@ impl SyncEngine {
             &groups,
             &self.config.model_names,
             &self.config.budget_duration,
+            &budgets,
+            limits,
         )
         .map_err(SyncError::Mapping)?;
         if let Some(organization) = &organization {
@@ -719,6 +771,8 @@ impl SyncEngine {
                     duration: self.config.key_duration.clone(),
                     metadata: Some(metadata),
                     blocked: desired.blocked.then_some(true),
+                    rpm_limit: desired.rpm_limit,
+                    tpm_limit: desired.tpm_limit,
                     ..KeyGenerate::default()
                 };
                 let key = match self.client.key_generate(&generate).await {
@@ -762,6 +816,8 @@ impl SyncEngine {
                         || key.organization_id == desired.organization_id)
                     && key.key_alias.as_deref() == Some(desired.alias.as_str())
                     && key.blocked.unwrap_or(false) == desired.blocked
+                    && key.rpm_limit == desired.rpm_limit
+                    && key.tpm_limit == desired.tpm_limit
                     && key.metadata.as_ref() == Some(&metadata);
                 if !same {
                     let update = KeyUpdate {
@@ -774,6 +830,9 @@ impl SyncEngine {
                         team_id: desired.team_id.clone(),
                         organization_id: desired.organization_id.clone(),
                         blocked: Some(desired.blocked),
+                        rpm_limit: desired.rpm_limit,
+                        tpm_limit: desired.tpm_limit,
+                        clear_limits: true,
                         ..KeyUpdate::default()
                     };
                     self.client

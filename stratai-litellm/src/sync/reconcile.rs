@@ -9,7 +9,8 @@ use stratai_core::ids::{OrgId, UserId};
 use stratai_core::usage::{UsageRecord, UsageStatus};
 
 use super::mapping::{
-    desired_key, desired_team, is_managed, metadata_str, place_key, place_team, same_budget, sorted,
+    block_key_unless_active, desired_key, desired_team, is_managed, metadata_str, place_key,
+    place_team, same_budget, sorted,
 };
 use super::{OrgMapping, SyncEngine, SyncError};
 use crate::types::{
@@ -59,6 +60,66 @@ pub enum DriftKind {
     TeamOrg,
     /// A key is not in its organization's LiteLLM organization (organizations mode).
     KeyOrg,
+    /// A key's `rpm_limit` or `tpm_limit` differs from the member's rate-limit rules.
+    KeyLimits,
+    /// A key is blocked while its user is active, or usable while the user is deactivated.
+    KeyBlocked,
+}
+
+impl DriftKind {
+    /// Every kind, in order.
+    pub const ALL: [DriftKind; 22] = [
+        DriftKind::MissingTeam,
+        DriftKind::ExtraTeam,
+        DriftKind::TeamModels,
+        DriftKind::TeamBudget,
+        DriftKind::TeamAlias,
+        DriftKind::TeamMembers,
+        DriftKind::MissingKey,
+        DriftKind::ExtraKey,
+        DriftKind::DuplicateKey,
+        DriftKind::KeyModels,
+        DriftKind::KeyBudget,
+        DriftKind::KeyTeam,
+        DriftKind::MissingSecret,
+        DriftKind::MissingUser,
+        DriftKind::MissingOrg,
+        DriftKind::OrgModels,
+        DriftKind::OrgBudget,
+        DriftKind::OrgAlias,
+        DriftKind::TeamOrg,
+        DriftKind::KeyOrg,
+        DriftKind::KeyLimits,
+        DriftKind::KeyBlocked,
+    ];
+
+    /// Snake-case name, for metrics labels and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftKind::MissingTeam => "missing_team",
+            DriftKind::ExtraTeam => "extra_team",
+            DriftKind::TeamModels => "team_models",
+            DriftKind::TeamBudget => "team_budget",
+            DriftKind::TeamAlias => "team_alias",
+            DriftKind::TeamMembers => "team_members",
+            DriftKind::MissingKey => "missing_key",
+            DriftKind::ExtraKey => "extra_key",
+            DriftKind::DuplicateKey => "duplicate_key",
+            DriftKind::KeyModels => "key_models",
+            DriftKind::KeyBudget => "key_budget",
+            DriftKind::KeyTeam => "key_team",
+            DriftKind::MissingSecret => "missing_secret",
+            DriftKind::MissingUser => "missing_user",
+            DriftKind::MissingOrg => "missing_org",
+            DriftKind::OrgModels => "org_models",
+            DriftKind::OrgBudget => "org_budget",
+            DriftKind::OrgAlias => "org_alias",
+            DriftKind::TeamOrg => "team_org",
+            DriftKind::KeyOrg => "key_org",
+            DriftKind::KeyLimits => "key_limits",
+            DriftKind::KeyBlocked => "key_blocked",
+        }
+    }
 }
 
 /// One difference.
@@ -94,6 +155,15 @@ impl DriftReport {
     /// Whether nothing differs.
     pub fn is_clean(&self) -> bool {
         self.drifts.is_empty()
+    }
+
+    /// How many differences of each kind were found (kinds without any left out).
+    pub fn counts(&self) -> BTreeMap<DriftKind, usize> {
+        let mut counts = BTreeMap::new();
+        for drift in &self.drifts {
+            *counts.entry(drift.kind).or_insert(0) += 1;
+        }
+        counts
     }
 }
 
@@ -168,6 +238,7 @@ impl SyncEngine {
             report.orgs += 1;
             let org_text = org.id.to_string();
             let subscriptions = self.source.subscriptions(org.id).await?;
+            let budgets = self.source.budgets(org.id).await?;
             let organization = match mapping {
                 OrgMapping::Organizations => Some(self.desired_organization(org).await?),
                 OrgMapping::Metadata => None,
@@ -236,6 +307,7 @@ impl SyncEngine {
                     &members,
                     names,
                     duration,
+                    &budgets,
                 )
                 .map_err(SyncError::Mapping)?;
                 if let Some(organization) = &organization {
@@ -309,6 +381,8 @@ impl SyncEngine {
                 let user = membership.user_id;
                 let user_text = user.to_string();
                 let groups = self.source.member_groups(org.id, user).await?;
+                let group_ids: Vec<_> = groups.iter().map(|g| g.id).collect();
+                let limits = self.source.key_limits(org.id, user, &group_ids).await?;
                 let mut desired = desired_key(
                     &catalog,
                     org,
@@ -317,11 +391,15 @@ impl SyncEngine {
                     &groups,
                     names,
                     duration,
+                    &budgets,
+                    limits,
                 )
                 .map_err(SyncError::Mapping)?;
                 if let Some(organization) = &organization {
                     place_key(&mut desired, organization);
                 }
+                let active = self.source.user(user).await?.is_none_or(|u| u.active);
+                block_key_unless_active(&mut desired, active);
                 let vault = self.vault.get(org.id, user).await?;
                 let found = managed_keys
                     .remove(&(org_text.clone(), user_text.clone()))
@@ -380,6 +458,37 @@ impl SyncEngine {
                                 format!(
                                     "{:?} instead of {:?}",
                                     key.organization_id, desired.organization_id
+                                ),
+                            );
+                            needs_push = true;
+                        }
+                        if key.rpm_limit != desired.rpm_limit || key.tpm_limit != desired.tpm_limit
+                        {
+                            drift(
+                                DriftKind::KeyLimits,
+                                token.clone(),
+                                format!(
+                                    "rpm {:?} tpm {:?} instead of rpm {:?} tpm {:?}",
+                                    key.rpm_limit,
+                                    key.tpm_limit,
+                                    desired.rpm_limit,
+                                    desired.tpm_limit
+                                ),
+                            );
+                            needs_push = true;
+                        }
+                        if key.blocked.unwrap_or(false) != desired.blocked {
+                            drift(
+                                DriftKind::KeyBlocked,
+                                token.clone(),
+                                format!(
+                                    "blocked {} while the user is {}",
+                                    key.blocked.unwrap_or(false),
+                                    if desired.blocked {
+                                        "deactivated"
+                                    } else {
+                                        "active"
+                                    }
                                 ),
                             );
                             needs_push = true;

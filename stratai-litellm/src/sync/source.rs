@@ -7,13 +7,33 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use stratai_core::Money;
 use stratai_core::StoreError;
+use stratai_core::budget::Budget;
 use stratai_core::directory::{Group, Membership, Organization, User};
 use stratai_core::ids::{GroupId, OrgId, UserId};
 use stratai_core::ports::{BudgetLedger, DirectoryStore, TierStore};
 use stratai_core::tiers::{TierCatalog, TierSubscription};
 use tokio::sync::Mutex;
 
+use super::mapping::KeyLimits;
 use crate::secret::Secret;
+
+/// Where a member's per-minute key limits come from: the guardrail rules engine's
+/// resolution of the rate-limit rules that apply to the member (the embedding program
+/// implements it over its compiled policy, since this crate depends on stratai-core only;
+/// the server's is `gateway/setup.rs`'s `PolicyKeyLimits`).
+#[async_trait]
+pub trait RateLimitSource: Send + Sync {
+    /// The limits of `user`'s key in `org`, where they belong to `groups`.
+    async fn key_limits(
+        &self,
+        org: OrgId,
+        user: UserId,
+        groups: &[GroupId],
+    ) -> Result<KeyLimits, StoreError>;
+    /// A number that changes whenever the rules may have changed (the policy version), so
+    /// the sync pushes every member again ([`super::SyncEngine::run_once`]).
+    fn version(&self) -> u64;
+}
 
 /// The StratAI state the sync pushes to LiteLLM: the source of truth. [`CoreDirectory`]
 /// implements it over stratai-core's `DirectoryStore` + `TierStore`; tests use fakes.
@@ -49,6 +69,27 @@ pub trait SyncSource: Send + Sync {
         let _ = org;
         Ok(None)
     }
+    /// Every budget of the organization (`/api/budgets`): the hard ones of a member, group
+    /// or the organization become the LiteLLM key's, team's or organization's
+    /// ([`super::scope_budget`]). Empty from a source that does not read budgets.
+    async fn budgets(&self, org: OrgId) -> Result<Vec<Budget>, StoreError> {
+        let _ = org;
+        Ok(Vec::new())
+    }
+    /// The per-minute limits of a member's key ([`RateLimitSource`]); none by default.
+    async fn key_limits(
+        &self,
+        org: OrgId,
+        user: UserId,
+        groups: &[GroupId],
+    ) -> Result<KeyLimits, StoreError> {
+        let _ = (org, user, groups);
+        Ok(KeyLimits::default())
+    }
+    /// Changes whenever [`SyncSource::key_limits`] may answer differently (`None`: never).
+    fn limits_version(&self) -> Option<u64> {
+        None
+    }
     /// Writes back the LiteLLM key id (token hash) of a membership (`None` when deleted).
     /// Must not emit an outbox event (the stores treat it as a sync-only change).
     async fn record_key(
@@ -72,6 +113,7 @@ pub struct CoreDirectory<D: ?Sized, T: ?Sized> {
     directory: Arc<D>,
     tiers: Arc<T>,
     budgets: Option<Arc<dyn BudgetLedger>>,
+    limits: Option<Arc<dyn RateLimitSource>>,
 }
 
 impl<D: ?Sized, T: ?Sized> CoreDirectory<D, T> {
@@ -81,11 +123,21 @@ impl<D: ?Sized, T: ?Sized> CoreDirectory<D, T> {
             directory,
             tiers,
             budgets: None,
+            limits: None,
         }
     }
 
-    /// Also reads organization budgets from `budgets`, for LiteLLM Enterprise organizations
-    /// ([`SyncSource::org_budget`]).
+    /// Also gives each member's key the per-minute limits of `limits` (the rate-limit
+    /// guardrails that apply to the member).
+    #[must_use]
+    pub fn with_rate_limits(mut self, limits: Arc<dyn RateLimitSource>) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// Also reads the budgets of `/api/budgets` from `budgets`: the hard ones of members,
+    /// groups and (LiteLLM Enterprise) organizations become their keys', teams' and
+    /// organizations' ([`SyncSource::budgets`], [`SyncSource::org_budget`]).
     #[must_use]
     pub fn with_budgets(mut self, budgets: Arc<dyn BudgetLedger>) -> Self {
         self.budgets = Some(budgets);
@@ -148,14 +200,30 @@ where
         self.tiers.list_subscriptions(org).await
     }
     async fn org_budget(&self, org: OrgId) -> Result<Option<Money>, StoreError> {
+        Ok(super::org_monthly_budget(&self.budgets(org).await?))
+    }
+    async fn budgets(&self, org: OrgId) -> Result<Vec<Budget>, StoreError> {
         let Some(budgets) = &self.budgets else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         match budgets.list_budgets(org).await {
-            Ok(list) => Ok(super::org_monthly_budget(&list)),
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
+            Err(StoreError::NotFound { .. }) => Ok(Vec::new()),
+            other => other,
         }
+    }
+    async fn key_limits(
+        &self,
+        org: OrgId,
+        user: UserId,
+        groups: &[GroupId],
+    ) -> Result<KeyLimits, StoreError> {
+        match &self.limits {
+            Some(limits) => limits.key_limits(org, user, groups).await,
+            None => Ok(KeyLimits::default()),
+        }
+    }
+    fn limits_version(&self) -> Option<u64> {
+        self.limits.as_ref().map(|l| l.version())
     }
     async fn record_key(
         &self,

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use stratai_core::Money;
 use stratai_core::StoreError;
+use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
 use stratai_core::directory::{
     BillingPlan, Email, Group, Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug,
     User,
@@ -17,7 +18,7 @@ use stratai_core::directory::{
 use stratai_core::ids::{GroupId, ModelId, OrgId, TierId, TierSlug, UserId};
 use stratai_core::ports::{OutboxEntity, OutboxEvent, OutboxStore};
 use stratai_core::tiers::{ModelTier, TierCatalog, TierSubscription, subscriptions_for};
-use stratai_litellm::sync::SyncSource;
+use stratai_litellm::sync::{KeyLimits, SyncSource};
 
 pub fn basic() -> TierSlug {
     TierSlug::new("basic").unwrap()
@@ -56,6 +57,9 @@ struct State {
     outbox: BTreeMap<i64, (OutboxEvent, &'static str)>,
     versions: HashMap<OutboxEntity, i64>,
     next_seq: i64,
+    budgets: Vec<Budget>,
+    limits: HashMap<(OrgId, UserId), KeyLimits>,
+    limits_version: u64,
 }
 
 impl State {
@@ -127,6 +131,53 @@ impl FakeDirectory {
             Some(b) => s.org_budgets.insert(org, Money::new(b).unwrap()),
             None => s.org_budgets.remove(&org),
         };
+    }
+
+    /// A budget of `/api/budgets`. Like the stores, budgets emit no outbox event: the
+    /// reconciler carries them to LiteLLM.
+    pub fn add_budget(
+        &self,
+        org: OrgId,
+        scope: BudgetScope,
+        limit: Decimal,
+        period: BudgetPeriod,
+        hard: bool,
+    ) -> Budget {
+        let budget = Budget::new(
+            org,
+            scope,
+            Money::new(limit).unwrap(),
+            period,
+            hard,
+            Decimal::ONE,
+            Utc::now(),
+        )
+        .unwrap();
+        self.state.lock().unwrap().budgets.push(budget.clone());
+        budget
+    }
+
+    /// The per-minute limits the rules give a member's key; like a rule change, this emits
+    /// no outbox event but moves the limits version.
+    pub fn set_key_limits(&self, org: OrgId, user: UserId, limits: KeyLimits) {
+        let mut s = self.state.lock().unwrap();
+        s.limits.insert((org, user), limits);
+        s.limits_version += 1;
+    }
+
+    /// Deactivates or reactivates a user (a member event per membership, as the stores do).
+    pub fn set_user_active(&self, user: UserId, active: bool) {
+        let mut s = self.state.lock().unwrap();
+        s.users.get_mut(&user).unwrap().active = active;
+        let orgs: Vec<OrgId> = s
+            .members
+            .keys()
+            .filter(|(_, u)| *u == user)
+            .map(|(o, _)| *o)
+            .collect();
+        for org in orgs {
+            s.emit(org, OutboxEntity::Member(user), false);
+        }
     }
 
     /// Enables or disables the organization's subscription to a tier (an org event, as in
@@ -454,6 +505,35 @@ impl SyncSource for FakeDirectory {
     }
     async fn org_budget(&self, org: OrgId) -> Result<Option<Money>, StoreError> {
         Ok(self.state.lock().unwrap().org_budgets.get(&org).copied())
+    }
+    async fn budgets(&self, org: OrgId) -> Result<Vec<Budget>, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .budgets
+            .iter()
+            .filter(|b| b.org_id == org)
+            .cloned()
+            .collect())
+    }
+    async fn key_limits(
+        &self,
+        org: OrgId,
+        user: UserId,
+        _groups: &[GroupId],
+    ) -> Result<KeyLimits, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .limits
+            .get(&(org, user))
+            .copied()
+            .unwrap_or_default())
+    }
+    fn limits_version(&self) -> Option<u64> {
+        Some(self.state.lock().unwrap().limits_version)
     }
     async fn record_key(
         &self,

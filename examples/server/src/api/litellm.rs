@@ -6,12 +6,17 @@
 //!   without LiteLLM) the route answers 404. Each reported call is imported (a call through
 //!   StratAI is matched with its usage record; a direct use of a member's key is recorded
 //!   and charged, and alerted as `usage.outside_stratai`), idempotent by LiteLLM's request id.
-//! - `GET /api/litellm/spend`: what the callback and the spend-log poll found since start
-//!   (platform operators).
+//! - `GET /api/litellm/spend`: what the callback and the spend-log poll found since start,
+//!   and what the latest directory reconcile found and repaired on the proxy (keys' and
+//!   teams' models, budgets, per-minute limits, blocked flags, ...) (platform operators).
 //!
-//! [`SpendDesk`] is the piece both paths share: the importer, the alert sink and the metrics.
+//! [`SpendDesk`] is the piece both paths share: the importer, the alert sink and the metrics
+//! (`stratai_litellm_spend_*`, and `stratai_litellm_drift{kind}` /
+//! `stratai_litellm_drift_repaired_total` / `stratai_litellm_reconcile_failures_total` from
+//! the in-process sync's reconciles).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -24,6 +29,7 @@ use stratai_core::access::{Action, Resource};
 use stratai_core::ids::RequestId;
 use stratai_litellm::Secret;
 use stratai_litellm::spend::{Imported, SpendImporter, SpendStats, parse_callback};
+use stratai_litellm::sync::{DriftKind, DriftReport};
 
 use super::{Caller, allow};
 use crate::alerts::AlertSink;
@@ -38,7 +44,11 @@ pub struct SpendDesk {
     importer: Arc<SpendImporter>,
     alerts: AlertSink,
     secret: Option<Secret>,
+    reconcile: Mutex<Option<ReconcileView>>,
 }
+
+/// How many of a reconcile's differences `GET /api/litellm/spend` lists.
+const LISTED_DRIFTS: usize = 50;
 
 impl SpendDesk {
     /// A desk over `importer`, alerting through `alerts`; the callback route accepts
@@ -49,7 +59,75 @@ impl SpendDesk {
             importer,
             alerts,
             secret,
+            reconcile: Mutex::new(None),
         }
+    }
+
+    /// Records a directory reconcile of the proxy: the `stratai_litellm_drift{kind}` gauges
+    /// (every kind, 0 when none), the repairs counter, and the view the status route shows.
+    pub fn observe_reconcile(&self, report: &DriftReport, at: DateTime<Utc>) {
+        let counts = report.counts();
+        for kind in DriftKind::ALL {
+            metrics::gauge!("stratai_litellm_drift", "kind" => kind.as_str())
+                .set(counts.get(&kind).copied().unwrap_or(0) as f64);
+        }
+        metrics::counter!("stratai_litellm_drift_repaired_total").increment(report.repaired as u64);
+        let view = ReconcileView {
+            at,
+            orgs: report.orgs,
+            drifts: counts
+                .into_iter()
+                .map(|(kind, n)| (kind.as_str().to_owned(), n))
+                .collect(),
+            repaired: report.repaired,
+            foreign: report.foreign,
+            listed: report
+                .drifts
+                .iter()
+                .take(LISTED_DRIFTS)
+                .map(|d| DriftView {
+                    kind: d.kind.as_str().to_owned(),
+                    org_id: d.org_id.to_string(),
+                    subject: d.subject.clone(),
+                    detail: d.detail.clone(),
+                })
+                .collect(),
+            error: None,
+        };
+        *self
+            .reconcile
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(view);
+    }
+
+    /// Records a reconcile that failed (the proxy unreachable, a store error).
+    pub fn reconcile_failed(&self, error: &str, at: DateTime<Utc>) {
+        metrics::counter!("stratai_litellm_reconcile_failures_total").increment(1);
+        let mut slot = self
+            .reconcile
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut view = slot.take().unwrap_or(ReconcileView {
+            at,
+            orgs: 0,
+            drifts: BTreeMap::new(),
+            repaired: 0,
+            foreign: 0,
+            listed: Vec::new(),
+            error: None,
+        });
+        view.at = at;
+        view.error = Some(error.to_owned());
+        *slot = Some(view);
+    }
+
+    /// The latest reconcile, if any ran.
+    #[must_use]
+    pub fn last_reconcile(&self) -> Option<ReconcileView> {
+        self.reconcile
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The importer.
@@ -224,6 +302,39 @@ pub struct PollView {
     pub mismatches: usize,
 }
 
+/// One difference between StratAI and the proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DriftView {
+    /// What differs (`key_limits`, `key_budget`, `key_blocked`, `team_budget`, ...).
+    pub kind: String,
+    /// The organization.
+    pub org_id: String,
+    /// The LiteLLM or StratAI id concerned (key token hash, team id, user id).
+    pub subject: String,
+    /// Found vs wanted.
+    pub detail: String,
+}
+
+/// The latest directory reconcile of the proxy (run by the in-process sync at start and
+/// every five minutes, repairing what it finds).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ReconcileView {
+    /// When it ran.
+    pub at: DateTime<Utc>,
+    /// Organizations compared.
+    pub orgs: usize,
+    /// Differences found, by kind.
+    pub drifts: BTreeMap<String, usize>,
+    /// Repairs made.
+    pub repaired: usize,
+    /// Managed proxy entities of organizations StratAI does not know (left alone).
+    pub foreign: usize,
+    /// The differences (at most 50).
+    pub listed: Vec<DriftView>,
+    /// Why the latest attempt failed (the counts are then the previous run's).
+    pub error: Option<String>,
+}
+
 /// `GET /api/litellm/spend`: counters since start, the latest mismatches and poll.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SpendStatus {
@@ -249,6 +360,9 @@ pub struct SpendStatus {
     pub recent_mismatches: Vec<MismatchView>,
     /// The latest poll (none before the first).
     pub last_poll: Option<PollView>,
+    /// The latest directory reconcile (none before the first, or when litellm-worker runs
+    /// the sync).
+    pub last_reconcile: Option<ReconcileView>,
 }
 
 impl From<SpendStats> for SpendStatus {
@@ -286,6 +400,7 @@ impl From<SpendStats> for SpendStatus {
                 ignored: p.ignored,
                 mismatches: p.mismatches,
             }),
+            last_reconcile: None,
         }
     }
 }
@@ -297,5 +412,7 @@ pub async fn spend_status(
 ) -> Result<ApiJson<SpendStatus>, ApiError> {
     allow(&caller, Action::ManageOrgs, Resource::Platform)?;
     let desk = desk(&state)?;
-    Ok(ApiJson(desk.importer.stats().into()))
+    let mut status: SpendStatus = desk.importer.stats().into();
+    status.last_reconcile = desk.last_reconcile();
+    Ok(ApiJson(status))
 }

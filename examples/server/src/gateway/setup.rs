@@ -40,7 +40,7 @@ use stratai_guardrails::runtime::{
 use stratai_guardrails::{GatekeeperConfig, LeaseConfig};
 use stratai_litellm::gateway::LiteLlmGateway;
 use stratai_litellm::spend::{SpendImporter, SpendSettings};
-use stratai_litellm::sync::{CoreDirectory, SyncEngine};
+use stratai_litellm::sync::{CoreDirectory, KeyLimits, RateLimitSource, SyncEngine};
 use stratai_store::RedisRateLimiter;
 use url::Url;
 
@@ -182,14 +182,26 @@ fn spawn_sync(engine: Arc<SyncEngine>, interval: Duration, spend: Option<SpendPo
             }
             if last_reconcile.is_none_or(|t| t.elapsed() >= RECONCILE_EVERY) {
                 last_reconcile = Some(tokio::time::Instant::now());
+                let desk = spend.as_ref().map(|s| &s.desk);
                 match engine.reconcile(true).await {
-                    Ok(r) if !r.drifts.is_empty() => tracing::info!(
-                        drifts = r.drifts.len(),
-                        repaired = r.repaired,
-                        "litellm reconcile repaired drift"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "litellm reconcile failed"),
+                    Ok(r) => {
+                        if !r.drifts.is_empty() {
+                            tracing::info!(
+                                drifts = r.drifts.len(),
+                                repaired = r.repaired,
+                                "litellm reconcile repaired drift"
+                            );
+                        }
+                        if let Some(desk) = desk {
+                            desk.observe_reconcile(&r, chrono::Utc::now());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "litellm reconcile failed");
+                        if let Some(desk) = desk {
+                            desk.reconcile_failed(&e.to_string(), chrono::Utc::now());
+                        }
+                    }
                 }
                 match engine.rotate_keys(chrono::Utc::now()).await {
                     Ok(r) if !r.rotated.is_empty() || r.revoked > 0 => tracing::info!(
@@ -206,6 +218,87 @@ fn spawn_sync(engine: Arc<SyncEngine>, interval: Duration, spend: Option<SpendPo
     });
 }
 
+/// The rate-limit guardrails as the per-minute limits of members' LiteLLM keys: the
+/// runtime's compiled policy (reloaded from the store every `guardrail_reload`), resolved for
+/// the member by the rules engine (`Policy::effective`, tier-independent rules: a key serves
+/// every tier), blocking rules only (a `warn` or `log` limit refuses nothing in StratAI, so
+/// it refuses nothing on the proxy either), each bounded as
+/// [`KeyLimits::from_rate_limits`] says. Unset until the runtime exists: the sync then
+/// fails as transient and retries.
+#[derive(Default)]
+pub(crate) struct PolicyKeyLimits {
+    guardrails: std::sync::OnceLock<Arc<stratai_guardrails::Guardrails>>,
+    /// (policy version, fingerprint of its blocking rate-limit rules).
+    fingerprint: std::sync::Mutex<(u64, u64)>,
+}
+
+impl PolicyKeyLimits {
+    fn blocking_limits(
+        policy: &stratai_guardrails::Policy,
+    ) -> impl Iterator<Item = &stratai_guardrails::Rule> {
+        policy.rules().iter().filter(|r| {
+            r.active
+                && r.action == stratai_core::ports::RuleAction::Block
+                && matches!(r.kind, stratai_guardrails::RuleKind::RateLimit(_))
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl RateLimitSource for PolicyKeyLimits {
+    async fn key_limits(
+        &self,
+        org: stratai_core::ids::OrgId,
+        user: stratai_core::ids::UserId,
+        groups: &[stratai_core::ids::GroupId],
+    ) -> Result<KeyLimits, stratai_core::StoreError> {
+        let Some(guardrails) = self.guardrails.get() else {
+            return Err(stratai_core::StoreError::Backend(
+                "the guardrail policy is not loaded yet".to_owned(),
+            ));
+        };
+        let policy = guardrails.policy();
+        let principal = stratai_guardrails::Principal {
+            org_id: org,
+            user_id: user,
+            groups: groups.to_vec(),
+        };
+        let blocking: std::collections::HashSet<_> =
+            Self::blocking_limits(&policy).map(|r| r.id).collect();
+        let effective = policy.effective(&principal, None);
+        Ok(KeyLimits::from_rate_limits(
+            effective
+                .rate_limits
+                .iter()
+                .filter(|(id, _)| blocking.contains(id))
+                .map(|(_, limit)| (limit.requests, Duration::from_secs(limit.period.seconds()))),
+        ))
+    }
+
+    fn version(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let Some(guardrails) = self.guardrails.get() else {
+            return 0;
+        };
+        let policy = guardrails.policy();
+        let mut cached = self
+            .fingerprint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cached.0 != policy.version() {
+            // The policy is recompiled on every reload; only its blocking rate limits matter.
+            let mut rules: Vec<String> = Self::blocking_limits(&policy)
+                .map(|r| format!("{}|{:?}|{:?}", r.id, r.scope, r.kind))
+                .collect();
+            rules.sort();
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            rules.hash(&mut hasher);
+            *cached = (policy.version(), hasher.finish().max(1));
+        }
+        cached.1
+    }
+}
+
 /// Builds the gateway's state and starts its background tasks (spool replay, guardrail
 /// reload). Must run inside a Tokio runtime.
 pub async fn build_state(
@@ -216,6 +309,8 @@ pub async fn build_state(
 ) -> Result<GatewayState, String> {
     let mut upstream = None;
     let mut litellm_engine: Option<Arc<SyncEngine>> = None;
+    let key_limits = Arc::new(PolicyKeyLimits::default());
+    let mut start_sync = None;
     let (llm, provider): (Arc<dyn LlmGateway>, &'static str) = match (options.llm, &config.litellm)
     {
         (Some(given), _) => given,
@@ -246,7 +341,8 @@ pub async fn build_state(
                 client,
                 Arc::new(
                     CoreDirectory::new(stores.directory.clone(), stores.tiers.clone())
-                        .with_budgets(stores.budgets.clone()),
+                        .with_budgets(stores.budgets.clone())
+                        .with_rate_limits(key_limits.clone()),
                 ),
                 stores.outbox.clone(),
                 vault.vault,
@@ -325,15 +421,15 @@ pub async fn build_state(
                     poll_secs = l.proxy.spend_poll.as_secs(),
                     "the LiteLLM sync and spend-log poll run in-process"
                 );
-                spawn_sync(
+                // Started once the runtime (and its guardrail policy) exists.
+                start_sync = Some((
                     engine.clone(),
-                    options.sync_interval,
                     Some(SpendPoll {
                         desk: desk.clone(),
                         every: l.proxy.spend_poll,
                         window: l.proxy.spend_window,
                     }),
-                );
+                ));
             } else {
                 tracing::info!(
                     "the LiteLLM outbox sync and spend-log poll are left to litellm-worker (STRATAI_LITELLM_SYNC=worker); members' keys come from the shared vault"
@@ -357,6 +453,12 @@ pub async fn build_state(
         builder = builder.shared_rate_limiter(Arc::new(limiter));
     }
     let (pipeline, drainer) = builder.build().await.map_err(|e| e.to_string())?;
+    let _ = key_limits
+        .guardrails
+        .set(pipeline.deps().guardrails.clone());
+    if let Some((engine, spend)) = start_sync {
+        spawn_sync(engine, options.sync_interval, spend);
+    }
     // Make the metrics recorder exist before the first request, with its upkeep running.
     crate::metrics::start();
     Ok(GatewayState {
