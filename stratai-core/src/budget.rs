@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{StoreError, ValidationError};
-use crate::ids::{BudgetId, GroupId, OrgId, RequestId, TierId, UserId};
+use crate::ids::{BudgetId, GroupId, OrgId, RequestId, RuleId, TierId, UserId};
 use crate::money::Money;
 use crate::ports::{ReserveOutcome, ReserveRequest, SettleOutcome};
 
@@ -400,6 +400,73 @@ impl ImpliedBy {
             BudgetScope::User(_) => Some(ImpliedBy::Member),
             BudgetScope::Tier(_) => Some(ImpliedBy::TierSubscription),
         }
+    }
+}
+
+/// The tag in the last four bytes of a guardrail rule's budget id ([`rule_budget_id`]).
+const RULE_BUDGET_TAG: [u8; 4] = *b"rule";
+
+/// The id of the ledger budget a `budget_limit` guardrail rule is enforced through in `org`
+/// (a platform rule has one in each organization it applies in): derived from the
+/// organization and the rule, so every instance computes the same id, and marked so that
+/// [`is_rule_budget`] tells it from any other budget without a column of its own.
+#[must_use]
+pub fn rule_budget_id(org: OrgId, rule: RuleId) -> BudgetId {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("stratai/rule-budget/{org}/{rule}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes[..12].copy_from_slice(&digest[..12]);
+    bytes[12..].copy_from_slice(&RULE_BUDGET_TAG);
+    BudgetId::from_uuid(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+}
+
+/// Whether a budget id is a guardrail rule's ([`rule_budget_id`]). Such a budget is enforced
+/// only while its rule applies: a decision takes rule budgets from the live policy, never
+/// from the ledger's list, so a row left behind by a deleted rule limits nothing.
+#[must_use]
+pub fn is_rule_budget(id: BudgetId) -> bool {
+    let uuid = id.as_uuid();
+    uuid.get_version_num() == 8 && uuid.as_bytes()[12..] == RULE_BUDGET_TAG
+}
+
+/// The ledger budget of a `budget_limit` guardrail rule `rule` in `org`: its cap as the
+/// limit, its period, hard when the rule blocks (a warning or logging rule only counts),
+/// alerting at 80 %, created when the rule was.
+#[must_use]
+pub fn rule_budget(
+    org: OrgId,
+    rule: RuleId,
+    scope: BudgetScope,
+    limit: Money,
+    period: BudgetPeriod,
+    hard_limit: bool,
+    created_at: DateTime<Utc>,
+) -> Budget {
+    Budget {
+        id: rule_budget_id(org, rule),
+        org_id: org,
+        scope,
+        limit,
+        period,
+        hard_limit,
+        alert_threshold: DEFAULT_ALERT_THRESHOLD,
+        created_at,
+        updated_at: created_at,
+    }
+}
+
+impl Budget {
+    /// Whether two budgets limit the same way (scope, limit, period, hardness, threshold),
+    /// whatever their timestamps.
+    #[must_use]
+    pub fn same_terms(&self, other: &Budget) -> bool {
+        self.id == other.id
+            && self.org_id == other.org_id
+            && self.scope == other.scope
+            && self.limit == other.limit
+            && self.period == other.period
+            && self.hard_limit == other.hard_limit
+            && self.alert_threshold == other.alert_threshold
     }
 }
 
@@ -975,6 +1042,47 @@ mod tests {
 
     fn money(s: &str) -> Money {
         Money::parse(s).unwrap()
+    }
+
+    #[test]
+    fn rule_budget_ids_are_told_apart_from_every_other_budget() {
+        let org = OrgId::new();
+        let rule = RuleId::new();
+        let id = rule_budget_id(org, rule);
+        assert!(is_rule_budget(id));
+        assert_eq!(id, rule_budget_id(org, rule), "derived, not random");
+        assert_ne!(
+            id,
+            rule_budget_id(OrgId::new(), rule),
+            "one per organization"
+        );
+        assert_ne!(id, rule_budget_id(org, RuleId::new()));
+        for _ in 0..1000 {
+            assert!(!is_rule_budget(BudgetId::new()));
+        }
+        for scope in [
+            BudgetScope::Org,
+            BudgetScope::User(UserId::new()),
+            BudgetScope::Group(GroupId::new()),
+            BudgetScope::Tier(TierId::new()),
+        ] {
+            assert!(!is_rule_budget(implied_budget_id(org, scope)));
+        }
+        let b = rule_budget(
+            org,
+            rule,
+            BudgetScope::Org,
+            money("1"),
+            BudgetPeriod::Daily,
+            true,
+            utc(2026, 1, 1, 0, 0),
+        );
+        assert_eq!(ImpliedBy::of(&b), None, "a rule budget is not implied");
+        let mut later = b.clone();
+        later.updated_at = utc(2026, 2, 1, 0, 0);
+        assert!(b.same_terms(&later));
+        later.limit = money("2");
+        assert!(!b.same_terms(&later));
     }
 
     #[test]

@@ -261,6 +261,15 @@ pub struct Membership {
     pub joined_at: DateTime<Utc>,
 }
 
+/// The group a member's usage is attributed to when the request names none: the member's
+/// group with the smallest id (stable under renames). The one rule of StratAI's usage
+/// records (the gateway's plan, LiteLLM spend imported as the member's) and of the team of
+/// the member's LiteLLM key, so both books put a request in the same group.
+#[must_use]
+pub fn attribution_group(groups: impl IntoIterator<Item = GroupId>) -> Option<GroupId> {
+    groups.into_iter().min()
+}
+
 /// A group (department/team) inside an organization.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -16,8 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use chrono_tz::Tz;
-use stratai_core::budget::{Budget, BudgetAlert, BudgetPeriod, BudgetRefusal, BudgetState};
+use stratai_core::budget::{Budget, BudgetAlert, BudgetRefusal, BudgetState, is_rule_budget};
 use stratai_core::directory::{Group, Membership, Organization};
 use stratai_core::gateway::{CallContext, ChatRequest, ChatResponse, TokenUsage};
 use stratai_core::ids::{BudgetId, ConversationId, GroupId, ModelId, OrgId, RequestId, UserId};
@@ -27,17 +26,16 @@ use stratai_core::ports::{
 };
 use stratai_core::pricing::{PriceTable, billed_amount};
 use stratai_core::tiers::{ModelDenial, ModelGrant, ModelTier, TierCatalog, TierSubscription};
-use stratai_core::usage::{UsageQuery, UsageRecord, UsageStatus};
+use stratai_core::usage::{UsageRecord, UsageStatus};
 use stratai_core::{Money, StoreError};
 
 use crate::decision::{Decision, Outcome};
 use crate::engine::Guardrails;
 use crate::plan::{Plan, PlanRequest, Planner, Spend};
-use crate::policy::{BudgetSubject, Principal, SpendSnapshot};
+use crate::policy::{Principal, RuleBudget, SpendSnapshot};
 use crate::post::{AnswerStream, FilteredAnswer};
 use crate::pre::{PreRequest, RateCheck, RateQuery};
 use crate::rate::FetchedVerdicts;
-use crate::rule::BudgetLimitPeriod;
 
 /// Who is calling, and how the request is attributed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,6 +134,8 @@ struct Inner {
     guardrails: Arc<Guardrails>,
     config: GatekeeperConfig,
     shared_rates: Option<SharedRates>,
+    /// The rule budgets this gatekeeper put into the ledger, as it put them.
+    ensured: std::sync::Mutex<std::collections::HashMap<BudgetId, Budget>>,
 }
 
 /// A shared rate limiter, and how often it failed since the last warning.
@@ -203,6 +203,7 @@ impl Gatekeeper {
                 guardrails,
                 config,
                 shared_rates: None,
+                ensured: std::sync::Mutex::default(),
             }),
         }
     }
@@ -224,6 +225,7 @@ impl Gatekeeper {
                 usage: i.usage.clone(),
                 guardrails: i.guardrails.clone(),
                 config: i.config.clone(),
+                ensured: std::sync::Mutex::default(),
                 shared_rates: Some(SharedRates {
                     store,
                     started: Instant::now(),
@@ -520,7 +522,7 @@ impl Gatekeeper {
             .ok()
             .and_then(|m| snapshot.catalog.tier_of_model(&m).map(|t| t.id));
         let spend = self
-            .rule_spend(&snapshot.org, &snapshot.principal(), tier, now)
+            .rule_spend(&snapshot.org, &snapshot.principal(), tier, budgets, now)
             .await?;
         let policy = self.inner.guardrails.policy();
         let planner = Planner {
@@ -543,50 +545,117 @@ impl Gatekeeper {
             .await)
     }
 
-    /// Spend per subject and period for the budget limit rules that apply (none: no query).
+    /// What the budget limit rules that apply count: their ledger budgets' spend and
+    /// reservations in the current period (none apply: no query). The budgets are made
+    /// sure of first, so the reservation that follows finds them.
     async fn rule_spend(
         &self,
         org: &Organization,
         principal: &Principal,
         tier: Option<stratai_core::TierId>,
+        listed: &[Budget],
         now: DateTime<Utc>,
     ) -> Result<SpendSnapshot, StoreError> {
         let mut spend = SpendSnapshot::new();
-        let policy = self.inner.guardrails.policy();
-        let limits = policy.effective(principal, tier).budget_limits;
-        if limits.is_empty() {
+        let wanted = self.inner.guardrails.policy().rule_budgets(principal, tier);
+        if wanted.is_empty() {
             return Ok(spend);
         }
-        let tz: Tz = org
-            .settings
-            .timezone
-            .as_deref()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(chrono_tz::UTC);
-        for limit in limits {
-            let period = match limit.period {
-                BudgetLimitPeriod::Day => BudgetPeriod::Daily,
-                BudgetLimitPeriod::Week => BudgetPeriod::Weekly,
-                BudgetLimitPeriod::Month => BudgetPeriod::Monthly,
-            };
-            let window = period.window(now, tz);
-            let mut query = UsageQuery {
-                from: Some(window.start),
-                to: Some(window.end),
-                ..UsageQuery::default()
-            };
-            match limit.subject {
-                BudgetSubject::Org { .. } => {}
-                BudgetSubject::Tier { tier_id, .. } => query.tier_id = Some(tier_id),
-                BudgetSubject::Group { group_id, .. } => query.group_id = Some(group_id),
-                BudgetSubject::User { user_id, .. } => query.user_id = Some(user_id),
+        self.ensure_rule_budgets(org.id, listed, &wanted).await?;
+        let ids: Vec<BudgetId> = wanted.iter().map(|r| r.budget.id).collect();
+        let states = self.inner.ledger.states(org.id, &ids, now).await?;
+        for rule in &wanted {
+            if let Some(state) = states.iter().find(|s| s.budget.id == rule.budget.id) {
+                spend.set_rule(rule.rule_id, state.spent + state.reserved);
             }
-            let rows = self.inner.usage.aggregate(org.id, &query, &[]).await?;
-            let spent: Money = rows.iter().map(|r| r.totals.billed_amount).sum();
-            spend.set(limit.subject, limit.period, spent);
         }
         Ok(spend)
     }
+
+    /// Puts the budgets of budget limit rules into the ledger as the rules now define them
+    /// (created, or updated when the rule changed), unless the organization's list `listed`
+    /// or this gatekeeper already has them so: a platform rule's budget appears in an
+    /// organization on its first request there, an organization rule's is normally written
+    /// with the rule ([`sync_rule_budgets`]).
+    pub async fn ensure_rule_budgets(
+        &self,
+        org: OrgId,
+        listed: &[Budget],
+        wanted: &[RuleBudget],
+    ) -> Result<(), StoreError> {
+        for rule in wanted {
+            let want = &rule.budget;
+            if listed.iter().any(|b| b.same_terms(want)) {
+                continue;
+            }
+            let known = {
+                let ensured = self
+                    .inner
+                    .ensured
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                ensured.get(&want.id).is_some_and(|b| b.same_terms(want))
+            };
+            if known {
+                continue;
+            }
+            put_budget(self.inner.ledger.as_ref(), org, want).await?;
+            self.inner
+                .ensured
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(want.id, want.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Creates or replaces `budget` in the ledger (its spend is kept).
+async fn put_budget(
+    ledger: &dyn BudgetLedger,
+    org: OrgId,
+    budget: &Budget,
+) -> Result<(), StoreError> {
+    match ledger.update_budget(org, budget).await {
+        Err(StoreError::NotFound { .. }) => match ledger.create_budget(org, budget).await {
+            // Created meanwhile by another request or instance.
+            Err(StoreError::Conflict(_)) => ledger.update_budget(org, budget).await,
+            other => other,
+        },
+        other => other,
+    }
+}
+
+/// Keeps the ledger budgets of an organization's `budget_limit` rules in step with `wanted`,
+/// the budgets of every active budget limit rule that can apply in `org` (its own rules and
+/// the platform's, e.g. [`Policy::rule_budgets_of_org`](crate::Policy::rule_budgets_of_org) or [`Rule::budget_in`] over the stored
+/// rules): each is written as its rule defines it, and the budget of a rule that no longer
+/// exists, is disabled or is no longer a budget limit is deleted. The admin API calls it when
+/// a rule changes and before it lists budgets; a decision never relies on it (it takes rule
+/// budgets from the policy and puts them in the ledger itself when missing).
+///
+/// [`Rule::budget_in`]: crate::Rule::budget_in
+pub async fn sync_rule_budgets(
+    ledger: &dyn BudgetLedger,
+    org: OrgId,
+    wanted: &[RuleBudget],
+) -> Result<(), StoreError> {
+    let listed = ledger.list_budgets(org).await?;
+    for rule in wanted {
+        if !listed.iter().any(|b| b.same_terms(&rule.budget)) {
+            put_budget(ledger, org, &rule.budget).await?;
+        }
+    }
+    for stale in listed
+        .iter()
+        .filter(|b| is_rule_budget(b.id) && !wanted.iter().any(|r| r.budget.id == b.id))
+    {
+        match ledger.delete_budget(org, stale.id).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl MemberSnapshot {

@@ -18,12 +18,13 @@ pub use decision::{Decision, Modification, Outcome, Reason};
 pub use engine::Guardrails;
 pub use gatekeeper::{
     Admission, Caller, Completion, Gatekeeper, GatekeeperConfig, MemberSnapshot, Refusal,
-    Unrecorded,
+    Unrecorded, sync_rule_budgets,
 };
 pub use lease::{LeaseConfig, LeasedLedger};
 pub use plan::{Draft, Plan, PlanRequest, Planner, Spend};
 pub use policy::{
-    BudgetSubject, EffectivePolicy, Policy, PolicyError, PolicyHolder, Principal, SpendSnapshot,
+    BudgetSubject, EffectivePolicy, Policy, PolicyError, PolicyHolder, Principal, RuleBudget,
+    SpendSnapshot,
 };
 pub use post::{AnswerStream, FilteredAnswer, StreamEnd, StreamStep};
 pub use pre::{PendingPre, PreRequest, RateCheck, RateQuery, estimate_tokens};

@@ -31,9 +31,9 @@ use smallvec::SmallVec;
 use stratai_core::Money;
 use stratai_core::budget::{
     Budget, BudgetOutcome, BudgetRefusal, BudgetScope, BudgetState, RequestScope,
-    applicable_budgets, evaluate_budgets,
+    applicable_budgets, evaluate_budgets, is_rule_budget,
 };
-use stratai_core::directory::Group;
+use stratai_core::directory::{Group, attribution_group};
 use stratai_core::gateway::ChatRequest;
 use stratai_core::ids::{BudgetId, GroupId, ModelId};
 use stratai_core::ports::RuleAction;
@@ -44,7 +44,7 @@ use stratai_core::tiers::{MemberContext, ModelGrant, ModelTier, check_model};
 
 use crate::decision::{Decision, Outcome};
 use crate::gatekeeper::{Caller, MemberSnapshot, Refusal};
-use crate::policy::{Policy, Principal, SpendSnapshot};
+use crate::policy::{Policy, Principal, RuleBudget, SpendSnapshot};
 use crate::pre::{PendingPre, PreRequest, RateCheck, RateQuery, estimate_tokens};
 
 /// The hint of a budget refusal.
@@ -111,8 +111,12 @@ pub struct Plan {
     pub request: ChatRequest,
     /// The worst-case billed cost of `request` (the amount reserved).
     pub worst_case: Money,
-    /// The budgets that apply, to reserve against.
+    /// The budgets that apply, to reserve against: the organization's that apply (but
+    /// those of guardrail rules) and those of the budget limit rules that apply.
     pub budgets: Vec<BudgetId>,
+    /// The ledger budgets of the budget limit rules that apply (among `budgets`): the
+    /// caller makes sure the ledger has them before reserving.
+    pub rule_budgets: Vec<RuleBudget>,
 }
 
 /// A decision whose rate limits are still to be consulted: [`Draft::rate_queries`] names the
@@ -194,7 +198,7 @@ impl<'p> Planner<'p> {
                 let refusal = Refusal::BadRequest(format!("user is not a member of group `{g}`"));
                 return refused(plan, refusal);
             }
-            None => group_ids.first().copied(),
+            None => attribution_group(group_ids.iter().copied()),
         };
         let model = match ModelId::new(ask.request.model.clone()) {
             Ok(m) => m,
@@ -237,10 +241,19 @@ impl<'p> Planner<'p> {
             group_ids: &group_ids,
             tier_id: Some(tier.id),
         };
-        plan.budgets = applicable_budgets(budgets, &scope)
+        // A rule's budget applies while its rule does: taken from the policy, never from the
+        // ledger's list (where a deleted rule's budget may linger).
+        let listed: Vec<Budget> = budgets
             .iter()
-            .map(|b| b.id)
+            .filter(|b| !is_rule_budget(b.id))
+            .cloned()
             .collect();
+        plan.rule_budgets = self.policy.rule_budgets(&plan.principal, Some(tier.id));
+        let mut ordered: Vec<&Budget> = applicable_budgets(&listed, &scope);
+        ordered.extend(plan.rule_budgets.iter().map(|r| &r.budget));
+        ordered.sort_by_key(|b| (b.scope, b.id));
+        ordered.dedup_by_key(|b| b.id);
+        plan.budgets = ordered.iter().map(|b| b.id).collect();
         let estimate = reservation_estimate(
             self.prices,
             &tier,
@@ -361,6 +374,7 @@ impl Plan {
             request,
             worst_case: Money::ZERO,
             budgets: Vec::new(),
+            rule_budgets: Vec::new(),
         }
     }
 
@@ -410,7 +424,8 @@ impl Plan {
         let mut soft_passed = false;
         for s in ordered {
             let b = &s.budget;
-            let name = scope_name(&b.scope, groups);
+            let of_rule = self.rule_budgets.iter().any(|r| r.budget.id == b.id);
+            let name = self.budget_name(b.id, &b.scope, groups);
             let committed = s.spent + s.reserved;
             let remaining = b.limit.saturating_sub(committed);
             if committed + worst <= b.limit || (b.hard_limit && !enforce) {
@@ -421,6 +436,12 @@ impl Plan {
             } else if b.hard_limit {
                 self.reasons.push(format!(
                     "the {name} budget (hard) has {remaining} left of {}, below the worst-case cost {worst}",
+                    b.limit
+                ));
+            } else if of_rule {
+                // A warning or logging rule: the rule itself said so (or chose not to).
+                self.reasons.push(format!(
+                    "the {name} budget (soft) has {remaining} left of {}",
                     b.limit
                 ));
             } else {
@@ -471,7 +492,7 @@ impl Plan {
         }
         self.reasons.push(format!(
             "the {} budget (hard) has {} left of {}, below the worst-case cost {}",
-            scope_name(&refusal.scope, groups),
+            self.budget_name(refusal.budget_id, &refusal.scope, groups),
             refusal.remaining,
             refusal.limit,
             refusal.requested
@@ -479,6 +500,18 @@ impl Plan {
         self.outcome = Outcome::Deny;
         self.hint = Some(BUDGET_HINT.to_owned());
         self.refusal = Some(Refusal::Budget(refusal));
+    }
+}
+
+impl Plan {
+    /// A budget as people read it: a guardrail rule's by the rule (`rule 'daily cap'`), any
+    /// other by its scope ([`scope_name`]).
+    #[must_use]
+    pub fn budget_name(&self, id: BudgetId, scope: &BudgetScope, groups: &[Group]) -> String {
+        match self.rule_budgets.iter().find(|r| r.budget.id == id) {
+            Some(r) => format!("rule '{}'", r.name),
+            None => scope_name(scope, groups),
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use regex::{RegexSet, RegexSetBuilder};
 use serde::Serialize;
+use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope, rule_budget};
 use stratai_core::ports::{RuleAction, RuleRecord, RuleScope};
 use stratai_core::{GroupId, ModelId, Money, OrgId, RuleId, TierId, UserId};
 
@@ -128,6 +129,9 @@ pub(crate) fn budget_subject(
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SpendSnapshot {
     spent: HashMap<(BudgetSubject, BudgetLimitPeriod), Money>,
+    /// Per rule: what its ledger budget counts (spent and reserved), which wins over the
+    /// subject's spend.
+    rules: HashMap<RuleId, Money>,
 }
 
 impl SpendSnapshot {
@@ -149,6 +153,80 @@ impl SpendSnapshot {
             .get(&(subject, period))
             .copied()
             .unwrap_or(Money::ZERO)
+    }
+
+    /// Records what a budget limit rule's ledger budget counts in its current period: its
+    /// settled spend plus its outstanding reservations ([`Policy::rule_budgets`]).
+    pub fn set_rule(&mut self, rule: RuleId, committed: Money) {
+        self.rules.insert(rule, committed);
+    }
+
+    /// What a budget limit rule counts: its ledger budget's, when given, else its subject's.
+    #[must_use]
+    pub fn for_rule(
+        &self,
+        rule: RuleId,
+        subject: BudgetSubject,
+        period: BudgetLimitPeriod,
+    ) -> Money {
+        self.rules
+            .get(&rule)
+            .copied()
+            .unwrap_or_else(|| self.get(subject, period))
+    }
+}
+
+/// A `budget_limit` rule as the ledger budget it is enforced through: the rule counts what
+/// the budget counts (spend and reservations; a group rule every member's requests, an
+/// organization or global rule the organization's), and the budget is reserved at
+/// admission like every budget, so concurrent requests cannot pass it together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleBudget {
+    /// The rule.
+    pub rule_id: RuleId,
+    /// Its name.
+    pub name: String,
+    /// The budget (core's [`rule_budget`](stratai_core::budget::rule_budget)).
+    pub budget: Budget,
+}
+
+impl Rule {
+    /// The ledger budget this rule is enforced through in `org`: `None` unless it is an
+    /// active `budget_limit` rule that can apply there (a platform rule applies in every
+    /// organization). Global and organization rules limit the organization, tier rules the
+    /// tier, group rules the group, user rules the member; a blocking rule's budget is hard.
+    #[must_use]
+    pub fn budget_in(&self, org: OrgId) -> Option<RuleBudget> {
+        let RuleKind::BudgetLimit(limit) = &self.kind else {
+            return None;
+        };
+        if !self.active || self.scope.org_id().is_some_and(|o| o != org) {
+            return None;
+        }
+        let scope = match self.scope {
+            RuleScope::Global | RuleScope::Org { .. } => BudgetScope::Org,
+            RuleScope::Tier { tier_id, .. } => BudgetScope::Tier(tier_id),
+            RuleScope::Group { group_id, .. } => BudgetScope::Group(group_id),
+            RuleScope::User { user_id, .. } => BudgetScope::User(user_id),
+        };
+        let period = match limit.period {
+            BudgetLimitPeriod::Day => BudgetPeriod::Daily,
+            BudgetLimitPeriod::Week => BudgetPeriod::Weekly,
+            BudgetLimitPeriod::Month => BudgetPeriod::Monthly,
+        };
+        Some(RuleBudget {
+            rule_id: self.id,
+            name: self.name.clone(),
+            budget: rule_budget(
+                org,
+                self.id,
+                scope,
+                limit.amount,
+                period,
+                self.action == RuleAction::Block,
+                self.created_at,
+            ),
+        })
     }
 }
 
@@ -473,6 +551,39 @@ impl Policy {
         }
         push(NodeKey::User(org, principal.user_id));
         list
+    }
+
+    /// The ledger budgets of the active `budget_limit` rules that apply to a request of
+    /// `principal` for a model of `tier` ([`Rule::budget_in`]), by scope then id.
+    #[must_use]
+    pub fn rule_budgets(&self, principal: &Principal, tier: Option<TierId>) -> Vec<RuleBudget> {
+        let mut out: Vec<RuleBudget> = Vec::new();
+        for n in self.applicable(principal, tier) {
+            let Some(node) = self.node(n) else { continue };
+            out.extend(
+                node.budget
+                    .iter()
+                    .filter_map(|&i| self.rule(i))
+                    .filter_map(|r| r.budget_in(principal.org_id)),
+            );
+        }
+        out.sort_by_key(|b| (b.budget.scope, b.budget.id));
+        out
+    }
+
+    /// The ledger budgets of every active `budget_limit` rule that can apply in `org` (its
+    /// own and the platform's), by scope then id: what `/api/budgets` lists for the rules.
+    #[must_use]
+    pub fn rule_budgets_of_org(&self, org: OrgId) -> Vec<RuleBudget> {
+        let mut out: Vec<RuleBudget> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.rule_node.get(*i).is_some_and(|n| *n != u32::MAX))
+            .filter_map(|(_, r)| r.budget_in(org))
+            .collect();
+        out.sort_by_key(|b| (b.budget.scope, b.budget.id));
+        out
     }
 
     /// The active rules that apply to a request, in the documented order.

@@ -210,7 +210,7 @@ impl Policy {
                 let subject = budget_subject(&rule.scope, req.principal, req.tier);
                 let spent = req
                     .spend
-                    .map_or(Money::ZERO, |s| s.get(subject, limit.period));
+                    .map_or(Money::ZERO, |s| s.for_rule(rule.id, subject, limit.period));
                 if spent + req.estimated_cost > limit.amount {
                     out.add(
                         rule,

@@ -14,7 +14,7 @@ use serde_json::json;
 use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
 use stratai_core::directory::{
     BillingPlan, Email, Group, GroupMembership, GroupRole, Membership, OrgRole, OrgSettings,
-    Organization, PlatformRole, Slug, User,
+    Organization, PlatformRole, Slug, User, attribution_group,
 };
 use stratai_core::gateway::{ChatChoice, ChatMessage, ChatRequest, ChatResponse, TokenUsage};
 use stratai_core::ports::{
@@ -24,7 +24,7 @@ use stratai_core::tiers::{BASIC_TIER_ID, STANDARD_TIER_ID, TierSubscription, def
 use stratai_core::usage::{UsageRecord, UsageStatus};
 use stratai_core::{ModelId, Money, RequestId, RuleId, TierSlug};
 use stratai_guardrails::{
-    Caller, Gatekeeper, GatekeeperConfig, Guardrails, KnownScopes, Outcome, Policy,
+    Caller, Gatekeeper, GatekeeperConfig, Guardrails, KnownScopes, Outcome, Policy, Principal,
 };
 use stratai_store::MemoryStore;
 
@@ -48,7 +48,8 @@ struct Case {
     rules: Vec<(&'static str, serde_json::Value, RuleAction, Where)>,
     /// Scope, limit, hard, prior spend (micro-dollars).
     budgets: Vec<(Where, u32, bool, u32)>,
-    /// The member's usage earlier today (what budget limit rules count).
+    /// The member's spend earlier today on a Basic model (what budget limit rules count:
+    /// settled against the ledger budgets of the rules that applied to it).
     prior_usage: u32,
     in_group: bool,
     model: &'static str,
@@ -144,6 +145,8 @@ struct World {
     gate: Gatekeeper,
     caller: Caller,
     budgets: Vec<Budget>,
+    /// The ledger budgets of the budget limit rules, with the spend settled on them before.
+    rule_budgets: Vec<(Budget, Money)>,
 }
 
 async fn world(case: &Case) -> World {
@@ -246,6 +249,42 @@ async fn world(case: &Case) -> World {
         .add_tier(STANDARD_TIER_ID);
     let guardrails = Arc::new(Guardrails::new(Policy::empty()));
     guardrails.reload(&records, &known).unwrap();
+    // The member's earlier request counted on the ledger budgets of the rules that applied
+    // to it (as admission reserves and settles them).
+    let policy = guardrails.policy();
+    let principal = Principal {
+        org_id: org.id,
+        user_id: user.id,
+        groups: if case.in_group {
+            vec![group.id]
+        } else {
+            Vec::new()
+        },
+    };
+    let earlier = policy.rule_budgets(&principal, Some(BASIC_TIER_ID));
+    let mut rule_budgets = Vec::new();
+    for r in policy.rule_budgets_of_org(org.id) {
+        store.create_budget(org.id, &r.budget).await.unwrap();
+        let prior = if earlier.contains(&r) {
+            micros(case.prior_usage)
+        } else {
+            Money::ZERO
+        };
+        rule_budgets.push((r.budget, prior));
+    }
+    if case.prior_usage > 0 && !earlier.is_empty() {
+        let ids: Vec<_> = earlier.iter().map(|r| r.budget.id).collect();
+        store
+            .settle(
+                org.id,
+                RequestId::new(),
+                &ids,
+                micros(case.prior_usage),
+                at - chrono::Duration::minutes(5),
+            )
+            .await
+            .unwrap();
+    }
     let mut budgets = Vec::new();
     for (w, limit, hard, prior) in &case.budgets {
         let b = Budget::new(
@@ -307,6 +346,7 @@ async fn world(case: &Case) -> World {
             endpoint: "chat".to_owned(),
         },
         budgets,
+        rule_budgets,
     }
 }
 
@@ -374,6 +414,15 @@ async fn law(case: Case) -> Result<(), TestCaseError> {
     prop_assert_eq!(&explained.warnings[..], admission.warnings());
     prop_assert_eq!(explained.worst_case, admission.reserved());
     prop_assert_eq!(&explained.request, admission.request());
+    // Every budget limit rule that applies is reserved on, as its ledger budget.
+    for r in &explained.rule_budgets {
+        prop_assert!(admission.budgets().contains(&r.budget.id), "{:?}", r);
+    }
+    // The usage goes to the one attribution group.
+    prop_assert_eq!(
+        explained.group_id,
+        attribution_group(snapshot.groups.iter().map(|g| g.id))
+    );
 
     // Settlement: the provider may bill beyond the bound; the budgets are charged at most
     // the reservation, the rest is the record's overage.
@@ -395,6 +444,16 @@ async fn law(case: Case) -> Result<(), TestCaseError> {
     for (s, (_, _, _, prior)) in states.iter().zip(&case.budgets) {
         prop_assert_eq!(s.reserved, Money::ZERO);
         if s.budget.hard_limit && micros(*prior) <= s.budget.limit {
+            prop_assert!(s.spent <= s.budget.limit, "{:?}", s);
+        }
+    }
+    prop_assert_eq!(record.group_id, explained.group_id);
+    // A blocking budget limit rule is a hard budget: never charged beyond its cap.
+    let ids: Vec<_> = w.rule_budgets.iter().map(|(b, _)| b.id).collect();
+    let states = w.store.states(w.caller.org_id, &ids, now()).await.unwrap();
+    for (s, (_, prior)) in states.iter().zip(&w.rule_budgets) {
+        prop_assert_eq!(s.reserved, Money::ZERO);
+        if s.budget.hard_limit && *prior <= s.budget.limit {
             prop_assert!(s.spent <= s.budget.limit, "{:?}", s);
         }
     }

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use stratai_core::budget::{BudgetAlert, RequestScope, applicable_budgets};
+use stratai_core::directory::attribution_group;
 use stratai_core::ids::{ModelId, OrgId, RequestId, UserId};
 use stratai_core::ports::{BudgetLedger, DirectoryStore, TierStore, UsageStore};
 use stratai_core::pricing::billed_amount;
@@ -623,7 +624,7 @@ impl SpendImporter {
         let record = UsageRecord {
             request_id,
             org_id: org,
-            group_id: groups.first().copied(),
+            group_id: attribution_group(groups.iter().copied()),
             user_id: user,
             tier_id: tier.map(|t| t.id),
             model,

@@ -11,7 +11,7 @@ use chrono::Utc;
 use gateway_support::*;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use stratai_core::budget::BudgetScope;
+use stratai_core::budget::{BudgetScope, rule_budget_id};
 use stratai_core::ids::RequestId;
 use stratai_core::money::Money;
 use stratai_core::ports::RuleAction;
@@ -56,7 +56,7 @@ async fn explain_answers_the_chat_refusal_of_a_budget_limit_rule_with_spend(db: 
     };
     let t = tenant(&gw, 1).await;
     let (user, tok) = &t.users[0];
-    rule(
+    let cap = rule(
         &gw,
         t.org,
         "daily cap",
@@ -70,6 +70,19 @@ async fn explain_answers_the_chat_refusal_of_a_budget_limit_rule_with_spend(db: 
     // Below the cap, the same request is allowed by both.
     let before = explain(&gw, tok, body.clone()).await;
     assert_eq!(before["outcome"], "allow", "{before}");
+    // The rule counts what its ledger budget counts (put there by the decision above): an
+    // earlier $0.000225 of the member's, settled on it.
+    gw.stores
+        .budgets
+        .settle(
+            t.org,
+            RequestId::new(),
+            &[rule_budget_id(t.org, cap)],
+            Money::parse("0.000225").unwrap(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
     gw.stores
         .usage
         .append(t.org, &[spent(t.org, *user, "0.000225")])

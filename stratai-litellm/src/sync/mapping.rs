@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use stratai_core::Money;
 use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
-use stratai_core::directory::{Group, Membership, Organization};
+use stratai_core::directory::{Group, Membership, Organization, attribution_group};
 use stratai_core::ids::{ModelId, OrgId, UserId};
 use stratai_core::tiers::{
     MemberContext, TierCatalog, TierSubscription, resolve_group_tiers, resolve_org_tiers,
@@ -89,7 +89,8 @@ pub struct DesiredKey {
     pub alias: String,
     /// The LiteLLM user (= our user id).
     pub user_id: String,
-    /// The member's first group (by name, then id) as the key's team, if any.
+    /// The member's group their usage is attributed to (core's `attribution_group`: the
+    /// smallest id) as the key's team, if any.
     pub team_id: Option<String>,
     /// The member's accessible models.
     pub models: Vec<String>,
@@ -200,9 +201,9 @@ pub fn desired_key(
         groups,
     };
     let access = resolve_tiers(catalog, &ctx).map_err(|e| e.to_string())?;
-    let team = groups
-        .iter()
-        .min_by(|a, b| (&a.name, a.id).cmp(&(&b.name, b.id)));
+    // The group StratAI attributes the member's usage to, so LiteLLM's team spend and
+    // StratAI's group reports count the same requests.
+    let team = attribution_group(groups.iter().map(|g| g.id));
     let budget = scope_budget(
         budgets,
         BudgetScope::User(membership.user_id),
@@ -212,7 +213,7 @@ pub fn desired_key(
     Ok(DesiredKey {
         alias: key_alias(org.id, membership.user_id),
         user_id: membership.user_id.to_string(),
-        team_id: team.map(|g| g.id.to_string()),
+        team_id: team.map(|g| g.to_string()),
         models: names.litellm_models(&access.accessible_models()),
         max_budget: budget.as_ref().map(|b| b.0),
         budget_duration: budget.map(|b| b.1),
@@ -505,6 +506,44 @@ mod tests {
         let none = desired_org(&catalog, &acme, &[], None, &ModelNames::identity(), "1mo");
         assert_eq!(none.models, [NO_MODELS]);
         assert_eq!(none.budget_duration, None);
+    }
+
+    proptest::proptest! {
+        /// The key's team is the group StratAI attributes the member's usage to (core's
+        /// `attribution_group`), whatever the groups' names and the order they come in, so
+        /// LiteLLM's team spend and StratAI's group reports count the same requests.
+        #[test]
+        fn the_keys_team_is_the_group_usage_is_attributed_to(
+            names in proptest::collection::vec("[a-z]{1,6}", 0..6),
+            rotate in 0usize..6,
+        ) {
+            use stratai_core::directory::OrgRole;
+            let acme = org("acme");
+            let now = chrono::Utc::now();
+            let mut groups: Vec<Group> = names
+                .iter()
+                .map(|n| Group::new(acme.id, n, now).unwrap())
+                .collect();
+            if !groups.is_empty() {
+                let by = rotate % groups.len();
+                groups.rotate_left(by);
+            }
+            let member = Membership::new(acme.id, UserId::new(), OrgRole::Member, now);
+            let key = desired_key(
+                &TierCatalog::seed_default(),
+                &acme,
+                &[],
+                &member,
+                &groups,
+                &ModelNames::identity(),
+                "1mo",
+            )
+            .unwrap();
+            let attributed = attribution_group(groups.iter().map(|g| g.id));
+            proptest::prop_assert_eq!(key.team_id, attributed.map(|g| g.to_string()));
+            // The smallest id: not the first by name.
+            proptest::prop_assert_eq!(attributed, groups.iter().map(|g| g.id).min());
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! The `monthly_budget` fields of members, groups and tier subscriptions are budgets of the
 //! same ledger (see [`ImpliedBy`]): the store writes them with the field, the list shows them
 //! with `implied_by` naming the field, and they change only through it (a `PATCH` here is a
-//! 409 naming the field). `GET /api/me/budgets` shows a member what applies to them.
+//! 409 naming the field). So are the `budget_limit` guardrail rules (see
+//! `stratai_guardrails::RuleBudget`): listed with `guardrail_rule`, changed only through the
+//! rule. `GET /api/me/budgets` shows a member what applies to them.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,10 +15,11 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use stratai_core::access::{Action, Resource};
 use stratai_core::budget::{
-    Budget, BudgetPeriod, BudgetScope, BudgetState, ImpliedBy, RequestScope,
+    Budget, BudgetPeriod, BudgetScope, BudgetState, ImpliedBy, RequestScope, is_rule_budget,
 };
 use stratai_core::money::Money;
-use stratai_core::{BudgetId, OrgId, StoreError};
+use stratai_core::{BudgetId, OrgId, RuleId, StoreError};
+use stratai_guardrails::RuleBudget;
 
 use super::{ApiPath, Caller, allow};
 use crate::app::AppState;
@@ -67,15 +70,42 @@ pub struct ListedBudget {
     /// The field the budget follows (`member.monthly_budget`, `group.monthly_budget`,
     /// `tier_subscription.monthly_budget`); none for a budget made with `POST /api/budgets`.
     pub implied_by: Option<ImpliedBy>,
+    /// The `budget_limit` guardrail rule the budget enforces (it follows the rule: change
+    /// the rule to change it); none for any other budget.
+    pub guardrail_rule: Option<GuardrailRule>,
 }
 
-impl From<BudgetState> for ListedBudget {
-    fn from(state: BudgetState) -> Self {
-        Self {
-            implied_by: ImpliedBy::of(&state.budget),
-            state,
-        }
-    }
+/// The `budget_limit` rule a budget enforces.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GuardrailRule {
+    /// The rule.
+    pub id: RuleId,
+    /// Its name.
+    pub name: String,
+}
+
+/// The rule a budget enforces, among `rules` (`None` for other budgets).
+fn rule_of(budget: &Budget, rules: &[RuleBudget]) -> Option<GuardrailRule> {
+    rules
+        .iter()
+        .find(|r| r.budget.id == budget.id)
+        .map(|r| GuardrailRule {
+            id: r.rule_id,
+            name: r.name.clone(),
+        })
+}
+
+/// The organization's budget list with its rule budgets in step with its rules (a
+/// platform rule's budget appears in an organization on its first request or listing
+/// there), and the rules' budgets.
+async fn budgets_in_step(
+    state: &AppState,
+    org_id: OrgId,
+) -> Result<(Vec<Budget>, Vec<RuleBudget>), ApiError> {
+    let rules = super::guardrails::rule_budgets(state, org_id).await?;
+    stratai_guardrails::sync_rule_budgets(state.stores.budgets.as_ref(), org_id, &rules).await?;
+    let budgets = state.stores.budgets.list_budgets(org_id).await?;
+    Ok((budgets, rules))
 }
 
 /// Budgets of an organization and their state in the current period (admins).
@@ -95,7 +125,7 @@ pub async fn list(
             format!("unknown scope `{kind}`"),
         ));
     }
-    let budgets = state.stores.budgets.list_budgets(org_id).await?;
+    let (budgets, rules) = budgets_in_step(&state, org_id).await?;
     let ids: Vec<BudgetId> = budgets
         .iter()
         .filter(|b| q.scope.as_deref().is_none_or(|k| b.scope.kind() == k))
@@ -107,7 +137,14 @@ pub async fn list(
         .states(org_id, &ids, Utc::now())
         .await?;
     Ok(ApiJson(
-        states.into_iter().map(ListedBudget::from).collect(),
+        states
+            .into_iter()
+            .map(|state| ListedBudget {
+                implied_by: ImpliedBy::of(&state.budget),
+                guardrail_rule: rule_of(&state.budget, &rules),
+                state,
+            })
+            .collect(),
     ))
 }
 
@@ -270,6 +307,11 @@ pub async fn update(
             by.field()
         )));
     }
+    if is_rule_budget(budget.id) {
+        return Err(ApiError::Conflict(format!(
+            "budget `{id}` enforces a `budget_limit` guardrail rule: change, disable or delete the rule instead"
+        )));
+    }
     if let Some(l) = req.limit {
         budget.limit = l;
     }
@@ -313,6 +355,8 @@ pub struct MyBudget {
     pub scope: BudgetScope,
     /// The field it follows, none for a budget made with `POST /api/budgets`.
     pub implied_by: Option<ImpliedBy>,
+    /// The `budget_limit` guardrail rule it enforces, none for any other budget.
+    pub guardrail_rule: Option<GuardrailRule>,
     /// Limit per period.
     pub limit: Money,
     /// The period.
@@ -332,15 +376,17 @@ pub struct MyBudget {
     pub period_end: chrono::DateTime<Utc>,
 }
 
-impl From<BudgetState> for MyBudget {
-    fn from(s: BudgetState) -> Self {
+impl MyBudget {
+    fn new(s: BudgetState, rules: &[RuleBudget]) -> Self {
         let implied_by = ImpliedBy::of(&s.budget);
+        let guardrail_rule = rule_of(&s.budget, rules);
         let b = s.budget;
         Self {
             org_id: b.org_id,
             budget_id: b.id,
             scope: b.scope,
             implied_by,
+            guardrail_rule,
             limit: b.limit,
             period: b.period,
             hard_limit: b.hard_limit,
@@ -385,7 +431,7 @@ pub async fn mine(
             group_ids: &group_ids,
             tier_id: None,
         };
-        let budgets = state.stores.budgets.list_budgets(org_id).await?;
+        let (budgets, rules) = budgets_in_step(&state, org_id).await?;
         let ids: Vec<BudgetId> = budgets
             .iter()
             .filter(|b| b.applies_to(&scope) || matches!(b.scope, BudgetScope::Tier(_)))
@@ -393,7 +439,7 @@ pub async fn mine(
             .collect();
         let mut states = state.stores.budgets.states(org_id, &ids, now).await?;
         states.sort_by_key(|s| (s.budget.scope, s.budget.id));
-        out.extend(states.into_iter().map(MyBudget::from));
+        out.extend(states.into_iter().map(|s| MyBudget::new(s, &rules)));
     }
     Ok(ApiJson(out))
 }

@@ -233,6 +233,7 @@ pub async fn create_org(
     let rule = record(req, scope);
     validate(&rule)?;
     state.stores.guardrails.put_rule(org_id, &rule).await?;
+    sync_rule_budgets(&state, org_id).await?;
     Ok((StatusCode::CREATED, ApiJson(rule)))
 }
 
@@ -253,6 +254,7 @@ pub async fn update_org(
     apply(&mut rule, req);
     validate(&rule)?;
     state.stores.guardrails.put_rule(org_id, &rule).await?;
+    sync_rule_budgets(&state, org_id).await?;
     Ok(ApiJson(rule))
 }
 
@@ -270,6 +272,7 @@ pub async fn delete_org(
         resource(&rule.scope, org_id),
     )?;
     state.stores.guardrails.delete_rule(org_id, rule_id).await?;
+    sync_rule_budgets(&state, org_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -317,6 +320,7 @@ pub async fn create_platform(
     let rule = record(req, scope);
     validate(&rule)?;
     state.stores.guardrails.put_platform_rule(&rule).await?;
+    sync_every_org(&state).await?;
     Ok((StatusCode::CREATED, ApiJson(rule)))
 }
 
@@ -347,6 +351,7 @@ pub async fn update_platform(
     apply(&mut rule, req);
     validate(&rule)?;
     state.stores.guardrails.put_platform_rule(&rule).await?;
+    sync_every_org(&state).await?;
     Ok(ApiJson(rule))
 }
 
@@ -367,5 +372,57 @@ pub async fn delete_platform(
         .guardrails
         .delete_platform_rule(rule_id)
         .await?;
+    sync_every_org(&state).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The ledger budgets of the `budget_limit` rules that can apply in `org_id` as the stored
+/// rules define them now (its own and the platform's, active ones; [`Rule::budget_in`]).
+pub async fn rule_budgets(
+    state: &AppState,
+    org_id: OrgId,
+) -> Result<Vec<stratai_guardrails::RuleBudget>, ApiError> {
+    let g = &state.stores.guardrails;
+    let mut records = g.list_platform_rules().await?;
+    records.extend(g.list_org_rules(org_id).await?);
+    let mut out: Vec<_> = records
+        .iter()
+        .filter_map(|r| Rule::from_record(r).ok())
+        .filter_map(|r| r.budget_in(org_id))
+        .collect();
+    out.sort_by_key(|b| (b.budget.scope, b.budget.id));
+    Ok(out)
+}
+
+/// After a rule changed: this instance's policy reloaded at once (others within their
+/// reload interval), and the ledger budgets of `org_id`'s budget limit rules brought in
+/// step with its rules (see `stratai_guardrails::sync_rule_budgets`).
+pub async fn sync_rule_budgets(state: &AppState, org_id: OrgId) -> Result<(), ApiError> {
+    reload(state).await;
+    sync_budgets_of(state, org_id).await
+}
+
+/// The policy of this instance's gateway reloaded (a failure is logged: the periodic reload
+/// tries again).
+async fn reload(state: &AppState) {
+    if let Some(gw) = &state.gateway
+        && let Err(error) = gw.pipeline.reload_guardrails().await
+    {
+        tracing::warn!(%error, "guardrail policy not reloaded after a rule change");
+    }
+}
+
+async fn sync_budgets_of(state: &AppState, org_id: OrgId) -> Result<(), ApiError> {
+    let wanted = rule_budgets(state, org_id).await?;
+    stratai_guardrails::sync_rule_budgets(state.stores.budgets.as_ref(), org_id, &wanted).await?;
+    Ok(())
+}
+
+/// [`sync_rule_budgets`] in every organization (a platform rule changed).
+async fn sync_every_org(state: &AppState) -> Result<(), ApiError> {
+    reload(state).await;
+    for org in state.stores.directory.list_orgs().await? {
+        sync_budgets_of(state, org.id).await?;
+    }
+    Ok(())
 }

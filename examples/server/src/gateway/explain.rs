@@ -24,11 +24,10 @@ use stratai_core::ids::{ModelId, UserId};
 use stratai_core::money::Money;
 
 use stratai_core::StoreError;
-use stratai_core::budget::{BudgetScope, BudgetState, RequestScope, applicable_budgets};
-use stratai_core::ids::{BudgetId, GroupId};
-use stratai_guardrails::Outcome;
-use stratai_guardrails::plan::scope_name;
+use stratai_core::budget::{BudgetScope, BudgetState};
+use stratai_core::ids::BudgetId;
 use stratai_guardrails::runtime::{MemberView, Refusal, Runtime, gate_refusal};
+use stratai_guardrails::{Outcome, Plan};
 
 use super::error::OpenAiError;
 use super::{GatewayState, authenticate, org_header, refusal_error};
@@ -218,18 +217,18 @@ async fn explain(
         .explain(&view, &request, at)
         .await
         .map_err(OpenAiError::internal)?;
+    let budgets = match &plan.grant {
+        Some(_) => budget_views(pipeline, &view, &plan, at)
+            .await
+            .map_err(OpenAiError::internal)?,
+        None => Vec::new(),
+    };
     let (code, message) = match plan.refusal {
         Some(refusal) => {
             let e = refusal_error(gate_refusal(refusal, &view));
             (Some(e.code), Some(e.message))
         }
         None => (None, None),
-    };
-    let budgets = match &plan.grant {
-        Some(grant) => budget_views(pipeline, &view, grant.tier_id, at)
-            .await
-            .map_err(OpenAiError::internal)?,
-        None => Vec::new(),
     };
     let out = Explanation {
         outcome: match plan.outcome {
@@ -282,32 +281,22 @@ pub struct BudgetView {
     pub hard_limit: bool,
 }
 
-/// The states of the budgets that apply to `view`'s member for a model of `tier`, at `at`.
+/// The states at `at` of the budgets the decision `plan` applies (those of its budget limit
+/// rules included), named as its reasons name them.
 async fn budget_views(
     pipeline: &Runtime,
     view: &MemberView,
-    tier: stratai_core::ids::TierId,
+    plan: &Plan,
     at: DateTime<Utc>,
 ) -> Result<Vec<BudgetView>, StoreError> {
-    let all = pipeline.deps().ledger.list_budgets(view.org().id).await?;
-    let group_ids: Vec<GroupId> = view.groups().iter().map(|g| g.id).collect();
-    let scope = RequestScope {
-        org_id: view.org().id,
-        user_id: view.membership().user_id,
-        group_ids: &group_ids,
-        tier_id: Some(tier),
-    };
-    let ids: Vec<BudgetId> = applicable_budgets(&all, &scope)
-        .iter()
-        .map(|b| b.id)
-        .collect();
+    let ids = &plan.budgets;
     let states: Vec<BudgetState> = if ids.is_empty() {
         Vec::new()
     } else {
         pipeline
             .deps()
             .ledger
-            .states(view.org().id, &ids, at)
+            .states(view.org().id, ids, at)
             .await?
     };
     Ok(states
@@ -315,7 +304,7 @@ async fn budget_views(
         .map(|s| BudgetView {
             budget_id: s.budget.id,
             scope: s.budget.scope,
-            scope_name: scope_name(&s.budget.scope, view.groups()),
+            scope_name: plan.budget_name(s.budget.id, &s.budget.scope, view.groups()),
             limit: s.budget.limit,
             spent: s.spent,
             reserved: s.reserved,

@@ -497,6 +497,7 @@ pub async fn budget_alerting(
     b
 }
 
+/// An organization rule, stored and loaded into the gateway's policy.
 pub async fn rule(
     gw: &Gw,
     org: OrgId,
@@ -504,14 +505,28 @@ pub async fn rule(
     rule_type: &str,
     config: Value,
     action: RuleAction,
-) {
+) -> RuleId {
+    let scope = RuleScope::Org { org_id: org };
+    rule_at(gw, org, scope, name, rule_type, config, action).await
+}
+
+/// A rule at `scope` of `org`, stored and loaded into the gateway's policy.
+pub async fn rule_at(
+    gw: &Gw,
+    org: OrgId,
+    scope: RuleScope,
+    name: &str,
+    rule_type: &str,
+    config: Value,
+    action: RuleAction,
+) -> RuleId {
     let r = RuleRecord {
         id: RuleId::new(),
         name: name.to_owned(),
         description: None,
         rule_type: rule_type.to_owned(),
         config,
-        scope: RuleScope::Org { org_id: org },
+        scope,
         action,
         priority: 0,
         active: true,
@@ -519,6 +534,7 @@ pub async fn rule(
     };
     gw.stores.guardrails.put_rule(org, &r).await.unwrap();
     gw.gateway.pipeline.reload_guardrails().await.unwrap();
+    r.id
 }
 
 pub struct Answer {
