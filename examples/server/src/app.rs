@@ -58,6 +58,9 @@ pub struct AppState {
     pub gateway: Option<crate::gateway::GatewayState>,
     /// Sends invitation emails.
     pub mail: Arc<crate::mail::Postman>,
+    /// The effective configuration, secrets already masked ([`crate::config::Config::summary`]):
+    /// what the operators' settings page shows.
+    pub settings: Arc<[crate::config::SettingLine]>,
 }
 
 impl std::fmt::Debug for AppState {
