@@ -168,6 +168,7 @@ conformance! {
     usage::usage_append_large_batch,
     usage::usage_query_filters,
     usage::usage_aggregate,
+    usage::usage_aggregate_paths_agree,
     usage::usage_stream,
     usage::usage_cross_tenant,
     outbox::outbox_events_for_directory_changes,

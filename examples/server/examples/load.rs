@@ -545,6 +545,7 @@ async fn start_gateway(
             mail: std::sync::Arc::new(
                 stratai_server::server::postman(&config).map_err(|e| e.to_string())?,
             ),
+            settings: config.summary().into(),
         },
         HttpLimits {
             body_limit_bytes: 1 << 20,

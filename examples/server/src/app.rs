@@ -61,6 +61,9 @@ pub struct AppState {
     /// The provider prices (`STRATAI_PROVIDER_PRICES` over the built-in list), for the
     /// price list routes and the pricing report.
     pub prices: Arc<stratai_core::pricing::PriceTable>,
+    /// The effective configuration, secrets already masked ([`crate::config::Config::summary`]):
+    /// what the operators' settings page shows.
+    pub settings: Arc<[crate::config::SettingLine]>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -345,6 +345,289 @@ impl Config {
     pub fn dev_mode(&self) -> bool {
         self.oidc.is_none()
     }
+
+    /// The effective configuration as the operators' settings page shows it, masked here at
+    /// the source: a secret is only "set" or "not set", a URL keeps no password, no vault or
+    /// master key appears at all. Nothing in the answer can reveal a credential.
+    #[must_use]
+    pub fn summary(&self) -> Vec<SettingLine> {
+        let mut out = Vec::new();
+        let mut put = |section: &'static str, name: &'static str, value: String| {
+            out.push(SettingLine {
+                section,
+                name,
+                value,
+            });
+        };
+        let secs = |d: Duration| format!("{} ms", d.as_millis());
+        let yes = |b: bool| if b { "yes" } else { "no" }.to_owned();
+        put("Server", "STRATAI_BIND", self.bind.to_string());
+        put(
+            "Server",
+            "STRATAI_PUBLIC_URL",
+            masked_url(self.public_url.as_str()),
+        );
+        put(
+            "Server",
+            "STRATAI_SUPER_ADMIN_EMAIL",
+            self.super_admin_email.clone(),
+        );
+        put(
+            "Server",
+            "STRATAI_BODY_LIMIT_BYTES",
+            self.body_limit_bytes.to_string(),
+        );
+        put(
+            "Server",
+            "STRATAI_REQUEST_TIMEOUT_SECS",
+            secs(self.request_timeout),
+        );
+        put("Server", "RUST_LOG", self.log.filter.clone());
+        put(
+            "Server",
+            "STRATAI_LOG_FORMAT",
+            if self.log.json { "json" } else { "text" }.to_owned(),
+        );
+        put(
+            "Database",
+            "DATABASE_URL",
+            masked_url(self.database.url.expose()),
+        );
+        put(
+            "Database",
+            "STRATAI_DATABASE_OWNER_URL",
+            self.database
+                .owner_url
+                .as_ref()
+                .map_or_else(|| "not set".to_owned(), |u| masked_url(u.expose())),
+        );
+        put(
+            "Sign-in",
+            "Mode",
+            if self.dev_mode() {
+                "dev (sign-in by email; never for production)"
+            } else {
+                "OIDC"
+            }
+            .to_owned(),
+        );
+        put(
+            "Sign-in",
+            "STRATAI_SESSION_TTL_SECS",
+            secs(self.session_ttl),
+        );
+        put(
+            "Sign-in",
+            "STRATAI_DEV_TOKEN_TTL_SECS",
+            secs(self.dev_token_ttl),
+        );
+        put(
+            "Sign-in",
+            "STRATAI_DEV_ALLOW_REMOTE",
+            yes(self.dev_allow_remote),
+        );
+        put("Sign-in", "STRATAI_AUTH_CACHE_MS", secs(self.auth_cache));
+        if let Some(oidc) = &self.oidc {
+            put("Sign-in", "OIDC_ISSUER", oidc.issuer.clone());
+            put("Sign-in", "OIDC_AUDIENCE", oidc.audience.clone());
+            put(
+                "Sign-in",
+                "OIDC_JWKS_URL",
+                oidc.jwks_url.as_ref().map_or_else(
+                    || "from the discovery document".to_owned(),
+                    |u| masked_url(u.as_str()),
+                ),
+            );
+            put("Sign-in", "OIDC_EMAIL_CLAIM", oidc.email_claim.clone());
+            match &oidc.login {
+                Some(login) => {
+                    put("Sign-in", "OIDC_CLIENT_ID", login.client_id.clone());
+                    put(
+                        "Sign-in",
+                        "OIDC_CLIENT_SECRET",
+                        secret_state(login.client_secret.as_ref()),
+                    );
+                    put(
+                        "Sign-in",
+                        "OIDC_REDIRECT_URL",
+                        masked_url(login.redirect_url.as_str()),
+                    );
+                    put("Sign-in", "Secure cookies", yes(login.secure_cookies));
+                }
+                None => put(
+                    "Sign-in",
+                    "Browser login",
+                    "off (bearer tokens only)".to_owned(),
+                ),
+            }
+        }
+        let g = &self.gateway;
+        put(
+            "Gateway",
+            "STRATAI_USAGE_SPOOL",
+            g.usage_spool.display().to_string(),
+        );
+        put(
+            "Gateway",
+            "STRATAI_ALERT_WEBHOOK_URL",
+            g.alert_webhook.as_ref().map_or_else(
+                || "not set (alerts are logged)".to_owned(),
+                |u| masked_url(u.as_str()),
+            ),
+        );
+        put(
+            "Gateway",
+            "STRATAI_GATEWAY_CACHE_MS",
+            secs(g.view_cache_ttl),
+        );
+        put(
+            "Gateway",
+            "STRATAI_BUDGET_LEASE_MS",
+            g.budget_lease.map_or_else(
+                || "off".to_owned(),
+                |l| {
+                    format!(
+                        "{} (blocks of {} requests)",
+                        secs(l.max_age),
+                        l.block_requests
+                    )
+                },
+            ),
+        );
+        put("Gateway", "STRATAI_USAGE_BATCH", yes(g.usage_batch));
+        put(
+            "Gateway",
+            "STRATAI_USAGE_BATCH_LINGER_MS",
+            secs(g.usage_batch_linger),
+        );
+        put(
+            "Gateway",
+            "STRATAI_REDIS_URL",
+            g.redis_url.as_ref().map_or_else(
+                || "not set (rate limits per instance)".to_owned(),
+                |u| masked_url(u.expose()),
+            ),
+        );
+        match &self.litellm {
+            Some(l) => {
+                put("LiteLLM", "LITELLM_URL", masked_url(l.proxy.url.as_str()));
+                put(
+                    "LiteLLM",
+                    "LITELLM_MASTER_KEY",
+                    secret_state(Some(&l.proxy.master_key)),
+                );
+                put(
+                    "LiteLLM",
+                    "STRATAI_VAULT_KEY",
+                    if l.proxy.vault_key.is_some() {
+                        "set (hidden)"
+                    } else {
+                        "not set (an ephemeral key, dev mode)"
+                    }
+                    .to_owned(),
+                );
+                put(
+                    "LiteLLM",
+                    "STRATAI_LITELLM_CALLBACK_SECRET",
+                    secret_state(l.proxy.callback_secret.as_ref()),
+                );
+                put(
+                    "LiteLLM",
+                    "Key sync",
+                    if l.sync_in_process {
+                        "in this server"
+                    } else {
+                        "litellm-worker"
+                    }
+                    .to_owned(),
+                );
+                put(
+                    "LiteLLM",
+                    "STRATAI_LITELLM_KEY_DURATION",
+                    l.proxy.key_duration.clone(),
+                );
+            }
+            None => put(
+                "LiteLLM",
+                "LITELLM_URL",
+                "not set (the built-in offline provider answers)".to_owned(),
+            ),
+        }
+        put("Mail", "STRATAI_MAIL_FROM", self.mail.from.clone());
+        match &self.mail.transport {
+            MailTransportConfig::Smtp {
+                url,
+                username,
+                password,
+            } => {
+                put("Mail", "STRATAI_SMTP_URL", masked_url(url.expose()));
+                put(
+                    "Mail",
+                    "STRATAI_SMTP_USERNAME",
+                    username.clone().unwrap_or_else(|| "not set".to_owned()),
+                );
+                put(
+                    "Mail",
+                    "STRATAI_SMTP_PASSWORD",
+                    secret_state(password.as_ref()),
+                );
+            }
+            MailTransportConfig::Mailbox(dir) => put(
+                "Mail",
+                "STRATAI_MAILBOX_DIR",
+                format!("{} (no mail server: one file per message)", dir.display()),
+            ),
+        }
+        for (model, price) in self.prices.iter() {
+            put(
+                "Provider prices",
+                "STRATAI_PROVIDER_PRICES",
+                format!(
+                    "{model}: ${} in, ${} out per 1M tokens; output cap {}",
+                    price.input_per_million, price.output_per_million, price.max_output_tokens
+                ),
+            );
+        }
+        out
+    }
+}
+
+/// One line of [`Config::summary`]: already masked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettingLine {
+    /// The group it is shown in.
+    pub section: &'static str,
+    /// The variable (or what it is).
+    pub name: &'static str,
+    /// The effective value, masked.
+    pub value: String,
+}
+
+/// "set (hidden)" or "not set": a secret's only visible property.
+fn secret_state(secret: Option<&Secret>) -> String {
+    match secret {
+        Some(s) if !s.is_empty() => "set (hidden)".to_owned(),
+        _ => "not set".to_owned(),
+    }
+}
+
+/// A URL without its password (and without a query, which may carry tokens); text that is
+/// not a URL is hidden whole.
+fn masked_url(text: &str) -> String {
+    match Url::parse(text) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("hidden"));
+            }
+            if url.query().is_some() {
+                url.set_query(Some("hidden"));
+            }
+            url.fragment().is_some().then(|| url.set_fragment(None));
+            url.to_string()
+        }
+        Err(_) if text.starts_with("sqlite:") => text.to_owned(),
+        Err(_) => "set (hidden: not a URL)".to_owned(),
+    }
 }
 
 /// `RUST_LOG` and `STRATAI_LOG_FORMAT`.
@@ -738,6 +1021,80 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    /// The settings page's summary names every section and never a credential: secrets are
+    /// "set (hidden)", URLs lose their password and query.
+    #[test]
+    fn the_summary_masks_every_secret() {
+        let secrets = [
+            "dbpass-1",
+            "ownerpass-2",
+            "sk-master-3",
+            "0011223344556677889900aabbccddeeff00112233445566778899aabbccddee",
+            "cb-secret-4",
+            "smtp-pass-5",
+            "redispass-6",
+            "hooktoken-7",
+        ];
+        let c = Config::load(&env(&[
+            ("DATABASE_URL", "postgres://app:dbpass-1@127.0.0.1/s"),
+            (
+                "STRATAI_DATABASE_OWNER_URL",
+                "postgres://owner:ownerpass-2@127.0.0.1/s",
+            ),
+            ("LITELLM_URL", "http://127.0.0.1:4000"),
+            ("LITELLM_MASTER_KEY", "sk-master-3"),
+            (
+                "STRATAI_VAULT_KEY",
+                "0011223344556677889900aabbccddeeff00112233445566778899aabbccddee",
+            ),
+            ("STRATAI_LITELLM_CALLBACK_SECRET", "cb-secret-4"),
+            ("STRATAI_SMTP_URL", "smtp://mail.acme.test:2525"),
+            ("STRATAI_SMTP_USERNAME", "mailer"),
+            ("STRATAI_SMTP_PASSWORD", "smtp-pass-5"),
+            ("STRATAI_REDIS_URL", "redis://:redispass-6@127.0.0.1:6379"),
+            (
+                "STRATAI_ALERT_WEBHOOK_URL",
+                "https://hooks.acme.test/budget?token=hooktoken-7",
+            ),
+        ]))
+        .unwrap();
+        let lines = c.summary();
+        for line in &lines {
+            for secret in secrets {
+                assert!(
+                    !line.value.contains(secret),
+                    "{} shows a secret: {}",
+                    line.name,
+                    line.value
+                );
+            }
+        }
+        let value = |name: &str| {
+            lines
+                .iter()
+                .find(|l| l.name == name)
+                .map(|l| l.value.clone())
+                .unwrap_or_else(|| panic!("{name} missing"))
+        };
+        assert_eq!(value("DATABASE_URL"), "postgres://app:hidden@127.0.0.1/s");
+        assert_eq!(value("LITELLM_MASTER_KEY"), "set (hidden)");
+        assert_eq!(value("STRATAI_VAULT_KEY"), "set (hidden)");
+        assert_eq!(value("STRATAI_SMTP_PASSWORD"), "set (hidden)");
+        assert_eq!(value("STRATAI_SMTP_USERNAME"), "mailer");
+        assert_eq!(
+            value("STRATAI_ALERT_WEBHOOK_URL"),
+            "https://hooks.acme.test/budget?hidden"
+        );
+        for section in [
+            "Server", "Database", "Sign-in", "Gateway", "LiteLLM", "Mail",
+        ] {
+            assert!(lines.iter().any(|l| l.section == section), "{section}");
+        }
+        // Dev defaults: no secret set, said so.
+        let dev = Config::load(&env(&[])).unwrap().summary();
+        assert!(dev.iter().any(|l| l.value.starts_with("dev (")));
     }
 
     #[test]

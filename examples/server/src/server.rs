@@ -93,6 +93,7 @@ pub fn build_state(config: &Config, backends: Backends) -> Result<AppState, ApiE
         stores: backends.stores,
         gateway: None,
         mail: Arc::new(postman(config)?),
+        settings: config.summary().into(),
     })
 }
 
@@ -227,6 +228,7 @@ pub async fn serve(config: Config, backends: Backends) -> Result<(), ServeError>
         stores: backends.stores,
         gateway: Some(gateway),
         mail,
+        settings: config.summary().into(),
     };
     let app = router(
         state,

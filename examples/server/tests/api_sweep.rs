@@ -115,6 +115,8 @@ POST   /org/{org_id}/access/tiers/{tier_id}                303 403 403 403 403 4
 GET    /org/{org_id}/usage                                 200 200 200 403 403 403 303 303 404
 GET    /org/{org_id}/usage.csv                             200 200 200 403 403 403 303 303 404
 GET    /org/{org_id}/billing                               200 200 200 403 403 403 303 303 404
+GET    /org/{org_id}/invoices/{invoice_id}                 200 200 200 403 403 403 303 303 404
+POST   /org/{org_id}/invoices/{invoice_id}/status          303 403 403 403 403 403 303 303 404
 GET    /org/{org_id}/explain                               200 200 200 403 403 403 303 303 404
 GET    /org/{org_id}/settings                              200 200 200 403 403 403 303 303 404
 POST   /org/{org_id}/settings                              303 303 303 403 403 403 303 303 404
@@ -125,6 +127,8 @@ GET    /admin/organizations/{org_id}                       200 403 403 403 403 4
 POST   /admin/organizations/{org_id}/active                303 403 403 403 403 403 303 303 403
 GET    /admin/modules                                      200 403 403 403 403 403 303 303 403
 GET    /admin/users                                        200 403 403 403 403 403 303 303 403
+POST   /admin/users/{user_id}                              303 403 403 403 403 403 303 303 403
+GET    /admin/settings                                     200 403 403 403 403 403 303 303 403
 GET    /admin/billing                                      200 403 403 403 403 403 303 303 403
 GET    /admin/guardrails                                   200 403 403 403 403 403 303 303 403
 POST   /admin/guardrails                                   303 403 403 403 403 403 303 303 403
@@ -156,7 +160,7 @@ fn is_ui(path: &str) -> bool {
 /// a super admin, uses models in an organization they are not a member of.
 const GATEWAY: [&str; 3] = ["/v1/chat/completions", "/v1/models", "/api/explain"];
 
-const PLATFORM: [&str; 42] = [
+const PLATFORM: [&str; 44] = [
     "/metrics",
     "/api/tiers/{tier_id}",
     "/api/tiers/{tier_id}/rates",
@@ -193,6 +197,8 @@ const PLATFORM: [&str; 42] = [
     "/admin/organizations/{org_id}/active",
     "/admin/modules",
     "/admin/users",
+    "/admin/users/{user_id}",
+    "/admin/settings",
     "/admin/billing",
     "/admin/guardrails",
     "/admin/guardrails/{rule_id}/delete",
@@ -305,6 +311,8 @@ fn form(path: &str, target: &OrgFixture, email: &str) -> Vec<(String, String)> {
             ("max_users_per_group", "50".to_owned()),
         ],
         "/admin/organizations/{org_id}/active" => vec![("active", "true".to_owned())],
+        "/admin/users/{user_id}" => vec![("change", "deactivate".to_owned())],
+        "/org/{org_id}/invoices/{invoice_id}/status" => vec![("status", "issued".to_owned())],
         "/admin/organizations" => vec![
             ("name", "New".to_owned()),
             ("slug", format!("new-{n}")),

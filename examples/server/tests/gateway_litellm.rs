@@ -88,6 +88,7 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
             stores: stores.clone(),
             gateway: Some(gateway),
             mail: std::sync::Arc::new(stratai_server::server::postman(&config).unwrap()),
+            settings: config.summary().into(),
         },
         HttpLimits {
             body_limit_bytes: 1 << 20,

@@ -145,6 +145,7 @@ async fn serve(
             stores: stores.clone(),
             gateway: Some(gateway),
             mail: Arc::new(stratai_server::server::postman(config).unwrap()),
+            settings: config.summary().into(),
         },
         HttpLimits {
             body_limit_bytes: 1 << 20,

@@ -124,8 +124,8 @@ async fn browser(driver: &Driver, chromium: &std::path::Path) -> Client {
 struct Server {
     base: String,
     _guard: Guard,
-    /// Holds the spool file; removed when the server is dropped.
-    _spool: stratai_testkit::Scratch,
+    /// Holds the spool file and the dev mailbox; removed when the server is dropped.
+    spool: stratai_testkit::Scratch,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -165,7 +165,7 @@ async fn server(kind: Kind) -> Option<Server> {
     Some(Server {
         base,
         _guard: guard,
-        _spool: spool,
+        spool,
         task,
     })
 }
@@ -289,10 +289,12 @@ async fn journey(kind: Kind, c: &Client, server: &Server) {
     operator(kind, c, base, &names).await;
     let (org_path, codes) = owner_invites(kind, c, base, &names).await;
     accept_invitations(base, &codes[..2]).await;
+    accepts_by_link(kind, c, server, &names).await;
     owner_sets_access(kind, c, base, &names, &org_path).await;
     let answered = member_chats(kind, c, base, &names, &org_path).await;
     owner_sees_usage(kind, c, base, &names, &org_path, answered).await;
     owner_manages_rules(kind, c, base, &names, &org_path).await;
+    invoices(kind, c, base, &names, &org_path).await;
     forged_posts(base).await;
 }
 
@@ -354,7 +356,9 @@ async fn operator(kind: Kind, c: &Client, base: &str, names: &Names) {
     // A hostile organization name renders as text.
     fill(c, "#name", HOSTILE_ORG).await;
     fill(c, "#slug", &format!("evil-{n}")).await;
-    fill(c, "#owner_email", &format!("evil-{n}@evil.test")).await;
+    // Its owner is the third person Acme will invite: someone with an account already, who
+    // then accepts through the link page (a first sign-in would join by itself).
+    fill(c, "#owner_email", &names.member3).await;
     submit(c, "form[action='/admin/organizations'] button").await;
     assert!(
         body_text(c).await.contains(HOSTILE_ORG),
@@ -411,6 +415,7 @@ async fn operator(kind: Kind, c: &Client, base: &str, names: &Names) {
         ("/admin/users", "People", "admin-users"),
         ("/admin/billing", "Platform billing", "admin-billing"),
         ("/admin/guardrails", "Global guardrails", "admin-guardrails"),
+        ("/admin/settings", "Platform settings", "admin-settings"),
     ] {
         c.goto(&format!("{base}{path}")).await.unwrap();
         assert_eq!(h1(c).await, heading, "{path}");
@@ -421,7 +426,102 @@ async fn operator(kind: Kind, c: &Client, base: &str, names: &Names) {
     assert!(body_text(c).await.contains(&names.owner));
     c.goto(&format!("{base}/admin/modules")).await.unwrap();
     assert!(body_text(c).await.contains("Premium"));
+    // The settings: the effective configuration, read-only (secrets masked: the config's
+    // unit test; this dev server has none set).
+    c.goto(&format!("{base}/admin/settings")).await.unwrap();
+    let text = body_text(c).await;
+    assert!(text.contains("STRATAI_MAILBOX_DIR"), "{text}");
+    assert!(text.contains("dev (sign-in by email"), "{text}");
+    assert!(
+        c.find_all(Locator::Css("main form"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "read-only"
+    );
+    operator_manages_people(kind, c, base, names).await;
     sign_out(c).await;
+}
+
+/// The operator's people page: search, deactivate (the person can no longer sign in) and
+/// reactivate, grant and revoke super admin; revoking the last super admin is refused on the
+/// page; the hostile organization name among a person's organizations renders as text.
+async fn operator_manages_people(kind: Kind, c: &Client, base: &str, names: &Names) {
+    let http = reqwest::Client::new();
+    c.goto(&format!("{base}/admin/users")).await.unwrap();
+    fill(c, "#people-search", &names.member3).await;
+    submit(c, "form[role=search] button").await;
+    let rows = c.find_all(Locator::Css("main tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), 1, "the search finds one person");
+    let row = rows[0].text().await.unwrap();
+    assert!(
+        row.contains(&names.member3) && row.contains(HOSTILE_ORG),
+        "{row}"
+    );
+    assert!(
+        c.source()
+            .await
+            .unwrap()
+            .contains("&lt;script&gt;alert(1)&lt;/script&gt;")
+    );
+    check_page(c, "people search").await;
+    screenshot(c, kind, "admin-users").await;
+
+    let act = |label: &str| format!("button[aria-label='{label} {}']", names.member3);
+    submit(c, &act("Deactivate")).await;
+    let text = body_text(c).await;
+    assert!(text.contains("The person was deactivated"), "{text}");
+    assert!(
+        text.contains(&names.member3),
+        "the search is kept after the action: {text}"
+    );
+    assert_eq!(
+        dev_token_status(&http, base, &names.member3).await,
+        403,
+        "a deactivated person cannot sign in"
+    );
+    submit(c, &act("Reactivate")).await;
+    assert!(body_text(c).await.contains("The person was reactivated."));
+    assert_eq!(dev_token_status(&http, base, &names.member3).await, 200);
+
+    submit(
+        c,
+        &format!("button[aria-label='Make {} a super admin']", names.member3),
+    )
+    .await;
+    assert!(body_text(c).await.contains("is now a super admin"));
+    submit(
+        c,
+        &format!(
+            "button[aria-label='Revoke super admin from {}']",
+            names.member3
+        ),
+    )
+    .await;
+    assert!(body_text(c).await.contains("no longer a super admin"));
+
+    // The last active super admin stays one: the refusal is said on the page.
+    fill(c, "#people-search", "admin@localhost").await;
+    submit(c, "form[role=search] button").await;
+    submit(
+        c,
+        "button[aria-label='Revoke super admin from admin@localhost']",
+    )
+    .await;
+    let text = body_text(c).await;
+    assert!(text.contains("Not changed"), "{text}");
+    assert!(text.contains("super admin"), "{text}");
+    check_page(c, "people refusal").await;
+}
+
+async fn dev_token_status(http: &reqwest::Client, base: &str, email: &str) -> u16 {
+    http.post(format!("{base}/auth/dev/token"))
+        .json(&json!({"email": email}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 /// The owner lands on the empty dashboard and invites three people: one by the form, two by
@@ -521,6 +621,86 @@ async fn owner_invites(
     screenshot(c, kind, "org-bulk").await;
     sign_out(c).await;
     (org_path, codes)
+}
+
+/// The accept-page link of the invitation mailed to `email`, read from the server's dev
+/// mailbox (`STRATAI_MAILBOX_DIR`): `/invitations/<64 hex>`.
+async fn mailed_link(server: &Server, email: &str) -> String {
+    let dir = server.spool.join("mailbox");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut found = None;
+        for entry in std::fs::read_dir(&dir).into_iter().flatten() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+            // Quoted-printable soft breaks undone (lettre picks that encoding for long lines).
+            let text = text
+                .replace("=\r\n", "")
+                .replace("=\n", "")
+                .replace("=3D", "=");
+            if text.contains(&format!("To: {email}")) || text.contains(&format!("<{email}>")) {
+                let at = text
+                    .find("/invitations/")
+                    .unwrap_or_else(|| panic!("no link in:\n{text}"));
+                found = Some(text[at..at + "/invitations/".len() + 64].to_owned());
+            }
+        }
+        if let Some(link) = found {
+            assert!(
+                link["/invitations/".len()..]
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit()),
+                "{link}"
+            );
+            return link;
+        }
+        assert!(Instant::now() < deadline, "no mail to {email} in {dir:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The third invitee already has an account (the operator made them an owner elsewhere), so
+/// signing in does not join them: they open the link from their mail, are asked to sign in,
+/// accept once on the page and join; the used link then says so.
+async fn accepts_by_link(kind: Kind, c: &Client, server: &Server, names: &Names) {
+    let base = &server.base;
+    let link = mailed_link(server, &names.member3).await;
+    c.goto(&format!("{base}{link}")).await.unwrap();
+    assert_eq!(h1(c).await, "Invitation to Acme");
+    let text = body_text(c).await;
+    assert!(
+        text.contains(&format!("Sign in as {}", names.member3)),
+        "{text}"
+    );
+    assert!(text.contains("admin"), "the invited role: {text}");
+    check_page(c, "invitation signed out").await;
+
+    sign_in(c, base, &names.member3).await;
+    c.goto(&format!("{base}{link}")).await.unwrap();
+    assert!(
+        body_text(c).await.contains("Accept to join Acme as admin"),
+        "{}",
+        body_text(c).await
+    );
+    check_page(c, "invitation to accept").await;
+    screenshot(c, kind, "invitation").await;
+    submit(c, "form[action^='/invitations/'] button").await;
+    let text = body_text(c).await;
+    assert!(text.contains("You joined Acme."), "{text}");
+    assert!(text.contains("You are a member of Acme now"), "{text}");
+
+    // Once: the link now says it was used, and posting it again joins nothing.
+    c.goto(&format!("{base}{link}")).await.unwrap();
+    let text = body_text(c).await;
+    assert!(text.contains("This invitation was already used."), "{text}");
+    assert!(
+        c.find_all(Locator::Css("form[action^='/invitations/']"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no accept form on a used link"
+    );
+    check_page(c, "invitation used").await;
+    sign_out(c).await;
 }
 
 /// Chooses `file` in the CSV upload form of the users page and sends it.
@@ -1060,6 +1240,110 @@ async fn owner_manages_rules(kind: Kind, c: &Client, base: &str, names: &Names, 
             .await
             .contains("No guardrails of this organization yet")
     );
+    sign_out(c).await;
+}
+
+/// The operator drafts this month's invoice (the API); the owner finds it in the billing
+/// page's history and opens it (lines, subtotal, tax, total; no life-cycle buttons); the
+/// operator finds it on the platform billing page and issues it from the invoice page.
+async fn invoices(kind: Kind, c: &Client, base: &str, names: &Names, org_path: &str) {
+    let http = reqwest::Client::new();
+    let operator = dev_token(&http, base, "admin@localhost").await;
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let drafted = http
+        .post(format!(
+            "{base}/api{}/invoices",
+            org_path.replacen("/org/", "/organizations/", 1)
+        ))
+        .bearer_auth(&operator)
+        .json(&json!({"month": month, "tax_rate": "0.2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drafted.status(), 201);
+    let invoice: Value = drafted.json().await.unwrap();
+    let total = format!("${}", invoice["total"].as_str().unwrap());
+    assert!(!invoice["lines"].as_array().unwrap().is_empty());
+
+    sign_in(c, base, &names.owner).await;
+    c.goto(&format!("{base}{org_path}/billing")).await.unwrap();
+    let row = c
+        .find(Locator::Css("table.invoices tbody tr"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        row.contains(&month) && row.contains("draft") && row.contains(&total),
+        "{row}"
+    );
+    c.find(Locator::LinkText(&month))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait().for_element(Locator::Css("h1")).await.unwrap();
+    assert_eq!(h1(c).await, format!("Invoice {month}"));
+    let lines = c
+        .find_all(Locator::Css("table.invoice-lines tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), invoice["lines"].as_array().unwrap().len());
+    let totals = c
+        .find(Locator::Css("table.invoice-totals"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        totals.contains(&total) && totals.contains("20%"),
+        "{totals}"
+    );
+    assert!(
+        c.find_all(Locator::Css("form[action$='/status']"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "an org admin does not move invoices"
+    );
+    check_page(c, "invoice").await;
+    screenshot(c, kind, "org-invoice").await;
+    sign_out(c).await;
+
+    sign_in(c, base, "admin@localhost").await;
+    c.goto(&format!("{base}/admin/billing")).await.unwrap();
+    let row = c
+        .find(Locator::Css("table.invoices tbody tr"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(row.contains("Acme") && row.contains(&total), "{row}");
+    screenshot(c, kind, "admin-billing").await;
+    c.find(Locator::LinkText(&month))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait().for_element(Locator::Css("h1")).await.unwrap();
+    submit(c, "button[name=status][value=issued]").await;
+    let text = body_text(c).await;
+    assert!(text.contains("The invoice was issued."), "{text}");
+    assert_eq!(
+        c.find(Locator::Css("dd.status"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "issued"
+    );
+    check_page(c, "invoice issued").await;
     sign_out(c).await;
 }
 

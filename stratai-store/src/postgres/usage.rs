@@ -204,6 +204,24 @@ fn push_filters(qb: &mut QueryBuilder<Postgres>, query: &UsageQuery) {
     }
 }
 
+/// Whether the hourly rollup (`usage_hourly`, kept by triggers on `usage_records`) holds the
+/// answer: no filter but the time window, both ends on whole UTC hours, grouped by nothing
+/// finer than the organization and the UTC day.
+fn rollup_answers(query: &UsageQuery, group_by: &[Dimension]) -> bool {
+    let whole_hour = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        at.is_none_or(|t| t.timestamp().rem_euclid(3600) == 0 && t.timestamp_subsec_nanos() == 0)
+    };
+    query.group_id.is_none()
+        && query.user_id.is_none()
+        && query.tier_id.is_none()
+        && query.model.is_none()
+        && whole_hour(query.from)
+        && whole_hour(query.to)
+        && group_by
+            .iter()
+            .all(|d| matches!(d, Dimension::Org | Dimension::Day))
+}
+
 /// The SQL expression of a dimension (fixed text, never input).
 fn dimension_sql(dimension: Dimension) -> &'static str {
     match dimension {
@@ -341,20 +359,47 @@ impl UsageStore for PgStore {
         group_by: &[Dimension],
     ) -> Result<Vec<AggregateRow>, StoreError> {
         let mut qb = QueryBuilder::<Postgres>::new("SELECT ");
-        for (i, dimension) in group_by.iter().enumerate() {
-            qb.push(dimension_sql(*dimension))
-                .push(format_args!(" AS d{i}, "));
+        if rollup_answers(query, group_by) {
+            // Whole hours, no filter but time, grouped by nothing finer than a UTC day: the
+            // hourly rollup has the same totals in far fewer rows.
+            for (i, dimension) in group_by.iter().enumerate() {
+                let sql = match dimension {
+                    Dimension::Day => "(hour AT TIME ZONE 'UTC')::date",
+                    _ => "organization_id",
+                };
+                qb.push(sql).push(format_args!(" AS d{i}, "));
+            }
+            qb.push(
+                "coalesce(sum(requests), 0)::int8 AS requests,
+                 coalesce(sum(input_tokens), 0)::int8 AS input_tokens,
+                 coalesce(sum(output_tokens), 0)::int8 AS output_tokens,
+                 coalesce(sum(provider_cost), 0) AS provider_cost,
+                 coalesce(sum(billed_amount), 0) AS billed_amount
+                 FROM usage_hourly WHERE organization_id = ",
+            );
+            qb.push_bind(org.as_uuid());
+            if let Some(from) = query.from {
+                qb.push(" AND hour >= ").push_bind(from);
+            }
+            if let Some(to) = query.to {
+                qb.push(" AND hour < ").push_bind(to);
+            }
+        } else {
+            for (i, dimension) in group_by.iter().enumerate() {
+                qb.push(dimension_sql(*dimension))
+                    .push(format_args!(" AS d{i}, "));
+            }
+            qb.push(
+                "count(*)::int8 AS requests,
+                 coalesce(sum(input_tokens), 0)::int8 AS input_tokens,
+                 coalesce(sum(output_tokens), 0)::int8 AS output_tokens,
+                 coalesce(sum(provider_cost), 0) AS provider_cost,
+                 coalesce(sum(billed_amount), 0) AS billed_amount
+                 FROM usage_records WHERE organization_id = ",
+            );
+            qb.push_bind(org.as_uuid());
+            push_filters(&mut qb, query);
         }
-        qb.push(
-            "count(*)::int8 AS requests,
-             coalesce(sum(input_tokens), 0)::int8 AS input_tokens,
-             coalesce(sum(output_tokens), 0)::int8 AS output_tokens,
-             coalesce(sum(provider_cost), 0) AS provider_cost,
-             coalesce(sum(billed_amount), 0) AS billed_amount
-             FROM usage_records WHERE organization_id = ",
-        );
-        qb.push_bind(org.as_uuid());
-        push_filters(&mut qb, query);
         if !group_by.is_empty() {
             qb.push(" GROUP BY ");
             for i in 0..group_by.len() {
@@ -390,6 +435,117 @@ impl UsageStore for PgStore {
         Ok(out
             .into_iter()
             .map(|(key, totals)| AggregateRow { key, totals })
+            .collect())
+    }
+
+    async fn aggregate_each(
+        &self,
+        org: OrgId,
+        query: &UsageQuery,
+        sets: &[Vec<Dimension>],
+    ) -> Result<Vec<Vec<AggregateRow>>, StoreError> {
+        if sets.len() < 2 || sets.iter().all(|set| rollup_answers(query, set)) {
+            let mut out = Vec::with_capacity(sets.len());
+            for set in sets {
+                out.push(self.aggregate(org, query, set).await?);
+            }
+            return Ok(out);
+        }
+        // One scan of the records: every dimension any list names is a column, `GROUPING(...)`
+        // tells which list a row answers (bit set = that column aggregated away).
+        let mut dims: Vec<Dimension> = sets.iter().flatten().copied().collect();
+        dims.sort();
+        dims.dedup();
+        let mask_of = |set: &[Dimension]| -> i64 {
+            dims.iter().enumerate().fold(0, |mask, (i, d)| {
+                if set.contains(d) {
+                    mask
+                } else {
+                    mask | (1 << (dims.len() - 1 - i))
+                }
+            })
+        };
+        let mut qb = QueryBuilder::<Postgres>::new("SELECT ");
+        for (i, d) in dims.iter().enumerate() {
+            qb.push(dimension_sql(*d)).push(format_args!(" AS c{i}, "));
+        }
+        if dims.is_empty() {
+            qb.push("0::int8 AS g, ");
+        } else {
+            qb.push("GROUPING(");
+            for (i, d) in dims.iter().enumerate() {
+                if i > 0 {
+                    qb.push(", ");
+                }
+                qb.push(dimension_sql(*d));
+            }
+            qb.push(")::int8 AS g, ");
+        }
+        qb.push(
+            "count(*)::int8 AS requests,
+             coalesce(sum(input_tokens), 0)::int8 AS input_tokens,
+             coalesce(sum(output_tokens), 0)::int8 AS output_tokens,
+             coalesce(sum(provider_cost), 0) AS provider_cost,
+             coalesce(sum(billed_amount), 0) AS billed_amount
+             FROM usage_records WHERE organization_id = ",
+        );
+        qb.push_bind(org.as_uuid());
+        push_filters(&mut qb, query);
+        qb.push(" GROUP BY GROUPING SETS (");
+        for (n, set) in sets.iter().enumerate() {
+            if n > 0 {
+                qb.push(", ");
+            }
+            qb.push("(");
+            for (i, d) in set.iter().enumerate() {
+                if i > 0 {
+                    qb.push(", ");
+                }
+                qb.push(dimension_sql(*d));
+            }
+            qb.push(")");
+        }
+        qb.push(")");
+        let mut tx = self.tenant(org).await?;
+        let found = qb.build().fetch_all(&mut *tx).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        let mut out: Vec<BTreeMap<Vec<DimensionValue>, UsageTotals>> =
+            vec![BTreeMap::new(); sets.len()];
+        for row in &found {
+            let totals = UsageTotals {
+                requests: count(row, "requests")?,
+                input_tokens: count(row, "input_tokens")?,
+                output_tokens: count(row, "output_tokens")?,
+                provider_cost: sum(row, "provider_cost")?,
+                billed_amount: sum(row, "billed_amount")?,
+            };
+            if totals.requests == 0 {
+                continue;
+            }
+            let g: i64 = get(row, "g")?;
+            // A list named twice is answered once by PostgreSQL per grouping set: every list
+            // with this mask gets the row.
+            for (n, set) in sets.iter().enumerate() {
+                if mask_of(set) != g {
+                    continue;
+                }
+                let key = set
+                    .iter()
+                    .map(|d| {
+                        let i = dims.iter().position(|x| x == d).unwrap_or_default();
+                        dimension_value(row, &format!("c{i}"), *d)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                out[n].insert(key, totals.clone());
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|(key, totals)| AggregateRow { key, totals })
+                    .collect()
+            })
             .collect())
     }
 

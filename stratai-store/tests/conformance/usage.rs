@@ -388,3 +388,107 @@ pub async fn usage_cross_tenant<S: Store>(store: S) {
     assert_eq!(store.get(b.id, ra.request_id).await.unwrap(), rb);
     assert_eq!(store.get(a.id, ra.request_id).await.unwrap(), ra);
 }
+
+/// The same totals whichever way a store reads them: PostgreSQL answers whole-hour windows
+/// grouped by organization or day from its hourly rollup, and several breakdowns with one
+/// `GROUPING SETS` query; both must equal the records folded one by one. Duplicates appended
+/// again are not counted twice.
+pub async fn usage_aggregate_paths_agree<S: Store>(store: S) {
+    let o = org(&store).await;
+    let u = member(&store, o.id).await;
+    let v = member(&store, o.id).await;
+    let g = group(&store, o.id, "G").await;
+    let start = now() - Duration::hours(30);
+    let records: Vec<UsageRecord> = (0..40i64)
+        .map(|i| {
+            let who = if i % 3 == 0 { v.id } else { u.id };
+            let mut r = record(
+                o.id,
+                who,
+                start + Duration::minutes(i * 47),
+                &format!("0.{:03}", i + 1),
+            );
+            r.provider_cost = money(&format!("0.0000{}", i % 7 + 1));
+            r.input_tokens = u32::try_from(i).unwrap() * 10;
+            if i % 2 == 0 {
+                r.group_id = Some(g.id);
+            }
+            if i % 5 == 0 {
+                r.model = ModelId::new("gpt-4o").unwrap();
+            }
+            r
+        })
+        .collect();
+    store.append(o.id, &records).await.unwrap();
+    // The same batch again: all duplicates, nothing counted twice.
+    assert_eq!(store.append(o.id, &records).await.unwrap().inserted, 0);
+
+    let fold = |query: &UsageQuery, set: &[Dimension]| {
+        let mut groups: std::collections::BTreeMap<Vec<DimensionValue>, UsageTotals> =
+            std::collections::BTreeMap::new();
+        for r in records.iter().filter(|r| {
+            query.from.is_none_or(|f| r.created_at >= f)
+                && query.to.is_none_or(|t| r.created_at < t)
+        }) {
+            let key = set.iter().map(|d| d.value_in(r, chrono_tz::UTC)).collect();
+            groups.entry(key).or_default().add(r);
+        }
+        groups.into_iter().collect::<Vec<_>>()
+    };
+    let windows = [
+        UsageQuery::default(),
+        // whole hours: the rollup's
+        UsageQuery {
+            from: Some(start + Duration::hours(3)),
+            to: Some(start + Duration::hours(20)),
+            ..UsageQuery::default()
+        },
+        // not whole hours: the records'
+        UsageQuery {
+            from: Some(start + Duration::minutes(100)),
+            to: Some(start + Duration::hours(20) + Duration::minutes(1)),
+            ..UsageQuery::default()
+        },
+    ];
+    let sets = vec![
+        vec![],
+        vec![Dimension::Day],
+        vec![Dimension::Org, Dimension::Day],
+        vec![Dimension::User],
+        vec![Dimension::Model],
+        vec![Dimension::Group],
+        vec![Dimension::User, Dimension::Model],
+        vec![Dimension::User],
+    ];
+    for query in &windows {
+        let each = store.aggregate_each(o.id, query, &sets).await.unwrap();
+        assert_eq!(each.len(), sets.len());
+        for (set, answer) in sets.iter().zip(&each) {
+            let expected = fold(query, set);
+            let single = store.aggregate(o.id, query, set).await.unwrap();
+            let as_pairs = |rows: &[stratai_core::usage::AggregateRow]| {
+                rows.iter()
+                    .map(|r| (r.key.clone(), r.totals.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(as_pairs(&single), expected, "aggregate {set:?} {query:?}");
+            assert_eq!(
+                as_pairs(answer),
+                expected,
+                "aggregate_each {set:?} {query:?}"
+            );
+        }
+    }
+    // Only this organization's records: another's do not leak into its totals.
+    let other = org(&store).await;
+    let w = member(&store, other.id).await;
+    store
+        .append(other.id, &[record(other.id, w.id, start, "9.99")])
+        .await
+        .unwrap();
+    let total = store
+        .aggregate(o.id, &UsageQuery::default(), &[])
+        .await
+        .unwrap();
+    assert_eq!(total[0].totals.requests, 40);
+}

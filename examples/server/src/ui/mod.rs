@@ -74,6 +74,8 @@ ui_routes! {
     get "/org/{org_id}/usage" => pages::reports::report;
     get "/org/{org_id}/usage.csv" => pages::reports::export;
     get "/org/{org_id}/billing" => pages::reports::billing;
+    get "/org/{org_id}/invoices/{invoice_id}" => pages::invoices::invoice;
+    post "/org/{org_id}/invoices/{invoice_id}/status" => pages::invoices::set_status;
     get "/org/{org_id}/guardrails" => pages::rules::list;
     post "/org/{org_id}/guardrails" => pages::rules::create;
     get "/org/{org_id}/guardrails/{rule_id}" => pages::rules::edit;
@@ -90,7 +92,9 @@ ui_routes! {
     get "/admin/organizations/{org_id}" => pages::admin::organization;
     post "/admin/organizations/{org_id}/active" => pages::admin::set_active;
     get "/admin/modules" => pages::admin::modules;
-    get "/admin/users" => pages::admin::users;
+    get "/admin/users" => pages::platform::users;
+    post "/admin/users/{user_id}" => pages::platform::update_user;
+    get "/admin/settings" => pages::platform::settings;
     get "/admin/billing" => pages::admin::billing;
     get "/admin/guardrails" => pages::admin::guardrails_list;
     post "/admin/guardrails" => pages::admin::guardrails_create;

@@ -145,6 +145,7 @@ fn nav_for(caller: &Caller) -> Vec<NavLink> {
         nav.push(link("People", "/admin/users".to_owned()));
         nav.push(link("Platform billing", "/admin/billing".to_owned()));
         nav.push(link("Global guardrails", "/admin/guardrails".to_owned()));
+        nav.push(link("Platform settings", "/admin/settings".to_owned()));
     }
     if let Some(org) = admin_orgs(caller).first() {
         nav.push(NavLink {
@@ -516,11 +517,22 @@ impl Pager {
 /// The `page` of `items` (1-based, clamped to the last page), at most [`PAGE_SIZE`] rows,
 /// with links built from `base` (a path that may already carry a query).
 pub(crate) fn paginate<T>(items: Vec<T>, page: usize, base: &str) -> (Vec<T>, Pager) {
+    paginate_by(items, page, base, "page")
+}
+
+/// [`paginate`] with the page number in the query parameter `param` (for a second table on
+/// one page).
+pub(crate) fn paginate_by<T>(
+    items: Vec<T>,
+    page: usize,
+    base: &str,
+    param: &str,
+) -> (Vec<T>, Pager) {
     let total = items.len();
     let pages = total.div_ceil(PAGE_SIZE).max(1);
     let page = page.clamp(1, pages);
     let sep = if base.contains('?') { '&' } else { '?' };
-    let link = |p: usize| format!("{base}{sep}page={p}");
+    let link = |p: usize| format!("{base}{sep}{param}={p}");
     let rows = items
         .into_iter()
         .skip((page - 1) * PAGE_SIZE)
@@ -548,6 +560,9 @@ pub(crate) struct ListQuery {
     /// 1-based page.
     #[serde(default)]
     pub(crate) page: Option<String>,
+    /// The page of a second table (the operators' invoices).
+    #[serde(default)]
+    pub(crate) invoice_page: Option<String>,
 }
 
 impl ListQuery {

@@ -236,6 +236,7 @@ pub async fn serve(backing: Arc<Backing>, setup: Setup) -> Gw {
             stores: served,
             gateway: Some(gateway.clone()),
             mail: std::sync::Arc::new(stratai_server::server::postman(&config).unwrap()),
+            settings: config.summary().into(),
         },
         HttpLimits {
             body_limit_bytes: 1 << 20,

@@ -21,7 +21,7 @@ use stratai_core::ports::RuleScope;
 use stratai_core::usage::UsageQuery;
 
 use super::rules::{Choice, RuleChoices, RuleForm};
-use crate::api::guardrails::{self, CreateRule, PlatformScope};
+use crate::api::guardrails::{self, PlatformScope};
 use crate::api::orgs::{self, CreateOrg, UpdateOrg};
 use crate::api::{ApiPath, Caller, allow, members};
 use crate::app::AppState;
@@ -29,7 +29,7 @@ use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::ui::view::{
     CheckedForm, Chrome, Done, FieldErrors, ListQuery, Notice, Pager, UiError, Viewer, done_notice,
-    local_time, money, paginate, render, see_other,
+    local_time, money, paginate, paginate_by, render, see_other,
 };
 
 fn platform(caller: &Caller) -> Result<(), ApiError> {
@@ -458,69 +458,6 @@ pub(crate) async fn modules(
     render(StatusCode::OK, &page)
 }
 
-/// One person on the platform.
-struct PersonLine {
-    email: String,
-    name: String,
-    platform_role: String,
-    active: bool,
-    orgs: String,
-}
-
-#[derive(Template)]
-#[template(path = "ui/admin_users.html")]
-struct PeoplePage {
-    chrome: Chrome,
-    people: Vec<PersonLine>,
-    pager: Pager,
-}
-
-/// `GET /admin/users`: everyone who belongs to an organization, with their organizations and
-/// roles; read-only (there is no platform user-management route yet). Platform operators
-/// outside every organization are not listed.
-pub(crate) async fn users(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Query(q): Query<ListQuery>,
-) -> Result<Response, UiError> {
-    platform(&viewer.caller)?;
-    let dir = &state.stores.directory;
-    let mut by_user: std::collections::BTreeMap<stratai_core::UserId, Vec<String>> =
-        std::collections::BTreeMap::new();
-    for org in dir.list_orgs().await? {
-        for m in dir.list_members(org.id).await? {
-            by_user.entry(m.user_id).or_default().push(format!(
-                "{} ({})",
-                org.name,
-                m.role.as_str()
-            ));
-        }
-    }
-    let ids: Vec<_> = by_user.into_iter().collect();
-    let (ids, pager) = paginate(ids, q.page(), "/admin/users");
-    let mut people = Vec::new();
-    for (id, orgs) in ids {
-        let user = dir.get_user(id).await?;
-        people.push(PersonLine {
-            email: user.email.as_str().to_owned(),
-            name: user.name.clone().unwrap_or_default(),
-            platform_role: if user.is_super_admin() {
-                "super admin".to_owned()
-            } else {
-                "none".to_owned()
-            },
-            active: user.active,
-            orgs: orgs.join(", "),
-        });
-    }
-    let page = PeoplePage {
-        chrome: viewer.chrome("/admin/users", None),
-        people,
-        pager,
-    };
-    render(StatusCode::OK, &page)
-}
-
 #[derive(Template)]
 #[template(path = "ui/admin_billing.html")]
 struct BillingPage {
@@ -532,11 +469,14 @@ struct BillingPage {
     provider: String,
     billed: String,
     margin: String,
+    invoices: Vec<super::invoices::InvoiceLine>,
+    invoice_pager: Pager,
 }
 
 /// `GET /admin/billing`: this UTC month's provider cost against billed, and the margin, of
-/// each organization (one page of organizations at a time) and of the page. Invoices are
-/// not issued by this server yet.
+/// each organization (one page of organizations at a time) and of the page; and every
+/// organization's invoices (`GET /api/billing/invoices`), newest month first, each linking to
+/// the invoice.
 pub(crate) async fn billing(
     State(state): State<AppState>,
     viewer: Viewer,
@@ -574,7 +514,19 @@ pub(crate) async fn billing(
             margin: margin(totals.billed_amount, totals.provider_cost),
         });
     }
+    let invoices = super::invoices::all(&state, &viewer.caller).await?;
+    let (invoices, invoice_pager) = paginate_by(
+        invoices,
+        q.invoice_page
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(1),
+        "/admin/billing",
+        "invoice_page",
+    );
     let page = BillingPage {
+        invoices,
+        invoice_pager,
         chrome: viewer.chrome("/admin/billing", None),
         period: format!(
             "{} to {} (UTC)",
@@ -707,22 +659,11 @@ pub(crate) async fn guardrails_create(
         errors.add("scope", "choose where the rule applies");
     }
     let parsed = typed.parse(&mut errors);
-    if let (Some((config, action, priority)), Some(scope), true) =
-        (parsed, scope, errors.is_empty())
-    {
+    if let (Some(checked), Some(scope), true) = (parsed, scope, errors.is_empty()) {
         let result = guardrails::create_platform(
             State(state.clone()),
             viewer.caller.clone(),
-            ApiJson(CreateRule {
-                name: typed.name.clone(),
-                description: Some(typed.description.clone()),
-                rule_type: typed.rule_type.clone(),
-                config,
-                scope,
-                action,
-                priority,
-                active: typed.active,
-            }),
+            ApiJson(typed.create_body(scope, checked)),
         )
         .await;
         match result {

@@ -104,18 +104,15 @@ async fn group_page(
     }
     members.sort_by(|a, b| a.email.cmp(&b.email));
     let (members, pager) = paginate(members, page, &format!("/org/{org_id}/groups/{group_id}"));
-    let mut candidates = Vec::new();
-    for m in dir.list_members(org_id).await? {
-        if in_group.iter().any(|g| g.user_id == m.user_id) {
-            continue;
-        }
-        let user = dir.get_user(m.user_id).await?;
-        candidates.push(Candidate {
-            id: m.user_id.to_string(),
-            email: user.email.as_str().to_owned(),
-        });
-    }
-    candidates.sort_by(|a, b| a.email.cmp(&b.email));
+    let candidates = super::org::member_emails(state, org_id)
+        .await?
+        .into_iter()
+        .filter(|(id, _)| !in_group.iter().any(|g| g.user_id == *id))
+        .map(|(id, email)| Candidate {
+            id: id.to_string(),
+            email,
+        })
+        .collect();
     Ok(GroupPage {
         chrome: viewer.chrome(&format!("/org/{org_id}/groups"), notice),
         group_id,

@@ -197,15 +197,14 @@ pub(crate) async fn report(
     let org = org_of(&state, org_id).await?;
     let labels = Labels::of(&state, org_id).await?;
     let dir = &state.stores.directory;
-    let mut people = Vec::new();
-    for m in dir.list_members(org_id).await? {
-        let user = dir.get_user(m.user_id).await?;
-        people.push(Choice {
-            value: m.user_id.to_string(),
-            label: user.email.as_str().to_owned(),
-        });
-    }
-    people.sort_by(|a, b| a.label.cmp(&b.label));
+    let people: Vec<Choice> = super::org::member_emails(&state, org_id)
+        .await?
+        .into_iter()
+        .map(|(id, email)| Choice {
+            value: id.to_string(),
+            label: email,
+        })
+        .collect();
     let groups = dir
         .list_groups(org_id)
         .await?
@@ -372,10 +371,13 @@ struct BillingPage {
     requests: u64,
     billed: String,
     lines: Vec<TierLine>,
+    /// The invoice history; `None` when the viewer may not read invoices.
+    invoices: Option<Vec<super::invoices::InvoiceLine>>,
 }
 
 /// `GET /org/{org_id}/billing`: this period's billed spend by tier (`GET /api/usage`,
-/// `view_org_usage`). Invoices are not issued by this server yet; the page says so.
+/// `view_org_usage`) and the invoice history, each linking to the invoice
+/// (`GET /api/organizations/{org_id}/invoices`, `view_billing`).
 pub(crate) async fn billing(
     State(state): State<AppState>,
     viewer: Viewer,
@@ -397,7 +399,9 @@ pub(crate) async fn billing(
     )
     .await?;
     let labels = Labels::of(&state, org_id).await?;
+    let invoices = super::invoices::history(&state, &viewer.caller, &org).await?;
     let page = BillingPage {
+        invoices,
         chrome: viewer.chrome(&format!("/org/{org_id}/billing"), None),
         plan: org.billing_plan.as_str(),
         billing_email: org

@@ -88,6 +88,25 @@ impl RuleForm {
         }
     }
 
+    /// The create body of this form at `scope` (the organization's or the platform's), from
+    /// the checked fields of [`RuleForm::parse`].
+    pub(crate) fn create_body<S>(
+        &self,
+        scope: S,
+        (config, action, priority): (serde_json::Value, RuleAction, i32),
+    ) -> CreateRule<S> {
+        CreateRule {
+            name: self.name.clone(),
+            description: Some(self.description.clone()),
+            rule_type: self.rule_type.clone(),
+            config,
+            scope,
+            action,
+            priority,
+            active: self.active,
+        }
+    }
+
     /// The fields every rule has, checked; errors go on their field.
     pub(crate) fn parse(
         &self,
@@ -178,11 +197,10 @@ async fn choices(state: &AppState, org_id: OrgId) -> Result<RuleChoices, UiError
             label: format!("Group {}", g.name),
         });
     }
-    for m in dir.list_members(org_id).await? {
-        let user = dir.get_user(m.user_id).await?;
+    for (id, email) in super::org::member_emails(state, org_id).await? {
         scopes.push(Choice {
-            value: format!("user:{}", m.user_id),
-            label: format!("Member {}", user.email.as_str()),
+            value: format!("user:{id}"),
+            label: format!("Member {email}"),
         });
     }
     Ok(RuleChoices {
@@ -295,23 +313,12 @@ pub(crate) async fn create(
         errors.add("scope", "choose where the rule applies");
     }
     let parsed = typed.parse(&mut errors);
-    if let (Some((config, action, priority)), Some(scope), true) =
-        (parsed, scope, errors.is_empty())
-    {
+    if let (Some(checked), Some(scope), true) = (parsed, scope, errors.is_empty()) {
         let result = guardrails::create_org(
             State(state.clone()),
             viewer.caller.clone(),
             ApiPath(org_id),
-            ApiJson(CreateRule {
-                name: typed.name.clone(),
-                description: Some(typed.description.clone()),
-                rule_type: typed.rule_type.clone(),
-                config,
-                scope,
-                action,
-                priority,
-                active: typed.active,
-            }),
+            ApiJson(typed.create_body(scope, checked)),
         )
         .await;
         match result {
@@ -507,16 +514,14 @@ pub(crate) async fn explain(
 ) -> Result<Response, UiError> {
     allow(&viewer.caller, Action::ManageMembers, Resource::Org(org_id))?;
     let org = org_of(&state, org_id).await?;
-    let dir = &state.stores.directory;
-    let mut people = Vec::new();
-    for m in dir.list_members(org_id).await? {
-        let user = dir.get_user(m.user_id).await?;
-        people.push(Choice {
-            value: m.user_id.to_string(),
-            label: user.email.as_str().to_owned(),
-        });
-    }
-    people.sort_by(|a, b| a.label.cmp(&b.label));
+    let people: Vec<Choice> = super::org::member_emails(&state, org_id)
+        .await?
+        .into_iter()
+        .map(|(id, email)| Choice {
+            value: id.to_string(),
+            label: email,
+        })
+        .collect();
     let models = state
         .stores
         .tiers
