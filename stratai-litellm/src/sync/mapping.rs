@@ -537,6 +537,8 @@ mod tests {
                 &groups,
                 &ModelNames::identity(),
                 "1mo",
+                &[],
+                KeyLimits::default(),
             )
             .unwrap();
             let attributed = attribution_group(groups.iter().map(|g| g.id));
