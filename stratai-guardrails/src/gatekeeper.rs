@@ -833,11 +833,16 @@ impl Admission {
             Money::ZERO,
             Money::ZERO,
         );
-        let released = inner
-            .ledger
-            .release(self.caller.org_id, self.request_id)
-            .await
-            .map(|_| Vec::new());
+        // No budget applied: nothing was reserved, so there is nothing to release.
+        let released = if self.budgets.is_empty() {
+            Ok(Vec::new())
+        } else {
+            inner
+                .ledger
+                .release(self.caller.org_id, self.request_id)
+                .await
+                .map(|()| Vec::new())
+        };
         self.record_after(released, record).await.map(|(r, _)| r)
     }
 
@@ -864,17 +869,23 @@ impl Admission {
         let charged = billed.min(self.reserved);
         let mut record = self.record(usage, status, upstream_id, provider, billed);
         record.overage = billed.saturating_sub(charged);
-        let settled = inner
-            .ledger
-            .settle(
-                self.caller.org_id,
-                self.request_id,
-                &self.budgets,
-                charged,
-                now,
-            )
-            .await
-            .map(|s| s.alerts);
+        // No budget applied: nothing was reserved and nothing is charged, so the ledger is
+        // not asked (no zero-amount settlement marker, no read of the organization).
+        let settled = if self.budgets.is_empty() {
+            Ok(Vec::new())
+        } else {
+            inner
+                .ledger
+                .settle(
+                    self.caller.org_id,
+                    self.request_id,
+                    &self.budgets,
+                    charged,
+                    now,
+                )
+                .await
+                .map(|s| s.alerts)
+        };
         let (record, alerts) = self.record_after(settled, record).await?;
         Ok(Completion {
             response,
