@@ -907,7 +907,12 @@ impl Admission {
         );
         let ledger = &inner.ledger;
         let (org, id) = (self.caller.org_id, self.request_id);
+        // No budget applied: nothing was reserved, so there is nothing to release.
+        let reserved = !self.budgets.is_empty();
         self.record_then(record, async move {
+            if !reserved {
+                return Ok(Vec::new());
+            }
             ledger.release(org, id).await.map(|()| Vec::new())
         })
         .await
@@ -939,8 +944,13 @@ impl Admission {
         record.overage = billed.saturating_sub(charged);
         let ledger = &inner.ledger;
         let (org, id, budgets) = (self.caller.org_id, self.request_id, &self.budgets);
+        // No budget applied: nothing was reserved and nothing is charged, so the ledger is
+        // not asked (no zero-amount settlement marker, no read of the organization).
         let (record, alerts) = self
             .record_then(record, async move {
+                if budgets.is_empty() {
+                    return Ok(Vec::new());
+                }
                 ledger
                     .settle(org, id, budgets, charged, now)
                     .await

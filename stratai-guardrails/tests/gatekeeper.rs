@@ -438,7 +438,14 @@ async fn a_full_budget_refuses_with_what_is_left() {
 async fn abort_releases_and_records_a_failed_request() {
     let f = Fixture::new();
     let mut ledger = MockBudgetLedger::new();
-    ledger.expect_list_budgets().returning(|_| Ok(vec![]));
+    let budget = f.budget();
+    ledger
+        .expect_list_budgets()
+        .returning(move |_| Ok(vec![budget.clone()]));
+    ledger
+        .expect_reserve()
+        .times(1)
+        .returning(|_, _| Ok(ReserveOutcome::Reserved(vec![])));
     ledger.expect_release().times(1).returning(|_, _| Ok(()));
     let (usage, written) = recording_usage();
     let gate = f.gate(ledger, usage);
@@ -455,6 +462,40 @@ async fn abort_releases_and_records_a_failed_request() {
     assert_eq!(record.status, UsageStatus::Failed);
     assert_eq!(record.billed_amount, Money::ZERO);
     assert_eq!(written.lock().unwrap().len(), 1);
+}
+
+/// A request to which no budget applies asks the ledger nothing: no reservation, no
+/// (zero-amount) settlement, no release. The mock ledger answers only the budget list; any
+/// other call fails the test.
+#[tokio::test]
+async fn a_request_without_a_budget_asks_the_ledger_nothing() {
+    let f = Fixture::new();
+    let mut ledger = MockBudgetLedger::new();
+    ledger.expect_list_budgets().returning(|_| Ok(vec![]));
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&written);
+    let mut usage = MockUsageStore::new();
+    usage.expect_append().times(2).returning(move |_, records| {
+        sink.lock().unwrap().extend_from_slice(records);
+        Ok(AppendOutcome {
+            inserted: records.len() as u64,
+            duplicates: 0,
+        })
+    });
+    let gate = f.gate(ledger, usage);
+    let ask = chat("gpt-4o-mini", "hello", Some(100));
+    let served = gate.admit(&f.caller(), &ask, at(NOW)).await.unwrap();
+    assert!(served.budgets().is_empty());
+    let done = served
+        .complete(answer("Hello!", 9, 3), at(NOW))
+        .await
+        .unwrap();
+    assert!(done.usage.billed_amount > Money::ZERO);
+    assert!(done.alerts.is_empty());
+    let failed = gate.admit(&f.caller(), &ask, at(NOW)).await.unwrap();
+    let record = failed.abort().await.unwrap();
+    assert_eq!(record.status, UsageStatus::Failed);
+    assert_eq!(written.lock().unwrap().len(), 2);
 }
 
 #[tokio::test]

@@ -5,63 +5,76 @@
 //! 1. `direct`: straight to the project's instant mock upstream;
 //! 2. `proxy`: through a bare pass-through proxy built on the gateway's HTTP stack (axum,
 //!    reqwest) with nothing else: what the extra network hop alone costs;
-//! 3. `strict` and `fast`: through the StratAI gateway (auth, tier check, guardrails, budget
-//!    reservation, settlement and usage recording in PostgreSQL) to the same mock;
-//! 4. `litellm`: through the LiteLLM proxy (when `STRATAI_LITELLM_URL` and
+//! 3. the StratAI gateway in this process (auth, tier check, guardrails, budget reservation,
+//!    settlement and usage recording in the store of `--store`) to the same mock: `fast` and
+//!    `free` with the default settings (the fast path), for a caller with a budget and one
+//!    to whom no budget applies; `strict` in strict mode (a caller with a budget);
+//! 4. the release server binary as deployed, started by the harness on a database of its own
+//!    (`--binary PATH`: `bin`, `bin-free`), and another build of it for comparison
+//!    (`--base-binary PATH`: `base`, `base-free`, run with the settings that were the
+//!    high-throughput mode before the fast path became the default); their answers come from
+//!    their offline demo provider (dev mode), with no upstream hop; their statements per
+//!    request (counted from their log) and resident memory are shown;
+//! 5. `litellm`: through the LiteLLM proxy (when `STRATAI_LITELLM_URL` and
 //!    `STRATAI_LITELLM_MASTER_KEY` are set, e.g. by `scripts/litellm-up.sh`), whose upstream
-//!    is the same mock program.
+//!    is the same mock program: its maximum throughput (and open-loop rates with
+//!    `--litellm-rates`).
 //!
 //! Loopback only; every run is bounded (rate x seconds requests, at most 2,000 in flight).
 //! Latency is measured from each request's *scheduled* start (open loop), so a saturated
 //! target shows up as growing latency rather than hidden by slower sending.
 //!
-//! At each rate direct, the bare proxy and the high-throughput gateway (`fast`) take
-//! turns: `--rounds` slices of `secs / rounds` each, one target after the other, pooled per
-//! target. Whatever else the machine does during the run (PostgreSQL's checkpoints, other
-//! processes) then lands on all of them alike instead of on whichever ran at that moment;
-//! the p99 *difference* between direct and the gateway (and how much of it the hop alone
-//! explains) is what this measures. Each slice starts with a quarter of a second at the
-//! rate that is not measured (the steady state is measured, not the step from idle). The
-//! strict gateway, which saturates at these rates and leaves a backlog behind, runs alone
-//! after them; LiteLLM alone, last.
+//! At each rate every target but `strict` and `litellm` takes turns: `--rounds` slices of
+//! `secs / rounds` each, one target after the other, pooled per target. Whatever else the
+//! machine does during the run (PostgreSQL's checkpoints, other processes) then lands on all
+//! of them alike instead of on whichever ran at that moment; the p99 *difference* between
+//! direct and a gateway (and how much of it the hop alone explains) is what this measures.
+//! `--repeat N` runs each rate N times and reports each target's p99 over direct's as the
+//! median and range of the N runs. Each slice starts with a quarter of a second at the rate
+//! that is not measured (the steady state is measured, not the step from idle). The strict
+//! gateway, which saturates at these rates and leaves a backlog behind, runs alone after
+//! them; LiteLLM alone, last.
 //!
-//! The last two columns are each proxy's own account of a request: its own time, the
+//! The own-time columns are each proxy's own account of a request: its own time, the
 //! upstream call excluded (StratAI's `Server-Timing: gateway;dur=<ms>` header, from the moment
 //! its middleware stack has the request to the response head, and LiteLLM's
 //! `x-litellm-overhead-duration-ms`), and the upstream call as it timed it (StratAI's
 //! `upstream;dur=<ms>`). They leave out what no proxy can see of itself (its sockets, the
-//! wait for a CPU before its code runs), which the latency columns include. The very last
-//! splits the slowest 1 % of a gateway's requests (those at and above its p99) into the
-//! three: the medians of their own time, their upstream call, and the rest of their latency.
+//! wait for a CPU before its code runs), which the latency columns include. The next splits
+//! the slowest 1 % of a gateway's requests (those at and above its p99) into the three: the
+//! medians of their own time, their upstream call, and the rest of their latency.
 //!
 //! Requests are started by a pacer thread sleeping on the kernel's high-resolution timers
 //! (a Tokio timer's millisecond ticks would start them up to a millisecond late); how late
 //! they actually started is measured and shown.
 //!
 //! ```text
-//! cargo run --release -p stratai-server --example load -- [--rates 200,500,1000] [--secs 5] [--rounds 5] [--concurrency 32] [--targets direct,proxy,strict,fast,litellm] [--server-threads 2] [--client-threads 2] [--upstream-threads 2] [--store postgres]
+//! cargo run --release -p stratai-server --example load -- [--rates 200,500,1000] [--secs 5] [--rounds 5] [--repeat 1] [--concurrency 32] [--targets direct,proxy,strict,fast,free,bin,bin-free,base,base-free,litellm] [--store postgres|sqlite|memory] [--binary target/release/stratai-server] [--base-binary PATH] [--litellm-rates R,..] [--server-threads 2] [--client-threads 2] [--upstream-threads 2]
 //! ```
-//! `--targets` picks the targets to measure (default: all five; `strict` and `fast` are the
-//! gateway's two modes). Knobs for finding where the gateway's time goes, not for the
-//! recorded figures: `--server-threads`, `--client-threads` and `--upstream-threads` set the
-//! worker threads of the runtimes of the gateways and the bare proxy, of the load generator
-//! and of the mock upstream (default 2 each), and `--store memory` puts the gateways on the
-//! in-memory store instead of PostgreSQL (no database is created then).
+//! `--targets` picks the targets to measure (default: all there are). Knobs for finding where
+//! the gateway's time goes, not for the recorded figures: `--server-threads`,
+//! `--client-threads` and `--upstream-threads` set the worker threads of the runtimes of the
+//! in-process gateways and the bare proxy, of the load generator and of the mock upstream
+//! (default 2 each), and `--store memory` puts the in-process gateways on the in-memory
+//! store (no database is created then; binaries get a SQLite file).
 //! PostgreSQL: `DATABASE_URL` (a superuser URL), else `postgres://postgres@127.0.0.1:5432/postgres`.
-//! A fresh database `stratai_load_<time>` is created and dropped at the end.
+//! Fresh databases `stratai_load_<time>_<tag>` are created and dropped at the end; SQLite
+//! files live in a temporary folder removed at the end.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::{Value, json};
 use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
 use stratai_core::directory::{
-    Email, INTERNAL_ORG_SLUG, Membership, OrgRole, PlatformRole, Slug, User,
+    BillingPlan, Email, INTERNAL_ORG_SLUG, Membership, OrgRole, OrgSettings, Organization,
+    PlatformRole, Slug, User,
 };
 use stratai_core::money::Money;
-use stratai_guardrails::LeaseConfig;
+use stratai_core::tiers::subscriptions_for;
 use stratai_server::app::{AppState, HttpLimits, router};
 use stratai_server::auth::Auth;
 use stratai_server::config::Config;
@@ -79,13 +92,31 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Clone)]
 struct Target {
-    /// Short name for `--targets`: direct, strict, fast, litellm.
+    /// Short name for `--targets` (see [`KEYS`]).
     key: &'static str,
-    name: &'static str,
+    name: String,
     url: String,
     token: String,
     body: Value,
+    /// The statements its server executed so far (a spawned binary's, from its log).
+    statements: Option<Arc<AtomicU64>>,
+    /// Its server's resident memory (a spawned binary's).
+    rss: Option<Arc<Rss>>,
 }
+
+/// The targets `--targets` knows.
+const KEYS: [&str; 10] = [
+    "direct",
+    "proxy",
+    "strict",
+    "fast",
+    "free",
+    "bin",
+    "bin-free",
+    "base",
+    "base-free",
+    "litellm",
+];
 
 struct Outcome {
     rate: Option<u32>,
@@ -104,6 +135,10 @@ struct Outcome {
     /// The slowest 1 % of the requests that reported both times (open loop only): the
     /// medians of their own time, their upstream call and the rest of their latency.
     tail: Option<[Duration; 3]>,
+    /// Statements its server executed per request sent (a spawned binary's).
+    statements: Option<f64>,
+    /// Its server's resident memory at the end, KiB (a spawned binary's).
+    rss: Option<u64>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -196,6 +231,40 @@ struct Paced {
     joint: Vec<[Duration; 3]>,
     /// Time from the first scheduled start to the last answer, summed over runs.
     busy: Duration,
+    /// Statements its server executed during the runs (lead-ins included), when counted.
+    statements: Option<u64>,
+    /// Requests sent during the runs, lead-ins included (the statements' denominator).
+    requests: usize,
+    /// Resident memory of its server at the end of the last run, KiB.
+    rss: Option<u64>,
+}
+
+impl Paced {
+    /// Adds another run's figures to these.
+    fn absorb(&mut self, p: Paced) {
+        self.sent += p.sent;
+        self.errors += p.errors;
+        self.lat.extend(p.lat);
+        self.late.extend(p.late);
+        self.own.extend(p.own);
+        self.upstream.extend(p.upstream);
+        self.joint.extend(p.joint);
+        self.busy += p.busy;
+        self.requests += p.requests;
+        if let Some(n) = p.statements {
+            self.statements = Some(self.statements.unwrap_or(0) + n);
+        }
+        if p.rss.is_some() {
+            self.rss = p.rss;
+        }
+    }
+
+    /// The p99 latency of what was measured so far.
+    fn p99(&self) -> Duration {
+        let mut lat = self.lat.clone();
+        lat.sort_unstable();
+        percentile(&lat, 0.99)
+    }
 }
 
 impl Paced {
@@ -216,6 +285,11 @@ impl Paced {
             own: p50_p99(self.own),
             upstream: p50_p99(self.upstream),
             tail: slowest_share(self.joint),
+            #[allow(clippy::cast_precision_loss)]
+            statements: self
+                .statements
+                .map(|n| n as f64 / self.requests.max(1) as f64),
+            rss: self.rss,
         }
     }
 }
@@ -266,6 +340,9 @@ async fn fixed_rate(
     total: usize,
 ) -> Paced {
     let gap = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let counter = t.statements.clone();
+    let before = counter.as_ref().map(|n| n.load(Ordering::Relaxed));
+    let rss = t.rss.clone();
     let runtime = tokio::runtime::Handle::current();
     let (http, t) = (http.clone(), t.clone());
     let pacer = tokio::task::spawn_blocking(move || {
@@ -335,6 +412,13 @@ async fn fixed_rate(
         }
     }
     out.busy = last - start;
+    out.requests = lead_in + total;
+    out.statements = before.and_then(|b| {
+        counter
+            .as_ref()
+            .map(|n| n.load(Ordering::Relaxed).saturating_sub(b))
+    });
+    out.rss = rss.as_ref().map(|r| r.now.load(Ordering::Relaxed));
     out
 }
 
@@ -359,7 +443,7 @@ async fn interleaved(
     rate: u32,
     secs: u64,
     rounds: u32,
-) -> Vec<Outcome> {
+) -> Vec<Paced> {
     let total = usize::try_from(u64::from(rate) * secs).unwrap_or(usize::MAX);
     let rounds = usize::try_from(rounds.max(1))
         .unwrap_or(1)
@@ -371,19 +455,11 @@ async fn interleaved(
         // Slices of (nearly) equal size that add up to `total`.
         let n = total * (round + 1) / rounds - total * round / rounds;
         for (t, acc) in targets.iter().zip(paced.iter_mut()) {
-            let p = fixed_rate(http, t, rate, lead_in, n).await;
-            acc.sent += p.sent;
-            acc.errors += p.errors;
-            acc.lat.extend(p.lat);
-            acc.late.extend(p.late);
-            acc.own.extend(p.own);
-            acc.upstream.extend(p.upstream);
-            acc.joint.extend(p.joint);
-            acc.busy += p.busy;
+            acc.absorb(fixed_rate(http, t, rate, lead_in, n).await);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    paced.into_iter().map(|p| p.outcome(rate)).collect()
+    paced
 }
 
 /// Closed loop: `workers` clients back to back for `secs` seconds (maximum throughput).
@@ -441,6 +517,8 @@ async fn max_throughput(http: &reqwest::Client, t: &Target, workers: usize, secs
         own: p50_p99(own),
         upstream: p50_p99(upstream),
         tail: None,
+        statements: None,
+        rss: t.rss.as_ref().map(|r| r.now.load(Ordering::Relaxed)),
     }
 }
 
@@ -453,17 +531,26 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 struct PgDb {
     admin_url: String,
     name: String,
+    /// The database as the app role (RLS on).
+    app_url: String,
 }
 
-async fn fresh_pg() -> Result<(Stores, PgDb), BoxError> {
+/// A fresh database `stratai_load_<time>_<tag>` (`tag`: lower-case letters, digits, `_`),
+/// migrated, with the app role; the stores connect as that role.
+async fn fresh_pg(tag: &str) -> Result<(Stores, PgDb), BoxError> {
     use sqlx::Connection;
     let admin_url = std::env::var("DATABASE_URL")
         .ok()
         .filter(|u| !u.is_empty())
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let name = format!("stratai_load_{}", Utc::now().format("%Y%m%d%H%M%S"));
+    let tag: String = tag
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let name = format!("stratai_load_{}_{tag}", Utc::now().format("%Y%m%d%H%M%S"));
     let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
-    // `name` is `stratai_load_` + digits: nothing to inject.
+    // `name` is `stratai_load_` + digits, letters and `_`: nothing to inject.
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await?;
@@ -484,7 +571,14 @@ async fn fresh_pg() -> Result<(Stores, PgDb), BoxError> {
         },
     )
     .await?;
-    Ok((Stores::from_backend(store), PgDb { admin_url, name }))
+    Ok((
+        Stores::from_backend(store),
+        PgDb {
+            admin_url,
+            name,
+            app_url: app_url.to_string(),
+        },
+    ))
 }
 
 async fn drop_pg(db: &PgDb) {
@@ -500,22 +594,37 @@ async fn drop_pg(db: &PgDb) {
     }
 }
 
-/// Starts the StratAI server in-process on PostgreSQL, upstream = `upstream`; returns its
-/// chat URL, a member's token and the store (for counting records).
-async fn start_gateway(
-    upstream: String,
-    stores: Stores,
-    fast: bool,
-) -> Result<(String, String, Drainer), BoxError> {
-    let env: HashMap<String, String> =
+/// A gateway's chat URL, the tokens of its two callers (one with a budget, one without) and,
+/// for an in-process gateway, its drainer.
+struct Gateway {
+    url: String,
+    budget_token: String,
+    free_token: String,
+    drainer: Option<Drainer>,
+}
+
+/// Starts the StratAI server in-process on `stores`, upstream = `upstream`: with the default
+/// settings (the fast path: budget leases, batched usage, cached tokens and views), or in
+/// strict mode (`fast` false: leases, batching and the token cache off).
+async fn start_gateway(upstream: String, stores: Stores, fast: bool) -> Result<Gateway, BoxError> {
+    let mut env: HashMap<String, String> =
         [("DATABASE_URL".to_owned(), "sqlite://unused.db".to_owned())].into();
+    if !fast {
+        for (k, v) in [
+            ("STRATAI_BUDGET_LEASE_MS", "0"),
+            ("STRATAI_USAGE_BATCH", "false"),
+            ("STRATAI_AUTH_CACHE_MS", "0"),
+        ] {
+            env.insert(k.to_owned(), v.to_owned());
+        }
+    }
     let config = Config::load(&env)?;
     let backends = Backends::seeded(stores.clone(), &config).await?;
-    let mut auth = Auth::from_config(&config, backends.directory, backends.sessions)?;
-    if fast {
-        auth = auth.with_auth_cache(Duration::from_secs(2));
-    }
-    let auth = Arc::new(auth);
+    let auth = Arc::new(Auth::from_config(
+        &config,
+        backends.directory,
+        backends.sessions,
+    )?);
     let mut options = GatewayOptions::from_config(&config);
     options.spool_path = std::env::temp_dir().join(format!(
         "stratai-load-{}-{}.spool",
@@ -526,13 +635,6 @@ async fn start_gateway(
         Arc::new(OpenAiCompatProvider::new(&upstream, None)?),
         "mock",
     ));
-    if fast {
-        options.budget_lease = Some(LeaseConfig::default());
-        options.usage_batch = Some(65_536);
-    } else {
-        options.budget_lease = None;
-        options.usage_batch = None;
-    }
     let gateway = build_state(&config, auth.clone(), &stores, options).await?;
     let drainer = gateway.drainer.clone();
     let app = router(
@@ -558,20 +660,67 @@ async fn start_gateway(
         // Served as the server binary serves (TCP_NODELAY on).
         let _ = axum::serve(stratai_server::server::no_delay(listener), app).await;
     });
-    // A member of the internal pilot org (all tiers) with a large hard budget, so every
-    // request goes through reservation and settlement.
+    let base = format!("http://{addr}");
+    let (budget_token, free_token) =
+        callers(&stores, &base, if fast { "fast" } else { "strict" }).await?;
+    Ok(Gateway {
+        url: format!("{base}/v1/chat/completions"),
+        budget_token,
+        free_token,
+        drainer: Some(drainer),
+    })
+}
+
+/// Two callers of the server at `base` (whose database `stores` is), named by `tag`: a member
+/// of the internal pilot org (all tiers, the seeded hard org budget) with a large hard budget
+/// of their own, so their requests go through reservation and settlement; and the only
+/// member of an organization of their own without any budget (the most common caller).
+/// Answers their dev tokens.
+async fn callers(stores: &Stores, base: &str, tag: &str) -> Result<(String, String), BoxError> {
     let now = Utc::now();
-    let org = stores
+    let internal = stores
         .directory
         .find_org_by_slug(&Slug::new(INTERNAL_ORG_SLUG)?)
         .await?
         .ok_or("internal org missing")?;
-    let email = if fast {
-        "load-fast@stratai.test"
-    } else {
-        "load@stratai.test"
-    };
-    let user = User::new(Email::new(email)?, None, PlatformRole::User, now)?;
+    let budgeted = format!("load-{tag}@stratai.test");
+    let user = User::new(Email::new(&budgeted)?, None, PlatformRole::User, now)?;
+    stores.directory.create_user(&user).await?;
+    stores
+        .directory
+        .add_member(
+            internal.id,
+            &Membership::new(internal.id, user.id, OrgRole::Member, now),
+        )
+        .await?;
+    let budget = Budget::new(
+        internal.id,
+        BudgetScope::User(user.id),
+        Money::dollars(1_000_000),
+        BudgetPeriod::Monthly,
+        true,
+        rust_decimal::Decimal::ONE,
+        now,
+    )?;
+    stores.budgets.create_budget(internal.id, &budget).await?;
+    // An organization with every tier and no budget.
+    let tiers = stores.tiers.list_tiers().await?;
+    let slugs: Vec<_> = tiers.iter().map(|t| t.slug.clone()).collect();
+    let default_slug = slugs.first().cloned().ok_or("no tiers")?;
+    let org = Organization::new(
+        &format!("Load {tag}"),
+        Slug::new(format!("load-{tag}"))?,
+        OrgSettings::new(slugs, default_slug)?,
+        BillingPlan::Business,
+        now,
+    )?;
+    stores.directory.create_org(&org).await?;
+    let ids: Vec<_> = tiers.iter().map(|t| t.id).collect();
+    for sub in subscriptions_for(org.id, &ids, now) {
+        stores.tiers.put_subscription(org.id, &sub).await?;
+    }
+    let free = format!("load-free-{tag}@stratai.test");
+    let user = User::new(Email::new(&free)?, None, PlatformRole::User, now)?;
     stores.directory.create_user(&user).await?;
     stores
         .directory
@@ -580,26 +729,196 @@ async fn start_gateway(
             &Membership::new(org.id, user.id, OrgRole::Member, now),
         )
         .await?;
-    let budget = Budget::new(
-        org.id,
-        BudgetScope::User(user.id),
-        Money::dollars(1_000_000),
-        BudgetPeriod::Monthly,
-        true,
-        rust_decimal::Decimal::ONE,
-        now,
-    )?;
-    stores.budgets.create_budget(org.id, &budget).await?;
+    if !stores.budgets.list_budgets(org.id).await?.is_empty() {
+        return Err("the budget-free organization has a budget".into());
+    }
     let http = reqwest::Client::new();
-    let v: Value = http
-        .post(format!("http://{addr}/auth/dev/token"))
-        .json(&json!({ "email": email }))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = v["token"].as_str().ok_or("no dev token")?.to_owned();
-    Ok((format!("http://{addr}/v1/chat/completions"), token, drainer))
+    let mut tokens = Vec::new();
+    for email in [budgeted, free] {
+        let v: Value = http
+            .post(format!("{base}/auth/dev/token"))
+            .json(&json!({ "email": email }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        tokens.push(v["token"].as_str().ok_or("no dev token")?.to_owned());
+    }
+    let free_token = tokens.pop().ok_or("no token")?;
+    let budget_token = tokens.pop().ok_or("no token")?;
+    Ok((budget_token, free_token))
+}
+
+/// A server binary the harness started (`--binary`, `--base-binary`): the release build of the
+/// server as it is deployed, on a database of its own (a SQLite file, or a fresh PostgreSQL
+/// database), in dev mode, so its answers come from its offline demo provider (no upstream
+/// hop: the binary has no setting for a plain OpenAI-compatible upstream). Its statements are
+/// counted from its log (`RUST_LOG=warn,sqlx::query=debug`: one line per statement) and its
+/// resident memory sampled from `/proc` every 100 ms.
+struct Spawned {
+    label: String,
+    child: std::process::Child,
+    base: String,
+    stores: Stores,
+    statements: Arc<AtomicU64>,
+    rss: Arc<Rss>,
+    pg: Option<PgDb>,
+    dir: std::path::PathBuf,
+}
+
+/// Resident memory of a process in KiB: the current sample and the peak.
+#[derive(Default)]
+struct Rss {
+    now: AtomicU64,
+    peak: AtomicU64,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl Rss {
+    fn sample(pid: u32) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    fn watch(pid: u32) -> Arc<Self> {
+        let rss = Arc::new(Self::default());
+        let me = rss.clone();
+        std::thread::spawn(move || {
+            while !me.stop.load(Ordering::Relaxed) {
+                let Some(kib) = Self::sample(pid) else { break };
+                me.now.store(kib, Ordering::Relaxed);
+                me.peak.fetch_max(kib, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        rss
+    }
+}
+
+fn mib(kib: u64) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let m = kib as f64 / 1024.0;
+    format!("{m:.1} MiB")
+}
+
+/// Starts the server binary at `path` on a database of its own (`memory` and `sqlite`: a
+/// SQLite file; `postgres`: a fresh database), with `extra` settings over its defaults.
+async fn spawn_binary(
+    path: &str,
+    label: &str,
+    store: StoreKind,
+    extra: &[(&str, &str)],
+) -> Result<Spawned, BoxError> {
+    use std::io::BufRead as _;
+    let dir = std::env::temp_dir().join(format!(
+        "stratai-load-{}-{}",
+        std::process::id(),
+        label.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let (url, stores_url, pg) = match store {
+        StoreKind::Postgres => {
+            let (_, db) =
+                fresh_pg(&label.replace(|c: char| !c.is_ascii_alphanumeric(), "_")).await?;
+            let app = db.app_url.clone();
+            (app.clone(), app, Some(db))
+        }
+        StoreKind::Memory | StoreKind::Sqlite => {
+            let url = format!("sqlite://{}?mode=rwc", dir.join("stratai.db").display());
+            (url.clone(), url, None)
+        }
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut cmd = std::process::Command::new(path);
+    cmd.env_clear()
+        .current_dir(&dir)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &url)
+        .env("STRATAI_BIND", format!("127.0.0.1:{port}"))
+        .env("STRATAI_USAGE_SPOOL", dir.join("usage.spool"))
+        .env("STRATAI_MAILBOX_DIR", dir.join("mailbox"))
+        .env("RUST_LOG", "warn,sqlx::query=debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("{path}: {e}"))?;
+    let statements = Arc::new(AtomicU64::new(0));
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let counted = statements.clone();
+    let log = dir.join("server.log");
+    std::thread::spawn(move || {
+        let mut keep = std::fs::File::create(log).ok();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("sqlx::query") {
+                counted.fetch_add(1, Ordering::Relaxed);
+            } else if let Some(f) = keep.as_mut() {
+                use std::io::Write as _;
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
+    let rss = Rss::watch(child.id());
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/health/ready")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        if Instant::now() > deadline || child.try_wait()?.is_some() {
+            return Err(format!("{label}: not ready (log in {})", dir.display()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stores = Stores::open(&stores_url, None).await?;
+    Ok(Spawned {
+        label: label.to_owned(),
+        child,
+        base,
+        stores,
+        statements,
+        rss,
+        pg,
+        dir,
+    })
+}
+
+impl Spawned {
+    /// Stops the binary gracefully (SIGTERM: leases settled, queued records written), then
+    /// counts its usage records; removes its database and folder.
+    async fn stop(mut self) -> String {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.rss.stop.store(true, Ordering::Relaxed);
+        let recorded = count_usage(&self.stores).await;
+        if let Some(pg) = &self.pg {
+            drop_pg(pg).await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        format!(
+            "{}: usage records written {recorded}; peak RSS {}",
+            self.label,
+            mib(self.rss.peak.load(Ordering::Relaxed))
+        )
+    }
 }
 
 /// A bare pass-through proxy to `upstream` on the gateways' runtime: the gateway's HTTP
@@ -663,12 +982,16 @@ fn main() -> Result<(), BoxError> {
 }
 
 async fn measure(args: Vec<String>) -> Result<(), BoxError> {
-    let rates: Vec<u32> = arg(&args, "--rates")
-        .unwrap_or_else(|| "200,500,1000".to_owned())
-        .split(',')
-        .filter_map(|r| r.trim().parse().ok())
-        .filter(|r| (1..=5000).contains(r))
-        .collect();
+    let list = |name: &str, default: &str| -> Vec<u32> {
+        arg(&args, name)
+            .unwrap_or_else(|| default.to_owned())
+            .split(',')
+            .filter_map(|r| r.trim().parse().ok())
+            .filter(|r| (1..=5000).contains(r))
+            .collect()
+    };
+    let rates = list("--rates", "200,500,1000");
+    let litellm_rates = list("--litellm-rates", "");
     let secs: u64 = arg(&args, "--secs")
         .and_then(|s| s.parse().ok())
         .unwrap_or(5)
@@ -677,15 +1000,22 @@ async fn measure(args: Vec<String>) -> Result<(), BoxError> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5)
         .clamp(1, 100);
+    let repeat: u32 = arg(&args, "--repeat")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .clamp(1, 50);
     let workers: usize = arg(&args, "--concurrency")
         .and_then(|s| s.parse().ok())
         .unwrap_or(32)
         .clamp(1, 512);
-    let memory = match arg(&args, "--store").as_deref() {
-        None | Some("postgres") => false,
-        Some("memory") => true,
+    let store = match arg(&args, "--store").as_deref() {
+        None | Some("postgres") => StoreKind::Postgres,
+        Some("sqlite") => StoreKind::Sqlite,
+        Some("memory") => StoreKind::Memory,
         Some(other) => {
-            return Err(format!("unknown --store `{other}` (known: postgres, memory)").into());
+            return Err(
+                format!("unknown --store `{other}` (known: postgres, sqlite, memory)").into(),
+            );
         }
     };
     let only: Vec<String> = arg(&args, "--targets")
@@ -696,15 +1026,15 @@ async fn measure(args: Vec<String>) -> Result<(), BoxError> {
                 .collect()
         })
         .unwrap_or_default();
-    if let Some(unknown) = only
-        .iter()
-        .find(|k| !["direct", "proxy", "strict", "fast", "litellm"].contains(&k.as_str()))
-    {
+    if let Some(unknown) = only.iter().find(|k| !KEYS.contains(&k.as_str())) {
         return Err(format!(
-            "unknown target `{unknown}` in --targets (known: direct, proxy, strict, fast, litellm)"
+            "unknown target `{unknown}` in --targets (known: {})",
+            KEYS.join(", ")
         )
         .into());
     }
+    let binary = arg(&args, "--binary");
+    let base_binary = arg(&args, "--base-binary");
 
     // The gateways (and their database pool) run on a runtime and threads of their own, the
     // mock upstream on another, as separate processes would; the load generator and its
@@ -728,63 +1058,112 @@ async fn measure(args: Vec<String>) -> Result<(), BoxError> {
         })
         .await??;
     // The database is created here; the gateways' pool connects from the servers' runtime.
-    let (stores, pg) = if memory {
-        (Stores::memory(), None)
-    } else {
-        let (stores, pg) = fresh_pg().await?;
-        (stores, Some(pg))
+    let mut scratch = None;
+    let (stores, pg) = match store {
+        StoreKind::Memory => (Stores::memory(), None),
+        StoreKind::Sqlite => {
+            let dir = std::env::temp_dir().join(format!("stratai-load-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let url = format!("sqlite://{}?mode=rwc", dir.join("in-process.db").display());
+            scratch = Some(dir);
+            (Stores::open(&url, None).await?, None)
+        }
+        StoreKind::Postgres => {
+            let (stores, pg) = fresh_pg("in_process").await?;
+            (stores, Some(pg))
+        }
     };
+    // The binaries: this build's with its defaults, and the previous build's with the settings
+    // that were its high-throughput mode (its defaults were strict), so both run the fast path.
+    let mut spawned = Vec::new();
+    if let Some(path) = &binary {
+        spawned.push(("bin", spawn_binary(path, "binary", store, &[]).await?));
+    }
+    if let Some(path) = &base_binary {
+        let fast = [
+            ("STRATAI_AUTH_CACHE_MS", "2000"),
+            ("STRATAI_BUDGET_LEASE_MS", "1000"),
+            ("STRATAI_USAGE_BATCH", "true"),
+        ];
+        spawned.push((
+            "base",
+            spawn_binary(path, "base binary", store, &fast).await?,
+        ));
+    }
     let plan = Plan {
         rates,
+        litellm_rates,
         secs,
         rounds,
+        repeat,
         workers,
         only,
     };
-    let result = run(&servers, &mock, stores.clone(), &plan).await;
+    let result = run(&servers, &mock, stores.clone(), &spawned, &plan).await;
     let recorded = count_usage(&stores).await;
+    let mut binaries = Vec::new();
+    for (_, s) in spawned {
+        binaries.push(s.stop().await);
+    }
     if let Some(pg) = &pg {
         drop_pg(pg).await;
+    }
+    if let Some(dir) = scratch {
+        let _ = std::fs::remove_dir_all(dir);
     }
     drop(mock);
     servers.shutdown_background();
     upstream.shutdown_background();
     let table = result?;
+    println!("store: {store:?}");
     println!("{table}");
-    println!("usage records written by the gateways during the run: {recorded}");
+    println!("usage records written by the in-process gateways during the run: {recorded}");
+    for line in binaries {
+        println!("{line}");
+    }
     Ok(())
 }
 
+/// Where the gateways record (`--store`).
+#[derive(Clone, Copy, Debug)]
+enum StoreKind {
+    Postgres,
+    Sqlite,
+    Memory,
+}
+
+/// Usage records in the database of `stores`, every organization's.
 async fn count_usage(stores: &Stores) -> usize {
-    let Ok(Some(org)) = stores
-        .directory
-        .find_org_by_slug(&match Slug::new(INTERNAL_ORG_SLUG) {
-            Ok(s) => s,
-            Err(_) => return 0,
-        })
-        .await
-    else {
+    let Ok(orgs) = stores.directory.list_orgs().await else {
         return 0;
     };
-    stores
-        .usage
-        .query(
-            org.id,
-            &stratai_core::usage::UsageQuery::default(),
-            1_000_000,
-        )
-        .await
-        .map_or(0, |r| r.len())
+    let mut n = 0;
+    for org in orgs {
+        n += stores
+            .usage
+            .query(
+                org.id,
+                &stratai_core::usage::UsageQuery::default(),
+                10_000_000,
+            )
+            .await
+            .map_or(0, |r| r.len());
+    }
+    n
 }
 
 /// What to measure (from the command line).
 struct Plan {
     /// Open-loop request rates.
     rates: Vec<u32>,
+    /// Open-loop rates for LiteLLM (default none: its maximum throughput only).
+    litellm_rates: Vec<u32>,
     /// Seconds per target and rate.
     secs: u64,
     /// Interleaved slices per rate.
     rounds: u32,
+    /// Runs per rate (each of `secs` per target), for the median and range of p99 over direct.
+    repeat: u32,
     /// Clients of the closed-loop (maximum throughput) run.
     workers: usize,
     /// Targets to measure (empty: all).
@@ -795,16 +1174,19 @@ async fn run(
     servers: &tokio::runtime::Runtime,
     mock: &mock_upstream::MockServer,
     stores: Stores,
+    spawned: &[(&'static str, Spawned)],
     plan: &Plan,
 ) -> Result<String, BoxError> {
     let Plan {
         rates,
+        litellm_rates,
         secs,
         rounds,
+        repeat,
         workers,
         only,
     } = plan;
-    let (secs, rounds, workers) = (*secs, *rounds, *workers);
+    let (secs, rounds, repeat, workers) = (*secs, *rounds, *repeat, *workers);
     let body = |model: &str| {
         json!({
             "model": model,
@@ -812,43 +1194,90 @@ async fn run(
             "max_tokens": 16
         })
     };
-    let (gw_url, gw_token, _) = servers
-        .spawn(start_gateway(mock.base_url(), stores.clone(), false))
-        .await??;
-    let (fast_url, fast_token, fast_drainer) = servers
-        .spawn(start_gateway(mock.base_url(), stores, true))
-        .await??;
-    let proxy_url = servers.spawn(start_proxy(mock.base_url())).await??;
+    let target = |key: &'static str, name: &str, url: &str, token: &str, model: &str| Target {
+        key,
+        name: name.to_owned(),
+        url: url.to_owned(),
+        token: token.to_owned(),
+        body: body(model),
+        statements: None,
+        rss: None,
+    };
+    let wanted = |key: &str| only.is_empty() || only.iter().any(|k| k == key);
     let mut targets = vec![
-        Target {
-            key: "direct",
-            name: "direct (mock)",
-            url: format!("{}/chat/completions", mock.base_url()),
-            token: "none".to_owned(),
-            body: body("gpt-4o-mini"),
-        },
-        Target {
-            key: "proxy",
-            name: "bare proxy (hop only)",
-            url: proxy_url,
-            token: "none".to_owned(),
-            body: body("gpt-4o-mini"),
-        },
-        Target {
-            key: "strict",
-            name: "stratai gateway, strict",
-            url: gw_url,
-            token: gw_token,
-            body: body("gpt-4o-mini"),
-        },
-        Target {
-            key: "fast",
-            name: "stratai gateway, leases + batched usage",
-            url: fast_url,
-            token: fast_token,
-            body: body("gpt-4o-mini"),
-        },
+        target(
+            "direct",
+            "direct (mock)",
+            &format!("{}/chat/completions", mock.base_url()),
+            "none",
+            "gpt-4o-mini",
+        ),
+        target(
+            "proxy",
+            "bare proxy (hop only)",
+            &servers.spawn(start_proxy(mock.base_url())).await??,
+            "none",
+            "gpt-4o-mini",
+        ),
     ];
+    let mut drainers = Vec::new();
+    if wanted("strict") {
+        let g = servers
+            .spawn(start_gateway(mock.base_url(), stores.clone(), false))
+            .await??;
+        targets.push(target(
+            "strict",
+            "in-process gateway, strict, caller with a budget",
+            &g.url,
+            &g.budget_token,
+            "gpt-4o-mini",
+        ));
+        drainers.extend(g.drainer);
+    }
+    if wanted("fast") || wanted("free") {
+        let g = servers
+            .spawn(start_gateway(mock.base_url(), stores, true))
+            .await??;
+        targets.push(target(
+            "fast",
+            "in-process gateway, defaults, caller with a budget",
+            &g.url,
+            &g.budget_token,
+            "gpt-4o-mini",
+        ));
+        targets.push(target(
+            "free",
+            "in-process gateway, defaults, caller without a budget",
+            &g.url,
+            &g.free_token,
+            "gpt-4o-mini",
+        ));
+        drainers.extend(g.drainer);
+    }
+    for (key, s) in spawned {
+        let (budget_token, free_token) = callers(&s.stores, &s.base, key).await?;
+        let url = format!("{}/v1/chat/completions", s.base);
+        let (with, without): (&'static str, &'static str) = if *key == "bin" {
+            ("bin", "bin-free")
+        } else {
+            ("base", "base-free")
+        };
+        for (k, token, who) in [
+            (with, &budget_token, "caller with a budget"),
+            (without, &free_token, "caller without a budget"),
+        ] {
+            let mut t = target(
+                k,
+                &format!("{}, {who}", s.label),
+                &url,
+                token,
+                "gpt-4o-mini",
+            );
+            t.statements = Some(s.statements.clone());
+            t.rss = Some(s.rss.clone());
+            targets.push(t);
+        }
+    }
     match (
         std::env::var("STRATAI_LITELLM_URL")
             .ok()
@@ -857,13 +1286,13 @@ async fn run(
             .ok()
             .filter(|v| !v.is_empty()),
     ) {
-        (Some(url), Some(key)) => targets.push(Target {
-            key: "litellm",
-            name: "litellm proxy",
-            url: format!("{}/v1/chat/completions", url.trim_end_matches('/')),
-            token: key,
-            body: body("mock-gpt"),
-        }),
+        (Some(url), Some(key)) => targets.push(target(
+            "litellm",
+            "litellm proxy",
+            &format!("{}/v1/chat/completions", url.trim_end_matches('/')),
+            &key,
+            "mock-gpt",
+        )),
         _ => eprintln!(
             "STRATAI_LITELLM_URL / STRATAI_LITELLM_MASTER_KEY unset: the LiteLLM column is skipped"
         ),
@@ -873,34 +1302,53 @@ async fn run(
         .timeout(Duration::from_secs(30))
         .build()?;
     let mut out = String::from(
-        "| target | load | sent | ok | errors | achieved req/s | p50 ms | p99 ms | started late, p99 ms | own time p50 / p99 ms | upstream as it timed it, p50 / p99 ms | slowest 1 %: own / upstream / rest, medians ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| target | load | sent | ok | errors | achieved req/s | p50 ms | p99 ms | started late, p99 ms | own time p50 / p99 ms | upstream as it timed it, p50 / p99 ms | slowest 1 %: own / upstream / rest, medians ms | statements per request | RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    targets.retain(|t| only.is_empty() || only.iter().any(|k| k == t.key));
-    // Direct, the bare proxy and the high-throughput gateway, whose differences the run
-    // measures, take turns at each rate. The strict gateway and LiteLLM, which fall behind
-    // at these rates (the strict gateway on this machine from a few hundred requests/s) and
-    // leave a backlog of work behind their slices, are measured alone, after them: LiteLLM
-    // last, since it keeps working (and writing its spend logs) long after.
+    targets.retain(|t| wanted(t.key));
+    // Direct, the bare proxy and the fast-path gateways, whose differences the run measures,
+    // take turns at each rate. The strict gateway and LiteLLM, which fall behind at these
+    // rates (the strict gateway on this machine from a few hundred requests/s) and leave a
+    // backlog of work behind their slices, are measured alone, after them: LiteLLM last,
+    // since it keeps working (and writing its spend logs) long after.
     let (paired, alone): (Vec<&Target>, Vec<&Target>) = targets
         .iter()
-        .partition(|t| t.key == "direct" || t.key == "proxy" || t.key == "fast");
+        .partition(|t| t.key != "strict" && t.key != "litellm");
     let mut rows: Vec<Vec<String>> = targets.iter().map(|_| Vec::new()).collect();
     let index = |t: &Target| targets.iter().position(|x| x.key == t.key).unwrap_or(0);
+    // p99 over direct's, per run: (target, rate) -> differences in ms.
+    let mut over: Vec<(String, u32, Vec<f64>)> = Vec::new();
+    let mut max_rps: Vec<(String, f64)> = Vec::new();
     for t in &paired {
         eprintln!("warming up {}", t.name);
         let _ = fixed_rate(&http, t, 50, 0, 50).await;
     }
     if !paired.is_empty() {
         for &rate in rates {
-            eprintln!(
-                "{rate} req/s for {secs}s each, in {rounds} interleaved rounds: {}",
-                paired.iter().map(|t| t.key).collect::<Vec<_>>().join(", ")
-            );
-            for (t, o) in paired
-                .iter()
-                .zip(interleaved(&http, &paired, rate, secs, rounds).await)
-            {
-                rows[index(t)].push(row(t.name, &o));
+            let mut pooled: Vec<Paced> = paired.iter().map(|_| Paced::default()).collect();
+            let mut diffs: Vec<Vec<f64>> = paired.iter().map(|_| Vec::new()).collect();
+            for run in 0..repeat {
+                eprintln!(
+                    "{rate} req/s for {secs}s each, in {rounds} interleaved rounds (run {} of {repeat}): {}",
+                    run + 1,
+                    paired.iter().map(|t| t.key).collect::<Vec<_>>().join(", ")
+                );
+                let paced = interleaved(&http, &paired, rate, secs, rounds).await;
+                let direct = paired
+                    .iter()
+                    .position(|t| t.key == "direct")
+                    .map(|i| paced[i].p99());
+                for (i, p) in paced.into_iter().enumerate() {
+                    if let Some(d) = direct {
+                        diffs[i].push((p.p99().as_secs_f64() - d.as_secs_f64()) * 1000.0);
+                    }
+                    pooled[i].absorb(p);
+                }
+            }
+            for ((t, p), d) in paired.iter().zip(pooled).zip(diffs) {
+                rows[index(t)].push(row(&t.name, &p.outcome(rate)));
+                if t.key != "direct" && !d.is_empty() {
+                    over.push((t.name.clone(), rate, d));
+                }
             }
         }
     }
@@ -909,35 +1357,81 @@ async fn run(
     let settle = || tokio::time::sleep(Duration::from_secs(3));
     for t in &paired {
         settle().await;
-        rows[index(t)].push(closed_loop(&http, t, workers, secs).await);
+        let (line, rps) = closed_loop(&http, t, workers, secs).await;
+        rows[index(t)].push(line);
+        max_rps.push((t.name.clone(), rps));
     }
     for t in &alone {
         settle().await;
         eprintln!("warming up {}", t.name);
         let _ = fixed_rate(&http, t, 50, 0, 50).await;
-        let slices = if t.key == "litellm" { 1 } else { rounds };
-        for &rate in rates {
+        let (slices, its_rates) = if t.key == "litellm" {
+            (1, litellm_rates)
+        } else {
+            (rounds, rates)
+        };
+        for &rate in its_rates {
             eprintln!("{}: {rate} req/s for {secs}s", t.name);
             let o = interleaved(&http, &[t], rate, secs, slices).await;
-            rows[index(t)].extend(o.iter().map(|o| row(t.name, o)));
+            rows[index(t)].extend(o.into_iter().map(|p| row(&t.name, &p.outcome(rate))));
             settle().await;
         }
-        rows[index(t)].push(closed_loop(&http, t, workers, secs).await);
+        let (line, rps) = closed_loop(&http, t, workers, secs).await;
+        rows[index(t)].push(line);
+        max_rps.push((t.name.clone(), rps));
     }
     for r in rows.into_iter().flatten() {
         out.push_str(&r);
     }
-    // Settle the fast gateway's leases and write its queued records before counting.
-    servers
-        .spawn(async move { fast_drainer.drain(Duration::from_secs(30)).await })
-        .await?;
+    if !over.is_empty() {
+        out.push_str(&format!(
+            "\np99 over direct's p99 in the same run, {repeat} run(s) per rate (each of {secs} s per target):\n\n| target | load | median | range | runs, in order |\n|---|---|---|---|---|\n"
+        ));
+        for (name, rate, d) in &over {
+            let mut sorted = d.clone();
+            sorted.sort_by(f64::total_cmp);
+            let median = if sorted.len() % 2 == 1 {
+                sorted[sorted.len() / 2]
+            } else {
+                (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+            };
+            let runs: Vec<String> = d.iter().map(|x| format!("{x:+.2}")).collect();
+            out.push_str(&format!(
+                "| {name} | {rate} req/s | {median:+.2} ms | {:+.2} to {:+.2} ms | {} |\n",
+                sorted[0],
+                sorted[sorted.len() - 1],
+                runs.join(", ")
+            ));
+        }
+    }
+    if let Some((_, litellm)) = max_rps.iter().find(|(n, _)| n == "litellm proxy") {
+        out.push_str("\nMaximum throughput against LiteLLM's in the same run:\n\n");
+        for (name, rps) in max_rps.iter().filter(|(n, _)| n != "litellm proxy") {
+            out.push_str(&format!(
+                "- {name}: {rps:.0} req/s, {:.1}x LiteLLM's {litellm:.0}\n",
+                rps / litellm.max(1e-9)
+            ));
+        }
+    }
+    // Settle the in-process gateways' leases and write their queued records before counting.
+    for drainer in drainers {
+        servers
+            .spawn(async move { drainer.drain(Duration::from_secs(30)).await })
+            .await?;
+    }
     Ok(out)
 }
 
-/// The closed-loop (maximum throughput) row of `t`.
-async fn closed_loop(http: &reqwest::Client, t: &Target, workers: usize, secs: u64) -> String {
+/// The closed-loop (maximum throughput) row of `t`, and its requests/s.
+async fn closed_loop(
+    http: &reqwest::Client,
+    t: &Target,
+    workers: usize,
+    secs: u64,
+) -> (String, f64) {
     eprintln!("{}: max throughput, {workers} clients for {secs}s", t.name);
-    row(t.name, &max_throughput(http, t, workers, secs).await)
+    let o = max_throughput(http, t, workers, secs).await;
+    (row(&t.name, &o), o.rps)
 }
 
 fn row(name: &str, o: &Outcome) -> String {
@@ -945,7 +1439,7 @@ fn row(name: &str, o: &Outcome) -> String {
         .rate
         .map_or_else(|| "max (closed loop)".to_owned(), |r| format!("{r} req/s"));
     format!(
-        "| {name} | {load} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
+        "| {name} | {load} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
         o.sent,
         o.ok,
         o.errors,
@@ -959,6 +1453,9 @@ fn row(name: &str, o: &Outcome) -> String {
             || "-".to_owned(),
             |[own, up, rest]| format!("{} / {} / {}", ms(own), ms(up), ms(rest))
         ),
+        o.statements
+            .map_or_else(|| "-".to_owned(), |n| format!("{n:.3}")),
+        o.rss.map_or_else(|| "-".to_owned(), mib),
     )
 }
 

@@ -102,8 +102,36 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(crate::error::method_not_allowed)
         .layer(axum::middleware::from_fn(crate::metrics::track_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forget_views_after_changes,
+        ))
         .with_state(state);
     with_middleware(routes, limits)
+}
+
+/// After a change through the admin API or the web UI (any request but `GET`, `HEAD` and
+/// `OPTIONS`, outside the gateway's `/v1` routes, authentication, `/api/explain` and
+/// LiteLLM's spend callback), this instance's cached caller views are dropped: a budget,
+/// member, group, tier subscription or organization setting changed here applies to the very
+/// next request; on other instances after at most `STRATAI_GATEWAY_CACHE_MS`.
+async fn forget_views_after_changes(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let changes = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    ) && !["/v1/", "/auth/", "/api/explain", "/api/litellm/"]
+        .iter()
+        .any(|p| path.starts_with(p));
+    let response = next.run(req).await;
+    if changes && let Some(gateway) = &state.gateway {
+        gateway.pipeline.forget_views();
+    }
+    response
 }
 
 /// Wraps `routes` in the standard stack: gateway timing, sensitive headers marked, request

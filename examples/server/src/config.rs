@@ -41,6 +41,12 @@ pub const DEFAULT_MAIL_FROM: &str = "StratAI <noreply@localhost>";
 /// admitting a deactivated user's bearer token (the instance that deactivated them forgets
 /// them at once).
 pub const MAX_AUTH_CACHE: Duration = Duration::from_secs(60);
+/// Default `STRATAI_AUTH_CACHE_MS`: verified bearer tokens reused for 2 s (part of the fast
+/// path: a steady caller's request reads nothing from the database).
+pub const DEFAULT_AUTH_CACHE: Duration = Duration::from_millis(2000);
+/// Default `STRATAI_BUDGET_LEASE_MS`: budget reserved in leases of at most 1 s (the fast
+/// path; `0` turns leases off, the strict mode).
+pub const DEFAULT_BUDGET_LEASE_MS: u64 = 1000;
 
 /// Validated configuration.
 #[derive(Clone, Debug)]
@@ -63,7 +69,8 @@ pub struct Config {
     pub dev_token_ttl: Duration,
     /// Dev mode may listen on a non-loopback address.
     pub dev_allow_remote: bool,
-    /// How long a bearer token's verified claims and its user are reused (0: not at all).
+    /// How long a bearer token's verified claims and its user are reused (0: not at all;
+    /// default [`DEFAULT_AUTH_CACHE`]).
     pub auth_cache: Duration,
     /// Logging.
     pub log: LogConfig,
@@ -179,9 +186,11 @@ pub struct GatewayConfig {
     pub demo_chunk_delay: Duration,
     /// `STRATAI_GATEWAY_CACHE_MS`: how long a caller's view is reused (0: never).
     pub view_cache_ttl: Duration,
-    /// `STRATAI_BUDGET_LEASE_MS` (0: off) and `STRATAI_BUDGET_LEASE_BLOCK`.
+    /// `STRATAI_BUDGET_LEASE_MS` (default [`DEFAULT_BUDGET_LEASE_MS`]; 0: off, a reservation
+    /// per request, the strict mode) and `STRATAI_BUDGET_LEASE_BLOCK`.
     pub budget_lease: Option<BudgetLeaseConfig>,
-    /// `STRATAI_USAGE_BATCH`: usage records written in batches off the response path.
+    /// `STRATAI_USAGE_BATCH` (default on; off: each record written before the answer, the
+    /// strict mode): usage records written in batches off the response path.
     pub usage_batch: bool,
     /// `STRATAI_USAGE_BATCH_LINGER_MS`: how long a batch collects after its first record.
     pub usage_batch_linger: Duration,
@@ -214,7 +223,7 @@ impl Config {
             env,
             "STRATAI_AUTH_CACHE_MS",
             file.auth_cache_ms,
-            Duration::ZERO,
+            DEFAULT_AUTH_CACHE,
         )?;
         if auth_cache > MAX_AUTH_CACHE {
             return Err(invalid(
@@ -669,7 +678,8 @@ fn gateway_config(env: &impl Env, file: &FileConfig) -> Result<GatewayConfig, Co
         .or_else(|| file.alert_webhook_url.clone())
         .map(|u| http_url("STRATAI_ALERT_WEBHOOK_URL", &u))
         .transpose()?;
-    let lease_ms = number(env, "STRATAI_BUDGET_LEASE_MS", file.budget_lease_ms)?.unwrap_or(0);
+    let lease_ms = number(env, "STRATAI_BUDGET_LEASE_MS", file.budget_lease_ms)?
+        .unwrap_or(DEFAULT_BUDGET_LEASE_MS);
     let block = number(env, "STRATAI_BUDGET_LEASE_BLOCK", file.budget_lease_block)?.unwrap_or(32);
     if block == 0 {
         return Err(invalid("STRATAI_BUDGET_LEASE_BLOCK", "must be positive"));
@@ -706,7 +716,7 @@ fn gateway_config(env: &impl Env, file: &FileConfig) -> Result<GatewayConfig, Co
             max_age: Duration::from_millis(lease_ms),
             block_requests: block,
         }),
-        usage_batch: flag_setting(env, "STRATAI_USAGE_BATCH", file.usage_batch)?.unwrap_or(false),
+        usage_batch: flag_setting(env, "STRATAI_USAGE_BATCH", file.usage_batch)?.unwrap_or(true),
         usage_batch_linger: millis(
             env,
             "STRATAI_USAGE_BATCH_LINGER_MS",
@@ -1488,10 +1498,28 @@ mod tests {
         // And the defaults of what was not set.
         let d = Config::load(&env(&[])).unwrap();
         assert!(!d.dev_allow_remote);
-        assert_eq!(d.auth_cache, Duration::ZERO);
+        // The fast path by default: cached bearer tokens and views, budget leases, batched
+        // usage writes.
+        assert_eq!(d.auth_cache, DEFAULT_AUTH_CACHE);
         assert_eq!(d.gateway.view_cache_ttl, Duration::from_millis(2000));
-        assert_eq!(d.gateway.budget_lease, None);
-        assert!(!d.gateway.usage_batch);
+        assert_eq!(
+            d.gateway.budget_lease,
+            Some(BudgetLeaseConfig {
+                max_age: Duration::from_millis(DEFAULT_BUDGET_LEASE_MS),
+                block_requests: 32,
+            })
+        );
+        assert!(d.gateway.usage_batch);
+        // Strict stays a setting.
+        let strict = Config::load(&env(&[
+            ("STRATAI_BUDGET_LEASE_MS", "0"),
+            ("STRATAI_USAGE_BATCH", "false"),
+            ("STRATAI_AUTH_CACHE_MS", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(strict.gateway.budget_lease, None);
+        assert!(!strict.gateway.usage_batch);
+        assert_eq!(strict.auth_cache, Duration::ZERO);
         assert_eq!(
             d.gateway.usage_batch_linger,
             crate::gateway::batch::DEFAULT_LINGER

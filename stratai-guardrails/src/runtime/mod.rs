@@ -404,6 +404,15 @@ impl Runtime {
             .await
     }
 
+    /// Drops every cached caller view, so the next request of each caller reads its view
+    /// (organization and its settings, membership, groups, tier access, budget list) afresh:
+    /// for a service that changed one of them (the server calls it after every change through
+    /// its admin API). A load under way is not cached (it may have read the state before the
+    /// change).
+    pub fn forget_views(&self) {
+        self.cache.forget_where(|_| true);
+    }
+
     async fn load_caller_view(
         &self,
         user: UserId,

@@ -28,6 +28,7 @@ pub mod pg;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -121,13 +122,49 @@ impl Api {
 
     /// The server with these settings (as environment variables) over the defaults. Mail goes
     /// to a mailbox folder in the test's scratch space unless `STRATAI_SMTP_URL` is given.
+    ///
+    /// The gateway runs in the strict mode unless `settings` say otherwise (a reservation per
+    /// request, each usage record written before the answer, no bearer-token cache): these
+    /// tests read the ledger and the records right after an answer, and change budgets and
+    /// members between two requests. [`Api::start_defaults`] runs the shipped defaults.
     pub async fn start_with<S: AsRef<str>>(kind: Kind, settings: &[(&str, S)]) -> Option<Self> {
-        let (stores, guard) = stores(kind).await?;
-        let spool = Scratch::new();
         let mut env: HashMap<String, String> = settings
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.as_ref().to_owned()))
             .collect();
+        for (key, strict) in [
+            ("STRATAI_BUDGET_LEASE_MS", "0"),
+            ("STRATAI_USAGE_BATCH", "false"),
+            ("STRATAI_AUTH_CACHE_MS", "0"),
+        ] {
+            env.entry(key.to_owned())
+                .or_insert_with(|| strict.to_owned());
+        }
+        Self::start_env(kind, env, Duration::from_secs(5)).await
+    }
+
+    /// The server with the shipped defaults (the fast path: budget leases, batched usage
+    /// writes, cached bearer tokens and views) and these settings over them; the guardrail
+    /// policy is reloaded every `reload`.
+    pub async fn start_defaults<S: AsRef<str>>(
+        kind: Kind,
+        settings: &[(&str, S)],
+        reload: Duration,
+    ) -> Option<Self> {
+        let env = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_ref().to_owned()))
+            .collect();
+        Self::start_env(kind, env, reload).await
+    }
+
+    async fn start_env(
+        kind: Kind,
+        mut env: HashMap<String, String>,
+        reload: Duration,
+    ) -> Option<Self> {
+        let (stores, guard) = stores(kind).await?;
+        let spool = Scratch::new();
         env.entry("STRATAI_MAILBOX_DIR".to_owned())
             .or_insert_with(|| spool.join("mailbox").display().to_string());
         let config = Config::from_parts(FileConfig::default(), &env).unwrap();
@@ -136,6 +173,7 @@ impl Api {
         // The governed gateway too (offline demo provider), so every route is served.
         let mut options = stratai_server::gateway::setup::GatewayOptions::from_config(&config);
         options.spool_path = spool.join("usage.spool");
+        options.guardrail_reload = reload;
         state.gateway = Some(
             stratai_server::gateway::setup::build_state(
                 &config,

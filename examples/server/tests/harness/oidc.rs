@@ -237,7 +237,12 @@ pub struct TestServer {
 }
 
 pub fn server_with(env_pairs: &[(&str, &str)]) -> TestServer {
-    let config = Config::from_parts(FileConfig::default(), &env(env_pairs)).unwrap();
+    let mut env = env(env_pairs);
+    // These tests change users in the directory between two requests: no bearer-token cache
+    // unless a test asks for one.
+    env.entry("STRATAI_AUTH_CACHE_MS".to_owned())
+        .or_insert_with(|| "0".to_owned());
+    let config = Config::from_parts(FileConfig::default(), &env).unwrap();
     let directory = Arc::new(MemoryDirectory::new());
     directory.add_user(&config.super_admin_email, true);
     let backends = Backends {
