@@ -89,7 +89,8 @@ pub fn build_state(config: &Config, backends: Backends) -> Result<AppState, ApiE
     Ok(AppState {
         auth,
         readiness: backends.readiness,
-        stores: backends.stores,
+        // Every admin change through these stores is recorded in the audit trail.
+        stores: crate::audit::audited(backends.stores),
         gateway: None,
         mail: Arc::new(postman(config)?),
     })
