@@ -144,6 +144,8 @@ pub enum Action {
     ViewOrgUsage,
     /// View billing: invoices, pricing reports (org).
     ViewBilling,
+    /// Read the audit trail: an organization's chain (org), every chain (platform).
+    ViewAudit,
     /// View one group's usage (group).
     ViewGroupUsage,
     /// View one member's usage (member).
@@ -156,7 +158,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in declaration order.
-    pub const ALL: [Action; 18] = [
+    pub const ALL: [Action; 19] = [
         Action::ManageOrgs,
         Action::ManageTiers,
         Action::ManageProfiles,
@@ -171,6 +173,7 @@ impl Action {
         Action::ManageGuardrails,
         Action::ViewOrgUsage,
         Action::ViewBilling,
+        Action::ViewAudit,
         Action::ViewGroupUsage,
         Action::ViewMemberUsage,
         Action::ViewAccessibleModels,
@@ -195,6 +198,7 @@ impl Action {
             Action::ManageGuardrails => "manage_guardrails",
             Action::ViewOrgUsage => "view_org_usage",
             Action::ViewBilling => "view_billing",
+            Action::ViewAudit => "view_audit",
             Action::ViewGroupUsage => "view_group_usage",
             Action::ViewMemberUsage => "view_member_usage",
             Action::ViewAccessibleModels => "view_accessible_models",
@@ -219,7 +223,7 @@ impl Action {
     fn accepts(self, resource: &Resource) -> bool {
         use Resource as R;
         match self {
-            Action::ManageOrgs | Action::ManageTiers => {
+            Action::ManageOrgs | Action::ManageTiers | Action::ViewAudit => {
                 matches!(resource, R::Platform | R::Org(_))
             }
             Action::ManageProfiles | Action::ManageUsers | Action::ManagePlatformGuardrails => {
@@ -526,6 +530,8 @@ mod tests {
         manage_guardrails           self         Y     Y     Y     .      .    .
         view_org_usage              org          Y     Y     Y     .      .    .
         view_billing                org          Y     Y     Y     .      .    .
+        view_audit                  platform     Y     .     .     .      .    .
+        view_audit                  org          Y     Y     Y     .      .    .
         view_group_usage            group        Y     Y     Y     .      Y    .
         view_group_usage            other-group  Y     Y     Y     .      .    .
         view_member_usage           member       Y     Y     Y     .      .    .

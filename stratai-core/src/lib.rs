@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod access;
+pub mod audit;
 pub mod billing;
 pub mod budget;
 pub mod directory;

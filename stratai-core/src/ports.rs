@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{AuditDraft, AuditEntry, AuditQuery, StoredChain};
 use crate::billing::{InvoiceState, MonthlyInvoice};
 use crate::budget::{Budget, BudgetAlert, BudgetRefusal, BudgetState};
 use crate::directory::{
@@ -426,6 +427,34 @@ pub trait InvoiceStore: Send + Sync {
         to: InvoiceState,
         at: DateTime<Utc>,
     ) -> Result<MonthlyInvoice, StoreError>;
+}
+
+/// The audit trail (see [`crate::audit`]): one hash chain per organization and one platform
+/// chain, append-only. Appending reads the chain's head and writes the entry and the new head
+/// in one transaction, so concurrent appends to one chain serialize and never fork it.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends `draft` to `org`'s chain; returns the entry as stored.
+    async fn append_audit(&self, org: OrgId, draft: &AuditDraft) -> Result<AuditEntry, StoreError>;
+    /// Platform-wide: appends `draft` to the platform chain.
+    async fn append_platform_audit(&self, draft: &AuditDraft) -> Result<AuditEntry, StoreError>;
+    /// `org`'s entries matching `query`, newest first, at most `query.limit`.
+    async fn list_audit(
+        &self,
+        org: OrgId,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Platform-wide: the platform chain's entries matching `query`, newest first.
+    async fn list_platform_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Platform-wide (operators): the entries of every chain matching `query`, newest first
+    /// (by time, then organization with the platform chain first, then `seq`).
+    async fn list_all_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+    /// `org`'s whole chain in `seq` order with its head, as stored (for verification and
+    /// export).
+    async fn audit_chain(&self, org: OrgId) -> Result<StoredChain, StoreError>;
+    /// Platform-wide: the platform chain, as stored.
+    async fn platform_audit_chain(&self) -> Result<StoredChain, StoreError>;
 }
 
 /// The level a guardrail rule is attached at, with the scoped entity.

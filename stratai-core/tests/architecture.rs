@@ -339,6 +339,10 @@ fn no_money_in_floats() {
 
 /// Store methods that are platform-wide by design, documented as such in ports.rs.
 const PLATFORM_METHODS: &[&str] = &[
+    "append_platform_audit",
+    "list_platform_audit",
+    "list_all_audit",
+    "platform_audit_chain",
     "create_org",
     "get_org",
     "find_org_by_slug",

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use stratai_core::StoreError;
 use stratai_core::ports::{
-    BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, KeyVaultStore, OutboxStore,
-    TierStore, UsageStore,
+    AuditStore, BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, KeyVaultStore,
+    OutboxStore, TierStore, UsageStore,
 };
 
 /// Every port, behind trait objects so one process runs on memory, SQLite or PostgreSQL.
@@ -29,6 +29,8 @@ pub struct Stores {
     pub key_vault: Arc<dyn KeyVaultStore>,
     /// Invoices.
     pub invoices: Arc<dyn InvoiceStore>,
+    /// The audit trail (append-only hash chains).
+    pub audit: Arc<dyn AuditStore>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -49,6 +51,7 @@ impl Stores {
             + OutboxStore
             + KeyVaultStore
             + InvoiceStore
+            + AuditStore
             + Clone
             + 'static,
     {
@@ -60,7 +63,8 @@ impl Stores {
             guardrails: Arc::new(backend.clone()),
             outbox: Arc::new(backend.clone()),
             key_vault: Arc::new(backend.clone()),
-            invoices: Arc::new(backend),
+            invoices: Arc::new(backend.clone()),
+            audit: Arc::new(backend),
         }
     }
 

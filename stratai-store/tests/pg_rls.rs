@@ -16,6 +16,7 @@ use stratai_core::directory::{
     BillingPlan, Email, Group, GroupMembership, GroupRole, Invitation, InvitationStatus,
     Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
 };
+use stratai_core::ports::AuditStore;
 use stratai_core::ports::{
     BudgetLedger, DirectoryStore, GuardrailStore, KeyVaultStore, ReserveOutcome, ReserveRequest,
     RuleAction, RuleRecord, RuleScope, SealedKey, TierStore, UsageStore,
@@ -295,6 +296,7 @@ async fn catalog_every_tenant_table_has_forced_rls_and_the_app_role_is_unprivile
     assert_eq!(
         extra,
         [
+            "platform_chain",
             "platform_outbox",
             "platform_read",
             "platform_reclaim",
@@ -396,6 +398,21 @@ async fn matrix_no_context_sees_or_changes_another_tenants_rows() {
     let tier = tier(store).await;
     let (org_a, _) = seed_org(store, tier).await;
     let (org_b, _) = seed_org(store, tier).await;
+    // An audit entry in each organization's chain and one in the platform chain (no
+    // organization, visible to every session of the app role, never another tenant's).
+    let entry = stratai_core::audit::AuditDraft {
+        at: Utc::now(),
+        actor: None,
+        request_id: None,
+        action: "test.seed".into(),
+        target: "test".into(),
+        before: None,
+        after: Some(serde_json::json!({"seeded": true})),
+    };
+    for org in [org_a, org_b] {
+        store.append_audit(org, &entry).await.unwrap();
+    }
+    store.append_platform_audit(&entry).await.unwrap();
     store
         .put_platform_rule(&RuleRecord {
             id: RuleId::new(),

@@ -443,6 +443,27 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
             .query(s.query::<billing::ProviderPricesQuery>())
             .ok(200, s.of::<billing::ProviderPrices>()),
 
+        ("GET", "/api/organizations/{org_id}/audit") | ("GET", "/api/audit") => op
+            .query(s.query::<crate::api::audit::AuditParams>())
+            .ok(200, s.of::<crate::api::audit::AuditPage>()),
+        ("GET", "/api/organizations/{org_id}/audit/verify") => {
+            op.ok(200, s.of::<stratai_core::audit::ChainReport>())
+        }
+        ("GET", "/api/audit/verify") => op.ok(200, s.list::<stratai_core::audit::ChainReport>()),
+        ("GET", "/api/organizations/{org_id}/audit/export") | ("GET", "/api/audit/export") => {
+            let mut op = if path == "/api/audit/export" {
+                op.query(s.query::<crate::api::audit::ExportParams>())
+            } else {
+                op
+            };
+            op.ok.push((
+                200,
+                "the chain as JSON lines, oldest first: one audit entry (with its hashes) per line",
+                "application/x-ndjson",
+                s.of::<stratai_core::audit::AuditEntry>(),
+            ));
+            op
+        }
         ("GET", "/api/litellm/spend") => op.ok(200, s.of::<litellm::SpendStatus>()),
         ("POST", "/api/litellm/spend-callback") => op
             .json(json!({

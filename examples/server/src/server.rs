@@ -90,7 +90,8 @@ pub fn build_state(config: &Config, backends: Backends) -> Result<AppState, ApiE
         auth,
         prices: std::sync::Arc::new(config.prices.clone()),
         readiness: backends.readiness,
-        stores: backends.stores,
+        // Every admin change through these stores is recorded in the audit trail.
+        stores: crate::audit::audited(backends.stores),
         gateway: None,
         mail: Arc::new(postman(config)?),
         settings: config.summary().into(),

@@ -83,6 +83,12 @@ GET    /api/users                                          200 403 403 403 403 4
 GET    /api/users/{user_id}                                200 403 403 403 403 403 401 401 403
 PATCH  /api/users/{user_id}                                200 403 403 403 403 403 401 401 403
 GET    /api/litellm/spend                                  404 403 403 403 403 403 401 401 403
+GET    /api/organizations/{org_id}/audit                   200 200 200 403 403 403 401 401 404
+GET    /api/organizations/{org_id}/audit/verify            200 200 200 403 403 403 401 401 404
+GET    /api/organizations/{org_id}/audit/export            200 200 200 403 403 403 401 401 404
+GET    /api/audit                                          200 403 403 403 403 403 401 401 403
+GET    /api/audit/verify                                   200 403 403 403 403 403 401 401 403
+GET    /api/audit/export                                   200 403 403 403 403 403 401 401 403
 POST   /api/litellm/spend-callback                         404 404 404 404 404 404 404 404 404
 GET    /                                                   303 303 303 303 303 303 303 303 303
 GET    /signin                                             303 303 303 303 303 303 200 200 303
@@ -160,11 +166,14 @@ fn is_ui(path: &str) -> bool {
 /// a super admin, uses models in an organization they are not a member of.
 const GATEWAY: [&str; 3] = ["/v1/chat/completions", "/v1/models", "/api/explain"];
 
-const PLATFORM: [&str; 44] = [
+const PLATFORM: [&str; 47] = [
     "/metrics",
     "/api/tiers/{tier_id}",
     "/api/tiers/{tier_id}/rates",
     "/api/billing/provider-prices",
+    "/api/audit",
+    "/api/audit/verify",
+    "/api/audit/export",
     "/api/billing/invoices",
     "/api/billing/overview",
     "/api/litellm/spend",
@@ -206,6 +215,44 @@ const PLATFORM: [&str; 44] = [
     "/invitations/{token}",
     "",
 ];
+
+/// Mutating routes that change nothing an admin manages, so they write no audit entry:
+/// sign-in and tokens, the gateway (its spending is usage, not a change), the LiteLLM
+/// callback (usage), and invitation acceptance, which answers 409 to every actor here (its
+/// entry is checked in `tests/audit.rs`). Every other POST/PUT/PATCH/DELETE route of the admin
+/// API and the UI must be seen writing an entry of its request.
+const NOT_CHANGES: [&str; 9] = [
+    "/auth/dev/token",
+    "/v1/chat/completions",
+    "/api/explain",
+    "/signin",
+    "/signout",
+    "/app/playground",
+    "/api/litellm/spend-callback",
+    "/api/invitations/{token}/accept",
+    "/invitations/{token}",
+];
+
+/// Whether `method path` is a change the audit trail must record.
+fn is_change(method: &str, path: &str) -> bool {
+    matches!(method, "POST" | "PUT" | "PATCH" | "DELETE") && !NOT_CHANGES.contains(&path)
+}
+
+/// The audit entries of the request that answered `r`.
+async fn entries_of(api: &Api, r: &Resp) -> Vec<stratai_core::audit::AuditEntry> {
+    let Some(id) = r.headers.get("x-request-id").and_then(|v| v.to_str().ok()) else {
+        return Vec::new();
+    };
+    api.stores
+        .audit
+        .list_all_audit(&stratai_core::audit::AuditQuery {
+            request_id: Some(id.to_owned()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
 
 fn is_platform(method: &str, path: &str) -> bool {
     PLATFORM.contains(&path) || PLATFORM.contains(&format!("{method} {path}").as_str())
@@ -598,6 +645,7 @@ async fn sweep(api: Api) {
     }
 
     let shared = world(&api).await;
+    let mut audited = std::collections::BTreeSet::new();
     let mut failures = Vec::new();
     let mut checked = 0;
     for (method, path) in &routes {
@@ -691,6 +739,47 @@ async fn sweep(api: Api) {
                     ));
                     continue;
                 }
+                // Every change is in the audit trail, with its request id and author.
+                let changed = r.status.is_success()
+                    || (is_ui(path) && r.status == StatusCode::SEE_OTHER && email.is_some());
+                if changed && is_change(method, path) && email.is_some() {
+                    let entries = entries_of(&api, &r).await;
+                    if entries.is_empty() {
+                        failures.push(format!(
+                            "{method} {path} as {actor}: {} but no audit entry of its request",
+                            r.status
+                        ));
+                    }
+                    for e in &entries {
+                        let author = match *actor {
+                            "super" => api.super_admin.id,
+                            "outsider" => w.b.admin.id,
+                            _ => {
+                                api.stores
+                                    .directory
+                                    .find_user_by_email(
+                                        &stratai_core::directory::Email::new(
+                                            email.as_deref().unwrap(),
+                                        )
+                                        .unwrap(),
+                                    )
+                                    .await
+                                    .unwrap()
+                                    .unwrap()
+                                    .id
+                            }
+                        };
+                        if e.actor != Some(author) {
+                            failures.push(format!(
+                                "{method} {path} as {actor}: audit entry `{}` names {:?}",
+                                e.action, e.actor
+                            ));
+                        }
+                    }
+                    if !entries.is_empty() {
+                        audited.insert((method.clone(), path.clone()));
+                    }
+                }
                 // Zero cross-org reads: a non-super caller's 2xx body names nothing of an
                 // organization they are not in.
                 if r.status.is_success() && *actor != "super" {
@@ -711,6 +800,16 @@ async fn sweep(api: Api) {
         failures.join("\n")
     );
     assert_eq!(checked, routes.len() * ACTORS.len() * 2);
+    // The audit trail covers every mutating route of the admin API and the UI.
+    let unaudited: Vec<String> = routes
+        .iter()
+        .filter(|(m, p)| is_change(m, p) && !audited.contains(&(m.clone(), p.clone())))
+        .map(|(m, p)| format!("{m} {p}"))
+        .collect();
+    assert!(
+        unaudited.is_empty(),
+        "changes never seen in the audit trail: {unaudited:?}"
+    );
     // Unexpected 2xx would have shown as failures above; make sure the sweep saw both kinds.
     assert!(checked > 500);
     let _ = StatusCode::OK;

@@ -34,10 +34,13 @@ use tokio::sync::RwLock;
 
 use crate::shared::{self, micros};
 
+mod audit;
+
 /// Every port in memory. Cloning shares the state.
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     state: Arc<RwLock<State>>,
+    audit: Arc<RwLock<audit::Chains>>,
 }
 
 impl MemoryStore {

@@ -33,6 +33,7 @@
 
 #[macro_use]
 mod rows;
+mod audit;
 mod directory;
 mod guardrails;
 mod invoices;
@@ -176,6 +177,7 @@ impl PgStore {
             .execute(&mut conn)
             .await
             .map_err(db)?;
+        grant_audit(&mut conn, role).await?;
         conn.close().await.map_err(db)
     }
 
@@ -188,6 +190,7 @@ impl PgStore {
             .execute(&mut conn)
             .await
             .map_err(db)?;
+        grant_audit(&mut conn, role).await?;
         conn.close().await.map_err(db)
     }
 
@@ -234,6 +237,17 @@ impl PgStore {
             .await
             .map_err(db)
     }
+}
+
+/// The audit tables' grants (a function of their own, so the audit migration did not have to
+/// restate `stratai_grant_app_role`): read and append, never change.
+async fn grant_audit(conn: &mut PgConnection, role: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT stratai_grant_audit($1)")
+        .bind(role)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(())
 }
 
 async fn owner_connection(owner_url: &str) -> Result<PgConnection, StoreError> {

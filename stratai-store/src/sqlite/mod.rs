@@ -5,6 +5,7 @@
 //! ledger relies on it: a reservation reads the periods, checks every hard limit and writes
 //! the new state while no other writer can run, so hard limits are never overspent.
 
+mod audit;
 mod directory;
 mod invoices;
 mod key_vault;

@@ -5,6 +5,7 @@
 //! 403, which would confirm it exists); a forbidden action inside the caller's own
 //! organization answers 403.
 
+pub mod audit;
 pub mod billing;
 pub mod budgets;
 pub mod groups;
@@ -101,7 +102,10 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let principal = Principal::from_request_parts(parts, state).await?;
-        Self::load(&state.stores, UserId::from_uuid(principal.user_id)).await
+        let caller = Self::load(&state.stores, UserId::from_uuid(principal.user_id)).await?;
+        // The author of whatever this request changes (the audit trail).
+        crate::audit::note_actor(caller.id());
+        Ok(caller)
     }
 }
 
@@ -237,4 +241,10 @@ api_routes! {
     get "/api/billing/provider-prices" => billing::provider_prices;
     get "/api/litellm/spend" => litellm::spend_status;
     post "/api/litellm/spend-callback" => litellm::spend_callback;
+    get "/api/organizations/{org_id}/audit" => audit::list_org;
+    get "/api/organizations/{org_id}/audit/verify" => audit::verify_org;
+    get "/api/organizations/{org_id}/audit/export" => audit::export_org;
+    get "/api/audit" => audit::list_all;
+    get "/api/audit/verify" => audit::verify_all;
+    get "/api/audit/export" => audit::export_all;
 }

@@ -208,6 +208,12 @@ impl Api {
         })
     }
 
+    /// The database behind the server (the SQLite file is `server.db` in the folder), for
+    /// tests that reach below the stores.
+    pub fn database(&self) -> &Guard {
+        &self._guard
+    }
+
     pub async fn token(&self, email: &str) -> String {
         let r = self
             .send(
