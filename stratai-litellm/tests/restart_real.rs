@@ -62,9 +62,7 @@ fn start_proxy() {
         // A loaded CI machine may need more than the kit's 120 s.
         up.env("LITELLM_START_TIMEOUT", "400");
     }
-    let out = up
-        .output()
-        .expect("run scripts/litellm-up.sh");
+    let out = up.output().expect("run scripts/litellm-up.sh");
     assert!(
         out.status.success(),
         "litellm-up.sh failed: {}",
@@ -164,15 +162,13 @@ async fn a_proxy_restart_mid_sync_is_caught_up() {
         .unwrap();
     assert_eq!(bob_info.team_id, Some(eng.to_string()));
     let team = client.team_info(&eng.to_string()).await.unwrap();
-    let mut members: Vec<String> = team
+    let members: Vec<String> = team
         .team_info
         .members_with_roles
         .iter()
         .filter_map(|m| m.user_id.clone())
         .collect();
-    members.sort();
-    let mut expected = vec![alice.to_string(), bob.to_string()];
-    expected.sort();
+    let expected = [alice.to_string(), bob.to_string()];
     assert!(expected.iter().all(|u| members.contains(u)), "{members:?}");
     let clean = engine.reconcile(false).await.unwrap();
     assert!(clean.is_clean(), "{:?}", clean.drifts);
