@@ -149,6 +149,7 @@ pub fn key_alias(org: OrgId, user: UserId) -> String {
 }
 
 /// The team of a group.
+#[allow(clippy::too_many_arguments)] // every input of the mapping, each its own kind of data
 pub fn desired_team(
     catalog: &TierCatalog,
     org: &Organization,
@@ -183,6 +184,7 @@ pub fn desired_team(
 }
 
 /// The key of a member.
+#[allow(clippy::too_many_arguments)] // every input of the mapping, each its own kind of data
 pub fn desired_key(
     catalog: &TierCatalog,
     org: &Organization,
@@ -647,7 +649,12 @@ mod tests {
         // $2 a day (<= $62 a month) vs the field's $30 a month: the month.
         let daily = budget(scope, 2_00, BudgetPeriod::Daily, true);
         assert_eq!(
-            scope_budget(&[daily.clone()], scope, Some(money(30_00)), "1mo"),
+            scope_budget(
+                std::slice::from_ref(&daily),
+                scope,
+                Some(money(30_00)),
+                "1mo"
+            ),
             Some((Decimal::new(30, 0), "1mo".to_owned()))
         );
         // $4 a week (<= $20 a month) wins; soft budgets and other scopes never count.

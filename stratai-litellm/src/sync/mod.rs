@@ -773,7 +773,6 @@ impl SyncEngine {
                     blocked: desired.blocked.then_some(true),
                     rpm_limit: desired.rpm_limit,
                     tpm_limit: desired.tpm_limit,
-                    ..KeyGenerate::default()
                 };
                 let key = match self.client.key_generate(&generate).await {
                     Ok(key) => key,
