@@ -476,7 +476,7 @@ async fn profiles_give_tiers_and_guardrails(api: Api) {
             "/api/profiles",
             &root,
             json!({"name": format!("Contractor {n}"), "default_tiers": ["basic"],
-                   "default_guardrails": [guardrail("no project x", "project x")]}),
+                   "default_guardrails": [guardrail("no project x", "kestrel")]}),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -513,14 +513,23 @@ async fn profiles_give_tiers_and_guardrails(api: Api) {
         member_rules(&api, a.org, a.member.id).await,
         ["hand written", "no project x"]
     );
-    // The rule acts: the member's request about project x is refused by it.
+    // The rule acts: the member's request about kestrel is refused by it (once the
+    // gateway has reloaded its policy, as it does every reload interval).
+    api.state
+        .gateway
+        .as_ref()
+        .unwrap()
+        .pipeline
+        .reload_guardrails()
+        .await
+        .unwrap();
     let explain = api
         .post(
             "/api/explain",
             &admin,
             json!({"model": stratai_core::tiers::default_tiers()[0].models[0].to_string(),
                    "org": a.org.to_string(), "user": a.member.id.to_string(),
-                   "messages": [{"role": "user", "content": "tell me about project x"}]}),
+                   "messages": [{"role": "user", "content": "tell me about kestrel"}]}),
         )
         .await;
     assert_eq!(explain.status, StatusCode::OK, "{}", explain.text);
