@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ValidationError;
 use crate::ids::{GroupId, InvitationId, OrgId, ProfileId, RuleId, TierSlug, UserId};
-use crate::ports::{RuleAction, RuleRecord, RuleScope};
 use crate::money::Money;
+use crate::ports::{RuleAction, RuleRecord, RuleScope};
 
 /// An organization's URL slug: 3-63 chars of a-z, 0-9 and '-'.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -375,7 +375,8 @@ pub struct ProfileGuardrail {
 #[must_use]
 pub fn profile_rule_id(org: OrgId, user: UserId, profile: ProfileId, index: usize) -> RuleId {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("stratai/profile-rule/{org}/{user}/{profile}/{index}").as_bytes());
+    let digest =
+        Sha256::digest(format!("stratai/profile-rule/{org}/{user}/{profile}/{index}").as_bytes());
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     RuleId::from_uuid(uuid::Builder::from_custom_bytes(bytes).into_uuid())
@@ -384,7 +385,11 @@ pub fn profile_rule_id(org: OrgId, user: UserId, profile: ProfileId, index: usiz
 /// Whether `rule` is one that `profile` gave `user` in `org` (see [`profile_rule_id`]).
 #[must_use]
 pub fn is_profile_rule(rule: &RuleRecord, org: OrgId, user: UserId, profile: ProfileId) -> bool {
-    rule.scope == (RuleScope::User { org_id: org, user_id: user })
+    rule.scope
+        == (RuleScope::User {
+            org_id: org,
+            user_id: user,
+        })
         && (0..MAX_PROFILE_GUARDRAILS).any(|i| rule.id == profile_rule_id(org, user, profile, i))
 }
 

@@ -203,14 +203,13 @@ impl StoreDirectory {
     /// `email_verified`, dev mode vouches for its own): joins pending invitations and
     /// self-signup organizations. Never fails the sign-in; a failure is logged.
     async fn join_at_first_sign_in(&self, user: &User, now: chrono::DateTime<Utc>) {
-        if let Err(e) =
-            crate::onboarding::join_at_first_sign_in(
-                self.directory.as_ref(),
-                self.guardrails.as_ref(),
-                user,
-                now,
-            )
-            .await
+        if let Err(e) = crate::onboarding::join_at_first_sign_in(
+            self.directory.as_ref(),
+            self.guardrails.as_ref(),
+            user,
+            now,
+        )
+        .await
         {
             tracing::warn!(user_id = %user.id, error = %e, "onboarding at first sign-in failed");
         }

@@ -344,9 +344,10 @@ async fn post_form(
             .await
             .unwrap()
             .unwrap();
-        let cookie = stratai_server::auth::routes::start_session(&api.state.auth, &principal, false)
-            .await
-            .unwrap();
+        let cookie =
+            stratai_server::auth::routes::start_session(&api.state.auth, &principal, false)
+                .await
+                .unwrap();
         let pair = cookie
             .to_str()
             .unwrap()

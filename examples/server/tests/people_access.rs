@@ -167,7 +167,11 @@ impl OidcWorld {
         let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
             .await
             .unwrap();
-        (status, headers, String::from_utf8_lossy(&bytes).into_owned())
+        (
+            status,
+            headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
     }
 
     fn id_claims(&self, sub: &str, email: &str, extra: Value) -> Value {
@@ -239,7 +243,11 @@ async fn require_mfa_holds_for_bearer_tokens(kind: Kind) {
     assert_eq!(r.body["error"]["code"], "mfa_required");
 
     // A second factor, as `amr` or as `acr`, passes.
-    let r = get_me(&w.app, &w.token(&a_sub, &a_email, json!({"amr": ["pwd", "mfa"]}))).await;
+    let r = get_me(
+        &w.app,
+        &w.token(&a_sub, &a_email, json!({"amr": ["pwd", "mfa"]})),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let pape = "http://schemas.openid.net/pape/policies/2007/06/multi-factor";
     let r = get_me(&w.app, &w.token(&a_sub, &a_email, json!({"acr": pape}))).await;
@@ -339,9 +347,17 @@ async fn a_later_browser_sign_in_joins_new_invitations(kind: Kind) {
     let b = org_fixture(&w.stores, "globex").await;
     let sub = format!("auth0|later-{}", unique());
     let email = a.member.email.as_str().to_owned();
-    let r = w.browser_sign_in(w.id_claims(&sub, &email, json!({}))).await;
+    let r = w
+        .browser_sign_in(w.id_claims(&sub, &email, json!({})))
+        .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{:?}", r.body);
-    assert!(w.stores.directory.get_member(b.org, a.member.id).await.is_err());
+    assert!(
+        w.stores
+            .directory
+            .get_member(b.org, a.member.id)
+            .await
+            .is_err()
+    );
 
     let invitation = invite(b.org, &email.to_uppercase(), b.admin.id);
     w.stores
@@ -349,9 +365,16 @@ async fn a_later_browser_sign_in_joins_new_invitations(kind: Kind) {
         .create_invitation(b.org, &invitation)
         .await
         .unwrap();
-    let r = w.browser_sign_in(w.id_claims(&sub, &email, json!({}))).await;
+    let r = w
+        .browser_sign_in(w.id_claims(&sub, &email, json!({})))
+        .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{:?}", r.body);
-    let member = w.stores.directory.get_member(b.org, a.member.id).await.unwrap();
+    let member = w
+        .stores
+        .directory
+        .get_member(b.org, a.member.id)
+        .await
+        .unwrap();
     assert_eq!(member.role, OrgRole::Member);
     let stored = w
         .stores
@@ -377,7 +400,13 @@ async fn a_later_browser_sign_in_joins_new_invitations(kind: Kind) {
         .browser_sign_in(w.id_claims(&sub, &email, json!({"email_verified": false})))
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{:?}", r.body);
-    assert!(w.stores.directory.get_member(c.org, a.member.id).await.is_err());
+    assert!(
+        w.stores
+            .directory
+            .get_member(c.org, a.member.id)
+            .await
+            .is_err()
+    );
 }
 on_every_kind!(a_later_browser_sign_in_joins_new_invitations);
 
@@ -387,7 +416,13 @@ async fn a_later_dev_sign_in_joins_new_invitations(api: Api) {
     let b = org_fixture(&api.stores, "globex").await;
     let email = a.member.email.as_str().to_owned();
     let token = api.token(&email).await;
-    assert_eq!(api.get("/api/me", &token).await.json["memberships"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        api.get("/api/me", &token).await.json["memberships"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     let admin = api.token(b.admin.email.as_str()).await;
     let r = api
         .post(
@@ -560,7 +595,10 @@ async fn profiles_give_tiers_and_guardrails(api: Api) {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["allowed_tiers"], json!(["basic", "standard"]));
-    assert_eq!(member_rules(&api, a.org, a.member.id).await, ["hand written"]);
+    assert_eq!(
+        member_rules(&api, a.org, a.member.id).await,
+        ["hand written"]
+    );
     let r = api
         .patch(&member_path, &admin, json!({"profile_id": contractor}))
         .await;
@@ -568,14 +606,22 @@ async fn profiles_give_tiers_and_guardrails(api: Api) {
     assert_eq!(member_rules(&api, a.org, a.member.id).await.len(), 3);
 
     // Delete is refused while the member holds it, with the count.
-    let r = api.delete(&format!("/api/profiles/{contractor}"), &root).await;
+    let r = api
+        .delete(&format!("/api/profiles/{contractor}"), &root)
+        .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert!(r.text.contains("1 member"), "{}", r.text);
     // An org admin may not edit or delete profiles.
-    let r = api.delete(&format!("/api/profiles/{contractor}"), &admin).await;
+    let r = api
+        .delete(&format!("/api/profiles/{contractor}"), &admin)
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
     let r = api
-        .patch(&format!("/api/profiles/{contractor}"), &admin, json!({"name": "x"}))
+        .patch(
+            &format!("/api/profiles/{contractor}"),
+            &admin,
+            json!({"name": "x"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
 
@@ -584,12 +630,19 @@ async fn profiles_give_tiers_and_guardrails(api: Api) {
         .patch(&member_path, &admin, json!({"profile_id": null}))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(member_rules(&api, a.org, a.member.id).await, ["hand written"]);
-    let r = api.delete(&format!("/api/profiles/{contractor}"), &root).await;
+    assert_eq!(
+        member_rules(&api, a.org, a.member.id).await,
+        ["hand written"]
+    );
+    let r = api
+        .delete(&format!("/api/profiles/{contractor}"), &root)
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
     let r = api.get(&format!("/api/profiles/{contractor}"), &root).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
-    let r = api.delete(&format!("/api/profiles/{contractor}"), &root).await;
+    let r = api
+        .delete(&format!("/api/profiles/{contractor}"), &root)
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
 
     // Updates validate like creation.
@@ -603,7 +656,11 @@ async fn profiles_give_tiers_and_guardrails(api: Api) {
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
     assert!(r.text.contains("default_tiers"), "{}", r.text);
     let r = api
-        .patch(&format!("/api/profiles/{analyst}"), &root, json!({"colour": "red"}))
+        .patch(
+            &format!("/api/profiles/{analyst}"),
+            &root,
+            json!({"colour": "red"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
     // Narrowing `available_to` away from an organization where someone holds it is refused.
@@ -700,6 +757,9 @@ async fn invitations_carry_their_profile(api: Api) {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["allowed_tiers"], json!(["basic"]));
-    assert_eq!(member_rules(&api, a.org, b.member.id).await, ["no project x"]);
+    assert_eq!(
+        member_rules(&api, a.org, b.member.id).await,
+        ["no project x"]
+    );
 }
 on_every_backend!(invitations_carry_their_profile);

@@ -494,7 +494,9 @@ pub async fn profiles<S: Store>(store: S) {
     store.create_invitation(o.id, &inv).await.unwrap();
     let refused = store.delete_profile(p.id).await.unwrap_err();
     assert!(
-        refused.to_string().contains("1 member(s) and 1 pending invitation(s)"),
+        refused
+            .to_string()
+            .contains("1 member(s) and 1 pending invitation(s)"),
         "{refused}"
     );
     held.profile_id = None;

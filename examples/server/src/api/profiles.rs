@@ -169,8 +169,7 @@ pub async fn update(
     if let Some(tiers) = req.default_tiers {
         super::tiers::check_known(&state, &tiers, "default_tiers").await?;
         profile.default_tiers =
-            UserProfile::new(&profile.name, tiers, profile.available_to, Utc::now())?
-                .default_tiers;
+            UserProfile::new(&profile.name, tiers, profile.available_to, Utc::now())?.default_tiers;
     }
     if let Some(rules) = &req.default_guardrails {
         set_guardrails(&mut profile, rules)?;

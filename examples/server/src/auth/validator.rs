@@ -332,7 +332,9 @@ mod tests {
         assert!(of(serde_json::json!({"acr": MFA_ACR_VALUES[0]})));
         assert!(!of(serde_json::json!({"amr": ["pwd"]})));
         assert!(!of(serde_json::json!({"amr": "mfa"})));
-        assert!(!of(serde_json::json!({"acr": "urn:mace:incommon:iap:silver"})));
+        assert!(!of(
+            serde_json::json!({"acr": "urn:mace:incommon:iap:silver"})
+        ));
         assert!(!of(serde_json::json!({})));
     }
 
