@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ValidationError;
-use crate::ids::{GroupId, InvitationId, OrgId, ProfileId, TierSlug, UserId};
+use crate::ids::{GroupId, InvitationId, OrgId, ProfileId, RuleId, TierSlug, UserId};
 use crate::money::Money;
+use crate::ports::{RuleAction, RuleRecord, RuleScope};
 
 /// An organization's URL slug: 3-63 chars of a-z, 0-9 and '-'.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -350,6 +351,55 @@ pub struct UserProfile {
     pub available_to: ProfileAvailability,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+}
+
+/// Most default guardrails one profile holds.
+pub const MAX_PROFILE_GUARDRAILS: usize = 32;
+
+/// One default guardrail of a profile: a rule without its scope. A member given the profile
+/// gets it as a member-level rule ([`UserProfile::member_rules`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ProfileGuardrail {
+    /// Name of the rule.
+    pub name: String,
+    /// Description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// One of the rule types (`content_filter`, `token_limit`, ...).
+    pub rule_type: String,
+    /// The type's config.
+    pub config: serde_json::Value,
+    /// What it does on a match.
+    pub action: RuleAction,
+    /// Evaluation order (higher first).
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// The id of the rule made from default guardrail `index` of `profile` for `user` in `org`:
+/// fixed, so the rules a profile gave a member are found again (and replaced or removed)
+/// without touching the rules an admin wrote by hand.
+#[must_use]
+pub fn profile_rule_id(org: OrgId, user: UserId, profile: ProfileId, index: usize) -> RuleId {
+    use sha2::{Digest, Sha256};
+    let digest =
+        Sha256::digest(format!("stratai/profile-rule/{org}/{user}/{profile}/{index}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    RuleId::from_uuid(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+}
+
+/// Whether `rule` is one that `profile` gave `user` in `org` (see [`profile_rule_id`]).
+#[must_use]
+pub fn is_profile_rule(rule: &RuleRecord, org: OrgId, user: UserId, profile: ProfileId) -> bool {
+    rule.scope
+        == (RuleScope::User {
+            org_id: org,
+            user_id: user,
+        })
+        && (0..MAX_PROFILE_GUARDRAILS).any(|i| rule.id == profile_rule_id(org, user, profile, i))
 }
 
 /// The state of an invitation.
@@ -862,6 +912,75 @@ impl UserProfile {
             available_to,
             created_at: now,
         })
+    }
+
+    /// The default guardrails, read from their stored JSON (errors name
+    /// `default_guardrails[i]`).
+    pub fn guardrails(&self) -> Result<Vec<ProfileGuardrail>, ValidationError> {
+        let serde_json::Value::Array(items) = &self.default_guardrails else {
+            return Err(ValidationError::new(
+                "default_guardrails",
+                "must be an array of rules",
+            ));
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                serde_json::from_value(item.clone()).map_err(|e| {
+                    ValidationError::new(format!("default_guardrails[{i}]"), e.to_string())
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces the default guardrails (at most [`MAX_PROFILE_GUARDRAILS`], each named).
+    pub fn set_guardrails(&mut self, rules: &[ProfileGuardrail]) -> Result<(), ValidationError> {
+        if rules.len() > MAX_PROFILE_GUARDRAILS {
+            return Err(ValidationError::new(
+                "default_guardrails",
+                format!("at most {MAX_PROFILE_GUARDRAILS} rules"),
+            ));
+        }
+        for (i, rule) in rules.iter().enumerate() {
+            clean_name(&format!("default_guardrails[{i}].name"), &rule.name)?;
+        }
+        self.default_guardrails = serde_json::to_value(rules)
+            .map_err(|e| ValidationError::new("default_guardrails", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The member-level rules this profile gives `user` in `org`, with fixed ids
+    /// ([`profile_rule_id`]).
+    pub fn member_rules(
+        &self,
+        org: OrgId,
+        user: UserId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RuleRecord>, ValidationError> {
+        Ok(self
+            .guardrails()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| RuleRecord {
+                id: profile_rule_id(org, user, self.id, i),
+                name: g.name.trim().to_owned(),
+                description: Some(g.description.map_or_else(
+                    || format!("from profile `{}`", self.name),
+                    |d| d.trim().to_owned(),
+                )),
+                rule_type: g.rule_type,
+                config: g.config,
+                scope: RuleScope::User {
+                    org_id: org,
+                    user_id: user,
+                },
+                action: g.action,
+                priority: g.priority,
+                active: true,
+                created_at: now,
+            })
+            .collect())
     }
 
     /// Whether `org` may use the profile (`internal` profiles only

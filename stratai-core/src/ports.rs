@@ -172,6 +172,13 @@ pub trait DirectoryStore: Send + Sync {
     async fn get_profile(&self, profile: ProfileId) -> Result<UserProfile, StoreError>;
     /// Every profile.
     async fn list_profiles(&self) -> Result<Vec<UserProfile>, StoreError>;
+    /// Replaces a profile's name, description, default tiers, default guardrails and
+    /// availability (its id and creation time stay).
+    async fn update_profile(&self, profile: &UserProfile) -> Result<(), StoreError>;
+    /// Deletes a profile that no member and no pending invitation uses (a
+    /// [`StoreError::Conflict`] otherwise, so no one loses their defaults silently);
+    /// invitations no longer pending that named it keep no profile.
+    async fn delete_profile(&self, profile: ProfileId) -> Result<(), StoreError>;
 
     /// Stores a new invitation (only its token hash).
     async fn create_invitation(

@@ -47,6 +47,14 @@ pub(crate) fn check_group_name<'a>(
     }
 }
 
+/// The one refusal of deleting a profile still in use, the same on every backend.
+pub(crate) fn profile_in_use(members: usize, pending: usize) -> StoreError {
+    StoreError::Conflict(format!(
+        "the profile is given to {members} member(s) and {pending} pending invitation(s): \
+         give them another profile (or none) first"
+    ))
+}
+
 /// The conflict of adding a member twice, in the words of [`crate::error`]'s mapping of the
 /// database's own refusal, so every path and backend reads the same.
 pub(crate) fn already_member() -> StoreError {

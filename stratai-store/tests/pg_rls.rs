@@ -298,6 +298,7 @@ async fn catalog_every_tenant_table_has_forced_rls_and_the_app_role_is_unprivile
         [
             "platform_chain",
             "platform_outbox",
+            "platform_profile_clear",
             "platform_read",
             "platform_reclaim",
             "platform_rules_read",

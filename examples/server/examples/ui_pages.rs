@@ -178,7 +178,7 @@ async fn session(state: &stratai_server::app::AppState, email: &str) -> String {
         .await
         .expect("lookup")
         .expect("known person");
-    let cookie = stratai_server::auth::routes::start_session(&state.auth, &principal)
+    let cookie = stratai_server::auth::routes::start_session(&state.auth, &principal, false)
         .await
         .expect("session");
     cookie

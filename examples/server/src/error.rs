@@ -38,6 +38,10 @@ pub enum ApiError {
     /// Authenticated, but this action on this (own-org) resource is not allowed (403).
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The caller signed in with one factor and an organization they belong to requires
+    /// multi-factor authentication (`settings.require_mfa`) (403).
+    #[error("multi-factor authentication required: {0}")]
+    MfaRequired(String),
     /// Does not exist, or belongs to another organization (404).
     #[error("not found: {0}")]
     NotFound(String),
@@ -93,6 +97,7 @@ impl ApiError {
         match self {
             Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::MfaRequired(_) => ErrorCode::MfaRequired,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Validation(_) => ErrorCode::ValidationFailed,
             Self::BadRequest(_) => ErrorCode::BadRequest,
@@ -114,6 +119,9 @@ pub enum ErrorCode {
     Unauthenticated,
     /// 403.
     Forbidden,
+    /// 403: an organization of the caller requires multi-factor sign-in, and this token or
+    /// session was obtained with one factor.
+    MfaRequired,
     /// 404.
     NotFound,
     /// 405: the path exists, the method does not.
@@ -139,6 +147,7 @@ impl ErrorCode {
     pub const ALL: &[ErrorCode] = &[
         Self::Unauthenticated,
         Self::Forbidden,
+        Self::MfaRequired,
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::ValidationFailed,
@@ -155,7 +164,7 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::MfaRequired => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
@@ -174,6 +183,7 @@ impl ErrorCode {
         match self {
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden => "forbidden",
+            Self::MfaRequired => "mfa_required",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ValidationFailed => "validation_failed",
@@ -257,6 +267,7 @@ impl IntoResponse for ApiError {
         };
         let code = self.error_code();
         let unauthenticated = matches!(self, Self::Unauthenticated(_));
+        let step_up = matches!(self, Self::MfaRequired(_));
         let fields = match self {
             Self::Validation(f) => Some(f),
             _ => None,
@@ -273,6 +284,13 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        if step_up {
+            // RFC 9470: the token is valid but its authentication was too weak.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"insufficient_user_authentication\""),
             );
         }
         response

@@ -14,6 +14,7 @@ pub mod mail;
 pub mod metrics;
 pub mod onboarding;
 pub mod openapi;
+pub mod profile_defaults;
 pub mod server;
 pub mod stores;
 pub mod ui;

@@ -1,13 +1,14 @@
-//! What happens at a person's first sign-in with a verified email (the seed's onboarding
-//! flows): their pending invitations are joined (flow A/C), and organizations that admit
-//! their email domain by self-signup take them in with the default tier (flow B).
+//! What happens when a person signs in with a verified email (the seed's onboarding flows):
+//! their pending invitations are joined (flow A/C), at the first sign-in and every later
+//! one, and at the first sign-in organizations that admit their email domain by
+//! self-signup take them in with the default tier (flow B).
 //!
 //! Called by the store-backed directory when it links or creates a user; a failure to join
 //! one organization is logged and never blocks the sign-in.
 
 use chrono::{DateTime, Utc};
 use stratai_core::directory::{Email, InvitationStatus, Membership, OrgRole, User};
-use stratai_core::ports::DirectoryStore;
+use stratai_core::ports::{DirectoryStore, GuardrailStore};
 use stratai_core::{OrgId, StoreError};
 
 /// What a first sign-in joined.
@@ -44,38 +45,15 @@ pub async fn may_join(
 /// invited them and to every active organization admitting their domain by self-signup.
 pub async fn join_at_first_sign_in(
     directory: &dyn DirectoryStore,
+    guardrails: &dyn GuardrailStore,
     user: &User,
     now: DateTime<Utc>,
 ) -> Result<Joined, StoreError> {
-    let mut joined = Joined::default();
-    let orgs = directory.list_orgs().await?;
-    for org in &orgs {
-        let invitations = directory.list_invitations(org.id).await?;
-        let Some(invitation) = invitations.iter().find(|i| {
-            i.email == user.email && i.status == InvitationStatus::Pending && i.expires_at > now
-        }) else {
-            continue;
-        };
-        match directory
-            .accept_invitation(&invitation.token_hash, user, now)
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(org_id = %org.id, user_id = %user.id, "invitation joined at first sign-in");
-                joined.by_invitation.push(org.id);
-            }
-            Err(
-                e
-                @ (StoreError::Conflict(_) | StoreError::Invalid(_) | StoreError::NotFound { .. }),
-            ) => {
-                // Already a member, a full group, or a race with another acceptance: the
-                // invitation stays as the store left it; the link still works if pending.
-                tracing::warn!(org_id = %org.id, user_id = %user.id, error = %e, "pending invitation not joined at sign-in");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    for org in &orgs {
+    let mut joined = Joined {
+        by_invitation: join_invitations(directory, guardrails, user, now).await?,
+        by_signup: Vec::new(),
+    };
+    for org in &directory.list_orgs().await? {
         if !org.active
             || !org.settings.admits_signup(&user.email)
             || joined.by_invitation.contains(&org.id)
@@ -92,6 +70,52 @@ pub async fn join_at_first_sign_in(
             }
             // Already a member (e.g. joined another way meanwhile).
             Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(joined)
+}
+
+/// Joins `user` (whose email the identity provider verified) to every organization holding
+/// a pending, unexpired invitation for that email, with the invitation's profile applied
+/// (its default tiers and guardrails). Run at every sign-in, so an invitation sent to
+/// someone who already has an account is joined at their next sign-in. Self-signup is not
+/// re-run at later sign-ins: a person an admin removed would otherwise be taken back in.
+pub async fn join_invitations(
+    directory: &dyn DirectoryStore,
+    guardrails: &dyn GuardrailStore,
+    user: &User,
+    now: DateTime<Utc>,
+) -> Result<Vec<OrgId>, StoreError> {
+    let mut joined = Vec::new();
+    for org in &directory.list_orgs().await? {
+        let invitations = directory.list_invitations(org.id).await?;
+        let Some(invitation) = invitations.iter().find(|i| {
+            i.email == user.email && i.status == InvitationStatus::Pending && i.expires_at > now
+        }) else {
+            continue;
+        };
+        match directory
+            .accept_invitation(&invitation.token_hash, user, now)
+            .await
+        {
+            Ok(membership) => {
+                tracing::info!(org_id = %org.id, user_id = %user.id, "invitation joined at sign-in");
+                joined.push(org.id);
+                if let Err(e) =
+                    crate::profile_defaults::after_join(directory, guardrails, membership).await
+                {
+                    tracing::warn!(org_id = %org.id, user_id = %user.id, error = %e, "the invitation's profile was not applied");
+                }
+            }
+            Err(
+                e
+                @ (StoreError::Conflict(_) | StoreError::Invalid(_) | StoreError::NotFound { .. }),
+            ) => {
+                // Already a member, a full group, or a race with another acceptance: the
+                // invitation stays as the store left it; the link still works if pending.
+                tracing::warn!(org_id = %org.id, user_id = %user.id, error = %e, "pending invitation not joined at sign-in");
+            }
             Err(e) => return Err(e),
         }
     }

@@ -402,6 +402,11 @@ fn describe(s: &mut Schemas, method: &str, path: &str) -> Option<Op> {
         ("POST", "/api/profiles") => op
             .json(s.of::<profiles::CreateProfile>())
             .ok(201, s.of::<UserProfile>()),
+        ("GET", "/api/profiles/{profile_id}") => op.ok(200, s.of::<UserProfile>()),
+        ("PATCH", "/api/profiles/{profile_id}") => op
+            .json(s.of::<profiles::UpdateProfile>())
+            .ok(200, s.of::<UserProfile>()),
+        ("DELETE", "/api/profiles/{profile_id}") => no_content(op),
         ("GET", "/api/users") => op
             .query(s.query::<users::ListUsers>())
             .ok(200, s.of::<users::UserPage>()),

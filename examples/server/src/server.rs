@@ -60,7 +60,7 @@ impl Backends {
             "seed checked"
         );
         Ok(Self {
-            directory: Arc::new(StoreDirectory::new(stores.directory.clone())),
+            directory: Arc::new(StoreDirectory::new(&stores)),
             sessions: Arc::new(MemorySessionStore::default()),
             readiness: Arc::new(StoreReadiness(stores.clone())),
             stores,

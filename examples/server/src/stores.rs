@@ -12,7 +12,7 @@ use stratai_core::directory::{
     PlatformRole, ProfileAvailability, Slug, User, UserProfile,
 };
 use stratai_core::money::Money;
-use stratai_core::ports::DirectoryStore;
+use stratai_core::ports::{DirectoryStore, GuardrailStore};
 use stratai_core::tiers::{TierSubscription, default_tiers};
 use stratai_core::{StoreError, TierSlug, UserId};
 pub use stratai_store::Stores;
@@ -37,17 +37,22 @@ impl Readiness for StoreReadiness {
     }
 }
 
-/// Authentication's view of the user directory, over [`DirectoryStore`].
+/// Authentication's view of the user directory, over [`DirectoryStore`] (and the guardrail
+/// rules, which an invitation's profile gives the person joining).
 #[derive(Clone)]
 pub struct StoreDirectory {
     directory: Arc<dyn DirectoryStore>,
+    guardrails: Arc<dyn GuardrailStore>,
 }
 
 impl StoreDirectory {
-    /// The adapter over `directory`.
+    /// The adapter over `stores`.
     #[must_use]
-    pub fn new(directory: Arc<dyn DirectoryStore>) -> Self {
-        Self { directory }
+    pub fn new(stores: &Stores) -> Self {
+        Self {
+            directory: stores.directory.clone(),
+            guardrails: stores.guardrails.clone(),
+        }
     }
 }
 
@@ -143,6 +148,46 @@ impl IdentityDirectory for StoreDirectory {
         Ok(principal(&user))
     }
 
+    async fn mfa_required_by(&self, user: Uuid) -> Result<Option<String>, DirectoryError> {
+        let memberships = self
+            .directory
+            .memberships_of_user(UserId::from_uuid(user))
+            .await
+            .map_err(backend)?;
+        for m in memberships {
+            let org = self.directory.get_org(m.org_id).await.map_err(backend)?;
+            if org.active && org.settings.require_mfa {
+                return Ok(Some(org.name));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn signed_in(&self, user: Uuid) -> Result<(), DirectoryError> {
+        let now = Utc::now();
+        let mut user = match self.directory.get_user(UserId::from_uuid(user)).await {
+            Ok(u) => u,
+            Err(StoreError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(backend(e)),
+        };
+        if !user.active {
+            return Ok(());
+        }
+        user.last_login_at = Some(now);
+        self.directory.update_user(&user).await.map_err(backend)?;
+        if let Err(e) = crate::onboarding::join_invitations(
+            self.directory.as_ref(),
+            self.guardrails.as_ref(),
+            &user,
+            now,
+        )
+        .await
+        {
+            tracing::warn!(user_id = %user.id, error = %e, "joining invitations at sign-in failed");
+        }
+        Ok(())
+    }
+
     async fn is_invited(&self, email: &str) -> Result<bool, DirectoryError> {
         let Ok(email) = Email::new(email) else {
             return Ok(false);
@@ -158,8 +203,13 @@ impl StoreDirectory {
     /// `email_verified`, dev mode vouches for its own): joins pending invitations and
     /// self-signup organizations. Never fails the sign-in; a failure is logged.
     async fn join_at_first_sign_in(&self, user: &User, now: chrono::DateTime<Utc>) {
-        if let Err(e) =
-            crate::onboarding::join_at_first_sign_in(self.directory.as_ref(), user, now).await
+        if let Err(e) = crate::onboarding::join_at_first_sign_in(
+            self.directory.as_ref(),
+            self.guardrails.as_ref(),
+            user,
+            now,
+        )
+        .await
         {
             tracing::warn!(user_id = %user.id, error = %e, "onboarding at first sign-in failed");
         }

@@ -79,6 +79,9 @@ GET    /api/explain                                        403 200 200 200 403 4
 POST   /api/explain                                        403 200 200 200 403 403 401 401 403
 GET    /metrics                                            200 200 200 200 200 200 200 200 200
 POST   /api/profiles                                       201 403 403 403 403 403 401 401 403
+GET    /api/profiles/{profile_id}                          200 200 200 200 200 200 401 401 200
+PATCH  /api/profiles/{profile_id}                          200 403 403 403 403 403 401 401 403
+DELETE /api/profiles/{profile_id}                          204 403 403 403 403 403 401 401 403
 GET    /api/users                                          200 403 403 403 403 403 401 401 403
 GET    /api/users/{user_id}                                200 403 403 403 403 403 401 401 403
 PATCH  /api/users/{user_id}                                200 403 403 403 403 403 401 401 403
@@ -166,7 +169,7 @@ fn is_ui(path: &str) -> bool {
 /// a super admin, uses models in an organization they are not a member of.
 const GATEWAY: [&str; 3] = ["/v1/chat/completions", "/v1/models", "/api/explain"];
 
-const PLATFORM: [&str; 47] = [
+const PLATFORM: [&str; 48] = [
     "/metrics",
     "/api/tiers/{tier_id}",
     "/api/tiers/{tier_id}/rates",
@@ -190,6 +193,7 @@ const PLATFORM: [&str; 47] = [
     "/api/organizations",
     "/api/tiers",
     "/api/profiles",
+    "/api/profiles/{profile_id}",
     "/api/users",
     "/api/users/{user_id}",
     "/api/invitations/{token}",
@@ -401,9 +405,10 @@ async fn post_form(
             .await
             .unwrap()
             .unwrap();
-        let cookie = stratai_server::auth::routes::start_session(&api.state.auth, &principal)
-            .await
-            .unwrap();
+        let cookie =
+            stratai_server::auth::routes::start_session(&api.state.auth, &principal, false)
+                .await
+                .unwrap();
         let pair = cookie
             .to_str()
             .unwrap()
@@ -465,6 +470,7 @@ fn request(method: &str, path: &str, target: &OrgFixture) -> (String, Option<Val
         .replace("{invitation_id}", &target.invitation.to_string())
         .replace("{tier_id}", &target.tier.to_string())
         .replace("{invoice_id}", &target.invoice.to_string())
+        .replace("{profile_id}", &target.profile.to_string())
         .replace(
             "{rule_id}",
             &if path.starts_with("/api/guardrails") || path.starts_with("/admin/guardrails") {
@@ -571,6 +577,7 @@ fn request(method: &str, path: &str, target: &OrgFixture) -> (String, Option<Val
             "/api/organizations/{org_id}/guardrails/{rule_id}" | "/api/guardrails/{rule_id}",
         ) => (filled, Some(json!({"priority": 5}))),
         ("PATCH", "/api/users/{user_id}") => (filled, Some(json!({"active": false}))),
+        ("PATCH", "/api/profiles/{profile_id}") => (filled, Some(json!({"description": "x"}))),
         ("POST", "/api/profiles") => (
             filled,
             Some(json!({"name": format!("p{n}"), "default_tiers": ["basic"]})),

@@ -232,7 +232,7 @@ async fn session_cookie(api: &Api, email: &str) -> String {
         .await
         .unwrap()
         .unwrap();
-    let cookie = stratai_server::auth::routes::start_session(&api.state.auth, &principal)
+    let cookie = stratai_server::auth::routes::start_session(&api.state.auth, &principal, false)
         .await
         .unwrap();
     cookie

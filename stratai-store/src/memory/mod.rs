@@ -879,6 +879,45 @@ impl DirectoryStore for MemoryStore {
         Ok(self.state.read().await.profiles.values().cloned().collect())
     }
 
+    async fn update_profile(&self, profile: &UserProfile) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        let stored = s
+            .profiles
+            .get_mut(&profile.id)
+            .ok_or_else(|| StoreError::not_found("profile", profile.id))?;
+        let created_at = stored.created_at;
+        *stored = profile.clone();
+        stored.created_at = created_at;
+        Ok(())
+    }
+
+    async fn delete_profile(&self, profile: ProfileId) -> Result<(), StoreError> {
+        let mut s = self.state.write().await;
+        if !s.profiles.contains_key(&profile) {
+            return Err(StoreError::not_found("profile", profile));
+        }
+        let members = s
+            .members
+            .values()
+            .filter(|m| m.profile_id == Some(profile))
+            .count();
+        let pending = s
+            .invitations
+            .values()
+            .filter(|i| i.profile_id == Some(profile) && i.status == InvitationStatus::Pending)
+            .count();
+        if members + pending > 0 {
+            return Err(shared::profile_in_use(members, pending));
+        }
+        for i in s.invitations.values_mut() {
+            if i.profile_id == Some(profile) {
+                i.profile_id = None;
+            }
+        }
+        s.profiles.remove(&profile);
+        Ok(())
+    }
+
     async fn create_invitation(
         &self,
         org: OrgId,

@@ -1101,6 +1101,48 @@ impl DirectoryStore for PgStore {
             .collect()
     }
 
+    async fn update_profile(&self, profile: &UserProfile) -> Result<(), StoreError> {
+        let tiers: Vec<&str> = profile.default_tiers.iter().map(|t| t.as_str()).collect();
+        let done = sqlx::query(
+            "UPDATE user_profiles SET name = $2, description = $3, default_tiers = $4,
+                 default_guardrails = $5, available_to = $6
+             WHERE id = $1",
+        )
+        .bind(profile.id.as_uuid())
+        .bind(&profile.name)
+        .bind(profile.description.as_deref())
+        .bind(tiers)
+        .bind(&profile.default_guardrails)
+        .bind(enum_text(&profile.available_to)?)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("profile", profile.id));
+        }
+        Ok(())
+    }
+
+    async fn delete_profile(&self, profile: ProfileId) -> Result<(), StoreError> {
+        // Members and invitations are tenant rows: the platform-wide check and delete run in
+        // a narrow SECURITY DEFINER function.
+        let row: (bool, i64, i64) = sqlx::query_as(
+            "SELECT known, member_count, pending_count FROM stratai_delete_profile($1)",
+        )
+        .bind(profile.as_uuid())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        match row {
+            (false, _, _) => Err(StoreError::not_found("profile", profile)),
+            (true, 0, 0) => Ok(()),
+            (true, members, pending) => Err(shared::profile_in_use(
+                usize::try_from(members).unwrap_or(usize::MAX),
+                usize::try_from(pending).unwrap_or(usize::MAX),
+            )),
+        }
+    }
+
     async fn create_invitation(
         &self,
         org: OrgId,

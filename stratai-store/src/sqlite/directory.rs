@@ -1002,6 +1002,70 @@ impl DirectoryStore for SqliteStore {
             .collect()
     }
 
+    async fn update_profile(&self, profile: &UserProfile) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE user_profiles SET name = ?, description = ?, default_tiers = ?,
+                 default_guardrails = ?, available_to = ?
+             WHERE id = ?",
+        )
+        .bind(&profile.name)
+        .bind(profile.description.as_deref())
+        .bind(to_json(&profile.default_tiers)?)
+        .bind(to_json(&profile.default_guardrails)?)
+        .bind(enum_text(&profile.available_to)?)
+        .bind(profile.id.as_uuid())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("profile", profile.id));
+        }
+        Ok(())
+    }
+
+    async fn delete_profile(&self, profile: ProfileId) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM user_profiles WHERE id = ?")
+            .bind(profile.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if exists.is_none() {
+            return Err(StoreError::not_found("profile", profile));
+        }
+        let members: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM org_memberships WHERE profile_id = ?")
+                .bind(profile.as_uuid())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM invitations WHERE profile_id = ? AND status = 'pending'",
+        )
+        .bind(profile.as_uuid())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        if members + pending > 0 {
+            return Err(shared::profile_in_use(
+                usize::try_from(members).unwrap_or(usize::MAX),
+                usize::try_from(pending).unwrap_or(usize::MAX),
+            ));
+        }
+        sqlx::query("UPDATE invitations SET profile_id = NULL WHERE profile_id = ?")
+            .bind(profile.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query("DELETE FROM user_profiles WHERE id = ?")
+            .bind(profile.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
     async fn create_invitation(
         &self,
         org: OrgId,

@@ -468,6 +468,52 @@ pub async fn profiles<S: Store>(store: S) {
     assert_conflict(store.create_profile(&p).await);
     assert!(store.list_profiles().await.unwrap().contains(&p));
     assert_not_found(store.get_profile(ProfileId::new()).await);
+
+    // An update replaces everything but the id and the creation time.
+    let mut changed = p.clone();
+    changed.name = "Staff".to_owned();
+    changed.description = None;
+    changed.default_tiers = vec![tier_slug("basic")];
+    changed.default_guardrails = serde_json::json!([]);
+    changed.available_to = ProfileAvailability::All;
+    store.update_profile(&changed).await.unwrap();
+    assert_eq!(store.get_profile(p.id).await.unwrap(), changed);
+    let unknown = UserProfile::new("Nobody", vec![], ProfileAvailability::All, now()).unwrap();
+    assert_not_found(store.update_profile(&unknown).await);
+
+    // Delete: refused while a member holds it or a pending invitation names it; an invitation
+    // no longer pending forgets it.
+    let o = org(&store).await;
+    let holder = member(&store, o.id).await;
+    let mut held = store.get_member(o.id, holder.id).await.unwrap();
+    held.profile_id = Some(p.id);
+    store.update_member(o.id, &held).await.unwrap();
+    let email = Email::new(format!("profiled-{}@example.com", unique())).unwrap();
+    let mut inv = new_invitation(o.id, &email, vec![]);
+    inv.profile_id = Some(p.id);
+    store.create_invitation(o.id, &inv).await.unwrap();
+    let refused = store.delete_profile(p.id).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("1 member(s) and 1 pending invitation(s)"),
+        "{refused}"
+    );
+    held.profile_id = None;
+    store.update_member(o.id, &held).await.unwrap();
+    assert_conflict(store.delete_profile(p.id).await);
+    store.revoke_invitation(o.id, inv.id).await.unwrap();
+    store.delete_profile(p.id).await.unwrap();
+    assert_not_found(store.get_profile(p.id).await);
+    assert_not_found(store.delete_profile(p.id).await);
+    let kept = store
+        .find_invitation_by_token_hash(&inv.token_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.status, InvitationStatus::Revoked);
+    assert_eq!(kept.profile_id, None);
+    assert!(!store.list_profiles().await.unwrap().contains(&changed));
 }
 
 pub async fn invitation_create_find_list_revoke<S: Store>(store: S) {

@@ -154,13 +154,20 @@ async fn validate(
             ));
         }
     }
-    if let Some(p) = spec.profile_id
-        && state.stores.directory.get_profile(p).await.is_err()
-    {
-        errors.push(FieldError::new(
-            format!("{prefix}profile_id"),
-            format!("unknown profile `{p}`"),
-        ));
+    if let Some(p) = spec.profile_id {
+        match state.stores.directory.get_profile(p).await {
+            Err(_) => errors.push(FieldError::new(
+                format!("{prefix}profile_id"),
+                format!("unknown profile `{p}`"),
+            )),
+            Ok(profile) => {
+                if let Ok(org) = state.stores.directory.get_org(org_id).await
+                    && let Some(why) = crate::profile_defaults::unavailable(&profile, &org)
+                {
+                    errors.push(FieldError::new(format!("{prefix}profile_id"), why));
+                }
+            }
+        }
     }
     let days = spec.valid_for_days.unwrap_or(DEFAULT_VALID_DAYS);
     if !(1..=stratai_core::directory::MAX_INVITATION_TTL_DAYS).contains(&days) {
@@ -428,6 +435,12 @@ pub async fn accept(
         .directory
         .accept_invitation(&hash_token(&token), &caller.user, Utc::now())
         .await?;
+    let membership = crate::profile_defaults::after_join(
+        state.stores.directory.as_ref(),
+        state.stores.guardrails.as_ref(),
+        membership,
+    )
+    .await?;
     tracing::info!(org_id = %membership.org_id, user_id = %caller.id(), "invitation accepted");
     Ok(ApiJson(membership))
 }

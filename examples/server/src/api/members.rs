@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use stratai_core::access::{Action, Resource};
-use stratai_core::directory::{Group, GroupRole, Membership, OrgRole, ProfileAvailability};
+use stratai_core::directory::{Group, GroupRole, Membership, OrgRole};
 use stratai_core::money::Money;
 use stratai_core::{OrgId, ProfileId, TierSlug, UserId};
 
@@ -163,8 +163,10 @@ pub struct UpdateMember {
     #[serde(default, deserialize_with = "double_option")]
     pub monthly_budget: Option<Option<Money>>,
     /// Profile (`null`: none). Giving one sets the member's tiers to the profile's default
-    /// tiers (unless `allowed_tiers` is in the same request); a profile not available to the
-    /// organization (`available_to`) is refused.
+    /// tiers (unless `allowed_tiers` is in the same request) and its default guardrails become
+    /// the member's rules, replacing those of the previous profile (`null` removes them; rules
+    /// written by hand stay); a profile not available to the organization (`available_to`)
+    /// is refused.
     #[serde(default, deserialize_with = "double_option")]
     pub profile_id: Option<Option<ProfileId>>,
 }
@@ -207,7 +209,9 @@ pub async fn update(
         member.role = role;
     }
     // A profile first: its default tiers become the member's, unless the same request sets
-    // `allowed_tiers` too (then those win).
+    // `allowed_tiers` too (then those win); its guardrails are synced once the member is saved.
+    let previous_profile = member.profile_id;
+    let mut given = None;
     if let Some(profile) = req.profile_id {
         match profile {
             Some(p) => {
@@ -215,21 +219,11 @@ pub async fn update(
                     ApiError::invalid("profile_id", format!("unknown profile `{p}`"))
                 })?;
                 let org = dir.get_org(org_id).await?;
-                if !profile.available_for(&org) {
-                    return Err(ApiError::invalid(
-                        "profile_id",
-                        format!(
-                            "profile `{}` is available to {} organizations only",
-                            profile.name,
-                            match profile.available_to {
-                                ProfileAvailability::All => "all",
-                                ProfileAvailability::Internal => "the internal",
-                                ProfileAvailability::Enterprise => "enterprise",
-                            }
-                        ),
-                    ));
+                if let Some(why) = crate::profile_defaults::unavailable(&profile, &org) {
+                    return Err(ApiError::invalid("profile_id", why));
                 }
                 member.apply_profile(&profile);
+                given = Some(profile);
             }
             None => member.profile_id = None,
         }
@@ -244,6 +238,16 @@ pub async fn update(
         member.monthly_budget = budget;
     }
     dir.update_member(org_id, &member).await?;
+    if req.profile_id.is_some() {
+        crate::profile_defaults::sync_rules(
+            state.stores.guardrails.as_ref(),
+            org_id,
+            user_id,
+            previous_profile,
+            given.as_ref(),
+        )
+        .await?;
+    }
     Ok(ApiJson(view(&state, member).await?))
 }
 

@@ -227,6 +227,9 @@ api_routes! {
     delete "/api/guardrails/{rule_id}" => guardrails::delete_platform;
     get "/api/profiles" => profiles::list;
     post "/api/profiles" => profiles::create;
+    get "/api/profiles/{profile_id}" => profiles::get;
+    patch "/api/profiles/{profile_id}" => profiles::update;
+    delete "/api/profiles/{profile_id}" => profiles::delete;
     get "/api/users" => users::list;
     get "/api/users/{user_id}" => users::get;
     patch "/api/users/{user_id}" => users::update;

@@ -64,6 +64,17 @@ pub trait IdentityDirectory: Send + Sync + 'static {
     async fn is_invited(&self, _email: &str) -> Result<bool, DirectoryError> {
         Ok(false)
     }
+    /// The name of an active organization of `user` that requires multi-factor
+    /// authentication (`settings.require_mfa`), if any.
+    async fn mfa_required_by(&self, _user: Uuid) -> Result<Option<String>, DirectoryError> {
+        Ok(None)
+    }
+    /// A sign-in of `user` whose email the provider verified (a browser login, a dev-mode
+    /// sign-in): records it and joins the pending invitations of that email made since
+    /// their first sign-in. Never fails the sign-in for an invitation that cannot be joined.
+    async fn signed_in(&self, _user: Uuid) -> Result<(), DirectoryError> {
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug)]

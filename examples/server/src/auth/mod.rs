@@ -88,6 +88,10 @@ pub enum AuthError {
     /// The login callback failed (state, nonce, code exchange); detail is for the log.
     #[error("login failed: {0}")]
     LoginFailed(String),
+    /// The token or session was obtained with one factor and `organization` (a name)
+    /// requires multi-factor authentication of its members (`settings.require_mfa`).
+    #[error("`{0}` requires multi-factor authentication: sign in again with a second factor")]
+    MfaRequired(String),
     /// A cookie-authenticated unsafe request came from another origin.
     #[error("cross-site request refused")]
     CrossSite,
@@ -104,6 +108,7 @@ impl From<AuthError> for ApiError {
             AuthError::Directory(DirectoryError::Conflict(msg)) => ApiError::Conflict(msg),
             AuthError::Deactivated => ApiError::Forbidden("account deactivated".to_owned()),
             AuthError::CrossSite => ApiError::Forbidden("cross-site request refused".to_owned()),
+            e @ AuthError::MfaRequired(_) => ApiError::MfaRequired(e.to_string()),
             AuthError::EmailNotVerified => {
                 ApiError::Forbidden("email not verified by the identity provider".to_owned())
             }
@@ -354,9 +359,26 @@ impl Auth {
                 .find_by_id(session.user_id)
                 .await?
                 .ok_or(AuthError::UnknownUser)?;
-            return active(principal);
+            let principal = active(principal)?;
+            // An organization may have started requiring MFA, or the person joined one that
+            // does, since this session began.
+            self.check_mfa(&principal, session.mfa).await?;
+            return Ok(principal);
         }
         Err(AuthError::Missing)
+    }
+
+    /// Refuses a sign-in (token or session) made with one factor when an organization of
+    /// the user requires multi-factor authentication (`settings.require_mfa`). Dev mode
+    /// issues its own tokens with no second factor to prove, so it enforces nothing.
+    pub async fn check_mfa(&self, principal: &Principal, mfa: bool) -> Result<(), AuthError> {
+        if mfa || matches!(self.mode, Mode::Dev(_)) {
+            return Ok(());
+        }
+        match self.directory.mfa_required_by(principal.user_id).await? {
+            Some(organization) => Err(AuthError::MfaRequired(organization)),
+            None => Ok(()),
+        }
     }
 
     /// Validates a bearer token and resolves its user. In OIDC mode a first use with a
@@ -393,7 +415,9 @@ impl Auth {
                         self.resolve_oidc(&claims)
                     })
                     .await?;
-                active(principal)
+                let principal = active(principal)?;
+                self.check_mfa(&principal, claims.mfa).await?;
+                Ok(principal)
             }
         }
     }

@@ -169,8 +169,23 @@ async fn callback(
         return Err(AuthError::LoginFailed("id token issued to another client".to_owned()).into());
     }
     let principal = auth.resolve_oidc(&claims).await?;
+    // Every sign-in with the verified email joins the invitations sent to it since the last.
+    if claims.email_verified && claims.email.as_deref() == Some(principal.email.as_str()) {
+        auth.directory()
+            .signed_in(principal.user_id)
+            .await
+            .map_err(AuthError::from)?;
+    }
+    match auth.check_mfa(&principal, claims.mfa).await {
+        Ok(()) => {}
+        Err(AuthError::MfaRequired(organization)) => {
+            tracing::info!(user_id = %principal.user_id, "sign-in refused: multi-factor authentication required");
+            return Ok(mfa_required_page(&organization));
+        }
+        Err(e) => return Err(e.into()),
+    }
 
-    let session_cookie = start_session(&auth, &principal).await?;
+    let session_cookie = start_session(&auth, &principal, claims.mfa).await?;
     let mut response = redirect(&flow.config().post_login_url)?;
     response
         .headers_mut()
@@ -193,6 +208,44 @@ async fn logout(State(auth): State<Arc<Auth>>, headers: HeaderMap) -> Result<Res
     }
     no_store(&mut response);
     Ok(response)
+}
+
+/// The browser's answer to a one-factor sign-in refused by `settings.require_mfa`: a page
+/// that says why and offers to sign in again (the provider then asks for the second factor).
+fn mfa_required_page(organization: &str) -> Response {
+    let name = html_escape(organization);
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>Multi-factor authentication required</title></head><body><main>\
+         <h1>Multi-factor authentication required</h1>\
+         <p>{name} requires its members to sign in with a second factor (an authenticator \
+         app, a security key), and this sign-in used one.</p>\
+         <p>Set up a second factor with your identity provider, then \
+         <a href=\"/auth/login\">sign in again</a>.</p></main></body></html>"
+    );
+    let mut response = (
+        StatusCode::FORBIDDEN,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response();
+    no_store(&mut response);
+    response
+}
+
+fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn no_store(response: &mut Response) {
@@ -238,13 +291,23 @@ pub async fn dev_user(auth: &Auth, email: &str) -> Result<Principal, ApiError> {
     if !user.active {
         return Err(AuthError::Deactivated.into());
     }
+    // Dev mode vouches for the email: a sign-in joins the invitations sent to it since.
+    directory
+        .signed_in(user.user_id)
+        .await
+        .map_err(AuthError::from)?;
     Ok(user)
 }
 
-/// Starts a browser session for `principal`: stores it and answers the `Set-Cookie` value of
+/// Starts a browser session for `principal` (`mfa`: the sign-in used more than one factor):
+/// stores it and answers the `Set-Cookie` value of
 /// the session cookie (HttpOnly, SameSite=Lax, `Secure` behind https). Shared by the OIDC
 /// callback and the web UI's dev sign-in.
-pub async fn start_session(auth: &Auth, principal: &Principal) -> Result<HeaderValue, ApiError> {
+pub async fn start_session(
+    auth: &Auth,
+    principal: &Principal,
+    mfa: bool,
+) -> Result<HeaderValue, ApiError> {
     let (session_id, key) = new_session_id();
     auth.sessions()
         .insert(
@@ -252,6 +315,7 @@ pub async fn start_session(auth: &Auth, principal: &Principal) -> Result<HeaderV
             Session {
                 user_id: principal.user_id,
                 expires_at: expiry(auth.session_ttl()),
+                mfa,
             },
         )
         .await

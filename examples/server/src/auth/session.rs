@@ -24,6 +24,9 @@ pub struct Session {
     pub user_id: Uuid,
     /// When the session ends.
     pub expires_at: SystemTime,
+    /// Whether the sign-in that opened it used more than one factor (the id token's
+    /// `amr`/`acr`), for organizations that require it.
+    pub mfa: bool,
 }
 
 /// Where sessions live. The in-memory store serves one process; a shared store (database)
@@ -143,6 +146,7 @@ mod tests {
                 Session {
                     user_id: user,
                     expires_at: SystemTime::now() - Duration::from_secs(1),
+                    mfa: false,
                 },
             )
             .await
@@ -154,6 +158,7 @@ mod tests {
                 Session {
                     user_id: user,
                     expires_at: expiry(Duration::from_secs(60)),
+                    mfa: false,
                 },
             )
             .await
@@ -164,6 +169,7 @@ mod tests {
                 Session {
                     user_id: user,
                     expires_at: expiry(Duration::from_secs(60)),
+                    mfa: false,
                 },
             )
             .await
@@ -175,7 +181,8 @@ mod tests {
                     k4,
                     Session {
                         user_id: user,
-                        expires_at: expiry(Duration::from_secs(60))
+                        expires_at: expiry(Duration::from_secs(60)),
+                        mfa: false,
                     }
                 )
                 .await

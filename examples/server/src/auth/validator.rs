@@ -53,6 +53,33 @@ pub struct VerifiedClaims {
     pub authorized_party: Option<String>,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
+    /// Whether the provider says the bearer authenticated with more than one factor (see
+    /// [`is_multi_factor`]).
+    pub mfa: bool,
+}
+
+/// `acr` values that name multi-factor authentication: the OpenID PAPE policies
+/// (multi-factor and multi-factor physical) and the bare `mfa` some providers send.
+pub const MFA_ACR_VALUES: &[&str] = &[
+    "http://schemas.openid.net/pape/policies/2007/06/multi-factor",
+    "http://schemas.openid.net/pape/policies/2007/06/multi-factor-physical",
+    "mfa",
+];
+
+/// Whether a token's claims say its bearer used more than one factor: `amr` (RFC 8176) holds
+/// `mfa`, or `acr` is one of [`MFA_ACR_VALUES`]. Anything else (no claim, `amr: ["pwd"]`, a
+/// malformed claim) is single-factor.
+#[must_use]
+pub fn is_multi_factor(claims: &Map<String, Value>) -> bool {
+    let amr = claims
+        .get("amr")
+        .and_then(Value::as_array)
+        .is_some_and(|values| values.iter().any(|v| v.as_str() == Some("mfa")));
+    let acr = claims
+        .get("acr")
+        .and_then(Value::as_str)
+        .is_some_and(|v| MFA_ACR_VALUES.contains(&v));
+    amr || acr
 }
 
 /// Validates JWTs of one issuer.
@@ -186,7 +213,9 @@ impl TokenValidator {
             Some(Value::String(s)) => Some(s),
             _ => None,
         };
+        let mfa = is_multi_factor(&claims);
         Ok(VerifiedClaims {
+            mfa,
             authorized_party,
             issuer,
             subject,
@@ -292,7 +321,21 @@ mod tests {
             nonce: None,
             authorized_party: None,
             expires_at,
+            mfa: false,
         }
+    }
+
+    #[test]
+    fn multi_factor_is_read_from_amr_or_acr() {
+        let of = |v: serde_json::Value| is_multi_factor(v.as_object().unwrap());
+        assert!(of(serde_json::json!({"amr": ["pwd", "mfa"]})));
+        assert!(of(serde_json::json!({"acr": MFA_ACR_VALUES[0]})));
+        assert!(!of(serde_json::json!({"amr": ["pwd"]})));
+        assert!(!of(serde_json::json!({"amr": "mfa"})));
+        assert!(!of(
+            serde_json::json!({"acr": "urn:mace:incommon:iap:silver"})
+        ));
+        assert!(!of(serde_json::json!({})));
     }
 
     #[test]

@@ -337,6 +337,8 @@ pub struct OrgFixture {
     pub platform_rule: RuleId,
     /// A draft invoice of January 2026.
     pub invoice: stratai_core::InvoiceId,
+    /// A user profile created with the fixture (platform-wide, given to no one).
+    pub profile: stratai_core::ProfileId,
 }
 
 impl OrgFixture {
@@ -484,7 +486,16 @@ pub async fn org_fixture(stores: &Stores, name: &str) -> OrgFixture {
         .put_draft_invoice(org.id, &invoice)
         .await
         .unwrap();
+    let profile = stratai_core::directory::UserProfile::new(
+        &format!("fixture profile {}", unique()),
+        vec![TierSlug::new("basic").unwrap()],
+        stratai_core::directory::ProfileAvailability::All,
+        now,
+    )
+    .unwrap();
+    stores.directory.create_profile(&profile).await.unwrap();
     OrgFixture {
+        profile: profile.id,
         invoice: invoice.id,
         rule: org_rule.id,
         platform_rule: platform_rule.id,

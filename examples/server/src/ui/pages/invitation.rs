@@ -137,6 +137,16 @@ pub(crate) async fn accept(
         .directory
         .accept_invitation(&hash_token(&token), &viewer.caller.user, Utc::now())
         .await;
+    let outcome = match outcome {
+        Ok(membership) => Ok(crate::profile_defaults::after_join(
+            state.stores.directory.as_ref(),
+            state.stores.guardrails.as_ref(),
+            membership,
+        )
+        .await
+        .map_err(crate::error::ApiError::from)?),
+        Err(e) => Err(e),
+    };
     match outcome {
         Ok(membership) => {
             tracing::info!(org_id = %membership.org_id, user_id = %viewer.caller.id(), "invitation accepted on the accept page");

@@ -115,7 +115,7 @@ pub(crate) async fn signin(
     let email = form.text("email");
     match dev_user(&state.auth, &email).await {
         Ok(principal) => {
-            let session = start_session(&state.auth, &principal).await?;
+            let session = start_session(&state.auth, &principal, false).await?;
             let clear = crate::auth::cookies::clear_cookie(
                 csrf::PRESESSION_COOKIE,
                 "/",
