@@ -397,6 +397,30 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
     async fn get_profile(&self, profile: ProfileId) -> Result<UserProfile, StoreError> {
         self.inner.get_profile(profile).await
     }
+    async fn update_profile(&self, profile: &UserProfile) -> Result<(), StoreError> {
+        let before = Self::before(self.inner.get_profile(profile.id)).await;
+        self.inner.update_profile(profile).await?;
+        self.audit(
+            AuditChain::Platform,
+            "profile.update",
+            format!("profile/{}", profile.id),
+            before,
+            snapshot(profile),
+        )
+        .await
+    }
+    async fn delete_profile(&self, profile: ProfileId) -> Result<(), StoreError> {
+        let before = Self::before(self.inner.get_profile(profile)).await;
+        self.inner.delete_profile(profile).await?;
+        self.audit(
+            AuditChain::Platform,
+            "profile.delete",
+            format!("profile/{profile}"),
+            before,
+            None,
+        )
+        .await
+    }
     async fn list_profiles(&self) -> Result<Vec<UserProfile>, StoreError> {
         self.inner.list_profiles().await
     }
