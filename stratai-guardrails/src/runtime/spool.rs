@@ -82,6 +82,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
 /// One line of the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "log", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // short-lived, one per write; boxing buys nothing
 enum Line {
     Reserve {
         id: RequestId,
