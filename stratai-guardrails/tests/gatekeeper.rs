@@ -502,7 +502,14 @@ async fn a_request_without_a_budget_asks_the_ledger_nothing() {
 async fn streams_are_filtered_then_settled() {
     let f = Fixture::new();
     let mut ledger = MockBudgetLedger::new();
-    ledger.expect_list_budgets().returning(|_| Ok(vec![]));
+    let budget = f.budget();
+    ledger
+        .expect_list_budgets()
+        .returning(move |_| Ok(vec![budget.clone()]));
+    ledger
+        .expect_reserve()
+        .times(1)
+        .returning(|_, _| Ok(ReserveOutcome::Reserved(vec![])));
     ledger
         .expect_settle()
         .times(1)
