@@ -31,7 +31,8 @@ async fn changes_are_recorded_and_read_by_whom_they_concern(api: Api) {
     let w = org_fixture(&api.stores, "audited").await;
     let other = org_fixture(&api.stores, "elsewhere").await;
     let admin = api.token(w.admin.email.as_str()).await;
-    let member = api.token(w.member.email.as_str()).await;
+    // A plain member (the member below becomes an admin).
+    let member = api.token(w.lead.email.as_str()).await;
     let outsider = api.token(other.admin.email.as_str()).await;
     let operator = api.token("admin@localhost").await;
     let audit = format!("/api/organizations/{}/audit", w.org);

@@ -21,10 +21,10 @@ impl MemoryStore {
         chain: AuditChain,
         draft: &AuditDraft,
     ) -> Result<AuditEntry, StoreError> {
-        if let AuditChain::Org(org) = chain {
-            if !self.state.read().await.orgs.contains_key(&org) {
-                return Err(StoreError::not_found("organization", org));
-            }
+        if let AuditChain::Org(org) = chain
+            && !self.state.read().await.orgs.contains_key(&org)
+        {
+            return Err(StoreError::not_found("organization", org));
         }
         let mut chains = self.audit.write().await;
         let entries = chains.entry(chain).or_default();

@@ -67,10 +67,10 @@ impl AuditParams {
                 format!("between 1 and {MAX_LIMIT}"),
             ));
         }
-        if let (Some(since), Some(until)) = (self.since, self.until) {
-            if until <= since {
-                return Err(ApiError::invalid("until", "must be after `since`"));
-            }
+        if let (Some(since), Some(until)) = (self.since, self.until)
+            && until <= since
+        {
+            return Err(ApiError::invalid("until", "must be after `since`"));
         }
         let before = self
             .before
