@@ -132,7 +132,8 @@ BEGIN
         'stratai_outbox_dead_letter(bigint, text)', 'stratai_outbox_dead_letters(integer)',
         'stratai_reclaim_expired(timestamptz)',
         'stratai_put_platform_rule(uuid, text, text, text, jsonb, text, uuid, text, integer, boolean, timestamptz)',
-        'stratai_delete_platform_rule(uuid)'
+        'stratai_delete_platform_rule(uuid)',
+        'stratai_delete_profile(uuid)'
     ] LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, p_role);
     END LOOP;
