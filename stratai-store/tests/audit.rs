@@ -33,14 +33,14 @@ fn draft(n: usize, actor: UserId) -> AuditDraft {
         at: fixtures::now() + chrono::Duration::seconds(i64::try_from(n).unwrap()),
         actor: Some(actor),
         request_id: Some(format!("req-{n}")),
-        action: if n % 2 == 0 {
+        action: if n.is_multiple_of(2) {
             "member.update"
         } else {
             "group.create"
         }
         .to_owned(),
         target: format!("thing/{n}"),
-        before: (n % 2 == 0).then(|| json!({"monthly_budget": "5.00", "n": n})),
+        before: n.is_multiple_of(2).then(|| json!({"monthly_budget": "5.00", "n": n})),
         after: Some(json!({"monthly_budget": "7.25", "z": [1, {"b": 2, "a": 1}], "n": n})),
     }
 }
