@@ -359,6 +359,8 @@ const PLATFORM_METHODS: &[&str] = &[
     "memberships_of_user",
     "locate_group",
     "create_profile",
+    "update_profile",
+    "delete_profile",
     "get_profile",
     "list_profiles",
     "find_invitation_by_token_hash",

@@ -40,7 +40,9 @@ fn draft(n: usize, actor: UserId) -> AuditDraft {
         }
         .to_owned(),
         target: format!("thing/{n}"),
-        before: n.is_multiple_of(2).then(|| json!({"monthly_budget": "5.00", "n": n})),
+        before: n
+            .is_multiple_of(2)
+            .then(|| json!({"monthly_budget": "5.00", "n": n})),
         after: Some(json!({"monthly_budget": "7.25", "z": [1, {"b": 2, "a": 1}], "n": n})),
     }
 }
