@@ -153,9 +153,13 @@ fn dependency_direction_holds() {
             "stratai-core must not depend on {banned}"
         );
     }
-    // guardrails and litellm depend on core only; store on core (+ guardrails types it persists).
+    // guardrails depends on core only; litellm on core and the rules engine (its members'
+    // key limits, without the runtime); store on core (+ guardrails types it persists).
     assert_eq!(ours("stratai-guardrails"), ["stratai-core"]);
-    assert_eq!(ours("stratai-litellm"), ["stratai-core"]);
+    assert_eq!(
+        ours("stratai-litellm"),
+        ["stratai-core", "stratai-guardrails"]
+    );
     for dep in ours("stratai-store") {
         assert!(
             dep == "stratai-core" || dep == "stratai-guardrails",
@@ -463,6 +467,22 @@ fn the_rules_engine_does_not_need_the_runtime() {
                 dep["optional"], true,
                 "stratai-guardrails' `{name}` must be optional (the `runtime` feature's)"
             );
+        }
+    }
+    // stratai-litellm uses the rules engine alone: no default features, none enabled.
+    let litellm = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "stratai-litellm")
+        .expect("stratai-litellm is a workspace package");
+    for dep in litellm["dependencies"].as_array().unwrap() {
+        if dep["name"] == "stratai-guardrails" && dep["kind"].is_null() {
+            assert_eq!(
+                dep["uses_default_features"], false,
+                "stratai-litellm must not enable stratai-guardrails' runtime"
+            );
+            assert_eq!(dep["features"], serde_json::json!([]), "{dep}");
         }
     }
     let features = pkg["features"].as_object().unwrap();

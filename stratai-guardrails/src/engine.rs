@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use stratai_core::TierId;
-use stratai_core::ports::RuleRecord;
+use stratai_core::ports::{DirectoryStore, GuardrailStore, RuleRecord, TierStore};
 
 use crate::decision::Decision;
 use crate::policy::{Policy, PolicyError, PolicyHolder, Principal};
@@ -66,6 +66,50 @@ impl Guardrails {
     /// policy stays in force.
     pub fn reload(&self, records: &[RuleRecord], known: &KnownScopes) -> Result<u64, PolicyError> {
         self.policy.reload(records, known)
+    }
+
+    /// Recompiles the policy from the stores: the platform rules and every organization's
+    /// rules, checked against the tiers, organizations, groups and members that exist. On
+    /// an invalid rule set (or a store error) the current policy stays in force. What the
+    /// runtime's reloader and `litellm-worker` (its members' key limits) both run.
+    pub async fn reload_from_store(
+        &self,
+        directory: &dyn DirectoryStore,
+        tiers: &dyn TierStore,
+        rules: &dyn GuardrailStore,
+    ) -> Result<u64, String> {
+        let mut records = rules
+            .list_platform_rules()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut known = KnownScopes::new();
+        for tier in tiers.list_tiers().await.map_err(|e| e.to_string())? {
+            known.add_tier(tier.id);
+        }
+        for org in directory.list_orgs().await.map_err(|e| e.to_string())? {
+            known.add_org(org.id);
+            for g in directory
+                .list_groups(org.id)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                known.add_group(org.id, g.id);
+            }
+            for m in directory
+                .list_members(org.id)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                known.add_member(org.id, m.user_id);
+            }
+            records.extend(
+                rules
+                    .list_org_rules(org.id)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        self.reload(&records, &known).map_err(|e| e.to_string())
     }
 
     /// Decides a request before the model call, taking rate-limit tokens when allowed.

@@ -30,6 +30,12 @@
 //! an in-memory store seeded with one organization, group and member, syncs it, chats once
 //! with the member's key and reports (needs the proxy's `mock-gpt` models).
 //!
+//! Members' keys carry the rate-limit guardrails that apply to them as their `rpm_limit`
+//! (stratai-litellm's `PolicyKeyLimits`, as in the server): the worker compiles the guardrail
+//! rules from the database at start and every [`GUARDRAIL_RELOAD`] (the server's reload
+//! interval), and a rule change re-pushes every member at the next sync pass. Until the rules
+//! have loaded once, members are not pushed (retried), rather than pushed without limits.
+//!
 //! Virtual key secrets are sealed into the database
 //! (`stratai_litellm::vault::EncryptedKeyVault` over the store's `KeyVaultStore`) with the master key in `STRATAI_VAULT_KEY` (32 bytes as 64 hex digits or
 //! base64, e.g. `openssl rand -base64 32`): a restart does not regenerate keys, and the server
@@ -57,7 +63,9 @@ use stratai_core::ports::{DirectoryStore, TierStore};
 use stratai_core::tiers::{BASIC_TIER_ID, PREMIUM_TIER_ID, default_tiers, subscriptions_for};
 use stratai_litellm::config::ProcessEnv;
 use stratai_litellm::spend::{Imported, SpendImporter, SpendSettings};
-use stratai_litellm::sync::{CoreDirectory, KeyVault, ModelNames, SyncConfig, SyncEngine};
+use stratai_litellm::sync::{
+    CoreDirectory, KeyVault, ModelNames, PolicyKeyLimits, SyncConfig, SyncEngine,
+};
 use stratai_litellm::{Attribution, ChatMessage, ChatRequest, LiteLlmClient};
 use stratai_store::Stores;
 
@@ -72,6 +80,9 @@ struct Options {
     models: ModelNames,
     vault_replace_foreign: bool,
 }
+
+/// How often the guardrail rules are recompiled from the database (the server's interval).
+const GUARDRAIL_RELOAD: Duration = Duration::from_secs(5);
 
 const USAGE: &str = "usage: litellm-worker [--once] [--demo] [--repair] [--interval-ms N] \
 [--reconcile-every-s N] [--spend-every-s N] [--spend-window-min N] [--model STRATAI=LITELLM]... \
@@ -282,11 +293,15 @@ async fn work(
     options: Options,
     demo: Option<(stratai_core::ids::OrgId, stratai_core::ids::UserId)>,
 ) -> Result<bool, String> {
+    // The rate-limit guardrails that apply to a member become their key's `rpm_limit`.
+    let limits = Arc::new(PolicyKeyLimits::new());
+    reload_guardrails(&stores, &limits).await;
     // The budgets too: with LiteLLM Enterprise organizations, an org's monthly budget is its
     // LiteLLM organization's.
     let source = Arc::new(
         CoreDirectory::new(stores.directory.clone(), stores.tiers.clone())
-            .with_budgets(stores.budgets.clone()),
+            .with_budgets(stores.budgets.clone())
+            .with_rate_limits(limits.clone()),
     );
     let config = SyncConfig {
         model_names: options.models.clone(),
@@ -386,7 +401,12 @@ async fn work(
 
     let mut last_reconcile = tokio::time::Instant::now();
     let mut last_spend = tokio::time::Instant::now();
+    let mut last_reload = tokio::time::Instant::now();
     loop {
+        if last_reload.elapsed() >= GUARDRAIL_RELOAD {
+            last_reload = tokio::time::Instant::now();
+            reload_guardrails(&stores, &limits).await;
+        }
         match engine.run_once().await {
             Ok(pass) if pass.events > 0 => println!("sync: {pass:?}"),
             Ok(_) => {}
@@ -421,6 +441,28 @@ async fn work(
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(true),
             () = tokio::time::sleep(options.interval) => {}
+        }
+    }
+}
+
+/// Recompiles the guardrail rules from the database into `limits`; on an error the policy
+/// in force stays (none before the first success: members wait rather than lose limits).
+async fn reload_guardrails(stores: &Stores, limits: &PolicyKeyLimits) {
+    if let Err(e) = limits
+        .load(
+            stores.directory.as_ref(),
+            stores.tiers.as_ref(),
+            stores.guardrails.as_ref(),
+        )
+        .await
+    {
+        if limits.is_loaded() {
+            eprintln!("guardrail rules not reloaded; the previous ones stay in force: {e}");
+        } else {
+            eprintln!(
+                "guardrail rules not loaded (members' keys wait for them; retried every {}s): {e}",
+                GUARDRAIL_RELOAD.as_secs()
+            );
         }
     }
 }

@@ -56,8 +56,8 @@ use stratai_core::usage::UsageStatus;
 use self::metrics::ReasonKind;
 use crate::plan::{Plan, scope_name};
 use crate::{
-    Admission as GateAdmission, Caller, Decision, Gatekeeper, Guardrails, KnownScopes,
-    MemberSnapshot, Refusal as GateRefusal,
+    Admission as GateAdmission, Caller, Decision, Gatekeeper, Guardrails, MemberSnapshot,
+    Refusal as GateRefusal,
 };
 use alerts::AlertSink;
 use fresh_cache::{FreshCache, Lookup};
@@ -809,43 +809,14 @@ impl Runtime {
     /// Recompiles the guardrail policy from the store (platform rules and every
     /// organization's rules); on an invalid rule set the current policy stays in force.
     pub async fn reload_guardrails(&self) -> Result<u64, String> {
-        let dir = &self.deps.directory;
-        let mut records = self
-            .deps
-            .rules
-            .list_platform_rules()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut known = KnownScopes::new();
-        for tier in self
-            .deps
-            .tiers
-            .list_tiers()
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            known.add_tier(tier.id);
-        }
-        for org in dir.list_orgs().await.map_err(|e| e.to_string())? {
-            known.add_org(org.id);
-            for g in dir.list_groups(org.id).await.map_err(|e| e.to_string())? {
-                known.add_group(org.id, g.id);
-            }
-            for m in dir.list_members(org.id).await.map_err(|e| e.to_string())? {
-                known.add_member(org.id, m.user_id);
-            }
-            records.extend(
-                self.deps
-                    .rules
-                    .list_org_rules(org.id)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
-        }
         self.deps
             .guardrails
-            .reload(&records, &known)
-            .map_err(|e| e.to_string())
+            .reload_from_store(
+                self.deps.directory.as_ref(),
+                self.deps.tiers.as_ref(),
+                self.deps.rules.as_ref(),
+            )
+            .await
     }
 
     /// Reloads the guardrail policy every `interval` until the task is aborted.

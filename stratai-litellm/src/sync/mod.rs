@@ -6,6 +6,7 @@
 //! version, and an event older than the version already applied is completed without a
 //! call (a stale update never overwrites a newer one).
 
+mod limits;
 mod mapping;
 mod orgs;
 mod reconcile;
@@ -23,6 +24,7 @@ use stratai_core::ids::{GroupId, OrgId, UserId};
 use stratai_core::ports::{OutboxEntity, OutboxEvent, OutboxStore};
 use tokio::sync::Mutex;
 
+pub use limits::PolicyKeyLimits;
 pub use mapping::{
     DesiredKey, DesiredOrg, DesiredTeam, KeyLimits, MANAGED_BY, ModelNames, NO_MODELS,
     block_key_unless_active, desired_key, desired_org, desired_team, is_managed, key_alias,

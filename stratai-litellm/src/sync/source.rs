@@ -18,9 +18,8 @@ use super::mapping::KeyLimits;
 use crate::secret::Secret;
 
 /// Where a member's per-minute key limits come from: the guardrail rules engine's
-/// resolution of the rate-limit rules that apply to the member (the embedding program
-/// implements it over its compiled policy, since this crate depends on stratai-core only;
-/// the server's is `gateway/setup.rs`'s `PolicyKeyLimits`).
+/// resolution of the rate-limit rules that apply to the member ([`super::PolicyKeyLimits`],
+/// over a compiled policy; the server's and `litellm-worker`'s).
 #[async_trait]
 pub trait RateLimitSource: Send + Sync {
     /// The limits of `user`'s key in `org`, where they belong to `groups`.

@@ -527,6 +527,8 @@ impl Respond for Fake {
                     "max_budget": body.get("max_budget").cloned().unwrap_or(Value::Null),
                     "budget_duration": body.get("budget_duration").cloned().unwrap_or(Value::Null),
                     "metadata": body.get("metadata").cloned().unwrap_or_else(|| json!({})),
+                    "rpm_limit": body.get("rpm_limit").cloned().unwrap_or(Value::Null),
+                    "tpm_limit": body.get("tpm_limit").cloned().unwrap_or(Value::Null),
                     "spend": 0.0,
                     "blocked": null,
                     "created_at": NOW,

@@ -40,7 +40,7 @@ use stratai_guardrails::runtime::{
 use stratai_guardrails::{GatekeeperConfig, LeaseConfig};
 use stratai_litellm::gateway::LiteLlmGateway;
 use stratai_litellm::spend::{SpendImporter, SpendSettings};
-use stratai_litellm::sync::{CoreDirectory, KeyLimits, RateLimitSource, SyncEngine};
+use stratai_litellm::sync::{CoreDirectory, PolicyKeyLimits, SyncEngine};
 use stratai_store::RedisRateLimiter;
 use url::Url;
 
@@ -218,87 +218,6 @@ fn spawn_sync(engine: Arc<SyncEngine>, interval: Duration, spend: Option<SpendPo
     });
 }
 
-/// The rate-limit guardrails as the per-minute limits of members' LiteLLM keys: the
-/// runtime's compiled policy (reloaded from the store every `guardrail_reload`), resolved for
-/// the member by the rules engine (`Policy::effective`, tier-independent rules: a key serves
-/// every tier), blocking rules only (a `warn` or `log` limit refuses nothing in StratAI, so
-/// it refuses nothing on the proxy either), each bounded as
-/// [`KeyLimits::from_rate_limits`] says. Unset until the runtime exists: the sync then
-/// fails as transient and retries.
-#[derive(Default)]
-pub(crate) struct PolicyKeyLimits {
-    guardrails: std::sync::OnceLock<Arc<stratai_guardrails::Guardrails>>,
-    /// (policy version, fingerprint of its blocking rate-limit rules).
-    fingerprint: std::sync::Mutex<(u64, u64)>,
-}
-
-impl PolicyKeyLimits {
-    fn blocking_limits(
-        policy: &stratai_guardrails::Policy,
-    ) -> impl Iterator<Item = &stratai_guardrails::Rule> {
-        policy.rules().iter().filter(|r| {
-            r.active
-                && r.action == stratai_core::ports::RuleAction::Block
-                && matches!(r.kind, stratai_guardrails::RuleKind::RateLimit(_))
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl RateLimitSource for PolicyKeyLimits {
-    async fn key_limits(
-        &self,
-        org: stratai_core::ids::OrgId,
-        user: stratai_core::ids::UserId,
-        groups: &[stratai_core::ids::GroupId],
-    ) -> Result<KeyLimits, stratai_core::StoreError> {
-        let Some(guardrails) = self.guardrails.get() else {
-            return Err(stratai_core::StoreError::Backend(
-                "the guardrail policy is not loaded yet".to_owned(),
-            ));
-        };
-        let policy = guardrails.policy();
-        let principal = stratai_guardrails::Principal {
-            org_id: org,
-            user_id: user,
-            groups: groups.to_vec(),
-        };
-        let blocking: std::collections::HashSet<_> =
-            Self::blocking_limits(&policy).map(|r| r.id).collect();
-        let effective = policy.effective(&principal, None);
-        Ok(KeyLimits::from_rate_limits(
-            effective
-                .rate_limits
-                .iter()
-                .filter(|(id, _)| blocking.contains(id))
-                .map(|(_, limit)| (limit.requests, Duration::from_secs(limit.period.seconds()))),
-        ))
-    }
-
-    fn version(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let Some(guardrails) = self.guardrails.get() else {
-            return 0;
-        };
-        let policy = guardrails.policy();
-        let mut cached = self
-            .fingerprint
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cached.0 != policy.version() {
-            // The policy is recompiled on every reload; only its blocking rate limits matter.
-            let mut rules: Vec<String> = Self::blocking_limits(&policy)
-                .map(|r| format!("{}|{:?}|{:?}", r.id, r.scope, r.kind))
-                .collect();
-            rules.sort();
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            rules.hash(&mut hasher);
-            *cached = (policy.version(), hasher.finish().max(1));
-        }
-        cached.1
-    }
-}
-
 /// Builds the gateway's state and starts its background tasks (spool replay, guardrail
 /// reload). Must run inside a Tokio runtime.
 pub async fn build_state(
@@ -309,7 +228,10 @@ pub async fn build_state(
 ) -> Result<GatewayState, String> {
     let mut upstream = None;
     let mut litellm_engine: Option<Arc<SyncEngine>> = None;
-    let key_limits = Arc::new(PolicyKeyLimits::default());
+    // The rate-limit guardrails as members' key limits: the runtime's compiled policy
+    // (reloaded from the store every `guardrail_reload`), set once the runtime exists; until
+    // then the sync fails as transient and retries.
+    let key_limits = Arc::new(PolicyKeyLimits::new());
     let mut start_sync = None;
     let (llm, provider): (Arc<dyn LlmGateway>, &'static str) = match (options.llm, &config.litellm)
     {
@@ -453,9 +375,7 @@ pub async fn build_state(
         builder = builder.shared_rate_limiter(Arc::new(limiter));
     }
     let (pipeline, drainer) = builder.build().await.map_err(|e| e.to_string())?;
-    let _ = key_limits
-        .guardrails
-        .set(pipeline.deps().guardrails.clone());
+    key_limits.set(pipeline.deps().guardrails.clone());
     if let Some((engine, spend)) = start_sync {
         spawn_sync(engine, options.sync_interval, spend);
     }
