@@ -226,15 +226,8 @@ async fn concurrent_accepts_join_once(api: Api) {
     let a = org_fixture(&api.stores, "acme").await;
     let admin = api.token(a.admin.email.as_str()).await;
     let invitee = format!("race-{}@x.test", unique());
-    let r = api
-        .post(
-            "/api/invitations",
-            &admin,
-            json!({"org_id": a.org, "email": invitee}),
-        )
-        .await;
-    let token = r.json["token"].as_str().unwrap().to_owned();
-    // The invitee has an account already (a first sign-in would join the invitation itself).
+    // The invitee has an account and a token already, from before the invitation (a sign-in
+    // with the invitation pending would join it itself).
     let user = stratai_core::directory::User::new(
         stratai_core::directory::Email::new(&invitee).unwrap(),
         None,
@@ -244,6 +237,14 @@ async fn concurrent_accepts_join_once(api: Api) {
     .unwrap();
     api.stores.directory.create_user(&user).await.unwrap();
     let user_token = api.token(&invitee).await;
+    let r = api
+        .post(
+            "/api/invitations",
+            &admin,
+            json!({"org_id": a.org, "email": invitee}),
+        )
+        .await;
+    let token = r.json["token"].as_str().unwrap().to_owned();
     let api = std::sync::Arc::new(api);
     let mut tasks = Vec::new();
     for _ in 0..8 {

@@ -320,7 +320,7 @@ pub async fn create_platform(
     let rule = record(req, scope);
     validate(&rule)?;
     state.stores.guardrails.put_platform_rule(&rule).await?;
-    sync_every_org(&state).await?;
+    platform_rules_changed(&state).await;
     Ok((StatusCode::CREATED, ApiJson(rule)))
 }
 
@@ -351,7 +351,7 @@ pub async fn update_platform(
     apply(&mut rule, req);
     validate(&rule)?;
     state.stores.guardrails.put_platform_rule(&rule).await?;
-    sync_every_org(&state).await?;
+    platform_rules_changed(&state).await;
     Ok(ApiJson(rule))
 }
 
@@ -372,7 +372,7 @@ pub async fn delete_platform(
         .guardrails
         .delete_platform_rule(rule_id)
         .await?;
-    sync_every_org(&state).await?;
+    platform_rules_changed(&state).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -418,11 +418,13 @@ async fn sync_budgets_of(state: &AppState, org_id: OrgId) -> Result<(), ApiError
     Ok(())
 }
 
-/// [`sync_rule_budgets`] in every organization (a platform rule changed).
-async fn sync_every_org(state: &AppState) -> Result<(), ApiError> {
+/// A platform rule changed: this instance's policy reloaded at once. The organizations'
+/// ledger budgets of a platform `budget_limit` rule are not written here, organization by
+/// organization (a platform change would cost a round trip per organization, inside the
+/// request): the Gatekeeper puts a missing or changed rule budget into an organization's ledger
+/// before its first admission there, `/api/budgets` brings an organization's in step before
+/// listing them, and a decision takes rule budgets from the live policy only, so a leftover
+/// one limits nothing.
+async fn platform_rules_changed(state: &AppState) {
     reload(state).await;
-    for org in state.stores.directory.list_orgs().await? {
-        sync_budgets_of(state, org.id).await?;
-    }
-    Ok(())
 }
