@@ -85,6 +85,11 @@ async fn page(
             Offer::Accept
         }
         (InvitationStatus::Pending, Some(_)) => Offer::WrongPerson,
+        // Its own invitee, back on a used link (a sign-in with the verified address joins
+        // pending invitations by itself): they are in, not refused.
+        (InvitationStatus::Accepted, Some(v)) if v.caller.user.email == invitation.email => {
+            Offer::Joined
+        }
         _ => Offer::Closed,
     };
     let chrome = match viewer {
