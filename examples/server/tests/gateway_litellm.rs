@@ -214,7 +214,17 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
         .unwrap()
         .parse()
         .unwrap();
-    let record = stores.usage.get(org.id, rid).await.unwrap();
+    // The default configuration batches usage writes (the usage log has the record at once;
+    // the store within the batch's linger), so the record is awaited, not assumed.
+    let mut record = None;
+    for _ in 0..100 {
+        if let Ok(r) = stores.usage.get(org.id, rid).await {
+            record = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let record = record.expect("the usage record is stored within five seconds");
     assert_eq!(record.status, UsageStatus::Success);
     let upstream_id = record.litellm_request_id.clone().unwrap();
     assert_eq!(body["id"], upstream_id.as_str());
@@ -294,19 +304,27 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     assert_eq!(third.status(), 200, "{}", third.text().await.unwrap());
     let from = started - chrono::Duration::minutes(1);
     let to = Utc::now() + chrono::Duration::minutes(1);
-    let records = stores
-        .usage
-        .query(
-            org.id,
-            &UsageQuery {
-                from: Some(from),
-                to: Some(to),
-                ..UsageQuery::default()
-            },
-            1_000,
-        )
-        .await
-        .unwrap();
+    // Awaited as above: the third record reaches the store within the batch's linger.
+    let mut records = Vec::new();
+    for _ in 0..100 {
+        records = stores
+            .usage
+            .query(
+                org.id,
+                &UsageQuery {
+                    from: Some(from),
+                    to: Some(to),
+                    ..UsageQuery::default()
+                },
+                1_000,
+            )
+            .await
+            .unwrap();
+        if records.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(records.len(), 3, "{records:#?}");
     assert!(records.iter().all(|r| r.provider_cost > Money::ZERO));
     let reconciler = SyncEngine::new(

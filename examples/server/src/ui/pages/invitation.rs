@@ -161,16 +161,18 @@ pub(crate) async fn accept(
             render(StatusCode::OK, &page)
         }
         Err(e @ (StoreError::Conflict(_) | StoreError::Invalid(_))) => {
-            let page = page(
-                &state,
-                &token,
-                Some(&viewer),
-                Some(Notice::error(format!(
-                    "The invitation was not accepted: {}",
-                    refusal(&e)
-                ))),
-            )
-            .await?;
+            let mut page = page(&state, &token, Some(&viewer), None).await?;
+            // Said from the invitation's state where it is no longer open (a second submit of
+            // the form, a revoked or expired link), from the store's reason otherwise.
+            let why = match page.status {
+                "accepted" => "it was already used (each link works once)".to_owned(),
+                "revoked" => "it was revoked".to_owned(),
+                "expired" => "it has expired".to_owned(),
+                _ => refusal(&e),
+            };
+            page.chrome.notice = Some(Notice::error(format!(
+                "The invitation was not accepted: {why}."
+            )));
             render(StatusCode::CONFLICT, &page)
         }
         Err(e) => Err(e.into()),
