@@ -368,6 +368,7 @@ const PLATFORM_METHODS: &[&str] = &[
     "get_profile",
     "list_profiles",
     "find_invitation_by_token_hash",
+    "pending_invitations_for",
     "accept_invitation",
     "upsert_tier",
     "list_tiers",

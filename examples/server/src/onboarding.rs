@@ -7,7 +7,7 @@
 //! one organization is logged and never blocks the sign-in.
 
 use chrono::{DateTime, Utc};
-use stratai_core::directory::{Email, InvitationStatus, Membership, OrgRole, User};
+use stratai_core::directory::{Email, Membership, OrgRole, User};
 use stratai_core::ports::{DirectoryStore, GuardrailStore};
 use stratai_core::{OrgId, StoreError};
 
@@ -27,18 +27,19 @@ pub async fn may_join(
     email: &Email,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    for org in directory.list_orgs().await? {
-        if org.active && org.settings.admits_signup(email) {
-            return Ok(true);
-        }
-        let invited = directory.list_invitations(org.id).await?.iter().any(|i| {
-            &i.email == email && i.status == InvitationStatus::Pending && i.expires_at > now
-        });
-        if invited {
-            return Ok(true);
-        }
+    let invited = directory
+        .pending_invitations_for(email)
+        .await?
+        .iter()
+        .any(|i| i.expires_at > now);
+    if invited {
+        return Ok(true);
     }
-    Ok(false)
+    Ok(directory
+        .list_orgs()
+        .await?
+        .iter()
+        .any(|org| org.active && org.settings.admits_signup(email)))
 }
 
 /// Joins `user` (whose email the identity provider verified) to every organization that
@@ -88,24 +89,20 @@ pub async fn join_invitations(
     now: DateTime<Utc>,
 ) -> Result<Vec<OrgId>, StoreError> {
     let mut joined = Vec::new();
-    for org in &directory.list_orgs().await? {
-        let invitations = directory.list_invitations(org.id).await?;
-        let Some(invitation) = invitations.iter().find(|i| {
-            i.email == user.email && i.status == InvitationStatus::Pending && i.expires_at > now
-        }) else {
-            continue;
-        };
+    let pending = directory.pending_invitations_for(&user.email).await?;
+    for invitation in pending.iter().filter(|i| i.expires_at > now) {
+        let org = invitation.org_id;
         match directory
             .accept_invitation(&invitation.token_hash, user, now)
             .await
         {
             Ok(membership) => {
-                tracing::info!(org_id = %org.id, user_id = %user.id, "invitation joined at sign-in");
-                joined.push(org.id);
+                tracing::info!(org_id = %org, user_id = %user.id, "invitation joined at sign-in");
+                joined.push(org);
                 if let Err(e) =
                     crate::profile_defaults::after_join(directory, guardrails, membership).await
                 {
-                    tracing::warn!(org_id = %org.id, user_id = %user.id, error = %e, "the invitation's profile was not applied");
+                    tracing::warn!(org_id = %org, user_id = %user.id, error = %e, "the invitation's profile was not applied");
                 }
             }
             Err(
@@ -114,7 +111,7 @@ pub async fn join_invitations(
             ) => {
                 // Already a member, a full group, or a race with another acceptance: the
                 // invitation stays as the store left it; the link still works if pending.
-                tracing::warn!(org_id = %org.id, user_id = %user.id, error = %e, "pending invitation not joined at sign-in");
+                tracing::warn!(org_id = %org, user_id = %user.id, error = %e, "pending invitation not joined at sign-in");
             }
             Err(e) => return Err(e),
         }

@@ -1052,6 +1052,21 @@ impl DirectoryStore for MemoryStore {
             .cloned())
     }
 
+    async fn pending_invitations_for(
+        &self,
+        email: &Email,
+    ) -> Result<Vec<Invitation>, StoreError> {
+        let s = self.state.read().await;
+        let mut found: Vec<Invitation> = s
+            .invitations
+            .values()
+            .filter(|i| &i.email == email && i.status == InvitationStatus::Pending)
+            .cloned()
+            .collect();
+        found.sort_by_key(|i| i.id);
+        Ok(found)
+    }
+
     async fn list_invitations(&self, org: OrgId) -> Result<Vec<Invitation>, StoreError> {
         let s = self.state.read().await;
         Ok(s.invitations

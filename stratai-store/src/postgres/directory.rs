@@ -1185,6 +1185,24 @@ impl DirectoryStore for PgStore {
         .transpose()
     }
 
+    async fn pending_invitations_for(
+        &self,
+        email: &Email,
+    ) -> Result<Vec<Invitation>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            invitation_columns!(),
+            " FROM stratai_pending_invitations($1) ORDER BY id"
+        ))
+        .bind(email.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(rows::invitation)
+        .collect()
+    }
+
     async fn list_invitations(&self, org: OrgId) -> Result<Vec<Invitation>, StoreError> {
         let mut tx = self.tenant(org).await?;
         let found = sqlx::query(concat!(

@@ -1107,6 +1107,22 @@ impl DirectoryStore for SqliteStore {
         .transpose()
     }
 
+    async fn pending_invitations_for(
+        &self,
+        email: &Email,
+    ) -> Result<Vec<Invitation>, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{INVITATION_COLUMNS} WHERE email = ? AND status = 'pending' ORDER BY id"
+        )))
+        .bind(email.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(invitation_from_row)
+        .collect()
+    }
+
     async fn list_invitations(&self, org: OrgId) -> Result<Vec<Invitation>, StoreError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "{INVITATION_COLUMNS} WHERE organization_id = ? ORDER BY id"

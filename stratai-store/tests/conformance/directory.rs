@@ -554,7 +554,23 @@ pub async fn invitation_create_find_list_revoke<S: Store>(store: S) {
     same_token.token_hash = inv.token_hash.clone();
     assert_conflict(store.create_invitation(o.id, &same_token).await);
 
+    // Platform-wide by address: the pending invitations of this email in every organization
+    // (another organization invited the same person), none of other addresses.
+    let o2 = org(&store).await;
+    let elsewhere = new_invitation(o2.id, &email, vec![]);
+    store.create_invitation(o2.id, &elsewhere).await.unwrap();
+    let mut both = vec![inv.clone(), elsewhere.clone()];
+    both.sort_by_key(|i| i.id);
+    assert_eq!(store.pending_invitations_for(&email).await.unwrap(), both);
+    let nobody = Email::new(format!("nobody-{}@example.com", unique())).unwrap();
+    assert!(store.pending_invitations_for(&nobody).await.unwrap().is_empty());
+
     store.revoke_invitation(o.id, inv.id).await.unwrap();
+    // A revoked invitation is no longer pending for its address.
+    assert_eq!(
+        store.pending_invitations_for(&email).await.unwrap(),
+        vec![elsewhere]
+    );
     let revoked = store
         .find_invitation_by_token_hash(&inv.token_hash)
         .await
