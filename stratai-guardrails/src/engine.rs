@@ -1,10 +1,12 @@
 //! [`Guardrails`]: the current policy and a rate limiter, ready to decide.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use stratai_core::TierId;
 use stratai_core::ports::{DirectoryStore, GuardrailStore, RuleRecord, TierStore};
+use stratai_core::{GroupId, OrgId, StoreError, TierId, UserId};
 
 use crate::decision::Decision;
 use crate::policy::{Policy, PolicyError, PolicyHolder, Principal};
@@ -18,6 +20,80 @@ use crate::rule::KnownScopes;
 pub struct Guardrails {
     policy: PolicyHolder,
     limiter: Arc<dyn RateLimiter>,
+    /// What the last reload from the stores read, by organization, so that a change in one
+    /// organization re-reads that organization only (see [`Guardrails::reload_org_from_store`]).
+    loaded: Mutex<Option<Loaded>>,
+    /// Orders the reads of concurrent reloads: a part read later replaces one read earlier.
+    reads: AtomicU64,
+}
+
+/// The rule sources of the current policy, as read from the stores.
+#[derive(Clone, Debug, Default)]
+struct Loaded {
+    platform: Vec<RuleRecord>,
+    tiers: Vec<TierId>,
+    orgs: BTreeMap<OrgId, OrgPart>,
+}
+
+/// One organization's part of [`Loaded`]: its scopes and rules, and when they were read.
+#[derive(Clone, Debug)]
+struct OrgPart {
+    read: u64,
+    groups: Vec<GroupId>,
+    members: Vec<UserId>,
+    rules: Vec<RuleRecord>,
+}
+
+impl Loaded {
+    /// The records and known scopes to compile.
+    fn compile_input(&self) -> (Vec<RuleRecord>, KnownScopes) {
+        let mut records = self.platform.clone();
+        let mut known = KnownScopes::new();
+        for tier in &self.tiers {
+            known.add_tier(*tier);
+        }
+        for (org, part) in &self.orgs {
+            known.add_org(*org);
+            for g in &part.groups {
+                known.add_group(*org, *g);
+            }
+            for u in &part.members {
+                known.add_member(*org, *u);
+            }
+            records.extend(part.rules.iter().cloned());
+        }
+        (records, known)
+    }
+}
+
+/// Reads one organization's scopes and rules; `None` when the organization does not exist.
+async fn read_org(
+    org: OrgId,
+    read: u64,
+    directory: &dyn DirectoryStore,
+    rules: &dyn GuardrailStore,
+) -> Result<Option<OrgPart>, StoreError> {
+    match directory.get_org(org).await {
+        Ok(_) => {}
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    Ok(Some(OrgPart {
+        read,
+        groups: directory
+            .list_groups(org)
+            .await?
+            .into_iter()
+            .map(|g| g.id)
+            .collect(),
+        members: directory
+            .list_members(org)
+            .await?
+            .into_iter()
+            .map(|m| m.user_id)
+            .collect(),
+        rules: rules.list_org_rules(org).await?,
+    }))
 }
 
 impl std::fmt::Debug for Guardrails {
@@ -42,6 +118,8 @@ impl Guardrails {
         Self {
             policy: PolicyHolder::new(policy),
             limiter,
+            loaded: Mutex::new(None),
+            reads: AtomicU64::new(0),
         }
     }
 
@@ -71,45 +149,96 @@ impl Guardrails {
     /// Recompiles the policy from the stores: the platform rules and every organization's
     /// rules, checked against the tiers, organizations, groups and members that exist. On
     /// an invalid rule set (or a store error) the current policy stays in force. What the
-    /// runtime's reloader and `litellm-worker` (its members' key limits) both run.
+    /// runtime's periodic reloader and `litellm-worker` (its members' key limits) run; it
+    /// reads every organization (three reads each), so a change in one organization reloads
+    /// with [`reload_org_from_store`](Self::reload_org_from_store) instead.
     pub async fn reload_from_store(
         &self,
         directory: &dyn DirectoryStore,
         tiers: &dyn TierStore,
         rules: &dyn GuardrailStore,
     ) -> Result<u64, String> {
-        let mut records = rules
-            .list_platform_rules()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut known = KnownScopes::new();
-        for tier in tiers.list_tiers().await.map_err(|e| e.to_string())? {
-            known.add_tier(tier.id);
-        }
-        for org in directory.list_orgs().await.map_err(|e| e.to_string())? {
-            known.add_org(org.id);
-            for g in directory
-                .list_groups(org.id)
+        let read = self.reads.fetch_add(1, Ordering::SeqCst);
+        let mut fresh = Loaded {
+            platform: rules.list_platform_rules().await.map_err(text)?,
+            tiers: tier_ids(tiers).await?,
+            orgs: BTreeMap::new(),
+        };
+        for org in directory.list_orgs().await.map_err(text)? {
+            if let Some(part) = read_org(org.id, read, directory, rules)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(text)?
             {
-                known.add_group(org.id, g.id);
+                fresh.orgs.insert(org.id, part);
             }
-            for m in directory
-                .list_members(org.id)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                known.add_member(org.id, m.user_id);
-            }
-            records.extend(
-                rules
-                    .list_org_rules(org.id)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
         }
-        self.reload(&records, &known).map_err(|e| e.to_string())
+        self.merge_and_compile(|loaded| {
+            // A part some other reload read after this one began is newer: it stays.
+            if let Some(current) = loaded.as_ref() {
+                for (org, part) in &current.orgs {
+                    if part.read > read {
+                        fresh.orgs.insert(*org, part.clone());
+                    }
+                }
+            }
+            *loaded = Some(fresh);
+        })
+    }
+
+    /// Recompiles the policy after a change of `org`'s rules (or of the platform's, with
+    /// `None`): the platform rules, the tiers and that one organization are read again, every
+    /// other organization's part is taken from the last reload. Before any full reload it is
+    /// one ([`reload_from_store`](Self::reload_from_store)). On an invalid rule set (or a store
+    /// error) the current policy stays in force.
+    pub async fn reload_org_from_store(
+        &self,
+        org: Option<OrgId>,
+        directory: &dyn DirectoryStore,
+        tiers: &dyn TierStore,
+        rules: &dyn GuardrailStore,
+    ) -> Result<u64, String> {
+        if self.loaded.lock().map_err(|_| poisoned())?.is_none() {
+            return self.reload_from_store(directory, tiers, rules).await;
+        }
+        let read = self.reads.fetch_add(1, Ordering::SeqCst);
+        let platform = rules.list_platform_rules().await.map_err(text)?;
+        let tier_list = tier_ids(tiers).await?;
+        let part = match org {
+            Some(org) => Some((
+                org,
+                read_org(org, read, directory, rules).await.map_err(text)?,
+            )),
+            None => None,
+        };
+        self.merge_and_compile(|loaded| {
+            let current = loaded.get_or_insert_with(Loaded::default);
+            current.platform = platform;
+            current.tiers = tier_list;
+            if let Some((org, part)) = part {
+                match part {
+                    Some(part) => {
+                        if current.orgs.get(&org).is_none_or(|p| p.read < read) {
+                            current.orgs.insert(org, part);
+                        }
+                    }
+                    None => {
+                        current.orgs.remove(&org);
+                    }
+                }
+            }
+        })
+    }
+
+    /// Applies `change` to the loaded sources and compiles them, under one lock so that the
+    /// policy in force is always that of the latest sources.
+    fn merge_and_compile(&self, change: impl FnOnce(&mut Option<Loaded>)) -> Result<u64, String> {
+        let mut loaded = self.loaded.lock().map_err(|_| poisoned())?;
+        let mut next = loaded.clone();
+        change(&mut next);
+        let (records, known) = next.as_ref().map(Loaded::compile_input).unwrap_or_default();
+        let version = self.reload(&records, &known).map_err(|e| e.to_string())?;
+        *loaded = next;
+        Ok(version)
     }
 
     /// Decides a request before the model call, taking rate-limit tokens when allowed.
@@ -159,4 +288,22 @@ impl Guardrails {
     pub fn retain_recent(&self) {
         self.limiter.retain_recent();
     }
+}
+
+async fn tier_ids(tiers: &dyn TierStore) -> Result<Vec<TierId>, String> {
+    Ok(tiers
+        .list_tiers()
+        .await
+        .map_err(text)?
+        .into_iter()
+        .map(|t| t.id)
+        .collect())
+}
+
+fn text(e: StoreError) -> String {
+    e.to_string()
+}
+
+fn poisoned() -> String {
+    "the guardrail engine's reload state was poisoned by a panic".to_owned()
 }

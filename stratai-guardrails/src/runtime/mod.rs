@@ -819,6 +819,21 @@ impl Runtime {
             .await
     }
 
+    /// Recompiles the guardrail policy after a change of `org`'s rules (`None`: the
+    /// platform's), reading that organization and the platform rules only
+    /// ([`Guardrails::reload_org_from_store`]); what a rule change through the admin API runs.
+    pub async fn reload_guardrails_of(&self, org: Option<OrgId>) -> Result<u64, String> {
+        self.deps
+            .guardrails
+            .reload_org_from_store(
+                org,
+                self.deps.directory.as_ref(),
+                self.deps.tiers.as_ref(),
+                self.deps.rules.as_ref(),
+            )
+            .await
+    }
+
     /// Reloads the guardrail policy every `interval` until the task is aborted.
     pub fn spawn_guardrail_reloader(
         &self,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use stratai_core::access::{Action, Resource};
 use stratai_core::ports::{RuleAction, RuleRecord, RuleScope};
 use stratai_core::{GroupId, OrgId, RuleId, StoreError, TierId, UserId};
-use stratai_guardrails::Rule;
+use stratai_guardrails::{Rule, RuleType};
 
 use super::{ApiPath, Caller, allow};
 use crate::app::AppState;
@@ -385,8 +385,11 @@ pub async fn rule_budgets(
     let g = &state.stores.guardrails;
     let mut records = g.list_platform_rules().await?;
     records.extend(g.list_org_rules(org_id).await?);
+    // Only budget limit rules define budgets: the others are not compiled here (a content
+    // filter's patterns cost more to build than this whole listing).
     let mut out: Vec<_> = records
         .iter()
+        .filter(|r| r.rule_type == RuleType::BudgetLimit.as_str())
         .filter_map(|r| Rule::from_record(r).ok())
         .filter_map(|r| r.budget_in(org_id))
         .collect();
@@ -398,15 +401,16 @@ pub async fn rule_budgets(
 /// reload interval), and the ledger budgets of `org_id`'s budget limit rules brought in
 /// step with its rules (see `stratai_guardrails::sync_rule_budgets`).
 pub async fn sync_rule_budgets(state: &AppState, org_id: OrgId) -> Result<(), ApiError> {
-    reload(state).await;
+    reload(state, Some(org_id)).await;
     sync_budgets_of(state, org_id).await
 }
 
-/// The policy of this instance's gateway reloaded (a failure is logged: the periodic reload
+/// The policy of this instance's gateway reloaded after a change of `org`'s rules (`None`:
+/// the platform's), reading only what changed (a failure is logged: the periodic reload
 /// tries again).
-async fn reload(state: &AppState) {
+async fn reload(state: &AppState, org: Option<OrgId>) {
     if let Some(gw) = &state.gateway
-        && let Err(error) = gw.pipeline.reload_guardrails().await
+        && let Err(error) = gw.pipeline.reload_guardrails_of(org).await
     {
         tracing::warn!(%error, "guardrail policy not reloaded after a rule change");
     }
@@ -426,5 +430,5 @@ async fn sync_budgets_of(state: &AppState, org_id: OrgId) -> Result<(), ApiError
 /// listing them, and a decision takes rule budgets from the live policy only, so a leftover
 /// one limits nothing.
 async fn platform_rules_changed(state: &AppState) {
-    reload(state).await;
+    reload(state, None).await;
 }
