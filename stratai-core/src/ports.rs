@@ -196,8 +196,7 @@ pub trait DirectoryStore: Send + Sync {
     /// Platform-wide: the invitations addressed to `email` whose status is pending, in every
     /// organization, oldest first (one indexed read, whatever the number of organizations;
     /// expiry is the caller's to check). What a sign-in joins.
-    async fn pending_invitations_for(&self, email: &Email)
-    -> Result<Vec<Invitation>, StoreError>;
+    async fn pending_invitations_for(&self, email: &Email) -> Result<Vec<Invitation>, StoreError>;
     /// Writes invitations of one organization, all or nothing: each one is inserted, or,
     /// when its id exists and is still pending, its grant, token hash, expiry and delivery
     /// record are replaced (status, email and creation are kept). Conflict when an id is no

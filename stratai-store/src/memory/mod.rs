@@ -1052,10 +1052,7 @@ impl DirectoryStore for MemoryStore {
             .cloned())
     }
 
-    async fn pending_invitations_for(
-        &self,
-        email: &Email,
-    ) -> Result<Vec<Invitation>, StoreError> {
+    async fn pending_invitations_for(&self, email: &Email) -> Result<Vec<Invitation>, StoreError> {
         let s = self.state.read().await;
         let mut found: Vec<Invitation> = s
             .invitations

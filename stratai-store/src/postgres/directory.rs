@@ -1185,10 +1185,7 @@ impl DirectoryStore for PgStore {
         .transpose()
     }
 
-    async fn pending_invitations_for(
-        &self,
-        email: &Email,
-    ) -> Result<Vec<Invitation>, StoreError> {
+    async fn pending_invitations_for(&self, email: &Email) -> Result<Vec<Invitation>, StoreError> {
         sqlx::query(concat!(
             "SELECT ",
             invitation_columns!(),

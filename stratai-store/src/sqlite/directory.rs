@@ -1107,10 +1107,7 @@ impl DirectoryStore for SqliteStore {
         .transpose()
     }
 
-    async fn pending_invitations_for(
-        &self,
-        email: &Email,
-    ) -> Result<Vec<Invitation>, StoreError> {
+    async fn pending_invitations_for(&self, email: &Email) -> Result<Vec<Invitation>, StoreError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "{INVITATION_COLUMNS} WHERE email = ? AND status = 'pending' ORDER BY id"
         )))

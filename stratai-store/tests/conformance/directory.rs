@@ -563,7 +563,13 @@ pub async fn invitation_create_find_list_revoke<S: Store>(store: S) {
     both.sort_by_key(|i| i.id);
     assert_eq!(store.pending_invitations_for(&email).await.unwrap(), both);
     let nobody = Email::new(format!("nobody-{}@example.com", unique())).unwrap();
-    assert!(store.pending_invitations_for(&nobody).await.unwrap().is_empty());
+    assert!(
+        store
+            .pending_invitations_for(&nobody)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     store.revoke_invitation(o.id, inv.id).await.unwrap();
     // A revoked invitation is no longer pending for its address.

@@ -448,10 +448,7 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
     async fn list_invitations(&self, org: OrgId) -> Result<Vec<Invitation>, StoreError> {
         self.inner.list_invitations(org).await
     }
-    async fn pending_invitations_for(
-        &self,
-        email: &Email,
-    ) -> Result<Vec<Invitation>, StoreError> {
+    async fn pending_invitations_for(&self, email: &Email) -> Result<Vec<Invitation>, StoreError> {
         self.inner.pending_invitations_for(email).await
     }
     async fn save_invitations(
