@@ -15,7 +15,6 @@
 mod gateway_support;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -42,80 +41,23 @@ async fn kill_nine_in_strict_mode(db: Db) {
     kill_nine(db, false).await;
 }
 
-/// The server binary over `backing`, in the given mode, on a free port.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start(backing: &Backing, fast: bool) -> Server {
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stratai-server"));
-    cmd.env_clear()
-        .env("DATABASE_URL", backing.database_url())
-        .env("STRATAI_BIND", format!("127.0.0.1:{port}"))
-        .env("STRATAI_USAGE_SPOOL", backing.spool_path())
-        .env("STRATAI_MAILBOX_DIR", backing.dir.join("mailbox"))
-        .env("STRATAI_DEMO_CHUNK_DELAY_MS", "1")
-        .env("STRATAI_LOG_FORMAT", "text")
-        .env("RUST_LOG", "warn")
-        .current_dir(backing.dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    // Both modes spelled out, whatever the defaults are.
-    if fast {
-        cmd.env("STRATAI_BUDGET_LEASE_MS", "1000")
-            .env("STRATAI_USAGE_BATCH", "true")
-            .env("STRATAI_GATEWAY_CACHE_MS", "2000");
+/// The server binary over `backing` and its usage log, in the given mode (both modes spelled
+/// out, whatever the defaults are).
+async fn start(backing: &Backing, fast: bool) -> ServerProcess {
+    let mode: &[(&str, &str)] = if fast {
+        &[
+            ("STRATAI_BUDGET_LEASE_MS", "1000"),
+            ("STRATAI_USAGE_BATCH", "true"),
+            ("STRATAI_GATEWAY_CACHE_MS", "2000"),
+        ]
     } else {
-        cmd.env("STRATAI_BUDGET_LEASE_MS", "0")
-            .env("STRATAI_USAGE_BATCH", "false")
-            .env("STRATAI_GATEWAY_CACHE_MS", "0");
-    }
-    let child = cmd.spawn().expect("start the server binary");
-    let base = format!("http://127.0.0.1:{port}");
-    let server = Server { child, base };
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http
-            .get(format!("{}/health/ready", server.base))
-            .send()
-            .await
-            && r.status() == 200
-        {
-            return server;
-        }
-        assert!(Instant::now() < deadline, "the server did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn dev_token(http: &reqwest::Client, base: &str, email: &str) -> String {
-    let r = http
-        .post(format!("{base}/auth/dev/token"))
-        .json(&json!({ "email": email }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
-    v["token"].as_str().unwrap().to_owned()
+        &[
+            ("STRATAI_BUDGET_LEASE_MS", "0"),
+            ("STRATAI_USAGE_BATCH", "false"),
+            ("STRATAI_GATEWAY_CACHE_MS", "0"),
+        ]
+    };
+    start_process(backing, &backing.spool_path(), mode).await
 }
 
 /// One client's request: the request id and whether the whole answer arrived.
@@ -229,8 +171,7 @@ async fn kill_nine(db: Db, fast: bool) {
     // Load, then SIGKILL in the middle of it.
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let mut server = server;
-    server.child.kill().expect("kill -9");
-    server.child.wait().unwrap();
+    server.kill_nine();
     let killed_at = Instant::now();
     stop.store(true, Ordering::Relaxed);
     let mut answered: HashSet<RequestId> = HashSet::new();

@@ -18,25 +18,6 @@ use stratai_core::ports::RuleAction;
 
 on_both!(two_instances_share_the_rate_limit);
 
-/// The Redis URL, or `None` (skipped) when none answers and CI is not `true`.
-async fn redis_url() -> Option<String> {
-    let url = ["STRATAI_TEST_REDIS_URL", "REDIS_URL"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
-    let probe = stratai_store::RedisRateLimiter::new(&url).unwrap();
-    match probe.ping().await {
-        Ok(()) => Some(url),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("Redis is required under CI=true but unavailable: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: no Redis for this test: {e}");
-            None
-        }
-    }
-}
-
 async fn two_instances_share_the_rate_limit(db: Db) {
     let Some(redis) = redis_url().await else {
         return;

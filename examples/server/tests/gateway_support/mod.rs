@@ -23,9 +23,10 @@ pub mod pg;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -757,4 +758,108 @@ pub async fn records_once(gw: &Gw, org: OrgId) -> HashMap<RequestId, UsageRecord
         rows.into_iter().map(|r| (r.request_id, r)).collect();
     assert_eq!(by_id.len(), n, "a request was recorded twice");
     by_id
+}
+
+/// The server binary (`stratai-server`) as a child process, killed when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServerProcess {
+    /// `kill -9`, waited for.
+    pub fn kill_nine(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().unwrap();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the server binary over `backing`'s database with its usage log at `spool`, dev-mode
+/// tokens, the offline demo provider (1 ms between stream chunks) and `env` on top, on a free
+/// port; returns once `/health/ready` answers 200 (at most 30 s).
+pub async fn start_process(backing: &Backing, spool: &Path, env: &[(&str, &str)]) -> ServerProcess {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stratai-server"));
+    cmd.env_clear()
+        .env("DATABASE_URL", backing.database_url())
+        .env("STRATAI_BIND", format!("127.0.0.1:{port}"))
+        .env("STRATAI_USAGE_SPOOL", spool)
+        .env("STRATAI_MAILBOX_DIR", backing.dir.join("mailbox"))
+        .env("STRATAI_DEMO_CHUNK_DELAY_MS", "1")
+        .env("STRATAI_LOG_FORMAT", "text")
+        .env("RUST_LOG", "warn")
+        .current_dir(backing.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("start the server binary");
+    let server = ServerProcess {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http
+            .get(format!("{}/health/ready", server.base))
+            .send()
+            .await
+            && r.status() == 200
+        {
+            return server;
+        }
+        assert!(Instant::now() < deadline, "the server did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A dev token for `email` from the server at `base`.
+pub async fn dev_token(http: &reqwest::Client, base: &str, email: &str) -> String {
+    let r = http
+        .post(format!("{base}/auth/dev/token"))
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+/// The Redis URL for tests: `STRATAI_TEST_REDIS_URL`, else `REDIS_URL`, else
+/// `redis://127.0.0.1:6379`; `None` (the test says it skipped) when none answers, unless
+/// `CI=true` (then the test fails).
+pub async fn redis_url() -> Option<String> {
+    let url = ["STRATAI_TEST_REDIS_URL", "REDIS_URL"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+    let probe = stratai_store::RedisRateLimiter::new(&url).unwrap();
+    match probe.ping().await {
+        Ok(()) => Some(url),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("Redis is required under CI=true but unavailable: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: no Redis for this test: {e}");
+            None
+        }
+    }
 }
