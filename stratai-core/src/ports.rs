@@ -65,6 +65,10 @@ pub trait DirectoryStore: Send + Sync {
     async fn create_user(&self, user: &User) -> Result<(), StoreError>;
     /// One user.
     async fn get_user(&self, user: UserId) -> Result<User, StoreError>;
+    /// Several users in one lookup (a page's members instead of a lookup each): each of
+    /// `users` once, in the order given (a repeated id is answered at its first place).
+    /// NotFound naming the first unknown id.
+    async fn get_users(&self, users: &[UserId]) -> Result<Vec<User>, StoreError>;
     /// A user by normalized email.
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
     /// A user by OIDC subject.
@@ -196,8 +200,7 @@ pub trait DirectoryStore: Send + Sync {
     /// Platform-wide: the invitations addressed to `email` whose status is pending, in every
     /// organization, oldest first (one indexed read, whatever the number of organizations;
     /// expiry is the caller's to check). What a sign-in joins.
-    async fn pending_invitations_for(&self, email: &Email)
-    -> Result<Vec<Invitation>, StoreError>;
+    async fn pending_invitations_for(&self, email: &Email) -> Result<Vec<Invitation>, StoreError>;
     /// Writes invitations of one organization, all or nothing: each one is inserted, or,
     /// when its id exists and is still pending, its grant, token hash, expiry and delivery
     /// record are replaced (status, email and creation are kept). Conflict when an id is no

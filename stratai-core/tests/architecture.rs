@@ -354,6 +354,7 @@ const PLATFORM_METHODS: &[&str] = &[
     "list_orgs",
     "create_user",
     "get_user",
+    "get_users",
     "find_user_by_email",
     "find_user_by_subject",
     "update_user",

@@ -507,6 +507,15 @@ impl DirectoryStore for MemoryStore {
             .ok_or_else(|| StoreError::not_found("user", user))
     }
 
+    async fn get_users(&self, users: &[UserId]) -> Result<Vec<User>, StoreError> {
+        let s = self.state.read().await;
+        let found = users
+            .iter()
+            .filter_map(|id| s.users.get(id).cloned())
+            .collect();
+        shared::users_in_order(users, found)
+    }
+
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         let s = self.state.read().await;
         Ok(s.users.values().find(|u| &u.email == email).cloned())
@@ -1052,10 +1061,7 @@ impl DirectoryStore for MemoryStore {
             .cloned())
     }
 
-    async fn pending_invitations_for(
-        &self,
-        email: &Email,
-    ) -> Result<Vec<Invitation>, StoreError> {
+    async fn pending_invitations_for(&self, email: &Email) -> Result<Vec<Invitation>, StoreError> {
         let s = self.state.read().await;
         let mut found: Vec<Invitation> = s
             .invitations

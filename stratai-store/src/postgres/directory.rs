@@ -505,6 +505,23 @@ impl DirectoryStore for PgStore {
         rows::user(&row)
     }
 
+    async fn get_users(&self, users: &[UserId]) -> Result<Vec<User>, StoreError> {
+        let ids: Vec<uuid::Uuid> = users.iter().map(|u| u.as_uuid()).collect();
+        let found = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = ANY($1)"
+        ))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(rows::user)
+        .collect::<Result<Vec<_>, _>>()?;
+        crate::shared::users_in_order(users, found)
+    }
+
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         sqlx::query(concat!(
             "SELECT ",
@@ -1185,10 +1202,7 @@ impl DirectoryStore for PgStore {
         .transpose()
     }
 
-    async fn pending_invitations_for(
-        &self,
-        email: &Email,
-    ) -> Result<Vec<Invitation>, StoreError> {
+    async fn pending_invitations_for(&self, email: &Email) -> Result<Vec<Invitation>, StoreError> {
         sqlx::query(concat!(
             "SELECT ",
             invitation_columns!(),

@@ -472,6 +472,24 @@ impl DirectoryStore for SqliteStore {
         user_from_row(&row)
     }
 
+    async fn get_users(&self, users: &[UserId]) -> Result<Vec<User>, StoreError> {
+        let mut found = Vec::with_capacity(users.len());
+        // A bound parameter per id, in chunks well under SQLite's parameter limit.
+        for chunk in users.chunks(500) {
+            let mut qb =
+                sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT * FROM users WHERE id IN (");
+            let mut ids = qb.separated(", ");
+            for id in chunk {
+                ids.push_bind(id.as_uuid());
+            }
+            qb.push(")");
+            for row in qb.build().fetch_all(&self.pool).await.map_err(db)? {
+                found.push(user_from_row(&row)?);
+            }
+        }
+        shared::users_in_order(users, found)
+    }
+
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         sqlx::query("SELECT * FROM users WHERE email = ?")
             .bind(email.as_str())
@@ -1107,10 +1125,7 @@ impl DirectoryStore for SqliteStore {
         .transpose()
     }
 
-    async fn pending_invitations_for(
-        &self,
-        email: &Email,
-    ) -> Result<Vec<Invitation>, StoreError> {
+    async fn pending_invitations_for(&self, email: &Email) -> Result<Vec<Invitation>, StoreError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "{INVITATION_COLUMNS} WHERE email = ? AND status = 'pending' ORDER BY id"
         )))

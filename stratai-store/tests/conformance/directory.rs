@@ -104,6 +104,25 @@ pub async fn user_create_get_find_update<S: Store>(store: S) {
     assert_not_found(store.update_user(&new_user()).await);
 }
 
+pub async fn get_users_in_the_order_asked<S: Store>(store: S) {
+    let a = user(&store).await;
+    let b = user(&store).await;
+    let c = user(&store).await;
+    // The order asked, a repeated id once at its first place.
+    assert_eq!(
+        store.get_users(&[c.id, a.id, c.id, b.id]).await.unwrap(),
+        vec![c.clone(), a.clone(), b.clone()]
+    );
+    assert_eq!(store.get_users(&[]).await.unwrap(), Vec::new());
+    // An unknown id anywhere: NotFound naming it, not a shorter answer.
+    let ghost = UserId::new();
+    let err = store.get_users(&[a.id, ghost, b.id]).await.unwrap_err();
+    assert!(
+        matches!(&err, stratai_core::StoreError::NotFound { entity: "user", id } if *id == ghost.to_string()),
+        "{err}"
+    );
+}
+
 pub async fn user_email_and_subject_conflict<S: Store>(store: S) {
     let a = user(&store).await;
     let mut same_email = new_user();
@@ -563,7 +582,13 @@ pub async fn invitation_create_find_list_revoke<S: Store>(store: S) {
     both.sort_by_key(|i| i.id);
     assert_eq!(store.pending_invitations_for(&email).await.unwrap(), both);
     let nobody = Email::new(format!("nobody-{}@example.com", unique())).unwrap();
-    assert!(store.pending_invitations_for(&nobody).await.unwrap().is_empty());
+    assert!(
+        store
+            .pending_invitations_for(&nobody)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     store.revoke_invitation(o.id, inv.id).await.unwrap();
     // A revoked invitation is no longer pending for its address.

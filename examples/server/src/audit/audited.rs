@@ -137,6 +137,9 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
     async fn get_user(&self, user: UserId) -> Result<User, StoreError> {
         self.inner.get_user(user).await
     }
+    async fn get_users(&self, users: &[UserId]) -> Result<Vec<User>, StoreError> {
+        self.inner.get_users(users).await
+    }
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         self.inner.find_user_by_email(email).await
     }
@@ -448,10 +451,7 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
     async fn list_invitations(&self, org: OrgId) -> Result<Vec<Invitation>, StoreError> {
         self.inner.list_invitations(org).await
     }
-    async fn pending_invitations_for(
-        &self,
-        email: &Email,
-    ) -> Result<Vec<Invitation>, StoreError> {
+    async fn pending_invitations_for(&self, email: &Email) -> Result<Vec<Invitation>, StoreError> {
         self.inner.pending_invitations_for(email).await
     }
     async fn save_invitations(

@@ -83,11 +83,19 @@ pub(crate) async fn member_emails(
     org_id: OrgId,
 ) -> Result<Vec<(UserId, String)>, UiError> {
     let dir = &state.stores.directory;
-    let mut out = Vec::new();
-    for m in dir.list_members(org_id).await? {
-        let user = dir.get_user(m.user_id).await?;
-        out.push((m.user_id, user.email.as_str().to_owned()));
-    }
+    let ids: Vec<UserId> = dir
+        .list_members(org_id)
+        .await?
+        .iter()
+        .map(|m| m.user_id)
+        .collect();
+    // One lookup of every member's user, not one per member.
+    let mut out: Vec<(UserId, String)> = dir
+        .get_users(&ids)
+        .await?
+        .into_iter()
+        .map(|u| (u.id, u.email.as_str().to_owned()))
+        .collect();
     out.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(out)
 }
