@@ -355,6 +355,8 @@ const PLATFORM_METHODS: &[&str] = &[
     "create_user",
     "get_user",
     "get_users",
+    "count_people_in_orgs",
+    "totals_by_org",
     "find_user_by_email",
     "find_user_by_subject",
     "update_user",

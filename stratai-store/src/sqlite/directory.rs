@@ -472,6 +472,14 @@ impl DirectoryStore for SqliteStore {
         user_from_row(&row)
     }
 
+    async fn count_people_in_orgs(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(DISTINCT user_id) FROM org_memberships")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        u64::try_from(n).map_err(|e| crate::error::corrupt("people", e))
+    }
+
     async fn get_users(&self, users: &[UserId]) -> Result<Vec<User>, StoreError> {
         let mut found = Vec::with_capacity(users.len());
         // A bound parameter per id, in chunks well under SQLite's parameter limit.

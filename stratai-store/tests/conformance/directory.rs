@@ -123,6 +123,23 @@ pub async fn get_users_in_the_order_asked<S: Store>(store: S) {
     );
 }
 
+pub async fn people_in_orgs_counted_once<S: Store>(store: S) {
+    assert_eq!(store.count_people_in_orgs().await.unwrap(), 0);
+    let a = org(&store).await;
+    let b = org(&store).await;
+    let both = user(&store).await;
+    let only_a = user(&store).await;
+    // A user in no organization is not counted.
+    user(&store).await;
+    for (o, u) in [(a.id, both.id), (b.id, both.id), (a.id, only_a.id)] {
+        store
+            .add_member(o, &membership(o, u, OrgRole::Member))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.count_people_in_orgs().await.unwrap(), 2);
+}
+
 pub async fn user_email_and_subject_conflict<S: Store>(store: S) {
     let a = user(&store).await;
     let mut same_email = new_user();
