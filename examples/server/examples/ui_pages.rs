@@ -14,6 +14,9 @@
 //! organizations of 10 people and 3 groups and the 90 days up to now (so about a third of
 //! each organization's 50,000 fall in this month), appended through `UsageStore::append` as
 //! the gateway writes them. `STRATAI_BENCH_RECORDS` overrides the count.
+//! `STRATAI_BENCH_AHEAD_DAYS=<n>` ends the 90 days `n` days after now (records dated ahead,
+//! which the store takes as any other): with the days left in this month, the dashboard's
+//! month is full, as on its last day (a third of an organization's records in it).
 //!
 //! Besides the times, each page's SQL statements per render are counted (sqlx's statement
 //! events, target `sqlx::query`, during one extra render). `STRATAI_BENCH_HOLD_SECS=<n>`
@@ -153,9 +156,10 @@ fn batch(
     tenant: &Tenant,
     tiers: &[(TierId, Vec<stratai_core::ModelId>)],
     n: usize,
+    ahead: chrono::Duration,
 ) -> Vec<UsageRecord> {
     let mut rng = rand::rng();
-    let now = Utc::now();
+    let now = Utc::now() + ahead;
     let span = 90 * 24 * 3600;
     (0..n)
         .map(|_| {
@@ -265,6 +269,12 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let ahead = chrono::Duration::days(
+        std::env::var("STRATAI_BENCH_AHEAD_DAYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Statements))
         .expect("the bench's only tracing subscriber");
     let db = pg::fresh_db().await.expect("PostgreSQL");
@@ -287,7 +297,10 @@ async fn main() {
     let batches: Vec<(usize, Vec<UsageRecord>)> = (0..total.div_ceil(BATCH))
         .map(|i| {
             let t = i % ORGS;
-            (t, batch(&tenants[t], &tiers, BATCH.min(total - i * BATCH)))
+            (
+                t,
+                batch(&tenants[t], &tiers, BATCH.min(total - i * BATCH), ahead),
+            )
         })
         .collect();
     let queue = std::sync::Arc::new(tokio::sync::Mutex::new(batches));
