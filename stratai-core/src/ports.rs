@@ -24,7 +24,7 @@ use crate::ids::{
 };
 use crate::money::Money;
 use crate::tiers::{ModelTier, TierSubscription};
-use crate::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord};
+use crate::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord, UsageTotals};
 
 /// The source of "now". Deciders take time as input; this port supplies it.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
@@ -65,6 +65,12 @@ pub trait DirectoryStore: Send + Sync {
     async fn create_user(&self, user: &User) -> Result<(), StoreError>;
     /// One user.
     async fn get_user(&self, user: UserId) -> Result<User, StoreError>;
+    /// Platform-wide: how many people are members of at least one organization.
+    async fn count_people_in_orgs(&self) -> Result<u64, StoreError>;
+    /// Several users in one lookup (a page's members instead of a lookup each): each of
+    /// `users` once, in the order given (a repeated id is answered at its first place).
+    /// NotFound naming the first unknown id.
+    async fn get_users(&self, users: &[UserId]) -> Result<Vec<User>, StoreError>;
     /// A user by normalized email.
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
     /// A user by OIDC subject.
@@ -387,6 +393,14 @@ pub trait UsageStore: Send + Sync {
         query: &UsageQuery,
         group_by: &[Dimension],
     ) -> Result<Vec<AggregateRow>, StoreError>;
+    /// Platform-wide: each organization's totals of the records created in `[from, to)`, in
+    /// organization id order, those with no record there left out: the platform overview's
+    /// numbers in one read rather than one per organization.
+    async fn totals_by_org(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(OrgId, UsageTotals)>, StoreError>;
     /// Every matching record, oldest first, streamed (never materialized whole).
     fn stream(
         &self,

@@ -13,7 +13,7 @@ use stratai_core::budget::{Budget, BudgetAlert};
 use stratai_core::directory::{Invitation, Membership, Organization, User};
 use stratai_core::ports::RuleRecord;
 use stratai_core::usage::{AggregateRow, Dimension, DimensionValue, UsageQuery, UsageRecord};
-use stratai_core::{Money, StoreError, ValidationError};
+use stratai_core::{Money, StoreError, UserId, ValidationError};
 
 /// Refuses a new member of a group that already has `current` members when the organization
 /// allows `max` (`settings.max_users_per_group`). Every backend checks it in the transaction
@@ -85,6 +85,26 @@ pub(crate) fn group_name_taken(name: &str) -> StoreError {
     StoreError::Conflict(format!(
         "`name`: a group named `{name}` already exists in the organization"
     ))
+}
+
+/// `found` (the users a backend read for `asked`, in any order) in the order of `asked`,
+/// each once; NotFound naming the first id of `asked` not found.
+pub(crate) fn users_in_order(asked: &[UserId], found: Vec<User>) -> Result<Vec<User>, StoreError> {
+    let mut by_id: std::collections::HashMap<UserId, User> =
+        found.into_iter().map(|u| (u.id, u)).collect();
+    let mut out = Vec::with_capacity(by_id.len());
+    let mut seen = std::collections::HashSet::new();
+    for id in asked {
+        if !seen.insert(*id) {
+            continue;
+        }
+        out.push(
+            by_id
+                .remove(id)
+                .ok_or_else(|| StoreError::not_found("user", id))?,
+        );
+    }
+    Ok(out)
 }
 
 /// Timestamps are kept to the microsecond, the precision of PostgreSQL's `timestamptz`, so a

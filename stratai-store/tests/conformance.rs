@@ -123,6 +123,8 @@ conformance! {
     directory::org_update_keeps_slug_and_creation,
     directory::org_not_found,
     directory::user_create_get_find_update,
+    directory::get_users_in_the_order_asked,
+    directory::people_in_orgs_counted_once,
     directory::user_email_and_subject_conflict,
     directory::member_add_get_list_update_remove,
     directory::member_errors,

@@ -14,11 +14,20 @@
 //! organizations of 10 people and 3 groups and the 90 days up to now (so about a third of
 //! each organization's 50,000 fall in this month), appended through `UsageStore::append` as
 //! the gateway writes them. `STRATAI_BENCH_RECORDS` overrides the count.
+//! `STRATAI_BENCH_AHEAD_DAYS=<n>` ends the 90 days `n` days after now (records dated ahead,
+//! which the store takes as any other): with the days left in this month, the dashboard's
+//! month is full, as on its last day (a third of an organization's records in it).
+//!
+//! Besides the times, each page's SQL statements per render are counted (sqlx's statement
+//! events, target `sqlx::query`, during one extra render). `STRATAI_BENCH_HOLD_SECS=<n>`
+//! keeps the database for `n` seconds after the measurement (its name and URLs are printed)
+//! to `EXPLAIN ANALYZE` the pages' queries in `psql`.
 
 #[path = "../../../stratai-store/tests/support/pg.rs"]
 mod pg;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -40,6 +49,8 @@ use stratai_server::config::{Config, FileConfig};
 use stratai_server::server::{Backends, build_state, limits};
 use stratai_server::stores::Stores;
 use tower::ServiceExt as _;
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
 
 const ORGS: usize = 20;
 const USERS_PER_ORG: usize = 10;
@@ -47,6 +58,22 @@ const GROUPS_PER_ORG: usize = 3;
 const BATCH: usize = 5_000;
 const WRITERS: usize = 4;
 const SAMPLES: usize = 41;
+
+/// Whether statements are being counted (only during the counted render).
+static COUNTING: AtomicBool = AtomicBool::new(false);
+/// Statements counted.
+static STATEMENTS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts sqlx's statement events while [`COUNTING`] is on.
+struct Statements;
+
+impl<S: Subscriber> Layer<S> for Statements {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        if COUNTING.load(Ordering::SeqCst) && event.metadata().target() == "sqlx::query" {
+            STATEMENTS.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
 
 struct Tenant {
     org: OrgId,
@@ -129,9 +156,10 @@ fn batch(
     tenant: &Tenant,
     tiers: &[(TierId, Vec<stratai_core::ModelId>)],
     n: usize,
+    ahead: chrono::Duration,
 ) -> Vec<UsageRecord> {
     let mut rng = rand::rng();
-    let now = Utc::now();
+    let now = Utc::now() + ahead;
     let span = 90 * 24 * 3600;
     (0..n)
         .map(|_| {
@@ -190,28 +218,42 @@ async fn session(state: &stratai_server::app::AppState, email: &str) -> String {
         .to_owned()
 }
 
+async fn render(app: &axum::Router, path: &str, cookie: &str) -> (Duration, usize) {
+    let request = Request::get(path)
+        .header("cookie", cookie)
+        .body(Body::empty())
+        .expect("request");
+    let started = Instant::now();
+    let response = app.clone().oneshot(request).await.expect("answer");
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let took = started.elapsed();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{path}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    (took, body.len())
+}
+
+/// The statements one render of `path` executes.
+async fn statements(app: &axum::Router, path: &str, cookie: &str) -> u64 {
+    STATEMENTS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    render(app, path, cookie).await;
+    COUNTING.store(false, Ordering::SeqCst);
+    STATEMENTS.load(Ordering::SeqCst)
+}
+
 async fn measure(app: &axum::Router, path: &str, cookie: &str) -> (Duration, Duration, usize) {
     let mut times = Vec::new();
     let mut size = 0;
     for i in 0..=SAMPLES {
-        let request = Request::get(path)
-            .header("cookie", cookie)
-            .body(Body::empty())
-            .expect("request");
-        let started = Instant::now();
-        let response = app.clone().oneshot(request).await.expect("answer");
-        let status = response.status();
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("body");
-        let took = started.elapsed();
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "{path}: {}",
-            String::from_utf8_lossy(&body)
-        );
-        size = body.len();
+        let (took, len) = render(app, path, cookie).await;
+        size = len;
         // The first answer warms the caches and connections; it is not counted.
         if i > 0 {
             times.push(took);
@@ -227,6 +269,14 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let ahead = chrono::Duration::days(
+        std::env::var("STRATAI_BENCH_AHEAD_DAYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Statements))
+        .expect("the bench's only tracing subscriber");
     let db = pg::fresh_db().await.expect("PostgreSQL");
     let stores = Stores::from_backend(db.store.clone());
     let config = Config::from_parts(FileConfig::default(), &HashMap::new()).expect("config");
@@ -247,7 +297,10 @@ async fn main() {
     let batches: Vec<(usize, Vec<UsageRecord>)> = (0..total.div_ceil(BATCH))
         .map(|i| {
             let t = i % ORGS;
-            (t, batch(&tenants[t], &tiers, BATCH.min(total - i * BATCH)))
+            (
+                t,
+                batch(&tenants[t], &tiers, BATCH.min(total - i * BATCH), ahead),
+            )
         })
         .collect();
     let queue = std::sync::Arc::new(tokio::sync::Mutex::new(batches));
@@ -285,7 +338,7 @@ async fn main() {
     let mut owner = <sqlx::PgConnection as sqlx::Connection>::connect(&db.owner_url)
         .await
         .expect("owner");
-    sqlx::query("ANALYZE usage_records")
+    sqlx::query("ANALYZE")
         .execute(&mut owner)
         .await
         .expect("analyze");
@@ -299,8 +352,10 @@ async fn main() {
         ("platform overview", "/admin".to_owned(), &operator_cookie),
     ] {
         let (p50, p95, size) = measure(&app, &path, cookie).await;
+        let statements = statements(&app, &path, cookie).await;
         println!(
-            "{label} (GET {}): median {:.1} ms, p95 {:.1} ms over {SAMPLES} renders ({size} bytes)",
+            "{label} (GET {}): median {:.1} ms, p95 {:.1} ms over {SAMPLES} renders ({size} bytes, \
+             {statements} SQL statements a render)",
             if path.starts_with("/org/") {
                 "/org/{id}"
             } else {
@@ -309,5 +364,15 @@ async fn main() {
             p50.as_secs_f64() * 1e3,
             p95.as_secs_f64() * 1e3
         );
+    }
+    if let Some(secs) = std::env::var("STRATAI_BENCH_HOLD_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        println!(
+            "holding database {} for {secs} s (owner: {}, app role: {})",
+            db.name, db.owner_url, db.app_url
+        );
+        tokio::time::sleep(Duration::from_secs(secs)).await;
     }
 }

@@ -271,6 +271,15 @@ impl UsageStore for LoggedUsage {
         self.inner.aggregate(org, query, group_by).await
     }
 
+    async fn totals_by_org(
+        &self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<(OrgId, stratai_core::usage::UsageTotals)>, StoreError> {
+        self.drain().await;
+        self.inner.totals_by_org(from, to).await
+    }
+
     /// Streams from the store; records queued in the last milliseconds may be missing.
     fn stream(
         &self,

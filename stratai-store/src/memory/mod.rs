@@ -25,7 +25,7 @@ use stratai_core::ports::{
     SealedKey, SettleOutcome, TierStore, UsageStore, UserQuery,
 };
 use stratai_core::tiers::{ModelTier, TierSubscription};
-use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord};
+use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord, UsageTotals};
 use stratai_core::{
     BudgetId, GroupId, InvitationId, InvoiceId, Money, OrgId, ProfileId, RequestId, RuleId,
     StoreError, TierId, UserId,
@@ -505,6 +505,22 @@ impl DirectoryStore for MemoryStore {
             .get(&user)
             .cloned()
             .ok_or_else(|| StoreError::not_found("user", user))
+    }
+
+    async fn count_people_in_orgs(&self) -> Result<u64, StoreError> {
+        let s = self.state.read().await;
+        let people: std::collections::HashSet<UserId> =
+            s.members.keys().map(|(_, user)| *user).collect();
+        Ok(u64::try_from(people.len()).unwrap_or(u64::MAX))
+    }
+
+    async fn get_users(&self, users: &[UserId]) -> Result<Vec<User>, StoreError> {
+        let s = self.state.read().await;
+        let found = users
+            .iter()
+            .filter_map(|id| s.users.get(id).cloned())
+            .collect();
+        shared::users_in_order(users, found)
     }
 
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
@@ -1679,6 +1695,27 @@ impl UsageStore for MemoryStore {
             }
         }
         Ok(aggregator.finish())
+    }
+
+    async fn totals_by_org(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(OrgId, UsageTotals)>, StoreError> {
+        let s = self.state.read().await;
+        let mut out = Vec::new();
+        for (org, records) in &s.usage {
+            let mut totals = UsageTotals::default();
+            for record in records.values() {
+                if record.created_at >= from && record.created_at < to {
+                    totals.add(record);
+                }
+            }
+            if totals.requests > 0 {
+                out.push((*org, totals));
+            }
+        }
+        Ok(out)
     }
 
     fn stream(

@@ -505,6 +505,31 @@ impl DirectoryStore for PgStore {
         rows::user(&row)
     }
 
+    async fn count_people_in_orgs(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT stratai_count_people_in_orgs()")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        u64::try_from(n).map_err(|e| crate::error::corrupt("people", e))
+    }
+
+    async fn get_users(&self, users: &[UserId]) -> Result<Vec<User>, StoreError> {
+        let ids: Vec<uuid::Uuid> = users.iter().map(|u| u.as_uuid()).collect();
+        let found = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = ANY($1)"
+        ))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(rows::user)
+        .collect::<Result<Vec<_>, _>>()?;
+        crate::shared::users_in_order(users, found)
+    }
+
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         sqlx::query(concat!(
             "SELECT ",

@@ -438,6 +438,40 @@ impl UsageStore for PgStore {
             .collect())
     }
 
+    async fn totals_by_org(
+        &self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<(OrgId, UsageTotals)>, StoreError> {
+        // A platform function: the hourly rollup's whole hours and the records of the partial
+        // hours at either end, per organization (RLS would scope a plain query to one).
+        let found = sqlx::query(
+            "SELECT organization_id, requests, input_tokens, output_tokens, provider_cost,
+                    billed_amount
+             FROM stratai_usage_totals_by_org($1, $2)",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        found
+            .iter()
+            .map(|row| {
+                Ok((
+                    OrgId::from_uuid(get::<Uuid>(row, "organization_id")?),
+                    UsageTotals {
+                        requests: count(row, "requests")?,
+                        input_tokens: count(row, "input_tokens")?,
+                        output_tokens: count(row, "output_tokens")?,
+                        provider_cost: sum(row, "provider_cost")?,
+                        billed_amount: sum(row, "billed_amount")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     async fn aggregate_each(
         &self,
         org: OrgId,

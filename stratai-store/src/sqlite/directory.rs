@@ -472,6 +472,32 @@ impl DirectoryStore for SqliteStore {
         user_from_row(&row)
     }
 
+    async fn count_people_in_orgs(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(DISTINCT user_id) FROM org_memberships")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        u64::try_from(n).map_err(|e| crate::error::corrupt("people", e))
+    }
+
+    async fn get_users(&self, users: &[UserId]) -> Result<Vec<User>, StoreError> {
+        let mut found = Vec::with_capacity(users.len());
+        // A bound parameter per id, in chunks well under SQLite's parameter limit.
+        for chunk in users.chunks(500) {
+            let mut qb =
+                sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT * FROM users WHERE id IN (");
+            let mut ids = qb.separated(", ");
+            for id in chunk {
+                ids.push_bind(id.as_uuid());
+            }
+            qb.push(")");
+            for row in qb.build().fetch_all(&self.pool).await.map_err(db)? {
+                found.push(user_from_row(&row)?);
+            }
+        }
+        shared::users_in_order(users, found)
+    }
+
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         sqlx::query("SELECT * FROM users WHERE email = ?")
             .bind(email.as_str())

@@ -4,15 +4,17 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use stratai_core::ports::{AppendOutcome, UsageStore};
-use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord};
+use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord, UsageTotals};
 use stratai_core::{
     ConversationId, GroupId, ModelId, OrgId, RequestId, StoreError, TierId, UserId,
 };
+use uuid::Uuid;
 
 use super::{Col, SqliteStore, money, require_group, require_org, tenant, ts};
 use crate::error::{corrupt, db};
@@ -210,6 +212,33 @@ impl UsageStore for SqliteStore {
             aggregator.add(group_by, &usage_from_row(&row)?);
         }
         Ok(aggregator.finish())
+    }
+
+    async fn totals_by_org(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(OrgId, UsageTotals)>, StoreError> {
+        // No row-level security here: each organization's totals by the exact sums of
+        // `aggregate`, in organization id order.
+        let orgs: Vec<Uuid> =
+            sqlx::query_scalar("SELECT DISTINCT organization_id FROM usage_records ORDER BY 1")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        let query = UsageQuery {
+            from: Some(from),
+            to: Some(to),
+            ..UsageQuery::default()
+        };
+        let mut out = Vec::new();
+        for org in orgs {
+            let org = OrgId::from_uuid(org);
+            if let Some(row) = self.aggregate(org, &query, &[]).await?.into_iter().next() {
+                out.push((org, row.totals));
+            }
+        }
+        Ok(out)
     }
 
     fn stream(

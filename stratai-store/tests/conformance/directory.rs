@@ -104,6 +104,42 @@ pub async fn user_create_get_find_update<S: Store>(store: S) {
     assert_not_found(store.update_user(&new_user()).await);
 }
 
+pub async fn get_users_in_the_order_asked<S: Store>(store: S) {
+    let a = user(&store).await;
+    let b = user(&store).await;
+    let c = user(&store).await;
+    // The order asked, a repeated id once at its first place.
+    assert_eq!(
+        store.get_users(&[c.id, a.id, c.id, b.id]).await.unwrap(),
+        vec![c.clone(), a.clone(), b.clone()]
+    );
+    assert_eq!(store.get_users(&[]).await.unwrap(), Vec::new());
+    // An unknown id anywhere: NotFound naming it, not a shorter answer.
+    let ghost = UserId::new();
+    let err = store.get_users(&[a.id, ghost, b.id]).await.unwrap_err();
+    assert!(
+        matches!(&err, stratai_core::StoreError::NotFound { entity: "user", id } if *id == ghost.to_string()),
+        "{err}"
+    );
+}
+
+pub async fn people_in_orgs_counted_once<S: Store>(store: S) {
+    assert_eq!(store.count_people_in_orgs().await.unwrap(), 0);
+    let a = org(&store).await;
+    let b = org(&store).await;
+    let both = user(&store).await;
+    let only_a = user(&store).await;
+    // A user in no organization is not counted.
+    user(&store).await;
+    for (o, u) in [(a.id, both.id), (b.id, both.id), (a.id, only_a.id)] {
+        store
+            .add_member(o, &membership(o, u, OrgRole::Member))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.count_people_in_orgs().await.unwrap(), 2);
+}
+
 pub async fn user_email_and_subject_conflict<S: Store>(store: S) {
     let a = user(&store).await;
     let mut same_email = new_user();

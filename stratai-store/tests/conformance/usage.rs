@@ -491,4 +491,46 @@ pub async fn usage_aggregate_paths_agree<S: Store>(store: S) {
         .await
         .unwrap();
     assert_eq!(total[0].totals.requests, 40);
+
+    // The platform-wide totals per organization (PostgreSQL: the rollup's whole hours and the
+    // records of the partial ones) equal the records folded, for whole-hour windows, windows
+    // cut inside hours at either end, and a window inside one hour. Another duplicate append
+    // changes nothing.
+    assert_eq!(store.append(o.id, &records).await.unwrap().inserted, 0);
+    let all: Vec<UsageRecord> = records
+        .iter()
+        .cloned()
+        .chain([record(other.id, w.id, start, "9.99")])
+        .collect();
+    for (from, to) in [
+        (start - Duration::days(1), start + Duration::days(2)),
+        (start + Duration::hours(3), start + Duration::hours(20)),
+        (
+            start + Duration::minutes(100),
+            start + Duration::hours(20) + Duration::minutes(1),
+        ),
+        (start + Duration::minutes(-1), start + Duration::minutes(50)),
+        (start + Duration::minutes(5), start + Duration::minutes(40)),
+    ] {
+        let mut expected: std::collections::BTreeMap<OrgId, UsageTotals> =
+            std::collections::BTreeMap::new();
+        for r in all
+            .iter()
+            .filter(|r| r.created_at >= from && r.created_at < to)
+        {
+            expected.entry(r.org_id).or_default().add(r);
+        }
+        let answer: Vec<(OrgId, UsageTotals)> = store
+            .totals_by_org(from, to)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(id, _)| *id == o.id || *id == other.id)
+            .collect();
+        assert_eq!(
+            answer,
+            expected.into_iter().collect::<Vec<_>>(),
+            "totals_by_org {from} .. {to}"
+        );
+    }
 }

@@ -184,9 +184,12 @@ pub async fn get(
     )?;
     let dir = &state.stores.directory;
     let group = dir.get_group(org_id, group_id).await?;
-    let mut members = Vec::new();
-    for m in dir.list_group_members(org_id, group_id).await? {
-        let user = dir.get_user(m.user_id).await?;
+    let in_group = dir.list_group_members(org_id, group_id).await?;
+    // One lookup of the members' users; it answers in the order asked (members are distinct).
+    let ids: Vec<UserId> = in_group.iter().map(|m| m.user_id).collect();
+    let users = dir.get_users(&ids).await?;
+    let mut members = Vec::with_capacity(in_group.len());
+    for (m, user) in in_group.into_iter().zip(users) {
         members.push(GroupMemberView {
             user_id: m.user_id,
             email: user.email.as_str().to_owned(),

@@ -41,7 +41,12 @@ pub struct MemberView {
 
 async fn view(state: &AppState, m: Membership) -> Result<MemberView, ApiError> {
     let user = state.stores.directory.get_user(m.user_id).await?;
-    Ok(MemberView {
+    Ok(view_of(m, user))
+}
+
+/// A member's view from the membership and its user.
+fn view_of(m: Membership, user: stratai_core::directory::User) -> MemberView {
+    MemberView {
         user_id: m.user_id,
         email: user.email.as_str().to_owned(),
         name: user.name,
@@ -50,7 +55,7 @@ async fn view(state: &AppState, m: Membership) -> Result<MemberView, ApiError> {
         monthly_budget: m.monthly_budget,
         profile_id: m.profile_id,
         joined_at: m.joined_at,
-    })
+    }
 }
 
 /// Members of an organization (admins).
@@ -60,9 +65,20 @@ pub async fn list(
     ApiPath(org_id): ApiPath<OrgId>,
 ) -> Result<ApiJson<Vec<MemberView>>, ApiError> {
     allow(&caller, Action::ManageMembers, Resource::Org(org_id))?;
-    let mut out = Vec::new();
-    for m in state.stores.directory.list_members(org_id).await? {
-        out.push(view(&state, m).await?);
+    let dir = &state.stores.directory;
+    let members = dir.list_members(org_id).await?;
+    // One lookup of every member's user, not one per member.
+    let ids: Vec<UserId> = members.iter().map(|m| m.user_id).collect();
+    let users = dir.get_users(&ids).await?;
+    let by_id: std::collections::HashMap<UserId, _> =
+        users.into_iter().map(|u| (u.id, u)).collect();
+    let mut out = Vec::with_capacity(members.len());
+    for m in members {
+        let user = by_id
+            .get(&m.user_id)
+            .cloned()
+            .ok_or_else(|| stratai_core::StoreError::not_found("user", m.user_id))?;
+        out.push(view_of(m, user));
     }
     Ok(ApiJson(out))
 }

@@ -137,6 +137,12 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
     async fn get_user(&self, user: UserId) -> Result<User, StoreError> {
         self.inner.get_user(user).await
     }
+    async fn get_users(&self, users: &[UserId]) -> Result<Vec<User>, StoreError> {
+        self.inner.get_users(users).await
+    }
+    async fn count_people_in_orgs(&self) -> Result<u64, StoreError> {
+        self.inner.count_people_in_orgs().await
+    }
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         self.inner.find_user_by_email(email).await
     }

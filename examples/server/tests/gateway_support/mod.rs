@@ -351,6 +351,13 @@ impl UsageStore for FaultyUsage {
     ) -> Result<Vec<AggregateRow>, StoreError> {
         self.inner.aggregate(org, query, group_by).await
     }
+    async fn totals_by_org(
+        &self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<(OrgId, stratai_core::usage::UsageTotals)>, StoreError> {
+        self.inner.totals_by_org(from, to).await
+    }
     fn stream(
         &self,
         org: OrgId,

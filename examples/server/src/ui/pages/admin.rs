@@ -5,7 +5,7 @@
 //! the platform, as `POST /api/organizations` does (the guardrail pages
 //! `manage_platform_guardrails`, as `/api/guardrails`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use askama::Template;
 use axum::extract::{Query, State};
@@ -18,7 +18,7 @@ use stratai_core::budget::BudgetPeriod;
 use stratai_core::directory::Organization;
 use stratai_core::money::Money;
 use stratai_core::ports::RuleScope;
-use stratai_core::usage::UsageQuery;
+use stratai_core::usage::{UsageQuery, UsageTotals};
 
 use super::rules::{Choice, RuleChoices, RuleForm};
 use crate::api::guardrails::{self, PlatformScope};
@@ -55,7 +55,7 @@ struct OverviewPage {
     period: String,
     organizations: usize,
     active_organizations: usize,
-    people: usize,
+    people: u64,
     shown: usize,
     requests: u64,
     provider: String,
@@ -78,32 +78,26 @@ pub(crate) async fn overview(
     let dir = &state.stores.directory;
     let orgs = dir.list_orgs().await?;
     let window = BudgetPeriod::Monthly.window(Utc::now(), chrono_tz::UTC);
-    let query = UsageQuery {
-        from: Some(window.start),
-        to: Some(window.end),
-        ..UsageQuery::default()
-    };
-    let mut people = HashSet::new();
-    let mut lines = Vec::new();
+    // Two platform-wide reads, whatever the number of organizations: every organization's
+    // totals this month and the people who are members anywhere.
+    let spend: HashMap<OrgId, UsageTotals> = state
+        .stores
+        .usage
+        .totals_by_org(window.start, window.end)
+        .await?
+        .into_iter()
+        .collect();
+    let people = dir.count_people_in_orgs().await?;
     let (mut requests, mut provider, mut billed) = (0u64, Money::ZERO, Money::ZERO);
-    // Spend is read per organization (tenant-scoped queries): bounded to the first
-    // `OVERVIEW_ORGS` so the page stays fast with many organizations; the page says so.
-    for org in orgs.iter().take(OVERVIEW_ORGS) {
-        for m in dir.list_members(org.id).await? {
-            people.insert(m.user_id);
-        }
-        let totals = state
-            .stores
-            .usage
-            .aggregate(org.id, &query, &[])
-            .await?
-            .into_iter()
-            .next()
-            .map(|r| r.totals)
-            .unwrap_or_default();
+    for totals in spend.values() {
         requests += totals.requests;
         provider = provider + totals.provider_cost;
         billed = billed + totals.billed_amount;
+    }
+    // The table lists the first `OVERVIEW_ORGS` organizations; the totals above are of all.
+    let mut lines = Vec::new();
+    for org in orgs.iter().take(OVERVIEW_ORGS) {
+        let totals = spend.get(&org.id).cloned().unwrap_or_default();
         lines.push(OrgSpend {
             name: org.name.clone(),
             requests: totals.requests,
@@ -121,7 +115,7 @@ pub(crate) async fn overview(
         ),
         organizations: orgs.len(),
         active_organizations: orgs.iter().filter(|o| o.active).count(),
-        people: people.len(),
+        people,
         shown: orgs.len().min(OVERVIEW_ORGS),
         requests,
         provider: money(provider.amount()),
@@ -486,23 +480,18 @@ pub(crate) async fn billing(
     let orgs = state.stores.directory.list_orgs().await?;
     let (orgs, pager) = paginate(orgs, q.page(), "/admin/billing");
     let window = BudgetPeriod::Monthly.window(Utc::now(), chrono_tz::UTC);
-    let query = UsageQuery {
-        from: Some(window.start),
-        to: Some(window.end),
-        ..UsageQuery::default()
-    };
+    // Every organization's month in one platform-wide read, not one per organization.
+    let spend: HashMap<OrgId, UsageTotals> = state
+        .stores
+        .usage
+        .totals_by_org(window.start, window.end)
+        .await?
+        .into_iter()
+        .collect();
     let (mut requests, mut provider, mut billed) = (0u64, Money::ZERO, Money::ZERO);
     let mut lines = Vec::new();
     for org in &orgs {
-        let totals = state
-            .stores
-            .usage
-            .aggregate(org.id, &query, &[])
-            .await?
-            .into_iter()
-            .next()
-            .map(|r| r.totals)
-            .unwrap_or_default();
+        let totals = spend.get(&org.id).cloned().unwrap_or_default();
         requests += totals.requests;
         provider = provider + totals.provider_cost;
         billed = billed + totals.billed_amount;

@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use stratai_core::access::{Action, Resource};
 use stratai_core::budget::BudgetPeriod;
 use stratai_core::directory::{Group, OrgRole, Organization};
-use stratai_core::usage::{AggregateRow, Dimension, DimensionValue, UsageQuery};
+use stratai_core::usage::{AggregateRow, Dimension, DimensionValue, UsageQuery, UsageTotals};
 use stratai_core::{GroupId, OrgId, TierId, TierSlug, UserId};
 
 use crate::api::groups::CreateGroup;
@@ -83,11 +83,19 @@ pub(crate) async fn member_emails(
     org_id: OrgId,
 ) -> Result<Vec<(UserId, String)>, UiError> {
     let dir = &state.stores.directory;
-    let mut out = Vec::new();
-    for m in dir.list_members(org_id).await? {
-        let user = dir.get_user(m.user_id).await?;
-        out.push((m.user_id, user.email.as_str().to_owned()));
-    }
+    let ids: Vec<UserId> = dir
+        .list_members(org_id)
+        .await?
+        .iter()
+        .map(|m| m.user_id)
+        .collect();
+    // One lookup of every member's user, not one per member.
+    let mut out: Vec<(UserId, String)> = dir
+        .get_users(&ids)
+        .await?
+        .into_iter()
+        .map(|u| (u.id, u.email.as_str().to_owned()))
+        .collect();
     out.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(out)
 }
@@ -320,15 +328,13 @@ pub(crate) async fn dashboard(
         ..UsageQuery::default()
     };
     let usage = &state.stores.usage;
-    let totals = usage
-        .aggregate(org_id, &month, &[])
-        .await?
-        .into_iter()
-        .next()
-        .map(|r| r.totals)
-        .unwrap_or_default();
     let by_day =
         crate::api::usage::grouped(&state, org_id, org.tz(), &month, &[Dimension::Day]).await?;
+    // The month's totals are its days' (every record of the month falls on one of them).
+    let mut totals = UsageTotals::default();
+    for day in &by_day {
+        totals.merge(&day.totals);
+    }
     // The three breakdowns in one read of the month's records (one `GROUPING SETS` query on
     // PostgreSQL); the totals and the days above come from its hourly rollup.
     let mut each = usage
