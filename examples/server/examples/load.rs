@@ -761,6 +761,9 @@ struct Spawned {
     base: String,
     stores: Stores,
     statements: Arc<AtomicU64>,
+    /// Its statements by kind (sqlx's `summary`: the first words of the SQL), over the whole
+    /// run, for the breakdown printed at the end.
+    kinds: Arc<std::sync::Mutex<HashMap<String, u64>>>,
     rss: Arc<Rss>,
     pg: Option<PgDb>,
     dir: std::path::PathBuf,
@@ -853,6 +856,8 @@ async fn spawn_binary(
     let statements = Arc::new(AtomicU64::new(0));
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let counted = statements.clone();
+    let kinds: Arc<std::sync::Mutex<HashMap<String, u64>>> = Arc::default();
+    let by_kind = kinds.clone();
     let log = dir.join("server.log");
     std::thread::spawn(move || {
         let mut keep = std::fs::File::create(log).ok();
@@ -860,6 +865,9 @@ async fn spawn_binary(
             let Ok(line) = line else { break };
             if line.contains("sqlx::query") {
                 counted.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut kinds) = by_kind.lock() {
+                    *kinds.entry(summary(&line)).or_default() += 1;
+                }
             } else if let Some(f) = keep.as_mut() {
                 use std::io::Write as _;
                 let _ = writeln!(f, "{line}");
@@ -888,10 +896,20 @@ async fn spawn_binary(
         base,
         stores,
         statements,
+        kinds,
         rss,
         pg,
         dir,
     })
+}
+
+/// The `summary` field of one of sqlx's statement lines (`summary="SELECT * FROM budgets …"`,
+/// possibly with colour codes around the `=`): the kind of statement it was.
+fn summary(line: &str) -> String {
+    line.split_once("summary")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map_or_else(|| "(no summary)".to_owned(), |(s, _)| s.to_owned())
 }
 
 impl Spawned {
@@ -913,10 +931,22 @@ impl Spawned {
             drop_pg(pg).await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        let mut kinds: Vec<(String, u64)> = self
+            .kinds
+            .lock()
+            .map(|k| k.iter().map(|(s, n)| (s.clone(), *n)).collect())
+            .unwrap_or_default();
+        kinds.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let breakdown: Vec<String> = kinds
+            .iter()
+            .map(|(s, n)| format!("  - {n} x `{s}`"))
+            .collect();
         format!(
-            "{}: usage records written {recorded}; peak RSS {}",
+            "{}: usage records written {recorded}; peak RSS {}; statements over the whole run (start-up, warm-up and every measurement) {}, by kind:\n{}",
             self.label,
-            mib(self.rss.peak.load(Ordering::Relaxed))
+            mib(self.rss.peak.load(Ordering::Relaxed)),
+            self.statements.load(Ordering::Relaxed),
+            breakdown.join("\n")
         )
     }
 }
