@@ -507,7 +507,14 @@ async fn client_leaving_before_a_json_answer_still_settles_and_records_it(db: Db
     assert_eq!(rec.user_id, *user);
     assert_eq!(rec.status, UsageStatus::Success);
     assert!(rec.billed_amount > Money::ZERO);
+    // The record is written before the reservation is settled (no settlement without a
+    // record), so the settlement is awaited after it, not assumed at the same instant.
+    let settled = eventually(Duration::from_secs(10), || async {
+        budget_state(&gw, t.org, b.id).await.reserved == Money::ZERO
+    })
+    .await;
     let state = &budget_state(&gw, t.org, b.id).await;
+    assert!(settled, "the reservation was never settled: {state:?}");
     assert_eq!(state.spent, rec.billed_amount);
     assert_eq!(state.reserved, Money::ZERO);
 }
