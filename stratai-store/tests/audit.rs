@@ -224,7 +224,56 @@ macro_rules! on_every_backend {
     };
 }
 
-on_every_backend!(chains_list_and_verify, concurrent_appends_never_fork);
+/// The chain read page by page, oldest first: pages join without gaps or repeats, each
+/// chain's own, and reading past the end gives nothing.
+async fn pages_read_the_chain_in_order<S: fixtures::Store + AuditStore>(store: S) {
+    let a = fixtures::org(&store).await.id;
+    let b = fixtures::org(&store).await.id;
+    for n in 0..7 {
+        store
+            .append_audit(a, &draft(n, UserId::new()))
+            .await
+            .unwrap();
+    }
+    store
+        .append_audit(b, &draft(9, UserId::new()))
+        .await
+        .unwrap();
+    store
+        .append_platform_audit(&draft(10, UserId::new()))
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store
+            .audit_page(AuditChain::Org(a), after, 3)
+            .await
+            .unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        read.extend(page);
+    }
+    assert_eq!(read, store.audit_chain(a).await.unwrap().entries);
+    assert_eq!(read.len(), 7);
+    assert!(
+        store
+            .audit_page(AuditChain::Org(a), 7, 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let platform = store.audit_page(AuditChain::Platform, 0, 10).await.unwrap();
+    assert_eq!(platform.len(), 1);
+    assert_eq!(platform[0].org_id, None);
+}
+
+on_every_backend!(
+    chains_list_and_verify,
+    concurrent_appends_never_fork,
+    pages_read_the_chain_in_order
+);
 
 async fn three_entries<S: fixtures::Store + AuditStore>(store: &S) -> OrgId {
     let org = fixtures::org(store).await.id;
@@ -474,4 +523,176 @@ async fn postgres_rls_keeps_chains_apart() {
     assert_eq!(store.list_audit(a, &all(100)).await.unwrap().len(), 3);
     assert_eq!(store.list_all_audit(&all(100)).await.unwrap().len(), 7);
     let _ = b;
+}
+
+/// Turns the injected fault on (every new audit entry refused by a trigger) or off.
+type Fault<'a> = &'a (dyn Fn(bool) -> futures::future::BoxFuture<'a, ()> + Sync);
+
+/// A change and its entry are one transaction ([`stratai_store::audited`]). With the entry's
+/// append made to fail inside the database (a trigger refusing new entries: the fault a crash
+/// between two transactions would be), each kind of write fails whole: an organization's
+/// change, a platform change whose after-state is the write's result, a rule, a budget, the
+/// tier catalog. Once the fault is gone, the same writes are made and each has its entry, in
+/// the chain it belongs to, verified intact; a write that changes nothing has none.
+async fn change_and_entry_commit_together<S>(backend: S, fault: Fault<'_>)
+where
+    S: fixtures::Store + AuditStore + Clone + 'static,
+{
+    use stratai_core::budget::BudgetScope;
+    use stratai_core::ports::RuleScope;
+    use stratai_store::audited::{audited, in_request, note_actor};
+
+    let org = fixtures::org(&backend).await;
+    let person = fixtures::user(&backend).await;
+    let raw = stratai_store::Stores::from_backend(backend);
+    let stores = audited(raw.clone());
+    let admin = UserId::new();
+    let renamed = stratai_core::directory::Organization {
+        name: "Renamed".to_owned(),
+        ..org.clone()
+    };
+    let rule = fixtures::rule(RuleScope::Org { org_id: org.id }, 5);
+    let budget = fixtures::new_budget(org.id, BudgetScope::Org, "10.00", true);
+    let tier = fixtures::new_tier(77);
+
+    let writes = || async {
+        in_request(Some("req-atomic".to_owned()), async {
+            note_actor(admin);
+            [
+                stores.directory.update_org(&renamed).await.err(),
+                stores
+                    .directory
+                    .set_user_active(person.id, false)
+                    .await
+                    .err(),
+                stores.guardrails.put_rule(org.id, &rule).await.err(),
+                stores.budgets.create_budget(org.id, &budget).await.err(),
+                stores.tiers.upsert_tier(&tier).await.err(),
+            ]
+        })
+        .await
+    };
+
+    fault(true).await;
+    let failed = writes().await;
+    assert!(failed.iter().all(Option::is_some), "{failed:?}");
+    assert_eq!(raw.directory.get_org(org.id).await.unwrap().name, org.name);
+    assert!(raw.directory.get_user(person.id).await.unwrap().active);
+    assert!(raw.guardrails.get_rule(org.id, rule.id).await.is_err());
+    assert!(raw.budgets.get_budget(org.id, budget.id).await.is_err());
+    assert!(raw.tiers.get_tier(tier.id).await.is_err());
+    assert!(
+        raw.audit
+            .list_audit(org.id, &all(100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        raw.audit
+            .list_platform_audit(&all(100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    fault(false).await;
+    let made = writes().await;
+    assert!(made.iter().all(Option::is_none), "{made:?}");
+    assert_eq!(raw.directory.get_org(org.id).await.unwrap().name, "Renamed");
+    let entries = raw.audit.list_audit(org.id, &all(100)).await.unwrap();
+    let mut actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    actions.sort_unstable();
+    assert_eq!(
+        actions,
+        ["budget.create", "organization.update", "rule.put"]
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.actor == Some(admin) && e.request_id.as_deref() == Some("req-atomic"))
+    );
+    let platform = raw.audit.list_platform_audit(&all(100)).await.unwrap();
+    let deactivated = platform
+        .iter()
+        .find(|e| e.action == "user.deactivate")
+        .unwrap();
+    assert_eq!(deactivated.before.as_ref().unwrap()["active"], true);
+    assert_eq!(deactivated.after.as_ref().unwrap()["active"], false);
+    assert!(platform.iter().any(|e| e.action == "tier.upsert"));
+    assert_eq!(platform.len(), 2);
+    let chain = raw.audit.audit_chain(org.id).await.unwrap();
+    assert!(verify_chain(AuditChain::Org(org.id), &chain).intact);
+
+    // Deactivating the inactive person again changes nothing and records nothing; a write
+    // outside a request (no caller) is not an admin change.
+    in_request(None, async {
+        note_actor(admin);
+        stores
+            .directory
+            .set_user_active(person.id, false)
+            .await
+            .unwrap();
+    })
+    .await;
+    stores
+        .directory
+        .set_user_active(person.id, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        raw.audit
+            .list_platform_audit(&all(100))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn sqlite_change_and_entry_commit_together() {
+    let scratch = stratai_testkit::Scratch::new();
+    let url = format!("sqlite://{}", scratch.join("atomic.db").display());
+    let store = stratai_store::SqliteStore::connect(&url).await.unwrap();
+    let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let fault = |on: bool| {
+        let raw = raw.clone();
+        Box::pin(async move {
+            let sql = if on {
+                "CREATE TRIGGER injected_fault BEFORE INSERT ON audit_log \
+                 BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+            } else {
+                "DROP TRIGGER injected_fault"
+            };
+            sqlx::query(sql).execute(&raw).await.unwrap();
+        }) as futures::future::BoxFuture<'_, ()>
+    };
+    change_and_entry_commit_together(store.clone(), &fault).await;
+    raw.close().await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_change_and_entry_commit_together() {
+    let Some(db) = pg::fresh_db().await else {
+        return;
+    };
+    let owner_url = db.owner_url.clone();
+    let fault = |on: bool| {
+        let owner_url = owner_url.clone();
+        Box::pin(async move {
+            let mut owner = sqlx::PgConnection::connect(&owner_url).await.unwrap();
+            let sql = if on {
+                "CREATE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$; \
+                 CREATE TRIGGER injected_fault BEFORE INSERT ON audit_log \
+                 FOR EACH ROW EXECUTE FUNCTION injected_fault()"
+            } else {
+                "DROP TRIGGER injected_fault ON audit_log; DROP FUNCTION injected_fault()"
+            };
+            sqlx::raw_sql(sql).execute(&mut owner).await.unwrap();
+        }) as futures::future::BoxFuture<'_, ()>
+    };
+    change_and_entry_commit_together(db.store.clone(), &fault).await;
 }

@@ -91,7 +91,7 @@ pub fn build_state(config: &Config, backends: Backends) -> Result<AppState, ApiE
         prices: std::sync::Arc::new(config.prices.clone()),
         readiness: backends.readiness,
         // Every admin change through these stores is recorded in the audit trail.
-        stores: crate::audit::audited(backends.stores),
+        stores: stratai_store::audited::audited(backends.stores),
         gateway: None,
         mail: Arc::new(postman(config)?),
         settings: config.summary().into(),

@@ -210,6 +210,29 @@ async fn changes_are_recorded_and_read_by_whom_they_concern(api: Api) {
             .all(|p| p[1].seq == p[0].seq + 1 && p[1].prev_hash == p[0].hash)
     );
     assert!(lines.iter().all(|e| e.computed_hash() == e.hash));
+    // A chain longer than the export's page (500) streams whole, in order, across pages.
+    for n in 0..1_100 {
+        let draft = stratai_core::audit::AuditDraft {
+            at: chrono::Utc::now(),
+            actor: None,
+            request_id: Some(format!("bulk-{n}")),
+            action: "bulk.note".to_owned(),
+            target: format!("note/{n}"),
+            before: None,
+            after: Some(serde_json::json!({ "n": n })),
+        };
+        api.stores.audit.append_audit(w.org, &draft).await.unwrap();
+    }
+    let export = api.get(&format!("{audit}/export"), &admin).await;
+    let long: Vec<AuditEntry> = export
+        .text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(long.len(), lines.len() + 1_100);
+    assert!(long.iter().enumerate().all(|(i, e)| e.seq == i as i64 + 1));
+    assert!(long.windows(2).all(|p| p[1].prev_hash == p[0].hash));
+    assert_eq!(long[..lines.len()], lines[..]);
     let platform = api.get("/api/audit/export", &operator).await;
     assert!(platform.text.lines().count() >= 1);
     let reports = api.get("/api/audit/verify", &operator).await;

@@ -11,11 +11,37 @@ use stratai_core::ports::AuditStore;
 use stratai_core::{OrgId, StoreError};
 
 use super::MemoryStore;
+use crate::audited::take_pending;
 
 /// Every chain's entries in `seq` order.
 pub(super) type Chains = BTreeMap<AuditChain, Vec<AuditEntry>>;
 
 impl MemoryStore {
+    /// Appends the audit entry of the change just made, when one is pending
+    /// ([`crate::audited`]): in the same call as the change, after it succeeded, with nothing
+    /// that can fail in between. `after` is the write's result, when the entry's after-state
+    /// is what the write returned.
+    pub(super) async fn commit_change(
+        &self,
+        after: Option<serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        if let Some(entry) = take_pending(after) {
+            self.append_unchecked(entry.chain, &entry.draft).await;
+        }
+        Ok(())
+    }
+
+    async fn append_unchecked(&self, chain: AuditChain, draft: &AuditDraft) -> AuditEntry {
+        let mut chains = self.audit.write().await;
+        let entries = chains.entry(chain).or_default();
+        let (seq, prev) = entries.last().map_or((1, GENESIS_HASH.to_owned()), |e| {
+            (e.seq + 1, e.hash.clone())
+        });
+        let entry = AuditEntry::seal(chain, seq, &prev, draft);
+        entries.push(entry.clone());
+        entry
+    }
+
     async fn append_to(
         &self,
         chain: AuditChain,
@@ -26,14 +52,7 @@ impl MemoryStore {
         {
             return Err(StoreError::not_found("organization", org));
         }
-        let mut chains = self.audit.write().await;
-        let entries = chains.entry(chain).or_default();
-        let (seq, prev) = entries.last().map_or((1, GENESIS_HASH.to_owned()), |e| {
-            (e.seq + 1, e.hash.clone())
-        });
-        let entry = AuditEntry::seal(chain, seq, &prev, draft);
-        entries.push(entry.clone());
-        Ok(entry)
+        Ok(self.append_unchecked(chain, draft).await)
     }
 
     async fn list_in(&self, chain: Option<AuditChain>, query: &AuditQuery) -> Vec<AuditEntry> {
@@ -98,5 +117,25 @@ impl AuditStore for MemoryStore {
 
     async fn platform_audit_chain(&self) -> Result<StoredChain, StoreError> {
         Ok(self.chain_of(AuditChain::Platform).await)
+    }
+
+    async fn audit_page(
+        &self,
+        chain: AuditChain,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let chains = self.audit.read().await;
+        Ok(chains
+            .get(&chain)
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|e| e.seq > after_seq)
+                    .take(limit as usize)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 }

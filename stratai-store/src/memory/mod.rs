@@ -448,7 +448,7 @@ impl DirectoryStore for MemoryStore {
         }
         s.orgs.insert(org.id, norm_org(org));
         s.emit(org.id, OutboxEntity::Org(org.id), false);
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn get_org(&self, org: OrgId) -> Result<Organization, StoreError> {
@@ -480,7 +480,7 @@ impl DirectoryStore for MemoryStore {
         if !synced_only {
             s.emit(org.id, OutboxEntity::Org(org.id), false);
         }
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn list_orgs(&self) -> Result<Vec<Organization>, StoreError> {
@@ -494,7 +494,7 @@ impl DirectoryStore for MemoryStore {
         }
         check_user_unique(&s, user)?;
         s.users.insert(user.id, norm_user(user));
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn get_user(&self, user: UserId) -> Result<User, StoreError> {
@@ -549,7 +549,7 @@ impl DirectoryStore for MemoryStore {
         new.platform_role = old.platform_role;
         new.active = old.active;
         s.users.insert(user.id, new);
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError> {
@@ -581,6 +581,7 @@ impl DirectoryStore for MemoryStore {
             s.other_super_admins(user),
         )?;
         if old.active == active {
+            crate::audited::discard_pending();
             return Ok(old);
         }
         let mut new = old;
@@ -595,6 +596,7 @@ impl DirectoryStore for MemoryStore {
         for org in orgs {
             s.emit(org, OutboxEntity::Member(user), false);
         }
+        self.commit_change(crate::audited::snapshot(&new)).await?;
         Ok(new)
     }
 
@@ -617,6 +619,7 @@ impl DirectoryStore for MemoryStore {
         let mut new = old;
         new.platform_role = role;
         s.users.insert(user, new.clone());
+        self.commit_change(crate::audited::snapshot(&new)).await?;
         Ok(new)
     }
 
@@ -635,7 +638,7 @@ impl DirectoryStore for MemoryStore {
         let scope = BudgetScope::User(member.user_id);
         s.put_implied_budget(org, scope, member.monthly_budget, Utc::now());
         s.emit(org, OutboxEntity::Member(member.user_id), false);
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn get_member(&self, org: OrgId, user: UserId) -> Result<Membership, StoreError> {
@@ -669,7 +672,7 @@ impl DirectoryStore for MemoryStore {
         if !synced_only {
             s.emit(org, OutboxEntity::Member(member.user_id), false);
         }
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn set_litellm_key_id<'a>(
@@ -683,7 +686,7 @@ impl DirectoryStore for MemoryStore {
         if let Some(member) = s.members.get_mut(&(org, user)) {
             member.litellm_key_id = key_id.map(str::to_owned);
         }
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn remove_member(&self, org: OrgId, user: UserId) -> Result<(), StoreError> {
@@ -701,7 +704,7 @@ impl DirectoryStore for MemoryStore {
         s.group_members
             .retain(|(group, member), _| !(*member == user && groups.contains(group)));
         s.emit(org, OutboxEntity::Member(user), true);
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn memberships_of_user(&self, user: UserId) -> Result<Vec<Membership>, StoreError> {
@@ -754,7 +757,7 @@ impl DirectoryStore for MemoryStore {
             s.group_members.insert((group.id, m.user_id), new);
             s.emit(org, OutboxEntity::Member(m.user_id), false);
         }
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn get_group(&self, org: OrgId, group: GroupId) -> Result<Group, StoreError> {
@@ -785,7 +788,7 @@ impl DirectoryStore for MemoryStore {
         let scope = BudgetScope::Group(group.id);
         s.put_implied_budget(org, scope, group.monthly_budget, group.updated_at);
         s.emit(org, OutboxEntity::Group(group.id), false);
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn delete_group(&self, org: OrgId, group: GroupId) -> Result<(), StoreError> {
@@ -795,7 +798,7 @@ impl DirectoryStore for MemoryStore {
         s.group_members.retain(|(g, _), _| *g != group);
         s.put_implied_budget(org, BudgetScope::Group(group), None, Utc::now());
         s.emit(org, OutboxEntity::Group(group), true);
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn put_group_member(
@@ -817,7 +820,7 @@ impl DirectoryStore for MemoryStore {
         s.group_members.insert(key, new);
         s.emit(org, OutboxEntity::Group(membership.group_id), false);
         s.emit(org, OutboxEntity::Member(membership.user_id), false);
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn remove_group_member(
@@ -833,7 +836,7 @@ impl DirectoryStore for MemoryStore {
         }
         s.emit(org, OutboxEntity::Group(group), false);
         s.emit(org, OutboxEntity::Member(user), false);
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn list_group_members(
@@ -878,7 +881,7 @@ impl DirectoryStore for MemoryStore {
         let mut new = profile.clone();
         new.created_at = micros(new.created_at);
         s.profiles.insert(profile.id, new);
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn get_profile(&self, profile: ProfileId) -> Result<UserProfile, StoreError> {
@@ -904,7 +907,7 @@ impl DirectoryStore for MemoryStore {
         let created_at = stored.created_at;
         *stored = profile.clone();
         stored.created_at = created_at;
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn delete_profile(&self, profile: ProfileId) -> Result<(), StoreError> {
@@ -931,7 +934,7 @@ impl DirectoryStore for MemoryStore {
             }
         }
         s.profiles.remove(&profile);
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn create_invitation(
@@ -976,7 +979,7 @@ impl DirectoryStore for MemoryStore {
         }
         s.invitations
             .insert(invitation.id, norm_invitation(invitation));
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn save_invitations(
@@ -1054,7 +1057,7 @@ impl DirectoryStore for MemoryStore {
             s.invitations
                 .insert(invitation.id, norm_invitation(&written));
         }
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn find_invitation_by_token_hash(
@@ -1107,7 +1110,7 @@ impl DirectoryStore for MemoryStore {
             )));
         }
         found.status = InvitationStatus::Revoked;
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn accept_invitation(
@@ -1167,6 +1170,8 @@ impl DirectoryStore for MemoryStore {
             }
         }
         s.invitations.insert(after.id, after);
+        self.commit_change(crate::audited::snapshot(&membership))
+            .await?;
         Ok(membership)
     }
 }
@@ -1240,7 +1245,7 @@ impl TierStore for MemoryStore {
             }
         }
         s.tiers.insert(tier.id, tier.clone());
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn list_tiers(&self) -> Result<Vec<ModelTier>, StoreError> {
@@ -1286,7 +1291,7 @@ impl TierStore for MemoryStore {
         let scope = BudgetScope::Tier(subscription.tier_id);
         s.put_implied_budget(org, scope, budget, Utc::now());
         s.emit(org, OutboxEntity::Org(org), false);
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn list_subscriptions(&self, org: OrgId) -> Result<Vec<TierSubscription>, StoreError> {
@@ -1321,7 +1326,7 @@ impl GuardrailStore for MemoryStore {
         let mut new = rule.clone();
         new.created_at = micros(new.created_at);
         s.rules.insert(rule.id, new);
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn put_rule(&self, org: OrgId, rule: &RuleRecord) -> Result<(), StoreError> {
@@ -1348,7 +1353,7 @@ impl GuardrailStore for MemoryStore {
         let mut new = rule.clone();
         new.created_at = micros(new.created_at);
         s.rules.insert(rule.id, new);
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn get_rule(&self, org: OrgId, rule: RuleId) -> Result<RuleRecord, StoreError> {
@@ -1367,7 +1372,7 @@ impl GuardrailStore for MemoryStore {
             .is_some_and(|r| r.scope.org_id() == Some(org))
         {
             s.rules.remove(&rule);
-            Ok(())
+            self.commit_change(None).await
         } else {
             Err(StoreError::not_found("rule", rule))
         }
@@ -1380,7 +1385,7 @@ impl GuardrailStore for MemoryStore {
             .is_some_and(|r| r.scope.org_id().is_none())
         {
             s.rules.remove(&rule);
-            Ok(())
+            self.commit_change(None).await
         } else {
             Err(StoreError::not_found("rule", rule))
         }
@@ -1423,7 +1428,7 @@ impl BudgetLedger for MemoryStore {
             )));
         }
         s.budgets.insert(budget.id, norm_budget(budget));
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn get_budget(&self, org: OrgId, budget: BudgetId) -> Result<Budget, StoreError> {
@@ -1449,14 +1454,14 @@ impl BudgetLedger for MemoryStore {
         new.scope = old.scope;
         new.created_at = old.created_at;
         s.budgets.insert(budget.id, new);
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn delete_budget(&self, org: OrgId, budget: BudgetId) -> Result<(), StoreError> {
         let mut s = self.state.write().await;
         s.budget_in(org, budget)?;
         s.drop_budget(budget);
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn states(
@@ -1861,7 +1866,7 @@ impl InvoiceStore for MemoryStore {
             s.invoices.remove(&id);
         }
         s.invoices.insert(invoice.id, shared::norm_invoice(invoice));
-        Ok(())
+        self.commit_change(None).await
     }
 
     async fn get_invoice(&self, org: OrgId, id: InvoiceId) -> Result<MonthlyInvoice, StoreError> {
@@ -1904,6 +1909,7 @@ impl InvoiceStore for MemoryStore {
             .ok_or_else(|| StoreError::not_found("invoice", id))?;
         let next = shared::invoice_transition(current, to, at)?;
         s.invoices.insert(id, next.clone());
+        self.commit_change(crate::audited::snapshot(&next)).await?;
         Ok(next)
     }
 }

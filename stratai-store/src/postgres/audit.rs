@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Postgres, QueryBuilder};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Transaction};
 use stratai_core::audit::{
     AuditChain, AuditDraft, AuditEntry, AuditQuery, ChainHead, GENESIS_HASH, StoredChain,
     canonical_json,
@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::PgStore;
 use super::rows::get;
+use crate::audited::take_pending;
 use crate::error::{corrupt, db};
 
 const COLUMNS: &str = "organization_id, seq, at, actor_id, request_id, action, target, \
@@ -135,6 +136,29 @@ async fn append(
         .await
         .map_err(db)?;
     Ok(entry)
+}
+
+/// Commits a write's transaction with the audit entry of the change it made, when one is
+/// pending ([`crate::audited`]): the entry is appended in this transaction, so the change and
+/// its entry are committed together or not at all. `after` is the write's result, when the
+/// entry's after-state is what the write returned.
+pub(super) async fn commit_change(
+    mut tx: Transaction<'_, Postgres>,
+    after: Option<serde_json::Value>,
+) -> Result<(), StoreError> {
+    if let Some(entry) = take_pending(after) {
+        if let AuditChain::Org(org) = entry.chain {
+            // An organization's chain is a tenant table: appended in its organization's
+            // context, switched transaction-locally (a platform write's transaction has none).
+            sqlx::query("SELECT set_config('app.current_org_id', $1, true)")
+                .bind(org.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        append(&mut tx, entry.chain, &entry.draft).await?;
+    }
+    tx.commit().await.map_err(db)
 }
 
 async fn list(
@@ -259,6 +283,33 @@ impl AuditStore for PgStore {
     async fn platform_audit_chain(&self) -> Result<StoredChain, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let out = chain_of(&mut tx, AuditChain::Platform).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(out)
+    }
+
+    async fn audit_page(
+        &self,
+        chain: AuditChain,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut tx = match chain {
+            AuditChain::Org(org) => self.tenant(org).await?,
+            AuditChain::Platform => self.pool.begin().await.map_err(db)?,
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM audit_log WHERE chain_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        );
+        let out = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(chain.key())
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(entry)
+            .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await.map_err(db)?;
         Ok(out)
     }

@@ -15,9 +15,11 @@ use stratai_core::ports::{DirectoryStore, OutboxEntity, UserQuery};
 use stratai_core::{GroupId, InvitationId, OrgId, ProfileId, StoreError, UserId};
 use uuid::Uuid;
 
+use super::audit::commit_change;
 use super::ledger::put_implied_budget;
 use super::rows::{self, get};
 use super::{PgStore, same_tenant};
+use crate::audited::snapshot;
 use crate::error::db;
 use crate::shared::{self, enum_text, micros};
 
@@ -379,7 +381,7 @@ impl DirectoryStore for PgStore {
         .await
         .map_err(db)?;
         emit(&mut tx, org.id, OutboxEntity::Org(org.id), false).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn get_org(&self, org: OrgId) -> Result<Organization, StoreError> {
@@ -453,7 +455,7 @@ impl DirectoryStore for PgStore {
         if !synced_only {
             emit(&mut tx, org.id, OutboxEntity::Org(org.id), false).await?;
         }
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn list_orgs(&self) -> Result<Vec<Organization>, StoreError> {
@@ -471,6 +473,7 @@ impl DirectoryStore for PgStore {
     }
 
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
         sqlx::query(concat!(
             "INSERT INTO users (",
             user_columns!(),
@@ -485,10 +488,10 @@ impl DirectoryStore for PgStore {
         .bind(user.active)
         .bind(user.last_login_at.map(micros))
         .bind(micros(user.created_at))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
-        Ok(())
+        commit_change(tx, None).await
     }
 
     async fn get_user(&self, user: UserId) -> Result<User, StoreError> {
@@ -561,6 +564,7 @@ impl DirectoryStore for PgStore {
     }
 
     async fn update_user(&self, user: &User) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
         let done = sqlx::query(
             "UPDATE users SET email = $2, name = $3, avatar_url = $4, oidc_subject = $5,
                  last_login_at = $6, updated_at = now()
@@ -572,13 +576,13 @@ impl DirectoryStore for PgStore {
         .bind(user.avatar_url.as_deref())
         .bind(user.oidc_subject.as_deref())
         .bind(user.last_login_at.map(micros))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("user", user.id));
         }
-        Ok(())
+        commit_change(tx, None).await
     }
 
     async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError> {
@@ -613,6 +617,7 @@ impl DirectoryStore for PgStore {
         let others = other_super_admins(&mut tx, user).await?;
         shared::check_super_admin_remains("active", !active && old.is_super_admin(), others)?;
         if old.active == active {
+            crate::audited::discard_pending();
             return Ok(old);
         }
         sqlx::query("UPDATE users SET is_active = $2, updated_at = now() WHERE id = $1")
@@ -643,8 +648,9 @@ impl DirectoryStore for PgStore {
             )
             .await?;
         }
-        tx.commit().await.map_err(db)?;
-        Ok(User { active, ..old })
+        let after = User { active, ..old };
+        commit_change(tx, snapshot(&after)).await?;
+        Ok(after)
     }
 
     async fn set_platform_role(
@@ -666,11 +672,12 @@ impl DirectoryStore for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(User {
+        let after = User {
             platform_role: role,
             ..old
-        })
+        };
+        commit_change(tx, snapshot(&after)).await?;
+        Ok(after)
     }
 
     async fn add_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError> {
@@ -681,7 +688,7 @@ impl DirectoryStore for PgStore {
             return Err(shared::already_member());
         }
         emit(&mut tx, org, OutboxEntity::Member(member.user_id), false).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn get_member(&self, org: OrgId, user: UserId) -> Result<Membership, StoreError> {
@@ -759,7 +766,7 @@ impl DirectoryStore for PgStore {
         if !synced_only {
             emit(&mut tx, org, OutboxEntity::Member(member.user_id), false).await?;
         }
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn set_litellm_key_id<'a>(
@@ -782,7 +789,7 @@ impl DirectoryStore for PgStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("membership", user));
         }
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn remove_member(&self, org: OrgId, user: UserId) -> Result<(), StoreError> {
@@ -801,7 +808,7 @@ impl DirectoryStore for PgStore {
         }
         put_implied_budget(&mut tx, org, BudgetScope::User(user), None, Utc::now()).await?;
         emit(&mut tx, org, OutboxEntity::Member(user), true).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn memberships_of_user(&self, user: UserId) -> Result<Vec<Membership>, StoreError> {
@@ -881,7 +888,7 @@ impl DirectoryStore for PgStore {
             .map_err(db)?;
             emit(&mut tx, org, OutboxEntity::Member(m.user_id), false).await?;
         }
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn get_group(&self, org: OrgId, group: GroupId) -> Result<Group, StoreError> {
@@ -950,7 +957,7 @@ impl DirectoryStore for PgStore {
         let scope = BudgetScope::Group(group.id);
         put_implied_budget(&mut tx, org, scope, group.monthly_budget, group.updated_at).await?;
         emit(&mut tx, org, OutboxEntity::Group(group.id), false).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn delete_group(&self, org: OrgId, group: GroupId) -> Result<(), StoreError> {
@@ -966,7 +973,7 @@ impl DirectoryStore for PgStore {
         }
         put_implied_budget(&mut tx, org, BudgetScope::Group(group), None, Utc::now()).await?;
         emit(&mut tx, org, OutboxEntity::Group(group), true).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn put_group_member(
@@ -1005,7 +1012,7 @@ impl DirectoryStore for PgStore {
             false,
         )
         .await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn remove_group_member(
@@ -1031,7 +1038,7 @@ impl DirectoryStore for PgStore {
         }
         emit(&mut tx, org, OutboxEntity::Group(group), false).await?;
         emit(&mut tx, org, OutboxEntity::Member(user), false).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn list_group_members(
@@ -1087,6 +1094,7 @@ impl DirectoryStore for PgStore {
     }
 
     async fn create_profile(&self, profile: &UserProfile) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
         let tiers: Vec<&str> = profile.default_tiers.iter().map(|t| t.as_str()).collect();
         sqlx::query(
             "INSERT INTO user_profiles
@@ -1100,10 +1108,10 @@ impl DirectoryStore for PgStore {
         .bind(&profile.default_guardrails)
         .bind(enum_text(&profile.available_to)?)
         .bind(micros(profile.created_at))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
-        Ok(())
+        commit_change(tx, None).await
     }
 
     async fn get_profile(&self, profile: ProfileId) -> Result<UserProfile, StoreError> {
@@ -1127,6 +1135,7 @@ impl DirectoryStore for PgStore {
     }
 
     async fn update_profile(&self, profile: &UserProfile) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
         let tiers: Vec<&str> = profile.default_tiers.iter().map(|t| t.as_str()).collect();
         let done = sqlx::query(
             "UPDATE user_profiles SET name = $2, description = $3, default_tiers = $4,
@@ -1139,28 +1148,29 @@ impl DirectoryStore for PgStore {
         .bind(tiers)
         .bind(&profile.default_guardrails)
         .bind(enum_text(&profile.available_to)?)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("profile", profile.id));
         }
-        Ok(())
+        commit_change(tx, None).await
     }
 
     async fn delete_profile(&self, profile: ProfileId) -> Result<(), StoreError> {
         // Members and invitations are tenant rows: the platform-wide check and delete run in
         // a narrow SECURITY DEFINER function.
+        let mut tx = self.pool.begin().await.map_err(db)?;
         let row: (bool, i64, i64) = sqlx::query_as(
             "SELECT known, member_count, pending_count FROM stratai_delete_profile($1)",
         )
         .bind(profile.as_uuid())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
         match row {
             (false, _, _) => Err(StoreError::not_found("profile", profile)),
-            (true, 0, 0) => Ok(()),
+            (true, 0, 0) => commit_change(tx, None).await,
             (true, members, pending) => Err(shared::profile_in_use(
                 usize::try_from(members).unwrap_or(usize::MAX),
                 usize::try_from(pending).unwrap_or(usize::MAX),
@@ -1176,7 +1186,7 @@ impl DirectoryStore for PgStore {
         same_tenant(org, invitation.org_id, "invitation")?;
         let mut tx = self.tenant(org).await?;
         write_invitation(&mut tx, org, invitation, false).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn save_invitations(
@@ -1189,7 +1199,7 @@ impl DirectoryStore for PgStore {
         for invitation in invitations {
             write_invitation(&mut tx, org, invitation, true).await?;
         }
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn find_invitation_by_token_hash(
@@ -1265,7 +1275,7 @@ impl DirectoryStore for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn accept_invitation(
@@ -1344,7 +1354,7 @@ impl DirectoryStore for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        commit_change(tx, snapshot(&membership)).await?;
         Ok(membership)
     }
 }

@@ -5,6 +5,7 @@ use sqlx::PgConnection;
 use stratai_core::ports::{GuardrailStore, RuleRecord, RuleScope};
 use stratai_core::{OrgId, RuleId, StoreError};
 
+use super::audit::commit_change;
 use super::rows::{self, get};
 use super::{PgStore, same_tenant};
 use crate::error::db;
@@ -57,7 +58,7 @@ impl GuardrailStore for PgStore {
                 "a platform rule can not be scoped to organization `{org}`"
             )));
         }
-        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let mut conn = self.pool.begin().await.map_err(db)?;
         check_targets(&mut conn, rule).await?;
         let (level, _, scope_id) = rows::rule_scope_columns(&rule.scope);
         sqlx::query(
@@ -83,7 +84,7 @@ impl GuardrailStore for PgStore {
             }
             other => other,
         })?;
-        Ok(())
+        commit_change(conn, None).await
     }
 
     async fn put_rule(&self, org: OrgId, rule: &RuleRecord) -> Result<(), StoreError> {
@@ -159,7 +160,7 @@ impl GuardrailStore for PgStore {
                 )));
             }
         }
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn get_rule(&self, org: OrgId, rule: RuleId) -> Result<RuleRecord, StoreError> {
@@ -190,17 +191,18 @@ impl GuardrailStore for PgStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("rule", rule));
         }
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn delete_platform_rule(&self, rule: RuleId) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
         let deleted: bool = sqlx::query_scalar("SELECT stratai_delete_platform_rule($1)")
             .bind(rule.as_uuid())
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await
             .map_err(db)?;
         if deleted {
-            Ok(())
+            commit_change(tx, None).await
         } else {
             Err(StoreError::not_found("rule", rule))
         }

@@ -14,6 +14,7 @@ use stratai_core::{InvoiceId, OrgId, StoreError};
 use uuid::Uuid;
 
 use super::PgStore;
+use super::audit::commit_change;
 use super::rows::{get, money};
 use crate::error::{corrupt, db};
 use crate::shared::{self, enum_from_text, enum_text};
@@ -120,7 +121,7 @@ impl InvoiceStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn get_invoice(&self, org: OrgId, id: InvoiceId) -> Result<MonthlyInvoice, StoreError> {
@@ -183,7 +184,7 @@ impl InvoiceStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        commit_change(tx, crate::audited::snapshot(&next)).await?;
         Ok(next)
     }
 }

@@ -20,6 +20,7 @@ use stratai_core::ports::{BudgetLedger, ReserveOutcome, ReserveRequest, SettleOu
 use stratai_core::{BudgetId, Money, OrgId, RequestId, StoreError};
 use uuid::Uuid;
 
+use super::audit::commit_change;
 use super::rows::{self, get, money};
 use super::{PgStore, same_tenant};
 use crate::error::db;
@@ -581,7 +582,7 @@ impl BudgetLedger for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn get_budget(&self, org: OrgId, budget: BudgetId) -> Result<Budget, StoreError> {
@@ -639,7 +640,7 @@ impl BudgetLedger for PgStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("budget", budget.id));
         }
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn delete_budget(&self, org: OrgId, budget: BudgetId) -> Result<(), StoreError> {
@@ -654,7 +655,7 @@ impl BudgetLedger for PgStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("budget", budget));
         }
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn states(

@@ -9,6 +9,7 @@ use stratai_core::ports::{OutboxEntity, TierStore};
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::{OrgId, StoreError, TierId};
 
+use super::audit::commit_change;
 use super::directory::emit;
 use super::ledger::put_implied_budget;
 use super::rows::{self, get};
@@ -69,7 +70,7 @@ impl TierStore for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn list_tiers(&self) -> Result<Vec<ModelTier>, StoreError> {
@@ -140,7 +141,7 @@ impl TierStore for PgStore {
         let scope = BudgetScope::Tier(subscription.tier_id);
         put_implied_budget(&mut tx, org, scope, budget, Utc::now()).await?;
         emit(&mut tx, org, OutboxEntity::Org(org), false).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn list_subscriptions(&self, org: OrgId) -> Result<Vec<TierSubscription>, StoreError> {

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, Transaction};
 use stratai_core::audit::{
     AuditChain, AuditDraft, AuditEntry, AuditQuery, ChainHead, GENESIS_HASH, StoredChain,
     canonical_json,
@@ -13,6 +13,7 @@ use stratai_core::ports::AuditStore;
 use stratai_core::{OrgId, StoreError};
 
 use super::{Col, SqliteStore, require_org, ts};
+use crate::audited::take_pending;
 use crate::error::{corrupt, db};
 
 const COLUMNS: &str = "organization_id, seq, at, actor_id, request_id, action, target, \
@@ -79,6 +80,70 @@ fn push_filters(qb: &mut QueryBuilder<Sqlite>, query: &AuditQuery) {
         .push_bind(i64::from(query.limit));
 }
 
+/// Appends `draft` to `chain` in the write transaction `conn` (which holds the write lock).
+async fn append(
+    conn: &mut SqliteConnection,
+    chain: AuditChain,
+    draft: &AuditDraft,
+) -> Result<AuditEntry, StoreError> {
+    if let AuditChain::Org(org) = chain {
+        require_org(&mut *conn, org).await?;
+    }
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_heads WHERE chain_id = ?")
+            .bind(chain.key())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db)?;
+    let (seq, prev) = head.map_or((1, GENESIS_HASH.to_owned()), |(s, h)| (s + 1, h));
+    let entry = AuditEntry::seal(chain, seq, &prev, draft);
+    let sql = format!(
+        "INSERT INTO audit_log (chain_id, {COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(chain.key())
+        .bind(entry.org_id.map(|o| o.as_uuid()))
+        .bind(entry.seq)
+        .bind(ts(entry.at))
+        .bind(entry.actor.map(|u| u.as_uuid()))
+        .bind(&entry.request_id)
+        .bind(&entry.action)
+        .bind(&entry.target)
+        .bind(entry.before.as_ref().map(canonical_json))
+        .bind(entry.after.as_ref().map(canonical_json))
+        .bind(&entry.prev_hash)
+        .bind(&entry.hash)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    sqlx::query(
+        "INSERT INTO audit_heads (chain_id, organization_id, seq, hash) VALUES (?, ?, ?, ?)
+         ON CONFLICT (chain_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+    )
+    .bind(chain.key())
+    .bind(entry.org_id.map(|o| o.as_uuid()))
+    .bind(entry.seq)
+    .bind(&entry.hash)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(entry)
+}
+
+/// Commits a write's transaction with the audit entry of the change it made, when one is
+/// pending ([`crate::audited`]): the entry is appended in this transaction, so the change and
+/// its entry are committed together or not at all. `after` is the write's result, when the
+/// entry's after-state is what the write returned.
+pub(super) async fn commit_change(
+    mut tx: Transaction<'_, Sqlite>,
+    after: Option<serde_json::Value>,
+) -> Result<(), StoreError> {
+    if let Some(entry) = take_pending(after) {
+        append(&mut tx, entry.chain, &entry.draft).await?;
+    }
+    tx.commit().await.map_err(db)
+}
+
 impl SqliteStore {
     async fn append_to(
         &self,
@@ -86,47 +151,7 @@ impl SqliteStore {
         draft: &AuditDraft,
     ) -> Result<AuditEntry, StoreError> {
         let mut tx = self.write().await?;
-        if let AuditChain::Org(org) = chain {
-            require_org(&mut tx, org).await?;
-        }
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_heads WHERE chain_id = ?")
-                .bind(chain.key())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-        let (seq, prev) = head.map_or((1, GENESIS_HASH.to_owned()), |(s, h)| (s + 1, h));
-        let entry = AuditEntry::seal(chain, seq, &prev, draft);
-        let sql = format!(
-            "INSERT INTO audit_log (chain_id, {COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(chain.key())
-            .bind(entry.org_id.map(|o| o.as_uuid()))
-            .bind(entry.seq)
-            .bind(ts(entry.at))
-            .bind(entry.actor.map(|u| u.as_uuid()))
-            .bind(&entry.request_id)
-            .bind(&entry.action)
-            .bind(&entry.target)
-            .bind(entry.before.as_ref().map(canonical_json))
-            .bind(entry.after.as_ref().map(canonical_json))
-            .bind(&entry.prev_hash)
-            .bind(&entry.hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        sqlx::query(
-            "INSERT INTO audit_heads (chain_id, organization_id, seq, hash) VALUES (?, ?, ?, ?)
-             ON CONFLICT (chain_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-        )
-        .bind(chain.key())
-        .bind(entry.org_id.map(|o| o.as_uuid()))
-        .bind(entry.seq)
-        .bind(&entry.hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+        let entry = append(&mut tx, chain, draft).await?;
         tx.commit().await.map_err(db)?;
         Ok(entry)
     }
@@ -210,5 +235,26 @@ impl AuditStore for SqliteStore {
 
     async fn platform_audit_chain(&self) -> Result<StoredChain, StoreError> {
         self.chain_of(AuditChain::Platform).await
+    }
+
+    async fn audit_page(
+        &self,
+        chain: AuditChain,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM audit_log WHERE chain_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(chain.key())
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(entry)
+            .collect()
     }
 }

@@ -12,11 +12,13 @@ use stratai_core::directory::{
 use stratai_core::ports::{DirectoryStore, OutboxEntity, UserQuery};
 use stratai_core::{GroupId, InvitationId, OrgId, ProfileId, StoreError, UserId};
 
+use super::audit::commit_change;
 use super::ledger::put_implied_budget;
 use super::{
     Col, PROFILE_EXISTS, SqliteStore, USER_EXISTS, emit, money, require_group, require_member,
     require_org, require_row, tenant, to_json, ts,
 };
+use crate::audited::snapshot;
 use crate::error::db;
 use crate::shared::{self, enum_text, micros};
 
@@ -381,7 +383,7 @@ impl DirectoryStore for SqliteStore {
         .await
         .map_err(db)?;
         emit(&mut tx, org.id, OutboxEntity::Org(org.id), false).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn get_org(&self, org: OrgId) -> Result<Organization, StoreError> {
@@ -426,7 +428,7 @@ impl DirectoryStore for SqliteStore {
         if !shared::org_change_is_sync_only(&old, &new) {
             emit(&mut tx, org.id, OutboxEntity::Org(org.id), false).await?;
         }
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn list_orgs(&self) -> Result<Vec<Organization>, StoreError> {
@@ -440,6 +442,7 @@ impl DirectoryStore for SqliteStore {
     }
 
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         let created = ts(micros(user.created_at));
         sqlx::query(
             "INSERT INTO users (id, email, name, avatar_url, auth0_id, platform_role, is_active,
@@ -456,10 +459,10 @@ impl DirectoryStore for SqliteStore {
         .bind(user.last_login_at.map(|at| ts(micros(at))))
         .bind(&created)
         .bind(&created)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
-        Ok(())
+        commit_change(tx, None).await
     }
 
     async fn get_user(&self, user: UserId) -> Result<User, StoreError> {
@@ -521,6 +524,7 @@ impl DirectoryStore for SqliteStore {
     }
 
     async fn update_user(&self, user: &User) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         let done = sqlx::query(
             "UPDATE users SET email = ?, name = ?, avatar_url = ?, auth0_id = ?,
                  last_login_at = ?, updated_at = ?
@@ -533,13 +537,13 @@ impl DirectoryStore for SqliteStore {
         .bind(user.last_login_at.map(|at| ts(micros(at))))
         .bind(ts(micros(Utc::now())))
         .bind(user.id.as_uuid())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("user", user.id));
         }
-        Ok(())
+        commit_change(tx, None).await
     }
 
     async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError> {
@@ -567,6 +571,7 @@ impl DirectoryStore for SqliteStore {
         let others = other_super_admins(&mut tx, user).await?;
         shared::check_super_admin_remains("active", !active && old.is_super_admin(), others)?;
         if old.active == active {
+            crate::audited::discard_pending();
             return Ok(old);
         }
         sqlx::query("UPDATE users SET is_active = ?, updated_at = ? WHERE id = ?")
@@ -585,8 +590,9 @@ impl DirectoryStore for SqliteStore {
             let org = OrgId::from_uuid(row.uuid("organization_id")?);
             emit(&mut tx, org, OutboxEntity::Member(user), false).await?;
         }
-        tx.commit().await.map_err(db)?;
-        Ok(User { active, ..old })
+        let after = User { active, ..old };
+        commit_change(tx, snapshot(&after)).await?;
+        Ok(after)
     }
 
     async fn set_platform_role(
@@ -609,11 +615,12 @@ impl DirectoryStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(User {
+        let after = User {
             platform_role: role,
             ..old
-        })
+        };
+        commit_change(tx, snapshot(&after)).await?;
+        Ok(after)
     }
 
     async fn add_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError> {
@@ -641,7 +648,7 @@ impl DirectoryStore for SqliteStore {
         let scope = BudgetScope::User(member.user_id);
         put_implied_budget(&mut tx, org, scope, member.monthly_budget, Utc::now()).await?;
         emit(&mut tx, org, OutboxEntity::Member(member.user_id), false).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn get_member(&self, org: OrgId, user: UserId) -> Result<Membership, StoreError> {
@@ -691,7 +698,7 @@ impl DirectoryStore for SqliteStore {
         if !shared::member_change_is_sync_only(&old, &new) {
             emit(&mut tx, org, OutboxEntity::Member(member.user_id), false).await?;
         }
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn set_litellm_key_id<'a>(
@@ -700,19 +707,20 @@ impl DirectoryStore for SqliteStore {
         user: UserId,
         key_id: Option<&'a str>,
     ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         let done = sqlx::query(
             "UPDATE org_memberships SET virtual_key_id = ? WHERE organization_id = ? AND user_id = ?",
         )
         .bind(key_id)
         .bind(org.as_uuid())
         .bind(user.as_uuid())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("membership", user));
         }
-        Ok(())
+        commit_change(tx, None).await
     }
 
     async fn remove_member(&self, org: OrgId, user: UserId) -> Result<(), StoreError> {
@@ -731,7 +739,7 @@ impl DirectoryStore for SqliteStore {
         }
         put_implied_budget(&mut tx, org, BudgetScope::User(user), None, Utc::now()).await?;
         emit(&mut tx, org, OutboxEntity::Member(user), true).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn memberships_of_user(&self, user: UserId) -> Result<Vec<Membership>, StoreError> {
@@ -809,7 +817,7 @@ impl DirectoryStore for SqliteStore {
             .map_err(db)?;
             emit(&mut tx, org, OutboxEntity::Member(m.user_id), false).await?;
         }
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn get_group(&self, org: OrgId, group: GroupId) -> Result<Group, StoreError> {
@@ -865,7 +873,7 @@ impl DirectoryStore for SqliteStore {
         let scope = BudgetScope::Group(group.id);
         put_implied_budget(&mut tx, org, scope, group.monthly_budget, group.updated_at).await?;
         emit(&mut tx, org, OutboxEntity::Group(group.id), false).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn delete_group(&self, org: OrgId, group: GroupId) -> Result<(), StoreError> {
@@ -881,7 +889,7 @@ impl DirectoryStore for SqliteStore {
         }
         put_implied_budget(&mut tx, org, BudgetScope::Group(group), None, Utc::now()).await?;
         emit(&mut tx, org, OutboxEntity::Group(group), true).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn put_group_member(
@@ -921,7 +929,7 @@ impl DirectoryStore for SqliteStore {
             false,
         )
         .await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn remove_group_member(
@@ -947,7 +955,7 @@ impl DirectoryStore for SqliteStore {
         }
         emit(&mut tx, org, OutboxEntity::Group(group), false).await?;
         emit(&mut tx, org, OutboxEntity::Member(user), false).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn list_group_members(
@@ -990,6 +998,7 @@ impl DirectoryStore for SqliteStore {
     }
 
     async fn create_profile(&self, profile: &UserProfile) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO user_profiles (id, name, description, default_tiers, default_guardrails,
                  available_to, created_at)
@@ -1002,10 +1011,10 @@ impl DirectoryStore for SqliteStore {
         .bind(to_json(&profile.default_guardrails)?)
         .bind(enum_text(&profile.available_to)?)
         .bind(ts(micros(profile.created_at)))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
-        Ok(())
+        commit_change(tx, None).await
     }
 
     async fn get_profile(&self, profile: ProfileId) -> Result<UserProfile, StoreError> {
@@ -1029,6 +1038,7 @@ impl DirectoryStore for SqliteStore {
     }
 
     async fn update_profile(&self, profile: &UserProfile) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         let done = sqlx::query(
             "UPDATE user_profiles SET name = ?, description = ?, default_tiers = ?,
                  default_guardrails = ?, available_to = ?
@@ -1040,13 +1050,13 @@ impl DirectoryStore for SqliteStore {
         .bind(to_json(&profile.default_guardrails)?)
         .bind(enum_text(&profile.available_to)?)
         .bind(profile.id.as_uuid())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("profile", profile.id));
         }
-        Ok(())
+        commit_change(tx, None).await
     }
 
     async fn delete_profile(&self, profile: ProfileId) -> Result<(), StoreError> {
@@ -1088,8 +1098,7 @@ impl DirectoryStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(())
+        commit_change(tx, None).await
     }
 
     async fn create_invitation(
@@ -1101,7 +1110,7 @@ impl DirectoryStore for SqliteStore {
         let mut tx = self.write().await?;
         require_org(&mut tx, org).await?;
         write_invitation(&mut tx, org, invitation, false).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn save_invitations(
@@ -1114,7 +1123,7 @@ impl DirectoryStore for SqliteStore {
         for invitation in invitations {
             write_invitation(&mut tx, org, invitation, true).await?;
         }
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn find_invitation_by_token_hash(
@@ -1184,7 +1193,7 @@ impl DirectoryStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn accept_invitation(
@@ -1266,7 +1275,7 @@ impl DirectoryStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        commit_change(tx, snapshot(&membership)).await?;
         Ok(membership)
     }
 }

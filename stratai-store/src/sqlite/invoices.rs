@@ -9,6 +9,7 @@ use stratai_core::billing::{InvoiceState, MonthlyInvoice};
 use stratai_core::ports::InvoiceStore;
 use stratai_core::{InvoiceId, OrgId, StoreError};
 
+use super::audit::commit_change;
 use super::{Col, SqliteStore, money, require_org, to_json, ts};
 use crate::error::{corrupt, db};
 use crate::shared::{self, enum_text};
@@ -110,7 +111,7 @@ impl InvoiceStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn get_invoice(&self, org: OrgId, id: InvoiceId) -> Result<MonthlyInvoice, StoreError> {
@@ -162,7 +163,7 @@ impl InvoiceStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        commit_change(tx, crate::audited::snapshot(&next)).await?;
         Ok(next)
     }
 }

@@ -20,6 +20,7 @@ use stratai_core::ports::{BudgetLedger, ReserveOutcome, ReserveRequest, SettleOu
 use stratai_core::{BudgetId, GroupId, Money, OrgId, RequestId, StoreError, TierId, UserId};
 use uuid::Uuid;
 
+use super::audit::commit_change;
 use super::{
     Col, SqliteStore, TIER_EXISTS, money, parse_ts, require_group, require_member, require_org,
     require_row, tenant, ts,
@@ -294,7 +295,7 @@ impl BudgetLedger for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn get_budget(&self, org: OrgId, budget: BudgetId) -> Result<Budget, StoreError> {
@@ -314,6 +315,7 @@ impl BudgetLedger for SqliteStore {
     }
 
     async fn update_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         budget.validate()?;
         tenant(org, budget.org_id, "budget")?;
         // The scope and creation time are fixed; the rest is replaced.
@@ -329,27 +331,28 @@ impl BudgetLedger for SqliteStore {
         .bind(ts(micros(budget.updated_at)))
         .bind(budget.id.as_uuid())
         .bind(org.as_uuid())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("budget", budget.id));
         }
-        Ok(())
+        commit_change(tx, None).await
     }
 
     async fn delete_budget(&self, org: OrgId, budget: BudgetId) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         // Its periods and reservation items go with it (on delete cascade).
         let done = sqlx::query("DELETE FROM budgets WHERE id = ? AND organization_id = ?")
             .bind(budget.as_uuid())
             .bind(org.as_uuid())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("budget", budget));
         }
-        Ok(())
+        commit_change(tx, None).await
     }
 
     async fn states(

@@ -7,6 +7,7 @@ use stratai_core::ports::{GuardrailStore, RuleRecord, RuleScope};
 use stratai_core::{GroupId, OrgId, RuleId, StoreError, TierId, UserId};
 use uuid::Uuid;
 
+use super::audit::commit_change;
 use super::{
     Col, SqliteStore, TIER_EXISTS, require_group, require_member, require_org, require_row, tenant,
     to_json, ts,
@@ -141,7 +142,7 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 }
 
@@ -183,28 +184,30 @@ impl GuardrailStore for SqliteStore {
     }
 
     async fn delete_rule(&self, org: OrgId, rule: RuleId) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         let done = sqlx::query("DELETE FROM guardrails WHERE id = ? AND organization_id = ?")
             .bind(rule.as_uuid())
             .bind(org.as_uuid())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("rule", rule));
         }
-        Ok(())
+        commit_change(tx, None).await
     }
 
     async fn delete_platform_rule(&self, rule: RuleId) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         let done = sqlx::query("DELETE FROM guardrails WHERE id = ? AND organization_id IS NULL")
             .bind(rule.as_uuid())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("rule", rule));
         }
-        Ok(())
+        commit_change(tx, None).await
     }
 
     async fn list_platform_rules(&self) -> Result<Vec<RuleRecord>, StoreError> {

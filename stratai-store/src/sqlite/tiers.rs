@@ -8,6 +8,7 @@ use stratai_core::ports::{OutboxEntity, TierStore};
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::{OrgId, StoreError, TierId, TierSlug};
 
+use super::audit::commit_change;
 use super::ledger::put_implied_budget;
 use super::{
     Col, SqliteStore, TIER_EXISTS, emit, money, require_org, require_row, tenant, to_json, ts,
@@ -100,7 +101,7 @@ impl TierStore for SqliteStore {
                     other => other,
                 })?;
         }
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn list_tiers(&self) -> Result<Vec<ModelTier>, StoreError> {
@@ -150,7 +151,7 @@ impl TierStore for SqliteStore {
         let scope = BudgetScope::Tier(subscription.tier_id);
         put_implied_budget(&mut tx, org, scope, budget, Utc::now()).await?;
         emit(&mut tx, org, OutboxEntity::Org(org), false).await?;
-        tx.commit().await.map_err(db)
+        commit_change(tx, None).await
     }
 
     async fn list_subscriptions(&self, org: OrgId) -> Result<Vec<TierSubscription>, StoreError> {

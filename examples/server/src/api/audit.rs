@@ -201,13 +201,40 @@ pub async fn verify_all(
     Ok(ApiJson(reports))
 }
 
-fn jsonl(chain: &StoredChain, filename: &'static str) -> Result<Response, ApiError> {
-    let mut body = Vec::new();
-    for entry in &chain.entries {
-        serde_json::to_writer(&mut body, entry).map_err(ApiError::internal)?;
-        body.push(b'\n');
-    }
-    let mut response = Body::from(body).into_response();
+/// Entries per page of a streamed export.
+const EXPORT_PAGE: u32 = 500;
+
+/// `chain` as JSON lines, oldest first, streamed page by page from the store (one page of
+/// entries in memory at a time, whatever the chain's length).
+fn jsonl(state: AppState, chain: AuditChain) -> Response {
+    let pages = futures::stream::try_unfold(Some(0_i64), move |after| {
+        let state = state.clone();
+        async move {
+            let Some(after) = after else {
+                return Ok(None);
+            };
+            let page = state
+                .stores
+                .audit
+                .audit_page(chain, after, EXPORT_PAGE)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "audit export aborted");
+                    std::io::Error::other("audit export failed")
+                })?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                return Ok(None);
+            };
+            let mut body = Vec::new();
+            for entry in &page {
+                serde_json::to_writer(&mut body, entry).map_err(std::io::Error::other)?;
+                body.push(b'\n');
+            }
+            let next = (page.len() == EXPORT_PAGE as usize).then_some(last);
+            Ok::<_, std::io::Error>(Some((body, next)))
+        }
+    });
+    let mut response = Body::from_stream(pages).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -215,9 +242,9 @@ fn jsonl(chain: &StoredChain, filename: &'static str) -> Result<Response, ApiErr
     );
     headers.insert(
         header::CONTENT_DISPOSITION,
-        HeaderValue::from_static(filename),
+        HeaderValue::from_static("attachment; filename=\"audit.jsonl\""),
     );
-    Ok(response)
+    response
 }
 
 /// An organization's chain as JSON lines, oldest first: one entry per line, with its hashes,
@@ -229,10 +256,7 @@ pub async fn export_org(
 ) -> Result<Response, ApiError> {
     allow(&caller, Action::ViewAudit, Resource::Org(org_id))?;
     state.stores.directory.get_org(org_id).await?;
-    jsonl(
-        &stored(&state, AuditChain::Org(org_id)).await?,
-        "attachment; filename=\"audit.jsonl\"",
-    )
+    Ok(jsonl(state, AuditChain::Org(org_id)))
 }
 
 /// Query of `GET /api/audit/export`.
@@ -261,8 +285,5 @@ pub async fn export_all(
     if let AuditChain::Org(org) = chain {
         state.stores.directory.get_org(org).await?;
     }
-    jsonl(
-        &stored(&state, chain).await?,
-        "attachment; filename=\"audit.jsonl\"",
-    )
+    Ok(jsonl(state, chain))
 }

@@ -104,7 +104,7 @@ impl FromRequestParts<AppState> for Caller {
         let principal = Principal::from_request_parts(parts, state).await?;
         let caller = Self::load(&state.stores, UserId::from_uuid(principal.user_id)).await?;
         // The author of whatever this request changes (the audit trail).
-        crate::audit::note_actor(caller.id());
+        stratai_store::audited::note_actor(caller.id());
         Ok(caller)
     }
 }

@@ -1,8 +1,9 @@
-//! The store wrappers that record changes (see the module above). Each mutating method:
-//! the entity before (read only when the change will be recorded), the change, the entry.
-//! Reads pass through. A store method another change adds to a port must be written here
-//! too (the compiler asks for it): a read is one `pass!` line, a write one `audit` call.
+//! The store wrappers that record changes (see the module above). Each mutating method: the
+//! entity before (read only when the change will be recorded), then the write with its entry
+//! pending ([`Audited::change`]), which the backend appends in the write's transaction. Reads
+//! pass through.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -16,8 +17,8 @@ use stratai_core::directory::{
     Slug, User, UserProfile,
 };
 use stratai_core::ports::{
-    BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, ReserveOutcome, ReserveRequest,
-    RuleRecord, SettleOutcome, TierStore, UserQuery,
+    AuditStore, BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, ReserveOutcome,
+    ReserveRequest, RuleRecord, SettleOutcome, TierStore, UserQuery,
 };
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::{
@@ -25,21 +26,19 @@ use stratai_core::{
     StoreError, TierId, UserId,
 };
 
-use super::{Recorder, snapshot};
+use super::{PendingEntry, draft, recording, snapshot, with_pending};
 use crate::stores::Stores;
 
-/// `stores` with every admin change recorded in `stores.audit`.
+/// `stores` with every admin change recorded in `stores.audit`, in the change's transaction.
 #[must_use]
 pub fn audited(stores: Stores) -> Stores {
-    let recorder = Recorder {
-        store: stores.audit.clone(),
-    };
+    let audit = stores.audit.clone();
     Stores {
-        directory: Arc::new(Audited::over(stores.directory.clone(), &recorder)),
-        tiers: Arc::new(Audited::over(stores.tiers.clone(), &recorder)),
-        budgets: Arc::new(Audited::over(stores.budgets.clone(), &recorder)),
-        guardrails: Arc::new(Audited::over(stores.guardrails.clone(), &recorder)),
-        invoices: Arc::new(Audited::over(stores.invoices.clone(), &recorder)),
+        directory: Arc::new(Audited::over(stores.directory.clone(), &audit)),
+        tiers: Arc::new(Audited::over(stores.tiers.clone(), &audit)),
+        budgets: Arc::new(Audited::over(stores.budgets.clone(), &audit)),
+        guardrails: Arc::new(Audited::over(stores.guardrails.clone(), &audit)),
+        invoices: Arc::new(Audited::over(stores.invoices.clone(), &audit)),
         ..stores
     }
 }
@@ -47,14 +46,15 @@ pub fn audited(stores: Stores) -> Stores {
 /// One port, its changes recorded.
 struct Audited<P: ?Sized> {
     inner: Arc<P>,
-    recorder: Recorder,
+    /// Where an entry goes that a write path failed to append (a bug; see the module docs).
+    audit: Arc<dyn AuditStore>,
 }
 
 impl<P: ?Sized> Audited<P> {
-    fn over(inner: Arc<P>, recorder: &Recorder) -> Self {
+    fn over(inner: Arc<P>, audit: &Arc<dyn AuditStore>) -> Self {
         Self {
             inner,
-            recorder: recorder.clone(),
+            audit: audit.clone(),
         }
     }
 
@@ -63,26 +63,59 @@ impl<P: ?Sized> Audited<P> {
     async fn before<T, F>(read: F) -> Option<Value>
     where
         T: serde::Serialize,
-        F: std::future::Future<Output = Result<T, StoreError>>,
+        F: Future<Output = Result<T, StoreError>>,
     {
-        if !Recorder::active() {
+        if !recording() {
             return None;
         }
         read.await.ok().as_ref().and_then(snapshot)
     }
 
-    async fn audit(
+    /// Runs `write` with its entry (`action` on `target` in `chain`) pending, when the current
+    /// task is a mutating request of a signed-in caller; the backend appends the entry in the
+    /// write's transaction (`after` none: the backend supplies what the write returned).
+    async fn change<T, F>(
         &self,
         chain: AuditChain,
         action: &str,
         target: String,
         before: Option<Value>,
         after: Option<Value>,
-    ) -> Result<(), StoreError> {
-        self.recorder
-            .record(chain, action, target, before, after)
-            .await
+        write: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        let Some(draft) = draft(action, target, before, after) else {
+            return write.await;
+        };
+        let (out, left) = with_pending(PendingEntry { chain, draft }, write).await;
+        let out = out?;
+        debug_assert!(
+            left.is_none(),
+            "`{action}`: the store's write path did not append its audit entry in its transaction"
+        );
+        if let Some(PendingEntry { chain, draft }) = left {
+            tracing::error!(
+                action = %draft.action,
+                "a write path did not append its audit entry in its transaction; appended after it"
+            );
+            match chain {
+                AuditChain::Org(org) => self.audit.append_audit(org, &draft).await?,
+                AuditChain::Platform => self.audit.append_platform_audit(&draft).await?,
+            };
+        }
+        Ok(out)
     }
+}
+
+/// `before` with `field` set to `value`: the after-state of a one-field change.
+fn with_field(before: &Option<Value>, field: &str, value: Value) -> Option<Value> {
+    let mut after = before.clone()?;
+    if let Value::Object(map) = &mut after {
+        map.insert(field.to_owned(), value);
+    }
+    Some(after)
 }
 
 fn org_chain(org: OrgId) -> AuditChain {
@@ -92,13 +125,13 @@ fn org_chain(org: OrgId) -> AuditChain {
 #[async_trait]
 impl DirectoryStore for Audited<dyn DirectoryStore> {
     async fn create_org(&self, org: &Organization) -> Result<(), StoreError> {
-        self.inner.create_org(org).await?;
-        self.audit(
+        self.change(
             org_chain(org.id),
             "organization.create",
             format!("organization/{}", org.id),
             None,
             snapshot(org),
+            self.inner.create_org(org),
         )
         .await
     }
@@ -110,13 +143,13 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
     }
     async fn update_org(&self, org: &Organization) -> Result<(), StoreError> {
         let before = Self::before(self.inner.get_org(org.id)).await;
-        self.inner.update_org(org).await?;
-        self.audit(
+        self.change(
             org_chain(org.id),
             "organization.update",
             format!("organization/{}", org.id),
             before,
             snapshot(org),
+            self.inner.update_org(org),
         )
         .await
     }
@@ -124,13 +157,13 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
         self.inner.list_orgs().await
     }
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
-        self.inner.create_user(user).await?;
-        self.audit(
+        self.change(
             AuditChain::Platform,
             "user.create",
             format!("user/{}", user.id),
             None,
             snapshot(user),
+            self.inner.create_user(user),
         )
         .await
     }
@@ -151,13 +184,13 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
     }
     async fn update_user(&self, user: &User) -> Result<(), StoreError> {
         let before = Self::before(self.inner.get_user(user.id)).await;
-        self.inner.update_user(user).await?;
-        self.audit(
+        self.change(
             AuditChain::Platform,
             "user.update",
             format!("user/{}", user.id),
             before,
             snapshot(user),
+            self.inner.update_user(user),
         )
         .await
     }
@@ -166,8 +199,7 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
     }
     async fn set_user_active(&self, user: UserId, active: bool) -> Result<User, StoreError> {
         let before = Self::before(self.inner.get_user(user)).await;
-        let after = self.inner.set_user_active(user, active).await?;
-        self.audit(
+        self.change(
             AuditChain::Platform,
             if active {
                 "user.reactivate"
@@ -176,10 +208,10 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
             },
             format!("user/{user}"),
             before,
-            snapshot(&after),
+            None, // the write's result, supplied by the backend
+            self.inner.set_user_active(user, active),
         )
-        .await?;
-        Ok(after)
+        .await
     }
     async fn set_platform_role(
         &self,
@@ -187,25 +219,24 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
         role: PlatformRole,
     ) -> Result<User, StoreError> {
         let before = Self::before(self.inner.get_user(user)).await;
-        let after = self.inner.set_platform_role(user, role).await?;
-        self.audit(
+        self.change(
             AuditChain::Platform,
             "user.platform_role",
             format!("user/{user}"),
             before,
-            snapshot(&after),
+            None, // the write's result, supplied by the backend
+            self.inner.set_platform_role(user, role),
         )
-        .await?;
-        Ok(after)
+        .await
     }
     async fn add_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError> {
-        self.inner.add_member(org, member).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "member.add",
             format!("member/{org}/{}", member.user_id),
             None,
             snapshot(member),
+            self.inner.add_member(org, member),
         )
         .await
     }
@@ -217,13 +248,13 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
     }
     async fn update_member(&self, org: OrgId, member: &Membership) -> Result<(), StoreError> {
         let before = Self::before(self.inner.get_member(org, member.user_id)).await;
-        self.inner.update_member(org, member).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "member.update",
             format!("member/{org}/{}", member.user_id),
             before,
             snapshot(member),
+            self.inner.update_member(org, member),
         )
         .await
     }
@@ -234,26 +265,26 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
         key_id: Option<&'a str>,
     ) -> Result<(), StoreError> {
         let before = Self::before(self.inner.get_member(org, user)).await;
-        self.inner.set_litellm_key_id(org, user, key_id).await?;
-        let after = Self::before(self.inner.get_member(org, user)).await;
-        self.audit(
+        let after = with_field(&before, "litellm_key_id", key_id.into());
+        self.change(
             org_chain(org),
             "member.litellm_key",
             format!("member/{org}/{user}"),
             before,
             after,
+            self.inner.set_litellm_key_id(org, user, key_id),
         )
         .await
     }
     async fn remove_member(&self, org: OrgId, user: UserId) -> Result<(), StoreError> {
         let before = Self::before(self.inner.get_member(org, user)).await;
-        self.inner.remove_member(org, user).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "member.remove",
             format!("member/{org}/{user}"),
             before,
             None,
+            self.inner.remove_member(org, user),
         )
         .await
     }
@@ -261,13 +292,13 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
         self.inner.memberships_of_user(user).await
     }
     async fn create_group(&self, org: OrgId, group: &Group) -> Result<(), StoreError> {
-        self.inner.create_group(org, group).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "group.create",
             format!("group/{}", group.id),
             None,
             snapshot(group),
+            self.inner.create_group(org, group),
         )
         .await
     }
@@ -277,15 +308,13 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
         group: &Group,
         members: &[GroupMembership],
     ) -> Result<(), StoreError> {
-        self.inner
-            .create_group_with_members(org, group, members)
-            .await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "group.create",
             format!("group/{}", group.id),
             None,
             Some(json!({ "group": snapshot(group), "members": snapshot(&members) })),
+            self.inner.create_group_with_members(org, group, members),
         )
         .await
     }
@@ -300,25 +329,25 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
     }
     async fn update_group(&self, org: OrgId, group: &Group) -> Result<(), StoreError> {
         let before = Self::before(self.inner.get_group(org, group.id)).await;
-        self.inner.update_group(org, group).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "group.update",
             format!("group/{}", group.id),
             before,
             snapshot(group),
+            self.inner.update_group(org, group),
         )
         .await
     }
     async fn delete_group(&self, org: OrgId, group: GroupId) -> Result<(), StoreError> {
         let before = Self::before(self.inner.get_group(org, group)).await;
-        self.inner.delete_group(org, group).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "group.delete",
             format!("group/{group}"),
             before,
             None,
+            self.inner.delete_group(org, group),
         )
         .await
     }
@@ -338,8 +367,7 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
                 .ok_or_else(|| StoreError::not_found("group member", membership.user_id))
         })
         .await;
-        self.inner.put_group_member(org, membership).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "group_member.put",
             format!(
@@ -348,6 +376,7 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
             ),
             before,
             snapshot(membership),
+            self.inner.put_group_member(org, membership),
         )
         .await
     }
@@ -365,13 +394,13 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
                 .ok_or_else(|| StoreError::not_found("group member", user))
         })
         .await;
-        self.inner.remove_group_member(org, group, user).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "group_member.remove",
             format!("group_member/{group}/{user}"),
             before,
             None,
+            self.inner.remove_group_member(org, group, user),
         )
         .await
     }
@@ -390,13 +419,13 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
         self.inner.groups_of_member(org, user).await
     }
     async fn create_profile(&self, profile: &UserProfile) -> Result<(), StoreError> {
-        self.inner.create_profile(profile).await?;
-        self.audit(
+        self.change(
             AuditChain::Platform,
             "profile.create",
             format!("profile/{}", profile.id),
             None,
             snapshot(profile),
+            self.inner.create_profile(profile),
         )
         .await
     }
@@ -405,25 +434,25 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
     }
     async fn update_profile(&self, profile: &UserProfile) -> Result<(), StoreError> {
         let before = Self::before(self.inner.get_profile(profile.id)).await;
-        self.inner.update_profile(profile).await?;
-        self.audit(
+        self.change(
             AuditChain::Platform,
             "profile.update",
             format!("profile/{}", profile.id),
             before,
             snapshot(profile),
+            self.inner.update_profile(profile),
         )
         .await
     }
     async fn delete_profile(&self, profile: ProfileId) -> Result<(), StoreError> {
         let before = Self::before(self.inner.get_profile(profile)).await;
-        self.inner.delete_profile(profile).await?;
-        self.audit(
+        self.change(
             AuditChain::Platform,
             "profile.delete",
             format!("profile/{profile}"),
             before,
             None,
+            self.inner.delete_profile(profile),
         )
         .await
     }
@@ -435,13 +464,13 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
         org: OrgId,
         invitation: &Invitation,
     ) -> Result<(), StoreError> {
-        self.inner.create_invitation(org, invitation).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "invitation.create",
             format!("invitation/{}", invitation.id),
             None,
             snapshot(invitation),
+            self.inner.create_invitation(org, invitation),
         )
         .await
     }
@@ -474,9 +503,8 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
             )
         })
         .await;
-        self.inner.save_invitations(org, invitations).await?;
         let after: Vec<Value> = invitations.iter().filter_map(snapshot).collect();
-        self.audit(
+        self.change(
             org_chain(org),
             "invitation.save",
             format!(
@@ -489,6 +517,7 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
             ),
             before.filter(|b| b.as_array().is_some_and(|a| !a.is_empty())),
             Some(Value::Array(after)),
+            self.inner.save_invitations(org, invitations),
         )
         .await
     }
@@ -506,22 +535,14 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
                 .ok_or_else(|| StoreError::not_found("invitation", invitation))
         })
         .await;
-        self.inner.revoke_invitation(org, invitation).await?;
-        let after = Self::before(async {
-            self.inner
-                .list_invitations(org)
-                .await?
-                .into_iter()
-                .find(|i| i.id == invitation)
-                .ok_or_else(|| StoreError::not_found("invitation", invitation))
-        })
-        .await;
-        self.audit(
+        let after = with_field(&before, "status", "revoked".into());
+        self.change(
             org_chain(org),
             "invitation.revoke",
             format!("invitation/{invitation}"),
             before,
             after,
+            self.inner.revoke_invitation(org, invitation),
         )
         .await
     }
@@ -531,23 +552,28 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
         user: &User,
         now: DateTime<Utc>,
     ) -> Result<Membership, StoreError> {
-        let before = Self::before(async {
+        // The invitation names the organization whose chain records the join.
+        let invitation = if recording() {
             self.inner
                 .find_invitation_by_token_hash(token_hash)
-                .await?
-                .ok_or_else(|| StoreError::not_found("invitation", "token"))
-        })
-        .await;
-        let member = self.inner.accept_invitation(token_hash, user, now).await?;
-        self.audit(
-            org_chain(member.org_id),
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let Some(invitation) = invitation else {
+            return self.inner.accept_invitation(token_hash, user, now).await;
+        };
+        self.change(
+            org_chain(invitation.org_id),
             "invitation.accept",
-            format!("member/{}/{}", member.org_id, member.user_id),
-            before,
-            snapshot(&member),
+            format!("member/{}/{}", invitation.org_id, user.id),
+            snapshot(&invitation),
+            None, // the membership the write returns, supplied by the backend
+            self.inner.accept_invitation(token_hash, user, now),
         )
-        .await?;
-        Ok(member)
+        .await
     }
 }
 
@@ -555,13 +581,13 @@ impl DirectoryStore for Audited<dyn DirectoryStore> {
 impl TierStore for Audited<dyn TierStore> {
     async fn upsert_tier(&self, tier: &ModelTier) -> Result<(), StoreError> {
         let before = Self::before(self.inner.get_tier(tier.id)).await;
-        self.inner.upsert_tier(tier).await?;
-        self.audit(
+        self.change(
             AuditChain::Platform,
             "tier.upsert",
             format!("tier/{}", tier.id),
             before,
             snapshot(tier),
+            self.inner.upsert_tier(tier),
         )
         .await
     }
@@ -585,13 +611,13 @@ impl TierStore for Audited<dyn TierStore> {
                 .ok_or_else(|| StoreError::not_found("subscription", subscription.tier_id))
         })
         .await;
-        self.inner.put_subscription(org, subscription).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "subscription.put",
             format!("subscription/{org}/{}", subscription.tier_id),
             before,
             snapshot(subscription),
+            self.inner.put_subscription(org, subscription),
         )
         .await
     }
@@ -603,13 +629,13 @@ impl TierStore for Audited<dyn TierStore> {
 #[async_trait]
 impl BudgetLedger for Audited<dyn BudgetLedger> {
     async fn create_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
-        self.inner.create_budget(org, budget).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "budget.create",
             format!("budget/{}", budget.id),
             None,
             snapshot(budget),
+            self.inner.create_budget(org, budget),
         )
         .await
     }
@@ -621,25 +647,25 @@ impl BudgetLedger for Audited<dyn BudgetLedger> {
     }
     async fn update_budget(&self, org: OrgId, budget: &Budget) -> Result<(), StoreError> {
         let before = Self::before(self.inner.get_budget(org, budget.id)).await;
-        self.inner.update_budget(org, budget).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "budget.update",
             format!("budget/{}", budget.id),
             before,
             snapshot(budget),
+            self.inner.update_budget(org, budget),
         )
         .await
     }
     async fn delete_budget(&self, org: OrgId, budget: BudgetId) -> Result<(), StoreError> {
         let before = Self::before(self.inner.get_budget(org, budget)).await;
-        self.inner.delete_budget(org, budget).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "budget.delete",
             format!("budget/{budget}"),
             before,
             None,
+            self.inner.delete_budget(org, budget),
         )
         .await
     }
@@ -692,25 +718,25 @@ impl GuardrailStore for Audited<dyn GuardrailStore> {
                 .ok_or_else(|| StoreError::not_found("rule", rule.id))
         })
         .await;
-        self.inner.put_platform_rule(rule).await?;
-        self.audit(
+        self.change(
             AuditChain::Platform,
             "rule.put",
             format!("rule/{}", rule.id),
             before,
             snapshot(rule),
+            self.inner.put_platform_rule(rule),
         )
         .await
     }
     async fn put_rule(&self, org: OrgId, rule: &RuleRecord) -> Result<(), StoreError> {
         let before = Self::before(self.inner.get_rule(org, rule.id)).await;
-        self.inner.put_rule(org, rule).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "rule.put",
             format!("rule/{}", rule.id),
             before,
             snapshot(rule),
+            self.inner.put_rule(org, rule),
         )
         .await
     }
@@ -719,13 +745,13 @@ impl GuardrailStore for Audited<dyn GuardrailStore> {
     }
     async fn delete_rule(&self, org: OrgId, rule: RuleId) -> Result<(), StoreError> {
         let before = Self::before(self.inner.get_rule(org, rule)).await;
-        self.inner.delete_rule(org, rule).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "rule.delete",
             format!("rule/{rule}"),
             before,
             None,
+            self.inner.delete_rule(org, rule),
         )
         .await
     }
@@ -739,13 +765,13 @@ impl GuardrailStore for Audited<dyn GuardrailStore> {
                 .ok_or_else(|| StoreError::not_found("rule", rule))
         })
         .await;
-        self.inner.delete_platform_rule(rule).await?;
-        self.audit(
+        self.change(
             AuditChain::Platform,
             "rule.delete",
             format!("rule/{rule}"),
             before,
             None,
+            self.inner.delete_platform_rule(rule),
         )
         .await
     }
@@ -764,13 +790,13 @@ impl InvoiceStore for Audited<dyn InvoiceStore> {
         org: OrgId,
         invoice: &MonthlyInvoice,
     ) -> Result<(), StoreError> {
-        self.inner.put_draft_invoice(org, invoice).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "invoice.draft",
             format!("invoice/{}", invoice.id),
             None,
             snapshot(invoice),
+            self.inner.put_draft_invoice(org, invoice),
         )
         .await
     }
@@ -788,15 +814,14 @@ impl InvoiceStore for Audited<dyn InvoiceStore> {
         at: DateTime<Utc>,
     ) -> Result<MonthlyInvoice, StoreError> {
         let before = Self::before(self.inner.get_invoice(org, id)).await;
-        let after = self.inner.set_invoice_status(org, id, to, at).await?;
-        self.audit(
+        self.change(
             org_chain(org),
             "invoice.status",
             format!("invoice/{id}"),
             before,
-            snapshot(&after),
+            None, // the write's result, supplied by the backend
+            self.inner.set_invoice_status(org, id, to, at),
         )
-        .await?;
-        Ok(after)
+        .await
     }
 }
