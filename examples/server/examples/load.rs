@@ -14,7 +14,9 @@
 //!    (`--base-binary PATH`: `base`, `base-free`, run with the settings that were the
 //!    high-throughput mode before the fast path became the default); their answers come from
 //!    their offline demo provider (dev mode), with no upstream hop; their statements per
-//!    request (counted from their log) and resident memory are shown;
+//!    request (counted from their log, one line per statement) and resident memory are
+//!    shown; `--no-statement-log` runs them without that log (the deployed binary's latency
+//!    and memory; no statement counts);
 //! 5. `litellm`: through the LiteLLM proxy (when `STRATAI_LITELLM_URL` and
 //!    `STRATAI_LITELLM_MASTER_KEY` are set, e.g. by `scripts/litellm-up.sh`), whose upstream
 //!    is the same mock program: its maximum throughput (and open-loop rates with
@@ -758,6 +760,9 @@ async fn callers(stores: &Stores, base: &str, tag: &str) -> Result<(String, Stri
 struct Spawned {
     label: String,
     child: std::process::Child,
+    /// Whether its statements are logged and counted (`--no-statement-log`: not, so its
+    /// latency and memory are the deployed binary's, without a log line per statement).
+    counted: bool,
     base: String,
     stores: Stores,
     statements: Arc<AtomicU64>,
@@ -814,6 +819,7 @@ async fn spawn_binary(
     label: &str,
     store: StoreKind,
     extra: &[(&str, &str)],
+    counted: bool,
 ) -> Result<Spawned, BoxError> {
     use std::io::BufRead as _;
     let dir = std::env::temp_dir().join(format!(
@@ -845,7 +851,14 @@ async fn spawn_binary(
         .env("STRATAI_BIND", format!("127.0.0.1:{port}"))
         .env("STRATAI_USAGE_SPOOL", dir.join("usage.spool"))
         .env("STRATAI_MAILBOX_DIR", dir.join("mailbox"))
-        .env("RUST_LOG", "warn,sqlx::query=debug")
+        .env(
+            "RUST_LOG",
+            if counted {
+                "warn,sqlx::query=debug"
+            } else {
+                "warn"
+            },
+        )
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
@@ -855,7 +868,7 @@ async fn spawn_binary(
     let mut child = cmd.spawn().map_err(|e| format!("{path}: {e}"))?;
     let statements = Arc::new(AtomicU64::new(0));
     let stderr = child.stderr.take().ok_or("no stderr")?;
-    let counted = statements.clone();
+    let tally = statements.clone();
     let kinds: Arc<std::sync::Mutex<HashMap<String, u64>>> = Arc::default();
     let by_kind = kinds.clone();
     let log = dir.join("server.log");
@@ -864,7 +877,7 @@ async fn spawn_binary(
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if line.contains("sqlx::query") {
-                counted.fetch_add(1, Ordering::Relaxed);
+                tally.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut kinds) = by_kind.lock() {
                     *kinds.entry(summary(&line)).or_default() += 1;
                 }
@@ -893,6 +906,7 @@ async fn spawn_binary(
     Ok(Spawned {
         label: label.to_owned(),
         child,
+        counted,
         base,
         stores,
         statements,
@@ -1065,6 +1079,7 @@ async fn measure(args: Vec<String>) -> Result<(), BoxError> {
     }
     let binary = arg(&args, "--binary");
     let base_binary = arg(&args, "--base-binary");
+    let count_statements = !args.iter().any(|a| a == "--no-statement-log");
 
     // The gateways (and their database pool) run on a runtime and threads of their own, the
     // mock upstream on another, as separate processes would; the load generator and its
@@ -1107,7 +1122,10 @@ async fn measure(args: Vec<String>) -> Result<(), BoxError> {
     // that were its high-throughput mode (its defaults were strict), so both run the fast path.
     let mut spawned = Vec::new();
     if let Some(path) = &binary {
-        spawned.push(("bin", spawn_binary(path, "binary", store, &[]).await?));
+        spawned.push((
+            "bin",
+            spawn_binary(path, "binary", store, &[], count_statements).await?,
+        ));
     }
     if let Some(path) = &base_binary {
         let fast = [
@@ -1117,7 +1135,7 @@ async fn measure(args: Vec<String>) -> Result<(), BoxError> {
         ];
         spawned.push((
             "base",
-            spawn_binary(path, "base binary", store, &fast).await?,
+            spawn_binary(path, "base binary", store, &fast, count_statements).await?,
         ));
     }
     let plan = Plan {
@@ -1303,7 +1321,7 @@ async fn run(
                 token,
                 "gpt-4o-mini",
             );
-            t.statements = Some(s.statements.clone());
+            t.statements = s.counted.then(|| s.statements.clone());
             t.rss = Some(s.rss.clone());
             targets.push(t);
         }
