@@ -327,6 +327,59 @@ async fn catalog_every_tenant_table_has_forced_rls_and_the_app_role_is_unprivile
     let privileges = db.store.role_privileges().await.unwrap();
     assert!(!privileges.is_privileged(), "{privileges:?}");
 
+    // The security-definer functions (they run as the owner, past RLS) the app role may call
+    // are exactly the platform functions marked for it (`stratai: serving role`, granted by
+    // `stratai_grant_app_role` from the catalog); the owner-only ones (the grant functions,
+    // trigger functions) stay the owner's.
+    let callable: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT p.proname::text,
+                coalesce(obj_description(p.oid, 'pg_proc') = 'stratai: serving role', false)
+         FROM pg_proc p
+         WHERE p.pronamespace = 'public'::regnamespace AND p.prosecdef
+           AND has_function_privilege($1, p.oid, 'EXECUTE')
+         ORDER BY 1",
+    )
+    .bind(pg::APP_ROLE)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(
+        callable.iter().all(|(_, marked)| *marked),
+        "callable without the marker: {callable:?}"
+    );
+    let names: Vec<&str> = callable.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "stratai_audit_all",
+            "stratai_count_people_in_orgs",
+            "stratai_delete_platform_rule",
+            "stratai_delete_profile",
+            "stratai_find_invitation",
+            "stratai_find_org_by_slug",
+            "stratai_list_orgs",
+            "stratai_locate_group",
+            "stratai_memberships_of_user",
+            "stratai_outbox_complete",
+            "stratai_outbox_dead_letter",
+            "stratai_outbox_dead_letters",
+            "stratai_outbox_fail",
+            "stratai_outbox_pending",
+            "stratai_pending_invitations",
+            "stratai_put_platform_rule",
+            "stratai_reclaim_expired",
+            "stratai_usage_totals_by_org",
+        ]
+    );
+    let marked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
+           AND obj_description(p.oid, 'pg_proc') = 'stratai: serving role'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(marked, 18, "every marked function is granted");
+
     // The store refuses to serve as the owner or a superuser, unless told it is migrating.
     let refused = PgStore::connect(&db.owner_url).await.unwrap_err();
     assert!(
