@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditChain, AuditDraft, AuditEntry, AuditQuery, StoredChain};
+use crate::audit::{AuditDraft, AuditEntry, AuditQuery, StoredChain};
 use crate::billing::{InvoiceState, MonthlyInvoice};
 use crate::budget::{Budget, BudgetAlert, BudgetRefusal, BudgetState};
 use crate::directory::{
@@ -480,12 +480,17 @@ pub trait AuditStore: Send + Sync {
     async fn audit_chain(&self, org: OrgId) -> Result<StoredChain, StoreError>;
     /// Platform-wide: the platform chain, as stored.
     async fn platform_audit_chain(&self) -> Result<StoredChain, StoreError>;
-    /// Up to `limit` entries of `chain` after `after_seq`, in `seq` order: the chain read page
-    /// by page, oldest first (a streamed export holds one page at a time). An organization's
-    /// chain is read in its tenant context.
+    /// Up to `limit` entries of `org`'s chain after `after_seq`, in `seq` order: the chain
+    /// read page by page, oldest first (a streamed export holds one page at a time).
     async fn audit_page(
         &self,
-        chain: AuditChain,
+        org: OrgId,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Platform-wide: the platform chain page by page, as [`AuditStore::audit_page`].
+    async fn platform_audit_page(
+        &self,
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError>;

@@ -347,6 +347,7 @@ const PLATFORM_METHODS: &[&str] = &[
     "list_platform_audit",
     "list_all_audit",
     "platform_audit_chain",
+    "platform_audit_page",
     "create_org",
     "get_org",
     "find_org_by_slug",

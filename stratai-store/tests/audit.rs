@@ -246,10 +246,7 @@ async fn pages_read_the_chain_in_order<S: fixtures::Store + AuditStore>(store: S
     let mut read = Vec::new();
     let mut after = 0;
     loop {
-        let page = store
-            .audit_page(AuditChain::Org(a), after, 3)
-            .await
-            .unwrap();
+        let page = store.audit_page(a, after, 3).await.unwrap();
         assert!(page.len() <= 3);
         let Some(last) = page.last() else { break };
         after = last.seq;
@@ -257,14 +254,8 @@ async fn pages_read_the_chain_in_order<S: fixtures::Store + AuditStore>(store: S
     }
     assert_eq!(read, store.audit_chain(a).await.unwrap().entries);
     assert_eq!(read.len(), 7);
-    assert!(
-        store
-            .audit_page(AuditChain::Org(a), 7, 3)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let platform = store.audit_page(AuditChain::Platform, 0, 10).await.unwrap();
+    assert!(store.audit_page(a, 7, 3).await.unwrap().is_empty());
+    let platform = store.platform_audit_page(0, 10).await.unwrap();
     assert_eq!(platform.len(), 1);
     assert_eq!(platform[0].org_id, None);
 }

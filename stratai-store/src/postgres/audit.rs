@@ -289,6 +289,26 @@ impl AuditStore for PgStore {
 
     async fn audit_page(
         &self,
+        org: OrgId,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.page_of(AuditChain::Org(org), after_seq, limit).await
+    }
+
+    async fn platform_audit_page(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.page_of(AuditChain::Platform, after_seq, limit).await
+    }
+}
+
+impl PgStore {
+    /// A page of `chain` (see [`AuditStore::audit_page`]).
+    async fn page_of(
+        &self,
         chain: AuditChain,
         after_seq: i64,
         limit: u32,

@@ -213,15 +213,22 @@ fn jsonl(state: AppState, chain: AuditChain) -> Response {
             let Some(after) = after else {
                 return Ok(None);
             };
-            let page = state
-                .stores
-                .audit
-                .audit_page(chain, after, EXPORT_PAGE)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "audit export aborted");
-                    std::io::Error::other("audit export failed")
-                })?;
+            let page = match chain {
+                AuditChain::Org(org) => {
+                    state.stores.audit.audit_page(org, after, EXPORT_PAGE).await
+                }
+                AuditChain::Platform => {
+                    state
+                        .stores
+                        .audit
+                        .platform_audit_page(after, EXPORT_PAGE)
+                        .await
+                }
+            };
+            let page = page.map_err(|e| {
+                tracing::error!(error = %e, "audit export aborted");
+                std::io::Error::other("audit export failed")
+            })?;
             let Some(last) = page.last().map(|e| e.seq) else {
                 return Ok(None);
             };
