@@ -4,9 +4,11 @@
 pub mod audited;
 pub(crate) mod error;
 pub mod memory;
+pub mod people;
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis_rate;
+pub mod seed;
 pub(crate) mod shared;
 pub mod sqlite;
 pub mod stores;

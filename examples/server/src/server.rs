@@ -12,7 +12,8 @@ use crate::auth::{Auth, Mode};
 use crate::config::{Config, LogConfig, Secret};
 use crate::error::ApiError;
 use crate::mail::Postman;
-use crate::stores::{StoreDirectory, StoreReadiness, Stores, seed};
+use crate::stores::{StoreDirectory, StoreReadiness, Stores};
+use stratai_store::seed::seed;
 
 /// What the server runs on besides its configuration.
 pub struct Backends {

@@ -637,7 +637,7 @@ async fn seed_is_idempotent_and_readiness_checks_the_database(api: Api) {
         &std::collections::HashMap::<String, String>::new(),
     )
     .unwrap();
-    let report = stratai_server::stores::seed(&api.stores, &config.super_admin_email)
+    let report = stratai_store::seed::seed(&api.stores, &config.super_admin_email)
         .await
         .unwrap();
     assert_eq!(report.tiers_created, 0);

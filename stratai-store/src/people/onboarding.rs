@@ -3,8 +3,8 @@
 //! one, and at the first sign-in organizations that admit their email domain by
 //! self-signup take them in with the default tier (flow B).
 //!
-//! Called by the store-backed directory when it links or creates a user; a failure to join
-//! one organization is logged and never blocks the sign-in.
+//! Called by a sign-in (the server's store-backed directory, when it links or creates a user);
+//! a failure to join one organization is logged and never blocks the sign-in.
 
 use chrono::{DateTime, Utc};
 use stratai_core::directory::{Email, Membership, OrgRole, User};
@@ -99,8 +99,7 @@ pub async fn join_invitations(
             Ok(membership) => {
                 tracing::info!(org_id = %org, user_id = %user.id, "invitation joined at sign-in");
                 joined.push(org);
-                if let Err(e) =
-                    crate::profile_defaults::after_join(directory, guardrails, membership).await
+                if let Err(e) = super::profiles::after_join(directory, guardrails, membership).await
                 {
                     tracing::warn!(org_id = %org, user_id = %user.id, error = %e, "the invitation's profile was not applied");
                 }

@@ -162,7 +162,7 @@ async fn validate(
             )),
             Ok(profile) => {
                 if let Ok(org) = state.stores.directory.get_org(org_id).await
-                    && let Some(why) = crate::profile_defaults::unavailable(&profile, &org)
+                    && let Some(why) = stratai_store::people::profiles::unavailable(&profile, &org)
                 {
                     errors.push(FieldError::new(format!("{prefix}profile_id"), why));
                 }
@@ -435,7 +435,7 @@ pub async fn accept(
         .directory
         .accept_invitation(&hash_token(&token), &caller.user, Utc::now())
         .await?;
-    let membership = crate::profile_defaults::after_join(
+    let membership = stratai_store::people::profiles::after_join(
         state.stores.directory.as_ref(),
         state.stores.guardrails.as_ref(),
         membership,

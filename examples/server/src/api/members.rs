@@ -235,7 +235,7 @@ pub async fn update(
                     ApiError::invalid("profile_id", format!("unknown profile `{p}`"))
                 })?;
                 let org = dir.get_org(org_id).await?;
-                if let Some(why) = crate::profile_defaults::unavailable(&profile, &org) {
+                if let Some(why) = stratai_store::people::profiles::unavailable(&profile, &org) {
                     return Err(ApiError::invalid("profile_id", why));
                 }
                 member.apply_profile(&profile);
@@ -255,7 +255,7 @@ pub async fn update(
     }
     dir.update_member(org_id, &member).await?;
     if req.profile_id.is_some() {
-        crate::profile_defaults::sync_rules(
+        stratai_store::people::profiles::sync_rules(
             state.stores.guardrails.as_ref(),
             org_id,
             user_id,

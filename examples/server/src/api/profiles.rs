@@ -197,7 +197,7 @@ pub async fn update(
     }
     dir.update_profile(&profile).await?;
     if req.default_guardrails.is_some() {
-        let members = crate::profile_defaults::after_update(
+        let members = stratai_store::people::profiles::after_update(
             dir.as_ref(),
             state.stores.guardrails.as_ref(),
             &profile,

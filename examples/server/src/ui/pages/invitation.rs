@@ -143,7 +143,7 @@ pub(crate) async fn accept(
         .accept_invitation(&hash_token(&token), &viewer.caller.user, Utc::now())
         .await;
     let outcome = match outcome {
-        Ok(membership) => Ok(crate::profile_defaults::after_join(
+        Ok(membership) => Ok(stratai_store::people::profiles::after_join(
             state.stores.directory.as_ref(),
             state.stores.guardrails.as_ref(),
             membership,
