@@ -16,6 +16,8 @@
 //! (`usage::draft_invoice` is the catalog-rate estimate of the embedding example: it prices
 //! the period's token totals at the current rates and is not what the platform bills.)
 
+pub mod reports;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;

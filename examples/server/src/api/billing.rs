@@ -8,8 +8,6 @@
 //! platform-wide report. The tax rate of an invoice is the operator's, given when drafting
 //! (StratAI does not decide tax jurisdictions).
 
-use std::collections::BTreeMap;
-
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,13 +19,15 @@ use stratai_core::billing::{
     BillingMonth, InvoiceDraft, InvoiceState, MonthlyInvoice, draft_monthly_invoice, invoice_csv,
 };
 use stratai_core::directory::Organization;
-use stratai_core::money::Money;
 use stratai_core::tiers::TierCatalog;
-use stratai_core::usage::{
-    Dimension, DimensionValue, DiscoveryOptions, PricingDiscoveryReport, UNTIERED, UsageQuery,
-    UsageRecord, pricing_discovery,
+use stratai_core::usage::{Dimension, UsageQuery, UsageRecord};
+use stratai_core::{InvoiceId, OrgId};
+
+pub use stratai_core::billing::reports::{
+    BelowCost, BillingOverview, ModelPrice, OverviewRow, OverviewTotals, PriceSource,
+    PricingReport, price_list,
 };
-use stratai_core::{InvoiceId, ModelId, OrgId, TierId};
+use stratai_core::billing::reports::{PricingReportSpec, billing_overview};
 
 use super::{ApiPath, Caller, allow};
 use crate::app::AppState;
@@ -257,62 +257,6 @@ pub struct OverviewQuery {
     pub month: BillingMonth,
 }
 
-/// Provider cost against billed amount of one organization's tier in the month.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct OverviewRow {
-    /// The organization.
-    pub org_id: OrgId,
-    /// Its name.
-    pub org_name: String,
-    /// The tier (none: records without a tier).
-    pub tier_id: Option<TierId>,
-    /// The tier's slug (`untiered` without a tier).
-    pub tier: String,
-    /// Requests.
-    pub requests: u64,
-    /// What the providers charged.
-    pub provider_cost: Money,
-    /// What the organization was billed.
-    pub billed_amount: Money,
-    /// Billed minus provider cost (negative: billed below cost).
-    #[schema(value_type = String)]
-    pub margin: Decimal,
-}
-
-/// Totals of the overview.
-#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct OverviewTotals {
-    /// Requests.
-    pub requests: u64,
-    /// Provider cost.
-    pub provider_cost: Money,
-    /// Billed amount.
-    pub billed_amount: Money,
-    /// Billed minus provider cost.
-    #[schema(value_type = String)]
-    pub margin: Decimal,
-}
-
-/// Answer of `GET /api/billing/overview`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BillingOverview {
-    /// The month.
-    pub month: BillingMonth,
-    /// One row per organization and tier with usage, by organization name then tier.
-    pub rows: Vec<OverviewRow>,
-    /// Per organization.
-    pub by_org: BTreeMap<OrgId, OverviewTotals>,
-    /// The whole platform.
-    pub totals: OverviewTotals,
-}
-
-fn add(t: &mut OverviewTotals, row: &OverviewRow) {
-    t.requests += row.requests;
-    t.provider_cost = t.provider_cost + row.provider_cost;
-    t.billed_amount = t.billed_amount + row.billed_amount;
-    t.margin += row.margin;
-}
-
 /// The platform billing overview of a month (operators).
 pub async fn overview(
     State(state): State<AppState>,
@@ -321,12 +265,12 @@ pub async fn overview(
 ) -> Result<ApiJson<BillingOverview>, ApiError> {
     operator(&caller)?;
     let catalog = catalog(&state).await?;
-    let mut rows = Vec::new();
     let mut orgs = state.stores.directory.list_orgs().await?;
     orgs.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-    for org in &orgs {
+    let mut usage = Vec::with_capacity(orgs.len());
+    for org in orgs {
         let (from, to) = q.month.window(org.tz());
-        let usage = state
+        let rows = state
             .stores
             .usage
             .aggregate(
@@ -339,44 +283,11 @@ pub async fn overview(
                 &[Dimension::Tier],
             )
             .await?;
-        for r in usage {
-            let tier_id = match r.key.as_slice() {
-                [DimensionValue::Tier(t)] => *t,
-                _ => return Err(ApiError::internal("aggregate key is not a tier")),
-            };
-            rows.push(OverviewRow {
-                org_id: org.id,
-                org_name: org.name.clone(),
-                tier_id,
-                tier: tier_name(&catalog, tier_id),
-                requests: r.totals.requests,
-                provider_cost: r.totals.provider_cost,
-                billed_amount: r.totals.billed_amount,
-                margin: r.totals.billed_amount.amount() - r.totals.provider_cost.amount(),
-            });
-        }
+        usage.push((org.id, org.name, rows));
     }
-    let mut by_org: BTreeMap<OrgId, OverviewTotals> = BTreeMap::new();
-    let mut totals = OverviewTotals::default();
-    for row in &rows {
-        add(by_org.entry(row.org_id).or_default(), row);
-        add(&mut totals, row);
-    }
-    Ok(ApiJson(BillingOverview {
-        month: q.month,
-        rows,
-        by_org,
-        totals,
-    }))
-}
-
-fn tier_name(catalog: &TierCatalog, tier: Option<TierId>) -> String {
-    match tier {
-        None => UNTIERED.to_owned(),
-        Some(id) => catalog
-            .get(id)
-            .map_or_else(|| id.to_string(), |t| t.slug.to_string()),
-    }
+    Ok(ApiJson(
+        billing_overview(q.month, &catalog, &usage).map_err(ApiError::internal)?,
+    ))
 }
 
 /// Query of `GET /api/billing/pricing-report`.
@@ -399,44 +310,6 @@ pub struct PricingReportQuery {
     pub peak_hours: Option<u8>,
 }
 
-/// A model whose billed amount was below what the providers charged for it.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BelowCost {
-    /// The model.
-    pub model: ModelId,
-    /// The tier it was billed under (`untiered` without one).
-    pub tier: String,
-    /// Requests.
-    pub requests: u64,
-    /// What the providers charged.
-    pub provider_cost: Money,
-    /// What was billed.
-    pub billed_amount: Money,
-}
-
-/// Answer of `GET /api/billing/pricing-report`: the seed's `PricingDiscoveryReport` of the
-/// period, and the models billed below provider cost in it.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PricingReport {
-    /// The organization, or none for the whole platform.
-    pub org_id: Option<OrgId>,
-    /// Inclusive start.
-    pub from: DateTime<Utc>,
-    /// Exclusive end.
-    pub to: DateTime<Utc>,
-    /// The timezone of `peak_usage_hours` (the organization's; UTC platform-wide).
-    pub timezone: String,
-    /// The report (every field of the seed's, plus `active_users`, `total_billed_amount`,
-    /// `margin`).
-    pub report: PricingDiscoveryReport,
-    /// Models whose billed amount in the period is below their provider cost.
-    pub billed_below_cost: Vec<BelowCost>,
-    /// Models whose tier's rates in force at the end of the period (`to`, or now if earlier)
-    /// are below the provider's list price, input or output: every request bills below cost
-    /// for that part, whatever the usage of the period.
-    pub priced_below_list: Vec<ModelPrice>,
-}
-
 /// The seed's pricing-discovery report over a period: of one organization (`view_billing`)
 /// or of every organization (operators).
 pub async fn pricing_report(
@@ -456,31 +329,22 @@ pub async fn pricing_report_for(
     state: &AppState,
     q: &PricingReportQuery,
 ) -> Result<PricingReport, ApiError> {
-    if q.from >= q.to {
-        return Err(ApiError::invalid("to", "must be after `from`"));
-    }
-    let margin = q.margin.unwrap_or(Decimal::new(30, 2));
-    if margin < Decimal::ZERO || margin > Decimal::TEN {
-        return Err(ApiError::invalid(
-            "margin",
-            format!("`{margin}` must be between 0 and 10"),
-        ));
-    }
-    let peak_hours = q.peak_hours.unwrap_or(3);
-    if !(1..=24).contains(&peak_hours) {
-        return Err(ApiError::invalid(
-            "peak_hours",
-            format!("`{peak_hours}` must be between 1 and 24"),
-        ));
-    }
+    let mut spec = PricingReportSpec {
+        org_id: q.org_id,
+        from: q.from,
+        to: q.to,
+        tz: chrono_tz::UTC,
+        margin: q.margin,
+        peak_hours: q.peak_hours,
+    };
+    spec.options()?;
     let orgs = match q.org_id {
         Some(id) => vec![state.stores.directory.get_org(id).await?],
         None => state.stores.directory.list_orgs().await?,
     };
-    let tz = match (q.org_id, orgs.first()) {
-        (Some(_), Some(org)) => org.tz(),
-        _ => chrono_tz::UTC,
-    };
+    if let (Some(_), Some(org)) = (q.org_id, orgs.first()) {
+        spec.tz = org.tz();
+    }
     let query = UsageQuery {
         from: Some(q.from),
         to: Some(q.to),
@@ -495,136 +359,13 @@ pub async fn pricing_report_for(
         }
     }
     let catalog = catalog(state).await?;
-    let report = pricing_discovery(
+    Ok(stratai_core::billing::reports::pricing_report(
+        &spec,
         &records,
         &catalog,
-        &DiscoveryOptions {
-            margin,
-            tz,
-            peak_hours: usize::from(peak_hours),
-        },
-    );
-    let mut per_model: BTreeMap<(String, ModelId), (u64, Money, Money)> = BTreeMap::new();
-    for r in &records {
-        let e = per_model
-            .entry((tier_name(&catalog, r.tier_id), r.model.clone()))
-            .or_insert((0, Money::ZERO, Money::ZERO));
-        e.0 += 1;
-        e.1 = e.1 + r.provider_cost;
-        e.2 = e.2 + r.billed_amount;
-    }
-    let billed_below_cost = per_model
-        .into_iter()
-        .filter(|(_, (_, cost, billed))| billed < cost)
-        .map(
-            |((tier, model), (requests, provider_cost, billed_amount))| BelowCost {
-                model,
-                tier,
-                requests,
-                provider_cost,
-                billed_amount,
-            },
-        )
-        .collect();
-    let priced_at = q.to.min(Utc::now());
-    let priced_below_list = price_list(&catalog, &state.prices, priced_at)
-        .into_iter()
-        .filter(|p| p.below_list_price)
-        .collect();
-    Ok(PricingReport {
-        org_id: q.org_id,
-        from: q.from,
-        to: q.to,
-        timezone: tz.name().to_owned(),
-        report,
-        billed_below_cost,
-        priced_below_list,
-    })
-}
-
-/// Where a provider price comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PriceSource {
-    /// The built-in list price (`PriceTable::seed_defaults`).
-    BuiltIn,
-    /// Configured (`STRATAI_PROVIDER_PRICES` or the file's `provider_prices`).
-    Configured,
-}
-
-/// A model's provider list price beside what its tier bills.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ModelPrice {
-    /// The model.
-    pub model: ModelId,
-    /// Where its provider price comes from; none when the provider price is unknown (its
-    /// requests are recorded at provider cost zero).
-    pub source: Option<PriceSource>,
-    /// Provider $ per 1M input tokens.
-    #[schema(value_type = Option<String>)]
-    pub provider_input_per_million: Option<Decimal>,
-    /// Provider $ per 1M output tokens.
-    #[schema(value_type = Option<String>)]
-    pub provider_output_per_million: Option<Decimal>,
-    /// The output cap assumed for a request without `max_tokens`.
-    pub max_output_tokens: Option<u32>,
-    /// The tier billing it (slug), none for a model of no tier.
-    pub tier: Option<String>,
-    /// The tier's billed $ per 1M input tokens at the time asked.
-    #[schema(value_type = Option<String>)]
-    pub billed_input_per_million: Option<Decimal>,
-    /// The tier's billed $ per 1M output tokens at the time asked.
-    #[schema(value_type = Option<String>)]
-    pub billed_output_per_million: Option<Decimal>,
-    /// The tier bills the input or the output below the provider's list price.
-    pub below_list_price: bool,
-}
-
-/// Every model of the price table or of a tier, by model: provider price, source, the tier's
-/// rates in force at `at`, and whether they are below the list price.
-pub fn price_list(
-    catalog: &TierCatalog,
-    prices: &stratai_core::pricing::PriceTable,
-    at: DateTime<Utc>,
-) -> Vec<ModelPrice> {
-    let built_in = stratai_core::pricing::PriceTable::seed_defaults();
-    let mut models: std::collections::BTreeSet<ModelId> =
-        prices.iter().map(|(m, _)| m.clone()).collect();
-    for tier in catalog.tiers() {
-        models.extend(tier.models.iter().cloned());
-    }
-    models
-        .into_iter()
-        .map(|model| {
-            let price = prices.get(&model);
-            let rates = catalog
-                .tier_of_model(&model)
-                .map(|t| (t.slug.to_string(), t.rates_at(at)));
-            let below_list_price = match (price, &rates) {
-                (Some(p), Some((_, (input, output)))) => {
-                    *input < p.input_per_million || *output < p.output_per_million
-                }
-                _ => false,
-            };
-            ModelPrice {
-                source: price.map(|p| {
-                    if built_in.get(&model) == Some(p) {
-                        PriceSource::BuiltIn
-                    } else {
-                        PriceSource::Configured
-                    }
-                }),
-                provider_input_per_million: price.map(|p| p.input_per_million),
-                provider_output_per_million: price.map(|p| p.output_per_million),
-                max_output_tokens: price.map(|p| p.max_output_tokens),
-                billed_input_per_million: rates.as_ref().map(|(_, (i, _))| *i),
-                billed_output_per_million: rates.as_ref().map(|(_, (_, o))| *o),
-                tier: rates.map(|(slug, _)| slug),
-                below_list_price,
-                model,
-            }
-        })
-        .collect()
+        &state.prices,
+        Utc::now(),
+    )?)
 }
 
 /// Query of `GET /api/billing/provider-prices`.
