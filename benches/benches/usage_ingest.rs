@@ -193,6 +193,7 @@ fn batch(tenant: &Tenant, tier: TierId, n: usize) -> Vec<UsageRecord> {
                 endpoint: "chat".into(),
                 status: UsageStatus::Success,
                 created_at: created,
+                lease_id: None,
             }
         })
         .collect()

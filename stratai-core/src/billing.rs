@@ -617,6 +617,7 @@ mod tests {
             endpoint: "chat".into(),
             status: UsageStatus::Success,
             created_at: Utc::now(),
+            lease_id: None,
         };
         let records = vec![
             rec(Some(PREMIUM_TIER_ID), "o1", "1.000005"),
@@ -724,6 +725,7 @@ mod tests {
                 endpoint: "chat".into(),
                 status: if failed { UsageStatus::Failed } else { UsageStatus::Success },
                 created_at: Utc::now(),
+                lease_id: None,
             }
         }
     }

@@ -1407,6 +1407,7 @@ mod tests {
             amount: money(amount),
             now,
             expires_at: now + Duration::minutes(5),
+            holder: None,
         }
     }
 
@@ -1668,6 +1669,7 @@ mod tests {
                         let request = ReserveRequest {
                             request_id: RequestId::from_uuid(uuid::Uuid::from_u128(u128::from(*r) + 1)),
                             budgets: ids, amount, now, expires_at: now + Duration::hours(2),
+                            holder: None,
                         };
                         if let ReserveOutcome::Reserved(_) = l.reserve(org, &request).unwrap() {
                             reserved.entry(*r).or_insert(amount);

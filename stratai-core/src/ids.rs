@@ -132,6 +132,12 @@ uuid_id!(
     "invoice_id"
 );
 uuid_id!(
+    /// A running instance of the governed path (one per process): the holder of its budget
+    /// leases in the shared ledger, alive while its heartbeat is fresh.
+    InstanceId,
+    "instance_id"
+);
+uuid_id!(
     /// A usage record.
     UsageId,
     "usage_id"

@@ -20,7 +20,8 @@ use crate::directory::{
 use crate::error::StoreError;
 use crate::gateway::{CallContext, ChatChunk, ChatRequest, ChatResponse, GatewayError};
 use crate::ids::{
-    BudgetId, GroupId, InvitationId, InvoiceId, OrgId, ProfileId, RequestId, RuleId, TierId, UserId,
+    BudgetId, GroupId, InstanceId, InvitationId, InvoiceId, OrgId, ProfileId, RequestId, RuleId,
+    TierId, UserId,
 };
 use crate::money::Money;
 use crate::tiers::{ModelTier, TierSubscription};
@@ -292,6 +293,11 @@ pub struct ReserveRequest {
     pub now: DateTime<Utc>,
     /// When an unsettled reservation is reclaimed.
     pub expires_at: DateTime<Utc>,
+    /// The instance holding it, for a budget lease (`None`: a request's own reservation).
+    /// When the holder's heartbeat stops, another instance settles the lease from the usage
+    /// records written under it ([`BudgetLedger::abandoned_leases`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<InstanceId>,
 }
 
 /// The outcome of a reservation.
@@ -355,6 +361,53 @@ pub trait BudgetLedger: Send + Sync {
     async fn release(&self, org: OrgId, request_id: RequestId) -> Result<(), StoreError>;
     /// Platform-wide: releases every reservation expired at `now`; returns how many.
     async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Settles a reservation from the records written under it: `total` is what they
+    /// charge in all. Active: settled with `total`, like [`settle`](Self::settle). Already
+    /// settled for less (another instance settled it before every record reached the store):
+    /// the difference is charged after the fact, in the reservation's periods, even past a
+    /// hard limit (the records exist; the excess is overage to alert on), and its settled
+    /// amount becomes `total`. Settled for `total` or more, or released or expired with
+    /// nothing to charge: nothing changes. One transaction, so two instances settling the
+    /// same reservation at once charge it once. Unknown reservation: settled like
+    /// [`settle`](Self::settle) without one.
+    async fn settle_total(
+        &self,
+        org: OrgId,
+        request_id: RequestId,
+        budgets: &[BudgetId],
+        total: Money,
+        now: DateTime<Utc>,
+    ) -> Result<SettleOutcome, StoreError>;
+    /// Platform-wide: records that `instance` is alive at `now` (its heartbeat).
+    async fn beat(&self, instance: InstanceId, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Platform-wide: removes `instance`'s heartbeat (a clean shutdown, after its leases were
+    /// settled): any reservation it still holds counts as abandoned at once.
+    async fn retire_instance(&self, instance: InstanceId) -> Result<(), StoreError>;
+    /// Platform-wide: active reservations held by an instance whose last heartbeat is older
+    /// than `dead_before`, or that has none (at most `limit`, oldest first): budget leases of
+    /// a dead process, for another instance to settle from their records with
+    /// [`settle_total`](Self::settle_total).
+    async fn abandoned_leases(
+        &self,
+        dead_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HeldReservation>, StoreError>;
+}
+
+/// An active reservation held by an instance (a budget lease), as
+/// [`BudgetLedger::abandoned_leases`] answers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldReservation {
+    /// Organization.
+    pub org: OrgId,
+    /// The reservation (the lease's id; records admitted under it carry it as `lease_id`).
+    pub request_id: RequestId,
+    /// The budgets it draws on, in id order.
+    pub budgets: Vec<BudgetId>,
+    /// Its holder.
+    pub holder: InstanceId,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
 }
 
 /// Outcome of appending usage records.
@@ -401,6 +454,13 @@ pub trait UsageStore: Send + Sync {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<(OrgId, UsageTotals)>, StoreError>;
+    /// What the records admitted under budget lease `lease` (their `lease_id`) charge in
+    /// all: the sum of [`UsageRecord::charged`], and how many they are.
+    async fn charged_under_lease(
+        &self,
+        org: OrgId,
+        lease: RequestId,
+    ) -> Result<(Money, u64), StoreError>;
     /// Every matching record, oldest first, streamed (never materialized whole).
     fn stream(
         &self,

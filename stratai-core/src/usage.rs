@@ -55,6 +55,11 @@ pub struct UsageRecord {
     /// unless the provider billed more tokens than the reservation's bound.
     #[serde(default)]
     pub overage: Money,
+    /// The budget lease the request was admitted under, if any (its reservation id in the
+    /// shared ledger): a lease whose holder died is settled from the records carrying its id
+    /// (see [`BudgetLedger::abandoned_leases`](crate::ports::BudgetLedger::abandoned_leases)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<RequestId>,
     /// LiteLLM's request id (the upstream completion id), for reconciliation.
     pub litellm_request_id: Option<String>,
     /// Conversation in the product, if any.
@@ -65,6 +70,16 @@ pub struct UsageRecord {
     pub status: UsageStatus,
     /// When the request was made.
     pub created_at: DateTime<Utc>,
+}
+
+impl UsageRecord {
+    /// What the record charges its budgets: the billed amount without the overage (the part
+    /// beyond the reservation, charged to no budget). A reservation settled from its records
+    /// is settled with the sum of this over them.
+    #[must_use]
+    pub fn charged(&self) -> Money {
+        self.billed_amount.saturating_sub(self.overage)
+    }
 }
 
 /// Who in the product a request is for: the usage record's `endpoint` and
@@ -578,6 +593,7 @@ pub fn read_csv(r: impl io::Read) -> Result<Vec<UsageRecord>, ExportError> {
             conversation_id: opt(field(12)).map_err(|e| bad(12, e))?,
             endpoint: field(13).to_owned(),
             status,
+            lease_id: None,
         });
     }
     Ok(out)
@@ -1124,6 +1140,7 @@ mod tests {
             endpoint: "chat".into(),
             status: UsageStatus::Success,
             created_at: when,
+            lease_id: None,
         }
     }
 
@@ -1579,6 +1596,7 @@ mod tests {
                 endpoint,
                 status: [UsageStatus::Success, UsageStatus::Partial, UsageStatus::Failed][status as usize],
                 created_at: DateTime::from_timestamp(secs, nanos).unwrap(),
+                lease_id: None,
             }
         }
     }

@@ -431,6 +431,7 @@ impl Gatekeeper {
                         amount: plan.worst_case,
                         now,
                         expires_at: now + inner.config.reservation_ttl,
+                        holder: None,
                     },
                 )
                 .await;
@@ -1024,6 +1025,7 @@ impl Admission {
             endpoint: self.caller.endpoint.clone(),
             status,
             created_at: self.admitted_at,
+            lease_id: None,
         }
     }
 }

@@ -32,11 +32,14 @@
 //!   (after settling this instance's idle leases of the organization, and its closed leases
 //!   still waiting for the background settlement); a request is refused only when the exact
 //!   reservation is refused too;
-//! - if the process dies, its open leases are settled by the next start over the same usage
-//!   log (`runtime::spool`, which journals every lease before it is reserved and writes each
-//!   request's record with its lease's id, [`LeasedLedger::lease_of`]) with the sum of the
-//!   records written under them; without a usage log they are reclaimed when their
-//!   reservation expires and their requests' spend is missing from the ledger.
+//! - if the process dies, its open leases are settled with the sum of the records written
+//!   under them (each request's record carries its lease's id, [`LeasedLedger::lease_of`]):
+//!   by another instance once the holder's heartbeat is older than `dead_after`, from the
+//!   records in the store ([`BudgetLedger::abandoned_leases`], the runtime's upkeep); and by
+//!   the next start over the same usage log (`runtime::spool`, which journals every lease
+//!   before it is reserved), from the records in the log, which charges after the fact what
+//!   only the log held. Without a usage log leases name no holder: they are reclaimed when
+//!   their reservation expires and their requests' spend is missing from the ledger.
 //!
 //! Threshold alerts come from the shared ledger when a lease is settled; they are handed
 //! out by that [`LeasedLedger::flush`] (or the next [`BudgetLedger::settle`] when a request
@@ -50,8 +53,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use stratai_core::budget::{Budget, BudgetAlert, BudgetState};
-use stratai_core::ids::{BudgetId, OrgId, RequestId};
-use stratai_core::ports::{BudgetLedger, ReserveOutcome, ReserveRequest, SettleOutcome};
+use stratai_core::ids::{BudgetId, InstanceId, OrgId, RequestId};
+use stratai_core::ports::{
+    BudgetLedger, HeldReservation, ReserveOutcome, ReserveRequest, SettleOutcome,
+};
 use stratai_core::{Money, StoreError};
 
 /// How leases are sized and how long they live.
@@ -68,6 +73,12 @@ pub struct LeaseConfig {
     /// *standby* lease (`block_requests` worst cases) open for it, so that the first
     /// requests after a pause do not wait for the shared ledger. Zero: no standby leases.
     pub keep_warm: Duration,
+    /// The instance holding the leases, named on their reservations (`None`: anonymous
+    /// leases, reclaimed only when they expire). Name it only when a heartbeat of it is
+    /// written ([`BudgetLedger::beat`]) and the records of leased requests carry their lease
+    /// id (the runtime's usage log): another instance then settles the leases of a holder
+    /// whose heartbeat stopped from their records ([`BudgetLedger::abandoned_leases`]).
+    pub holder: Option<InstanceId>,
 }
 
 impl Default for LeaseConfig {
@@ -77,6 +88,7 @@ impl Default for LeaseConfig {
             block_requests: 32,
             reservation_ttl: ChronoDuration::minutes(15),
             keep_warm: Duration::from_secs(10),
+            holder: None,
         }
     }
 }
@@ -477,9 +489,11 @@ impl LeasedLedger {
     ) -> Result<(), StoreError> {
         let mut iter = closing.into_iter();
         while let Some(c) = iter.next() {
+            // From the total of its requests: if another instance settled the lease meanwhile
+            // (this one's heartbeat was late), what it did not count is charged now.
             match self
                 .inner
-                .settle(c.org, c.id, &c.budgets, c.settled, now)
+                .settle_total(c.org, c.id, &c.budgets, c.settled, now)
                 .await
             {
                 Ok(outcome) => {
@@ -627,6 +641,7 @@ impl LeasedLedger {
                     amount: block,
                     now,
                     expires_at: now + self.config.reservation_ttl,
+                    holder: self.config.holder,
                 },
             )
             .await?;
@@ -929,5 +944,34 @@ impl BudgetLedger for LeasedLedger {
 
     async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         self.inner.reclaim_expired(now).await
+    }
+
+    async fn settle_total(
+        &self,
+        org: OrgId,
+        request_id: RequestId,
+        budgets: &[BudgetId],
+        total: Money,
+        now: DateTime<Utc>,
+    ) -> Result<SettleOutcome, StoreError> {
+        self.inner
+            .settle_total(org, request_id, budgets, total, now)
+            .await
+    }
+
+    async fn beat(&self, instance: InstanceId, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.inner.beat(instance, now).await
+    }
+
+    async fn retire_instance(&self, instance: InstanceId) -> Result<(), StoreError> {
+        self.inner.retire_instance(instance).await
+    }
+
+    async fn abandoned_leases(
+        &self,
+        dead_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HeldReservation>, StoreError> {
+        self.inner.abandoned_leases(dead_before, limit).await
     }
 }

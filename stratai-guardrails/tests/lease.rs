@@ -13,9 +13,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope, BudgetState};
 use stratai_core::directory::{BillingPlan, OrgSettings, Organization, Slug};
-use stratai_core::ids::{BudgetId, OrgId, RequestId, TierSlug};
+use stratai_core::ids::{BudgetId, InstanceId, OrgId, RequestId, TierSlug};
 use stratai_core::ports::{
-    BudgetLedger, DirectoryStore, ReserveOutcome, ReserveRequest, SettleOutcome,
+    BudgetLedger, HeldReservation, DirectoryStore, ReserveOutcome, ReserveRequest, SettleOutcome,
 };
 use stratai_core::{Money, StoreError};
 use stratai_guardrails::{LeaseConfig, LeasedLedger};
@@ -65,6 +65,7 @@ fn request(budget: BudgetId, amount: &str) -> ReserveRequest {
         amount: money(amount),
         now,
         expires_at: now + chrono::Duration::minutes(15),
+        holder: None,
     }
 }
 
@@ -360,6 +361,33 @@ impl BudgetLedger for FlakySettle {
     }
     async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         self.inner.reclaim_expired(now).await
+    }
+    async fn settle_total(
+        &self,
+        org: OrgId,
+        id: RequestId,
+        budgets: &[BudgetId],
+        total: Money,
+        now: DateTime<Utc>,
+    ) -> Result<SettleOutcome, StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Backend("database down".to_owned()));
+        }
+        self.inner.settle_total(org, id, budgets, total, now).await
+    }
+    async fn beat(&self, instance: InstanceId, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.inner.beat(instance, now).await
+    }
+    async fn retire_instance(&self, instance: InstanceId) -> Result<(), StoreError> {
+        self.inner.retire_instance(instance).await
+    }
+    async fn abandoned_leases(
+        &self,
+        dead_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HeldReservation>, StoreError> {
+        self.inner.abandoned_leases(dead_before, limit).await
     }
 }
 

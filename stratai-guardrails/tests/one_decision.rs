@@ -324,6 +324,7 @@ async fn world(case: &Case) -> World {
             endpoint: "chat".to_owned(),
             status: UsageStatus::Success,
             created_at: at - chrono::Duration::minutes(5),
+            lease_id: None,
         };
         store.append(org.id, &[record]).await.unwrap();
     }

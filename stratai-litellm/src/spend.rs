@@ -638,6 +638,7 @@ impl SpendImporter {
             endpoint: DIRECT_ENDPOINT.to_owned(),
             status: UsageStatus::Success,
             created_at: event.started_at,
+            lease_id: None,
         };
         // Settle first: a settlement is idempotent by request id, so a crash between the two
         // writes is repaired by the next delivery (settled again: no-op; appended: fresh).

@@ -28,6 +28,7 @@ fn record(id: &str, cost: Decimal) -> UsageRecord {
         endpoint: "/v1/chat/completions".to_owned(),
         status: UsageStatus::Success,
         created_at: chrono::Utc::now(),
+        lease_id: None,
     }
 }
 

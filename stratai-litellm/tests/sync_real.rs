@@ -77,6 +77,7 @@ fn usage(org: OrgId, user: UserId, answer: &ChatResponse) -> UsageRecord {
         endpoint: "/v1/chat/completions".to_owned(),
         status: UsageStatus::Success,
         created_at: Utc::now(),
+        lease_id: None,
     }
 }
 

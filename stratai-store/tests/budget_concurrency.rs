@@ -159,6 +159,7 @@ async fn run<S: Store>(
                         amount: cost,
                         now: now(),
                         expires_at: "2100-01-01T00:00:00Z".parse().unwrap(),
+                        holder: None,
                     },
                 )
                 .await

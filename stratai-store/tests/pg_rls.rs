@@ -161,6 +161,7 @@ async fn seed_org(store: &PgStore, tier: TierId) -> (OrgId, Vec<uuid::Uuid>) {
                 amount: Money::dollars(1),
                 now,
                 expires_at: now + Duration::minutes(5),
+                holder: None,
             },
         )
         .await
@@ -213,6 +214,7 @@ fn usage(
         endpoint: "chat".into(),
         status: UsageStatus::Success,
         created_at: at,
+        lease_id: None,
     }
 }
 

@@ -534,6 +534,7 @@ impl Pilot {
             endpoint: "chat".to_owned(),
             status: UsageStatus::Success,
             created_at: at,
+            lease_id: None,
         };
         self.exec.block_on(async {
             self.stores

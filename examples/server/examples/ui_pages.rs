@@ -187,6 +187,7 @@ fn batch(
                 endpoint: "chat".into(),
                 status: UsageStatus::Success,
                 created_at: created,
+                lease_id: None,
             }
         })
         .collect()

@@ -15,6 +15,8 @@
 //! | `stratai_usage_write_lag_seconds` | histogram | `path` (`direct`/`spool`) |
 //! | `stratai_usage_spooled_total` | counter | — |
 //! | `stratai_usage_spool_pending` | gauge | — |
+//! | `stratai_abandoned_leases_total` | counter | `outcome` (`settled`/`released`) |
+//! | `stratai_budget_late_overage_total` | counter | — |
 //! | `stratai_budget_alerts_total` | counter | `scope` |
 
 use std::sync::OnceLock;

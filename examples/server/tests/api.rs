@@ -563,6 +563,7 @@ async fn orgs_budgets_usage(api: Api) {
         endpoint: "chat".to_owned(),
         status: UsageStatus::Success,
         created_at: now,
+        lease_id: None,
     };
     let records = vec![
         record(&a.member, 10),

@@ -52,6 +52,7 @@ fn record(
         endpoint: "chat".to_owned(),
         status,
         created_at: at(when),
+        lease_id: None,
     }
 }
 

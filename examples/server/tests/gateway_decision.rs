@@ -44,6 +44,7 @@ fn spent(org: stratai_core::OrgId, user: UserId, billed: &str) -> UsageRecord {
         endpoint: "chat".to_owned(),
         status: UsageStatus::Success,
         created_at: Utc::now(),
+        lease_id: None,
     }
 }
 

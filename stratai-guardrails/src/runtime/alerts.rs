@@ -389,6 +389,7 @@ mod tests {
             endpoint: "chat".to_owned(),
             status: stratai_core::usage::UsageStatus::Success,
             created_at: p,
+            lease_id: None,
         };
         assert!(!sink.overage(&record));
         record.overage = Money::parse("0.1").unwrap();

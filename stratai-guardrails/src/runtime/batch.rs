@@ -210,6 +210,9 @@ impl UsageStore for LoggedUsage {
                 r.request_id, r.org_id
             )));
         }
+        // Each record names the lease it was admitted under, in the log and in the store.
+        let records = self.log.with_leases(records);
+        let records = records.as_ref();
         // A full queue (back-pressure): this request writes its records itself.
         let batched = self.linger.is_some() && self.log.pending() < self.capacity;
         let before = self
@@ -278,6 +281,15 @@ impl UsageStore for LoggedUsage {
     ) -> Result<Vec<(OrgId, stratai_core::usage::UsageTotals)>, StoreError> {
         self.drain().await;
         self.inner.totals_by_org(from, to).await
+    }
+
+    async fn charged_under_lease(
+        &self,
+        org: OrgId,
+        lease: RequestId,
+    ) -> Result<(stratai_core::Money, u64), StoreError> {
+        self.drain().await;
+        self.inner.charged_under_lease(org, lease).await
     }
 
     /// Streams from the store; records queued in the last milliseconds may be missing.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use stratai_core::ids::InstanceId;
 use stratai_core::ports::{
     BudgetLedger, Clock, DirectoryStore, GuardrailStore, LlmGateway, RateLimitStore, SystemClock,
     TierStore, UsageStore,
@@ -15,6 +16,7 @@ use super::alerts::AlertSink;
 use super::batch::{DEFAULT_LINGER, LoggedUsage};
 use super::demo::{DemoConfig, DemoProvider};
 use super::fresh_cache::locked;
+use super::liveness::{self, AbandonedReport, Liveness};
 use super::spool::{DEFAULT_SYNC_EVERY, JournaledLedger, SpoolError, UsageLog};
 use super::{RESERVATION_TTL_SECS, Runtime, RuntimeDeps};
 use crate::{Gatekeeper, GatekeeperConfig, Guardrails, LeaseConfig, LeasedLedger, Policy};
@@ -83,6 +85,10 @@ pub struct RuntimeSettings {
     /// How often the guardrail policy is recompiled from the store (`None`: loaded once at
     /// build, then only by [`Runtime::reload_guardrails`]).
     pub guardrail_reload: Option<Duration>,
+    /// The instance's heartbeat in the shared store and the settlement of dead instances'
+    /// budget leases (see [`super::liveness`]; `None`: no heartbeat, so this instance's
+    /// leases name no holder and expire if it dies, and it settles no one else's).
+    pub liveness: Option<Liveness>,
     /// The Gatekeeper's settings (prices, defaults).
     pub gatekeeper: GatekeeperConfig,
 }
@@ -97,6 +103,7 @@ impl Default for RuntimeSettings {
             spool_replay: Duration::from_secs(10),
             log_sync: DEFAULT_SYNC_EVERY,
             guardrail_reload: Some(Duration::from_secs(5)),
+            liveness: Some(Liveness::default()),
             gatekeeper: GatekeeperConfig::default(),
         }
     }
@@ -252,6 +259,18 @@ impl RuntimeBuilder {
             ..RuntimeHandle::default()
         };
         let mut tasks = Vec::new();
+        // This instance, alive from its first heartbeat on (before any lease names it).
+        let instance = InstanceId::new();
+        let beating = match settings.liveness {
+            Some(_) => match stores.budgets.beat(instance, chrono::Utc::now()).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "heartbeat not written; budget leases name no holder and expire if this process dies");
+                    false
+                }
+            },
+            None => false,
+        };
         // The shared ledger, every reservation journaled in the usage log first.
         let shared: Arc<dyn BudgetLedger> = match &log {
             Some(log) => Arc::new(JournaledLedger::new(stores.budgets.clone(), log.clone())),
@@ -265,6 +284,13 @@ impl RuntimeBuilder {
                     block_requests = lease.block_requests,
                     "budget leases on: budget is reserved in blocks"
                 );
+                // Named only when another instance can settle them from their records: the
+                // heartbeat is written and records carry their lease (the usage log).
+                let holder = (beating && log.is_some()).then_some(instance);
+                let lease = LeaseConfig {
+                    holder,
+                    ..lease.clone()
+                };
                 let leased = Arc::new(LeasedLedger::new(shared.clone(), lease.clone()));
                 if let Some(log) = &log {
                     log.set_leases(leased.clone());
@@ -342,9 +368,25 @@ impl RuntimeBuilder {
         if let Some(every) = settings.guardrail_reload {
             tasks.push(runtime.spawn_guardrail_reloader(every));
         }
+        let upkeep = settings.liveness.map(|liveness| {
+            tasks.push(liveness::spawn(
+                instance,
+                stores.budgets.clone(),
+                stores.usage.clone(),
+                alerts.clone(),
+                liveness,
+            ));
+            Arc::new(Upkeep {
+                instance,
+                ledger: stores.budgets.clone(),
+                usage: stores.usage.clone(),
+                liveness,
+            })
+        });
         let handle = RuntimeHandle {
             leases,
             batch,
+            upkeep,
             tasks: Arc::new(Mutex::new(tasks)),
             ..handle
         };
@@ -359,11 +401,67 @@ impl RuntimeBuilder {
 pub struct RuntimeHandle {
     leases: Option<Arc<LeasedLedger>>,
     batch: Option<Arc<LoggedUsage>>,
+    upkeep: Option<Arc<Upkeep>>,
     alerts: AlertSink,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
+/// What the heartbeat and the settlement of dead instances' leases work on.
+struct Upkeep {
+    instance: InstanceId,
+    /// The shared store's ledger (not journaled: other instances' leases are not this log's).
+    ledger: Arc<dyn BudgetLedger>,
+    usage: Arc<dyn UsageStore>,
+    liveness: Liveness,
+}
+
+impl std::fmt::Debug for Upkeep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upkeep")
+            .field("instance", &self.instance)
+            .field("liveness", &self.liveness)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RuntimeHandle {
+    /// This instance's id (the holder its budget leases name), when it writes a heartbeat.
+    #[must_use]
+    pub fn instance(&self) -> Option<InstanceId> {
+        self.upkeep.as_ref().map(|u| u.instance)
+    }
+
+    /// Settles now the budget leases of instances whose heartbeat is older than `dead_after`
+    /// (what the upkeep task does every few heartbeats; see [`liveness::settle_abandoned`]),
+    /// firing the alerts it raises. Nothing without a heartbeat ([`RuntimeSettings::liveness`]).
+    pub async fn settle_abandoned_leases(&self) -> Result<AbandonedReport, stratai_core::StoreError> {
+        let Some(u) = &self.upkeep else {
+            return Ok(AbandonedReport::default());
+        };
+        let mut fired = Vec::new();
+        let report = liveness::settle_abandoned(
+            u.ledger.as_ref(),
+            u.usage.as_ref(),
+            Some(u.instance),
+            u.liveness.dead_after,
+            chrono::Utc::now(),
+            &mut fired,
+        )
+        .await;
+        self.alerts.fire(&fired);
+        report
+    }
+
+    /// Stops every background task at once, draining nothing and keeping the heartbeat row:
+    /// what a killed process leaves (its budget leases open, its queued records in the usage
+    /// log). For tests and tools that simulate a crash; a service calls
+    /// [`shutdown`](Self::shutdown).
+    pub fn abort(&self) {
+        for task in std::mem::take(&mut *locked(&self.tasks)) {
+            task.abort();
+        }
+    }
+
     /// Settles every budget lease and writes every queued usage record, waiting at most
     /// `patience` for requests still in flight. The tasks keep running (call after the
     /// service stopped taking requests, or at any time to make everything durable now).
@@ -412,7 +510,7 @@ impl RuntimeHandle {
     }
 
     /// [`drain`](Self::drain), then stops the periodic tasks (policy reload, spool replay,
-    /// lease upkeep).
+    /// lease upkeep, heartbeat) and removes the heartbeat.
     pub async fn shutdown(&self, patience: Duration) {
         self.drain(patience).await;
         let tasks = std::mem::take(&mut *locked(&self.tasks));
@@ -421,6 +519,13 @@ impl RuntimeHandle {
         }
         for task in tasks {
             let _ = task.await;
+        }
+        // Gone: a lease still open (a request outlived the patience) is settled by another
+        // instance from its records from now on, not after `dead_after`.
+        if let Some(u) = &self.upkeep
+            && let Err(e) = u.ledger.retire_instance(u.instance).await
+        {
+            tracing::warn!(error = %e, "heartbeat not removed; this instance counts as dead after `dead_after`");
         }
     }
 

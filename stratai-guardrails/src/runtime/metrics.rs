@@ -114,3 +114,13 @@ pub fn set_spool_pending(pending: usize) {
     #[allow(clippy::cast_precision_loss)] // a count far below 2^52
     metrics::gauge!("stratai_usage_spool_pending").set(pending as f64);
 }
+
+/// Counts a hard budget taken past its limit by records charged after the fact.
+pub fn record_late_overage() {
+    metrics::counter!("stratai_budget_late_overage_total").increment(1);
+}
+
+/// Counts budget leases of a dead instance settled (or released) by this one.
+pub fn record_abandoned_lease(outcome: &'static str) {
+    metrics::counter!("stratai_abandoned_leases_total", "outcome" => outcome).increment(1);
+}

@@ -25,6 +25,7 @@ mod builder;
 pub mod demo;
 mod finish;
 pub mod fresh_cache;
+pub mod liveness;
 pub mod metrics;
 pub mod spool;
 pub mod stream;

@@ -34,6 +34,7 @@
 //!
 //! One log belongs to one process: two instances need two files.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -46,9 +47,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use stratai_core::StoreError;
 use stratai_core::budget::{Budget, BudgetState};
-use stratai_core::ids::{BudgetId, OrgId, RequestId};
+use stratai_core::ids::{BudgetId, InstanceId, OrgId, RequestId};
 use stratai_core::money::Money;
-use stratai_core::ports::{BudgetLedger, ReserveOutcome, ReserveRequest, SettleOutcome};
+use stratai_core::ports::{
+    BudgetLedger, HeldReservation, ReserveOutcome, ReserveRequest, SettleOutcome,
+};
 use stratai_core::usage::UsageRecord;
 
 use crate::LeasedLedger;
@@ -177,8 +180,17 @@ impl State {
                     },
                 );
             }
-            Line::Usage { record, under, at } => {
+            Line::Usage {
+                mut record,
+                under,
+                at,
+            } => {
                 let id = record.request_id;
+                if record.lease_id.is_none() {
+                    // A line written before records carried their lease: its `under`, when
+                    // not the request's own reservation, is the lease.
+                    record.lease_id = under.filter(|u| *u != id);
+                }
                 if let Some(u) = under
                     && self.open.contains_key(&u)
                 {
@@ -415,6 +427,37 @@ impl UsageLog {
         let _ = self.leases.set(leases);
     }
 
+    /// `records` with the lease each was admitted under (while it is in flight) written on
+    /// it as its `lease_id`, so that the store has it too (another instance settles a dead
+    /// holder's lease from the records carrying its id).
+    #[must_use]
+    pub fn with_leases<'a>(&self, records: &'a [UsageRecord]) -> Cow<'a, [UsageRecord]> {
+        let Some(leases) = self.leases.get() else {
+            return Cow::Borrowed(records);
+        };
+        let found: Vec<Option<RequestId>> = records
+            .iter()
+            .map(|r| r.lease_id.or_else(|| leases.lease_of(r.request_id)))
+            .collect();
+        if found
+            .iter()
+            .zip(records)
+            .all(|(lease, r)| *lease == r.lease_id)
+        {
+            return Cow::Borrowed(records);
+        }
+        Cow::Owned(
+            records
+                .iter()
+                .zip(found)
+                .map(|(r, lease_id)| UsageRecord {
+                    lease_id,
+                    ..r.clone()
+                })
+                .collect(),
+        )
+    }
+
     /// Records waiting for the store.
     #[must_use]
     pub fn pending(&self) -> usize {
@@ -487,7 +530,10 @@ impl UsageLog {
         let leases = self.leases.get();
         let unders: Vec<Option<RequestId>> = records
             .iter()
-            .map(|r| leases.and_then(|l| l.lease_of(r.request_id)))
+            .map(|r| {
+                r.lease_id
+                    .or_else(|| leases.and_then(|l| l.lease_of(r.request_id)))
+            })
             .collect();
         let mut state = self.state();
         let mut buf = Vec::with_capacity(600 * records.len());
@@ -666,7 +712,7 @@ impl UsageLog {
                 }
             }
         }
-        let orphans: Vec<(RequestId, Open, Money, bool)> = {
+        let orphans: Vec<(RequestId, Open, Money, u64)> = {
             let state = self.state();
             state
                 .open
@@ -674,35 +720,33 @@ impl UsageLog {
                 .filter(|(_, o)| o.orphan)
                 .map(|(id, o)| {
                     let under = state.under.get(id).map(Vec::as_slice).unwrap_or_default();
-                    let charged = under.iter().filter_map(|rid| state.records.get(rid)).fold(
-                        Money::ZERO,
-                        |sum, l| {
-                            sum + l
-                                .entry
-                                .record
-                                .billed_amount
-                                .saturating_sub(l.entry.record.overage)
-                        },
-                    );
-                    (*id, o.clone(), charged, !under.is_empty())
+                    let (charged, records) = under
+                        .iter()
+                        .filter_map(|rid| state.records.get(rid))
+                        .fold((Money::ZERO, 0), |(sum, n), l| {
+                            (sum + l.entry.record.charged(), n + 1)
+                        });
+                    (*id, o.clone(), charged, records)
                 })
                 .collect()
         };
         let now = Utc::now();
-        for (id, open, charged, any) in orphans {
-            if any {
-                let outcome = ledger
-                    .settle(open.org, id, &open.budgets, charged, now)
-                    .await?;
-                alerts.extend(outcome.alerts);
-                report.settled += 1;
-            } else {
-                ledger.release(open.org, id).await?;
-                report.released += 1;
+        for (id, open, charged, records) in orphans {
+            match settle_from_records(ledger, open.org, id, &open.budgets, charged, records, now)
+                .await?
+            {
+                Some(outcome) => {
+                    alerts.extend(outcome.alerts);
+                    report.settled += 1;
+                    if outcome.applied {
+                        warn_if_over(ledger, open.org, &open.budgets, now).await;
+                    }
+                }
+                None => report.released += 1,
             }
             // The journaled ledger logged it closed; a bare one did not.
             self.closed(id);
-            tracing::info!(reservation = %id, charged = %charged, records = any, "reservation of a previous process settled from its usage records");
+            tracing::info!(reservation = %id, charged = %charged, records, "reservation of a previous process settled from its usage records");
         }
         Ok(())
     }
@@ -812,6 +856,53 @@ impl UsageLog {
     }
 }
 
+/// Settles reservation `id` from the records written under it: with `charged`, what its
+/// `records` records charge in all ([`UsageRecord::charged`]), through
+/// [`BudgetLedger::settle_total`] (once across instances; what an earlier settlement by
+/// another instance did not count is charged after the fact), or released when no record
+/// was written under it (nothing spent). `None` when released. What a restart does for the
+/// reservations its log holds open, and another instance for the leases of a dead holder.
+pub(crate) async fn settle_from_records(
+    ledger: &dyn BudgetLedger,
+    org: OrgId,
+    id: RequestId,
+    budgets: &[BudgetId],
+    charged: Money,
+    records: u64,
+    now: DateTime<Utc>,
+) -> Result<Option<SettleOutcome>, StoreError> {
+    if records == 0 {
+        ledger.release(org, id).await?;
+        return Ok(None);
+    }
+    ledger
+        .settle_total(org, id, budgets, charged, now)
+        .await
+        .map(Some)
+}
+
+/// Warns about hard budgets whose spend passed their limit: records charged after the fact
+/// (their reservation was settled by another instance before they reached the store) are
+/// charged even past a hard limit, as overage.
+async fn warn_if_over(ledger: &dyn BudgetLedger, org: OrgId, budgets: &[BudgetId], now: DateTime<Utc>) {
+    let Ok(states) = ledger.states(org, budgets, now).await else {
+        return;
+    };
+    for s in states
+        .iter()
+        .filter(|s| s.budget.hard_limit && s.spent > s.budget.limit)
+    {
+        super::metrics::record_late_overage();
+        tracing::warn!(
+            org = %org,
+            budget = %s.budget.id,
+            limit = %s.budget.limit,
+            spent = %s.spent,
+            "OVERAGE: records charged after the fact took a hard budget past its limit"
+        );
+    }
+}
+
 /// The shared [`BudgetLedger`] with every reservation journaled in the [`UsageLog`]: logged
 /// before it is made, logged closed once settled or released (or refused), so that a
 /// restart settles what a killed process held (see the module docs).
@@ -903,5 +994,37 @@ impl BudgetLedger for JournaledLedger {
 
     async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         self.inner.reclaim_expired(now).await
+    }
+
+    async fn settle_total(
+        &self,
+        org: OrgId,
+        request_id: RequestId,
+        budgets: &[BudgetId],
+        total: Money,
+        now: DateTime<Utc>,
+    ) -> Result<SettleOutcome, StoreError> {
+        let outcome = self
+            .inner
+            .settle_total(org, request_id, budgets, total, now)
+            .await?;
+        self.log.closed(request_id);
+        Ok(outcome)
+    }
+
+    async fn beat(&self, instance: InstanceId, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.inner.beat(instance, now).await
+    }
+
+    async fn retire_instance(&self, instance: InstanceId) -> Result<(), StoreError> {
+        self.inner.retire_instance(instance).await
+    }
+
+    async fn abandoned_leases(
+        &self,
+        dead_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HeldReservation>, StoreError> {
+        self.inner.abandoned_leases(dead_before, limit).await
     }
 }

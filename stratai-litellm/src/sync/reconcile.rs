@@ -765,6 +765,7 @@ mod tests {
             endpoint: "/v1/chat/completions".to_owned(),
             status: UsageStatus::Success,
             created_at: Utc::now(),
+            lease_id: None,
         }
     }
 

@@ -21,13 +21,13 @@ use stratai_core::directory::{
 };
 use stratai_core::ports::{
     AppendOutcome, BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, KeyVaultStore,
-    OutboxEntity, OutboxEvent, OutboxStore, ReserveOutcome, ReserveRequest, RuleRecord, RuleScope,
+    HeldReservation, OutboxEntity, OutboxEvent, OutboxStore, ReserveOutcome, ReserveRequest, RuleRecord, RuleScope,
     SealedKey, SettleOutcome, TierStore, UsageStore, UserQuery,
 };
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord, UsageTotals};
 use stratai_core::{
-    BudgetId, GroupId, InvitationId, InvoiceId, Money, OrgId, ProfileId, RequestId, RuleId,
+    BudgetId, GroupId, InstanceId, InvitationId, InvoiceId, Money, OrgId, ProfileId, RequestId, RuleId,
     StoreError, TierId, UserId,
 };
 use tokio::sync::RwLock;
@@ -79,6 +79,8 @@ struct State {
     versions: HashMap<OutboxEntity, i64>,
     next_seq: i64,
     invoices: BTreeMap<InvoiceId, MonthlyInvoice>,
+    /// Heartbeats of running instances.
+    instances: HashMap<InstanceId, DateTime<Utc>>,
 }
 
 #[derive(Clone)]
@@ -102,6 +104,11 @@ struct Reservation {
     items: Vec<(BudgetId, PeriodWindow)>,
     expires_at: DateTime<Utc>,
     status: ReservationStatus,
+    /// What its settlement charged.
+    settled: Money,
+    /// The instance holding it (a budget lease).
+    holder: Option<InstanceId>,
+    created_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -378,6 +385,76 @@ impl State {
         } else {
             None
         }
+    }
+
+    /// [`BudgetLedger::settle`], or with `total` [`BudgetLedger::settle_total`]: a settled
+    /// reservation is charged what `actual` adds to its settlement.
+    fn settle(
+        &mut self,
+        org: OrgId,
+        request_id: RequestId,
+        budgets: &[BudgetId],
+        actual: Money,
+        now: DateTime<Utc>,
+        total: bool,
+    ) -> Result<SettleOutcome, StoreError> {
+        let now = micros(now);
+        let key = (org, request_id);
+        let (items, unreserve, charge) = match self.reservations.get(&key) {
+            Some(r) if r.status == ReservationStatus::Settled => {
+                if !total || actual <= r.settled {
+                    return Ok(SettleOutcome::default());
+                }
+                (r.items.clone(), Money::ZERO, actual.saturating_sub(r.settled))
+            }
+            Some(r) => {
+                let unreserve = if r.status == ReservationStatus::Active {
+                    r.amount
+                } else {
+                    Money::ZERO
+                };
+                (r.items.clone(), unreserve, actual)
+            }
+            None => {
+                let ids: BTreeSet<BudgetId> = budgets.iter().copied().collect();
+                let mut items = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let budget = self.budget_in(org, id)?;
+                    items.push((id, self.window(budget, now)));
+                }
+                (items, Money::ZERO, actual)
+            }
+        };
+        let mut alerts = Vec::new();
+        for (budget_id, window) in &items {
+            if let Some(alert) = self.add_spend(*budget_id, *window, charge, unreserve) {
+                alerts.push(alert);
+            }
+        }
+        match self.reservations.get_mut(&key) {
+            Some(r) => {
+                r.status = ReservationStatus::Settled;
+                r.settled = actual;
+            }
+            None => {
+                self.reservations.insert(
+                    key,
+                    Reservation {
+                        amount: Money::ZERO,
+                        items,
+                        expires_at: now,
+                        status: ReservationStatus::Settled,
+                        settled: actual,
+                        holder: None,
+                        created_at: now,
+                    },
+                );
+            }
+        }
+        Ok(SettleOutcome {
+            applied: true,
+            alerts,
+        })
     }
 
     fn release_reservation(&mut self, key: (OrgId, RequestId)) -> bool {
@@ -1531,6 +1608,9 @@ impl BudgetLedger for MemoryStore {
                 items,
                 expires_at: micros(request.expires_at),
                 status: ReservationStatus::Active,
+                settled: Money::ZERO,
+                holder: request.holder,
+                created_at: micros(request.now),
             },
         );
         Ok(ReserveOutcome::Reserved(states))
@@ -1544,55 +1624,65 @@ impl BudgetLedger for MemoryStore {
         actual: Money,
         now: DateTime<Utc>,
     ) -> Result<SettleOutcome, StoreError> {
-        let now = micros(now);
-        let mut s = self.state.write().await;
-        let key = (org, request_id);
-        let (items, unreserve) = match s.reservations.get(&key) {
-            Some(r) if r.status == ReservationStatus::Settled => {
-                return Ok(SettleOutcome::default());
-            }
-            Some(r) => {
-                let unreserve = if r.status == ReservationStatus::Active {
-                    r.amount
-                } else {
-                    Money::ZERO
-                };
-                (r.items.clone(), unreserve)
-            }
-            None => {
-                let ids: BTreeSet<BudgetId> = budgets.iter().copied().collect();
-                let mut items = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let budget = s.budget_in(org, id)?;
-                    items.push((id, s.window(budget, now)));
-                }
-                (items, Money::ZERO)
-            }
-        };
-        let mut alerts = Vec::new();
-        for (budget_id, window) in &items {
-            if let Some(alert) = s.add_spend(*budget_id, *window, actual, unreserve) {
-                alerts.push(alert);
-            }
-        }
-        match s.reservations.get_mut(&key) {
-            Some(r) => r.status = ReservationStatus::Settled,
-            None => {
-                s.reservations.insert(
-                    key,
-                    Reservation {
-                        amount: Money::ZERO,
-                        items,
-                        expires_at: micros(now),
-                        status: ReservationStatus::Settled,
-                    },
-                );
-            }
-        }
-        Ok(SettleOutcome {
-            applied: true,
-            alerts,
-        })
+        self.state
+            .write()
+            .await
+            .settle(org, request_id, budgets, actual, now, false)
+    }
+
+    async fn settle_total(
+        &self,
+        org: OrgId,
+        request_id: RequestId,
+        budgets: &[BudgetId],
+        total: Money,
+        now: DateTime<Utc>,
+    ) -> Result<SettleOutcome, StoreError> {
+        self.state
+            .write()
+            .await
+            .settle(org, request_id, budgets, total, now, true)
+    }
+
+    async fn beat(&self, instance: InstanceId, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.state
+            .write()
+            .await
+            .instances
+            .insert(instance, micros(now));
+        Ok(())
+    }
+
+    async fn retire_instance(&self, instance: InstanceId) -> Result<(), StoreError> {
+        self.state.write().await.instances.remove(&instance);
+        Ok(())
+    }
+
+    async fn abandoned_leases(
+        &self,
+        dead_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HeldReservation>, StoreError> {
+        let s = self.state.read().await;
+        let mut found: Vec<HeldReservation> = s
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.status == ReservationStatus::Active)
+            .filter_map(|((org, id), r)| {
+                let holder = r.holder?;
+                let alive = s.instances.get(&holder).is_some_and(|at| *at >= dead_before);
+                (!alive).then(|| HeldReservation {
+                    org: *org,
+                    request_id: *id,
+                    budgets: r.items.iter().map(|(b, _)| *b).collect(),
+                    holder,
+                    created_at: r.created_at,
+                })
+            })
+            .collect();
+        found.sort_by_key(|h| (h.created_at, h.request_id));
+        found.truncate(limit as usize);
+        Ok(found)
     }
 
     async fn release(&self, org: OrgId, request_id: RequestId) -> Result<(), StoreError> {
@@ -1700,6 +1790,21 @@ impl UsageStore for MemoryStore {
             }
         }
         Ok(aggregator.finish())
+    }
+
+    async fn charged_under_lease(
+        &self,
+        org: OrgId,
+        lease: RequestId,
+    ) -> Result<(Money, u64), StoreError> {
+        let s = self.state.read().await;
+        let under = s
+            .usage
+            .get(&org)
+            .into_iter()
+            .flat_map(|records| records.values())
+            .filter(|r| r.lease_id == Some(lease));
+        Ok(under.fold((Money::ZERO, 0), |(sum, n), r| (sum + r.charged(), n + 1)))
     }
 
     async fn totals_by_org(

@@ -16,8 +16,10 @@ use stratai_core::budget::{
     Budget, BudgetOutcome, BudgetScope, BudgetState, PeriodWindow, evaluate_budgets,
     implied_budget, implied_budget_id,
 };
-use stratai_core::ports::{BudgetLedger, ReserveOutcome, ReserveRequest, SettleOutcome};
-use stratai_core::{BudgetId, Money, OrgId, RequestId, StoreError};
+use stratai_core::ports::{
+    BudgetLedger, HeldReservation, ReserveOutcome, ReserveRequest, SettleOutcome,
+};
+use stratai_core::{BudgetId, InstanceId, Money, OrgId, RequestId, StoreError};
 use uuid::Uuid;
 
 use super::audit::commit_change;
@@ -190,14 +192,14 @@ async fn insert_items(
     Ok(())
 }
 
-/// The reservation row of a request, locked: `(amount, status)`.
+/// The reservation row of a request, locked: `(amount, status, settled amount)`.
 async fn lock_reservation(
     conn: &mut PgConnection,
     org: OrgId,
     request: RequestId,
-) -> Result<Option<(Money, String)>, StoreError> {
+) -> Result<Option<(Money, String, Money)>, StoreError> {
     let row = sqlx::query(
-        "SELECT amount, status FROM budget_reservations
+        "SELECT amount, status, coalesce(settled_amount, 0) AS settled FROM budget_reservations
          WHERE organization_id = $1 AND request_id = $2 FOR UPDATE",
     )
     .bind(org.as_uuid())
@@ -205,8 +207,14 @@ async fn lock_reservation(
     .fetch_optional(conn)
     .await
     .map_err(db)?;
-    row.map(|row| Ok((money(&row, "amount")?, get(&row, "status")?)))
-        .transpose()
+    row.map(|row| {
+        Ok((
+            money(&row, "amount")?,
+            get(&row, "status")?,
+            money(&row, "settled")?,
+        ))
+    })
+    .transpose()
 }
 
 /// The organization's timezone for budget periods (UTC when unset).
@@ -297,14 +305,16 @@ impl PgStore {
         // The reservation row first: a concurrent reservation of the same request waits here
         // and then sees this one.
         let inserted = sqlx::query(
-            "INSERT INTO budget_reservations (organization_id, request_id, amount, status, expires_at)
-             VALUES ($1, $2, $3, 'active', $4)
+            "INSERT INTO budget_reservations
+                 (organization_id, request_id, amount, status, expires_at, holder)
+             VALUES ($1, $2, $3, 'active', $4, $5)
              ON CONFLICT (organization_id, request_id) DO NOTHING",
         )
         .bind(org.as_uuid())
         .bind(request.request_id.as_uuid())
         .bind(request.amount.amount())
         .bind(micros(request.expires_at))
+        .bind(request.holder.map(|h| h.as_uuid()))
         .execute(&mut *tx)
         .await
         .map_err(db)?;
@@ -387,6 +397,9 @@ impl PgStore {
         ))
     }
 
+    /// One attempt of [`BudgetLedger::settle`], or with `total` of
+    /// [`BudgetLedger::settle_total`] (a settled reservation is charged what `actual` adds
+    /// to its settlement); `None` when a concurrent first write of the request won.
     async fn try_settle(
         &self,
         org: OrgId,
@@ -394,15 +407,36 @@ impl PgStore {
         budgets: &[BudgetId],
         actual: Money,
         now: DateTime<Utc>,
+        total: bool,
     ) -> Result<Option<SettleOutcome>, StoreError> {
         let mut tx = self.tenant(org).await?;
+        let mut charge = actual;
         let (items, unreserve, record_items) =
             match lock_reservation(&mut tx, org, request_id).await? {
-                Some((_, status)) if status == "settled" => {
-                    tx.commit().await.map_err(db)?;
-                    return Ok(Some(SettleOutcome::default()));
+                Some((_, status, settled)) if status == "settled" => {
+                    if !total || actual <= settled {
+                        tx.commit().await.map_err(db)?;
+                        return Ok(Some(SettleOutcome::default()));
+                    }
+                    // Records the first settlement did not see: charged after the fact.
+                    charge = actual.saturating_sub(settled);
+                    sqlx::query(
+                        "UPDATE budget_reservations SET settled_amount = $3
+                         WHERE organization_id = $1 AND request_id = $2",
+                    )
+                    .bind(org.as_uuid())
+                    .bind(request_id.as_uuid())
+                    .bind(actual.amount())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                    (
+                        reservation_items(&mut tx, org, request_id).await?,
+                        Money::ZERO,
+                        false,
+                    )
                 }
-                Some((amount, status)) => {
+                Some((amount, status, _)) => {
                     sqlx::query(
                         "UPDATE budget_reservations SET status = 'settled', settled_amount = $3
                      WHERE organization_id = $1 AND request_id = $2",
@@ -478,7 +512,7 @@ impl PgStore {
             .await
             .map_err(db)?;
             let period = period_row(&row)?;
-            let spent = period.spent + actual;
+            let spent = period.spent + charge;
             let reserved = period.reserved.saturating_sub(unreserve);
             let due = shared::alert_due(budget, spent, period.alert_sent);
             sqlx::query(
@@ -508,6 +542,32 @@ impl PgStore {
             applied: true,
             alerts,
         }))
+    }
+}
+
+impl PgStore {
+    /// [`PgStore::try_settle`] until no concurrent first write of the request interferes
+    /// (at most a few rounds: only such a write restarts it).
+    async fn settle_rounds(
+        &self,
+        org: OrgId,
+        request_id: RequestId,
+        budgets: &[BudgetId],
+        actual: Money,
+        now: DateTime<Utc>,
+        total: bool,
+    ) -> Result<SettleOutcome, StoreError> {
+        for _ in 0..5 {
+            if let Some(outcome) = self
+                .try_settle(org, request_id, budgets, actual, now, total)
+                .await?
+            {
+                return Ok(outcome);
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "request `{request_id}` is being settled concurrently"
+        )))
     }
 }
 
@@ -702,23 +762,70 @@ impl BudgetLedger for PgStore {
         actual: Money,
         now: DateTime<Utc>,
     ) -> Result<SettleOutcome, StoreError> {
-        // At most a few rounds: only a concurrent first write for the same request restarts.
-        for _ in 0..5 {
-            if let Some(outcome) = self
-                .try_settle(org, request_id, budgets, actual, now)
-                .await?
-            {
-                return Ok(outcome);
-            }
-        }
-        Err(StoreError::Conflict(format!(
-            "request `{request_id}` is being settled concurrently"
-        )))
+        self.settle_rounds(org, request_id, budgets, actual, now, false)
+            .await
+    }
+
+    async fn settle_total(
+        &self,
+        org: OrgId,
+        request_id: RequestId,
+        budgets: &[BudgetId],
+        total: Money,
+        now: DateTime<Utc>,
+    ) -> Result<SettleOutcome, StoreError> {
+        self.settle_rounds(org, request_id, budgets, total, now, true)
+            .await
+    }
+
+    async fn beat(&self, instance: InstanceId, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("SELECT stratai_instance_beat($1, $2)")
+            .bind(instance.as_uuid())
+            .bind(micros(now))
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn retire_instance(&self, instance: InstanceId) -> Result<(), StoreError> {
+        sqlx::query("SELECT stratai_instance_retire($1)")
+            .bind(instance.as_uuid())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn abandoned_leases(
+        &self,
+        dead_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HeldReservation>, StoreError> {
+        let found = sqlx::query("SELECT * FROM stratai_abandoned_leases($1, $2)")
+            .bind(dead_before)
+            .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        found
+            .iter()
+            .map(|row| {
+                let budgets: Vec<Uuid> = get(row, "o_budgets")?;
+                Ok(HeldReservation {
+                    org: get::<Uuid>(row, "o_org")?.into(),
+                    request_id: get::<Uuid>(row, "o_request")?.into(),
+                    budgets: budgets.into_iter().map(BudgetId::from_uuid).collect(),
+                    holder: get::<Uuid>(row, "o_holder")?.into(),
+                    created_at: get(row, "o_created")?,
+                })
+            })
+            .collect()
     }
 
     async fn release(&self, org: OrgId, request_id: RequestId) -> Result<(), StoreError> {
         let mut tx = self.tenant(org).await?;
-        let Some((amount, status)) = lock_reservation(&mut tx, org, request_id).await? else {
+        let Some((amount, status, _)) = lock_reservation(&mut tx, org, request_id).await? else {
             return tx.commit().await.map_err(db);
         };
         if status != "active" {

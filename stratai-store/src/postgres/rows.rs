@@ -370,7 +370,7 @@ macro_rules! usage_columns {
     () => {
         "request_id, organization_id, group_id, user_id, tier_id, \
      model, input_tokens, output_tokens, provider_cost, billed_amount, overage, \
-     litellm_request_id, conversation_id, endpoint, status, created_at"
+     litellm_request_id, conversation_id, endpoint, status, created_at, lease_id"
     };
 }
 
@@ -391,6 +391,7 @@ pub(super) fn usage(row: &PgRow) -> Result<UsageRecord, StoreError> {
         provider_cost: money(row, "provider_cost")?,
         billed_amount: money(row, "billed_amount")?,
         overage: money(row, "overage")?,
+        lease_id: get::<Option<Uuid>>(row, "lease_id")?.map(Into::into),
         litellm_request_id: get(row, "litellm_request_id")?,
         conversation_id: get::<Option<Uuid>>(row, "conversation_id")?.map(Into::into),
         endpoint: get(row, "endpoint")?,

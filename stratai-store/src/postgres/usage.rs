@@ -110,6 +110,7 @@ async fn insert_chunk(
     let mut endpoints = Vec::with_capacity(n);
     let mut statuses = Vec::with_capacity(n);
     let mut created = Vec::with_capacity(n);
+    let mut leases = Vec::with_capacity(n);
     for r in records {
         request_ids.push(r.request_id.as_uuid());
         group_ids.push(r.group_id.map(|g| g.as_uuid()));
@@ -126,6 +127,7 @@ async fn insert_chunk(
         endpoints.push(r.endpoint.as_str());
         statuses.push(enum_text(&r.status)?);
         created.push(micros(r.created_at));
+        leases.push(r.lease_id.map(|l| l.as_uuid()));
     }
     let refs = References::of(records);
     // `refs` is evaluated once; the insert runs only when every reference was found.
@@ -138,10 +140,12 @@ async fn insert_chunk(
          ), inserted AS (
              INSERT INTO usage_records (organization_id, request_id, group_id, user_id, tier_id,
                  model, input_tokens, output_tokens, provider_cost, billed_amount,
-                 litellm_request_id, conversation_id, endpoint, status, created_at, overage)
+                 litellm_request_id, conversation_id, endpoint, status, created_at, overage,
+                 lease_id)
              SELECT $1, u.* FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[],
                  $6::text[], $7::int8[], $8::int8[], $9::numeric[], $10::numeric[], $11::text[],
-                 $12::uuid[], $13::text[], $14::text[], $15::timestamptz[], $19::numeric[]) AS u
+                 $12::uuid[], $13::text[], $14::text[], $15::timestamptz[], $19::numeric[],
+                 $20::uuid[]) AS u
              WHERE (SELECT org
                         AND cardinality(users) = cardinality($16::uuid[])
                         AND cardinality(groups) = cardinality($17::uuid[])
@@ -173,6 +177,7 @@ async fn insert_chunk(
     .bind(&refs.groups)
     .bind(&refs.tiers)
     .bind(&overage)
+    .bind(&leases)
     .fetch_one(conn)
     .await
     .map_err(db)?;
@@ -323,6 +328,28 @@ impl UsageStore for PgStore {
         Ok(AppendOutcome {
             inserted,
             duplicates: total - inserted,
+        })
+    }
+
+    async fn charged_under_lease(
+        &self,
+        org: OrgId,
+        lease: RequestId,
+    ) -> Result<(Money, u64), StoreError> {
+        let mut tx = self.tenant(org).await?;
+        let found = sqlx::query(concat!(
+            "SELECT ",
+            usage_columns!(),
+            " FROM usage_records WHERE organization_id = $1 AND lease_id = $2"
+        ))
+        .bind(org.as_uuid())
+        .bind(lease.as_uuid())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        found.iter().try_fold((Money::ZERO, 0), |(sum, n), row| {
+            Ok((sum + rows::usage(row)?.charged(), n + 1))
         })
     }
 

@@ -16,8 +16,12 @@ use stratai_core::budget::{
     implied_budget, implied_budget_id,
 };
 use stratai_core::directory::OrgSettings;
-use stratai_core::ports::{BudgetLedger, ReserveOutcome, ReserveRequest, SettleOutcome};
-use stratai_core::{BudgetId, GroupId, Money, OrgId, RequestId, StoreError, TierId, UserId};
+use stratai_core::ports::{
+    BudgetLedger, HeldReservation, ReserveOutcome, ReserveRequest, SettleOutcome,
+};
+use stratai_core::{
+    BudgetId, GroupId, InstanceId, Money, OrgId, RequestId, StoreError, TierId, UserId,
+};
 use uuid::Uuid;
 
 use super::audit::commit_change;
@@ -191,14 +195,14 @@ async fn release_in(
     Ok(())
 }
 
-/// `(status, amount)` of a request's reservation.
+/// `(status, amount, settled amount)` of a request's reservation.
 async fn reservation(
     conn: &mut SqliteConnection,
     org: OrgId,
     request: RequestId,
-) -> Result<Option<(String, Money)>, StoreError> {
+) -> Result<Option<(String, Money, Money)>, StoreError> {
     let row = sqlx::query(
-        "SELECT status, amount FROM budget_reservations
+        "SELECT status, amount, settled_amount FROM budget_reservations
          WHERE organization_id = ? AND request_id = ?",
     )
     .bind(org.as_uuid())
@@ -206,8 +210,11 @@ async fn reservation(
     .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
-    row.map(|row| Ok((row.text("status")?, row.money("amount")?)))
-        .transpose()
+    row.map(|row| {
+        let settled = row.opt_money("settled_amount")?.unwrap_or(Money::ZERO);
+        Ok((row.text("status")?, row.money("amount")?, settled))
+    })
+    .transpose()
 }
 
 async fn check_scope(
@@ -266,6 +273,113 @@ pub(super) async fn put_implied_budget(
     .await
     .map_err(db)?;
     Ok(())
+}
+
+impl SqliteStore {
+    /// [`BudgetLedger::settle`], or with `total` [`BudgetLedger::settle_total`]: a settled
+    /// reservation is charged what `actual` adds to its settlement.
+    async fn settle_in(
+        &self,
+        org: OrgId,
+        request_id: RequestId,
+        budgets: &[BudgetId],
+        actual: Money,
+        now: DateTime<Utc>,
+        total: bool,
+    ) -> Result<SettleOutcome, StoreError> {
+        let mut tx = self.write().await?;
+        let (items, unreserve, charge) = match reservation(&mut tx, org, request_id).await? {
+            Some((status, _, settled)) if status == "settled" => {
+                if !total || actual <= settled {
+                    return Ok(SettleOutcome::default());
+                }
+                (
+                    reservation_items(&mut tx, org, request_id).await?,
+                    Money::ZERO,
+                    actual.saturating_sub(settled),
+                )
+            }
+            Some((status, amount, _)) => {
+                let unreserve = if status == "active" {
+                    amount
+                } else {
+                    Money::ZERO
+                };
+                (
+                    reservation_items(&mut tx, org, request_id).await?,
+                    unreserve,
+                    actual,
+                )
+            }
+            None => {
+                // The request happened without a reservation: record the spend in the period
+                // current now, and a settled marker so settling again changes nothing.
+                let tz = org_tz(&mut tx, org).await?;
+                let ids: BTreeSet<BudgetId> = budgets.iter().copied().collect();
+                let mut items = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let budget = load_budget(&mut tx, org, id).await?;
+                    let window = budget.period.window(now, tz);
+                    items.push((budget, window));
+                }
+                sqlx::query(
+                    "INSERT INTO budget_reservations (organization_id, request_id, amount, status,
+                         expires_at, created_at)
+                     VALUES (?, ?, '0', 'settled', ?, ?)",
+                )
+                .bind(org.as_uuid())
+                .bind(request_id.as_uuid())
+                .bind(ts(micros(now)))
+                .bind(ts(micros(now)))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                for (budget, window) in &items {
+                    sqlx::query(
+                        "INSERT INTO budget_reservation_items (organization_id, request_id,
+                             budget_id, period_start, period_end)
+                         VALUES (?, ?, ?, ?, ?)",
+                    )
+                    .bind(org.as_uuid())
+                    .bind(request_id.as_uuid())
+                    .bind(budget.id.as_uuid())
+                    .bind(ts(window.start))
+                    .bind(ts(window.end))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                }
+                (items, Money::ZERO, actual)
+            }
+        };
+        let mut alerts = Vec::new();
+        for (budget, window) in &items {
+            let mut state = load_state(&mut tx, budget, *window).await?;
+            state.reserved = state.reserved.saturating_sub(unreserve);
+            state.spent = state.spent + charge;
+            if shared::alert_due(budget, state.spent, state.alert_sent) {
+                state.alert_sent = true;
+                alerts.push(shared::alert(budget, window.start, state.spent));
+            }
+            save_state(&mut tx, &state).await?;
+        }
+        sqlx::query(
+            "UPDATE budget_reservations SET status = 'settled', settled_amount = ?
+             WHERE organization_id = ? AND request_id = ?",
+        )
+        .bind(money(actual))
+        .bind(org.as_uuid())
+        .bind(request_id.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(SettleOutcome {
+            applied: true,
+            alerts,
+        })
+    }
+
 }
 
 #[async_trait]
@@ -404,14 +518,15 @@ impl BudgetLedger for SqliteStore {
         }
         sqlx::query(
             "INSERT INTO budget_reservations (organization_id, request_id, amount, status,
-                 expires_at, created_at)
-             VALUES (?, ?, ?, 'active', ?, ?)",
+                 expires_at, created_at, holder)
+             VALUES (?, ?, ?, 'active', ?, ?, ?)",
         )
         .bind(org.as_uuid())
         .bind(request.request_id.as_uuid())
         .bind(money(request.amount))
         .bind(ts(micros(request.expires_at)))
         .bind(ts(micros(request.now)))
+        .bind(request.holder.map(|h| h.as_uuid()))
         .execute(&mut *tx)
         .await
         .map_err(db)?;
@@ -444,92 +559,95 @@ impl BudgetLedger for SqliteStore {
         actual: Money,
         now: DateTime<Utc>,
     ) -> Result<SettleOutcome, StoreError> {
-        let mut tx = self.write().await?;
-        let (items, unreserve) = match reservation(&mut tx, org, request_id).await? {
-            Some((status, _)) if status == "settled" => return Ok(SettleOutcome::default()),
-            Some((status, amount)) => {
-                let unreserve = if status == "active" {
-                    amount
-                } else {
-                    Money::ZERO
-                };
-                (
-                    reservation_items(&mut tx, org, request_id).await?,
-                    unreserve,
-                )
-            }
-            None => {
-                // The request happened without a reservation: record the spend in the period
-                // current now, and a settled marker so settling again changes nothing.
-                let tz = org_tz(&mut tx, org).await?;
-                let ids: BTreeSet<BudgetId> = budgets.iter().copied().collect();
-                let mut items = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let budget = load_budget(&mut tx, org, id).await?;
-                    let window = budget.period.window(now, tz);
-                    items.push((budget, window));
-                }
-                sqlx::query(
-                    "INSERT INTO budget_reservations (organization_id, request_id, amount, status,
-                         expires_at, created_at)
-                     VALUES (?, ?, '0', 'settled', ?, ?)",
-                )
-                .bind(org.as_uuid())
-                .bind(request_id.as_uuid())
-                .bind(ts(micros(now)))
-                .bind(ts(micros(now)))
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-                for (budget, window) in &items {
-                    sqlx::query(
-                        "INSERT INTO budget_reservation_items (organization_id, request_id,
-                             budget_id, period_start, period_end)
-                         VALUES (?, ?, ?, ?, ?)",
-                    )
-                    .bind(org.as_uuid())
-                    .bind(request_id.as_uuid())
-                    .bind(budget.id.as_uuid())
-                    .bind(ts(window.start))
-                    .bind(ts(window.end))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                }
-                (items, Money::ZERO)
-            }
-        };
-        let mut alerts = Vec::new();
-        for (budget, window) in &items {
-            let mut state = load_state(&mut tx, budget, *window).await?;
-            state.reserved = state.reserved.saturating_sub(unreserve);
-            state.spent = state.spent + actual;
-            if shared::alert_due(budget, state.spent, state.alert_sent) {
-                state.alert_sent = true;
-                alerts.push(shared::alert(budget, window.start, state.spent));
-            }
-            save_state(&mut tx, &state).await?;
-        }
+        self.settle_in(org, request_id, budgets, actual, now, false)
+            .await
+    }
+
+    async fn settle_total(
+        &self,
+        org: OrgId,
+        request_id: RequestId,
+        budgets: &[BudgetId],
+        total: Money,
+        now: DateTime<Utc>,
+    ) -> Result<SettleOutcome, StoreError> {
+        self.settle_in(org, request_id, budgets, total, now, true)
+            .await
+    }
+
+    async fn beat(&self, instance: InstanceId, now: DateTime<Utc>) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE budget_reservations SET status = 'settled', settled_amount = ?
-             WHERE organization_id = ? AND request_id = ?",
+            "INSERT INTO runtime_instances (id, beat_at) VALUES (?, ?)
+             ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at",
         )
-        .bind(money(actual))
-        .bind(org.as_uuid())
-        .bind(request_id.as_uuid())
-        .execute(&mut *tx)
+        .bind(instance.as_uuid())
+        .bind(ts(micros(now)))
+        .execute(&self.pool)
         .await
         .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(SettleOutcome {
-            applied: true,
-            alerts,
-        })
+        Ok(())
+    }
+
+    async fn retire_instance(&self, instance: InstanceId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM runtime_instances WHERE id = ?")
+            .bind(instance.as_uuid())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn abandoned_leases(
+        &self,
+        dead_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HeldReservation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.organization_id, r.request_id, r.holder, r.created_at,
+                 group_concat(hex(i.budget_id)) AS budgets
+             FROM budget_reservations r
+             LEFT JOIN runtime_instances h ON h.id = r.holder
+             LEFT JOIN budget_reservation_items i
+               ON i.organization_id = r.organization_id AND i.request_id = r.request_id
+             WHERE r.status = 'active' AND r.holder IS NOT NULL
+               AND (h.id IS NULL OR h.beat_at < ?)
+             GROUP BY r.organization_id, r.request_id
+             ORDER BY r.created_at, r.request_id
+             LIMIT ?",
+        )
+        .bind(ts(micros(dead_before)))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let mut budgets = row
+                    .opt_text("budgets")?
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|hex| !hex.is_empty())
+                    .map(|hex| {
+                        Uuid::try_parse(hex)
+                            .map(BudgetId::from_uuid)
+                            .map_err(|err| corrupt("budget_id", format!("`{hex}`: {err}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                budgets.sort_unstable();
+                Ok(HeldReservation {
+                    org: OrgId::from_uuid(row.uuid("organization_id")?),
+                    request_id: RequestId::from_uuid(row.uuid("request_id")?),
+                    budgets,
+                    holder: InstanceId::from_uuid(row.uuid("holder")?),
+                    created_at: row.at("created_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn release(&self, org: OrgId, request_id: RequestId) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
-        if let Some((status, amount)) = reservation(&mut tx, org, request_id).await?
+        if let Some((status, amount, _)) = reservation(&mut tx, org, request_id).await?
             && status == "active"
         {
             release_in(&mut tx, org, request_id, amount).await?;

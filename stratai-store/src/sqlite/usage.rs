@@ -12,7 +12,7 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use stratai_core::ports::{AppendOutcome, UsageStore};
 use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord, UsageTotals};
 use stratai_core::{
-    ConversationId, GroupId, ModelId, OrgId, RequestId, StoreError, TierId, UserId,
+    ConversationId, GroupId, ModelId, Money, OrgId, RequestId, StoreError, TierId, UserId,
 };
 use uuid::Uuid;
 
@@ -20,7 +20,7 @@ use super::{Col, SqliteStore, money, require_group, require_org, tenant, ts};
 use crate::error::{corrupt, db};
 use crate::shared::{self, Cursor, enum_text, micros};
 
-/// Rows per multi-row insert: 16 columns each stays far below SQLite's 32766 bound variables.
+/// Rows per multi-row insert: 17 columns each stays far below SQLite's 32766 bound variables.
 const INSERT_CHUNK: usize = 1_000;
 
 fn usage_from_row(row: &SqliteRow) -> Result<UsageRecord, StoreError> {
@@ -39,6 +39,7 @@ fn usage_from_row(row: &SqliteRow) -> Result<UsageRecord, StoreError> {
         provider_cost: row.money("provider_cost")?,
         billed_amount: row.money("billed_amount")?,
         overage: row.money("overage")?,
+        lease_id: row.opt_uuid("lease_id")?.map(RequestId::from_uuid),
         litellm_request_id: row.opt_text("litellm_request_id")?,
         conversation_id: row
             .opt_uuid("conversation_id")?
@@ -60,7 +61,8 @@ fn select(
     let mut qb = QueryBuilder::new(
         "SELECT request_id, organization_id, group_id, user_id, tier_id, model, input_tokens, \
          output_tokens, provider_cost, billed_amount, overage, litellm_request_id, \
-         conversation_id, endpoint, status, created_at FROM usage_records WHERE organization_id = ",
+         conversation_id, endpoint, status, created_at, lease_id FROM usage_records \
+         WHERE organization_id = ",
     );
     qb.push_bind(org.as_uuid());
     if let Some(from) = query.from {
@@ -146,7 +148,7 @@ impl UsageStore for SqliteStore {
                 "INSERT OR IGNORE INTO usage_records (request_id, organization_id, group_id, \
                  user_id, tier_id, model, input_tokens, output_tokens, provider_cost, \
                  billed_amount, overage, litellm_request_id, conversation_id, endpoint, \
-                 status, created_at) ",
+                 status, created_at, lease_id) ",
             );
             qb.push_values(rows, |mut b, (r, status)| {
                 b.push_bind(r.request_id.as_uuid())
@@ -164,7 +166,8 @@ impl UsageStore for SqliteStore {
                     .push_bind(r.conversation_id.map(|c| c.as_uuid()))
                     .push_bind(r.endpoint.clone())
                     .push_bind(status)
-                    .push_bind(ts(micros(r.created_at)));
+                    .push_bind(ts(micros(r.created_at)))
+                    .push_bind(r.lease_id.map(|l| l.as_uuid()));
             });
             let done = qb.build().execute(&mut *tx).await.map_err(db)?;
             inserted += done.rows_affected();
@@ -173,6 +176,24 @@ impl UsageStore for SqliteStore {
         Ok(AppendOutcome {
             inserted,
             duplicates: records.len() as u64 - inserted,
+        })
+    }
+
+    async fn charged_under_lease(
+        &self,
+        org: OrgId,
+        lease: RequestId,
+    ) -> Result<(Money, u64), StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM usage_records WHERE organization_id = ? AND lease_id = ?",
+        )
+        .bind(org.as_uuid())
+        .bind(lease.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().try_fold((Money::ZERO, 0), |(sum, n), row| {
+            Ok((sum + usage_from_row(row)?.charged(), n + 1))
         })
     }
 

@@ -235,6 +235,7 @@ pub fn record(org: OrgId, user: UserId, created_at: DateTime<Utc>, billed: &str)
         endpoint: "chat".to_owned(),
         status: UsageStatus::Success,
         created_at,
+        lease_id: None,
     }
 }
 

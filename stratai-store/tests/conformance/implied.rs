@@ -21,6 +21,7 @@ async fn spend<S: Store>(store: &S, org: OrgId, budget: stratai_core::BudgetId, 
         amount: money(amount),
         now: now(),
         expires_at: now() + Duration::minutes(10),
+        holder: None,
     };
     let outcome = store.reserve(org, &request).await.unwrap();
     assert!(
@@ -57,6 +58,7 @@ pub async fn member_monthly_budget_is_a_ledger_budget<S: Store>(store: S) {
         amount: money("2"),
         now: now(),
         expires_at: now() + Duration::minutes(10),
+        holder: None,
     };
     assert!(matches!(
         store.reserve(o.id, &over).await.unwrap(),

@@ -18,6 +18,7 @@ fn request(budgets: &[BudgetId], amount: &str, at: DateTime<Utc>) -> ReserveRequ
         amount: money(amount),
         now: at,
         expires_at: at + Duration::minutes(10),
+        holder: None,
     }
 }
 
@@ -598,6 +599,7 @@ pub async fn concurrent_reservations_never_overspend<S: Store>(store: S) {
                 amount: worst,
                 now: now(),
                 expires_at: now() + Duration::hours(1),
+                holder: None,
             };
             match store.reserve(o.id, &req).await.unwrap() {
                 ReserveOutcome::Reserved(_) => {

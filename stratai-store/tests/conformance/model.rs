@@ -140,6 +140,7 @@ where
                         amount: cents(*c),
                         now: at,
                         expires_at: at + Duration::minutes(*ttl_minutes),
+                        holder: None,
                     };
                     let got = store.reserve(o.id, &req).await.unwrap();
                     let want = model.reserve(o.id, &req).unwrap();
