@@ -1,0 +1,319 @@
+//! Budget leases of a dead instance (issue 21, point 2): another instance on the same stores
+//! settles them from the usage records written under them once the holder's heartbeat is
+//! older than `dead_after`; the dead instance's usage log, replayed at its next start, then
+//! charges what only the log held, so the ledger ends equal to the records. A live holder's
+//! leases are never touched, and two instances settling at once charge each lease once.
+//! On the in-memory store and on SQLite.
+#![cfg(feature = "runtime")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use rust_decimal_macros::dec;
+use stratai_core::Money;
+use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
+use stratai_core::directory::{
+    BillingPlan, Email, Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
+};
+use stratai_core::gateway::{ChatMessage, ChatRequest};
+use stratai_core::ids::{BudgetId, OrgId, UserId};
+use stratai_core::tiers::{default_tiers, subscriptions_for};
+use stratai_core::usage::{UsageQuery, UsageRecord};
+use stratai_guardrails::runtime::liveness::Liveness;
+use stratai_guardrails::runtime::{
+    Runtime, RuntimeHandle, RuntimeSettings, RuntimeStores, UsageBatching, lease_config,
+};
+use stratai_store::Stores;
+use stratai_testkit::Scratch;
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Memory,
+    Sqlite,
+}
+
+struct World {
+    stores: Stores,
+    org: OrgId,
+    user: UserId,
+    budget: BudgetId,
+    scratch: Scratch,
+}
+
+async fn world(backend: Backend) -> World {
+    let scratch = Scratch::new();
+    let stores = match backend {
+        Backend::Memory => Stores::memory(),
+        Backend::Sqlite => {
+            let url = format!("sqlite://{}?mode=rwc", scratch.join("ledger.db").display());
+            Stores::open(&url, None).await.unwrap()
+        }
+    };
+    let now = Utc::now();
+    let tiers = default_tiers();
+    for tier in &tiers {
+        stores.tiers.upsert_tier(tier).await.unwrap();
+    }
+    let slugs: Vec<_> = tiers.iter().map(|t| t.slug.clone()).collect();
+    let settings = OrgSettings::new(slugs.clone(), slugs[0].clone()).unwrap();
+    let org = Organization::new(
+        "Acme",
+        Slug::new("acme").unwrap(),
+        settings,
+        BillingPlan::Business,
+        now,
+    )
+    .unwrap();
+    stores.directory.create_org(&org).await.unwrap();
+    let ids: Vec<_> = tiers.iter().map(|t| t.id).collect();
+    for s in subscriptions_for(org.id, &ids, now) {
+        stores.tiers.put_subscription(org.id, &s).await.unwrap();
+    }
+    let user = User::new(
+        Email::new("alice@acme.example").unwrap(),
+        Some("Alice"),
+        PlatformRole::User,
+        now,
+    )
+    .unwrap();
+    stores.directory.create_user(&user).await.unwrap();
+    stores
+        .directory
+        .add_member(
+            org.id,
+            &Membership::new(org.id, user.id, OrgRole::Member, now),
+        )
+        .await
+        .unwrap();
+    let budget = Budget::new(
+        org.id,
+        BudgetScope::User(user.id),
+        Money::parse("1").unwrap(),
+        BudgetPeriod::Daily,
+        true,
+        dec!(0.8),
+        now,
+    )
+    .unwrap();
+    stores.budgets.create_budget(org.id, &budget).await.unwrap();
+    World {
+        stores,
+        org: org.id,
+        user: user.id,
+        budget: budget.id,
+        scratch,
+    }
+}
+
+fn ask() -> ChatRequest {
+    ChatRequest {
+        model: "gpt-4o-mini".into(),
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: "Say hello".into(),
+        }],
+        max_tokens: Some(50),
+        temperature: None,
+        stream: false,
+        user: None,
+    }
+}
+
+/// A runtime on `w`'s stores with budget leases that stay open (they age out after ten
+/// minutes), usage records batched with a linger no test waits for (they reach the store
+/// when something reads usage through the runtime, or at shutdown), its usage log at
+/// `log`, and the given `dead_after`.
+async fn instance(w: &World, log: &str, dead_after: Duration) -> (Runtime, RuntimeHandle) {
+    let settings = RuntimeSettings {
+        liveness: Some(Liveness {
+            dead_after,
+            ..Liveness::default()
+        }),
+        ..RuntimeSettings::default()
+    };
+    Runtime::builder(RuntimeStores {
+        directory: w.stores.directory.clone(),
+        tiers: w.stores.tiers.clone(),
+        budgets: w.stores.budgets.clone(),
+        usage: w.stores.usage.clone(),
+        rules: w.stores.guardrails.clone(),
+    })
+    .settings(settings)
+    .cache(Duration::from_secs(60))
+    .budget_leases(lease_config(Duration::from_secs(600), 4))
+    .usage_batching(UsageBatching {
+        capacity: 65_536,
+        linger: Duration::from_secs(600),
+    })
+    .spool(w.scratch.join(log))
+    .build()
+    .await
+    .unwrap()
+}
+
+async fn chat(runtime: &Runtime, w: &World, n: usize) {
+    for _ in 0..n {
+        let answer = runtime.chat(w.user, Some("acme"), ask()).await.unwrap();
+        assert!(answer.billed.amount > Money::ZERO);
+    }
+}
+
+/// Writes the records `runtime` queued to the store (a read through it drains its queue).
+async fn flush_records(runtime: &Runtime, w: &World) {
+    runtime
+        .deps()
+        .usage
+        .query(w.org, &UsageQuery::default(), 1)
+        .await
+        .unwrap();
+}
+
+async fn ledger(w: &World) -> (Money, Money) {
+    let s = w
+        .stores
+        .budgets
+        .states(w.org, &[w.budget], Utc::now())
+        .await
+        .unwrap();
+    (s[0].spent, s[0].reserved)
+}
+
+async fn records(w: &World) -> Vec<UsageRecord> {
+    w.stores
+        .usage
+        .query(w.org, &UsageQuery::default(), 10_000)
+        .await
+        .unwrap()
+}
+
+fn charged(records: &[UsageRecord]) -> Money {
+    records
+        .iter()
+        .fold(Money::ZERO, |sum, r| sum + r.charged())
+}
+
+/// Ten minutes: no heartbeat written during a test is that old.
+const ALIVE: Duration = Duration::from_secs(600);
+
+async fn a_dead_holders_leases_are_settled_by_another_instance_then_its_log_tops_up(
+    backend: Backend,
+) {
+    let w = world(backend).await;
+    let (a, a_handle) = instance(&w, "a.jsonl", ALIVE).await;
+    chat(&a, &w, 4).await;
+    flush_records(&a, &w).await;
+    // Two more answered requests whose records are only in A's log when it dies.
+    chat(&a, &w, 2).await;
+    a_handle.abort();
+    drop(a);
+    let in_store = records(&w).await;
+    assert_eq!(in_store.len(), 4, "{backend:?}");
+    assert!(
+        in_store.iter().all(|r| r.lease_id.is_some()),
+        "every leased request's record names its lease"
+    );
+    let (_, reserved) = ledger(&w).await;
+    assert!(reserved > Money::ZERO, "A died holding leases");
+
+    // B, for which any heartbeat older than now is dead, settles A's leases from the records
+    // in the store.
+    let (_b, b_handle) = instance(&w, "b.jsonl", Duration::ZERO).await;
+    let report = b_handle.settle_abandoned_leases().await.unwrap();
+    assert!(report.settled >= 1, "{report:?}");
+    assert_eq!(ledger(&w).await, (charged(&in_store), Money::ZERO));
+    // Nothing is left to settle.
+    let again = b_handle.settle_abandoned_leases().await.unwrap();
+    assert_eq!((again.settled, again.released), (0, 0), "{again:?}");
+
+    // A restarts over its log: the two records it alone held reach the store once, and what
+    // B's settlement could not count is charged after the fact.
+    let (_a2, a2_handle) = instance(&w, "a.jsonl", ALIVE).await;
+    let all = records(&w).await;
+    assert_eq!(all.len(), 6, "{backend:?}");
+    let ids: HashSet<_> = all.iter().map(|r| r.request_id).collect();
+    assert_eq!(ids.len(), 6, "no duplicates");
+    assert_eq!(ledger(&w).await, (charged(&all), Money::ZERO));
+    a2_handle.shutdown(Duration::from_secs(5)).await;
+    b_handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(ledger(&w).await, (charged(&all), Money::ZERO));
+}
+
+#[tokio::test]
+async fn memory_a_dead_holders_leases_are_settled_by_another_instance_then_its_log_tops_up() {
+    a_dead_holders_leases_are_settled_by_another_instance_then_its_log_tops_up(Backend::Memory)
+        .await;
+}
+
+#[tokio::test]
+async fn sqlite_a_dead_holders_leases_are_settled_by_another_instance_then_its_log_tops_up() {
+    a_dead_holders_leases_are_settled_by_another_instance_then_its_log_tops_up(Backend::Sqlite)
+        .await;
+}
+
+async fn a_live_holders_leases_are_never_touched(backend: Backend) {
+    let w = world(backend).await;
+    let (a, a_handle) = instance(&w, "a.jsonl", ALIVE).await;
+    chat(&a, &w, 3).await;
+    let before = ledger(&w).await;
+    assert!(before.1 > Money::ZERO, "A holds open leases");
+    // B deems dead only heartbeats older than ten minutes: A's is fresh.
+    let (_b, b_handle) = instance(&w, "b.jsonl", ALIVE).await;
+    let report = b_handle.settle_abandoned_leases().await.unwrap();
+    assert_eq!((report.settled, report.released), (0, 0), "{report:?}");
+    assert_eq!(ledger(&w).await, before);
+    // A settles its own leases at shutdown, exactly.
+    a_handle.shutdown(Duration::from_secs(5)).await;
+    let all = records(&w).await;
+    assert_eq!(all.len(), 3);
+    assert_eq!(ledger(&w).await, (charged(&all), Money::ZERO));
+    // Its heartbeat is gone with it, and it left nothing to settle.
+    let after = b_handle.settle_abandoned_leases().await.unwrap();
+    assert_eq!((after.settled, after.released), (0, 0), "{after:?}");
+    b_handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn memory_a_live_holders_leases_are_never_touched() {
+    a_live_holders_leases_are_never_touched(Backend::Memory).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_live_holders_leases_are_never_touched() {
+    a_live_holders_leases_are_never_touched(Backend::Sqlite).await;
+}
+
+async fn two_instances_settling_at_once_charge_each_lease_once(backend: Backend) {
+    let w = world(backend).await;
+    let (a, a_handle) = instance(&w, "a.jsonl", ALIVE).await;
+    chat(&a, &w, 5).await;
+    flush_records(&a, &w).await;
+    a_handle.abort();
+    drop(a);
+    let in_store = records(&w).await;
+    assert_eq!(in_store.len(), 5);
+    let (_b, b_handle) = instance(&w, "b.jsonl", Duration::ZERO).await;
+    let (_c, c_handle) = instance(&w, "c.jsonl", Duration::ZERO).await;
+    let (b, c) = tokio::join!(
+        b_handle.settle_abandoned_leases(),
+        c_handle.settle_abandoned_leases()
+    );
+    let (b, c) = (b.unwrap(), c.unwrap());
+    assert!(b.settled + c.settled >= 1, "{b:?} {c:?}");
+    assert_eq!(ledger(&w).await, (charged(&in_store), Money::ZERO));
+    // Settling again, by either, changes nothing.
+    b_handle.settle_abandoned_leases().await.unwrap();
+    c_handle.settle_abandoned_leases().await.unwrap();
+    assert_eq!(ledger(&w).await, (charged(&in_store), Money::ZERO));
+}
+
+#[tokio::test]
+async fn memory_two_instances_settling_at_once_charge_each_lease_once() {
+    two_instances_settling_at_once_charge_each_lease_once(Backend::Memory).await;
+}
+
+#[tokio::test]
+async fn sqlite_two_instances_settling_at_once_charge_each_lease_once() {
+    two_instances_settling_at_once_charge_each_lease_once(Backend::Sqlite).await;
+}
