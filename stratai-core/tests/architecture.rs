@@ -378,6 +378,10 @@ const PLATFORM_METHODS: &[&str] = &[
     "list_tiers",
     "get_tier",
     "reclaim_expired",
+    // Instance liveness: heartbeats and the leases of dead instances span organizations.
+    "beat",
+    "retire_instance",
+    "abandoned_leases",
     "put_platform_rule",
     "delete_platform_rule",
     "list_platform_rules",

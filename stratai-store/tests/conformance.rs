@@ -32,6 +32,7 @@ mod conformance {
     pub mod implied;
     pub mod invoices;
     pub mod key_vault;
+    pub mod leases;
     pub mod ledger;
     pub mod model;
     pub mod outbox;
@@ -164,6 +165,9 @@ conformance! {
     ledger::alerts_fire_once_per_period,
     ledger::ledger_reclaim_expired,
     ledger::concurrent_reservations_never_overspend,
+    leases::settle_total_charges_what_an_earlier_settlement_missed,
+    leases::abandoned_leases_follow_heartbeats,
+    leases::usage_records_carry_their_lease,
     usage::usage_append_idempotent,
     usage::usage_overage_round_trips,
     usage::usage_append_all_or_nothing,

@@ -283,6 +283,7 @@ async fn catalog_every_tenant_table_has_forced_rls_and_the_app_role_is_unprivile
             "_sqlx_migrations",
             "model_tiers",
             "organizations",
+            "runtime_instances",
             "tier_models",
             "user_profiles",
             "users"
