@@ -194,6 +194,10 @@ pub struct FileConfig {
     pub usage_batch: Option<bool>,
     /// `STRATAI_USAGE_BATCH_LINGER_MS`
     pub usage_batch_linger_ms: Option<u64>,
+    /// `STRATAI_HEARTBEAT_MS`
+    pub heartbeat_ms: Option<u64>,
+    /// `STRATAI_DEAD_AFTER_MS`
+    pub dead_after_ms: Option<u64>,
     /// `STRATAI_USAGE_SPOOL`
     pub usage_spool: Option<PathBuf>,
     /// `STRATAI_REDIS_URL` (else `REDIS_URL`)

@@ -24,6 +24,7 @@ use stratai_litellm::config::{
     secs,
 };
 use url::Url;
+use stratai_guardrails::runtime::liveness::{self, Liveness};
 
 /// Default database: a SQLite file, so the server runs with nothing installed.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://./.stratai/stratai.db?mode=rwc";
@@ -194,6 +195,10 @@ pub struct GatewayConfig {
     pub usage_batch: bool,
     /// `STRATAI_USAGE_BATCH_LINGER_MS`: how long a batch collects after its first record.
     pub usage_batch_linger: Duration,
+    /// `STRATAI_HEARTBEAT_MS` (default 2000; 0: off) and `STRATAI_DEAD_AFTER_MS` (default
+    /// 15000, more than the heartbeat): this instance's heartbeat in the database, and how
+    /// old another instance's is when its budget leases are settled from their records.
+    pub liveness: Option<Liveness>,
     /// `STRATAI_REDIS_URL` (else `REDIS_URL`): rate limits shared through this Redis.
     pub redis_url: Option<Secret>,
 }
@@ -511,6 +516,20 @@ impl Config {
         );
         put(
             "Gateway",
+            "STRATAI_HEARTBEAT_MS",
+            g.liveness.map_or_else(
+                || "off (leases of a dead instance expire)".to_owned(),
+                |l| {
+                    format!(
+                        "{} (dead after {})",
+                        secs(l.heartbeat),
+                        secs(l.dead_after)
+                    )
+                },
+            ),
+        );
+        put(
+            "Gateway",
             "STRATAI_REDIS_URL",
             g.redis_url.as_ref().map_or_else(
                 || "not set (rate limits per instance)".to_owned(),
@@ -684,6 +703,28 @@ fn gateway_config(env: &impl Env, file: &FileConfig) -> Result<GatewayConfig, Co
     if block == 0 {
         return Err(invalid("STRATAI_BUDGET_LEASE_BLOCK", "must be positive"));
     }
+    let heartbeat = millis(
+        env,
+        "STRATAI_HEARTBEAT_MS",
+        file.heartbeat_ms,
+        liveness::DEFAULT_HEARTBEAT,
+    )?;
+    let dead_after = millis(
+        env,
+        "STRATAI_DEAD_AFTER_MS",
+        file.dead_after_ms,
+        liveness::DEFAULT_DEAD_AFTER,
+    )?;
+    if !heartbeat.is_zero() && dead_after <= heartbeat {
+        return Err(invalid(
+            "STRATAI_DEAD_AFTER_MS",
+            "must be more than `STRATAI_HEARTBEAT_MS` (a live instance would be taken for dead)",
+        ));
+    }
+    let liveness = (!heartbeat.is_zero()).then_some(Liveness {
+        heartbeat,
+        dead_after,
+    });
     let redis_url = env
         .get("STRATAI_REDIS_URL")
         .or_else(|| env.get("REDIS_URL"))
@@ -723,6 +764,7 @@ fn gateway_config(env: &impl Env, file: &FileConfig) -> Result<GatewayConfig, Co
             file.usage_batch_linger_ms,
             crate::gateway::batch::DEFAULT_LINGER,
         )?,
+        liveness,
         redis_url,
     })
 }
@@ -1417,6 +1459,8 @@ mod tests {
             ("STRATAI_BUDGET_LEASE_BLOCK", "8"),
             ("STRATAI_USAGE_BATCH", "on"),
             ("STRATAI_USAGE_BATCH_LINGER_MS", "9"),
+            ("STRATAI_HEARTBEAT_MS", "500"),
+            ("STRATAI_DEAD_AFTER_MS", "4000"),
             ("STRATAI_USAGE_SPOOL", "/var/lib/stratai/usage.spool"),
             ("STRATAI_REDIS_URL", "redis://127.0.0.1:6379"),
             (
@@ -1444,6 +1488,8 @@ mod tests {
             budget_lease_block = 8
             usage_batch = true
             usage_batch_linger_ms = 9
+            heartbeat_ms = 500
+            dead_after_ms = 4000
             usage_spool = "/var/lib/stratai/usage.spool"
             redis_url = "redis://127.0.0.1:6379"
             alert_webhook_url = "https://hooks.acme.test/budget"
@@ -1482,6 +1528,13 @@ mod tests {
             );
             assert!(g.usage_batch);
             assert_eq!(g.usage_batch_linger, Duration::from_millis(9));
+            assert_eq!(
+                g.liveness,
+                Some(Liveness {
+                    heartbeat: Duration::from_millis(500),
+                    dead_after: Duration::from_secs(4),
+                })
+            );
             assert_eq!(g.usage_spool, PathBuf::from("/var/lib/stratai/usage.spool"));
             assert_eq!(
                 g.redis_url.as_ref().map(Secret::expose),
@@ -1510,6 +1563,9 @@ mod tests {
             })
         );
         assert!(d.gateway.usage_batch);
+        assert_eq!(d.gateway.liveness, Some(Liveness::default()));
+        let off = Config::load(&env(&[("STRATAI_HEARTBEAT_MS", "0")])).unwrap();
+        assert_eq!(off.gateway.liveness, None);
         // Strict stays a setting.
         let strict = Config::load(&env(&[
             ("STRATAI_BUDGET_LEASE_MS", "0"),
@@ -1550,6 +1606,9 @@ mod tests {
             ("STRATAI_BUDGET_LEASE_BLOCK", "many"),
             ("STRATAI_USAGE_BATCH", "maybe"),
             ("STRATAI_USAGE_BATCH_LINGER_MS", "-1"),
+            ("STRATAI_HEARTBEAT_MS", "2s"),
+            // not more than the default heartbeat
+            ("STRATAI_DEAD_AFTER_MS", "2000"),
             ("STRATAI_DEMO_CHUNK_DELAY_MS", "0.5"),
             ("STRATAI_ALERT_WEBHOOK_URL", "ftp://hooks.acme.test"),
             ("STRATAI_ALERT_WEBHOOK_URL", "not a url"),

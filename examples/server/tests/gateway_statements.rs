@@ -113,6 +113,9 @@ async fn steady_callers_make_no_statement_without_a_budget(kind: Kind) {
             ("STRATAI_GATEWAY_CACHE_MS", "60000"),
             ("STRATAI_AUTH_CACHE_MS", "60000"),
             ("STRATAI_USAGE_BATCH_LINGER_MS", "60000"),
+            // The heartbeat (written at start, then hourly) is no request's work.
+            ("STRATAI_HEARTBEAT_MS", "3600000"),
+            ("STRATAI_DEAD_AFTER_MS", "7200000"),
         ],
         Duration::from_secs(3600),
     )

@@ -17,12 +17,13 @@ use stratai_core::directory::{
     Slug, User, UserProfile,
 };
 use stratai_core::ports::{
-    AuditStore, BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, ReserveOutcome,
+    AuditStore, BudgetLedger, DirectoryStore, GuardrailStore, HeldReservation, InvoiceStore,
+    ReserveOutcome,
     ReserveRequest, RuleRecord, SettleOutcome, TierStore, UserQuery,
 };
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::{
-    BudgetId, GroupId, InvitationId, InvoiceId, Money, OrgId, ProfileId, RequestId, RuleId,
+    BudgetId, GroupId, InstanceId, InvitationId, InvoiceId, Money, OrgId, ProfileId, RequestId, RuleId,
     StoreError, TierId, UserId,
 };
 
@@ -703,6 +704,32 @@ impl BudgetLedger for Audited<dyn BudgetLedger> {
     }
     async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         self.inner.reclaim_expired(now).await
+    }
+    // So are the settlement of a dead instance's leases and the heartbeats.
+    async fn settle_total(
+        &self,
+        org: OrgId,
+        request_id: RequestId,
+        budgets: &[BudgetId],
+        total: Money,
+        now: DateTime<Utc>,
+    ) -> Result<SettleOutcome, StoreError> {
+        self.inner
+            .settle_total(org, request_id, budgets, total, now)
+            .await
+    }
+    async fn beat(&self, instance: InstanceId, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.inner.beat(instance, now).await
+    }
+    async fn retire_instance(&self, instance: InstanceId) -> Result<(), StoreError> {
+        self.inner.retire_instance(instance).await
+    }
+    async fn abandoned_leases(
+        &self,
+        dead_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HeldReservation>, StoreError> {
+        self.inner.abandoned_leases(dead_before, limit).await
     }
 }
 

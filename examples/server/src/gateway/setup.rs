@@ -37,6 +37,7 @@ use stratai_guardrails::runtime::demo::{DemoConfig, DemoProvider};
 use stratai_guardrails::runtime::{
     Runtime, RuntimeHandle, RuntimeSettings, RuntimeStores, UsageBatching, lease_config,
 };
+use stratai_guardrails::runtime::liveness::Liveness;
 use stratai_guardrails::{GatekeeperConfig, LeaseConfig};
 use stratai_litellm::gateway::LiteLlmGateway;
 use stratai_litellm::spend::{SpendImporter, SpendSettings};
@@ -78,6 +79,9 @@ pub struct GatewayOptions {
     pub usage_batch_linger: Duration,
     /// Redis for rate limits shared across instances (`None`: per-instance limits).
     pub redis_url: Option<String>,
+    /// The heartbeat, and when another instance's budget leases are settled from their
+    /// records (`None`: no heartbeat; see `stratai_guardrails::runtime::liveness`).
+    pub liveness: Option<Liveness>,
 }
 
 impl std::fmt::Debug for GatewayOptions {
@@ -116,6 +120,7 @@ impl GatewayOptions {
             usage_batch: g.usage_batch.then_some(UsageBatching::default().capacity),
             usage_batch_linger: g.usage_batch_linger,
             redis_url: g.redis_url.as_ref().map(|u| u.expose().to_owned()),
+            liveness: g.liveness,
         }
     }
 }
@@ -312,6 +317,7 @@ pub async fn build_state(
         spool: Some(options.spool_path),
         spool_replay: options.spool_replay,
         guardrail_reload: Some(options.guardrail_reload),
+        liveness: options.liveness,
         gatekeeper: GatekeeperConfig {
             prices: config.prices.clone(),
             ..GatekeeperConfig::default()

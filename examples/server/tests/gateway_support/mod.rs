@@ -358,6 +358,13 @@ impl UsageStore for FaultyUsage {
     ) -> Result<Vec<(OrgId, stratai_core::usage::UsageTotals)>, StoreError> {
         self.inner.totals_by_org(from, to).await
     }
+    async fn charged_under_lease(
+        &self,
+        org: OrgId,
+        lease: RequestId,
+    ) -> Result<(Money, u64), StoreError> {
+        self.inner.charged_under_lease(org, lease).await
+    }
     fn stream(
         &self,
         org: OrgId,
