@@ -3,9 +3,14 @@
 //! usage, cached views: nothing pinned), each with its own usage log. 200 concurrent clients
 //! make 2,000 chats (streamed and not) spread over the three, against tight hard budgets at
 //! user, group and organization scope and a rate limit shared through Redis; one instance is
-//! `kill -9`ed mid-run and restarted over the same database and its own usage log. Once the
-//! leases and batches have settled (polled):
-//! - no budget's ledger spent exceeds its limit, and nothing is left reserved;
+//! `kill -9`ed mid-run and stays down while the two others settle the budget leases it held
+//! (its heartbeat stops; polled until no lease of a dead instance is left), then is restarted
+//! over the same database and its own usage log. Once the leases and batches have settled
+//! (polled):
+//! - no budget's ledger spent exceeds its limit but by what the killed instance's records
+//!   charged after the fact (records only in its log when it died reach the ledger when it
+//!   is back, after the others settled its leases without them: overage by design), and
+//!   nothing is left reserved;
 //! - every complete 2xx answer has exactly one usage record, no request id is recorded twice,
 //!   and a record without a complete answer is one of the requests the kill cut off;
 //! - for every budget, the ledger's spent equals the sum of what its records charged
@@ -53,6 +58,10 @@ const RATE_LIMIT: u32 = 60;
 /// One chat's charge (`max_tokens` 30 of gpt-4o-mini on the demo provider, as the records
 /// show): the budgets are multiples of it.
 const CHAT: &str = "0.00005";
+/// The instances' heartbeat and when an instance counts as dead (short, so the dead phase is
+/// short; well above the heartbeat, so a busy live instance is not taken for dead).
+const HEARTBEAT_MS: &str = "300";
+const DEAD_AFTER_MS: &str = "6000";
 /// The whole test's bound.
 const TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -195,6 +204,8 @@ async fn run(backing: Arc<Backing>, redis: String) {
         .collect();
     let env = [
         ("STRATAI_REDIS_URL", redis.as_str()),
+        ("STRATAI_HEARTBEAT_MS", HEARTBEAT_MS),
+        ("STRATAI_DEAD_AFTER_MS", DEAD_AFTER_MS),
         // Three debug builds on two cores wait for pool connections: not this test's figures.
         ("RUST_LOG", "warn,sqlx=error"),
     ];
@@ -246,8 +257,40 @@ async fn run(backing: Arc<Backing>, redis: String) {
     }
     live.write().unwrap()[0].1 = None;
     servers[0].kill_nine();
+    let killed = Instant::now();
+    let killed_utc = Utc::now();
     let killed_at = load_began.elapsed();
     let done_at_kill = done.load(Ordering::Relaxed);
+    // The dead phase: instance 0 stays down while the others go on serving; its heartbeat
+    // is the only one older than the kill once theirs were written again, so the leases of
+    // dead instances by that cutoff are its leases. The others settle them after
+    // `dead_after` (polled).
+    let stores = backing.open().await;
+    let stores_ref = &stores;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held_by_dead = stores
+        .budgets
+        .abandoned_leases(killed_utc, 10_000)
+        .await
+        .unwrap()
+        .len();
+    let taken_over = eventually(Duration::from_secs(40), || async move {
+        stores_ref
+            .budgets
+            .abandoned_leases(killed_utc, 10_000)
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    let dead_for = killed.elapsed();
+    assert!(
+        taken_over,
+        "the leases of the killed instance were not settled by the others within 40 s"
+    );
+    // What the store has before the killed instance's log is replayed: records of its
+    // requests that appear later were only in its log, and are charged after the fact.
+    let before_restart: HashSet<RequestId> = records_of(&stores, t.org).await.0.into_keys().collect();
     servers[0] = start_process(&backing, &logs[0], &env).await;
     let restarted = Arc::new(tokens(&http, &servers[0].base, &t.emails).await);
     *live.write().unwrap().get_mut(0).unwrap() = (servers[0].base.clone(), Some(restarted));
@@ -310,10 +353,9 @@ async fn run(backing: Arc<Backing>, redis: String) {
     // After recovery: poll until every budget's reservations are settled, its spent equals
     // its records, and every instance's usage log has nothing waiting (leases close after
     // their age, standby leases after `keep_warm`).
-    let stores = backing.open().await;
     let ids: Vec<BudgetId> = budgets.iter().map(|b| b.id).collect();
     let settle_began = Instant::now();
-    let (org, stores_ref, ids_ref, logs_ref, budgets_ref) = (t.org, &stores, &ids, &logs, &budgets);
+    let (org, ids_ref, logs_ref, budgets_ref) = (t.org, &ids, &logs, &budgets);
     let settled = eventually(Duration::from_secs(60), || async move {
         let records = records_of(stores_ref, org).await;
         let states = stores_ref
@@ -361,6 +403,21 @@ async fn run(backing: Arc<Backing>, redis: String) {
     let interval_us = 60_000_000u128.div_ceil(u128::from(RATE_LIMIT));
     let rate_allows =
         RATE_LIMIT as usize + usize::try_from(b_span.as_micros() / interval_us).unwrap() + 1;
+    // Records of instance 0's requests made before the kill that reached the store only
+    // when its log was replayed: charged after the others had settled its leases.
+    let before_kill: HashSet<RequestId> = chats
+        .iter()
+        .filter(|c| c.instance == 0 && c.sent < killed)
+        .filter_map(|c| match &c.outcome {
+            Outcome::Answered(rid) | Outcome::CutOff(Some(rid)) => Some(*rid),
+            _ => None,
+        })
+        .collect();
+    let late: HashMap<RequestId, UsageRecord> = records
+        .iter()
+        .filter(|(rid, _)| before_kill.contains(*rid) && !before_restart.contains(*rid))
+        .map(|(rid, r)| (*rid, r.clone()))
+        .collect();
     let mut lines = Vec::new();
     let mut over = Vec::new();
     let mut mismatched = Vec::new();
@@ -376,9 +433,10 @@ async fn run(backing: Arc<Backing>, redis: String) {
             s.budget.limit.amount(),
             s.reserved.amount()
         ));
-        if s.spent > s.budget.limit {
+        let late_charged = charged_to(&late, b.scope);
+        if s.spent > s.budget.limit + late_charged {
             over.push(format!(
-                "{}: spent {} > limit {}",
+                "{}: spent {} > limit {} + charged after the fact {late_charged}",
                 b.name, s.spent, s.budget.limit
             ));
         }
@@ -395,9 +453,13 @@ async fn run(backing: Arc<Backing>, redis: String) {
     println!(
         "three instances on PostgreSQL + Redis, default mode: {} chats from {CLIENTS} clients \
          over {INSTANCES} instances in {load_took:?} (instances ready after {ready:?}); \
-         instance 0 killed at {killed_at:?} after {done_at_kill} chats, serving again at \
-         {back_at:?} (after {done_at_restart} chats)",
+         instance 0 killed at {killed_at:?} after {done_at_kill} chats, its {held_by_dead} \
+         leases settled by the others within {dead_for:?} (dead after {DEAD_AFTER_MS} ms), \
+         serving again at {back_at:?} (after {done_at_restart} chats); {} records ({}) charged \
+         after the fact at its restart",
         chats.len(),
+        late.len(),
+        charged_to(&late, Charged::Org),
     );
     println!(
         "  2xx complete {}, cut off by the kill {cut_off} ({} with a request id), 429 rate limit \

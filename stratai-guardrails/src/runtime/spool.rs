@@ -22,7 +22,10 @@
 //! an *orphan* of the previous process: it is settled in the shared ledger with the sum of
 //! what the records logged under it charged (`billed_amount - overage`), or released when no
 //! record was logged under it (requests in flight at the crash: nothing reserved, nothing
-//! spent, no record). So after recovery every budget's spent equals the sum of its records
+//! spent, no record). The settlement is [`BudgetLedger::settle_total`]: when another
+//! instance already settled a lease of this log (its holder's heartbeat stopped, see
+//! [`super::liveness`]) from the records the store had, what only this log held is charged
+//! after the fact. So after recovery every budget's spent equals the sum of its records
 //! and nothing is left reserved. The same writer keeps doing this while the process runs
 //! ([`super::batch::LoggedUsage`]): batched records, records the store refused, and orphans
 //! whose settlement failed are retried until the store has them.
