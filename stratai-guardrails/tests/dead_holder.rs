@@ -189,9 +189,7 @@ async fn records(w: &World) -> Vec<UsageRecord> {
 }
 
 fn charged(records: &[UsageRecord]) -> Money {
-    records
-        .iter()
-        .fold(Money::ZERO, |sum, r| sum + r.charged())
+    records.iter().fold(Money::ZERO, |sum, r| sum + r.charged())
 }
 
 /// Ten minutes: no heartbeat written during a test is that old.

@@ -15,7 +15,7 @@ use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope, BudgetState};
 use stratai_core::directory::{BillingPlan, OrgSettings, Organization, Slug};
 use stratai_core::ids::{BudgetId, InstanceId, OrgId, RequestId, TierSlug};
 use stratai_core::ports::{
-    BudgetLedger, HeldReservation, DirectoryStore, ReserveOutcome, ReserveRequest, SettleOutcome,
+    BudgetLedger, DirectoryStore, HeldReservation, ReserveOutcome, ReserveRequest, SettleOutcome,
 };
 use stratai_core::{Money, StoreError};
 use stratai_guardrails::{LeaseConfig, LeasedLedger};

@@ -15,6 +15,7 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use stratai_core::ids::ModelId;
 use stratai_core::pricing::{PriceTable, ProviderPrice};
+use stratai_guardrails::runtime::liveness::{self, Liveness};
 pub use stratai_litellm::Secret;
 pub use stratai_litellm::config::{
     ConfigError, Env, FileConfig, FileLiteLlm, FileMail, FileOidc, FileProviderPrice, ProcessEnv,
@@ -24,7 +25,6 @@ use stratai_litellm::config::{
     secs,
 };
 use url::Url;
-use stratai_guardrails::runtime::liveness::{self, Liveness};
 
 /// Default database: a SQLite file, so the server runs with nothing installed.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://./.stratai/stratai.db?mode=rwc";
@@ -519,13 +519,7 @@ impl Config {
             "STRATAI_HEARTBEAT_MS",
             g.liveness.map_or_else(
                 || "off (leases of a dead instance expire)".to_owned(),
-                |l| {
-                    format!(
-                        "{} (dead after {})",
-                        secs(l.heartbeat),
-                        secs(l.dead_after)
-                    )
-                },
+                |l| format!("{} (dead after {})", secs(l.heartbeat), secs(l.dead_after)),
             ),
         );
         put(

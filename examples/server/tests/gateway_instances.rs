@@ -290,7 +290,8 @@ async fn run(backing: Arc<Backing>, redis: String) {
     );
     // What the store has before the killed instance's log is replayed: records of its
     // requests that appear later were only in its log, and are charged after the fact.
-    let before_restart: HashSet<RequestId> = records_of(&stores, t.org).await.0.into_keys().collect();
+    let before_restart: HashSet<RequestId> =
+        records_of(&stores, t.org).await.0.into_keys().collect();
     servers[0] = start_process(&backing, &logs[0], &env).await;
     let restarted = Arc::new(tokens(&http, &servers[0].base, &t.emails).await);
     *live.write().unwrap().get_mut(0).unwrap() = (servers[0].base.clone(), Some(restarted));

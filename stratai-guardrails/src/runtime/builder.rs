@@ -434,7 +434,9 @@ impl RuntimeHandle {
     /// Settles now the budget leases of instances whose heartbeat is older than `dead_after`
     /// (what the upkeep task does every few heartbeats; see [`liveness::settle_abandoned`]),
     /// firing the alerts it raises. Nothing without a heartbeat ([`RuntimeSettings::liveness`]).
-    pub async fn settle_abandoned_leases(&self) -> Result<AbandonedReport, stratai_core::StoreError> {
+    pub async fn settle_abandoned_leases(
+        &self,
+    ) -> Result<AbandonedReport, stratai_core::StoreError> {
         let Some(u) = &self.upkeep else {
             return Ok(AbandonedReport::default());
         };

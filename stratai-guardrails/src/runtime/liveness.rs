@@ -83,8 +83,8 @@ pub async fn settle_abandoned(
     now: DateTime<Utc>,
     alerts: &mut Vec<BudgetAlert>,
 ) -> Result<AbandonedReport, StoreError> {
-    let dead_before = now
-        - chrono::Duration::from_std(dead_after).unwrap_or_else(|_| chrono::Duration::days(1));
+    let dead_before =
+        now - chrono::Duration::from_std(dead_after).unwrap_or_else(|_| chrono::Duration::days(1));
     let mut report = AbandonedReport::default();
     loop {
         let found = ledger.abandoned_leases(dead_before, PAGE).await?;
@@ -158,7 +158,7 @@ pub(super) fn spawn(
                 tracing::warn!(error = %e, "heartbeat not written; other instances may settle this one's budget leases");
             }
             beats = beats.wrapping_add(1);
-            if beats % RECOVER_EVERY != 0 {
+            if !beats.is_multiple_of(RECOVER_EVERY) {
                 continue;
             }
             let mut fired = Vec::new();

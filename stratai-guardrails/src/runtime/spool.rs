@@ -887,7 +887,12 @@ pub(crate) async fn settle_from_records(
 /// Warns about hard budgets whose spend passed their limit: records charged after the fact
 /// (their reservation was settled by another instance before they reached the store) are
 /// charged even past a hard limit, as overage.
-async fn warn_if_over(ledger: &dyn BudgetLedger, org: OrgId, budgets: &[BudgetId], now: DateTime<Utc>) {
+async fn warn_if_over(
+    ledger: &dyn BudgetLedger,
+    org: OrgId,
+    budgets: &[BudgetId],
+    now: DateTime<Utc>,
+) {
     let Ok(states) = ledger.states(org, budgets, now).await else {
         return;
     };

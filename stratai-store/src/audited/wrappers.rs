@@ -23,8 +23,8 @@ use stratai_core::ports::{
 };
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::{
-    BudgetId, GroupId, InstanceId, InvitationId, InvoiceId, Money, OrgId, ProfileId, RequestId, RuleId,
-    StoreError, TierId, UserId,
+    BudgetId, GroupId, InstanceId, InvitationId, InvoiceId, Money, OrgId, ProfileId, RequestId,
+    RuleId, StoreError, TierId, UserId,
 };
 
 use super::{PendingEntry, draft, recording, snapshot, with_pending};

@@ -20,15 +20,15 @@ use stratai_core::directory::{
     Organization, PlatformRole, Slug, User, UserProfile,
 };
 use stratai_core::ports::{
-    AppendOutcome, BudgetLedger, DirectoryStore, GuardrailStore, InvoiceStore, KeyVaultStore,
-    HeldReservation, OutboxEntity, OutboxEvent, OutboxStore, ReserveOutcome, ReserveRequest, RuleRecord, RuleScope,
-    SealedKey, SettleOutcome, TierStore, UsageStore, UserQuery,
+    AppendOutcome, BudgetLedger, DirectoryStore, GuardrailStore, HeldReservation, InvoiceStore,
+    KeyVaultStore, OutboxEntity, OutboxEvent, OutboxStore, ReserveOutcome, ReserveRequest,
+    RuleRecord, RuleScope, SealedKey, SettleOutcome, TierStore, UsageStore, UserQuery,
 };
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord, UsageTotals};
 use stratai_core::{
-    BudgetId, GroupId, InstanceId, InvitationId, InvoiceId, Money, OrgId, ProfileId, RequestId, RuleId,
-    StoreError, TierId, UserId,
+    BudgetId, GroupId, InstanceId, InvitationId, InvoiceId, Money, OrgId, ProfileId, RequestId,
+    RuleId, StoreError, TierId, UserId,
 };
 use tokio::sync::RwLock;
 
@@ -405,7 +405,11 @@ impl State {
                 if !total || actual <= r.settled {
                     return Ok(SettleOutcome::default());
                 }
-                (r.items.clone(), Money::ZERO, actual.saturating_sub(r.settled))
+                (
+                    r.items.clone(),
+                    Money::ZERO,
+                    actual.saturating_sub(r.settled),
+                )
             }
             Some(r) => {
                 let unreserve = if r.status == ReservationStatus::Active {
@@ -1670,7 +1674,10 @@ impl BudgetLedger for MemoryStore {
             .filter(|(_, r)| r.status == ReservationStatus::Active)
             .filter_map(|((org, id), r)| {
                 let holder = r.holder?;
-                let alive = s.instances.get(&holder).is_some_and(|at| *at >= dead_before);
+                let alive = s
+                    .instances
+                    .get(&holder)
+                    .is_some_and(|at| *at >= dead_before);
                 (!alive).then(|| HeldReservation {
                     org: *org,
                     request_id: *id,

@@ -379,7 +379,6 @@ impl SqliteStore {
             alerts,
         })
     }
-
 }
 
 #[async_trait]

@@ -184,14 +184,13 @@ impl UsageStore for SqliteStore {
         org: OrgId,
         lease: RequestId,
     ) -> Result<(Money, u64), StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM usage_records WHERE organization_id = ? AND lease_id = ?",
-        )
-        .bind(org.as_uuid())
-        .bind(lease.as_uuid())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        let rows =
+            sqlx::query("SELECT * FROM usage_records WHERE organization_id = ? AND lease_id = ?")
+                .bind(org.as_uuid())
+                .bind(lease.as_uuid())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
         rows.iter().try_fold((Money::ZERO, 0), |(sum, n), row| {
             Ok((sum + usage_from_row(row)?.charged(), n + 1))
         })

@@ -31,7 +31,10 @@ async fn totals<S: Store>(store: &S, org: OrgId, budget: BudgetId) -> (Money, Mo
 
 async fn reserve<S: Store>(store: &S, org: OrgId, request: &ReserveRequest) {
     let outcome = store.reserve(org, request).await.unwrap();
-    assert!(matches!(outcome, ReserveOutcome::Reserved(_)), "{outcome:?}");
+    assert!(
+        matches!(outcome, ReserveOutcome::Reserved(_)),
+        "{outcome:?}"
+    );
 }
 
 pub async fn settle_total_charges_what_an_earlier_settlement_missed<S: Store>(store: S) {

@@ -34,10 +34,10 @@ use std::time::Duration;
 use stratai_core::ports::LlmGateway;
 use stratai_guardrails::runtime::alerts::AlertSink;
 use stratai_guardrails::runtime::demo::{DemoConfig, DemoProvider};
+use stratai_guardrails::runtime::liveness::Liveness;
 use stratai_guardrails::runtime::{
     Runtime, RuntimeHandle, RuntimeSettings, RuntimeStores, UsageBatching, lease_config,
 };
-use stratai_guardrails::runtime::liveness::Liveness;
 use stratai_guardrails::{GatekeeperConfig, LeaseConfig};
 use stratai_litellm::gateway::LiteLlmGateway;
 use stratai_litellm::spend::{SpendImporter, SpendSettings};
