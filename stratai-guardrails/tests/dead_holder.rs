@@ -3,11 +3,13 @@
 //! older than `dead_after`; the dead instance's usage log, replayed at its next start, then
 //! charges what only the log held, so the ledger ends equal to the records. A live holder's
 //! leases are never touched, and two instances settling at once charge each lease once.
+//! Records charged after the fact past a hard limit are overage, alerted.
 //! On the in-memory store and on SQLite.
 #![cfg(feature = "runtime")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -21,9 +23,11 @@ use stratai_core::gateway::{ChatMessage, ChatRequest};
 use stratai_core::ids::{BudgetId, OrgId, UserId};
 use stratai_core::tiers::{default_tiers, subscriptions_for};
 use stratai_core::usage::{UsageQuery, UsageRecord};
+use stratai_guardrails::runtime::alerts::{Alert, AlertDelivery, AlertSink};
 use stratai_guardrails::runtime::liveness::Liveness;
 use stratai_guardrails::runtime::{
-    Runtime, RuntimeHandle, RuntimeSettings, RuntimeStores, UsageBatching, lease_config,
+    ChatError, Refusal, Runtime, RuntimeHandle, RuntimeSettings, RuntimeStores, UsageBatching,
+    lease_config,
 };
 use stratai_store::Stores;
 use stratai_testkit::Scratch;
@@ -43,6 +47,10 @@ struct World {
 }
 
 async fn world(backend: Backend) -> World {
+    world_with_limit(backend, "1").await
+}
+
+async fn world_with_limit(backend: Backend, limit: &str) -> World {
     let scratch = Scratch::new();
     let stores = match backend {
         Backend::Memory => Stores::memory(),
@@ -90,7 +98,7 @@ async fn world(backend: Backend) -> World {
     let budget = Budget::new(
         org.id,
         BudgetScope::User(user.id),
-        Money::parse("1").unwrap(),
+        Money::parse(limit).unwrap(),
         BudgetPeriod::Daily,
         true,
         dec!(0.8),
@@ -126,6 +134,15 @@ fn ask() -> ChatRequest {
 /// when something reads usage through the runtime, or at shutdown), its usage log at
 /// `log`, and the given `dead_after`.
 async fn instance(w: &World, log: &str, dead_after: Duration) -> (Runtime, RuntimeHandle) {
+    instance_alerting(w, log, dead_after, AlertSink::log()).await
+}
+
+async fn instance_alerting(
+    w: &World,
+    log: &str,
+    dead_after: Duration,
+    alerts: AlertSink,
+) -> (Runtime, RuntimeHandle) {
     let settings = RuntimeSettings {
         liveness: Some(Liveness {
             dead_after,
@@ -148,6 +165,7 @@ async fn instance(w: &World, log: &str, dead_after: Duration) -> (Runtime, Runti
         linger: Duration::from_secs(600),
     })
     .spool(w.scratch.join(log))
+    .alerts(alerts)
     .build()
     .await
     .unwrap()
@@ -314,4 +332,86 @@ async fn memory_two_instances_settling_at_once_charge_each_lease_once() {
 #[tokio::test]
 async fn sqlite_two_instances_settling_at_once_charge_each_lease_once() {
     two_instances_settling_at_once_charge_each_lease_once(Backend::Sqlite).await;
+}
+
+/// Requests of the instance that dies with their records only in its log.
+const LATE: usize = 6;
+
+/// Alerts delivered, in order.
+#[derive(Clone, Default)]
+struct Collect(Arc<Mutex<Vec<Alert>>>);
+
+impl AlertDelivery for Collect {
+    fn deliver(&self, alert: &Alert) {
+        self.0.lock().unwrap().push(alert.clone());
+    }
+}
+
+/// The records only A's log held are charged when A comes back, after B settled A's leases
+/// without them (releasing their room) and the budget was then spent to its hard limit: the
+/// budget ends past its limit by exactly those records (overage, alerted), and its spent
+/// equals its records.
+async fn records_charged_after_the_fact_past_a_hard_limit_are_overage(backend: Backend) {
+    let w = world_with_limit(backend, "0.0005").await;
+    // More records than the room a refusal leaves below the limit (less than one worst case).
+    let (a, a_handle) = instance(&w, "a.jsonl", ALIVE).await;
+    chat(&a, &w, LATE).await;
+    a_handle.abort();
+    drop(a);
+    assert!(
+        records(&w).await.is_empty(),
+        "A's records are only in its log"
+    );
+    let (b, b_handle) = instance(&w, "b.jsonl", Duration::ZERO).await;
+    let report = b_handle.settle_abandoned_leases().await.unwrap();
+    assert!(report.released >= 1, "{report:?}");
+    assert_eq!(ledger(&w).await, (Money::ZERO, Money::ZERO));
+    // B spends the budget until it refuses.
+    let mut served = 0;
+    loop {
+        match b.chat(w.user, Some("acme"), ask()).await {
+            Ok(_) => served += 1,
+            Err(ChatError::Refused(Refusal::Budget { .. })) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(served < 1_000, "the budget never ran out");
+    }
+    b_handle.shutdown(Duration::from_secs(5)).await;
+    let (spent, _) = ledger(&w).await;
+    assert!(spent <= Money::parse("0.0005").unwrap());
+    // A comes back: its records are charged, past the limit, and alerted.
+    let got = Collect::default();
+    let (_a2, a2_handle) =
+        instance_alerting(&w, "a.jsonl", ALIVE, AlertSink::new(Arc::new(got.clone()))).await;
+    let all = records(&w).await;
+    assert_eq!(all.len(), served + LATE);
+    let (spent, reserved) = ledger(&w).await;
+    assert_eq!((spent, reserved), (charged(&all), Money::ZERO));
+    assert!(spent > Money::parse("0.0005").unwrap(), "{spent}");
+    let late: Vec<_> = got
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|a| match a {
+            Alert::LateOverage(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(!late.is_empty(), "no late overage alert");
+    assert!(
+        late.iter()
+            .all(|p| p.budget_id == w.budget && p.spent == spent)
+    );
+    a2_handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn memory_records_charged_after_the_fact_past_a_hard_limit_are_overage() {
+    records_charged_after_the_fact_past_a_hard_limit_are_overage(Backend::Memory).await;
+}
+
+#[tokio::test]
+async fn sqlite_records_charged_after_the_fact_past_a_hard_limit_are_overage() {
+    records_charged_after_the_fact_past_a_hard_limit_are_overage(Backend::Sqlite).await;
 }

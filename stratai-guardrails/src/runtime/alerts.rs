@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use stratai_core::budget::{BudgetAlert, BudgetScope};
+use stratai_core::budget::{BudgetAlert, BudgetScope, BudgetState};
 use stratai_core::ids::{BudgetId, OrgId, RequestId, UserId};
 use stratai_core::money::Money;
 use stratai_core::usage::UsageRecord;
@@ -101,6 +101,8 @@ pub enum Alert {
     Overage(OveragePayload),
     /// A member's LiteLLM key was used outside StratAI's gateway.
     Outside(OutsidePayload),
+    /// Records charged after the fact took a hard budget past its limit.
+    LateOverage(LateOveragePayload),
 }
 
 impl Alert {
@@ -111,6 +113,7 @@ impl Alert {
             Self::Budget(p) => &p.message,
             Self::Overage(p) => &p.message,
             Self::Outside(p) => &p.message,
+            Self::LateOverage(p) => &p.message,
         }
     }
 }
@@ -150,6 +153,14 @@ impl AlertDelivery for LogAlerts {
                 request_id = %p.request_id,
                 billed = %p.billed_amount,
                 "usage alert: {}",
+                p.message
+            ),
+            Alert::LateOverage(p) => tracing::warn!(
+                budget = %p.budget_id,
+                org = %p.org_id,
+                spent = %p.spent,
+                limit = %p.limit,
+                "budget alert: {}",
                 p.message
             ),
         }
@@ -208,6 +219,7 @@ async fn post_alert(client: reqwest::Client, url: url::Url, alert: Alert) {
         Alert::Budget(p) => p.budget_id.to_string(),
         Alert::Overage(p) => p.request_id.to_string(),
         Alert::Outside(p) => p.request_id.to_string(),
+        Alert::LateOverage(p) => p.budget_id.to_string(),
     };
     tracing::error!(alert = %label, "alert webhook gave up after 3 attempts");
 }
@@ -303,6 +315,32 @@ impl AlertSink {
         true
     }
 
+    /// Emits the late overage alert of a hard budget whose spend passed its limit because
+    /// records were charged after the fact: an instance died with records only in its local
+    /// usage log, another instance settled its budget leases without them (releasing the
+    /// rest, which others then spent), and the log, replayed at the instance's next start,
+    /// charged them (see [`super::liveness`]). Every one is delivered (it is rare, and each
+    /// says how far past the limit the budget is now).
+    pub fn late_overage(&self, state: &BudgetState) {
+        let payload = LateOveragePayload {
+            event: "budget.late_overage",
+            budget_id: state.budget.id,
+            org_id: state.budget.org_id,
+            scope: state.budget.scope,
+            period_start: state.period_start,
+            spent: state.spent,
+            limit: state.budget.limit,
+            message: format!(
+                "{} budget passed its hard limit by records charged after the fact (they were only in a dead instance's usage log): spent {} of {}",
+                super::metrics::scope_label(&state.budget.scope),
+                state.spent,
+                state.budget.limit
+            ),
+        };
+        super::metrics::record_late_overage();
+        self.delivery.deliver(&Alert::LateOverage(payload));
+    }
+
     /// Emits the "spend outside StratAI" alert of a usage record imported from LiteLLM: a
     /// member's virtual key was used directly against the proxy (a script, a notebook, a
     /// leaked key). The caller fires it once, when the record is first written.
@@ -346,6 +384,28 @@ pub struct OutsidePayload {
     pub provider_cost: Money,
     /// What was billed and charged to the member's budgets.
     pub billed_amount: Money,
+    /// Human summary.
+    pub message: String,
+}
+
+/// The JSON body posted to the webhook when records charged after the fact took a hard
+/// budget past its limit (see [`AlertSink::late_overage`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LateOveragePayload {
+    /// Always `budget.late_overage`.
+    pub event: &'static str,
+    /// Budget.
+    pub budget_id: BudgetId,
+    /// Organization.
+    pub org_id: OrgId,
+    /// Scope of the budget.
+    pub scope: BudgetScope,
+    /// Start of the period.
+    pub period_start: DateTime<Utc>,
+    /// Spend now, past the limit.
+    pub spent: Money,
+    /// Limit.
+    pub limit: Money,
     /// Human summary.
     pub message: String,
 }

@@ -130,12 +130,15 @@ impl LoggedUsage {
 
     /// One pass: what waits goes to the store, the ledger's leftovers are settled.
     pub async fn pass(&self, ledger: &dyn BudgetLedger, alerts: &AlertSink) {
-        let mut fired = Vec::new();
+        let mut raised = super::spool::Raised::default();
         let result = self
             .log
-            .recover(ledger, self.inner.as_ref(), &mut fired)
+            .recover(ledger, self.inner.as_ref(), &mut raised)
             .await;
-        alerts.fire(&fired);
+        alerts.fire(&raised.alerts);
+        for state in &raised.late_overage {
+            alerts.late_overage(state);
+        }
         match result {
             Ok(r) => {
                 if self.failing.swap(false, Ordering::AcqRel) {

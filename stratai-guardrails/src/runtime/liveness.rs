@@ -14,7 +14,8 @@
 //! What this cannot see: records that were only in the dead instance's local usage log (the
 //! batch not yet written, at most the batch linger plus the log's `fsync` interval of
 //! traffic). They reach the store, and the ledger (charged after the fact, as overage past a
-//! hard limit), when that instance's disk comes back and its log is replayed at its next start.
+//! hard limit, alerted by [`super::alerts::AlertSink::late_overage`]), when that instance's
+//! disk comes back and its log is replayed at its next start.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -643,13 +643,13 @@ impl UsageLog {
         &self,
         ledger: &dyn BudgetLedger,
         usage: &dyn stratai_core::ports::UsageStore,
-        alerts: &mut Vec<stratai_core::budget::BudgetAlert>,
+        raised: &mut Raised,
     ) -> Result<ReplayReport, StoreError> {
         let mut report = ReplayReport {
             rejected: self.rejected,
             ..ReplayReport::default()
         };
-        let result = self.recover_inner(ledger, usage, alerts, &mut report).await;
+        let result = self.recover_inner(ledger, usage, raised, &mut report).await;
         report.remaining = self.pending();
         if let Err(e) = self.compact() {
             tracing::warn!(error = %e, "usage log not compacted");
@@ -661,7 +661,7 @@ impl UsageLog {
         &self,
         ledger: &dyn BudgetLedger,
         usage: &dyn stratai_core::ports::UsageStore,
-        alerts: &mut Vec<stratai_core::budget::BudgetAlert>,
+        raised: &mut Raised,
         report: &mut ReplayReport,
     ) -> Result<(), StoreError> {
         loop {
@@ -706,7 +706,7 @@ impl UsageLog {
         let mut resettle = resettle.into_iter();
         while let Some(r) = resettle.next() {
             match ledger.settle(r.org, r.id, &r.budgets, r.amount, r.at).await {
-                Ok(outcome) => alerts.extend(outcome.alerts),
+                Ok(outcome) => raised.alerts.extend(outcome.alerts),
                 Err(e) => {
                     let mut state = self.state();
                     state.resettle.push(r);
@@ -739,10 +739,12 @@ impl UsageLog {
                 .await?
             {
                 Some(outcome) => {
-                    alerts.extend(outcome.alerts);
+                    raised.alerts.extend(outcome.alerts);
                     report.settled += 1;
                     if outcome.applied {
-                        warn_if_over(ledger, open.org, &open.budgets, now).await;
+                        raised
+                            .late_overage
+                            .extend(over_limit(ledger, open.org, &open.budgets, now).await);
                     }
                 }
                 None => report.released += 1,
@@ -884,31 +886,35 @@ pub(crate) async fn settle_from_records(
         .map(Some)
 }
 
-/// Warns about hard budgets whose spend passed their limit: records charged after the fact
-/// (their reservation was settled by another instance before they reached the store) are
-/// charged even past a hard limit, as overage.
-async fn warn_if_over(
+/// The hard budgets among `budgets` whose spend is past their limit: after a settlement
+/// from records, those that records charged after the fact (their reservation was settled by
+/// another instance before they reached the store) took past it, as overage.
+async fn over_limit(
     ledger: &dyn BudgetLedger,
     org: OrgId,
     budgets: &[BudgetId],
     now: DateTime<Utc>,
-) {
-    let Ok(states) = ledger.states(org, budgets, now).await else {
-        return;
-    };
-    for s in states
-        .iter()
-        .filter(|s| s.budget.hard_limit && s.spent > s.budget.limit)
-    {
-        super::metrics::record_late_overage();
-        tracing::warn!(
-            org = %org,
-            budget = %s.budget.id,
-            limit = %s.budget.limit,
-            spent = %s.spent,
-            "OVERAGE: records charged after the fact took a hard budget past its limit"
-        );
+) -> Vec<BudgetState> {
+    match ledger.states(org, budgets, now).await {
+        Ok(states) => states
+            .into_iter()
+            .filter(|s| s.budget.hard_limit && s.spent > s.budget.limit)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, org = %org, "budgets not read after a settlement from records; a late overage may go unalerted");
+            Vec::new()
+        }
     }
+}
+
+/// What a recovery pass ([`UsageLog::recover`]) raised, for the alert sink.
+#[derive(Clone, Debug, Default)]
+pub struct Raised {
+    /// Threshold alerts of the settlements.
+    pub alerts: Vec<stratai_core::budget::BudgetAlert>,
+    /// Hard budgets that records charged after the fact took past their limit
+    /// ([`super::alerts::AlertSink::late_overage`]).
+    pub late_overage: Vec<BudgetState>,
 }
 
 /// The shared [`BudgetLedger`] with every reservation journaled in the [`UsageLog`]: logged
