@@ -438,23 +438,16 @@ impl UsageLog {
         let Some(leases) = self.leases.get() else {
             return Cow::Borrowed(records);
         };
-        let found: Vec<Option<RequestId>> = records
-            .iter()
-            .map(|r| r.lease_id.or_else(|| leases.lease_of(r.request_id)))
-            .collect();
-        if found
-            .iter()
-            .zip(records)
-            .all(|(lease, r)| *lease == r.lease_id)
-        {
+        // A lease is held until its request is settled, which comes after its record.
+        let lease_of = |r: &UsageRecord| r.lease_id.or_else(|| leases.lease_of(r.request_id));
+        if records.iter().all(|r| lease_of(r) == r.lease_id) {
             return Cow::Borrowed(records);
         }
         Cow::Owned(
             records
                 .iter()
-                .zip(found)
-                .map(|(r, lease_id)| UsageRecord {
-                    lease_id,
+                .map(|r| UsageRecord {
+                    lease_id: lease_of(r),
                     ..r.clone()
                 })
                 .collect(),
