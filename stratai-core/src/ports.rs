@@ -362,14 +362,14 @@ pub trait BudgetLedger: Send + Sync {
     /// Platform-wide: releases every reservation expired at `now`; returns how many.
     async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Settles a reservation from the records written under it: `total` is what they
-    /// charge in all. Active: settled with `total`, like [`settle`](Self::settle). Already
-    /// settled for less (another instance settled it before every record reached the store):
-    /// the difference is charged after the fact, in the reservation's periods, even past a
-    /// hard limit (the records exist; the excess is overage to alert on), and its settled
-    /// amount becomes `total`. Settled for `total` or more, or released or expired with
-    /// nothing to charge: nothing changes. One transaction, so two instances settling the
-    /// same reservation at once charge it once. Unknown reservation: settled like
-    /// [`settle`](Self::settle) without one.
+    /// charge in all. Active, released or expired, or unknown: exactly like
+    /// [`settle`](Self::settle) with `total`. Already settled for less (another instance
+    /// settled it before every record reached the store): the difference is charged after
+    /// the fact, in the reservation's periods, even past a hard limit (the records exist; the
+    /// excess is overage to alert on), and its settled amount becomes `total`. Already
+    /// settled for `total` or more: nothing changes (`applied` false). One transaction
+    /// conditional on the reservation's state, so two instances settling the same
+    /// reservation at once charge it once, and settling again with the same total is a no-op.
     async fn settle_total(
         &self,
         org: OrgId,
