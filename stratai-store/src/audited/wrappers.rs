@@ -18,8 +18,7 @@ use stratai_core::directory::{
 };
 use stratai_core::ports::{
     AuditStore, BudgetLedger, DirectoryStore, GuardrailStore, HeldReservation, InvoiceStore,
-    ReserveOutcome,
-    ReserveRequest, RuleRecord, SettleOutcome, TierStore, UserQuery,
+    ReserveOutcome, ReserveRequest, RuleRecord, SettleOutcome, TierStore, UserQuery,
 };
 use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::{

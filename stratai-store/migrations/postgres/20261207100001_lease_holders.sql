@@ -4,7 +4,8 @@
 --   reservation);
 -- - every running instance writes a heartbeat into `runtime_instances` (platform data: no
 --   tenant, so no row-level security; the serving role has no privilege on the table and
---   reaches it only through the two functions below), and removes it at a clean shutdown;
+--   reaches it only through the two functions below, marked for it), and removes it at a
+--   clean shutdown;
 -- - a usage record names the lease it was admitted under (`lease_id`), so the lease is
 --   settled from its records, under the tenant's own context, by the ledger's usual
 --   settlement (one transaction, conditional on the reservation's status).
@@ -57,45 +58,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION stratai_abandoned_leases(timestamptz, integer) FROM PUBLIC;
 
--- The grants of the serving role, now with these three functions (the overview totals
--- migration's version plus them).
-CREATE OR REPLACE FUNCTION stratai_grant_app_role(p_role TEXT) RETURNS VOID
-LANGUAGE plpgsql SET search_path = public, pg_temp AS $$
-DECLARE
-    t TEXT;
-    f TEXT;
-BEGIN
-    EXECUTE format('GRANT USAGE ON SCHEMA public TO %I', p_role);
-    FOREACH t IN ARRAY ARRAY['users', 'user_profiles'] LOOP
-        EXECUTE format('GRANT SELECT, INSERT, UPDATE ON %I TO %I', t, p_role);
-    END LOOP;
-    FOREACH t IN ARRAY ARRAY[
-        'model_tiers', 'tier_models', 'organizations', 'org_memberships', 'groups',
-        'group_memberships', 'org_tier_access', 'guardrails', 'usage_records', 'budgets',
-        'budget_periods', 'budget_reservations', 'budget_reservation_items', 'invoices',
-        'invitations', 'outbox_versions', 'litellm_key_vault', 'usage_hourly'
-    ] LOOP
-        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I TO %I', t, p_role);
-    END LOOP;
-    -- the outbox is written by tenants and read only through the platform functions
-    EXECUTE format('GRANT INSERT ON outbox TO %I', p_role);
-    EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO %I', p_role);
-    FOREACH f IN ARRAY ARRAY[
-        'stratai_list_orgs()', 'stratai_find_org_by_slug(text)',
-        'stratai_memberships_of_user(uuid)', 'stratai_locate_group(uuid)',
-        'stratai_find_invitation(text)', 'stratai_outbox_pending(timestamptz, integer)',
-        'stratai_outbox_complete(bigint)', 'stratai_outbox_fail(bigint, text, timestamptz)',
-        'stratai_outbox_dead_letter(bigint, text)', 'stratai_outbox_dead_letters(integer)',
-        'stratai_reclaim_expired(timestamptz)',
-        'stratai_put_platform_rule(uuid, text, text, text, jsonb, text, uuid, text, integer, boolean, timestamptz)',
-        'stratai_delete_platform_rule(uuid)',
-        'stratai_delete_profile(uuid)', 'stratai_pending_invitations(text)',
-        'stratai_usage_totals_by_org(timestamptz, timestamptz)',
-        'stratai_count_people_in_orgs()',
-        'stratai_instance_beat(uuid, timestamptz)', 'stratai_instance_retire(uuid)',
-        'stratai_abandoned_leases(timestamptz, integer)'
-    ] LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, p_role);
-    END LOOP;
-END
-$$;
+-- The serving role may call the three (granted by stratai_grant_app_role from the catalog).
+COMMENT ON FUNCTION stratai_instance_beat(uuid, timestamptz) IS 'stratai: serving role';
+COMMENT ON FUNCTION stratai_instance_retire(uuid) IS 'stratai: serving role';
+COMMENT ON FUNCTION stratai_abandoned_leases(timestamptz, integer) IS 'stratai: serving role';
