@@ -200,13 +200,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// The session cookie of `email`, as the dev sign-in sets it.
 async fn session(state: &stratai_server::app::AppState, email: &str) -> String {
     let principal = state
-        .auth
+        .auth()
         .directory()
         .find_by_email(email)
         .await
         .expect("lookup")
         .expect("known person");
-    let cookie = stratai_server::auth::routes::start_session(&state.auth, &principal, false)
+    let cookie = stratai_server::auth::routes::start_session(state.auth(), &principal, false)
         .await
         .expect("session");
     cookie

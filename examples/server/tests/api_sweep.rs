@@ -399,14 +399,14 @@ async fn post_form(
     if let Some(email) = email {
         let principal = api
             .state
-            .auth
+            .auth()
             .directory()
             .find_by_email(email)
             .await
             .unwrap()
             .unwrap();
         let cookie =
-            stratai_server::auth::routes::start_session(&api.state.auth, &principal, false)
+            stratai_server::auth::routes::start_session(api.state.auth(), &principal, false)
                 .await
                 .unwrap();
         let pair = cookie

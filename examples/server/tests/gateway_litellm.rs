@@ -81,15 +81,9 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
         .unwrap();
     assert_eq!(gateway.provider, "litellm");
     let app = router(
-        AppState {
-            auth,
-            prices: std::sync::Arc::new(config.prices.clone()),
-            readiness: backends.readiness,
-            stores: stores.clone(),
-            gateway: Some(gateway),
-            mail: std::sync::Arc::new(stratai_server::server::postman(&config).unwrap()),
-            settings: config.summary().into(),
-        },
+        AppState::new(&config, auth, backends.readiness, stores.clone())
+            .unwrap()
+            .with_gateway(gateway),
         HttpLimits {
             body_limit_bytes: 1 << 20,
             request_timeout: Duration::from_secs(30),

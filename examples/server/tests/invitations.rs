@@ -226,13 +226,13 @@ fn token_of(path: &str) -> &str {
 async fn session_cookie(api: &Api, email: &str) -> String {
     let principal = api
         .state
-        .auth
+        .auth()
         .directory()
         .find_by_email(email)
         .await
         .unwrap()
         .unwrap();
-    let cookie = stratai_server::auth::routes::start_session(&api.state.auth, &principal, false)
+    let cookie = stratai_server::auth::routes::start_session(api.state.auth(), &principal, false)
         .await
         .unwrap();
     cookie
@@ -502,7 +502,7 @@ async fn undelivered_invitations_are_kept_and_retried(kind: Kind) {
 
     // Not due yet: this invitation is not attempted again (the fixture's own invitation,
     // queued, may be).
-    let postman = api.state.mail.clone();
+    let postman = api.state.mail().clone();
     let directory = api.stores.directory.clone();
     let mine = |list: Vec<Invitation>| {
         list.into_iter()

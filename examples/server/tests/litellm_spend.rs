@@ -138,15 +138,9 @@ async fn serve(
         .unwrap();
     assert!(gateway.litellm_spend.is_some());
     let app = router(
-        AppState {
-            auth,
-            prices: std::sync::Arc::new(config.prices.clone()),
-            readiness: backends.readiness,
-            stores: stores.clone(),
-            gateway: Some(gateway),
-            mail: Arc::new(stratai_server::server::postman(config).unwrap()),
-            settings: config.summary().into(),
-        },
+        AppState::new(config, auth, backends.readiness, stores.clone())
+            .unwrap()
+            .with_gateway(gateway),
         HttpLimits {
             body_limit_bytes: 1 << 20,
             request_timeout: Duration::from_secs(30),

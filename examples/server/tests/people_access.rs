@@ -551,8 +551,7 @@ async fn profiles_give_tiers_and_guardrails(api: Api) {
     // The rule acts: the member's request about kestrel is refused by it (once the
     // gateway has reloaded its policy, as it does every reload interval).
     api.state
-        .gateway
-        .as_ref()
+        .gateway()
         .unwrap()
         .pipeline
         .reload_guardrails()

@@ -150,14 +150,18 @@ async fn server(kind: Kind) -> Option<Server> {
     ]);
     let config = Config::from_parts(FileConfig::default(), &env).unwrap();
     let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
-    let mut state = build_state(&config, backends).unwrap();
+    let state = build_state(&config, backends).unwrap();
     let mut options = stratai_server::gateway::setup::GatewayOptions::from_config(&config);
     options.spool_path = spool.join("usage.spool");
-    state.gateway = Some(
-        stratai_server::gateway::setup::build_state(&config, state.auth.clone(), &stores, options)
-            .await
-            .unwrap(),
-    );
+    let gateway = stratai_server::gateway::setup::build_state(
+        &config,
+        state.auth().clone(),
+        &stores,
+        options,
+    )
+    .await
+    .unwrap();
+    let state = state.with_gateway(gateway);
     let app = router(state, limits(&config));
     let task = tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();

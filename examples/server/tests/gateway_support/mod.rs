@@ -230,15 +230,9 @@ pub async fn serve(backing: Arc<Backing>, setup: Setup) -> Gw {
         .await
         .unwrap();
     let app = router(
-        AppState {
-            auth,
-            prices: std::sync::Arc::new(config.prices.clone()),
-            readiness: backends.readiness,
-            stores: served,
-            gateway: Some(gateway.clone()),
-            mail: std::sync::Arc::new(stratai_server::server::postman(&config).unwrap()),
-            settings: config.summary().into(),
-        },
+        AppState::new(&config, auth, backends.readiness, served)
+            .unwrap()
+            .with_gateway(gateway.clone()),
         HttpLimits {
             body_limit_bytes: 1 << 20,
             request_timeout: Duration::from_secs(30),

@@ -169,21 +169,20 @@ impl Api {
             .or_insert_with(|| spool.join("mailbox").display().to_string());
         let config = Config::from_parts(FileConfig::default(), &env).unwrap();
         let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
-        let mut state = build_state(&config, backends).unwrap();
+        let state = build_state(&config, backends).unwrap();
         // The governed gateway too (offline demo provider), so every route is served.
         let mut options = stratai_server::gateway::setup::GatewayOptions::from_config(&config);
         options.spool_path = spool.join("usage.spool");
         options.guardrail_reload = reload;
-        state.gateway = Some(
-            stratai_server::gateway::setup::build_state(
-                &config,
-                state.auth.clone(),
-                &stores,
-                options,
-            )
-            .await
-            .unwrap(),
-        );
+        let gateway = stratai_server::gateway::setup::build_state(
+            &config,
+            state.auth().clone(),
+            &stores,
+            options,
+        )
+        .await
+        .unwrap();
+        let state = state.with_gateway(gateway);
         let app = router(state.clone(), limits(&config));
         let super_admin = stores
             .directory
@@ -234,7 +233,7 @@ impl Api {
 
     /// A correctly signed, expired token for `user`.
     pub fn expired_token(&self, user: &User) -> String {
-        let Mode::Dev(dev) = self.state.auth.mode() else {
+        let Mode::Dev(dev) = self.state.auth().mode() else {
             panic!("dev mode expected")
         };
         dev.issue_expired(&Principal {
