@@ -5,12 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
+mod harness;
 
 use std::collections::BTreeMap;
 
-use api_support::*;
 use axum::http::{Method, StatusCode};
+use harness::*;
 use serde_json::{Value, json};
 use stratai_core::directory::User;
 

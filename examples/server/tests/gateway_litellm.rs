@@ -9,11 +9,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod harness;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use harness::{KIT_PRICES, Proxy, app, litellm_proxy};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use stratai_core::TierSlug;
@@ -27,38 +30,17 @@ use stratai_core::usage::{UsageQuery, UsageStatus};
 use stratai_litellm::sync::key_alias;
 use stratai_litellm::sync::{CoreDirectory, MemoryKeyVault, SyncConfig, SyncEngine};
 use stratai_litellm::{ClientConfig, KeyListQuery, KeyRef, LiteLlmClient, Secret, SpendLogsFilter};
-use stratai_server::app::{AppState, HttpLimits, router};
-use stratai_server::auth::Auth;
 use stratai_server::config::Config;
-use stratai_server::gateway::setup::{GatewayOptions, build_state};
-use stratai_server::server::Backends;
+use stratai_server::gateway::setup::GatewayOptions;
 use stratai_server::stores::Stores;
-
-fn proxy() -> Option<(String, String)> {
-    let url = std::env::var("STRATAI_LITELLM_URL")
-        .ok()
-        .filter(|v| !v.is_empty());
-    let key = std::env::var("STRATAI_LITELLM_MASTER_KEY")
-        .ok()
-        .filter(|v| !v.is_empty());
-    match (url, key) {
-        (Some(u), Some(k)) => Some((u, k)),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "STRATAI_LITELLM_URL / STRATAI_LITELLM_MASTER_KEY are required under CI=true"
-            );
-            eprintln!(
-                "SKIPPED: no LiteLLM proxy (STRATAI_LITELLM_URL / STRATAI_LITELLM_MASTER_KEY unset)"
-            );
-            None
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log() {
-    let Some((proxy_url, master)) = proxy() else {
+    let Some(Proxy {
+        url: proxy_url,
+        master,
+    }) = litellm_proxy()
+    else {
         return;
     };
     let dir = stratai_testkit::Scratch::new();
@@ -72,23 +54,10 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     .into();
     let config = Config::load(&env).unwrap();
     let stores = Stores::open(&sqlite_url, None).await.unwrap();
-    let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
-    let auth = Arc::new(Auth::from_config(&config, backends.directory, backends.sessions).unwrap());
     let mut options = GatewayOptions::from_config(&config);
     options.spool_path = dir.join("usage.spool");
-    let gateway = build_state(&config, auth.clone(), &stores, options)
-        .await
-        .unwrap();
+    let (app, gateway) = app(&config, &stores, stores.clone(), options).await;
     assert_eq!(gateway.provider, "litellm");
-    let app = router(
-        AppState::new(&config, auth, backends.readiness, stores.clone())
-            .unwrap()
-            .with_gateway(gateway),
-        HttpLimits {
-            body_limit_bytes: 1 << 20,
-            request_timeout: Duration::from_secs(30),
-        },
-    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -397,12 +366,3 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     }
     server.abort();
 }
-
-/// What the kit (`../shared/litellm/config.template.yaml`) charges for its models, in the
-/// server's units (dollars per million tokens): `mock-gpt` $0.001 per prompt token and
-/// $0.002 per completion token, `mock-gpt-premium` ten times that, `mock-inline` nothing.
-const KIT_PRICES: &str = r#"{
-    "mock-gpt": {"input_per_million": "1000", "output_per_million": "2000"},
-    "mock-gpt-premium": {"input_per_million": "10000", "output_per_million": "20000"},
-    "mock-inline": {"input_per_million": "0", "output_per_million": "0"}
-}"#;

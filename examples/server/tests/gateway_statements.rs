@@ -15,14 +15,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod harness;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use common::*;
+use harness::*;
 use serde_json::json;
 use stratai_core::usage::UsageQuery;
 use tracing::field::{Field, Visit};

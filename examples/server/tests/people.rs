@@ -4,11 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
+mod harness;
 
-use api_support::*;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use harness::*;
 use serde_json::{Value, json};
 use stratai_core::UserId;
 use stratai_core::directory::{Email, PlatformRole, User};

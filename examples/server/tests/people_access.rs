@@ -6,13 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod harness;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chrono::Utc;
-use common::*;
+use harness::*;
 use serde_json::{Value, json};
 use stratai_core::directory::{Email, Invitation, InvitationRequest, OrgRole};
 use stratai_core::ports::RuleScope;

@@ -21,7 +21,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
+mod harness;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,8 +29,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api_support::{Guard, Kind, stores};
 use fantoccini::{Client, ClientBuilder, Locator};
+use harness::{Guard, Kind, stores};
 use serde_json::{Value, json};
 use stratai_server::app::router;
 use stratai_server::config::{Config, FileConfig};

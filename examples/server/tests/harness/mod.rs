@@ -1,14 +1,15 @@
-//! The server's one test harness (every `tests/*.rs` but the gateway's end-to-end tests,
-//! which add `gateway_support`): the server on memory, SQLite or PostgreSQL (the store
-//! crate's PostgreSQL harness: a fresh database served by an unprivileged app role, so RLS is
-//! the second wall) with a fixture world of organizations and request helpers ([`Api`],
-//! [`on_every_backend!`]); a local OIDC issuer and the server on an in-memory directory for
-//! the authentication tests ([`oidc`]).
+//! The server's one test harness, declared by every `tests/*.rs` as `mod harness;`:
 //!
-//! Test files declare it as `mod common;` or `mod api_support;` (each of those is this
-//! module re-exported, for the files written before the two harnesses became one); a file
-//! that wants both names declares one and aliases it (`mod common; use common as
-//! api_support;`): declaring both loads the harness twice (clippy's `duplicate_mod`).
+//! - here: the server on memory, SQLite or PostgreSQL (the store crate's PostgreSQL harness,
+//!   [`pg`]: a fresh database served by an unprivileged app role, so RLS is the second wall)
+//!   called through its router, with a fixture world of organizations and request helpers
+//!   ([`Api`], [`on_every_backend!`]);
+//! - [`gateway`]: the gateway end to end, the server on a port over a database that outlives
+//!   it (restarts, several instances), the server binary as a process, tenants, fault
+//!   injection ([`on_both!`]: SQLite and PostgreSQL);
+//! - [`litellm`]: the real LiteLLM proxy from the environment and the kit's prices;
+//! - [`oidc`]: a local OIDC issuer and the server on an in-memory directory for the
+//!   authentication tests.
 
 #![allow(
     dead_code,
@@ -19,7 +20,13 @@
     clippy::panic
 )]
 
+pub mod gateway;
+pub mod litellm;
 pub mod oidc;
+#[allow(unused_imports)]
+pub use gateway::*;
+#[allow(unused_imports)]
+pub use litellm::*;
 #[allow(unused_imports)]
 pub use oidc::*;
 
