@@ -141,6 +141,54 @@ pub struct TickReport {
     pub spend: Option<Result<SpendPoll, SpendError>>,
 }
 
+impl TickReport {
+    /// Logs the tick with `tracing`, as a process that logs rather than prints reports it
+    /// (the server): at info a pass that read events, a reconcile that found drift, keys
+    /// rotated, a spend poll that recorded direct calls or found mismatches; every failure
+    /// at warn. Quiet ticks log nothing.
+    pub fn log(&self) {
+        if let Some(Err(failure)) = &self.guardrails {
+            tracing::warn!(
+                error = %failure.error,
+                previous_in_force = failure.previous_in_force,
+                "guardrail rules not reloaded for members' key limits"
+            );
+        }
+        match &self.pass {
+            Ok(pass) if pass.events > 0 => tracing::info!(?pass, "litellm sync pass"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "litellm sync: outbox failed"),
+        }
+        match &self.reconcile {
+            Some((_, Ok(r))) if !r.drifts.is_empty() => tracing::info!(
+                drifts = r.drifts.len(),
+                repaired = r.repaired,
+                "litellm reconcile repaired drift"
+            ),
+            Some((_, Err(e))) => tracing::warn!(error = %e, "litellm reconcile failed"),
+            Some((_, Ok(_))) | None => {}
+        }
+        match &self.rotation {
+            Some(Ok(r)) if !r.rotated.is_empty() || r.revoked > 0 => tracing::info!(
+                rotated = r.rotated.len(),
+                revoked = r.revoked,
+                "litellm virtual keys rotated ahead of expiry"
+            ),
+            Some(Err(e)) => tracing::warn!(error = %e, "litellm key rotation failed"),
+            Some(Ok(_)) | None => {}
+        }
+        match &self.spend {
+            Some(Ok(poll)) if poll.report.direct_recorded > 0 || poll.report.mismatches > 0 => {
+                tracing::info!(report = ?poll.report, "litellm spend poll");
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "litellm spend poll failed; retried next time");
+            }
+            Some(Ok(_)) | None => {}
+        }
+    }
+}
+
 /// Runs a [`SyncEngine`] on a [`SyncSchedule`] (see the module docs).
 pub struct SyncRunner {
     engine: Arc<SyncEngine>,

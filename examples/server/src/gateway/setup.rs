@@ -131,52 +131,19 @@ pub type Drainer = RuntimeHandle;
 /// including keys whose secret this process does not hold, e.g. after a restart).
 const RECONCILE_EVERY: Duration = Duration::from_secs(300);
 
-/// What the server logs of one tick of the in-process sync, and what it tells the spend desk
-/// (reconcile views, import outcomes for alerts and metrics).
-fn log_tick(tick: &TickReport, desk: &SpendDesk) {
-    match &tick.pass {
-        Ok(pass) if pass.events > 0 => tracing::info!(?pass, "litellm sync pass"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "litellm sync: outbox failed"),
-    }
+/// One tick of the in-process sync: logged, and told to the spend desk (reconcile views,
+/// import outcomes for alerts and metrics).
+fn observe_tick(tick: &TickReport, desk: &SpendDesk) {
+    tick.log();
     match &tick.reconcile {
-        Some((at, Ok(r))) => {
-            if !r.drifts.is_empty() {
-                tracing::info!(
-                    drifts = r.drifts.len(),
-                    repaired = r.repaired,
-                    "litellm reconcile repaired drift"
-                );
-            }
-            desk.observe_reconcile(r, *at);
-        }
-        Some((at, Err(e))) => {
-            tracing::warn!(error = %e, "litellm reconcile failed");
-            desk.reconcile_failed(&e.to_string(), *at);
-        }
+        Some((at, Ok(report))) => desk.observe_reconcile(report, *at),
+        Some((at, Err(e))) => desk.reconcile_failed(&e.to_string(), *at),
         None => {}
     }
-    match &tick.rotation {
-        Some(Ok(r)) if !r.rotated.is_empty() || r.revoked > 0 => tracing::info!(
-            rotated = r.rotated.len(),
-            revoked = r.revoked,
-            "litellm virtual keys rotated ahead of expiry"
-        ),
-        Some(Ok(_)) | None => {}
-        Some(Err(e)) => tracing::warn!(error = %e, "litellm key rotation failed"),
-    }
-    match &tick.spend {
-        Some(Ok(poll)) => {
-            for outcome in &poll.outcomes {
-                desk.observe(outcome);
-            }
-            let report = &poll.report;
-            if report.direct_recorded > 0 || report.mismatches > 0 {
-                tracing::info!(?report, "litellm spend poll");
-            }
+    if let Some(Ok(poll)) = &tick.spend {
+        for outcome in &poll.outcomes {
+            desk.observe(outcome);
         }
-        Some(Err(e)) => tracing::warn!(error = %e, "litellm spend poll failed; retried next time"),
-        None => {}
     }
 }
 
@@ -342,7 +309,9 @@ pub async fn build_state(
     let (pipeline, drainer) = builder.build().await.map_err(|e| e.to_string())?;
     key_limits.set(pipeline.deps().guardrails.clone());
     if let Some((runner, desk)) = start_sync {
-        runner.spawn(std::future::pending(), move |tick| log_tick(tick, &desk));
+        runner.spawn(std::future::pending(), move |tick| {
+            observe_tick(tick, &desk)
+        });
     }
     // Make the metrics recorder exist before the first request, with its upkeep running.
     crate::metrics::start();
