@@ -11,7 +11,13 @@
 //! as soon as [`Creator::state`] says its creator is [`Liveness::Gone`] — never while it runs,
 //! so concurrent runs do not disturb each other. `scripts/test-leftovers.sh` reads the same
 //! tags (its `creator_state` mirrors [`Creator::state`]) to count what a run left behind.
+//!
+//! [`usage`] builds usage records ([`usage_record`]), for every crate's tests.
 #![deny(missing_docs)]
+
+pub mod usage;
+
+pub use usage::{Amount, UsageRecordBuilder, usage_record};
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
