@@ -16,16 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use harness::{KIT_PRICES, Proxy, app, litellm_proxy};
+use harness::{KIT_PRICES, MockMember, Proxy, app, litellm_proxy, mock_gpt_member};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use stratai_core::TierSlug;
-use stratai_core::directory::{
-    BillingPlan, Email, Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
-};
-use stratai_core::ids::{ModelId, RequestId, TierId};
+use stratai_core::ids::RequestId;
 use stratai_core::money::Money;
-use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::usage::{UsageQuery, UsageStatus};
 use stratai_litellm::sync::key_alias;
 use stratai_litellm::sync::{CoreDirectory, MemoryKeyVault, SyncConfig, SyncEngine};
@@ -63,57 +58,12 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     // A tier holding the proxy's `mock-gpt`, an org subscribed to it, one member.
-    let now = Utc::now();
-    let tier = ModelTier {
-        id: TierId::new(),
-        slug: TierSlug::new("mock").unwrap(),
-        name: "Mock".to_owned(),
-        description: "the proxy's mock model".to_owned(),
-        best_use_case: "tests".to_owned(),
-        models: vec![ModelId::new("mock-gpt").unwrap()],
-        base_price: Money::ZERO,
-        input_rate_per_million: Decimal::ONE,
-        output_rate_per_million: Decimal::TWO,
-        sort_order: 10,
-        active: true,
-        rate_schedule: Vec::new(),
-    };
-    stores.tiers.upsert_tier(&tier).await.unwrap();
-    let tag = &uuid::Uuid::new_v4().simple().to_string()[..10];
-    let org = Organization::new(
-        "Proxy Co",
-        Slug::new(format!("proxy-{tag}")).unwrap(),
-        OrgSettings::new(vec![tier.slug.clone()], tier.slug.clone()).unwrap(),
-        BillingPlan::Business,
-        now,
-    )
-    .unwrap();
-    stores.directory.create_org(&org).await.unwrap();
-    stores
-        .tiers
-        .put_subscription(
-            org.id,
-            &TierSubscription {
-                org_id: org.id,
-                tier_id: tier.id,
-                enabled: true,
-                monthly_budget: None,
-                enabled_at: now,
-            },
-        )
-        .await
-        .unwrap();
-    let email = format!("proxy-{tag}@proxy.test");
-    let user = User::new(Email::new(&email).unwrap(), None, PlatformRole::User, now).unwrap();
-    stores.directory.create_user(&user).await.unwrap();
-    stores
-        .directory
-        .add_member(
-            org.id,
-            &Membership::new(org.id, user.id, OrgRole::Member, now),
-        )
-        .await
-        .unwrap();
+    let MockMember {
+        org,
+        user,
+        email,
+        tag,
+    } = mock_gpt_member(&stores, "Proxy Co", (Decimal::ONE, Decimal::TWO), None).await;
     let http = reqwest::Client::new();
     let token: Value = http
         .post(format!("{base}/auth/dev/token"))
@@ -181,7 +131,7 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     // the store within the batch's linger), so the record is awaited, not assumed.
     let mut record = None;
     for _ in 0..100 {
-        if let Ok(r) = stores.usage.get(org.id, rid).await {
+        if let Ok(r) = stores.usage.get(org, rid).await {
             record = Some(r);
             break;
         }
@@ -198,14 +148,14 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let keys = client
         .key_list(&KeyListQuery {
-            key_alias: Some(key_alias(org.id, user.id)),
+            key_alias: Some(key_alias(org, user)),
             ..KeyListQuery::default()
         })
         .await
         .unwrap();
     let mine: Vec<_> = keys
         .iter()
-        .filter(|k| k.key_alias.as_deref() == Some(key_alias(org.id, user.id).as_str()))
+        .filter(|k| k.key_alias.as_deref() == Some(key_alias(org, user).as_str()))
         .collect();
     assert_eq!(mine.len(), 1, "exactly one key for the member: {mine:?}");
     let key = mine[0];
@@ -221,13 +171,13 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
         .await
         .unwrap();
     assert_eq!(again.status(), 200, "{}", again.text().await.unwrap());
-    assert_eq!(key.user_id.as_deref(), Some(user.id.to_string().as_str()));
+    assert_eq!(key.user_id.as_deref(), Some(user.to_string().as_str()));
 
     // LiteLLM's spend log has the same call with the same token counts.
     let mut row = None;
     for _ in 0..60 {
         let rows = client
-            .spend_logs(&SpendLogsFilter::User(user.id.to_string()))
+            .spend_logs(&SpendLogsFilter::User(user.to_string()))
             .await
             .unwrap_or_default();
         if let Some(r) = rows.into_iter().find(|r| r.request_id == upstream_id) {
@@ -273,7 +223,7 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
         records = stores
             .usage
             .query(
-                org.id,
+                org,
                 &UsageQuery {
                     from: Some(from),
                     to: Some(to),

@@ -29,14 +29,9 @@ use axum::routing::post;
 use chrono::Utc;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use stratai_core::TierSlug;
 use stratai_core::budget::{BudgetScope, implied_budget_id};
-use stratai_core::directory::{
-    BillingPlan, Email, Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
-};
-use stratai_core::ids::{ModelId, OrgId, TierId, UserId};
+use stratai_core::ids::{OrgId, UserId};
 use stratai_core::money::Money;
-use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::usage::{UsageQuery, UsageRecord};
 use stratai_litellm::spend::DIRECT_ENDPOINT;
 use stratai_litellm::sync::{CoreDirectory, SyncEngine};
@@ -46,7 +41,9 @@ use stratai_server::gateway::setup::GatewayOptions;
 use stratai_server::stores::Stores;
 use tokio::task::JoinHandle;
 
-use harness::{Backing, Callback, Db, KIT_PRICES, Proxy, app, litellm_proxy_with_callback};
+use harness::{
+    Backing, Callback, Db, KIT_PRICES, Proxy, app, litellm_proxy_with_callback, mock_gpt_member,
+};
 
 /// The callback address is one port: the backends' tests take turns.
 static CALLBACK_ADDR_TAKEN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -122,59 +119,14 @@ async fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
 /// A tier of the proxy's `mock-gpt` billed at twice the provider's price, an organization
 /// subscribed to it, and a member with a $100 monthly budget.
 async fn seed(stores: &Stores) -> (OrgId, UserId, String) {
-    let now = Utc::now();
-    let tag = &uuid::Uuid::new_v4().simple().to_string()[..10];
-    let tier = ModelTier {
-        id: TierId::new(),
-        slug: TierSlug::new(format!("mock-{tag}")).unwrap(),
-        name: "Mock".to_owned(),
-        description: "the proxy's mock model".to_owned(),
-        best_use_case: "tests".to_owned(),
-        models: vec![ModelId::new("mock-gpt").unwrap()],
-        base_price: Money::ZERO,
-        input_rate_per_million: Decimal::from(2000),
-        output_rate_per_million: Decimal::from(4000),
-        sort_order: 10,
-        active: true,
-        rate_schedule: Vec::new(),
-    };
-    stores.tiers.upsert_tier(&tier).await.unwrap();
-    let org = Organization::new(
+    let m = mock_gpt_member(
+        stores,
         "Spend Co",
-        Slug::new(format!("spend-{tag}")).unwrap(),
-        OrgSettings::new(vec![tier.slug.clone()], tier.slug.clone()).unwrap(),
-        BillingPlan::Business,
-        now,
+        (Decimal::from(2000), Decimal::from(4000)),
+        Some(Money::new(Decimal::from(100)).unwrap()),
     )
-    .unwrap();
-    stores.directory.create_org(&org).await.unwrap();
-    stores
-        .tiers
-        .put_subscription(
-            org.id,
-            &TierSubscription {
-                org_id: org.id,
-                tier_id: tier.id,
-                enabled: true,
-                monthly_budget: None,
-                enabled_at: now,
-            },
-        )
-        .await
-        .unwrap();
-    let email = format!("spend-{tag}@proxy.test");
-    let user = User::new(Email::new(&email).unwrap(), None, PlatformRole::User, now).unwrap();
-    stores.directory.create_user(&user).await.unwrap();
-    stores
-        .directory
-        .add_member(
-            org.id,
-            &Membership::new(org.id, user.id, OrgRole::Member, now)
-                .with_monthly_budget(Money::new(Decimal::from(100)).unwrap()),
-        )
-        .await
-        .unwrap();
-    (org.id, user.id, email)
+    .await;
+    (m.org, m.user, m.email)
 }
 
 async fn records(stores: &Stores, org: OrgId, user: UserId) -> Vec<UsageRecord> {
