@@ -1,9 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Tenant isolation enforced by PostgreSQL itself: the catalog, a table x operation x context
-//! matrix, and a pool test with aborted transactions. Needs PostgreSQL (see support/pg.rs).
+//! matrix, and a pool test with aborted transactions. Needs PostgreSQL (see `stratai_testkit::pg`).
 
-#[path = "support/pg.rs"]
-mod pg;
+use stratai_testkit::pg;
 
 use std::collections::BTreeMap;
 

@@ -23,8 +23,7 @@
 //! keeps the database for `n` seconds after the measurement (its name and URLs are printed)
 //! to `EXPLAIN ANALYZE` the pages' queries in `psql`.
 
-#[path = "../../../stratai-store/tests/support/pg.rs"]
-mod pg;
+use stratai_testkit::pg;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

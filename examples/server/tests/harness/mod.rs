@@ -30,8 +30,7 @@ pub use litellm::*;
 #[allow(unused_imports)]
 pub use oidc::*;
 
-#[path = "../../../../stratai-store/tests/support/pg.rs"]
-pub mod pg;
+pub use stratai_testkit::pg;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
