@@ -55,7 +55,7 @@ target=${CARGO_TARGET_DIR:-$root/target}
 [[ $target == /* ]] || target=$root/$target
 kit_dir=${STRATAI_LITELLM_WORK_DIR:-${WORK_DIR:-$HOME/.cache/stratai/litellm}}
 pg_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-roles_lock=32497656931836265 # ROLES_LOCK of stratai-store/tests/support/pg.rs
+roles_lock=32497656931836265 # ROLES_LOCK of stratai-store/testkit/src/pg.rs
 uncheckable_max_age=$((3 * 3600)) # stratai-testkit's UNCHECKABLE_MAX_AGE
 now=$(date +%s)
 

@@ -5,31 +5,19 @@
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use stratai_core::Money;
-use stratai_core::ids::{ModelId, OrgId, RequestId, UserId};
-use stratai_core::usage::{UsageRecord, UsageStatus};
+use stratai_core::ids::{OrgId, UserId};
+use stratai_core::usage::UsageRecord;
 use stratai_litellm::sync::compare_spend;
 use stratai_litellm::{KeyGenerate, KeyInfo, SpendLogRow};
 
 fn record(id: &str, cost: Decimal) -> UsageRecord {
-    UsageRecord {
-        request_id: RequestId::new(),
-        org_id: OrgId::new(),
-        group_id: None,
-        user_id: UserId::new(),
-        tier_id: None,
-        model: ModelId::new("mock-gpt").unwrap(),
-        input_tokens: 1,
-        output_tokens: 1,
-        provider_cost: Money::new(cost).unwrap(),
-        billed_amount: Money::new(cost).unwrap(),
-        overage: Default::default(),
-        litellm_request_id: Some(id.to_owned()),
-        conversation_id: None,
-        endpoint: "/v1/chat/completions".to_owned(),
-        status: UsageStatus::Success,
-        created_at: chrono::Utc::now(),
-        lease_id: None,
-    }
+    stratai_testkit::usage_record(OrgId::new(), UserId::new())
+        .model("mock-gpt")
+        .tokens(1, 1)
+        .spent(Money::new(cost).unwrap())
+        .litellm_request_id(id)
+        .endpoint("/v1/chat/completions")
+        .build()
 }
 
 fn amount() -> impl Strategy<Value = Decimal> {

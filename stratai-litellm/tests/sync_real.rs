@@ -12,9 +12,9 @@ use common::fake::{FakeDirectory, basic, premium};
 use rust_decimal_macros::dec;
 use stratai_core::Money;
 use stratai_core::budget::BudgetPeriod;
-use stratai_core::ids::{ModelId, OrgId, RequestId, UserId};
+use stratai_core::ids::{OrgId, RequestId, UserId};
 use stratai_core::ports::{OutboxEntity, OutboxEvent};
-use stratai_core::usage::{UsageRecord, UsageStatus};
+use stratai_core::usage::UsageRecord;
 use stratai_litellm::sync::{
     Applied, DriftKind, MemoryKeyVault, OrgMapping, SyncConfig, SyncEngine,
 };
@@ -60,25 +60,13 @@ fn hello(model: &str) -> ChatRequest {
 }
 
 fn usage(org: OrgId, user: UserId, answer: &ChatResponse) -> UsageRecord {
-    UsageRecord {
-        request_id: RequestId::new(),
-        org_id: org,
-        group_id: None,
-        user_id: user,
-        tier_id: None,
-        model: ModelId::new("mock-gpt").unwrap(),
-        input_tokens: 1,
-        output_tokens: 4,
-        provider_cost: Money::new(answer.meta.response_cost.unwrap()).unwrap(),
-        billed_amount: Money::new(answer.meta.response_cost.unwrap()).unwrap(),
-        overage: Default::default(),
-        litellm_request_id: Some(answer.completion.id.clone()),
-        conversation_id: None,
-        endpoint: "/v1/chat/completions".to_owned(),
-        status: UsageStatus::Success,
-        created_at: Utc::now(),
-        lease_id: None,
-    }
+    stratai_testkit::usage_record(org, user)
+        .model("mock-gpt")
+        .tokens(1, 4)
+        .spent(Money::new(answer.meta.response_cost.unwrap()).unwrap())
+        .litellm_request_id(answer.completion.id.clone())
+        .endpoint("/v1/chat/completions")
+        .build()
 }
 
 #[tokio::test]

@@ -12,8 +12,7 @@
 //! entry altered or removed by the database owner is found by verification, and row-level
 //! security keeps one organization's chain from another's sessions.
 
-#[path = "support/pg.rs"]
-mod pg;
+use stratai_testkit::pg;
 
 #[path = "conformance/fixtures.rs"]
 mod fixtures;

@@ -4,8 +4,7 @@
 //! sampled moment does `spent + reserved` pass a limit; at the end nothing is reserved and
 //! each budget's spend equals exactly the sum of the amounts settled against it.
 
-#[path = "support/pg.rs"]
-mod pg;
+use stratai_testkit::pg;
 
 use std::collections::HashMap;
 use std::sync::Arc;

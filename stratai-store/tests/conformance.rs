@@ -21,7 +21,7 @@
 //!   `(created_at, request_id)`; outbox by `seq` (dead letters newest first).
 //! - timestamps are stored to the microsecond; money exactly.
 //!
-//! PostgreSQL: the instantiation calls `fresh_db()` of the harness in `tests/support/pg.rs`:
+//! PostgreSQL: the instantiation calls `fresh_db()` of the test kit's PostgreSQL harness (`stratai_testkit::pg`):
 //! a fresh database migrated and served by a real app role, dropped when the test ends; `None`
 //! (printed) when PostgreSQL is unavailable and CI is not `true`, a panic under `CI=true`.
 //! SQLite: a file in a scratch folder of its own, removed when the test ends.
@@ -42,8 +42,7 @@ mod conformance {
     pub mod usage;
 }
 
-#[path = "support/pg.rs"]
-mod pg;
+use stratai_testkit::pg;
 
 use conformance::*;
 

@@ -10,8 +10,7 @@
 //! file, cannot change an issued invoice's numbers, move it outside the life cycle or delete
 //! it; a draft stays editable and the life cycle's own steps pass.
 
-#[path = "support/pg.rs"]
-mod pg;
+use stratai_testkit::pg;
 
 #[path = "conformance/fixtures.rs"]
 mod fixtures;

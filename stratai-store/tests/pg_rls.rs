@@ -1,9 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Tenant isolation enforced by PostgreSQL itself: the catalog, a table x operation x context
-//! matrix, and a pool test with aborted transactions. Needs PostgreSQL (see support/pg.rs).
+//! matrix, and a pool test with aborted transactions. Needs PostgreSQL (see `stratai_testkit::pg`).
 
-#[path = "support/pg.rs"]
-mod pg;
+use stratai_testkit::pg;
 
 use std::collections::BTreeMap;
 
@@ -22,7 +21,7 @@ use stratai_core::ports::{
     RuleAction, RuleRecord, RuleScope, SealedKey, TierStore, UsageStore,
 };
 use stratai_core::tiers::{ModelTier, TierSubscription};
-use stratai_core::usage::{UsageQuery, UsageRecord, UsageStatus};
+use stratai_core::usage::{UsageQuery, UsageRecord};
 use stratai_core::{
     BudgetId, InvitationId, ModelId, Money, OrgId, RequestId, RuleId, TierId, TierSlug,
 };
@@ -197,25 +196,17 @@ fn usage(
     group: Option<stratai_core::GroupId>,
     at: chrono::DateTime<Utc>,
 ) -> UsageRecord {
-    UsageRecord {
-        request_id: RequestId::new(),
-        org_id: org,
-        group_id: group,
-        user_id: user,
-        tier_id: None,
-        model: ModelId::new("gpt-4o").unwrap(),
-        input_tokens: 10,
-        output_tokens: 20,
-        provider_cost: Money::parse("0.001").unwrap(),
-        billed_amount: Money::parse("0.002").unwrap(),
-        overage: Default::default(),
-        litellm_request_id: None,
-        conversation_id: None,
-        endpoint: "chat".into(),
-        status: UsageStatus::Success,
-        created_at: at,
-        lease_id: None,
+    let record = stratai_testkit::usage_record(org, user)
+        .model("gpt-4o")
+        .tokens(10, 20)
+        .cost("0.001")
+        .billed("0.002")
+        .at(at);
+    match group {
+        Some(group) => record.group(group),
+        None => record,
     }
+    .build()
 }
 
 /// Every table carrying a tenant column, with that column (`organizations` is keyed by `id`).

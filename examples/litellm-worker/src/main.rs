@@ -63,8 +63,10 @@ use stratai_core::ports::{DirectoryStore, TierStore};
 use stratai_core::tiers::{BASIC_TIER_ID, PREMIUM_TIER_ID, default_tiers, subscriptions_for};
 use stratai_litellm::config::ProcessEnv;
 use stratai_litellm::spend::{Imported, SpendImporter, SpendSettings};
+use stratai_litellm::sync::runner::{Cadence, GuardrailSource, ReloadFailure, SpendPoll};
 use stratai_litellm::sync::{
-    CoreDirectory, KeyVault, ModelNames, PolicyKeyLimits, SyncConfig, SyncEngine,
+    CoreDirectory, KeyVault, ModelNames, PolicyKeyLimits, SyncConfig, SyncEngine, SyncRunner,
+    SyncSchedule, TickReport,
 };
 use stratai_litellm::{Attribution, ChatMessage, ChatRequest, LiteLlmClient};
 use stratai_store::Stores;
@@ -76,7 +78,7 @@ struct Options {
     interval: Duration,
     reconcile_every: Duration,
     spend_every: Option<Duration>,
-    spend_window: Option<chrono::Duration>,
+    spend_window: Option<Duration>,
     models: ModelNames,
     vault_replace_foreign: bool,
 }
@@ -128,9 +130,11 @@ fn parse_args() -> Result<Options, String> {
                 options.spend_every = Some(Duration::from_secs(number(&mut args, &arg)?.max(1)))
             }
             "--spend-window-min" => {
-                let minutes = i64::try_from(number(&mut args, &arg)?)
-                    .map_err(|_| "`--spend-window-min` is too large")?;
-                options.spend_window = Some(chrono::Duration::minutes(minutes.max(1)));
+                let seconds = number(&mut args, &arg)?
+                    .max(1)
+                    .checked_mul(60)
+                    .ok_or("`--spend-window-min` is too large")?;
+                options.spend_window = Some(Duration::from_secs(seconds));
             }
             "--model" => {
                 let pair = args.next().ok_or("`--model` needs STRATAI=LITELLM")?;
@@ -204,10 +208,9 @@ async fn run() -> Result<bool, String> {
     }
     let mut options = options;
     options.spend_every.get_or_insert(config.litellm.spend_poll);
-    options.spend_window.get_or_insert(
-        chrono::Duration::from_std(config.litellm.spend_window)
-            .unwrap_or(chrono::Duration::hours(1)),
-    );
+    options
+        .spend_window
+        .get_or_insert(config.litellm.spend_window);
     let sync = config.litellm.sync_config();
     work(stores, client, vault.vault, sync, options, demo).await
 }
@@ -295,7 +298,6 @@ async fn work(
 ) -> Result<bool, String> {
     // The rate-limit guardrails that apply to a member become their key's `rpm_limit`.
     let limits = Arc::new(PolicyKeyLimits::new());
-    reload_guardrails(&stores, &limits).await;
     // The budgets too: with LiteLLM Enterprise organizations, an org's monthly budget is its
     // LiteLLM organization's.
     let source = Arc::new(
@@ -315,175 +317,180 @@ async fn work(
         stores.usage.clone(),
         SpendSettings::default(),
     );
-    let spend_window = options.spend_window.unwrap_or(chrono::Duration::hours(1));
-    let spend_every = options.spend_every.unwrap_or(Duration::from_secs(60));
+    let schedule = SyncSchedule {
+        interval: options.interval,
+        reconcile: Cadence::after_first(options.reconcile_every),
+        repair: options.repair,
+        spend_poll: Cadence::after_first(options.spend_every.unwrap_or(Duration::from_secs(60))),
+        spend_window: options.spend_window.unwrap_or(Duration::from_secs(3600)),
+        guardrail_reload: Cadence::from_start(GUARDRAIL_RELOAD),
+    };
+    let runner = SyncRunner::new(Arc::new(engine), schedule)
+        .with_spend_poll(Arc::new(importer))
+        .with_guardrail_reload(GuardrailSource {
+            limits,
+            directory: stores.directory.clone(),
+            tiers: stores.tiers.clone(),
+            rules: stores.guardrails.clone(),
+        });
 
-    if options.once {
-        let mut clean = true;
-        loop {
-            let pass = engine
-                .run_once()
-                .await
-                .map_err(|e| format!("outbox: {e}"))?;
-            println!("sync: {pass:?}");
-            if pass.events == 0 || pass.completed == 0 {
-                break;
-            }
-        }
-        let dead = stores
-            .outbox
-            .dead_letters(100)
+    if !options.once {
+        runner
+            .run_until(
+                async {
+                    let _ = tokio::signal::ctrl_c().await;
+                },
+                print_tick,
+            )
+            .await;
+        return Ok(true);
+    }
+
+    if let Some(Err(failure)) = runner.reload_guardrails().await {
+        print_reload_failure(&failure);
+    }
+    let engine = runner.engine().clone();
+    let mut clean = true;
+    loop {
+        let pass = engine
+            .run_once()
             .await
             .map_err(|e| format!("outbox: {e}"))?;
-        for event in &dead {
-            println!(
-                "dead letter: seq {} {:?}: {}",
-                event.seq,
-                event.entity,
-                event.last_error.as_deref().unwrap_or("")
-            );
-        }
-        clean &= dead.is_empty();
-        if let Some((org, user)) = demo {
-            let key = engine
-                .member_key(org, user)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("the demo member has no key")?;
-            let who = Attribution {
-                end_user_id: Some(user.to_string()),
-                user_id: Some(user.to_string()),
-                org_id: Some(org.to_string()),
-                request_id: None,
-            };
-            let answer = client
-                .chat(
-                    &key,
-                    &who,
-                    &ChatRequest::new(
-                        "mock-gpt",
-                        vec![ChatMessage::user("hello from the worker demo")],
-                        8,
-                    ),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            println!(
-                "demo chat: id {} cost {:?}: {}",
-                answer.completion.id,
-                answer.meta.response_cost,
-                answer.completion.text().unwrap_or("")
-            );
-        }
-        let drift = engine
-            .reconcile(options.repair)
-            .await
-            .map_err(|e| format!("reconcile: {e}"))?;
-        println!(
-            "reconcile: {} orgs, {} drifts, {} repaired, {} foreign",
-            drift.orgs,
-            drift.drifts.len(),
-            drift.repaired,
-            drift.foreign
-        );
-        for d in &drift.drifts {
-            println!(
-                "  drift {:?} {} {}: {}",
-                d.kind, d.org_id, d.subject, d.detail
-            );
-        }
-        clean &= drift.is_clean() || options.repair;
-        if demo.is_none() {
-            clean &= spend(&engine, &importer, spend_window).await?;
-        }
-        return Ok(clean);
-    }
-
-    let mut last_reconcile = tokio::time::Instant::now();
-    let mut last_spend = tokio::time::Instant::now();
-    let mut last_reload = tokio::time::Instant::now();
-    loop {
-        if last_reload.elapsed() >= GUARDRAIL_RELOAD {
-            last_reload = tokio::time::Instant::now();
-            reload_guardrails(&stores, &limits).await;
-        }
-        match engine.run_once().await {
-            Ok(pass) if pass.events > 0 => println!("sync: {pass:?}"),
-            Ok(_) => {}
-            Err(e) => eprintln!("sync: outbox failed: {e}"),
-        }
-        if last_reconcile.elapsed() >= options.reconcile_every {
-            last_reconcile = tokio::time::Instant::now();
-            match engine.reconcile(options.repair).await {
-                Ok(report) => println!(
-                    "reconcile: {} drifts, {} repaired",
-                    report.drifts.len(),
-                    report.repaired
-                ),
-                Err(e) => eprintln!("reconcile failed: {e}"),
-            }
-            match engine.rotate_keys(Utc::now()).await {
-                Ok(r) if !r.rotated.is_empty() || r.revoked > 0 => println!(
-                    "keys: {} rotated ahead of expiry, {} rotated keys revoked",
-                    r.rotated.len(),
-                    r.revoked
-                ),
-                Ok(_) => {}
-                Err(e) => eprintln!("key rotation failed: {e}"),
-            }
-        }
-        if last_spend.elapsed() >= spend_every {
-            last_spend = tokio::time::Instant::now();
-            if let Err(e) = spend(&engine, &importer, spend_window).await {
-                eprintln!("spend reconciliation failed: {e}");
-            }
-        }
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(true),
-            () = tokio::time::sleep(options.interval) => {}
+        println!("sync: {pass:?}");
+        if pass.events == 0 || pass.completed == 0 {
+            break;
         }
     }
-}
-
-/// Recompiles the guardrail rules from the database into `limits`; on an error the policy
-/// in force stays (none before the first success: members wait rather than lose limits).
-async fn reload_guardrails(stores: &Stores, limits: &PolicyKeyLimits) {
-    if let Err(e) = limits
-        .load(
-            stores.directory.as_ref(),
-            stores.tiers.as_ref(),
-            stores.guardrails.as_ref(),
-        )
+    let dead = stores
+        .outbox
+        .dead_letters(100)
         .await
+        .map_err(|e| format!("outbox: {e}"))?;
+    for event in &dead {
+        println!(
+            "dead letter: seq {} {:?}: {}",
+            event.seq,
+            event.entity,
+            event.last_error.as_deref().unwrap_or("")
+        );
+    }
+    clean &= dead.is_empty();
+    if let Some((org, user)) = demo {
+        let key = engine
+            .member_key(org, user)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the demo member has no key")?;
+        let who = Attribution {
+            end_user_id: Some(user.to_string()),
+            user_id: Some(user.to_string()),
+            org_id: Some(org.to_string()),
+            request_id: None,
+        };
+        let answer = client
+            .chat(
+                &key,
+                &who,
+                &ChatRequest::new(
+                    "mock-gpt",
+                    vec![ChatMessage::user("hello from the worker demo")],
+                    8,
+                ),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        println!(
+            "demo chat: id {} cost {:?}: {}",
+            answer.completion.id,
+            answer.meta.response_cost,
+            answer.completion.text().unwrap_or("")
+        );
+    }
+    let drift = engine
+        .reconcile(options.repair)
+        .await
+        .map_err(|e| format!("reconcile: {e}"))?;
+    println!(
+        "reconcile: {} orgs, {} drifts, {} repaired, {} foreign",
+        drift.orgs,
+        drift.drifts.len(),
+        drift.repaired,
+        drift.foreign
+    );
+    for d in &drift.drifts {
+        println!(
+            "  drift {:?} {} {}: {}",
+            d.kind, d.org_id, d.subject, d.detail
+        );
+    }
+    clean &= drift.is_clean() || options.repair;
+    if demo.is_none()
+        && let Some(poll) = runner.poll_spend(Utc::now()).await
     {
-        if limits.is_loaded() {
-            eprintln!("guardrail rules not reloaded; the previous ones stay in force: {e}");
-        } else {
-            eprintln!(
-                "guardrail rules not loaded (members' keys wait for them; retried every {}s): {e}",
-                GUARDRAIL_RELOAD.as_secs()
-            );
+        let poll = poll.map_err(|e| format!("spend: {e}"))?;
+        clean &= print_spend(&poll);
+    }
+    Ok(clean)
+}
+
+/// What the loop says about one tick: each step's outcome, on stdout, its failures on stderr.
+fn print_tick(tick: &TickReport) {
+    if let Some(Err(failure)) = &tick.guardrails {
+        print_reload_failure(failure);
+    }
+    match &tick.pass {
+        Ok(pass) if pass.events > 0 => println!("sync: {pass:?}"),
+        Ok(_) => {}
+        Err(e) => eprintln!("sync: outbox failed: {e}"),
+    }
+    match &tick.reconcile {
+        Some((_, Ok(report))) => println!(
+            "reconcile: {} drifts, {} repaired",
+            report.drifts.len(),
+            report.repaired
+        ),
+        Some((_, Err(e))) => eprintln!("reconcile failed: {e}"),
+        None => {}
+    }
+    match &tick.rotation {
+        Some(Ok(r)) if !r.rotated.is_empty() || r.revoked > 0 => println!(
+            "keys: {} rotated ahead of expiry, {} rotated keys revoked",
+            r.rotated.len(),
+            r.revoked
+        ),
+        Some(Ok(_)) | None => {}
+        Some(Err(e)) => eprintln!("key rotation failed: {e}"),
+    }
+    match &tick.spend {
+        Some(Ok(poll)) => {
+            print_spend(poll);
         }
+        Some(Err(e)) => eprintln!("spend reconciliation failed: spend: {e}"),
+        None => {}
     }
 }
 
-/// Imports LiteLLM's spend logs of the window ending 15 s ago (spend logs are written in
+/// A guardrail reload that failed: the policy in force stays (none before the first
+/// success: members wait rather than lose limits).
+fn print_reload_failure(failure: &ReloadFailure) {
+    let e = &failure.error;
+    if failure.previous_in_force {
+        eprintln!("guardrail rules not reloaded; the previous ones stay in force: {e}");
+    } else {
+        eprintln!(
+            "guardrail rules not loaded (members' keys wait for them; retried every {}s): {e}",
+            GUARDRAIL_RELOAD.as_secs()
+        );
+    }
+}
+
+/// Prints a spend-log import (the window ends 15 s ago, spend logs being written in
 /// batches): calls through StratAI are matched with their usage records, calls made with a
 /// member's key directly are recorded as their usage and charged to their budgets (the same
 /// idempotent path as the server's callback). Clean when nothing was spent outside StratAI
 /// and no record disagrees with LiteLLM.
-async fn spend(
-    engine: &SyncEngine,
-    importer: &SpendImporter,
-    window: chrono::Duration,
-) -> Result<bool, String> {
-    let now = Utc::now();
-    let to = now - chrono::Duration::seconds(15);
-    let from = to - window;
-    let (report, outcomes) = importer
-        .poll(engine.client(), from, to, now)
-        .await
-        .map_err(|e| format!("spend: {e}"))?;
+fn print_spend(poll: &SpendPoll) -> bool {
+    let report = &poll.report;
     println!(
         "spend: {} rows, {} through StratAI, {} recorded outside StratAI, {} already settled, {} pending, {} ignored, {} mismatches",
         report.rows,
@@ -494,7 +501,7 @@ async fn spend(
         report.ignored,
         report.mismatches
     );
-    for outcome in &outcomes {
+    for outcome in &poll.outcomes {
         match outcome {
             Imported::Direct {
                 record,
@@ -513,5 +520,5 @@ async fn spend(
             _ => {}
         }
     }
-    Ok(report.direct_recorded == 0 && report.mismatches == 0)
+    report.direct_recorded == 0 && report.mismatches == 0
 }

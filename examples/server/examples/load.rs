@@ -640,17 +640,9 @@ async fn start_gateway(upstream: String, stores: Stores, fast: bool) -> Result<G
     let gateway = build_state(&config, auth.clone(), &stores, options).await?;
     let drainer = gateway.drainer.clone();
     let app = router(
-        AppState {
-            auth,
-            prices: std::sync::Arc::new(config.prices.clone()),
-            readiness: backends.readiness,
-            stores: stores.clone(),
-            gateway: Some(gateway),
-            mail: std::sync::Arc::new(
-                stratai_server::server::postman(&config).map_err(|e| e.to_string())?,
-            ),
-            settings: config.summary().into(),
-        },
+        AppState::new(&config, auth, backends.readiness, stores.clone())
+            .map_err(|e| e.to_string())?
+            .with_gateway(gateway),
         HttpLimits {
             body_limit_bytes: 1 << 20,
             request_timeout: Duration::from_secs(30),

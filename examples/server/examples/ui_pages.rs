@@ -23,8 +23,7 @@
 //! keeps the database for `n` seconds after the measurement (its name and URLs are printed)
 //! to `EXPLAIN ANALYZE` the pages' queries in `psql`.
 
-#[path = "../../../stratai-store/tests/support/pg.rs"]
-mod pg;
+use stratai_testkit::pg;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -201,13 +200,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// The session cookie of `email`, as the dev sign-in sets it.
 async fn session(state: &stratai_server::app::AppState, email: &str) -> String {
     let principal = state
-        .auth
+        .auth()
         .directory()
         .find_by_email(email)
         .await
         .expect("lookup")
         .expect("known person");
-    let cookie = stratai_server::auth::routes::start_session(&state.auth, &principal, false)
+    let cookie = stratai_server::auth::routes::start_session(state.auth(), &principal, false)
         .await
         .expect("session");
     cookie

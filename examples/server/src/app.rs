@@ -45,25 +45,79 @@ impl Readiness for AlwaysReady {
     }
 }
 
-/// State shared by all handlers.
+/// State shared by all handlers. Built by [`AppState::new`] (and
+/// [`AppState::with_gateway`]), the one place that derives it from the configuration.
 #[derive(Clone)]
 pub struct AppState {
     /// Authentication.
-    pub auth: Arc<Auth>,
+    pub(crate) auth: Arc<Auth>,
     /// Readiness probe.
-    pub readiness: Arc<dyn Readiness>,
+    pub(crate) readiness: Arc<dyn Readiness>,
     /// The storage ports.
-    pub stores: crate::stores::Stores,
+    pub(crate) stores: crate::stores::Stores,
     /// The governed gateway (`/v1`, `/api/explain`, `/metrics`), when built.
-    pub gateway: Option<crate::gateway::GatewayState>,
+    pub(crate) gateway: Option<crate::gateway::GatewayState>,
     /// Sends invitation emails.
-    pub mail: Arc<crate::mail::Postman>,
+    pub(crate) mail: Arc<crate::mail::Postman>,
     /// The provider prices (`STRATAI_PROVIDER_PRICES` over the built-in list), for the
     /// price list routes and the pricing report.
-    pub prices: Arc<stratai_core::pricing::PriceTable>,
+    pub(crate) prices: Arc<stratai_core::pricing::PriceTable>,
     /// The effective configuration, secrets already masked ([`crate::config::Config::summary`]):
     /// what the operators' settings page shows.
-    pub settings: Arc<[crate::config::SettingLine]>,
+    pub(crate) settings: Arc<[crate::config::SettingLine]>,
+}
+
+impl AppState {
+    /// The state of `config` over `stores`, without the gateway: the provider prices, the
+    /// invitation mailer and the settings page come from `config`. Errors when the mailer
+    /// cannot be built.
+    pub fn new(
+        config: &crate::config::Config,
+        auth: Arc<Auth>,
+        readiness: Arc<dyn Readiness>,
+        stores: crate::stores::Stores,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            auth,
+            readiness,
+            stores,
+            gateway: None,
+            mail: Arc::new(crate::server::postman(config)?),
+            prices: Arc::new(config.prices.clone()),
+            settings: config.summary().into(),
+        })
+    }
+
+    /// The same state serving the governed gateway too.
+    #[must_use]
+    pub fn with_gateway(mut self, gateway: crate::gateway::GatewayState) -> Self {
+        self.gateway = Some(gateway);
+        self
+    }
+
+    /// Authentication.
+    #[must_use]
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.auth
+    }
+
+    /// The storage ports the routes use.
+    #[must_use]
+    pub fn stores(&self) -> &crate::stores::Stores {
+        &self.stores
+    }
+
+    /// The governed gateway, when built.
+    #[must_use]
+    pub fn gateway(&self) -> Option<&crate::gateway::GatewayState> {
+        self.gateway.as_ref()
+    }
+
+    /// The invitation mailer.
+    #[must_use]
+    pub fn mail(&self) -> &Arc<crate::mail::Postman> {
+        &self.mail
+    }
 }
 
 impl std::fmt::Debug for AppState {

@@ -87,16 +87,15 @@ pub fn build_state(config: &Config, backends: Backends) -> Result<AppState, ApiE
         Auth::from_config(config, backends.directory, backends.sessions)?
             .with_auth_cache(config.auth_cache),
     );
-    Ok(AppState {
+    // Every admin change through these stores is recorded in the audit trail.
+    AppState::new(
+        config,
         auth,
-        prices: std::sync::Arc::new(config.prices.clone()),
-        readiness: backends.readiness,
-        // Every admin change through these stores is recorded in the audit trail.
-        stores: stratai_store::audited::audited(backends.stores),
-        gateway: None,
-        mail: Arc::new(postman(config)?),
-        settings: config.summary().into(),
-    })
+        backends.readiness,
+        // Every admin change through these stores is recorded in the audit trail, in the
+        // change's own transaction.
+        stratai_store::audited::audited(backends.stores),
+    )
 }
 
 /// The invitation mailer of `config`.
@@ -209,29 +208,28 @@ pub async fn serve(config: Config, backends: Backends) -> Result<(), ServeError>
             .with_auth_cache(config.auth_cache),
     );
     announce(&config, auth.mode());
-    let mail = Arc::new(postman(&config).map_err(|e| ServeError::Startup(e.to_string()))?);
-    announce_mail(&config, &mail);
-    let _retries = mail
+    let state = AppState::new(
+        &config,
+        auth.clone(),
+        backends.readiness,
+        backends.stores.clone(),
+    )
+    .map_err(|e| ServeError::Startup(e.to_string()))?;
+    announce_mail(&config, state.mail());
+    let _retries = state
+        .mail()
         .clone()
         .spawn_retries(backends.stores.directory.clone(), MAIL_RETRY_EVERY);
     let gateway = crate::gateway::setup::build_state(
         &config,
-        auth.clone(),
+        auth,
         &backends.stores,
         crate::gateway::setup::GatewayOptions::from_config(&config),
     )
     .await
     .map_err(ServeError::Startup)?;
     let drainer = gateway.drainer.clone();
-    let state = AppState {
-        auth,
-        prices: std::sync::Arc::new(config.prices.clone()),
-        readiness: backends.readiness,
-        stores: backends.stores,
-        gateway: Some(gateway),
-        mail,
-        settings: config.summary().into(),
-    };
+    let state = state.with_gateway(gateway);
     let app = router(
         state,
         HttpLimits {

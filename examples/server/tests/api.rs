@@ -2,14 +2,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
+mod harness;
 
-use api_support::*;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use chrono::Utc;
+use harness::*;
 use serde_json::json;
-use stratai_core::usage::{UsageRecord, UsageStatus};
 
 /// The README's session: dev token as the super admin -> create an org -> invite a user (the
 /// email lands in the dev mailbox) -> the user's first sign-in joins the organization -> lists
@@ -544,26 +543,16 @@ async fn orgs_budgets_usage(api: Api) {
 
     // Usage: a member sees their own, admins see all; the export is CSV.
     let now = Utc::now();
-    let record = |user: &stratai_core::directory::User, cost: i64| UsageRecord {
-        request_id: RequestId::new(),
-        org_id: org,
-        group_id: None,
-        user_id: user.id,
-        tier_id: Some(stratai_core::tiers::BASIC_TIER_ID),
-        model: ModelId::new("gpt-4o-mini").unwrap(),
-        input_tokens: 100,
-        output_tokens: 50,
-        provider_cost: stratai_core::money::Money::new(rust_decimal::Decimal::new(cost, 4))
-            .unwrap(),
-        billed_amount: stratai_core::money::Money::new(rust_decimal::Decimal::new(cost * 2, 4))
-            .unwrap(),
-        overage: Default::default(),
-        litellm_request_id: None,
-        conversation_id: None,
-        endpoint: "chat".to_owned(),
-        status: UsageStatus::Success,
-        created_at: now,
-        lease_id: None,
+    let amount =
+        |units: i64| stratai_core::money::Money::new(rust_decimal::Decimal::new(units, 4)).unwrap();
+    let record = |user: &stratai_core::directory::User, cost: i64| {
+        stratai_testkit::usage_record(org, user.id)
+            .tier(stratai_core::tiers::BASIC_TIER_ID)
+            .tokens(100, 50)
+            .cost(amount(cost))
+            .billed(amount(cost * 2))
+            .at(now)
+            .build()
     };
     let records = vec![
         record(&a.member, 10),

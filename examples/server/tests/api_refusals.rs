@@ -5,12 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
+mod harness;
 
-use api_support::*;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use chrono::Utc;
+use harness::*;
 use serde_json::json;
 use stratai_core::directory::{Email, Invitation, InvitationRequest, OrgRole};
 

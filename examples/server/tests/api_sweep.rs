@@ -5,12 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
+mod harness;
 
 use std::collections::BTreeMap;
 
-use api_support::*;
 use axum::http::{Method, StatusCode};
+use harness::*;
 use serde_json::{Value, json};
 use stratai_core::directory::User;
 
@@ -399,14 +399,14 @@ async fn post_form(
     if let Some(email) = email {
         let principal = api
             .state
-            .auth
+            .auth()
             .directory()
             .find_by_email(email)
             .await
             .unwrap()
             .unwrap();
         let cookie =
-            stratai_server::auth::routes::start_session(&api.state.auth, &principal, false)
+            stratai_server::auth::routes::start_session(api.state.auth(), &principal, false)
                 .await
                 .unwrap();
         let pair = cookie

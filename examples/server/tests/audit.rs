@@ -6,10 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
+mod harness;
 
-use api_support::*;
 use axum::http::StatusCode;
+use harness::*;
 use serde_json::{Value, json};
 use sqlx::Connection;
 use stratai_core::audit::AuditEntry;

@@ -4,24 +4,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
+mod harness;
 
-use api_support::*;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
+use harness::*;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use stratai_core::money::Money;
 use stratai_core::tiers::{BASIC_TIER_ID, STANDARD_TIER_ID};
 use stratai_core::usage::{UsageRecord, UsageStatus};
 use stratai_core::{TierId, UserId};
+use stratai_testkit::usage_record;
 
 fn at(text: &str) -> DateTime<Utc> {
     text.parse().unwrap()
-}
-
-fn money(text: &str) -> Money {
-    Money::parse(text).unwrap()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -35,25 +31,17 @@ fn record(
     when: &str,
     status: UsageStatus,
 ) -> UsageRecord {
-    UsageRecord {
-        request_id: RequestId::new(),
-        org_id: org,
-        group_id: None,
-        user_id: user,
-        tier_id: tier,
-        model: ModelId::new(model).unwrap(),
-        input_tokens: 1000,
-        output_tokens: 500,
-        provider_cost: money(cost),
-        billed_amount: money(billed),
-        overage: Money::ZERO,
-        litellm_request_id: None,
-        conversation_id: None,
-        endpoint: "chat".to_owned(),
-        status,
-        created_at: at(when),
-        lease_id: None,
+    let record = usage_record(org, user)
+        .model(model)
+        .cost(cost)
+        .billed(billed)
+        .status(status)
+        .at(at(when));
+    match tier {
+        Some(tier) => record.tier(tier),
+        None => record,
     }
+    .build()
 }
 
 fn dec(v: &Value) -> Decimal {

@@ -6,11 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[macro_use]
-mod gateway_support;
+mod harness;
 
 use chrono::{DateTime, Utc};
-use gateway_support::*;
+use harness::*;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use stratai_core::budget::rule_budget_id;

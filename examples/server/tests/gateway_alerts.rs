@@ -10,8 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[macro_use]
-mod gateway_support;
+mod harness;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,7 +21,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use chrono::{DateTime, Utc};
-use gateway_support::*;
+use harness::*;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use stratai_core::budget::{Budget, BudgetScope};

@@ -11,8 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[macro_use]
-mod gateway_support;
+mod harness;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use stratai_core::ids::{BudgetId, RequestId, UserId};
 use stratai_core::money::Money;
 use stratai_core::usage::UsageRecord;
 
-use gateway_support::*;
+use harness::*;
 
 on_both!(
     kill_nine_in_the_high_throughput_mode,

@@ -4,21 +4,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[macro_use]
-mod gateway_support;
+mod harness;
 
 use chrono::Utc;
-use gateway_support::*;
+use harness::*;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
+use stratai_core::UserId;
 use stratai_core::budget::{BudgetScope, rule_budget_id};
 use stratai_core::ids::RequestId;
 use stratai_core::money::Money;
 use stratai_core::ports::RuleAction;
 use stratai_core::tiers::BASIC_TIER_ID;
-use stratai_core::usage::{UsageQuery, UsageRecord, UsageStatus};
-use stratai_core::{ModelId, UserId};
+use stratai_core::usage::{UsageQuery, UsageRecord};
 use stratai_server::demo_provider::DemoConfig;
+use stratai_testkit::usage_record;
 
 on_both!(
     explain_answers_the_chat_refusal_of_a_budget_limit_rule_with_spend,
@@ -27,25 +27,12 @@ on_both!(
 );
 
 fn spent(org: stratai_core::OrgId, user: UserId, billed: &str) -> UsageRecord {
-    UsageRecord {
-        request_id: RequestId::new(),
-        org_id: org,
-        group_id: None,
-        user_id: user,
-        tier_id: Some(BASIC_TIER_ID),
-        model: ModelId::new(MODEL).unwrap(),
-        input_tokens: 100,
-        output_tokens: 100,
-        provider_cost: Money::parse(billed).unwrap(),
-        billed_amount: Money::parse(billed).unwrap(),
-        overage: Money::ZERO,
-        litellm_request_id: None,
-        conversation_id: None,
-        endpoint: "chat".to_owned(),
-        status: UsageStatus::Success,
-        created_at: Utc::now(),
-        lease_id: None,
-    }
+    usage_record(org, user)
+        .tier(BASIC_TIER_ID)
+        .model(MODEL)
+        .tokens(100, 100)
+        .spent(billed)
+        .build()
 }
 
 /// The reproduction: an organization `budget_limit` rule of $0.0002 a day after

@@ -5,15 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[macro_use]
-mod gateway_support;
+mod harness;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use gateway_support::*;
+use harness::*;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use stratai_core::budget::BudgetScope;

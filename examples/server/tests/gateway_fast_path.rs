@@ -7,13 +7,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[macro_use]
-mod gateway_support;
+mod harness;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use gateway_support::*;
+use harness::*;
 use stratai_core::budget::BudgetScope;
 use stratai_core::ids::RequestId;
 use stratai_core::money::Money;

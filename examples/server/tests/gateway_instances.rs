@@ -24,8 +24,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[macro_use]
-mod gateway_support;
+mod harness;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,7 +40,7 @@ use stratai_core::money::Money;
 use stratai_core::ports::{RuleAction, RuleScope};
 use stratai_core::usage::{UsageQuery, UsageRecord};
 
-use gateway_support::*;
+use harness::*;
 
 const INSTANCES: usize = 3;
 const CLIENTS: usize = 200;

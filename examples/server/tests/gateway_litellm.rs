@@ -9,56 +9,33 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod harness;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use harness::{KIT_PRICES, MockMember, Proxy, app, litellm_proxy, mock_gpt_member};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use stratai_core::TierSlug;
-use stratai_core::directory::{
-    BillingPlan, Email, Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
-};
-use stratai_core::ids::{ModelId, RequestId, TierId};
+use stratai_core::ids::RequestId;
 use stratai_core::money::Money;
-use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::usage::{UsageQuery, UsageStatus};
 use stratai_litellm::sync::key_alias;
 use stratai_litellm::sync::{CoreDirectory, MemoryKeyVault, SyncConfig, SyncEngine};
 use stratai_litellm::{ClientConfig, KeyListQuery, KeyRef, LiteLlmClient, Secret, SpendLogsFilter};
-use stratai_server::app::{AppState, HttpLimits, router};
-use stratai_server::auth::Auth;
 use stratai_server::config::Config;
-use stratai_server::gateway::setup::{GatewayOptions, build_state};
-use stratai_server::server::Backends;
+use stratai_server::gateway::setup::GatewayOptions;
 use stratai_server::stores::Stores;
-
-fn proxy() -> Option<(String, String)> {
-    let url = std::env::var("STRATAI_LITELLM_URL")
-        .ok()
-        .filter(|v| !v.is_empty());
-    let key = std::env::var("STRATAI_LITELLM_MASTER_KEY")
-        .ok()
-        .filter(|v| !v.is_empty());
-    match (url, key) {
-        (Some(u), Some(k)) => Some((u, k)),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "STRATAI_LITELLM_URL / STRATAI_LITELLM_MASTER_KEY are required under CI=true"
-            );
-            eprintln!(
-                "SKIPPED: no LiteLLM proxy (STRATAI_LITELLM_URL / STRATAI_LITELLM_MASTER_KEY unset)"
-            );
-            None
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log() {
-    let Some((proxy_url, master)) = proxy() else {
+    let Some(Proxy {
+        url: proxy_url,
+        master,
+    }) = litellm_proxy()
+    else {
         return;
     };
     let dir = stratai_testkit::Scratch::new();
@@ -72,85 +49,21 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     .into();
     let config = Config::load(&env).unwrap();
     let stores = Stores::open(&sqlite_url, None).await.unwrap();
-    let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
-    let auth = Arc::new(Auth::from_config(&config, backends.directory, backends.sessions).unwrap());
     let mut options = GatewayOptions::from_config(&config);
     options.spool_path = dir.join("usage.spool");
-    let gateway = build_state(&config, auth.clone(), &stores, options)
-        .await
-        .unwrap();
+    let (app, gateway) = app(&config, &stores, stores.clone(), options).await;
     assert_eq!(gateway.provider, "litellm");
-    let app = router(
-        AppState {
-            auth,
-            prices: std::sync::Arc::new(config.prices.clone()),
-            readiness: backends.readiness,
-            stores: stores.clone(),
-            gateway: Some(gateway),
-            mail: std::sync::Arc::new(stratai_server::server::postman(&config).unwrap()),
-            settings: config.summary().into(),
-        },
-        HttpLimits {
-            body_limit_bytes: 1 << 20,
-            request_timeout: Duration::from_secs(30),
-        },
-    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     // A tier holding the proxy's `mock-gpt`, an org subscribed to it, one member.
-    let now = Utc::now();
-    let tier = ModelTier {
-        id: TierId::new(),
-        slug: TierSlug::new("mock").unwrap(),
-        name: "Mock".to_owned(),
-        description: "the proxy's mock model".to_owned(),
-        best_use_case: "tests".to_owned(),
-        models: vec![ModelId::new("mock-gpt").unwrap()],
-        base_price: Money::ZERO,
-        input_rate_per_million: Decimal::ONE,
-        output_rate_per_million: Decimal::TWO,
-        sort_order: 10,
-        active: true,
-        rate_schedule: Vec::new(),
-    };
-    stores.tiers.upsert_tier(&tier).await.unwrap();
-    let tag = &uuid::Uuid::new_v4().simple().to_string()[..10];
-    let org = Organization::new(
-        "Proxy Co",
-        Slug::new(format!("proxy-{tag}")).unwrap(),
-        OrgSettings::new(vec![tier.slug.clone()], tier.slug.clone()).unwrap(),
-        BillingPlan::Business,
-        now,
-    )
-    .unwrap();
-    stores.directory.create_org(&org).await.unwrap();
-    stores
-        .tiers
-        .put_subscription(
-            org.id,
-            &TierSubscription {
-                org_id: org.id,
-                tier_id: tier.id,
-                enabled: true,
-                monthly_budget: None,
-                enabled_at: now,
-            },
-        )
-        .await
-        .unwrap();
-    let email = format!("proxy-{tag}@proxy.test");
-    let user = User::new(Email::new(&email).unwrap(), None, PlatformRole::User, now).unwrap();
-    stores.directory.create_user(&user).await.unwrap();
-    stores
-        .directory
-        .add_member(
-            org.id,
-            &Membership::new(org.id, user.id, OrgRole::Member, now),
-        )
-        .await
-        .unwrap();
+    let MockMember {
+        org,
+        user,
+        email,
+        tag,
+    } = mock_gpt_member(&stores, "Proxy Co", (Decimal::ONE, Decimal::TWO), None).await;
     let http = reqwest::Client::new();
     let token: Value = http
         .post(format!("{base}/auth/dev/token"))
@@ -218,7 +131,7 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     // the store within the batch's linger), so the record is awaited, not assumed.
     let mut record = None;
     for _ in 0..100 {
-        if let Ok(r) = stores.usage.get(org.id, rid).await {
+        if let Ok(r) = stores.usage.get(org, rid).await {
             record = Some(r);
             break;
         }
@@ -235,14 +148,14 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let keys = client
         .key_list(&KeyListQuery {
-            key_alias: Some(key_alias(org.id, user.id)),
+            key_alias: Some(key_alias(org, user)),
             ..KeyListQuery::default()
         })
         .await
         .unwrap();
     let mine: Vec<_> = keys
         .iter()
-        .filter(|k| k.key_alias.as_deref() == Some(key_alias(org.id, user.id).as_str()))
+        .filter(|k| k.key_alias.as_deref() == Some(key_alias(org, user).as_str()))
         .collect();
     assert_eq!(mine.len(), 1, "exactly one key for the member: {mine:?}");
     let key = mine[0];
@@ -258,13 +171,13 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
         .await
         .unwrap();
     assert_eq!(again.status(), 200, "{}", again.text().await.unwrap());
-    assert_eq!(key.user_id.as_deref(), Some(user.id.to_string().as_str()));
+    assert_eq!(key.user_id.as_deref(), Some(user.to_string().as_str()));
 
     // LiteLLM's spend log has the same call with the same token counts.
     let mut row = None;
     for _ in 0..60 {
         let rows = client
-            .spend_logs(&SpendLogsFilter::User(user.id.to_string()))
+            .spend_logs(&SpendLogsFilter::User(user.to_string()))
             .await
             .unwrap_or_default();
         if let Some(r) = rows.into_iter().find(|r| r.request_id == upstream_id) {
@@ -310,7 +223,7 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
         records = stores
             .usage
             .query(
-                org.id,
+                org,
                 &UsageQuery {
                     from: Some(from),
                     to: Some(to),
@@ -403,12 +316,3 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     }
     server.abort();
 }
-
-/// What the kit (`../shared/litellm/config.template.yaml`) charges for its models, in the
-/// server's units (dollars per million tokens): `mock-gpt` $0.001 per prompt token and
-/// $0.002 per completion token, `mock-gpt-premium` ten times that, `mock-inline` nothing.
-const KIT_PRICES: &str = r#"{
-    "mock-gpt": {"input_per_million": "1000", "output_per_million": "2000"},
-    "mock-gpt-premium": {"input_per_million": "10000", "output_per_million": "20000"},
-    "mock-inline": {"input_per_million": "0", "output_per_million": "0"}
-}"#;

@@ -8,11 +8,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[macro_use]
-mod gateway_support;
+mod harness;
 
 use futures::future::join_all;
-use gateway_support::*;
+use harness::*;
 use serde_json::json;
 use stratai_core::ports::RuleAction;
 

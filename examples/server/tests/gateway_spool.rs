@@ -1,6 +1,6 @@
 //! Usage is never lost when the usage write fails: end to end through HTTP on SQLite and
 //! PostgreSQL. The server writes usage through a fault injector over the real store
-//! ([`gateway_support::FaultyUsage`]); while it fails, chat requests (JSON and streamed) still
+//! ([`harness::FaultyUsage`]); while it fails, chat requests (JSON and streamed) still
 //! succeed for the client and their records wait in the durable spool file; once the store
 //! recovers the spool drains into it, each record exactly once (idempotent by request id),
 //! billed as the responses said. A server restarted over the same spool replays what the
@@ -8,15 +8,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[macro_use]
-mod gateway_support;
+mod harness;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use gateway_support::*;
+use harness::*;
 use rust_decimal::Decimal;
 use serde_json::json;
 use stratai_core::StoreError;

@@ -15,14 +15,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod harness;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use common::*;
+use harness::*;
 use serde_json::json;
 use stratai_core::usage::UsageQuery;
 use tracing::field::{Field, Visit};
@@ -154,7 +154,7 @@ async fn steady_callers_make_no_statement_without_a_budget(kind: Kind) {
     // Everything held in memory reaches the database: the leases settled, the records
     // written (in batches: the linger was raised above the test's length).
     let from = count();
-    let gateway = api.state.gateway.as_ref().unwrap();
+    let gateway = api.state.gateway().unwrap();
     gateway.drainer.drain(Duration::from_secs(30)).await;
     let drained = count() - from;
     let records = api

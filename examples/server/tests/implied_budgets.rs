@@ -6,11 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[macro_use]
-mod gateway_support;
+mod harness;
 
 use chrono::{Datelike, Utc};
-use gateway_support::*;
+use harness::*;
 use serde_json::{Value, json};
 use stratai_core::budget::{BudgetScope, implied_budget_id};
 use stratai_core::tiers::default_tiers;

@@ -12,17 +12,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
-use api_support as common;
+mod harness;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use api_support::*;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use chrono::Utc;
+use harness::*;
 use serde_json::{Value, json};
 use stratai_core::directory::{
     DeliveryStatus, Invitation, InvitationRequest, OrgRole, ProfileAvailability, UserProfile,
@@ -226,13 +225,13 @@ fn token_of(path: &str) -> &str {
 async fn session_cookie(api: &Api, email: &str) -> String {
     let principal = api
         .state
-        .auth
+        .auth()
         .directory()
         .find_by_email(email)
         .await
         .unwrap()
         .unwrap();
-    let cookie = stratai_server::auth::routes::start_session(&api.state.auth, &principal, false)
+    let cookie = stratai_server::auth::routes::start_session(api.state.auth(), &principal, false)
         .await
         .unwrap();
     cookie
@@ -502,7 +501,7 @@ async fn undelivered_invitations_are_kept_and_retried(kind: Kind) {
 
     // Not due yet: this invitation is not attempted again (the fixture's own invitation,
     // queued, may be).
-    let postman = api.state.mail.clone();
+    let postman = api.state.mail().clone();
     let directory = api.stores.directory.clone();
     let mine = |list: Vec<Invitation>| {
         list.into_iter()
@@ -990,11 +989,11 @@ async fn oidc_first_sign_in_with_a_verified_email_joins(kind: Kind) {
     let Some((stores, _guard)) = stores(kind).await else {
         return;
     };
-    let issuer = common::TestIssuer::start().await;
+    let issuer = harness::TestIssuer::start().await;
     let scratch = Scratch::new();
     let env: std::collections::HashMap<String, String> = [
         ("OIDC_ISSUER", issuer.issuer.clone()),
-        ("OIDC_AUDIENCE", common::AUDIENCE.to_owned()),
+        ("OIDC_AUDIENCE", harness::AUDIENCE.to_owned()),
         (
             "STRATAI_MAILBOX_DIR",
             scratch.join("mailbox").display().to_string(),
@@ -1039,7 +1038,7 @@ async fn oidc_first_sign_in_with_a_verified_email_joins(kind: Kind) {
         &format!("auth0|spoof-{n}"),
         json!({"email": invitee, "email_verified": false}),
     ));
-    let r = common::get_me(&app, &unverified).await;
+    let r = harness::get_me(&app, &unverified).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
     let email = stratai_core::directory::Email::new(&invitee).unwrap();
     assert!(
@@ -1055,7 +1054,7 @@ async fn oidc_first_sign_in_with_a_verified_email_joins(kind: Kind) {
         &format!("auth0|real-{n}"),
         json!({"email": invitee.to_uppercase(), "email_verified": true}),
     ));
-    let r = common::get_me(&app, &verified).await;
+    let r = harness::get_me(&app, &verified).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let user = stores
         .directory

@@ -18,7 +18,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod gateway_support;
+mod harness;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,87 +29,34 @@ use axum::routing::post;
 use chrono::Utc;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use stratai_core::TierSlug;
 use stratai_core::budget::{BudgetScope, implied_budget_id};
-use stratai_core::directory::{
-    BillingPlan, Email, Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
-};
-use stratai_core::ids::{ModelId, OrgId, TierId, UserId};
+use stratai_core::ids::{OrgId, UserId};
 use stratai_core::money::Money;
-use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::usage::{UsageQuery, UsageRecord};
 use stratai_litellm::spend::DIRECT_ENDPOINT;
 use stratai_litellm::sync::{CoreDirectory, SyncEngine};
 use stratai_litellm::{Attribution, ChatMessage, ChatRequest, ClientConfig, LiteLlmClient, Secret};
-use stratai_server::app::{AppState, HttpLimits, router};
-use stratai_server::auth::Auth;
 use stratai_server::config::Config;
-use stratai_server::gateway::setup::{GatewayOptions, build_state};
-use stratai_server::server::Backends;
+use stratai_server::gateway::setup::GatewayOptions;
 use stratai_server::stores::Stores;
 use tokio::task::JoinHandle;
 
-use gateway_support::{Backing, Db};
+use harness::{
+    Backing, Callback, Db, KIT_PRICES, Proxy, app, litellm_proxy_with_callback, mock_gpt_member,
+};
 
 /// The callback address is one port: the backends' tests take turns.
 static CALLBACK_ADDR_TAKEN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const VAULT_KEY: &str = "q2Xv1m3b8Jc0ZCk5mP0wV9y4Rz7LhT2sN6aE1uQ8dFo=";
 
-/// What the kit charges (dollars per million tokens), so the gateway's provider cost is
-/// LiteLLM's.
-const KIT_PRICES: &str = r#"{
-    "mock-gpt": {"input_per_million": "1000", "output_per_million": "2000"},
-    "mock-gpt-premium": {"input_per_million": "10000", "output_per_million": "20000"},
-    "mock-inline": {"input_per_million": "0", "output_per_million": "0"}
-}"#;
-
-struct Proxy {
-    url: String,
-    master: String,
-    callback_addr: String,
-    callback_secret: String,
-}
-
-fn proxy() -> Option<Proxy> {
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    match (
-        var("STRATAI_LITELLM_URL"),
-        var("STRATAI_LITELLM_MASTER_KEY"),
-        var("STRATAI_LITELLM_CALLBACK_ADDR"),
-        var("STRATAI_LITELLM_CALLBACK_SECRET"),
-    ) {
-        (Some(url), Some(master), Some(callback_addr), Some(callback_secret)) => Some(Proxy {
-            url,
-            master,
-            callback_addr,
-            callback_secret,
-        }),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "STRATAI_LITELLM_URL, STRATAI_LITELLM_MASTER_KEY, STRATAI_LITELLM_CALLBACK_ADDR \
-                 and STRATAI_LITELLM_CALLBACK_SECRET are required under CI=true \
-                 (eval \"$(scripts/litellm-up.sh)\")"
-            );
-            eprintln!(
-                "SKIPPED: no LiteLLM proxy with StratAI's spend callback (eval \"$(scripts/litellm-up.sh)\")"
-            );
-            None
-        }
-    }
-}
-
-fn config(proxy: &Proxy, poll_secs: u64, webhook: &str) -> Config {
+fn config(proxy: &Proxy, callback: &Callback, poll_secs: u64, webhook: &str) -> Config {
     let env: HashMap<String, String> = [
         ("DATABASE_URL", "sqlite::memory:"),
         ("LITELLM_URL", proxy.url.as_str()),
         ("LITELLM_MASTER_KEY", proxy.master.as_str()),
         ("STRATAI_VAULT_KEY", VAULT_KEY),
-        (
-            "STRATAI_LITELLM_CALLBACK_SECRET",
-            proxy.callback_secret.as_str(),
-        ),
+        ("STRATAI_LITELLM_CALLBACK_SECRET", callback.secret.as_str()),
         ("STRATAI_LITELLM_SPEND_POLL_SECS", &poll_secs.to_string()),
         ("STRATAI_PROVIDER_PRICES", KIT_PRICES),
         ("STRATAI_ALERT_WEBHOOK_URL", webhook),
@@ -127,31 +74,12 @@ async fn serve(
     config: &Config,
     addr: &str,
 ) -> (JoinHandle<()>, String) {
-    let backends = Backends::seeded(stores.clone(), config).await.unwrap();
-    let auth = Arc::new(Auth::from_config(config, backends.directory, backends.sessions).unwrap());
     let mut options = GatewayOptions::from_config(config);
     options.spool_path = backing
         .dir
         .join(format!("usage-{}.spool", uuid::Uuid::new_v4()));
-    let gateway = build_state(config, auth.clone(), stores, options)
-        .await
-        .unwrap();
+    let (app, gateway) = app(config, stores, stores.clone(), options).await;
     assert!(gateway.litellm_spend.is_some());
-    let app = router(
-        AppState {
-            auth,
-            prices: std::sync::Arc::new(config.prices.clone()),
-            readiness: backends.readiness,
-            stores: stores.clone(),
-            gateway: Some(gateway),
-            mail: Arc::new(stratai_server::server::postman(config).unwrap()),
-            settings: config.summary().into(),
-        },
-        HttpLimits {
-            body_limit_bytes: 1 << 20,
-            request_timeout: Duration::from_secs(30),
-        },
-    );
     let mut listener = None;
     for _ in 0..50 {
         match tokio::net::TcpListener::bind(addr).await {
@@ -191,59 +119,14 @@ async fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
 /// A tier of the proxy's `mock-gpt` billed at twice the provider's price, an organization
 /// subscribed to it, and a member with a $100 monthly budget.
 async fn seed(stores: &Stores) -> (OrgId, UserId, String) {
-    let now = Utc::now();
-    let tag = &uuid::Uuid::new_v4().simple().to_string()[..10];
-    let tier = ModelTier {
-        id: TierId::new(),
-        slug: TierSlug::new(format!("mock-{tag}")).unwrap(),
-        name: "Mock".to_owned(),
-        description: "the proxy's mock model".to_owned(),
-        best_use_case: "tests".to_owned(),
-        models: vec![ModelId::new("mock-gpt").unwrap()],
-        base_price: Money::ZERO,
-        input_rate_per_million: Decimal::from(2000),
-        output_rate_per_million: Decimal::from(4000),
-        sort_order: 10,
-        active: true,
-        rate_schedule: Vec::new(),
-    };
-    stores.tiers.upsert_tier(&tier).await.unwrap();
-    let org = Organization::new(
+    let m = mock_gpt_member(
+        stores,
         "Spend Co",
-        Slug::new(format!("spend-{tag}")).unwrap(),
-        OrgSettings::new(vec![tier.slug.clone()], tier.slug.clone()).unwrap(),
-        BillingPlan::Business,
-        now,
+        (Decimal::from(2000), Decimal::from(4000)),
+        Some(Money::new(Decimal::from(100)).unwrap()),
     )
-    .unwrap();
-    stores.directory.create_org(&org).await.unwrap();
-    stores
-        .tiers
-        .put_subscription(
-            org.id,
-            &TierSubscription {
-                org_id: org.id,
-                tier_id: tier.id,
-                enabled: true,
-                monthly_budget: None,
-                enabled_at: now,
-            },
-        )
-        .await
-        .unwrap();
-    let email = format!("spend-{tag}@proxy.test");
-    let user = User::new(Email::new(&email).unwrap(), None, PlatformRole::User, now).unwrap();
-    stores.directory.create_user(&user).await.unwrap();
-    stores
-        .directory
-        .add_member(
-            org.id,
-            &Membership::new(org.id, user.id, OrgRole::Member, now)
-                .with_monthly_budget(Money::new(Decimal::from(100)).unwrap()),
-        )
-        .await
-        .unwrap();
-    (org.id, user.id, email)
+    .await;
+    (m.org, m.user, m.email)
 }
 
 async fn records(stores: &Stores, org: OrgId, user: UserId) -> Vec<UsageRecord> {
@@ -301,7 +184,7 @@ async fn direct_chat(client: &LiteLlmClient, key: &Secret, text: &str) -> String
 }
 
 async fn spend_reaches_the_books_by_callback_and_by_poll(db: Db) {
-    let Some(proxy) = proxy() else {
+    let Some((proxy, callback)) = litellm_proxy_with_callback() else {
         return;
     };
     let Some(backing) = Backing::new(db).await else {
@@ -318,7 +201,7 @@ async fn spend_reaches_the_books_by_callback_and_by_poll(db: Db) {
     .unwrap();
 
     // The member's key, from an engine over the same store and vault key as the server's.
-    let quiet = config(&proxy, 3600, &hook);
+    let quiet = config(&proxy, &callback, 3600, &hook);
     let litellm = quiet.litellm.as_ref().unwrap();
     let engine = SyncEngine::new(
         client.clone(),
@@ -342,7 +225,7 @@ async fn spend_reaches_the_books_by_callback_and_by_poll(db: Db) {
 
     // Server A: the callback is served; its spend-log poll runs once at start, then not for an
     // hour, so whatever is imported after that came through the callback.
-    let (server_a, base) = serve(&backing, &stores, &quiet, &proxy.callback_addr).await;
+    let (server_a, base) = serve(&backing, &stores, &quiet, &callback.addr).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let http = reqwest::Client::new();
 
@@ -492,7 +375,7 @@ async fn spend_reaches_the_books_by_callback_and_by_poll(db: Db) {
     }]);
     let outcome: Value = http
         .post(format!("{base}/api/litellm/spend-callback"))
-        .bearer_auth(&proxy.callback_secret)
+        .bearer_auth(&callback.secret)
         .json(&again)
         .send()
         .await
@@ -515,7 +398,7 @@ async fn spend_reaches_the_books_by_callback_and_by_poll(db: Db) {
     assert_eq!(wrong.status(), 401);
     let garbage = http
         .post(format!("{base}/api/litellm/spend-callback"))
-        .bearer_auth(&proxy.callback_secret)
+        .bearer_auth(&callback.secret)
         .body("{not json")
         .send()
         .await
@@ -537,8 +420,8 @@ async fn spend_reaches_the_books_by_callback_and_by_poll(db: Db) {
 
     // Server B polls LiteLLM's spend logs every 2 s: the lost call is imported, the first is
     // not imported twice, and the member's budget is charged exactly once for each.
-    let polling = config(&proxy, 2, &hook);
-    let (server_b, base) = serve(&backing, &stores, &polling, &proxy.callback_addr).await;
+    let polling = config(&proxy, &callback, 2, &hook);
+    let (server_b, base) = serve(&backing, &stores, &polling, &callback.addr).await;
     let lost = direct_record(&stores, org, user, &second, Duration::from_secs(90))
         .await
         .expect("the spend-log poll never imported the call the callback lost");

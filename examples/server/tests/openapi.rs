@@ -3,13 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-// The same harness (`common` and `api_support` are one); one `mod` per file.
-use common as api_support;
+mod harness;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::*;
+use harness::*;
 
 fn request(method: &str, path: &str) -> Request<Body> {
     let uri = path
@@ -56,9 +54,7 @@ async fn probe(server: &TestServer, method: &str, path: &str) -> (StatusCode, se
 #[tokio::test]
 async fn every_documented_operation_is_routed() {
     // The full dev-mode server, gateway included.
-    let dev = api_support::Api::start(api_support::Kind::Memory)
-        .await
-        .unwrap();
+    let dev = harness::Api::start(harness::Kind::Memory).await.unwrap();
     // An OIDC server whose provider never answers: its login routes exist (and fail with 503).
     let oidc = server_with(&[
         ("OIDC_ISSUER", "http://127.0.0.1:9/"),
@@ -113,9 +109,7 @@ fn every_operation_has_its_request_and_answers_described() {
 
 #[tokio::test]
 async fn a_method_a_path_does_not_have_answers_a_json_405_with_allow() {
-    let dev = api_support::Api::start(api_support::Kind::Memory)
-        .await
-        .unwrap();
+    let dev = harness::Api::start(harness::Kind::Memory).await.unwrap();
     let doc = stratai_server::openapi::document();
     for (path, ops) in doc["paths"].as_object().unwrap() {
         let documented: Vec<String> = ops
@@ -172,7 +166,7 @@ async fn the_error_codes_of_each_status_are_listed() {
     use axum::http::Method;
     use serde_json::json;
     let doc = stratai_server::openapi::document();
-    let listed = |method: &str, path: &str, r: &api_support::Resp, code: &str| {
+    let listed = |method: &str, path: &str, r: &harness::Resp, code: &str| {
         assert_eq!(r.json["error"]["code"], code, "{method} {path}: {}", r.text);
         let op = &doc["paths"][path][method.to_ascii_lowercase()];
         let description = op["responses"][r.status.as_str()]["description"]
@@ -184,9 +178,7 @@ async fn the_error_codes_of_each_status_are_listed() {
             r.status
         );
     };
-    let api = api_support::Api::start(api_support::Kind::Memory)
-        .await
-        .unwrap();
+    let api = harness::Api::start(harness::Kind::Memory).await.unwrap();
     let admin = api.token("admin@localhost").await;
     let org = [("x-stratai-org", "internal".to_owned())];
 
@@ -231,7 +223,7 @@ async fn the_error_codes_of_each_status_are_listed() {
     listed("POST", "/api/explain", &r, "invalid_request");
 
     // The super admin in a second organization must name one.
-    let second = api_support::org_fixture(&api.stores, "second").await;
+    let second = harness::org_fixture(&api.stores, "second").await;
     let membership = stratai_core::directory::Membership::new(
         second.org,
         api.super_admin.id,

@@ -4,11 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
+mod harness;
 
-use api_support::*;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use harness::*;
 use serde_json::{Value, json};
 use stratai_core::UserId;
 use stratai_core::directory::{Email, PlatformRole, User};
@@ -167,13 +167,13 @@ async fn a_deactivated_person_is_refused_from_the_next_request(api: Api) {
     let token = api.token(member.email.as_str()).await;
     let principal = api
         .state
-        .auth
+        .auth()
         .directory()
         .find_by_email(member.email.as_str())
         .await
         .unwrap()
         .unwrap();
-    let cookie = stratai_server::auth::routes::start_session(&api.state.auth, &principal, false)
+    let cookie = stratai_server::auth::routes::start_session(api.state.auth(), &principal, false)
         .await
         .unwrap();
     let cookie = cookie

@@ -6,13 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod harness;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chrono::Utc;
-use common::*;
+use harness::*;
 use serde_json::{Value, json};
 use stratai_core::directory::{Email, Invitation, InvitationRequest, OrgRole};
 use stratai_core::ports::RuleScope;
@@ -551,8 +551,7 @@ async fn profiles_give_tiers_and_guardrails(api: Api) {
     // The rule acts: the member's request about kestrel is refused by it (once the
     // gateway has reloaded its policy, as it does every reload interval).
     api.state
-        .gateway
-        .as_ref()
+        .gateway()
         .unwrap()
         .pipeline
         .reload_guardrails()

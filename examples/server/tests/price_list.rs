@@ -6,13 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
+mod harness;
 
 use std::time::Duration;
 
-use api_support::*;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
+use harness::*;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use stratai_core::money::Money;

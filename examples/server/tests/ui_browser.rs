@@ -21,7 +21,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
+mod harness;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,8 +29,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api_support::{Guard, Kind, stores};
 use fantoccini::{Client, ClientBuilder, Locator};
+use harness::{Guard, Kind, stores};
 use serde_json::{Value, json};
 use stratai_server::app::router;
 use stratai_server::config::{Config, FileConfig};
@@ -150,14 +150,18 @@ async fn server(kind: Kind) -> Option<Server> {
     ]);
     let config = Config::from_parts(FileConfig::default(), &env).unwrap();
     let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
-    let mut state = build_state(&config, backends).unwrap();
+    let state = build_state(&config, backends).unwrap();
     let mut options = stratai_server::gateway::setup::GatewayOptions::from_config(&config);
     options.spool_path = spool.join("usage.spool");
-    state.gateway = Some(
-        stratai_server::gateway::setup::build_state(&config, state.auth.clone(), &stores, options)
-            .await
-            .unwrap(),
-    );
+    let gateway = stratai_server::gateway::setup::build_state(
+        &config,
+        state.auth().clone(),
+        &stores,
+        options,
+    )
+    .await
+    .unwrap();
+    let state = state.with_gateway(gateway);
     let app = router(state, limits(&config));
     let task = tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();

@@ -10,6 +10,7 @@ mod limits;
 mod mapping;
 mod orgs;
 mod reconcile;
+pub mod runner;
 mod source;
 
 use std::collections::{HashMap, HashSet};
@@ -32,6 +33,7 @@ pub use mapping::{
     recorded_version, scope_budget, team_metadata,
 };
 pub use reconcile::{CostMismatch, Drift, DriftKind, DriftReport, SpendReport, compare_spend};
+pub use runner::{SyncRunner, SyncSchedule, TickReport};
 pub use source::{CoreDirectory, KeyVault, MemoryKeyVault, RateLimitSource, SyncSource};
 
 use crate::client::{LiteLlmClient, RetryPolicy};

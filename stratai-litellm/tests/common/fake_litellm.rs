@@ -21,7 +21,7 @@
 //! - `/key/generate` refuses an unknown `organization_id` and inherits the team's otherwise;
 //! - team, user and key answers and errors are shaped like samples 05, 07, 11, 19, 22, 26.
 //!
-//! Only what the sync engine calls is implemented.
+//! Only what the sync engine and its runner call is implemented.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -586,6 +586,10 @@ impl Respond for Fake {
                     None => error(404, "Key not found", "not_found", None),
                 }
             }
+            // No call goes through this fake, so its spend log is empty.
+            ("GET", "/spend/logs/v2") => ok(json!({
+                "data": [], "total": 0, "page": 1, "page_size": 50, "total_pages": 0
+            })),
             _ => ResponseTemplate::new(404).set_body_json(json!({"detail": "Not Found"})),
         }
     }

@@ -4,14 +4,28 @@
 //!
 //! Rust runs no `Drop` for statics and nothing at all when a process is killed, so a test
 //! process cannot promise to clean up after itself. Instead everything a test creates outside
-//! itself (a [`Scratch`] folder, a PostgreSQL database of `stratai-store/tests/support/pg.rs`)
+//! itself (a [`Scratch`] folder, a PostgreSQL database of the `pg` harness)
 //! carries its creator's [`Creator`] tag: the machine (boot id and PID namespace), the pid and
 //! the process's start time. A guard removes the thing when the test ends (pass, fail or
 //! panic); whatever a killed process left is removed by the next test process that starts,
 //! as soon as [`Creator::state`] says its creator is [`Liveness::Gone`] — never while it runs,
 //! so concurrent runs do not disturb each other. `scripts/test-leftovers.sh` reads the same
 //! tags (its `creator_state` mirrors [`Creator::state`]) to count what a run left behind.
+//!
+//! `pg` (feature `pg`) is the PostgreSQL harness: a fresh, migrated database per test served by
+//! an unprivileged app role, shared by the store's and the server's tests.
+//!
+//! [`usage`] builds usage records ([`usage_record`]), for every crate's tests.
 #![deny(missing_docs)]
+
+pub mod usage;
+
+// Test support: a test that cannot get its database fails loudly at its own line.
+#[cfg(feature = "pg")]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub mod pg;
+
+pub use usage::{Amount, UsageRecordBuilder, usage_record};
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

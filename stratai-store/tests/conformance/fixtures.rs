@@ -12,10 +12,9 @@ use stratai_core::ports::{
     RuleAction, RuleRecord, RuleScope, TierStore, UsageStore,
 };
 use stratai_core::tiers::ModelTier;
-use stratai_core::usage::{UsageRecord, UsageStatus};
+use stratai_core::usage::UsageRecord;
 use stratai_core::{
-    BudgetId, GroupId, InvitationId, ModelId, Money, OrgId, RequestId, RuleId, TierId, TierSlug,
-    UserId,
+    BudgetId, GroupId, InvitationId, ModelId, Money, OrgId, RuleId, TierId, TierSlug, UserId,
 };
 
 /// Every port at once.
@@ -218,25 +217,13 @@ pub async fn budget<S: Store>(
 }
 
 pub fn record(org: OrgId, user: UserId, created_at: DateTime<Utc>, billed: &str) -> UsageRecord {
-    UsageRecord {
-        request_id: RequestId::new(),
-        org_id: org,
-        group_id: None,
-        user_id: user,
-        tier_id: None,
-        model: ModelId::new("claude-sonnet-4-5").unwrap(),
-        input_tokens: 1_000,
-        output_tokens: 500,
-        provider_cost: money("0.001"),
-        billed_amount: money(billed),
-        overage: Default::default(),
-        litellm_request_id: Some(format!("chatcmpl-{}", unique())),
-        conversation_id: None,
-        endpoint: "chat".to_owned(),
-        status: UsageStatus::Success,
-        created_at,
-        lease_id: None,
-    }
+    stratai_testkit::usage_record(org, user)
+        .model("claude-sonnet-4-5")
+        .cost("0.001")
+        .billed(billed)
+        .litellm_request_id(format!("chatcmpl-{}", unique()))
+        .at(created_at)
+        .build()
 }
 
 /// A pending invitation of `org` for `email`, with the hash of a random token.

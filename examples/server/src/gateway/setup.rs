@@ -2,9 +2,10 @@
 //! otherwise the offline demo provider, announced at start), the usage spool, budget alerts,
 //! the guardrail engine and their background tasks.
 //!
-//! With LiteLLM configured, the server also runs stratai-litellm's [`SyncEngine`] in-process:
-//! a background task consumes the store's outbox (as `examples/litellm-worker` does) and
-//! reconciles with repair at start and every five minutes. The gateway reads members' keys
+//! With LiteLLM configured, the server also runs stratai-litellm's [`SyncEngine`] in-process,
+//! on the [`SyncRunner`] `examples/litellm-worker` runs too: a background task consumes the
+//! store's outbox, reconciles with repair at start and every five minutes and polls the spend
+//! logs. The gateway reads members' keys
 //! from the engine's vault and asks the engine for a member's key on demand, so the engine is
 //! the only code path that creates keys (stratai-litellm's
 //! [`LiteLlmGateway`](stratai_litellm::gateway::LiteLlmGateway)). The vault seals the secrets
@@ -41,7 +42,10 @@ use stratai_guardrails::runtime::{
 use stratai_guardrails::{GatekeeperConfig, LeaseConfig};
 use stratai_litellm::gateway::LiteLlmGateway;
 use stratai_litellm::spend::{SpendImporter, SpendSettings};
-use stratai_litellm::sync::{CoreDirectory, PolicyKeyLimits, SyncEngine};
+use stratai_litellm::sync::runner::Cadence;
+use stratai_litellm::sync::{
+    CoreDirectory, PolicyKeyLimits, SyncEngine, SyncRunner, SyncSchedule, TickReport,
+};
 use stratai_store::RedisRateLimiter;
 use url::Url;
 
@@ -132,95 +136,20 @@ pub type Drainer = RuntimeHandle;
 /// including keys whose secret this process does not hold, e.g. after a restart).
 const RECONCILE_EVERY: Duration = Duration::from_secs(300);
 
-/// The spend-log poll of the in-process sync.
-struct SpendPoll {
-    desk: Arc<SpendDesk>,
-    every: Duration,
-    window: Duration,
-}
-
-/// How far a spend-log poll's window ends behind now: LiteLLM writes spend logs in batches.
-const SPEND_LOG_LAG: chrono::Duration = chrono::Duration::seconds(15);
-
-impl SpendPoll {
-    async fn run(&self, engine: &SyncEngine) {
-        let now = chrono::Utc::now();
-        let to = now - SPEND_LOG_LAG;
-        let from =
-            to - chrono::Duration::from_std(self.window).unwrap_or(chrono::Duration::hours(1));
-        match self
-            .desk
-            .importer()
-            .poll(engine.client(), from, to, now)
-            .await
-        {
-            Ok((report, outcomes)) => {
-                for outcome in &outcomes {
-                    self.desk.observe(outcome);
-                }
-                if report.direct_recorded > 0 || report.mismatches > 0 {
-                    tracing::info!(?report, "litellm spend poll");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "litellm spend poll failed; retried next time"),
+/// One tick of the in-process sync: logged, and told to the spend desk (reconcile views,
+/// import outcomes for alerts and metrics).
+fn observe_tick(tick: &TickReport, desk: &SpendDesk) {
+    tick.log();
+    match &tick.reconcile {
+        Some((at, Ok(report))) => desk.observe_reconcile(report, *at),
+        Some((at, Err(e))) => desk.reconcile_failed(&e.to_string(), *at),
+        None => {}
+    }
+    if let Some(Ok(poll)) = &tick.spend {
+        for outcome in &poll.outcomes {
+            desk.observe(outcome);
         }
     }
-}
-
-/// The in-process LiteLLM sync: outbox passes every `interval`, a repairing reconcile at
-/// start and every [`RECONCILE_EVERY`], and the spend-log poll every `spend.every`.
-fn spawn_sync(engine: Arc<SyncEngine>, interval: Duration, spend: Option<SpendPoll>) {
-    tokio::spawn(async move {
-        let mut last_reconcile: Option<tokio::time::Instant> = None;
-        let mut last_poll: Option<tokio::time::Instant> = None;
-        loop {
-            if let Some(spend) = &spend
-                && last_poll.is_none_or(|t| t.elapsed() >= spend.every)
-            {
-                last_poll = Some(tokio::time::Instant::now());
-                spend.run(&engine).await;
-            }
-            match engine.run_once().await {
-                Ok(pass) if pass.events > 0 => tracing::info!(?pass, "litellm sync pass"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "litellm sync: outbox failed"),
-            }
-            if last_reconcile.is_none_or(|t| t.elapsed() >= RECONCILE_EVERY) {
-                last_reconcile = Some(tokio::time::Instant::now());
-                let desk = spend.as_ref().map(|s| &s.desk);
-                match engine.reconcile(true).await {
-                    Ok(r) => {
-                        if !r.drifts.is_empty() {
-                            tracing::info!(
-                                drifts = r.drifts.len(),
-                                repaired = r.repaired,
-                                "litellm reconcile repaired drift"
-                            );
-                        }
-                        if let Some(desk) = desk {
-                            desk.observe_reconcile(&r, chrono::Utc::now());
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "litellm reconcile failed");
-                        if let Some(desk) = desk {
-                            desk.reconcile_failed(&e.to_string(), chrono::Utc::now());
-                        }
-                    }
-                }
-                match engine.rotate_keys(chrono::Utc::now()).await {
-                    Ok(r) if !r.rotated.is_empty() || r.revoked > 0 => tracing::info!(
-                        rotated = r.rotated.len(),
-                        revoked = r.revoked,
-                        "litellm virtual keys rotated ahead of expiry"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "litellm key rotation failed"),
-                }
-            }
-            tokio::time::sleep(interval).await;
-        }
-    });
 }
 
 /// Builds the gateway's state and starts its background tasks (spool replay, guardrail
@@ -350,14 +279,17 @@ pub async fn build_state(
                     "the LiteLLM sync and spend-log poll run in-process"
                 );
                 // Started once the runtime (and its guardrail policy) exists.
-                start_sync = Some((
-                    engine.clone(),
-                    Some(SpendPoll {
-                        desk: desk.clone(),
-                        every: l.proxy.spend_poll,
-                        window: l.proxy.spend_window,
-                    }),
-                ));
+                let schedule = SyncSchedule {
+                    interval: options.sync_interval,
+                    reconcile: Cadence::from_start(RECONCILE_EVERY),
+                    repair: true,
+                    spend_poll: Cadence::from_start(l.proxy.spend_poll),
+                    spend_window: l.proxy.spend_window,
+                    ..SyncSchedule::default()
+                };
+                let runner = SyncRunner::new(engine.clone(), schedule)
+                    .with_spend_poll(desk.importer().clone());
+                start_sync = Some((runner, desk.clone()));
             } else {
                 tracing::info!(
                     "the LiteLLM outbox sync and spend-log poll are left to litellm-worker (STRATAI_LITELLM_SYNC=worker); members' keys come from the shared vault"
@@ -382,8 +314,10 @@ pub async fn build_state(
     }
     let (pipeline, drainer) = builder.build().await.map_err(|e| e.to_string())?;
     key_limits.set(pipeline.deps().guardrails.clone());
-    if let Some((engine, spend)) = start_sync {
-        spawn_sync(engine, options.sync_interval, spend);
+    if let Some((runner, desk)) = start_sync {
+        runner.spawn(std::future::pending(), move |tick| {
+            observe_tick(tick, &desk)
+        });
     }
     // Make the metrics recorder exist before the first request, with its upkeep running.
     crate::metrics::start();

@@ -1,14 +1,15 @@
-//! The server's one test harness (every `tests/*.rs` but the gateway's end-to-end tests,
-//! which add `gateway_support`): the server on memory, SQLite or PostgreSQL (the store
-//! crate's PostgreSQL harness: a fresh database served by an unprivileged app role, so RLS is
-//! the second wall) with a fixture world of organizations and request helpers ([`Api`],
-//! [`on_every_backend!`]); a local OIDC issuer and the server on an in-memory directory for
-//! the authentication tests ([`oidc`]).
+//! The server's one test harness, declared by every `tests/*.rs` as `mod harness;`:
 //!
-//! Test files declare it as `mod common;` or `mod api_support;` (each of those is this
-//! module re-exported, for the files written before the two harnesses became one); a file
-//! that wants both names declares one and aliases it (`mod common; use common as
-//! api_support;`): declaring both loads the harness twice (clippy's `duplicate_mod`).
+//! - here: the server on memory, SQLite or PostgreSQL (the store crate's PostgreSQL harness,
+//!   [`pg`]: a fresh database served by an unprivileged app role, so RLS is the second wall)
+//!   called through its router, with a fixture world of organizations and request helpers
+//!   ([`Api`], [`on_every_backend!`]);
+//! - [`gateway`]: the gateway end to end, the server on a port over a database that outlives
+//!   it (restarts, several instances), the server binary as a process, tenants, fault
+//!   injection ([`on_both!`]: SQLite and PostgreSQL);
+//! - [`litellm`]: the real LiteLLM proxy from the environment and the kit's prices;
+//! - [`oidc`]: a local OIDC issuer and the server on an in-memory directory for the
+//!   authentication tests.
 
 #![allow(
     dead_code,
@@ -19,12 +20,17 @@
     clippy::panic
 )]
 
+pub mod gateway;
+pub mod litellm;
 pub mod oidc;
+#[allow(unused_imports)]
+pub use gateway::*;
+#[allow(unused_imports)]
+pub use litellm::*;
 #[allow(unused_imports)]
 pub use oidc::*;
 
-#[path = "../../../../stratai-store/tests/support/pg.rs"]
-pub mod pg;
+pub use stratai_testkit::pg;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -169,21 +175,20 @@ impl Api {
             .or_insert_with(|| spool.join("mailbox").display().to_string());
         let config = Config::from_parts(FileConfig::default(), &env).unwrap();
         let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
-        let mut state = build_state(&config, backends).unwrap();
+        let state = build_state(&config, backends).unwrap();
         // The governed gateway too (offline demo provider), so every route is served.
         let mut options = stratai_server::gateway::setup::GatewayOptions::from_config(&config);
         options.spool_path = spool.join("usage.spool");
         options.guardrail_reload = reload;
-        state.gateway = Some(
-            stratai_server::gateway::setup::build_state(
-                &config,
-                state.auth.clone(),
-                &stores,
-                options,
-            )
-            .await
-            .unwrap(),
-        );
+        let gateway = stratai_server::gateway::setup::build_state(
+            &config,
+            state.auth().clone(),
+            &stores,
+            options,
+        )
+        .await
+        .unwrap();
+        let state = state.with_gateway(gateway);
         let app = router(state.clone(), limits(&config));
         let super_admin = stores
             .directory
@@ -234,7 +239,7 @@ impl Api {
 
     /// A correctly signed, expired token for `user`.
     pub fn expired_token(&self, user: &User) -> String {
-        let Mode::Dev(dev) = self.state.auth.mode() else {
+        let Mode::Dev(dev) = self.state.auth().mode() else {
             panic!("dev mode expected")
         };
         dev.issue_expired(&Principal {

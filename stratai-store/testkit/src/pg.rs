@@ -24,17 +24,16 @@
 //! two roles are shared by all test processes on the server and stay; `scripts/test.sh`
 //! drops them at the end of a run (under an advisory lock that [`create_db`] holds shared
 //! while it needs them, so a concurrent run never loses them halfway).
-#![allow(dead_code, unreachable_pub)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::{Creator, UNCHECKABLE_MAX_AGE};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use stratai_store::{PgOptions, PgStore};
-use stratai_testkit::{Creator, UNCHECKABLE_MAX_AGE};
 use tokio::sync::OnceCell;
 
 /// The role owning the test databases and running migrations.

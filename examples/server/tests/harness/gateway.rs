@@ -1,25 +1,11 @@
-//! Shared setup of the gateway's end-to-end tests: a database (SQLite file or a fresh
-//! PostgreSQL database from the store's harness), the server on port 0 over it (dev-mode
-//! tokens, the offline demo provider), tenants, budgets, rules, and HTTP calls.
-//!
-//! PostgreSQL comes from `stratai-store/tests/support/pg.rs`: `DATABASE_URL`, else
-//! 127.0.0.1:5432, else a throwaway cluster; when none is available a test says it skipped,
-//! and under `CI=true` it fails.
+//! The gateway's end-to-end setup: a database that outlives a server ([`Backing`]: a SQLite
+//! file or a fresh PostgreSQL database from [`super::pg`]), the server on port 0 over it
+//! (dev-mode tokens, the offline demo provider), the server binary as a child process,
+//! tenants, budgets, rules, and HTTP calls; [`on_both!`] runs a test on SQLite and
+//! PostgreSQL.
 //!
 //! [`FaultyUsage`] is a fault injector over core's `UsageStore` port: the server under test
 //! writes usage through it, so a test can make usage writes fail and recover.
-
-#![allow(
-    dead_code,
-    unused_macros,
-    unreachable_pub,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
-
-#[path = "../../../../stratai-store/tests/support/pg.rs"]
-pub mod pg;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +15,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use axum::Router;
 use chrono::Utc;
 use futures::stream::BoxStream;
 use rust_decimal::Decimal;
@@ -53,6 +40,8 @@ use stratai_server::gateway::setup::{GatewayOptions, build_state};
 use stratai_server::server::Backends;
 use stratai_server::stores::Stores;
 use stratai_testkit::Scratch;
+
+use super::pg;
 
 /// Which database the server runs on.
 #[derive(Clone, Copy, Debug)]
@@ -83,6 +72,9 @@ macro_rules! on_both {
         }
     };
 }
+
+#[allow(unused_imports)]
+pub(crate) use on_both;
 
 /// A database and a directory (SQLite file, spool) that outlive one server: a restarted
 /// server opens the same ones. Both are removed when the last holder drops this.
@@ -197,6 +189,30 @@ pub async fn spawn_with(db: Db, setup: Setup) -> Option<Gw> {
     Some(serve(backing, setup).await)
 }
 
+/// The server's router as the binary builds it, with the gateway of `options` over `served`:
+/// `seeded` (the same database, without a fault injector) is seeded and checks tokens;
+/// bodies up to 1 MiB, 30 s per request. Returns the gateway too.
+pub async fn app(
+    config: &Config,
+    seeded: &Stores,
+    served: Stores,
+    options: GatewayOptions,
+) -> (Router, GatewayState) {
+    let backends = Backends::seeded(seeded.clone(), config).await.unwrap();
+    let auth = Arc::new(Auth::from_config(config, backends.directory, backends.sessions).unwrap());
+    let gateway = build_state(config, auth.clone(), &served, options)
+        .await
+        .unwrap();
+    let state = AppState::new(config, auth, backends.readiness, served)
+        .unwrap()
+        .with_gateway(gateway.clone());
+    let limits = HttpLimits {
+        body_limit_bytes: 1 << 20,
+        request_timeout: Duration::from_secs(30),
+    };
+    (router(state, limits), gateway)
+}
+
 /// A server over `backing` (its database and spool file), on a port of its own.
 pub async fn serve(backing: Arc<Backing>, setup: Setup) -> Gw {
     let stores = backing.open().await;
@@ -210,8 +226,6 @@ pub async fn serve(backing: Arc<Backing>, setup: Setup) -> Gw {
     let env: HashMap<String, String> =
         [("DATABASE_URL".to_owned(), backing.sqlite_url.clone())].into();
     let config = Config::load(&env).unwrap();
-    let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
-    let auth = Arc::new(Auth::from_config(&config, backends.directory, backends.sessions).unwrap());
     let mut options = GatewayOptions::from_config(&config);
     options.spool_path = backing.spool_path();
     options.alert_webhook = setup.alert_webhook;
@@ -226,24 +240,7 @@ pub async fn serve(backing: Arc<Backing>, setup: Setup) -> Gw {
         });
     options.usage_batch = setup.fast_path.map(|_| 1024);
     options.redis_url = setup.redis_url.clone();
-    let gateway = build_state(&config, auth.clone(), &served, options)
-        .await
-        .unwrap();
-    let app = router(
-        AppState {
-            auth,
-            prices: std::sync::Arc::new(config.prices.clone()),
-            readiness: backends.readiness,
-            stores: served,
-            gateway: Some(gateway.clone()),
-            mail: std::sync::Arc::new(stratai_server::server::postman(&config).unwrap()),
-            settings: config.summary().into(),
-        },
-        HttpLimits {
-            body_limit_bytes: 1 << 20,
-            request_timeout: Duration::from_secs(30),
-        },
-    );
+    let (app, gateway) = app(&config, &stores, served, options).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -463,16 +460,7 @@ pub async fn tenant(gw: &Gw, n: usize) -> Tenant {
 
 /// A dev token for `email`.
 pub async fn token(gw: &Gw, email: &str) -> String {
-    let r = gw
-        .http
-        .post(format!("{}/auth/dev/token", gw.base))
-        .json(&json!({ "email": email }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
-    v["token"].as_str().unwrap().to_owned()
+    dev_token(&gw.http, &gw.base, email).await
 }
 
 /// A monthly budget alerting at 80%.
@@ -480,7 +468,6 @@ pub async fn budget(gw: &Gw, org: OrgId, scope: BudgetScope, limit: &str, hard: 
     budget_alerting(gw, org, scope, limit, hard, Decimal::new(8, 1)).await
 }
 
-/// A monthly budget alerting at `threshold` (a fraction of the limit).
 /// The current period's state of budget `id` (spent, reserved, whether its alert went out).
 pub async fn budget_state(gw: &Gw, org: OrgId, id: BudgetId) -> BudgetState {
     gw.stores
@@ -491,6 +478,7 @@ pub async fn budget_state(gw: &Gw, org: OrgId, id: BudgetId) -> BudgetState {
         .remove(0)
 }
 
+/// A monthly budget alerting at `threshold` (a fraction of the limit).
 pub async fn budget_alerting(
     gw: &Gw,
     org: OrgId,
