@@ -3,14 +3,17 @@
 //! usage, cached views: nothing pinned), each with its own usage log. 200 concurrent clients
 //! make 2,000 chats (streamed and not) spread over the three, against tight hard budgets at
 //! user, group and organization scope and a rate limit shared through Redis; one instance is
-//! `kill -9`ed mid-run and stays down while the two others settle the budget leases it held
-//! (its heartbeat stops; polled until no lease of a dead instance is left), then is restarted
-//! over the same database and its own usage log. Once the leases and batches have settled
-//! (polled):
-//! - no budget's ledger spent exceeds its limit but by what the killed instance's records
-//!   charged after the fact (records only in its log when it died reach the ledger when it
-//!   is back, after the others settled its leases without them: overage by design), and
-//!   nothing is left reserved;
+//! `kill -9`ed mid-run. Two runs:
+//! - **restarted at once** over the same database and its own usage log, before the others
+//!   would take it for dead: its restart settles the leases it held from its log, so after
+//!   recovery **no budget's ledger spent exceeds its limit**, exactly;
+//! - **down until taken over**: it stays down while the two others settle the budget leases
+//!   it held (its heartbeat stops; polled until no lease of a dead instance is left), then is
+//!   restarted on its log: no budget's spent exceeds its limit but by what its records charged
+//!   after the fact (records only in its log when it died reach the ledger when it is back,
+//!   after the others settled its leases without them: overage by design, alerted).
+//!
+//! In both, once the leases and batches have settled (polled): nothing is left reserved;
 //! - every complete 2xx answer has exactly one usage record, no request id is recorded twice,
 //!   and a record without a complete answer is one of the requests the kill cut off;
 //! - for every budget, the ledger's spent equals the sum of what its records charged
@@ -64,15 +67,36 @@ const DEAD_AFTER_MS: &str = "6000";
 /// The whole test's bound.
 const TIMEOUT: Duration = Duration::from_secs(240);
 
+/// What happens to the killed instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Death {
+    /// Restarted at once on its own log, before the others would take it for dead: the restart
+    /// settles its leases from its log, exactly (no budget over its limit at all).
+    RestartedAtOnce,
+    /// Kept down until the others have settled its leases (its heartbeat stale for
+    /// `DEAD_AFTER_MS`), then restarted on its log: what only that log held is charged after
+    /// the fact, over a hard limit by at most those records (overage by design).
+    DownUntilTakenOver,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_instances_one_killed_under_tight_budgets_and_a_shared_rate_limit() {
+async fn three_instances_one_killed_and_restarted_at_once_exactly() {
+    three_instances(Death::RestartedAtOnce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_one_down_until_the_others_settle_its_leases() {
+    three_instances(Death::DownUntilTakenOver).await;
+}
+
+async fn three_instances(death: Death) {
     let Some(redis) = redis_url().await else {
         return;
     };
     let Some(backing) = Backing::new(Db::Postgres).await else {
         return;
     };
-    tokio::time::timeout(TIMEOUT, run(backing, redis))
+    tokio::time::timeout(TIMEOUT, run(backing, redis, death))
         .await
         .unwrap_or_else(|_| panic!("the three-instance test took longer than {TIMEOUT:?}"));
 }
@@ -119,7 +143,7 @@ struct Chat {
 /// The instances' addresses and, per instance, each member's token (`None` while it is down).
 type Live = Arc<RwLock<Vec<(String, Option<Arc<Vec<String>>>)>>>;
 
-async fn run(backing: Arc<Backing>, redis: String) {
+async fn run(backing: Arc<Backing>, redis: String, death: Death) {
     let began = Instant::now();
     let chat = Money::parse(CHAT).unwrap();
     let times = |n: i64| Money::new(chat.amount() * rust_decimal::Decimal::from(n)).unwrap();
@@ -201,10 +225,15 @@ async fn run(backing: Arc<Backing>, redis: String) {
     let logs: Vec<_> = (0..INSTANCES)
         .map(|i| backing.dir.join(format!("usage-{i}.log")))
         .collect();
+    let dead_after = match death {
+        Death::DownUntilTakenOver => DEAD_AFTER_MS,
+        // Far beyond the restart: no other instance takes the killed one for dead.
+        Death::RestartedAtOnce => "600000",
+    };
     let env = [
         ("STRATAI_REDIS_URL", redis.as_str()),
         ("STRATAI_HEARTBEAT_MS", HEARTBEAT_MS),
-        ("STRATAI_DEAD_AFTER_MS", DEAD_AFTER_MS),
+        ("STRATAI_DEAD_AFTER_MS", dead_after),
         // Three debug builds on two cores wait for pool connections: not this test's figures.
         ("RUST_LOG", "warn,sqlx=error"),
     ];
@@ -260,37 +289,41 @@ async fn run(backing: Arc<Backing>, redis: String) {
     let killed_utc = Utc::now();
     let killed_at = load_began.elapsed();
     let done_at_kill = done.load(Ordering::Relaxed);
-    // The dead phase: instance 0 stays down while the others go on serving; its heartbeat
-    // is the only one older than the kill once theirs were written again, so the leases of
-    // dead instances by that cutoff are its leases. The others settle them after
-    // `dead_after` (polled).
     let stores = backing.open().await;
     let stores_ref = &stores;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let held_by_dead = stores
-        .budgets
-        .abandoned_leases(killed_utc, 10_000)
-        .await
-        .unwrap()
-        .len();
-    let taken_over = eventually(Duration::from_secs(40), || async move {
-        stores_ref
+    let (held_by_dead, dead_for, before_restart) = if death == Death::DownUntilTakenOver {
+        // The dead phase: instance 0 stays down while the others go on serving; its heartbeat
+        // is the only one older than the kill once theirs were written again, so the leases of
+        // dead instances by that cutoff are its leases. The others settle them after
+        // `dead_after` (polled).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let held_by_dead = stores
             .budgets
             .abandoned_leases(killed_utc, 10_000)
             .await
             .unwrap()
-            .is_empty()
-    })
-    .await;
-    let dead_for = killed.elapsed();
-    assert!(
-        taken_over,
-        "the leases of the killed instance were not settled by the others within 40 s"
-    );
-    // What the store has before the killed instance's log is replayed: records of its
-    // requests that appear later were only in its log, and are charged after the fact.
-    let before_restart: HashSet<RequestId> =
-        records_of(&stores, t.org).await.0.into_keys().collect();
+            .len();
+        let taken_over = eventually(Duration::from_secs(40), || async move {
+            stores_ref
+                .budgets
+                .abandoned_leases(killed_utc, 10_000)
+                .await
+                .unwrap()
+                .is_empty()
+        })
+        .await;
+        assert!(
+            taken_over,
+            "the leases of the killed instance were not settled by the others within 40 s"
+        );
+        // What the store has before the killed instance's log is replayed: records of its
+        // requests that appear later were only in its log, and are charged after the fact.
+        let before_restart: HashSet<RequestId> =
+            records_of(&stores, t.org).await.0.into_keys().collect();
+        (held_by_dead, killed.elapsed(), Some(before_restart))
+    } else {
+        (0, Duration::ZERO, None)
+    };
     servers[0] = start_process(&backing, &logs[0], &env).await;
     let restarted = Arc::new(tokens(&http, &servers[0].base, &t.emails).await);
     *live.write().unwrap().get_mut(0).unwrap() = (servers[0].base.clone(), Some(restarted));
@@ -415,7 +448,11 @@ async fn run(backing: Arc<Backing>, redis: String) {
         .collect();
     let late: HashMap<RequestId, UsageRecord> = records
         .iter()
-        .filter(|(rid, _)| before_kill.contains(*rid) && !before_restart.contains(*rid))
+        .filter(|(rid, _)| {
+            before_restart
+                .as_ref()
+                .is_some_and(|seen| before_kill.contains(*rid) && !seen.contains(*rid))
+        })
         .map(|(rid, r)| (*rid, r.clone()))
         .collect();
     let mut lines = Vec::new();
@@ -454,7 +491,7 @@ async fn run(backing: Arc<Backing>, redis: String) {
         "three instances on PostgreSQL + Redis, default mode: {} chats from {CLIENTS} clients \
          over {INSTANCES} instances in {load_took:?} (instances ready after {ready:?}); \
          instance 0 killed at {killed_at:?} after {done_at_kill} chats, its {held_by_dead} \
-         leases settled by the others within {dead_for:?} (dead after {DEAD_AFTER_MS} ms), \
+         leases settled by the others within {dead_for:?} (dead after {dead_after} ms), \
          serving again at {back_at:?} (after {done_at_restart} chats); {} records ({}) charged \
          after the fact at its restart",
         chats.len(),
