@@ -8,13 +8,9 @@ use std::time::Duration;
 use chrono::Utc;
 use rust_decimal_macros::dec;
 use stratai_core::Money;
-use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
-use stratai_core::directory::{
-    BillingPlan, Email, Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
-};
 use stratai_core::gateway::{ChatMessage, ChatRequest};
 use stratai_core::ids::{BudgetId, OrgId, UserId};
-use stratai_core::tiers::{default_tiers, subscriptions_for};
+use stratai_core::tiers::default_tiers;
 use stratai_core::usage::Attribution;
 use stratai_core::usage::{UsageQuery, UsageStatus};
 use stratai_guardrails::runtime::stream::StreamEvent;
@@ -33,58 +29,12 @@ struct World {
 
 async fn world(limit: &str) -> World {
     let stores = Stores::memory();
-    let now = Utc::now();
-    let tiers = default_tiers();
-    for tier in &tiers {
-        stores.tiers.upsert_tier(tier).await.unwrap();
-    }
-    let slugs: Vec<_> = tiers.iter().map(|t| t.slug.clone()).collect();
-    let settings = OrgSettings::new(slugs.clone(), slugs[0].clone()).unwrap();
-    let org = Organization::new(
-        "Acme",
-        Slug::new("acme").unwrap(),
-        settings,
-        BillingPlan::Business,
-        now,
-    )
-    .unwrap();
-    stores.directory.create_org(&org).await.unwrap();
-    let ids: Vec<_> = tiers.iter().map(|t| t.id).collect();
-    for s in subscriptions_for(org.id, &ids, now) {
-        stores.tiers.put_subscription(org.id, &s).await.unwrap();
-    }
-    let user = User::new(
-        Email::new("alice@acme.example").unwrap(),
-        Some("Alice"),
-        PlatformRole::User,
-        now,
-    )
-    .unwrap();
-    stores.directory.create_user(&user).await.unwrap();
-    stores
-        .directory
-        .add_member(
-            org.id,
-            &Membership::new(org.id, user.id, OrgRole::Member, now),
-        )
-        .await
-        .unwrap();
-    let budget = Budget::new(
-        org.id,
-        BudgetScope::User(user.id),
-        Money::parse(limit).unwrap(),
-        BudgetPeriod::Daily,
-        true,
-        dec!(0.8),
-        now,
-    )
-    .unwrap();
-    stores.budgets.create_budget(org.id, &budget).await.unwrap();
+    let tenant = stratai_testkit::tenant::member_with_budget(&stores, limit).await;
     World {
         stores,
-        org: org.id,
-        user: user.id,
-        budget: budget.id,
+        org: tenant.org,
+        user: tenant.user,
+        budget: tenant.budget,
     }
 }
 

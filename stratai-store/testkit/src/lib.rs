@@ -15,10 +15,14 @@
 //! `pg` (feature `pg`) is the PostgreSQL harness: a fresh, migrated database per test served by
 //! an unprivileged app role, shared by the store's and the server's tests.
 //!
-//! [`usage`] builds usage records ([`usage_record`]), for every crate's tests.
+//! [`usage`] builds usage records ([`usage_record`]), for every crate's tests; `tenant`
+//! (feature `stores`) writes a tenant to test against: an organization, a member, her budget.
 #![deny(missing_docs)]
 
 pub mod usage;
+
+#[cfg(feature = "stores")]
+pub mod tenant;
 
 // Test support: a test that cannot get its database fails loudly at its own line.
 #[cfg(feature = "pg")]
