@@ -3,7 +3,26 @@
 # specifiers, pinned with ==), reinstalling only when the pins change, and prints nothing.
 # It returns 1 with the reason in $PYVENV_ERROR when python3, venv/pip or the install is
 # unavailable; the caller decides whether that skips or fails (under CI=true it fails).
+# Concurrent callers (several tests starting at once on a fresh target directory) take turns
+# on a lock file beside DIR, so one creates the virtualenv and the others find it made.
 pyvenv_install() {
+  local venv=$1
+  shift
+  mkdir -p "$(dirname "$venv")"
+  if ! command -v flock >/dev/null 2>&1; then
+    pyvenv_install_now "$venv" "$@"
+    return
+  fi
+  local fd rc=0
+  exec {fd}>"$venv.lock"
+  flock "$fd"
+  pyvenv_install_now "$venv" "$@" || rc=$?
+  exec {fd}>&-
+  return "$rc"
+}
+
+# pyvenv_install without the lock.
+pyvenv_install_now() {
   local venv=$1
   shift
   local wanted="$*"
