@@ -69,8 +69,10 @@ pub struct AppState {
 
 impl AppState {
     /// The state of `config` over `stores`, without the gateway: the provider prices, the
-    /// invitation mailer and the settings page come from `config`. Errors when the mailer
-    /// cannot be built.
+    /// invitation mailer and the settings page come from `config`. The routes see `stores`
+    /// audited (`stratai_store::audited`): every admin change is recorded with its entry in
+    /// one transaction, whoever builds the state (the binary, the tests). Errors when the
+    /// mailer cannot be built.
     pub fn new(
         config: &crate::config::Config,
         auth: Arc<Auth>,
@@ -80,7 +82,7 @@ impl AppState {
         Ok(Self {
             auth,
             readiness,
-            stores,
+            stores: stratai_store::audited::audited(stores),
             gateway: None,
             mail: Arc::new(crate::server::postman(config)?),
             prices: Arc::new(config.prices.clone()),

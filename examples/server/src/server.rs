@@ -87,15 +87,7 @@ pub fn build_state(config: &Config, backends: Backends) -> Result<AppState, ApiE
         Auth::from_config(config, backends.directory, backends.sessions)?
             .with_auth_cache(config.auth_cache),
     );
-    // Every admin change through these stores is recorded in the audit trail.
-    AppState::new(
-        config,
-        auth,
-        backends.readiness,
-        // Every admin change through these stores is recorded in the audit trail, in the
-        // change's own transaction.
-        stratai_store::audited::audited(backends.stores),
-    )
+    AppState::new(config, auth, backends.readiness, backends.stores)
 }
 
 /// The invitation mailer of `config`.
