@@ -84,11 +84,13 @@ pub struct AuditEntry {
     pub action: String,
     /// The entity changed.
     pub target: String,
-    /// The entity before the change.
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    /// The entity before the change: an object, or an array of objects for a change made
+    /// to several entities at once (`invitation.save`); null when it was created.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::audit_state))]
     pub before: Option<Value>,
-    /// The entity after the change.
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    /// The entity after the change: an object, or an array of objects for a change made to
+    /// several entities at once; null when it was deleted.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::audit_state))]
     pub after: Option<Value>,
     /// The previous entry's hash ([`GENESIS_HASH`] for the first), hex.
     pub prev_hash: String,

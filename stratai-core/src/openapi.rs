@@ -53,6 +53,23 @@ pub fn decimal_schema(description: &str, non_negative: bool) -> RefOr<Schema> {
         .into()
 }
 
+/// An audit entry's `before` or `after`: the entity (an object), the entities of a change made
+/// to several at once (an array of objects), or null.
+#[must_use]
+pub fn audit_state() -> utoipa::openapi::schema::Object {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Array(vec![
+            Type::Object,
+            Type::Array,
+            Type::Null,
+        ]))
+        .description(Some(
+            "the entity (an object), the entities of a change made to several at once (an \
+             array of objects), or null",
+        ))
+        .build()
+}
+
 /// A chat message's role: one of [`crate::gateway::CHAT_ROLES`].
 #[must_use]
 pub fn chat_role() -> utoipa::openapi::schema::Object {
