@@ -688,7 +688,10 @@ async fn chat_answers_carry_server_timing(db: Db) {
     let (own, upstream) = server_timing(&a.headers);
     let upstream = upstream.expect("the upstream's part");
     assert!(upstream >= 150.0, "upstream {upstream} ms");
-    assert!(own >= 0.0 && own < upstream, "gateway {own} ms");
+    // StratAI's part excludes the provider's pause: the two add up to no more than the
+    // client waited. (No bound on `own` itself: a cold first request on a loaded host can
+    // take longer than the pause.)
+    assert!(own >= 0.0, "gateway {own} ms");
     assert!(own + upstream <= waited, "{own} + {upstream} > {waited} ms");
     // A refusal never reached the upstream: StratAI's part only.
     let denied = chat(&gw, tok, ask(PREMIUM, "plan our strategy")).await;
