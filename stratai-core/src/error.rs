@@ -68,3 +68,32 @@ impl StoreError {
         }
     }
 }
+
+/// Why an administrative operation (a library service over the stores, e.g. issuing an
+/// invitation or changing a budget) did not happen. The services decide; the HTTP layer only
+/// maps each variant to its status and error shape, so an embedder running the same service
+/// gets the same refusals.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The caller may not do this (403).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The entity does not exist, or belongs to another organization (404).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The input failed validation: every invalid field, with its path (422).
+    #[error("validation failed ({} fields)", .0.len())]
+    Invalid(Vec<ValidationError>),
+    /// A state conflict, e.g. an address that is already a member (409).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The store failed; mapped like the store's own errors.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ValidationError> for OpError {
+    fn from(e: ValidationError) -> Self {
+        Self::Invalid(vec![e])
+    }
+}

@@ -18,6 +18,6 @@ pub mod pricing;
 pub mod tiers;
 pub mod usage;
 
-pub use error::{StoreError, ValidationError};
+pub use error::{OpError, StoreError, ValidationError};
 pub use ids::*;
 pub use money::Money;

@@ -220,6 +220,24 @@ impl From<stratai_core::StoreError> for ApiError {
     }
 }
 
+impl From<stratai_core::OpError> for ApiError {
+    fn from(e: stratai_core::OpError) -> Self {
+        use stratai_core::OpError as O;
+        match e {
+            O::Forbidden(why) => Self::Forbidden(why),
+            O::NotFound(what) => Self::NotFound(what),
+            O::Invalid(fields) => Self::Validation(
+                fields
+                    .into_iter()
+                    .map(|f| FieldError::new(f.field, f.reason))
+                    .collect(),
+            ),
+            O::Conflict(why) => Self::Conflict(why),
+            O::Store(e) => e.into(),
+        }
+    }
+}
+
 /// The body of every admin API error: `{"error": {"code", "message", "fields"?}}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
