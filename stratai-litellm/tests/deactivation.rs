@@ -21,7 +21,6 @@ use stratai_core::ports::{DirectoryStore, OutboxStore, TierStore};
 use stratai_core::tiers::{default_tiers, subscriptions_for};
 use stratai_litellm::sync::{CoreDirectory, MemoryKeyVault, Organizations, SyncConfig, SyncEngine};
 use stratai_litellm::*;
-use stratai_store::{MemoryStore, SqliteStore};
 use wiremock::MockServer;
 
 fn engine<S>(server: &MockServer, store: &Arc<S>) -> SyncEngine
@@ -159,16 +158,26 @@ where
     assert_eq!(key_of(&state, org3, late)["blocked"], json!(true));
 }
 
-#[tokio::test]
-async fn memory() {
-    deactivation_blocks_and_reactivation_unblocks(Arc::new(MemoryStore::new())).await;
+/// Opens `$backend` and runs the body on its store.
+macro_rules! on_store {
+    (memory, $body:path) => {
+        $body(std::sync::Arc::new(stratai_store::MemoryStore::new())).await
+    };
+    (sqlite, $body:path) => {
+        let scratch = stratai_testkit::Scratch::new();
+        let url = format!("sqlite://{}", scratch.join("people.db").display());
+        let store = std::sync::Arc::new(stratai_store::SqliteStore::connect(&url).await.unwrap());
+        $body(store.clone()).await;
+        store.close().await;
+    };
+    (postgres, $body:path) => {
+        let Some(db) = stratai_testkit::pg::fresh_db().await else {
+            return;
+        };
+        $body(std::sync::Arc::new(db.store.clone())).await;
+    };
 }
 
-#[tokio::test]
-async fn sqlite() {
-    let scratch = stratai_testkit::Scratch::new();
-    let url = format!("sqlite://{}", scratch.join("people.db").display());
-    let store = Arc::new(SqliteStore::connect(&url).await.unwrap());
-    deactivation_blocks_and_reactivation_unblocks(store.clone()).await;
-    store.close().await;
-}
+stratai_testkit::backend_matrix!(on_store, [memory, sqlite, postgres], threads = current:
+    deactivation_blocks_and_reactivation_unblocks,
+);

@@ -195,31 +195,24 @@ async fn concurrent_appends_never_fork<S: fixtures::Store + AuditStore>(store: S
     assert!(report.intact, "{report:?}");
 }
 
-macro_rules! on_every_backend {
-    ($($name:ident),*) => {
-        mod memory {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(stratai_store::MemoryStore::new()).await;
-            })*
-        }
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $name() {
-                let scratch = stratai_testkit::Scratch::new();
-                let url = format!("sqlite://{}", scratch.join("audit.db").display());
-                let store = stratai_store::SqliteStore::connect(&url).await.unwrap();
-                super::$name(store.clone()).await;
-                store.close().await;
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() {
-                let Some(db) = super::pg::fresh_db().await else { return };
-                super::$name(db.store.clone()).await;
-            })*
-        }
+/// Opens `$backend` (SQLite in a scratch folder, a fresh PostgreSQL database) and runs the body
+/// on its store.
+macro_rules! on_store {
+    (memory, $body:path) => {
+        $body(stratai_store::MemoryStore::new()).await
+    };
+    (sqlite, $body:path) => {
+        let scratch = stratai_testkit::Scratch::new();
+        let url = format!("sqlite://{}", scratch.join("audit.db").display());
+        let store = stratai_store::SqliteStore::connect(&url).await.unwrap();
+        $body(store.clone()).await;
+        store.close().await;
+    };
+    (postgres, $body:path) => {
+        let Some(db) = crate::pg::fresh_db().await else {
+            return;
+        };
+        $body(db.store.clone()).await;
     };
 }
 
@@ -259,7 +252,7 @@ async fn pages_read_the_chain_in_order<S: fixtures::Store + AuditStore>(store: S
     assert_eq!(platform[0].org_id, None);
 }
 
-on_every_backend!(
+stratai_testkit::backend_matrix!(on_store, [memory, sqlite, postgres], threads = 4:
     chains_list_and_verify,
     concurrent_appends_never_fork,
     pages_read_the_chain_in_order

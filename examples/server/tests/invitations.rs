@@ -28,26 +28,6 @@ use stratai_core::directory::{
 };
 use stratai_testkit::Scratch;
 
-/// Runs a test body that starts its own server (it needs settings) on every backend.
-macro_rules! on_every_kind {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test]
-            async fn memory() {
-                super::$name(Kind::Memory).await;
-            }
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(Kind::Sqlite).await;
-            }
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(Kind::Postgres).await;
-            }
-        }
-    };
-}
 const PUBLIC_URL: &str = "http://stratai.test";
 
 // ---------------------------------------------------------------------------------------------

@@ -466,16 +466,4 @@ async fn spend_reaches_the_books_by_callback_and_by_poll(db: Db) {
         .unwrap();
 }
 
-mod sqlite {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn spend_reaches_the_books_by_callback_and_by_poll() {
-        super::spend_reaches_the_books_by_callback_and_by_poll(super::Db::Sqlite).await;
-    }
-}
-
-mod postgres {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn spend_reaches_the_books_by_callback_and_by_poll() {
-        super::spend_reaches_the_books_by_callback_and_by_poll(super::Db::Postgres).await;
-    }
-}
+harness::on_both!(spend_reaches_the_books_by_callback_and_by_poll);

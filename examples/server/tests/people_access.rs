@@ -19,26 +19,6 @@ use stratai_core::ports::RuleScope;
 use stratai_core::{OrgId, UserId};
 use stratai_testkit::Scratch;
 
-macro_rules! on_every_kind {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test]
-            async fn memory() {
-                super::$name(Kind::Memory).await;
-            }
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(Kind::Sqlite).await;
-            }
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(Kind::Postgres).await;
-            }
-        }
-    };
-}
-
 // ---------------------------------------------------------------------------------------------
 // The server trusting the local OIDC issuer, on a real store
 // ---------------------------------------------------------------------------------------------

@@ -398,33 +398,24 @@ async fn provider_prices_and_models_priced_below_list(api: Api) {
     );
 }
 
-mod provider_prices_and_models_priced_below_list {
-    use super::*;
+const PRICES: &str = r#"{"gpt-4o-mini": {"input_per_million": "1", "output_per_million": "3"}, "house-gpt": {"input_per_million": "0.1", "output_per_million": "0.2"}}"#;
 
-    const PRICES: &str = r#"{"gpt-4o-mini": {"input_per_million": "1", "output_per_million": "3"}, "house-gpt": {"input_per_million": "0.1", "output_per_million": "0.2"}}"#;
-
-    #[tokio::test]
-    async fn memory() {
-        if let Some(api) =
-            Api::start_with(Kind::Memory, &[("STRATAI_PROVIDER_PRICES", PRICES)]).await
+/// The backend matrix's runner: the server started with [`PRICES`].
+macro_rules! with_prices {
+    ($backend:ident, $body:path) => {
+        if let Some(api) = crate::harness::Api::start_with(
+            stratai_testkit::backend!($backend),
+            &[("STRATAI_PROVIDER_PRICES", crate::PRICES)],
+        )
+        .await
         {
-            super::provider_prices_and_models_priced_below_list(api).await;
+            $body(api).await;
         }
-    }
-    #[tokio::test]
-    async fn sqlite() {
-        if let Some(api) =
-            Api::start_with(Kind::Sqlite, &[("STRATAI_PROVIDER_PRICES", PRICES)]).await
-        {
-            super::provider_prices_and_models_priced_below_list(api).await;
-        }
-    }
-    #[tokio::test]
-    async fn postgres() {
-        if let Some(api) =
-            Api::start_with(Kind::Postgres, &[("STRATAI_PROVIDER_PRICES", PRICES)]).await
-        {
-            super::provider_prices_and_models_priced_below_list(api).await;
-        }
-    }
+    };
 }
+
+stratai_testkit::backend_matrix!(
+    with_prices,
+    [memory, sqlite, postgres],
+    threads = current: provider_prices_and_models_priced_below_list
+);

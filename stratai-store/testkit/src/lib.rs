@@ -15,10 +15,13 @@
 //! `pg` (feature `pg`) is the PostgreSQL harness: a fresh, migrated database per test served by
 //! an unprivileged app role, shared by the store's and the server's tests.
 //!
+//! [`backend_matrix!`] runs a test body once per backend ([`matrix`]), for every crate's tests.
+//!
 //! [`usage`] builds usage records ([`usage_record`]), for every crate's tests; `tenant`
 //! (feature `stores`) writes a tenant to test against: an organization, a member, her budget.
 #![deny(missing_docs)]
 
+pub mod matrix;
 pub mod usage;
 
 #[cfg(feature = "stores")]
@@ -29,6 +32,7 @@ pub mod tenant;
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub mod pg;
 
+pub use matrix::Backend;
 pub use usage::{Amount, UsageRecordBuilder, usage_record};
 
 use std::path::{Path, PathBuf};

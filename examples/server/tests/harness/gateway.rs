@@ -50,31 +50,26 @@ pub enum Db {
     Postgres,
 }
 
-/// Runs each named `async fn(Db)` as a test on SQLite (`sqlite::name`) and on PostgreSQL
-/// (`postgres::name`).
+/// The backend matrix's runner for bodies taking a [`Db`].
+macro_rules! on_db {
+    (sqlite, $body:path) => {
+        $body(crate::harness::Db::Sqlite).await
+    };
+    (postgres, $body:path) => {
+        $body(crate::harness::Db::Postgres).await
+    };
+}
+
+/// Runs each named `async fn(Db)` as a test on SQLite and on PostgreSQL: the test kit's
+/// backend matrix (`<body>::sqlite`, `<body>::postgres`).
 macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Postgres).await;
-                }
-            )*
-        }
+    ($($name:ident),+ $(,)?) => {
+        stratai_testkit::backend_matrix!(crate::harness::on_db, [sqlite, postgres]: $($name),+);
     };
 }
 
 #[allow(unused_imports)]
-pub(crate) use on_both;
+pub(crate) use {on_both, on_db};
 
 /// A database and a directory (SQLite file, spool) that outlive one server: a restarted
 /// server opens the same ones. Both are removed when the last holder drops this.

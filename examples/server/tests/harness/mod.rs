@@ -67,13 +67,8 @@ pub enum Guard {
     Pg(Box<pg::PgTestDb>),
 }
 
-/// Which backend.
-#[derive(Clone, Copy, Debug)]
-pub enum Kind {
-    Memory,
-    Sqlite,
-    Postgres,
-}
+/// Which backend: the test kit's (its backend matrix names them `memory`, `sqlite`, `postgres`).
+pub type Kind = stratai_testkit::Backend;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -518,35 +513,40 @@ pub async fn org_fixture(stores: &Stores, name: &str) -> OrgFixture {
     }
 }
 
-/// Runs a test body on memory, SQLite and PostgreSQL.
-macro_rules! on_every_backend {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test]
-            async fn memory() {
-                if let Some(api) = Api::start(Kind::Memory).await {
-                    super::$name(api).await;
-                }
-            }
-            #[tokio::test]
-            async fn sqlite() {
-                if let Some(api) = Api::start(Kind::Sqlite).await {
-                    super::$name(api).await;
-                }
-            }
-            #[tokio::test]
-            async fn postgres() {
-                if let Some(api) = Api::start(Kind::Postgres).await {
-                    super::$name(api).await;
-                }
-            }
+/// The backend matrix's runner for bodies taking an [`Api`]: starts the server on `$backend`
+/// (a PostgreSQL that cannot be had skips the test outside CI) and runs the body.
+macro_rules! on_api {
+    ($backend:ident, $body:path) => {
+        if let Some(api) = crate::harness::Api::start(stratai_testkit::backend!($backend)).await {
+            $body(api).await;
         }
     };
 }
 
+/// The backend matrix's runner for bodies taking the [`Kind`] itself.
+macro_rules! on_kind {
+    ($backend:ident, $body:path) => {
+        $body(stratai_testkit::backend!($backend)).await
+    };
+}
+
+/// Runs each body (`async fn(Api)`) on memory, SQLite and PostgreSQL: the test kit's backend
+/// matrix with the [`Api`] runner (`<body>::<backend>`).
+macro_rules! on_every_backend {
+    ($($name:ident),+ $(,)?) => {
+        stratai_testkit::backend_matrix!(crate::harness::on_api, [memory, sqlite, postgres], threads = current: $($name),+);
+    };
+}
+
+/// Runs each body (`async fn(Kind)`) on memory, SQLite and PostgreSQL.
+macro_rules! on_every_kind {
+    ($($name:ident),+ $(,)?) => {
+        stratai_testkit::backend_matrix!(crate::harness::on_kind, [memory, sqlite, postgres], threads = current: $($name),+);
+    };
+}
+
 #[allow(unused_imports)]
-pub(crate) use on_every_backend;
+pub(crate) use {on_api, on_every_backend, on_every_kind, on_kind};
 
 #[allow(unused_imports)]
 pub use stratai_core::{ModelId, RequestId};
