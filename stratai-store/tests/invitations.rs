@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The invitation service of `stratai_store::people` on the memory store, without HTTP: its
 //! refusals name the field (with the bulk CSV's row and line), inviting an address again
 //! renews its pending invitation, a bulk CSV is all or nothing, the accept is single use,
