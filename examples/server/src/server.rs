@@ -92,7 +92,7 @@ pub fn build_state(config: &Config, backends: Backends) -> Result<AppState, ApiE
 
 /// The invitation mailer of `config`.
 pub fn postman(config: &Config) -> Result<Postman, ApiError> {
-    Postman::from_config(&config.mail, &config.public_url, config.dev_mode())
+    crate::mail::postman(&config.mail, &config.public_url, config.dev_mode())
         .map_err(|e| ApiError::internal(format!("mail: {e}")))
 }
 

@@ -1,7 +1,8 @@
-//! Invitations: create (the raw token is answered once and emailed, only its hash is
-//! stored), look up by token, accept (single use, checks expiry and email, atomic in the
-//! store), revoke; bulk invite (all rows or none). One pending invitation per address per
-//! organization: inviting again renews it (new link and expiry, emailed again).
+//! The invitation routes: create (the raw token is answered once and emailed, only its hash
+//! is stored), look up by token, accept (single use), revoke, list; the bulk invite of the
+//! members route. The flow itself (validation, one pending invitation per address renewed
+//! rather than duplicated, the email, bulk CSV all or nothing) is
+//! `stratai_store::people::invitations`; here are the authorization and the JSON shapes.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,18 +10,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use stratai_core::access::{Action, Resource};
 use stratai_core::directory::{
-    Email, Invitation, InvitationDelivery, InvitationRequest, InvitationStatus, InvitationToken,
-    Membership, OrgRole, Organization, RenewError, hash_token,
+    Invitation, InvitationDelivery, InvitationStatus, Membership, OrgRole,
 };
-use stratai_core::{GroupId, InvitationId, OrgId, ProfileId, StoreError};
+use stratai_core::{GroupId, InvitationId, OrgId, ProfileId};
+use stratai_store::people::invitations::{self, Invite, Inviter, Issued};
 
 use super::{ApiPath, Caller, allow};
 use crate::app::AppState;
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::extract::ApiJson;
-
-/// Default validity of an invitation.
-pub const DEFAULT_VALID_DAYS: i64 = 7;
 
 /// One invitation to create.
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
@@ -126,179 +124,34 @@ pub struct InvitationCreated {
     pub resent: bool,
 }
 
-/// Validates `spec` for `org`: field errors (with `prefix` before each path) or the request.
-async fn validate(
-    state: &AppState,
-    caller: &Caller,
-    org_id: OrgId,
-    spec: &InviteSpec,
-    prefix: &str,
-) -> Result<InvitationRequest, Vec<FieldError>> {
-    let mut errors = Vec::new();
-    let email = Email::new(&spec.email)
-        .map_err(|e| errors.push(FieldError::new(format!("{prefix}email"), e.reason)))
-        .ok();
-    let role = spec.role.unwrap_or(OrgRole::Member);
-    if role == OrgRole::Owner && allow(caller, Action::ChangeOwners, Resource::Org(org_id)).is_err()
-    {
-        errors.push(FieldError::new(
-            format!("{prefix}role"),
-            "only an owner may invite owners",
-        ));
-    }
-    for (i, g) in spec.group_ids.iter().enumerate() {
-        if state.stores.directory.get_group(org_id, *g).await.is_err() {
-            errors.push(FieldError::new(
-                format!("{prefix}group_ids[{i}]"),
-                format!("unknown group `{g}`"),
-            ));
-        }
-    }
-    if let Some(p) = spec.profile_id {
-        match state.stores.directory.get_profile(p).await {
-            Err(_) => errors.push(FieldError::new(
-                format!("{prefix}profile_id"),
-                format!("unknown profile `{p}`"),
-            )),
-            Ok(profile) => {
-                if let Ok(org) = state.stores.directory.get_org(org_id).await
-                    && let Some(why) = stratai_store::people::profiles::unavailable(&profile, &org)
-                {
-                    errors.push(FieldError::new(format!("{prefix}profile_id"), why));
-                }
-            }
-        }
-    }
-    let days = spec.valid_for_days.unwrap_or(DEFAULT_VALID_DAYS);
-    if !(1..=stratai_core::directory::MAX_INVITATION_TTL_DAYS).contains(&days) {
-        errors.push(FieldError::new(
-            format!("{prefix}valid_for_days"),
-            format!(
-                "`{days}` must be between 1 and {}",
-                stratai_core::directory::MAX_INVITATION_TTL_DAYS
-            ),
-        ));
-    }
-    match (email, errors.is_empty()) {
-        (Some(email), true) => Ok(InvitationRequest {
-            email,
-            org_id,
-            role,
-            group_ids: spec.group_ids.clone(),
+impl From<InviteSpec> for Invite {
+    fn from(spec: InviteSpec) -> Self {
+        Self {
+            email: spec.email,
+            role: spec.role,
+            group_ids: spec.group_ids,
             profile_id: spec.profile_id,
-            invited_by: Some(caller.id()),
-            valid_for: chrono::Duration::days(days),
-        }),
-        _ => Err(errors),
-    }
-}
-
-async fn already_member(state: &AppState, org_id: OrgId, email: &Email) -> Result<bool, ApiError> {
-    let Some(user) = state.stores.directory.find_user_by_email(email).await? else {
-        return Ok(false);
-    };
-    match state.stores.directory.get_member(org_id, user.id).await {
-        Ok(_) => Ok(true),
-        Err(StoreError::NotFound { .. }) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The pending invitation of `email` in `org`, if any (overdue ones included: they are
-/// renewed, not duplicated).
-async fn pending_for(
-    state: &AppState,
-    org_id: OrgId,
-    email: &Email,
-) -> Result<Option<Invitation>, ApiError> {
-    Ok(state
-        .stores
-        .directory
-        .list_invitations(org_id)
-        .await?
-        .into_iter()
-        .find(|i| &i.email == email && i.status == InvitationStatus::Pending))
-}
-
-/// `request` as a new invitation, or as the renewal of the address's pending one.
-fn prepare(
-    existing: Option<Invitation>,
-    request: InvitationRequest,
-    now: DateTime<Utc>,
-) -> Result<(Invitation, InvitationToken, bool), ApiError> {
-    match existing {
-        Some(mut invitation) => {
-            let token = invitation.renew(request, now).map_err(|e| match e {
-                RenewError::NotPending(e) => ApiError::Conflict(e.to_string()),
-                RenewError::Invalid(e) => e.into(),
-            })?;
-            Ok((invitation, token, true))
-        }
-        None => {
-            let (invitation, token) = Invitation::issue(request, now)?;
-            Ok((invitation, token, false))
+            valid_for_days: spec.valid_for_days,
         }
     }
 }
 
-/// Emails each written invitation and answers them with their tokens.
-async fn deliver_all(
-    state: &AppState,
-    org: &Organization,
-    written: Vec<(Invitation, InvitationToken, bool)>,
-) -> Result<Vec<InvitationCreated>, ApiError> {
-    let mut out = Vec::with_capacity(written.len());
-    for (mut invitation, token, resent) in written {
-        state
-            .mail
-            .deliver(
-                state.stores.directory.as_ref(),
-                &org.name,
-                &mut invitation,
-                &token,
-            )
-            .await?;
-        out.push(InvitationCreated {
-            invitation: InvitationView::from(&invitation),
-            token: token.expose().to_owned(),
-            resent,
-        });
+impl From<Issued> for InvitationCreated {
+    fn from(issued: Issued) -> Self {
+        Self {
+            invitation: InvitationView::from(&issued.invitation),
+            token: issued.token.expose().to_owned(),
+            resent: issued.renewed,
+        }
     }
-    Ok(out)
 }
 
-/// Writes `request` (new, or renewing the address's pending invitation) and emails it. Two
-/// concurrent invitations of one address meet the store's one-pending rule: the loser renews
-/// the winner's invitation.
-async fn issue(
-    state: &AppState,
-    request: InvitationRequest,
-) -> Result<InvitationCreated, ApiError> {
-    let org_id = request.org_id;
-    let org = state.stores.directory.get_org(org_id).await?;
-    let mut attempt = 0;
-    let prepared = loop {
-        attempt += 1;
-        let existing = pending_for(state, org_id, &request.email).await?;
-        let prepared = prepare(existing, request.clone(), Utc::now())?;
-        match state
-            .stores
-            .directory
-            .save_invitations(org_id, std::slice::from_ref(&prepared.0))
-            .await
-        {
-            Ok(()) => break prepared,
-            Err(StoreError::Conflict(_)) if attempt < 3 => continue,
-            Err(e) => return Err(e.into()),
-        }
-    };
-    if prepared.2 {
-        tracing::info!(invitation_id = %prepared.0.id, %org_id, "invitation renewed and resent");
+/// The inviter of `caller` in `org_id` (who may already manage its members).
+fn inviter(caller: &Caller, org_id: OrgId) -> Inviter {
+    Inviter {
+        id: caller.id(),
+        may_invite_owners: allow(caller, Action::ChangeOwners, Resource::Org(org_id)).is_ok(),
     }
-    deliver_all(state, &org, vec![prepared])
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::internal("no invitation written"))
 }
 
 /// Invites one person to `org_id` (the caller may manage its members): emails them a link to
@@ -310,16 +163,15 @@ pub async fn invite(
     spec: InviteSpec,
 ) -> Result<InvitationCreated, ApiError> {
     allow(caller, Action::ManageMembers, Resource::Org(org_id))?;
-    let request = validate(state, caller, org_id, &spec, "")
-        .await
-        .map_err(ApiError::Validation)?;
-    if already_member(state, org_id, &request.email).await? {
-        return Err(ApiError::Conflict(format!(
-            "a member with this `email` already exists (`{}`)",
-            request.email
-        )));
-    }
-    issue(state, request).await
+    let issued = invitations::invite(
+        state.stores.directory.as_ref(),
+        &state.mail,
+        inviter(caller, org_id),
+        org_id,
+        &spec.into(),
+    )
+    .await?;
+    Ok(issued.into())
 }
 
 /// `POST /api/invitations`.
@@ -392,28 +244,13 @@ pub struct InvitationDetails {
     pub expires_at: DateTime<Utc>,
 }
 
-/// The invitation of `token` (NotFound for any token that matches none).
-pub async fn find(state: &AppState, token: &str) -> Result<Invitation, ApiError> {
-    // Tokens are 64 hex characters; anything else cannot match, so skip the lookup.
-    if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::NotFound("invitation".to_owned()));
-    }
-    state
-        .stores
-        .directory
-        .find_invitation_by_token_hash(&hash_token(token))
-        .await?
-        .ok_or_else(|| ApiError::NotFound("invitation".to_owned()))
-}
-
 /// `GET /api/invitations/{token}`: the token is the capability; no login needed.
 pub async fn show(
     State(state): State<AppState>,
     ApiPath(token): ApiPath<String>,
 ) -> Result<ApiJson<InvitationDetails>, ApiError> {
-    let mut invitation = find(&state, &token).await?;
-    invitation.expire_if_due(Utc::now());
-    let org = state.stores.directory.get_org(invitation.org_id).await?;
+    let (invitation, org) =
+        invitations::lookup(state.stores.directory.as_ref(), &token, Utc::now()).await?;
     Ok(ApiJson(InvitationDetails {
         organization: org.name,
         email: invitation.email.as_str().to_owned(),
@@ -429,19 +266,14 @@ pub async fn accept(
     caller: Caller,
     ApiPath(token): ApiPath<String>,
 ) -> Result<ApiJson<Membership>, ApiError> {
-    find(&state, &token).await?;
-    let membership = state
-        .stores
-        .directory
-        .accept_invitation(&hash_token(&token), &caller.user, Utc::now())
-        .await?;
-    let membership = stratai_store::people::profiles::after_join(
+    let membership = invitations::accept(
         state.stores.directory.as_ref(),
         state.stores.guardrails.as_ref(),
-        membership,
+        &token,
+        &caller.user,
+        Utc::now(),
     )
     .await?;
-    tracing::info!(org_id = %membership.org_id, user_id = %caller.id(), "invitation accepted");
     Ok(ApiJson(membership))
 }
 
@@ -479,139 +311,36 @@ pub struct BulkOutcome {
     pub rows: Vec<BulkRow>,
 }
 
-/// The columns a bulk CSV may have (`email` is required).
-pub const CSV_COLUMNS: &[&str] = &["email", "role", "groups", "profile"];
-
-/// Most rows in one upload.
-pub const MAX_CSV_ROWS: usize = 5000;
-
-/// One parsed data row.
-struct CsvRow {
-    row: usize,
-    line: u64,
-    spec: InviteSpec,
-    errors: Vec<FieldError>,
+impl From<invitations::BulkOutcome> for BulkOutcome {
+    fn from(outcome: invitations::BulkOutcome) -> Self {
+        Self {
+            created: outcome.created,
+            resent: outcome.resent,
+            already_member: outcome.already_member,
+            rows: outcome
+                .rows
+                .into_iter()
+                .map(|r| BulkRow {
+                    row: r.row,
+                    line: r.line,
+                    status: r.status().to_owned(),
+                    email: r.email,
+                    token: r.invited.as_ref().map(|i| i.token.expose().to_owned()),
+                    invitation: r
+                        .invited
+                        .as_ref()
+                        .map(|i| InvitationView::from(&i.invitation)),
+                })
+                .collect(),
+        }
+    }
 }
 
-/// Parses a CSV with a header naming `email` and optionally `role`, `groups` (names or ids
-/// separated by `;`) and `profile` (a profile's name or id) into invite specs, resolving
-/// group names in `org_id`. Field errors name `rows[N].<column>` and say the line.
-async fn parse_csv(state: &AppState, org_id: OrgId, text: &str) -> Result<Vec<CsvRow>, ApiError> {
-    let groups = state.stores.directory.list_groups(org_id).await?;
-    let profiles = state.stores.directory.list_profiles().await?;
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .flexible(false)
-        .from_reader(text.as_bytes());
-    let headers = reader
-        .headers()
-        .map_err(|e| ApiError::invalid("csv", format!("unreadable header (line 1): {e}")))?
-        .clone();
-    let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
-    for h in headers.iter() {
-        if !CSV_COLUMNS.iter().any(|k| h.eq_ignore_ascii_case(k)) {
-            return Err(ApiError::invalid(
-                "csv",
-                format!("unknown column `{h}` (expected {})", CSV_COLUMNS.join(", ")),
-            ));
-        }
-    }
-    let email_col = col("email")
-        .ok_or_else(|| ApiError::invalid("csv", "the header must name an `email` column"))?;
-    let (role_col, groups_col, profile_col) = (col("role"), col("groups"), col("profile"));
-    let mut rows = Vec::new();
-    for (i, record) in reader.records().enumerate() {
-        let row = i + 1;
-        let record = record.map_err(|e| {
-            let line = e.position().map_or(row as u64 + 1, csv::Position::line);
-            ApiError::invalid(
-                format!("rows[{row}]"),
-                format!("line {line}: unreadable row: {e}"),
-            )
-        })?;
-        let line = record
-            .position()
-            .map_or(row as u64 + 1, csv::Position::line);
-        let cell = |c: Option<usize>| c.and_then(|c| record.get(c)).filter(|v| !v.is_empty());
-        let mut errors = Vec::new();
-        let mut error = |column: &str, message: String| {
-            errors.push(FieldError::new(
-                format!("rows[{row}].{column}"),
-                format!("line {line}: {message}"),
-            ));
-        };
-        let email = record.get(email_col).unwrap_or("").to_owned();
-        let role = match cell(role_col) {
-            None => None,
-            Some(r) => match r.to_ascii_lowercase().as_str() {
-                "owner" => Some(OrgRole::Owner),
-                "admin" => Some(OrgRole::Admin),
-                "member" => Some(OrgRole::Member),
-                other => {
-                    error(
-                        "role",
-                        format!("unknown role `{other}` (owner, admin, member)"),
-                    );
-                    None
-                }
-            },
-        };
-        let mut group_ids = Vec::new();
-        for name in cell(groups_col)
-            .unwrap_or("")
-            .split(';')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            match groups
-                .iter()
-                .find(|g| g.name.eq_ignore_ascii_case(name) || g.id.to_string() == name)
-            {
-                Some(g) => group_ids.push(g.id),
-                None => error("groups", format!("unknown group `{name}`")),
-            }
-        }
-        let profile_id = cell(profile_col).and_then(|name| {
-            match profiles
-                .iter()
-                .find(|p| p.name.eq_ignore_ascii_case(name) || p.id.to_string() == name)
-            {
-                Some(p) => Some(p.id),
-                None => {
-                    error("profile", format!("unknown profile `{name}`"));
-                    None
-                }
-            }
-        });
-        rows.push(CsvRow {
-            row,
-            line,
-            spec: InviteSpec {
-                email,
-                role,
-                group_ids,
-                profile_id,
-                valid_for_days: None,
-            },
-            errors,
-        });
-        if rows.len() > MAX_CSV_ROWS {
-            return Err(ApiError::invalid(
-                "csv",
-                format!("more than {MAX_CSV_ROWS} rows in one upload"),
-            ));
-        }
-    }
-    if rows.is_empty() {
-        return Err(ApiError::invalid("csv", "no data rows"));
-    }
-    Ok(rows)
-}
-
-/// Bulk invite: every row is validated first; if any row is invalid nothing is written and
-/// the answer is 422 naming each bad row and its line. Otherwise all invitations are written
-/// in one transaction (all or nothing), then emailed; each row is `created`, `resent` or
-/// `already_member`. An email twice in the file is invalid.
+/// Bulk invite (the caller may manage the members of `org_id`): every row is validated first;
+/// if any row is invalid nothing is written and the answer is 422 naming each bad row and its
+/// line. Otherwise all invitations are written in one transaction (all or nothing), then
+/// emailed; each row is `created`, `resent` or `already_member`. An email twice in the file
+/// is invalid.
 pub async fn bulk_invite(
     state: &AppState,
     caller: &Caller,
@@ -631,115 +360,14 @@ pub async fn bulk_invite_with_progress(
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<BulkOutcome, ApiError> {
     allow(caller, Action::ManageMembers, Resource::Org(org_id))?;
-    let org = state.stores.directory.get_org(org_id).await?;
-    let parsed = parse_csv(state, org_id, text).await?;
-    let total = parsed.len();
-    let mut checked = Vec::new();
-    let mut all_errors = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for CsvRow {
-        row,
-        line,
-        spec,
-        mut errors,
-    } in parsed
-    {
-        let request = match validate(state, caller, org_id, &spec, &format!("rows[{row}].")).await {
-            Ok(r) => Some(r),
-            Err(e) => {
-                errors.extend(e.into_iter().map(|mut f| {
-                    f.message = format!("line {line}: {}", f.message);
-                    f
-                }));
-                None
-            }
-        };
-        if let Some(r) = &request
-            && !seen.insert(r.email.clone())
-        {
-            errors.push(FieldError::new(
-                format!("rows[{row}].email"),
-                format!("line {line}: `{}` appears twice", r.email),
-            ));
-        }
-        all_errors.append(&mut errors);
-        checked.push((row, line, spec.email, request));
-    }
-    if !all_errors.is_empty() {
-        return Err(ApiError::Validation(all_errors));
-    }
-    let pending: std::collections::HashMap<Email, Invitation> = state
-        .stores
-        .directory
-        .list_invitations(org_id)
-        .await?
-        .into_iter()
-        .filter(|i| i.status == InvitationStatus::Pending)
-        .map(|i| (i.email.clone(), i))
-        .collect();
-    let now = Utc::now();
-    let mut rows = Vec::with_capacity(total);
-    let mut writes = Vec::new();
-    for (row, line, email, request) in checked {
-        let Some(request) = request else { continue };
-        if already_member(state, org_id, &request.email).await? {
-            rows.push((row, line, email, None));
-            continue;
-        }
-        let existing = pending.get(&request.email).cloned();
-        writes.push(prepare(existing, request, now)?);
-        rows.push((row, line, email, Some(writes.len() - 1)));
-    }
-    // One transaction: a failure (a concurrent change, a database error) leaves nothing.
-    let invitations: Vec<Invitation> = writes.iter().map(|(i, _, _)| i.clone()).collect();
-    state
-        .stores
-        .directory
-        .save_invitations(org_id, &invitations)
-        .await?;
-    let mut outcome = BulkOutcome {
-        created: 0,
-        resent: 0,
-        already_member: 0,
-        rows: Vec::with_capacity(total),
-    };
-    let mut delivered = Vec::with_capacity(writes.len());
-    for (done, write) in writes.into_iter().enumerate() {
-        delivered.extend(deliver_all(state, &org, vec![write]).await?);
-        progress(done + 1, total);
-    }
-    for (row, line, email, written) in rows {
-        let Some(index) = written else {
-            outcome.already_member += 1;
-            outcome.rows.push(BulkRow {
-                row,
-                line,
-                email,
-                status: "already_member".to_owned(),
-                token: None,
-                invitation: None,
-            });
-            continue;
-        };
-        let Some(created) = delivered.get(index) else {
-            return Err(ApiError::internal("a bulk row lost its invitation"));
-        };
-        let status = if created.resent {
-            outcome.resent += 1;
-            "resent"
-        } else {
-            outcome.created += 1;
-            "created"
-        };
-        outcome.rows.push(BulkRow {
-            row,
-            line,
-            email,
-            status: status.to_owned(),
-            token: Some(created.token.clone()),
-            invitation: Some(created.invitation.clone()),
-        });
-    }
-    progress(total, total);
-    Ok(outcome)
+    let outcome = invitations::bulk_invite(
+        state.stores.directory.as_ref(),
+        &state.mail,
+        inviter(caller, org_id),
+        org_id,
+        text,
+        progress,
+    )
+    .await?;
+    Ok(outcome.into())
 }

@@ -9,13 +9,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
-use stratai_core::StoreError;
-use stratai_core::directory::{InvitationStatus, OrgRole, hash_token};
+use stratai_core::OpError;
+use stratai_core::directory::{InvitationStatus, OrgRole};
+use stratai_store::people::invitations;
 
 use crate::api::ApiPath;
-use crate::api::invitations;
 use crate::app::AppState;
 use crate::auth::Mode;
+use crate::error::ApiError;
 use crate::ui::view::{CheckedForm, Chrome, Notice, UiError, Viewer, render};
 
 /// What the page can offer.
@@ -76,9 +77,9 @@ async fn page(
     viewer: Option<&Viewer>,
     notice: Option<Notice>,
 ) -> Result<InvitationPage, UiError> {
-    let mut invitation = invitations::find(state, token).await?;
-    invitation.expire_if_due(Utc::now());
-    let org = state.stores.directory.get_org(invitation.org_id).await?;
+    let (invitation, org) = invitations::lookup(state.stores.directory.as_ref(), token, Utc::now())
+        .await
+        .map_err(ApiError::from)?;
     let offer = match (invitation.status, viewer) {
         (InvitationStatus::Pending, None) => Offer::SignIn,
         (InvitationStatus::Pending, Some(v)) if v.caller.user.email == invitation.email => {
@@ -135,32 +136,23 @@ pub(crate) async fn accept(
     ApiPath(token): ApiPath<String>,
     _form: CheckedForm,
 ) -> Result<Response, UiError> {
-    // An unknown token answers the not-found page before anything is attempted.
-    invitations::find(&state, &token).await?;
-    let outcome = state
-        .stores
-        .directory
-        .accept_invitation(&hash_token(&token), &viewer.caller.user, Utc::now())
-        .await;
-    let outcome = match outcome {
-        Ok(membership) => Ok(stratai_store::people::profiles::after_join(
-            state.stores.directory.as_ref(),
-            state.stores.guardrails.as_ref(),
-            membership,
-        )
-        .await
-        .map_err(crate::error::ApiError::from)?),
-        Err(e) => Err(e),
-    };
+    // An unknown token answers the not-found page (the service looks it up first).
+    let outcome = invitations::accept(
+        state.stores.directory.as_ref(),
+        state.stores.guardrails.as_ref(),
+        &token,
+        &viewer.caller.user,
+        Utc::now(),
+    )
+    .await;
     match outcome {
-        Ok(membership) => {
-            tracing::info!(org_id = %membership.org_id, user_id = %viewer.caller.id(), "invitation accepted on the accept page");
+        Ok(_) => {
             let mut page = page(&state, &token, Some(&viewer), None).await?;
             page.offer = Offer::Joined;
             page.chrome.notice = Some(Notice::ok(format!("You joined {}.", page.organization)));
             render(StatusCode::OK, &page)
         }
-        Err(e @ (StoreError::Conflict(_) | StoreError::Invalid(_))) => {
+        Err(e @ (OpError::Conflict(_) | OpError::Invalid(_))) => {
             let mut page = page(&state, &token, Some(&viewer), None).await?;
             // Said from the invitation's state where it is no longer open (a second submit of
             // the form, a revoked or expired link), from the store's reason otherwise.
@@ -175,15 +167,19 @@ pub(crate) async fn accept(
             )));
             render(StatusCode::CONFLICT, &page)
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(ApiError::from(e).into()),
     }
 }
 
-/// A store refusal in words for the page (no `conflict:` prefix).
-fn refusal(e: &StoreError) -> String {
+/// The acceptance's refusal in words for the page (no `conflict:` prefix).
+fn refusal(e: &OpError) -> String {
     match e {
-        StoreError::Conflict(m) => m.clone(),
-        StoreError::Invalid(v) => v.reason.clone(),
+        OpError::Conflict(m) => m.clone(),
+        OpError::Invalid(fields) => fields
+            .iter()
+            .map(|f| f.reason.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
         other => other.to_string(),
     }
 }
