@@ -759,83 +759,133 @@ fn percentile(sorted: &[Money], p: usize) -> Option<Money> {
     sorted.get(rank - 1).copied()
 }
 
+/// The pricing discovery report built one record at a time, so a period of any length can be
+/// read as a stream: what it keeps grows with the users, tiers and hours seen, never with the
+/// number of records.
+#[derive(Clone, Debug)]
+pub struct DiscoveryTally<'a> {
+    catalog: &'a TierCatalog,
+    options: DiscoveryOptions,
+    all: UsageTotals,
+    requests_by_tier: BTreeMap<String, u64>,
+    requests_by_user: BTreeMap<UserId, u64>,
+    cost_by_tier: BTreeMap<String, Money>,
+    cost_by_user: BTreeMap<UserId, Money>,
+    users_by_tier: BTreeMap<String, BTreeSet<UserId>>,
+    hours: [u64; 24],
+}
+
+impl<'a> DiscoveryTally<'a> {
+    /// An empty tally: tiers named from `catalog`, hours in `options.tz`.
+    #[must_use]
+    pub fn new(catalog: &'a TierCatalog, options: &DiscoveryOptions) -> Self {
+        Self {
+            catalog,
+            options: *options,
+            all: UsageTotals::default(),
+            requests_by_tier: BTreeMap::new(),
+            requests_by_user: BTreeMap::new(),
+            cost_by_tier: BTreeMap::new(),
+            cost_by_user: BTreeMap::new(),
+            users_by_tier: BTreeMap::new(),
+            hours: [0; 24],
+        }
+    }
+
+    /// Counts one record.
+    pub fn add(&mut self, r: &UsageRecord) {
+        self.all.add(r);
+        let tier = tier_key(self.catalog, r.tier_id);
+        *self.requests_by_tier.entry(tier.clone()).or_default() += 1;
+        *self.requests_by_user.entry(r.user_id).or_default() += 1;
+        let t = self.cost_by_tier.entry(tier.clone()).or_default();
+        *t = *t + r.provider_cost;
+        let u = self.cost_by_user.entry(r.user_id).or_default();
+        *u = *u + r.provider_cost;
+        self.users_by_tier
+            .entry(tier)
+            .or_default()
+            .insert(r.user_id);
+        let hour = self
+            .options
+            .tz
+            .from_utc_datetime(&r.created_at.naive_utc())
+            .hour();
+        self.hours[hour as usize] += 1;
+    }
+
+    /// The report of the records counted.
+    #[must_use]
+    pub fn finish(self) -> PricingDiscoveryReport {
+        let options = &self.options;
+        let all = &self.all;
+        let mut busiest: Vec<(u32, u64)> =
+            (0u32..24).zip(self.hours).filter(|(_, n)| *n > 0).collect();
+        busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let peak_usage_hours = busiest
+            .into_iter()
+            .take(options.peak_hours)
+            .map(|(h, _)| h)
+            .collect();
+
+        let active_users = self.cost_by_user.len() as u64;
+        let mut per_user: Vec<Money> = self.cost_by_user.values().copied().collect();
+        per_user.sort();
+        let p90 = percentile(&per_user, 90);
+        let p50 = percentile(&per_user, 50);
+        let power_users_count =
+            p90.map_or(0, |p| per_user.iter().filter(|c| **c >= p).count()) as u64;
+        let light_users_count =
+            p50.map_or(0, |p| per_user.iter().filter(|c| **c <= p).count()) as u64;
+
+        let average_cost_per_user = div_round(all.provider_cost, active_users, 6);
+        let average_cost_per_request = div_round(all.provider_cost, all.requests, 6);
+        let suggested_tier_pricing = self
+            .cost_by_tier
+            .iter()
+            .map(|(tier, cost)| {
+                let users = self.users_by_tier.get(tier).map_or(0, |u| u.len() as u64);
+                (
+                    tier.clone(),
+                    with_margin(div_round(*cost, users, 6), options.margin),
+                )
+            })
+            .collect();
+
+        PricingDiscoveryReport {
+            total_requests: all.requests,
+            requests_by_tier: self.requests_by_tier,
+            requests_by_user: self.requests_by_user,
+            peak_usage_hours,
+            total_provider_cost: all.provider_cost,
+            cost_by_tier: self.cost_by_tier,
+            cost_by_user: self.cost_by_user,
+            average_cost_per_user,
+            average_cost_per_request,
+            power_users_count,
+            light_users_count,
+            suggested_per_seat_price: with_margin(average_cost_per_user, options.margin),
+            suggested_tier_pricing,
+            active_users,
+            total_billed_amount: all.billed_amount,
+            margin: options.margin,
+        }
+    }
+}
+
 /// Computes the seed's pricing discovery report from `records` (see the report's docs for each
-/// field's definition).
+/// field's definition; [`DiscoveryTally`] reads them one at a time).
 #[must_use]
 pub fn pricing_discovery(
     records: &[UsageRecord],
     catalog: &TierCatalog,
     options: &DiscoveryOptions,
 ) -> PricingDiscoveryReport {
-    let mut requests_by_tier: BTreeMap<String, u64> = BTreeMap::new();
-    let mut requests_by_user: BTreeMap<UserId, u64> = BTreeMap::new();
-    let mut cost_by_tier: BTreeMap<String, Money> = BTreeMap::new();
-    let mut cost_by_user: BTreeMap<UserId, Money> = BTreeMap::new();
-    let mut users_by_tier: BTreeMap<String, BTreeSet<UserId>> = BTreeMap::new();
-    let mut hours = [0u64; 24];
-    let all = totals(records);
+    let mut tally = DiscoveryTally::new(catalog, options);
     for r in records {
-        let tier = tier_key(catalog, r.tier_id);
-        *requests_by_tier.entry(tier.clone()).or_default() += 1;
-        *requests_by_user.entry(r.user_id).or_default() += 1;
-        let t = cost_by_tier.entry(tier.clone()).or_default();
-        *t = *t + r.provider_cost;
-        let u = cost_by_user.entry(r.user_id).or_default();
-        *u = *u + r.provider_cost;
-        users_by_tier.entry(tier).or_default().insert(r.user_id);
-        let hour = options
-            .tz
-            .from_utc_datetime(&r.created_at.naive_utc())
-            .hour();
-        hours[hour as usize] += 1;
+        tally.add(r);
     }
-    let mut busiest: Vec<(u32, u64)> = (0u32..24).zip(hours).filter(|(_, n)| *n > 0).collect();
-    busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let peak_usage_hours = busiest
-        .into_iter()
-        .take(options.peak_hours)
-        .map(|(h, _)| h)
-        .collect();
-
-    let active_users = cost_by_user.len() as u64;
-    let mut per_user: Vec<Money> = cost_by_user.values().copied().collect();
-    per_user.sort();
-    let p90 = percentile(&per_user, 90);
-    let p50 = percentile(&per_user, 50);
-    let power_users_count = p90.map_or(0, |p| per_user.iter().filter(|c| **c >= p).count()) as u64;
-    let light_users_count = p50.map_or(0, |p| per_user.iter().filter(|c| **c <= p).count()) as u64;
-
-    let average_cost_per_user = div_round(all.provider_cost, active_users, 6);
-    let average_cost_per_request = div_round(all.provider_cost, all.requests, 6);
-    let suggested_tier_pricing = cost_by_tier
-        .iter()
-        .map(|(tier, cost)| {
-            let users = users_by_tier.get(tier).map_or(0, |u| u.len() as u64);
-            (
-                tier.clone(),
-                with_margin(div_round(*cost, users, 6), options.margin),
-            )
-        })
-        .collect();
-
-    PricingDiscoveryReport {
-        total_requests: all.requests,
-        requests_by_tier,
-        requests_by_user,
-        peak_usage_hours,
-        total_provider_cost: all.provider_cost,
-        cost_by_tier,
-        cost_by_user,
-        average_cost_per_user,
-        average_cost_per_request,
-        power_users_count,
-        light_users_count,
-        suggested_per_seat_price: with_margin(average_cost_per_user, options.margin),
-        suggested_tier_pricing,
-        active_users,
-        total_billed_amount: all.billed_amount,
-        margin: options.margin,
-    }
+    tally.finish()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1383,6 +1433,15 @@ mod tests {
         assert_eq!(report.suggested_tier_pricing["premium"], money("26"));
         assert_eq!(report.suggested_tier_pricing["basic"], money("7.15"));
         assert_eq!(report.total_billed_amount, money("90"));
+
+        // Read one record at a time, in another order (a stream per organization): the same
+        // report.
+        let catalog = TierCatalog::seed_default();
+        let mut tally = DiscoveryTally::new(&catalog, &DiscoveryOptions::default());
+        for r in records.iter().rev() {
+            tally.add(r);
+        }
+        assert_eq!(tally.finish(), report);
 
         let empty = pricing_discovery(
             &[],

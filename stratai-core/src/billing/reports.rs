@@ -17,8 +17,8 @@ use crate::money::Money;
 use crate::pricing::PriceTable;
 use crate::tiers::TierCatalog;
 use crate::usage::{
-    AggregateRow, DimensionValue, DiscoveryOptions, PricingDiscoveryReport, UNTIERED, UsageRecord,
-    pricing_discovery,
+    AggregateRow, DimensionValue, DiscoveryOptions, DiscoveryTally, PricingDiscoveryReport,
+    UNTIERED, UsageRecord,
 };
 
 /// A tier's slug for a report ([`UNTIERED`] for records without a tier; the id when the tier
@@ -306,8 +306,81 @@ impl PricingReportSpec {
     }
 }
 
+/// The pricing report built one record at a time (the records of the spec's period and
+/// organizations, in any order), so a period of any length is read as a stream: what it keeps
+/// grows with users, tiers and models, not with records.
+#[derive(Clone, Debug)]
+pub struct PricingReportTally<'a> {
+    spec: PricingReportSpec,
+    catalog: &'a TierCatalog,
+    discovery: DiscoveryTally<'a>,
+    per_model: BTreeMap<(String, ModelId), (u64, Money, Money)>,
+}
+
+impl<'a> PricingReportTally<'a> {
+    /// An empty tally for `spec` (checked first: the error names the field).
+    pub fn new(
+        spec: &PricingReportSpec,
+        catalog: &'a TierCatalog,
+    ) -> Result<Self, ValidationError> {
+        let options = spec.options()?;
+        Ok(Self {
+            spec: spec.clone(),
+            catalog,
+            discovery: DiscoveryTally::new(catalog, &options),
+            per_model: BTreeMap::new(),
+        })
+    }
+
+    /// Counts one record.
+    pub fn add(&mut self, r: &UsageRecord) {
+        self.discovery.add(r);
+        let e = self
+            .per_model
+            .entry((tier_name(self.catalog, r.tier_id), r.model.clone()))
+            .or_insert((0, Money::ZERO, Money::ZERO));
+        e.0 += 1;
+        e.1 = e.1 + r.provider_cost;
+        e.2 = e.2 + r.billed_amount;
+    }
+
+    /// The report of the records counted, priced with the catalog and `prices` at the
+    /// period's end (or `now`, if earlier).
+    #[must_use]
+    pub fn finish(self, prices: &PriceTable, now: DateTime<Utc>) -> PricingReport {
+        let billed_below_cost = self
+            .per_model
+            .into_iter()
+            .filter(|(_, (_, cost, billed))| billed < cost)
+            .map(
+                |((tier, model), (requests, provider_cost, billed_amount))| BelowCost {
+                    model,
+                    tier,
+                    requests,
+                    provider_cost,
+                    billed_amount,
+                },
+            )
+            .collect();
+        let priced_below_list = price_list(self.catalog, prices, self.spec.to.min(now))
+            .into_iter()
+            .filter(|p| p.below_list_price)
+            .collect();
+        PricingReport {
+            org_id: self.spec.org_id,
+            from: self.spec.from,
+            to: self.spec.to,
+            timezone: self.spec.tz.name().to_owned(),
+            report: self.discovery.finish(),
+            billed_below_cost,
+            priced_below_list,
+        }
+    }
+}
+
 /// The pricing report of `records` (those of the spec's period and organizations), priced
-/// with `catalog` and `prices` at the period's end (or `now`, if earlier).
+/// with `catalog` and `prices` at the period's end (or `now`, if earlier); see
+/// [`PricingReportTally`] to read them one at a time.
 pub fn pricing_report(
     spec: &PricingReportSpec,
     records: &[UsageRecord],
@@ -315,43 +388,11 @@ pub fn pricing_report(
     prices: &PriceTable,
     now: DateTime<Utc>,
 ) -> Result<PricingReport, ValidationError> {
-    let options = spec.options()?;
-    let report = pricing_discovery(records, catalog, &options);
-    let mut per_model: BTreeMap<(String, ModelId), (u64, Money, Money)> = BTreeMap::new();
+    let mut tally = PricingReportTally::new(spec, catalog)?;
     for r in records {
-        let e = per_model
-            .entry((tier_name(catalog, r.tier_id), r.model.clone()))
-            .or_insert((0, Money::ZERO, Money::ZERO));
-        e.0 += 1;
-        e.1 = e.1 + r.provider_cost;
-        e.2 = e.2 + r.billed_amount;
+        tally.add(r);
     }
-    let billed_below_cost = per_model
-        .into_iter()
-        .filter(|(_, (_, cost, billed))| billed < cost)
-        .map(
-            |((tier, model), (requests, provider_cost, billed_amount))| BelowCost {
-                model,
-                tier,
-                requests,
-                provider_cost,
-                billed_amount,
-            },
-        )
-        .collect();
-    let priced_below_list = price_list(catalog, prices, spec.to.min(now))
-        .into_iter()
-        .filter(|p| p.below_list_price)
-        .collect();
-    Ok(PricingReport {
-        org_id: spec.org_id,
-        from: spec.from,
-        to: spec.to,
-        timezone: spec.tz.name().to_owned(),
-        report,
-        billed_below_cost,
-        priced_below_list,
-    })
+    Ok(tally.finish(prices, now))
 }
 
 #[cfg(test)]

@@ -20,14 +20,14 @@ use stratai_core::billing::{
 };
 use stratai_core::directory::Organization;
 use stratai_core::tiers::TierCatalog;
-use stratai_core::usage::{Dimension, UsageQuery, UsageRecord};
+use stratai_core::usage::{Dimension, UsageQuery};
 use stratai_core::{InvoiceId, OrgId};
 
 pub use stratai_core::billing::reports::{
     BelowCost, BillingOverview, ModelPrice, OverviewRow, OverviewTotals, PriceSource,
     PricingReport, price_list,
 };
-use stratai_core::billing::reports::{PricingReportSpec, billing_overview};
+use stratai_core::billing::reports::{PricingReportSpec, PricingReportTally, billing_overview};
 
 use super::{ApiPath, Caller, allow};
 use crate::app::AppState;
@@ -350,22 +350,17 @@ pub async fn pricing_report_for(
         to: Some(q.to),
         ..UsageQuery::default()
     };
-    let mut records: Vec<UsageRecord> = Vec::new();
+    let catalog = catalog(state).await?;
+    // Read as a stream into the tally: memory grows with users and models, not records.
+    let mut tally = PricingReportTally::new(&spec, &catalog)?;
     for org in &orgs {
         use futures::TryStreamExt as _;
         let mut stream = state.stores.usage.stream(org.id, query.clone());
         while let Some(r) = stream.try_next().await? {
-            records.push(r);
+            tally.add(&r);
         }
     }
-    let catalog = catalog(state).await?;
-    Ok(stratai_core::billing::reports::pricing_report(
-        &spec,
-        &records,
-        &catalog,
-        &state.prices,
-        Utc::now(),
-    )?)
+    Ok(tally.finish(&state.prices, Utc::now()))
 }
 
 /// Query of `GET /api/billing/provider-prices`.
