@@ -1,5 +1,7 @@
 //! Budgets: scopes, periods, limits and alerts.
 
+pub mod admin;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 

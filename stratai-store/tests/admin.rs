@@ -134,3 +134,70 @@ async fn tiers_outside_the_subscription_are_named() {
         .unwrap_err();
     assert_eq!(fields(refused), ["default_tiers[0]"]);
 }
+
+#[tokio::test]
+async fn budgets_are_created_in_a_known_scope_and_edited_unless_they_follow_a_field() {
+    use stratai_core::budget::admin::{BudgetEdit, NewBudget};
+    use stratai_core::budget::{BudgetPeriod, BudgetScope};
+    use stratai_core::money::Money;
+    use stratai_store::admin::budgets;
+
+    let (stores, report) = seeded().await;
+    let org = report.internal_org.id;
+    let new = |scope| NewBudget {
+        org_id: org,
+        scope,
+        limit: Money::dollars(20),
+        period: BudgetPeriod::Weekly,
+        hard_limit: true,
+        alert_threshold: Decimal::new(8, 1),
+    };
+    let refused = budgets::create_budget(
+        stores.directory.as_ref(),
+        stores.tiers.as_ref(),
+        stores.budgets.as_ref(),
+        new(BudgetScope::Group(stratai_core::GroupId::new())),
+        Utc::now(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(fields(refused), ["scope.id"]);
+
+    let me = report.super_admin.id;
+    let created = budgets::create_budget(
+        stores.directory.as_ref(),
+        stores.tiers.as_ref(),
+        stores.budgets.as_ref(),
+        new(BudgetScope::User(me)),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let other_org = stratai_core::OrgId::new();
+    let found = budgets::locate(stores.budgets.as_ref(), &[other_org, org], created.id)
+        .await
+        .unwrap();
+    assert_eq!((found.id, found.scope), (created.id, created.scope));
+    assert!(matches!(
+        budgets::locate(stores.budgets.as_ref(), &[other_org], created.id).await,
+        Err(OpError::NotFound(_))
+    ));
+
+    let edit = BudgetEdit {
+        limit: Some(Money::dollars(30)),
+        ..BudgetEdit::default()
+    };
+    let updated = budgets::update_budget(stores.budgets.as_ref(), found, edit, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        stores
+            .budgets
+            .get_budget(org, created.id)
+            .await
+            .unwrap()
+            .limit,
+        Money::dollars(30)
+    );
+    assert_eq!(updated.limit, Money::dollars(30));
+}

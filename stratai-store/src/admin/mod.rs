@@ -2,4 +2,5 @@
 //! who may ask (which stays with the HTTP layer). Each refuses with [`stratai_core::OpError`],
 //! so an embedder running the same service gets the same refusals as the server.
 
+pub mod budgets;
 pub mod tiers;
