@@ -201,3 +201,39 @@ async fn budgets_are_created_in_a_known_scope_and_edited_unless_they_follow_a_fi
     );
     assert_eq!(updated.limit, Money::dollars(30));
 }
+
+#[tokio::test]
+async fn usage_days_are_the_organizations_local_days() {
+    use stratai_core::usage::{Dimension, DimensionValue, UsageQuery};
+    use stratai_store::admin::usage;
+
+    let (stores, report) = seeded().await;
+    let mut org = report.internal_org.clone();
+    org.settings.timezone = Some("America/New_York".to_owned());
+    stores.directory.update_org(&org).await.unwrap();
+    let user = report.super_admin.id;
+    // 02:00 UTC on the 15th is the evening of the 14th in New York.
+    let at = "2026-01-15T02:00:00Z".parse().unwrap();
+    let record = stratai_testkit::usage_record(org.id, user)
+        .model("claude-sonnet-4-5")
+        .cost("0.001")
+        .billed("0.002")
+        .at(at)
+        .build();
+    stores.usage.append(org.id, &[record]).await.unwrap();
+    let summary = usage::summary(
+        stores.directory.as_ref(),
+        stores.usage.as_ref(),
+        org.id,
+        UsageQuery::default(),
+        vec![Dimension::Day],
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.timezone, "America/New_York");
+    assert_eq!(summary.totals.requests, 1);
+    assert_eq!(
+        summary.rows[0].key,
+        [DimensionValue::Day("2026-01-14".parse().unwrap())]
+    );
+}

@@ -4,3 +4,4 @@
 
 pub mod budgets;
 pub mod tiers;
+pub mod usage;
