@@ -237,3 +237,80 @@ async fn usage_days_are_the_organizations_local_days() {
         [DimensionValue::Day("2026-01-14".parse().unwrap())]
     );
 }
+
+#[tokio::test]
+async fn the_last_owner_stays_and_first_members_are_checked() {
+    use stratai_core::directory::{Group, NewGroupMember, OrgRole};
+    use stratai_store::admin::{groups, members};
+
+    let (stores, report) = seeded().await;
+    let org = report.internal_org.id;
+    let owner = stores
+        .directory
+        .get_member(org, report.super_admin.id)
+        .await
+        .unwrap();
+    assert_eq!(owner.role, OrgRole::Owner);
+    let demote = members::MemberEdit {
+        role: Some(OrgRole::Admin),
+        ..members::MemberEdit::default()
+    };
+    assert!(matches!(
+        members::update_member(
+            stores.directory.as_ref(),
+            stores.tiers.as_ref(),
+            stores.guardrails.as_ref(),
+            owner.clone(),
+            demote,
+        )
+        .await,
+        Err(OpError::Conflict(m)) if m.contains("last owner")
+    ));
+    assert!(matches!(
+        members::check_removable(stores.directory.as_ref(), &owner).await,
+        Err(OpError::Conflict(_))
+    ));
+    let budget = members::MemberEdit {
+        monthly_budget: Some(Some(stratai_core::money::Money::dollars(5))),
+        ..members::MemberEdit::default()
+    };
+    let updated = members::update_member(
+        stores.directory.as_ref(),
+        stores.tiers.as_ref(),
+        stores.guardrails.as_ref(),
+        owner,
+        budget,
+    )
+    .await
+    .unwrap();
+    assert_eq!(updated.role, OrgRole::Owner);
+
+    let group = Group::new(org, "Research", Utc::now()).unwrap();
+    let me = report.super_admin.id;
+    let stranger = stratai_core::UserId::new();
+    let listed = [
+        NewGroupMember {
+            user_id: me,
+            role: None,
+        },
+        NewGroupMember {
+            user_id: me,
+            role: None,
+        },
+        NewGroupMember {
+            user_id: stranger,
+            role: None,
+        },
+    ];
+    let refused = groups::first_members(stores.directory.as_ref(), &group, &listed)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fields(refused),
+        ["members[1].user_id", "members[2].user_id"]
+    );
+    let ok = groups::first_members(stores.directory.as_ref(), &group, &listed[..1])
+        .await
+        .unwrap();
+    assert_eq!(ok[0].group_id, group.id);
+}

@@ -3,5 +3,7 @@
 //! so an embedder running the same service gets the same refusals as the server.
 
 pub mod budgets;
+pub mod groups;
+pub mod members;
 pub mod tiers;
 pub mod usage;
