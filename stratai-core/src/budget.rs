@@ -85,6 +85,28 @@ pub struct BudgetState {
     pub alert_sent: bool,
 }
 
+/// A budget as the explain endpoint reports it.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BudgetView {
+    /// Budget.
+    pub budget_id: BudgetId,
+    /// Scope.
+    pub scope: BudgetScope,
+    /// Readable scope.
+    pub scope_name: String,
+    /// Limit.
+    pub limit: Money,
+    /// Spent in the period.
+    pub spent: Money,
+    /// Reserved in the period.
+    pub reserved: Money,
+    /// Left.
+    pub remaining: Money,
+    /// Blocks when exhausted.
+    pub hard_limit: bool,
+}
+
 /// A threshold alert to emit: fired at most once per budget and period.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BudgetAlert {
