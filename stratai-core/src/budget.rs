@@ -1,5 +1,7 @@
 //! Budgets: scopes, periods, limits and alerts.
 
+pub mod admin;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -81,6 +83,28 @@ pub struct BudgetState {
     pub reserved: Money,
     /// Whether the threshold alert already fired this period.
     pub alert_sent: bool,
+}
+
+/// A budget as the explain endpoint reports it.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BudgetView {
+    /// Budget.
+    pub budget_id: BudgetId,
+    /// Scope.
+    pub scope: BudgetScope,
+    /// Readable scope.
+    pub scope_name: String,
+    /// Limit.
+    pub limit: Money,
+    /// Spent in the period.
+    pub spent: Money,
+    /// Reserved in the period.
+    pub reserved: Money,
+    /// Left.
+    pub remaining: Money,
+    /// Blocks when exhausted.
+    pub hard_limit: bool,
 }
 
 /// A threshold alert to emit: fired at most once per budget and period.

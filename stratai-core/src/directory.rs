@@ -271,6 +271,18 @@ pub fn attribution_group(groups: impl IntoIterator<Item = GroupId>) -> Option<Gr
     groups.into_iter().min()
 }
 
+/// A first member of a new group.
+#[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewGroupMember {
+    /// A member of the organization.
+    pub user_id: UserId,
+    /// Role in the group (default member).
+    #[serde(default)]
+    pub role: Option<GroupRole>,
+}
+
 /// A group (department/team) inside an organization.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

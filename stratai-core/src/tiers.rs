@@ -1,5 +1,7 @@
 //! Model tiers (the seed's "modules"): bundles of models with billing rates.
 
+pub mod admin;
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};

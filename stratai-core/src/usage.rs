@@ -1,5 +1,7 @@
 //! Usage records: every request, fully attributed, with provider cost and billed amount.
 
+pub mod report;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod decision;
 pub mod engine;
 pub mod gatekeeper;

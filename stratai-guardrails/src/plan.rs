@@ -30,7 +30,7 @@ use chrono::{DateTime, Utc};
 use smallvec::SmallVec;
 use stratai_core::Money;
 use stratai_core::budget::{
-    Budget, BudgetOutcome, BudgetRefusal, BudgetScope, BudgetState, RequestScope,
+    Budget, BudgetOutcome, BudgetRefusal, BudgetScope, BudgetState, BudgetView, RequestScope,
     applicable_budgets, evaluate_budgets, is_rule_budget,
 };
 use stratai_core::directory::{Group, attribution_group};
@@ -512,6 +512,25 @@ impl Plan {
             Some(r) => format!("rule '{}'", r.name),
             None => scope_name(scope, groups),
         }
+    }
+
+    /// `states` (those of the budgets this plan applies, [`Plan::budgets`]) as the explain
+    /// endpoint reports them, named as the plan's reasons name them.
+    #[must_use]
+    pub fn budget_views(&self, states: Vec<BudgetState>, groups: &[Group]) -> Vec<BudgetView> {
+        states
+            .into_iter()
+            .map(|s| BudgetView {
+                budget_id: s.budget.id,
+                scope: s.budget.scope,
+                scope_name: self.budget_name(s.budget.id, &s.budget.scope, groups),
+                limit: s.budget.limit,
+                spent: s.spent,
+                reserved: s.reserved,
+                remaining: s.budget.limit.saturating_sub(s.spent + s.reserved),
+                hard_limit: s.budget.hard_limit,
+            })
+            .collect()
     }
 }
 

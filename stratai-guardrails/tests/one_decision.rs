@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use rust_decimal::Decimal;
 use serde_json::json;
-use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope};
+use stratai_core::budget::{Budget, BudgetPeriod, BudgetScope, BudgetState};
 use stratai_core::directory::{
     BillingPlan, Email, Group, GroupMembership, GroupRole, Membership, OrgRole, OrgSettings,
     Organization, PlatformRole, Slug, User, attribution_group,
@@ -386,6 +386,25 @@ async fn law(case: Case) -> Result<(), TestCaseError> {
         .explain_request(&w.caller, &snapshot, &snapshot.budgets, &ask, now())
         .await
         .unwrap();
+    // The explain endpoint's budget views name a rule's budget by its rule.
+    let states: Vec<BudgetState> = explained
+        .rule_budgets
+        .iter()
+        .map(|r| BudgetState {
+            budget: r.budget.clone(),
+            period_start: now(),
+            period_end: now(),
+            spent: Money::ZERO,
+            reserved: Money::ZERO,
+            alert_sent: false,
+        })
+        .collect();
+    let views = explained.budget_views(states, &snapshot.groups);
+    prop_assert_eq!(views.len(), explained.rule_budgets.len());
+    for (v, r) in views.iter().zip(&explained.rule_budgets) {
+        prop_assert_eq!(&v.scope_name, &format!("rule '{}'", r.name));
+        prop_assert_eq!(v.remaining, r.budget.limit);
+    }
     let admitted = w
         .gate
         .admit_planned(&w.caller, &snapshot, &snapshot.budgets, &ask, now())

@@ -25,6 +25,8 @@
 //! A header naming a StratAI request cannot hide a direct call: the named record must exist,
 //! be the same member's and carry this call's LiteLLM request id.
 
+pub mod desk;
+
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 

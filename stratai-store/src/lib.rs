@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod audited;
 pub(crate) mod error;
 pub mod memory;

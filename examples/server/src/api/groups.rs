@@ -5,13 +5,14 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use stratai_core::access::{Action, Resource};
+pub use stratai_core::directory::NewGroupMember;
 use stratai_core::directory::{Group, GroupMembership, GroupRole};
 use stratai_core::money::Money;
 use stratai_core::{GroupId, OrgId, StoreError, TierSlug, UserId};
 
 use super::{ApiPath, Caller, allow, group_org};
 use crate::app::AppState;
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, double_option};
 
 /// Groups of an organization (any member may see them).
@@ -46,73 +47,6 @@ pub struct CreateGroup {
     pub members: Option<Vec<NewGroupMember>>,
 }
 
-/// A first member of a new group.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewGroupMember {
-    /// A member of the organization.
-    pub user_id: UserId,
-    /// Role in the group (default member).
-    #[serde(default)]
-    pub role: Option<GroupRole>,
-}
-
-/// Checks a new group's first members (each a member of the organization, listed once, no
-/// more than the organization allows per group) and returns their group memberships.
-async fn first_members(
-    state: &AppState,
-    org_id: OrgId,
-    group: &Group,
-    members: &[NewGroupMember],
-) -> Result<Vec<GroupMembership>, ApiError> {
-    let dir = &state.stores.directory;
-    let org = dir.get_org(org_id).await?;
-    let mut errors = Vec::new();
-    let max = org.settings.max_users_per_group as usize;
-    if members.len() > max {
-        errors.push(FieldError::new(
-            "members",
-            format!(
-                "`{}` members, the organization's `max_users_per_group` is {max}",
-                members.len()
-            ),
-        ));
-    }
-    let mut out = Vec::with_capacity(members.len());
-    for (i, m) in members.iter().enumerate() {
-        if members[..i].iter().any(|o| o.user_id == m.user_id) {
-            errors.push(FieldError::new(
-                format!("members[{i}].user_id"),
-                format!("`{}` is listed twice", m.user_id),
-            ));
-            continue;
-        }
-        match dir.get_member(org_id, m.user_id).await {
-            Ok(_) => {}
-            Err(StoreError::NotFound { .. }) => {
-                errors.push(FieldError::new(
-                    format!("members[{i}].user_id"),
-                    format!("`{}` is not a member of the organization", m.user_id),
-                ));
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        }
-        out.push(GroupMembership {
-            org_id,
-            group_id: group.id,
-            user_id: m.user_id,
-            role: m.role.unwrap_or(GroupRole::Member),
-            joined_at: group.created_at,
-        });
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(ApiError::Validation(errors))
-    }
-}
-
 /// Creates a group, with its first members when given (all or nothing).
 pub async fn create(
     State(state): State<AppState>,
@@ -130,9 +64,8 @@ pub async fn create(
         group = group.with_allowed_tiers(tiers)?;
     }
     group.monthly_budget = req.monthly_budget;
-    let members = first_members(
-        &state,
-        org_id,
+    let members = stratai_store::admin::groups::first_members(
+        state.stores.directory.as_ref(),
         &group,
         req.members.as_deref().unwrap_or(&[]),
     )

@@ -1,7 +1,8 @@
 //! Guardrail rules at every scope: platform rules (global, or a tier platform-wide) by super
 //! admins; organization, tier-in-organization, group and member rules by the organization's
 //! admins. Every rule is validated by stratai-guardrails before it is stored; its errors
-//! carry field paths (`config.blocked_patterns[2]`).
+//! carry field paths (`config.blocked_patterns[2]`). The checks and the rule budgets' upkeep
+//! are `stratai_guardrails::admin`'s; here, who may ask and the policy reload.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,12 +10,12 @@ use chrono::Utc;
 use serde::Deserialize;
 use stratai_core::access::{Action, Resource};
 use stratai_core::ports::{RuleAction, RuleRecord, RuleScope};
-use stratai_core::{GroupId, OrgId, RuleId, StoreError, TierId, UserId};
-use stratai_guardrails::{Rule, RuleType};
+use stratai_core::{GroupId, OrgId, RuleId, TierId, UserId};
+use stratai_guardrails::admin;
 
 use super::{ApiPath, Caller, allow};
 use crate::app::AppState;
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, double_option};
 
 /// Where an organization's rule attaches (the organization is the one in the path).
@@ -109,9 +110,7 @@ pub struct UpdateRule {
 
 /// Validates a record with stratai-guardrails; its field paths become the 422's.
 fn validate(record: &RuleRecord) -> Result<(), ApiError> {
-    Rule::from_record(record)
-        .map(|_| ())
-        .map_err(|e| ApiError::Validation(vec![FieldError::new(e.field, e.reason)]))
+    Ok(admin::check_rule(record)?)
 }
 
 fn record<S>(req: CreateRule<S>, scope: RuleScope) -> RuleRecord {
@@ -167,45 +166,24 @@ async fn org_scope(
     org_id: OrgId,
     scope: OrgScope,
 ) -> Result<RuleScope, ApiError> {
-    let dir = &state.stores.directory;
-    let missing = |path: &str, what: &str| {
-        ApiError::invalid(path, format!("unknown {what} in this organization"))
-    };
-    let check = |r: Result<(), StoreError>, path: &'static str, what: &'static str| match r {
-        Ok(()) => Ok(()),
-        Err(StoreError::NotFound { .. }) => Err(missing(path, what)),
-        Err(e) => Err(ApiError::from(e)),
-    };
-    Ok(match scope {
+    let scope = match scope {
         OrgScope::Org {} => RuleScope::Org { org_id },
-        OrgScope::Tier { tier_id } => {
-            check(
-                state.stores.tiers.get_tier(tier_id).await.map(|_| ()),
-                "scope.tier_id",
-                "tier",
-            )?;
-            RuleScope::Tier {
-                org_id: Some(org_id),
-                tier_id,
-            }
-        }
-        OrgScope::Group { group_id } => {
-            check(
-                dir.get_group(org_id, group_id).await.map(|_| ()),
-                "scope.group_id",
-                "group",
-            )?;
-            RuleScope::Group { org_id, group_id }
-        }
-        OrgScope::User { user_id } => {
-            check(
-                dir.get_member(org_id, user_id).await.map(|_| ()),
-                "scope.user_id",
-                "member",
-            )?;
-            RuleScope::User { org_id, user_id }
-        }
-    })
+        OrgScope::Tier { tier_id } => RuleScope::Tier {
+            org_id: Some(org_id),
+            tier_id,
+        },
+        OrgScope::Group { group_id } => RuleScope::Group { org_id, group_id },
+        OrgScope::User { user_id } => RuleScope::User { org_id, user_id },
+    };
+    let stores = &state.stores;
+    admin::check_org_scope(
+        stores.directory.as_ref(),
+        stores.tiers.as_ref(),
+        org_id,
+        &scope,
+    )
+    .await?;
+    Ok(scope)
 }
 
 /// Rules owned by an organization (admins).
@@ -304,19 +282,12 @@ pub async fn create_platform(
     )?;
     let scope = match req.scope {
         PlatformScope::Global {} => RuleScope::Global,
-        PlatformScope::Tier { tier_id } => {
-            state
-                .stores
-                .tiers
-                .get_tier(tier_id)
-                .await
-                .map_err(|_| ApiError::invalid("scope.tier_id", "unknown tier"))?;
-            RuleScope::Tier {
-                org_id: None,
-                tier_id,
-            }
-        }
+        PlatformScope::Tier { tier_id } => RuleScope::Tier {
+            org_id: None,
+            tier_id,
+        },
     };
+    admin::check_platform_scope(state.stores.tiers.as_ref(), &scope).await?;
     let rule = record(req, scope);
     validate(&rule)?;
     state.stores.guardrails.put_platform_rule(&rule).await?;
@@ -325,14 +296,7 @@ pub async fn create_platform(
 }
 
 async fn platform_rule(state: &AppState, rule_id: RuleId) -> Result<RuleRecord, ApiError> {
-    state
-        .stores
-        .guardrails
-        .list_platform_rules()
-        .await?
-        .into_iter()
-        .find(|r| r.id == rule_id)
-        .ok_or_else(|| ApiError::NotFound("rule".to_owned()))
+    Ok(admin::platform_rule(state.stores.guardrails.as_ref(), rule_id).await?)
 }
 
 /// Changes a platform rule.
@@ -376,30 +340,9 @@ pub async fn delete_platform(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The ledger budgets of the `budget_limit` rules that can apply in `org_id` as the stored
-/// rules define them now (its own and the platform's, active ones; [`Rule::budget_in`]).
-pub async fn rule_budgets(
-    state: &AppState,
-    org_id: OrgId,
-) -> Result<Vec<stratai_guardrails::RuleBudget>, ApiError> {
-    let g = &state.stores.guardrails;
-    let mut records = g.list_platform_rules().await?;
-    records.extend(g.list_org_rules(org_id).await?);
-    // Only budget limit rules define budgets: the others are not compiled here (a content
-    // filter's patterns cost more to build than this whole listing).
-    let mut out: Vec<_> = records
-        .iter()
-        .filter(|r| r.rule_type == RuleType::BudgetLimit.as_str())
-        .filter_map(|r| Rule::from_record(r).ok())
-        .filter_map(|r| r.budget_in(org_id))
-        .collect();
-    out.sort_by_key(|b| (b.budget.scope, b.budget.id));
-    Ok(out)
-}
-
 /// After a rule changed: this instance's policy reloaded at once (others within their
 /// reload interval), and the ledger budgets of `org_id`'s budget limit rules brought in
-/// step with its rules (see `stratai_guardrails::sync_rule_budgets`).
+/// step with its rules (see `stratai_guardrails::admin::sync_org_rule_budgets`).
 pub async fn sync_rule_budgets(state: &AppState, org_id: OrgId) -> Result<(), ApiError> {
     reload(state, Some(org_id)).await;
     sync_budgets_of(state, org_id).await
@@ -417,8 +360,12 @@ async fn reload(state: &AppState, org: Option<OrgId>) {
 }
 
 async fn sync_budgets_of(state: &AppState, org_id: OrgId) -> Result<(), ApiError> {
-    let wanted = rule_budgets(state, org_id).await?;
-    stratai_guardrails::sync_rule_budgets(state.stores.budgets.as_ref(), org_id, &wanted).await?;
+    admin::sync_org_rule_budgets(
+        state.stores.guardrails.as_ref(),
+        state.stores.budgets.as_ref(),
+        org_id,
+    )
+    .await?;
     Ok(())
 }
 

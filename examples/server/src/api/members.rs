@@ -11,6 +11,7 @@ use stratai_core::access::{Action, Resource};
 use stratai_core::directory::{Group, GroupRole, Membership, OrgRole};
 use stratai_core::money::Money;
 use stratai_core::{OrgId, ProfileId, TierSlug, UserId};
+use stratai_store::admin::members::{self as admin, MemberEdit};
 
 use super::invitations::{self, BulkOutcome, InviteSpec};
 use super::{ApiPath, Caller, allow};
@@ -187,17 +188,6 @@ pub struct UpdateMember {
     pub profile_id: Option<Option<ProfileId>>,
 }
 
-async fn owners(state: &AppState, org: OrgId) -> Result<usize, ApiError> {
-    Ok(state
-        .stores
-        .directory
-        .list_members(org)
-        .await?
-        .iter()
-        .filter(|m| m.role == OrgRole::Owner)
-        .count())
-}
-
 /// Changes a member's role, tiers, budget or profile.
 pub async fn update(
     State(state): State<AppState>,
@@ -208,62 +198,26 @@ pub async fn update(
     let target = Resource::Member { org_id, user_id };
     allow(&caller, Action::ManageMembers, target)?;
     let dir = &state.stores.directory;
-    let mut member = dir.get_member(org_id, user_id).await?;
+    let member = dir.get_member(org_id, user_id).await?;
     let touches_owner = member.role == OrgRole::Owner || req.role == Some(OrgRole::Owner);
     if touches_owner && req.role.is_some_and(|r| r != member.role) {
         allow(&caller, Action::ChangeOwners, target)?;
     }
-    if member.role == OrgRole::Owner
-        && req.role.is_some_and(|r| r != OrgRole::Owner)
-        && owners(&state, org_id).await? <= 1
-    {
-        return Err(ApiError::Conflict(
-            "the organization's last owner cannot be demoted".to_owned(),
-        ));
-    }
-    if let Some(role) = req.role {
-        member.role = role;
-    }
-    // A profile first: its default tiers become the member's, unless the same request sets
-    // `allowed_tiers` too (then those win); its guardrails are synced once the member is saved.
-    let previous_profile = member.profile_id;
-    let mut given = None;
-    if let Some(profile) = req.profile_id {
-        match profile {
-            Some(p) => {
-                let profile = dir.get_profile(p).await.map_err(|_| {
-                    ApiError::invalid("profile_id", format!("unknown profile `{p}`"))
-                })?;
-                let org = dir.get_org(org_id).await?;
-                if let Some(why) = stratai_store::people::profiles::unavailable(&profile, &org) {
-                    return Err(ApiError::invalid("profile_id", why));
-                }
-                member.apply_profile(&profile);
-                given = Some(profile);
-            }
-            None => member.profile_id = None,
-        }
-    }
-    if let Some(tiers) = req.allowed_tiers {
-        if let Some(list) = &tiers {
-            super::tiers::check_within_subscription(&state, org_id, list, "allowed_tiers").await?;
-        }
-        member.allowed_tiers = tiers;
-    }
-    if let Some(budget) = req.monthly_budget {
-        member.monthly_budget = budget;
-    }
-    dir.update_member(org_id, &member).await?;
-    if req.profile_id.is_some() {
-        stratai_store::people::profiles::sync_rules(
-            state.stores.guardrails.as_ref(),
-            org_id,
-            user_id,
-            previous_profile,
-            given.as_ref(),
-        )
-        .await?;
-    }
+    let edit = MemberEdit {
+        role: req.role,
+        allowed_tiers: req.allowed_tiers,
+        monthly_budget: req.monthly_budget,
+        profile_id: req.profile_id,
+    };
+    let stores = &state.stores;
+    let member = admin::update_member(
+        stores.directory.as_ref(),
+        stores.tiers.as_ref(),
+        stores.guardrails.as_ref(),
+        member,
+        edit,
+    )
+    .await?;
     Ok(ApiJson(view(&state, member).await?))
 }
 
@@ -279,11 +233,7 @@ pub async fn remove(
     let member = dir.get_member(org_id, user_id).await?;
     if member.role == OrgRole::Owner {
         allow(&caller, Action::ChangeOwners, target)?;
-        if owners(&state, org_id).await? <= 1 {
-            return Err(ApiError::Conflict(
-                "the organization's last owner cannot be removed".to_owned(),
-            ));
-        }
+        admin::check_removable(dir.as_ref(), &member).await?;
     }
     dir.remove_member(org_id, user_id).await?;
     Ok(StatusCode::NO_CONTENT)

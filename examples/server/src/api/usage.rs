@@ -7,10 +7,13 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use stratai_core::access::{Action, Resource};
-use stratai_core::usage::{AggregateRow, Dimension, DimensionValue, UsageQuery, UsageTotals};
+use stratai_core::usage::UsageQuery;
+pub use stratai_core::usage::report::UsageSummary;
+use stratai_core::usage::report::{check_period, parse_dimensions};
 use stratai_core::{GroupId, ModelId, OrgId, TierId, UserId};
+use stratai_store::admin::usage as report;
 
 use super::{Caller, allow};
 use crate::app::AppState;
@@ -65,23 +68,6 @@ pub enum ExportFormat {
     Json,
 }
 
-/// Answer of `GET /api/usage`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct UsageSummary {
-    /// Organization.
-    pub org_id: OrgId,
-    /// The filter applied.
-    pub query: UsageQuery,
-    /// Dimensions grouped by.
-    pub group_by: Vec<Dimension>,
-    /// The timezone of the `day` dimension: the organization's.
-    pub timezone: String,
-    /// One row per group.
-    pub rows: Vec<AggregateRow>,
-    /// Totals over all rows.
-    pub totals: UsageTotals,
-}
-
 async fn authorize_scope(
     state: &AppState,
     caller: &Caller,
@@ -100,11 +86,7 @@ async fn authorize_scope(
             }
         },
     };
-    if let (Some(from), Some(to)) = (p.from, p.to)
-        && from >= to
-    {
-        return Err(ApiError::invalid("to", "must be after `from`"));
-    }
+    check_period(p.from, p.to)?;
     match (p.group_id, p.user_id) {
         (None, None) => allow(caller, Action::ViewOrgUsage, Resource::Org(org_id))?,
         (group, user) => {
@@ -138,29 +120,6 @@ async fn authorize_scope(
     ))
 }
 
-fn parse_dimensions(text: Option<&str>) -> Result<Vec<Dimension>, ApiError> {
-    let mut out = Vec::new();
-    for (i, name) in text
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .enumerate()
-    {
-        let d: Dimension = serde_json::from_value(serde_json::Value::String(name.to_owned()))
-            .map_err(|_| {
-                ApiError::invalid(
-                    format!("group_by[{i}]"),
-                    format!("unknown dimension `{name}`"),
-                )
-            })?;
-        if !out.contains(&d) {
-            out.push(d);
-        }
-    }
-    Ok(out)
-}
-
 /// Usage totals grouped by the requested dimensions.
 pub async fn summary(
     State(state): State<AppState>,
@@ -175,59 +134,17 @@ pub async fn summary(
     }
     let group_by = parse_dimensions(p.group_by.as_deref())?;
     let (org_id, query) = authorize_scope(&state, &caller, &p).await?;
-    let tz = state.stores.directory.get_org(org_id).await?.tz();
-    let rows = grouped(&state, org_id, tz, &query, &group_by).await?;
-    let totals = state
-        .stores
-        .usage
-        .aggregate(org_id, &query, &[])
-        .await?
-        .into_iter()
-        .next()
-        .map(|r| r.totals)
-        .unwrap_or_default();
-    Ok(ApiJson(UsageSummary {
-        org_id,
-        query,
-        group_by,
-        timezone: tz.name().to_owned(),
-        rows,
-        totals,
-    }))
-}
-
-/// Usage totals of `query` grouped by `group_by`, days being `tz`'s local days (the stores
-/// group days in UTC, so local days of another zone are regrouped from the streamed records).
-pub(crate) async fn grouped(
-    state: &AppState,
-    org_id: OrgId,
-    tz: chrono_tz::Tz,
-    query: &UsageQuery,
-    group_by: &[Dimension],
-) -> Result<Vec<AggregateRow>, ApiError> {
-    let rows = if group_by.contains(&Dimension::Day) && tz != chrono_tz::UTC {
-        // The stores group days in UTC; local days are regrouped here from the records
-        // (streamed, folded one by one).
-        let mut groups: std::collections::BTreeMap<Vec<DimensionValue>, UsageTotals> =
-            std::collections::BTreeMap::new();
-        let mut records = state.stores.usage.stream(org_id, query.clone());
-        while let Some(r) = records.next().await {
-            let r = r?;
-            let key = group_by.iter().map(|d| d.value_in(&r, tz)).collect();
-            groups.entry(key).or_default().add(&r);
-        }
-        groups
-            .into_iter()
-            .map(|(key, totals)| AggregateRow { key, totals })
-            .collect()
-    } else {
-        state
-            .stores
-            .usage
-            .aggregate(org_id, query, group_by)
-            .await?
-    };
-    Ok(rows)
+    let stores = &state.stores;
+    Ok(ApiJson(
+        report::summary(
+            stores.directory.as_ref(),
+            stores.usage.as_ref(),
+            org_id,
+            query,
+            group_by,
+        )
+        .await?,
+    ))
 }
 
 /// One CSV line (core's column order and formatting, shared with every other export).
@@ -236,11 +153,9 @@ where
     I: IntoIterator<Item = T>,
     T: AsRef<[u8]>,
 {
-    let mut w = csv::WriterBuilder::new()
-        .has_headers(false)
-        .from_writer(Vec::with_capacity(256));
-    w.write_record(fields).map_err(ApiError::internal)?;
-    w.into_inner().map(Bytes::from).map_err(ApiError::internal)
+    stratai_core::usage::report::csv_line(fields)
+        .map(Bytes::from)
+        .map_err(ApiError::internal)
 }
 
 /// The matching usage records as CSV, streamed from the store row by row.

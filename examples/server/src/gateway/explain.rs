@@ -24,8 +24,8 @@ use stratai_core::ids::{ModelId, UserId};
 use stratai_core::money::Money;
 
 use stratai_core::StoreError;
-use stratai_core::budget::{BudgetScope, BudgetState};
-use stratai_core::ids::BudgetId;
+use stratai_core::budget::BudgetState;
+pub use stratai_core::budget::BudgetView;
 use stratai_guardrails::runtime::{MemberView, Refusal, Runtime, gate_refusal};
 use stratai_guardrails::{Outcome, Plan};
 
@@ -260,27 +260,6 @@ fn not_found() -> OpenAiError {
     )
 }
 
-/// A budget as the explain endpoint reports it.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct BudgetView {
-    /// Budget.
-    pub budget_id: BudgetId,
-    /// Scope.
-    pub scope: BudgetScope,
-    /// Readable scope.
-    pub scope_name: String,
-    /// Limit.
-    pub limit: Money,
-    /// Spent in the period.
-    pub spent: Money,
-    /// Reserved in the period.
-    pub reserved: Money,
-    /// Left.
-    pub remaining: Money,
-    /// Blocks when exhausted.
-    pub hard_limit: bool,
-}
-
 /// The states at `at` of the budgets the decision `plan` applies (those of its budget limit
 /// rules included), named as its reasons name them.
 async fn budget_views(
@@ -299,17 +278,5 @@ async fn budget_views(
             .states(view.org().id, ids, at)
             .await?
     };
-    Ok(states
-        .into_iter()
-        .map(|s| BudgetView {
-            budget_id: s.budget.id,
-            scope: s.budget.scope,
-            scope_name: plan.budget_name(s.budget.id, &s.budget.scope, view.groups()),
-            limit: s.budget.limit,
-            spent: s.spent,
-            reserved: s.reserved,
-            remaining: s.budget.limit.saturating_sub(s.spent + s.reserved),
-            hard_limit: s.budget.hard_limit,
-        })
-        .collect())
+    Ok(plan.budget_views(states, view.groups()))
 }

@@ -50,7 +50,7 @@ use stratai_store::RedisRateLimiter;
 use url::Url;
 
 use super::GatewayState;
-use crate::api::litellm::SpendDesk;
+use crate::api::litellm::{SpendDesk, spend_desk};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::stores::Stores;
@@ -263,7 +263,7 @@ pub async fn build_state(
                 stores.usage.clone(),
                 SpendSettings::default(),
             ));
-            let desk = Arc::new(SpendDesk::new(
+            let desk = Arc::new(spend_desk(
                 importer,
                 alerts.clone(),
                 l.proxy.callback_secret.clone(),

@@ -328,8 +328,14 @@ pub(crate) async fn dashboard(
         ..UsageQuery::default()
     };
     let usage = &state.stores.usage;
-    let by_day =
-        crate::api::usage::grouped(&state, org_id, org.tz(), &month, &[Dimension::Day]).await?;
+    let by_day = stratai_store::admin::usage::grouped(
+        usage.as_ref(),
+        org_id,
+        org.tz(),
+        &month,
+        &[Dimension::Day],
+    )
+    .await?;
     // The month's totals are its days' (every record of the month falls on one of them).
     let mut totals = UsageTotals::default();
     for day in &by_day {

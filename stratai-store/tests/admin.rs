@@ -1,0 +1,316 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
+//! The administration's services (`stratai_store::admin`) on the memory backend, over the
+//! first-start seed: what each refuses and what it writes. The server's API tests cover the
+//! same services on every backend through HTTP.
+
+use chrono::{TimeDelta, Utc};
+use rust_decimal::Decimal;
+use stratai_core::OpError;
+use stratai_core::tiers::admin::{ChangeRates, UpdateTier};
+use stratai_store::Stores;
+use stratai_store::admin::tiers;
+use stratai_store::seed::{SeedReport, seed};
+
+async fn seeded() -> (Stores, SeedReport) {
+    let stores = Stores::memory();
+    let report = seed(&stores, "admin@localhost").await.unwrap();
+    (stores, report)
+}
+
+fn fields(e: OpError) -> Vec<String> {
+    match e {
+        OpError::Invalid(f) => f.into_iter().map(|f| f.field).collect(),
+        other => panic!("not a validation error: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_tier_cannot_take_a_model_of_another_tier() {
+    let (stores, _) = seeded().await;
+    let catalog = stores.tiers.list_tiers().await.unwrap();
+    let (first, second) = (&catalog[0], &catalog[1]);
+    let edit = UpdateTier {
+        models: Some(vec![
+            first.models[0].to_string(),
+            second.models[0].to_string(),
+        ]),
+        ..UpdateTier::default()
+    };
+    let refused = tiers::update_tier(stores.tiers.as_ref(), first.id, edit)
+        .await
+        .unwrap_err();
+    assert_eq!(fields(refused), ["models[1]"]);
+    assert_eq!(stores.tiers.get_tier(first.id).await.unwrap(), *first);
+
+    let edit = UpdateTier {
+        name: Some("Entry".into()),
+        ..UpdateTier::default()
+    };
+    let updated = tiers::update_tier(stores.tiers.as_ref(), first.id, edit)
+        .await
+        .unwrap();
+    assert_eq!(updated.name, "Entry");
+}
+
+#[tokio::test]
+async fn rates_change_from_the_time_stated_and_the_past_is_refused() {
+    let (stores, _) = seeded().await;
+    let tier = stores.tiers.list_tiers().await.unwrap()[0].clone();
+    let now = Utc::now();
+    let later = now + TimeDelta::hours(1);
+    let change = ChangeRates {
+        input_rate_per_million: Decimal::ONE,
+        output_rate_per_million: Decimal::TWO,
+        effective_from: Some(later),
+    };
+    let changed = tiers::change_rates(
+        stores.tiers.as_ref(),
+        tier.id,
+        &change,
+        now,
+        TimeDelta::zero(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(changed.effective_from, later);
+    assert_eq!(changed.tier.rates_at(later), (Decimal::ONE, Decimal::TWO));
+    assert_eq!(
+        changed.tier.rates_at(now),
+        (tier.input_rate_per_million, tier.output_rate_per_million)
+    );
+    let past = ChangeRates {
+        effective_from: Some(now - TimeDelta::hours(1)),
+        ..change
+    };
+    let refused = tiers::change_rates(
+        stores.tiers.as_ref(),
+        tier.id,
+        &past,
+        now,
+        TimeDelta::zero(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(fields(refused), ["effective_from"]);
+}
+
+#[tokio::test]
+async fn tiers_outside_the_subscription_are_named() {
+    let (stores, report) = seeded().await;
+    let org = report.internal_org.id;
+    let catalog = stores.tiers.list_tiers().await.unwrap();
+    let slugs: Vec<_> = catalog.iter().map(|t| t.slug.clone()).collect();
+    tiers::check_within_subscription(
+        stores.directory.as_ref(),
+        stores.tiers.as_ref(),
+        org,
+        &slugs,
+        "allowed_tiers",
+    )
+    .await
+    .unwrap();
+    let mut sub = stores.tiers.list_subscriptions(org).await.unwrap()[0].clone();
+    sub.enabled = false;
+    stores.tiers.put_subscription(org, &sub).await.unwrap();
+    let position = catalog.iter().position(|t| t.id == sub.tier_id).unwrap();
+    let refused = tiers::check_within_subscription(
+        stores.directory.as_ref(),
+        stores.tiers.as_ref(),
+        org,
+        &slugs,
+        "allowed_tiers",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(fields(refused), [format!("allowed_tiers[{position}]")]);
+    let unknown = stratai_core::TierSlug::new("nope").unwrap();
+    let refused = tiers::check_known(stores.tiers.as_ref(), &[unknown], "default_tiers")
+        .await
+        .unwrap_err();
+    assert_eq!(fields(refused), ["default_tiers[0]"]);
+}
+
+#[tokio::test]
+async fn budgets_are_created_in_a_known_scope_and_edited_unless_they_follow_a_field() {
+    use stratai_core::budget::admin::{BudgetEdit, NewBudget};
+    use stratai_core::budget::{BudgetPeriod, BudgetScope};
+    use stratai_core::money::Money;
+    use stratai_store::admin::budgets;
+
+    let (stores, report) = seeded().await;
+    let org = report.internal_org.id;
+    let new = |scope| NewBudget {
+        org_id: org,
+        scope,
+        limit: Money::dollars(20),
+        period: BudgetPeriod::Weekly,
+        hard_limit: true,
+        alert_threshold: Decimal::new(8, 1),
+    };
+    let refused = budgets::create_budget(
+        stores.directory.as_ref(),
+        stores.tiers.as_ref(),
+        stores.budgets.as_ref(),
+        new(BudgetScope::Group(stratai_core::GroupId::new())),
+        Utc::now(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(fields(refused), ["scope.id"]);
+
+    let me = report.super_admin.id;
+    let created = budgets::create_budget(
+        stores.directory.as_ref(),
+        stores.tiers.as_ref(),
+        stores.budgets.as_ref(),
+        new(BudgetScope::User(me)),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let other_org = stratai_core::OrgId::new();
+    let found = budgets::locate(stores.budgets.as_ref(), &[other_org, org], created.id)
+        .await
+        .unwrap();
+    assert_eq!((found.id, found.scope), (created.id, created.scope));
+    assert!(matches!(
+        budgets::locate(stores.budgets.as_ref(), &[other_org], created.id).await,
+        Err(OpError::NotFound(_))
+    ));
+
+    let edit = BudgetEdit {
+        limit: Some(Money::dollars(30)),
+        ..BudgetEdit::default()
+    };
+    let updated = budgets::update_budget(stores.budgets.as_ref(), found, edit, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        stores
+            .budgets
+            .get_budget(org, created.id)
+            .await
+            .unwrap()
+            .limit,
+        Money::dollars(30)
+    );
+    assert_eq!(updated.limit, Money::dollars(30));
+}
+
+#[tokio::test]
+async fn usage_days_are_the_organizations_local_days() {
+    use stratai_core::usage::{Dimension, DimensionValue, UsageQuery};
+    use stratai_store::admin::usage;
+
+    let (stores, report) = seeded().await;
+    let mut org = report.internal_org.clone();
+    org.settings.timezone = Some("America/New_York".to_owned());
+    stores.directory.update_org(&org).await.unwrap();
+    let user = report.super_admin.id;
+    // 02:00 UTC on the 15th is the evening of the 14th in New York.
+    let at = "2026-01-15T02:00:00Z".parse().unwrap();
+    let record = stratai_testkit::usage_record(org.id, user)
+        .model("claude-sonnet-4-5")
+        .cost("0.001")
+        .billed("0.002")
+        .at(at)
+        .build();
+    stores.usage.append(org.id, &[record]).await.unwrap();
+    let summary = usage::summary(
+        stores.directory.as_ref(),
+        stores.usage.as_ref(),
+        org.id,
+        UsageQuery::default(),
+        vec![Dimension::Day],
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.timezone, "America/New_York");
+    assert_eq!(summary.totals.requests, 1);
+    assert_eq!(
+        summary.rows[0].key,
+        [DimensionValue::Day("2026-01-14".parse().unwrap())]
+    );
+}
+
+#[tokio::test]
+async fn the_last_owner_stays_and_first_members_are_checked() {
+    use stratai_core::directory::{Group, NewGroupMember, OrgRole};
+    use stratai_store::admin::{groups, members};
+
+    let (stores, report) = seeded().await;
+    let org = report.internal_org.id;
+    let owner = stores
+        .directory
+        .get_member(org, report.super_admin.id)
+        .await
+        .unwrap();
+    assert_eq!(owner.role, OrgRole::Owner);
+    let demote = members::MemberEdit {
+        role: Some(OrgRole::Admin),
+        ..members::MemberEdit::default()
+    };
+    assert!(matches!(
+        members::update_member(
+            stores.directory.as_ref(),
+            stores.tiers.as_ref(),
+            stores.guardrails.as_ref(),
+            owner.clone(),
+            demote,
+        )
+        .await,
+        Err(OpError::Conflict(m)) if m.contains("last owner")
+    ));
+    assert!(matches!(
+        members::check_removable(stores.directory.as_ref(), &owner).await,
+        Err(OpError::Conflict(_))
+    ));
+    let budget = members::MemberEdit {
+        monthly_budget: Some(Some(stratai_core::money::Money::dollars(5))),
+        ..members::MemberEdit::default()
+    };
+    let updated = members::update_member(
+        stores.directory.as_ref(),
+        stores.tiers.as_ref(),
+        stores.guardrails.as_ref(),
+        owner,
+        budget,
+    )
+    .await
+    .unwrap();
+    assert_eq!(updated.role, OrgRole::Owner);
+
+    let group = Group::new(org, "Research", Utc::now()).unwrap();
+    let me = report.super_admin.id;
+    let stranger = stratai_core::UserId::new();
+    let listed = [
+        NewGroupMember {
+            user_id: me,
+            role: None,
+        },
+        NewGroupMember {
+            user_id: me,
+            role: None,
+        },
+        NewGroupMember {
+            user_id: stranger,
+            role: None,
+        },
+    ];
+    let refused = groups::first_members(stores.directory.as_ref(), &group, &listed)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fields(refused),
+        ["members[1].user_id", "members[2].user_id"]
+    );
+    let ok = groups::first_members(stores.directory.as_ref(), &group, &listed[..1])
+        .await
+        .unwrap();
+    assert_eq!(ok[0].group_id, group.id);
+}
