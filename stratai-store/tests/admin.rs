@@ -314,3 +314,119 @@ async fn the_last_owner_stays_and_first_members_are_checked() {
         .unwrap();
     assert_eq!(ok[0].group_id, group.id);
 }
+
+#[tokio::test]
+async fn invoices_are_drafted_of_started_months_and_never_go_back_to_draft() {
+    use stratai_core::billing::{BillingMonth, InvoiceState};
+    use stratai_store::admin::billing::{self, DraftRequest};
+
+    let (stores, report) = seeded().await;
+    let org = report.internal_org.clone();
+    let tier = stores.tiers.list_tiers().await.unwrap()[0].clone();
+    let at = "2026-01-15T12:00:00Z".parse().unwrap();
+    let record = stratai_testkit::usage_record(org.id, report.super_admin.id)
+        .tier(tier.id)
+        .model(&tier.models[0].to_string())
+        .tokens(1_000_000, 0)
+        .cost("0.5")
+        .billed("1")
+        .at(at)
+        .build();
+    stores.usage.append(org.id, &[record]).await.unwrap();
+    let (tiers, usage, invoices) = (&*stores.tiers, &*stores.usage, &*stores.invoices);
+    let now = "2026-02-03T00:00:00Z".parse().unwrap();
+
+    let next = DraftRequest {
+        month: BillingMonth::new(2026, 3).unwrap(),
+        tax_rate: Decimal::ZERO,
+        corrects: None,
+    };
+    let refused = billing::draft_invoice(tiers, usage, invoices, &org, next, now)
+        .await
+        .unwrap_err();
+    assert_eq!(fields(refused), ["month"]);
+
+    let january = DraftRequest {
+        month: BillingMonth::new(2026, 1).unwrap(),
+        ..next
+    };
+    let draft = billing::draft_invoice(tiers, usage, invoices, &org, january, now)
+        .await
+        .unwrap();
+    assert_eq!(draft.status, InvoiceState::Draft);
+    assert_eq!(
+        invoices.list_invoices(org.id).await.unwrap(),
+        [draft.clone()]
+    );
+
+    let refused = billing::set_status(invoices, org.id, draft.id, InvoiceState::Draft, now)
+        .await
+        .unwrap_err();
+    assert_eq!(fields(refused), ["status"]);
+    let issued = billing::set_status(invoices, org.id, draft.id, InvoiceState::Issued, now)
+        .await
+        .unwrap();
+    assert_eq!(issued.status, InvoiceState::Issued);
+
+    let directory = &*stores.directory;
+    let all = |status, month| billing::all_invoices(directory, invoices, status, month);
+    assert_eq!(all(None, None).await.unwrap(), [issued.clone()]);
+    assert!(
+        all(Some(InvoiceState::Draft), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        all(None, Some(BillingMonth::new(2026, 2).unwrap()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let overview = billing::overview(directory, tiers, usage, january.month)
+        .await
+        .unwrap();
+    assert_eq!(overview.rows.len(), 1);
+}
+
+#[tokio::test]
+async fn the_pricing_report_refuses_its_options_by_field_and_unknown_organizations() {
+    use stratai_core::billing::reports::PricingReportSpec;
+    use stratai_core::pricing::PriceTable;
+    use stratai_store::admin::billing;
+
+    let (stores, report) = seeded().await;
+    let (directory, tiers, usage) = (&*stores.directory, &*stores.tiers, &*stores.usage);
+    let prices = PriceTable::seed_defaults();
+    let from = "2026-01-01T00:00:00Z".parse().unwrap();
+    let spec = PricingReportSpec {
+        org_id: Some(report.internal_org.id),
+        from,
+        to: from,
+        tz: chrono_tz::UTC,
+        margin: None,
+        peak_hours: None,
+    };
+    let now = Utc::now();
+    let refused = billing::pricing_report(directory, tiers, usage, &prices, spec.clone(), now)
+        .await
+        .unwrap_err();
+    assert_eq!(fields(refused), ["to"]);
+
+    let spec = PricingReportSpec {
+        to: from + TimeDelta::days(31),
+        ..spec
+    };
+    billing::pricing_report(directory, tiers, usage, &prices, spec.clone(), now)
+        .await
+        .unwrap();
+    let unknown = PricingReportSpec {
+        org_id: Some(stratai_core::OrgId::new()),
+        ..spec
+    };
+    let refused = billing::pricing_report(directory, tiers, usage, &prices, unknown, now)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, OpError::Store(_) | OpError::NotFound(_)));
+}

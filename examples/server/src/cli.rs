@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use stratai_core::OrgId;
 use stratai_core::directory::{Email, Slug};
+use stratai_core::{OpError, OrgId};
 
 use crate::api::Caller;
 use crate::api::billing::{PricingReportQuery, pricing_report_for};
@@ -199,14 +199,14 @@ pub async fn pricing_report(
     let report = pricing_report_for(&state, &query)
         .await
         .map_err(|e| match e {
-            ApiError::Validation(fields) => CliError::Usage(
+            OpError::Invalid(fields) => CliError::Usage(
                 fields
                     .iter()
-                    .map(|f| format!("--{}: {}", f.path.replace('_', "-"), f.message))
+                    .map(|f| format!("--{}: {}", f.field.replace('_', "-"), f.reason))
                     .collect::<Vec<_>>()
                     .join("\n"),
             ),
-            other => refused(other),
+            other => refused(ApiError::from(other)),
         })?;
     serde_json::to_string_pretty(&report).map_err(|e| CliError::Refused(e.to_string()))
 }

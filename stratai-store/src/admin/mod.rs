@@ -2,6 +2,7 @@
 //! who may ask (which stays with the HTTP layer). Each refuses with [`stratai_core::OpError`],
 //! so an embedder running the same service gets the same refusals as the server.
 
+pub mod billing;
 pub mod budgets;
 pub mod groups;
 pub mod members;

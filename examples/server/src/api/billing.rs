@@ -15,28 +15,21 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use stratai_core::access::{Action, Resource};
-use stratai_core::billing::{
-    BillingMonth, InvoiceDraft, InvoiceState, MonthlyInvoice, draft_monthly_invoice, invoice_csv,
-};
-use stratai_core::directory::Organization;
-use stratai_core::tiers::TierCatalog;
-use stratai_core::usage::{Dimension, UsageQuery};
-use stratai_core::{InvoiceId, OrgId};
+use stratai_core::billing::{BillingMonth, InvoiceState, MonthlyInvoice, invoice_csv};
+use stratai_core::{InvoiceId, OpError, OrgId};
+use stratai_store::admin::billing::{self, DraftRequest};
+use stratai_store::admin::tiers::catalog;
 
+use stratai_core::billing::reports::PricingReportSpec;
 pub use stratai_core::billing::reports::{
     BelowCost, BillingOverview, ModelPrice, OverviewRow, OverviewTotals, PriceSource,
     PricingReport, price_list,
 };
-use stratai_core::billing::reports::{PricingReportSpec, PricingReportTally, billing_overview};
 
 use super::{ApiPath, Caller, allow};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
-
-async fn catalog(state: &AppState) -> Result<TierCatalog, ApiError> {
-    TierCatalog::new(state.stores.tiers.list_tiers().await?).map_err(ApiError::internal)
-}
 
 /// Platform operators only (a super admin); 403 for everyone else.
 fn operator(caller: &Caller) -> Result<(), ApiError> {
@@ -68,57 +61,16 @@ pub async fn draft(
 ) -> Result<(StatusCode, ApiJson<MonthlyInvoice>), ApiError> {
     allow(&caller, Action::ViewBilling, Resource::Org(org_id))?;
     allow(&caller, Action::ManageOrgs, Resource::Org(org_id))?;
-    let org = state.stores.directory.get_org(org_id).await?;
-    let invoice = draft_for(&state, &org, req.month, req.tax_rate, req.corrects).await?;
-    state
-        .stores
-        .invoices
-        .put_draft_invoice(org_id, &invoice)
-        .await?;
+    let s = &state.stores;
+    let org = s.directory.get_org(org_id).await?;
+    let req = DraftRequest {
+        month: req.month,
+        tax_rate: req.tax_rate,
+        corrects: req.corrects,
+    };
+    let invoice =
+        billing::draft_invoice(&*s.tiers, &*s.usage, &*s.invoices, &org, req, Utc::now()).await?;
     Ok((StatusCode::CREATED, ApiJson(invoice)))
-}
-
-/// The draft of `org`'s `month` (not saved).
-pub async fn draft_for(
-    state: &AppState,
-    org: &Organization,
-    month: BillingMonth,
-    tax_rate: Decimal,
-    corrects: Option<InvoiceId>,
-) -> Result<MonthlyInvoice, ApiError> {
-    let tz = org.tz();
-    let (from, to) = month.window(tz);
-    let now = Utc::now();
-    if from > now {
-        return Err(ApiError::invalid(
-            "month",
-            format!("`{month}` has not started yet"),
-        ));
-    }
-    let usage = state
-        .stores
-        .usage
-        .aggregate(
-            org.id,
-            &UsageQuery {
-                from: Some(from),
-                to: Some(to),
-                ..UsageQuery::default()
-            },
-            &[Dimension::Tier, Dimension::Model],
-        )
-        .await?;
-    let catalog = catalog(state).await?;
-    Ok(draft_monthly_invoice(&InvoiceDraft {
-        org_id: org.id,
-        month,
-        tz,
-        usage: &usage,
-        catalog: &catalog,
-        tax_rate,
-        corrects,
-        now,
-    })?)
 }
 
 /// An organization's invoices, newest month first (`view_billing`).
@@ -167,18 +119,9 @@ pub async fn set_status(
 ) -> Result<ApiJson<MonthlyInvoice>, ApiError> {
     allow(&caller, Action::ViewBilling, Resource::Org(org_id))?;
     allow(&caller, Action::ManageOrgs, Resource::Org(org_id))?;
-    if req.status == InvoiceState::Draft {
-        return Err(ApiError::invalid(
-            "status",
-            "an invoice never goes back to draft; draft a correction instead",
-        ));
-    }
+    let invoices = &*state.stores.invoices;
     Ok(ApiJson(
-        state
-            .stores
-            .invoices
-            .set_invoice_status(org_id, invoice_id, req.status, Utc::now())
-            .await?,
+        billing::set_status(invoices, org_id, invoice_id, req.status, Utc::now()).await?,
     ))
 }
 
@@ -227,26 +170,10 @@ pub async fn list_all(
     ApiQuery(q): ApiQuery<AllInvoicesQuery>,
 ) -> Result<ApiJson<Vec<MonthlyInvoice>>, ApiError> {
     operator(&caller)?;
-    let mut out = Vec::new();
-    for org in state.stores.directory.list_orgs().await? {
-        out.extend(
-            state
-                .stores
-                .invoices
-                .list_invoices(org.id)
-                .await?
-                .into_iter()
-                .filter(|i| q.status.is_none_or(|s| i.status == s))
-                .filter(|i| q.month.is_none_or(|m| i.month == m)),
-        );
-    }
-    out.sort_by(|a, b| {
-        b.month
-            .cmp(&a.month)
-            .then(a.org_id.cmp(&b.org_id))
-            .then(a.id.cmp(&b.id))
-    });
-    Ok(ApiJson(out))
+    let s = &state.stores;
+    Ok(ApiJson(
+        billing::all_invoices(&*s.directory, &*s.invoices, q.status, q.month).await?,
+    ))
 }
 
 /// Query of `GET /api/billing/overview`.
@@ -264,29 +191,9 @@ pub async fn overview(
     ApiQuery(q): ApiQuery<OverviewQuery>,
 ) -> Result<ApiJson<BillingOverview>, ApiError> {
     operator(&caller)?;
-    let catalog = catalog(&state).await?;
-    let mut orgs = state.stores.directory.list_orgs().await?;
-    orgs.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-    let mut usage = Vec::with_capacity(orgs.len());
-    for org in orgs {
-        let (from, to) = q.month.window(org.tz());
-        let rows = state
-            .stores
-            .usage
-            .aggregate(
-                org.id,
-                &UsageQuery {
-                    from: Some(from),
-                    to: Some(to),
-                    ..UsageQuery::default()
-                },
-                &[Dimension::Tier],
-            )
-            .await?;
-        usage.push((org.id, org.name, rows));
-    }
+    let s = &state.stores;
     Ok(ApiJson(
-        billing_overview(q.month, &catalog, &usage).map_err(ApiError::internal)?,
+        billing::overview(&*s.directory, &*s.tiers, &*s.usage, q.month).await?,
     ))
 }
 
@@ -328,8 +235,8 @@ pub async fn pricing_report(
 pub async fn pricing_report_for(
     state: &AppState,
     q: &PricingReportQuery,
-) -> Result<PricingReport, ApiError> {
-    let mut spec = PricingReportSpec {
+) -> Result<PricingReport, OpError> {
+    let spec = PricingReportSpec {
         org_id: q.org_id,
         from: q.from,
         to: q.to,
@@ -337,30 +244,16 @@ pub async fn pricing_report_for(
         margin: q.margin,
         peak_hours: q.peak_hours,
     };
-    spec.options()?;
-    let orgs = match q.org_id {
-        Some(id) => vec![state.stores.directory.get_org(id).await?],
-        None => state.stores.directory.list_orgs().await?,
-    };
-    if let (Some(_), Some(org)) = (q.org_id, orgs.first()) {
-        spec.tz = org.tz();
-    }
-    let query = UsageQuery {
-        from: Some(q.from),
-        to: Some(q.to),
-        ..UsageQuery::default()
-    };
-    let catalog = catalog(state).await?;
-    // Read as a stream into the tally: memory grows with users and models, not records.
-    let mut tally = PricingReportTally::new(&spec, &catalog)?;
-    for org in &orgs {
-        use futures::TryStreamExt as _;
-        let mut stream = state.stores.usage.stream(org.id, query.clone());
-        while let Some(r) = stream.try_next().await? {
-            tally.add(&r);
-        }
-    }
-    Ok(tally.finish(&state.prices, Utc::now()))
+    let s = &state.stores;
+    billing::pricing_report(
+        &*s.directory,
+        &*s.tiers,
+        &*s.usage,
+        &state.prices,
+        spec,
+        Utc::now(),
+    )
+    .await
 }
 
 /// Query of `GET /api/billing/provider-prices`.
@@ -392,7 +285,7 @@ pub async fn provider_prices(
 ) -> Result<ApiJson<ProviderPrices>, ApiError> {
     operator(&caller)?;
     let at = q.at.unwrap_or_else(Utc::now);
-    let catalog = catalog(&state).await?;
+    let catalog = catalog(&*state.stores.tiers).await?;
     Ok(ApiJson(ProviderPrices {
         at,
         models: price_list(&catalog, &state.prices, at),
