@@ -430,3 +430,229 @@ async fn the_pricing_report_refuses_its_options_by_field_and_unknown_organizatio
         .unwrap_err();
     assert!(matches!(refused, OpError::Store(_) | OpError::NotFound(_)));
 }
+
+#[tokio::test]
+async fn a_new_organization_is_refused_by_every_field_at_once_or_made_with_its_owner() {
+    use stratai_core::directory::OrgRole;
+    use stratai_store::admin::orgs::{self, NewOrg, OrgEdit};
+
+    let (stores, _) = seeded().await;
+    let (directory, tiers) = (&*stores.directory, &*stores.tiers);
+    let now = Utc::now();
+    let bad = NewOrg {
+        name: "Acme".into(),
+        slug: "Not A Slug".into(),
+        billing_email: Some("nope".into()),
+        tiers: Some(vec!["gold-plated".into()]),
+        owner_email: Some("also nope".into()),
+        ..NewOrg::default()
+    };
+    let refused = orgs::create_org(directory, tiers, bad, now)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fields(refused),
+        ["slug", "billing_email", "owner_email", "tiers[0]"]
+    );
+
+    let good = NewOrg {
+        name: "Acme".into(),
+        slug: "acme".into(),
+        owner_email: Some("owner@acme.test".into()),
+        ..NewOrg::default()
+    };
+    let org = orgs::create_org(directory, tiers, good, now).await.unwrap();
+    let members = directory.list_members(org.id).await.unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].role, OrgRole::Owner);
+    assert!(!tiers.list_subscriptions(org.id).await.unwrap().is_empty());
+
+    let mut settings = org.settings.clone();
+    settings.signup_domains = vec!["acme.test".into()];
+    let edit = OrgEdit {
+        settings: Some(settings),
+        ..OrgEdit::default()
+    };
+    let refused = orgs::update_org(directory, org.id, edit.clone(), false, now)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, OpError::Forbidden(_)));
+    let updated = orgs::update_org(directory, org.id, edit, true, now)
+        .await
+        .unwrap();
+    assert_eq!(updated.settings.signup_domains, ["acme.test"]);
+
+    let gone = orgs::deactivate_org(directory, org.id, now).await.unwrap();
+    assert!(!gone.active);
+    let missing = orgs::deactivate_org(directory, stratai_core::OrgId::new(), now)
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, OpError::NotFound(what) if what == "organization"));
+}
+
+#[tokio::test]
+async fn people_are_listed_a_page_at_a_time_and_the_last_super_admin_stays() {
+    use stratai_core::directory::{Email, PlatformRole, User};
+    use stratai_store::admin::users;
+
+    let (stores, report) = seeded().await;
+    let directory = &*stores.directory;
+    let refused = users::list_users(directory, None, Some("not an email"), Some(0))
+        .await
+        .unwrap_err();
+    assert_eq!(fields(refused), ["limit", "after"]);
+
+    for name in ["a", "b"] {
+        let email = Email::new(&format!("{name}@people.test")).unwrap();
+        let user = User::new(email, None, PlatformRole::User, Utc::now()).unwrap();
+        directory.create_user(&user).await.unwrap();
+    }
+    let search = Some(" people.test ".to_owned());
+    let first = users::list_users(directory, search.clone(), None, Some(1))
+        .await
+        .unwrap();
+    assert_eq!(first.next_after.as_deref(), Some("a@people.test"));
+    let second = users::list_users(directory, search, first.next_after.as_deref(), Some(1))
+        .await
+        .unwrap();
+    assert_eq!(second.users[0].email.as_str(), "b@people.test");
+    assert_eq!(second.next_after, None);
+
+    let admin = report.super_admin.id;
+    let unchanged = users::update_user(directory, admin, Some(PlatformRole::SuperAdmin), None)
+        .await
+        .unwrap();
+    assert_eq!((unchanged.role, unchanged.active), (None, None));
+    let refused = users::update_user(directory, admin, None, Some(false))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        refused,
+        OpError::Conflict(_) | OpError::Store(stratai_core::StoreError::Conflict(_))
+    ));
+}
+
+#[tokio::test]
+async fn audit_filters_are_checked_and_every_chain_is_verified() {
+    use futures::TryStreamExt as _;
+    use stratai_core::audit::AuditChain;
+    use stratai_store::admin::audit::{self, AuditFilter};
+
+    let (stores, report) = seeded().await;
+    let (directory, trail) = (&*stores.directory, &*stores.audit);
+    let since = Utc::now();
+    let bad = [
+        AuditFilter {
+            limit: Some(0),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            since: Some(since),
+            until: Some(since),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            before: Some("?".into()),
+            ..AuditFilter::default()
+        },
+    ];
+    let refused: Vec<String> = bad.iter().map(|f| f.query().unwrap_err().field).collect();
+    assert_eq!(refused, ["limit", "until", "before"]);
+    assert_eq!(
+        audit::chain_param("platform").unwrap(),
+        AuditChain::Platform
+    );
+    assert_eq!(audit::chain_param("x").unwrap_err().field, "org_id");
+
+    let org = report.internal_org.id;
+    let page = audit::list_org(directory, trail, org, &AuditFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(page.next, None);
+    let reports = audit::verify_all(directory, trail).await.unwrap();
+    assert_eq!(reports[0].chain, AuditChain::Platform);
+    assert!(reports.iter().all(|r| r.intact));
+    assert_eq!(
+        reports.len(),
+        1 + directory.list_orgs().await.unwrap().len()
+    );
+
+    let chain = audit::export_chain(directory, Some(&org.to_string()))
+        .await
+        .unwrap();
+    let lines: Vec<Vec<u8>> = audit::export_jsonl(stores.audit.clone(), chain)
+        .try_collect()
+        .await
+        .unwrap();
+    let entries = reports
+        .iter()
+        .find(|r| r.chain == chain)
+        .map_or(0, |r| r.entries);
+    let written = lines.concat().iter().filter(|b| **b == b'\n').count() as u64;
+    assert_eq!(written, entries);
+}
+
+#[tokio::test]
+async fn a_profile_names_its_unknown_tiers_and_each_refused_rule() {
+    use stratai_core::directory::{ProfileGuardrail, UserProfile};
+    use stratai_core::ports::RuleAction;
+    use stratai_core::{TierSlug, ValidationError};
+    use stratai_store::admin::profiles::{self, NewProfile, ProfileEdit};
+
+    let (stores, _) = seeded().await;
+    let (directory, tiers) = (&*stores.directory, &*stores.tiers);
+    let known = stores.tiers.list_tiers().await.unwrap()[0].slug.clone();
+    let rule = ProfileGuardrail {
+        name: "No secrets".into(),
+        description: None,
+        rule_type: "content_filter".into(),
+        config: serde_json::json!({}),
+        action: RuleAction::Log,
+        priority: 0,
+    };
+    let refuse = |_: &stratai_core::ports::RuleRecord| -> Result<(), OpError> {
+        Err(ValidationError::new("config", "refused").into())
+    };
+    let accept = |_: &stratai_core::ports::RuleRecord| -> Result<(), OpError> { Ok(()) };
+    let new = NewProfile {
+        name: "Contractor".into(),
+        description: Some("  ".into()),
+        default_tiers: vec![TierSlug::new("gold-plated").unwrap()],
+        available_to: None,
+        default_guardrails: vec![rule.clone()],
+    };
+    let now = Utc::now();
+    let refused = profiles::create_profile(directory, tiers, new.clone(), &accept, now)
+        .await
+        .unwrap_err();
+    assert_eq!(fields(refused), ["default_tiers[0]"]);
+    let new = NewProfile {
+        default_tiers: vec![known],
+        ..new
+    };
+    let refused = profiles::create_profile(directory, tiers, new.clone(), &refuse, now)
+        .await
+        .unwrap_err();
+    assert_eq!(fields(refused), ["default_guardrails[0].config"]);
+    let profile: UserProfile = profiles::create_profile(directory, tiers, new, &accept, now)
+        .await
+        .unwrap();
+    assert_eq!(profile.description, None);
+
+    let edit = ProfileEdit {
+        default_guardrails: Some(vec![rule.clone(), rule]),
+        ..ProfileEdit::default()
+    };
+    let (_, members) = profiles::update_profile(
+        directory,
+        tiers,
+        &*stores.guardrails,
+        profile.id,
+        edit,
+        &accept,
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(members, Some(0));
+}

@@ -8,22 +8,17 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
 use stratai_core::access::{Action, Resource};
-use stratai_core::audit::{
-    AuditChain, AuditCursor, AuditEntry, AuditQuery, ChainReport, StoredChain, verify_chain,
-};
+use stratai_core::audit::{AuditChain, AuditEntry, ChainReport};
 use stratai_core::{OrgId, UserId};
+use stratai_store::admin::audit::{self, AuditFilter, AuditListing};
 
 use super::{ApiPath, Caller, allow};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
-
-/// Entries per page unless `limit` says otherwise.
-pub const DEFAULT_LIMIT: u32 = 50;
-/// The largest page.
-pub const MAX_LIMIT: u32 = 500;
 
 /// Query of the audit listings.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -59,37 +54,17 @@ pub struct AuditParams {
 }
 
 impl AuditParams {
-    fn query(&self) -> Result<AuditQuery, ApiError> {
-        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::invalid(
-                "limit",
-                format!("between 1 and {MAX_LIMIT}"),
-            ));
-        }
-        if let (Some(since), Some(until)) = (self.since, self.until)
-            && until <= since
-        {
-            return Err(ApiError::invalid("until", "must be after `since`"));
-        }
-        let before = self
-            .before
-            .as_deref()
-            .map(|text| {
-                AuditCursor::decode(text)
-                    .ok_or_else(|| ApiError::invalid("before", "not a page cursor of this listing"))
-            })
-            .transpose()?;
-        Ok(AuditQuery {
+    fn filter(self) -> AuditFilter {
+        AuditFilter {
             actor: self.actor,
-            action: self.action.clone().filter(|s| !s.is_empty()),
-            target: self.target.clone().filter(|s| !s.is_empty()),
-            request_id: self.request_id.clone().filter(|s| !s.is_empty()),
+            action: self.action,
+            target: self.target,
+            request_id: self.request_id,
             since: self.since,
             until: self.until,
-            before,
-            limit,
-        })
+            before: self.before,
+            limit: self.limit,
+        }
     }
 }
 
@@ -102,11 +77,13 @@ pub struct AuditPage {
     pub next: Option<String>,
 }
 
-fn page(entries: Vec<AuditEntry>, limit: u32) -> AuditPage {
-    let next = (entries.len() == limit as usize)
-        .then(|| entries.last().map(|e| AuditCursor::of(e).encode()))
-        .flatten();
-    AuditPage { entries, next }
+impl From<AuditListing> for AuditPage {
+    fn from(l: AuditListing) -> Self {
+        Self {
+            entries: l.entries,
+            next: l.next,
+        }
+    }
 }
 
 /// An organization's audit entries (its admins; operators).
@@ -123,19 +100,9 @@ pub async fn list_org(
             "the organization is in the path; `org_id` filters /api/audit",
         ));
     }
-    state.stores.directory.get_org(org_id).await?;
-    let query = p.query()?;
-    let entries = state.stores.audit.list_audit(org_id, &query).await?;
-    Ok(ApiJson(page(entries, query.limit)))
-}
-
-fn chain_param(text: &str) -> Result<AuditChain, ApiError> {
-    if text == "platform" {
-        return Ok(AuditChain::Platform);
-    }
-    text.parse::<OrgId>()
-        .map(AuditChain::Org)
-        .map_err(|_| ApiError::invalid("org_id", "an organization id or `platform`"))
+    let s = &state.stores;
+    let listing = audit::list_org(&*s.directory, &*s.audit, org_id, &p.filter()).await?;
+    Ok(ApiJson(listing.into()))
 }
 
 /// Every chain's entries, or one chain's (operators).
@@ -145,24 +112,10 @@ pub async fn list_all(
     ApiQuery(p): ApiQuery<AuditParams>,
 ) -> Result<ApiJson<AuditPage>, ApiError> {
     allow(&caller, Action::ViewAudit, Resource::Platform)?;
-    let query = p.query()?;
-    let audit = &state.stores.audit;
-    let entries = match p.org_id.as_deref().map(chain_param).transpose()? {
-        None => audit.list_all_audit(&query).await?,
-        Some(AuditChain::Platform) => audit.list_platform_audit(&query).await?,
-        Some(AuditChain::Org(org)) => {
-            state.stores.directory.get_org(org).await?;
-            audit.list_audit(org, &query).await?
-        }
-    };
-    Ok(ApiJson(page(entries, query.limit)))
-}
-
-async fn stored(state: &AppState, chain: AuditChain) -> Result<StoredChain, ApiError> {
-    Ok(match chain {
-        AuditChain::Org(org) => state.stores.audit.audit_chain(org).await?,
-        AuditChain::Platform => state.stores.audit.platform_audit_chain().await?,
-    })
+    let chain = p.org_id.clone();
+    let s = &state.stores;
+    let listing = audit::list_all(&*s.directory, &*s.audit, chain.as_deref(), &p.filter()).await?;
+    Ok(ApiJson(listing.into()))
 }
 
 /// Verifies an organization's chain: every entry intact and none missing, or the first that
@@ -173,9 +126,10 @@ pub async fn verify_org(
     ApiPath(org_id): ApiPath<OrgId>,
 ) -> Result<ApiJson<ChainReport>, ApiError> {
     allow(&caller, Action::ViewAudit, Resource::Org(org_id))?;
-    state.stores.directory.get_org(org_id).await?;
-    let chain = AuditChain::Org(org_id);
-    Ok(ApiJson(verify_chain(chain, &stored(&state, chain).await?)))
+    let s = &state.stores;
+    Ok(ApiJson(
+        audit::verify_org(&*s.directory, &*s.audit, org_id).await?,
+    ))
 }
 
 /// Verifies the platform chain and every organization's (operators).
@@ -184,62 +138,16 @@ pub async fn verify_all(
     caller: Caller,
 ) -> Result<ApiJson<Vec<ChainReport>>, ApiError> {
     allow(&caller, Action::ViewAudit, Resource::Platform)?;
-    let mut chains = vec![AuditChain::Platform];
-    chains.extend(
-        state
-            .stores
-            .directory
-            .list_orgs()
-            .await?
-            .into_iter()
-            .map(|o| AuditChain::Org(o.id)),
-    );
-    let mut reports = Vec::with_capacity(chains.len());
-    for chain in chains {
-        reports.push(verify_chain(chain, &stored(&state, chain).await?));
-    }
-    Ok(ApiJson(reports))
+    let s = &state.stores;
+    Ok(ApiJson(audit::verify_all(&*s.directory, &*s.audit).await?))
 }
-
-/// Entries per page of a streamed export.
-const EXPORT_PAGE: u32 = 500;
 
 /// `chain` as JSON lines, oldest first, streamed page by page from the store (one page of
 /// entries in memory at a time, whatever the chain's length).
-fn jsonl(state: AppState, chain: AuditChain) -> Response {
-    let pages = futures::stream::try_unfold(Some(0_i64), move |after| {
-        let state = state.clone();
-        async move {
-            let Some(after) = after else {
-                return Ok(None);
-            };
-            let page = match chain {
-                AuditChain::Org(org) => {
-                    state.stores.audit.audit_page(org, after, EXPORT_PAGE).await
-                }
-                AuditChain::Platform => {
-                    state
-                        .stores
-                        .audit
-                        .platform_audit_page(after, EXPORT_PAGE)
-                        .await
-                }
-            };
-            let page = page.map_err(|e| {
-                tracing::error!(error = %e, "audit export aborted");
-                std::io::Error::other("audit export failed")
-            })?;
-            let Some(last) = page.last().map(|e| e.seq) else {
-                return Ok(None);
-            };
-            let mut body = Vec::new();
-            for entry in &page {
-                serde_json::to_writer(&mut body, entry).map_err(std::io::Error::other)?;
-                body.push(b'\n');
-            }
-            let next = (page.len() == EXPORT_PAGE as usize).then_some(last);
-            Ok::<_, std::io::Error>(Some((body, next)))
-        }
+fn jsonl(state: &AppState, chain: AuditChain) -> Response {
+    let pages = audit::export_jsonl(state.stores.audit.clone(), chain).map_err(|e| {
+        tracing::error!(error = %e, "audit export aborted");
+        std::io::Error::other("audit export failed")
     });
     let mut response = Body::from_stream(pages).into_response();
     let headers = response.headers_mut();
@@ -263,7 +171,7 @@ pub async fn export_org(
 ) -> Result<Response, ApiError> {
     allow(&caller, Action::ViewAudit, Resource::Org(org_id))?;
     state.stores.directory.get_org(org_id).await?;
-    Ok(jsonl(state, AuditChain::Org(org_id)))
+    Ok(jsonl(&state, AuditChain::Org(org_id)))
 }
 
 /// Query of `GET /api/audit/export`.
@@ -283,14 +191,6 @@ pub async fn export_all(
     ApiQuery(p): ApiQuery<ExportParams>,
 ) -> Result<Response, ApiError> {
     allow(&caller, Action::ViewAudit, Resource::Platform)?;
-    let chain = p
-        .org_id
-        .as_deref()
-        .map(chain_param)
-        .transpose()?
-        .unwrap_or(AuditChain::Platform);
-    if let AuditChain::Org(org) = chain {
-        state.stores.directory.get_org(org).await?;
-    }
-    Ok(jsonl(state, chain))
+    let chain = audit::export_chain(&*state.stores.directory, p.org_id.as_deref()).await?;
+    Ok(jsonl(&state, chain))
 }

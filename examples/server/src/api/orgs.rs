@@ -4,16 +4,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
 use serde::Deserialize;
+use stratai_core::OrgId;
 use stratai_core::access::{Action, Resource};
-use stratai_core::directory::{
-    BillingPlan, Email, Membership, OrgRole, OrgSettings, Organization, PlatformRole, Slug, User,
-};
-use stratai_core::tiers::subscriptions_for;
-use stratai_core::{OrgId, StoreError, TierSlug};
+use stratai_core::directory::{BillingPlan, OrgSettings, Organization};
+use stratai_store::admin::orgs::{self, NewOrg, OrgEdit};
 
 use super::{ApiPath, Caller, allow};
 use crate::app::AppState;
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, double_option};
 
 /// Organizations the caller belongs to (all of them for a super admin).
@@ -68,97 +66,19 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateOrg>,
 ) -> Result<(StatusCode, ApiJson<Organization>), ApiError> {
     allow(&caller, Action::ManageOrgs, Resource::Platform)?;
-    let now = Utc::now();
-    let mut errors = Vec::new();
-    let slug = Slug::new(req.slug.trim())
-        .map_err(|e| errors.push(FieldError::new("slug", e.reason)))
-        .ok();
-    let settings = match req.settings {
-        Some(s) => match s.validate() {
-            Ok(()) => Some(s),
-            Err(e) => {
-                errors.push(FieldError::new(format!("settings.{}", e.field), e.reason));
-                None
-            }
-        },
-        None => default_settings()
-            .map_err(|e| errors.push(FieldError::new("settings", e.reason)))
-            .ok(),
+    let new = NewOrg {
+        name: req.name,
+        slug: req.slug,
+        settings: req.settings,
+        billing_plan: req.billing_plan,
+        billing_email: req.billing_email,
+        tiers: req.tiers,
+        owner_email: req.owner_email,
     };
-    let billing_email = match &req.billing_email {
-        Some(e) => Email::new(e)
-            .map(Some)
-            .map_err(|e| errors.push(FieldError::new("billing_email", e.reason)))
-            .unwrap_or(None),
-        None => None,
-    };
-    let owner_email = match &req.owner_email {
-        Some(e) => Email::new(e)
-            .map(Some)
-            .map_err(|e| errors.push(FieldError::new("owner_email", e.reason)))
-            .unwrap_or(None),
-        None => None,
-    };
-    let catalog = state.stores.tiers.list_tiers().await?;
-    let wanted: Vec<String> = match (&req.tiers, &settings) {
-        (Some(t), _) => t.clone(),
-        (None, Some(s)) => s
-            .allowed_tiers
-            .iter()
-            .map(|t| t.as_str().to_owned())
-            .collect(),
-        (None, None) => Vec::new(),
-    };
-    let mut tier_ids = Vec::new();
-    for (i, slug) in wanted.iter().enumerate() {
-        match catalog.iter().find(|t| t.slug.as_str() == slug) {
-            Some(t) => tier_ids.push(t.id),
-            None => errors.push(FieldError::new(
-                format!("tiers[{i}]"),
-                format!("unknown tier `{slug}`"),
-            )),
-        }
-    }
-    let (Some(slug), Some(settings), true) = (slug, settings, errors.is_empty()) else {
-        return Err(ApiError::Validation(errors));
-    };
-    let mut org = Organization::new(
-        &req.name,
-        slug,
-        settings,
-        req.billing_plan.unwrap_or(BillingPlan::Trial),
-        now,
-    )?;
-    org.billing_email = billing_email;
-    let dir = &state.stores.directory;
-    dir.create_org(&org).await?;
-    for sub in subscriptions_for(org.id, &tier_ids, now) {
-        state.stores.tiers.put_subscription(org.id, &sub).await?;
-    }
-    if let Some(email) = owner_email {
-        let user = match dir.find_user_by_email(&email).await? {
-            Some(u) => u,
-            None => {
-                let u = User::new(email, None, PlatformRole::User, now)?;
-                dir.create_user(&u).await?;
-                u
-            }
-        };
-        dir.add_member(
-            org.id,
-            &Membership::new(org.id, user.id, OrgRole::Owner, now),
-        )
-        .await?;
-    }
+    let s = &state.stores;
+    let org = orgs::create_org(&*s.directory, &*s.tiers, new, Utc::now()).await?;
     tracing::info!(org_id = %org.id, by = %caller.id(), "organization created");
     Ok((StatusCode::CREATED, ApiJson(org)))
-}
-
-fn default_settings() -> Result<OrgSettings, stratai_core::ValidationError> {
-    OrgSettings::new(
-        vec![TierSlug::new("basic")?, TierSlug::new("standard")?],
-        TierSlug::new("standard")?,
-    )
 }
 
 /// One organization.
@@ -203,42 +123,20 @@ pub async fn update(
     if req.billing_plan.is_some() || req.active.is_some() {
         allow(&caller, Action::ManageOrgs, Resource::Org(org_id))?;
     }
-    let dir = &state.stores.directory;
-    let mut org = dir.get_org(org_id).await?;
-    if let Some(name) = req.name {
-        org.name = name.trim().to_owned();
-    }
-    if let Some(settings) = req.settings {
-        // Self-signup domains take in everyone at the domain: naming one is the platform's
-        // call (it vouches that the organization owns the domain), never an org admin's.
-        if settings.signup_domains != org.settings.signup_domains
-            && allow(&caller, Action::ManageOrgs, Resource::Org(org_id)).is_err()
-        {
-            return Err(ApiError::Forbidden(
-                "`settings.signup_domains`: only a platform super admin may change self-signup domains"
-                    .to_owned(),
-            ));
-        }
-        org.settings = settings;
-    }
-    if let Some(email) = req.billing_email {
-        org.billing_email = match email {
-            Some(e) => {
-                Some(Email::new(&e).map_err(|e| ApiError::invalid("billing_email", e.reason))?)
-            }
-            None => None,
-        };
-    }
-    if let Some(plan) = req.billing_plan {
-        org.billing_plan = plan;
-    }
-    if let Some(active) = req.active {
-        org.active = active;
-    }
-    org.validate()?;
-    org.updated_at = Utc::now();
-    dir.update_org(&org).await?;
-    Ok(ApiJson(org))
+    // Self-signup domains take in everyone at the domain: naming one is the platform's
+    // call (it vouches that the organization owns the domain), never an org admin's.
+    let may_set_signup_domains = allow(&caller, Action::ManageOrgs, Resource::Org(org_id)).is_ok();
+    let edit = OrgEdit {
+        name: req.name,
+        settings: req.settings,
+        billing_email: req.billing_email,
+        billing_plan: req.billing_plan,
+        active: req.active,
+    };
+    let dir = &*state.stores.directory;
+    Ok(ApiJson(
+        orgs::update_org(dir, org_id, edit, may_set_signup_domains, Utc::now()).await?,
+    ))
 }
 
 /// Deactivates an organization (its data is kept).
@@ -250,14 +148,7 @@ pub async fn deactivate(
     // Members see their organization; only the platform may deactivate it.
     allow(&caller, Action::ViewOrg, Resource::Org(org_id))?;
     allow(&caller, Action::ManageOrgs, Resource::Org(org_id))?;
-    let dir = &state.stores.directory;
-    let mut org = dir.get_org(org_id).await.map_err(|e| match e {
-        StoreError::NotFound { .. } => ApiError::NotFound("organization".to_owned()),
-        other => other.into(),
-    })?;
-    org.active = false;
-    org.updated_at = Utc::now();
-    dir.update_org(&org).await?;
+    let org = orgs::deactivate_org(&*state.stores.directory, org_id, Utc::now()).await?;
     tracing::info!(org_id = %org.id, by = %caller.id(), "organization deactivated");
     Ok(ApiJson(org))
 }

@@ -8,12 +8,13 @@ use stratai_core::access::{Action, Resource};
 use stratai_core::directory::{
     Membership, ProfileAvailability, ProfileGuardrail, User, UserProfile,
 };
-use stratai_core::{OrgId, ProfileId, TierSlug, UserId};
-use stratai_guardrails::Rule;
+use stratai_core::{ProfileId, TierSlug};
+use stratai_guardrails::admin::check_rule;
+use stratai_store::admin::profiles::{self, NewProfile, ProfileEdit};
 
 use super::{ApiPath, Caller, allow};
 use crate::app::AppState;
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, double_option};
 
 /// Answer of `GET /api/me`.
@@ -68,27 +69,6 @@ pub struct CreateProfile {
     pub default_guardrails: Vec<ProfileGuardrail>,
 }
 
-/// Sets `rules` on `profile`, each validated by stratai-guardrails (errors name
-/// `default_guardrails[i].<field>`).
-fn set_guardrails(profile: &mut UserProfile, rules: &[ProfileGuardrail]) -> Result<(), ApiError> {
-    profile.set_guardrails(rules)?;
-    let records = profile.member_rules(OrgId::new(), UserId::new(), Utc::now())?;
-    let errors: Vec<FieldError> = records
-        .iter()
-        .enumerate()
-        .filter_map(|(i, record)| {
-            Rule::from_record(record)
-                .err()
-                .map(|e| FieldError::new(format!("default_guardrails[{i}].{}", e.field), e.reason))
-        })
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::Validation(errors))
-    }
-}
-
 /// Creates a profile (platform).
 pub async fn create(
     State(state): State<AppState>,
@@ -96,19 +76,16 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateProfile>,
 ) -> Result<(StatusCode, ApiJson<UserProfile>), ApiError> {
     allow(&caller, Action::ManageProfiles, Resource::Platform)?;
-    super::tiers::check_known(&state, &req.default_tiers, "default_tiers").await?;
-    let mut profile = UserProfile::new(
-        &req.name,
-        req.default_tiers,
-        req.available_to.unwrap_or(ProfileAvailability::All),
-        Utc::now(),
-    )?;
-    profile.description = req
-        .description
-        .map(|d| d.trim().to_owned())
-        .filter(|d| !d.is_empty());
-    set_guardrails(&mut profile, &req.default_guardrails)?;
-    state.stores.directory.create_profile(&profile).await?;
+    let new = NewProfile {
+        name: req.name,
+        description: req.description,
+        default_tiers: req.default_tiers,
+        available_to: req.available_to,
+        default_guardrails: req.default_guardrails,
+    };
+    let s = &state.stores;
+    let profile =
+        profiles::create_profile(&*s.directory, &*s.tiers, new, &check_rule, Utc::now()).await?;
     Ok((StatusCode::CREATED, ApiJson(profile)))
 }
 
@@ -155,54 +132,25 @@ pub async fn update(
     ApiJson(req): ApiJson<UpdateProfile>,
 ) -> Result<ApiJson<UserProfile>, ApiError> {
     allow(&caller, Action::ManageProfiles, Resource::Platform)?;
-    let dir = &state.stores.directory;
-    let mut profile = dir.get_profile(profile_id).await?;
-    if let Some(name) = &req.name {
-        // The constructor's checks (trimmed, non-empty, no control characters).
-        profile.name = UserProfile::new(name, Vec::new(), profile.available_to, Utc::now())?.name;
-    }
-    if let Some(description) = req.description {
-        profile.description = description
-            .map(|d| d.trim().to_owned())
-            .filter(|d| !d.is_empty());
-    }
-    if let Some(tiers) = req.default_tiers {
-        super::tiers::check_known(&state, &tiers, "default_tiers").await?;
-        profile.default_tiers =
-            UserProfile::new(&profile.name, tiers, profile.available_to, Utc::now())?.default_tiers;
-    }
-    if let Some(rules) = &req.default_guardrails {
-        set_guardrails(&mut profile, rules)?;
-    }
-    if let Some(available_to) = req.available_to {
-        profile.available_to = available_to;
-        for org in dir.list_orgs().await? {
-            if profile.available_for(&org) {
-                continue;
-            }
-            let holders = dir
-                .list_members(org.id)
-                .await?
-                .iter()
-                .filter(|m| m.profile_id == Some(profile_id))
-                .count();
-            if holders > 0 {
-                return Err(ApiError::Conflict(format!(
-                    "`available_to` would exclude `{}`, where {holders} member(s) hold the \
-                     profile: give them another profile first",
-                    org.slug
-                )));
-            }
-        }
-    }
-    dir.update_profile(&profile).await?;
-    if req.default_guardrails.is_some() {
-        let members = stratai_store::people::profiles::after_update(
-            dir.as_ref(),
-            state.stores.guardrails.as_ref(),
-            &profile,
-        )
-        .await?;
+    let edit = ProfileEdit {
+        name: req.name,
+        description: req.description,
+        default_tiers: req.default_tiers,
+        default_guardrails: req.default_guardrails,
+        available_to: req.available_to,
+    };
+    let s = &state.stores;
+    let (profile, members) = profiles::update_profile(
+        &*s.directory,
+        &*s.tiers,
+        &*s.guardrails,
+        profile_id,
+        edit,
+        &check_rule,
+        Utc::now(),
+    )
+    .await?;
+    if let Some(members) = members {
         tracing::info!(profile_id = %profile.id, members, "profile guardrails given to its members");
     }
     Ok(ApiJson(profile))

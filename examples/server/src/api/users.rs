@@ -14,20 +14,13 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use stratai_core::UserId;
 use stratai_core::access::{Action, Resource};
-use stratai_core::directory::{Email, Membership, PlatformRole, User};
-use stratai_core::ports::UserQuery;
+use stratai_core::directory::{Membership, PlatformRole, User};
+use stratai_store::admin::users;
 
 use super::{ApiPath, Caller, allow};
 use crate::app::AppState;
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
-
-/// Largest page of `GET /api/users`.
-pub const MAX_PAGE: u32 = 200;
-/// Page size when `limit` is not given.
-pub const DEFAULT_PAGE: u32 = 50;
-/// Longest search text.
-const MAX_SEARCH_CHARS: usize = 200;
 
 /// Query of `GET /api/users`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -60,56 +53,12 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListUsers>,
 ) -> Result<ApiJson<UserPage>, ApiError> {
     allow(&caller, Action::ManageUsers, Resource::Platform)?;
-    let mut errors = Vec::new();
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        errors.push(FieldError::new(
-            "limit",
-            format!("`{limit}` must be between 1 and {MAX_PAGE}"),
-        ));
-    }
-    let search = q
-        .search
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty());
-    if let Some(s) = &search
-        && (s.chars().count() > MAX_SEARCH_CHARS || s.chars().any(char::is_control))
-    {
-        errors.push(FieldError::new(
-            "search",
-            format!("must be at most {MAX_SEARCH_CHARS} characters, without control characters"),
-        ));
-    }
-    let after = match q.after.as_deref() {
-        Some(text) => match Email::new(text) {
-            Ok(email) => Some(email),
-            Err(e) => {
-                errors.push(FieldError::new("after", e.reason));
-                None
-            }
-        },
-        None => None,
-    };
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    // One more than asked tells whether another page follows.
-    let mut users = state
-        .stores
-        .directory
-        .list_users(&UserQuery {
-            search,
-            after,
-            limit: limit + 1,
-        })
-        .await?;
-    let next_after = if users.len() > limit as usize {
-        users.truncate(limit as usize);
-        users.last().map(|u| u.email.as_str().to_owned())
-    } else {
-        None
-    };
-    Ok(ApiJson(UserPage { users, next_after }))
+    let dir = &*state.stores.directory;
+    let page = users::list_users(dir, q.search, q.after.as_deref(), q.limit).await?;
+    Ok(ApiJson(UserPage {
+        users: page.users,
+        next_after: page.next_after,
+    }))
 }
 
 /// Answer of `GET /api/users/{id}`.
@@ -156,21 +105,15 @@ pub async fn update(
     ApiJson(req): ApiJson<UpdateUser>,
 ) -> Result<ApiJson<User>, ApiError> {
     allow(&caller, Action::ManageUsers, Resource::Platform)?;
-    let dir = &state.stores.directory;
-    let mut user = dir.get_user(user_id).await?;
-    if let Some(role) = req.platform_role
-        && role != user.platform_role
-    {
-        user = dir.set_platform_role(user_id, role).await?;
+    let dir = &*state.stores.directory;
+    let changed = users::update_user(dir, user_id, req.platform_role, req.active).await?;
+    if let Some(role) = changed.role {
         tracing::info!(user_id = %user_id, by = %caller.id(), role = role.as_str(), "platform role changed");
     }
-    if let Some(active) = req.active
-        && active != user.active
-    {
-        user = dir.set_user_active(user_id, active).await?;
+    if let Some(active) = changed.active {
         tracing::info!(user_id = %user_id, by = %caller.id(), active, "user activity changed");
     }
     // Whatever this instance remembers of them is stale now.
     state.auth.forget_user(user_id.as_uuid());
-    Ok(ApiJson(user))
+    Ok(ApiJson(changed.user))
 }
