@@ -356,7 +356,7 @@ async fn invoices_are_drafted_of_started_months_and_never_go_back_to_draft() {
     assert_eq!(draft.status, InvoiceState::Draft);
     assert_eq!(
         invoices.list_invoices(org.id).await.unwrap(),
-        [draft.clone()]
+        std::slice::from_ref(&draft)
     );
 
     let refused = billing::set_status(invoices, org.id, draft.id, InvoiceState::Draft, now)
@@ -370,7 +370,10 @@ async fn invoices_are_drafted_of_started_months_and_never_go_back_to_draft() {
 
     let directory = &*stores.directory;
     let all = |status, month| billing::all_invoices(directory, invoices, status, month);
-    assert_eq!(all(None, None).await.unwrap(), [issued.clone()]);
+    assert_eq!(
+        all(None, None).await.unwrap(),
+        std::slice::from_ref(&issued)
+    );
     assert!(
         all(Some(InvoiceState::Draft), None)
             .await
@@ -503,7 +506,7 @@ async fn people_are_listed_a_page_at_a_time_and_the_last_super_admin_stays() {
     assert_eq!(fields(refused), ["limit", "after"]);
 
     for name in ["a", "b"] {
-        let email = Email::new(&format!("{name}@people.test")).unwrap();
+        let email = Email::new(format!("{name}@people.test")).unwrap();
         let user = User::new(email, None, PlatformRole::User, Utc::now()).unwrap();
         directory.create_user(&user).await.unwrap();
     }
