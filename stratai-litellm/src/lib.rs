@@ -7,6 +7,7 @@ pub mod config;
 pub mod decimal;
 mod error;
 pub mod gateway;
+pub mod integration;
 pub mod openai;
 mod secret;
 pub mod spend;

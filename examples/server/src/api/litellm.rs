@@ -11,7 +11,7 @@
 //!   teams' models, budgets, per-minute limits, blocked flags, ...) (platform operators).
 //!
 //! [`SpendDesk`] (stratai-litellm's) is the piece both paths share: the importer, the alerts
-//! (this server's alert sink, [`spend_desk`]) and the metrics.
+//! (this server's alert sink, [`desk_alerts`]) and the metrics.
 
 use std::sync::Arc;
 
@@ -23,12 +23,11 @@ use sha2::{Digest, Sha256};
 use stratai_core::access::{Action, Resource};
 use stratai_core::budget::BudgetAlert;
 use stratai_core::usage::UsageRecord;
-use stratai_litellm::Secret;
 use stratai_litellm::spend::desk::SpendAlerts;
 pub use stratai_litellm::spend::desk::{
     CallbackOutcome, DriftView, MismatchView, PollView, ReconcileView, SpendDesk, SpendStatus,
 };
-use stratai_litellm::spend::{SpendImporter, parse_callback};
+use stratai_litellm::spend::parse_callback;
 
 use super::{Caller, allow};
 use crate::alerts::AlertSink;
@@ -50,15 +49,11 @@ impl SpendAlerts for SinkAlerts {
     }
 }
 
-/// A desk over `importer`, alerting through `alerts`; the callback route accepts `secret`
-/// (none: the route answers 404).
+/// The desk's alerts through this server's sink (the callback route accepts the desk's
+/// secret; none: the route answers 404).
 #[must_use]
-pub fn spend_desk(
-    importer: Arc<SpendImporter>,
-    alerts: AlertSink,
-    secret: Option<Secret>,
-) -> SpendDesk {
-    SpendDesk::new(importer, Arc::new(SinkAlerts(alerts)), secret)
+pub fn desk_alerts(alerts: AlertSink) -> Arc<dyn SpendAlerts> {
+    Arc::new(SinkAlerts(alerts))
 }
 
 /// Refuses a callback delivery without the desk's secret (404 when none is set).

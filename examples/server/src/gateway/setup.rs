@@ -2,8 +2,9 @@
 //! otherwise the offline demo provider, announced at start), the usage spool, budget alerts,
 //! the guardrail engine and their background tasks.
 //!
-//! With LiteLLM configured, the server also runs stratai-litellm's [`SyncEngine`] in-process,
-//! on the [`SyncRunner`] `examples/litellm-worker` runs too: a background task consumes the
+//! With LiteLLM configured (wired by stratai-litellm's [`Integration`]), the server also runs
+//! its [`SyncEngine`](stratai_litellm::sync::SyncEngine) in-process, on the
+//! [`SyncRunner`](stratai_litellm::sync::SyncRunner) `examples/litellm-worker` runs too: a background task consumes the
 //! store's outbox, reconciles with repair at start and every five minutes and polls the spend
 //! logs. The gateway reads members' keys
 //! from the engine's vault and asks the engine for a member's key on demand, so the engine is
@@ -40,17 +41,13 @@ use stratai_guardrails::runtime::{
     Runtime, RuntimeHandle, RuntimeSettings, RuntimeStores, UsageBatching, lease_config,
 };
 use stratai_guardrails::{GatekeeperConfig, LeaseConfig};
-use stratai_litellm::gateway::LiteLlmGateway;
-use stratai_litellm::spend::{SpendImporter, SpendSettings};
-use stratai_litellm::sync::runner::Cadence;
-use stratai_litellm::sync::{
-    CoreDirectory, PolicyKeyLimits, SyncEngine, SyncRunner, SyncSchedule, TickReport,
-};
+use stratai_litellm::integration::{Integration, IntegrationStores};
+use stratai_litellm::sync::TickReport;
 use stratai_store::RedisRateLimiter;
 use url::Url;
 
 use super::GatewayState;
-use crate::api::litellm::{SpendDesk, spend_desk};
+use crate::api::litellm::{SpendDesk, desk_alerts};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::stores::Stores;
@@ -132,10 +129,6 @@ impl GatewayOptions {
 /// What must be flushed and stopped at graceful shutdown: the runtime's handle.
 pub type Drainer = RuntimeHandle;
 
-/// How often the in-process sync reconciles LiteLLM with the directory (repairing drift,
-/// including keys whose secret this process does not hold, e.g. after a restart).
-const RECONCILE_EVERY: Duration = Duration::from_secs(300);
-
 /// One tick of the in-process sync: logged, and told to the spend desk (reconcile views,
 /// import outcomes for alerts and metrics).
 fn observe_tick(tick: &TickReport, desk: &SpendDesk) {
@@ -161,54 +154,40 @@ pub async fn build_state(
     options: GatewayOptions,
 ) -> Result<GatewayState, String> {
     let mut upstream = None;
-    let mut litellm_engine: Option<Arc<SyncEngine>> = None;
-    // The rate-limit guardrails as members' key limits: the runtime's compiled policy
-    // (reloaded from the store every `guardrail_reload`), set once the runtime exists; until
-    // then the sync fails as transient and retries.
-    let key_limits = Arc::new(PolicyKeyLimits::new());
+    let mut litellm: Option<Integration> = None;
     let mut start_sync = None;
     let (llm, provider): (Arc<dyn LlmGateway>, &'static str) = match (options.llm, &config.litellm)
     {
         (Some(given), _) => given,
         (None, Some(l)) => {
-            let client = l
-                .proxy
-                .client()
-                .map_err(|e| format!("litellm client: {e}"))?;
-            upstream = Some(client.clone());
+            let wired = Integration::new(
+                &l.proxy,
+                IntegrationStores {
+                    directory: stores.directory.clone(),
+                    tiers: stores.tiers.clone(),
+                    budgets: stores.budgets.clone(),
+                    usage: stores.usage.clone(),
+                    outbox: stores.outbox.clone(),
+                    key_vault: stores.key_vault.clone(),
+                },
+            )?;
+            upstream = Some(wired.client.clone());
             tracing::info!(url = %l.proxy.url, "chat goes through the LiteLLM proxy with each member's virtual key");
-            let vault = l
-                .proxy
-                .key_vault(stores.key_vault.clone())
-                .map_err(|e| format!("key vault: {e}"))?;
-            if vault.ephemeral {
+            if wired.vault_ephemeral {
                 tracing::warn!(
-                    vault_key_id = %vault.key_id,
+                    vault_key_id = %wired.vault_key_id,
                     "STRATAI_VAULT_KEY is not set (dev mode): members' LiteLLM virtual keys are sealed with an EPHEMERAL master key that dies with this process, so every key is regenerated after a restart and litellm-worker cannot read them; set STRATAI_VAULT_KEY (32 bytes, e.g. `openssl rand -base64 32`) to keep them"
                 );
             } else {
                 tracing::info!(
-                    vault_key_id = %vault.key_id,
+                    vault_key_id = %wired.vault_key_id,
                     replace_foreign = l.proxy.vault_replace_foreign,
                     "members' LiteLLM virtual keys are sealed in the database with the configured vault master key"
                 );
             }
-            let engine = Arc::new(SyncEngine::new(
-                client,
-                Arc::new(
-                    CoreDirectory::new(stores.directory.clone(), stores.tiers.clone())
-                        .with_budgets(stores.budgets.clone())
-                        .with_rate_limits(key_limits.clone()),
-                ),
-                stores.outbox.clone(),
-                vault.vault,
-                l.proxy.sync_config(),
-            ));
-            litellm_engine = Some(engine.clone());
-            (
-                Arc::new(LiteLlmGateway::with_sync_engine(engine)),
-                "litellm",
-            )
+            let gateway: Arc<dyn LlmGateway> = wired.gateway.clone();
+            litellm = Some(wired);
+            (gateway, "litellm")
         }
         (None, None) if !config.dev_mode() => {
             return Err(
@@ -254,20 +233,9 @@ pub async fn build_state(
         ..RuntimeSettings::default()
     };
     let alerts = AlertSink::webhook(options.alert_webhook);
-    let litellm_spend = match (&litellm_engine, &config.litellm) {
-        (Some(engine), Some(l)) => {
-            let importer = Arc::new(SpendImporter::new(
-                stores.directory.clone(),
-                stores.tiers.clone(),
-                stores.budgets.clone(),
-                stores.usage.clone(),
-                SpendSettings::default(),
-            ));
-            let desk = Arc::new(spend_desk(
-                importer,
-                alerts.clone(),
-                l.proxy.callback_secret.clone(),
-            ));
+    let litellm_spend = match (&litellm, &config.litellm) {
+        (Some(wired), Some(l)) => {
+            let desk = Arc::new(wired.spend_desk(desk_alerts(alerts.clone())));
             if l.proxy.callback_secret.is_some() {
                 tracing::info!(
                     "LiteLLM's spend callback is accepted at POST /api/litellm/spend-callback"
@@ -279,16 +247,7 @@ pub async fn build_state(
                     "the LiteLLM sync and spend-log poll run in-process"
                 );
                 // Started once the runtime (and its guardrail policy) exists.
-                let schedule = SyncSchedule {
-                    interval: options.sync_interval,
-                    reconcile: Cadence::from_start(RECONCILE_EVERY),
-                    repair: true,
-                    spend_poll: Cadence::from_start(l.proxy.spend_poll),
-                    spend_window: l.proxy.spend_window,
-                    ..SyncSchedule::default()
-                };
-                let runner = SyncRunner::new(engine.clone(), schedule)
-                    .with_spend_poll(desk.importer().clone());
+                let runner = wired.runner(&desk, options.sync_interval);
                 start_sync = Some((runner, desk.clone()));
             } else {
                 tracing::info!(
@@ -313,7 +272,12 @@ pub async fn build_state(
         builder = builder.shared_rate_limiter(Arc::new(limiter));
     }
     let (pipeline, drainer) = builder.build().await.map_err(|e| e.to_string())?;
-    key_limits.set(pipeline.deps().guardrails.clone());
+    if let Some(wired) = &litellm {
+        // The rate-limit guardrails as members' key limits: the runtime's compiled policy
+        // (reloaded from the store every `guardrail_reload`); until now the sync failed as
+        // transient and retried.
+        wired.key_limits.set(pipeline.deps().guardrails.clone());
+    }
     if let Some((runner, desk)) = start_sync {
         runner.spawn(std::future::pending(), move |tick| {
             observe_tick(tick, &desk)
