@@ -323,6 +323,7 @@ pub struct SpendStats {
 
 /// One poll of LiteLLM's spend logs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = PollView))]
 pub struct PollReport {
     /// Window start.
     pub from: DateTime<Utc>,

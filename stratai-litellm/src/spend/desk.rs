@@ -15,7 +15,7 @@ use stratai_core::budget::BudgetAlert;
 use stratai_core::ids::RequestId;
 use stratai_core::usage::UsageRecord;
 
-use super::{Imported, SpendError, SpendEvent, SpendImporter, SpendStats};
+use super::{Imported, PollReport, SpendError, SpendEvent, SpendImporter, SpendStats};
 use crate::secret::Secret;
 use crate::sync::{DriftKind, DriftReport};
 
@@ -262,30 +262,6 @@ pub struct MismatchView {
     pub litellm_tokens: Option<[u32; 2]>,
 }
 
-/// The latest spend-log poll.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct PollView {
-    /// Window start.
-    pub from: DateTime<Utc>,
-    /// Window end.
-    pub to: DateTime<Utc>,
-    /// Rows read.
-    pub rows: usize,
-    /// Rows of calls through StratAI.
-    pub gateway: usize,
-    /// Direct calls this poll recorded (no callback had).
-    pub direct_recorded: usize,
-    /// Rows settled before (by the callback or an earlier poll).
-    pub repeated: usize,
-    /// Rows left for a later poll.
-    pub pending: usize,
-    /// Rows ignored.
-    pub ignored: usize,
-    /// Mismatches found.
-    pub mismatches: usize,
-}
-
 /// One difference between StratAI and the proxy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -346,7 +322,7 @@ pub struct SpendStatus {
     /// The latest mismatches, newest last.
     pub recent_mismatches: Vec<MismatchView>,
     /// The latest poll (none before the first).
-    pub last_poll: Option<PollView>,
+    pub last_poll: Option<PollReport>,
     /// The latest directory reconcile (none before the first, or when litellm-worker runs
     /// the sync).
     pub last_reconcile: Option<ReconcileView>,
@@ -376,17 +352,7 @@ impl From<SpendStats> for SpendStatus {
                     litellm_tokens: m.tokens.map(|t| [t.1.0, t.1.1]),
                 })
                 .collect(),
-            last_poll: s.last_poll.map(|p| PollView {
-                from: p.from,
-                to: p.to,
-                rows: p.rows,
-                gateway: p.gateway,
-                direct_recorded: p.direct_recorded,
-                repeated: p.repeated,
-                pending: p.pending,
-                ignored: p.ignored,
-                mismatches: p.mismatches,
-            }),
+            last_poll: s.last_poll,
             last_reconcile: None,
         }
     }

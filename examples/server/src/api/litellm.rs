@@ -25,7 +25,7 @@ use stratai_core::budget::BudgetAlert;
 use stratai_core::usage::UsageRecord;
 use stratai_litellm::spend::desk::SpendAlerts;
 pub use stratai_litellm::spend::desk::{
-    CallbackOutcome, DriftView, MismatchView, PollView, ReconcileView, SpendDesk, SpendStatus,
+    CallbackOutcome, DriftView, MismatchView, ReconcileView, SpendDesk, SpendStatus,
 };
 use stratai_litellm::spend::parse_callback;
 
