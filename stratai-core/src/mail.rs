@@ -1,7 +1,7 @@
 //! Outgoing mail: the message an invitation sends and the port that delivers it.
 //!
-//! The server implements [`Mailer`] over SMTP (lettre) and over a local mailbox folder for
-//! dev mode; an embedder plugs in its own. What a mail says is decided here, once, so every
+//! stratai-store implements [`Mailer`] over SMTP (lettre) and over a local mailbox folder
+//! (its `mail` feature); an embedder may plug in its own. What a mail says is decided here, once, so every
 //! transport sends the same words.
 
 use async_trait::async_trait;

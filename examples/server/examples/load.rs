@@ -78,7 +78,6 @@ use stratai_core::directory::{
 use stratai_core::money::Money;
 use stratai_core::tiers::subscriptions_for;
 use stratai_server::app::{AppState, HttpLimits, router};
-use stratai_server::auth::Auth;
 use stratai_server::config::Config;
 use stratai_server::gateway::openai::OpenAiCompatProvider;
 use stratai_server::gateway::setup::{Drainer, GatewayOptions, build_state};
@@ -622,11 +621,7 @@ async fn start_gateway(upstream: String, stores: Stores, fast: bool) -> Result<G
     }
     let config = Config::load(&env)?;
     let backends = Backends::seeded(stores.clone(), &config).await?;
-    let auth = Arc::new(Auth::from_config(
-        &config,
-        backends.directory,
-        backends.sessions,
-    )?);
+    let auth = Arc::new(backends.auth(&config)?);
     let mut options = GatewayOptions::from_config(&config);
     options.spool_path = std::env::temp_dir().join(format!(
         "stratai-load-{}-{}.spool",

@@ -199,13 +199,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// The session cookie of `email`, as the dev sign-in sets it.
 async fn session(state: &stratai_server::app::AppState, email: &str) -> String {
-    let principal = state
+    let user = state
         .auth()
-        .directory()
+        .identities()
         .find_by_email(email)
         .await
         .expect("lookup")
         .expect("known person");
+    let principal = stratai_server::auth::identity::Principal::from(&user);
     let cookie = stratai_server::auth::routes::start_session(state.auth(), &principal, false)
         .await
         .expect("session");

@@ -26,6 +26,7 @@ use tracing::Level;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
+use stratai_store::people::delivery::Postman;
 
 /// Whether the server's dependencies answer (database, later LiteLLM).
 #[async_trait]
@@ -58,7 +59,7 @@ pub struct AppState {
     /// The governed gateway (`/v1`, `/api/explain`, `/metrics`), when built.
     pub(crate) gateway: Option<crate::gateway::GatewayState>,
     /// Sends invitation emails.
-    pub(crate) mail: Arc<crate::mail::Postman>,
+    pub(crate) mail: Arc<Postman>,
     /// The provider prices (`STRATAI_PROVIDER_PRICES` over the built-in list), for the
     /// price list routes and the pricing report.
     pub(crate) prices: Arc<stratai_core::pricing::PriceTable>,
@@ -117,7 +118,7 @@ impl AppState {
 
     /// The invitation mailer.
     #[must_use]
-    pub fn mail(&self) -> &Arc<crate::mail::Postman> {
+    pub fn mail(&self) -> &Arc<Postman> {
         &self.mail
     }
 }

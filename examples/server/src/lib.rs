@@ -10,7 +10,6 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod gateway;
-pub mod mail;
 pub mod metrics;
 pub mod openapi;
 pub mod server;

@@ -5,20 +5,20 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::app::{AlwaysReady, AppState, HttpLimits, Readiness, router};
-use crate::auth::identity::{IdentityDirectory, MemoryDirectory};
+use crate::app::{AppState, HttpLimits, Readiness, router};
 use crate::auth::session::{MemorySessionStore, SessionStore};
 use crate::auth::{Auth, Mode};
-use crate::config::{Config, LogConfig, Secret};
+use crate::config::{Config, LogConfig, MailTransportConfig, Secret};
 use crate::error::ApiError;
-use crate::mail::Postman;
-use crate::stores::{StoreDirectory, StoreReadiness, Stores};
+use crate::stores::{StoreReadiness, Stores};
+use stratai_core::mail::Mailer;
+use stratai_store::people::delivery::Postman;
+use stratai_store::people::identity::Identities;
+use stratai_store::people::mail::{MailboxMailer, SmtpMailer};
 use stratai_store::seed::seed;
 
 /// What the server runs on besides its configuration.
 pub struct Backends {
-    /// The user directory.
-    pub directory: Arc<dyn IdentityDirectory>,
     /// Browser sessions.
     pub sessions: Arc<dyn SessionStore>,
     /// Readiness probe.
@@ -34,22 +34,8 @@ impl std::fmt::Debug for Backends {
 }
 
 impl Backends {
-    /// Authentication-only backends: a [`MemoryDirectory`] holding the configured super
-    /// admin, and empty in-memory stores (for tests of the auth layer).
-    #[must_use]
-    pub fn auth_only(config: &Config) -> Self {
-        let directory = MemoryDirectory::new();
-        directory.add_user(&config.super_admin_email, true);
-        Self {
-            directory: Arc::new(directory),
-            sessions: Arc::new(MemorySessionStore::default()),
-            readiness: Arc::new(AlwaysReady),
-            stores: Stores::memory(),
-        }
-    }
-
-    /// Backends over `stores` after the idempotent seed: the store-backed directory,
-    /// in-memory sessions and a database readiness probe.
+    /// Backends over `stores` after the idempotent seed: in-memory sessions and a database
+    /// readiness probe.
     pub async fn seeded(stores: Stores, config: &Config) -> Result<Self, ServeError> {
         let report = seed(&stores, &config.super_admin_email)
             .await
@@ -61,11 +47,20 @@ impl Backends {
             "seed checked"
         );
         Ok(Self {
-            directory: Arc::new(StoreDirectory::new(&stores)),
             sessions: Arc::new(MemorySessionStore::default()),
             readiness: Arc::new(StoreReadiness(stores.clone())),
             stores,
         })
+    }
+
+    /// Authentication for `config` over these backends: sign-in resolves identities in
+    /// `stores`, browser sessions live in `sessions`.
+    pub fn auth(&self, config: &Config) -> Result<Auth, ApiError> {
+        Auth::from_config(
+            config,
+            Identities::over(&self.stores),
+            self.sessions.clone(),
+        )
     }
 
     /// Opens the configured database (migrating it) and seeds it.
@@ -83,17 +78,34 @@ impl Backends {
 
 /// Builds the application state for `config` (without the gateway).
 pub fn build_state(config: &Config, backends: Backends) -> Result<AppState, ApiError> {
-    let auth = Arc::new(
-        Auth::from_config(config, backends.directory, backends.sessions)?
-            .with_auth_cache(config.auth_cache),
-    );
+    let auth = Arc::new(backends.auth(config)?.with_auth_cache(config.auth_cache));
     AppState::new(config, auth, backends.readiness, backends.stores)
 }
 
-/// The invitation mailer of `config`.
+/// The invitation mailer of `config`: SMTP, or the mailbox folder (its bodies logged in dev
+/// mode), under the [`Postman`] that emails invitations with links to the public URL.
 pub fn postman(config: &Config) -> Result<Postman, ApiError> {
-    crate::mail::postman(&config.mail, &config.public_url, config.dev_mode())
-        .map_err(|e| ApiError::internal(format!("mail: {e}")))
+    let from = &config.mail.from;
+    let mailer: Result<Arc<dyn Mailer>, _> = match &config.mail.transport {
+        MailTransportConfig::Smtp {
+            url,
+            username,
+            password,
+        } => SmtpMailer::new(
+            url.expose().trim(),
+            username
+                .clone()
+                .zip(password.as_ref().map(|p| p.expose().to_owned())),
+            from,
+        )
+        .map(|m| Arc::new(m) as Arc<dyn Mailer>),
+        MailTransportConfig::Mailbox(dir) => {
+            MailboxMailer::new(dir.clone(), from, config.dev_mode())
+                .map(|m| Arc::new(m) as Arc<dyn Mailer>)
+        }
+    };
+    let mailer = mailer.map_err(|e| ApiError::internal(format!("mail: {e}")))?;
+    Ok(Postman::new(mailer, config.public_url.clone()))
 }
 
 /// How often undelivered invitation emails are retried.
@@ -195,7 +207,8 @@ pub async fn serve(config: Config, backends: Backends) -> Result<(), ServeError>
         return Err(ServeError::DevModeExposed(config.bind));
     }
     let auth = Arc::new(
-        Auth::from_config(&config, backends.directory, backends.sessions)
+        backends
+            .auth(&config)
             .map_err(|e| ServeError::Startup(e.to_string()))?
             .with_auth_cache(config.auth_cache),
     );

@@ -397,14 +397,15 @@ async fn post_form(
         .header("content-type", "application/x-www-form-urlencoded")
         .header("origin", origin);
     if let Some(email) = email {
-        let principal = api
+        let user = api
             .state
             .auth()
-            .directory()
+            .identities()
             .find_by_email(email)
             .await
             .unwrap()
             .unwrap();
+        let principal = stratai_server::auth::identity::Principal::from(&user);
         let cookie =
             stratai_server::auth::routes::start_session(api.state.auth(), &principal, false)
                 .await

@@ -26,7 +26,7 @@ async fn dev_token(server: &TestServer, email: &str) -> String {
 
 #[tokio::test]
 async fn dev_token_for_an_existing_user_goes_through_the_validator() {
-    let server = server_with(&[]);
+    let server = server_with(&[]).await;
     let token = dev_token(&server, "admin@localhost").await;
     let r = get_me(&server.app, &token).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
@@ -39,7 +39,7 @@ async fn dev_token_for_an_existing_user_goes_through_the_validator() {
 
 #[tokio::test]
 async fn dev_token_requests_are_validated() {
-    let server = server_with(&[]);
+    let server = server_with(&[]).await;
     let r = post_json(
         &server.app,
         "/auth/dev/token",
@@ -96,10 +96,10 @@ async fn dev_token_requests_are_validated() {
 
 #[tokio::test]
 async fn deactivated_users_get_no_dev_token_and_lose_their_tokens() {
-    let server = server_with(&[]);
-    let user = server.directory.add_user("pat@example.com", false);
+    let server = server_with(&[]).await;
+    let user = server.directory.add_user("pat@example.com", false).await;
     let token = dev_token(&server, "pat@example.com").await;
-    server.directory.set_active(user.user_id, false);
+    server.directory.set_active(user.user_id, false).await;
     assert_eq!(
         get_me(&server.app, &token).await.status,
         StatusCode::FORBIDDEN
@@ -115,10 +115,10 @@ async fn deactivated_users_get_no_dev_token_and_lose_their_tokens() {
 
 #[tokio::test]
 async fn dev_tokens_are_bound_to_their_process_key_and_expire() {
-    let server = server_with(&[("STRATAI_DEV_TOKEN_TTL_SECS", "1")]);
+    let server = server_with(&[("STRATAI_DEV_TOKEN_TTL_SECS", "1")]).await;
     let token = dev_token(&server, "admin@localhost").await;
     // Another server process has another random key.
-    let other = server_with(&[]);
+    let other = server_with(&[]).await;
     assert_eq!(
         get_me(&other.app, &token).await.status,
         StatusCode::UNAUTHORIZED
@@ -141,7 +141,7 @@ async fn dev_tokens_are_bound_to_their_process_key_and_expire() {
 
 #[tokio::test]
 async fn oidc_login_routes_do_not_exist_in_dev_mode() {
-    let server = server_with(&[]);
+    let server = server_with(&[]).await;
     for (method, path) in [
         ("GET", "/auth/login"),
         ("POST", "/auth/login"),
@@ -163,7 +163,7 @@ async fn oidc_login_routes_do_not_exist_in_dev_mode() {
 
 #[tokio::test]
 async fn health_request_ids_and_unknown_routes() {
-    let server = server_with(&[]);
+    let server = server_with(&[]).await;
     let r = call(
         &server.app,
         Request::get("/health/live").body(Body::empty()).unwrap(),
@@ -200,7 +200,7 @@ async fn health_request_ids_and_unknown_routes() {
 
 #[tokio::test]
 async fn bodies_over_the_limit_are_refused() {
-    let server = server_with(&[("STRATAI_BODY_LIMIT_BYTES", "64")]);
+    let server = server_with(&[("STRATAI_BODY_LIMIT_BYTES", "64")]).await;
     let big = json!({"email": format!("{}@example.com", "a".repeat(200))}).to_string();
     let r = post_json(&server.app, "/auth/dev/token", &big).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -221,18 +221,19 @@ async fn bodies_over_the_limit_are_refused() {
 #[tokio::test]
 async fn the_principal_cache_delays_a_deactivation_by_at_most_its_ttl() {
     use std::sync::Arc;
-    use stratai_server::auth::identity::MemoryDirectory;
     use stratai_server::auth::session::MemorySessionStore;
     use stratai_server::auth::{Auth, Mode};
     use stratai_server::config::{Config, FileConfig};
+    use stratai_store::people::identity::Identities;
     let config = Config::from_parts(FileConfig::default(), &env(&[])).unwrap();
-    let directory = Arc::new(MemoryDirectory::new());
+    let directory = People(stratai_server::stores::Stores::memory());
+    let identities = Identities::over(&directory.0);
     let sessions = Arc::new(MemorySessionStore::default());
-    let uncached = Auth::from_config(&config, directory.clone(), sessions.clone()).unwrap();
-    let cached = Auth::from_config(&config, directory.clone(), sessions)
+    let uncached = Auth::from_config(&config, identities.clone(), sessions.clone()).unwrap();
+    let cached = Auth::from_config(&config, identities, sessions)
         .unwrap()
         .with_auth_cache(Duration::from_millis(300));
-    let user = directory.add_user("kim@example.com", false);
+    let user = directory.add_user("kim@example.com", false).await;
     let token = |auth: &Auth| match auth.mode() {
         Mode::Dev(dev) => dev.issue(&user).unwrap(),
         Mode::Oidc { .. } => panic!("dev mode expected"),
@@ -240,7 +241,7 @@ async fn the_principal_cache_delays_a_deactivation_by_at_most_its_ttl() {
     let (t_uncached, t_cached) = (token(&uncached), token(&cached));
     assert!(uncached.authenticate_bearer(&t_uncached).await.is_ok());
     assert!(cached.authenticate_bearer(&t_cached).await.is_ok());
-    directory.set_active(user.user_id, false);
+    directory.set_active(user.user_id, false).await;
     assert!(uncached.authenticate_bearer(&t_uncached).await.is_err());
     // Within the TTL the cached principal still passes ...
     assert!(cached.authenticate_bearer(&t_cached).await.is_ok());
@@ -256,24 +257,24 @@ async fn the_principal_cache_delays_a_deactivation_by_at_most_its_ttl() {
 #[tokio::test]
 async fn the_auth_cache_still_refuses_altered_and_expired_tokens() {
     use std::sync::Arc;
-    use stratai_server::auth::identity::MemoryDirectory;
     use stratai_server::auth::session::MemorySessionStore;
     use stratai_server::auth::{Auth, AuthError, Mode};
     use stratai_server::config::{Config, FileConfig};
+    use stratai_store::people::identity::Identities;
     let config = Config::from_parts(
         FileConfig::default(),
         &env(&[("STRATAI_DEV_TOKEN_TTL_SECS", "1")]),
     )
     .unwrap();
-    let directory = Arc::new(MemoryDirectory::new());
+    let directory = People(stratai_server::stores::Stores::memory());
     let auth = Auth::from_config(
         &config,
-        directory.clone(),
+        Identities::over(&directory.0),
         Arc::new(MemorySessionStore::default()),
     )
     .unwrap()
     .with_auth_cache(Duration::from_secs(60));
-    let user = directory.add_user("kim@example.com", false);
+    let user = directory.add_user("kim@example.com", false).await;
     let Mode::Dev(dev) = auth.mode() else {
         panic!("dev mode expected")
     };

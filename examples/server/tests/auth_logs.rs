@@ -54,7 +54,7 @@ fn request_logs_hold_no_tokens_cookies_or_raw_paths() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let server = server_with(&[]);
+        let server = server_with(&[]).await;
         let token = dev_token(&server, "admin@localhost").await;
         let req = Request::get("/auth/me")
             .header("authorization", format!("Bearer {token}"))

@@ -27,7 +27,7 @@ fn rs256(kid: Option<&str>) -> Header {
 #[tokio::test]
 async fn a_valid_token_is_accepted_and_creates_the_user_on_first_use() {
     let issuer = TestIssuer::start().await;
-    let server = oidc_server(&issuer, &[]);
+    let server = oidc_server(&issuer, &[]).await;
     let token = issuer.mint(&issuer.claims("auth0|alice", json!({})));
     let r = get_me(&server.app, &token).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
@@ -53,7 +53,7 @@ async fn a_valid_token_is_accepted_and_creates_the_user_on_first_use() {
 async fn forged_tokens_are_all_refused() {
     let issuer = TestIssuer::start().await;
     let other = TestIssuer::start_with_key(OTHER_KEY_PEM).await;
-    let server = oidc_server(&issuer, &[]);
+    let server = oidc_server(&issuer, &[]).await;
     // Load the keys with one good token first, so refusals are about the token, not the JWKS.
     let good = issuer.mint(&issuer.claims("auth0|good", json!({})));
     assert_eq!(get_me(&server.app, &good).await.status, StatusCode::OK);
@@ -254,8 +254,8 @@ async fn forged_tokens_are_all_refused() {
         assert!(r.headers.contains_key("www-authenticate"), "{name}");
     }
     // No forged token created or linked a user (only the admin and "good" exist).
-    assert!(server.directory.by_subject("auth0|mallory").is_none());
-    assert!(server.directory.by_subject("auth0|admin").is_none());
+    assert!(server.directory.by_subject("auth0|mallory").await.is_none());
+    assert!(server.directory.by_subject("auth0|admin").await.is_none());
     // The unknown/odd kids did not hammer the JWKS endpoint: the initial fetch only
     // (the refetch interval is 60 s by default).
     assert_eq!(
@@ -268,7 +268,7 @@ async fn forged_tokens_are_all_refused() {
 #[tokio::test]
 async fn other_authorization_schemes_are_refused() {
     let issuer = TestIssuer::start().await;
-    let server = oidc_server(&issuer, &[]);
+    let server = oidc_server(&issuer, &[]).await;
     for value in ["Basic YWRtaW46YWRtaW4=", "Bearer", "Token abc", "bearer  "] {
         let req = Request::get("/auth/me")
             .header("authorization", value)
@@ -292,7 +292,7 @@ async fn other_authorization_schemes_are_refused() {
 #[tokio::test]
 async fn unknown_kid_refetch_is_rate_limited_and_rotation_is_picked_up() {
     let issuer = TestIssuer::start().await;
-    let server = oidc_server(&issuer, &[("OIDC_JWKS_MIN_REFRESH_SECS", "2")]);
+    let server = oidc_server(&issuer, &[("OIDC_JWKS_MIN_REFRESH_SECS", "2")]).await;
     // Sign everything up front: RSA signing in a debug build is slow, and the interval
     // under test starts with the first fetch.
     let token = issuer.mint(&issuer.claims("auth0|bob", json!({})));
@@ -368,7 +368,8 @@ async fn jwks_down_keeps_the_cached_keys() {
             ("OIDC_JWKS_MIN_REFRESH_SECS", "1"),
             ("OIDC_JWKS_MAX_AGE_SECS", "1"),
         ],
-    );
+    )
+    .await;
     let token = issuer.mint(&issuer.claims("auth0|carol", json!({})));
     assert_eq!(get_me(&server.app, &token).await.status, StatusCode::OK);
     issuer.set_jwks_up(false);
@@ -399,7 +400,7 @@ async fn jwks_down_keeps_the_cached_keys() {
 async fn a_provider_down_from_the_start_is_an_outage_not_a_login_failure() {
     let issuer = TestIssuer::start().await;
     issuer.set_jwks_up(false);
-    let server = oidc_server(&issuer, &[]);
+    let server = oidc_server(&issuer, &[]).await;
     let token = issuer.mint(&issuer.claims("auth0|dave", json!({})));
     let r = get_me(&server.app, &token).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
@@ -413,7 +414,8 @@ async fn a_discovery_document_naming_another_issuer_is_refused() {
     let server = server_with(&[
         ("OIDC_ISSUER", issuer.issuer.trim_end_matches('/')),
         ("OIDC_AUDIENCE", AUDIENCE),
-    ]);
+    ])
+    .await;
     let mut claims = issuer.claims("auth0|erin", json!({}));
     claims["iss"] = json!(issuer.issuer.trim_end_matches('/'));
     let r = get_me(&server.app, &issuer.mint(&claims)).await;
@@ -423,7 +425,7 @@ async fn a_discovery_document_naming_another_issuer_is_refused() {
 #[tokio::test]
 async fn unverified_email_neither_creates_nor_links() {
     let issuer = TestIssuer::start().await;
-    let server = oidc_server(&issuer, &[]);
+    let server = oidc_server(&issuer, &[]).await;
     // An attacker's account at the provider claiming the admin's email, unverified.
     let t = issuer.mint(&issuer.claims(
         "auth0|attacker",
@@ -431,7 +433,13 @@ async fn unverified_email_neither_creates_nor_links() {
     ));
     let r = get_me(&server.app, &t).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
-    assert!(server.directory.by_subject("auth0|attacker").is_none());
+    assert!(
+        server
+            .directory
+            .by_subject("auth0|attacker")
+            .await
+            .is_none()
+    );
     // email_verified as the string "true" is not a verification either.
     let t = issuer.mint(&issuer.claims(
         "auth0|attacker",
@@ -449,7 +457,7 @@ async fn unverified_email_neither_creates_nor_links() {
 #[tokio::test]
 async fn verified_email_links_once_and_a_second_subject_conflicts() {
     let issuer = TestIssuer::start().await;
-    let server = oidc_server(&issuer, &[]);
+    let server = oidc_server(&issuer, &[]).await;
     let t = issuer.mint(&issuer.claims("auth0|real-admin", json!({"email": "Admin@Localhost"})));
     let r = get_me(&server.app, &t).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
@@ -463,19 +471,19 @@ async fn verified_email_links_once_and_a_second_subject_conflicts() {
 #[tokio::test]
 async fn deactivated_users_are_refused() {
     let issuer = TestIssuer::start().await;
-    let server = oidc_server(&issuer, &[]);
+    let server = oidc_server(&issuer, &[]).await;
     let t = issuer.mint(&issuer.claims("auth0|frank", json!({})));
     let r = get_me(&server.app, &t).await;
     assert_eq!(r.status, StatusCode::OK);
     let id = uuid::Uuid::parse_str(r.body["user_id"].as_str().unwrap()).unwrap();
-    server.directory.set_active(id, false);
+    server.directory.set_active(id, false).await;
     assert_eq!(get_me(&server.app, &t).await.status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
 async fn the_dev_token_route_does_not_exist_with_oidc() {
     let issuer = TestIssuer::start().await;
-    let server = oidc_server(&issuer, &[]);
+    let server = oidc_server(&issuer, &[]).await;
     let r = post_json(
         &server.app,
         "/auth/dev/token",
@@ -549,7 +557,7 @@ async fn callback(server: &TestServer, query: &str, cookie: Option<&str>) -> Tes
 #[tokio::test]
 async fn login_redirect_carries_pkce_state_and_nonce_and_they_are_fresh() {
     let issuer = TestIssuer::start().await;
-    let server = oidc_server(&issuer, &[]);
+    let server = oidc_server(&issuer, &[]).await;
     let a = start_login(&server, &issuer).await;
     let b = start_login(&server, &issuer).await;
     assert_ne!(a.state, b.state);
@@ -567,7 +575,7 @@ async fn login_redirect_carries_pkce_state_and_nonce_and_they_are_fresh() {
 #[tokio::test]
 async fn full_login_session_and_logout() {
     let issuer = TestIssuer::start().await;
-    let server = oidc_server(&issuer, &[]);
+    let server = oidc_server(&issuer, &[]).await;
     let login = start_login(&server, &issuer).await;
     issuer.grant(
         "code-1",
@@ -662,7 +670,7 @@ async fn full_login_session_and_logout() {
 #[tokio::test]
 async fn callback_rejects_wrong_or_missing_state() {
     let issuer = TestIssuer::start().await;
-    let server = oidc_server(&issuer, &[]);
+    let server = oidc_server(&issuer, &[]).await;
     let login = start_login(&server, &issuer).await;
     let grant = || Grant {
         challenge: login.challenge.clone(),
@@ -721,7 +729,7 @@ async fn callback_rejects_wrong_or_missing_state() {
 #[tokio::test]
 async fn callback_rejects_a_wrong_nonce_audience_or_pkce() {
     let issuer = TestIssuer::start().await;
-    let server = oidc_server(&issuer, &[]);
+    let server = oidc_server(&issuer, &[]).await;
 
     let login = start_login(&server, &issuer).await;
     issuer.grant(
@@ -795,13 +803,13 @@ async fn callback_rejects_a_wrong_nonce_audience_or_pkce() {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "pkce");
-    assert!(server.directory.by_subject("auth0|ivy").is_none());
+    assert!(server.directory.by_subject("auth0|ivy").await.is_none());
 }
 
 #[tokio::test]
 async fn cookie_sessions_refuse_cross_site_writes() {
     let issuer = TestIssuer::start().await;
-    let server = oidc_server(&issuer, &[]);
+    let server = oidc_server(&issuer, &[]).await;
     let login = start_login(&server, &issuer).await;
     issuer.grant(
         "csrf",

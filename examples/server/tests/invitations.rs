@@ -203,14 +203,15 @@ fn token_of(path: &str) -> &str {
 // ---------------------------------------------------------------------------------------------
 
 async fn session_cookie(api: &Api, email: &str) -> String {
-    let principal = api
+    let user = api
         .state
         .auth()
-        .directory()
+        .identities()
         .find_by_email(email)
         .await
         .unwrap()
         .unwrap();
+    let principal = stratai_server::auth::identity::Principal::from(&user);
     let cookie = stratai_server::auth::routes::start_session(api.state.auth(), &principal, false)
         .await
         .unwrap();

@@ -61,7 +61,8 @@ async fn every_documented_operation_is_routed() {
         ("OIDC_AUDIENCE", "api"),
         ("OIDC_CLIENT_ID", "client"),
         ("OIDC_REDIRECT_URL", "http://localhost:8080/auth/callback"),
-    ]);
+    ])
+    .await;
     let r = call(
         &dev.app,
         Request::get("/openapi.json").body(Body::empty()).unwrap(),

@@ -165,14 +165,15 @@ async fn a_deactivated_person_is_refused_from_the_next_request(api: Api) {
     let f = org_fixture(&api.stores, "deact").await;
     let member = f.member.clone();
     let token = api.token(member.email.as_str()).await;
-    let principal = api
+    let user = api
         .state
         .auth()
-        .directory()
+        .identities()
         .find_by_email(member.email.as_str())
         .await
         .unwrap()
         .unwrap();
+    let principal = stratai_server::auth::identity::Principal::from(&user);
     let cookie = stratai_server::auth::routes::start_session(api.state.auth(), &principal, false)
         .await
         .unwrap();

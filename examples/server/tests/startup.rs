@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use stratai_server::auth::Auth;
 use stratai_server::config::Config;
 use stratai_server::demo_provider::{DemoConfig, DemoProvider};
 use stratai_server::gateway::setup::{GatewayOptions, build_state};
@@ -25,7 +24,7 @@ fn config(pairs: &[(&str, &str)]) -> Config {
 async fn start(config: &Config, llm: bool) -> Result<&'static str, String> {
     let stores = Stores::memory();
     let backends = Backends::seeded(stores.clone(), config).await.unwrap();
-    let auth = Arc::new(Auth::from_config(config, backends.directory, backends.sessions).unwrap());
+    let auth = Arc::new(backends.auth(config).unwrap());
     let mut options = GatewayOptions::from_config(config);
     let scratch = stratai_testkit::Scratch::new();
     options.spool_path = scratch.join("usage.spool");

@@ -4,7 +4,8 @@
 //! - [`validator::TokenValidator`] checks every token, OIDC or dev, on one path.
 //! - [`keys::JwksCache`] caches the provider's keys with a refetch rate limit.
 //! - [`oidc::OidcLogin`] runs authorization code + PKCE with state and nonce.
-//! - [`identity::IdentityDirectory`] is the port to the user directory (store-backed later).
+//! - [`Identities`] (stratai-store) resolves a verified identity to a user: linking,
+//!   creating and onboarding at sign-in, the MFA requirement of their organizations.
 //! - [`Auth::authenticate`] turns a request's credentials into a [`identity::Principal`].
 
 pub mod cookies;
@@ -26,11 +27,14 @@ use axum::http::{HeaderMap, Method, header};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::fresh_cache::{FreshCache, Lookup};
+use chrono::Utc;
 use dev::DevTokens;
-use identity::{DirectoryError, IdentityDirectory, LoginIdentity, Principal};
+use identity::Principal;
 use keys::{JwksCache, JwksLocation};
 use oidc::{Discovery, OidcLogin};
-use session::{SessionStore, hash_session_id};
+use session::{SessionError, SessionStore, hash_session_id};
+use stratai_core::UserId;
+use stratai_store::people::identity::{Identities, IdentityError, LoginIdentity};
 use validator::{KeySource, TokenValidator, VerifiedClaims};
 
 /// Why a credential was refused. Converted to [`ApiError`] at the HTTP edge; the messages
@@ -95,17 +99,21 @@ pub enum AuthError {
     /// A cookie-authenticated unsafe request came from another origin.
     #[error("cross-site request refused")]
     CrossSite,
-    /// The user directory failed.
+    /// The user directory failed, or refused to link an identity.
     #[error(transparent)]
-    Directory(#[from] DirectoryError),
+    Directory(#[from] IdentityError),
+    /// The session store failed.
+    #[error(transparent)]
+    Sessions(#[from] SessionError),
 }
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::KeysUnavailable(detail) => ApiError::Unavailable(detail),
-            AuthError::Directory(DirectoryError::Backend(detail)) => ApiError::Internal(detail),
-            AuthError::Directory(DirectoryError::Conflict(msg)) => ApiError::Conflict(msg),
+            AuthError::Directory(IdentityError::Store(e)) => ApiError::Internal(e.to_string()),
+            AuthError::Directory(IdentityError::Conflict(msg)) => ApiError::Conflict(msg),
+            AuthError::Sessions(e) => ApiError::Internal(e.to_string()),
             AuthError::Deactivated => ApiError::Forbidden("account deactivated".to_owned()),
             AuthError::CrossSite => ApiError::Forbidden("cross-site request refused".to_owned()),
             e @ AuthError::MfaRequired(_) => ApiError::MfaRequired(e.to_string()),
@@ -154,7 +162,7 @@ pub struct Auth {
     mode: Mode,
     validator: TokenValidator,
     jwks: Option<Arc<JwksCache>>,
-    directory: Arc<dyn IdentityDirectory>,
+    identities: Identities,
     sessions: Arc<dyn SessionStore>,
     public_origin: String,
     session_ttl: Duration,
@@ -181,7 +189,7 @@ impl Auth {
     /// dev mode otherwise.
     pub fn from_config(
         config: &Config,
-        directory: Arc<dyn IdentityDirectory>,
+        identities: Identities,
         sessions: Arc<dyn SessionStore>,
     ) -> Result<Self, ApiError> {
         let public_origin = config.public_url.origin().ascii_serialization();
@@ -223,7 +231,7 @@ impl Auth {
                     },
                     validator,
                     jwks: Some(jwks),
-                    directory,
+                    identities,
                     sessions,
                     public_origin,
                     session_ttl: config.session_ttl,
@@ -244,7 +252,7 @@ impl Auth {
                     mode: Mode::Dev(Arc::new(dev)),
                     validator,
                     jwks: None,
-                    directory,
+                    identities,
                     sessions,
                     public_origin,
                     session_ttl: config.session_ttl,
@@ -293,10 +301,10 @@ impl Auth {
         self.jwks.as_ref()
     }
 
-    /// The user directory.
+    /// Who signs in: the users of verified identities.
     #[must_use]
-    pub fn directory(&self) -> &Arc<dyn IdentityDirectory> {
-        &self.directory
+    pub fn identities(&self) -> &Identities {
+        &self.identities
     }
 
     /// The token validator.
@@ -354,12 +362,12 @@ impl Auth {
                 .get(&hash_session_id(&session_id))
                 .await?
                 .ok_or(AuthError::Missing)?;
-            let principal = self
-                .directory
-                .find_by_id(session.user_id)
+            let user = self
+                .identities
+                .find_by_id(UserId::from_uuid(session.user_id))
                 .await?
                 .ok_or(AuthError::UnknownUser)?;
-            let principal = active(principal)?;
+            let principal = active(Principal::from(&user))?;
             // An organization may have started requiring MFA, or the person joined one that
             // does, since this session began.
             self.check_mfa(&principal, session.mfa).await?;
@@ -375,7 +383,11 @@ impl Auth {
         if mfa || matches!(self.mode, Mode::Dev(_)) {
             return Ok(());
         }
-        match self.directory.mfa_required_by(principal.user_id).await? {
+        match self
+            .identities
+            .mfa_required_by(UserId::from_uuid(principal.user_id))
+            .await?
+        {
             Some(organization) => Err(AuthError::MfaRequired(organization)),
             None => Ok(()),
         }
@@ -389,11 +401,12 @@ impl Auth {
                 let claims = self.validator.validate(token, dev::DEV_AUDIENCE).await?;
                 let id = uuid::Uuid::parse_str(&claims.subject)
                     .map_err(|_| AuthError::InvalidClaim("sub"))?;
-                let directory = self.directory.clone();
+                let identities = self.identities.clone();
                 let by_id = move || async move {
-                    directory
-                        .find_by_id(id)
+                    identities
+                        .find_by_id(UserId::from_uuid(id))
                         .await?
+                        .map(|user| Principal::from(&user))
                         .ok_or(AuthError::UnknownUser)
                 };
                 let principal = self.cached(claims.subject, by_id.clone(), by_id).await?;
@@ -401,13 +414,14 @@ impl Auth {
             }
             Mode::Oidc { audience, .. } => {
                 let claims = self.validator.validate(token, audience).await?;
-                let directory = self.directory.clone();
+                let identities = self.identities.clone();
                 let subject = claims.subject.clone();
                 // A cached subject is linked to its user already: a refresh looks it up.
                 let by_subject = move || async move {
-                    directory
+                    identities
                         .find_by_subject(&subject)
                         .await?
+                        .map(|user| Principal::from(&user))
                         .ok_or(AuthError::UnknownUser)
                 };
                 let principal = self
@@ -454,8 +468,8 @@ impl Auth {
     /// Maps verified OIDC claims to a user: by subject, else create-or-link by verified
     /// email (never by an unverified one: that would let anyone claim any account).
     pub async fn resolve_oidc(&self, claims: &VerifiedClaims) -> Result<Principal, AuthError> {
-        if let Some(p) = self.directory.find_by_subject(&claims.subject).await? {
-            return active(p);
+        if let Some(user) = self.identities.find_by_subject(&claims.subject).await? {
+            return active(Principal::from(&user));
         }
         let Some(email) = claims.email.clone() else {
             return Err(AuthError::UnknownUser);
@@ -463,15 +477,18 @@ impl Auth {
         if !claims.email_verified {
             return Err(AuthError::EmailNotVerified);
         }
-        let principal = self
-            .directory
-            .login(&LoginIdentity {
-                subject: claims.subject.clone(),
-                email,
-                name: claims.name.clone(),
-            })
+        let user = self
+            .identities
+            .login(
+                &LoginIdentity {
+                    subject: claims.subject.clone(),
+                    email,
+                    name: claims.name.clone(),
+                },
+                Utc::now(),
+            )
             .await?;
-        active(principal)
+        active(Principal::from(&user))
     }
 
     /// Whether the request's `Origin` is this server's public origin (the cross-site check

@@ -8,10 +8,13 @@ use axum::extract::{FromRef, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use stratai_core::UserId;
+use stratai_store::people::identity::LoginIdentity;
 
 use super::cookies::{self, CookieSpec};
-use super::identity::{LoginIdentity, Principal};
+use super::identity::Principal;
 use super::oidc::{LOGIN_TTL, OidcLogin};
 use super::session::{Session, expiry, hash_session_id, new_session_id};
 use super::{Auth, AuthError, Mode};
@@ -171,8 +174,8 @@ async fn callback(
     let principal = auth.resolve_oidc(&claims).await?;
     // Every sign-in with the verified email joins the invitations sent to it since the last.
     if claims.email_verified && claims.email.as_deref() == Some(principal.email.as_str()) {
-        auth.directory()
-            .signed_in(principal.user_id)
+        auth.identities()
+            .signed_in(UserId::from_uuid(principal.user_id), Utc::now())
             .await
             .map_err(AuthError::from)?;
     }
@@ -265,24 +268,28 @@ pub async fn dev_user(auth: &Auth, email: &str) -> Result<Principal, ApiError> {
             format!("`{email}` is not an email address"),
         ));
     }
-    let directory = auth.directory();
-    let user = match directory
+    let identities = auth.identities();
+    let now = Utc::now();
+    let user = match identities
         .find_by_email(&wanted)
         .await
         .map_err(AuthError::from)?
     {
         Some(user) => user,
-        None if directory
-            .is_invited(&wanted)
+        None if identities
+            .is_invited(&wanted, now)
             .await
             .map_err(AuthError::from)? =>
         {
-            directory
-                .login(&LoginIdentity {
-                    subject: format!("dev|{wanted}"),
-                    email: wanted.clone(),
-                    name: None,
-                })
+            identities
+                .login(
+                    &LoginIdentity {
+                        subject: format!("dev|{wanted}"),
+                        email: wanted.clone(),
+                        name: None,
+                    },
+                    now,
+                )
                 .await
                 .map_err(AuthError::from)?
         }
@@ -292,11 +299,11 @@ pub async fn dev_user(auth: &Auth, email: &str) -> Result<Principal, ApiError> {
         return Err(AuthError::Deactivated.into());
     }
     // Dev mode vouches for the email: a sign-in joins the invitations sent to it since.
-    directory
-        .signed_in(user.user_id)
+    identities
+        .signed_in(user.id, now)
         .await
         .map_err(AuthError::from)?;
-    Ok(user)
+    Ok(Principal::from(&user))
 }
 
 /// Starts a browser session for `principal` (`mfa`: the sign-in used more than one factor):

@@ -12,7 +12,10 @@ use rand::RngCore as _;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::identity::DirectoryError;
+/// The session store failed; the message is for logs.
+#[derive(Debug, thiserror::Error)]
+#[error("session store: {0}")]
+pub struct SessionError(pub String);
 
 /// SHA-256 of a session id: the store's key.
 pub type SessionKey = [u8; 32];
@@ -34,11 +37,11 @@ pub struct Session {
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// Stores a session.
-    async fn insert(&self, key: SessionKey, session: Session) -> Result<(), DirectoryError>;
+    async fn insert(&self, key: SessionKey, session: Session) -> Result<(), SessionError>;
     /// The unexpired session under `key`.
-    async fn get(&self, key: &SessionKey) -> Result<Option<Session>, DirectoryError>;
+    async fn get(&self, key: &SessionKey) -> Result<Option<Session>, SessionError>;
     /// Ends a session.
-    async fn remove(&self, key: &SessionKey) -> Result<(), DirectoryError>;
+    async fn remove(&self, key: &SessionKey) -> Result<(), SessionError>;
 }
 
 /// A fresh random session id (base64url, 43 characters) and its store key.
@@ -83,7 +86,7 @@ impl Default for MemorySessionStore {
 
 #[async_trait]
 impl SessionStore for MemorySessionStore {
-    async fn insert(&self, key: SessionKey, session: Session) -> Result<(), DirectoryError> {
+    async fn insert(&self, key: SessionKey, session: Session) -> Result<(), SessionError> {
         let mut map = self
             .sessions
             .lock()
@@ -93,13 +96,13 @@ impl SessionStore for MemorySessionStore {
             map.retain(|_, s| s.expires_at > now);
         }
         if map.len() >= self.max_sessions {
-            return Err(DirectoryError::Backend("session store full".to_owned()));
+            return Err(SessionError("full".to_owned()));
         }
         map.insert(key, session);
         Ok(())
     }
 
-    async fn get(&self, key: &SessionKey) -> Result<Option<Session>, DirectoryError> {
+    async fn get(&self, key: &SessionKey) -> Result<Option<Session>, SessionError> {
         let mut map = self
             .sessions
             .lock()
@@ -114,7 +117,7 @@ impl SessionStore for MemorySessionStore {
         }
     }
 
-    async fn remove(&self, key: &SessionKey) -> Result<(), DirectoryError> {
+    async fn remove(&self, key: &SessionKey) -> Result<(), SessionError> {
         self.sessions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -32,7 +32,6 @@ use stratai_core::ports::{AppendOutcome, RuleAction, RuleRecord, RuleScope, Usag
 use stratai_core::tiers::{BASIC_TIER_ID, STANDARD_TIER_ID, TierSubscription};
 use stratai_core::usage::{AggregateRow, Dimension, UsageQuery, UsageRecord};
 use stratai_server::app::{AppState, HttpLimits, router};
-use stratai_server::auth::Auth;
 use stratai_server::config::Config;
 use stratai_server::demo_provider::DemoConfig;
 use stratai_server::gateway::GatewayState;
@@ -194,7 +193,7 @@ pub async fn app(
     options: GatewayOptions,
 ) -> (Router, GatewayState) {
     let backends = Backends::seeded(seeded.clone(), config).await.unwrap();
-    let auth = Arc::new(Auth::from_config(config, backends.directory, backends.sessions).unwrap());
+    let auth = Arc::new(backends.auth(config).unwrap());
     let gateway = build_state(config, auth.clone(), &served, options)
         .await
         .unwrap();

@@ -1,6 +1,6 @@
 //! A local OIDC issuer for tests: discovery document, JWKS (which can be switched off),
 //! and a token endpoint that checks PKCE and mints id tokens; plus the server on an in-memory
-//! directory (`server_with`, `oidc_server`) and plain request helpers.
+//! store (`server_with`, `oidc_server`) and plain request helpers.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,10 +18,13 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use stratai_server::auth::identity::MemoryDirectory;
+use stratai_core::UserId;
+use stratai_core::directory::{Email, PlatformRole, User};
+use stratai_server::auth::identity::Principal;
 use stratai_server::auth::session::MemorySessionStore;
 use stratai_server::config::{Config, FileConfig};
 use stratai_server::server::{Backends, build};
+use stratai_server::stores::Stores;
 use tower::ServiceExt as _;
 
 pub const TEST_KEY_PEM: &[u8] = include_bytes!("../fixtures/test_issuer_rsa.pem");
@@ -233,23 +236,60 @@ pub fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 /// The server under test, with its directory for assertions.
 pub struct TestServer {
     pub app: Router,
-    pub directory: Arc<MemoryDirectory>,
+    pub directory: People,
 }
 
-pub fn server_with(env_pairs: &[(&str, &str)]) -> TestServer {
+/// The people of a test server's in-memory store, for arranging and asserting.
+#[derive(Clone)]
+pub struct People(pub Stores);
+
+impl People {
+    /// Adds an active user (e.g. the configured super admin) and returns it.
+    pub async fn add_user(&self, email: &str, super_admin: bool) -> Principal {
+        let role = if super_admin {
+            PlatformRole::SuperAdmin
+        } else {
+            PlatformRole::User
+        };
+        let user = User::new(Email::new(email).unwrap(), None, role, chrono::Utc::now()).unwrap();
+        self.0.directory.create_user(&user).await.unwrap();
+        Principal::from(&user)
+    }
+
+    /// The user linked to `subject`, if any.
+    pub async fn by_subject(&self, subject: &str) -> Option<Principal> {
+        let user = self
+            .0
+            .directory
+            .find_user_by_subject(subject)
+            .await
+            .unwrap();
+        user.as_ref().map(Principal::from)
+    }
+
+    /// Marks a user active or deactivated.
+    pub async fn set_active(&self, id: uuid::Uuid, active: bool) {
+        self.0
+            .directory
+            .set_user_active(UserId::from_uuid(id), active)
+            .await
+            .unwrap();
+    }
+}
+
+pub async fn server_with(env_pairs: &[(&str, &str)]) -> TestServer {
     let mut env = env(env_pairs);
     // These tests change users in the directory between two requests: no bearer-token cache
     // unless a test asks for one.
     env.entry("STRATAI_AUTH_CACHE_MS".to_owned())
         .or_insert_with(|| "0".to_owned());
     let config = Config::from_parts(FileConfig::default(), &env).unwrap();
-    let directory = Arc::new(MemoryDirectory::new());
-    directory.add_user(&config.super_admin_email, true);
+    let directory = People(Stores::memory());
+    directory.add_user(&config.super_admin_email, true).await;
     let backends = Backends {
-        directory: directory.clone(),
         sessions: Arc::new(MemorySessionStore::default()),
         readiness: Arc::new(stratai_server::app::AlwaysReady),
-        stores: stratai_server::stores::Stores::memory(),
+        stores: directory.0.clone(),
     };
     TestServer {
         app: build(&config, backends).unwrap(),
@@ -258,7 +298,7 @@ pub fn server_with(env_pairs: &[(&str, &str)]) -> TestServer {
 }
 
 /// A server trusting `issuer`, with browser login configured.
-pub fn oidc_server(issuer: &TestIssuer, extra: &[(&str, &str)]) -> TestServer {
+pub async fn oidc_server(issuer: &TestIssuer, extra: &[(&str, &str)]) -> TestServer {
     let mut pairs = vec![
         ("OIDC_ISSUER", issuer.issuer.as_str()),
         ("OIDC_AUDIENCE", AUDIENCE),
@@ -268,7 +308,7 @@ pub fn oidc_server(issuer: &TestIssuer, extra: &[(&str, &str)]) -> TestServer {
         ("STRATAI_PUBLIC_URL", "http://localhost:8080"),
     ];
     pairs.extend_from_slice(extra);
-    server_with(&pairs)
+    server_with(&pairs).await
 }
 
 pub struct TestResponse {

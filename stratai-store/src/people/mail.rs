@@ -1,9 +1,11 @@
-//! Outgoing mail: core's [`Mailer`] port over SMTP (lettre) and over a local mailbox folder,
-//! and the configured one under stratai-store's [`Postman`] (which emails invitations, records
-//! their delivery and retries undelivered ones).
+//! Outgoing mail: core's [`Mailer`] port over an SMTP server ([`SmtpMailer`], lettre) and
+//! over a local folder of `.eml` files ([`MailboxMailer`], for development and for servers
+//! without a mail server). Either goes under the [`super::delivery::Postman`], which emails
+//! invitations, records their delivery and retries undelivered ones.
+//!
+//! Behind the `mail` feature (it brings lettre).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,10 +15,7 @@ use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use stratai_core::mail::{MailError, MailMessage, Mailer};
-pub use stratai_store::people::delivery::Postman;
 use url::Url;
-
-use crate::config::{MailConfig, MailTransportConfig};
 
 /// Longest wait for one SMTP exchange: a request that sends a mail never hangs on it.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -158,26 +157,4 @@ impl Mailer for MailboxMailer {
     fn describe(&self) -> String {
         format!("the mailbox folder {}", self.dir.display())
     }
-}
-
-/// The configured transport: SMTP, or the mailbox folder (its bodies logged in dev mode),
-/// under the [`Postman`] that emails invitations with links to `public_url`.
-pub fn postman(mail: &MailConfig, public_url: &Url, dev_mode: bool) -> Result<Postman, MailError> {
-    let mailer: Arc<dyn Mailer> = match &mail.transport {
-        MailTransportConfig::Smtp {
-            url,
-            username,
-            password,
-        } => Arc::new(SmtpMailer::new(
-            url.expose().trim(),
-            username
-                .clone()
-                .zip(password.as_ref().map(|p| p.expose().to_owned())),
-            &mail.from,
-        )?),
-        MailTransportConfig::Mailbox(dir) => {
-            Arc::new(MailboxMailer::new(dir.clone(), &mail.from, dev_mode)?)
-        }
-    };
-    Ok(Postman::new(mailer, public_url.clone()))
 }
