@@ -388,9 +388,7 @@ mod tests {
     use crate::spend::{IgnoredBecause, SpendSettings};
     use crate::sync::runner::SpendPoll;
     use crate::sync::{Drift, SyncError};
-    use stratai_core::Money;
-    use stratai_core::ids::{ModelId, UserId};
-    use stratai_core::usage::UsageStatus;
+    use stratai_core::ids::UserId;
 
     #[derive(Debug, Default)]
     struct Recorded(Mutex<usize>);
@@ -399,28 +397,6 @@ mod tests {
         fn budget_alerts(&self, _: &[BudgetAlert]) {}
         fn outside_stratai(&self, _: &UsageRecord) {
             *self.0.lock().unwrap() += 1;
-        }
-    }
-
-    fn record() -> UsageRecord {
-        UsageRecord {
-            request_id: RequestId::new(),
-            org_id: OrgId::new(),
-            group_id: None,
-            user_id: UserId::new(),
-            tier_id: None,
-            model: ModelId::new("mock-gpt").unwrap(),
-            input_tokens: 1,
-            output_tokens: 4,
-            provider_cost: Money::ZERO,
-            billed_amount: Money::ZERO,
-            overage: Money::ZERO,
-            lease_id: None,
-            litellm_request_id: Some("direct-1".to_owned()),
-            conversation_id: None,
-            endpoint: "/v1/chat/completions".to_owned(),
-            status: UsageStatus::Success,
-            created_at: Utc::now(),
         }
     }
 
@@ -520,7 +496,8 @@ mod tests {
             outcomes: vec![
                 Imported::Pending,
                 Imported::Direct {
-                    record: record(),
+                    record: stratai_testkit::usage::usage_record(OrgId::new(), UserId::new())
+                        .build(),
                     alerts: Vec::new(),
                     fresh: true,
                 },
