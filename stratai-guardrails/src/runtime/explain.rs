@@ -125,9 +125,13 @@ pub enum ExplainRefusal {
 }
 
 impl Runtime {
-    /// Answers `caller`'s `question` (see the [module docs](self)): the subject resolved,
-    /// the organization chosen, the caller authorized, the subject's view loaded, then
-    /// [`Runtime::explain`] and the states of the budgets it applies.
+    /// Answers `caller`'s `question`: the subject resolved, the organization chosen from the
+    /// caller's side ([`Runtime::choose_org`], so nobody learns about others'
+    /// organizations), the caller authorized by core's access function
+    /// ([`Action::ViewAccessibleModels`] on the member: the member themself, the
+    /// organization's owners and admins, platform super admins), the subject's view loaded,
+    /// then [`Runtime::explain`] (no rate-limit token taken, nothing reserved) and the states
+    /// of the budgets it applies.
     ///
     /// # Errors
     /// See [`ExplainRefusal`]; they are checked in that order of the steps above, then the
