@@ -276,3 +276,74 @@ async fn a_cached_catalog_switches_rates_at_the_scheduled_time() {
     assert_eq!(after.billed.amount, recs[1].billed_amount);
     assert!(recs[1].billed_amount > recs[0].billed_amount);
 }
+
+/// `explain_for`: a member asks about themself and gets the decision with its reasons and
+/// budgets; a plain member may not ask about another member; an unknown email is not found.
+#[tokio::test]
+async fn explain_for_answers_a_member_about_themself_only() {
+    use stratai_core::directory::{Email, Membership, OrgRole, PlatformRole, User};
+    use stratai_guardrails::Outcome;
+    use stratai_guardrails::runtime::{
+        ExplainCaller, ExplainQuestion, ExplainRefusal, ExplainSubject,
+    };
+
+    let w = world("5").await;
+    let bob = User::new(
+        Email::new("bob@acme.example").unwrap(),
+        Some("Bob"),
+        PlatformRole::User,
+        Utc::now(),
+    )
+    .unwrap();
+    w.stores.directory.create_user(&bob).await.unwrap();
+    w.stores
+        .directory
+        .add_member(
+            w.org,
+            &Membership::new(w.org, bob.id, OrgRole::Member, Utc::now()),
+        )
+        .await
+        .unwrap();
+    let (runtime, handle) = Runtime::builder(runtime_stores(&w.stores))
+        .build()
+        .await
+        .unwrap();
+    let alice = ExplainCaller {
+        user: w.user,
+        super_admin: false,
+    };
+    let about = |subject| ExplainQuestion {
+        subject,
+        org: Some("acme".to_owned()),
+        model: "gpt-4o-mini".to_owned(),
+        messages: None,
+        max_tokens: Some(50),
+        at: None,
+    };
+
+    let own = ExplainSubject::parse(Some("alice@acme.example")).unwrap();
+    let answer = runtime.explain_for(alice, about(own)).await.unwrap();
+    assert_eq!(answer.outcome, Outcome::Allow, "{:?}", answer.reasons);
+    assert!(answer.refusal.is_none());
+    assert_eq!((answer.org_id, answer.user_id), (w.org, w.user));
+    assert!(!answer.reasons.is_empty());
+    assert!(answer.tier.is_some() && answer.worst_case_cost.is_some());
+    assert_eq!(answer.budgets.len(), 1);
+    assert_eq!(answer.budgets[0].budget_id, w.budget);
+
+    let other = runtime
+        .explain_for(alice, about(ExplainSubject::Id(bob.id)))
+        .await
+        .unwrap_err();
+    assert!(matches!(other, ExplainRefusal::Forbidden(_)), "{other:?}");
+
+    let unknown = ExplainSubject::parse(Some("nobody@acme.example")).unwrap();
+    let missing = runtime
+        .explain_for(alice, about(unknown))
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, ExplainRefusal::NotFound), "{missing:?}");
+    // Nothing was reserved.
+    assert_eq!(spent(&w).await, (Money::ZERO, Money::ZERO));
+    handle.shutdown(Duration::from_secs(5)).await;
+}

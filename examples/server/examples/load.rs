@@ -623,11 +623,11 @@ async fn start_gateway(upstream: String, stores: Stores, fast: bool) -> Result<G
     let backends = Backends::seeded(stores.clone(), &config).await?;
     let auth = Arc::new(backends.auth(&config)?);
     let mut options = GatewayOptions::from_config(&config);
-    options.spool_path = std::env::temp_dir().join(format!(
+    options.runtime.spool = Some(std::env::temp_dir().join(format!(
         "stratai-load-{}-{}.spool",
         std::process::id(),
         if fast { "fast" } else { "strict" }
-    ));
+    )));
     options.llm = Some((
         Arc::new(OpenAiCompatProvider::new(&upstream, None)?),
         "mock",

@@ -50,7 +50,7 @@ async fn members_chat_goes_through_their_virtual_key_and_matches_the_spend_log()
     let config = Config::load(&env).unwrap();
     let stores = Stores::open(&sqlite_url, None).await.unwrap();
     let mut options = GatewayOptions::from_config(&config);
-    options.spool_path = dir.join("usage.spool");
+    options.runtime.spool = Some(dir.join("usage.spool"));
     let (app, gateway) = app(&config, &stores, stores.clone(), options).await;
     assert_eq!(gateway.provider, "litellm");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

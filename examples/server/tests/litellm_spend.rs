@@ -75,9 +75,11 @@ async fn serve(
     addr: &str,
 ) -> (JoinHandle<()>, String) {
     let mut options = GatewayOptions::from_config(config);
-    options.spool_path = backing
-        .dir
-        .join(format!("usage-{}.spool", uuid::Uuid::new_v4()));
+    options.runtime.spool = Some(
+        backing
+            .dir
+            .join(format!("usage-{}.spool", uuid::Uuid::new_v4())),
+    );
     let (app, gateway) = app(config, stores, stores.clone(), options).await;
     assert!(gateway.litellm_spend.is_some());
     let mut listener = None;

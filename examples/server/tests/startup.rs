@@ -27,7 +27,7 @@ async fn start(config: &Config, llm: bool) -> Result<&'static str, String> {
     let auth = Arc::new(backends.auth(config).unwrap());
     let mut options = GatewayOptions::from_config(config);
     let scratch = stratai_testkit::Scratch::new();
-    options.spool_path = scratch.join("usage.spool");
+    options.runtime.spool = Some(scratch.join("usage.spool"));
     if llm {
         options.llm = Some((Arc::new(DemoProvider::new(DemoConfig::default())), "given"));
     }

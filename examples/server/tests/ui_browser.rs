@@ -152,7 +152,7 @@ async fn server(kind: Kind) -> Option<Server> {
     let backends = Backends::seeded(stores.clone(), &config).await.unwrap();
     let state = build_state(&config, backends).unwrap();
     let mut options = stratai_server::gateway::setup::GatewayOptions::from_config(&config);
-    options.spool_path = spool.join("usage.spool");
+    options.runtime.spool = Some(spool.join("usage.spool"));
     let gateway = stratai_server::gateway::setup::build_state(
         &config,
         state.auth().clone(),

@@ -18,11 +18,17 @@
 //! ends or is dropped). [`Runtime::chat`] does all of it in one call. A [`Ticket`] can also
 //! be settled by hand with [`Runtime::complete`], [`Runtime::finish_stream`] or
 //! [`Runtime::abort`].
+//!
+//! Without side effects: [`Runtime::explain`] gives the decision admission would make for a
+//! member's request, and [`Runtime::explain_for`] answers the whole question a member or an
+//! administrator asks (whom about, in which organization, whether they may ask, the budgets
+//! that apply).
 
 pub mod alerts;
 pub mod batch;
 mod builder;
 pub mod demo;
+mod explain;
 mod finish;
 pub mod fresh_cache;
 pub mod liveness;
@@ -34,6 +40,7 @@ pub use builder::{
     RuntimeBuilder, RuntimeError, RuntimeHandle, RuntimeSettings, RuntimeStores, UsageBatching,
     lease_config,
 };
+pub use explain::{ExplainAnswer, ExplainCaller, ExplainQuestion, ExplainRefusal, ExplainSubject};
 pub use finish::Finish;
 
 use std::sync::Arc;

@@ -17,7 +17,7 @@ use stratai_core::usage::UsageRecord;
 
 use super::{Imported, PollReport, SpendError, SpendEvent, SpendImporter, SpendStats};
 use crate::secret::Secret;
-use crate::sync::{DriftKind, DriftReport};
+use crate::sync::{DriftKind, DriftReport, TickReport};
 
 /// Where the desk sends what a fresh direct import calls for (the server: its alert sink).
 pub trait SpendAlerts: Send + Sync + std::fmt::Debug {
@@ -171,6 +171,24 @@ impl SpendDesk {
             Imported::Ignored(_) => "ignored",
         };
         metrics::counter!("stratai_litellm_spend_events_total", "outcome" => label).increment(1);
+    }
+
+    /// Tells the desk what one [`SyncRunner`](crate::sync::SyncRunner) tick did, so the
+    /// status, the drift and spend metrics and the alerts follow the in-process sync as they
+    /// follow the callback: its reconcile (or the reconcile's failure, the previous counts
+    /// kept) and every outcome of its spend-log poll. Steps that were not due and a failed
+    /// poll change nothing here (the tick's [`TickReport::log`] says why a poll failed).
+    pub fn observe_tick(&self, tick: &TickReport) {
+        match &tick.reconcile {
+            Some((at, Ok(report))) => self.observe_reconcile(report, *at),
+            Some((at, Err(e))) => self.reconcile_failed(&e.to_string(), *at),
+            None => {}
+        }
+        if let Some(Ok(poll)) = &tick.spend {
+            for outcome in &poll.outcomes {
+                self.observe(outcome);
+            }
+        }
     }
 
     /// Imports one callback delivery at `now`, event by event (each observed), and tallies
@@ -368,7 +386,9 @@ mod tests {
 
     use super::*;
     use crate::spend::{IgnoredBecause, SpendSettings};
-    use crate::sync::Drift;
+    use crate::sync::runner::SpendPoll;
+    use crate::sync::{Drift, SyncError};
+    use stratai_core::ids::UserId;
 
     #[derive(Debug, Default)]
     struct Recorded(Mutex<usize>);
@@ -441,5 +461,49 @@ mod tests {
         let view = desk.status().last_reconcile.unwrap();
         assert_eq!((view.orgs, view.repaired), (2, 60));
         assert_eq!(view.error.as_deref(), Some("proxy unreachable"));
+    }
+
+    #[test]
+    fn a_tick_tells_its_reconcile_and_its_poll_outcomes() {
+        let desk = desk();
+        let at = Utc::now();
+        let quiet = |reconcile, spend| TickReport {
+            guardrails: None,
+            pass: Ok(crate::sync::PassReport::default()),
+            reconcile,
+            rotation: None,
+            spend,
+        };
+        // Nothing due: nothing changes.
+        desk.observe_tick(&quiet(None, None));
+        assert_eq!(desk.last_reconcile(), None);
+        let report = DriftReport {
+            orgs: 3,
+            ..DriftReport::default()
+        };
+        desk.observe_tick(&quiet(Some((at, Ok(report))), None));
+        assert_eq!(desk.last_reconcile().unwrap().orgs, 3);
+        let failed = SyncError::Mapping("inconsistent".to_owned());
+        desk.observe_tick(&quiet(Some((at, Err(failed))), None));
+        let view = desk.last_reconcile().unwrap();
+        assert_eq!(view.orgs, 3);
+        assert_eq!(view.error.as_deref(), Some("mapping: inconsistent"));
+        // A fresh direct call of the poll fires the "outside StratAI" alert.
+        let alerts = Arc::new(Recorded::default());
+        let desk = SpendDesk::new(desk.importer().clone(), alerts.clone(), None);
+        let poll = SpendPoll {
+            report: PollReport::default(),
+            outcomes: vec![
+                Imported::Pending,
+                Imported::Direct {
+                    record: stratai_testkit::usage::usage_record(OrgId::new(), UserId::new())
+                        .build(),
+                    alerts: Vec::new(),
+                    fresh: true,
+                },
+            ],
+        };
+        desk.observe_tick(&quiet(None, Some(Ok(poll))));
+        assert_eq!(*alerts.0.lock().unwrap(), 1);
     }
 }

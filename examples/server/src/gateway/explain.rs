@@ -3,11 +3,13 @@
 //!
 //! Query (GET) or JSON body (POST): `user` (id or email; default: the caller), `model`, `at`
 //! (RFC 3339; default: now), `org` (id or slug; or the `x-stratai-org` header), `max_tokens`
-//! and (POST) `messages`. The answer is the Gatekeeper's decision (`explain_request`: the same
-//! load and `decide` as admission), so it gives the outcome, reasons and error code a chat
-//! request would get. A member may
-//! ask about themself; an organization's owners and admins and platform super admins may ask
-//! about anyone in the organization.
+//! and (POST) `messages`. The answer is the runtime's
+//! [`Runtime::explain_for`](stratai_guardrails::runtime::Runtime::explain_for): the
+//! Gatekeeper's decision (the same load and `decide` as admission), so it gives the outcome,
+//! reasons and error code a chat request would get. A member may ask about themself; an
+//! organization's owners and admins and platform super admins may ask about anyone in the
+//! organization. This handler parses the question, authenticates the caller and maps the
+//! answer and refusals to JSON and OpenAI-shaped errors.
 
 use std::sync::Arc;
 
@@ -17,17 +19,12 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use stratai_core::access::{Action, Actor, DenyReason, OrgGrant, Resource, authorize};
-use stratai_core::directory::{Email, PlatformRole};
-use stratai_core::gateway::{ChatMessage, ChatRequest};
-use stratai_core::ids::{ModelId, UserId};
-use stratai_core::money::Money;
-
-use stratai_core::StoreError;
-use stratai_core::budget::BudgetState;
 pub use stratai_core::budget::BudgetView;
-use stratai_guardrails::runtime::{MemberView, Refusal, Runtime, gate_refusal};
-use stratai_guardrails::{Outcome, Plan};
+use stratai_core::gateway::ChatMessage;
+use stratai_core::ids::UserId;
+use stratai_core::money::Money;
+use stratai_guardrails::Outcome;
+use stratai_guardrails::runtime::{ExplainCaller, ExplainQuestion, ExplainRefusal, ExplainSubject};
 
 use super::error::OpenAiError;
 use super::{GatewayState, authenticate, org_header, refusal_error};
@@ -129,124 +126,58 @@ async fn explain(
     q: ExplainQuery,
 ) -> Result<Response, OpenAiError> {
     let principal = authenticate(&state, &method, &headers).await?;
-    let caller = UserId::from_uuid(principal.user_id);
-    let pipeline = &state.pipeline;
-    let dir = &pipeline.deps().directory;
-    let subject = match q.user.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        None => caller,
-        Some(text) => match text.parse::<UserId>() {
-            Ok(id) => id,
-            Err(_) => {
-                let email = Email::new(text).map_err(|e| {
-                    OpenAiError::invalid("invalid_request", Some("user"), e.to_string())
-                })?;
-                match dir.find_user_by_email(&email).await {
-                    Ok(Some(u)) => u.id,
-                    Ok(None) => return Err(not_found()),
-                    Err(e) => return Err(OpenAiError::internal(e)),
-                }
-            }
-        },
+    let caller = ExplainCaller {
+        user: UserId::from_uuid(principal.user_id),
+        super_admin: principal.super_admin,
     };
-    let requested_org = q.org.clone().or_else(|| org_header(&headers));
-    // The organization is chosen from the caller's side, so nobody learns about others' orgs.
-    let org = pipeline
-        .choose_org(caller, requested_org.as_deref())
-        .await
-        .map_err(refusal_error)?;
-    // Explaining a decision shows what a member may use: core's access function decides who
-    // may ask (the member themself, the organization's owners and admins, super admins).
-    let caller_role = dir.get_member(org.id, caller).await.ok().map(|m| m.role);
-    let actor = Actor {
-        user_id: caller,
-        platform_role: if principal.super_admin {
-            PlatformRole::SuperAdmin
-        } else {
-            PlatformRole::User
-        },
-        active: true,
-        orgs: caller_role
-            .map(|role| OrgGrant {
-                org_id: org.id,
-                role,
-            })
-            .into_iter()
-            .collect(),
-        groups: Vec::new(),
+    let subject = ExplainSubject::parse(q.user.as_deref())
+        .map_err(|e| OpenAiError::invalid("invalid_request", Some("user"), e.to_string()))?;
+    let question = ExplainQuestion {
+        subject,
+        org: q.org.or_else(|| org_header(&headers)),
+        model: q.model.clone(),
+        messages: q.messages,
+        max_tokens: q.max_tokens,
+        at: q.at,
     };
-    let resource = Resource::Member {
-        org_id: org.id,
-        user_id: subject,
-    };
-    if let Err(denied) = authorize(&actor, Action::ViewAccessibleModels, &resource) {
-        return Err(match denied.reason {
-            DenyReason::NotAMember => not_found(),
-            other => OpenAiError::new(
+    let answer = match state.pipeline.explain_for(caller, question).await {
+        Ok(answer) => answer,
+        Err(ExplainRefusal::NotFound) => return Err(not_found()),
+        Err(ExplainRefusal::Forbidden(reason)) => {
+            return Err(OpenAiError::new(
                 StatusCode::FORBIDDEN,
                 "permission_error",
                 "forbidden",
-                other.to_string(),
-            ),
-        });
-    }
-    let view = match pipeline.member_view(org, subject).await {
-        Ok(v) => v,
-        Err(Refusal::Organization { .. }) => return Err(not_found()),
-        Err(r) => return Err(refusal_error(r)),
+                reason.to_string(),
+            ));
+        }
+        Err(ExplainRefusal::Refused(refusal)) => return Err(refusal_error(refusal)),
+        Err(ExplainRefusal::Store(e)) => return Err(OpenAiError::internal(e)),
     };
-    let at = q.at.unwrap_or_else(Utc::now);
-    ModelId::new(q.model.clone())
-        .map_err(|e| OpenAiError::invalid("invalid_request", Some("model"), e.to_string()))?;
-    let request = ChatRequest {
-        model: q.model.clone(),
-        messages: q.messages.clone().unwrap_or_else(|| {
-            vec![ChatMessage {
-                role: "user".to_owned(),
-                content: String::new(),
-            }]
-        }),
-        max_tokens: q.max_tokens,
-        temperature: None,
-        stream: false,
-        user: None,
-    };
-    // The decision admission makes, without its side effects (no rate-limit token taken,
-    // nothing reserved): the same load, the same `decide`, the budgets judged as the
-    // reservation would.
-    let plan = pipeline
-        .explain(&view, &request, at)
-        .await
-        .map_err(OpenAiError::internal)?;
-    let budgets = match &plan.grant {
-        Some(_) => budget_views(pipeline, &view, &plan, at)
-            .await
-            .map_err(OpenAiError::internal)?,
-        None => Vec::new(),
-    };
-    let (code, message) = match plan.refusal {
+    let (code, message) = match answer.refusal {
         Some(refusal) => {
-            let e = refusal_error(gate_refusal(refusal, &view));
+            let e = refusal_error(refusal);
             (Some(e.code), Some(e.message))
         }
         None => (None, None),
     };
     let out = Explanation {
-        outcome: match plan.outcome {
+        outcome: match answer.outcome {
             Outcome::Allow => "allow",
             Outcome::Warn => "warn",
             Outcome::Deny => "deny",
         },
         code,
         message,
-        org_id: view.org().id.to_string(),
-        user_id: subject.to_string(),
-        model: q.model.clone(),
-        tier: plan.grant.as_ref().map(|g| g.tier_slug.to_string()),
-        at,
-        reasons: plan.reasons,
-        hint: plan.hint,
-        worst_case_cost: plan.grant.is_some().then_some(plan.worst_case),
-        budgets,
+        org_id: answer.org_id.to_string(),
+        user_id: answer.user_id.to_string(),
+        model: q.model,
+        tier: answer.tier.map(|t| t.to_string()),
+        at: answer.at,
+        reasons: answer.reasons,
+        hint: answer.hint,
+        worst_case_cost: answer.worst_case_cost,
+        budgets: answer.budgets,
     };
     Ok(axum::Json(out).into_response())
 }
@@ -258,25 +189,4 @@ fn not_found() -> OpenAiError {
         "not_found",
         "no such member in this organization",
     )
-}
-
-/// The states at `at` of the budgets the decision `plan` applies (those of its budget limit
-/// rules included), named as its reasons name them.
-async fn budget_views(
-    pipeline: &Runtime,
-    view: &MemberView,
-    plan: &Plan,
-    at: DateTime<Utc>,
-) -> Result<Vec<BudgetView>, StoreError> {
-    let ids = &plan.budgets;
-    let states: Vec<BudgetState> = if ids.is_empty() {
-        Vec::new()
-    } else {
-        pipeline
-            .deps()
-            .ledger
-            .states(view.org().id, ids, at)
-            .await?
-    };
-    Ok(plan.budget_views(states, view.groups()))
 }

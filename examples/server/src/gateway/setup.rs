@@ -29,66 +29,49 @@
 //! budget limits hold in both modes; what changes is how soon spend and records reach the
 //! database.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use stratai_core::ports::LlmGateway;
+use stratai_guardrails::GatekeeperConfig;
 use stratai_guardrails::runtime::alerts::AlertSink;
 use stratai_guardrails::runtime::demo::{DemoConfig, DemoProvider};
-use stratai_guardrails::runtime::liveness::Liveness;
 use stratai_guardrails::runtime::{
     Runtime, RuntimeHandle, RuntimeSettings, RuntimeStores, UsageBatching, lease_config,
 };
-use stratai_guardrails::{GatekeeperConfig, LeaseConfig};
 use stratai_litellm::integration::{Integration, IntegrationStores};
-use stratai_litellm::sync::TickReport;
 use stratai_store::RedisRateLimiter;
 use url::Url;
 
 use super::GatewayState;
-use crate::api::litellm::{SpendDesk, desk_alerts};
+use crate::api::litellm::desk_alerts;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::stores::Stores;
 
-/// Gateway settings that are not in [`Config`].
+/// The gateway's settings: the runtime's ([`runtime_settings`] reads them from [`Config`])
+/// and what is the server's own.
 #[derive(Clone)]
 pub struct GatewayOptions {
-    /// The usage spool file.
-    pub spool_path: PathBuf,
+    /// The runtime's settings: view cache, budget leases, batched usage writes, the usage
+    /// spool and its replay, guardrail reloads, the heartbeat, prices.
+    pub runtime: RuntimeSettings,
     /// Budget alert webhook.
     pub alert_webhook: Option<Url>,
     /// A provider to use instead of the configured one (tests, embedding).
     pub llm: Option<(Arc<dyn LlmGateway>, &'static str)>,
     /// Settings of the demo provider when it is used.
     pub demo: DemoConfig,
-    /// How often the guardrail policy is recompiled from the store.
-    pub guardrail_reload: Duration,
-    /// How often the spool is replayed.
-    pub spool_replay: Duration,
-    /// How long a caller's membership, tier access and budget list are reused.
-    pub view_cache_ttl: Duration,
     /// How often the in-process LiteLLM sync reads the outbox (when LiteLLM is configured).
     pub sync_interval: Duration,
-    /// Budget leases (`None`: a reservation per request in the database).
-    pub budget_lease: Option<LeaseConfig>,
-    /// Queue size of the batched usage writer (`None`: each record written before the
-    /// response).
-    pub usage_batch: Option<usize>,
-    /// How long the batched usage writer collects records after a batch's first one.
-    pub usage_batch_linger: Duration,
     /// Redis for rate limits shared across instances (`None`: per-instance limits).
     pub redis_url: Option<String>,
-    /// The heartbeat, and when another instance's budget leases are settled from their
-    /// records (`None`: no heartbeat; see `stratai_guardrails::runtime::liveness`).
-    pub liveness: Option<Liveness>,
 }
 
 impl std::fmt::Debug for GatewayOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayOptions")
-            .field("spool_path", &self.spool_path)
+            .field("runtime", &self.runtime)
             .field(
                 "alert_webhook",
                 &self.alert_webhook.as_ref().map(Url::as_str),
@@ -103,7 +86,7 @@ impl GatewayOptions {
     pub fn from_config(config: &Config) -> Self {
         let g = &config.gateway;
         Self {
-            spool_path: g.usage_spool.clone(),
+            runtime: runtime_settings(config),
             alert_webhook: g.alert_webhook.clone(),
             llm: None,
             demo: DemoConfig {
@@ -111,39 +94,38 @@ impl GatewayOptions {
                 chunk_delay: g.demo_chunk_delay,
                 answer_delay: Duration::ZERO,
             },
-            guardrail_reload: Duration::from_secs(5),
-            spool_replay: Duration::from_secs(10),
             sync_interval: Duration::from_secs(1),
-            view_cache_ttl: g.view_cache_ttl,
-            budget_lease: g
-                .budget_lease
-                .map(|lease| lease_config(lease.max_age, lease.block_requests)),
-            usage_batch: g.usage_batch.then_some(UsageBatching::default().capacity),
-            usage_batch_linger: g.usage_batch_linger,
             redis_url: g.redis_url.as_ref().map(|u| u.expose().to_owned()),
-            liveness: g.liveness,
         }
+    }
+}
+
+/// The runtime's settings `config` sets (its gateway section and prices); the guardrail
+/// reload (every 5 s) and spool replay (every 10 s) at the runtime's defaults.
+#[must_use]
+pub fn runtime_settings(config: &Config) -> RuntimeSettings {
+    let g = &config.gateway;
+    RuntimeSettings {
+        view_cache_ttl: g.view_cache_ttl,
+        budget_lease: g
+            .budget_lease
+            .map(|lease| lease_config(lease.max_age, lease.block_requests)),
+        usage_batching: g.usage_batch.then(|| UsageBatching {
+            linger: g.usage_batch_linger,
+            ..UsageBatching::default()
+        }),
+        spool: Some(g.usage_spool.clone()),
+        liveness: g.liveness,
+        gatekeeper: GatekeeperConfig {
+            prices: config.prices.clone(),
+            ..GatekeeperConfig::default()
+        },
+        ..RuntimeSettings::default()
     }
 }
 
 /// What must be flushed and stopped at graceful shutdown: the runtime's handle.
 pub type Drainer = RuntimeHandle;
-
-/// One tick of the in-process sync: logged, and told to the spend desk (reconcile views,
-/// import outcomes for alerts and metrics).
-fn observe_tick(tick: &TickReport, desk: &SpendDesk) {
-    tick.log();
-    match &tick.reconcile {
-        Some((at, Ok(report))) => desk.observe_reconcile(report, *at),
-        Some((at, Err(e))) => desk.reconcile_failed(&e.to_string(), *at),
-        None => {}
-    }
-    if let Some(Ok(poll)) = &tick.spend {
-        for outcome in &poll.outcomes {
-            desk.observe(outcome);
-        }
-    }
-}
 
 /// Builds the gateway's state and starts its background tasks (spool replay, guardrail
 /// reload). Must run inside a Tokio runtime.
@@ -215,23 +197,6 @@ pub async fn build_state(
         }
         None => None,
     };
-    let settings = RuntimeSettings {
-        view_cache_ttl: options.view_cache_ttl,
-        budget_lease: options.budget_lease,
-        usage_batching: options.usage_batch.map(|capacity| UsageBatching {
-            capacity,
-            linger: options.usage_batch_linger,
-        }),
-        spool: Some(options.spool_path),
-        spool_replay: options.spool_replay,
-        guardrail_reload: Some(options.guardrail_reload),
-        liveness: options.liveness,
-        gatekeeper: GatekeeperConfig {
-            prices: config.prices.clone(),
-            ..GatekeeperConfig::default()
-        },
-        ..RuntimeSettings::default()
-    };
     let alerts = AlertSink::webhook(options.alert_webhook);
     let litellm_spend = match (&litellm, &config.litellm) {
         (Some(wired), Some(l)) => {
@@ -265,7 +230,7 @@ pub async fn build_state(
         usage: stores.usage.clone(),
         rules: stores.guardrails.clone(),
     })
-    .settings(settings)
+    .settings(options.runtime)
     .provider(llm, provider)
     .alerts(alerts);
     if let Some(limiter) = shared_rates {
@@ -280,7 +245,8 @@ pub async fn build_state(
     }
     if let Some((runner, desk)) = start_sync {
         runner.spawn(std::future::pending(), move |tick| {
-            observe_tick(tick, &desk)
+            tick.log();
+            desk.observe_tick(tick);
         });
     }
     // Make the metrics recorder exist before the first request, with its upkeep running.

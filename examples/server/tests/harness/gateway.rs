@@ -221,18 +221,24 @@ pub async fn serve(backing: Arc<Backing>, setup: Setup) -> Gw {
         [("DATABASE_URL".to_owned(), backing.sqlite_url.clone())].into();
     let config = Config::load(&env).unwrap();
     let mut options = GatewayOptions::from_config(&config);
-    options.spool_path = backing.spool_path();
+    options.runtime.spool = Some(backing.spool_path());
     options.alert_webhook = setup.alert_webhook;
     options.demo = setup.demo;
-    options.guardrail_reload = Duration::from_secs(3600);
-    options.spool_replay = setup.spool_replay;
-    options.budget_lease = setup
+    options.runtime.guardrail_reload = Some(Duration::from_secs(3600));
+    options.runtime.spool_replay = setup.spool_replay;
+    options.runtime.budget_lease = setup
         .fast_path
         .map(|max_age| stratai_guardrails::LeaseConfig {
             max_age,
             ..stratai_guardrails::LeaseConfig::default()
         });
-    options.usage_batch = setup.fast_path.map(|_| 1024);
+    options.runtime.usage_batching =
+        setup
+            .fast_path
+            .map(|_| stratai_guardrails::runtime::UsageBatching {
+                capacity: 1024,
+                linger: config.gateway.usage_batch_linger,
+            });
     options.redis_url = setup.redis_url.clone();
     let (app, gateway) = app(&config, &stores, served, options).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -173,8 +173,8 @@ impl Api {
         let state = build_state(&config, backends).unwrap();
         // The governed gateway too (offline demo provider), so every route is served.
         let mut options = stratai_server::gateway::setup::GatewayOptions::from_config(&config);
-        options.spool_path = spool.join("usage.spool");
-        options.guardrail_reload = reload;
+        options.runtime.spool = Some(spool.join("usage.spool"));
+        options.runtime.guardrail_reload = Some(reload);
         let gateway = stratai_server::gateway::setup::build_state(
             &config,
             state.auth().clone(),
