@@ -548,7 +548,7 @@ async fn refill_opens_a_successor_ahead_of_need_and_never_near_exhaustion() {
 async fn half_a_block_used_wakes_the_refill_and_a_paused_budget_set_keeps_a_standby_lease() {
     let store = Arc::new(MemoryStore::new());
     let (org, budget) = org_with_budget(&*store, "1000", Decimal::ONE).await;
-    let leased = LeasedLedger::new(store.clone(), config(100, 4));
+    let leased = LeasedLedger::new(store.clone(), config(1000, 4));
     // The first request opens a lease of four on its path; two of four used is not below
     // half yet, three is.
     for _ in 0..2 {
@@ -563,18 +563,20 @@ async fn half_a_block_used_wakes_the_refill_and_a_paused_budget_set_keeps_a_stan
     assert!(!woken(&leased).await, "one wake per lease");
 
     // Traffic pauses. The refill opens a successor as the lease ages, then, the successor
-    // unused and about to age too, a standby lease of `block_requests` worst cases.
-    tokio::time::sleep(Duration::from_millis(60)).await;
-    let horizon = Duration::from_millis(50);
+    // unused and about to age too, a standby lease of `block_requests` worst cases. (Leases
+    // age by the wall clock: each step's window is 400 ms wide, so a loaded host's late
+    // wake-ups do not move a step into the next one.)
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let horizon = Duration::from_millis(500);
     assert_eq!(leased.refill(horizon, Utc::now()).await.unwrap(), 1);
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(leased.refill(horizon, Utc::now()).await.unwrap(), 1);
     let reserved = state(&*store, org, budget.id).await.reserved;
     // First lease (4) + successor (at least 4) + standby (exactly 4).
     assert!(reserved >= money("12"), "{reserved}");
     // The successor ages out; the next request is admitted from the standby lease without
     // a reservation of its own, and its first use asks for a successor sized for traffic.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let before = leased.open_leases();
     admit(&leased, org, budget.id, "1").await;
     assert_eq!(
@@ -599,8 +601,8 @@ async fn no_standby_lease_once_keep_warm_has_passed() {
     let leased = LeasedLedger::new(
         store.clone(),
         LeaseConfig {
-            keep_warm: Duration::from_millis(100),
-            ..config(300, 4)
+            keep_warm: Duration::from_millis(200),
+            ..config(600, 4)
         },
     );
     let r = admit(&leased, org, budget.id, "1").await;
@@ -609,11 +611,11 @@ async fn no_standby_lease_once_keep_warm_has_passed() {
         .await
         .unwrap();
     // The used lease gets a successor as it nears its age...
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let horizon = Duration::from_millis(200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let horizon = Duration::from_millis(400);
     assert_eq!(leased.refill(horizon, Utc::now()).await.unwrap(), 1);
     // ...but the unused successor gets none: the last admission is older than keep_warm.
-    tokio::time::sleep(Duration::from_millis(160)).await;
+    tokio::time::sleep(Duration::from_millis(320)).await;
     assert_eq!(leased.refill(horizon, Utc::now()).await.unwrap(), 0);
 }
 
