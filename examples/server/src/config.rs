@@ -365,251 +365,174 @@ impl Config {
     /// master key appears at all. Nothing in the answer can reveal a credential.
     #[must_use]
     pub fn summary(&self) -> Vec<SettingLine> {
+        let ms = |d: Duration| format!("{} ms", d.as_millis());
+        let yes = |b: bool| if b { "yes" } else { "no" }.to_owned();
+        let or = |value: Option<String>, absent: &str| value.unwrap_or_else(|| absent.to_owned());
         let mut out = Vec::new();
-        let mut put = |section: &'static str, name: &'static str, value: String| {
-            out.push(SettingLine {
+        let mut section = |section: &'static str, lines: Vec<(&'static str, String)>| {
+            out.extend(lines.into_iter().map(|(name, value)| SettingLine {
                 section,
                 name,
                 value,
-            });
+            }));
         };
-        let secs = |d: Duration| format!("{} ms", d.as_millis());
-        let yes = |b: bool| if b { "yes" } else { "no" }.to_owned();
-        put("Server", "STRATAI_BIND", self.bind.to_string());
-        put(
+        section(
             "Server",
-            "STRATAI_PUBLIC_URL",
-            masked_url(self.public_url.as_str()),
-        );
-        put(
-            "Server",
-            "STRATAI_SUPER_ADMIN_EMAIL",
-            self.super_admin_email.clone(),
-        );
-        put(
-            "Server",
-            "STRATAI_BODY_LIMIT_BYTES",
-            self.body_limit_bytes.to_string(),
-        );
-        put(
-            "Server",
-            "STRATAI_REQUEST_TIMEOUT_SECS",
-            secs(self.request_timeout),
-        );
-        put("Server", "RUST_LOG", self.log.filter.clone());
-        put(
-            "Server",
-            "STRATAI_LOG_FORMAT",
-            if self.log.json { "json" } else { "text" }.to_owned(),
-        );
-        put(
-            "Database",
-            "DATABASE_URL",
-            masked_url(self.database.url.expose()),
-        );
-        put(
-            "Database",
-            "STRATAI_DATABASE_OWNER_URL",
-            self.database
-                .owner_url
-                .as_ref()
-                .map_or_else(|| "not set".to_owned(), |u| masked_url(u.expose())),
-        );
-        put(
-            "Sign-in",
-            "Mode",
-            if self.dev_mode() {
-                "dev (sign-in by email; never for production)"
-            } else {
-                "OIDC"
-            }
-            .to_owned(),
-        );
-        put(
-            "Sign-in",
-            "STRATAI_SESSION_TTL_SECS",
-            secs(self.session_ttl),
-        );
-        put(
-            "Sign-in",
-            "STRATAI_DEV_TOKEN_TTL_SECS",
-            secs(self.dev_token_ttl),
-        );
-        put(
-            "Sign-in",
-            "STRATAI_DEV_ALLOW_REMOTE",
-            yes(self.dev_allow_remote),
-        );
-        put("Sign-in", "STRATAI_AUTH_CACHE_MS", secs(self.auth_cache));
-        if let Some(oidc) = &self.oidc {
-            put("Sign-in", "OIDC_ISSUER", oidc.issuer.clone());
-            put("Sign-in", "OIDC_AUDIENCE", oidc.audience.clone());
-            put(
-                "Sign-in",
-                "OIDC_JWKS_URL",
-                oidc.jwks_url.as_ref().map_or_else(
-                    || "from the discovery document".to_owned(),
-                    |u| masked_url(u.as_str()),
+            vec![
+                ("STRATAI_BIND", self.bind.to_string()),
+                ("STRATAI_PUBLIC_URL", masked_url(self.public_url.as_str())),
+                ("STRATAI_SUPER_ADMIN_EMAIL", self.super_admin_email.clone()),
+                (
+                    "STRATAI_BODY_LIMIT_BYTES",
+                    self.body_limit_bytes.to_string(),
                 ),
-            );
-            put("Sign-in", "OIDC_EMAIL_CLAIM", oidc.email_claim.clone());
+                ("STRATAI_REQUEST_TIMEOUT_SECS", ms(self.request_timeout)),
+                ("RUST_LOG", self.log.filter.clone()),
+                (
+                    "STRATAI_LOG_FORMAT",
+                    (if self.log.json { "json" } else { "text" }).into(),
+                ),
+            ],
+        );
+        let owner_url = self.database.owner_url.as_ref();
+        section(
+            "Database",
+            vec![
+                ("DATABASE_URL", masked_url(self.database.url.expose())),
+                (
+                    "STRATAI_DATABASE_OWNER_URL",
+                    or(owner_url.map(|u| masked_url(u.expose())), "not set"),
+                ),
+            ],
+        );
+        let mode = if self.dev_mode() {
+            "dev (sign-in by email; never for production)"
+        } else {
+            "OIDC"
+        };
+        let mut sign_in = vec![
+            ("Mode", mode.to_owned()),
+            ("STRATAI_SESSION_TTL_SECS", ms(self.session_ttl)),
+            ("STRATAI_DEV_TOKEN_TTL_SECS", ms(self.dev_token_ttl)),
+            ("STRATAI_DEV_ALLOW_REMOTE", yes(self.dev_allow_remote)),
+            ("STRATAI_AUTH_CACHE_MS", ms(self.auth_cache)),
+        ];
+        if let Some(oidc) = &self.oidc {
+            let jwks = oidc.jwks_url.as_ref().map(|u| masked_url(u.as_str()));
+            sign_in.extend([
+                ("OIDC_ISSUER", oidc.issuer.clone()),
+                ("OIDC_AUDIENCE", oidc.audience.clone()),
+                ("OIDC_JWKS_URL", or(jwks, "from the discovery document")),
+                ("OIDC_EMAIL_CLAIM", oidc.email_claim.clone()),
+            ]);
             match &oidc.login {
-                Some(login) => {
-                    put("Sign-in", "OIDC_CLIENT_ID", login.client_id.clone());
-                    put(
-                        "Sign-in",
+                Some(login) => sign_in.extend([
+                    ("OIDC_CLIENT_ID", login.client_id.clone()),
+                    (
                         "OIDC_CLIENT_SECRET",
                         secret_state(login.client_secret.as_ref()),
-                    );
-                    put(
-                        "Sign-in",
-                        "OIDC_REDIRECT_URL",
-                        masked_url(login.redirect_url.as_str()),
-                    );
-                    put("Sign-in", "Secure cookies", yes(login.secure_cookies));
-                }
-                None => put(
-                    "Sign-in",
-                    "Browser login",
-                    "off (bearer tokens only)".to_owned(),
-                ),
+                    ),
+                    ("OIDC_REDIRECT_URL", masked_url(login.redirect_url.as_str())),
+                    ("Secure cookies", yes(login.secure_cookies)),
+                ]),
+                None => sign_in.push(("Browser login", "off (bearer tokens only)".into())),
             }
         }
+        section("Sign-in", sign_in);
         let g = &self.gateway;
-        put(
+        let lease = g.budget_lease.map(|l| {
+            let blocks = l.block_requests;
+            format!("{} (blocks of {blocks} requests)", ms(l.max_age))
+        });
+        let heartbeat = g
+            .liveness
+            .map(|l| format!("{} (dead after {})", ms(l.heartbeat), ms(l.dead_after)));
+        section(
             "Gateway",
-            "STRATAI_USAGE_SPOOL",
-            g.usage_spool.display().to_string(),
+            vec![
+                ("STRATAI_USAGE_SPOOL", g.usage_spool.display().to_string()),
+                (
+                    "STRATAI_ALERT_WEBHOOK_URL",
+                    or(
+                        g.alert_webhook.as_ref().map(|u| masked_url(u.as_str())),
+                        "not set (alerts are logged)",
+                    ),
+                ),
+                ("STRATAI_GATEWAY_CACHE_MS", ms(g.view_cache_ttl)),
+                ("STRATAI_BUDGET_LEASE_MS", or(lease, "off")),
+                ("STRATAI_USAGE_BATCH", yes(g.usage_batch)),
+                ("STRATAI_USAGE_BATCH_LINGER_MS", ms(g.usage_batch_linger)),
+                (
+                    "STRATAI_HEARTBEAT_MS",
+                    or(heartbeat, "off (leases of a dead instance expire)"),
+                ),
+                (
+                    "STRATAI_REDIS_URL",
+                    or(
+                        g.redis_url.as_ref().map(|u| masked_url(u.expose())),
+                        "not set (rate limits per instance)",
+                    ),
+                ),
+            ],
         );
-        put(
-            "Gateway",
-            "STRATAI_ALERT_WEBHOOK_URL",
-            g.alert_webhook.as_ref().map_or_else(
-                || "not set (alerts are logged)".to_owned(),
-                |u| masked_url(u.as_str()),
-            ),
-        );
-        put(
-            "Gateway",
-            "STRATAI_GATEWAY_CACHE_MS",
-            secs(g.view_cache_ttl),
-        );
-        put(
-            "Gateway",
-            "STRATAI_BUDGET_LEASE_MS",
-            g.budget_lease.map_or_else(
-                || "off".to_owned(),
-                |l| {
-                    format!(
-                        "{} (blocks of {} requests)",
-                        secs(l.max_age),
-                        l.block_requests
-                    )
-                },
-            ),
-        );
-        put("Gateway", "STRATAI_USAGE_BATCH", yes(g.usage_batch));
-        put(
-            "Gateway",
-            "STRATAI_USAGE_BATCH_LINGER_MS",
-            secs(g.usage_batch_linger),
-        );
-        put(
-            "Gateway",
-            "STRATAI_HEARTBEAT_MS",
-            g.liveness.map_or_else(
-                || "off (leases of a dead instance expire)".to_owned(),
-                |l| format!("{} (dead after {})", secs(l.heartbeat), secs(l.dead_after)),
-            ),
-        );
-        put(
-            "Gateway",
-            "STRATAI_REDIS_URL",
-            g.redis_url.as_ref().map_or_else(
-                || "not set (rate limits per instance)".to_owned(),
-                |u| masked_url(u.expose()),
-            ),
-        );
-        match &self.litellm {
+        let litellm = match &self.litellm {
             Some(l) => {
-                put("LiteLLM", "LITELLM_URL", masked_url(l.proxy.url.as_str()));
-                put(
-                    "LiteLLM",
-                    "LITELLM_MASTER_KEY",
-                    secret_state(Some(&l.proxy.master_key)),
-                );
-                put(
-                    "LiteLLM",
-                    "STRATAI_VAULT_KEY",
-                    if l.proxy.vault_key.is_some() {
-                        "set (hidden)"
-                    } else {
-                        "not set (an ephemeral key, dev mode)"
-                    }
-                    .to_owned(),
-                );
-                put(
-                    "LiteLLM",
-                    "STRATAI_LITELLM_CALLBACK_SECRET",
-                    secret_state(l.proxy.callback_secret.as_ref()),
-                );
-                put(
-                    "LiteLLM",
-                    "Key sync",
-                    if l.sync_in_process {
-                        "in this server"
-                    } else {
-                        "litellm-worker"
-                    }
-                    .to_owned(),
-                );
-                put(
-                    "LiteLLM",
-                    "STRATAI_LITELLM_KEY_DURATION",
-                    l.proxy.key_duration.clone(),
-                );
+                let vault = if l.proxy.vault_key.is_some() {
+                    "set (hidden)"
+                } else {
+                    "not set (an ephemeral key, dev mode)"
+                };
+                let sync = if l.sync_in_process {
+                    "in this server"
+                } else {
+                    "litellm-worker"
+                };
+                vec![
+                    ("LITELLM_URL", masked_url(l.proxy.url.as_str())),
+                    (
+                        "LITELLM_MASTER_KEY",
+                        secret_state(Some(&l.proxy.master_key)),
+                    ),
+                    ("STRATAI_VAULT_KEY", vault.to_owned()),
+                    (
+                        "STRATAI_LITELLM_CALLBACK_SECRET",
+                        secret_state(l.proxy.callback_secret.as_ref()),
+                    ),
+                    ("Key sync", sync.to_owned()),
+                    ("STRATAI_LITELLM_KEY_DURATION", l.proxy.key_duration.clone()),
+                ]
             }
-            None => put(
-                "LiteLLM",
+            None => vec![(
                 "LITELLM_URL",
                 "not set (the built-in offline provider answers)".to_owned(),
-            ),
-        }
-        put("Mail", "STRATAI_MAIL_FROM", self.mail.from.clone());
+            )],
+        };
+        section("LiteLLM", litellm);
+        let mut mail = vec![("STRATAI_MAIL_FROM", self.mail.from.clone())];
         match &self.mail.transport {
             MailTransportConfig::Smtp {
                 url,
                 username,
                 password,
-            } => {
-                put("Mail", "STRATAI_SMTP_URL", masked_url(url.expose()));
-                put(
-                    "Mail",
-                    "STRATAI_SMTP_USERNAME",
-                    username.clone().unwrap_or_else(|| "not set".to_owned()),
-                );
-                put(
-                    "Mail",
-                    "STRATAI_SMTP_PASSWORD",
-                    secret_state(password.as_ref()),
-                );
-            }
-            MailTransportConfig::Mailbox(dir) => put(
-                "Mail",
+            } => mail.extend([
+                ("STRATAI_SMTP_URL", masked_url(url.expose())),
+                ("STRATAI_SMTP_USERNAME", or(username.clone(), "not set")),
+                ("STRATAI_SMTP_PASSWORD", secret_state(password.as_ref())),
+            ]),
+            MailTransportConfig::Mailbox(dir) => mail.push((
                 "STRATAI_MAILBOX_DIR",
                 format!("{} (no mail server: one file per message)", dir.display()),
-            ),
+            )),
         }
-        for (model, price) in self.prices.iter() {
-            put(
-                "Provider prices",
-                "STRATAI_PROVIDER_PRICES",
-                format!(
-                    "{model}: ${} in, ${} out per 1M tokens; output cap {}",
-                    price.input_per_million, price.output_per_million, price.max_output_tokens
-                ),
-            );
-        }
+        section("Mail", mail);
+        let prices = self.prices.iter().map(|(model, price)| {
+            let (input, output) = (price.input_per_million, price.output_per_million);
+            let cap = price.max_output_tokens;
+            let line =
+                format!("{model}: ${input} in, ${output} out per 1M tokens; output cap {cap}");
+            ("STRATAI_PROVIDER_PRICES", line)
+        });
+        section("Provider prices", prices.collect());
         out
     }
 }
