@@ -186,7 +186,7 @@ pub struct RuleBudget {
     pub rule_id: RuleId,
     /// Its name.
     pub name: String,
-    /// The budget (core's [`rule_budget`](stratai_core::budget::rule_budget)).
+    /// The budget (core's [`stratai_core::budget::rule_budget`]).
     pub budget: Budget,
 }
 

@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document, served at `GET /openapi.json`: paths and methods from the route
 //! tables (the admin API's [`OPERATIONS`](crate::api::OPERATIONS) plus [`OTHER_OPERATIONS`]),
 //! request and response schemas derived (`utoipa::ToSchema`) from the types the handlers
-//! deserialize and serialize, one [`describe`] entry per operation. Tests compare the document
+//! deserialize and serialize, one `describe` entry per operation. Tests compare the document
 //! with the router and with the checked-in `openapi.json`; `scripts/api-check.sh` validates it
 //! and runs Schemathesis against a server.
 
@@ -860,7 +860,7 @@ fn all_operations() -> impl Iterator<Item = (&'static str, &'static str, String,
         )
 }
 
-/// The routed operations [`describe`] does not know, as `METHOD path` (a test keeps it empty).
+/// The routed operations `describe` does not know, as `METHOD path` (a test keeps it empty).
 #[must_use]
 pub fn undescribed() -> Vec<String> {
     let mut s = Schemas::default();

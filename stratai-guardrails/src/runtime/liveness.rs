@@ -3,11 +3,11 @@
 //!
 //! A budget lease's reservation names its holder (the runtime's [`InstanceId`]), and each
 //! request admitted under it carries the lease's id on its usage record. The upkeep task
-//! ([`spawn`]) writes the heartbeat every `heartbeat` and, every few heartbeats, looks for
+//! (`spawn`) writes the heartbeat every `heartbeat` and, every few heartbeats, looks for
 //! active leases whose holder's heartbeat is older than `dead_after` (or missing: its holder
 //! shut down, or never beat) and settles each from the records in the store written under it
 //! ([`settle_abandoned`]), the way a restart settles its own leases from its usage log
-//! ([`super::spool::settle_from_records`]): spent = what those records charge, the rest
+//! (the spool's `settle_from_records`): spent = what those records charge, the rest
 //! released. Two instances doing it at once charge each lease once (the ledger's
 //! [`BudgetLedger::settle_total`] is one conditional transaction).
 //!

@@ -1,17 +1,17 @@
 //! The audit trail's recording side: who changed what, written in the change's own
 //! transaction.
 //!
-//! **Recorded once, at the store boundary, not per route.** [`audited`] wraps [`Stores`] so
+//! **Recorded once, at the store boundary, not per route.** [`audited`] wraps [`Stores`](crate::Stores) so
 //! that every mutating method of the directory, the tier catalog, the budgets, the guardrail
 //! rules and the invoices reads the entity before (only when the change will be recorded) and
 //! hands the backend the entry to append (action, target, before and after) to the
 //! organization's chain, or to the platform chain for platform entities (people, profiles, the
 //! tier catalog, platform rules). A store method another change adds to a port must be written
 //! in the wrappers too (the compiler asks for it): a read is one pass-through line, a write one
-//! [`change`](wrappers) call.
+//! `change` call (the private `wrappers` module).
 //!
 //! **Atomic with the change.** The entry travels to the backend in a task-local slot
-//! ([`PendingEntry`]); the backend's write path appends it inside the transaction that makes
+//! (`PendingEntry`); the backend's write path appends it inside the transaction that makes
 //! the change, just before the commit (PostgreSQL and SQLite: the same transaction, so a crash
 //! or a failed append leaves neither the change nor the entry; memory: under the same call). A
 //! write that turns out to change nothing (deactivating an inactive person) discards it. A

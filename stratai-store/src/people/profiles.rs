@@ -1,6 +1,6 @@
 //! What giving a member a profile does (the seed's user profiles): the member's tiers become
 //! the profile's default tiers, and the profile's default guardrails become member-level
-//! rules. Those rules have fixed ids ([`profile_rule_id`]), so when the profile changes, is
+//! rules. Those rules have fixed ids ([`profile_rule_id`](stratai_core::directory::profile_rule_id)), so when the profile changes, is
 //! taken away or is edited, exactly the rules it gave are replaced or removed; rules an admin
 //! wrote by hand for the member are never touched.
 //!

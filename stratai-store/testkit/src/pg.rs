@@ -22,7 +22,7 @@
 //! A killed process drops nothing, so the first test of every process drops the databases
 //! whose creator is gone; those of running processes (concurrent runs) are left alone. The
 //! two roles are shared by all test processes on the server and stay; `scripts/test.sh`
-//! drops them at the end of a run (under an advisory lock that [`create_db`] holds shared
+//! drops them at the end of a run (under an advisory lock that `create_db` holds shared
 //! while it needs them, so a concurrent run never loses them halfway).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

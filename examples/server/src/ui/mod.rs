@@ -4,8 +4,8 @@
 //! - Templates are askama's (`templates/ui/`), compiled into the binary and HTML-escaped by
 //!   default; the stylesheet is embedded too. No script at all: every form works without one
 //!   (the CSV upload is a plain `multipart/form-data` form, the report filters a `GET` form).
-//! - Tables paginate on the server ([`view::PAGE_SIZE`] rows a page), times show in the
-//!   organization's timezone, money as exact decimals ([`view::money`]).
+//! - Tables paginate on the server (`view::PAGE_SIZE` rows a page), times show in the
+//!   organization's timezone, money as exact decimals (`view::money`).
 //! - Pages never decide access themselves: they call the admin API's handlers (which ask core's
 //!   `authorize`) or ask [`crate::api::allow`] with the action of the API route they mirror, so
 //!   a page answers what its API route answers (another organization's ids: 404, a forbidden
