@@ -4,12 +4,19 @@
 //! ([`SpendImporter`] under a [`SpendDesk`]) and the background [`SyncRunner`] are built from
 //! it when the embedder runs them. Logging the choices (the vault's ephemeral key, where the
 //! sync runs) stays with the embedder.
+//!
+//! Both processes that run the sync use it. The server ([`Integration::new`],
+//! [`Integration::spend_desk`], [`Integration::runner`]) sets the key limits to its guardrail
+//! runtime's policy and runs the sync on its fixed schedule. `litellm-worker`, without a
+//! guardrail runtime, maps model names ([`IntegrationOptions`]) and runs
+//! [`Integration::standalone_runner`]: its own [`SyncSchedule`], the spend poll without a
+//! desk, the guardrail rules recompiled from the store into the key limits.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use stratai_core::ports::{
-    BudgetLedger, DirectoryStore, KeyVaultStore, OutboxStore, TierStore, UsageStore,
+    BudgetLedger, DirectoryStore, GuardrailStore, KeyVaultStore, OutboxStore, TierStore, UsageStore,
 };
 
 use crate::LiteLlmClient;
@@ -17,8 +24,10 @@ use crate::config::LiteLlmSettings;
 use crate::gateway::LiteLlmGateway;
 use crate::spend::desk::{SpendAlerts, SpendDesk};
 use crate::spend::{SpendImporter, SpendSettings};
-use crate::sync::runner::Cadence;
-use crate::sync::{CoreDirectory, PolicyKeyLimits, SyncEngine, SyncRunner, SyncSchedule};
+use crate::sync::runner::{Cadence, GuardrailSource};
+use crate::sync::{
+    CoreDirectory, ModelNames, PolicyKeyLimits, SyncConfig, SyncEngine, SyncRunner, SyncSchedule,
+};
 
 /// How often the in-process sync reconciles LiteLLM with the directory (repairing drift,
 /// including keys whose secret this process does not hold, e.g. after a restart).
@@ -45,6 +54,15 @@ impl std::fmt::Debug for IntegrationStores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IntegrationStores").finish_non_exhaustive()
     }
+}
+
+/// What an embedder chooses beyond the [`LiteLlmSettings`] ([`Integration::with_options`]);
+/// the default is the server's wiring.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IntegrationOptions {
+    /// StratAI model ids -> LiteLLM model names, for a proxy whose model names differ from
+    /// the catalog's (`litellm-worker`'s `--model STRATAI=LITELLM`). Default: the identity.
+    pub model_names: ModelNames,
 }
 
 /// LiteLLM wired over the stores ([`Integration::new`]).
@@ -81,6 +99,16 @@ impl Integration {
     /// The client, vault, engine and gateway of `settings` over `stores`. Refuses a client
     /// or vault that cannot be built (the message names which).
     pub fn new(settings: &LiteLlmSettings, stores: IntegrationStores) -> Result<Self, String> {
+        Self::with_options(settings, stores, IntegrationOptions::default())
+    }
+
+    /// [`new`](Self::new) with `options` applied to the engine's [`SyncConfig`] (the rest of
+    /// it from [`LiteLlmSettings::sync_config`]).
+    pub fn with_options(
+        settings: &LiteLlmSettings,
+        stores: IntegrationStores,
+        options: IntegrationOptions,
+    ) -> Result<Self, String> {
         let client = settings
             .client()
             .map_err(|e| format!("litellm client: {e}"))?;
@@ -97,7 +125,10 @@ impl Integration {
             ),
             stores.outbox.clone(),
             vault.vault,
-            settings.sync_config(),
+            SyncConfig {
+                model_names: options.model_names,
+                ..settings.sync_config()
+            },
         ));
         Ok(Self {
             client,
@@ -115,14 +146,22 @@ impl Integration {
     /// `alerts`, the callback checked against the configured secret.
     #[must_use]
     pub fn spend_desk(&self, alerts: Arc<dyn SpendAlerts>) -> SpendDesk {
-        let importer = Arc::new(SpendImporter::new(
+        SpendDesk::new(
+            self.spend_importer(),
+            alerts,
+            self.settings.callback_secret.clone(),
+        )
+    }
+
+    /// The importer of LiteLLM's spend into the usage records and budgets.
+    fn spend_importer(&self) -> Arc<SpendImporter> {
+        Arc::new(SpendImporter::new(
             self.stores.directory.clone(),
             self.stores.tiers.clone(),
             self.stores.budgets.clone(),
             self.stores.usage.clone(),
             SpendSettings::default(),
-        ));
-        SpendDesk::new(importer, alerts, self.settings.callback_secret.clone())
+        ))
     }
 
     /// The background sync: the outbox read every `interval`, a repairing reconcile at start
@@ -139,5 +178,28 @@ impl Integration {
             ..SyncSchedule::default()
         };
         SyncRunner::new(self.engine.clone(), schedule).with_spend_poll(desk.importer().clone())
+    }
+
+    /// The sync of a process without a guardrail runtime (`litellm-worker`), on `schedule`
+    /// (the caller's cadences, repair or not, spend window): the spend logs polled into an
+    /// importer of its own (no [`SpendDesk`]: the caller reports each
+    /// [`TickReport`](crate::sync::TickReport)'s spend itself), and the guardrail rules
+    /// compiled from `rules` into [`key_limits`](Self::key_limits) on
+    /// [`SyncSchedule::guardrail_reload`], so the caller does not set them. Until the rules
+    /// have loaded once, members are not pushed (retried) rather than pushed without limits.
+    #[must_use]
+    pub fn standalone_runner(
+        &self,
+        schedule: SyncSchedule,
+        rules: Arc<dyn GuardrailStore>,
+    ) -> SyncRunner {
+        SyncRunner::new(self.engine.clone(), schedule)
+            .with_spend_poll(self.spend_importer())
+            .with_guardrail_reload(GuardrailSource {
+                limits: self.key_limits.clone(),
+                directory: self.stores.directory.clone(),
+                tiers: self.stores.tiers.clone(),
+                rules,
+            })
     }
 }

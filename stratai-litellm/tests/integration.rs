@@ -62,3 +62,56 @@ async fn one_call_wires_the_engine_the_gateway_and_the_spend_desk() {
     );
     let _runner = wired.runner(&desk, Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn the_worker_wiring_maps_model_names_and_loads_the_key_limits_itself() {
+    use stratai_litellm::integration::IntegrationOptions;
+    use stratai_litellm::sync::runner::Cadence;
+    use stratai_litellm::sync::{ModelNames, SyncSchedule};
+
+    let memory = Stores::memory();
+    let proxy = settings(&[
+        ("LITELLM_URL", "http://127.0.0.1:9"),
+        ("LITELLM_MASTER_KEY", "sk-integration-test"),
+    ]);
+    let names = ModelNames::identity().with("gpt-4o", "azure-gpt-4o");
+    let wired = Integration::with_options(
+        &proxy,
+        stores(&memory),
+        IntegrationOptions {
+            model_names: names.clone(),
+        },
+    )
+    .unwrap();
+    assert_eq!(wired.engine.config().model_names, names);
+    // The rest of the engine's configuration is the settings'.
+    assert_eq!(
+        wired.engine.config().key_duration,
+        proxy.sync_config().key_duration
+    );
+    // The server's wiring maps nothing.
+    let server = Integration::new(&proxy, stores(&memory)).unwrap();
+    assert_eq!(server.engine.config().model_names, ModelNames::identity());
+
+    let schedule = SyncSchedule {
+        interval: Duration::from_millis(250),
+        reconcile: Cadence::after_first(Duration::from_secs(30)),
+        repair: false,
+        ..SyncSchedule::default()
+    };
+    let runner = wired.standalone_runner(schedule.clone(), memory.guardrails.clone());
+    assert_eq!(runner.schedule(), &schedule);
+    // The key limits wait for the rules until the runner loads them from the store.
+    assert!(!wired.key_limits.is_loaded());
+    assert!(matches!(runner.reload_guardrails().await, Some(Ok(_))));
+    assert!(wired.key_limits.is_loaded());
+    // The server's runner leaves the key limits to the embedder (its guardrail runtime).
+    let desk = server.spend_desk(Arc::new(NoAlerts));
+    assert!(
+        server
+            .runner(&desk, Duration::from_secs(1))
+            .reload_guardrails()
+            .await
+            .is_none()
+    );
+}

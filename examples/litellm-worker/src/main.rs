@@ -30,6 +30,9 @@
 //! an in-memory store seeded with one organization, group and member, syncs it, chats once
 //! with the member's key and reports (needs the proxy's `mock-gpt` models).
 //!
+//! LiteLLM (client, key vault, sync engine, spend importer) is wired by stratai-litellm's
+//! `Integration`, the server's wiring, with the `--model` names
+//! (`Integration::with_options`) and the worker's cadences (`Integration::standalone_runner`).
 //! Members' keys carry the rate-limit guardrails that apply to them as their `rpm_limit`
 //! (stratai-litellm's `PolicyKeyLimits`, as in the server): the worker compiles the guardrail
 //! rules from the database at start and every [`GUARDRAIL_RELOAD`] (the server's reload
@@ -48,7 +51,6 @@
 mod config;
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -62,12 +64,10 @@ use stratai_core::ids::{ModelId, TierSlug};
 use stratai_core::ports::{DirectoryStore, TierStore};
 use stratai_core::tiers::{BASIC_TIER_ID, PREMIUM_TIER_ID, default_tiers, subscriptions_for};
 use stratai_litellm::config::ProcessEnv;
-use stratai_litellm::spend::{Imported, SpendImporter, SpendSettings};
-use stratai_litellm::sync::runner::{Cadence, GuardrailSource, ReloadFailure, SpendPoll};
-use stratai_litellm::sync::{
-    CoreDirectory, KeyVault, ModelNames, PolicyKeyLimits, SyncConfig, SyncEngine, SyncRunner,
-    SyncSchedule, TickReport,
-};
+use stratai_litellm::integration::{Integration, IntegrationOptions, IntegrationStores};
+use stratai_litellm::spend::Imported;
+use stratai_litellm::sync::runner::{Cadence, ReloadFailure, SpendPoll};
+use stratai_litellm::sync::{ModelNames, SyncRunner, SyncSchedule, TickReport};
 use stratai_litellm::{Attribution, ChatMessage, ChatRequest, LiteLlmClient};
 use stratai_store::Stores;
 
@@ -175,7 +175,6 @@ async fn run() -> Result<bool, String> {
         eprintln!("litellm-worker: warning: {warning}");
     }
     config.litellm.vault_replace_foreign |= options.vault_replace_foreign;
-    let client = config.litellm.client().map_err(|e| e.to_string())?;
     let (stores, demo) = match &config.database {
         None => {
             let store = stratai_store::MemoryStore::new();
@@ -193,26 +192,41 @@ async fn run() -> Result<bool, String> {
             None,
         ),
     };
-    let vault = config
-        .litellm
-        .key_vault(stores.key_vault.clone())
-        .map_err(|e| e.to_string())?;
-    if vault.ephemeral {
+    let wired = Integration::with_options(
+        &config.litellm,
+        IntegrationStores {
+            directory: stores.directory.clone(),
+            tiers: stores.tiers.clone(),
+            budgets: stores.budgets.clone(),
+            usage: stores.usage.clone(),
+            outbox: stores.outbox.clone(),
+            key_vault: stores.key_vault.clone(),
+        },
+        IntegrationOptions {
+            model_names: options.models.clone(),
+        },
+    )?;
+    if wired.vault_ephemeral {
         eprintln!(
             "key vault: STRATAI_VAULT_KEY is not set; using an EPHEMERAL master key (id {}): \
              fine for an in-memory store, whose keys die with this process anyway",
-            vault.key_id
+            wired.vault_key_id
         );
     } else {
-        eprintln!("key vault: master key id {}", vault.key_id);
+        eprintln!("key vault: master key id {}", wired.vault_key_id);
     }
-    let mut options = options;
-    options.spend_every.get_or_insert(config.litellm.spend_poll);
-    options
-        .spend_window
-        .get_or_insert(config.litellm.spend_window);
-    let sync = config.litellm.sync_config();
-    work(stores, client, vault.vault, sync, options, demo).await
+    // The worker's cadences; the members' key limits come from the guardrail rules it
+    // compiles from the database itself (no guardrail runtime here).
+    let schedule = SyncSchedule {
+        interval: options.interval,
+        reconcile: Cadence::after_first(options.reconcile_every),
+        repair: options.repair,
+        spend_poll: Cadence::after_first(options.spend_every.unwrap_or(config.litellm.spend_poll)),
+        spend_window: options.spend_window.unwrap_or(config.litellm.spend_window),
+        guardrail_reload: Cadence::from_start(GUARDRAIL_RELOAD),
+    };
+    let runner = wired.standalone_runner(schedule, stores.guardrails.clone());
+    work(runner, &wired.client, &stores, &options, demo).await
 }
 
 /// One organization with a group (basic tier) and a member with a $1 budget, on a catalog
@@ -288,52 +302,15 @@ fn uuid_suffix() -> String {
         .to_owned()
 }
 
+/// Runs `runner` until Ctrl-C (printing each tick), or with `--once` each step once, printing
+/// what it found: `Ok(false)` when drift, a spend gap or a dead letter was found.
 async fn work(
-    stores: Stores,
-    client: LiteLlmClient,
-    vault: Arc<dyn KeyVault>,
-    sync: SyncConfig,
-    options: Options,
+    runner: SyncRunner,
+    client: &LiteLlmClient,
+    stores: &Stores,
+    options: &Options,
     demo: Option<(stratai_core::ids::OrgId, stratai_core::ids::UserId)>,
 ) -> Result<bool, String> {
-    // The rate-limit guardrails that apply to a member become their key's `rpm_limit`.
-    let limits = Arc::new(PolicyKeyLimits::new());
-    // The budgets too: with LiteLLM Enterprise organizations, an org's monthly budget is its
-    // LiteLLM organization's.
-    let source = Arc::new(
-        CoreDirectory::new(stores.directory.clone(), stores.tiers.clone())
-            .with_budgets(stores.budgets.clone())
-            .with_rate_limits(limits.clone()),
-    );
-    let config = SyncConfig {
-        model_names: options.models.clone(),
-        ..sync
-    };
-    let engine = SyncEngine::new(client.clone(), source, stores.outbox.clone(), vault, config);
-    let importer = SpendImporter::new(
-        stores.directory.clone(),
-        stores.tiers.clone(),
-        stores.budgets.clone(),
-        stores.usage.clone(),
-        SpendSettings::default(),
-    );
-    let schedule = SyncSchedule {
-        interval: options.interval,
-        reconcile: Cadence::after_first(options.reconcile_every),
-        repair: options.repair,
-        spend_poll: Cadence::after_first(options.spend_every.unwrap_or(Duration::from_secs(60))),
-        spend_window: options.spend_window.unwrap_or(Duration::from_secs(3600)),
-        guardrail_reload: Cadence::from_start(GUARDRAIL_RELOAD),
-    };
-    let runner = SyncRunner::new(Arc::new(engine), schedule)
-        .with_spend_poll(Arc::new(importer))
-        .with_guardrail_reload(GuardrailSource {
-            limits,
-            directory: stores.directory.clone(),
-            tiers: stores.tiers.clone(),
-            rules: stores.guardrails.clone(),
-        });
-
     if !options.once {
         runner
             .run_until(
