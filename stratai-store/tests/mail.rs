@@ -7,6 +7,7 @@
 use stratai_core::directory::Email;
 use stratai_core::mail::{MailError, MailMessage, Mailer};
 use stratai_store::people::mail::{MailboxMailer, SmtpMailer};
+use stratai_testkit::Scratch;
 
 fn message(to: &str) -> MailMessage {
     MailMessage {
@@ -18,7 +19,8 @@ fn message(to: &str) -> MailMessage {
 
 #[tokio::test]
 async fn the_mailbox_writes_one_eml_file_per_message() {
-    let dir = std::env::temp_dir().join(format!("stratai-mailbox-{}", uuid::Uuid::now_v7()));
+    let scratch = Scratch::new();
+    let dir = scratch.path();
     let mailer =
         MailboxMailer::new(dir.join("inbox"), "StratAI <noreply@acme.test>", false).unwrap();
     assert_eq!(mailer.dir(), dir.join("inbox"));
@@ -52,24 +54,23 @@ async fn the_mailbox_writes_one_eml_file_per_message() {
         first.contains("https://ai.acme.test/invitations/abc"),
         "{first}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
 async fn an_unusable_folder_is_a_transport_failure_worth_retrying() {
-    let file = std::env::temp_dir().join(format!("stratai-not-a-dir-{}", uuid::Uuid::now_v7()));
+    let scratch = Scratch::new();
+    let file = scratch.join("not-a-dir");
     std::fs::write(&file, "").unwrap();
-    let mailer = MailboxMailer::new(file.clone(), "noreply@acme.test", false).unwrap();
+    let mailer = MailboxMailer::new(file, "noreply@acme.test", false).unwrap();
     let refused = mailer.send(&message("ann@example.test")).await.unwrap_err();
     assert!(matches!(refused, MailError::Transport(_)), "{refused:?}");
-    std::fs::remove_file(&file).unwrap();
 }
 
 #[test]
 fn a_sender_that_is_no_address_is_refused() {
-    let dir = std::env::temp_dir();
+    let scratch = Scratch::new();
     assert!(matches!(
-        MailboxMailer::new(dir, "not an address", false),
+        MailboxMailer::new(scratch.join("inbox"), "not an address", false),
         Err(MailError::Message(_))
     ));
     assert!(matches!(
