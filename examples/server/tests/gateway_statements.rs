@@ -77,7 +77,9 @@ fn count() -> u64 {
 /// Waits (at most 30 s) until the instance's heartbeat row has been written since `from`.
 async fn heartbeat_written(from: u64) {
     for _ in 0..3000 {
-        if seen_since(from).contains("runtime_instances") {
+        let seen = seen_since(from);
+        // SQLite writes the row; PostgreSQL calls the serving role's function.
+        if seen.contains("runtime_instances") || seen.contains("stratai_instance_beat") {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
