@@ -15,6 +15,7 @@ pub mod money;
 pub mod openapi;
 pub mod ports;
 pub mod pricing;
+pub mod secret;
 pub mod tiers;
 pub mod usage;
 

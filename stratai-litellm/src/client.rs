@@ -15,11 +15,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::Secret;
 use crate::chat::{
     Attribution, ChatChunk, ChatCompletion, ChatRequest, ChatResponse, ResponseMeta,
 };
 use crate::error::{LiteLlmError, RateLimitHeaders, Redactor, classify};
-use crate::secret::Secret;
 use crate::types::*;
 
 /// Retry settings: exponential backoff with full jitter, via the `backon` crate.

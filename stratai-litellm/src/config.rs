@@ -26,7 +26,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use stratai_core::ports::KeyVaultStore;
 
-use crate::secret::Secret;
+use crate::Secret;
 use crate::vault::{EncryptedKeyVault, ForeignSecrets, VaultKey};
 
 /// The environment variable naming the config file.

@@ -22,10 +22,10 @@ use stratai_core::gateway::{
 };
 use stratai_core::ports::LlmGateway;
 
+use crate::Secret;
 use crate::chat::{Attribution, ChatChunk, ChatMessage, ChatRequest, Usage};
 use crate::client::LiteLlmClient;
 use crate::error::LiteLlmError;
-use crate::secret::Secret;
 use crate::sync::{KeyVault, SyncEngine};
 
 /// The `LlmGateway` of production: LiteLLM, with the member's virtual key and attribution

@@ -9,7 +9,6 @@ mod error;
 pub mod gateway;
 pub mod integration;
 pub mod openai;
-mod secret;
 pub mod spend;
 pub mod sync;
 pub mod time;
@@ -22,5 +21,5 @@ pub use chat::{
 };
 pub use client::{ChatStream, ClientConfig, LiteLlmClient, RetryPolicy};
 pub use error::{ApiError, LiteLlmError};
-pub use secret::Secret;
+pub use stratai_core::secret::Secret;
 pub use types::*;

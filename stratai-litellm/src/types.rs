@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::secret::Secret;
+use crate::Secret;
 
 /// Free-form metadata stored on LiteLLM entities.
 pub type Metadata = Map<String, Value>;

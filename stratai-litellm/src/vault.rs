@@ -32,7 +32,7 @@ use stratai_core::StoreError;
 use stratai_core::ids::{OrgId, UserId};
 use stratai_core::ports::{KeyVaultStore, SealedKey};
 
-use crate::secret::Secret;
+use crate::Secret;
 use crate::sync::KeyVault;
 
 /// Format version of a sealed blob.

@@ -206,7 +206,7 @@ async fn session(state: &stratai_server::app::AppState, email: &str) -> String {
         .await
         .expect("lookup")
         .expect("known person");
-    let principal = stratai_server::auth::identity::Principal::from(&user);
+    let principal = stratai_server::auth::Principal::from(&user);
     let cookie = stratai_server::auth::routes::start_session(state.auth(), &principal, false)
         .await
         .expect("session");

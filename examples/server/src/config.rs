@@ -24,6 +24,7 @@ use stratai_litellm::config::{
     DatabaseSettings, LiteLlmSettings, flag_setting, http_url, invalid, load_file, millis, number,
     secs,
 };
+pub use stratai_store::people::signin::oidc::LoginClient;
 use url::Url;
 
 /// Default database: a SQLite file, so the server runs with nothing installed.
@@ -134,26 +135,7 @@ pub struct OidcConfig {
     /// Claim carrying the email (Auth0 access tokens need a namespaced custom claim).
     pub email_claim: String,
     /// Browser login; `None` means bearer tokens only.
-    pub login: Option<OidcLoginConfig>,
-}
-
-/// Settings of the browser login (authorization code + PKCE).
-#[derive(Clone, Debug)]
-pub struct OidcLoginConfig {
-    /// Client id; also the `aud` of id tokens.
-    pub client_id: String,
-    /// Client secret (confidential client); `None` for a public client (PKCE only).
-    pub client_secret: Option<Secret>,
-    /// This server's `/auth/callback` URL as registered at the provider.
-    pub redirect_url: Url,
-    /// Where the browser goes after a successful login.
-    pub post_login_url: String,
-    /// Where the provider sends the browser after logout.
-    pub post_logout_url: Option<Url>,
-    /// Requested scopes.
-    pub scopes: String,
-    /// Whether cookies carry `Secure` (false only for plain-http loopback development).
-    pub secure_cookies: bool,
+    pub login: Option<LoginClient>,
 }
 
 /// LiteLLM proxy settings.
@@ -797,7 +779,7 @@ fn oidc_config(file: FileOidc, env: &impl Env) -> Result<Option<OidcConfig>, Con
                     "must be a path on this server, starting with `/`",
                 ));
             }
-            Some(OidcLoginConfig {
+            Some(LoginClient {
                 client_id,
                 client_secret,
                 redirect_url,

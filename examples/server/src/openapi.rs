@@ -28,99 +28,22 @@ use stratai_core::tiers::{ModelTier, TierSubscription};
 use stratai_core::{BudgetId, GroupId, InvoiceId, OrgId, RuleId, TierId, UserId};
 
 /// Routes outside the admin API table: `(METHOD, path, operation, public, summary)`.
+#[rustfmt::skip]
 pub const OTHER_OPERATIONS: &[(&str, &str, &str, bool, &str)] = &[
     ("GET", "/health/live", "health::live", true, "liveness"),
-    (
-        "GET",
-        "/health/ready",
-        "health::ready",
-        true,
-        "readiness (database reachable)",
-    ),
-    (
-        "GET",
-        "/openapi.json",
-        "openapi::document",
-        true,
-        "this document",
-    ),
-    (
-        "GET",
-        "/auth/me",
-        "auth::me",
-        false,
-        "the authenticated user",
-    ),
-    (
-        "GET",
-        "/auth/login",
-        "auth::login",
-        true,
-        "OIDC mode: redirect to the provider (code + PKCE, state, nonce); 404 in dev mode",
-    ),
-    (
-        "POST",
-        "/auth/login",
-        "auth::login",
-        true,
-        "OIDC mode: redirect to the provider (code + PKCE, state, nonce); 404 in dev mode",
-    ),
-    (
-        "GET",
-        "/auth/callback",
-        "auth::callback",
-        true,
-        "OIDC mode: code exchange, id token validation, session cookie; 404 in dev mode",
-    ),
-    (
-        "POST",
-        "/auth/logout",
-        "auth::logout",
-        true,
-        "OIDC mode: end the session; 404 in dev mode",
-    ),
-    (
-        "POST",
-        "/auth/dev/token",
-        "auth::dev_token",
-        true,
-        "dev mode only (404 otherwise): a short-lived token for an existing or invited user",
-    ),
-    (
-        "POST",
-        "/v1/chat/completions",
-        "gateway::chat_completions",
-        false,
-        "OpenAI-compatible chat (JSON or SSE); `x-stratai-org` picks the organization",
-    ),
-    (
-        "GET",
-        "/v1/models",
-        "gateway::list_models",
-        false,
-        "the caller's accessible models",
-    ),
-    (
-        "GET",
-        "/api/explain",
-        "gateway::explain_get",
-        false,
-        "what-if decision for a user, model and time",
-    ),
-    (
-        "POST",
-        "/api/explain",
-        "gateway::explain_post",
-        false,
-        "what-if decision for a user, model and time",
-    ),
-    (
-        "GET",
-        "/metrics",
-        "gateway::metrics",
-        true,
-        "Prometheus metrics",
-    ),
+    ("GET", "/health/ready", "health::ready", true, "readiness (database reachable)"),
+    ("GET", "/openapi.json", "openapi::document", true, "this document"),
+    ("GET", "/auth/me", "auth::me", false, "the authenticated user"),
+    ("GET", "/auth/login", "auth::login", true, "OIDC mode: redirect to the provider (code + PKCE, state, nonce); 404 in dev mode"),
+    ("POST", "/auth/login", "auth::login", true, "OIDC mode: redirect to the provider (code + PKCE, state, nonce); 404 in dev mode"),
+    ("GET", "/auth/callback", "auth::callback", true, "OIDC mode: code exchange, id token validation, session cookie; 404 in dev mode"),
+    ("POST", "/auth/logout", "auth::logout", true, "OIDC mode: end the session; 404 in dev mode"),
+    ("POST", "/auth/dev/token", "auth::dev_token", true, "dev mode only (404 otherwise): a short-lived token for an existing or invited user"),
+    ("POST", "/v1/chat/completions", "gateway::chat_completions", false, "OpenAI-compatible chat (JSON or SSE); `x-stratai-org` picks the organization"),
+    ("GET", "/v1/models", "gateway::list_models", false, "the caller's accessible models"),
+    ("GET", "/api/explain", "gateway::explain_get", false, "what-if decision for a user, model and time"),
+    ("POST", "/api/explain", "gateway::explain_post", false, "what-if decision for a user, model and time"),
+    ("GET", "/metrics", "gateway::metrics", true, "Prometheus metrics"),
 ];
 
 /// Admin API routes that need no credentials.

@@ -405,7 +405,7 @@ async fn post_form(
             .await
             .unwrap()
             .unwrap();
-        let principal = stratai_server::auth::identity::Principal::from(&user);
+        let principal = stratai_server::auth::Principal::from(&user);
         let cookie =
             stratai_server::auth::routes::start_session(api.state.auth(), &principal, false)
                 .await

@@ -235,7 +235,7 @@ async fn the_principal_cache_delays_a_deactivation_by_at_most_its_ttl() {
         .with_auth_cache(Duration::from_millis(300));
     let user = directory.add_user("kim@example.com", false).await;
     let token = |auth: &Auth| match auth.mode() {
-        Mode::Dev(dev) => dev.issue(&user).unwrap(),
+        Mode::Dev(dev) => dev.issue(user.user_id, &user.email).unwrap(),
         Mode::Oidc { .. } => panic!("dev mode expected"),
     };
     let (t_uncached, t_cached) = (token(&uncached), token(&cached));
@@ -278,7 +278,7 @@ async fn the_auth_cache_still_refuses_altered_and_expired_tokens() {
     let Mode::Dev(dev) = auth.mode() else {
         panic!("dev mode expected")
     };
-    let token = dev.issue(&user).unwrap();
+    let token = dev.issue(user.user_id, &user.email).unwrap();
     assert!(auth.authenticate_bearer(&token).await.is_ok());
     // A character in the middle of the signature changed (every bit of it counts there).
     let signature_at = token.rfind('.').unwrap() + 10;

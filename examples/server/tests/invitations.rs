@@ -211,7 +211,7 @@ async fn session_cookie(api: &Api, email: &str) -> String {
         .await
         .unwrap()
         .unwrap();
-    let principal = stratai_server::auth::identity::Principal::from(&user);
+    let principal = stratai_server::auth::Principal::from(&user);
     let cookie = stratai_server::auth::routes::start_session(api.state.auth(), &principal, false)
         .await
         .unwrap();

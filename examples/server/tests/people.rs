@@ -173,7 +173,7 @@ async fn a_deactivated_person_is_refused_from_the_next_request(api: Api) {
         .await
         .unwrap()
         .unwrap();
-    let principal = stratai_server::auth::identity::Principal::from(&user);
+    let principal = stratai_server::auth::Principal::from(&user);
     let cookie = stratai_server::auth::routes::start_session(api.state.auth(), &principal, false)
         .await
         .unwrap();

@@ -16,7 +16,7 @@ use stratai_core::ids::RequestId;
 use stratai_core::usage::UsageRecord;
 
 use super::{Imported, PollReport, SpendError, SpendEvent, SpendImporter, SpendStats};
-use crate::secret::Secret;
+use crate::Secret;
 use crate::sync::{DriftKind, DriftReport, TickReport};
 
 /// Where the desk sends what a fresh direct import calls for (the server: its alert sink).

@@ -36,9 +36,9 @@ pub use reconcile::{CostMismatch, Drift, DriftKind, DriftReport, SpendReport, co
 pub use runner::{SyncRunner, SyncSchedule, TickReport};
 pub use source::{CoreDirectory, KeyVault, MemoryKeyVault, RateLimitSource, SyncSource};
 
+use crate::Secret;
 use crate::client::{LiteLlmClient, RetryPolicy};
 use crate::error::LiteLlmError;
-use crate::secret::Secret;
 use crate::types::{
     KeyGenerate, KeyInfo, KeyListQuery, KeyRef, KeyUpdate, TeamNew, TeamUpdate, UserNew,
 };

@@ -15,7 +15,7 @@ use stratai_core::tiers::{TierCatalog, TierSubscription};
 use tokio::sync::Mutex;
 
 use super::mapping::KeyLimits;
-use crate::secret::Secret;
+use crate::Secret;
 
 /// Where a member's per-minute key limits come from: the guardrail rules engine's
 /// resolution of the rate-limit rules that apply to the member ([`super::PolicyKeyLimits`],

@@ -28,7 +28,7 @@ use stratai_core::directory::User;
 use stratai_core::{GroupId, OrgId, StoreError, UserId};
 
 use crate::app::AppState;
-use crate::auth::identity::Principal;
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::stores::Stores;
 

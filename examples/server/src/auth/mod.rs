@@ -1,21 +1,15 @@
-//! Authentication: bearer JWTs (OIDC provider or dev mode), OIDC browser login with
-//! sessions, and the resolution of a verified identity to a StratAI user.
-//!
-//! - [`validator::TokenValidator`] checks every token, OIDC or dev, on one path.
-//! - [`keys::JwksCache`] caches the provider's keys with a refetch rate limit.
-//! - [`oidc::OidcLogin`] runs authorization code + PKCE with state and nonce.
-//! - [`Identities`] (stratai-store) resolves a verified identity to a user: linking,
-//!   creating and onboarding at sign-in, the MFA requirement of their organizations.
-//! - [`Auth::authenticate`] turns a request's credentials into a [`identity::Principal`].
+//! Authentication at the HTTP edge: a request's `Authorization` header or session cookie
+//! (with the cross-site check of cookie-authenticated unsafe requests) to a [`Principal`],
+//! through stratai-store's sign-in library (`people::signin`: token validation, JWKS, the
+//! OIDC login flow, dev tokens, sessions; re-exported here under their module names) and
+//! its [`Identities`] (linking, creating and onboarding users at sign-in, the MFA
+//! requirement of their organizations). [`Auth`] adds the auth cache and the cookie
+//! settings; [`routes`] serves `/auth/*`.
 
 pub mod cookies;
-pub mod dev;
-pub mod identity;
-pub mod keys;
-pub mod oidc;
 pub mod routes;
-pub mod session;
-pub mod validator;
+
+pub use stratai_store::people::signin::{AuthError, dev, keys, oidc, session, validator};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,85 +21,15 @@ use axum::http::{HeaderMap, Method, header};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::fresh_cache::{FreshCache, Lookup};
-use chrono::Utc;
 use dev::DevTokens;
-use identity::Principal;
 use keys::{JwksCache, JwksLocation};
 use oidc::{Discovery, OidcLogin};
-use session::{SessionError, SessionStore, hash_session_id};
+use session::{SessionStore, hash_session_id};
 use stratai_core::UserId;
-use stratai_store::people::identity::{Identities, IdentityError, LoginIdentity};
+use stratai_core::directory::{PlatformRole, User};
+use stratai_store::people::identity::{Identities, IdentityError};
+use stratai_store::people::signin::{active, resolve_claims};
 use validator::{KeySource, TokenValidator, VerifiedClaims};
-
-/// Why a credential was refused. Converted to [`ApiError`] at the HTTP edge; the messages
-/// are deliberately short and carry no token material.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    /// No credentials on a route that needs them.
-    #[error("missing credentials")]
-    Missing,
-    /// Not a JWT, or an unreadable one.
-    #[error("malformed token")]
-    Malformed,
-    /// The token header names no `kid`.
-    #[error("token has no key id")]
-    MissingKid,
-    /// The `kid` has characters no key id has.
-    #[error("invalid key id")]
-    InvalidKid,
-    /// No key with this `kid` (after a refetch, if one was allowed).
-    #[error("unknown signing key")]
-    UnknownKid,
-    /// The header `alg` is not an algorithm of the key.
-    #[error("signing algorithm not allowed")]
-    AlgorithmNotAllowed,
-    /// Signature does not verify.
-    #[error("invalid signature")]
-    BadSignature,
-    /// `exp` is past (beyond the leeway).
-    #[error("token expired")]
-    Expired,
-    /// `nbf` is in the future (beyond the leeway).
-    #[error("token not yet valid")]
-    NotYetValid,
-    /// `iss` is not the configured issuer.
-    #[error("wrong issuer")]
-    WrongIssuer,
-    /// `aud` does not include the expected audience.
-    #[error("wrong audience")]
-    WrongAudience,
-    /// A claim is missing or has the wrong type.
-    #[error("invalid claim: {0}")]
-    InvalidClaim(&'static str),
-    /// The token is valid but names no active StratAI user.
-    #[error("unknown user")]
-    UnknownUser,
-    /// The user exists but is deactivated.
-    #[error("account deactivated")]
-    Deactivated,
-    /// The provider does not vouch for the email, so it cannot link or create a user.
-    #[error("email not verified by the identity provider")]
-    EmailNotVerified,
-    /// Keys or provider metadata cannot be loaded (provider down, bad document).
-    #[error("identity provider unavailable: {0}")]
-    KeysUnavailable(String),
-    /// The login callback failed (state, nonce, code exchange); detail is for the log.
-    #[error("login failed: {0}")]
-    LoginFailed(String),
-    /// The token or session was obtained with one factor and `organization` (a name)
-    /// requires multi-factor authentication of its members (`settings.require_mfa`).
-    #[error("`{0}` requires multi-factor authentication: sign in again with a second factor")]
-    MfaRequired(String),
-    /// A cookie-authenticated unsafe request came from another origin.
-    #[error("cross-site request refused")]
-    CrossSite,
-    /// The user directory failed, or refused to link an identity.
-    #[error(transparent)]
-    Directory(#[from] IdentityError),
-    /// The session store failed.
-    #[error(transparent)]
-    Sessions(#[from] SessionError),
-}
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
@@ -114,6 +38,7 @@ impl From<AuthError> for ApiError {
             AuthError::Directory(IdentityError::Store(e)) => ApiError::Internal(e.to_string()),
             AuthError::Directory(IdentityError::Conflict(msg)) => ApiError::Conflict(msg),
             AuthError::Sessions(e) => ApiError::Internal(e.to_string()),
+            AuthError::Signing(e) => ApiError::Internal(e),
             AuthError::Deactivated => ApiError::Forbidden("account deactivated".to_owned()),
             AuthError::CrossSite => ApiError::Forbidden("cross-site request refused".to_owned()),
             e @ AuthError::MfaRequired(_) => ApiError::MfaRequired(e.to_string()),
@@ -137,6 +62,41 @@ impl From<AuthError> for ApiError {
             | AuthError::WrongIssuer
             | AuthError::WrongAudience
             | AuthError::InvalidClaim(_) => ApiError::Unauthenticated("invalid token"),
+        }
+    }
+}
+
+/// The authenticated caller, as the rest of the server sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// StratAI user id.
+    pub user_id: uuid::Uuid,
+    /// The user's email (lowercase).
+    pub email: String,
+    /// Platform super admin.
+    pub super_admin: bool,
+    /// Deactivated users are refused at authentication.
+    pub active: bool,
+}
+
+impl From<&User> for Principal {
+    fn from(user: &User) -> Self {
+        Self {
+            user_id: user.id.as_uuid(),
+            email: user.email.as_str().to_owned(),
+            super_admin: user.platform_role == PlatformRole::SuperAdmin,
+            active: user.active,
+        }
+    }
+}
+
+impl Principal {
+    /// `self` if the account is active, else [`AuthError::Deactivated`].
+    fn active(self) -> Result<Self, AuthError> {
+        if self.active {
+            Ok(self)
+        } else {
+            Err(AuthError::Deactivated)
         }
     }
 }
@@ -367,7 +327,7 @@ impl Auth {
                 .find_by_id(UserId::from_uuid(session.user_id))
                 .await?
                 .ok_or(AuthError::UnknownUser)?;
-            let principal = active(Principal::from(&user))?;
+            let principal = Principal::from(&active(user)?);
             // An organization may have started requiring MFA, or the person joined one that
             // does, since this session began.
             self.check_mfa(&principal, session.mfa).await?;
@@ -410,7 +370,7 @@ impl Auth {
                         .ok_or(AuthError::UnknownUser)
                 };
                 let principal = self.cached(claims.subject, by_id.clone(), by_id).await?;
-                active(principal)
+                principal.active()
             }
             Mode::Oidc { audience, .. } => {
                 let claims = self.validator.validate(token, audience).await?;
@@ -429,7 +389,7 @@ impl Auth {
                         self.resolve_oidc(&claims)
                     })
                     .await?;
-                let principal = active(principal)?;
+                let principal = principal.active()?;
                 self.check_mfa(&principal, claims.mfa).await?;
                 Ok(principal)
             }
@@ -465,30 +425,11 @@ impl Auth {
         }
     }
 
-    /// Maps verified OIDC claims to a user: by subject, else create-or-link by verified
-    /// email (never by an unverified one: that would let anyone claim any account).
+    /// Maps verified OIDC claims to a user (see [`resolve_claims`]).
     pub async fn resolve_oidc(&self, claims: &VerifiedClaims) -> Result<Principal, AuthError> {
-        if let Some(user) = self.identities.find_by_subject(&claims.subject).await? {
-            return active(Principal::from(&user));
-        }
-        let Some(email) = claims.email.clone() else {
-            return Err(AuthError::UnknownUser);
-        };
-        if !claims.email_verified {
-            return Err(AuthError::EmailNotVerified);
-        }
-        let user = self
-            .identities
-            .login(
-                &LoginIdentity {
-                    subject: claims.subject.clone(),
-                    email,
-                    name: claims.name.clone(),
-                },
-                Utc::now(),
-            )
-            .await?;
-        active(Principal::from(&user))
+        resolve_claims(&self.identities, claims)
+            .await
+            .map(|user| Principal::from(&user))
     }
 
     /// Whether the request's `Origin` is this server's public origin (the cross-site check
@@ -498,14 +439,6 @@ impl Auth {
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|o| o == self.public_origin)
-    }
-}
-
-fn active(p: Principal) -> Result<Principal, AuthError> {
-    if p.active {
-        Ok(p)
-    } else {
-        Err(AuthError::Deactivated)
     }
 }
 

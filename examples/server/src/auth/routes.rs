@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use stratai_core::UserId;
 use stratai_store::people::identity::LoginIdentity;
 
+use super::Principal;
 use super::cookies::{self, CookieSpec};
-use super::identity::Principal;
 use super::oidc::{LOGIN_TTL, OidcLogin};
 use super::session::{Session, expiry, hash_session_id, new_session_id};
 use super::{Auth, AuthError, Mode};
@@ -70,7 +70,7 @@ async fn dev_token(
     };
     let user = dev_user(&auth, &req.email).await?;
     Ok(ApiJson(DevTokenResponse {
-        token: dev.issue(&user)?,
+        token: dev.issue(user.user_id, &user.email)?,
         token_type: "Bearer".to_owned(),
         expires_in: dev.ttl().as_secs(),
     }))

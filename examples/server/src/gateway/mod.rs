@@ -35,7 +35,7 @@ use stratai_core::ids::{RequestId, UserId};
 use stratai_guardrails::runtime::{CallFailure, Refusal, Runtime, RuntimeHandle, Served};
 
 use crate::auth::Auth;
-use crate::auth::identity::Principal;
+use crate::auth::Principal;
 use crate::metrics;
 use error::OpenAiError;
 

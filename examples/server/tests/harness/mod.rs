@@ -52,7 +52,6 @@ use stratai_core::tiers::{BASIC_TIER_ID, STANDARD_TIER_ID, subscriptions_for};
 use stratai_core::{BudgetId, GroupId, OrgId, RuleId, TierId, TierSlug};
 use stratai_server::app::{AppState, router};
 use stratai_server::auth::Mode;
-use stratai_server::auth::identity::Principal;
 use stratai_server::config::{Config, FileConfig};
 use stratai_server::server::{Backends, build_state, limits};
 use stratai_server::stores::Stores;
@@ -237,13 +236,8 @@ impl Api {
         let Mode::Dev(dev) = self.state.auth().mode() else {
             panic!("dev mode expected")
         };
-        dev.issue_expired(&Principal {
-            user_id: user.id.as_uuid(),
-            email: user.email.as_str().to_owned(),
-            super_admin: false,
-            active: true,
-        })
-        .unwrap()
+        dev.issue_expired(user.id.as_uuid(), user.email.as_str())
+            .unwrap()
     }
 
     pub async fn send(

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use stratai_core::UserId;
 use stratai_core::directory::{Email, PlatformRole, User};
-use stratai_server::auth::identity::Principal;
+use stratai_server::auth::Principal;
 use stratai_server::auth::session::MemorySessionStore;
 use stratai_server::config::{Config, FileConfig};
 use stratai_server::server::{Backends, build};

@@ -9,10 +9,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, encode, get_current_timestamp};
 use rand::RngCore as _;
 use serde::Serialize;
+use uuid::Uuid;
 
-use super::identity::Principal;
+use super::AuthError;
 use super::keys::{KeyMap, VerifyingKey};
-use crate::error::ApiError;
 
 /// `iss` of dev tokens.
 pub const DEV_ISSUER: &str = "urn:stratai:dev";
@@ -49,14 +49,14 @@ struct DevClaims<'a> {
 
 impl DevTokens {
     /// A fresh random key (never stored, gone at exit) and the key set that verifies it.
-    pub fn generate(ttl: Duration) -> Result<(Self, KeyMap), ApiError> {
+    pub fn generate(ttl: Duration) -> Result<(Self, KeyMap), AuthError> {
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
         let mut kid_bytes = [0u8; 6];
         rand::rng().fill_bytes(&mut kid_bytes);
         let kid = format!("dev-{}", URL_SAFE_NO_PAD.encode(kid_bytes));
-        let key = EncodingKey::from_secret(&secret).map_err(ApiError::internal)?;
-        let verifying = DecodingKey::from_secret(&secret).map_err(ApiError::internal)?;
+        let key = EncodingKey::from_secret(&secret).map_err(signing)?;
+        let verifying = DecodingKey::from_secret(&secret).map_err(signing)?;
         let mut keys = KeyMap::new();
         keys.insert(
             kid.clone(),
@@ -74,32 +74,36 @@ impl DevTokens {
         self.ttl
     }
 
-    /// A token for `user`.
-    pub fn issue(&self, user: &Principal) -> Result<String, ApiError> {
-        self.issue_at(user, get_current_timestamp())
+    /// A token for the user `subject` (their StratAI id) with `email`.
+    pub fn issue(&self, subject: Uuid, email: &str) -> Result<String, AuthError> {
+        self.issue_at(subject, email, get_current_timestamp())
     }
 
-    /// A correctly signed token for `user` that expired a minute ago: for tests proving
+    /// A correctly signed token for `subject` that expired a minute ago: for tests proving
     /// that expired tokens are refused everywhere. (Dev mode already lets anyone mint tokens;
     /// a dead one grants nothing more.)
-    pub fn issue_expired(&self, user: &Principal) -> Result<String, ApiError> {
+    pub fn issue_expired(&self, subject: Uuid, email: &str) -> Result<String, AuthError> {
         let now = get_current_timestamp();
-        self.issue_at(user, now.saturating_sub(self.ttl.as_secs() + 60))
+        self.issue_at(subject, email, now.saturating_sub(self.ttl.as_secs() + 60))
     }
 
-    fn issue_at(&self, user: &Principal, now: u64) -> Result<String, ApiError> {
+    fn issue_at(&self, subject: Uuid, email: &str, now: u64) -> Result<String, AuthError> {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.kid.clone());
         let claims = DevClaims {
             iss: DEV_ISSUER,
             aud: DEV_AUDIENCE,
-            sub: user.user_id.to_string(),
-            email: &user.email,
+            sub: subject.to_string(),
+            email,
             email_verified: true,
             iat: now,
             nbf: now,
             exp: now + self.ttl.as_secs(),
         };
-        encode(&header, &claims, &self.key).map_err(ApiError::internal)
+        encode(&header, &claims, &self.key).map_err(signing)
     }
+}
+
+fn signing(e: jsonwebtoken::errors::Error) -> AuthError {
+    AuthError::Signing(e.to_string())
 }

@@ -4,10 +4,11 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
-/// A credential (the master key, a virtual key `sk-...`). `Debug` and `Display` print `***`;
-/// the value is only reachable through [`Secret::expose`], which the client calls when it
-/// builds a request. It is deserializable (LiteLLM returns new keys) but deliberately not
-/// serializable, so it cannot leak into logs through a derived `Serialize`.
+/// A credential (LiteLLM's master key, a virtual key `sk-...`, an OIDC client secret, an SMTP
+/// password). `Debug` and `Display` print `***`; the value is only reachable through
+/// [`Secret::expose`], called where a request is built. It is deserializable (LiteLLM returns
+/// new keys) but deliberately not serializable, so it cannot leak into logs through a derived
+/// `Serialize`.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Secret(Box<str>);
 

@@ -1,7 +1,7 @@
 //! Bearer and id token validation: one code path for OIDC and dev-mode tokens.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -11,7 +11,6 @@ use sha2::{Digest, Sha256};
 
 use super::AuthError;
 use super::keys::{JwksCache, KeyMap, VerifyingKey, is_safe_kid};
-use crate::fresh_cache::locked;
 
 /// Longest token accepted; real tokens are a few KiB.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -260,7 +259,7 @@ impl VerifiedTokens {
     }
 
     fn get(&self, digest: &[u8; 32], now: Instant) -> Option<VerifiedClaims> {
-        let entries = locked(&self.entries);
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let (until, claims) = entries.get(digest)?;
         (now < *until).then(|| claims.clone())
     }
@@ -281,7 +280,7 @@ impl VerifiedTokens {
             return;
         };
         let until = now + left.min(self.ttl);
-        let mut entries = locked(&self.entries);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= MAX_VERIFIED {
             entries.retain(|_, (u, _)| now < *u);
             if entries.len() >= MAX_VERIFIED {

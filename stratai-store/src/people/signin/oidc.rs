@@ -15,13 +15,32 @@ use url::Url;
 
 use super::AuthError;
 use super::keys::read_limited;
-use crate::config::OidcLoginConfig;
+use stratai_core::secret::Secret;
 
 /// How long a started login may take before its callback.
 pub const LOGIN_TTL: Duration = Duration::from_secs(600);
 /// Started logins kept at most (a flood of /auth/login cannot exhaust memory).
 const MAX_PENDING: usize = 10_000;
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+/// The OIDC client this service is at the provider.
+#[derive(Clone, Debug)]
+pub struct LoginClient {
+    /// Client id; also the `aud` of id tokens.
+    pub client_id: String,
+    /// Client secret (confidential client); `None` for a public client (PKCE only).
+    pub client_secret: Option<Secret>,
+    /// This service's callback URL as registered at the provider.
+    pub redirect_url: Url,
+    /// Where the browser goes after a successful login.
+    pub post_login_url: String,
+    /// Where the provider sends the browser after logout.
+    pub post_logout_url: Option<Url>,
+    /// Requested scopes.
+    pub scopes: String,
+    /// Whether cookies carry `Secure` (false only for plain-http loopback development).
+    pub secure_cookies: bool,
+}
 
 /// The parts of the provider's discovery document the server uses.
 #[derive(Clone, Debug, Deserialize)]
@@ -127,7 +146,7 @@ pub struct LoginStart {
 
 /// The browser login flow.
 pub struct OidcLogin {
-    config: OidcLoginConfig,
+    config: LoginClient,
     discovery: Arc<Discovery>,
     http: reqwest::Client,
     pending: Mutex<HashMap<String, PendingLogin>>,
@@ -163,7 +182,7 @@ pub fn pkce_challenge(verifier: &str) -> String {
 impl OidcLogin {
     /// A login flow for the configured client.
     #[must_use]
-    pub fn new(config: OidcLoginConfig, discovery: Arc<Discovery>, http: reqwest::Client) -> Self {
+    pub fn new(config: LoginClient, discovery: Arc<Discovery>, http: reqwest::Client) -> Self {
         Self {
             config,
             discovery,
@@ -174,7 +193,7 @@ impl OidcLogin {
 
     /// The client settings.
     #[must_use]
-    pub fn config(&self) -> &OidcLoginConfig {
+    pub fn config(&self) -> &LoginClient {
         &self.config
     }
 
