@@ -154,7 +154,8 @@ fn dependency_direction_holds() {
         );
     }
     // guardrails depends on core only; litellm on core and the rules engine (its members'
-    // key limits, without the runtime); store on core (+ guardrails types it persists).
+    // key limits, without the runtime); store on core (+ the guardrails runtime's `FreshCache`, the
+    // auth cache of its `signin` feature).
     assert_eq!(ours("stratai-guardrails"), ["stratai-core"]);
     assert_eq!(
         ours("stratai-litellm"),

@@ -201,6 +201,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn session(state: &stratai_server::app::AppState, email: &str) -> String {
     let user = state
         .auth()
+        .signin()
         .identities()
         .find_by_email(email)
         .await

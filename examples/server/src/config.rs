@@ -24,6 +24,7 @@ use stratai_litellm::config::{
     DatabaseSettings, LiteLlmSettings, flag_setting, http_url, invalid, load_file, millis, number,
     secs,
 };
+pub use stratai_store::people::signin::OidcSettings as OidcConfig;
 pub use stratai_store::people::signin::oidc::LoginClient;
 use url::Url;
 
@@ -113,29 +114,6 @@ pub enum MailTransportConfig {
     },
     /// No mail server: one `.eml` file per message in this folder, and a log line.
     Mailbox(PathBuf),
-}
-
-/// OIDC provider settings (Auth0 first; any OIDC provider with discovery works).
-#[derive(Clone, Debug)]
-pub struct OidcConfig {
-    /// Issuer exactly as it appears in `iss` (Auth0: `https://<tenant>.auth0.com/`).
-    pub issuer: String,
-    /// Expected `aud` of bearer access tokens (Auth0: the API identifier).
-    pub audience: String,
-    /// Accepted signing algorithms; a key's algorithm must be one of these.
-    pub algorithms: Vec<Algorithm>,
-    /// JWKS location; `None` means "from the discovery document".
-    pub jwks_url: Option<Url>,
-    /// Clock skew allowed on `exp` and `nbf`.
-    pub leeway: Duration,
-    /// An unknown `kid` triggers at most one JWKS refetch per this interval.
-    pub jwks_min_refresh: Duration,
-    /// Keys older than this are refreshed (if the endpoint answers) on next use.
-    pub jwks_max_age: Duration,
-    /// Claim carrying the email (Auth0 access tokens need a namespaced custom claim).
-    pub email_claim: String,
-    /// Browser login; `None` means bearer tokens only.
-    pub login: Option<LoginClient>,
 }
 
 /// LiteLLM proxy settings.

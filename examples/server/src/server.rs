@@ -212,7 +212,7 @@ pub async fn serve(config: Config, backends: Backends) -> Result<(), ServeError>
             .map_err(|e| ServeError::Startup(e.to_string()))?
             .with_auth_cache(config.auth_cache),
     );
-    announce(&config, auth.mode());
+    announce(&config, auth.signin().mode());
     let state = AppState::new(
         &config,
         auth.clone(),

@@ -400,6 +400,7 @@ async fn post_form(
         let user = api
             .state
             .auth()
+            .signin()
             .identities()
             .find_by_email(email)
             .await

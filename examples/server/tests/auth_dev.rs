@@ -234,22 +234,52 @@ async fn the_principal_cache_delays_a_deactivation_by_at_most_its_ttl() {
         .unwrap()
         .with_auth_cache(Duration::from_millis(300));
     let user = directory.add_user("kim@example.com", false).await;
-    let token = |auth: &Auth| match auth.mode() {
+    let token = |auth: &Auth| match auth.signin().mode() {
         Mode::Dev(dev) => dev.issue(user.user_id, &user.email).unwrap(),
         Mode::Oidc { .. } => panic!("dev mode expected"),
     };
     let (t_uncached, t_cached) = (token(&uncached), token(&cached));
-    assert!(uncached.authenticate_bearer(&t_uncached).await.is_ok());
-    assert!(cached.authenticate_bearer(&t_cached).await.is_ok());
+    assert!(
+        uncached
+            .signin()
+            .authenticate_bearer(&t_uncached)
+            .await
+            .is_ok()
+    );
+    assert!(cached.signin().authenticate_bearer(&t_cached).await.is_ok());
     directory.set_active(user.user_id, false).await;
-    assert!(uncached.authenticate_bearer(&t_uncached).await.is_err());
+    assert!(
+        uncached
+            .signin()
+            .authenticate_bearer(&t_uncached)
+            .await
+            .is_err()
+    );
     // Within the TTL the cached principal still passes ...
-    assert!(cached.authenticate_bearer(&t_cached).await.is_ok());
+    assert!(cached.signin().authenticate_bearer(&t_cached).await.is_ok());
     // ... but never a token that does not validate.
-    assert!(cached.authenticate_bearer("not-a-token").await.is_err());
-    assert!(cached.authenticate_bearer(&t_uncached).await.is_err());
+    assert!(
+        cached
+            .signin()
+            .authenticate_bearer("not-a-token")
+            .await
+            .is_err()
+    );
+    assert!(
+        cached
+            .signin()
+            .authenticate_bearer(&t_uncached)
+            .await
+            .is_err()
+    );
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert!(cached.authenticate_bearer(&t_cached).await.is_err());
+    assert!(
+        cached
+            .signin()
+            .authenticate_bearer(&t_cached)
+            .await
+            .is_err()
+    );
 }
 
 /// The auth cache also remembers verified tokens, but never serves one past its expiry, and
@@ -275,11 +305,11 @@ async fn the_auth_cache_still_refuses_altered_and_expired_tokens() {
     .unwrap()
     .with_auth_cache(Duration::from_secs(60));
     let user = directory.add_user("kim@example.com", false).await;
-    let Mode::Dev(dev) = auth.mode() else {
+    let Mode::Dev(dev) = auth.signin().mode() else {
         panic!("dev mode expected")
     };
     let token = dev.issue(user.user_id, &user.email).unwrap();
-    assert!(auth.authenticate_bearer(&token).await.is_ok());
+    assert!(auth.signin().authenticate_bearer(&token).await.is_ok());
     // A character in the middle of the signature changed (every bit of it counts there).
     let signature_at = token.rfind('.').unwrap() + 10;
     let mut altered = token.clone().into_bytes();
@@ -290,14 +320,14 @@ async fn the_auth_cache_still_refuses_altered_and_expired_tokens() {
     };
     let altered = String::from_utf8(altered).unwrap();
     assert!(matches!(
-        auth.authenticate_bearer(&altered).await,
+        auth.signin().authenticate_bearer(&altered).await,
         Err(AuthError::BadSignature)
     ));
-    assert!(auth.authenticate_bearer(&token).await.is_ok());
+    assert!(auth.signin().authenticate_bearer(&token).await.is_ok());
     // Past `exp` (1 s lifetime, no leeway), well within the cache's 60 s.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(matches!(
-        auth.authenticate_bearer(&token).await,
+        auth.signin().authenticate_bearer(&token).await,
         Err(AuthError::Expired)
     ));
 }

@@ -206,6 +206,7 @@ async fn session_cookie(api: &Api, email: &str) -> String {
     let user = api
         .state
         .auth()
+        .signin()
         .identities()
         .find_by_email(email)
         .await

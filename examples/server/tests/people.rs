@@ -168,6 +168,7 @@ async fn a_deactivated_person_is_refused_from_the_next_request(api: Api) {
     let user = api
         .state
         .auth()
+        .signin()
         .identities()
         .find_by_email(member.email.as_str())
         .await

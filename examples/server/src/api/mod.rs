@@ -28,7 +28,6 @@ use stratai_core::directory::User;
 use stratai_core::{GroupId, OrgId, StoreError, UserId};
 
 use crate::app::AppState;
-use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::stores::Stores;
 
@@ -101,7 +100,10 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let principal = Principal::from_request_parts(parts, state).await?;
+        let principal = state
+            .auth
+            .authenticate(&parts.method, &parts.headers)
+            .await?;
         let caller = Self::load(&state.stores, UserId::from_uuid(principal.user_id)).await?;
         // The author of whatever this request changes (the audit trail).
         stratai_store::audited::note_actor(caller.id());

@@ -114,6 +114,6 @@ pub async fn update(
         tracing::info!(user_id = %user_id, by = %caller.id(), active, "user activity changed");
     }
     // Whatever this instance remembers of them is stale now.
-    state.auth.forget_user(user_id.as_uuid());
+    state.auth.signin().forget_user(user_id.as_uuid());
     Ok(ApiJson(changed.user))
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{FromRef, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
@@ -65,7 +65,7 @@ async fn dev_token(
     State(auth): State<Arc<Auth>>,
     ApiJson(req): ApiJson<DevTokenRequest>,
 ) -> Result<ApiJson<DevTokenResponse>, ApiError> {
-    let Mode::Dev(dev) = auth.mode() else {
+    let Mode::Dev(dev) = auth.signin().mode() else {
         return Err(ApiError::NotFound("dev tokens (dev mode only)".to_owned()));
     };
     let user = dev_user(&auth, &req.email).await?;
@@ -88,16 +88,21 @@ pub struct Me {
     pub super_admin: bool,
 }
 
-async fn me(principal: Principal) -> ApiJson<Me> {
-    ApiJson(Me {
+async fn me(
+    State(auth): State<Arc<Auth>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<ApiJson<Me>, ApiError> {
+    let principal = auth.authenticate(&method, &headers).await?;
+    Ok(ApiJson(Me {
         user_id: principal.user_id,
         email: principal.email,
         super_admin: principal.super_admin,
-    })
+    }))
 }
 
 fn login_flow(auth: &Auth) -> Result<&Arc<OidcLogin>, ApiError> {
-    match auth.mode() {
+    match auth.signin().mode() {
         Mode::Oidc {
             login: Some(login), ..
         } => Ok(login),
@@ -149,7 +154,7 @@ async fn callback(
     }
     // RFC 9207: when the provider names itself, it must be our issuer.
     if let Some(iss) = &query.iss
-        && iss != auth.validator().issuer()
+        && iss != auth.signin().validator().issuer()
     {
         return Err(AuthError::LoginFailed("callback from another issuer".to_owned()).into());
     }
@@ -160,7 +165,11 @@ async fn callback(
     let (id_token, nonce) = flow.exchange(state, cookie_state.as_deref(), code).await?;
 
     let client_id = flow.config().client_id.clone();
-    let claims = auth.validator().validate(&id_token, &client_id).await?;
+    let claims = auth
+        .signin()
+        .validator()
+        .validate(&id_token, &client_id)
+        .await?;
     if claims.nonce.as_deref() != Some(nonce.as_str()) {
         return Err(AuthError::LoginFailed("id token nonce mismatch".to_owned()).into());
     }
@@ -171,15 +180,16 @@ async fn callback(
     {
         return Err(AuthError::LoginFailed("id token issued to another client".to_owned()).into());
     }
-    let principal = auth.resolve_oidc(&claims).await?;
+    let principal = auth.signin().resolve_oidc(&claims).await?;
     // Every sign-in with the verified email joins the invitations sent to it since the last.
     if claims.email_verified && claims.email.as_deref() == Some(principal.email.as_str()) {
-        auth.identities()
+        auth.signin()
+            .identities()
             .signed_in(UserId::from_uuid(principal.user_id), Utc::now())
             .await
             .map_err(AuthError::from)?;
     }
-    match auth.check_mfa(&principal, claims.mfa).await {
+    match auth.signin().check_mfa(&principal, claims.mfa).await {
         Ok(()) => {}
         Err(AuthError::MfaRequired(organization)) => {
             tracing::info!(user_id = %principal.user_id, "sign-in refused: multi-factor authentication required");
@@ -268,7 +278,7 @@ pub async fn dev_user(auth: &Auth, email: &str) -> Result<Principal, ApiError> {
             format!("`{email}` is not an email address"),
         ));
     }
-    let identities = auth.identities();
+    let identities = auth.signin().identities();
     let now = Utc::now();
     let user = match identities
         .find_by_email(&wanted)
@@ -316,7 +326,8 @@ pub async fn start_session(
     mfa: bool,
 ) -> Result<HeaderValue, ApiError> {
     let (session_id, key) = new_session_id();
-    auth.sessions()
+    auth.signin()
+        .sessions()
         .insert(
             key,
             Session {
@@ -347,7 +358,8 @@ pub async fn end_session(
     headers: &HeaderMap,
 ) -> Result<Option<HeaderValue>, ApiError> {
     if let Some(id) = cookies::find(headers, auth.session_cookie_name()) {
-        auth.sessions()
+        auth.signin()
+            .sessions()
             .remove(&hash_session_id(&id))
             .await
             .map_err(AuthError::from)?;

@@ -233,7 +233,7 @@ impl Api {
 
     /// A correctly signed, expired token for `user`.
     pub fn expired_token(&self, user: &User) -> String {
-        let Mode::Dev(dev) = self.state.auth().mode() else {
+        let Mode::Dev(dev) = self.state.auth().signin().mode() else {
             panic!("dev mode expected")
         };
         dev.issue_expired(user.id.as_uuid(), user.email.as_str())

@@ -103,7 +103,10 @@ async fn page(
             ..Chrome::default()
         },
     };
-    let oidc_login = matches!(state.auth.mode(), Mode::Oidc { login: Some(_), .. });
+    let oidc_login = matches!(
+        state.auth.signin().mode(),
+        Mode::Oidc { login: Some(_), .. }
+    );
     Ok(InvitationPage {
         chrome,
         organization: org.name.clone(),
@@ -114,7 +117,7 @@ async fn page(
         offer,
         action: format!("/invitations/{token}"),
         signin_href: if oidc_login { "/auth/login" } else { "/signin" },
-        dev: matches!(state.auth.mode(), Mode::Dev(_)),
+        dev: matches!(state.auth.signin().mode(), Mode::Dev(_)),
     })
 }
 

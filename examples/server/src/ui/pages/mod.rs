@@ -35,7 +35,7 @@ pub(crate) async fn home(
 ) -> Response {
     match viewer {
         Ok(v) => see_other(&home_of(&v.caller)),
-        Err(_) => match state.auth.mode() {
+        Err(_) => match state.auth.signin().mode() {
             Mode::Oidc { login: Some(_), .. } => see_other("/auth/login"),
             _ => see_other("/signin"),
         },
@@ -95,8 +95,11 @@ fn signin_form(state: &AppState, csrf: String, email: String, errors: FieldError
             current: "/signin".to_owned(),
             ..Chrome::default()
         },
-        dev: matches!(state.auth.mode(), Mode::Dev(_)),
-        oidc_login: matches!(state.auth.mode(), Mode::Oidc { login: Some(_), .. }),
+        dev: matches!(state.auth.signin().mode(), Mode::Dev(_)),
+        oidc_login: matches!(
+            state.auth.signin().mode(),
+            Mode::Oidc { login: Some(_), .. }
+        ),
         email,
         errors,
     }
@@ -109,7 +112,7 @@ pub(crate) async fn signin(
     headers: HeaderMap,
     form: CheckedForm,
 ) -> Result<Response, UiError> {
-    if !matches!(state.auth.mode(), Mode::Dev(_)) {
+    if !matches!(state.auth.signin().mode(), Mode::Dev(_)) {
         return Err(ApiError::NotFound("route".to_owned()).into());
     }
     let email = form.text("email");
