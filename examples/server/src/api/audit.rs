@@ -5,8 +5,7 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -15,7 +14,7 @@ use stratai_core::audit::{AuditChain, AuditEntry, ChainReport};
 use stratai_core::{OrgId, UserId};
 use stratai_store::admin::audit::{self, AuditFilter, AuditListing};
 
-use super::{ApiPath, Caller, allow};
+use super::{ApiPath, Caller, allow, attachment};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
@@ -149,17 +148,11 @@ fn jsonl(state: &AppState, chain: AuditChain) -> Response {
         tracing::error!(error = %e, "audit export aborted");
         std::io::Error::other("audit export failed")
     });
-    let mut response = Body::from_stream(pages).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"audit.jsonl\""),
-    );
-    response
+    attachment(
+        Body::from_stream(pages),
+        "application/x-ndjson",
+        "audit.jsonl",
+    )
 }
 
 /// An organization's chain as JSON lines, oldest first: one entry per line, with its hashes,

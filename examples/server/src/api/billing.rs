@@ -9,8 +9,8 @@
 //! (StratAI does not decide tax jurisdictions).
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,7 @@ pub use stratai_core::billing::reports::{
     PricingReport, price_list,
 };
 
-use super::{ApiPath, Caller, allow};
+use super::{ApiPath, Caller, allow, attachment};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
@@ -138,17 +138,11 @@ pub async fn export_csv(
         .get_invoice(org_id, invoice_id)
         .await?;
     let bytes = invoice_csv(&invoice).map_err(ApiError::internal)?;
-    let mut response = bytes.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
-    let name = format!("attachment; filename=\"invoice-{}.csv\"", invoice.month);
-    if let Ok(v) = HeaderValue::from_str(&name) {
-        headers.insert(header::CONTENT_DISPOSITION, v);
-    }
-    Ok(response)
+    Ok(attachment(
+        bytes.into(),
+        "text/csv; charset=utf-8",
+        &format!("invoice-{}.csv", invoice.month),
+    ))
 }
 
 /// Query of `GET /api/billing/invoices`.

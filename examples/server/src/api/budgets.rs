@@ -48,27 +48,13 @@ pub struct BudgetsQuery {
     pub scope: Option<String>,
 }
 
-fn default_org(caller: &Caller, org: Option<OrgId>) -> Result<OrgId, ApiError> {
-    match org {
-        Some(o) => Ok(o),
-        None => match caller.actor.orgs.as_slice() {
-            [only] => Ok(only.org_id),
-            [] => Err(ApiError::NotFound("organization".to_owned())),
-            _ => Err(ApiError::invalid(
-                "org_id",
-                "you belong to several organizations; name one",
-            )),
-        },
-    }
-}
-
 /// Budgets of an organization and their state in the current period (admins).
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<BudgetsQuery>,
 ) -> Result<ApiJson<Vec<ListedBudget>>, ApiError> {
-    let org_id = default_org(&caller, q.org_id)?;
+    let org_id = caller.org_or_only(q.org_id)?;
     allow(&caller, Action::ViewOrg, Resource::Org(org_id))?;
     allow(&caller, Action::ManageBudgets, Resource::Org(org_id))?;
     Ok(ApiJson(

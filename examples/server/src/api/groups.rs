@@ -15,6 +15,19 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, double_option};
 
+/// The organization of `group_id` once `caller` may do `action` to the group (404 for a
+/// group of another organization, see [`group_org`] and [`allow`]).
+async fn allowed_in_group(
+    state: &AppState,
+    caller: &Caller,
+    action: Action,
+    group_id: GroupId,
+) -> Result<OrgId, ApiError> {
+    let org_id = group_org(state, group_id).await?;
+    allow(caller, action, Resource::Group { org_id, group_id })?;
+    Ok(org_id)
+}
+
 /// Groups of an organization (any member may see them).
 pub async fn list(
     State(state): State<AppState>,
@@ -109,12 +122,7 @@ pub async fn get(
     caller: Caller,
     ApiPath(group_id): ApiPath<GroupId>,
 ) -> Result<ApiJson<GroupDetail>, ApiError> {
-    let org_id = group_org(&state, group_id).await?;
-    allow(
-        &caller,
-        Action::ViewGroupUsage,
-        Resource::Group { org_id, group_id },
-    )?;
+    let org_id = allowed_in_group(&state, &caller, Action::ViewGroupUsage, group_id).await?;
     let dir = &state.stores.directory;
     let group = dir.get_group(org_id, group_id).await?;
     let in_group = dir.list_group_members(org_id, group_id).await?;
@@ -159,12 +167,7 @@ pub async fn update(
     ApiPath(group_id): ApiPath<GroupId>,
     ApiJson(req): ApiJson<UpdateGroup>,
 ) -> Result<ApiJson<Group>, ApiError> {
-    let org_id = group_org(&state, group_id).await?;
-    allow(
-        &caller,
-        Action::ManageGroups,
-        Resource::Group { org_id, group_id },
-    )?;
+    let org_id = allowed_in_group(&state, &caller, Action::ManageGroups, group_id).await?;
     let dir = &state.stores.directory;
     let mut group = dir.get_group(org_id, group_id).await?;
     if let Some(name) = req.name {
@@ -201,12 +204,7 @@ pub async fn delete(
     caller: Caller,
     ApiPath(group_id): ApiPath<GroupId>,
 ) -> Result<StatusCode, ApiError> {
-    let org_id = group_org(&state, group_id).await?;
-    allow(
-        &caller,
-        Action::ManageGroups,
-        Resource::Group { org_id, group_id },
-    )?;
+    let org_id = allowed_in_group(&state, &caller, Action::ManageGroups, group_id).await?;
     state
         .stores
         .directory
@@ -221,12 +219,7 @@ pub async fn list_members(
     caller: Caller,
     ApiPath(group_id): ApiPath<GroupId>,
 ) -> Result<ApiJson<Vec<GroupMembership>>, ApiError> {
-    let org_id = group_org(&state, group_id).await?;
-    allow(
-        &caller,
-        Action::ViewGroupUsage,
-        Resource::Group { org_id, group_id },
-    )?;
+    let org_id = allowed_in_group(&state, &caller, Action::ViewGroupUsage, group_id).await?;
     Ok(ApiJson(
         state
             .stores
@@ -254,12 +247,7 @@ pub async fn add_member(
     ApiPath(group_id): ApiPath<GroupId>,
     ApiJson(req): ApiJson<AddGroupMember>,
 ) -> Result<(StatusCode, ApiJson<GroupMembership>), ApiError> {
-    let org_id = group_org(&state, group_id).await?;
-    allow(
-        &caller,
-        Action::ManageGroups,
-        Resource::Group { org_id, group_id },
-    )?;
+    let org_id = allowed_in_group(&state, &caller, Action::ManageGroups, group_id).await?;
     let dir = &state.stores.directory;
     match dir.get_member(org_id, req.user_id).await {
         Ok(_) => {}
@@ -290,12 +278,7 @@ pub async fn remove_member(
     caller: Caller,
     ApiPath((group_id, user_id)): ApiPath<(GroupId, UserId)>,
 ) -> Result<StatusCode, ApiError> {
-    let org_id = group_org(&state, group_id).await?;
-    allow(
-        &caller,
-        Action::ManageGroups,
-        Resource::Group { org_id, group_id },
-    )?;
+    let org_id = allowed_in_group(&state, &caller, Action::ManageGroups, group_id).await?;
     state
         .stores
         .directory

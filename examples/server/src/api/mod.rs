@@ -22,6 +22,8 @@ pub mod users;
 use axum::Router;
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use stratai_core::access::{Action, Actor, DenyReason, GroupGrant, OrgGrant, Resource, authorize};
 use stratai_core::directory::User;
@@ -51,6 +53,20 @@ impl Caller {
     #[must_use]
     pub fn is_super_admin(&self) -> bool {
         self.user.is_super_admin()
+    }
+
+    /// `org` if named, else the caller's only organization (404 with none; 422 naming
+    /// `org_id` with several: the caller must say which).
+    pub fn org_or_only(&self, org: Option<OrgId>) -> Result<OrgId, ApiError> {
+        match (org, self.actor.orgs.as_slice()) {
+            (Some(org), _) => Ok(org),
+            (None, [only]) => Ok(only.org_id),
+            (None, []) => Err(ApiError::NotFound("organization".to_owned())),
+            (None, _) => Err(ApiError::invalid(
+                "org_id",
+                "you belong to several organizations; name one",
+            )),
+        }
     }
 }
 
@@ -145,6 +161,18 @@ where
             .map(|Path(v)| ApiPath(v))
             .map_err(|_| ApiError::NotFound("resource".to_owned()))
     }
+}
+
+/// A download: `body` as `content_type`, saved as `filename` by a browser.
+pub fn attachment(body: axum::body::Body, content_type: &'static str, filename: &str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let disposition = format!("attachment; filename=\"{filename}\"");
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    response
 }
 
 /// The organization of a group, or 404. Super admins see every group; others only groups

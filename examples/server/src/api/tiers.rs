@@ -75,19 +75,7 @@ pub async fn accessible(
     caller: Caller,
     ApiQuery(q): ApiQuery<AccessibleQuery>,
 ) -> Result<ApiJson<AccessibleTiers>, ApiError> {
-    let org_id = match q.org_id {
-        Some(o) => o,
-        None => match caller.actor.orgs.as_slice() {
-            [only] => only.org_id,
-            [] => return Err(ApiError::NotFound("organization".to_owned())),
-            _ => {
-                return Err(ApiError::invalid(
-                    "org_id",
-                    "you belong to several organizations; name one",
-                ));
-            }
-        },
-    };
+    let org_id = caller.org_or_only(q.org_id)?;
     let user_id = q.user_id.unwrap_or(caller.id());
     allow(
         &caller,

@@ -3,8 +3,8 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use serde::Deserialize;
@@ -15,7 +15,7 @@ use stratai_core::usage::report::{check_period, parse_dimensions};
 use stratai_core::{GroupId, ModelId, OrgId, TierId, UserId};
 use stratai_store::admin::usage as report;
 
-use super::{Caller, allow};
+use super::{Caller, allow, attachment};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
@@ -73,19 +73,7 @@ async fn authorize_scope(
     caller: &Caller,
     p: &UsageParams,
 ) -> Result<(OrgId, UsageQuery), ApiError> {
-    let org_id = match p.org_id {
-        Some(o) => o,
-        None => match caller.actor.orgs.as_slice() {
-            [only] => only.org_id,
-            [] => return Err(ApiError::NotFound("organization".to_owned())),
-            _ => {
-                return Err(ApiError::invalid(
-                    "org_id",
-                    "you belong to several organizations; name one",
-                ));
-            }
-        },
-    };
+    let org_id = caller.org_or_only(p.org_id)?;
     check_period(p.from, p.to)?;
     match (p.group_id, p.user_id) {
         (None, None) => allow(caller, Action::ViewOrgUsage, Resource::Org(org_id))?,
@@ -186,17 +174,11 @@ pub async fn export(
         csv_line(stratai_core::usage::CSV_HEADER).map_err(|e| std::io::Error::other(e.to_string()))
     })
     .chain(rows);
-    let mut response = Body::from_stream(body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"usage.csv\""),
-    );
-    Ok(response)
+    Ok(attachment(
+        Body::from_stream(body),
+        "text/csv; charset=utf-8",
+        "usage.csv",
+    ))
 }
 
 /// The matching usage records as one JSON array (the records' serde form, as core's
@@ -228,15 +210,9 @@ fn json_export(state: &AppState, org_id: OrgId, query: UsageQuery) -> Response {
             b"[]"
         }))
     });
-    let mut response = Body::from_stream(records.chain(end)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"usage.json\""),
-    );
-    response
+    attachment(
+        Body::from_stream(records.chain(end)),
+        "application/json",
+        "usage.json",
+    )
 }
