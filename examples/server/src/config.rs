@@ -24,7 +24,7 @@ use stratai_litellm::config::{
     DatabaseSettings, LiteLlmSettings, flag_setting, http_url, invalid, load_file, millis, number,
     secs,
 };
-pub use stratai_store::people::signin::OidcSettings as OidcConfig;
+pub use stratai_store::people::signin::OidcSettings;
 pub use stratai_store::people::signin::oidc::LoginClient;
 use url::Url;
 
@@ -80,7 +80,7 @@ pub struct Config {
     /// The gateway's runtime settings.
     pub gateway: GatewayConfig,
     /// OIDC; `None` means dev mode.
-    pub oidc: Option<OidcConfig>,
+    pub oidc: Option<OidcSettings>,
     /// LiteLLM proxy; `None` means the built-in offline provider.
     pub litellm: Option<LiteLlmConfig>,
     /// Provider prices: the built-in list prices ([`PriceTable::seed_defaults`]) with the
@@ -669,7 +669,7 @@ fn price_table(
     Ok(table)
 }
 
-fn oidc_config(file: FileOidc, env: &impl Env) -> Result<Option<OidcConfig>, ConfigError> {
+fn oidc_config(file: FileOidc, env: &impl Env) -> Result<Option<OidcSettings>, ConfigError> {
     let issuer = env
         .get("OIDC_ISSUER")
         .or_else(|| env.get("AUTH0_DOMAIN").map(|d| auth0_issuer(&d)))
@@ -790,7 +790,7 @@ fn oidc_config(file: FileOidc, env: &impl Env) -> Result<Option<OidcConfig>, Con
         return Err(invalid("OIDC_SCOPES", "must include `openid`"));
     }
 
-    Ok(Some(OidcConfig {
+    Ok(Some(OidcSettings {
         issuer,
         audience,
         algorithms,

@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use stratai_core::UserId;
 use stratai_store::people::identity::LoginIdentity;
 
 use super::Principal;
@@ -152,44 +151,21 @@ async fn callback(
     if let Some(error) = &query.error {
         return Err(AuthError::LoginFailed(format!("provider returned error `{error}`")).into());
     }
-    // RFC 9207: when the provider names itself, it must be our issuer.
-    if let Some(iss) = &query.iss
-        && iss != auth.signin().validator().issuer()
-    {
-        return Err(AuthError::LoginFailed("callback from another issuer".to_owned()).into());
-    }
     let (Some(code), Some(state)) = (query.code.as_deref(), query.state.as_deref()) else {
         return Err(AuthError::LoginFailed("callback without code or state".to_owned()).into());
     };
     let cookie_state = cookies::find(&headers, LOGIN_STATE_COOKIE);
-    let (id_token, nonce) = flow.exchange(state, cookie_state.as_deref(), code).await?;
-
-    let client_id = flow.config().client_id.clone();
-    let claims = auth
+    let (principal, mfa) = auth
         .signin()
-        .validator()
-        .validate(&id_token, &client_id)
+        .finish_login(
+            flow,
+            query.iss.as_deref(),
+            state,
+            cookie_state.as_deref(),
+            code,
+        )
         .await?;
-    if claims.nonce.as_deref() != Some(nonce.as_str()) {
-        return Err(AuthError::LoginFailed("id token nonce mismatch".to_owned()).into());
-    }
-    if claims
-        .authorized_party
-        .as_deref()
-        .is_some_and(|azp| azp != client_id)
-    {
-        return Err(AuthError::LoginFailed("id token issued to another client".to_owned()).into());
-    }
-    let principal = auth.signin().resolve_oidc(&claims).await?;
-    // Every sign-in with the verified email joins the invitations sent to it since the last.
-    if claims.email_verified && claims.email.as_deref() == Some(principal.email.as_str()) {
-        auth.signin()
-            .identities()
-            .signed_in(UserId::from_uuid(principal.user_id), Utc::now())
-            .await
-            .map_err(AuthError::from)?;
-    }
-    match auth.signin().check_mfa(&principal, claims.mfa).await {
+    match auth.signin().check_mfa(&principal, mfa).await {
         Ok(()) => {}
         Err(AuthError::MfaRequired(organization)) => {
             tracing::info!(user_id = %principal.user_id, "sign-in refused: multi-factor authentication required");
@@ -198,7 +174,7 @@ async fn callback(
         Err(e) => return Err(e.into()),
     }
 
-    let session_cookie = start_session(&auth, &principal, claims.mfa).await?;
+    let session_cookie = start_session(&auth, &principal, mfa).await?;
     let mut response = redirect(&flow.config().post_login_url)?;
     response
         .headers_mut()

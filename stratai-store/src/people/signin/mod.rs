@@ -450,6 +450,51 @@ impl SignIn {
         }
     }
 
+    /// Completes a browser login at its callback: the provider's `issuer` parameter, when
+    /// sent, must be ours (RFC 9207); `state` must match the browser's `cookie_state` and a
+    /// pending login of `login`, whose code is exchanged with its PKCE verifier; the id token
+    /// must verify for the client, carry the login's nonce and, with an `azp`, name the
+    /// client. Its user is resolved as a bearer token's would be (see
+    /// [`SignIn::resolve_oidc`]), and a verified email joins the invitations sent to it since
+    /// the last sign-in. Returns the principal and whether the sign-in used more than one
+    /// factor; the MFA requirement is the caller's to check (it answers with a page).
+    pub async fn finish_login(
+        &self,
+        login: &OidcLogin,
+        issuer: Option<&str>,
+        state: &str,
+        cookie_state: Option<&str>,
+        code: &str,
+    ) -> Result<(Principal, bool), AuthError> {
+        if issuer.is_some_and(|iss| iss != self.validator.issuer()) {
+            return Err(AuthError::LoginFailed(
+                "callback from another issuer".to_owned(),
+            ));
+        }
+        let (id_token, nonce) = login.exchange(state, cookie_state, code).await?;
+        let client_id = &login.config().client_id;
+        let claims = self.validator.validate(&id_token, client_id).await?;
+        if claims.nonce.as_deref() != Some(nonce.as_str()) {
+            return Err(AuthError::LoginFailed("id token nonce mismatch".to_owned()));
+        }
+        if claims
+            .authorized_party
+            .as_deref()
+            .is_some_and(|azp| azp != client_id)
+        {
+            return Err(AuthError::LoginFailed(
+                "id token issued to another client".to_owned(),
+            ));
+        }
+        let principal = self.resolve_oidc(&claims).await?;
+        if claims.email_verified && claims.email.as_deref() == Some(principal.email.as_str()) {
+            self.identities
+                .signed_in(UserId::from_uuid(principal.user_id), Utc::now())
+                .await?;
+        }
+        Ok((principal, claims.mfa))
+    }
+
     /// The active user behind verified OIDC claims: the one linked to the subject, else
     /// (first sign-in) the one with the claims' email, linked or created by
     /// [`Identities::login`], and only for an email the provider verified (an unverified one
