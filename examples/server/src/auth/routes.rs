@@ -346,3 +346,20 @@ pub async fn end_session(
         auth.secure_cookies(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_mfa_page_shows_a_hostile_organization_name_as_text() {
+        let response = mfa_required_page("<img src=x onerror=alert(1)>\"&'");
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        let page = String::from_utf8(body.to_vec()).unwrap();
+        assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;&quot;&amp;&#39; requires"));
+        assert!(!page.contains("<img"), "{page}");
+    }
+}
